@@ -1,0 +1,70 @@
+# Convoy: `make run` serves the dashboard, `make test` runs everything CI runs.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+# The production-shape test run uses these servers; each run makes its own database and
+# Redis key prefix, so runs never see each other's data.
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+PYTEST_ARGS ?=
+
+RUN_PACKAGES := runsc bubblewrap git
+TEST_PACKAGES := $(RUN_PACKAGES) chromium
+
+.PHONY: run test venv system-deps system-deps-test lint fmt migrate seed worker bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+# Installs the Debian packages Convoy needs when they are missing (apt-get, as root or via sudo).
+system-deps:
+	@bash scripts/system-deps.sh $(RUN_PACKAGES)
+
+system-deps-test:
+	@bash scripts/system-deps.sh $(TEST_PACKAGES)
+
+migrate: venv
+	$(BIN)/python manage.py migrate --noinput
+
+seed: migrate
+	$(BIN)/python manage.py demo_seed
+
+run: venv system-deps seed
+	@if [ -n "$$REDIS_URL" ]; then \
+	  echo "Production shape: starting a Celery worker beside the web process"; \
+	  $(BIN)/celery -A config worker --beat --loglevel INFO --pool threads -c 4 & \
+	  worker=$$!; trap "kill $$worker 2>/dev/null" EXIT; \
+	  $(BIN)/python manage.py serve --port $(PORT); \
+	else \
+	  $(BIN)/python manage.py serve --port $(PORT); \
+	fi
+
+worker: venv
+	$(BIN)/celery -A config worker --loglevel INFO
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+fmt: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: venv system-deps-test lint
+	@echo "=== pytest, production shape (PostgreSQL + Redis) ==="
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/pytest $(PYTEST_ARGS)
+	@echo "=== pytest, embedded shape (SQLite, in-process worker, in-memory channel layer) ==="
+	env -u DATABASE_URL -u REDIS_URL $(BIN)/pytest $(PYTEST_ARGS)
+
+bench: venv
+	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info

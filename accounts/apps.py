@@ -1,0 +1,13 @@
+from django.apps import AppConfig
+from django.db.models.signals import post_migrate
+
+
+class AccountsConfig(AppConfig):
+    name = "accounts"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from accounts import signals  # noqa: F401 - connects login/logout auditing
+        from accounts.services import roles_ensure
+
+        post_migrate.connect(lambda **kwargs: roles_ensure(), sender=self, weak=False)

@@ -1,0 +1,37 @@
+"""API authentication: bearer tokens for programs, the session (with CSRF) for the browser."""
+
+from django.http import HttpRequest
+from ninja.errors import HttpError
+from ninja.security import HttpBearer, SessionAuth
+
+from accounts.roles import user_can
+from accounts.selectors import user_for_token
+
+
+class TokenAuth(HttpBearer):
+    def authenticate(self, request: HttpRequest, token: str):
+        user = user_for_token(raw=token)
+        if user is not None:
+            request.user = user
+        return user
+
+
+class BrowserSessionAuth(SessionAuth):
+    """Session auth that only applies when no Authorization header was sent."""
+
+    def __call__(self, request: HttpRequest):
+        if "HTTP_AUTHORIZATION" in request.META:
+            return None
+        return super().__call__(request)
+
+
+api_auth = [TokenAuth(), BrowserSessionAuth(csrf=True)]
+
+
+def require_capability(request: HttpRequest, capability: str) -> None:
+    """Refuse with 403 (and audit the denial) when the caller lacks a capability."""
+    if not user_can(request.auth, capability):
+        from audit.services import audit_denied
+
+        audit_denied(request=request, actor=request.auth, capability=capability)
+        raise HttpError(403, f"Your role does not allow this ({capability.replace('_', ' ')}).")

@@ -1,0 +1,25 @@
+from ninja import Schema
+
+
+class MeOut(Schema):
+    id: int
+    username: str
+    role: str | None
+    capabilities: list[str]
+    auth: str
+
+
+class TokenIn(Schema):
+    name: str = ""
+
+
+class TokenOut(Schema):
+    id: int
+    name: str
+    prefix: str
+    created_at: str
+    revoked: bool
+
+
+class TokenCreatedOut(TokenOut):
+    token: str

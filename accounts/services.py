@@ -1,0 +1,113 @@
+"""Writes for people: users, roles and API tokens, each with its audit event."""
+
+import hashlib
+import secrets
+
+from django.contrib.auth.models import Group, Permission, User
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import ApiToken
+from accounts.roles import ROLE_CAPABILITIES, ROLES
+from audit.services import audit_record
+
+TOKEN_PREFIX = "cvy_"  # noqa: S105 - a public marker, not a secret
+
+
+class AccountError(Exception):
+    """A user-facing refusal with the field it is about."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def roles_ensure() -> None:
+    """Create the role groups with their permissions (idempotent; runs after migrate)."""
+    for role, capabilities in ROLE_CAPABILITIES.items():
+        group, _ = Group.objects.get_or_create(name=role)
+        perms = Permission.objects.filter(
+            content_type__app_label="accounts", codename__in=capabilities
+        )
+        group.permissions.set(perms)
+
+
+def token_digest(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+@transaction.atomic
+def user_create(
+    *, username: str, role: str, password: str, actor: User | None = None, email: str = ""
+) -> User:
+    if role not in ROLES:
+        raise AccountError("role", f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+    if not username or len(username) > 150:
+        raise AccountError("username", "must be 1 to 150 characters")
+    if User.objects.filter(username=username).exists():
+        raise AccountError("username", f"a user named {username!r} already exists")
+    if len(password) < 8:
+        raise AccountError("password", "must be at least 8 characters")
+    user = User.objects.create_user(username=username, email=email, password=password)
+    audit_record(
+        action="people.user.created",
+        actor=actor,
+        target=user,
+        payload={"username": username},
+    )
+    user_role_set(user=user, role=role, actor=actor)
+    return user
+
+
+@transaction.atomic
+def user_role_set(*, user: User, role: str, actor: User | None = None) -> User:
+    if role not in ROLES:
+        raise AccountError("role", f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+    roles_ensure()
+    old = [g.name for g in user.groups.filter(name__in=ROLES)]
+    for name in old:
+        if name != role:
+            user.groups.remove(Group.objects.get(name=name))
+            audit_record(
+                action="people.role.revoked", actor=actor, target=user, payload={"role": name}
+            )
+    if role not in old:
+        user.groups.add(Group.objects.get(name=role))
+        audit_record(action="people.role.granted", actor=actor, target=user, payload={"role": role})
+    user.__dict__.pop("_convoy_role", None)
+    for cache in ("_perm_cache", "_group_perm_cache", "_user_perm_cache"):
+        user.__dict__.pop(cache, None)
+    return user
+
+
+@transaction.atomic
+def token_create(*, user: User, name: str = "", actor: User | None = None) -> tuple[ApiToken, str]:
+    """Create a token; the raw value is returned once and never stored."""
+    raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = ApiToken.objects.create(
+        user=user, name=name[:100], prefix=raw[: len(TOKEN_PREFIX) + 6], digest=token_digest(raw)
+    )
+    audit_record(
+        action="people.token.created",
+        actor=actor or user,
+        target=token,
+        payload={"user": user.username, "name": token.name, "prefix": token.prefix},
+    )
+    return token, raw
+
+
+@transaction.atomic
+def token_revoke(*, token: ApiToken, actor: User | None = None) -> ApiToken:
+    updated = ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(
+        revoked_at=timezone.now()
+    )
+    token.refresh_from_db()
+    if updated:
+        audit_record(
+            action="people.token.revoked",
+            actor=actor or token.user,
+            target=token,
+            payload={"user": token.user.username, "prefix": token.prefix},
+        )
+    return token

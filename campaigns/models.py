@@ -1,0 +1,1 @@
+"""Campaign records (filled in by the campaigns issue)."""

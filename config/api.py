@@ -1,0 +1,28 @@
+"""The REST API root at /api/v1/: one NinjaAPI mounting each app's router."""
+
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError
+
+from accounts.api import router as accounts_router
+from accounts.auth import api_auth
+
+api = NinjaAPI(
+    title="Convoy API",
+    version="1",
+    description="Code-migration campaigns run in sandboxes. Authenticate with a session "
+    "(browser, CSRF enforced) or `Authorization: Bearer <token>` from `manage.py create_token`.",
+    auth=api_auth,
+    urls_namespace="api",
+    docs_url="/docs",
+    openapi_url="/openapi.json",
+)
+
+
+@api.exception_handler(AuthenticationError)
+def _unauthenticated(request, exc):
+    return api.create_response(
+        request, {"detail": "Authentication required: send a valid API token."}, status=401
+    )
+
+
+api.add_router("/", accounts_router)

@@ -1,0 +1,292 @@
+"""Convoy's one settings module, driven by environment variables.
+
+Without DATABASE_URL and REDIS_URL Convoy runs in the embedded shape (SQLite, in-process
+Celery worker, in-memory channel layer); with both it runs the production shape.
+"""
+
+import os
+import secrets
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+# Every CONVOY_* variable Convoy reads; any other one is a typo that would silently do nothing.
+KNOWN_CONVOY_VARS = {
+    "CONVOY_DATA_DIR",
+    "CONVOY_SANDBOX_BACKEND",
+    "CONVOY_ALLOW_UNSAFE_PROCESS_BACKEND",
+    "CONVOY_REDIS_PREFIX",
+    "CONVOY_TRUSTED_PROXY_HOPS",
+    "CONVOY_WORKER_CONCURRENCY",
+    "CONVOY_MAX_PARALLEL_REPOS",
+    "CONVOY_REPO_ROOTS",
+    "CONVOY_AUDIT_SIGNING_KEY",
+    "CONVOY_AUDIT_CHECKPOINT_EVERY",
+    "CONVOY_SECRETS_KEY",
+    "CONVOY_RUNSC_PLATFORM",
+    "CONVOY_MODAL_APP",
+    "CONVOY_MODAL_CREATES_PER_SECOND",
+    "CONVOY_GITHUB_API_URL",
+    "CONVOY_GITHUB_TOKEN",
+    "CONVOY_LOG_LEVEL",
+    "CONVOY_TEST_KEEP_DB",
+}
+SANDBOX_BACKENDS = ("gvisor", "bwrap", "modal", "process")
+
+
+def _fail(name: str, problem: str) -> None:
+    raise ImproperlyConfigured(f"{name}: {problem}")
+
+
+def envstr(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def envbool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    _fail(name, f"expected true/false, got {raw!r}")
+    return default
+
+
+def envint(name: str, default: int, *, minimum: int = 0) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        _fail(name, f"expected an integer, got {raw!r}")
+    if value < minimum:
+        _fail(name, f"must be at least {minimum}, got {value}")
+    return value
+
+
+def envchoice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = os.environ.get(name) or default
+    if value not in choices:
+        _fail(name, f"unknown value {value!r}; expected one of {', '.join(choices)}")
+    return value
+
+
+for _name in os.environ:
+    if _name.startswith("CONVOY_") and _name not in KNOWN_CONVOY_VARS:
+        _fail(_name, "unknown setting (check the spelling; see README's configuration table)")
+
+TESTING = bool(os.environ.get("PYTEST_VERSION"))
+
+# A test run keeps its files (SQLite database, workspaces, keys) apart from the developer's.
+_default_data = BASE_DIR / "var" / (f"test-{os.getpid()}" if TESTING else "")
+DATA_DIR = Path(envstr("CONVOY_DATA_DIR", str(_default_data))).resolve()
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+DATABASE_URL = envstr("DATABASE_URL")
+REDIS_URL = envstr("REDIS_URL")
+if REDIS_URL and urlsplit(REDIS_URL).scheme not in ("redis", "rediss", "unix"):
+    _fail("REDIS_URL", f"expected a redis:// or rediss:// URL, got {REDIS_URL!r}")
+EMBEDDED = not REDIS_URL
+SHAPE = "embedded" if EMBEDDED else "production"
+
+DEBUG = envbool("DEBUG", EMBEDDED and not TESTING)
+
+SECRET_KEY = envstr("SECRET_KEY")
+if not SECRET_KEY:
+    if not (DEBUG or EMBEDDED or TESTING):
+        _fail("SECRET_KEY", "required when DEBUG is off in the production shape")
+    _key_file = DATA_DIR / "secret_key"
+    if not _key_file.exists():
+        _key_file.write_text(secrets.token_urlsafe(50))
+        _key_file.chmod(0o600)
+    SECRET_KEY = _key_file.read_text().strip()
+
+ALLOWED_HOSTS = [h.strip() for h in envstr("ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h]
+CSRF_TRUSTED_ORIGINS = [
+    f"{scheme}://{host}" for host in ALLOWED_HOSTS if host != "*" for scheme in ("http", "https")
+]
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "channels",
+    "django_htmx",
+    "ninja",
+    "template_partials",
+    "accounts",
+    "audit",
+    "sandboxes",
+    "campaigns",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+    "audit.middleware.RequestContextMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "builtins": ["template_partials.templatetags.partials"],
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "accounts.context_processors.role",
+            ],
+        },
+    }
+]
+
+# --- Database -------------------------------------------------------------------------------
+if DATABASE_URL:
+    try:
+        _db = dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)
+    except Exception as exc:  # dj-database-url raises several kinds for a malformed URL
+        _fail("DATABASE_URL", f"malformed URL ({exc})")
+    if _db["ENGINE"] not in (
+        "django.db.backends.postgresql",
+        "django.db.backends.sqlite3",
+    ):
+        _fail("DATABASE_URL", "only postgres:// and sqlite:// URLs are supported")
+else:
+    _db = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(DATA_DIR / "convoy.sqlite3")}
+
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL plus IMMEDIATE transactions lets the web threads and the in-process worker share the
+    # file without "database is locked" errors on upgrade from read to write.
+    _db["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    # A file (not :memory:) so that servers and workers started by tests share it.
+    _db["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
+else:
+    # One database per test run, so parallel runs on one machine never collide.
+    _db["TEST"] = {"NAME": f"test_convoy_{os.getpid()}"}
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis, Celery, channels ----------------------------------------------------------------
+REDIS_PREFIX = envstr("CONVOY_REDIS_PREFIX", f"convoy-test-{os.getpid()}" if TESTING else "convoy")
+
+CELERY_BROKER_URL = REDIS_URL or "memory://"
+CELERY_TASK_IGNORE_RESULT = True  # task state lives in our own tables
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = "convoy"
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+if EMBEDDED:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"polling_interval": 0.005}
+else:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "global_keyprefix": f"{REDIS_PREFIX}:celery:",
+        "visibility_timeout": 3600,
+    }
+CELERY_BEAT_SCHEDULE: dict = {}
+CONVOY_WORKER_CONCURRENCY = envint("CONVOY_WORKER_CONCURRENCY", 4, minimum=1)
+
+if EMBEDDED:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "config.layers.EmbeddedChannelLayer"}}
+else:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{REDIS_PREFIX}:ws"},
+        }
+    }
+
+# --- Auth -----------------------------------------------------------------------------------
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "dashboard"
+LOGOUT_REDIRECT_URL = "login"
+CSRF_FAILURE_VIEW = "accounts.views.csrf_failure"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", not (DEBUG or EMBEDDED))
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+# Client IPs are believed only from this many trusted reverse-proxy hops (0: REMOTE_ADDR).
+TRUSTED_PROXY_HOPS = envint("CONVOY_TRUSTED_PROXY_HOPS", 0)
+
+# --- Sandboxes ------------------------------------------------------------------------------
+SANDBOX_BACKEND = envchoice("CONVOY_SANDBOX_BACKEND", "bwrap", SANDBOX_BACKENDS)
+ALLOW_UNSAFE_PROCESS_BACKEND = envbool("CONVOY_ALLOW_UNSAFE_PROCESS_BACKEND", False)
+if SANDBOX_BACKEND == "process" and not ALLOW_UNSAFE_PROCESS_BACKEND:
+    _fail(
+        "CONVOY_SANDBOX_BACKEND",
+        "'process' runs commands unsandboxed; also set CONVOY_ALLOW_UNSAFE_PROCESS_BACKEND=1",
+    )
+REPO_ROOTS = [
+    Path(p).resolve() for p in envstr("CONVOY_REPO_ROOTS", str(DATA_DIR / "repos")).split(":") if p
+]
+RUNSC_PLATFORM = envchoice("CONVOY_RUNSC_PLATFORM", "ptrace", ("ptrace", "systrap", "kvm"))
+MAX_PARALLEL_REPOS = envint("CONVOY_MAX_PARALLEL_REPOS", 8, minimum=1)
+MODAL_APP = envstr("CONVOY_MODAL_APP", "convoy")
+MODAL_CREATES_PER_SECOND = envint("CONVOY_MODAL_CREATES_PER_SECOND", 4, minimum=1)
+
+# --- Audit ----------------------------------------------------------------------------------
+AUDIT_SIGNING_KEY = Path(envstr("CONVOY_AUDIT_SIGNING_KEY", str(DATA_DIR / "audit-signing.key")))
+AUDIT_CHECKPOINT_EVERY = envint("CONVOY_AUDIT_CHECKPOINT_EVERY", 1000, minimum=1)
+
+# --- Secrets and code hosts -----------------------------------------------------------------
+SECRETS_KEY = envstr("CONVOY_SECRETS_KEY")
+GITHUB_API_URL = envstr("CONVOY_GITHUB_API_URL", "https://api.github.com")
+GITHUB_TOKEN = envstr("CONVOY_GITHUB_TOKEN")
+
+# --- Static files, i18n ---------------------------------------------------------------------
+STATIC_URL = "/static/"
+STATIC_ROOT = DATA_DIR / "static"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+WHITENOISE_USE_FINDERS = True  # serve straight from the apps; no collectstatic step needed
+WHITENOISE_AUTOREFRESH = DEBUG
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+LOG_LEVEL = envchoice("CONVOY_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"))
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {
+        name: {"level": LOG_LEVEL}
+        for name in ("config", "accounts", "audit", "sandboxes", "campaigns")
+    },
+}

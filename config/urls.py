@@ -1,0 +1,10 @@
+"""Top-level URLs: pages of each app, the API and the auth pages."""
+
+from django.urls import include, path
+
+from config.api import api
+
+urlpatterns = [
+    path("", include("accounts.urls")),
+    path("api/v1/", api.urls),
+]

@@ -1,0 +1,161 @@
+"""The sandbox backend interface: one small class per engine, optional features as flags.
+
+Callers test `backend.capabilities`, never backend names. Every method that talks to an
+engine raises SandboxError (transient=True when retrying may help); a non-zero exit code is
+a result, never an exception.
+"""
+
+from __future__ import annotations
+
+import enum
+import shlex
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+
+class Capability(enum.Flag):
+    NONE = 0
+    STREAMED_EXEC = enum.auto()
+    SNAPSHOT = enum.auto()  # filesystem snapshot + create-from-snapshot
+    FORK = enum.auto()  # fork N from a snapshot natively (else snapshot + N creates)
+    CHECKPOINT = enum.auto()  # memory checkpoint/restore
+    PAUSE = enum.auto()
+    GPU = enum.auto()
+    NETWORK_ALLOWLIST = enum.auto()
+
+
+class SandboxError(Exception):
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class NotSupported(SandboxError):
+    """The backend does not declare the capability this call needs."""
+
+
+class NetworkPolicy(enum.StrEnum):
+    NONE = "none"
+    OPEN = "open"
+    ALLOWLIST = "allowlist"
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    image: str = "debian:bookworm-slim"  # a registry image on Modal; local backends use the host's
+    cpu: float = 1.0
+    memory_mb: int = 1024
+    gpu: str | None = None
+    timeout_s: int = 3600  # wall clock for the sandbox's whole life
+    idle_timeout_s: int | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    workdir: str = "/workspace"
+    network: NetworkPolicy = NetworkPolicy.NONE
+    allowed_domains: Sequence[str] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    pids_max: int = 256
+    disk_mb: int = 2048
+
+
+@dataclass(frozen=True)
+class SandboxHandle:
+    """What a backend returns from create/attach: enough to find the sandbox again."""
+
+    backend: str
+    external_id: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExecOutput:
+    stream: str  # "stdout" or "stderr"
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    timed_out: bool = False
+    truncated: bool = False
+    duration_ms: int = 0
+    bytes_out: int = 0
+
+
+@dataclass(frozen=True)
+class SnapshotHandle:
+    backend: str
+    external_id: str
+
+
+ExecEvent = ExecOutput | ExecResult
+
+
+class SandboxBackend(ABC):
+    """One engine. Instances are cheap and stateless; the engine holds the state."""
+
+    name: str = ""
+    capabilities: Capability = Capability.STREAMED_EXEC
+    unsafe: bool = False  # True only for the development `process` backend
+    isolation: str = ""  # shown in the UI, e.g. "gVisor user-space kernel; host /usr read-only"
+
+    @abstractmethod
+    def create(self, spec: SandboxSpec) -> SandboxHandle: ...
+
+    @abstractmethod
+    def attach(self, external_id: str) -> SandboxHandle: ...
+
+    @abstractmethod
+    def list(self, labels: Mapping[str, str]) -> list[SandboxHandle]: ...
+
+    @abstractmethod
+    def write_file(
+        self, handle: SandboxHandle, path: str, data: bytes, mode: int = 0o644
+    ) -> None: ...
+
+    @abstractmethod
+    def read_file(self, handle: SandboxHandle, path: str) -> bytes: ...
+
+    @abstractmethod
+    def exec(
+        self,
+        handle: SandboxHandle,
+        argv: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+        output_cap: int = 10 * 1024 * 1024,
+    ) -> Iterator[ExecEvent]:
+        """Yield ExecOutput events in the order produced, then exactly one ExecResult."""
+
+    @abstractmethod
+    def terminate(self, handle: SandboxHandle) -> None:
+        """Stop everything and free the workspace; a second call is a no-op."""
+
+    # --- optional capabilities ----------------------------------------------------------------
+    def snapshot(self, handle: SandboxHandle) -> SnapshotHandle:
+        raise NotSupported(f"{self.name} cannot snapshot")
+
+    def create_from_snapshot(self, snapshot: SnapshotHandle, spec: SandboxSpec) -> SandboxHandle:
+        raise NotSupported(f"{self.name} cannot create from a snapshot")
+
+    def fork(self, snapshot: SnapshotHandle, spec: SandboxSpec, count: int) -> list[SandboxHandle]:
+        """Default fork: N creates from the snapshot."""
+        if Capability.SNAPSHOT not in self.capabilities:
+            raise NotSupported(f"{self.name} cannot fork")
+        return [self.create_from_snapshot(snapshot, spec) for _ in range(count)]
+
+    def delete_snapshot(self, snapshot: SnapshotHandle) -> None:
+        raise NotSupported(f"{self.name} has no snapshots")
+
+    def checkpoint(self, handle: SandboxHandle) -> SnapshotHandle:
+        raise NotSupported(f"{self.name} cannot checkpoint memory")
+
+    def restore(self, checkpoint: SnapshotHandle, spec: SandboxSpec) -> SandboxHandle:
+        raise NotSupported(f"{self.name} cannot restore a checkpoint")
+
+    @staticmethod
+    def shell_join(argv: Sequence[str]) -> str:
+        """For providers that take one shell string."""
+        return shlex.join(argv)

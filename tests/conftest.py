@@ -1,0 +1,224 @@
+"""Shared fixtures: role users, real Celery workers, a real ASGI server, real Chromium.
+
+Tests run in one deployment shape per pytest invocation (decided by REDIS_URL, as in
+production). `@pytest.mark.shapes("embedded", "production")` says where a test belongs;
+unmarked tests belong to the production shape. Tests of the other shape are deselected,
+not skipped.
+"""
+
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from tests.factories import user_make
+from tests.support import PYTHON, ROOT, free_port, process_stop, subprocess_env, wait_for
+
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def pytest_report_header(config):
+    db = settings.DATABASES["default"]
+    engine = "PostgreSQL" if "postgresql" in db["ENGINE"] else "SQLite"
+    redis = (
+        f"Redis {settings.REDIS_URL} prefix {settings.REDIS_PREFIX}"
+        if settings.REDIS_URL
+        else ("no Redis: memory broker, in-memory channel layer")
+    )
+    return f"convoy shape: {settings.SHAPE} ({engine} {db['TEST']['NAME']}; {redis})"
+
+
+def pytest_collection_modifyitems(config, items):
+    keep, drop = [], []
+    for item in items:
+        marker = item.get_closest_marker("shapes")
+        shapes = marker.args if marker else ("production",)
+        (keep if settings.SHAPE in shapes else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture
+def manager(db):
+    return user_make(role="manager", username="mia")
+
+
+@pytest.fixture
+def reviewer(db):
+    return user_make(role="reviewer", username="rob")
+
+
+@pytest.fixture
+def admin_user(db):
+    return user_make(role="admin", username="ada")
+
+
+@pytest.fixture
+def outsider(db):
+    return user_make(role=None, username="otto")
+
+
+@pytest.fixture
+def celery_worker(transactional_db):
+    """A real worker: a `celery worker` process in production, in-process when embedded."""
+    if settings.EMBEDDED:
+        from config.embedded import embedded_worker_start
+
+        worker = embedded_worker_start(beat=False)
+        yield worker
+        worker.stop()
+        return
+    proc = subprocess.Popen(
+        [
+            PYTHON,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "--pool",
+            "threads",
+            "-c",
+            "4",
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ],
+        cwd=ROOT,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    ready = threading.Event()
+    lines: list[str] = []
+
+    def _pump():
+        for line in proc.stdout:
+            lines.append(line)
+            if " ready." in line:
+                ready.set()
+
+    threading.Thread(target=_pump, daemon=True).start()
+    try:
+        wait_for(
+            lambda: ready.is_set() or proc.poll() is not None,
+            timeout=60,
+            what="celery worker ready",
+        )
+        assert ready.is_set(), "celery worker exited early:\n" + "".join(lines[-30:])
+        yield proc
+    finally:
+        process_stop(proc)
+
+
+@pytest.fixture
+def asgi_server(transactional_db):
+    """`manage.py serve` on a free port, sharing this run's database (and worker, when embedded)."""
+    port = free_port()
+    procs = []
+    if not settings.EMBEDDED:
+        procs.append(
+            subprocess.Popen(
+                [
+                    PYTHON,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "config",
+                    "worker",
+                    "--pool",
+                    "threads",
+                    "-c",
+                    "4",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--without-heartbeat",
+                    "--loglevel",
+                    "WARNING",
+                ],
+                cwd=ROOT,
+                env=subprocess_env(),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    log = (settings.DATA_DIR / f"serve-{port}.log").open("w")
+    server = subprocess.Popen(
+        [PYTHON, "manage.py", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=subprocess_env(ALLOWED_HOSTS="127.0.0.1,localhost"),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    procs.append(server)
+    import urllib.request
+
+    def _up():
+        if server.poll() is not None:
+            raise AssertionError("server exited:\n" + Path(log.name).read_text()[-3000:])
+        try:
+            return (
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/login/", timeout=2).status == 200
+            )
+        except OSError:
+            return False
+
+    try:
+        wait_for(_up, timeout=60, what="ASGI server to answer")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        for p in reversed(procs):
+            process_stop(p)
+        log.close()
+
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def browser_page(tmp_path):
+    """A Chromium page (Debian's /usr/bin/chromium driven by Playwright)."""
+    import os
+
+    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's sync API runs a loop
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 900})
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        try:
+            yield page
+        finally:
+            context.close()
+            browser.close()
+
+
+def screenshot(page, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove this run's data dir (its sandboxes have been cleaned up by their own fixtures)."""
+    import shutil
+
+    data_dir = Path(settings.DATA_DIR)
+    if settings.TESTING and data_dir.name.startswith("test-") and not settings.DEBUG:
+        shutil.rmtree(data_dir, ignore_errors=True)

@@ -1,0 +1,75 @@
+"""Helpers for tests that start real processes: env for subprocesses, polling, free ports."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def wait_for(
+    predicate: Callable[[], object], *, timeout: float = 30, interval: float = 0.05, what: str = ""
+):
+    """Poll until predicate() is truthy; fail with `what` after the deadline. Never a bare sleep."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_database_url() -> str:
+    """A URL for the test database that subprocesses can open."""
+    sd = connection.settings_dict
+    if sd["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{sd['NAME']}"
+    user = sd.get("USER") or ""
+    host = sd.get("HOST") or "127.0.0.1"
+    port = sd.get("PORT") or 5432
+    return f"postgres://{user}@{host}:{port}/{sd['NAME']}"
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a server or worker that must share this test run's data."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_VERSION"}
+    env.update(
+        DATABASE_URL=test_database_url(),
+        CONVOY_DATA_DIR=str(settings.DATA_DIR),
+        CONVOY_REDIS_PREFIX=settings.REDIS_PREFIX,
+        SECRET_KEY=settings.SECRET_KEY,
+        DEBUG="0",
+        PYTHONUNBUFFERED="1",
+    )
+    if settings.REDIS_URL:
+        env["REDIS_URL"] = settings.REDIS_URL
+    else:
+        env.pop("REDIS_URL", None)
+    env.update(extra)
+    return env
+
+
+def process_stop(proc: subprocess.Popen, *, timeout: float = 15) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)
