@@ -1,1 +1,220 @@
-"""Campaign records (filled in by the campaigns issue)."""
+"""Campaign records: repositories, campaigns, one run per repository, one variant per fork."""
+
+from django.conf import settings
+from django.db import models
+
+
+class Repository(models.Model):
+    url = models.CharField(max_length=1000, unique=True)
+    name = models.CharField(max_length=200, help_text="Shown in lists; derived from the URL")
+    default_ref = models.CharField(max_length=200, default="HEAD")
+    tags = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name", "id"]
+        verbose_name_plural = "repositories"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class CampaignState(models.TextChoices):
+    DRAFT = "draft"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+class Campaign(models.Model):
+    name = models.SlugField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    spec = models.JSONField(help_text="The validated, normalised spec")
+    spec_source = models.TextField(blank=True, help_text="The YAML or JSON as submitted")
+    state = models.CharField(max_length=12, choices=CampaignState, default=CampaignState.DRAFT)
+    backend = models.CharField(max_length=20)
+    max_parallel = models.PositiveIntegerField(default=8)
+    four_eyes = models.BooleanField(
+        default=True, help_text="The person who launched it may not approve its changes"
+    )
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="campaigns"
+    )
+    launched_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    launched_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["state"])]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def variant_names(self) -> list[str]:
+        return [v["name"] for v in self.spec.get("variants", [])]
+
+
+class RunState(models.TextChoices):
+    PENDING = "pending"  # created, waiting for a slot
+    QUEUED = "queued"  # holds a slot, its task is on the broker
+    RUNNING = "running"  # a worker holds its lease
+    SUCCEEDED = "succeeded"  # every variant reached a final state
+    FAILED = "failed"  # the repository could not be prepared (fetch, checkout, setup)
+    CANCELLED = "cancelled"
+
+
+RUN_FINAL_STATES = (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED)
+RUN_ACTIVE_STATES = (RunState.QUEUED, RunState.RUNNING)
+
+# Legal moves; `run_transition` refuses anything else.
+RUN_TRANSITIONS = {
+    RunState.PENDING: {RunState.QUEUED, RunState.CANCELLED},
+    RunState.QUEUED: {RunState.RUNNING, RunState.PENDING, RunState.CANCELLED, RunState.FAILED},
+    RunState.RUNNING: {
+        RunState.SUCCEEDED,
+        RunState.FAILED,
+        RunState.CANCELLED,
+        RunState.QUEUED,  # transient error or lost worker: back on the broker
+    },
+    RunState.SUCCEEDED: set(),
+    RunState.FAILED: {RunState.PENDING},  # retry
+    RunState.CANCELLED: {RunState.PENDING},  # retry after cancel
+}
+
+
+class RepoRun(models.Model):
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="runs")
+    repository = models.ForeignKey(Repository, on_delete=models.PROTECT, related_name="runs")
+    ref = models.CharField(max_length=200)
+    state = models.CharField(max_length=12, choices=RunState, default=RunState.PENDING)
+    attempt = models.PositiveIntegerField(default=1)
+    transient_retries = models.PositiveIntegerField(default=0)
+    step = models.CharField(max_length=20, blank=True, help_text="Last completed pipeline step")
+    base_commit = models.CharField(max_length=64, blank=True)
+    snapshot_id = models.BigIntegerField(
+        null=True, blank=True, help_text="SandboxSnapshot the variants fork from"
+    )
+    error = models.TextField(blank=True)
+    error_signature = models.CharField(max_length=16, blank=True, db_index=True)
+    error_summary = models.CharField(max_length=300, blank=True)
+    worker = models.CharField(max_length=200, blank=True, help_text="host:pid holding the lease")
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "repository"], name="run_once_per_repo")
+        ]
+        indexes = [
+            models.Index(fields=["campaign", "state"]),
+            models.Index(fields=["state", "heartbeat_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.campaign_id}/{self.repository_id}"
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in RUN_FINAL_STATES
+
+
+class RunTransition(models.Model):
+    """Every run state change with its time: the campaign burndown is drawn from these."""
+
+    run = models.ForeignKey(RepoRun, on_delete=models.CASCADE, related_name="transitions")
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="+")
+    from_state = models.CharField(max_length=12)
+    to_state = models.CharField(max_length=12)
+    at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+        indexes = [models.Index(fields=["campaign", "at"])]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}: {self.from_state} -> {self.to_state}"
+
+
+class VariantState(models.TextChoices):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"  # transform and validation ran; see `validation`
+    FAILED = "failed"  # the transform itself failed or its sandbox broke
+    CANCELLED = "cancelled"
+
+
+VARIANT_FINAL_STATES = (VariantState.COMPLETED, VariantState.FAILED, VariantState.CANCELLED)
+
+
+class Validation(models.TextChoices):
+    NONE = "", "not run"
+    PASSED = "passed"
+    FAILED = "failed"
+    SKIPPED = "skipped", "no validate steps"
+
+
+class Variant(models.Model):
+    run = models.ForeignKey(RepoRun, on_delete=models.CASCADE, related_name="variants")
+    name = models.CharField(max_length=100)
+    position = models.PositiveIntegerField(default=0)
+    state = models.CharField(max_length=12, choices=VariantState, default=VariantState.PENDING)
+    attempt = models.PositiveIntegerField(default=0, help_text="Executions started")
+    sandbox_id = models.BigIntegerField(null=True, blank=True)
+    patch = models.BinaryField(default=bytes, help_text="git diff --binary against base_commit")
+    patch_truncated = models.BooleanField(default=False)
+    diff_sha256 = models.CharField(max_length=64, blank=True, db_index=True)
+    files_changed = models.PositiveIntegerField(default=0)
+    insertions = models.PositiveIntegerField(default=0)
+    deletions = models.PositiveIntegerField(default=0)
+    diffstat = models.JSONField(default=list, help_text="[{path, added, deleted}] per file")
+    validation = models.CharField(
+        max_length=8, choices=Validation, default=Validation.NONE, blank=True
+    )
+    output_tail = models.TextField(blank=True, help_text="Tail of the last step's output")
+    error = models.TextField(blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["run", "position"]
+        constraints = [models.UniqueConstraint(fields=["run", "name"], name="variant_once_per_run")]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}:{self.name}"
+
+    @property
+    def diff(self) -> str:
+        return bytes(self.patch).decode("utf-8", errors="replace")
+
+
+class Secret(models.Model):
+    """A named value injected into the sandboxes of campaigns that list it; never shown again."""
+
+    name = models.CharField(max_length=100, unique=True)
+    ciphertext = models.BinaryField()
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    rotated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
