@@ -1,0 +1,475 @@
+"""Live logs: a sandbox command's bytes become numbered lines, stored in batches and pushed.
+
+`LogCapture` is fed the backend's `(stream, bytes)` events by `sandbox_exec`. It turns them into
+lines (UTF-8 decoded with replacement, `\\r` progress collapsed, long lines split, secrets
+masked, a per-command size cap), gives each line the sandbox's next sequence number, writes the
+lines with one bulk insert per batch and publishes each batch, rendered as HTML, to the sandbox's
+channel-layer group. Storage is the source of truth: the websocket consumer resyncs from it
+whenever the channel layer cannot be trusted (a gap, a late joiner, a slow reader).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import html
+import logging
+import re
+import shlex
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from ansi2html import Ansi2HTMLConverter
+from channels.layers import get_channel_layer
+from django.db import connection, transaction
+from django.utils import timezone
+
+from sandboxes.models import LogLine, Sandbox
+
+logger = logging.getLogger(__name__)
+
+LINE_MAX_CHARS = 4096  # longer lines are split into several
+COMMAND_CAP_BYTES = 8 * 1024 * 1024  # per command; past it a marker line says what was dropped
+PARTIAL_FLUSH_S = 0.5  # a line without its newline yet is shown after this long
+PROGRESS_FLUSH_S = 2.0  # ... or this long while it is a `\r` progress bar still changing
+BATCH_MAX_LINES = 2000
+BATCH_MAX_CHARS = 512 * 1024
+BATCH_MAX_DELAY_S = 0.025  # latency budget of a quiet command's line before it is written
+MASK = "[masked]"
+STREAMS = ("stdout", "stderr", "system")
+
+
+def log_group(sandbox_id: int) -> str:
+    """The channel-layer group that receives a sandbox's log batches."""
+    return f"sandbox.{sandbox_id}.logs"
+
+
+# --- Turning bytes into lines -----------------------------------------------------------------
+
+
+class SecretMasker:
+    """Replaces secret values (and each line of a multi-line one) with MASK."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        patterns: set[str] = set()
+        for value in secrets:
+            if not value:
+                continue
+            patterns.add(value)
+            if "\n" in value:
+                patterns.update(p.strip("\r") for p in value.split("\n") if len(p.strip()) >= 4)
+        patterns.discard("")
+        ordered = sorted(patterns, key=len, reverse=True)
+        self.longest = len(ordered[0]) if ordered else 0
+        self._regex = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+
+    def __call__(self, text: str) -> str:
+        if self._regex is None:
+            return text
+        return self._regex.sub(MASK, text)
+
+
+def _collapse(line: str) -> str:
+    """Keep only the last state of a line that redrew itself with carriage returns."""
+    if "\r" not in line:
+        return line
+    line = line.rstrip("\r")
+    return line[line.rfind("\r") + 1 :]
+
+
+def _split_long(line: str) -> list[str]:
+    if len(line) <= LINE_MAX_CHARS:
+        return [line]
+    return [line[i : i + LINE_MAX_CHARS] for i in range(0, len(line), LINE_MAX_CHARS)]
+
+
+class _StreamSplitter:
+    """One stream's bytes → complete lines; holds the unfinished last line."""
+
+    def __init__(self, mask: SecretMasker) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._mask = mask
+        self.pending = ""
+        self.pending_since = 0.0
+
+    def feed(self, data: bytes, now: float) -> list[str]:
+        text = self._decoder.decode(data)
+        if not text:
+            return []
+        if "\x00" in text:  # PostgreSQL text cannot hold NUL; show it as its symbol
+            text = text.replace("\x00", "\u2400")
+        if not self.pending:
+            self.pending_since = now
+        buffer = self.pending + text
+        end = buffer.rfind("\n")
+        lines: list[str] = []
+        if end >= 0:
+            # Masking the complete lines in one pass: no secret pattern contains a newline,
+            # so none can straddle the cut.
+            head = self._mask(buffer[:end])
+            for line in head.split("\n"):
+                lines.extend(_split_long(_collapse(line)))
+            buffer = buffer[end + 1 :]
+            self.pending_since = now
+        if "\r" in buffer[:-1]:
+            buffer = buffer[buffer.rfind("\r", 0, len(buffer) - 1) + 1 :]
+        # A line that never ends is cut into LINE_MAX_CHARS pieces, keeping enough of its tail
+        # unsent that a secret arriving in the next chunk is still seen whole.
+        keep = max(self._mask.longest, 1)
+        if len(buffer) >= LINE_MAX_CHARS + keep:
+            buffer = self._mask(buffer)
+            cut = ((len(buffer) - keep) // LINE_MAX_CHARS) * LINE_MAX_CHARS
+            lines.extend(_split_long(buffer[:cut]))
+            buffer = buffer[cut:]
+        self.pending = buffer
+        return lines
+
+    def due(self, now: float) -> bool:
+        if not self.pending:
+            return False
+        wait = PROGRESS_FLUSH_S if "\r" in self.pending else PARTIAL_FLUSH_S
+        return now - self.pending_since >= wait
+
+    def take_pending(self, *, final: bool = False) -> list[str]:
+        if final:
+            self.pending += self._decoder.decode(b"", final=True)
+        text, self.pending = self.pending, ""
+        if not text:
+            return []
+        return _split_long(_collapse(self._mask(text)))
+
+
+# --- Rendering ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Line:
+    seq: int
+    stream: str
+    text: str
+    command_id: int | None = None
+
+
+_ansi = threading.local()
+
+
+def _ansi_to_html(text: str) -> str:
+    converter = getattr(_ansi, "converter", None)
+    if converter is None:
+        converter = _ansi.converter = Ansi2HTMLConverter(inline=True, dark_bg=True)
+    return converter.convert(text, full=False, ensure_trailing_newline=False)
+
+
+def log_line_html(line: Line | LogLine) -> str:
+    """One line as an HTML element; ANSI colours become escaped markup, everything else escaped.
+
+    Written as a format string rather than a template tag loop: it runs for every line at tens
+    of thousands of lines a second. The panel's partials wrap these strings.
+    """
+    text = line.text
+    body = _ansi_to_html(text) if "\x1b" in text else html.escape(text, quote=False)
+    stream = line.stream if line.stream in STREAMS else "stdout"
+    return (
+        f'<div class="log-line log-{stream}" data-seq="{line.seq}" '
+        f'data-cmd="{line.command_id or ""}">{body}</div>'
+    )
+
+
+# --- Capture ---------------------------------------------------------------------------------
+
+
+class LogCapture:
+    """Collects one command's output; a writer thread stores and publishes it in batches.
+
+    When the caller is inside a database transaction (as tests wrapped in one are) a writer
+    thread could not see the caller's rows, so batches are written in the caller's thread.
+    """
+
+    def __init__(
+        self,
+        *,
+        sandbox_id: int,
+        command_id: int | None = None,
+        argv: Sequence[str] | None = None,
+        secrets: Iterable[str] | Mapping[str, str] = (),
+        cap_bytes: int = COMMAND_CAP_BYTES,
+        threaded: bool | None = None,
+    ) -> None:
+        values = secrets.values() if isinstance(secrets, Mapping) else secrets
+        self.sandbox_id = sandbox_id
+        self.command_id = command_id
+        self.cap_bytes = cap_bytes
+        self.bytes_in = 0
+        self.bytes_dropped = 0
+        self.lines_written = 0
+        self.first_seq: int | None = None
+        self.last_seq: int | None = None
+        self._mask = SecretMasker(values)
+        self._splitters = {s: _StreamSplitter(self._mask) for s in ("stdout", "stderr")}
+        self._pending: list[tuple[str, str, datetime]] = []
+        self._pending_chars = 0
+        self._oldest = 0.0
+        # Re-entrant: feed() holds it across the splitters (shared with the writer thread's
+        # partial-line deadline) and the pending list.
+        self._lock = threading.RLock()
+        self._wake = threading.Condition(self._lock)
+        self._closed = False
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        if threaded is None:
+            threaded = not connection.in_atomic_block
+        self._thread: threading.Thread | None = None
+        if threaded:
+            self._thread = threading.Thread(
+                target=self._writer, name=f"convoy-logs-{sandbox_id}", daemon=True
+            )
+            self._thread.start()
+        if argv is not None:
+            self.system(f"$ {shlex.join(argv)}")
+
+    # -- feeding (the command's thread) --
+    def feed(self, stream: str, data: bytes) -> None:
+        if stream not in self._splitters:
+            stream = "stdout"
+        with self._lock:
+            self._feed(stream, data)
+
+    def _feed(self, stream: str, data: bytes) -> None:
+        if self.bytes_in >= self.cap_bytes:
+            self.bytes_dropped += len(data)
+            return
+        room = self.cap_bytes - self.bytes_in
+        self.bytes_in += min(len(data), room)
+        if len(data) > room:
+            self.bytes_dropped += len(data) - room
+            data = data[:room]
+        now = time.monotonic()
+        lines = self._splitters[stream].feed(data, now)
+        if self.bytes_in >= self.cap_bytes:
+            # The marker goes right after the last stored bytes, in order with them.
+            for name, splitter in self._splitters.items():
+                self._add(name, splitter.take_pending(final=True), now)
+            self._add(stream, lines, now)
+            self.system(
+                f"[output truncated: this command printed more than {self.cap_bytes:,} bytes; "
+                "the rest is not stored]"
+            )
+            return
+        self._add(stream, lines, now)
+        for name, splitter in self._splitters.items():
+            if splitter.due(now):
+                self._add(name, splitter.take_pending(), now)
+
+    def system(self, text: str) -> None:
+        """A line of our own (command header, truncation marker), masked like the output."""
+        self._add("system", [self._mask(text)], time.monotonic())
+
+    def _add(self, stream: str, texts: list[str], now: float) -> None:
+        if not texts:
+            return
+        stamp = timezone.now()
+        with self._lock:
+            was_empty = not self._pending
+            if was_empty:
+                self._oldest = now
+            self._pending.extend((stream, t, stamp) for t in texts)
+            self._pending_chars += sum(map(len, texts))
+            full = (
+                len(self._pending) >= BATCH_MAX_LINES or self._pending_chars >= BATCH_MAX_CHARS
+            )
+            if self._thread is not None:
+                if full or was_empty:
+                    self._wake.notify()
+                return
+        if full or now - self._oldest >= BATCH_MAX_DELAY_S:
+            self._write(self._take())
+
+    def close(self) -> None:
+        """Flush everything (partial lines included), stop the writer, raise its error if any."""
+        if self._closed:
+            return
+        now = time.monotonic()
+        with self._lock:
+            for name, splitter in self._splitters.items():
+                self._add(name, splitter.take_pending(final=True), now)
+            if self.bytes_dropped:
+                self.system(f"[{self.bytes_dropped:,} bytes of output were not stored]")
+            self._closed = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join()
+        else:
+            while batch := self._take():
+                self._write(batch)
+            self._close_loop()
+        if self._error is not None:
+            raise self._error
+
+    def __enter__(self) -> LogCapture:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- writing (the writer thread, or the caller's) --
+    def _take(self) -> list[tuple[str, str, datetime]]:
+        with self._lock:
+            batch, self._pending = self._pending[:BATCH_MAX_LINES], self._pending[BATCH_MAX_LINES:]
+            self._pending_chars = sum(len(t) for _, t, _ in self._pending) if self._pending else 0
+            if self._pending:
+                self._oldest = time.monotonic()
+            return batch
+
+    def _writer(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    while not self._closed:
+                        if len(self._pending) >= BATCH_MAX_LINES:
+                            break
+                        if self._pending_chars >= BATCH_MAX_CHARS:
+                            break
+                        waited = time.monotonic() - self._oldest
+                        if self._pending and waited >= BATCH_MAX_DELAY_S:
+                            break
+                        # Partial lines are checked here too, so a prompt without a newline
+                        # shows up even while the command prints nothing more.
+                        if any(s.pending for s in self._splitters.values()):
+                            timeout = BATCH_MAX_DELAY_S
+                        else:
+                            timeout = (
+                                BATCH_MAX_DELAY_S - waited if self._pending else PARTIAL_FLUSH_S
+                            )
+                        self._wake.wait(timeout=max(timeout, 0.001))
+                        self._flush_due_partials()
+                    closed = self._closed
+                batch = self._take()
+                if batch:
+                    self._write(batch)
+                elif closed:
+                    return
+        except BaseException as exc:  # reported to the caller by close()
+            logger.exception("log writer for sandbox %s failed", self.sandbox_id)
+            self._error = exc
+            with self._lock:
+                self._pending = []
+        finally:
+            self._close_loop()
+            connection.close()
+
+    def _flush_due_partials(self) -> None:
+        # Called with the lock held; the splitters are shared with the feeding thread, so only
+        # look at them here and take the line under the same lock the feeder's _add uses.
+        now = time.monotonic()
+        for name, splitter in self._splitters.items():
+            if splitter.due(now):
+                texts = splitter.take_pending()
+                if texts:
+                    stamp = timezone.now()
+                    if not self._pending:
+                        self._oldest = now - BATCH_MAX_DELAY_S
+                    self._pending.extend((name, t, stamp) for t in texts)
+                    self._pending_chars += sum(map(len, texts))
+
+    def _write(self, batch: list[tuple[str, str, datetime]]) -> None:
+        if not batch:
+            return
+        first = log_lines_store(sandbox_id=self.sandbox_id, command_id=self.command_id, rows=batch)
+        last = first + len(batch) - 1
+        self.first_seq = self.first_seq or first
+        self.last_seq = last
+        self.lines_written += len(batch)
+        lines = [
+            Line(seq=first + i, stream=stream, text=text, command_id=self.command_id)
+            for i, (stream, text, _) in enumerate(batch)
+        ]
+        self._publish(first, last, [log_line_html(line) for line in lines])
+
+    def _publish(self, first: int, last: int, rendered: list[str]) -> None:
+        layer = get_channel_layer()
+        if layer is None:
+            return
+        if self._loop is None:
+            # One loop for the capture's life, so the layer keeps one connection to Redis.
+            self._loop = asyncio.new_event_loop()
+        message = {"type": "log.batch", "first": first, "last": last, "lines": rendered}
+        try:
+            self._loop.run_until_complete(layer.group_send(log_group(self.sandbox_id), message))
+        except Exception:
+            # Publishing is best effort: the lines are stored and readers resync from storage.
+            logger.warning("could not publish log batch %s-%s", first, last, exc_info=True)
+
+    def _close_loop(self) -> None:
+        if self._loop is not None:
+            self._loop.close()
+            self._loop = None
+
+
+def log_lines_store(
+    *, sandbox_id: int, command_id: int | None, rows: Sequence[tuple[str, str, datetime]]
+) -> int:
+    """Store lines with the sandbox's next sequence numbers in one transaction; return the first.
+
+    The sandbox row's counter is bumped first, which locks it until commit, so concurrent
+    writers for one sandbox commit in seq order and a reader never sees a hole fill in later.
+    """
+    count = len(rows)
+    sandbox_table = Sandbox._meta.db_table
+    line_table = LogLine._meta.db_table
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {sandbox_table} SET last_log_seq = last_log_seq + %s "  # noqa: S608
+                "WHERE id = %s RETURNING last_log_seq",
+                [count, sandbox_id],
+            )
+            found = cursor.fetchone()
+            if found is None:
+                raise Sandbox.DoesNotExist(f"sandbox {sandbox_id} is gone")
+            first = found[0] - count + 1
+            if connection.vendor == "postgresql":
+                columns = "(sandbox_id, seq, command_id, stream, text, created_at)"
+                with cursor.connection.cursor() as raw, raw.copy(
+                    f"COPY {line_table} {columns} FROM STDIN"
+                ) as copy:
+                    for i, (stream, text, stamp) in enumerate(rows):
+                        copy.write_row((sandbox_id, first + i, command_id, stream, text, stamp))
+            else:
+                LogLine.objects.bulk_create(
+                    [
+                        LogLine(
+                            sandbox_id=sandbox_id,
+                            seq=first + i,
+                            command_id=command_id,
+                            stream=stream,
+                            text=text,
+                            created_at=stamp,
+                        )
+                        for i, (stream, text, stamp) in enumerate(rows)
+                    ],
+                    batch_size=500,
+                )
+    return first
+
+
+def log_capture_open(
+    *,
+    sandbox: Sandbox,
+    command_id: int | None = None,
+    argv: Sequence[str] | None = None,
+    secrets: Iterable[str] | Mapping[str, str] = (),
+    cap_bytes: int = COMMAND_CAP_BYTES,
+) -> LogCapture:
+    """Start capturing one command's output; call `feed()` per event and `close()` at the end."""
+    return LogCapture(
+        sandbox_id=sandbox.pk, command_id=command_id, argv=argv, secrets=secrets, cap_bytes=cap_bytes
+    )
+
+
+def log_system_line(*, sandbox: Sandbox, text: str) -> None:
+    """Append one line of Convoy's own (e.g. "sandbox terminated") to a sandbox's log."""
+    with LogCapture(sandbox_id=sandbox.pk, threaded=False) as capture:
+        capture.system(text)
