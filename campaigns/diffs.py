@@ -1,0 +1,489 @@
+"""Unified git diffs: parse into files and hunks, hash, normalise for bulk review, render safely.
+
+Diffs come out of sandboxes and are untrusted: every string that reaches a page goes through
+`escape()` or Pygments (which escapes), and the views mark only that output safe.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
+
+HUNK_RE = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@ ?(.*)$")
+# A file with more changed lines than this is shown collapsed and without highlighting.
+COLLAPSE_OVER = 400
+# Highlighting is per line; past this many lines in one diff the rest is plain text.
+HIGHLIGHT_LINE_BUDGET = 4000
+
+
+@dataclass
+class DiffLine:
+    kind: str  # "context", "add", "del", "note" ("\ No newline at end of file")
+    text: str
+    old_no: int | None = None
+    new_no: int | None = None
+
+
+@dataclass
+class Hunk:
+    header: str
+    old_start: int
+    old_len: int
+    new_start: int
+    new_len: int
+    section: str
+    lines: list[DiffLine] = field(default_factory=list)
+
+
+@dataclass
+class FileDiff:
+    old_path: str
+    new_path: str
+    status: str = "modified"  # modified, added, deleted, renamed
+    binary: bool = False
+    header_lines: list[str] = field(default_factory=list)
+    hunks: list[Hunk] = field(default_factory=list)
+
+    @property
+    def path(self) -> str:
+        return self.old_path if self.status == "deleted" else self.new_path
+
+    @property
+    def added(self) -> int:
+        return sum(1 for h in self.hunks for line in h.lines if line.kind == "add")
+
+    @property
+    def removed(self) -> int:
+        return sum(1 for h in self.hunks for line in h.lines if line.kind == "del")
+
+    @property
+    def display_path(self) -> str:
+        if self.status == "renamed":
+            return f"{self.old_path} → {self.new_path}"
+        return self.path
+
+
+@dataclass(frozen=True)
+class DiffStat:
+    files: int
+    added: int
+    removed: int
+    per_file: tuple[tuple[str, int, int, bool], ...] = ()
+
+    def as_dict(self) -> dict:
+        return {"files": self.files, "added": self.added, "removed": self.removed}
+
+
+def diff_text(diff: str | bytes | None) -> str:
+    """Diff text for parsing and display; bytes that are not UTF-8 become U+FFFD."""
+    if diff is None:
+        return ""
+    if isinstance(diff, bytes | bytearray | memoryview):
+        return bytes(diff).decode("utf-8", errors="replace")
+    return diff
+
+
+def _unquote(path: str) -> str:
+    """Undo git's C-style quoting of unusual paths ("a/caf\\303\\251")."""
+    if len(path) >= 2 and path[0] == '"' and path[-1] == '"':
+        raw = path[1:-1].encode("latin-1", errors="replace").decode("unicode_escape")
+        return raw.encode("latin-1", errors="replace").decode("utf-8", errors="replace")
+    return path
+
+
+def _strip_prefix(path: str) -> str:
+    path = _unquote(path.split("\t", 1)[0])
+    if path.startswith(("a/", "b/")):
+        return path[2:]
+    return path
+
+
+def _paths_from_git_line(line: str) -> tuple[str, str]:
+    rest = line[len("diff --git ") :]
+    if rest.startswith('"'):
+        end = rest.index('"', 1) + 1
+        return _strip_prefix(rest[:end]), _strip_prefix(rest[end:].strip())
+    # "a/x b/x": the two halves are equal for everything but renames, which name both paths
+    # again in "rename from/to" lines.
+    half = len(rest) // 2
+    if rest[:half] == "a/" + rest[half + 3 :] and rest[half : half + 3] == " b/":
+        return rest[2:half], rest[half + 3 :]
+    left, _, right = rest.partition(" b/")
+    return _strip_prefix(left), right
+
+
+def diff_parse(diff: str | bytes | None) -> list[FileDiff]:
+    """Split a `git diff` into files and hunks, with line numbers on both sides."""
+    files: list[FileDiff] = []
+    current: FileDiff | None = None
+    hunk: Hunk | None = None
+    old_no = new_no = 0
+    in_binary_patch = False
+    for line in diff_text(diff).split("\n"):
+        if line.startswith("diff --git "):
+            old, new = _paths_from_git_line(line)
+            current = FileDiff(old_path=old, new_path=new, header_lines=[line])
+            files.append(current)
+            hunk = None
+            in_binary_patch = False
+            continue
+        if current is None:
+            continue
+        if hunk is not None and not in_binary_patch:
+            if line.startswith("+") and not line.startswith("+++ "):
+                hunk.lines.append(DiffLine("add", line[1:], None, new_no))
+                new_no += 1
+                continue
+            if line.startswith("-") and not line.startswith("--- "):
+                hunk.lines.append(DiffLine("del", line[1:], old_no, None))
+                old_no += 1
+                continue
+            if line.startswith(" "):
+                hunk.lines.append(DiffLine("context", line[1:], old_no, new_no))
+                old_no += 1
+                new_no += 1
+                continue
+            if line.startswith("\\"):
+                hunk.lines.append(DiffLine("note", line[1:].strip()))
+                continue
+            # A "+++"/"---" inside a hunk is content when the hunk still expects lines.
+            if line.startswith(("+++ ", "--- ")) and _hunk_open(hunk, old_no, new_no):
+                kind = "add" if line[0] == "+" else "del"
+                if kind == "add":
+                    hunk.lines.append(DiffLine("add", line[1:], None, new_no))
+                    new_no += 1
+                else:
+                    hunk.lines.append(DiffLine("del", line[1:], old_no, None))
+                    old_no += 1
+                continue
+        match = HUNK_RE.match(line)
+        if match and not in_binary_patch:
+            a, b, c, d, section = match.groups()
+            hunk = Hunk(
+                header=line,
+                old_start=int(a),
+                old_len=int(b) if b is not None else 1,
+                new_start=int(c),
+                new_len=int(d) if d is not None else 1,
+                section=section,
+            )
+            current.hunks.append(hunk)
+            old_no, new_no = hunk.old_start, hunk.new_start
+            continue
+        if not line and hunk is not None:
+            # Some tools strip the space of an empty context line.
+            if not in_binary_patch and _hunk_open(hunk, old_no, new_no):
+                hunk.lines.append(DiffLine("context", "", old_no, new_no))
+                old_no += 1
+                new_no += 1
+            continue
+        current.header_lines.append(line)
+        if line.startswith("new file mode"):
+            current.status = "added"
+        elif line.startswith("deleted file mode"):
+            current.status = "deleted"
+        elif line.startswith("rename from "):
+            current.status = "renamed"
+            current.old_path = _unquote(line[len("rename from ") :])
+        elif line.startswith("rename to "):
+            current.status = "renamed"
+            current.new_path = _unquote(line[len("rename to ") :])
+        elif line.startswith("--- ") and line[4:].split("\t")[0] != "/dev/null":
+            current.old_path = _strip_prefix(line[4:])
+        elif line.startswith("+++ ") and line[4:].split("\t")[0] != "/dev/null":
+            current.new_path = _strip_prefix(line[4:])
+        elif line.startswith("Binary files ") or line == "GIT binary patch":
+            current.binary = True
+            in_binary_patch = line == "GIT binary patch"
+    return files
+
+
+def _hunk_open(hunk: Hunk, old_no: int, new_no: int) -> bool:
+    return old_no < hunk.old_start + hunk.old_len or new_no < hunk.new_start + hunk.new_len
+
+
+def diff_stat(diff: str | bytes | list[FileDiff] | None) -> DiffStat:
+    files = diff if isinstance(diff, list) else diff_parse(diff)
+    per_file = tuple((f.display_path, f.added, f.removed, f.binary) for f in files)
+    return DiffStat(
+        files=len(files),
+        added=sum(p[1] for p in per_file),
+        removed=sum(p[2] for p in per_file),
+        per_file=per_file,
+    )
+
+
+def diff_hash(diff: str | bytes | None) -> str:
+    """A stable fingerprint of the exact diff a decision was made on (sha256, hex)."""
+    raw = diff.encode("utf-8", errors="surrogateescape") if isinstance(diff, str) else diff or b""
+    return hashlib.sha256(bytes(raw)).hexdigest()
+
+
+def diff_normalise(diff: str | bytes | None) -> str:
+    """The diff without what differs between repositories applying the same change.
+
+    Dropped: `index` lines (blob ids), hunk line numbers and the function context git prints
+    after them, trailing whitespace at line ends of header lines. Kept: paths, modes, content.
+    """
+    out = []
+    for line in diff_text(diff).split("\n"):
+        if line.startswith("index ") or line.startswith("similarity index "):
+            continue
+        if HUNK_RE.match(line):
+            out.append("@@")
+            continue
+        out.append(line)
+    return "\n".join(out).strip("\n") + "\n"
+
+
+def diff_group_key(diff: str | bytes | None) -> str:
+    """Runs whose diffs share this key made the same change; empty diffs have key ''."""
+    text = diff_text(diff)
+    if not text.strip():
+        return ""
+    return hashlib.sha256(diff_normalise(text).encode("utf-8", errors="replace")).hexdigest()
+
+
+# --- rendering -------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=256)
+def _lexer_for(path: str):
+    from pygments.lexers import TextLexer, get_lexer_for_filename
+    from pygments.util import ClassNotFound
+
+    try:
+        return get_lexer_for_filename(path, stripnl=False, stripall=False, ensurenl=False)
+    except ClassNotFound:
+        return TextLexer(stripnl=False, ensurenl=False)
+
+
+@lru_cache(maxsize=1)
+def _formatter():
+    from pygments.formatters import HtmlFormatter
+
+    return HtmlFormatter(nowrap=True, classprefix="hl-")
+
+
+def highlight_css() -> str:
+    """The Pygments colour rules for `.diff-view` code (class prefix `hl-`)."""
+    return _formatter().get_style_defs(".diff-view")
+
+
+class _Highlighter:
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+
+    def __call__(self, path: str, text: str, enabled: bool, show_ws: bool) -> SafeString:
+        if enabled and self.budget > 0 and text:
+            from pygments import highlight
+
+            self.budget -= 1
+            html = highlight(text, _lexer_for(path), _formatter()).rstrip("\n")
+        else:
+            html = escape(text)
+        if show_ws:
+            html = _mark_trailing_ws(html, text)
+        # Pygments and escape() both escape &, <, >, quotes: the markup is ours alone.
+        return mark_safe(html)  # noqa: S308
+
+
+def _mark_trailing_ws(html: str, text: str) -> str:
+    stripped = text.rstrip(" \t")
+    trailing = text[len(stripped) :]
+    if not trailing or not html.endswith(trailing):
+        return html
+    visible = trailing.replace("\t", "→\t").replace(" ", "·")
+    return html[: -len(trailing)] + f'<span class="ws">{visible}</span>'
+
+
+@dataclass
+class UnifiedRow:
+    kind: str  # context, add, del, note, hunk
+    old_no: int | None
+    new_no: int | None
+    html: SafeString
+
+
+@dataclass
+class SplitRow:
+    left_kind: str
+    left_no: int | None
+    left_html: SafeString
+    right_kind: str
+    right_no: int | None
+    right_html: SafeString
+
+
+@dataclass
+class FileView:
+    path: str
+    status: str
+    binary: bool
+    added: int
+    removed: int
+    collapsed: bool
+    anchor: str
+    rows: list = field(default_factory=list)
+
+
+def _whitespace_only(a: str, b: str) -> bool:
+    return a != b and "".join(a.split()) == "".join(b.split())
+
+
+def _hide_whitespace(lines: list[DiffLine]) -> list[DiffLine]:
+    """Show del/add pairs that differ only in whitespace as one context line (the new one)."""
+    out: list[DiffLine] = []
+    i = 0
+    while i < len(lines):
+        if lines[i].kind != "del":
+            out.append(lines[i])
+            i += 1
+            continue
+        dels = []
+        while i < len(lines) and lines[i].kind == "del":
+            dels.append(lines[i])
+            i += 1
+        adds = []
+        while i < len(lines) and lines[i].kind == "add":
+            adds.append(lines[i])
+            i += 1
+        if len(dels) == len(adds) and all(
+            _whitespace_only(d.text, a.text) for d, a in zip(dels, adds, strict=True)
+        ):
+            out.extend(
+                DiffLine("context", a.text, d.old_no, a.new_no)
+                for d, a in zip(dels, adds, strict=True)
+            )
+        else:
+            out.extend(dels)
+            out.extend(adds)
+    return out
+
+
+def diff_view(
+    diff: str | bytes | None,
+    *,
+    mode: str = "unified",
+    whitespace: bool = True,
+    collapse_over: int = COLLAPSE_OVER,
+    expand: str = "",
+) -> list[FileView]:
+    """Rows ready for `campaigns/review/diff.html#diff-viewer`, every cell already escaped.
+
+    `whitespace=False` hides changes that only touch whitespace; with it on, trailing
+    whitespace is made visible. Files over `collapse_over` changed lines start collapsed
+    unless their path is `expand`.
+    """
+    highlighter = _Highlighter(HIGHLIGHT_LINE_BUDGET)
+    views = []
+    for index, f in enumerate(diff_parse(diff)):
+        changed = f.added + f.removed
+        collapsed = changed > collapse_over and f.path != expand
+        view = FileView(
+            path=f.display_path,
+            status=f.status,
+            binary=f.binary,
+            added=f.added,
+            removed=f.removed,
+            collapsed=collapsed,
+            anchor=f"file-{index}",
+        )
+        views.append(view)
+        if collapsed or f.binary:
+            continue
+        highlight = changed <= collapse_over
+        for hunk in f.hunks:
+            lines = hunk.lines if whitespace else _hide_whitespace(hunk.lines)
+            header = mark_safe(escape(hunk.header))  # noqa: S308
+            if mode == "split":
+                view.rows.append(SplitRow("hunk", None, header, "hunk", None, header))
+                view.rows.extend(_split_rows(f.path, lines, highlighter, highlight, whitespace))
+            else:
+                view.rows.append(UnifiedRow("hunk", None, None, header))
+                for line in lines:
+                    html = highlighter(f.path, line.text, highlight, whitespace)
+                    view.rows.append(UnifiedRow(line.kind, line.old_no, line.new_no, html))
+    return views
+
+
+def _split_rows(path, lines, highlighter, highlight, whitespace) -> list[SplitRow]:
+    rows: list[SplitRow] = []
+    empty = mark_safe("")
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.kind in ("context", "note"):
+            html = highlighter(path, line.text, highlight and line.kind == "context", whitespace)
+            rows.append(SplitRow(line.kind, line.old_no, html, line.kind, line.new_no, html))
+            i += 1
+            continue
+        dels, adds = [], []
+        while i < len(lines) and lines[i].kind == "del":
+            dels.append(lines[i])
+            i += 1
+        while i < len(lines) and lines[i].kind == "add":
+            adds.append(lines[i])
+            i += 1
+        for n in range(max(len(dels), len(adds))):
+            d = dels[n] if n < len(dels) else None
+            a = adds[n] if n < len(adds) else None
+            rows.append(
+                SplitRow(
+                    "del" if d else "empty",
+                    d.old_no if d else None,
+                    highlighter(path, d.text, highlight, whitespace) if d else empty,
+                    "add" if a else "empty",
+                    a.new_no if a else None,
+                    highlighter(path, a.text, highlight, whitespace) if a else empty,
+                )
+            )
+    return rows
+
+
+@dataclass
+class FileComparison:
+    path: str
+    outcome: str  # same, only_a, only_b, different
+    rows: list[UnifiedRow] = field(default_factory=list)
+
+
+def _file_patch(f: FileDiff) -> list[str]:
+    out = []
+    for hunk in f.hunks:
+        out.append("@@")
+        prefix = {"add": "+", "del": "-", "context": " ", "note": "\\"}
+        out.extend(prefix[line.kind] + line.text for line in hunk.lines)
+    return out
+
+
+def diff_compare(a: str | bytes | None, b: str | bytes | None) -> list[FileComparison]:
+    """What differs between two variants' diffs, file by file (a diff of the two patches)."""
+    files_a = {f.path: f for f in diff_parse(a)}
+    files_b = {f.path: f for f in diff_parse(b)}
+    out = []
+    for path in sorted(files_a.keys() | files_b.keys()):
+        fa, fb = files_a.get(path), files_b.get(path)
+        if fa is None:
+            out.append(FileComparison(path, "only_b"))
+            continue
+        if fb is None:
+            out.append(FileComparison(path, "only_a"))
+            continue
+        pa, pb = _file_patch(fa), _file_patch(fb)
+        if pa == pb and fa.binary == fb.binary and fa.status == fb.status:
+            out.append(FileComparison(path, "same"))
+            continue
+        rows = []
+        for line in list(difflib.unified_diff(pa, pb, "a", "b", lineterm="", n=2))[2:]:
+            kind = {"+": "add", "-": "del", "@": "hunk"}.get(line[:1], "context")
+            text = line if kind == "hunk" else line[1:]
+            rows.append(UnifiedRow(kind, None, None, mark_safe(escape(text))))  # noqa: S308
+        out.append(FileComparison(path, "different", rows))
+    return out
