@@ -1,0 +1,140 @@
+"""Turn an approved diff into a commit on the spec's branch and push it to the repository.
+
+Git runs on the host here (not in a sandbox), on a diff that came out of one: hooks are off,
+no user or system config is read, prompts are off, and only file, https and ssh remotes are
+accepted, so nothing in the repository or the diff can make the host run code.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ALLOWED_REMOTE = re.compile(r"^(file|https|ssh)://|^[\w.-]+@[\w.-]+:")
+AUTHOR_RE = re.compile(r"^\s*(?P<name>[^<>]+?)\s*<(?P<email>[^<>\s]+)>\s*$")
+DEFAULT_AUTHOR = "Convoy <convoy@localhost>"
+BRANCH_RE = re.compile(r"^(?!/)(?!.*\.\.)(?!.*//)(?!.*@\{)[\w./-]+(?<![./])$")
+
+
+class PublishError(Exception):
+    """The change could not be published; the message says why in a reviewer's words."""
+
+    def __init__(self, message: str, *, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
+
+
+@dataclass(frozen=True)
+class Pushed:
+    branch: str
+    commit: str
+    remote_url: str
+
+
+def author_parse(text: str | None) -> tuple[str, str]:
+    m = AUTHOR_RE.match(text or DEFAULT_AUTHOR)
+    if not m:
+        raise PublishError(f'changeset.author: expected "Name <email>", got {text!r}')
+    return m.group("name"), m.group("email")
+
+
+def git_env(home: Path) -> dict[str, str]:
+    """An environment for host-side git that reads no config but ours and never prompts."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(
+        HOME=str(home),
+        XDG_CONFIG_HOME=str(home),
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_CONFIG_GLOBAL=os.devnull,
+        GIT_TERMINAL_PROMPT="0",
+        GIT_ASKPASS="",
+        SSH_ASKPASS="",
+        LC_ALL="C",
+    )
+    return env
+
+
+GIT_SAFETY = (
+    "-c",
+    "core.hooksPath=/dev/null",
+    "-c",
+    "protocol.ext.allow=never",
+    "-c",
+    "core.fsmonitor=false",
+    "-c",
+    "commit.gpgsign=false",
+)
+
+
+def _git(cwd: Path, env: dict, *args: str, stdin: bytes | None = None, timeout: float = 300):
+    proc = subprocess.run(
+        ["git", *GIT_SAFETY, *args],
+        cwd=cwd,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+    if proc.returncode != 0:
+        tail = proc.stderr.decode("utf-8", "replace").strip()[-500:]
+        raise PublishError(f"git {args[0]} failed: {tail}")
+    return proc.stdout.decode("utf-8", "replace").strip()
+
+
+def change_push(
+    *,
+    remote_url: str,
+    base_commit: str,
+    base_ref: str,
+    patch: bytes,
+    branch: str,
+    message: str,
+    author: str | None = None,
+) -> Pushed:
+    """Commit `patch` on top of `base_commit` and push it as `branch` (replacing an older push).
+
+    The branch belongs to Convoy: a republish after a rerun replaces it with the new commit.
+    """
+    if not ALLOWED_REMOTE.match(remote_url):
+        raise PublishError(f"remote {remote_url!r}: only file, https and ssh remotes are pushed")
+    if not BRANCH_RE.match(branch or ""):
+        raise PublishError(f"changeset.branch: {branch!r} is not a valid branch name")
+    if not patch:
+        raise PublishError("the approved variant changed nothing; there is nothing to publish")
+    name, email = author_parse(author)
+    with tempfile.TemporaryDirectory(prefix="convoy-publish-") as tmp:
+        home, work = Path(tmp) / "home", Path(tmp) / "work"
+        home.mkdir()
+        work.mkdir()
+        env = git_env(home)
+        env.update(
+            GIT_AUTHOR_NAME=name,
+            GIT_AUTHOR_EMAIL=email,
+            GIT_COMMITTER_NAME="Convoy",
+            GIT_COMMITTER_EMAIL="convoy@localhost",
+        )
+        _git(work, env, "init", "-q")
+        _git(work, env, "remote", "add", "origin", remote_url)
+        target = base_commit or base_ref
+        try:
+            _git(work, env, "fetch", "-q", "--no-tags", "origin", target)
+        except PublishError:
+            # Servers that refuse fetching by commit id: fetch the ref, then find the commit.
+            _git(work, env, "fetch", "-q", "--no-tags", "origin", base_ref)
+        _git(work, env, "checkout", "-q", "--detach", base_commit or "FETCH_HEAD")
+        try:
+            _git(work, env, "apply", "--index", "--binary", "--whitespace=nowarn", stdin=patch)
+        except PublishError as exc:
+            raise PublishError(f"the approved diff no longer applies to {target}: {exc}") from exc
+        _git(work, env, "commit", "-q", "--no-verify", "-m", message or "Convoy change")
+        commit = _git(work, env, "rev-parse", "HEAD")
+        try:
+            _git(work, env, "push", "-q", "--force", "origin", f"HEAD:refs/heads/{branch}")
+        except PublishError as exc:
+            raise PublishError(str(exc), transient=True) from exc
+    return Pushed(branch=branch, commit=commit, remote_url=remote_url)

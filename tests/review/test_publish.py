@@ -1,0 +1,122 @@
+"""Publishing an approved diff as a commit on a branch of a local (file://) remote."""
+
+import subprocess
+
+import pytest
+
+from campaigns.publish import PublishError, change_push
+
+pytestmark = pytest.mark.shapes("embedded", "production")
+
+
+def git(cwd, *args, stdin=None):
+    return subprocess.run(
+        ["git", "-c", "core.hooksPath=/dev/null", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        input=stdin,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(cwd), "GIT_CONFIG_NOSYSTEM": "1"},
+    ).stdout
+
+
+@pytest.fixture
+def remote(tmp_path):
+    """A bare repository with one commit on main, and a patch made against it."""
+    bare = tmp_path / "alpha.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare))
+    work = tmp_path / "work"
+    git(tmp_path, "clone", "-q", str(bare), str(work))
+    (work / "app.py").write_text("def f():\n    return 1\n")
+    (work / "data.bin").write_bytes(b"\x00\x01\x02")
+    git(work, "add", ".")
+    git(work, "-c", "user.name=A", "-c", "user.email=a@x", "commit", "-qm", "base")
+    git(work, "push", "-q", "origin", "HEAD:main")
+    base = git(work, "rev-parse", "HEAD").decode().strip()
+    (work / "app.py").write_text("def f():\n    return 2\n")
+    (work / "data.bin").write_bytes(b"\x00\xff\x02\x03")
+    (work / "new.txt").write_text("<script>x</script>\n")
+    git(work, "add", "-A")
+    patch = git(work, "diff", "--cached", "--binary", base)
+    return bare, base, patch
+
+
+def test_publish_pushes_exactly_the_approved_diff_with_the_specs_author(remote, tmp_path):
+    bare, base, patch = remote
+    pushed = change_push(
+        remote_url=f"file://{bare}",
+        base_commit=base,
+        base_ref="main",
+        patch=patch,
+        branch="convoy/fix-things",
+        message="Fix things\n\nBy Convoy.",
+        author="Ann Reviewer <ann@example.com>",
+    )
+    assert git(bare, "rev-parse", "refs/heads/convoy/fix-things").decode().strip() == pushed.commit
+    assert git(bare, "diff", "--binary", base, "convoy/fix-things") == patch
+    log = git(bare, "log", "-1", "--format=%an <%ae>|%s|%P", "convoy/fix-things").decode()
+    assert log.strip() == f"Ann Reviewer <ann@example.com>|Fix things|{base}"
+    # main is untouched
+    assert git(bare, "rev-parse", "main").decode().strip() == base
+
+    # Republishing (after a rerun changed the diff) replaces the branch.
+    smaller = patch.split(b"diff --git a/data.bin")[0]
+    again = change_push(
+        remote_url=f"file://{bare}",
+        base_commit=base,
+        base_ref="main",
+        patch=smaller,
+        branch="convoy/fix-things",
+        message="Fix things",
+    )
+    assert again.commit != pushed.commit
+    assert git(bare, "diff", "--binary", base, "convoy/fix-things") == smaller
+
+
+def test_publish_refuses_bad_branch_remote_and_a_diff_that_no_longer_applies(remote):
+    bare, base, patch = remote
+    common = {"base_commit": base, "base_ref": "main", "message": "m"}
+    with pytest.raises(PublishError, match=r"changeset\.branch"):
+        change_push(remote_url=f"file://{bare}", patch=patch, branch="bad..name", **common)
+    with pytest.raises(PublishError, match="only file, https and ssh"):
+        change_push(remote_url="ext::sh -c touch% /tmp/pwned", patch=patch, branch="b", **common)
+    broken = patch.replace(b"-    return 1", b"-    return 9")
+    with pytest.raises(PublishError, match="no longer applies"):
+        change_push(remote_url=f"file://{bare}", patch=broken, branch="b", **common)
+    assert b"refs/heads/b" not in git(bare, "show-ref")
+
+
+def test_publish_ignores_host_git_config_and_hooks(remote, tmp_path, monkeypatch):
+    bare, base, patch = remote
+    marker = tmp_path / "hook-ran"
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    for name in ("pre-commit", "commit-msg", "post-commit", "pre-push"):
+        (hooks / name).write_text(f"#!/bin/sh\necho {name} >> {marker}\n")
+        (hooks / name).chmod(0o755)
+    config = tmp_path / "gitconfig"
+    config.write_text(f"[core]\n\thooksPath = {hooks}\n[user]\n\tname = Host User\n")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(config))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    # The trap is armed: plain git with this environment runs the hooks.
+    probe = tmp_path / "probe"
+    subprocess.run(["git", "init", "-q", str(probe)], check=True)
+    subprocess.run(
+        ["git", "-c", "user.email=a@x", "commit", "-q", "--allow-empty", "-m", "x"],
+        cwd=probe,
+        check=True,
+    )
+    assert marker.exists()
+    marker.unlink()
+
+    pushed = change_push(
+        remote_url=f"file://{bare}",
+        base_commit=base,
+        base_ref="main",
+        patch=patch,
+        branch="convoy/hooks",
+        message="m",
+    )
+    assert not marker.exists()
+    author = git(bare, "log", "-1", "--format=%an", pushed.commit).decode().strip()
+    assert author == "Convoy"
