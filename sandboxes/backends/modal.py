@@ -1,0 +1,343 @@
+"""The Modal backend: sandboxes in Modal's cloud through the `modal` SDK (synchronous API).
+
+Creates are paced by a token bucket shared by every worker (Modal rate-limits creation). A
+filesystem snapshot is a Modal image kept without expiry; a fork is N creates from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import posixpath
+import queue
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+from django.conf import settings
+
+from sandboxes.backends.base import (
+    Capability,
+    ExecEvent,
+    ExecOutput,
+    ExecResult,
+    NetworkPolicy,
+    SandboxBackend,
+    SandboxError,
+    SandboxHandle,
+    SandboxSpec,
+    SnapshotHandle,
+)
+from sandboxes.pacing import TokenBucket, bucket_get
+
+WORKSPACE = "/workspace"
+MAX_TIMEOUT_S = 24 * 3600  # Modal's longest sandbox life
+SNAPSHOT_TIMEOUT_S = 600  # the SDK's default (55 s) fails on large filesystems
+FORK_CONCURRENCY = 4
+TRUNCATION_MARKER = "\n[convoy: output truncated after {cap} bytes]\n"
+
+
+def truncation_marker(cap: int) -> bytes:
+    return TRUNCATION_MARKER.format(cap=cap).encode()
+
+
+class ModalBackend(SandboxBackend):
+    name = "modal"
+    capabilities = (
+        Capability.STREAMED_EXEC
+        | Capability.SNAPSHOT
+        | Capability.GPU
+        | Capability.NETWORK_ALLOWLIST
+    )
+    isolation = "Modal cloud sandbox (gVisor); the spec's registry image"
+
+    def __init__(
+        self,
+        *,
+        sdk=None,
+        app_name: str | None = None,
+        create_bucket: TokenBucket | None = None,
+        fork_concurrency: int = FORK_CONCURRENCY,
+    ) -> None:
+        # `sdk` is the `modal` module; tests pass a fake with the same surface.
+        self._sdk = sdk
+        self._app_name = app_name or settings.MODAL_APP
+        self._create_bucket = create_bucket
+        self._fork_concurrency = fork_concurrency
+        self._app = None
+        self._sandboxes: dict[str, object] = {}
+        self._images: dict[str, object] = {}
+
+    # --- plumbing -------------------------------------------------------------------------------
+    @property
+    def sdk(self):
+        if self._sdk is None:
+            import modal  # imported on first use: it is heavy and only Modal users need it
+
+            self._sdk = modal
+        return self._sdk
+
+    @contextmanager
+    def _errors(self, action: str):
+        """Turn Modal's exceptions into SandboxError, transient when retrying may help."""
+        exc_mod = self.sdk.exception
+        transient = (
+            exc_mod.ResourceExhaustedError,  # rate limits and quotas
+            exc_mod.ServiceError,  # unavailable, deadline exceeded, cancelled
+            exc_mod.InternalError,
+            exc_mod.ConnectionError,
+            exc_mod.SnapshotCreationError,  # snapshots right after start can fail
+            ConnectionError,
+            TimeoutError,
+        )
+        try:
+            yield
+        except SandboxError:
+            raise
+        except exc_mod.AuthError as exc:
+            raise SandboxError(
+                f"Modal {action} refused: check MODAL_TOKEN_ID/MODAL_TOKEN_SECRET ({exc})"
+            ) from exc
+        except transient as exc:
+            raise SandboxError(f"Modal {action} failed: {exc}", transient=True) from exc
+        except exc_mod.NotFoundError as exc:
+            raise SandboxError(f"Modal {action}: not found ({exc})") from exc
+        except exc_mod.Error as exc:
+            raise SandboxError(f"Modal {action} failed: {exc}") from exc
+
+    def _app_get(self):
+        if self._app is None:
+            with self._errors("app lookup"):
+                self._app = self.sdk.App.lookup(self._app_name, create_if_missing=True)
+        return self._app
+
+    def _bucket(self) -> TokenBucket:
+        if self._create_bucket is None:
+            self._create_bucket = bucket_get(
+                name="modal-create", rate=settings.MODAL_CREATES_PER_SECOND
+            )
+        return self._create_bucket
+
+    def _sandbox(self, handle: SandboxHandle):
+        sb = self._sandboxes.get(handle.external_id)
+        if sb is None:
+            with self._errors("attach"):
+                sb = self.sdk.Sandbox.from_id(handle.external_id)
+            self._sandboxes[handle.external_id] = sb
+        return sb
+
+    @staticmethod
+    def _path(path: str) -> str:
+        """Relative paths are inside the workspace, as on the local backends."""
+        return posixpath.normpath(posixpath.join(WORKSPACE, path))
+
+    # --- lifecycle --------------------------------------------------------------------------------
+    def create(self, spec: SandboxSpec) -> SandboxHandle:
+        image = self.sdk.Image.from_registry(spec.image)
+        return self._create(spec, image)
+
+    def _create_kwargs(self, spec: SandboxSpec, image) -> dict:
+        kwargs = {
+            "app": self._app_get(),
+            "image": image,
+            "timeout": min(int(spec.timeout_s), MAX_TIMEOUT_S),
+            "idle_timeout": spec.idle_timeout_s,
+            "cpu": spec.cpu,
+            "memory": spec.memory_mb,
+            "gpu": spec.gpu,
+            "workdir": spec.workdir,
+            "env": dict(spec.env) or None,
+            "tags": dict(spec.labels) or None,
+        }
+        if spec.network == NetworkPolicy.NONE or (
+            spec.network == NetworkPolicy.ALLOWLIST and not spec.allowed_domains
+        ):
+            kwargs["block_network"] = True
+        elif spec.network == NetworkPolicy.ALLOWLIST:
+            kwargs["outbound_domain_allowlist"] = list(spec.allowed_domains)
+        return kwargs
+
+    def _create(self, spec: SandboxSpec, image) -> SandboxHandle:
+        kwargs = self._create_kwargs(spec, image)
+        self._bucket().acquire()
+        with self._errors("create"):
+            sb = self.sdk.Sandbox.create(**kwargs)
+        self._sandboxes[sb.object_id] = sb
+        return SandboxHandle(backend=self.name, external_id=sb.object_id, labels=dict(spec.labels))
+
+    def attach(self, external_id: str) -> SandboxHandle:
+        with self._errors("attach"):
+            sb = self.sdk.Sandbox.from_id(external_id)
+            if sb.returncode is not None:
+                raise SandboxError(f"Modal sandbox {external_id} has finished")
+            labels = sb.get_tags()
+        self._sandboxes[external_id] = sb
+        return SandboxHandle(backend=self.name, external_id=external_id, labels=labels)
+
+    def list(self, labels: Mapping[str, str]) -> list[SandboxHandle]:
+        """Running sandboxes of our Modal app that carry at least these labels (for reaping)."""
+        app = self._app_get()
+        handles = []
+        with self._errors("list"):
+            for sb in self.sdk.Sandbox.list(app_id=app.app_id, tags=dict(labels) or None):
+                handles.append(
+                    SandboxHandle(backend=self.name, external_id=sb.object_id, labels=sb.get_tags())
+                )
+        return handles
+
+    def terminate(self, handle: SandboxHandle) -> None:
+        try:
+            sb = self._sandbox(handle)
+        except SandboxError as exc:
+            if isinstance(exc.__cause__, self.sdk.exception.NotFoundError):
+                return  # already gone
+            raise
+        with self._errors("terminate"):
+            sb.terminate()  # a no-op on a finished sandbox
+        self._sandboxes.pop(handle.external_id, None)
+
+    # --- files ------------------------------------------------------------------------------------
+    def write_file(self, handle: SandboxHandle, path: str, data: bytes, mode: int = 0o644) -> None:
+        sb = self._sandbox(handle)
+        remote = self._path(path)
+        with self._errors(f"write {remote}"):
+            sb.filesystem.write_bytes(data, remote)
+            if mode != 0o644:
+                proc = sb.exec("chmod", format(mode, "o"), remote, text=False)
+                if proc.wait() != 0:
+                    raise SandboxError(f"cannot set mode {mode:o} on {remote}")
+
+    def read_file(self, handle: SandboxHandle, path: str) -> bytes:
+        sb = self._sandbox(handle)
+        remote = self._path(path)
+        with self._errors(f"read {remote}"):
+            return sb.filesystem.read_bytes(remote)
+
+    # --- exec ---------------------------------------------------------------------------------
+    def exec(
+        self,
+        handle: SandboxHandle,
+        argv: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+        output_cap: int = 10 * 1024 * 1024,
+    ) -> Iterator[ExecEvent]:
+        if not argv:
+            raise SandboxError("exec needs a command")
+        sb = self._sandbox(handle)
+        started = time.monotonic()
+        with self._errors("exec"):
+            proc = sb.exec(
+                *argv,
+                workdir=self._path(cwd or "."),  # explicit: exec need not inherit the workdir
+                env=dict(env) if env else None,
+                # Modal takes whole seconds; its deadline makes wait() return -1.
+                timeout=max(1, math.ceil(timeout_s)) if timeout_s else None,
+                text=False,
+            )
+        # Modal delivers stdout and stderr as two streams: read both at once, in arrival order.
+        events: queue.Queue = queue.Queue()
+        stop = threading.Event()
+
+        def pump(stream_name: str, stream) -> None:
+            try:
+                for chunk in stream:
+                    if stop.is_set():
+                        break
+                    if chunk:
+                        events.put((stream_name, chunk))
+            except Exception as exc:
+                events.put((stream_name, exc))
+            finally:
+                events.put((stream_name, None))
+
+        for stream_name, stream in (("stdout", proc.stdout), ("stderr", proc.stderr)):
+            threading.Thread(
+                target=pump, args=(stream_name, stream), daemon=True, name=f"modal-{stream_name}"
+            ).start()
+
+        open_streams, sent, received, truncated = 2, 0, 0, False
+        failure: BaseException | None = None
+        try:
+            while open_streams:
+                stream_name, item = events.get()
+                if item is None:
+                    open_streams -= 1
+                    continue
+                if isinstance(item, BaseException):
+                    failure = failure or item
+                    continue
+                received += len(item)
+                if truncated:
+                    continue
+                room = output_cap - sent
+                if len(item) > room:
+                    if room > 0:
+                        yield ExecOutput(stream_name, item[:room])
+                        sent += room
+                    yield ExecOutput("stderr", truncation_marker(output_cap))
+                    truncated = True
+                    # Keep draining (and dropping) so the command runs to its end, as locally.
+                    continue
+                sent += len(item)
+                yield ExecOutput(stream_name, item)
+            if failure is not None:
+                with self._errors("exec output"):
+                    raise failure
+            with self._errors("exec wait"):
+                exit_code = proc.wait()
+        finally:
+            stop.set()
+        yield ExecResult(
+            exit_code=exit_code,
+            timed_out=exit_code == -1,
+            truncated=truncated,
+            duration_ms=int((time.monotonic() - started) * 1000),
+            bytes_out=received,
+        )
+
+    # --- snapshots and forks ----------------------------------------------------------------------
+    def snapshot(self, handle: SandboxHandle) -> SnapshotHandle:
+        sb = self._sandbox(handle)
+        with self._errors("snapshot"):
+            image = sb.snapshot_filesystem(timeout=SNAPSHOT_TIMEOUT_S, ttl=None)
+        self._images[image.object_id] = image
+        return SnapshotHandle(backend=self.name, external_id=image.object_id)
+
+    def _image(self, snapshot: SnapshotHandle):
+        image = self._images.get(snapshot.external_id)
+        if image is None:
+            with self._errors("image lookup"):
+                image = self.sdk.Image.from_id(snapshot.external_id)
+            self._images[snapshot.external_id] = image
+        return image
+
+    def create_from_snapshot(self, snapshot: SnapshotHandle, spec: SandboxSpec) -> SandboxHandle:
+        return self._create(spec, self._image(snapshot))
+
+    def fork(self, snapshot: SnapshotHandle, spec: SandboxSpec, count: int) -> list[SandboxHandle]:
+        """N creates from the snapshot's image, a few at a time; all or none survive."""
+        image = self._image(snapshot)
+        workers = max(1, min(count, self._fork_concurrency))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modal-fork") as pool:
+            futures = [pool.submit(self._create, spec, image) for _ in range(count)]
+        made, errors = [], []
+        for future in futures:
+            try:
+                made.append(future.result())
+            except SandboxError as exc:
+                errors.append(exc)
+        if errors:
+            for handle in made:
+                with contextlib.suppress(SandboxError):  # else the reaper finds it by label
+                    self.terminate(handle)
+            raise errors[0]
+        return made
+
+    def delete_snapshot(self, snapshot: SnapshotHandle) -> None:
+        """Modal's SDK has no call that deletes an image: forget it; no sandbox uses it again."""
+        self._images.pop(snapshot.external_id, None)

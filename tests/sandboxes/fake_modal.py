@@ -1,0 +1,394 @@
+"""FakeModal: a stand-in for the `modal` SDK surface the Modal backend uses (Modal's cloud
+cannot be reached from the test machines).
+
+It behaves like Modal where the backend can tell: every call is checked against the real
+SDK's signature, errors are the real `modal.exception` classes, each fake sandbox is a
+directory mounted at its workdir (with bubblewrap when present, so `/workspace/...` paths
+work and `block_network` really removes the network), commands are local processes with
+separate stdout/stderr pipes, `wait()` returns -1 when the exec deadline passes (the process
+group is killed) and 128+N after signal N, and a filesystem snapshot is a copy of the
+sandbox's directory that later creates start from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import itertools
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path, PurePosixPath
+
+import modal
+import modal.exception
+
+BWRAP = shutil.which("bwrap")
+_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_HIDDEN_TOP = {"proc", "dev", "sys", "tmp", "run"}
+
+
+def _bind(real: Callable, args: tuple, kwargs: dict, *, method: bool = False) -> None:
+    """Refuse a call the real SDK function would refuse (unknown keyword, missing argument)."""
+    signature = inspect.signature(real)
+    if method:
+        args = (None, *args)
+    signature.bind(*args, **kwargs)
+
+
+class FakeApp:
+    def __init__(self, name: str, app_id: str) -> None:
+        self.name = name
+        self.app_id = app_id
+
+
+class FakeImage:
+    def __init__(self, object_id: str, *, tag: str = "", files: Path | None = None) -> None:
+        self.object_id = object_id
+        self.tag = tag
+        self.files = files  # a snapshot's copy of the workspace
+
+
+class FakeStreamReader:
+    """One output stream. Like Modal, output is buffered until read, so a writer never blocks."""
+
+    def __init__(self, pipe, text: bool) -> None:
+        self._text = text
+        self._chunks: queue.Queue = queue.Queue()
+        self._eof = False
+        self._drain = threading.Thread(target=self._pump, args=(pipe,), daemon=True)
+        self._drain.start()
+
+    def _pump(self, pipe) -> None:
+        try:
+            while chunk := os.read(pipe.fileno(), 65536):
+                self._chunks.put(chunk)
+        finally:
+            pipe.close()
+            self._chunks.put(None)
+
+    def __iter__(self) -> Iterator:
+        while not self._eof:
+            chunk = self._chunks.get()
+            if chunk is None:
+                self._eof = True
+                return
+            yield chunk.decode(errors="replace") if self._text else chunk
+
+    def read(self):
+        parts = list(self)
+        return ("" if self._text else b"").join(parts)
+
+
+class FakeContainerProcess:
+    def __init__(self, popen: subprocess.Popen, *, timeout: int | None, text: bool) -> None:
+        self._popen = popen
+        self._timed_out = False
+        self._returncode: int | None = None
+        self.stdout = FakeStreamReader(popen.stdout, text)
+        self.stderr = FakeStreamReader(popen.stderr, text)
+        self._watchdog = threading.Thread(target=self._watch, args=(timeout,), daemon=True)
+        self._watchdog.start()
+
+    def _watch(self, timeout: int | None) -> None:
+        try:
+            self._popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._timed_out = True
+            self.kill()
+            self._popen.wait()
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._popen.pid, signal.SIGKILL)
+
+    def wait(self) -> int:
+        self._watchdog.join()
+        if self._timed_out:
+            self._returncode = -1  # what Modal's wait() returns when the exec deadline passes
+        else:
+            code = self._popen.returncode
+            self._returncode = 128 - code if code < 0 else code
+        return self._returncode
+
+    def poll(self) -> int | None:
+        return None if self._watchdog.is_alive() else self.wait()
+
+    @property
+    def returncode(self) -> int:
+        if self._returncode is None:
+            raise modal.exception.InvalidError(
+                "You must call wait() before accessing the returncode."
+            )
+        return self._returncode
+
+
+class FakeFilesystem:
+    def __init__(self, sandbox: FakeSandbox) -> None:
+        self._sandbox = sandbox
+
+    def _local(self, remote_path: str, operation: str) -> Path:
+        path = PurePosixPath(remote_path)
+        if not path.is_absolute():
+            raise modal.exception.InvalidError(
+                f"Sandbox.filesystem.{operation}() currently only supports absolute remote_path"
+            )
+        workdir = PurePosixPath(self._sandbox.workdir)
+        try:
+            relative = path.relative_to(workdir)
+        except ValueError:
+            raise modal.exception.SandboxFilesystemPermissionError(
+                f"FakeModal keeps files only under the workdir {workdir}, not {remote_path}"
+            ) from None
+        if ".." in relative.parts:
+            raise modal.exception.SandboxFilesystemPermissionError(f"{remote_path}: '..'")
+        return self._sandbox.files / relative
+
+    def write_bytes(self, data, remote_path: str) -> None:
+        self._sandbox._check_running()
+        local = self._local(remote_path, "write_bytes")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_bytes(bytes(data))
+
+    def read_bytes(self, remote_path: str) -> bytes:
+        self._sandbox._check_running()
+        local = self._local(remote_path, "read_bytes")
+        if local.is_dir():
+            raise modal.exception.SandboxFilesystemIsADirectoryError(remote_path)
+        if not local.exists():
+            raise modal.exception.SandboxFilesystemNotFoundError(remote_path)
+        return local.read_bytes()
+
+
+class FakeSandbox:
+    def __init__(self, fake: FakeModal, object_id: str, kwargs: dict) -> None:
+        self._fake = fake
+        self.object_id = object_id
+        self.app_id = kwargs["app"].app_id
+        self.workdir = kwargs.get("workdir") or "/"
+        self.tags = dict(kwargs.get("tags") or {})
+        self.env = {k: v for k, v in (kwargs.get("env") or {}).items() if v is not None}
+        self.block_network = kwargs.get("block_network", False)
+        self.files = fake.root / object_id / "files"
+        image = kwargs["image"]
+        if image is not None and image.files is not None:
+            shutil.copytree(image.files, self.files, symlinks=True)
+        else:
+            self.files.mkdir(parents=True)
+        self.filesystem = FakeFilesystem(self)
+        self._returncode: int | None = None
+        self._processes: list[FakeContainerProcess] = []
+        self._lock = threading.Lock()
+
+    @property
+    def returncode(self) -> int | None:
+        return self._returncode
+
+    def poll(self) -> int | None:
+        return self._returncode
+
+    def get_tags(self) -> dict[str, str]:
+        self._fake._maybe_fail("get_tags")
+        return dict(self.tags)
+
+    def _check_running(self) -> None:
+        if self._returncode is not None:
+            raise modal.exception.SandboxTerminatedError(f"{self.object_id} has finished")
+
+    def _command(self, args: tuple[str, ...], workdir: str) -> list[str]:
+        if not BWRAP:
+            return list(args)
+        command = [BWRAP, "--die-with-parent", "--unshare-pid", "--unshare-ipc"]
+        if self.block_network:
+            command.append("--unshare-net")
+        top = PurePosixPath(self.workdir).parts[1] if self.workdir != "/" else ""
+        for entry in sorted(os.listdir("/")):
+            if entry in _HIDDEN_TOP or entry == top:
+                continue
+            path = f"/{entry}"
+            if os.path.islink(path):
+                command += ["--symlink", os.readlink(path), path]
+            elif os.path.isdir(path):
+                command += ["--ro-bind", path, path]
+        command += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+        command += ["--bind", str(self.files), self.workdir, "--chdir", workdir, "--", *args]
+        return command
+
+    def exec(self, *args: str, **kwargs) -> FakeContainerProcess:
+        _bind(modal.Sandbox.exec, args, kwargs, method=True)
+        self._fake._maybe_fail("exec")
+        self._check_running()
+        workdir = kwargs.get("workdir") or self.workdir
+        if not PurePosixPath(workdir).is_absolute():
+            raise modal.exception.InvalidError("workdir must be an absolute path")
+        # Without bubblewrap the workdir is the sandbox's directory itself.
+        cwd = None if BWRAP else self.files / PurePosixPath(workdir).relative_to(self.workdir)
+        env = {"PATH": _PATH, "HOME": "/root", **self.env}
+        env.update({k: v for k, v in (kwargs.get("env") or {}).items() if v is not None})
+        popen = subprocess.Popen(
+            self._command(args, workdir),
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        process = FakeContainerProcess(
+            popen, timeout=kwargs.get("timeout"), text=kwargs.get("text", True)
+        )
+        with self._lock:
+            self._processes.append(process)
+        return process
+
+    def snapshot_filesystem(self, *args, **kwargs) -> FakeImage:
+        _bind(modal.Sandbox.snapshot_filesystem, args, kwargs, method=True)
+        self._fake._maybe_fail("snapshot_filesystem")
+        self._check_running()
+        image_id = self._fake._new_id("im")
+        target = self._fake.root / "images" / image_id
+        shutil.copytree(self.files, target, symlinks=True)
+        image = FakeImage(image_id, files=target)
+        self._fake.images[image_id] = image
+        self._fake.snapshot_calls.append(kwargs)
+        return image
+
+    def terminate(self, *, wait: bool = False) -> int | None:
+        self._fake._maybe_fail("terminate")
+        with self._lock:
+            if self._returncode is None:
+                self._returncode = 137
+                for process in self._processes:
+                    process.kill()
+                for process in self._processes:
+                    process.wait()
+                shutil.rmtree(self.files.parent, ignore_errors=True)
+        return self._returncode if wait else None
+
+
+class _FakeAppAPI:
+    def __init__(self, fake: FakeModal) -> None:
+        self._fake = fake
+
+    def lookup(self, *args, **kwargs) -> FakeApp:
+        _bind(modal.App.lookup, args, kwargs)
+        name = args[0] if args else kwargs["name"]
+        if name not in self._fake.apps:
+            if not kwargs.get("create_if_missing"):
+                raise modal.exception.NotFoundError(f"App '{name}' not found")
+            self._fake.apps[name] = FakeApp(name, self._fake._new_id("ap"))
+        return self._fake.apps[name]
+
+
+class _FakeImageAPI:
+    def __init__(self, fake: FakeModal) -> None:
+        self._fake = fake
+
+    def from_registry(self, *args, **kwargs) -> FakeImage:
+        _bind(modal.Image.from_registry, args, kwargs)
+        return FakeImage(self._fake._new_id("im"), tag=args[0] if args else kwargs["tag"])
+
+    def from_id(self, image_id: str, client=None) -> FakeImage:
+        try:
+            return self._fake.images[image_id]
+        except KeyError:
+            raise modal.exception.NotFoundError(f"Image {image_id} not found") from None
+
+
+class _FakeSandboxAPI:
+    def __init__(self, fake: FakeModal) -> None:
+        self._fake = fake
+
+    def create(self, *args, **kwargs) -> FakeSandbox:
+        _bind(modal.Sandbox.create, args, kwargs)
+        self._fake._maybe_fail("create")
+        if kwargs.get("app") is None:
+            raise modal.exception.InvalidError("App must be provided to create a Sandbox")
+        sandbox = FakeSandbox(self._fake, self._fake._new_id("sb"), kwargs)
+        self._fake.sandboxes[sandbox.object_id] = sandbox
+        self._fake.create_calls.append({"at": self._fake.clock(), **kwargs})
+        return sandbox
+
+    def from_id(self, sandbox_id: str, client=None) -> FakeSandbox:
+        self._fake._maybe_fail("from_id")
+        try:
+            return self._fake.sandboxes[sandbox_id]
+        except KeyError:
+            raise modal.exception.NotFoundError(f"Sandbox {sandbox_id} not found") from None
+
+    def list(self, *args, **kwargs) -> Iterator[FakeSandbox]:
+        _bind(modal.Sandbox.list, args, kwargs)
+        self._fake._maybe_fail("list")
+        app_id, tags = kwargs.get("app_id"), kwargs.get("tags") or {}
+        for sandbox in reversed(list(self._fake.sandboxes.values())):
+            if sandbox.returncode is not None or (app_id and sandbox.app_id != app_id):
+                continue
+            if all(sandbox.tags.get(k) == v for k, v in tags.items()):
+                yield sandbox
+
+
+class FakeModal:
+    """The `modal` module as far as the backend uses it, backed by local directories."""
+
+    exception = modal.exception
+
+    def __init__(self, root: Path | None = None, *, clock: Callable[[], float] = time.monotonic):
+        self.root = Path(root or tempfile.mkdtemp(prefix="fake-modal-"))
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.clock = clock
+        self.apps: dict[str, FakeApp] = {}
+        self.images: dict[str, FakeImage] = {}
+        self.sandboxes: dict[str, FakeSandbox] = {}
+        self.create_calls: list[dict] = []
+        self.snapshot_calls: list[dict] = []
+        self._failures: dict[str, list[BaseException]] = {}
+        self._ids = itertools.count(1)
+        self._ids_lock = threading.Lock()
+        self.App = _FakeAppAPI(self)
+        self.Image = _FakeImageAPI(self)
+        self.Sandbox = _FakeSandboxAPI(self)
+
+    def _new_id(self, prefix: str) -> str:
+        with self._ids_lock:
+            return f"{prefix}-fake{next(self._ids):06d}"
+
+    def fail_next(self, call: str, error: BaseException, *, times: int = 1) -> None:
+        """Make the next `times` calls named `call` ("create", "exec", …) raise `error`."""
+        self._failures.setdefault(call, []).extend([error] * times)
+
+    def _maybe_fail(self, call: str) -> None:
+        pending = self._failures.get(call)
+        if pending:
+            raise pending.pop(0)
+
+    def running(self) -> list[FakeSandbox]:
+        return [sb for sb in self.sandboxes.values() if sb.returncode is None]
+
+    def close(self) -> None:
+        """Terminate every fake sandbox and remove every file the fake made."""
+        self._failures.clear()
+        for sandbox in list(self.sandboxes.values()):
+            sandbox.terminate()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def modal_fake_backend(root: Path | None = None, **backend_kwargs):
+    """A ModalBackend wired to a FakeModal; everything it made is gone afterwards."""
+    from sandboxes.backends.modal import ModalBackend
+    from sandboxes.pacing import TokenBucket
+
+    fake = FakeModal(root)
+    backend_kwargs.setdefault("create_bucket", TokenBucket(rate=1000))
+    backend = ModalBackend(sdk=fake, app_name="convoy-test", **backend_kwargs)
+    backend.fake = fake
+    try:
+        yield backend
+    finally:
+        fake.close()
