@@ -36,6 +36,7 @@ WORKSPACE = "/workspace"
 MAX_TIMEOUT_S = 24 * 3600  # Modal's longest sandbox life
 SNAPSHOT_TIMEOUT_S = 600  # the SDK's default (55 s) fails on large filesystems
 FORK_CONCURRENCY = 4
+TIMEOUT_EXIT = 124  # what `timeout(1)` returns; every backend reports a timeout with it
 TRUNCATION_MARKER = "\n[convoy: output truncated after {cap} bytes]\n"
 
 
@@ -292,9 +293,10 @@ class ModalBackend(SandboxBackend):
                 exit_code = proc.wait()
         finally:
             stop.set()
+        timed_out = exit_code == -1  # Modal's wait() says "deadline passed" this way
         yield ExecResult(
-            exit_code=exit_code,
-            timed_out=exit_code == -1,
+            exit_code=TIMEOUT_EXIT if timed_out else exit_code,
+            timed_out=timed_out,
             truncated=truncated,
             duration_ms=int((time.monotonic() - started) * 1000),
             bytes_out=received,
