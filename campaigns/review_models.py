@@ -1,0 +1,141 @@
+"""Review records: the decision state of each run, every decision, and published changesets.
+
+`RunReview` holds the current state of one run's review (one row per run, so queues and
+dashboards count with one indexed query); `Decision` is the history. An approval is valid only
+while the picked variant's diff still has the hash it was approved on: a rerun that changes the
+diff makes the run need approval again without anyone having to reset anything.
+"""
+
+from django.conf import settings
+from django.db import models
+
+
+class ReviewState(models.TextChoices):
+    UNREVIEWED = "unreviewed"
+    PICKED = "picked"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+class RunReview(models.Model):
+    run = models.OneToOneField(
+        "campaigns.RepoRun", on_delete=models.CASCADE, primary_key=True, related_name="review"
+    )
+    campaign = models.ForeignKey("campaigns.Campaign", on_delete=models.CASCADE, related_name="+")
+    state = models.CharField(
+        max_length=12, choices=ReviewState, default=ReviewState.UNREVIEWED, db_index=True
+    )
+    variant = models.ForeignKey(
+        "campaigns.Variant", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    picked_hash = models.CharField(max_length=64, blank=True)
+    approved_hash = models.CharField(max_length=64, blank=True)
+    group_key = models.CharField(max_length=64, blank=True, db_index=True)
+    comment = models.TextField(blank=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["campaign", "state"])]
+
+    def __str__(self) -> str:
+        return f"review of run {self.run_id}: {self.state}"
+
+
+class DecisionKind(models.TextChoices):
+    PICK = "pick"
+    APPROVE = "approve"
+    REJECT = "reject"
+
+
+class Decision(models.Model):
+    """One reviewer decision, with the exact diff hash it was made on."""
+
+    run = models.ForeignKey("campaigns.RepoRun", on_delete=models.CASCADE, related_name="decisions")
+    variant = models.ForeignKey(
+        "campaigns.Variant", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    variant_name = models.CharField(max_length=100, blank=True)
+    kind = models.CharField(max_length=8, choices=DecisionKind)
+    diff_hash = models.CharField(max_length=64, blank=True)
+    comment = models.TextField(blank=True)
+    group_key = models.CharField(
+        max_length=64, blank=True, help_text="Set when made through bulk review"
+    )
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} run {self.run_id} by {self.actor_id}"
+
+
+class VariantDigest(models.Model):
+    """A variant's normalised-diff group key, computed once per diff hash for bulk review."""
+
+    variant = models.OneToOneField(
+        "campaigns.Variant", on_delete=models.CASCADE, primary_key=True, related_name="digest"
+    )
+    campaign = models.ForeignKey("campaigns.Campaign", on_delete=models.CASCADE, related_name="+")
+    diff_sha256 = models.CharField(max_length=64)
+    group_key = models.CharField(max_length=64, db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.variant_id}: {self.group_key[:12]}"
+
+
+class ChangesetState(models.TextChoices):
+    QUEUED = "queued"  # publish requested, push not done yet
+    PUSHED = "pushed"  # branch pushed; no code host to open a pull request on
+    DRAFT = "draft"
+    OPEN = "open"
+    MERGED = "merged"
+    CLOSED = "closed"
+    FAILED = "failed"
+
+
+class ChecksState(models.TextChoices):
+    NONE = "none"
+    PENDING = "pending"
+    PASSING = "passing"
+    FAILING = "failing"
+
+
+class Changeset(models.Model):
+    """The published form of an approved change: a branch, and a pull request when possible."""
+
+    run = models.OneToOneField(
+        "campaigns.RepoRun", on_delete=models.CASCADE, related_name="changeset"
+    )
+    campaign = models.ForeignKey(
+        "campaigns.Campaign", on_delete=models.CASCADE, related_name="changesets"
+    )
+    variant = models.ForeignKey(
+        "campaigns.Variant", null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    diff_hash = models.CharField(max_length=64)
+    branch = models.CharField(max_length=250)
+    remote_url = models.CharField(max_length=1000)
+    commit = models.CharField(max_length=64, blank=True)
+    state = models.CharField(max_length=8, choices=ChangesetState, default=ChangesetState.QUEUED)
+    checks = models.CharField(max_length=8, choices=ChecksState, default=ChecksState.NONE)
+    pr_number = models.PositiveIntegerField(null=True, blank=True)
+    pr_url = models.CharField(max_length=500, blank=True)
+    error = models.TextField(blank=True)
+    published_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    requested_at = models.DateTimeField(auto_now_add=True)
+    published_at = models.DateTimeField(null=True, blank=True)
+    refreshed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-requested_at", "-id"]
+        indexes = [models.Index(fields=["state", "refreshed_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.branch} ({self.state})"
