@@ -6,5 +6,6 @@ from config.api import api
 
 urlpatterns = [
     path("", include("accounts.urls")),
+    path("", include("sandboxes.urls")),
     path("api/v1/", api.urls),
 ]

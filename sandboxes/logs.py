@@ -18,7 +18,7 @@ import re
 import shlex
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -205,6 +205,7 @@ class LogCapture:
         self.bytes_in = 0
         self.bytes_dropped = 0
         self.lines_written = 0
+        self.batches_written = 0
         self.first_seq: int | None = None
         self.last_seq: int | None = None
         self._mask = SecretMasker(values)
@@ -277,9 +278,7 @@ class LogCapture:
                 self._oldest = now
             self._pending.extend((stream, t, stamp) for t in texts)
             self._pending_chars += sum(map(len, texts))
-            full = (
-                len(self._pending) >= BATCH_MAX_LINES or self._pending_chars >= BATCH_MAX_CHARS
-            )
+            full = len(self._pending) >= BATCH_MAX_LINES or self._pending_chars >= BATCH_MAX_CHARS
             if self._thread is not None:
                 if full or was_empty:
                     self._wake.notify()
@@ -382,6 +381,7 @@ class LogCapture:
         self.first_seq = self.first_seq or first
         self.last_seq = last
         self.lines_written += len(batch)
+        self.batches_written += 1
         lines = [
             Line(seq=first + i, stream=stream, text=text, command_id=self.command_id)
             for i, (stream, text, _) in enumerate(batch)
@@ -395,7 +395,13 @@ class LogCapture:
         if self._loop is None:
             # One loop for the capture's life, so the layer keeps one connection to Redis.
             self._loop = asyncio.new_event_loop()
-        message = {"type": "log.batch", "first": first, "last": last, "lines": rendered}
+        message = {
+            "type": "log.batch",
+            "first": first,
+            "last": last,
+            "lines": rendered,
+            "sent_at": time.time(),
+        }
         try:
             self._loop.run_until_complete(layer.group_send(log_group(self.sandbox_id), message))
         except Exception:
@@ -419,39 +425,39 @@ def log_lines_store(
     count = len(rows)
     sandbox_table = Sandbox._meta.db_table
     line_table = LogLine._meta.db_table
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"UPDATE {sandbox_table} SET last_log_seq = last_log_seq + %s "  # noqa: S608
-                "WHERE id = %s RETURNING last_log_seq",
-                [count, sandbox_id],
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {sandbox_table} SET last_log_seq = last_log_seq + %s "  # noqa: S608
+            "WHERE id = %s RETURNING last_log_seq",
+            [count, sandbox_id],
+        )
+        found = cursor.fetchone()
+        if found is None:
+            raise Sandbox.DoesNotExist(f"sandbox {sandbox_id} is gone")
+        first = found[0] - count + 1
+        if connection.vendor == "postgresql":
+            columns = "(sandbox_id, seq, command_id, stream, text, created_at)"
+            with (
+                cursor.connection.cursor() as raw,
+                raw.copy(f"COPY {line_table} {columns} FROM STDIN") as copy,
+            ):
+                for i, (stream, text, stamp) in enumerate(rows):
+                    copy.write_row((sandbox_id, first + i, command_id, stream, text, stamp))
+        else:
+            LogLine.objects.bulk_create(
+                [
+                    LogLine(
+                        sandbox_id=sandbox_id,
+                        seq=first + i,
+                        command_id=command_id,
+                        stream=stream,
+                        text=text,
+                        created_at=stamp,
+                    )
+                    for i, (stream, text, stamp) in enumerate(rows)
+                ],
+                batch_size=500,
             )
-            found = cursor.fetchone()
-            if found is None:
-                raise Sandbox.DoesNotExist(f"sandbox {sandbox_id} is gone")
-            first = found[0] - count + 1
-            if connection.vendor == "postgresql":
-                columns = "(sandbox_id, seq, command_id, stream, text, created_at)"
-                with cursor.connection.cursor() as raw, raw.copy(
-                    f"COPY {line_table} {columns} FROM STDIN"
-                ) as copy:
-                    for i, (stream, text, stamp) in enumerate(rows):
-                        copy.write_row((sandbox_id, first + i, command_id, stream, text, stamp))
-            else:
-                LogLine.objects.bulk_create(
-                    [
-                        LogLine(
-                            sandbox_id=sandbox_id,
-                            seq=first + i,
-                            command_id=command_id,
-                            stream=stream,
-                            text=text,
-                            created_at=stamp,
-                        )
-                        for i, (stream, text, stamp) in enumerate(rows)
-                    ],
-                    batch_size=500,
-                )
     return first
 
 
@@ -465,7 +471,11 @@ def log_capture_open(
 ) -> LogCapture:
     """Start capturing one command's output; call `feed()` per event and `close()` at the end."""
     return LogCapture(
-        sandbox_id=sandbox.pk, command_id=command_id, argv=argv, secrets=secrets, cap_bytes=cap_bytes
+        sandbox_id=sandbox.pk,
+        command_id=command_id,
+        argv=argv,
+        secrets=secrets,
+        cap_bytes=cap_bytes,
     )
 
 
@@ -473,3 +483,45 @@ def log_system_line(*, sandbox: Sandbox, text: str) -> None:
     """Append one line of Convoy's own (e.g. "sandbox terminated") to a sandbox's log."""
     with LogCapture(sandbox_id=sandbox.pk, threaded=False) as capture:
         capture.system(text)
+
+
+# --- Reads (the consumer, the panel and the raw download) ------------------------------------
+
+
+def log_lines_after(*, sandbox_id: int, after: int, limit: int = 2000) -> list[LogLine]:
+    """Up to `limit` stored lines with seq > after, in order."""
+    return list(
+        LogLine.objects.filter(sandbox_id=sandbox_id, seq__gt=after)
+        .order_by("seq")
+        .only("seq", "stream", "text", "command_id")[:limit]
+    )
+
+
+def log_lines_tail(*, sandbox_id: int, count: int = 500) -> list[LogLine]:
+    """The last `count` stored lines, in order."""
+    lines = list(
+        LogLine.objects.filter(sandbox_id=sandbox_id)
+        .order_by("-seq")
+        .only("seq", "stream", "text", "command_id")[:count]
+    )
+    lines.reverse()
+    return lines
+
+
+def log_last_seq(*, sandbox_id: int) -> int:
+    return Sandbox.objects.filter(pk=sandbox_id).values_list("last_log_seq", flat=True).first() or 0
+
+
+def log_text_iter(*, sandbox_id: int, chunk: int = 5000) -> Iterator[str]:
+    """The raw log as text, line by line with newlines, streamed from storage in chunks."""
+    after = 0
+    while True:
+        rows = list(
+            LogLine.objects.filter(sandbox_id=sandbox_id, seq__gt=after)
+            .order_by("seq")
+            .values_list("seq", "text")[:chunk]
+        )
+        if not rows:
+            return
+        yield "".join(f"{text}\n" for _, text in rows)
+        after = rows[-1][0]

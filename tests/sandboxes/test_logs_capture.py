@@ -1,0 +1,178 @@
+"""Log capture: the bytes a command writes become the numbered, masked lines a reader sees.
+
+These feed the capture synthetic `(stream, bytes)` events, as a backend's exec yields them, to
+pin down chunk boundaries exactly; tests/sandboxes/test_logs_socket.py drives real sandboxes.
+"""
+
+import threading
+
+import pytest
+
+from sandboxes.logs import LINE_MAX_CHARS, MASK, LogCapture, log_line_html
+from sandboxes.models import LogLine, Sandbox
+from tests.support import wait_for
+
+pytestmark = pytest.mark.shapes("embedded", "production")
+
+
+@pytest.fixture
+def sandbox(db):
+    return Sandbox.objects.create(backend="bwrap")
+
+
+def stored(sandbox, *, stream=None):
+    lines = LogLine.objects.filter(sandbox=sandbox).order_by("seq")
+    if stream:
+        lines = lines.filter(stream=stream)
+    return list(lines.values_list("stream", "text"))
+
+
+def run(sandbox, events, **kwargs):
+    with LogCapture(sandbox_id=sandbox.pk, **kwargs) as capture:
+        for stream, data in events:
+            capture.feed(stream, data)
+    return capture
+
+
+def test_lines_cut_anywhere_arrive_whole_numbered_and_in_order(sandbox):
+    run(
+        sandbox,
+        [("stdout", b"hel"), ("stdout", b"lo\nwor"), ("stderr", b"oops\n"), ("stdout", b"ld\n")],
+        argv=["echo", "hello world"],
+    )
+    assert stored(sandbox) == [
+        ("system", "$ echo 'hello world'"),
+        ("stdout", "hello"),
+        ("stderr", "oops"),
+        ("stdout", "world"),
+    ]
+    seqs = list(LogLine.objects.filter(sandbox=sandbox).values_list("seq", flat=True))
+    assert seqs == [1, 2, 3, 4]
+    sandbox.refresh_from_db()
+    assert sandbox.last_log_seq == 4
+
+
+def test_second_command_continues_the_sandbox_sequence(sandbox):
+    run(sandbox, [("stdout", b"a\nb\n")])
+    run(sandbox, [("stdout", b"c\n")])
+    assert list(LogLine.objects.filter(sandbox=sandbox).values_list("seq", "text")) == [
+        (1, "a"),
+        (2, "b"),
+        (3, "c"),
+    ]
+
+
+def test_progress_bar_redrawn_with_carriage_returns_keeps_its_last_state(sandbox):
+    run(sandbox, [("stdout", b"10%\r20%"), ("stdout", b"\r30%\r"), ("stdout", b"\r\ndone\r\n")])
+    assert stored(sandbox) == [("stdout", "30%"), ("stdout", "done")]
+
+
+def test_invalid_utf8_is_replaced_and_split_characters_survive(sandbox):
+    e_acute = "é".encode()
+    run(
+        sandbox,
+        [("stdout", b"bad \xff\xfe end\ncaf" + e_acute[:1]), ("stdout", e_acute[1:] + b"\n")],
+    )
+    assert stored(sandbox) == [("stdout", "bad \ufffd\ufffd end"), ("stdout", "café")]
+
+
+def test_unfinished_last_line_is_kept_at_the_end(sandbox):
+    run(sandbox, [("stdout", b"no newline at the end")])
+    assert stored(sandbox) == [("stdout", "no newline at the end")]
+
+
+def test_very_long_lines_are_split(sandbox):
+    long = b"x" * (LINE_MAX_CHARS * 2 + 10)
+    run(sandbox, [("stdout", long[:5000]), ("stdout", long[5000:] + b"\nafter\n")])
+    texts = [t for _, t in stored(sandbox)]
+    assert [len(t) for t in texts] == [LINE_MAX_CHARS, LINE_MAX_CHARS, 10, 5]
+    assert "".join(texts[:3]) == long.decode()
+
+
+def test_a_line_that_never_ends_is_split_as_it_grows(sandbox):
+    capture = LogCapture(sandbox_id=sandbox.pk)
+    for _ in range(5):
+        capture.feed("stdout", b"y" * LINE_MAX_CHARS)
+    # Before the command ends, the finished pieces are already on their way.
+    assert len(capture._pending) + capture.lines_written >= 4, "it should not wait for the end"
+    capture.close()
+    assert sum(len(t) for _, t in stored(sandbox)) == 5 * LINE_MAX_CHARS
+
+
+def test_output_over_the_cap_is_cut_with_a_visible_marker(sandbox):
+    capture = run(sandbox, [("stdout", b"0123456789\n" * 100)] * 3, cap_bytes=1000)
+    lines = stored(sandbox)
+    out = [t for s, t in lines if s == "stdout"]
+    assert len("\n".join(out)) <= 1000
+    markers = [t for s, t in lines if s == "system"]
+    assert "output truncated" in markers[0] and "1,000 bytes" in markers[0]
+    assert markers[-1] == f"[{capture.bytes_dropped:,} bytes of output were not stored]"
+    assert capture.bytes_dropped == 3300 - 1000
+
+
+def test_secret_values_never_reach_storage_even_when_cut_across_chunks(sandbox):
+    secret = "hunter2-s3cr3t-value"
+    multi = "-----BEGIN KEY-----\nAAAABBBBCCCC\n-----END KEY-----"
+    data = f"token={secret}; again {secret}\n{multi}\n".encode()
+    long_line = ("z" * (LINE_MAX_CHARS - 7) + secret + "z" * LINE_MAX_CHARS).encode()
+    events = [("stdout", data[i : i + 7]) for i in range(0, len(data), 7)]
+    events += [("stderr", long_line[i : i + 1000]) for i in range(0, len(long_line), 1000)]
+    run(
+        sandbox, events, argv=["login", "--password", secret], secrets={"TOKEN": secret, "K": multi}
+    )
+    everything = "\n".join(t for _, t in stored(sandbox))
+    assert secret not in everything
+    assert "AAAABBBBCCCC" not in everything
+    assert "s3cr3t" not in everything.replace(MASK, "")
+    assert f"token={MASK}; again {MASK}" in everything
+    assert f"$ login --password {MASK}" in everything
+
+
+def test_html_and_ansi_colours_render_as_escaped_markup():
+    line = LogLine(seq=7, stream="stderr", text="<script>alert(1)</script> \x1b[31mred\x1b[0m")
+    html = log_line_html(line)
+    assert "<script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert 'data-seq="7"' in html and "log-stderr" in html
+    assert "<span" in html and "red</span>" in html and "\x1b" not in html
+
+
+def test_noisy_command_costs_a_handful_of_transactions(transactional_db):
+    sandbox = Sandbox.objects.create(backend="bwrap")
+    body = b"".join(b"line %d\n" % i for i in range(20_000))
+    capture = run(sandbox, [("stdout", body[i : i + 65536]) for i in range(0, len(body), 65536)])
+    assert LogLine.objects.filter(sandbox=sandbox).count() == 20_000
+    assert capture.batches_written <= 20
+
+
+def test_a_prompt_without_newline_shows_up_before_the_command_ends(transactional_db):
+    sandbox = Sandbox.objects.create(backend="bwrap")
+    capture = LogCapture(sandbox_id=sandbox.pk)
+    try:
+        capture.feed("stdout", b"Continue? [y/N] ")
+        wait_for(
+            lambda: stored(sandbox) == [("stdout", "Continue? [y/N] ")],
+            timeout=5,
+            what="the prompt to be stored while the command still runs",
+        )
+    finally:
+        capture.close()
+
+
+def test_concurrent_commands_share_one_gapless_sequence(transactional_db):
+    sandbox = Sandbox.objects.create(backend="bwrap")
+
+    def command(tag):
+        with LogCapture(sandbox_id=sandbox.pk) as capture:
+            for i in range(3000):
+                capture.feed("stdout", f"{tag} {i}\n".encode())
+
+    threads = [threading.Thread(target=command, args=(tag,)) for tag in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rows = list(LogLine.objects.filter(sandbox=sandbox).values_list("seq", "text"))
+    assert [seq for seq, _ in rows] == list(range(1, 6001))
+    for tag in ("a", "b"):
+        assert [t for _, t in rows if t.startswith(tag)] == [f"{tag} {i}" for i in range(3000)]
