@@ -220,7 +220,6 @@ class Secret(models.Model):
         return self.name
 
 
-
 # Review records live in their own module; importing them here registers them with the app.
 from campaigns.review_models import (  # noqa: E402, F401
     Changeset,
