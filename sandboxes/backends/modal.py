@@ -198,6 +198,8 @@ class ModalBackend(SandboxBackend):
         with self._errors("terminate"):
             sb.terminate()  # a no-op on a finished sandbox
         self._sandboxes.pop(handle.external_id, None)
+        with contextlib.suppress(Exception):
+            sb.detach()  # frees this client's connections to it; the sandbox is gone anyway
 
     # --- files ------------------------------------------------------------------------------------
     def write_file(self, handle: SandboxHandle, path: str, data: bytes, mode: int = 0o644) -> None:

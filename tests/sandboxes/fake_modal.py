@@ -259,6 +259,9 @@ class FakeSandbox:
         self._fake.snapshot_calls.append(kwargs)
         return image
 
+    def detach(self) -> None:
+        self._fake.detached.append(self.object_id)
+
     def terminate(self, *, wait: bool = False) -> int | None:
         self._fake._maybe_fail("terminate")
         with self._lock:
@@ -347,6 +350,7 @@ class FakeModal:
         self.sandboxes: dict[str, FakeSandbox] = {}
         self.create_calls: list[dict] = []
         self.snapshot_calls: list[dict] = []
+        self.detached: list[str] = []
         self._failures: dict[str, list[BaseException]] = {}
         self._ids = itertools.count(1)
         self._ids_lock = threading.Lock()

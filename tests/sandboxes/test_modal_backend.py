@@ -257,9 +257,12 @@ def test_modal_fake_attach_by_id_from_another_worker(backend):
 
 def test_modal_fake_terminate_is_idempotent_and_stops_commands(backend):
     handle = backend.create(SandboxSpec())
+    backend.fake.sandboxes[handle.external_id].exec("sleep", "60")
     backend.terminate(handle)
     backend.terminate(handle)
     assert backend.fake.running() == []
+    assert backend.fake.sandboxes[handle.external_id]._processes[0].wait() == 128 + 9
+    assert handle.external_id in backend.fake.detached
     with pytest.raises(SandboxError):
         list(backend.exec(handle, ["true"]))
     # A sandbox that Modal no longer knows is already terminated, not an error.
