@@ -1,4 +1,5 @@
-"""The audit trail: append-only events stored as canonical JSON plus indexed columns."""
+"""The audit trail: append-only events (canonical JSON plus indexed columns), the sealer's hash
+chain over them, and the signed checkpoints that pin the chain."""
 
 import uuid
 
@@ -21,9 +22,51 @@ class AuditEvent(models.Model):
     variant_id = models.BigIntegerField(null=True, blank=True)
     sandbox_id = models.BigIntegerField(null=True, blank=True, db_index=True)
     body = models.TextField(help_text="Canonical JSON, byte-exact: verification reads this")
+    # PostgreSQL: the inserting transaction's id, set by a trigger whatever the INSERT says.
+    # The sealer orders by (txid, id) and links only rows of certainly finished transactions.
+    txid = models.BigIntegerField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["id"]
+        indexes = [models.Index(fields=["txid", "id"], name="audit_event_txid_id")]
 
     def __str__(self) -> str:
         return f"{self.action} by {self.actor_display or self.actor_type} at {self.occurred_at}"
+
+
+class AuditLink(models.Model):
+    """One event's place in the chain: written once by the sealer, never changed."""
+
+    seq = models.BigIntegerField(primary_key=True)
+    event = models.OneToOneField(
+        AuditEvent, on_delete=models.DO_NOTHING, related_name="link", db_column="event_pk"
+    )
+    # Kept beside the foreign key so a deleted event can still be named by its event_id.
+    event_uuid = models.UUIDField()
+    content_hash = models.BinaryField(max_length=32)
+    chain_hash = models.BinaryField(max_length=32)
+
+    class Meta:
+        ordering = ["seq"]
+
+    def __str__(self) -> str:
+        return f"#{self.seq} {bytes(self.chain_hash).hex()[:12]}"
+
+
+class AuditCheckpoint(models.Model):
+    """A signed statement of the chain's size, head and Merkle root at one moment."""
+
+    number = models.BigIntegerField(primary_key=True)
+    size = models.BigIntegerField()
+    body = models.TextField(help_text="Canonical JSON of the signed statement, byte-exact")
+    signature = models.CharField(max_length=128)
+    # The Merkle tree's perfect-subtree roots at `size`, so the next checkpoint continues from
+    # here. Unsigned: the verifier checks that they fold to the signed root.
+    frontier = models.JSONField(default=list)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["number"]
+
+    def __str__(self) -> str:
+        return f"checkpoint {self.number} at size {self.size}"

@@ -1,15 +1,29 @@
-"""Recording audit events: one canonical JSON event per action, in the caller's transaction."""
+"""The audit trail's writes: recording events in the caller's transaction, sealing them into the
+hash chain, signing checkpoints, verifying, and exporting."""
 
+import csv
+import hashlib
+import io
 import json
+import logging
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db import models, transaction
+from django.conf import settings
+from django.db import connection, models, transaction
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from audit import chain
 from audit.context import current_request, request_context
-from audit.models import AuditEvent
+from audit.keys import key_id, public_key_pem, public_key_raw, signing_key, verifying_key
+from audit.models import AuditCheckpoint, AuditEvent
+from audit.verify import CheckpointRow, Report, chain_walk, checkpoints_check
+
+logger = logging.getLogger(__name__)
 
 SCHEMA = "convoy.audit/1"
 OUTCOMES = ("success", "failure", "denied", "error")
@@ -102,7 +116,7 @@ def audit_record(
     }
     try:
         with transaction.atomic():
-            return AuditEvent.objects.create(
+            event = AuditEvent.objects.create(
                 event_id=event_id,
                 occurred_at=now,
                 action=action,
@@ -119,6 +133,11 @@ def audit_record(
                 sandbox_id=context.get("sandbox_id"),
                 body=canonical_json(body),
             )
+            if connection.vendor == "sqlite":
+                # SQLite serialises writers, so this transaction already holds the only write
+                # lock: link the event right here (rolled back with it, if it is).
+                _seal_batch(limit=1000)
+            return event
     except Exception as exc:
         raise AuditWriteError(f"could not record {action}: {exc}") from exc
 
@@ -133,3 +152,429 @@ def audit_denied(*, request: HttpRequest | None, actor, capability: str, target=
         request=request,
         payload={"capability": capability, "path": request.path if request else ""},
     )
+
+
+# --- Sealing ----------------------------------------------------------------------------------
+SEAL_LOCK = 0x636F6E766F79  # advisory lock key: "convoy"
+SEAL_BATCH = 5000
+CHECKPOINT_SCHEMA = "convoy.audit.checkpoint/1"
+BUNDLE_SCHEMA = "convoy.audit.bundle/1"
+
+
+@dataclass(frozen=True)
+class SealResult:
+    linked: int
+    checkpoints: int
+    size: int
+    busy: bool = False
+
+
+def _head(cursor) -> tuple[int, bytes, tuple[int, int] | None]:
+    """(seq, chain hash, order key of its event) of the chain's last link."""
+    cursor.execute(
+        "SELECT l.seq, l.chain_hash, e.txid, e.id FROM audit_auditlink l "
+        "LEFT JOIN audit_auditevent e ON e.id = l.event_pk ORDER BY l.seq DESC LIMIT 1"
+    )
+    row = cursor.fetchone()
+    if row is None:
+        return 0, chain.GENESIS, None
+    seq, head, txid, pk = row
+    if pk is None:
+        raise RuntimeError(f"the event linked at seq {seq} is missing; run manage.py audit_verify")
+    return seq, bytes(head), (txid or 0, pk)
+
+
+def _pending(cursor, after: tuple[int, int] | None, limit: int) -> list[tuple]:
+    if connection.vendor == "postgresql":
+        # Only rows of transactions older than every running one: nothing can still commit
+        # below them, so the order (txid, id) never has to change after we link.
+        txid, pk = after or (-1, -1)
+        cursor.execute(
+            "SELECT id, event_id, body FROM audit_auditevent "
+            "WHERE txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint "
+            "AND (txid, id) > (%s, %s) ORDER BY txid, id LIMIT %s",
+            [txid, pk, limit],
+        )
+    else:
+        pk = after[1] if after else 0
+        cursor.execute(
+            "SELECT id, event_id, body FROM audit_auditevent WHERE id > %s ORDER BY id LIMIT %s",
+            [pk, limit],
+        )
+    return cursor.fetchall()
+
+
+def _links_write(cursor, rows: list[tuple]) -> None:
+    columns = "seq, event_pk, event_uuid, content_hash, chain_hash"
+    if connection.vendor == "postgresql":
+        with cursor.copy(f"COPY audit_auditlink ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+    else:
+        cursor.executemany(
+            f"INSERT INTO audit_auditlink ({columns}) VALUES (%s, %s, %s, %s, %s)",  # noqa: S608
+            rows,
+        )
+
+
+def _seal_batch(*, limit: int = SEAL_BATCH) -> tuple[int, int, int]:
+    """Link up to `limit` finished events, then write the checkpoints now due. The caller holds
+    the sealer lock (PostgreSQL) or the database's write lock (SQLite)."""
+    with connection.cursor() as cursor:
+        seq, prev, after = _head(cursor)
+        rows = []
+        for pk, event_uuid, body in _pending(cursor, after, limit):
+            seq += 1
+            content = chain.content_hash(body.encode())
+            prev = chain.chain_hash(prev, seq, content)
+            rows.append((seq, pk, event_uuid, content, prev))
+        if rows:
+            _links_write(cursor, rows)
+        made = _checkpoints_due(cursor, size=seq)
+    return len(rows), made, seq
+
+
+def audit_seal(*, wait: bool = True, limit: int | None = None) -> SealResult:
+    """Link every finished event into the chain and sign the checkpoints that are due. Safe to
+    run from several processes at once: one sealer holds the lock, the others wait or skip."""
+    linked = made = size = 0
+    while True:
+        with transaction.atomic():
+            if connection.vendor == "postgresql":
+                with connection.cursor() as cursor:
+                    if wait:
+                        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [SEAL_LOCK])
+                    else:
+                        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [SEAL_LOCK])
+                        if not cursor.fetchone()[0]:
+                            return SealResult(linked, made, size, busy=True)
+            n, m, size = _seal_batch()
+        linked, made = linked + n, made + m
+        if n < SEAL_BATCH or (limit is not None and linked >= limit):
+            return SealResult(linked, made, size)
+
+
+# --- Checkpoints ------------------------------------------------------------------------------
+def _checkpoints_due(cursor, *, size: int) -> int:
+    last = AuditCheckpoint.objects.order_by("-number").first()
+    every = settings.AUDIT_CHECKPOINT_EVERY
+    made = 0
+    while size - (last.size if last else 0) >= every:
+        last = _checkpoint_write(cursor, last=last, size=(last.size if last else 0) + every)
+        made += 1
+    if last is None or size > last.size:
+        age = (datetime.now(UTC) - last.created_at).total_seconds() if last else None
+        if size > 0 and (age is None or age >= settings.AUDIT_CHECKPOINT_SECONDS):
+            _checkpoint_write(cursor, last=last, size=size)
+            made += 1
+    return made
+
+
+def _checkpoint_write(cursor, *, last: AuditCheckpoint | None, size: int) -> AuditCheckpoint:
+    frontier = chain.MerkleFrontier.from_json(last.frontier) if last else chain.MerkleFrontier()
+    cursor.execute(
+        "SELECT content_hash FROM audit_auditlink WHERE seq > %s AND seq <= %s ORDER BY seq",
+        [frontier.size, size],
+    )
+    for (content,) in cursor.fetchall():
+        frontier.append(bytes(content))
+    cursor.execute("SELECT chain_hash FROM audit_auditlink WHERE seq = %s", [size])
+    head = bytes(cursor.fetchone()[0])
+    key = signing_key()
+    now = datetime.now(UTC)
+    number = (last.number + 1) if last else 1
+    statement = {
+        "schema": CHECKPOINT_SCHEMA,
+        "number": number,
+        "size": size,
+        "head": head.hex(),
+        "root": frontier.root().hex(),
+        "time": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "prev": hashlib.sha256(last.body.encode()).hexdigest() if last else "0" * 64,
+        "key_id": key_id(key.public_key()),
+    }
+    body = canonical_json(statement)
+    return AuditCheckpoint.objects.create(
+        number=number,
+        size=size,
+        body=body,
+        signature=key.sign(body.encode()).hex(),
+        frontier=frontier.to_json(),
+        created_at=now,
+    )
+
+
+# --- Verification -----------------------------------------------------------------------------
+VERIFY_CHUNK = 20000
+
+
+def _checkpoint_rows(from_checkpoint: int | None) -> list[CheckpointRow]:
+    qs = AuditCheckpoint.objects.order_by("number")
+    if from_checkpoint is not None:
+        qs = qs.filter(number__gte=from_checkpoint)
+    return [
+        CheckpointRow(c.number, c.size, c.body, c.signature, c.frontier)
+        for c in qs.only("number", "size", "body", "signature", "frontier")
+    ]
+
+
+def _links_stream(after_seq: int) -> Iterator[tuple]:
+    pg = connection.vendor == "postgresql"
+    with connection.cursor() as cursor:
+        while True:
+            cursor.execute(
+                "SELECT l.seq, l.event_uuid, l.content_hash, l.chain_hash, e.body, e.txid, e.id "
+                "FROM audit_auditlink l LEFT JOIN audit_auditevent e ON e.id = l.event_pk "
+                "WHERE l.seq > %s ORDER BY l.seq LIMIT %s",
+                [after_seq, VERIFY_CHUNK],
+            )
+            rows = cursor.fetchall()
+            for seq, event_uuid, content, chained, body, txid, pk in rows:
+                if pk is None:
+                    key = None
+                elif pg:
+                    key = (txid, pk) if txid is not None else None
+                else:
+                    key = (0, pk)
+                yield seq, event_uuid, content, chained, body, key
+            if len(rows) < VERIFY_CHUNK:
+                return
+            after_seq = rows[-1][0]
+
+
+def _unlinked() -> list[tuple]:
+    pg = connection.vendor == "postgresql"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT e.txid, e.id, e.event_id FROM audit_auditevent e WHERE NOT EXISTS "
+            "(SELECT 1 FROM audit_auditlink l WHERE l.event_pk = e.id)"
+        )
+        rows = cursor.fetchall()
+    if pg:
+        return [((t, pk) if t is not None else None, u) for t, pk, u in rows]
+    return [((0, pk), u) for _, pk, u in rows]
+
+
+def audit_verify(*, from_checkpoint: int | None = None, public_key=None) -> Report:
+    """Check the chain and the checkpoints in the database. Read-only: callers record
+    audit.chain.verified themselves (audit_verify_record) when a person asked for it."""
+    public_key = public_key or verifying_key()
+    report = Report(key_id=key_id(public_key))
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                # One snapshot for the whole walk, so a sealer running meanwhile is not a finding.
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        rows = _checkpoint_rows(from_checkpoint)
+        signed = checkpoints_check(rows, public_key, report)
+        start = None
+        if from_checkpoint is not None:
+            start = next((c for c in signed if c.number == from_checkpoint), None)
+            if start is None:
+                report.findings.append(
+                    _no_checkpoint(
+                        from_checkpoint, exists=any(r.number == from_checkpoint for r in rows)
+                    )
+                )
+                return report
+        chain_walk(
+            _links_stream(start.size - 1 if start else 0),
+            signed,
+            report,
+            unlinked=_unlinked(),
+            start=start,
+        )
+    return report
+
+
+def _no_checkpoint(number: int, *, exists: bool):
+    from audit.verify import BROKEN_CHECKPOINTS, Finding
+
+    why = "does not verify" if exists else "does not exist"
+    return Finding(BROKEN_CHECKPOINTS, None, "", f"checkpoint {number} {why}; cannot start there")
+
+
+def audit_verify_record(*, report: Report, actor=None, request: HttpRequest | None = None) -> None:
+    audit_record(
+        action="audit.chain.verified",
+        actor=actor,
+        actor_type=None if actor is not None else "system",
+        outcome="success" if report.ok else "failure",
+        request=request,
+        payload={
+            "size": report.size,
+            "checked": report.checked,
+            "checkpoints": report.checkpoints,
+            "findings": len(report.findings),
+        },
+    )
+
+
+# --- Export -----------------------------------------------------------------------------------
+def audit_export_record(
+    *, actor, fmt: str, query: str = "", request: HttpRequest | None = None
+) -> None:
+    audit_record(
+        action="audit.events.exported",
+        actor=actor,
+        request=request,
+        payload={"format": fmt, "query": query},
+    )
+
+
+def bundle_lines() -> Iterator[str]:
+    """The whole sealed trail as NDJSON: a header with the public key, the signed checkpoints,
+    then every link with its event's stored body (as a JSON string, so its bytes survive)."""
+    key = verifying_key()
+    yield (
+        canonical_json(
+            {
+                "type": "header",
+                "schema": BUNDLE_SCHEMA,
+                "exported_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                "key_id": key_id(key),
+                "public_key": public_key_raw(key).hex(),
+                "public_key_pem": public_key_pem(key),
+            }
+        )
+        + "\n"
+    )
+    for row in _checkpoint_rows(None):
+        yield (
+            canonical_json(
+                {
+                    "type": "checkpoint",
+                    "number": row.number,
+                    "size": row.size,
+                    "body": row.body,
+                    "signature": row.signature,
+                    "frontier": row.frontier,
+                }
+            )
+            + "\n"
+        )
+    for seq, event_uuid, content, chained, body, _key in _links_stream(0):
+        yield (
+            canonical_json(
+                {
+                    "type": "event",
+                    "seq": seq,
+                    "event_id": str(uuid.UUID(str(event_uuid))),
+                    "content_hash": bytes(content).hex(),
+                    "chain_hash": bytes(chained).hex(),
+                    "body": body,
+                }
+            )
+            + "\n"
+        )
+
+
+def audit_verify_bundle(*, lines, public_key=None) -> Report:
+    """Verify an exported bundle offline. Pass the auditor's own copy of the public key: the
+    one inside the bundle only proves the bundle is self-consistent."""
+    from audit.keys import public_key_load
+
+    header, rows, events = None, [], []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            kind = item["type"]
+            if kind == "header":
+                header = item
+            elif kind == "checkpoint":
+                rows.append(
+                    CheckpointRow(
+                        item["number"],
+                        item["size"],
+                        item["body"],
+                        item["signature"],
+                        item["frontier"],
+                    )
+                )
+            elif kind == "event":
+                events.append(item)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"bundle line {number}: not a bundle record ({exc})") from exc
+    if header is None:
+        raise ValueError("bundle: no header line (is this an audit bundle?)")
+    if public_key is None:
+        public_key = public_key_load(header["public_key"].encode())
+    report = Report(key_id=key_id(public_key))
+    signed = checkpoints_check(rows, public_key, report)
+    links = (
+        (
+            e["seq"],
+            e["event_id"],
+            bytes.fromhex(e["content_hash"]),
+            bytes.fromhex(e["chain_hash"]),
+            e["body"],
+            None,
+        )
+        for e in events
+    )
+    chain_walk(links, signed, report)
+    return report
+
+
+CSV_COLUMNS = (
+    "event_id",
+    "occurred_at",
+    "action",
+    "outcome",
+    "actor_type",
+    "actor",
+    "on_behalf_of",
+    "actor_ip",
+    "target_type",
+    "target_id",
+    "campaign_id",
+    "sandbox_id",
+    "request_id",
+    "body",
+)
+
+
+def _csv_cell(value) -> str:
+    text = "" if value is None else str(value)
+    # A spreadsheet would run a cell starting with these as a formula.
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+
+
+def csv_lines(events: QuerySet) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+
+    def flush() -> str:
+        value = buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        return value
+
+    writer.writerow(CSV_COLUMNS)
+    yield flush()
+    for event in events.iterator(chunk_size=2000):
+        body = json.loads(event.body)
+        writer.writerow(
+            [
+                _csv_cell(v)
+                for v in (
+                    event.event_id,
+                    body["occurred_at"],
+                    event.action,
+                    event.outcome,
+                    event.actor_type,
+                    event.actor_display,
+                    event.on_behalf_of,
+                    body["actor"].get("ip", ""),
+                    event.target_type,
+                    event.target_id,
+                    event.campaign_id,
+                    event.sandbox_id,
+                    body["context"].get("request_id", ""),
+                    event.body,
+                )
+            ]
+        )
+        yield flush()

@@ -212,7 +212,10 @@ else:
         "global_keyprefix": f"{REDIS_PREFIX}:celery:",
         "visibility_timeout": 3600,
     }
-CELERY_BEAT_SCHEDULE: dict = {}
+CELERY_BEAT_SCHEDULE: dict = {
+    # Link committed audit events into the hash chain and sign due checkpoints.
+    "audit-seal": {"task": "audit.tasks.audit_seal_task", "schedule": 1.0},
+}
 CONVOY_WORKER_CONCURRENCY = envint("CONVOY_WORKER_CONCURRENCY", 4, minimum=1)
 
 if EMBEDDED:
@@ -260,6 +263,7 @@ MODAL_CREATES_PER_SECOND = envint("CONVOY_MODAL_CREATES_PER_SECOND", 4, minimum=
 # --- Audit ----------------------------------------------------------------------------------
 AUDIT_SIGNING_KEY = Path(envstr("CONVOY_AUDIT_SIGNING_KEY", str(DATA_DIR / "audit-signing.key")))
 AUDIT_CHECKPOINT_EVERY = envint("CONVOY_AUDIT_CHECKPOINT_EVERY", 1000, minimum=1)
+AUDIT_CHECKPOINT_SECONDS = 10  # a shorter tail than EVERY links is signed after this long
 
 # --- Secrets and code hosts -----------------------------------------------------------------
 SECRETS_KEY = envstr("CONVOY_SECRETS_KEY")
