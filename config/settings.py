@@ -216,6 +216,13 @@ CELERY_BEAT_SCHEDULE: dict = {
     # Link committed audit events into the hash chain and sign due checkpoints.
     "audit-seal": {"task": "audit.tasks.audit_seal_task", "schedule": 1.0},
 }
+# Review: pull request states and checks come from their code host every few minutes.
+CELERY_BEAT_SCHEDULE["review-changesets-refresh"] = {
+    "task": "review.changesets_refresh",
+    "schedule": 300.0,
+}
+# Task modules that are not an app's tasks.py (autodiscovery finds only those).
+CELERY_IMPORTS = ["campaigns.review_tasks"]
 CONVOY_WORKER_CONCURRENCY = envint("CONVOY_WORKER_CONCURRENCY", 4, minimum=1)
 
 if EMBEDDED:

@@ -1,0 +1,23 @@
+"""Celery entry points for review: push a published change, refresh pull request states."""
+
+from celery import shared_task
+
+from campaigns import review
+
+
+@shared_task(
+    name="review.changeset_push",
+    acks_late=True,
+    ignore_result=True,
+    autoretry_for=(Exception,),
+    retry_backoff=True,
+    max_retries=5,
+    dont_autoretry_for=(review.ReviewError,),
+)
+def changeset_push_task(changeset_id: int) -> None:
+    review.changeset_push(changeset_id=changeset_id)
+
+
+@shared_task(name="review.changesets_refresh", ignore_result=True)
+def changesets_refresh_task() -> None:
+    review.changesets_refresh()
