@@ -5,6 +5,7 @@ from ninja.errors import AuthenticationError
 
 from accounts.api import router as accounts_router
 from accounts.auth import api_auth
+from campaigns.api import router as campaigns_router
 
 api = NinjaAPI(
     title="Convoy API",
@@ -26,3 +27,4 @@ def _unauthenticated(request, exc):
 
 
 api.add_router("/", accounts_router)
+api.add_router("/", campaigns_router)

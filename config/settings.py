@@ -23,6 +23,7 @@ KNOWN_CONVOY_VARS = {
     "CONVOY_TRUSTED_PROXY_HOPS",
     "CONVOY_WORKER_CONCURRENCY",
     "CONVOY_MAX_PARALLEL_REPOS",
+    "CONVOY_RUN_LEASE_S",
     "CONVOY_REPO_ROOTS",
     "CONVOY_AUDIT_SIGNING_KEY",
     "CONVOY_AUDIT_CHECKPOINT_EVERY",
@@ -213,6 +214,8 @@ else:
         "visibility_timeout": 3600,
     }
 CELERY_BEAT_SCHEDULE: dict = {
+    # Requeue runs whose worker died, fill free dispatch slots, complete finished campaigns.
+    "campaigns-tick": {"task": "campaigns.tick", "schedule": 5.0},
     # Link committed audit events into the hash chain and sign due checkpoints.
     "audit-seal": {"task": "audit.tasks.audit_seal_task", "schedule": 1.0},
 }
@@ -264,6 +267,8 @@ REPO_ROOTS = [
 ]
 RUNSC_PLATFORM = envchoice("CONVOY_RUNSC_PLATFORM", "ptrace", ("ptrace", "systrap", "kvm"))
 MAX_PARALLEL_REPOS = envint("CONVOY_MAX_PARALLEL_REPOS", 8, minimum=1)
+# A run whose worker has not renewed its lease for this long is requeued (worker died).
+RUN_LEASE_S = envint("CONVOY_RUN_LEASE_S", 30, minimum=2)
 MODAL_APP = envstr("CONVOY_MODAL_APP", "convoy")
 MODAL_CREATES_PER_SECOND = envint("CONVOY_MODAL_CREATES_PER_SECOND", 4, minimum=1)
 

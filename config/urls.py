@@ -7,5 +7,6 @@ from config.api import api
 urlpatterns = [
     path("", include("accounts.urls")),
     path("", include("sandboxes.urls")),
+    path("", include("campaigns.urls")),
     path("api/v1/", api.urls),
 ]

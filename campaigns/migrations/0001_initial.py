@@ -6,7 +6,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -15,148 +14,333 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='Repository',
+            name="Repository",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('url', models.CharField(max_length=1000, unique=True)),
-                ('name', models.CharField(help_text='Shown in lists; derived from the URL', max_length=200)),
-                ('default_ref', models.CharField(default='HEAD', max_length=200)),
-                ('tags', models.JSONField(blank=True, default=list)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("url", models.CharField(max_length=1000, unique=True)),
+                (
+                    "name",
+                    models.CharField(
+                        help_text="Shown in lists; derived from the URL", max_length=200
+                    ),
+                ),
+                ("default_ref", models.CharField(default="HEAD", max_length=200)),
+                ("tags", models.JSONField(blank=True, default=list)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'verbose_name_plural': 'repositories',
-                'ordering': ['name', 'id'],
+                "verbose_name_plural": "repositories",
+                "ordering": ["name", "id"],
             },
         ),
         migrations.CreateModel(
-            name='Campaign',
+            name="Campaign",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.SlugField(max_length=100, unique=True)),
-                ('description', models.TextField(blank=True)),
-                ('spec', models.JSONField(help_text='The validated, normalised spec')),
-                ('spec_source', models.TextField(blank=True, help_text='The YAML or JSON as submitted')),
-                ('state', models.CharField(choices=[('draft', 'Draft'), ('running', 'Running'), ('completed', 'Completed'), ('cancelled', 'Cancelled')], default='draft', max_length=12)),
-                ('backend', models.CharField(max_length=20)),
-                ('max_parallel', models.PositiveIntegerField(default=8)),
-                ('four_eyes', models.BooleanField(default=True, help_text='The person who launched it may not approve its changes')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('launched_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('launched_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('owner', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='campaigns', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.SlugField(max_length=100, unique=True)),
+                ("description", models.TextField(blank=True)),
+                ("spec", models.JSONField(help_text="The validated, normalised spec")),
+                (
+                    "spec_source",
+                    models.TextField(blank=True, help_text="The YAML or JSON as submitted"),
+                ),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("draft", "Draft"),
+                            ("running", "Running"),
+                            ("completed", "Completed"),
+                            ("cancelled", "Cancelled"),
+                        ],
+                        default="draft",
+                        max_length=12,
+                    ),
+                ),
+                ("backend", models.CharField(max_length=20)),
+                ("max_parallel", models.PositiveIntegerField(default=8)),
+                (
+                    "four_eyes",
+                    models.BooleanField(
+                        default=True,
+                        help_text="The person who launched it may not approve its changes",
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                ("launched_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "launched_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="campaigns",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
+                "ordering": ["-created_at", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='RepoRun',
+            name="RepoRun",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('ref', models.CharField(max_length=200)),
-                ('state', models.CharField(choices=[('pending', 'Pending'), ('queued', 'Queued'), ('running', 'Running'), ('succeeded', 'Succeeded'), ('failed', 'Failed'), ('cancelled', 'Cancelled')], default='pending', max_length=12)),
-                ('attempt', models.PositiveIntegerField(default=1)),
-                ('transient_retries', models.PositiveIntegerField(default=0)),
-                ('step', models.CharField(blank=True, help_text='Last completed pipeline step', max_length=20)),
-                ('base_commit', models.CharField(blank=True, max_length=64)),
-                ('snapshot_id', models.BigIntegerField(blank=True, help_text='SandboxSnapshot the variants fork from', null=True)),
-                ('error', models.TextField(blank=True)),
-                ('error_signature', models.CharField(blank=True, db_index=True, max_length=16)),
-                ('error_summary', models.CharField(blank=True, max_length=300)),
-                ('worker', models.CharField(blank=True, help_text='host:pid holding the lease', max_length=200)),
-                ('heartbeat_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('queued_at', models.DateTimeField(blank=True, null=True)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('campaign', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='runs', to='campaigns.campaign')),
-                ('repository', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='runs', to='campaigns.repository')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("ref", models.CharField(max_length=200)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("queued", "Queued"),
+                            ("running", "Running"),
+                            ("succeeded", "Succeeded"),
+                            ("failed", "Failed"),
+                            ("cancelled", "Cancelled"),
+                        ],
+                        default="pending",
+                        max_length=12,
+                    ),
+                ),
+                ("attempt", models.PositiveIntegerField(default=1)),
+                ("transient_retries", models.PositiveIntegerField(default=0)),
+                (
+                    "step",
+                    models.CharField(
+                        blank=True, help_text="Last completed pipeline step", max_length=20
+                    ),
+                ),
+                ("base_commit", models.CharField(blank=True, max_length=64)),
+                (
+                    "snapshot_id",
+                    models.BigIntegerField(
+                        blank=True, help_text="SandboxSnapshot the variants fork from", null=True
+                    ),
+                ),
+                ("error", models.TextField(blank=True)),
+                ("error_signature", models.CharField(blank=True, db_index=True, max_length=16)),
+                ("error_summary", models.CharField(blank=True, max_length=300)),
+                (
+                    "worker",
+                    models.CharField(
+                        blank=True, help_text="host:pid holding the lease", max_length=200
+                    ),
+                ),
+                ("heartbeat_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("queued_at", models.DateTimeField(blank=True, null=True)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "campaign",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="runs",
+                        to="campaigns.campaign",
+                    ),
+                ),
+                (
+                    "repository",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="runs",
+                        to="campaigns.repository",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['id'],
+                "ordering": ["id"],
             },
         ),
         migrations.CreateModel(
-            name='RunTransition',
+            name="RunTransition",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('from_state', models.CharField(max_length=12)),
-                ('to_state', models.CharField(max_length=12)),
-                ('at', models.DateTimeField(db_index=True)),
-                ('campaign', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='campaigns.campaign')),
-                ('run', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='transitions', to='campaigns.reporun')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("from_state", models.CharField(max_length=12)),
+                ("to_state", models.CharField(max_length=12)),
+                ("at", models.DateTimeField(db_index=True)),
+                (
+                    "campaign",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="campaigns.campaign",
+                    ),
+                ),
+                (
+                    "run",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="transitions",
+                        to="campaigns.reporun",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['at', 'id'],
+                "ordering": ["at", "id"],
             },
         ),
         migrations.CreateModel(
-            name='Secret',
+            name="Secret",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100, unique=True)),
-                ('ciphertext', models.BinaryField()),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('rotated_at', models.DateTimeField(blank=True, null=True)),
-                ('created_by', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100, unique=True)),
+                ("ciphertext", models.BinaryField()),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("rotated_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='Variant',
+            name="Variant",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('position', models.PositiveIntegerField(default=0)),
-                ('state', models.CharField(choices=[('pending', 'Pending'), ('running', 'Running'), ('completed', 'Completed'), ('failed', 'Failed'), ('cancelled', 'Cancelled')], default='pending', max_length=12)),
-                ('attempt', models.PositiveIntegerField(default=0, help_text='Executions started')),
-                ('sandbox_id', models.BigIntegerField(blank=True, null=True)),
-                ('patch', models.BinaryField(default=bytes, help_text='git diff --binary against base_commit')),
-                ('patch_truncated', models.BooleanField(default=False)),
-                ('diff_sha256', models.CharField(blank=True, db_index=True, max_length=64)),
-                ('files_changed', models.PositiveIntegerField(default=0)),
-                ('insertions', models.PositiveIntegerField(default=0)),
-                ('deletions', models.PositiveIntegerField(default=0)),
-                ('diffstat', models.JSONField(default=list, help_text='[{path, added, deleted}] per file')),
-                ('validation', models.CharField(blank=True, choices=[('', 'not run'), ('passed', 'Passed'), ('failed', 'Failed'), ('skipped', 'no validate steps')], default='', max_length=8)),
-                ('output_tail', models.TextField(blank=True, help_text="Tail of the last step's output")),
-                ('error', models.TextField(blank=True)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('duration_ms', models.PositiveIntegerField(blank=True, null=True)),
-                ('run', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='variants', to='campaigns.reporun')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100)),
+                ("position", models.PositiveIntegerField(default=0)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("running", "Running"),
+                            ("completed", "Completed"),
+                            ("failed", "Failed"),
+                            ("cancelled", "Cancelled"),
+                        ],
+                        default="pending",
+                        max_length=12,
+                    ),
+                ),
+                ("attempt", models.PositiveIntegerField(default=0, help_text="Executions started")),
+                ("sandbox_id", models.BigIntegerField(blank=True, null=True)),
+                (
+                    "patch",
+                    models.BinaryField(
+                        default=bytes, help_text="git diff --binary against base_commit"
+                    ),
+                ),
+                ("patch_truncated", models.BooleanField(default=False)),
+                ("diff_sha256", models.CharField(blank=True, db_index=True, max_length=64)),
+                ("files_changed", models.PositiveIntegerField(default=0)),
+                ("insertions", models.PositiveIntegerField(default=0)),
+                ("deletions", models.PositiveIntegerField(default=0)),
+                (
+                    "diffstat",
+                    models.JSONField(default=list, help_text="[{path, added, deleted}] per file"),
+                ),
+                (
+                    "validation",
+                    models.CharField(
+                        blank=True,
+                        choices=[
+                            ("", "not run"),
+                            ("passed", "Passed"),
+                            ("failed", "Failed"),
+                            ("skipped", "no validate steps"),
+                        ],
+                        default="",
+                        max_length=8,
+                    ),
+                ),
+                (
+                    "output_tail",
+                    models.TextField(blank=True, help_text="Tail of the last step's output"),
+                ),
+                ("error", models.TextField(blank=True)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                ("duration_ms", models.PositiveIntegerField(blank=True, null=True)),
+                (
+                    "run",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="variants",
+                        to="campaigns.reporun",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['run', 'position'],
+                "ordering": ["run", "position"],
             },
         ),
         migrations.AddIndex(
-            model_name='campaign',
-            index=models.Index(fields=['state'], name='campaigns_c_state_0086d7_idx'),
+            model_name="campaign",
+            index=models.Index(fields=["state"], name="campaigns_c_state_0086d7_idx"),
         ),
         migrations.AddIndex(
-            model_name='reporun',
-            index=models.Index(fields=['campaign', 'state'], name='campaigns_r_campaig_c8b234_idx'),
+            model_name="reporun",
+            index=models.Index(fields=["campaign", "state"], name="campaigns_r_campaig_c8b234_idx"),
         ),
         migrations.AddIndex(
-            model_name='reporun',
-            index=models.Index(fields=['state', 'heartbeat_at'], name='campaigns_r_state_7a615f_idx'),
+            model_name="reporun",
+            index=models.Index(
+                fields=["state", "heartbeat_at"], name="campaigns_r_state_7a615f_idx"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='reporun',
-            constraint=models.UniqueConstraint(fields=('campaign', 'repository'), name='run_once_per_repo'),
+            model_name="reporun",
+            constraint=models.UniqueConstraint(
+                fields=("campaign", "repository"), name="run_once_per_repo"
+            ),
         ),
         migrations.AddIndex(
-            model_name='runtransition',
-            index=models.Index(fields=['campaign', 'at'], name='campaigns_r_campaig_f11555_idx'),
+            model_name="runtransition",
+            index=models.Index(fields=["campaign", "at"], name="campaigns_r_campaig_f11555_idx"),
         ),
         migrations.AddConstraint(
-            model_name='variant',
-            constraint=models.UniqueConstraint(fields=('run', 'name'), name='variant_once_per_run'),
+            model_name="variant",
+            constraint=models.UniqueConstraint(fields=("run", "name"), name="variant_once_per_run"),
         ),
     ]

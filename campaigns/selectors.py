@@ -1,0 +1,128 @@
+"""Campaign reads: permission helpers, counts by state, filtered run lists, failure clusters."""
+
+from __future__ import annotations
+
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count, Max, QuerySet
+from django.http import Http404
+
+from accounts.roles import user_can, user_role
+from campaigns.models import Campaign, RepoRun, RunState, Variant, VariantState
+
+
+def user_may_see(user) -> bool:
+    return user.is_authenticated and user_role(user) is not None
+
+
+def campaign_get_for_user(*, user, pk: int | str, write: bool = False) -> Campaign:
+    """404 if the user may not see campaigns; 403 if they may see but not change them.
+
+    `pk` may be the id or the campaign's name.
+    """
+    if not user_may_see(user):
+        raise Http404("No such campaign")
+    lookup = {"pk": int(pk)} if str(pk).isdigit() else {"name": pk}
+    campaign = Campaign.objects.select_related("owner", "launched_by").filter(**lookup).first()
+    if campaign is None:
+        raise Http404("No such campaign")
+    if write and not user_can(user, "campaign_manage"):
+        raise PermissionDenied("Your role does not allow changing campaigns (campaign manage).")
+    return campaign
+
+
+def run_get_for_user(*, user, pk: int, campaign: Campaign | None = None) -> RepoRun:
+    if not user_may_see(user):
+        raise Http404("No such run")
+    qs = RepoRun.objects.select_related("campaign", "repository")
+    if campaign is not None:
+        qs = qs.filter(campaign=campaign)
+    run = qs.filter(pk=pk).first()
+    if run is None:
+        raise Http404("No such run")
+    return run
+
+
+def campaign_list(*, user) -> QuerySet[Campaign]:
+    if not user_may_see(user):
+        return Campaign.objects.none()
+    return Campaign.objects.select_related("owner").order_by("-created_at", "-id")
+
+
+def campaign_counts(*, campaign: Campaign) -> dict:
+    """Runs by state (every state present, zero when none), variants by state and outcome."""
+    runs = dict.fromkeys(RunState.values, 0)
+    runs.update(
+        RepoRun.objects.filter(campaign=campaign).values_list("state").annotate(n=Count("id"))
+    )
+    variants = dict.fromkeys(VariantState.values, 0)
+    validation = {"passed": 0, "failed": 0}
+    for state, outcome, n in (
+        Variant.objects.filter(run__campaign=campaign)
+        .values_list("state", "validation")
+        .annotate(n=Count("id"))
+    ):
+        variants[state] += n
+        if outcome in validation:
+            validation[outcome] += n
+    total = sum(runs.values())
+    final = runs["succeeded"] + runs["failed"] + runs["cancelled"]
+    return {
+        "runs": runs,
+        "variants": variants,
+        "validation": validation,
+        "total": total,
+        "final": final,
+        "percent": int(100 * final / total) if total else 0,
+    }
+
+
+def campaigns_counts(*, campaign_ids: list[int]) -> dict[int, dict[str, int]]:
+    """Runs by state for many campaigns in one query (the list page)."""
+    out: dict[int, dict[str, int]] = {
+        cid: dict.fromkeys(RunState.values, 0) for cid in campaign_ids
+    }
+    for cid, state, n in (
+        RepoRun.objects.filter(campaign_id__in=campaign_ids)
+        .values_list("campaign_id", "state")
+        .annotate(n=Count("id"))
+    ):
+        out[cid][state] = n
+    return out
+
+
+def runs_filter(
+    *,
+    campaign: Campaign,
+    state: str | None = None,
+    signature: str | None = None,
+    repository: str | None = None,
+) -> QuerySet[RepoRun]:
+    qs = RepoRun.objects.filter(campaign=campaign).select_related("repository").order_by("id")
+    if state:
+        qs = qs.filter(state=state)
+    if signature:
+        qs = qs.filter(error_signature=signature)
+    if repository:
+        if str(repository).isdigit():
+            qs = qs.filter(repository_id=int(repository))
+        else:
+            qs = qs.filter(repository__name__icontains=repository)
+    return qs
+
+
+def error_clusters(*, campaign: Campaign) -> list[dict]:
+    """Failed runs grouped by error signature, biggest first."""
+    rows = (
+        RepoRun.objects.filter(campaign=campaign, state=RunState.FAILED)
+        .values("error_signature")
+        .annotate(count=Count("id"), summary=Max("error_summary"))
+        .order_by("-count", "error_signature")
+    )
+    return [
+        {"signature": r["error_signature"], "count": r["count"], "summary": r["summary"]}
+        for r in rows
+    ]
+
+
+def run_variants(*, run: RepoRun) -> list[Variant]:
+    return list(run.variants.order_by("position"))

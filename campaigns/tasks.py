@@ -1,0 +1,15 @@
+"""Celery entry points for campaigns: thin wrappers that take ids and call services."""
+
+from celery import shared_task
+
+from campaigns import services
+
+
+@shared_task(name="campaigns.run_execute", acks_late=True, ignore_result=True)
+def run_execute_task(run_id: int) -> str:
+    return services.run_execute(run_id=run_id)
+
+
+@shared_task(name="campaigns.tick", ignore_result=True)
+def campaigns_tick_task() -> None:
+    services.campaigns_tick()
