@@ -262,9 +262,12 @@ def _checkpoints_due(cursor, *, size: int) -> int:
     while size - (last.size if last else 0) >= every:
         last = _checkpoint_write(cursor, last=last, size=(last.size if last else 0) + every)
         made += 1
-    if last is None or size > last.size:
-        age = (datetime.now(UTC) - last.created_at).total_seconds() if last else None
-        if size > 0 and (age is None or age >= settings.AUDIT_CHECKPOINT_SECONDS):
+    if size > (last.size if last else 0):
+        if last is not None:
+            since = last.created_at
+        else:
+            since = AuditEvent.objects.filter(link__seq=1).values_list("occurred_at", flat=True)[0]
+        if (datetime.now(UTC) - since).total_seconds() >= settings.AUDIT_CHECKPOINT_SECONDS:
             _checkpoint_write(cursor, last=last, size=size)
             made += 1
     return made

@@ -8,13 +8,15 @@ from tests.support import test_database_url
 TABLES = ("audit_auditevent", "audit_auditlink", "audit_auditcheckpoint")
 
 
-def tamper(*statements: str, params: tuple = ()) -> None:
+def tamper(*statements: str | tuple[str, tuple], params: tuple = ()) -> None:
+    """Each statement is SQL, or (SQL, parameters); `params` go with plain SQL strings."""
     with psycopg.connect(test_database_url(), autocommit=True) as conn:
         for t in TABLES:
             conn.execute(f"ALTER TABLE {t} DISABLE TRIGGER ALL")
         try:
-            for sql in statements:
-                conn.execute(sql, params if "%s" in sql else None)
+            for statement in statements:
+                sql, args = statement if isinstance(statement, tuple) else (statement, params)
+                conn.execute(sql, args if "%s" in sql else None)
         finally:
             for t in TABLES:
                 conn.execute(f"ALTER TABLE {t} ENABLE TRIGGER ALL")

@@ -1,0 +1,59 @@
+"""Verify the audit trail (database or exported bundle) and name the event behind each finding."""
+
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+
+from audit.keys import AuditKeyError, public_key_load
+from audit.services import audit_verify, audit_verify_bundle, audit_verify_record
+
+
+class Command(BaseCommand):
+    help = (
+        "Walk the hash chain and the signed checkpoints; print each finding with its seq, "
+        "event_id and kind; exit 0 when the trail is intact, 1 otherwise."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--from-checkpoint", type=int, metavar="N", help="start at signed checkpoint N"
+        )
+        parser.add_argument("--bundle", type=Path, metavar="FILE", help="an exported NDJSON bundle")
+        parser.add_argument(
+            "--public-key",
+            type=Path,
+            metavar="FILE",
+            help="the Ed25519 public key to trust (PEM or hex); for a bundle, defaults to the "
+            "key inside it",
+        )
+
+    def handle(self, *args, from_checkpoint, bundle, public_key, **options):
+        try:
+            key = public_key_load(public_key.read_bytes()) if public_key else None
+        except (OSError, AuditKeyError) as exc:
+            raise CommandError(f"--public-key: {exc}") from exc
+        if bundle is not None:
+            if from_checkpoint is not None:
+                raise CommandError("--from-checkpoint: not supported with --bundle")
+            try:
+                with bundle.open(encoding="utf-8") as lines:
+                    report = audit_verify_bundle(lines=lines, public_key=key)
+            except OSError as exc:
+                raise CommandError(f"--bundle: cannot read {bundle}: {exc}") from exc
+            except ValueError as exc:
+                raise CommandError(f"--bundle: {exc}") from exc
+        else:
+            report = audit_verify(from_checkpoint=from_checkpoint, public_key=key)
+            audit_verify_record(report=report)
+        for finding in report.findings:
+            self.stdout.write(finding.line())
+        summary = (
+            f"{report.checked} links checked, chain size {report.size}, "
+            f"{report.checkpoints_valid}/{report.checkpoints} checkpoints valid, "
+            f"key {report.key_id}"
+        )
+        if report.ok:
+            self.stdout.write(f"OK: {summary}")
+            return
+        self.stderr.write(f"FAILED: {len(report.findings)} finding(s); {summary}")
+        raise SystemExit(1)
