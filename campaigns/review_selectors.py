@@ -1,0 +1,260 @@
+"""Review reads: the queue, a run's variants side by side, bulk groups, dashboard figures.
+
+Every list here is paginated and costs a fixed number of queries whatever the run count:
+counts are aggregates, pages are sliced querysets, and patches (the large column) are loaded
+only for the one run or group being shown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.core.paginator import Page, Paginator
+from django.db.models import Count, F, Max, Min, Prefetch, Q, QuerySet
+
+from campaigns.models import (
+    RUN_FINAL_STATES,
+    Campaign,
+    Changeset,
+    Decision,
+    RepoRun,
+    ReviewState,
+    RunReview,
+    RunState,
+    RunTransition,
+    Validation,
+    Variant,
+    VariantDigest,
+    VariantState,
+)
+
+PAGE_SIZE = 50
+# Columns of a variant a list needs; `patch` stays in the database until a diff is shown.
+VARIANT_LIST_FIELDS = (
+    "id",
+    "run_id",
+    "name",
+    "position",
+    "state",
+    "diff_sha256",
+    "files_changed",
+    "insertions",
+    "deletions",
+    "validation",
+    "duration_ms",
+    "patch_truncated",
+)
+QUEUE_FILTERS = {
+    "todo": "needs a decision",
+    "approved": "approved",
+    "rejected": "rejected",
+    "published": "published",
+    "all": "all finished runs",
+}
+
+
+def _list_variants() -> Prefetch:
+    return Prefetch(
+        "variants",
+        queryset=Variant.objects.only(*VARIANT_LIST_FIELDS).order_by("position"),
+        to_attr="variant_list",
+    )
+
+
+def review_queue(*, campaign: Campaign, which: str = "todo", page: int | str = 1) -> Page:
+    """Finished runs for review, oldest first, with their variants and review state.
+
+    "todo" holds runs never decided, picked but not approved, and approved runs whose diff
+    changed since (those need approval again).
+    """
+    runs = (
+        RepoRun.objects.filter(campaign=campaign, state=RunState.SUCCEEDED)
+        .select_related("repository", "review", "review__variant", "changeset")
+        .prefetch_related(_list_variants())
+        .order_by("id")
+    )
+    stale = Q(review__state=ReviewState.APPROVED) & ~Q(
+        review__approved_hash=F("review__variant__diff_sha256")
+    )
+    if which == "todo":
+        runs = runs.filter(
+            Q(review__isnull=True)
+            | Q(review__state__in=[ReviewState.UNREVIEWED, ReviewState.PICKED])
+            | stale
+        )
+    elif which == "approved":
+        runs = runs.filter(review__state=ReviewState.APPROVED, changeset__isnull=True).exclude(
+            stale
+        )
+    elif which == "rejected":
+        runs = runs.filter(review__state=ReviewState.REJECTED)
+    elif which == "published":
+        runs = runs.filter(changeset__isnull=False)
+    # Variants are deferred with only(); review__variant needs its hash only.
+    runs = runs.defer(
+        "review__variant__patch",
+        "review__variant__output_tail",
+        "review__variant__error",
+        "review__variant__diffstat",
+    )
+    return Paginator(runs, PAGE_SIZE).get_page(page)
+
+
+def review_counts(*, campaign: Campaign) -> dict[str, int]:
+    """How many finished runs are in each review bucket (one query)."""
+    stale = Q(review__state=ReviewState.APPROVED) & ~Q(
+        review__approved_hash=F("review__variant__diff_sha256")
+    )
+    return RepoRun.objects.filter(campaign=campaign, state=RunState.SUCCEEDED).aggregate(
+        todo=Count(
+            "id",
+            filter=Q(review__isnull=True)
+            | Q(review__state__in=[ReviewState.UNREVIEWED, ReviewState.PICKED])
+            | stale,
+        ),
+        approved=Count(
+            "id", filter=Q(review__state=ReviewState.APPROVED, changeset__isnull=True) & ~stale
+        ),
+        rejected=Count("id", filter=Q(review__state=ReviewState.REJECTED)),
+        published=Count("id", filter=Q(changeset__isnull=False)),
+    )
+
+
+def run_neighbours(*, run: RepoRun) -> dict[str, int | None]:
+    """Previous and next run of the same campaign in queue order (for j/k on the run page)."""
+    base = RepoRun.objects.filter(campaign_id=run.campaign_id, state=RunState.SUCCEEDED)
+    prev_id = base.filter(id__lt=run.pk).aggregate(v=Max("id"))["v"]
+    next_id = base.filter(id__gt=run.pk).aggregate(v=Min("id"))["v"]
+    return {"prev": prev_id, "next": next_id}
+
+
+@dataclass
+class RunComparison:
+    run: RepoRun
+    variants: list[Variant]
+    review: RunReview | None
+    decisions: list[Decision]
+    changeset: Changeset | None
+
+
+def run_comparison(*, run: RepoRun) -> RunComparison:
+    variants = list(run.variants.order_by("position"))
+    review = RunReview.objects.filter(run_id=run.pk).select_related("decided_by").first()
+    decisions = list(
+        Decision.objects.filter(run_id=run.pk).select_related("actor").order_by("-id")[:20]
+    )
+    changeset = Changeset.objects.filter(run_id=run.pk).first()
+    return RunComparison(run, variants, review, decisions, changeset)
+
+
+@dataclass
+class BulkGroup:
+    group_key: str
+    count: int
+    sample: Variant
+    runs: list[RepoRun]
+    more: int
+
+
+def bulk_groups(
+    *, campaign: Campaign, variant_name: str, limit: int = 20, repos_shown: int = 200
+) -> list[BulkGroup]:
+    """Runs whose `variant_name` diffs are identical after normalisation, largest group first.
+
+    Only completed variants that passed (or had no) validation, in runs that still need a
+    decision, are grouped.
+    """
+    eligible = (
+        VariantDigest.objects.filter(
+            campaign=campaign,
+            variant__name=variant_name,
+            variant__state=VariantState.COMPLETED,
+            variant__validation__in=[Validation.PASSED, Validation.SKIPPED],
+            diff_sha256=F("variant__diff_sha256"),
+        )
+        .filter(
+            Q(variant__run__review__isnull=True)
+            | Q(
+                variant__run__review__state__in=[
+                    ReviewState.UNREVIEWED,
+                    ReviewState.PICKED,
+                ]
+            )
+        )
+        .exclude(group_key="")
+    )
+    top = list(
+        eligible.values("group_key")
+        .annotate(n=Count("variant"))
+        .order_by("-n", "group_key")[:limit]
+    )
+    groups = []
+    for row in top:
+        members = list(
+            eligible.filter(group_key=row["group_key"])
+            .select_related("variant__run__repository")
+            .order_by("variant__run_id")[:repos_shown]
+        )
+        sample = Variant.objects.get(pk=members[0].variant_id)
+        groups.append(
+            BulkGroup(
+                group_key=row["group_key"],
+                count=row["n"],
+                sample=sample,
+                runs=[m.variant.run for m in members],
+                more=max(0, row["n"] - len(members)),
+            )
+        )
+    return groups
+
+
+def burndown(*, campaign: Campaign, points: int = 60) -> list[tuple[float, int]]:
+    """(seconds since launch, repositories not yet finished) from stored run transitions.
+
+    Moves into a final state finish a run; a retry (final -> pending) un-finishes it. The
+    moves are counted per time bucket in the database, so the cost does not follow the
+    number of runs.
+    """
+    from django.db.models.functions import TruncHour, TruncMinute, TruncSecond
+
+    total = RepoRun.objects.filter(campaign=campaign).count()
+    start = campaign.launched_at
+    if start is None:
+        return [(0.0, total)]
+    finals = list(RUN_FINAL_STATES)
+    finishing = Q(to_state__in=finals) & ~Q(from_state__in=finals)
+    reopening = Q(from_state__in=finals) & ~Q(to_state__in=finals)
+    moves = RunTransition.objects.filter(campaign=campaign).filter(finishing | reopening)
+    last = moves.aggregate(last=Max("at"))["last"]
+    if last is None:
+        return [(0.0, total)]
+    span = (last - start).total_seconds()
+    trunc = TruncSecond if span <= 3 * 3600 else TruncMinute if span <= 7 * 86400 else TruncHour
+    rows = (
+        moves.annotate(bucket=trunc("at"))
+        .values("bucket")
+        .annotate(done=Count("id", filter=finishing), undone=Count("id", filter=reopening))
+        .order_by("bucket")
+    )
+    series = [(0.0, total)]
+    remaining = total
+    for row in rows:
+        remaining += row["undone"] - row["done"]
+        series.append((max(0.0, (row["bucket"] - start).total_seconds()), remaining))
+    if len(series) > points:
+        stride = len(series) / points
+        series = [series[int(k * stride)] for k in range(points)] + [series[-1]]
+    return series
+
+
+def changesets_for(*, campaign: Campaign, page: int | str = 1) -> Page:
+    qs = Changeset.objects.filter(campaign=campaign).select_related("run__repository")
+    return Paginator(qs.order_by("id"), PAGE_SIZE).get_page(page)
+
+
+def variant_names(*, campaign: Campaign) -> list[str]:
+    return list(campaign.variant_names) or ["default"]
+
+
+def runs_page(*, qs: QuerySet, page: int | str) -> Page:
+    return Paginator(qs, PAGE_SIZE).get_page(page)

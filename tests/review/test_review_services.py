@@ -1,0 +1,182 @@
+"""Decisions: pick, approve with four eyes, reject, stale refusal, bulk approve, publish."""
+
+import json
+import subprocess
+
+import pytest
+
+from audit.models import AuditEvent
+from campaigns.models import Changeset, Decision, ReviewState, RunReview
+from campaigns.review import (
+    FourEyesRefused,
+    ReviewError,
+    StaleDecision,
+    change_approve,
+    change_publish,
+    change_reject,
+    changes_bulk_approve,
+    changeset_push,
+    variant_digests_refresh,
+    variant_pick,
+)
+from campaigns.review_selectors import bulk_groups, review_counts, review_queue
+from tests.review.builders import campaign_make, patch_for, run_make, variant_make, variant_rerun
+
+pytestmark = pytest.mark.shapes("embedded", "production")
+
+
+def _events(action):
+    return [json.loads(e.body) for e in AuditEvent.objects.filter(action=action).order_by("id")]
+
+
+@pytest.fixture
+def three(manager):
+    campaign = campaign_make(owner=manager)
+    run = run_make(campaign=campaign)
+    variants = [
+        variant_make(run=run, name=n, position=i, patch=patch_for("a.py", "x = 1", f"x = {i}"))
+        for i, n in enumerate(("conservative", "aggressive", "broken"))
+    ]
+    return campaign, run, variants
+
+
+def test_pick_is_recorded_with_chosen_alternatives_and_hash_and_can_change(three, reviewer):
+    _campaign, run, (a, b, _c) = three
+    variant_pick(run=run, variant=a, actor=reviewer, diff_hash=a.diff_sha256)
+    review = variant_pick(run=run, variant=b, actor=reviewer, diff_hash=b.diff_sha256)
+    assert review.state == ReviewState.PICKED and review.variant_id == b.pk
+    (_first, second) = _events("review.variant.picked")
+    assert second["payload"]["chosen"] == "aggressive"
+    assert second["payload"]["alternatives"] == ["conservative", "broken"]
+    assert second["payload"]["diff_hash"] == b.diff_sha256
+    assert [d.kind for d in Decision.objects.filter(run=run)] == ["pick", "pick"]
+
+
+def test_approve_then_pick_refused_until_rejected(three, reviewer):
+    _, run, (a, b, _c) = three
+    change_approve(run=run, actor=reviewer, variant=a, diff_hash=a.diff_sha256, comment="ok")
+    with pytest.raises(ReviewError, match="already approved"):
+        variant_pick(run=run, variant=b, actor=reviewer, diff_hash=b.diff_sha256)
+    (event,) = _events("review.change.approved")
+    assert event["payload"]["diff_hash"] == a.diff_sha256
+    assert event["reason"] == "ok"
+    with pytest.raises(ReviewError, match="comment"):
+        change_reject(run=run, actor=reviewer, comment="  ")
+    change_reject(run=run, actor=reviewer, comment="wrong style", diff_hash=a.diff_sha256)
+    assert RunReview.objects.get(run=run).state == ReviewState.REJECTED
+    assert _events("review.change.rejected")[0]["reason"] == "wrong style"
+    variant_pick(run=run, variant=b, actor=reviewer, diff_hash=b.diff_sha256)
+
+
+def test_four_eyes_stops_the_launcher_and_is_audited(three, manager, admin_user):
+    _campaign, run, (a, *_rest) = three
+    with pytest.raises(FourEyesRefused, match="Four-eyes"):
+        change_approve(run=run, actor=manager, variant=a, diff_hash=a.diff_sha256)
+    assert not RunReview.objects.filter(run=run, state=ReviewState.APPROVED).exists()
+    denied = AuditEvent.objects.get(action="review.change.approved")
+    assert denied.outcome == "denied"
+    # An admin who did not launch it may approve; a campaign may turn the rule off.
+    change_approve(run=run, actor=admin_user, variant=a, diff_hash=a.diff_sha256)
+    relaxed = campaign_make(owner=manager, four_eyes=False)
+    run2 = run_make(campaign=relaxed)
+    v = variant_make(run=run2, name="a", patch=patch_for("b.py", "1", "2"))
+    assert change_approve(run=run2, actor=manager, variant=v, diff_hash=v.diff_sha256).state == (
+        ReviewState.APPROVED
+    )
+
+
+def test_stale_pick_and_approve_are_refused_and_a_rerun_needs_approval_again(three, reviewer):
+    campaign, run, (a, *_rest) = three
+    seen = a.diff_sha256
+    variant_rerun(a, patch_for("a.py", "x = 1", "x = 42"))
+    with pytest.raises(StaleDecision, match="changed since you loaded the page"):
+        variant_pick(run=run, variant=a, actor=reviewer, diff_hash=seen)
+    change_approve(run=run, actor=reviewer, variant=a, diff_hash=a.diff_sha256)
+    assert review_counts(campaign=campaign)["approved"] == 1
+    # A rerun after approval: the approval no longer covers the diff.
+    variant_rerun(a, patch_for("a.py", "x = 1", "x = 43"))
+    counts = review_counts(campaign=campaign)
+    assert counts["approved"] == 0 and counts["todo"] == 1
+    assert [r.pk for r in review_queue(campaign=campaign, which="todo")] == [run.pk]
+    with pytest.raises(ReviewError, match="not approved"):
+        change_publish(run=run, actor=reviewer)
+    change_approve(run=run, actor=reviewer, diff_hash=a.diff_sha256)
+    assert review_counts(campaign=campaign)["approved"] == 1
+
+
+def test_bulk_approval_covers_identical_diffs_and_skips_a_different_one(manager, reviewer):
+    campaign = campaign_make(owner=manager, variants=("only",))
+    same = [run_make(campaign=campaign) for _ in range(4)]
+    for i, run in enumerate(same):
+        # Same change, other blob ids and line numbers in each repository.
+        variant_make(
+            run=run,
+            name="only",
+            patch=patch_for("t.py", "old()", "new()", line=i + 3, blob=f"{i}" * 7),
+        )
+    odd = run_make(campaign=campaign)
+    variant_make(run=odd, name="only", patch=patch_for("t.py", "old()", "newer()"))
+    variant_digests_refresh(campaign=campaign)
+    groups = bulk_groups(campaign=campaign, variant_name="only")
+    assert [g.count for g in groups] == [4, 1]
+    big = groups[0]
+    assert sorted(r.pk for r in big.runs) == sorted(r.pk for r in same)
+    result = changes_bulk_approve(
+        campaign=campaign,
+        group_key=big.group_key,
+        variant_name="only",
+        run_ids=[r.pk for r in big.runs] + [odd.pk],
+        actor=reviewer,
+        comment="same fix",
+    )
+    assert sorted(result["approved"]) == sorted(r.pk for r in same)
+    assert [s["run_id"] for s in result["skipped"]] == [odd.pk]
+    assert Decision.objects.filter(kind="approve", group_key=big.group_key).count() == 4
+    assert not RunReview.objects.filter(run=odd, state=ReviewState.APPROVED).exists()
+    with pytest.raises(FourEyesRefused):
+        changes_bulk_approve(
+            campaign=campaign,
+            group_key=groups[1].group_key,
+            variant_name="only",
+            run_ids=[odd.pk],
+            actor=manager,
+        )
+
+
+def _git(cwd, *args):
+    return subprocess.run(
+        ["git", "-c", "core.hooksPath=/dev/null", *args], cwd=cwd, check=True, capture_output=True
+    ).stdout
+
+
+def test_publish_pushes_the_approved_diff_and_audits_it(tmp_path, manager, reviewer):
+    bare = tmp_path / "r.git"
+    _git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare))
+    work = tmp_path / "w"
+    _git(tmp_path, "clone", "-q", str(bare), str(work))
+    (work / "m.py").write_text("x = 1\n")
+    _git(work, "add", ".")
+    _git(work, "-c", "user.name=a", "-c", "user.email=a@x", "commit", "-qm", "base")
+    _git(work, "push", "-q", "origin", "HEAD:main")
+    base = _git(work, "rev-parse", "HEAD").decode().strip()
+    (work / "m.py").write_text("x = 2\n")
+    patch = _git(work, "diff", "--binary", base)
+
+    campaign = campaign_make(
+        owner=manager,
+        variants=("only",),
+        changeset={"branch": "convoy/x", "commit_message": "Set x", "author": "Bot <b@x>"},
+    )
+    run = run_make(campaign=campaign, url=f"file://{bare}", base_commit=base)
+    v = variant_make(run=run, name="only", patch=patch)
+    change_approve(run=run, actor=reviewer, variant=v, diff_hash=v.diff_sha256)
+    changeset = change_publish(run=run, actor=reviewer)
+    assert changeset.state == "queued"
+    changeset = changeset_push(changeset_id=changeset.pk)
+    assert changeset.state == "pushed" and changeset.commit
+    assert _git(bare, "diff", "--binary", base, "convoy/x") == patch
+    assert _git(bare, "log", "-1", "--format=%an|%s", "convoy/x").decode().strip() == "Bot|Set x"
+    requested, done = _events("review.change.published")
+    assert requested["payload"]["diff_hash"] == v.diff_sha256
+    assert done["payload"]["commit"] == changeset.commit
+    assert Changeset.objects.get(run=run).state == "pushed"
