@@ -1,0 +1,114 @@
+"""bubblewrap: each exec is a fresh `bwrap` with no network, no host view and a cgroup's limits.
+
+The sandbox itself is its workspace directory and its cgroup; nothing runs between commands.
+The command's environment is exactly the one handed to `bwrap` (never the app's), passed
+through the process environment rather than `--setenv` so secrets stay out of argv, where
+other host processes could read them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable, Sequence
+
+from sandboxes.backends import cgroups
+from sandboxes.backends.base import SandboxError
+from sandboxes.backends.local import LocalBackend, rlimits_apply
+from sandboxes.workspaces import SYSTEM_SYMLINKS, Meta
+
+SANDBOX_UID = 1000  # inside the user namespace; maps to the worker's own uid outside
+
+
+def bwrap_argv(*, etc: str, workspace: str, network: str, cwd: str) -> list[str]:
+    argv = [
+        "bwrap",
+        "--unshare-all",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--unshare-user",
+        "--uid",
+        str(SANDBOX_UID),
+        "--gid",
+        str(SANDBOX_UID),
+        "--hostname",
+        "sandbox",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+    ]
+    for name, target in SYSTEM_SYMLINKS.items():
+        if os.path.lexists(f"/{name}"):
+            argv += ["--symlink", target, f"/{name}"]
+    argv += ["--ro-bind", etc, "/etc", "--bind", workspace, "/workspace"]
+    argv += ["--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev"]  # noqa: S108 (its own)
+    if network == "open":
+        argv += ["--share-net", "--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"]
+    argv += ["--chdir", cwd, "--"]
+    return argv
+
+
+class BubblewrapBackend(LocalBackend):
+    name = "bwrap"
+    id_prefix = "bw"
+    isolation = (
+        "bubblewrap namespaces: no network, host /usr read-only, own /workspace, "
+        "cgroup limits; runs the host's system directories"
+    )
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not shutil.which("bwrap"):
+            raise SandboxError("bwrap is not installed (Debian package bubblewrap)")
+
+    def _start(self, meta: Meta) -> None:
+        limits = meta.limits
+        meta.cgroups = cgroups.cgroup_create(
+            meta.external_id,
+            memory_bytes=int(limits["memory_mb"]) * 1024 * 1024,
+            pids_max=int(limits["pids_max"]),
+            cpu=float(limits["cpu"]),
+            owner=self.install,
+        )
+
+    def _stop(self, meta: Meta) -> None:
+        cgroups.cgroup_kill(meta.cgroups)
+
+    def _popen(
+        self, meta: Meta, argv: Sequence[str], cwd: str, env: dict[str, str]
+    ) -> tuple[subprocess.Popen, Callable[[], None]]:
+        full = bwrap_argv(
+            etc=str(self.ws.etc()),
+            workspace=str(self.ws.workspace(meta.external_id)),
+            network=meta.network,
+            cwd=cwd,
+        )
+        paths, limits = meta.cgroups, meta.limits
+
+        def child_setup() -> None:
+            cgroups.cgroup_enter(paths)
+            rlimits_apply(limits, address_space=not paths)
+
+        proc = subprocess.Popen(
+            [*full, *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            preexec_fn=child_setup,  # cgroup entry and rlimits must happen in the child
+            start_new_session=True,
+            close_fds=True,
+        )
+
+        def kill() -> None:
+            # bwrap's pid namespace dies with its init, which dies with bwrap (--die-with-parent):
+            # killing the group takes every descendant, SIGTERM-ignoring or not.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+        return proc, kill

@@ -1,0 +1,141 @@
+"""Per-sandbox cgroups for the local engines: memory, process count and CPU limits.
+
+bubblewrap has no limits of its own and RLIMIT_NPROC does not bind root-owned processes, so
+the fork bomb and memory hog limits come from a cgroup made for each sandbox (v1 controllers
+or a delegated v2 subtree, whichever the host has). Where neither can be written the sandbox
+still gets rlimits; `cgroup_create` then returns an empty list.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+ROOT = Path("/sys/fs/cgroup")
+PREFIX = "convoy-"
+
+
+def _own_path(controller: str) -> str:
+    """Where this process sits in `controller`'s hierarchy ("" for cgroup v2's line)."""
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if controller in controllers.split(","):
+                return path
+    except OSError:
+        pass
+    return "/"
+
+
+def _v2() -> bool:
+    return (ROOT / "cgroup.controllers").exists()
+
+
+def cgroup_create(
+    name: str, *, memory_bytes: int, pids_max: int, cpu: float, owner: str = ""
+) -> list[str]:
+    """Make cgroups named `convoy-<owner>-<name>` with the limits; return their directories."""
+    leaf = f"{PREFIX}{owner + '-' if owner else ''}{name}"
+    made: list[Path] = []
+    try:
+        if _v2():
+            path = ROOT / _own_path("").lstrip("/") / leaf
+            path.mkdir(exist_ok=True)
+            made.append(path)
+            _write(path / "memory.max", str(memory_bytes))
+            _write(path / "memory.swap.max", "0", required=False)
+            _write(path / "pids.max", str(pids_max))
+            _write(path / "cpu.max", f"{int(cpu * 100_000)} 100000", required=False)
+        else:
+            limits = {
+                "memory": {
+                    "memory.limit_in_bytes": str(memory_bytes),
+                    "memory.swappiness": "0",
+                },
+                "pids": {"pids.max": str(pids_max)},
+                "cpu": {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": str(int(cpu * 1e5))},
+            }
+            for controller, files in limits.items():
+                base = ROOT / controller
+                if not base.is_dir():
+                    continue
+                path = base / _own_path(controller).lstrip("/") / leaf
+                path.mkdir(exist_ok=True)
+                made.append(path)
+                for fname, value in files.items():
+                    _write(path / fname, value, required=fname != "memory.swappiness")
+    except OSError as exc:
+        log.warning("cgroups unavailable (%s); sandbox %s gets rlimits only", exc, name)
+        cgroup_remove([str(p) for p in made])
+        return []
+    return [str(p) for p in made]
+
+
+def _write(path: Path, value: str, *, required: bool = True) -> None:
+    try:
+        path.write_text(value)
+    except OSError:
+        if required:
+            raise
+
+
+def cgroup_enter(paths: list[str]) -> None:
+    """Move the calling process into the cgroups (used in a child before exec)."""
+    pid = str(os.getpid())
+    for path in paths:
+        with open(os.path.join(path, "cgroup.procs"), "w") as f:
+            f.write(pid)
+
+
+def cgroup_pids(paths: list[str]) -> set[int]:
+    pids: set[int] = set()
+    for path in paths:
+        with contextlib.suppress(OSError):
+            pids.update(int(p) for p in Path(path, "cgroup.procs").read_text().split())
+    return pids
+
+
+def cgroup_kill(paths: list[str], *, timeout: float = 5.0) -> None:
+    """SIGKILL every process in the cgroups until they are empty (forks race the killer)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = cgroup_pids(paths)
+        if not pids or time.monotonic() > deadline:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.01)
+
+
+def cgroup_remove(paths: list[str]) -> None:
+    if not paths:
+        return
+    cgroup_kill(paths)
+    for path in paths:
+        for _ in range(50):
+            try:
+                os.rmdir(path)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.02)  # the last killed processes are still being reaped
+
+
+def cgroups_owned(owner: str) -> list[str]:
+    """Every convoy cgroup of this installation, for the reaper."""
+    found: list[str] = []
+    bases = [ROOT / _own_path("").lstrip("/")] if _v2() else []
+    if not _v2():
+        bases = [ROOT / c / _own_path(c).lstrip("/") for c in ("memory", "pids", "cpu")]
+    for base in bases:
+        with contextlib.suppress(OSError):
+            found.extend(str(p) for p in base.glob(f"{PREFIX}{owner}-*") if p.is_dir())
+    return found

@@ -1,0 +1,355 @@
+"""gVisor (`runsc`): one OCI container per sandbox behind a user-space kernel, execs inside it.
+
+Each Convoy installation keeps its own `runsc --root` under the data dir, so `runsc list` and
+the reaper's process scan only ever see its own containers. The container's root is a
+read-only skeleton; the host's /usr and a minimal /etc are bound read-only and the sandbox's
+workspace read-write at /workspace. Limits come from the bundle (cgroups, as root); a timeout
+kills every process the sandbox's commands started (`kill -9 -1` from inside, or the whole
+container if even that cannot run). Memory checkpoints are `runsc checkpoint`, restored into
+fresh containers over a copy-on-write layer of the workspace as it was at the checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from django.conf import settings
+
+from sandboxes.backends.base import (
+    Capability,
+    SandboxError,
+    SandboxHandle,
+    SandboxSpec,
+    SnapshotHandle,
+)
+from sandboxes.backends.local import LocalBackend
+from sandboxes.workspaces import SYSTEM_SYMLINKS, Meta
+
+INIT = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600; done"]
+RUNSC_TIMEOUT_S = 60
+
+
+class GVisorBackend(LocalBackend):
+    name = "gvisor"
+    id_prefix = "gv"
+    capabilities = (
+        Capability.STREAMED_EXEC | Capability.SNAPSHOT | Capability.CHECKPOINT | Capability.PAUSE
+    )
+    isolation = (
+        "gVisor user-space kernel: no network, host /usr read-only, own /workspace, "
+        "memory/CPU/pids limits; runs the host's system directories"
+    )
+
+    def __init__(self, *args, platform: str | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not shutil.which("runsc"):
+            raise SandboxError("runsc is not installed (Debian package runsc)")
+        self.platform = platform or getattr(settings, "RUNSC_PLATFORM", "ptrace")
+        self.state_root = self.ws.root / "runsc"
+        self.checkpoints = self.ws.root / "checkpoints"
+
+    # --- runsc plumbing -------------------------------------------------------------------
+    def _runsc(self, network: str = "none") -> list[str]:
+        self.state_root.mkdir(parents=True, exist_ok=True)
+        return [
+            "runsc",
+            f"--root={self.state_root}",
+            f"--platform={self.platform}",
+            f"--network={'host' if network == 'open' else 'none'}",
+        ]
+
+    def _run(self, meta: Meta, *args: str, timeout: float = RUNSC_TIMEOUT_S, check=True):
+        # A detached container inherits stdout/stderr and keeps them open: point them at a file,
+        # never at a pipe that we would wait on forever.
+        with tempfile.TemporaryFile("w+") as err:
+            run = subprocess.run(
+                [*self._runsc(meta.network), *args],
+                stdout=subprocess.PIPE if args[0] in ("state", "list") else subprocess.DEVNULL,
+                stderr=err,
+                text=True,
+                timeout=timeout,
+                stdin=subprocess.DEVNULL,
+            )
+            err.seek(0)
+            run.stderr = err.read()
+        if check and run.returncode != 0:
+            raise SandboxError(
+                f"runsc {args[0]} failed: {run.stderr.strip()[-400:]}", transient=True
+            )
+        return run
+
+    def _rootfs(self) -> Path:
+        rootfs = self.ws.root / "rootfs"
+        if not (rootfs / ".ready").exists():
+            for d in ("usr", "etc", "workspace", "tmp", "proc", "dev", "sys", "root"):
+                (rootfs / d).mkdir(parents=True, exist_ok=True)
+            for name, target in SYSTEM_SYMLINKS.items():
+                if os.path.lexists(f"/{name}") and not os.path.lexists(rootfs / name):
+                    os.symlink(target, rootfs / name)
+            (rootfs / ".ready").touch()
+        return rootfs
+
+    def _bundle(self, meta: Meta) -> Path:
+        base = self.ws.dir(meta.external_id)
+        limits = meta.limits
+        memory = int(limits["memory_mb"]) * 1024 * 1024
+        fsize = int(limits["disk_mb"]) * 1024 * 1024
+        config = {
+            "ociVersion": "1.0.0",
+            "process": {
+                "user": {"uid": 0, "gid": 0},
+                "args": INIT,
+                "env": ["PATH=/usr/bin:/bin"],
+                "cwd": "/workspace",
+                "capabilities": {},
+                "noNewPrivileges": True,
+                "rlimits": [
+                    {"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096},
+                    {"type": "RLIMIT_FSIZE", "hard": fsize, "soft": fsize},
+                    {
+                        "type": "RLIMIT_NPROC",
+                        "hard": limits["pids_max"],
+                        "soft": limits["pids_max"],
+                    },
+                ],
+            },
+            "root": {"path": str(self._rootfs()), "readonly": True},
+            "hostname": "sandbox",
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
+                {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"},  # noqa: S108
+                {
+                    "destination": "/usr",
+                    "type": "bind",
+                    "source": "/usr",
+                    "options": ["rbind", "ro"],
+                },
+                {
+                    "destination": "/etc",
+                    "type": "bind",
+                    "source": str(self.ws.etc()),
+                    "options": ["rbind", "ro"],
+                },
+                {
+                    "destination": "/workspace",
+                    "type": "bind",
+                    "source": str(base / "workspace"),
+                    "options": ["rbind", "rw"],
+                },
+            ],
+            "linux": {
+                "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
+                "resources": {
+                    "memory": {"limit": memory, "swap": memory},
+                    "cpu": {"quota": int(float(limits["cpu"]) * 100_000), "period": 100_000},
+                    "pids": {"limit": int(limits["pids_max"])},
+                },
+            },
+        }
+        bundle = base / "bundle"
+        bundle.mkdir(exist_ok=True)
+        (bundle / "config.json").write_text(json.dumps(config))
+        return bundle
+
+    def _container(self, meta: Meta) -> str:
+        """The sandbox's current container id (each restart makes a new one)."""
+        return meta.extra.get("container", meta.external_id)
+
+    def _state(self, meta: Meta) -> str:
+        run = self._run(meta, "state", self._container(meta), check=False, timeout=15)
+        if run.returncode != 0:
+            return "gone"
+        with contextlib.suppress(ValueError):
+            return json.loads(run.stdout).get("status", "unknown")
+        return "unknown"
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def _start(self, meta: Meta) -> None:
+        # A fresh container id every start: a failed restore leaves its id unusable.
+        container = f"{meta.external_id}-{os.urandom(3).hex()}"
+        meta.extra["container"] = container
+        bundle = self._bundle(meta)
+        image = meta.extra.pop("restore_image", None)
+        if image:
+            self._run(
+                meta,
+                "restore",
+                "--detach",
+                f"--image-path={image}",
+                f"--bundle={bundle}",
+                container,
+            )
+        else:
+            self._run(meta, "run", "--detach", f"--bundle={bundle}", container)
+
+    def _stop(self, meta: Meta) -> None:
+        container = self._container(meta)
+        self._run(meta, "delete", "-force", container, check=False, timeout=30)
+        self._strays_kill({container})
+
+    def _restart(self, meta: Meta) -> None:
+        self._stop(meta)
+        self._start(meta)
+        self.ws.meta_write(meta)
+
+    def _popen(
+        self, meta: Meta, argv: Sequence[str], cwd: str, env: dict[str, str]
+    ) -> tuple[subprocess.Popen, Callable[[], None]]:
+        if self._state(meta) != "running":
+            self._restart(meta)
+        base = self.ws.dir(meta.external_id)
+        # The process spec goes through a private file so env values (secrets) stay out of argv.
+        spec_path = base / f"exec-{os.getpid()}-{time.monotonic_ns()}.json"
+        process = {
+            "user": {"uid": 0, "gid": 0},
+            "args": list(argv),
+            "env": [f"{k}={v}" for k, v in env.items()],
+            "cwd": cwd,
+            "capabilities": {},
+            "noNewPrivileges": True,
+        }
+        fd = os.open(spec_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(process, f)
+        container = self._container(meta)
+        proc = subprocess.Popen(
+            [*self._runsc(meta.network), "exec", f"--process={spec_path}", container],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            start_new_session=True,
+        )
+        killed = []
+
+        def kill() -> None:
+            if killed:
+                return
+            killed.append(True)
+            # Everything but the container's init; if even that can't run (a fork bomb holds
+            # every pid), kill the whole container; the next exec starts a fresh one.
+            done = self._run(
+                meta, "exec", container, "/bin/kill", "-9", "-1", check=False, timeout=10
+            )
+            if done.returncode not in (0, 1):
+                self._run(meta, "kill", "--all", container, "KILL", check=False, timeout=10)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+        def cleanup_after_start() -> None:
+            with contextlib.suppress(FileNotFoundError):
+                spec_path.unlink()
+
+        # runsc reads the file at startup; remove it once the process has been created.
+        threading_cleanup(proc, cleanup_after_start)
+        return proc, kill
+
+    # --- snapshots: the container must be restarted onto the new layer ---------------------
+    def snapshot(self, handle: SandboxHandle) -> SnapshotHandle:
+        meta = self.ws.meta_read(handle.external_id)
+        self._stop(meta)
+        layer = self.ws.snapshot(meta)
+        self._start(meta)
+        self.ws.meta_write(meta)
+        return SnapshotHandle(self.name, layer)
+
+    # --- memory checkpoints -----------------------------------------------------------------
+    def checkpoint(self, handle: SandboxHandle) -> SnapshotHandle:
+        """Save the sandbox's memory and freeze its files; the sandbox goes on running."""
+        meta = self.ws.meta_read(handle.external_id)
+        image = self.checkpoints / f"ck-{os.urandom(6).hex()}"
+        image.mkdir(parents=True)
+        container = self._container(meta)
+        self._run(meta, "checkpoint", f"--image-path={image}", container)
+        # The container has stopped; its files become a layer and it restarts above it.
+        self._stop(meta)
+        layer = self.ws.snapshot(meta)
+        (image / "convoy.json").write_text(json.dumps({"layer": layer, "limits": meta.limits}))
+        self._start(meta)
+        self.ws.meta_write(meta)
+        return SnapshotHandle(self.name, image.name)
+
+    def restore(self, checkpoint: SnapshotHandle, spec: SandboxSpec) -> SandboxHandle:
+        """A new sandbox running the checkpointed processes, over the checkpoint's files."""
+        image = self.checkpoints / checkpoint.external_id
+        try:
+            info = json.loads((image / "convoy.json").read_text())
+        except FileNotFoundError:
+            raise SandboxError(f"no checkpoint {checkpoint.external_id}") from None
+        # The restored kernel expects the limits it was saved with.
+        spec = SandboxSpec(
+            **{
+                **spec.__dict__,
+                "memory_mb": info["limits"]["memory_mb"],
+                "cpu": info["limits"]["cpu"],
+                "pids_max": info["limits"]["pids_max"],
+            }
+        )
+        layers = self.ws.snapshot_layers(info["layer"])
+        return self._make(spec, layers, extra={"restore_image": str(image)})
+
+    def delete_checkpoint(self, checkpoint: SnapshotHandle) -> None:
+        shutil.rmtree(self.checkpoints / checkpoint.external_id, ignore_errors=True)
+
+    # --- reaping ----------------------------------------------------------------------------
+    def _strays_kill(self, containers: set[str] | None = None) -> list[int]:
+        """Kill runsc processes under our --root whose container is `containers` (or not live)."""
+        killed = []
+        root_flag = f"--root={self.state_root}"
+        for pid_dir in Path("/proc").iterdir():
+            if not pid_dir.name.isdigit():
+                continue
+            try:
+                cmdline = (pid_dir / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            args = [a.decode(errors="replace") for a in cmdline if a]
+            if root_flag not in args:
+                continue
+            if containers is not None and not containers & set(args):
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(pid_dir.name), signal.SIGKILL)
+                killed.append(int(pid_dir.name))
+        return killed
+
+    def sweep(self, live: set[str], *, grace_s: float = 120) -> list[str]:
+        removed = super().sweep(live, grace_s=grace_s)
+        # Containers (and their `runsc-sandbox boot` processes) that no live workspace owns.
+        owned = set()
+        for ext in self.ws.ids():
+            with contextlib.suppress(SandboxError, ValueError, TypeError):
+                owned.add(self._container(self.ws.meta_read(ext)))
+        listed = subprocess.run(
+            [*self._runsc(), "list", "--quiet"], capture_output=True, text=True, timeout=30
+        ).stdout.split()
+        for container in set(listed) - owned:
+            subprocess.run(
+                [*self._runsc(), "delete", "-force", container], capture_output=True, timeout=30
+            )
+            removed.append(container)
+        if not owned:
+            self._strays_kill()
+        return removed
+
+
+def threading_cleanup(proc: subprocess.Popen, cleanup: Callable[[], None]) -> None:
+    """Run `cleanup` once `proc` has had time to read its process file (or has exited)."""
+    import threading
+
+    def wait() -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+        cleanup()
+
+    threading.Thread(target=wait, daemon=True).start()

@@ -1,0 +1,331 @@
+"""What the local engines (gVisor, bubblewrap, plain process) share: workspaces, limits, pumping.
+
+A local sandbox is a directory under the data dir (see `sandboxes.workspaces`) plus whatever
+the engine keeps running; each exec is a child process whose pipes are pumped here into
+ordered (stream, bytes) events with a wall-clock timeout and an output cap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import resource
+import selectors
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+from sandboxes.backends import cgroups
+from sandboxes.backends.base import (
+    Capability,
+    ExecEvent,
+    ExecOutput,
+    ExecResult,
+    NetworkPolicy,
+    NotSupported,
+    SandboxBackend,
+    SandboxError,
+    SandboxHandle,
+    SandboxSpec,
+    SnapshotHandle,
+)
+from sandboxes.workspaces import Meta, Workspaces, workspace_read, workspace_write
+
+TIMEOUT_EXIT = 124  # what `timeout(1)` returns; every backend reports a timeout with it
+KILL_GRACE_S = 5.0  # after a kill, how long to wait for the pipes to close
+BASE_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/workspace",
+    "LANG": "C.UTF-8",
+    "TMPDIR": "/tmp",  # noqa: S108 (the sandbox's own tmpfs)
+}
+
+
+def install_id(data_dir: Path) -> str:
+    """A short tag that tells this installation's sandboxes from another's on one host."""
+    return hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:8]
+
+
+def truncation_marker(cap: int) -> bytes:
+    return f"\n[convoy: output truncated after {cap} bytes; command stopped]\n".encode()
+
+
+def exit_code_of(returncode: int) -> int:
+    """A signal death becomes 128+signal, as a shell reports it."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def pump(
+    proc: subprocess.Popen,
+    *,
+    timeout_s: float | None,
+    output_cap: int,
+    kill: Callable[[], None],
+    started: float,
+) -> Iterator[ExecEvent]:
+    """Yield the child's output as it comes (both pipes, in arrival order), then its result."""
+    sel = selectors.DefaultSelector()
+    for name, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
+        os.set_blocking(pipe.fileno(), False)
+        sel.register(pipe.fileno(), selectors.EVENT_READ, name)
+    deadline = started + timeout_s if timeout_s else None
+    total = 0
+    timed_out = truncated = False
+    killed_at: float | None = None
+    finished = False
+    try:
+        while sel.get_map():
+            now = time.monotonic()
+            if deadline is not None and killed_at is None and now >= deadline:
+                timed_out = True
+                kill()
+                killed_at = now
+            if killed_at is not None and now - killed_at > KILL_GRACE_S:
+                break  # something still holds the pipes open; the kill has been sent
+            wait = 0.5
+            if deadline is not None and killed_at is None:
+                wait = max(0.0, min(wait, deadline - now))
+            for key, _ in sel.select(wait):
+                try:
+                    data = os.read(key.fd, 65536)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    sel.unregister(key.fd)
+                    continue
+                if truncated:
+                    continue
+                if total + len(data) > output_cap:
+                    data = data[: output_cap - total]
+                    truncated = True
+                total += len(data)
+                if data:
+                    yield ExecOutput(key.data, data)
+                if truncated:
+                    marker = truncation_marker(output_cap)
+                    yield ExecOutput("stderr", marker)
+                    kill()
+                    killed_at = time.monotonic()
+        try:
+            returncode = proc.wait(timeout=KILL_GRACE_S if killed_at else None)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            returncode = proc.wait()
+        finished = True
+        yield ExecResult(
+            exit_code=TIMEOUT_EXIT if timed_out else exit_code_of(returncode),
+            timed_out=timed_out,
+            truncated=truncated,
+            duration_ms=int((time.monotonic() - started) * 1000),
+            bytes_out=total,
+        )
+    finally:
+        sel.close()
+        if not finished and proc.poll() is None:  # the caller stopped listening: stop it
+            kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=KILL_GRACE_S)
+        for pipe in (proc.stdout, proc.stderr):
+            with contextlib.suppress(OSError):
+                pipe.close()
+
+
+def rlimits_apply(limits: Mapping, *, address_space: bool) -> None:
+    """Run in the child before exec: limits that hold even where cgroups are missing."""
+    fsize = int(limits.get("disk_mb", 2048)) * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
+    cpu_s = int(limits.get("timeout_s", 3600)) + 5
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s))
+    nproc = int(limits.get("pids_max", 256))
+    resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+    if address_space:
+        mem = int(limits.get("memory_mb", 1024)) * 1024 * 1024 * 2
+        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+
+
+def limits_of(spec: SandboxSpec) -> dict:
+    return {
+        "cpu": spec.cpu,
+        "memory_mb": spec.memory_mb,
+        "pids_max": spec.pids_max,
+        "disk_mb": spec.disk_mb,
+        "timeout_s": spec.timeout_s,
+        "idle_timeout_s": spec.idle_timeout_s,
+    }
+
+
+class LocalBackend(SandboxBackend):
+    """Shared machinery; subclasses start the engine (`_start`/`_stop`) and build exec argv."""
+
+    capabilities = Capability.STREAMED_EXEC | Capability.SNAPSHOT
+    id_prefix = "local"
+
+    def __init__(self, data_dir: Path | None = None) -> None:
+        if data_dir is None:
+            from django.conf import settings
+
+            data_dir = Path(settings.DATA_DIR)
+        self.data_dir = Path(data_dir)
+        self.ws = Workspaces(self.data_dir / "sandboxes")
+        self.install = install_id(self.data_dir)
+
+    # --- engine hooks -----------------------------------------------------------------------
+    def _start(self, meta: Meta) -> None:
+        """Bring the engine up for a new sandbox (cgroups, containers)."""
+
+    def _stop(self, meta: Meta) -> None:
+        """Stop everything the sandbox runs; must tolerate a half-started sandbox."""
+
+    def _popen(
+        self, meta: Meta, argv: Sequence[str], cwd: str, env: dict[str, str]
+    ) -> tuple[subprocess.Popen, Callable[[], None]]:
+        raise NotImplementedError
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def _check(self, spec: SandboxSpec) -> None:
+        if spec.network == NetworkPolicy.ALLOWLIST:
+            raise NotSupported(f"{self.name} has no domain allowlist: use network none or open")
+        if spec.gpu:
+            raise NotSupported(f"{self.name} has no GPUs")
+        if spec.workdir != "/workspace" and not spec.workdir.startswith("/workspace/"):
+            raise SandboxError(f"workdir must be inside /workspace, got {spec.workdir!r}")
+
+    def _make(
+        self, spec: SandboxSpec, layers: list[str], *, extra: dict | None = None
+    ) -> SandboxHandle:
+        self._check(spec)
+        now = time.time()
+        meta = Meta(
+            external_id=self.ws.new_id(self.id_prefix),
+            backend=self.name,
+            labels={**spec.labels, "convoy_install": self.install},
+            limits=limits_of(spec),
+            env=dict(spec.env),
+            network=str(spec.network),
+            created_at=now,
+            deadline_at=now + spec.timeout_s,
+            layers=list(layers),
+            extra=dict(extra or {}),
+        )
+        self.ws.etc()
+        self.ws.create(meta)
+        try:
+            self._start(meta)
+            self.ws.meta_write(meta)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._stop(meta)
+            self.ws.remove(meta.external_id)
+            raise
+        return SandboxHandle(self.name, meta.external_id, dict(meta.labels))
+
+    def create(self, spec: SandboxSpec) -> SandboxHandle:
+        return self._make(spec, [])
+
+    def attach(self, external_id: str) -> SandboxHandle:
+        meta = self.ws.meta_read(external_id)
+        return SandboxHandle(self.name, external_id, dict(meta.labels))
+
+    def list(self, labels: Mapping[str, str]) -> list[SandboxHandle]:
+        found = []
+        for ext in self.ws.ids():
+            try:
+                meta = self.ws.meta_read(ext)
+            except (SandboxError, ValueError, TypeError):
+                continue
+            wanted = all(meta.labels.get(k) == v for k, v in labels.items())
+            if meta.backend == self.name and wanted:
+                found.append(SandboxHandle(self.name, ext, dict(meta.labels)))
+        return found
+
+    def terminate(self, handle: SandboxHandle) -> None:
+        try:
+            meta = self.ws.meta_read(handle.external_id)
+        except SandboxError:
+            if self.ws.dir(handle.external_id).exists():
+                self.ws.remove(handle.external_id)
+            return
+        self._stop(meta)
+        cgroups.cgroup_remove(meta.cgroups)
+        self.ws.remove(handle.external_id)
+
+    def workspace_path(self, handle: SandboxHandle) -> Path:
+        """Where the sandbox's /workspace lives on the host (local backends only)."""
+        return self.ws.workspace(handle.external_id)
+
+    # --- files ----------------------------------------------------------------------------
+    def write_file(self, handle: SandboxHandle, path: str, data: bytes, mode: int = 0o644) -> None:
+        self.ws.meta_read(handle.external_id)
+        workspace_write(self.ws.workspace(handle.external_id), path, data, mode)
+
+    def read_file(self, handle: SandboxHandle, path: str) -> bytes:
+        self.ws.meta_read(handle.external_id)
+        return workspace_read(self.ws.workspace(handle.external_id), path)
+
+    # --- exec -----------------------------------------------------------------------------
+    def exec(
+        self,
+        handle: SandboxHandle,
+        argv: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+        output_cap: int = 10 * 1024 * 1024,
+    ) -> Iterator[ExecEvent]:
+        if not argv:
+            raise SandboxError("argv must not be empty")
+        meta = self.ws.meta_read(handle.external_id)
+        cwd = cwd or "/workspace"
+        if not (cwd == "/workspace" or cwd.startswith("/workspace/")) or ".." in cwd.split("/"):
+            raise SandboxError(f"cwd must be inside /workspace, got {cwd!r}")
+        remaining = meta.deadline_at - time.time()
+        if remaining <= 0:
+            raise SandboxError("the sandbox's wall-clock timeout has passed")
+        timeout_s = min(timeout_s, remaining) if timeout_s else remaining
+        full_env = {**BASE_ENV, **meta.env, **(env or {})}
+        started = time.monotonic()
+        proc, kill = self._popen(meta, list(argv), cwd, full_env)
+        return pump(proc, timeout_s=timeout_s, output_cap=output_cap, kill=kill, started=started)
+
+    # --- snapshots ------------------------------------------------------------------------
+    def snapshot(self, handle: SandboxHandle) -> SnapshotHandle:
+        meta = self.ws.meta_read(handle.external_id)
+        layer = self.ws.snapshot(meta)
+        return SnapshotHandle(self.name, layer)
+
+    def create_from_snapshot(self, snapshot: SnapshotHandle, spec: SandboxSpec) -> SandboxHandle:
+        return self._make(spec, self.ws.snapshot_layers(snapshot.external_id))
+
+    def delete_snapshot(self, snapshot: SnapshotHandle) -> None:
+        """Remove the layer once nothing mounts it; layers below it stay for their owners."""
+        if snapshot.external_id in self.ws.layers_in_use(besides=snapshot.external_id):
+            raise SandboxError(f"snapshot {snapshot.external_id} is still used by a sandbox")
+        self.ws.snapshot_remove(snapshot.external_id)
+
+    # --- reaping --------------------------------------------------------------------------
+    def sweep(self, live: set[str], *, grace_s: float = 120) -> list[str]:
+        """Remove this installation's sandboxes that no live record names; return their ids.
+
+        Sandboxes younger than `grace_s` are left alone: their record may not name them yet.
+        """
+        removed = []
+        for ext in self.ws.ids():
+            try:
+                meta = self.ws.meta_read(ext)
+            except (SandboxError, ValueError, TypeError):
+                continue
+            if meta.backend != self.name or ext in live or time.time() - meta.created_at < grace_s:
+                continue
+            self.terminate(SandboxHandle(self.name, ext, dict(meta.labels)))
+            removed.append(ext)
+        for ext in self.ws.ids():  # directories a crash left before their meta.json
+            base = self.ws.dir(ext)
+            if not (base / "meta.json").exists() and time.time() - base.stat().st_mtime > grace_s:
+                self.ws.remove(ext)
+                removed.append(ext)
+        return removed

@@ -1,0 +1,217 @@
+"""Repositories reach sandboxes without network: host-side bare mirrors, local clones inside.
+
+The worker fetches each repository once into a bare mirror under the data dir (reused by later
+campaigns) and gives a sandbox's workspace a clone of the requested commit. URLs are checked
+before git sees them: git treats `ext::…` as "run this command", `fd::…` as "talk to these
+file descriptors" and a leading `-` as an option, so only https, ssh (URL or scp-style) and
+file URLs under CONVOY_REPO_ROOTS are accepted. Git runs with no hooks, no system or user
+config, and no prompts, so a repository cannot make the host run anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from django.conf import settings
+
+from sandboxes.backends.base import SandboxError
+from sandboxes.models import Sandbox
+
+GIT_TIMEOUT_S = 900
+SCP_LIKE = re.compile(r"^(?:(?P<user>[A-Za-z0-9._~-]+)@)?(?P<host>[A-Za-z0-9.-]+):(?P<path>.+)$")
+HOST = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
+REF = re.compile(r"^[A-Za-z0-9._/@{}^~-]+$")
+
+
+class RepoUrlError(Exception):
+    """A repository URL Convoy refuses; `field` names the input, `message` says why."""
+
+    def __init__(self, message: str, *, field: str = "url") -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def repo_url_validate(url: str) -> str:
+    """The URL, stripped, if Convoy may fetch it; RepoUrlError naming the problem otherwise."""
+    if not isinstance(url, str) or not url.strip():
+        raise RepoUrlError("A repository URL is required.")
+    url = url.strip()
+    if any(ord(c) < 0x20 or c in " \x7f" for c in url):
+        raise RepoUrlError("The repository URL must not contain spaces or control characters.")
+    if url.startswith("-"):
+        raise RepoUrlError("The repository URL must not start with '-' (git would read an option).")
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*::", url):
+        transport = url.split("::", 1)[0]
+        raise RepoUrlError(
+            f"'{transport}::' URLs run git remote helpers (ext:: runs commands); "
+            "use https://, ssh:// or file://."
+        )
+    if "://" not in url:
+        match = SCP_LIKE.match(url)
+        if match and "/" not in match["host"] and len(match["host"]) > 1:
+            _host_check(match["host"])
+            if match["path"].startswith("-"):
+                raise RepoUrlError("The repository path must not start with '-'.")
+            return url
+        raise RepoUrlError(
+            "Use a full repository URL: https://…, ssh://…, user@host:path or file://… "
+            "(plain local paths are not accepted)."
+        )
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "https" or scheme == "ssh":
+        _host_check(parts.hostname or "")
+        if parts.path.lstrip("/").startswith("-") or not parts.path.strip("/"):
+            raise RepoUrlError("The repository path is missing or starts with '-'.")
+        return url
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise RepoUrlError("file:// URLs must name a local path (file:///…).")
+        path = Path(unquote(parts.path)).resolve()
+        roots = [Path(r).resolve() for r in settings.REPO_ROOTS]
+        if not any(path == root or path.is_relative_to(root) for root in roots):
+            raise RepoUrlError(
+                "file:// repositories must live under CONVOY_REPO_ROOTS "
+                f"({', '.join(str(r) for r in roots) or 'none configured'})."
+            )
+        return f"file://{path}"
+    raise RepoUrlError(
+        f"'{scheme}' repository URLs are not accepted; use https://, ssh:// or file://."
+    )
+
+
+def _host_check(host: str) -> None:
+    if not host or host.startswith("-") or not HOST.match(host):
+        raise RepoUrlError(f"The repository host {host!r} is not a valid host name.")
+
+
+def _git_env(home: str) -> dict[str, str]:
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": home,
+        "LANG": "C.UTF-8",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_ASKPASS": "/bin/false",
+        "SSH_ASKPASS": "/bin/false",
+        "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new",
+        "GIT_PROTOCOL_FROM_USER": "0",
+    }
+
+
+SAFE_CONFIG = [
+    "-c", "core.hooksPath=/dev/null",
+    "-c", "protocol.allow=never",
+    "-c", "protocol.https.allow=always",
+    "-c", "protocol.ssh.allow=always",
+    "-c", "protocol.file.allow=always",
+    "-c", "core.fsmonitor=false",
+    "-c", "submodule.recurse=false",
+    "-c", "advice.detachedHead=false",
+]  # fmt: skip
+
+
+def git(*args: str, cwd: Path | None = None, timeout: float = GIT_TIMEOUT_S) -> str:
+    """Run host-side git with no hooks, no user or system config and no prompts."""
+    with tempfile.TemporaryDirectory(prefix="convoy-git-") as home:
+        run = subprocess.run(
+            ["git", *SAFE_CONFIG, *args],
+            cwd=cwd,
+            env=_git_env(home),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+    if run.returncode != 0:
+        raise SandboxError(f"git {args[0]} failed: {run.stderr.strip()[-500:]}")
+    return run.stdout
+
+
+def mirror_path(url: str) -> Path:
+    digest = hashlib.sha256(url.encode()).hexdigest()[:20]
+    return Path(settings.DATA_DIR) / "mirrors" / f"{digest}.git"
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def mirror_fetch(*, url: str) -> Path:
+    """The bare mirror of `url`, created on first use and brought up to date after that."""
+    url = repo_url_validate(url)
+    path = mirror_path(url)
+    with _locked(path):
+        if (path / "HEAD").exists():
+            git("-C", str(path), "fetch", "--prune", "--quiet", "origin")
+        else:
+            tmp = path.with_name(path.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            git("clone", "--mirror", "--quiet", "--template=", "--", url, str(tmp))
+            tmp.rename(path)
+    return path
+
+
+def commit_resolve(*, mirror: Path, ref: str) -> str:
+    if not ref or ref.startswith("-") or not REF.match(ref) or ".." in ref:
+        raise RepoUrlError(f"The ref {ref!r} is not a valid branch, tag or commit.", field="ref")
+    try:
+        return git(
+            "-C", str(mirror), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"
+        ).strip()
+    except SandboxError:
+        raise RepoUrlError(f"The repository has no commit {ref!r}.", field="ref") from None
+
+
+def clone_at(*, mirror: Path, sha: str, dest: Path) -> None:
+    """A standalone clone (own objects: a sandbox can't reach the mirror) checked out at sha."""
+    git(
+        "clone", "--quiet", "--no-hardlinks", "--no-checkout", "--template=", str(mirror), str(dest)
+    )
+    git("-C", str(dest), "checkout", "--quiet", "--detach", sha)
+    git("-C", str(dest), "remote", "remove", "origin")
+
+
+def sandbox_repo_checkout(*, sandbox: Sandbox, url: str, ref: str) -> str:
+    """Put a clone of `url` at `ref` in the sandbox's /workspace; return the commit sha."""
+    from sandboxes.services import _handle, backend_get, sandbox_exec, sandbox_write_file
+
+    mirror = mirror_fetch(url=url)
+    sha = commit_resolve(mirror=mirror, ref=ref)
+    engine = backend_get(sandbox.backend)
+    if hasattr(engine, "workspace_path"):  # a local engine: clone straight into the directory
+        clone_at(mirror=mirror, sha=sha, dest=engine.workspace_path(_handle(sandbox)))
+        return sha
+    # A remote engine: ship a bundle of the commit and unpack it inside the sandbox.
+    with tempfile.TemporaryDirectory(prefix="convoy-bundle-") as tmp:
+        clone_at(mirror=mirror, sha=sha, dest=Path(tmp) / "repo")
+        bundle = Path(tmp) / "repo.bundle"
+        git("-C", str(Path(tmp) / "repo"), "bundle", "create", "--quiet", str(bundle), "HEAD")
+        sandbox_write_file(
+            sandbox=sandbox, path="/workspace/.convoy.bundle", data=bundle.read_bytes()
+        )
+    script = (
+        "set -e; cd /workspace; git init -q; git fetch -q .convoy.bundle HEAD; "
+        "rm -f .convoy.bundle; git checkout -q --detach FETCH_HEAD"
+    )
+    command = sandbox_exec(sandbox=sandbox, argv=["sh", "-c", script], timeout_s=GIT_TIMEOUT_S)
+    if command.exit_code != 0:
+        raise SandboxError(
+            f"unpacking the repository in the sandbox failed (exit {command.exit_code})"
+        )
+    return sha

@@ -1,0 +1,546 @@
+"""Sandbox writes: create, exec, files, snapshot, fork, terminate, reap. Each one is audited.
+
+Engine calls are slow and happen outside database transactions; the rows and audit events
+around them are written in short transactions of their own. `sandbox_exec` commits its
+"started" event before the command runs, so a command nobody could record never runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from importlib import import_module
+
+from django.apps import apps
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from audit.services import audit_record
+from sandboxes.backends import BACKENDS, LOCAL_BACKENDS
+from sandboxes.backends.base import (
+    Capability,
+    ExecOutput,
+    ExecResult,
+    NotSupported,
+    SandboxBackend,
+    SandboxError,
+    SandboxHandle,
+    SandboxSpec,
+    SnapshotHandle,
+)
+from sandboxes.models import Sandbox, SandboxCommand, SandboxSnapshot, SandboxState
+
+log = logging.getLogger(__name__)
+
+STUCK = timedelta(hours=1)  # a create that has not finished by then never will
+LIVE_STATES = (SandboxState.CREATING, SandboxState.RUNNING)
+_backends: dict[str, SandboxBackend] = {}
+
+
+# --- backends -----------------------------------------------------------------------------------
+def backend_get(name: str | None = None) -> SandboxBackend:
+    """The configured backend (or `name`); the unsafe process backend only when allowed."""
+    name = name or settings.SANDBOX_BACKEND
+    if name not in BACKENDS:
+        known = ", ".join(BACKENDS)
+        raise SandboxError(f"unknown sandbox backend {name!r}; expected one of {known}")
+    if name == "process" and not settings.ALLOW_UNSAFE_PROCESS_BACKEND:
+        raise SandboxError(
+            "the process backend runs commands unsandboxed; "
+            "set CONVOY_ALLOW_UNSAFE_PROCESS_BACKEND=1 to use it for development"
+        )
+    if name not in _backends:
+        module, _, cls = BACKENDS[name].rpartition(".")
+        _backends[name] = getattr(import_module(module), cls)()
+    return _backends[name]
+
+
+def _handle(sandbox: Sandbox) -> SandboxHandle:
+    return SandboxHandle(sandbox.backend, sandbox.external_id, sandbox.labels)
+
+
+def _ctx(sandbox: Sandbox) -> dict:
+    return {
+        "sandbox_id": sandbox.pk,
+        "campaign_id": sandbox.campaign_id,
+        "run_id": sandbox.run_id,
+        "variant_id": sandbox.variant_id,
+    }
+
+
+def _who(actor) -> dict:
+    """Sandboxes act for a person (on_behalf_of) or the system; a user acting is a human."""
+    return {"actor": actor} if actor is not None else {"actor_type": "agent"}
+
+
+def _transition(sandbox: Sandbox, *, expected, **fields) -> bool:
+    """Move state only from `expected` (UPDATE … WHERE state IN expected); False if it lost."""
+    updated = Sandbox.objects.filter(pk=sandbox.pk, state__in=expected).update(**fields)
+    if updated:
+        for key, value in fields.items():
+            setattr(sandbox, key, value)
+    return bool(updated)
+
+
+# --- create -------------------------------------------------------------------------------------
+def _spec_labels(spec: SandboxSpec, **ids) -> SandboxSpec:
+    """The spec with Convoy's labels, by which the reaper finds this installation's sandboxes."""
+    ids["convoy_install"] = _install_tag()
+    labels = {**spec.labels, **{k: str(v) for k, v in ids.items() if v is not None}}
+    return SandboxSpec(**{**spec.__dict__, "labels": labels})
+
+
+def _row_new(
+    *, spec, backend, owner_kind, owner_id, campaign_id, run_id, variant_id, on_behalf_of, snap
+) -> Sandbox:
+    return Sandbox.objects.create(
+        backend=backend.name,
+        unsafe=backend.unsafe,
+        image=spec.image,
+        network=str(spec.network),
+        limits={
+            "cpu": spec.cpu,
+            "memory_mb": spec.memory_mb,
+            "gpu": spec.gpu,
+            "pids_max": spec.pids_max,
+            "disk_mb": spec.disk_mb,
+            "timeout_s": spec.timeout_s,
+            "idle_timeout_s": spec.idle_timeout_s,
+        },
+        labels=dict(spec.labels),
+        owner_kind=owner_kind,
+        owner_id=owner_id,
+        campaign_id=campaign_id,
+        run_id=run_id,
+        variant_id=variant_id,
+        on_behalf_of=on_behalf_of,
+        from_snapshot=snap,
+        deadline_at=timezone.now() + timedelta(seconds=spec.timeout_s),
+    )
+
+
+def _started(sandbox: Sandbox, handle: SandboxHandle | None, error: Exception | None, actor):
+    """Record the outcome of an engine create: running + created event, or failed."""
+    with transaction.atomic():
+        if handle is not None:
+            _transition(
+                sandbox,
+                expected=[SandboxState.CREATING],
+                state=SandboxState.RUNNING,
+                external_id=handle.external_id,
+                labels=dict(handle.labels),
+            )
+        else:
+            _transition(
+                sandbox,
+                expected=[SandboxState.CREATING],
+                state=SandboxState.FAILED,
+                terminated_at=timezone.now(),
+                terminated_reason=f"create failed: {error}"[:200],
+            )
+        forked = sandbox.from_snapshot_id is not None
+        audit_record(
+            action="sandbox.fork.created" if forked else "sandbox.sandbox.created",
+            **_who(actor),
+            on_behalf_of=sandbox.on_behalf_of,
+            target=sandbox,
+            outcome="success" if handle is not None else "error",
+            context=_ctx(sandbox),
+            reason="" if handle is not None else str(error)[:500],
+            payload={
+                "backend": sandbox.backend,
+                "external_id": sandbox.external_id,
+                "image": sandbox.image,
+                "limits": sandbox.limits,
+                "network": sandbox.network,
+                "unsafe": sandbox.unsafe,
+                "from_snapshot": sandbox.from_snapshot_id,
+            },
+        )
+
+
+def sandbox_create(
+    *,
+    spec: SandboxSpec,
+    backend: str | None = None,
+    owner_kind: str = "",
+    owner_id: int | None = None,
+    campaign_id=None,
+    run_id=None,
+    variant_id=None,
+    on_behalf_of=None,
+    actor=None,
+) -> Sandbox:
+    """Start a sandbox on the engine and record it; SandboxError (row marked failed) if it can't."""
+    engine = backend_get(backend)
+    spec = _spec_labels(spec, convoy_campaign=campaign_id, convoy_run=run_id)
+    sandbox = _row_new(
+        spec=spec,
+        backend=engine,
+        owner_kind=owner_kind,
+        owner_id=owner_id,
+        campaign_id=campaign_id,
+        run_id=run_id,
+        variant_id=variant_id,
+        on_behalf_of=on_behalf_of,
+        snap=None,
+    )
+    try:
+        handle = engine.create(_spec_labels(spec, convoy_sandbox=sandbox.pk))
+    except Exception as exc:
+        _started(sandbox, None, exc, actor)
+        raise
+    _started(sandbox, handle, None, actor)
+    return sandbox
+
+
+# --- exec ---------------------------------------------------------------------------------------
+def log_capture_open(*, sandbox: Sandbox, command: SandboxCommand, secrets: dict[str, str]):
+    """Where a command's output goes besides the caller: the live log (sandboxes.logs)."""
+    from sandboxes.logs import log_capture_open as open_capture
+
+    return open_capture(sandbox=sandbox, command_id=command.pk, argv=command.argv, secrets=secrets)
+
+
+def _live(sandbox: Sandbox) -> None:
+    sandbox.refresh_from_db(fields=["state", "external_id"])
+    if sandbox.state != SandboxState.RUNNING:
+        raise SandboxError(f"sandbox {sandbox.pk} is {sandbox.state}, not running")
+
+
+def sandbox_exec(
+    *,
+    sandbox: Sandbox,
+    argv: list[str],
+    cwd: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout_s: float | None = None,
+    output_cap: int = 10 * 1024 * 1024,
+    secrets: dict[str, str] | None = None,
+    on_output: Callable[[ExecOutput], None] | None = None,
+) -> SandboxCommand:
+    """Run argv in the sandbox, streaming output; the command row holds the result."""
+    if not argv or not all(isinstance(a, str) for a in argv):
+        raise SandboxError("argv must be a non-empty list of strings")
+    _live(sandbox)
+    secrets = secrets or {}
+    env = dict(env or {})
+    with transaction.atomic():
+        command = SandboxCommand.objects.create(
+            sandbox=sandbox, argv=list(argv), cwd=cwd or "", env_names=sorted({*env, *secrets})
+        )
+        audit_record(
+            action="sandbox.exec.started",
+            actor_type="agent",
+            on_behalf_of=sandbox.on_behalf_of,
+            target=sandbox,
+            context=_ctx(sandbox),
+            payload={
+                "command_id": command.pk,
+                "argv": list(argv),
+                "cwd": cwd or "",
+                "env_names": command.env_names,
+            },
+        )
+    # Committed (or the caller's transaction holds it): only now may the command run.
+    digest = hashlib.sha256()
+    result: ExecResult | None = None
+    capture = log_capture_open(sandbox=sandbox, command=command, secrets=secrets)
+    try:
+        events = backend_get(sandbox.backend).exec(
+            _handle(sandbox),
+            list(argv),
+            cwd=cwd,
+            env={**env, **secrets},
+            timeout_s=timeout_s,
+            output_cap=output_cap,
+        )
+        for event in events:
+            if isinstance(event, ExecResult):
+                result = event
+                continue
+            digest.update(event.data)
+            capture.feed(event.stream, event.data)
+            if on_output is not None:
+                on_output(event)
+    except Exception as exc:
+        _exec_done(sandbox, command, None, digest, error=exc)
+        raise
+    finally:
+        capture.close()
+    _exec_done(sandbox, command, result, digest)
+    return command
+
+
+def _exec_done(sandbox, command, result: ExecResult | None, digest, *, error=None) -> None:
+    command.finished_at = timezone.now()
+    if result is not None:
+        command.exit_code = result.exit_code
+        command.timed_out = result.timed_out
+        command.truncated = result.truncated
+        command.bytes_out = result.bytes_out
+        command.duration_ms = result.duration_ms
+    else:
+        command.duration_ms = int((command.finished_at - command.started_at).total_seconds() * 1e3)
+    command.output_sha256 = digest.hexdigest()
+    with transaction.atomic():
+        command.save()
+        audit_record(
+            action="sandbox.exec.completed",
+            actor_type="agent",
+            on_behalf_of=sandbox.on_behalf_of,
+            target=sandbox,
+            outcome="success" if error is None else "error",
+            reason=str(error)[:500] if error else "",
+            context=_ctx(sandbox),
+            payload={
+                "command_id": command.pk,
+                "argv": command.argv,
+                "cwd": command.cwd,
+                "exit_code": command.exit_code,
+                "duration_ms": command.duration_ms,
+                "output_sha256": command.output_sha256,
+                "bytes_out": command.bytes_out,
+                "timed_out": command.timed_out,
+                "truncated": command.truncated,
+            },
+        )
+
+
+# --- files --------------------------------------------------------------------------------------
+def sandbox_write_file(*, sandbox: Sandbox, path: str, data: bytes, mode: int = 0o644) -> None:
+    _live(sandbox)
+    backend_get(sandbox.backend).write_file(_handle(sandbox), path, data, mode)
+
+
+def sandbox_read_file(*, sandbox: Sandbox, path: str) -> bytes:
+    _live(sandbox)
+    return backend_get(sandbox.backend).read_file(_handle(sandbox), path)
+
+
+# --- snapshots and forks ------------------------------------------------------------------------
+def sandbox_snapshot(
+    *, sandbox: Sandbox, owner_kind: str = "", owner_id: int | None = None
+) -> SandboxSnapshot:
+    """Freeze the sandbox's filesystem; the snapshot belongs to the owner (default: the sandbox)."""
+    _live(sandbox)
+    engine = backend_get(sandbox.backend)
+    if Capability.SNAPSHOT not in engine.capabilities:
+        raise NotSupported(f"the {engine.name} backend cannot snapshot")
+    started = time.monotonic()
+    handle = engine.snapshot(_handle(sandbox))
+    with transaction.atomic():
+        snap = SandboxSnapshot.objects.create(
+            source=sandbox,
+            backend=engine.name,
+            external_id=handle.external_id,
+            owner_kind=owner_kind or "sandbox",
+            owner_id=owner_id if owner_kind else sandbox.pk,
+        )
+        audit_record(
+            action="sandbox.snapshot.created",
+            actor_type="agent",
+            on_behalf_of=sandbox.on_behalf_of,
+            target=snap,
+            context=_ctx(sandbox),
+            payload={
+                "external_id": handle.external_id,
+                "duration_ms": int((time.monotonic() - started) * 1000),
+                "owner_kind": snap.owner_kind,
+                "owner_id": snap.owner_id,
+            },
+        )
+    return snap
+
+
+def sandbox_fork(
+    *,
+    snapshot: SandboxSnapshot,
+    count: int,
+    spec: SandboxSpec,
+    owner_kind: str = "",
+    owner_id: int | None = None,
+    campaign_id=None,
+    run_id=None,
+    variant_id=None,
+    on_behalf_of=None,
+    actor=None,
+) -> list[Sandbox]:
+    """N sandboxes whose workspaces start as the snapshot's files (copy-on-write where possible)."""
+    if count < 1:
+        raise SandboxError(f"count must be at least 1, got {count}")
+    if snapshot.deleted_at is not None:
+        raise SandboxError(f"snapshot {snapshot.pk} has been deleted")
+    engine = backend_get(snapshot.backend)
+    spec = _spec_labels(spec, convoy_campaign=campaign_id, convoy_run=run_id)
+    if on_behalf_of is None:
+        on_behalf_of = snapshot.source.on_behalf_of
+    rows = [
+        _row_new(
+            spec=spec,
+            backend=engine,
+            owner_kind=owner_kind,
+            owner_id=owner_id,
+            campaign_id=campaign_id,
+            run_id=run_id,
+            variant_id=variant_id,
+            on_behalf_of=on_behalf_of,
+            snap=snapshot,
+        )
+        for _ in range(count)
+    ]
+    try:
+        handles = engine.fork(SnapshotHandle(snapshot.backend, snapshot.external_id), spec, count)
+    except Exception as exc:
+        for row in rows:
+            _started(row, None, exc, actor)
+        raise
+    for row, handle in zip(rows, handles, strict=True):
+        _started(row, handle, None, actor)
+    return rows
+
+
+def snapshot_delete(*, snapshot: SandboxSnapshot) -> None:
+    """Delete the snapshot's layer or image; idempotent. Refused while a live fork uses it."""
+    if snapshot.deleted_at is not None:
+        return
+    if snapshot.forks.filter(state__in=LIVE_STATES).exists():
+        raise SandboxError(f"snapshot {snapshot.pk} still has running forks")
+    with contextlib.suppress(NotSupported):  # nothing stored engine-side
+        backend_get(snapshot.backend).delete_snapshot(
+            SnapshotHandle(snapshot.backend, snapshot.external_id)
+        )
+    SandboxSnapshot.objects.filter(pk=snapshot.pk, deleted_at=None).update(
+        deleted_at=timezone.now()
+    )
+    snapshot.deleted_at = timezone.now()
+
+
+# --- terminate and reap -------------------------------------------------------------------------
+def sandbox_terminate(*, sandbox: Sandbox, reason: str, actor=None) -> Sandbox:
+    """Stop the sandbox and free its workspace; a second call changes nothing."""
+    sandbox.refresh_from_db()
+    if sandbox.state not in LIVE_STATES:
+        return sandbox
+    if sandbox.external_id:
+        backend_get(sandbox.backend).terminate(_handle(sandbox))
+    with transaction.atomic():
+        won = _transition(
+            sandbox,
+            expected=LIVE_STATES,
+            state=SandboxState.TERMINATED,
+            terminated_at=timezone.now(),
+            terminated_reason=reason[:200],
+            terminated_by=actor,
+        )
+        if won:
+            audit_record(
+                action="sandbox.sandbox.terminated",
+                **({"actor": actor} if actor is not None else {"actor_type": "system"}),
+                on_behalf_of=sandbox.on_behalf_of,
+                target=sandbox,
+                context=_ctx(sandbox),
+                reason=reason[:500],
+                payload={"backend": sandbox.backend, "external_id": sandbox.external_id},
+            )
+    return sandbox
+
+
+# Owner kinds the reaper knows how to look up: kind -> "app_label.Model".
+OWNER_MODELS = {
+    "campaign": "campaigns.Campaign",
+    "run": "campaigns.Run",
+    "variant": "campaigns.Variant",
+    "sandbox": "sandboxes.Sandbox",
+}
+
+
+def _owner_gone(kind: str, owner_id: int | None) -> bool:
+    label = OWNER_MODELS.get(kind)
+    if not label or owner_id is None:
+        return False
+    try:
+        model = apps.get_model(label)
+    except LookupError:
+        return False
+    if model is Sandbox:
+        return not Sandbox.objects.filter(pk=owner_id, state__in=LIVE_STATES).exists()
+    return not model.objects.filter(pk=owner_id).exists()
+
+
+def sandboxes_reap(*, now=None) -> list[Sandbox]:
+    """Terminate sandboxes past their deadline or whose owner is gone; clear engine orphans."""
+    now = now or timezone.now()
+    reaped: list[Sandbox] = []
+    for sandbox in Sandbox.objects.filter(state__in=LIVE_STATES).order_by("id"):
+        if sandbox.deadline_at and sandbox.deadline_at <= now:
+            reason = "deadline passed"
+        elif _owner_gone(sandbox.owner_kind, sandbox.owner_id):
+            reason = f"owner {sandbox.owner_kind} {sandbox.owner_id} is gone"
+        elif sandbox.state == SandboxState.CREATING and sandbox.created_at < now - STUCK:
+            reason = "stuck creating for an hour"
+        else:
+            continue
+        try:
+            reaped.append(sandbox_terminate(sandbox=sandbox, reason=f"reaped: {reason}"))
+        except SandboxError:
+            log.exception("could not reap sandbox %s", sandbox.pk)
+    _snapshots_reap()
+    _orphans_reap()
+    return reaped
+
+
+def _snapshots_reap() -> None:
+    for snap in SandboxSnapshot.objects.filter(deleted_at=None).select_related("source"):
+        if _owner_gone(snap.owner_kind, snap.owner_id):
+            try:
+                snapshot_delete(snapshot=snap)
+            except SandboxError:
+                continue  # still has live forks; the next pass deletes it
+
+
+def _orphans_reap() -> None:
+    """Engine sandboxes (and workspaces, containers, processes) that no live record names."""
+    names = set(LOCAL_BACKENDS) | {settings.SANDBOX_BACKEND}
+    names |= set(Sandbox.objects.filter(state__in=LIVE_STATES).values_list("backend", flat=True))
+    for name in sorted(names):
+        try:
+            engine = backend_get(name)
+        except SandboxError:
+            continue  # not installed or not allowed here
+        live = set(
+            Sandbox.objects.filter(backend=name, state__in=LIVE_STATES).values_list(
+                "external_id", flat=True
+            )
+        )
+        try:
+            if hasattr(engine, "sweep"):
+                removed = engine.sweep(live)
+            else:
+                removed = []
+                for handle in engine.list({"convoy_install": _install_tag()}):
+                    if handle.external_id not in live:
+                        engine.terminate(handle)
+                        removed.append(handle.external_id)
+        except SandboxError:
+            log.exception("could not sweep the %s backend", name)
+            continue
+        for external_id in removed:
+            audit_record(
+                action="sandbox.orphan.reaped",
+                actor_type="system",
+                target={"type": "sandboxes.sandbox", "id": "", "display": external_id},
+                reason="no live record names it",
+                payload={"backend": name, "external_id": external_id},
+            )
+
+
+def _install_tag() -> str:
+    from sandboxes.backends.local import install_id
+
+    return install_id(settings.DATA_DIR)

@@ -1,0 +1,346 @@
+"""Workspaces of the local engines: one directory per sandbox, frozen layers, overlay forks.
+
+Layout under `<data dir>/sandboxes/`:
+    <external id>/meta.json      labels, limits, deadline, the layers below and cgroups
+    <external id>/workspace      what the sandbox sees at /workspace (a plain directory, or an
+                                 overlay mount of `upper` over the frozen layers)
+    <external id>/upper, work    the overlay's writable layer and its scratch directory
+    layers/<snapshot id>/        a frozen, read-only layer made by a snapshot
+    etc/                         the minimal /etc every sandbox gets
+A snapshot moves the sandbox's writable layer aside (a rename: no copy) and remounts the
+sandbox on top of it; a fork is a new overlay over the same layers. Where overlay mounts are
+refused, snapshots and forks fall back to copying.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import secrets
+import shutil
+import stat
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+
+from sandboxes.backends.base import SandboxError
+
+WORKSPACE = PurePosixPath("/workspace")
+# Host directories a local sandbox sees read-only (Debian merges /bin, /lib… into /usr).
+SYSTEM_SYMLINKS = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64"}
+ETC_FROM_HOST = ("alternatives", "ssl", "ca-certificates", "ld.so.cache", "ld.so.conf",
+                 "ld.so.conf.d", "localtime", "mime.types", "protocols", "services")  # fmt: skip
+
+
+@dataclass
+class Meta:
+    external_id: str
+    backend: str
+    labels: dict[str, str] = field(default_factory=dict)
+    limits: dict = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    network: str = "none"
+    created_at: float = 0.0
+    deadline_at: float = 0.0
+    layers: list[str] = field(default_factory=list)  # frozen layers, top first
+    copied: bool = False  # True when the workspace is a plain copy (overlay refused)
+    cgroups: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)  # backend-specific
+
+
+class Workspaces:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.layers_dir = root / "layers"
+        self.etc_dir = root / "etc"
+        self._overlay_ok: bool | None = None
+
+    # --- sandboxes ------------------------------------------------------------------------
+    def new_id(self, prefix: str) -> str:
+        return f"{prefix}-{secrets.token_hex(6)}"
+
+    def dir(self, external_id: str) -> Path:
+        if not external_id or "/" in external_id or external_id.startswith("."):
+            raise SandboxError(f"bad sandbox id {external_id!r}")
+        return self.root / external_id
+
+    def workspace(self, external_id: str) -> Path:
+        return self.dir(external_id) / "workspace"
+
+    def create(self, meta: Meta) -> Path:
+        """Make the sandbox's directory; its workspace is empty or an overlay of meta.layers."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        base = self.dir(meta.external_id)
+        base.mkdir(mode=0o700)
+        workspace = base / "workspace"
+        workspace.mkdir()
+        if meta.layers:
+            self._layer_on(meta, base)
+        self.meta_write(meta)
+        return workspace
+
+    def _layer_on(self, meta: Meta, base: Path) -> None:
+        """Give `base/workspace` the frozen layers: an overlay, or a copy where refused."""
+        (base / "upper").mkdir(exist_ok=True)
+        (base / "work").mkdir(exist_ok=True)
+        if self.overlay_available():
+            self._mount(meta, base)
+            meta.copied = False
+        else:
+            _copy_tree(self.layers_dir / meta.layers[0], base / "workspace")
+            meta.copied = True
+
+    def _mount(self, meta: Meta, base: Path) -> None:
+        lowers = ":".join(str(self.layers_dir / name) for name in meta.layers)
+        opts = f"lowerdir={lowers},upperdir={base / 'upper'},workdir={base / 'work'}"
+        run = subprocess.run(
+            ["mount", "-t", "overlay", "overlay", "-o", opts, str(base / "workspace")],
+            capture_output=True,
+            text=True,
+        )
+        if run.returncode != 0:
+            raise SandboxError(f"overlay mount failed: {run.stderr.strip()}", transient=True)
+
+    def meta_read(self, external_id: str) -> Meta:
+        try:
+            raw = json.loads((self.dir(external_id) / "meta.json").read_text())
+        except FileNotFoundError:
+            raise SandboxError(f"no sandbox {external_id}") from None
+        return Meta(**raw)
+
+    def meta_write(self, meta: Meta) -> None:
+        path = self.dir(meta.external_id) / "meta.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(meta)))
+        tmp.replace(path)
+
+    def ids(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.name not in ("layers", "etc", "rootfs", "runsc", "checkpoints")
+            and not p.name.startswith(".")
+            and p.is_dir()
+        )
+
+    def remove(self, external_id: str) -> None:
+        base = self.dir(external_id)
+        self.unmount(base / "workspace")
+        _rmtree(base)
+
+    @staticmethod
+    def unmount(path: Path) -> None:
+        if os.path.ismount(path):
+            run = subprocess.run(["umount", str(path)], capture_output=True)
+            if run.returncode != 0:  # still busy: detach it now, the kernel frees it later
+                subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+    # --- snapshots ------------------------------------------------------------------------
+    def snapshot(self, meta: Meta) -> str:
+        """Freeze the sandbox's current files as a new layer; the sandbox goes on above it."""
+        base = self.dir(meta.external_id)
+        layer = f"snap-{secrets.token_hex(6)}"
+        self.layers_dir.mkdir(parents=True, exist_ok=True)
+        target = self.layers_dir / layer
+        if not self.overlay_available():
+            _copy_tree(base / "workspace", target)
+            meta.layers = [layer]
+        else:
+            if meta.layers and not meta.copied:
+                self.unmount(base / "workspace")
+                os.rename(base / "upper", target)
+                _rmtree(base / "work")
+                meta.layers = [layer, *meta.layers]
+            else:
+                os.rename(base / "workspace", target)
+                (base / "workspace").mkdir()
+                meta.layers = [layer]
+            self._layer_on(meta, base)
+        _freeze(target)
+        (target.parent / f"{layer}.layers").write_text(json.dumps(meta.layers))
+        self.meta_write(meta)
+        return layer
+
+    def snapshot_layers(self, layer: str) -> list[str]:
+        try:
+            return json.loads((self.layers_dir / f"{layer}.layers").read_text())
+        except FileNotFoundError:
+            raise SandboxError(f"no snapshot {layer}") from None
+
+    def snapshot_remove(self, layer: str) -> None:
+        _rmtree(self.layers_dir / layer)
+        with contextlib.suppress(FileNotFoundError):
+            (self.layers_dir / f"{layer}.layers").unlink()
+
+    def layers_in_use(self, *, besides: str = "") -> set[str]:
+        """Layers that a sandbox mounts or another snapshot stacks on."""
+        used: set[str] = set()
+        for ext in self.ids():
+            with contextlib.suppress(SandboxError, ValueError, TypeError):
+                used.update(self.meta_read(ext).layers)
+        for path in self.layers_dir.glob("*.layers") if self.layers_dir.is_dir() else []:
+            if path.stem != besides:
+                with contextlib.suppress(OSError, ValueError):
+                    used.update(json.loads(path.read_text()))
+        return used
+
+    def overlay_available(self) -> bool:
+        if self._overlay_ok is None:
+            probe = self.root / f".probe-{os.getpid()}"
+            try:
+                for d in ("lower", "upper", "work", "merged"):
+                    (probe / d).mkdir(parents=True, exist_ok=True)
+                opts = ",".join(
+                    f"{opt}dir={probe / d}"
+                    for opt, d in (("lower", "lower"), ("upper", "upper"), ("work", "work"))
+                )
+                run = subprocess.run(
+                    ["mount", "-t", "overlay", "overlay", "-o", opts, str(probe / "merged")],
+                    capture_output=True,
+                )
+                self._overlay_ok = run.returncode == 0
+                self.unmount(probe / "merged")
+            except OSError:
+                self._overlay_ok = False
+            finally:
+                _rmtree(probe)
+        return self._overlay_ok
+
+    # --- /etc for every sandbox -----------------------------------------------------------
+    def etc(self) -> Path:
+        """A minimal /etc: no host users, no host secrets, only what programs need to run."""
+        marker = self.etc_dir / ".ready"
+        if marker.exists():
+            return self.etc_dir
+        tmp = self.root / f".etc-{secrets.token_hex(4)}"
+        tmp.mkdir(parents=True)
+        (tmp / "passwd").write_text(
+            "root:x:0:0:root:/workspace:/bin/sh\n"
+            "sandbox:x:1000:1000:sandbox:/workspace:/bin/sh\n"
+            "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+        )
+        (tmp / "group").write_text("root:x:0:\nsandbox:x:1000:\nnogroup:x:65534:\n")
+        (tmp / "hosts").write_text("127.0.0.1 localhost sandbox\n::1 localhost\n")
+        (tmp / "hostname").write_text("sandbox\n")
+        (tmp / "resolv.conf").write_text("")
+        (tmp / "nsswitch.conf").write_text("passwd: files\ngroup: files\nhosts: files dns\n")
+        (tmp / "gitconfig").write_text("[safe]\n\tdirectory = *\n[init]\n\tdefaultBranch = main\n")
+        for name in ETC_FROM_HOST:
+            src = Path("/etc") / name
+            if src.is_dir():
+                shutil.copytree(src, tmp / name, symlinks=True)
+            elif src.exists():
+                shutil.copy2(src, tmp / name, follow_symlinks=True)
+        try:
+            tmp.rename(self.etc_dir)
+        except OSError as exc:  # another worker made it first
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            _rmtree(tmp)
+        marker.touch()
+        return self.etc_dir
+
+
+# --- files inside a workspace, refusing `..` and symlinks that leave it ----------------------
+def workspace_relpath(path: str, workdir: str = str(WORKSPACE)) -> list[str]:
+    """The components of `path` below /workspace; SandboxError if it points anywhere else."""
+    p = PurePosixPath(path)
+    if not p.is_absolute():
+        p = PurePosixPath(workdir) / p
+    try:
+        rel = p.relative_to(WORKSPACE)
+    except ValueError:
+        raise SandboxError(f"{path!r} is outside /workspace") from None
+    parts = list(rel.parts)
+    if not parts or any(part in ("..", ".", "") for part in parts):
+        raise SandboxError(f"{path!r} must name a file inside /workspace without '..'")
+    return parts
+
+
+def _open_parent(root: Path, parts: list[str], *, create: bool) -> int:
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            try:
+                nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                os.mkdir(part, 0o755, dir_fd=fd)
+                nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        return fd
+    except OSError:
+        os.close(fd)
+        raise
+
+
+def workspace_write(root: Path, path: str, data: bytes, mode: int = 0o644) -> None:
+    parts = workspace_relpath(path)
+    try:
+        parent = _open_parent(root, parts, create=True)
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+            fd = os.open(parts[-1], flags, mode, dir_fd=parent)
+        finally:
+            os.close(parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            os.fchmod(f.fileno(), mode)
+    except OSError as exc:
+        raise SandboxError(f"cannot write {path}: {_why(exc)}") from None
+
+
+def workspace_read(root: Path, path: str) -> bytes:
+    parts = workspace_relpath(path)
+    try:
+        parent = _open_parent(root, parts, create=False)
+        try:
+            fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW, dir_fd=parent)
+        finally:
+            os.close(parent)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise SandboxError(f"{path} is not a regular file")
+            return f.read()
+    except OSError as exc:
+        raise SandboxError(f"cannot read {path}: {_why(exc)}") from None
+
+
+def _why(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "a symbolic link is in the way (links are not followed)"
+    if exc.errno == errno.ENOTDIR:
+        return "a path component is not a directory (or is a link)"
+    return exc.strerror or str(exc)
+
+
+def _freeze(path: Path) -> None:
+    """Snapshots are read-only to everyone but root (forks only ever read them via overlay)."""
+    os.chmod(path, os.stat(path).st_mode & ~0o222 | 0o500)
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    run = subprocess.run(["cp", "-a", f"{src}/.", str(dst)], capture_output=True, text=True)
+    if run.returncode != 0:
+        raise SandboxError(f"copying the workspace failed: {run.stderr.strip()}")
+
+
+def _rmtree(path: Path) -> None:
+    if not os.path.lexists(path):
+        return
+    for _ in range(3):
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o700)
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.lexists(path):
+            return
+        time.sleep(0.05)
+    subprocess.run(["rm", "-rf", "--one-file-system", str(path)], capture_output=True)
