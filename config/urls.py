@@ -8,5 +8,6 @@ urlpatterns = [
     path("", include("accounts.urls")),
     path("", include("sandboxes.urls")),
     path("", include("campaigns.urls")),
+    path("", include("campaigns.review_urls")),
     path("api/v1/", api.urls),
 ]

@@ -7,9 +7,11 @@ filesystem snapshot is a Modal image kept without expiry; a fork is N creates fr
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import posixpath
 import queue
+import secrets
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -32,12 +34,25 @@ from sandboxes.backends.base import (
 )
 from sandboxes.pacing import TokenBucket, bucket_get
 
+logger = logging.getLogger(__name__)
+
 WORKSPACE = "/workspace"
 MAX_TIMEOUT_S = 24 * 3600  # Modal's longest sandbox life
 SNAPSHOT_TIMEOUT_S = 600  # the SDK's default (55 s) fails on large filesystems
 FORK_CONCURRENCY = 4
 TIMEOUT_EXIT = 124  # what `timeout(1)` returns; every backend reports a timeout with it
-TRUNCATION_MARKER = "\n[convoy: output truncated after {cap} bytes]\n"
+KILLED_EXIT = 128 + 9
+KILL_GRACE_S = 5.0
+# Every command starts through `sh` so that it can be killed when it floods its output cap:
+# the wrapper notes its pid (the command's, after `exec`) under the exec's id ($0).
+EXEC_WRAPPER = (
+    '{ mkdir -p /tmp/.convoy-exec && echo $$ > /tmp/.convoy-exec/"$0"; } 2>/dev/null; exec "$@"'
+)
+EXEC_KILL = (
+    'p=$(cat /tmp/.convoy-exec/"$0" 2>/dev/null) || exit 0; rm -f /tmp/.convoy-exec/"$0"; '
+    'kill -9 -- -"$p" 2>/dev/null || kill -9 "$p"'
+)
+TRUNCATION_MARKER = "\n[convoy: output truncated after {cap} bytes; command stopped]\n"
 
 
 def truncation_marker(cap: int) -> bytes:
@@ -233,8 +248,13 @@ class ModalBackend(SandboxBackend):
             raise SandboxError("exec needs a command")
         sb = self._sandbox(handle)
         started = time.monotonic()
+        exec_id = secrets.token_hex(8)
         with self._errors("exec"):
             proc = sb.exec(
+                "sh",
+                "-c",
+                EXEC_WRAPPER,
+                exec_id,
                 *argv,
                 workdir=self._path(cwd or "."),  # explicit: exec need not inherit the workdir
                 env=dict(env) if env else None,
@@ -263,36 +283,34 @@ class ModalBackend(SandboxBackend):
                 target=pump, args=(stream_name, stream), daemon=True, name=f"modal-{stream_name}"
             ).start()
 
-        open_streams, sent, received, truncated = 2, 0, 0, False
+        open_streams, sent, truncated = 2, 0, False
         failure: BaseException | None = None
         try:
             while open_streams:
                 stream_name, item = events.get()
                 if item is None:
                     open_streams -= 1
-                    continue
-                if isinstance(item, BaseException):
+                elif isinstance(item, BaseException):
                     failure = failure or item
-                    continue
-                received += len(item)
-                if truncated:
-                    continue
-                room = output_cap - sent
-                if len(item) > room:
-                    if room > 0:
-                        yield ExecOutput(stream_name, item[:room])
-                        sent += room
+                elif len(item) <= output_cap - sent:
+                    sent += len(item)
+                    yield ExecOutput(stream_name, item)
+                else:
+                    if output_cap > sent:
+                        yield ExecOutput(stream_name, item[: output_cap - sent])
+                        sent = output_cap
                     yield ExecOutput("stderr", truncation_marker(output_cap))
                     truncated = True
-                    # Keep draining (and dropping) so the command runs to its end, as locally.
-                    continue
-                sent += len(item)
-                yield ExecOutput(stream_name, item)
+                    break
             if failure is not None:
                 with self._errors("exec output"):
                     raise failure
-            with self._errors("exec wait"):
-                exit_code = proc.wait()
+            if truncated:
+                stop.set()
+                exit_code = self._exec_stop(sb, proc, exec_id)
+            else:
+                with self._errors("exec wait"):
+                    exit_code = proc.wait()
         finally:
             stop.set()
         timed_out = exit_code == -1  # Modal's wait() says "deadline passed" this way
@@ -301,8 +319,20 @@ class ModalBackend(SandboxBackend):
             timed_out=timed_out,
             truncated=truncated,
             duration_ms=int((time.monotonic() - started) * 1000),
-            bytes_out=received,
+            bytes_out=sent,
         )
+
+    def _exec_stop(self, sb, proc, exec_id: str) -> int:
+        """Kill a command that flooded its output cap (Modal has no call to kill one exec)."""
+        with contextlib.suppress(Exception):  # best effort: the exec deadline is the backstop
+            sb.exec("sh", "-c", EXEC_KILL, exec_id, text=False).wait()
+        deadline = time.monotonic() + KILL_GRACE_S
+        while (code := proc.poll()) is None:
+            if time.monotonic() > deadline:
+                logger.warning("Modal exec %s outlived its kill after flooding output", exec_id)
+                return KILLED_EXIT
+            time.sleep(0.05)
+        return code
 
     # --- snapshots and forks ----------------------------------------------------------------------
     def snapshot(self, handle: SandboxHandle) -> SnapshotHandle:

@@ -176,11 +176,13 @@ class FakeSandbox:
         self.env = {k: v for k, v in (kwargs.get("env") or {}).items() if v is not None}
         self.block_network = kwargs.get("block_network", False)
         self.files = fake.root / object_id / "files"
+        self.tmp = fake.root / object_id / "tmp"
         image = kwargs["image"]
         if image is not None and image.files is not None:
             shutil.copytree(image.files, self.files, symlinks=True)
         else:
             self.files.mkdir(parents=True)
+        self.tmp.mkdir(parents=True)
         self.filesystem = FakeFilesystem(self)
         self._returncode: int | None = None
         self._processes: list[FakeContainerProcess] = []
@@ -204,7 +206,8 @@ class FakeSandbox:
     def _command(self, args: tuple[str, ...], workdir: str) -> list[str]:
         if not BWRAP:
             return list(args)
-        command = [BWRAP, "--die-with-parent", "--unshare-pid", "--unshare-ipc"]
+        # One pid space and one /tmp for all of a sandbox's execs, as in a Modal container.
+        command = [BWRAP, "--die-with-parent", "--unshare-ipc"]
         if self.block_network:
             command.append("--unshare-net")
         top = PurePosixPath(self.workdir).parts[1] if self.workdir != "/" else ""
@@ -216,7 +219,7 @@ class FakeSandbox:
                 command += ["--symlink", os.readlink(path), path]
             elif os.path.isdir(path):
                 command += ["--ro-bind", path, path]
-        command += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+        command += ["--proc", "/proc", "--dev", "/dev", "--bind", str(self.tmp), "/tmp"]
         command += ["--bind", str(self.files), self.workdir, "--chdir", workdir, "--", *args]
         return command
 

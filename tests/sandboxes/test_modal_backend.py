@@ -130,6 +130,9 @@ def test_modal_fake_exec_streams_output_in_order_with_streams_apart(backend):
     assert not result.timed_out
     assert not result.truncated
     assert result.bytes_out == 20
+    # Commands run through `sh` (see EXEC_WRAPPER); the argv reaches the command unchanged.
+    events, _ = run(backend, handle, ["printf", "%s|", "a b", "$HOME", "'q'"])
+    assert b"".join(e.data for e in events) == b"a b|$HOME|'q'|"
 
 
 def test_modal_fake_exit_codes_propagate_and_signals_are_128_plus(backend):
@@ -165,17 +168,18 @@ def test_modal_fake_timeout_is_reported_as_timed_out(backend):
     assert backend.fake.sandboxes[handle.external_id]._processes[-1].wait() == -1
 
 
-def test_modal_fake_output_flood_is_capped_with_a_marker(backend):
+def test_modal_fake_output_flood_is_capped_with_a_marker_and_stopped(backend):
     handle = backend.create(SandboxSpec())
     cap = 100_000
-    events, result = run(
-        backend, handle, ["sh", "-c", "head -c 3000000 /dev/zero; echo done >&2"], output_cap=cap
-    )
+    events, result = run(backend, handle, ["yes", "flood"], output_cap=cap, timeout_s=120)
     assert result.truncated
+    assert not result.timed_out  # stopped by the backend, not by the deadline
+    assert result.exit_code == 128 + 9
     assert events[-1] == ExecOutput("stderr", truncation_marker(cap))
-    assert sum(len(e.data) for e in events[:-1]) == cap
-    assert result.exit_code == 0  # the command still ran to its end
-    assert result.bytes_out == 3_000_005
+    assert sum(len(e.data) for e in events[:-1]) == result.bytes_out == cap
+    assert backend.fake.sandboxes[handle.external_id]._processes[0].poll() == 128 + 9
+    # The command ran through the wrapper, so the flood stopper found it by its pid file.
+    assert list(backend.fake.sandboxes[handle.external_id].tmp.glob(".convoy-exec/*")) == []
 
 
 def test_modal_fake_files_round_trip_with_mode(backend):
