@@ -106,6 +106,17 @@ def _four_eyes(campaign: Campaign, actor) -> None:
         )
 
 
+def four_eyes_check(*, run: RepoRun, actor, request=None) -> None:
+    """Refuse (and audit the refusal) when the actor launched this run's campaign."""
+    try:
+        _four_eyes(run.campaign, actor)
+    except FourEyesRefused as exc:
+        _deny(
+            action="review.change.approved", run=run, actor=actor, reason=str(exc), request=request
+        )
+        raise
+
+
 def _deny(*, action: str, run: RepoRun, actor, reason: str, request=None) -> None:
     """Record a refused decision in its own transaction (the refusal itself rolls back)."""
     with transaction.atomic():
@@ -195,13 +206,7 @@ def change_approve(
     request=None,
 ) -> RunReview:
     """Approve the picked variant (or pick `variant` and approve it) as it was reviewed."""
-    try:
-        _four_eyes(run.campaign, actor)
-    except FourEyesRefused as exc:
-        _deny(
-            action="review.change.approved", run=run, actor=actor, reason=str(exc), request=request
-        )
-        raise
+    four_eyes_check(run=run, actor=actor, request=request)
     with transaction.atomic():
         if variant is not None:
             review = RunReview.objects.filter(run_id=run.pk).first()
@@ -457,7 +462,9 @@ def changeset_push(*, changeset_id: int) -> Changeset:
                 title=spec.get("title") or run.campaign.name,
                 body=spec.get("body") or run.campaign.description,
             )
-            fields.update(pr_number=pr.number, pr_url=pr.url, state=pr.state)
+            # The URL is shown as a link: only web addresses are kept.
+            url = pr.url if pr.url.startswith(("https://", "http://")) else ""
+            fields.update(pr_number=pr.number, pr_url=url, state=pr.state)
     except (PublishError, CodeHostError) as exc:
         if getattr(exc, "transient", False) and "commit" not in fields:
             raise
@@ -515,6 +522,27 @@ def changesets_refresh(*, limit: int = 200) -> int:
     return refreshed
 
 
+def changes_publish_approved(*, campaign: Campaign, actor, request=None) -> dict:
+    """Publish every approved, not yet published change of the campaign."""
+    runs = (
+        RepoRun.objects.filter(
+            campaign=campaign,
+            review__state=ReviewState.APPROVED,
+            review__approved_hash=F("review__variant__diff_sha256"),
+        )
+        .filter(Q(changeset__isnull=True) | Q(changeset__state=ChangesetState.FAILED))
+        .select_related("campaign", "repository")
+    )
+    queued, refused = [], []
+    for run in runs:
+        try:
+            change_publish(run=run, actor=actor, request=request)
+            queued.append(run.pk)
+        except ReviewError as exc:
+            refused.append({"run_id": run.pk, "reason": str(exc)})
+    return {"queued": queued, "refused": refused}
+
+
 __all__ = [
     "FourEyesRefused",
     "ReviewError",
@@ -523,8 +551,10 @@ __all__ = [
     "change_publish",
     "change_reject",
     "changes_bulk_approve",
+    "changes_publish_approved",
     "changeset_push",
     "changesets_refresh",
+    "four_eyes_check",
     "review_is_approved",
     "variant_digests_refresh",
     "variant_pick",

@@ -258,3 +258,71 @@ def variant_names(*, campaign: Campaign) -> list[str]:
 
 def runs_page(*, qs: QuerySet, page: int | str) -> Page:
     return Paginator(qs, PAGE_SIZE).get_page(page)
+
+
+def review_run_get_for_user(*, user, campaign: Campaign, pk: int) -> RepoRun:
+    """A run of `campaign` the user may see (404 otherwise); writes check `change_review`."""
+    from campaigns.selectors import run_get_for_user
+
+    return run_get_for_user(user=user, pk=pk, campaign=campaign)
+
+
+def suggested_variant(variants: list[Variant], review: RunReview | None) -> Variant | None:
+    """The picked variant, else the first that passed validation and changed something."""
+    if review is not None and review.variant_id:
+        for v in variants:
+            if v.pk == review.variant_id:
+                return v
+    for v in variants:
+        if (
+            v.state == VariantState.COMPLETED
+            and v.validation in (Validation.PASSED, Validation.SKIPPED)
+            and v.diff_sha256
+        ):
+            return v
+    return variants[0] if variants else None
+
+
+@dataclass
+class QueueRow:
+    run: RepoRun
+    variants: list[Variant]
+    review: RunReview | None
+    suggested: Variant | None
+    status: str  # unreviewed, picked, approved, rejected, needs re-approval, published
+
+
+def queue_rows(runs) -> list[QueueRow]:
+    rows = []
+    for run in runs:
+        rv = getattr(run, "review", None) if _has(run, "review") else None
+        variants = getattr(run, "variant_list", [])
+        status = rv.state if rv else ReviewState.UNREVIEWED
+        if (
+            rv
+            and rv.state == ReviewState.APPROVED
+            and (rv.variant is None or rv.approved_hash != rv.variant.diff_sha256)
+        ):
+            status = "needs re-approval"
+        if _has(run, "changeset"):
+            status = "published"
+        rows.append(QueueRow(run, variants, rv, suggested_variant(variants, rv), status))
+    return rows
+
+
+def _has(run: RepoRun, relation: str) -> bool:
+    try:
+        return getattr(run, relation) is not None
+    except (RunReview.DoesNotExist, Changeset.DoesNotExist):
+        return False
+
+
+def changeset_counts(*, campaign: Campaign) -> dict[str, int]:
+    from campaigns.models import ChangesetState
+
+    counts = dict.fromkeys(ChangesetState.values, 0)
+    counts.update(
+        Changeset.objects.filter(campaign=campaign).values_list("state").annotate(n=Count("id"))
+    )
+    counts["total"] = sum(counts.values())
+    return counts

@@ -75,3 +75,75 @@ def variant_rerun(variant, patch: bytes) -> None:
         patch=patch, diff_sha256=hashlib.sha256(patch).hexdigest()
     )
     variant.refresh_from_db()
+
+
+def campaign_bulk_make(*, owner, runs: int, variants=("a", "b", "c"), failed_every: int = 10):
+    """A launched campaign with `runs` finished runs (bulk inserts), transitions and variants."""
+    from datetime import timedelta
+
+    from campaigns.models import RunTransition
+
+    campaign = campaign_make(owner=owner, variants=variants)
+    tag = campaign.name
+    repos = Repository.objects.bulk_create(
+        [
+            Repository(url=f"file:///srv/git/{tag}/r{i}.git", name=f"{tag}-r{i}")
+            for i in range(runs)
+        ],
+        batch_size=2000,
+    )
+    start = campaign.launched_at
+    run_rows = []
+    for i, repo in enumerate(repos):
+        failed = failed_every and i % failed_every == failed_every - 1
+        run_rows.append(
+            RepoRun(
+                campaign=campaign,
+                repository=repo,
+                ref="main",
+                state=RunState.FAILED if failed else RunState.SUCCEEDED,
+                base_commit="0" * 40,
+                error="boom" if failed else "",
+                error_signature=f"sig{i % 3}" if failed else "",
+                error_summary=f"setup failed ({i % 3})" if failed else "",
+                finished_at=start + timedelta(seconds=i),
+            )
+        )
+    created = RepoRun.objects.bulk_create(run_rows, batch_size=2000)
+    RunTransition.objects.bulk_create(
+        [
+            RunTransition(
+                run=r,
+                campaign=campaign,
+                from_state="running",
+                to_state=r.state,
+                at=start + timedelta(seconds=k),
+            )
+            for k, r in enumerate(created)
+        ],
+        batch_size=2000,
+    )
+    variant_rows = []
+    for k, r in enumerate(created):
+        if r.state != RunState.SUCCEEDED:
+            continue
+        for pos, name in enumerate(variants):
+            patch = patch_for("src/app.py", "old()", f"new_{name}()", line=k % 50 + 1)
+            variant_rows.append(
+                Variant(
+                    run=r,
+                    name=name,
+                    position=pos,
+                    state=VariantState.COMPLETED,
+                    patch=patch,
+                    diff_sha256=hashlib.sha256(patch).hexdigest(),
+                    files_changed=1,
+                    insertions=1,
+                    deletions=1,
+                    validation=Validation.FAILED if pos == 2 else Validation.PASSED,
+                    output_tail="E   AssertionError" if pos == 2 else "",
+                    duration_ms=1000 + pos,
+                )
+            )
+    Variant.objects.bulk_create(variant_rows, batch_size=2000)
+    return campaign

@@ -1,0 +1,121 @@
+"""Review pages as a signed-in user sees them: comparison, queue, bulk, dashboard, queries."""
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from campaigns.models import RepoRun, ReviewState, RunReview
+from tests.factories import PASSWORD
+from tests.review.builders import (
+    campaign_bulk_make,
+    campaign_make,
+    patch_for,
+    run_make,
+    variant_make,
+    variant_rerun,
+)
+
+pytestmark = pytest.mark.shapes("embedded", "production")
+
+
+def _login(client, user):
+    assert client.login(username=user.username, password=PASSWORD)
+    return client
+
+
+@pytest.fixture
+def run3(manager):
+    campaign = campaign_make(owner=manager)
+    run = run_make(campaign=campaign)
+    xss = "<script>alert('diff')</script>"
+    variants = [
+        variant_make(run=run, name="conservative", position=0, patch=patch_for("a.py", "x", "y")),
+        variant_make(run=run, name="aggressive", position=1, patch=patch_for("a.py", "x", xss)),
+        variant_make(
+            run=run,
+            name="broken",
+            position=2,
+            patch=patch_for("a.py", "x", "z"),
+            validation="failed",
+            output_tail="FAILED test_a.py::test_x - <img src=x onerror=alert(1)>",
+        ),
+    ]
+    return campaign, run, variants
+
+
+def test_comparison_page_shows_variants_side_by_side_escaped(client, reviewer, run3):
+    campaign, run, (a, b, _c) = run3
+    _login(client, reviewer)
+    url = reverse("review-compare", args=[campaign.pk, run.pk])
+    html = client.get(url, {"variant": b.pk, "mode": "split"}).content.decode()
+    for name in ("conservative", "aggressive", "broken"):
+        assert f'data-testid="variant-{name}"' in html
+    assert "FAILED test_a.py::test_x" in html  # the failing output's tail
+    assert "<script>alert(" not in html and "<img src=x" not in html
+    assert "&lt;script&gt;" in html or "&lt;</span>" in html
+    compared = client.get(url, {"a": a.pk, "b": b.pk}).content.decode()
+    assert 'data-testid="compare"' in compared and "differs" in compared
+
+
+def test_decisions_through_the_page_and_a_stale_approve_is_refused(client, reviewer, run3):
+    campaign, run, (a, _b, _c) = run3
+    _login(client, reviewer)
+    decide = reverse("review-decide", args=[campaign.pk, run.pk, "approve"])
+    seen = a.diff_sha256
+    variant_rerun(a, patch_for("a.py", "x", "rerun"))
+    page = client.post(decide, {"variant": a.pk, "diff_hash": seen}, follow=True)
+    assert "changed since you loaded the page" in page.content.decode()
+    assert not RunReview.objects.filter(run=run, state=ReviewState.APPROVED).exists()
+    client.post(decide, {"variant": a.pk, "diff_hash": a.diff_sha256, "comment": "fine"})
+    assert RunReview.objects.get(run=run).state == ReviewState.APPROVED
+
+
+def test_four_eyes_on_the_page_and_outsiders_get_404(client, manager, outsider, run3):
+    campaign, run, (a, *_r) = run3
+    _login(client, manager)
+    decide = reverse("review-decide", args=[campaign.pk, run.pk, "approve"])
+    page = client.post(decide, {"variant": a.pk, "diff_hash": a.diff_sha256}, follow=True)
+    assert "Four-eyes rule: you launched this campaign" in page.content.decode()
+    assert not RunReview.objects.filter(run=run, state=ReviewState.APPROVED).exists()
+    # Picking is a reviewer's job: the manager's role does not allow it.
+    pick = reverse("review-decide", args=[campaign.pk, run.pk, "pick"])
+    assert client.post(pick, {"variant": a.pk, "diff_hash": a.diff_sha256}).status_code == 403
+    client.logout()
+    _login(client, outsider)
+    assert client.get(reverse("review-compare", args=[campaign.pk, run.pk])).status_code == 404
+
+
+PAGES = ("review-dashboard", "review-queue")
+
+
+def _queries(client, name, campaign):
+    with CaptureQueriesContext(connection) as ctx:
+        response = client.get(reverse(name, args=[campaign.pk]))
+    assert response.status_code == 200
+    return len(ctx.captured_queries), response.content.decode()
+
+
+def test_campaign_page_and_review_queue_queries_do_not_grow_with_runs(client, manager, reviewer):
+    small = campaign_bulk_make(owner=manager, runs=100)
+    big = campaign_bulk_make(owner=manager, runs=10_000)
+    assert RepoRun.objects.filter(campaign=big).count() == 10_000
+    _login(client, reviewer)
+    for name in PAGES:
+        _queries(client, name, small)  # warm caches (session, content types)
+        n_small, _ = _queries(client, name, small)
+        n_big, html = _queries(client, name, big)
+        assert n_big == n_small, f"{name}: {n_small} queries at 100 runs, {n_big} at 10,000"
+        assert n_big <= 20
+    _, html = _queries(client, "review-queue", big)
+    assert "page 1 of 180" in html  # 9,000 succeeded runs, 50 a page
+    _, html = _queries(client, "review-dashboard", big)
+    assert "<svg" in html and 'data-testid="cluster"' in html
+    big_run = RepoRun.objects.filter(campaign=big, state="succeeded").last()
+    small_run = RepoRun.objects.filter(campaign=small, state="succeeded").last()
+    counts = []
+    for c, r in ((small, small_run), (big, big_run)):
+        with CaptureQueriesContext(connection) as ctx:
+            assert client.get(reverse("review-compare", args=[c.pk, r.pk])).status_code == 200
+        counts.append(len(ctx.captured_queries))
+    assert counts[0] == counts[1]
