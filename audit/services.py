@@ -363,8 +363,9 @@ def audit_verify(*, from_checkpoint: int | None = None, public_key=None) -> Repo
     audit.chain.verified themselves (audit_verify_record) when a person asked for it."""
     public_key = public_key or verifying_key()
     report = Report(key_id=key_id(public_key))
+    outer = connection.in_atomic_block
     with transaction.atomic():
-        if connection.vendor == "postgresql":
+        if connection.vendor == "postgresql" and not outer:
             with connection.cursor() as cursor:
                 # One snapshot for the whole walk, so a sealer running meanwhile is not a finding.
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -581,3 +582,28 @@ def csv_lines(events: QuerySet) -> Iterator[str]:
             ]
         )
         yield flush()
+
+
+# --- Access -----------------------------------------------------------------------------------
+def audit_access_require(*, request: HttpRequest, user=None) -> None:
+    """Reading, verifying and exporting the trail is for admins; a refusal is itself recorded
+    (in autocommit, so it stays even though the request fails)."""
+    from django.core.exceptions import PermissionDenied
+
+    from accounts.roles import user_can
+
+    user = user if user is not None else request.user
+    if not user_can(user, "audit_view"):
+        audit_denied(request=request, actor=user, capability="audit_view")
+        raise PermissionDenied("Reading the audit trail is for admins (audit view).")
+
+
+def audit_view_record(
+    *, actor, request: HttpRequest | None, what: str, query: str = "", target=None, count=None
+) -> None:
+    payload = {"view": what, "query": query}
+    if count is not None:
+        payload["count"] = count
+    audit_record(
+        action="audit.events.viewed", actor=actor, request=request, target=target, payload=payload
+    )

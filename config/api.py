@@ -5,6 +5,8 @@ from ninja.errors import AuthenticationError
 
 from accounts.api import router as accounts_router
 from accounts.auth import api_auth
+from audit.api import router as audit_router
+from audit.services import AuditWriteError
 from campaigns.api import router as campaigns_router
 
 api = NinjaAPI(
@@ -26,5 +28,16 @@ def _unauthenticated(request, exc):
     )
 
 
+@api.exception_handler(AuditWriteError)
+def _audit_failed(request, exc):
+    # Fail closed: the change was rolled back because its audit event could not be written.
+    return api.create_response(
+        request,
+        {"detail": "The change was not made: the audit trail could not record it. Try again."},
+        status=503,
+    )
+
+
 api.add_router("/", accounts_router)
+api.add_router("/audit", audit_router)
 api.add_router("/", campaigns_router)

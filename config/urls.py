@@ -9,5 +9,6 @@ urlpatterns = [
     path("", include("sandboxes.urls")),
     path("", include("campaigns.urls")),
     path("", include("campaigns.review_urls")),
+    path("audit/", include("audit.urls")),
     path("api/v1/", api.urls),
 ]

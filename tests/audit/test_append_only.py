@@ -61,7 +61,8 @@ def test_postgres_stamps_the_real_transaction_id_whatever_the_insert_says(transa
 
 @pytest.mark.shapes("embedded")
 @pytest.mark.parametrize("table", list(COLUMNS))
-def test_sqlite_refuses_update_and_delete(db, table):
+def test_sqlite_refuses_update_and_delete(db, table, settings):
+    settings.AUDIT_CHECKPOINT_EVERY = 1
     audit_record(action="people.logout", actor_type="system")
     audit_seal()
     for sql in (STATEMENTS["update"], STATEMENTS["delete"]):

@@ -1,0 +1,164 @@
+"""Reading the audit trail: GitHub-style filter parsing and the event queries built from it."""
+
+import json
+import shlex
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+
+from django.db.models import Q, QuerySet
+
+from audit.models import AuditEvent, AuditLink
+from audit.services import OUTCOMES
+
+FILTER_KEYS = (
+    "action",
+    "actor",
+    "on_behalf_of",
+    "outcome",
+    "target",
+    "campaign",
+    "run",
+    "variant",
+    "sandbox",
+    "created",
+)
+PAGE_SIZE = 50
+
+
+class AuditFilterError(ValueError):
+    """A filter the user typed that cannot be applied; `field` is the query parameter."""
+
+    def __init__(self, message: str, field: str = "q") -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def _moment(text: str, *, end: bool) -> datetime:
+    """A date (whole day) or an ISO 8601 time; naive values are UTC."""
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            moment = datetime.combine(day, time.min, tzinfo=UTC)
+            return moment + timedelta(days=1) if end else moment
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise AuditFilterError(
+            f"created: {text!r} is not a date (YYYY-MM-DD) or time (YYYY-MM-DDTHH:MM:SS)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _created(value: str) -> Q:
+    if ".." in value:
+        lo, hi = value.split("..", 1)
+        q = Q()
+        if lo and lo != "*":
+            q &= Q(occurred_at__gte=_moment(lo, end=False))
+        if hi and hi != "*":
+            q &= Q(occurred_at__lt=_moment(hi, end=True))
+        return q
+    for op, lookup, end in (
+        (">=", "gte", False),
+        ("<=", "lt", True),
+        (">", "gte", True),
+        ("<", "lt", False),
+    ):
+        if value.startswith(op):
+            return Q(**{f"occurred_at__{lookup}": _moment(value[len(op) :], end=end)})
+    return Q(occurred_at__gte=_moment(value, end=False), occurred_at__lt=_moment(value, end=True))
+
+
+def _number(key: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise AuditFilterError(f"{key}: expected a number, got {value!r}") from None
+
+
+def _term(key: str, value: str) -> Q:
+    if not value:
+        raise AuditFilterError(f"{key}: needs a value, as in {key}:something")
+    if key == "action":
+        return Q(action__startswith=value[:-1]) if value.endswith("*") else Q(action=value)
+    if key == "actor":
+        return Q(actor_display=value) | Q(actor_id=value) | Q(actor_type=value)
+    if key == "on_behalf_of":
+        return Q(on_behalf_of=value)
+    if key == "outcome":
+        if value not in OUTCOMES:
+            raise AuditFilterError(f"outcome: {value!r} is not one of {', '.join(OUTCOMES)}")
+        return Q(outcome=value)
+    if key == "target":
+        kind, _, ident = value.partition(":")
+        return Q(target_type=kind) & (Q(target_id=ident) if ident else Q())
+    if key == "created":
+        return _created(value)
+    return Q(**{f"{key}_id": _number(key, value)})
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    text: str
+    q: Q
+
+    def events(self) -> QuerySet:
+        return AuditEvent.objects.filter(self.q)
+
+
+def audit_query_parse(*, text: str) -> AuditQuery:
+    """`action:sandbox.exec.* actor:alice campaign:42 created:>=2026-01-01 "free text"`."""
+    try:
+        tokens = shlex.split(text or "")
+    except ValueError as exc:
+        raise AuditFilterError(f"cannot read the filter: {exc}") from None
+    q = Q()
+    for token in tokens:
+        key, sep, value = token.partition(":")
+        if sep and key.isidentifier():
+            if key not in FILTER_KEYS:
+                raise AuditFilterError(
+                    f"unknown filter {key!r}; use one of {', '.join(FILTER_KEYS)}"
+                )
+            q &= _term(key, value)
+        else:
+            q &= Q(body__icontains=token)
+    return AuditQuery(text=text or "", q=q)
+
+
+@dataclass(frozen=True)
+class EventPage:
+    events: list[AuditEvent]
+    next_cursor: str
+
+
+def audit_events_page(
+    *, query: AuditQuery, cursor: str = "", limit: int = PAGE_SIZE, extra: Q | None = None
+) -> EventPage:
+    """Newest first; the cursor is the id to continue below (opaque to callers)."""
+    qs = query.events().select_related("link").order_by("-id")
+    if extra is not None:
+        qs = qs.filter(extra)
+    if cursor:
+        qs = qs.filter(id__lt=_number("cursor", cursor))
+    if not 1 <= limit <= 500:
+        raise AuditFilterError("limit: must be between 1 and 500", field="limit")
+    events = list(qs[: limit + 1])
+    more = len(events) > limit
+    events = events[:limit]
+    return EventPage(events=events, next_cursor=str(events[-1].pk) if more else "")
+
+
+def event_seq(event: AuditEvent) -> int | None:
+    try:
+        return event.link.seq
+    except AuditLink.DoesNotExist:
+        return None
+
+
+def event_as_dict(event: AuditEvent) -> dict:
+    return {"seq": event_seq(event), **json.loads(event.body)}
+
+
+def audit_event_get(*, event_id) -> AuditEvent:
+    return AuditEvent.objects.select_related("link").get(event_id=event_id)
