@@ -58,8 +58,9 @@ class FakeImage:
 class FakeStreamReader:
     """One output stream. Like Modal, output is buffered until read, so a writer never blocks."""
 
-    def __init__(self, pipe, text: bool) -> None:
+    def __init__(self, pipe, text: bool, fail: Callable[[], None] = lambda: None) -> None:
         self._text = text
+        self._fail = fail
         self._chunks: queue.Queue = queue.Queue()
         self._eof = False
         self._drain = threading.Thread(target=self._pump, args=(pipe,), daemon=True)
@@ -74,6 +75,7 @@ class FakeStreamReader:
             self._chunks.put(None)
 
     def __iter__(self) -> Iterator:
+        self._fail()
         while not self._eof:
             chunk = self._chunks.get()
             if chunk is None:
@@ -87,12 +89,14 @@ class FakeStreamReader:
 
 
 class FakeContainerProcess:
-    def __init__(self, popen: subprocess.Popen, *, timeout: int | None, text: bool) -> None:
+    def __init__(
+        self, popen: subprocess.Popen, *, timeout: int | None, text: bool, fail=lambda: None
+    ) -> None:
         self._popen = popen
         self._timed_out = False
         self._returncode: int | None = None
-        self.stdout = FakeStreamReader(popen.stdout, text)
-        self.stderr = FakeStreamReader(popen.stderr, text)
+        self.stdout = FakeStreamReader(popen.stdout, text, fail)
+        self.stderr = FakeStreamReader(popen.stderr, text, fail)
         self._watchdog = threading.Thread(target=self._watch, args=(timeout,), daemon=True)
         self._watchdog.start()
 
@@ -244,7 +248,10 @@ class FakeSandbox:
             start_new_session=True,
         )
         process = FakeContainerProcess(
-            popen, timeout=kwargs.get("timeout"), text=kwargs.get("text", True)
+            popen,
+            timeout=kwargs.get("timeout"),
+            text=kwargs.get("text", True),
+            fail=lambda: self._fake._maybe_fail("stream"),
         )
         with self._lock:
             self._processes.append(process)

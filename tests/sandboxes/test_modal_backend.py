@@ -304,9 +304,14 @@ def test_modal_fake_permanent_errors_are_not_transient(backend):
         backend.create(SandboxSpec())
     assert not info.value.transient
     handle = backend.create(SandboxSpec())
-    backend.fake.fail_next("exec", modal.exception.ServiceError("stream reset"))
+    backend.fake.fail_next("exec", modal.exception.ServiceError("unavailable"))
     with pytest.raises(SandboxError) as info:
         list(backend.exec(handle, ["true"]))
+    assert info.value.transient
+    # A stream that breaks mid-command fails the exec (transiently) once both streams end.
+    backend.fake.fail_next("stream", modal.exception.ConnectionError("stream reset"))
+    with pytest.raises(SandboxError, match="stream reset") as info:
+        list(backend.exec(handle, ["echo", "lost"]))
     assert info.value.transient
 
 
