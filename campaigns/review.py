@@ -38,9 +38,11 @@ class ReviewError(Exception):
 
     status = 409
 
-    def __init__(self, message: str, *, field: str = ""):
+    def __init__(self, message: str, *, field: str = "", status: int | None = None):
         super().__init__(message)
         self.field = field
+        if status is not None:
+            self.status = status
 
 
 class StaleDecision(ReviewError):
@@ -78,7 +80,7 @@ def review_is_approved(review: RunReview | None, variant: Variant | None) -> boo
 def _check_hash(variant: Variant, diff_hash: str) -> None:
     if not diff_hash:
         raise ReviewError(
-            "diff_hash: required (the hash of the diff you reviewed)", field="diff_hash"
+            "diff_hash: required (the hash of the diff you reviewed)", field="diff_hash", status=422
         )
     if variant.diff_sha256 != diff_hash:
         raise StaleDecision(
@@ -149,7 +151,7 @@ def variant_pick(
 ) -> RunReview:
     """Choose the variant of this run that should ship; changeable until approved."""
     if variant.run_id != run.pk:
-        raise ReviewError("variant: not a variant of this run", field="variant")
+        raise ReviewError("variant: not a variant of this run", field="variant", status=422)
     with transaction.atomic():
         variant = Variant.objects.select_for_update().get(pk=variant.pk)
         review = _review_locked(run)
@@ -256,7 +258,7 @@ def change_reject(
     """Reject this run's change (with a reason); the run can be picked again later."""
     comment = (comment or "").strip()
     if not comment:
-        raise ReviewError("comment: say why the change is rejected", field="comment")
+        raise ReviewError("comment: say why the change is rejected", field="comment", status=422)
     with transaction.atomic():
         review = _review_locked(run)
         chosen = Variant.objects.filter(pk=review.variant_id).first()
@@ -338,9 +340,9 @@ def changes_bulk_approve(
     are skipped and reported, never approved unseen. One decision per run.
     """
     if not group_key:
-        raise ReviewError("group_key: required", field="group_key")
+        raise ReviewError("group_key: required", field="group_key", status=422)
     if not run_ids:
-        raise ReviewError("run_ids: choose at least one repository", field="run_ids")
+        raise ReviewError("run_ids: choose at least one repository", field="run_ids", status=422)
     _four_eyes(campaign, actor)
     variant_digests_refresh(campaign=campaign)
     variants = {

@@ -8,6 +8,7 @@ from accounts.auth import api_auth
 from audit.api import router as audit_router
 from audit.services import AuditWriteError
 from campaigns.api import router as campaigns_router
+from campaigns.review_api import router as review_router
 
 api = NinjaAPI(
     title="Convoy API",
@@ -41,3 +42,4 @@ def _audit_failed(request, exc):
 api.add_router("/", accounts_router)
 api.add_router("/audit", audit_router)
 api.add_router("/", campaigns_router)
+api.add_router("/", review_router)

@@ -1,0 +1,120 @@
+"""The review API: pick, approve, reject, bulk approve, publish and changesets over HTTP."""
+
+import pytest
+
+from accounts.services import token_create
+from campaigns.models import Changeset, RunReview
+from campaigns.review import variant_digests_refresh
+from tests.review.builders import campaign_make, patch_for, run_make, variant_make, variant_rerun
+
+pytestmark = pytest.mark.shapes("embedded", "production")
+
+
+def _auth(user):
+    _, raw = token_create(user=user, name="t")
+    return {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
+
+
+@pytest.fixture
+def setup(manager):
+    campaign = campaign_make(owner=manager, variants=("a", "b"))
+    run = run_make(campaign=campaign)
+    a = variant_make(run=run, name="a", position=0, patch=patch_for("x.py", "1", "2"))
+    b = variant_make(run=run, name="b", position=1, patch=patch_for("x.py", "1", "3"))
+    return campaign, run, a, b
+
+
+def _url(campaign, run, action):
+    return f"/api/v1/campaigns/{campaign.pk}/runs/{run.pk}/{action}"
+
+
+def test_api_pick_approve_reject_with_hashes(client, reviewer, setup):
+    campaign, run, a, b = setup
+    h = _auth(reviewer)
+    r = client.post(
+        _url(campaign, run, "pick"),
+        {"variant": "b", "diff_hash": b.diff_sha256},
+        content_type="application/json",
+        **h,
+    )
+    assert r.status_code == 200 and r.json()["variant"] == "b" and r.json()["state"] == "picked"
+    stale = a.diff_sha256
+    variant_rerun(a, patch_for("x.py", "1", "9"))
+    r = client.post(
+        _url(campaign, run, "approve"),
+        {"variant": "a", "diff_hash": stale},
+        content_type="application/json",
+        **h,
+    )
+    assert r.status_code == 409 and "changed since you loaded" in r.json()["detail"]
+    r = client.post(
+        _url(campaign, run, "approve"),
+        {"diff_hash": b.diff_sha256, "comment": "lgtm"},
+        content_type="application/json",
+        **h,
+    )
+    assert r.status_code == 200 and r.json()["approved"] is True
+    r = client.post(
+        _url(campaign, run, "reject"), {"comment": ""}, content_type="application/json", **h
+    )
+    assert r.status_code == 422 and "comment" in str(r.json())
+    r = client.post(
+        _url(campaign, run, "reject"), {"comment": "no"}, content_type="application/json", **h
+    )
+    assert r.status_code == 200 and r.json()["state"] == "rejected"
+    r = client.post(
+        _url(campaign, run, "pick"),
+        {"variant": "a", "diff_hash": "short"},
+        content_type="application/json",
+        **h,
+    )
+    assert r.status_code == 422 and "diff_hash" in str(r.json())
+
+
+def test_api_four_eyes_and_roles(client, manager, outsider, setup):
+    campaign, run, a, _b = setup
+    r = client.post(
+        _url(campaign, run, "approve"),
+        {"variant": "a", "diff_hash": a.diff_sha256},
+        content_type="application/json",
+        **_auth(manager),
+    )
+    assert r.status_code == 403 and "Four-eyes" in r.json()["detail"]
+    r = client.post(
+        _url(campaign, run, "pick"),
+        {"variant": "a", "diff_hash": a.diff_sha256},
+        content_type="application/json",
+        **_auth(manager),
+    )
+    assert r.status_code == 403  # managers do not review
+    r = client.get(_url(campaign, run, "review"), **_auth(outsider))
+    assert r.status_code == 404
+    assert not RunReview.objects.filter(run=run).exists()
+
+
+def test_api_bulk_approve_publish_and_changesets(client, manager, reviewer):
+    campaign = campaign_make(owner=manager, variants=("only",))
+    runs = [run_make(campaign=campaign) for _ in range(3)]
+    for i, r in enumerate(runs):
+        variant_make(run=r, name="only", patch=patch_for("y.py", "a", "b", line=i + 1))
+    h = _auth(reviewer)
+    groups = client.get(f"/api/v1/campaigns/{campaign.pk}/review/groups", **h).json()
+    assert [g["count"] for g in groups] == [3]
+    r = client.post(
+        f"/api/v1/campaigns/{campaign.pk}/review/bulk-approve",
+        {
+            "group_key": groups[0]["group_key"],
+            "variant_name": "only",
+            "run_ids": groups[0]["run_ids"],
+        },
+        content_type="application/json",
+        **h,
+    )
+    assert r.status_code == 200 and sorted(r.json()["approved"]) == sorted(x.pk for x in runs)
+    variant_digests_refresh(campaign=campaign)
+    r = client.post(_url(campaign, runs[0], "publish"), **h)
+    assert r.status_code == 202 and r.json()["state"] == "queued"
+    assert r.json()["branch"] == campaign.spec["changeset"]["branch"]
+    listing = client.get(f"/api/v1/campaigns/{campaign.pk}/changesets", **h).json()
+    assert listing["count"] == 1 and listing["items"][0]["run_id"] == runs[0].pk
+    assert Changeset.objects.count() == 1
