@@ -344,3 +344,14 @@ def test_modal_fake_backend_capabilities():
     caps = ModalBackend.capabilities
     assert Capability.SNAPSHOT in caps and Capability.STREAMED_EXEC in caps
     assert Capability.CHECKPOINT not in caps
+
+
+def test_modal_sdk_without_credentials_refuses_clearly():
+    """The real `modal` SDK (no fake), with no credentials: refused before any cloud call."""
+    from tests.sandboxes.test_modal_live import modal_credentials
+
+    if modal_credentials():
+        pytest.skip("NOT RUN: Modal credentials are present; test_modal_live covers this path")
+    with pytest.raises(SandboxError, match="MODAL_TOKEN_ID") as info:
+        ModalBackend().create(SandboxSpec())
+    assert not info.value.transient

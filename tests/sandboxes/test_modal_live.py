@@ -18,7 +18,7 @@ from sandboxes.backends.base import (
 )
 
 
-def _credentials() -> bool:
+def modal_credentials() -> bool:
     env = os.environ.get("MODAL_TOKEN_ID") and os.environ.get("MODAL_TOKEN_SECRET")
     return bool(env) or (Path.home() / ".modal.toml").is_file()
 
@@ -26,7 +26,7 @@ def _credentials() -> bool:
 pytestmark = [
     pytest.mark.shapes("embedded", "production"),
     pytest.mark.skipif(
-        not _credentials(),
+        not modal_credentials(),
         reason="NOT RUN: no Modal credentials (set MODAL_TOKEN_ID/MODAL_TOKEN_SECRET "
         "or write ~/.modal.toml) — Modal's cloud is only exercised through FakeModal",
     ),
