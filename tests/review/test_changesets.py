@@ -1,0 +1,98 @@
+"""Changesets: publishing on a real Celery worker; PR state refreshed from a fake GitHub."""
+
+import subprocess
+import threading
+from http.server import ThreadingHTTPServer
+
+import pytest
+
+from campaigns.models import Changeset
+from campaigns.review import change_approve, change_publish, changesets_refresh
+from tests.review.builders import campaign_make, run_make, variant_make
+from tests.review.test_codehost_github import FakeGitHub, _handler
+from tests.support import wait_for
+
+pytestmark = pytest.mark.shapes("embedded", "production")
+
+
+def _git(cwd, *args):
+    return subprocess.run(
+        ["git", "-c", "core.hooksPath=/dev/null", *args], cwd=cwd, check=True, capture_output=True
+    ).stdout
+
+
+def test_publish_runs_on_a_real_worker_and_pushes_the_branch(
+    tmp_path, manager, reviewer, celery_worker
+):
+    bare = tmp_path / "r.git"
+    _git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare))
+    work = tmp_path / "w"
+    _git(tmp_path, "clone", "-q", str(bare), str(work))
+    (work / "m.txt").write_text("a\n")
+    _git(work, "add", ".")
+    _git(work, "-c", "user.name=a", "-c", "user.email=a@x", "commit", "-qm", "base")
+    _git(work, "push", "-q", "origin", "HEAD:main")
+    base = _git(work, "rev-parse", "HEAD").decode().strip()
+    (work / "m.txt").write_text("b\n")
+    patch = _git(work, "diff", "--binary", base)
+    campaign = campaign_make(owner=manager, variants=("only",))
+    run = run_make(campaign=campaign, url=f"file://{bare}", base_commit=base)
+    v = variant_make(run=run, name="only", patch=patch)
+    change_approve(run=run, actor=reviewer, variant=v, diff_hash=v.diff_sha256)
+    changeset = change_publish(run=run, actor=reviewer)
+    done = wait_for(
+        lambda: Changeset.objects.filter(pk=changeset.pk).exclude(state="queued").first(),
+        timeout=60,
+        what="the worker to push the changeset",
+    )
+    assert done.state == "pushed", done.error
+    branch = campaign.spec["changeset"]["branch"]
+    assert _git(bare, "diff", "--binary", base, branch) == patch
+
+
+@pytest.fixture
+def fake_github():
+    fake = FakeGitHub()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield fake
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def test_fake_github_refresh_updates_pull_request_state_and_checks(fake_github, settings, manager):
+    settings.GITHUB_API_URL = fake_github.url
+    settings.GITHUB_TOKEN = "tok-refresh"
+    fake_github.pulls["acme/alpha"] = [
+        {"number": 1, "state": "open", "draft": False, "merged": False, "head": {"sha": "c0ffee"}},
+        {"number": 2, "state": "closed", "draft": False, "merged": True, "head": {"sha": "beef"}},
+    ]
+    fake_github.check_runs["c0ffee"] = [{"status": "completed", "conclusion": "failure"}]
+    fake_github.check_runs["beef"] = [{"status": "completed", "conclusion": "success"}]
+    campaign = campaign_make(owner=manager)
+    changesets = []
+    for number in (1, 2):
+        run = run_make(campaign=campaign)
+        changesets.append(
+            Changeset.objects.create(
+                run=run,
+                campaign=campaign,
+                diff_hash="0" * 64,
+                branch="convoy/x",
+                remote_url="https://github.com/acme/alpha.git",
+                state="open",
+                pr_number=number,
+                pr_url=f"https://github.com/acme/alpha/pull/{number}",
+            )
+        )
+    assert changesets_refresh() == 2
+    first, second = (Changeset.objects.get(pk=c.pk) for c in changesets)
+    assert (first.state, first.checks) == ("open", "failing")
+    assert (second.state, second.checks) == ("merged", "passing")
+    # Merged and closed pull requests are not asked about again.
+    before = len(fake_github.requests)
+    assert changesets_refresh() == 1
+    assert all("/pulls/2" not in path for _, path, *_ in fake_github.requests[before:])
