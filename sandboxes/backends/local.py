@@ -323,6 +323,10 @@ class LocalBackend(SandboxBackend):
                 continue
             self.terminate(SandboxHandle(self.name, ext, dict(meta.labels)))
             removed.append(ext)
+        remaining = set(self.ws.ids())
+        for path in cgroups.cgroups_owned(self.install):  # cgroups whose sandbox is gone
+            if path.rsplit(f"-{self.install}-", 1)[-1] not in remaining:
+                cgroups.cgroup_remove([path])
         for ext in self.ws.ids():  # directories a crash left before their meta.json
             base = self.ws.dir(ext)
             if not (base / "meta.json").exists() and time.time() - base.stat().st_mtime > grace_s:

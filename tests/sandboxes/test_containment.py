@@ -1,0 +1,147 @@
+"""What a sandboxed command must not reach, tried against each local engine for real.
+
+Host files (/root, /home, the data dir, another sandbox's workspace), the app's environment,
+the host's loopback network, and the host's health under a fork bomb, a memory hog and a disk
+filler; and escapes from the workspace through `..` or symbolic links.
+"""
+
+import os
+import secrets
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from sandboxes.backends.base import ExecResult, SandboxError, SandboxSpec
+
+SPEC = SandboxSpec(timeout_s=120, memory_mb=256, pids_max=64, disk_mb=16)
+
+
+def run(backend, handle, argv, **kwargs):
+    events = list(backend.exec(handle, argv, **kwargs))
+    result = events[-1]
+    assert isinstance(result, ExecResult)
+    out = b"".join(e.data for e in events[:-1]).decode(errors="replace")
+    return out, result
+
+
+@pytest.fixture
+def canaries(local_backend):
+    """Secret files where a sandbox must not look; removed afterwards."""
+    token = secrets.token_hex(8)
+    other = local_backend.create(SPEC)
+    paths = [
+        Path("/root") / f"convoy-canary-{token}",
+        Path("/home") / f"convoy-canary-{token}",
+        Path(settings.DATA_DIR) / f"convoy-canary-{token}",
+        local_backend.workspace_path(other) / f"convoy-canary-{token}",
+    ]
+    for path in paths:
+        path.write_text(f"CANARY-{token}")
+    yield token, paths
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+def test_host_files_and_other_workspaces_cannot_be_read(local_backend, canaries):
+    token, paths = canaries
+    handle = local_backend.create(SPEC)
+    for path in paths:
+        out, result = run(local_backend, handle, ["cat", str(path)])
+        assert result.exit_code != 0, path
+        assert f"CANARY-{token}" not in out
+    out, _ = run(local_backend, handle, ["sh", "-c", "ls -a / /workspace 2>&1; cat /etc/passwd"])
+    assert "convoy-canary" not in out
+    assert "root" in out and "home" not in out.split()
+
+
+def test_the_apps_environment_is_not_visible(local_backend, monkeypatch):
+    monkeypatch.setenv("CONVOY_TEST_CANARY_ENV", "env-canary-value")
+    handle = local_backend.create(SandboxSpec(timeout_s=60, env={"GIVEN": "yes"}))
+    out, _ = run(local_backend, handle, ["sh", "-c", "env; cat /proc/1/environ 2>/dev/null"])
+    assert "GIVEN=yes" in out
+    for leaked in ("env-canary-value", "SECRET_KEY", "DATABASE_URL", "PYTEST", "VIRTUAL_ENV"):
+        assert leaked not in out
+
+
+def test_a_server_on_the_hosts_loopback_cannot_be_reached(local_backend):
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        handle = local_backend.create(SPEC)
+        probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=3)"
+        out, result = run(local_backend, handle, ["python3", "-c", probe], timeout_s=30)
+        assert result.exit_code != 0
+        assert "Error" in out
+        # A connection that had arrived would be waiting in the backlog.
+        server.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            server.accept()
+
+
+def _host_still_fine(local_backend):
+    assert subprocess.run(["true"], check=False).returncode == 0
+    bystander = local_backend.create(SandboxSpec(timeout_s=60))
+    out, result = run(local_backend, bystander, ["sh", "-c", "echo alive"])
+    assert (out, result.exit_code) == ("alive\n", 0)
+
+
+def test_a_fork_bomb_is_stopped_without_harming_the_host(local_backend):
+    handle = local_backend.create(SPEC)
+    bomb = "bomb() { bomb | bomb & }; bomb; sleep 30"
+    _, result = run(local_backend, handle, ["sh", "-c", bomb], timeout_s=4)
+    # Stopped either by the process limit (the shell gives up) or by the timeout.
+    assert result.timed_out or result.exit_code != 0
+    _host_still_fine(local_backend)
+    out, result = run(local_backend, handle, ["sh", "-c", "echo recovered"])
+    assert out == "recovered\n"
+
+
+def test_a_memory_hog_is_stopped(local_backend):
+    handle = local_backend.create(SPEC)
+    hog = "x = []\nwhile True:\n    x.append(bytearray(16 << 20))\n"
+    _, result = run(local_backend, handle, ["python3", "-c", hog], timeout_s=60)
+    assert result.exit_code != 0 and not result.timed_out
+    _host_still_fine(local_backend)
+
+
+def test_a_disk_filler_is_stopped_at_the_size_limit(local_backend):
+    handle = local_backend.create(SPEC)
+    _, result = run(
+        local_backend,
+        handle,
+        ["dd", "if=/dev/zero", "of=/workspace/fill", "bs=1M", "count=500"],
+        timeout_s=60,
+    )
+    assert result.exit_code != 0
+    size = os.path.getsize(local_backend.workspace_path(handle) / "fill")
+    assert size <= SPEC.disk_mb * 1024 * 1024
+    _host_still_fine(local_backend)
+
+
+def test_dotdot_and_symlink_escapes_from_the_workspace_fail(local_backend, canaries):
+    token, paths = canaries
+    handle = local_backend.create(SPEC)
+    host_canary = paths[0]
+    for bad in ("../meta.json", "/workspace/../etc/passwd", "/etc/passwd", "a/../../x"):
+        with pytest.raises(SandboxError):
+            local_backend.read_file(handle, bad)
+        with pytest.raises(SandboxError):
+            local_backend.write_file(handle, bad, b"x")
+    # Links made inside the sandbox resolve inside it, and the host never follows them.
+    run(
+        local_backend,
+        handle,
+        ["sh", "-c", f"ln -s {host_canary} link; ln -s /root dirlink; ln -s .. up"],
+    )
+    out, _ = run(local_backend, handle, ["sh", "-c", "cat link up/meta.json 2>&1"])
+    assert f"CANARY-{token}" not in out
+    for path in ("link", "up/meta.json", "dirlink/" + host_canary.name):
+        with pytest.raises(SandboxError):
+            local_backend.read_file(handle, path)
+    with pytest.raises(SandboxError):
+        local_backend.write_file(handle, "dirlink/planted", b"x")
+    assert not Path("/root/planted").exists()
