@@ -100,9 +100,13 @@ def _check_reviewable(variant: Variant) -> None:
         raise ReviewError(f"Variant “{variant.name}” changed nothing.", field="variant")
 
 
+def four_eyes_applies(*, campaign: Campaign, user) -> bool:
+    """True when `user` launched the campaign and it keeps the four-eyes rule."""
+    return campaign.four_eyes and user.pk == (campaign.launched_by_id or campaign.owner_id)
+
+
 def _four_eyes(campaign: Campaign, actor) -> None:
-    launcher_id = campaign.launched_by_id or campaign.owner_id
-    if campaign.four_eyes and actor.pk == launcher_id:
+    if four_eyes_applies(campaign=campaign, user=actor):
         raise FourEyesRefused(
             "Four-eyes rule: you launched this campaign, so someone else must approve its changes."
         )
@@ -556,6 +560,7 @@ __all__ = [
     "changes_publish_approved",
     "changeset_push",
     "changesets_refresh",
+    "four_eyes_applies",
     "four_eyes_check",
     "review_is_approved",
     "variant_digests_refresh",

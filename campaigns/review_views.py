@@ -78,6 +78,7 @@ def run_compare(request, pk, run_id):
         "b": b,
         "neighbours": review_selectors.run_neighbours(run=run),
         "can_review": user_can(request.user, "change_review"),
+        "four_eyes_blocked": review.four_eyes_applies(campaign=campaign, user=request.user),
         "urls": {
             "unified": _compare_url(campaign, run.pk, **{**base, "mode": "unified"}),
             "split": _compare_url(campaign, run.pk, **{**base, "mode": "split"}),
