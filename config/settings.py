@@ -219,6 +219,8 @@ CELERY_BEAT_SCHEDULE: dict = {
     # Link committed audit events into the hash chain and sign due checkpoints.
     "audit-seal": {"task": "audit.tasks.audit_seal_task", "schedule": 1.0},
 }
+# Terminate sandboxes past their deadline or whose owner is gone; clear engine orphans.
+CELERY_BEAT_SCHEDULE["sandboxes-reap"] = {"task": "sandboxes.reap", "schedule": 60.0}
 # Review: pull request states and checks come from their code host every few minutes.
 CELERY_BEAT_SCHEDULE["review-changesets-refresh"] = {
     "task": "review.changesets_refresh",

@@ -6,7 +6,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404
 
 from accounts.roles import user_can
-from sandboxes.models import Sandbox
+from sandboxes.models import Sandbox, SandboxCommand, SandboxSnapshot
 
 
 def sandbox_get_for_user(*, user, pk: int, write: bool = False) -> Sandbox:
@@ -30,3 +30,19 @@ def sandbox_get_for_user(*, user, pk: int, write: bool = False) -> Sandbox:
     if write and not (admin or mine):
         raise PermissionDenied("You may look at this sandbox but not change it.")
     return sandbox
+
+
+def sandbox_list(*, states=None, limit: int = 500) -> list[Sandbox]:
+    """Sandboxes newest first, optionally only in `states`."""
+    rows = Sandbox.objects.select_related("on_behalf_of", "from_snapshot").order_by("-id")
+    if states:
+        rows = rows.filter(state__in=states)
+    return list(rows[:limit])
+
+
+def sandbox_commands(*, sandbox: Sandbox, limit: int = 200) -> list[SandboxCommand]:
+    return list(sandbox.commands.order_by("id")[:limit])
+
+
+def sandbox_snapshots(*, sandbox: Sandbox) -> list[SandboxSnapshot]:
+    return list(sandbox.snapshots.order_by("id"))
