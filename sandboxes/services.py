@@ -37,6 +37,7 @@ from sandboxes.models import Sandbox, SandboxCommand, SandboxSnapshot, SandboxSt
 
 log = logging.getLogger(__name__)
 
+ORPHAN_GRACE_S = 120.0  # engine sandboxes younger than this may not have their record yet
 STUCK = timedelta(hours=1)  # a create that has not finished by then never will
 LIVE_STATES = (SandboxState.CREATING, SandboxState.RUNNING)
 _backends: dict[str, SandboxBackend] = {}
@@ -520,7 +521,7 @@ def _orphans_reap() -> None:
         )
         try:
             if hasattr(engine, "sweep"):
-                removed = engine.sweep(live)
+                removed = engine.sweep(live, grace_s=ORPHAN_GRACE_S)
             else:
                 removed = []
                 for handle in engine.list({"convoy_install": _install_tag()}):
