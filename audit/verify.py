@@ -223,6 +223,10 @@ def chain_walk(
 
     for seq, uuid, stored_content, stored_chain, body, key in links:
         if seq < expected:
+            if start is not None and seq == start.size and bytes(stored_chain) != start.head:
+                findings.append(
+                    Finding(RECHAINED, seq, _uuid(uuid), "differs from the starting checkpoint")
+                )
             continue
         if seq == last_ok_size + 1:
             first_uuid[seq] = _uuid(uuid)

@@ -1,0 +1,182 @@
+"""Sealer throughput: events linked into the hash chain per second (with checkpoints signed
+every CONVOY_AUDIT_CHECKPOINT_EVERY links), against the baseline of writing the same events
+with audit_record from 16 threads in the same run: the sealer must outrun the writers.
+
+    .venv/bin/python benchmarks/audit_sealer.py [--events 200000]
+
+Uses a scratch PostgreSQL database (BENCH_DATABASE_URL's server) that it drops at the end.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+
+
+def scratch_database(name: str) -> str:
+    with psycopg.connect(SERVER, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{SERVER.rsplit('/', 1)[0]}/{name}"
+
+
+def scratch_drop(name: str) -> None:
+    with psycopg.connect(SERVER, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def write_rate(*, threads: int, seconds: float) -> float:
+    """audit_record calls per second (one event per transaction) from `threads` writers."""
+    from django.db import connection
+
+    from audit.services import audit_record
+
+    stop = threading.Event()
+    counts = [0] * threads
+
+    def writer(i: int) -> None:
+        try:
+            while not stop.is_set():
+                audit_record(
+                    action="sandbox.exec.started",
+                    actor_type="agent",
+                    on_behalf_of="mia",
+                    payload={"argv": ["pytest", "-q"], "n": i},
+                )
+                counts[i] += 1
+        finally:
+            connection.close()
+
+    workers = [threading.Thread(target=writer, args=(i,)) for i in range(threads)]
+    started = time.perf_counter()
+    for w in workers:
+        w.start()
+    stop.wait(seconds)
+    stop.set()
+    for w in workers:
+        w.join()
+    return sum(counts) / (time.perf_counter() - started)
+
+
+def events_copy(n: int) -> None:
+    """n realistic events in one COPY (all in one transaction, as a burst would be)."""
+    import json
+    import uuid
+
+    from django.db import connection
+
+    with (
+        connection.cursor() as cursor,
+        cursor.copy(
+            "COPY audit_auditevent (event_id, occurred_at, action, outcome, actor_type, actor_id, "
+            "actor_display, on_behalf_of, target_type, target_id, sandbox_id, body) FROM STDIN"
+        ) as copy,
+    ):
+        for i in range(n):
+            event_id = uuid.uuid4()
+            body = json.dumps(
+                {
+                    "schema": "convoy.audit/1",
+                    "event_id": str(event_id),
+                    "occurred_at": "2026-11-26T03:00:00.000000Z",
+                    "action": "sandbox.exec.completed",
+                    "outcome": "success",
+                    "actor": {
+                        "type": "agent",
+                        "id": "",
+                        "display": "agent",
+                        "ip": "",
+                        "user_agent": "",
+                        "on_behalf_of": "mia",
+                    },
+                    "target": {"type": "sandboxes.sandbox", "id": str(i % 97), "display": "sb"},
+                    "context": {"campaign_id": 1, "sandbox_id": i % 97},
+                    "reason": "",
+                    "changes": {},
+                    "payload": {
+                        "argv": ["pytest", "-q"],
+                        "exit_code": 0,
+                        "duration_ms": i % 5000,
+                        "stdout_sha256": "0" * 64,
+                        "bytes": i,
+                        "timed_out": False,
+                    },
+                },
+                sort_keys=True,
+                separators=(",", ":"),
+            )
+            copy.write_row(
+                (
+                    event_id,
+                    "2026-11-26T03:00:00Z",
+                    "sandbox.exec.completed",
+                    "success",
+                    "agent",
+                    "",
+                    "agent",
+                    "mia",
+                    "sandboxes.sandbox",
+                    str(i % 97),
+                    i % 97,
+                    body,
+                )
+            )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    args = parser.parse_args()
+    name = f"convoy_bench_audit_sealer_{os.getpid()}"
+    url = scratch_database(name)
+    os.environ.update(
+        DATABASE_URL=url,
+        CONVOY_DATA_DIR=tempfile.mkdtemp(prefix="convoy-bench-"),
+        DJANGO_SETTINGS_MODULE="config.settings",
+    )
+    os.environ.pop("REDIS_URL", None)
+    sys.path.insert(0, str(ROOT))
+    try:
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+        from django.db import connection
+
+        from audit.services import audit_seal, audit_verify
+
+        call_command("migrate", "accounts", verbosity=0)
+        call_command("migrate", "audit", verbosity=0)
+        writes = write_rate(threads=16, seconds=4)
+        audit_seal()  # link what the writers made, so the timed run starts from a sealed head
+        events_copy(args.events)
+        started = time.perf_counter()
+        result = audit_seal()
+        elapsed = time.perf_counter() - started
+        assert result.linked == args.events, result
+        assert audit_verify().ok
+        rate = result.linked / elapsed
+        print(
+            f"sealer: linked {result.linked:,} events and signed {result.checkpoints} "
+            f"checkpoints in {elapsed:.2f} s = {rate:,.0f} events/s"
+        )
+        print(
+            f"baseline, audit_record from 16 threads (one event per transaction): "
+            f"{writes:,.0f} events/s; sealer/writers ratio {rate / writes:.1f}x"
+        )
+        connection.close()
+    finally:
+        scratch_drop(name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
