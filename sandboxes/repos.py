@@ -46,8 +46,6 @@ def repo_url_validate(url: str) -> str:
     if not isinstance(url, str) or not url.strip():
         raise RepoUrlError("A repository URL is required.")
     url = url.strip()
-    if any(ord(c) < 0x20 or c in " \x7f" for c in url):
-        raise RepoUrlError("The repository URL must not contain spaces or control characters.")
     if url.startswith("-"):
         raise RepoUrlError("The repository URL must not start with '-' (git would read an option).")
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*::", url):
@@ -56,6 +54,8 @@ def repo_url_validate(url: str) -> str:
             f"'{transport}::' URLs run git remote helpers (ext:: runs commands); "
             "use https://, ssh:// or file://."
         )
+    if any(ord(c) < 0x20 or c in " \x7f" for c in url):
+        raise RepoUrlError("The repository URL must not contain spaces or control characters.")
     if "://" not in url:
         match = SCP_LIKE.match(url)
         if match and "/" not in match["host"] and len(match["host"]) > 1:

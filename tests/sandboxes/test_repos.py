@@ -1,0 +1,132 @@
+"""Repository URLs Convoy refuses, and mirrors that put a commit in a sandbox without network."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from sandboxes.backends.base import SandboxSpec
+from sandboxes.repos import (
+    RepoUrlError,
+    commit_resolve,
+    mirror_fetch,
+    repo_url_validate,
+    sandbox_repo_checkout,
+)
+from sandboxes.services import sandbox_create, sandbox_exec, sandbox_read_file
+
+both_shapes = pytest.mark.shapes("embedded", "production")
+
+
+@both_shapes
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("ext::sh -c touch% /tmp/pwned", "ext::"),
+        ("ext::ssh -oProxyCommand=evil host", "ext::"),
+        ("fd::17", "fd::"),
+        ("fd::3,4/repo", "fd::"),
+        ("-uhttps://example.com/r.git", "start with '-'"),
+        ("--upload-pack=touch /tmp/pwned", "start with '-'"),
+        ("ssh://-oProxyCommand=touch%20x/r.git", "not a valid host"),
+        ("https://-example.com/r.git", "not a valid host"),
+        ("git@host:-oProxyCommand=x", "must not start with '-'"),
+        ("http://example.com/r.git", "'http' repository URLs are not accepted"),
+        ("git://example.com/r.git", "'git' repository URLs are not accepted"),
+        ("ftp://example.com/r.git", "'ftp' repository URLs are not accepted"),
+        ("file:///etc", "CONVOY_REPO_ROOTS"),
+        ("file:///root/../etc", "CONVOY_REPO_ROOTS"),
+        ("file://otherhost/srv/r.git", "local path"),
+        ("/srv/repos/r.git", "plain local paths"),
+        ("../r.git", "plain local paths"),
+        ("https://example.com/r.git\n--upload-pack=x", "control characters"),
+        ("", "required"),
+    ],
+)
+def test_refused_repository_urls_say_why(url, says):
+    with pytest.raises(RepoUrlError) as caught:
+        repo_url_validate(url)
+    assert says in caught.value.message
+    assert caught.value.field == "url"
+
+
+@both_shapes
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://github.com/example/app.git",
+        "ssh://git@git.example.com:2222/team/app.git",
+        "git@github.com:example/app.git",
+    ],
+)
+def test_accepted_repository_urls(url):
+    assert repo_url_validate(f"  {url} ") == url
+
+
+def _git(*args, cwd):
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture
+def origin():
+    """A repository under CONVOY_REPO_ROOTS with two commits on main."""
+    root = Path(settings.REPO_ROOTS[0]) / "app"
+    root.mkdir(parents=True)
+    _git("init", "-q", "-b", "main", cwd=root)
+    for i in (1, 2):
+        (root / "VERSION").write_text(f"{i}\n")
+        _git("add", "VERSION", cwd=root)
+        _git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", f"v{i}", cwd=root)
+    yield root
+    subprocess.run(["rm", "-rf", str(root)], check=True)
+
+
+def _sha(repo: Path, ref: str) -> str:
+    return subprocess.run(
+        ["git", "rev-parse", ref], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+@both_shapes
+def test_checkout_puts_the_requested_commit_in_the_sandbox(db, origin, engines_clean):
+    url = f"file://{origin}"
+    sandbox = sandbox_create(spec=SandboxSpec(timeout_s=300), backend="bwrap")
+    first = _sha(origin, "main~1")
+    assert sandbox_repo_checkout(sandbox=sandbox, url=url, ref=first) == first
+    assert sandbox_read_file(sandbox=sandbox, path="VERSION") == b"1\n"
+    seen = []
+    sandbox_exec(
+        sandbox=sandbox, argv=["git", "rev-parse", "HEAD"], on_output=lambda e: seen.append(e)
+    )
+    assert b"".join(e.data for e in seen).decode().strip() == first
+    # The clone has its own objects and no remote: nothing points back at the host's mirror.
+    seen.clear()
+    sandbox_exec(sandbox=sandbox, argv=["git", "remote"], on_output=seen.append)
+    assert seen == []
+
+
+@both_shapes
+def test_mirrors_are_reused_and_refreshed_and_never_run_hooks(origin):
+    url = f"file://{origin}"
+    mirror = mirror_fetch(url=url)
+    marker = Path(settings.DATA_DIR) / "hook-ran"
+    for hook in ("reference-transaction", "post-checkout", "pre-auto-gc"):
+        path = mirror / "hooks" / hook
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(f"#!/bin/sh\ntouch {marker}\n")
+        path.chmod(0o755)
+    (origin / "VERSION").write_text("3\n")
+    _git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "v3", cwd=origin)
+    assert mirror_fetch(url=url) == mirror
+    assert commit_resolve(mirror=mirror, ref="main") == _sha(origin, "main")
+    assert not marker.exists()
+
+
+@both_shapes
+@pytest.mark.parametrize("ref", ["--upload-pack=touch x", "main..other", "no-such-branch", ""])
+def test_bad_refs_are_refused_naming_the_ref_field(origin, ref):
+    mirror = mirror_fetch(url=f"file://{origin}")
+    with pytest.raises(RepoUrlError) as caught:
+        commit_resolve(mirror=mirror, ref=ref)
+    assert caught.value.field == "ref"
