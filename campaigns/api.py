@@ -160,14 +160,17 @@ def campaign_cancel(request, campaign_id: str):
 
 
 @router.post("/campaigns/{campaign_id}/retry", response=RetryOut)
-def campaign_retry(request, campaign_id: str, data: RetryIn | None = None):
+def campaign_retry(request, campaign_id: str, signature: str | None = None):
+    """Retry every failed run, or one cluster: `?signature=` or a JSON body `{"signature": …}`."""
     campaign = _campaign_for(request, campaign_id, write=True)
+    if request.body and request.content_type == "application/json":
+        try:
+            signature = RetryIn.model_validate_json(request.body).signature or signature
+        except ValueError:
+            raise HttpError(422, 'body: expected {"signature": "<error signature>"}') from None
     try:
         ids = services.campaign_retry(
-            campaign=campaign,
-            actor=request.auth,
-            signature=data.signature if data else None,
-            request=request,
+            campaign=campaign, actor=request.auth, signature=signature, request=request
         )
     except services.CampaignStateError as exc:
         _state_error(exc)

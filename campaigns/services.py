@@ -465,6 +465,7 @@ def campaign_retry(
             transient_retries=0,
             step="",
             snapshot_id=None,
+            base_commit="",  # a retry takes the ref as it is now
             error="",
             error_signature="",
             error_summary="",
@@ -760,14 +761,17 @@ def _step_failure(label: str, step: dict, command, output: str) -> str:
     return f"{label} `{step['run'][:200]}` {why}\n{output}".rstrip()
 
 
-def _prepare(ctx: _Context, owner_kind: str, owner_id: int):
+def _prepare(ctx: _Context, owner_kind: str, owner_id: int, *, variant_id: int | None = None):
     """A fresh sandbox with the repository checked out, the spec's files and setup done."""
     from sandboxes.repos import RepoUrlError, sandbox_repo_checkout
     from sandboxes.services import sandbox_create, sandbox_write_file
 
     run = ctx.run
     sandbox = sandbox_create(
-        spec=ctx.sandbox_spec, backend=ctx.backend.name, **ctx.owner(owner_kind, owner_id)
+        spec=ctx.sandbox_spec,
+        backend=ctx.backend.name,
+        variant_id=variant_id,
+        **ctx.owner(owner_kind, owner_id),
     )
     try:
         ctx.check()
@@ -877,7 +881,7 @@ def _variant_run(ctx: _Context, variant: Variant, snapshot, sandbox=None) -> Non
                     **ctx.owner("variant", variant.pk),
                 )[0]
             elif sandbox is None:
-                sandbox = _prepare(ctx, "variant", variant.pk)
+                sandbox = _prepare(ctx, "variant", variant.pk, variant_id=variant.pk)
             Variant.objects.filter(pk=variant.pk).update(sandbox_id=sandbox.pk)
             env = {**spec_variant["env"], "CONVOY_VARIANT": variant.name}
             for i, step in enumerate(spec_variant.get("transform") or ctx.spec["transform"]):
@@ -958,7 +962,10 @@ def _run_pipeline(ctx: _Context) -> None:
     base = None
     if snapshot is None:
         ctx.check()
-        base = _prepare(ctx, "run", run.pk)
+        if can_snapshot and len(pending) > 1:
+            base = _prepare(ctx, "run", run.pk)
+        else:  # no fork: this sandbox serves the first variant
+            base = _prepare(ctx, "variant", pending[0].pk, variant_id=pending[0].pk)
         RepoRun.objects.filter(pk=run.pk).update(step="prepared")
         if can_snapshot and len(pending) > 1:
             try:

@@ -1,0 +1,161 @@
+"""The campaigns REST API as a client sees it: create, list, detail, launch, runs, permissions."""
+
+import pytest
+
+from accounts.services import token_create
+from audit.models import AuditEvent
+from campaigns.models import Campaign, CampaignState, RepoRun, RunState
+from tests.campaigns.support import repos_make, spec_for
+
+pytestmark = pytest.mark.shapes("embedded", "production")
+
+
+def _bearer(user) -> dict:
+    _token, raw = token_create(user=user, name="test")
+    return {"Authorization": f"Bearer {raw}"}
+
+
+def test_create_from_yaml_then_detail_and_list(client, manager):
+    tag, _ = repos_make(2)
+    headers = _bearer(manager)
+    response = client.post(
+        "/api/v1/campaigns",
+        {"yaml": spec_for(tag, name="cleanup")},
+        content_type="application/json",
+        headers=headers,
+    )
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["name"] == "cleanup" and body["state"] == "draft"
+    assert body["variants"] == ["conservative", "standard", "aggressive"]
+    detail = client.get(f"/api/v1/campaigns/{body['id']}", headers=headers).json()
+    assert detail["counts"]["total"] == 0
+    assert detail["spec"]["files"]["fix.py"].startswith("import pathlib")
+    listed = client.get("/api/v1/campaigns", headers=headers).json()
+    assert [c["name"] for c in listed] == ["cleanup"]
+    assert AuditEvent.objects.filter(action="campaign.campaign.created").count() == 1
+
+
+def test_create_from_json_spec_with_field_errors_is_422(client, manager):
+    response = client.post(
+        "/api/v1/campaigns",
+        {"spec": {"name": "Bad Name", "repos": [], "transform": {"run": 5}, "colour": "red"}},
+        content_type="application/json",
+        headers=_bearer(manager),
+    )
+    assert response.status_code == 422
+    errors = {e["path"]: e["message"] for e in response.json()["errors"]}
+    assert errors["name"].startswith("must be a slug")
+    assert errors["repos"] == "must list at least one repository"
+    assert errors["transform.run"] == "must be a string, got an integer"
+    assert errors["colour"].startswith("unknown key")
+    assert not Campaign.objects.exists()
+
+
+def test_launch_creates_runs_and_counts_them_then_filters(
+    client, manager, django_capture_on_commit_callbacks
+):
+    tag, _ = repos_make(3)
+    headers = _bearer(manager)
+    created = client.post(
+        "/api/v1/campaigns",
+        {"yaml": spec_for(tag, name="cleanup", max_parallel=1)},
+        content_type="application/json",
+        headers=headers,
+    ).json()
+    # No worker in this test: the dispatcher queues one run (max_parallel 1), the rest wait.
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(f"/api/v1/campaigns/{created['id']}/launch", headers=headers)
+    assert response.status_code == 200, response.content
+    assert response.json()["state"] == "running"
+    body = client.get(f"/api/v1/campaigns/{created['id']}", headers=headers).json()
+    assert body["counts"]["total"] == 3
+    assert body["runs"]["queued"] == 1 and body["runs"]["pending"] == 2
+    runs = client.get(
+        "/api/v1/campaigns/cleanup/runs", {"state": "pending"}, headers=headers
+    ).json()
+    assert runs["count"] == 2
+    by_repo = client.get(
+        "/api/v1/campaigns/cleanup/runs", {"repository": "service-01"}, headers=headers
+    ).json()
+    assert [r["repository"] for r in by_repo["items"]] == ["service-01"]
+    run_id = by_repo["items"][0]["id"]
+    detail = client.get(f"/api/v1/campaigns/cleanup/runs/{run_id}", headers=headers).json()
+    assert detail["url"].startswith("file://") and detail["variants_detail"] == []
+    again = client.post(f"/api/v1/campaigns/{created['id']}/launch", headers=headers)
+    assert again.status_code == 409
+    assert "only drafts can be launched" in again.json()["detail"]
+    cancelled = client.post(f"/api/v1/campaigns/{created['id']}/cancel", headers=headers).json()
+    assert cancelled["state"] == "cancelled" and cancelled["runs"]["cancelled"] == 3
+
+
+def test_reviewer_token_on_manager_route_is_403_and_audited(client, manager, reviewer):
+    tag, _ = repos_make(1)
+    from campaigns.services import campaign_create
+
+    campaign = campaign_create(actor=manager, source=spec_for(tag, name="cleanup"))
+    response = client.post(f"/api/v1/campaigns/{campaign.pk}/launch", headers=_bearer(reviewer))
+    assert response.status_code == 403
+    assert "campaign manage" in response.json()["detail"]
+    assert Campaign.objects.get(pk=campaign.pk).state == CampaignState.DRAFT
+    denied = AuditEvent.objects.get(action="people.permission.denied")
+    assert denied.actor_display == "rob" and '"capability":"campaign_manage"' in denied.body
+    # Reviewers still read campaigns.
+    assert (
+        client.get(f"/api/v1/campaigns/{campaign.pk}", headers=_bearer(reviewer)).status_code == 200
+    )
+
+
+def test_no_token_is_401_and_outsider_sees_nothing(client, manager, outsider):
+    assert client.post("/api/v1/campaigns/1/launch").status_code == 401
+    assert client.get("/api/v1/campaigns").status_code == 401
+    tag, _ = repos_make(1)
+    from campaigns.services import campaign_create
+
+    campaign = campaign_create(actor=manager, source=spec_for(tag, name="cleanup"))
+    assert client.get("/api/v1/campaigns", headers=_bearer(outsider)).json() == []
+    assert (
+        client.get(f"/api/v1/campaigns/{campaign.pk}", headers=_bearer(outsider)).status_code == 404
+    )
+
+
+def test_secrets_are_write_only_and_audited_by_name(client, admin_user, manager):
+    headers = _bearer(admin_user)
+    response = client.post(
+        "/api/v1/secrets",
+        {"name": "API_KEY", "value": "s3cr3t-value"},
+        content_type="application/json",
+        headers=headers,
+    )
+    assert response.status_code == 201
+    assert "s3cr3t-value" not in response.content.decode()
+    client.post(
+        "/api/v1/secrets",
+        {"name": "API_KEY", "value": "rotated-value"},
+        content_type="application/json",
+        headers=headers,
+    )
+    listed = client.get("/api/v1/secrets", headers=headers)
+    assert listed.json()[0]["name"] == "API_KEY" and "value" not in listed.json()[0]
+    assert "rotated-value" not in listed.content.decode()
+    events = AuditEvent.objects.filter(action__startswith="secret.secret.")
+    assert [e.action for e in events] == ["secret.secret.created", "secret.secret.rotated"]
+    assert all("value" not in e.body for e in events)
+    assert client.get("/api/v1/secrets", headers=_bearer(manager)).status_code == 403
+    from campaigns.models import Secret
+
+    assert b"rotated-value" not in bytes(Secret.objects.get().ciphertext)
+    from campaigns.services import secret_values
+
+    assert secret_values(names=["API_KEY"]) == {"API_KEY": "rotated-value"}
+
+
+def test_runs_are_one_per_repository(manager, django_capture_on_commit_callbacks):
+    from campaigns.services import campaign_create, campaign_launch
+
+    tag, _ = repos_make(2)
+    campaign = campaign_create(actor=manager, source=spec_for(tag, name="cleanup"))
+    with django_capture_on_commit_callbacks(execute=True):
+        campaign_launch(campaign=campaign, actor=manager)
+    assert RepoRun.objects.filter(campaign=campaign).count() == 2
+    assert set(RepoRun.objects.values_list("state", flat=True)) == {RunState.QUEUED}
