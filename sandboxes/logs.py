@@ -169,12 +169,16 @@ def log_line_html(line: Line | LogLine) -> str:
     Written as a format string rather than a template tag loop: it runs for every line at tens
     of thousands of lines a second. The panel's partials wrap these strings.
     """
-    text = line.text
+    return _line_html(line.seq, line.stream, line.text, line.command_id)
+
+
+def _line_html(seq: int, stream: str, text: str, command_id: int | None) -> str:
     body = _ansi_to_html(text) if "\x1b" in text else html.escape(text, quote=False)
-    stream = line.stream if line.stream in STREAMS else "stdout"
+    if stream not in STREAMS:
+        stream = "stdout"
     return (
-        f'<div class="log-line log-{stream}" data-seq="{line.seq}" '
-        f'data-cmd="{line.command_id or ""}">{body}</div>'
+        f'<div class="log-line log-{stream}" data-seq="{seq}" '
+        f'data-cmd="{command_id or ""}">{body}</div>'
     )
 
 
@@ -317,7 +321,10 @@ class LogCapture:
     def _take(self) -> list[tuple[str, str, datetime]]:
         with self._lock:
             batch, self._pending = self._pending[:BATCH_MAX_LINES], self._pending[BATCH_MAX_LINES:]
-            self._pending_chars = sum(len(t) for _, t, _ in self._pending) if self._pending else 0
+            if self._pending:
+                self._pending_chars -= sum(len(t) for _, t, _ in batch)
+            else:
+                self._pending_chars = 0
             if self._pending:
                 self._oldest = time.monotonic()
             return batch
@@ -382,11 +389,12 @@ class LogCapture:
         self.last_seq = last
         self.lines_written += len(batch)
         self.batches_written += 1
-        lines = [
-            Line(seq=first + i, stream=stream, text=text, command_id=self.command_id)
+        command_id = self.command_id
+        rendered = [
+            _line_html(first + i, stream, text, command_id)
             for i, (stream, text, _) in enumerate(batch)
         ]
-        self._publish(first, last, [log_line_html(line) for line in lines])
+        self._publish(first, last, rendered)
 
     def _publish(self, first: int, last: int, rendered: list[str]) -> None:
         layer = get_channel_layer()
@@ -436,13 +444,15 @@ def log_lines_store(
             raise Sandbox.DoesNotExist(f"sandbox {sandbox_id} is gone")
         first = found[0] - count + 1
         if connection.vendor == "postgresql":
+            # Logs trade the last instant of durability on a database crash for commits that
+            # do not wait for the disk: a noisy command commits many batches a second.
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
             columns = "(sandbox_id, seq, command_id, stream, text, created_at)"
             with (
                 cursor.connection.cursor() as raw,
                 raw.copy(f"COPY {line_table} {columns} FROM STDIN") as copy,
             ):
-                for i, (stream, text, stamp) in enumerate(rows):
-                    copy.write_row((sandbox_id, first + i, command_id, stream, text, stamp))
+                copy.write(_copy_text(sandbox_id, command_id, first, rows))
         else:
             LogLine.objects.bulk_create(
                 [
@@ -459,6 +469,29 @@ def log_lines_store(
                 batch_size=500,
             )
     return first
+
+
+def _copy_text(
+    sandbox_id: int, command_id: int | None, first: int, rows: Sequence[tuple[str, str, datetime]]
+) -> str:
+    """The rows in COPY's text format, built in one pass (write_row is several times slower)."""
+    prefix = f"{sandbox_id}\t"
+    command = "\\N" if command_id is None else str(command_id)
+    stamps: dict[datetime, str] = {}
+    out = []
+    for i, (stream, text, stamp) in enumerate(rows):
+        if "\\" in text or "\t" in text or "\r" in text or "\n" in text:
+            text = (
+                text.replace("\\", "\\\\")
+                .replace("\t", "\\t")
+                .replace("\r", "\\r")
+                .replace("\n", "\\n")
+            )
+        when = stamps.get(stamp)
+        if when is None:
+            when = stamps[stamp] = stamp.isoformat()
+        out.append(f"{prefix}{first + i}\t{command}\t{stream}\t{text}\t{when}\n")
+    return "".join(out)
 
 
 def log_capture_open(

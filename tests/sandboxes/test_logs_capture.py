@@ -176,3 +176,9 @@ def test_concurrent_commands_share_one_gapless_sequence(transactional_db):
     assert [seq for seq, _ in rows] == list(range(1, 6001))
     for tag in ("a", "b"):
         assert [t for _, t in rows if t.startswith(tag)] == [f"{tag} {i}" for i in range(3000)]
+
+
+def test_tabs_backslashes_and_lookalike_markers_are_stored_verbatim(sandbox):
+    tricky = ["a\tb", "back\\slash", "\\N", "\\.", "ends with \\", "nul\x00byte"]
+    run(sandbox, [("stdout", "\n".join(tricky).encode() + b"\n")])
+    assert [t for _, t in stored(sandbox)] == [*tricky[:-1], "nul\u2400byte"]
