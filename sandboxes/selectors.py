@@ -46,3 +46,19 @@ def sandbox_commands(*, sandbox: Sandbox, limit: int = 200) -> list[SandboxComma
 
 def sandbox_snapshots(*, sandbox: Sandbox) -> list[SandboxSnapshot]:
     return list(sandbox.snapshots.order_by("id"))
+
+
+def backend_isolation(name: str) -> str:
+    """What the backend isolates with, in words for the UI (read from the class, not started)."""
+    from importlib import import_module
+
+    from sandboxes.backends import BACKENDS
+
+    path = BACKENDS.get(name)
+    if path is None:
+        return "unknown backend"
+    module, _, cls = path.rpartition(".")
+    try:
+        return getattr(import_module(module), cls).isolation
+    except ImportError:
+        return "backend not installed here"

@@ -1,7 +1,10 @@
 from django.urls import path
 
-from sandboxes import log_views
+from sandboxes import log_views, views
 
 urlpatterns = [
+    path("sandboxes/", views.sandbox_list_page, name="sandbox-list"),
+    path("sandboxes/<int:pk>/", views.sandbox_detail, name="sandbox-detail"),
+    path("sandboxes/<int:pk>/terminate", views.sandbox_terminate_view, name="sandbox-terminate"),
     path("sandboxes/<int:pk>/log.txt", log_views.sandbox_log_raw, name="sandbox_log_raw"),
 ]
