@@ -1,0 +1,129 @@
+"""A worker killed with SIGKILL mid-campaign: a new worker finishes every run, nothing twice."""
+
+import os
+import signal
+import subprocess
+
+import pytest
+from django.conf import settings
+from django.utils import timezone
+
+from campaigns.models import Campaign, CampaignState, RepoRun, RunState, RunTransition, Variant
+from campaigns.services import campaign_create, campaign_launch
+from sandboxes.models import Sandbox, SandboxCommand, SandboxState
+from sandboxes.services import backend_get
+from tests.campaigns.support import repos_make, runs_final, spec_for
+from tests.support import PYTHON, ROOT, process_stop, subprocess_env, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TRANSFORM = "python3 $CONVOY_FILES/fix.py --style $STYLE"
+
+
+def _worker(name: str) -> subprocess.Popen:
+    """A real `celery worker` with beat (the tick that requeues runs whose lease expired)."""
+    log = (settings.DATA_DIR / f"{name}.log").open("w")
+    return subprocess.Popen(
+        [
+            PYTHON,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "--beat",
+            "--schedule",
+            str(settings.DATA_DIR / f"{name}-beat"),
+            "--pool",
+            "threads",
+            "-c",
+            "4",
+            "--hostname",
+            f"{name}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--loglevel",
+            "WARNING",
+        ],
+        cwd=ROOT,
+        env=subprocess_env(CONVOY_RUN_LEASE_S="3"),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def test_sigkill_mid_campaign_then_new_worker_finishes_without_duplicates(manager):
+    tag, _ = repos_make(8)
+    spec = spec_for(tag, name="resume", backend="bwrap", max_parallel=4)
+    spec = spec.replace(f"run: {TRANSFORM}", f"run: sleep 1 && {TRANSFORM}")
+    campaign = campaign_create(actor=manager, source=spec)
+    first = _worker("worker-a")
+    second = None
+    try:
+        campaign_launch(campaign=campaign, actor=manager)
+        runs = RepoRun.objects.filter(campaign=campaign)
+
+        def mid_campaign():
+            states = list(runs.values_list("state", flat=True))
+            transforming = Variant.objects.filter(run__campaign=campaign, state="running")
+            return RunState.SUCCEEDED in states and transforming.exists()
+
+        wait_for(
+            mid_campaign, timeout=90, interval=0.05, what="some runs done, some variants running"
+        )
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=10)
+        assert runs.filter(state=RunState.RUNNING).exists()
+        killed_at = timezone.now()
+        done_before = {
+            v.pk: (v.sandbox_id, v.finished_at, v.diff_sha256)
+            for v in Variant.objects.filter(run__campaign=campaign, state="completed")
+        }
+        assert done_before
+
+        second = _worker("worker-b")
+        runs_final(campaign, timeout=180)
+        wait_for(
+            lambda: Campaign.objects.get(pk=campaign.pk).state == CampaignState.COMPLETED,
+            timeout=30,
+            what="campaign completed",
+        )
+    finally:
+        process_stop(first)
+        if second is not None:
+            process_stop(second)
+
+    assert set(runs.values_list("state", flat=True)) == {RunState.SUCCEEDED}
+    # At least one run was taken over from the dead worker.
+    assert RunTransition.objects.filter(
+        campaign=campaign, from_state=RunState.RUNNING, to_state=RunState.QUEUED
+    ).exists()
+    variants = Variant.objects.filter(run__campaign=campaign)
+    assert variants.count() == 8 * 3
+    for variant in variants:
+        assert variant.state == "completed", (variant, variant.error)
+        assert variant.diff.count("+        self.assertEqual(") == 2
+        sandboxes = Sandbox.objects.filter(variant_id=variant.pk)
+        # One sandbox per execution; an execution cut short by the kill is the only rerun.
+        assert sandboxes.count() == variant.attempt <= 2
+        if variant.pk in done_before:
+            # Completed before the kill: never touched again.
+            assert done_before[variant.pk] == (
+                variant.sandbox_id,
+                variant.finished_at,
+                variant.diff_sha256,
+            )
+            assert variant.attempt == 1
+            assert not sandboxes.filter(created_at__gt=killed_at).exists()
+            assert not SandboxCommand.objects.filter(
+                sandbox__variant_id=variant.pk, started_at__gt=killed_at
+            ).exists()
+    assert variants.filter(attempt=2).exists(), "no variant was interrupted by the kill"
+    # No sandbox left behind: every record terminated and nothing on the engine.
+    assert (
+        not Sandbox.objects.filter(campaign_id=campaign.pk)
+        .exclude(state=SandboxState.TERMINATED)
+        .exists()
+    )
+    assert backend_get("bwrap").list({"convoy_campaign": str(campaign.pk)}) == []
