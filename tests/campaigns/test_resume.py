@@ -1,5 +1,6 @@
 """A worker killed with SIGKILL mid-campaign: a new worker finishes every run, nothing twice."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -50,7 +51,14 @@ def _worker(name: str) -> subprocess.Popen:
         env=subprocess_env(CONVOY_RUN_LEASE_S="3"),
         stdout=log,
         stderr=subprocess.STDOUT,
+        start_new_session=True,  # --beat runs in a child process: kill the whole group
     )
+
+
+def _group_kill(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
 
 
 def test_sigkill_mid_campaign_then_new_worker_finishes_without_duplicates(manager):
@@ -72,8 +80,7 @@ def test_sigkill_mid_campaign_then_new_worker_finishes_without_duplicates(manage
         wait_for(
             mid_campaign, timeout=90, interval=0.05, what="some runs done, some variants running"
         )
-        os.kill(first.pid, signal.SIGKILL)
-        first.wait(timeout=10)
+        _group_kill(first)  # kill -9 the worker (and its beat child)
         assert runs.filter(state=RunState.RUNNING).exists()
         killed_at = timezone.now()
         done_before = {
@@ -90,9 +97,10 @@ def test_sigkill_mid_campaign_then_new_worker_finishes_without_duplicates(manage
             what="campaign completed",
         )
     finally:
-        process_stop(first)
+        _group_kill(first)
         if second is not None:
             process_stop(second)
+            _group_kill(second)
 
     assert set(runs.values_list("state", flat=True)) == {RunState.SUCCEEDED}
     # At least one run was taken over from the dead worker.
