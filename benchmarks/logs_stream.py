@@ -35,14 +35,15 @@ PACED = """
 import sys, time
 rate, seconds = {rate}, {seconds}
 start = time.monotonic()
-for i in range(int(rate * seconds)):
-    due = start + i / rate
-    while time.monotonic() < due:
-        pass
-    sys.stdout.write(f"{{time.time_ns()}} {{i}}\\n")
+written, total = 0, int(rate * seconds)
+while written < total:
+    due = min(total, int((time.monotonic() - start) * rate) + 1)
+    while written < due:
+        sys.stdout.write(f"{{time.time_ns()}} {{written}}\\n")
+        written += 1
     sys.stdout.flush()
+    time.sleep(0.0005)
 """
-
 
 # --- the producer process (a worker) ----------------------------------------------------------
 
@@ -215,6 +216,7 @@ def main() -> int:
     parser.add_argument("--baseline-messages", type=int, default=5_000)
     parser.add_argument("--watchers", type=int, default=50)
     parser.add_argument("--latency-seconds", type=float, default=5.0)
+    parser.add_argument("--only", choices=("throughput", "latency", "watchers"), default=None)
     args = parser.parse_args()
 
     db_name = f"convoy_bench_logs_{os.getpid()}"
@@ -287,108 +289,123 @@ def main() -> int:
             "websocket clients"
         )
 
-        # 1. Throughput: one client, a command printing as fast as it can.
-        result, (reader,) = asyncio.run(
-            watch(base, cookie, sandbox.pk, after, env, f"seq 1 {args.lines}", keep_text=True)
-        )
-        first = next_after(result)
-        exec_s = result["stored"] - result["started"]
-        deliver_s = reader.last_at - result["started"]
-        output = [t for t in reader.texts[1:]]
-        complete = reader.check(first, result["last_seq"]) and output == [
-            str(i).encode() for i in range(1, args.lines + 1)
-        ]
-        if not complete:
-            failures.append("throughput run lost or reordered lines")
-        stored_rate = args.lines / exec_s
-        delivered_rate = args.lines / deliver_s
+        def want(part):
+            return args.only in (None, part)
 
-        # 2. Baselines in the same run.
-        prefix = f"convoy-bench-{os.getpid()}-bare"
-        bare_std = asyncio.run(
-            bare_layer("channels_redis.core.RedisChannelLayer", args.baseline_messages, prefix)
-        )
-        bare_pubsub = asyncio.run(
-            bare_layer(
-                "channels_redis.pubsub.RedisPubSubChannelLayer", args.baseline_messages, prefix
-            )
-        )
-        bare_cmd = subprocess.run(
-            ["bash", "-c", f"time (seq 1 {args.lines} > /dev/null)"],
-            capture_output=True,
-            text=True,
-        ).stderr.strip()
-
-        print()
-        print(f"1. One client, `seq 1 {args.lines}` (as fast as it can print)")
-        print(f"   stored:    {stored_rate:>10,.0f} lines/s  (sandbox_exec took {exec_s:.2f} s)")
-        print(f"   delivered: {delivered_rate:>10,.0f} lines/s  (last line at {deliver_s:.2f} s)")
-        print(f"   lines complete and in order: {'yes' if complete else 'NO'}")
-        print(
-            f"   baseline, bare channels_redis group_send→receive, one message per line "
-            f"({args.baseline_messages:,} messages):"
-        )
-        print(f"     standard layer: {bare_std:>8,.0f} messages/s")
-        print(f"     pub/sub layer:  {bare_pubsub:>8,.0f} messages/s")
-        print(
-            f"   ratio delivered / bare standard layer: {delivered_rate / bare_std:.1f}x; "
-            f"/ bare pub/sub layer: {delivered_rate / bare_pubsub:.1f}x"
-        )
-        print(f"   target >= 50,000 lines/s: {'met' if delivered_rate >= 50_000 else 'NOT met'}")
-
-        # 3. Latency at a paced rate.
-        print()
-        print("2. Latency from the command writing a line to the client receiving it")
-        for rate in (1_000, 10_000):
-            script = "python3 -c '{}'".format(
-                PACED.format(rate=rate, seconds=args.latency_seconds).replace("'", "'\\''")
-            )
+        bare_std = None
+        if want("throughput"):
+            # 1. Throughput: one client, a command printing as fast as it can.
             result, (reader,) = asyncio.run(
-                watch(base, cookie, sandbox.pk, after, env, script, keep_text=True)
+                watch(base, cookie, sandbox.pk, after, env, f"seq 1 {args.lines}", keep_text=True)
             )
             first = next_after(result)
-            lat = [
-                (arrived - int(text.split(b" ")[0]) / 1e9) * 1000
-                for text, arrived in zip(reader.texts[1:], reader.arrivals[1:], strict=True)
+            exec_s = result["stored"] - result["started"]
+            deliver_s = reader.last_at - result["started"]
+            output = [t for t in reader.texts[1:]]
+            complete = reader.check(first, result["last_seq"]) and output == [
+                str(i).encode() for i in range(1, args.lines + 1)
             ]
-            count = int(rate * args.latency_seconds)
-            ok = reader.check(first, result["last_seq"]) and [
-                int(t.split(b" ")[1]) for t in reader.texts[1:]
-            ] == list(range(count))
-            if not ok:
-                failures.append(f"latency run at {rate}/s lost or reordered lines")
-            p50, p99 = statistics.median(lat), pct(lat, 0.99)
-            target = f"  (target p99 <= 100 ms: {'met' if p99 <= 100 else 'NOT met'})"
+            if not complete:
+                failures.append("throughput run lost or reordered lines")
+            stored_rate = args.lines / exec_s
+            delivered_rate = args.lines / deliver_s
+
+            # 2. Baselines in the same run.
+            prefix = f"convoy-bench-{os.getpid()}-bare"
+            bare_std = asyncio.run(
+                bare_layer("channels_redis.core.RedisChannelLayer", args.baseline_messages, prefix)
+            )
+            bare_pubsub = asyncio.run(
+                bare_layer(
+                    "channels_redis.pubsub.RedisPubSubChannelLayer", args.baseline_messages, prefix
+                )
+            )
+            bare_cmd = subprocess.run(
+                ["bash", "-c", f"time (seq 1 {args.lines} > /dev/null)"],
+                capture_output=True,
+                text=True,
+            ).stderr.strip()
+
+            print()
+            print(f"1. One client, `seq 1 {args.lines}` (as fast as it can print)")
             print(
-                f"   {rate:>6,} lines/s for {args.latency_seconds:.0f} s: p50 {p50:6.1f} ms, "
-                f"p99 {p99:6.1f} ms, max {max(lat):6.1f} ms, complete and in order: "
-                f"{'yes' if ok else 'NO'}{target if rate == 1_000 else ''}"
+                f"   stored:    {stored_rate:>10,.0f} lines/s  (sandbox_exec took {exec_s:.2f} s)"
+            )
+            print(
+                f"   delivered: {delivered_rate:>10,.0f} lines/s  (last line at {deliver_s:.2f} s)"
+            )
+            print(f"   lines complete and in order: {'yes' if complete else 'NO'}")
+            print(
+                f"   baseline, bare channels_redis group_send→receive, one message per line "
+                f"({args.baseline_messages:,} messages):"
+            )
+            print(f"     standard layer: {bare_std:>8,.0f} messages/s")
+            print(f"     pub/sub layer:  {bare_pubsub:>8,.0f} messages/s")
+            print(
+                f"   ratio delivered / bare standard layer: {delivered_rate / bare_std:.1f}x; "
+                f"/ bare pub/sub layer: {delivered_rate / bare_pubsub:.1f}x"
+            )
+            print(
+                f"   target >= 50,000 lines/s: {'met' if delivered_rate >= 50_000 else 'NOT met'}"
             )
 
-        # 4. Many watchers.
-        lines = args.lines // 4
-        result, readers = asyncio.run(
-            watch(base, cookie, sandbox.pk, after, env, f"seq 1 {lines}", clients=args.watchers)
-        )
-        first = next_after(result)
-        slowest = max(r.last_at for r in readers) - result["started"]
-        ok = all(r.check(first, result["last_seq"]) for r in readers)
-        if not ok:
-            failures.append("a watcher lost or reordered lines")
-        print()
-        print(f"3. {args.watchers} clients watching one sandbox, `seq 1 {lines}`")
-        print(
-            f"   every client had every line after {slowest:.2f} s: "
-            f"{lines / slowest:,.0f} lines/s per client, "
-            f"{lines * args.watchers / slowest:,.0f} line deliveries/s in all; "
-            f"complete and in order for all {args.watchers}: {'yes' if ok else 'NO'}"
-        )
-        print(
-            f"   ratio deliveries/s to a bare standard-layer group_send to one receiver: "
-            f"{lines * args.watchers / slowest / bare_std:.0f}x"
-        )
-        print()
-        print(f"(printing `seq 1 {args.lines}` to /dev/null alone: {bare_cmd.split()[1]})")
+        if want("latency"):
+            # 3. Latency at a paced rate.
+            print()
+            print("2. Latency from the command writing a line to the client receiving it")
+            for rate in (1_000, 10_000):
+                script = "python3 -c '{}'".format(
+                    PACED.format(rate=rate, seconds=args.latency_seconds).replace("'", "'\\''")
+                )
+                result, (reader,) = asyncio.run(
+                    watch(base, cookie, sandbox.pk, after, env, script, keep_text=True)
+                )
+                first = next_after(result)
+                lat = [
+                    (arrived - int(text.split(b" ")[0]) / 1e9) * 1000
+                    for text, arrived in zip(reader.texts[1:], reader.arrivals[1:], strict=True)
+                ]
+                count = int(rate * args.latency_seconds)
+                ok = reader.check(first, result["last_seq"]) and [
+                    int(t.split(b" ")[1]) for t in reader.texts[1:]
+                ] == list(range(count))
+                if not ok:
+                    failures.append(f"latency run at {rate}/s lost or reordered lines")
+                p50, p99 = statistics.median(lat), pct(lat, 0.99)
+                target = f"  (target p99 <= 100 ms: {'met' if p99 <= 100 else 'NOT met'})"
+                print(
+                    f"   {rate:>6,} lines/s for {args.latency_seconds:.0f} s: p50 {p50:6.1f} ms, "
+                    f"p99 {p99:6.1f} ms, max {max(lat):6.1f} ms, complete and in order: "
+                    f"{'yes' if ok else 'NO'}{target if rate == 1_000 else ''}"
+                )
+
+        if want("watchers"):
+            # 4. Many watchers.
+            lines = args.lines // 4
+            result, readers = asyncio.run(
+                watch(base, cookie, sandbox.pk, after, env, f"seq 1 {lines}", clients=args.watchers)
+            )
+            first = next_after(result)
+            slowest = max(r.last_at for r in readers) - result["started"]
+            ok = all(r.check(first, result["last_seq"]) for r in readers)
+            if not ok:
+                failures.append("a watcher lost or reordered lines")
+            print()
+            print(f"3. {args.watchers} clients watching one sandbox, `seq 1 {lines}`")
+            print(
+                f"   every client had every line after {slowest:.2f} s: "
+                f"{lines / slowest:,.0f} lines/s per client, "
+                f"{lines * args.watchers / slowest:,.0f} line deliveries/s in all; "
+                f"complete and in order for all {args.watchers}: {'yes' if ok else 'NO'}"
+            )
+            if bare_std:
+                print(
+                    f"   ratio deliveries/s to a bare standard-layer group_send to one receiver: "
+                    f"{lines * args.watchers / slowest / bare_std:.0f}x"
+                )
+        if want("throughput"):
+            print()
+            print(f"(printing `seq 1 {args.lines}` to /dev/null alone: {bare_cmd.split()[1]})")
         print("zero lines lost or reordered in every run:", "yes" if not failures else "NO")
     finally:
         if server is not None:

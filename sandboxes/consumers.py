@@ -3,14 +3,13 @@
 The consumer joins the sandbox's group before reading the backlog, so nothing published while
 it reads is missed; live batches at or below the last seq it sent are dropped, and a batch that
 would leave a gap (the channel layer lost or delayed something) makes it catch up from storage.
-A slow reader never holds up the command: the producer only publishes, and a consumer that
-falls behind drops stale batches and catches up from storage instead.
+A slow reader never holds up the command: the producer only publishes to the layer and never
+waits for any consumer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
@@ -23,7 +22,6 @@ from sandboxes.logs import log_group, log_last_seq, log_line_html, log_lines_aft
 from sandboxes.selectors import sandbox_get_for_user
 
 CATCH_UP_CHUNK = 2000
-STALE_AFTER_S = 5.0  # a live batch older than this means we are behind: read storage instead
 IDLE_CHECK_S = 2.0  # how often an idle socket checks storage for lines the layer never brought
 
 CLOSE_UNAUTHENTICATED = 4401
@@ -79,9 +77,8 @@ class SandboxLogConsumer(AsyncWebsocketConsumer):
             first, last = event["first"], event["last"]
             if last <= self.last_sent:
                 return
-            stale = time.time() - event.get("sent_at", time.time()) > STALE_AFTER_S
-            if first > self.last_sent + 1 or stale:
-                await self.catch_up()
+            if first > self.last_sent + 1:
+                await self.catch_up()  # the layer lost or reordered something: storage has it
                 return
             await self.send_lines(event["lines"][self.last_sent + 1 - first :], last)
 
