@@ -199,11 +199,11 @@ async def socket_receive_until(ws, last_seq: int, into: list, *, stop_after=None
             return
 
 
-def socket_connect(base_url: str, sandbox_id: int, cookie: str | None, after: int = 0):
+def socket_connect(base_url: str, sandbox_id: int, cookie: str | None, after: int = 0, **kw):
     url = base_url.replace("http://", "ws://") + f"/ws/sandboxes/{sandbox_id}/logs/?after={after}"
     headers = {"Cookie": f"sessionid={cookie}"} if cookie else {}
     return websockets.connect(
-        url, origin=base_url, additional_headers=headers, max_size=None, open_timeout=20
+        url, origin=base_url, additional_headers=headers, max_size=None, open_timeout=20, **kw
     )
 
 
@@ -211,20 +211,32 @@ def test_real_socket_hundred_thousand_lines_with_a_reconnect(asgi_server, sandbo
     cookie = session_cookie(admin_user)
 
     async def scenario():
+        # Reader A: connected while the command prints, reading throughout; it drops out at a
+        # random point and comes back with `after`.
+        # Reader B: connected but not reading at all until the command has finished (its
+        # client queue holds 2 messages, so the socket backs up); the command finishes anyway.
         first: list = []
-        async with socket_connect(asgi_server, sandbox.pk, cookie) as ws:
+        async with (
+            socket_connect(asgi_server, sandbox.pk, cookie) as ws,
+            socket_connect(asgi_server, sandbox.pk, cookie, max_queue=2) as paused,
+        ):
             runner = await asyncio.to_thread(start, sandbox, f"seq 1 {LINES}")
             await socket_receive_until(ws, 10**9, first, stop_after=random.randint(1, 60_000))
-        await asyncio.to_thread(runner.join)
+            await ws.close()
+            await asyncio.to_thread(runner.join)
+            late: list = []
+            await socket_receive_until(paused, runner.last_seq, late)
         second: list = []
-        last = runner.last_seq
         async with socket_connect(asgi_server, sandbox.pk, cookie, after=first[-1][0]) as ws:
-            await socket_receive_until(ws, last, second)
-        return first + second
+            await socket_receive_until(ws, runner.last_seq, second)
+        return first + second, late
 
-    union = asyncio.run(scenario())
+    union, late = asyncio.run(scenario())
+    expected = [str(i) for i in range(1, LINES + 1)]
     assert [seq for seq, _, _ in union] == list(range(1, len(union) + 1))
-    assert output_of(union) == [str(i) for i in range(1, LINES + 1)]
+    assert output_of(union) == expected
+    assert [seq for seq, _, _ in late] == list(range(1, len(late) + 1))
+    assert output_of(late) == expected
 
 
 def test_real_socket_refuses_outsiders_and_masks_secrets(
