@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.core.cache import cache
 from django.core.paginator import Page, Paginator
-from django.db.models import Count, F, Max, Min, Prefetch, Q, QuerySet
+from django.db.models import Count, F, FloatField, Func, Max, Min, Prefetch, Q, QuerySet, Value
+from django.db.models.functions import Floor
 
 from campaigns.models import (
     RUN_FINAL_STATES,
@@ -208,16 +210,36 @@ def bulk_groups(
     return groups
 
 
-def burndown(*, campaign: Campaign, points: int = 60) -> list[tuple[float, int]]:
+class _Epoch(Func):
+    """Seconds since 1970 of a datetime column, on PostgreSQL and SQLite alike."""
+
+    output_field = FloatField()
+
+    def as_postgresql(self, compiler, connection, **extra):
+        return self.as_sql(
+            compiler, connection, template="EXTRACT(EPOCH FROM %(expressions)s)", **extra
+        )
+
+    def as_sqlite(self, compiler, connection, **extra):
+        return self.as_sql(
+            compiler,
+            connection,
+            template="((julianday(%(expressions)s) - 2440587.5) * 86400.0)",
+            **extra,
+        )
+
+
+def burndown(
+    *, campaign: Campaign, points: int = 60, total: int | None = None
+) -> list[tuple[float, int]]:
     """(seconds since launch, repositories not yet finished) from stored run transitions.
 
     Moves into a final state finish a run; a retry (final -> pending) un-finishes it. The
-    moves are counted per time bucket in the database, so the cost does not follow the
-    number of runs.
+    database counts the moves in at most `points` time buckets, so neither the number of runs
+    nor the campaign's duration changes the cost of drawing it.
     """
-    from django.db.models.functions import TruncHour, TruncMinute, TruncSecond
-
-    total = RepoRun.objects.filter(campaign=campaign).count()
+    if total is None:
+        total = RepoRun.objects.filter(campaign=campaign).count()
     start = campaign.launched_at
     if start is None:
         return [(0.0, total)]
@@ -228,10 +250,17 @@ def burndown(*, campaign: Campaign, points: int = 60) -> list[tuple[float, int]]
     last = moves.aggregate(last=Max("at"))["last"]
     if last is None:
         return [(0.0, total)]
-    span = (last - start).total_seconds()
-    trunc = TruncSecond if span <= 3 * 3600 else TruncMinute if span <= 7 * 86400 else TruncHour
+    # The series only changes when a run finishes or reopens: keep it until the next move.
+    key = f"convoy:burndown:{campaign.pk}:{total}:{points}:{last.timestamp()}"
+    cached = cache.get(key)
+    if cached is not None:
+        return cached
+    span = max((last - start).total_seconds(), 1.0)
+    step = span / points
     rows = (
-        moves.annotate(bucket=trunc("at"))
+        moves.annotate(
+            bucket=Floor((_Epoch("at") - Value(start.timestamp())) / Value(step)),
+        )
         .values("bucket")
         .annotate(done=Count("id", filter=finishing), undone=Count("id", filter=reopening))
         .order_by("bucket")
@@ -240,11 +269,26 @@ def burndown(*, campaign: Campaign, points: int = 60) -> list[tuple[float, int]]
     remaining = total
     for row in rows:
         remaining += row["undone"] - row["done"]
-        series.append((max(0.0, (row["bucket"] - start).total_seconds()), remaining))
-    if len(series) > points:
-        stride = len(series) / points
-        series = [series[int(k * stride)] for k in range(points)] + [series[-1]]
+        at = min(span, max(0.0, (row["bucket"] + 1) * step))
+        series.append((at, remaining))
+    cache.set(key, series, timeout=600)
     return series
+
+
+def run_state_counts(*, campaign: Campaign) -> dict:
+    """Runs by state (every state present), how many finished, and the percentage."""
+    runs = dict.fromkeys(RunState.values, 0)
+    runs.update(
+        RepoRun.objects.filter(campaign=campaign).values_list("state").annotate(n=Count("id"))
+    )
+    total = sum(runs.values())
+    final = sum(runs[s] for s in RUN_FINAL_STATES)
+    return {
+        "runs": runs,
+        "total": total,
+        "final": final,
+        "percent": int(100 * final / total) if total else 0,
+    }
 
 
 def changesets_for(*, campaign: Campaign, page: int | str = 1) -> Page:

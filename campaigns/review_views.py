@@ -15,7 +15,7 @@ from campaigns import review, review_selectors
 from campaigns.diffs import diff_compare, diff_view
 from campaigns.models import Variant
 from campaigns.review_charts import burndown_svg
-from campaigns.selectors import campaign_counts, campaign_get_for_user, error_clusters
+from campaigns.selectors import campaign_get_for_user, error_clusters
 
 COMPARE = "campaigns/review/compare.html"
 QUEUE = "campaigns/review/queue.html"
@@ -240,7 +240,7 @@ def publish_approved(request, pk):
 
 
 def _dashboard_context(request, campaign) -> dict:
-    counts = campaign_counts(campaign=campaign)
+    counts = review_selectors.run_state_counts(campaign=campaign)
     total = counts["total"] or 1
     runs = counts["runs"]
     return {
@@ -254,7 +254,7 @@ def _dashboard_context(request, campaign) -> dict:
         "review_counts": review_selectors.review_counts(campaign=campaign),
         "changeset_counts": review_selectors.changeset_counts(campaign=campaign),
         "clusters": error_clusters(campaign=campaign)[:20],
-        "chart": burndown_svg(review_selectors.burndown(campaign=campaign)),
+        "chart": burndown_svg(review_selectors.burndown(campaign=campaign, total=counts["total"])),
         "can_manage": user_can(request.user, "campaign_manage"),
         "can_review": user_can(request.user, "change_review"),
     }

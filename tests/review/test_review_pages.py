@@ -90,6 +90,9 @@ PAGES = ("review-dashboard", "review-queue")
 
 
 def _queries(client, name, campaign):
+    from django.core.cache import cache
+
+    cache.clear()  # count the uncached path (the burndown series is cached between moves)
     with CaptureQueriesContext(connection) as ctx:
         response = client.get(reverse(name, args=[campaign.pk]))
     assert response.status_code == 200
@@ -119,3 +122,32 @@ def test_campaign_page_and_review_queue_queries_do_not_grow_with_runs(client, ma
             assert client.get(reverse("review-compare", args=[c.pk, r.pk])).status_code == 200
         counts.append(len(ctx.captured_queries))
     assert counts[0] == counts[1]
+
+
+def test_burndown_counts_finished_runs_and_retries(manager):
+    from datetime import timedelta
+
+    from campaigns.models import RunTransition
+    from campaigns.review_selectors import burndown
+
+    campaign = campaign_make(owner=manager)
+    start = campaign.launched_at
+    runs = [run_make(campaign=campaign) for _ in range(4)]
+
+    def move(run, a, b, seconds):
+        RunTransition.objects.create(
+            run=run,
+            campaign=campaign,
+            from_state=a,
+            to_state=b,
+            at=start + timedelta(seconds=seconds),
+        )
+
+    move(runs[0], "running", "succeeded", 10)
+    move(runs[1], "running", "failed", 20)
+    move(runs[1], "failed", "pending", 30)  # retried: remaining goes back up
+    move(runs[2], "running", "succeeded", 40)
+    series = burndown(campaign=campaign, points=4)
+    assert series[0] == (0.0, 4)
+    assert [y for _, y in series] == [4, 3, 2, 3, 2]
+    assert series[-1][0] == pytest.approx(40)

@@ -1,0 +1,145 @@
+"""Review page server time: the campaign dashboard, the review queue and a run's comparison page
+at 10,000 runs, against the same pages at 100 runs in the same run (target p95 <= 150 ms).
+
+    .venv/bin/python benchmarks/review_pages.py [--runs 10000] [--requests 60]
+
+Server time is the Django request/response cycle through the test client (view, queries,
+template), without the network. Uses a scratch PostgreSQL database (BENCH_DATABASE_URL's
+server) that it drops at the end.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+
+
+def scratch_database(name: str) -> str:
+    with psycopg.connect(SERVER, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{SERVER.rsplit('/', 1)[0]}/{name}"
+
+
+def scratch_drop(name: str) -> None:
+    with psycopg.connect(SERVER, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def timings(client, url: str, n: int, *, warm: bool = True) -> list[float]:
+    for _ in range(3 if warm else 0):  # warm caches (templates, lexers, session)
+        assert client.get(url).status_code == 200, url
+    out = []
+    for _ in range(n):
+        started = time.perf_counter()
+        response = client.get(url)
+        out.append((time.perf_counter() - started) * 1000)
+        assert response.status_code == 200, url
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10_000)
+    parser.add_argument("--requests", type=int, default=100)
+    args = parser.parse_args()
+    name = f"convoy_bench_review_pages_{os.getpid()}"
+    url = scratch_database(name)
+    os.environ.update(
+        DATABASE_URL=url,
+        CONVOY_DATA_DIR=tempfile.mkdtemp(prefix="convoy-bench-"),
+        DJANGO_SETTINGS_MODULE="config.settings",
+        ALLOWED_HOSTS="testserver",
+    )
+    os.environ.pop("REDIS_URL", None)
+    sys.path.insert(0, str(ROOT))
+    try:
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+        from django.db import connection
+        from django.test import Client
+        from django.test.utils import setup_test_environment
+        from django.urls import reverse
+
+        from accounts.services import user_create
+        from campaigns.models import RepoRun
+        from tests.review.builders import campaign_bulk_make
+
+        setup_test_environment()
+        call_command("migrate", verbosity=0)
+        owner = user_create(username="bench-manager", role="manager", password="x" * 20)
+        viewer = user_create(username="bench-reviewer", role="reviewer", password="x" * 20)
+        started = time.perf_counter()
+        small = campaign_bulk_make(owner=owner, runs=100)
+        big = campaign_bulk_make(owner=owner, runs=args.runs)
+        with connection.cursor() as cur:
+            cur.execute("ANALYZE")
+        print(
+            f"setup: {args.runs + 100:,} runs with 3 variants each in "
+            f"{time.perf_counter() - started:.1f} s"
+        )
+        client = Client()
+        client.force_login(viewer)
+        for campaign in (small, big):  # warm caches (templates, lexers, session)
+            timings(client, reverse("review-dashboard", args=[campaign.pk]), 0)
+        # Requests alternate between the two campaigns so machine noise hits both alike.
+        results: dict[tuple[str, str], list[float]] = {}
+        urls: dict[str, dict[str, str]] = {}
+        labels = {"100 runs": small, f"{args.runs:,} runs": big}
+        for label, campaign in labels.items():
+            run = RepoRun.objects.filter(campaign=campaign, state="succeeded").order_by("-id")[0]
+            urls[label] = {
+                "campaign dashboard": reverse("review-dashboard", args=[campaign.pk]),
+                "review queue": reverse("review-queue", args=[campaign.pk]),
+                "comparison page": reverse("review-compare", args=[campaign.pk, run.pk]),
+            }
+        for page in ("campaign dashboard", "review queue", "comparison page"):
+            for _ in range(args.requests):
+                for label in labels:
+                    results.setdefault((page, label), []).extend(
+                        timings(client, urls[label][page], 1, warm=False)
+                    )
+        print(f"{'page':<20} {'runs':>12} {'p50 ms':>8} {'p95 ms':>8}")
+        for (page, label), values in results.items():
+            print(f"{page:<20} {label:>12} {pct(values, 50):8.1f} {pct(values, 95):8.1f}")
+        big_label = f"{args.runs:,} runs"
+        for page in ("campaign dashboard", "review queue", "comparison page"):
+            p95_big = pct(results[(page, big_label)], 95)
+            p95_small = pct(results[(page, "100 runs")], 95)
+            print(
+                f"{page}: p95 at {big_label} / p95 at 100 runs (baseline) = "
+                f"{p95_big / p95_small:.2f}x"
+            )
+        # The target names the campaign page and the comparison page.
+        worst = max(
+            pct(results[(page, big_label)], 95)
+            for page in ("campaign dashboard", "comparison page")
+        )
+        verdict = "meets" if worst <= 150 else "MISSES"
+        print(
+            f"worst p95 of the campaign and comparison pages at {big_label}: {worst:.1f} ms "
+            f"({verdict} the 150 ms target); load average {os.getloadavg()[0]:.1f} on "
+            f"{os.cpu_count()} CPUs"
+        )
+        connection.close()
+    finally:
+        scratch_drop(name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
