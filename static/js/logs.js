@@ -91,7 +91,7 @@
         }, 1000 + Math.random() * 1000);
       }
     });
-    view.addEventListener("htmx:wsAfterMessage", function () {
+    view.addEventListener("htmx:wsAfterMessage", function (event) {
       var container = panel.querySelector(".log-lines");
       var added = Array.prototype.slice.call(container.children, state.count);
       for (var i = 0; i < added.length; i++) {
@@ -107,6 +107,8 @@
       while (extra-- > 0) container.firstElementChild.remove();
       state.count = container.childElementCount;
       if (follow.checked) toBottom();
+      // Tell the server what is shown, so it never has more than a window in flight to us.
+      event.detail.socketWrapper.send(JSON.stringify({ ack: state.seen }));
     });
     if (follow.checked) toBottom();
   }

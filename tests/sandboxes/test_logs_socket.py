@@ -22,6 +22,7 @@ from django.test import Client
 
 from config.routing import websocket_urlpatterns
 from sandboxes.backends.base import SandboxSpec
+from sandboxes.consumers import WINDOW
 from sandboxes.models import LogLine
 from sandboxes.services import sandbox_create, sandbox_exec, sandbox_terminate
 
@@ -71,9 +72,10 @@ def start(sandbox, script: str, **kwargs) -> threading.Thread:
     return thread
 
 
-def communicator(user, sandbox_id: int, after: int = 0) -> WebsocketCommunicator:
+def communicator(user, sandbox_id: int, after: int = 0, ack=False) -> WebsocketCommunicator:
     comm = WebsocketCommunicator(
-        URLRouter(websocket_urlpatterns), f"/ws/sandboxes/{sandbox_id}/logs/?after={after}"
+        URLRouter(websocket_urlpatterns),
+        f"/ws/sandboxes/{sandbox_id}/logs/?after={after}" + ("&ack=1" if ack else ""),
     )
     comm.scope["user"] = user
     return comm
@@ -124,6 +126,28 @@ async def test_reconnecting_after_the_last_seq_gives_exactly_the_output(sandbox,
     union = first + second
     assert [seq for seq, _, _ in union] == list(range(1, len(union) + 1))
     assert output_of(union) == expected
+
+
+@pytest.mark.shapes("embedded", "production")
+async def test_a_stalled_reader_gets_a_window_then_catches_up_from_storage(sandbox, admin_user):
+    comm = communicator(admin_user, sandbox.pk, ack=True)
+    assert (await comm.connect())[0]
+    runner = await asyncio.to_thread(start, sandbox, "seq 1 30000")
+    await asyncio.to_thread(runner.join)  # the command never waited for this reader
+    lines: list = []
+    rounds = acked = 0
+    while not lines or lines[-1][0] < runner.last_seq:
+        while not await comm.receive_nothing(timeout=0.5):
+            lines.extend(parse(await comm.receive_from()))
+        # Stalled: the server stops at the window rather than queueing the whole log for us.
+        assert lines[-1][0] - acked <= WINDOW
+        acked = lines[-1][0]
+        await comm.send_json_to({"ack": acked})
+        rounds += 1
+    await comm.disconnect()
+    assert rounds >= 3
+    assert [seq for seq, _, _ in lines] == list(range(1, runner.last_seq + 1))
+    assert output_of(lines) == [str(i) for i in range(1, 30_001)]
 
 
 @pytest.mark.shapes("embedded", "production")

@@ -38,7 +38,7 @@ def test_raw_log_is_not_found_for_outsiders(client, outsider, sandbox):
 
 def test_panel_shows_stored_lines_escaped_and_resumes_the_socket_after_them(sandbox):
     page = render_to_string("sandboxes/log_panel.html", {"sandbox": sandbox})
-    assert f'ws-connect="/ws/sandboxes/{sandbox.pk}/logs/?after=3"' in page
+    assert f'ws-connect="/ws/sandboxes/{sandbox.pk}/logs/?after=3&amp;ack=1"' in page
     assert "&lt;tests&gt;" in page and "<tests>" not in page
     assert 'class="log-line log-stderr" data-seq="3"' in page
     assert f"/sandboxes/{sandbox.pk}/log.txt" in page
