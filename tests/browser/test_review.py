@@ -81,7 +81,8 @@ def test_review_end_to_end(asgi_server, browser_page, manager, reviewer):
 
     # The reviewer sees the dashboard, opens the first repository from the queue (keyboard).
     _login(page, base, reviewer)
-    page.goto(f"{base}/campaigns/{campaign.pk}/dashboard/")
+    page.goto(f"{base}/campaigns/{campaign.pk}/")
+    page.click("[data-testid=review-links] >> text=Dashboard")
     page.wait_for_selector("[data-testid=burndown] svg")
     assert page.inner_text("[data-testid=review-todo]") == "5"
     screenshot(page, "review-dashboard")
