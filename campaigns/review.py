@@ -347,7 +347,21 @@ def changes_bulk_approve(
         raise ReviewError("group_key: required", field="group_key", status=422)
     if not run_ids:
         raise ReviewError("run_ids: choose at least one repository", field="run_ids", status=422)
-    _four_eyes(campaign, actor)
+    try:
+        _four_eyes(campaign, actor)
+    except FourEyesRefused as exc:
+        with transaction.atomic():
+            audit_record(
+                action="review.change.approved",
+                actor=actor,
+                target=campaign,
+                outcome="denied",
+                context={"campaign_id": campaign.pk},
+                payload={"group_key": group_key, "run_ids": run_ids[:100]},
+                reason=str(exc),
+                request=request,
+            )
+        raise
     variant_digests_refresh(campaign=campaign)
     variants = {
         v.run_id: v

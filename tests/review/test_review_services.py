@@ -141,6 +141,7 @@ def test_bulk_approval_covers_identical_diffs_and_skips_a_different_one(manager,
             run_ids=[odd.pk],
             actor=manager,
         )
+    assert AuditEvent.objects.filter(action="review.change.approved", outcome="denied").exists()
 
 
 def _git(cwd, *args):
