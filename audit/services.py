@@ -114,32 +114,73 @@ def audit_record(
         "changes": changes or {},
         "payload": payload or {},
     }
+    event = AuditEvent(
+        event_id=event_id,
+        occurred_at=now,
+        action=action,
+        outcome=outcome,
+        actor_type=body["actor"]["type"],
+        actor_id=body["actor"]["id"],
+        actor_display=body["actor"]["display"],
+        on_behalf_of=body["actor"]["on_behalf_of"],
+        target_type=body["target"]["type"],
+        target_id=body["target"]["id"],
+        campaign_id=context.get("campaign_id"),
+        run_id=context.get("run_id"),
+        variant_id=context.get("variant_id"),
+        sandbox_id=context.get("sandbox_id"),
+        body=canonical_json(body),
+    )
     try:
-        with transaction.atomic():
-            event = AuditEvent.objects.create(
-                event_id=event_id,
-                occurred_at=now,
-                action=action,
-                outcome=outcome,
-                actor_type=body["actor"]["type"],
-                actor_id=body["actor"]["id"],
-                actor_display=body["actor"]["display"],
-                on_behalf_of=body["actor"]["on_behalf_of"],
-                target_type=body["target"]["type"],
-                target_id=body["target"]["id"],
-                campaign_id=context.get("campaign_id"),
-                run_id=context.get("run_id"),
-                variant_id=context.get("variant_id"),
-                sandbox_id=context.get("sandbox_id"),
-                body=canonical_json(body),
-            )
+        # No savepoint: if the insert fails, the caller's whole transaction must roll back.
+        with transaction.atomic(savepoint=False):
+            _event_insert(event)
             if connection.vendor == "sqlite":
                 # SQLite serialises writers, so this transaction already holds the only write
                 # lock: link the event right here (rolled back with it, if it is).
                 _seal_batch(limit=1000)
-            return event
     except Exception as exc:
         raise AuditWriteError(f"could not record {action}: {exc}") from exc
+    return event
+
+
+_INSERT = (
+    "INSERT INTO audit_auditevent (event_id, occurred_at, action, outcome, actor_type, actor_id, "
+    "actor_display, on_behalf_of, target_type, target_id, campaign_id, run_id, variant_id, "
+    "sandbox_id, body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+    "RETURNING id"
+)
+
+
+def _event_insert(event: AuditEvent) -> None:
+    """One plain INSERT (the ORM's save costs several times more per event; this is the path
+    every audited change takes)."""
+    ops = connection.ops
+    event_id = event.event_id if connection.features.has_native_uuid_field else event.event_id.hex
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _INSERT,
+            [
+                event_id,
+                ops.adapt_datetimefield_value(event.occurred_at),
+                event.action,
+                event.outcome,
+                event.actor_type,
+                event.actor_id,
+                event.actor_display,
+                event.on_behalf_of,
+                event.target_type,
+                event.target_id,
+                event.campaign_id,
+                event.run_id,
+                event.variant_id,
+                event.sandbox_id,
+                event.body,
+            ],
+        )
+        event.pk = cursor.fetchone()[0]
+    event._state.adding = False
+    event._state.db = connection.alias
 
 
 def audit_denied(*, request: HttpRequest | None, actor, capability: str, target=None) -> None:
@@ -348,30 +389,92 @@ def _links_stream(after_seq: int) -> Iterator[tuple]:
 
 
 def _links_walk(after_seq: int, *, keys: bool) -> Iterator[tuple]:
-    """The verifier's read: on PostgreSQL one server-side cursor in binary format (hashes
-    arrive as raw bytes), without event ids (findings look theirs up afterwards) and without
-    order keys unless some event is unlinked."""
+    """The verifier's read. On PostgreSQL: two server-side cursors in binary format (hashes
+    arrive as raw bytes), links by seq and events by id, merged here through a small reorder
+    buffer, because two ordered index scans are far cheaper than a million-row join. The order
+    key (txid, id) is filled in only when some event is unlinked (the walk needs it then)."""
     if connection.vendor != "postgresql":
-        yield from _links_stream(after_seq)
+        for seq, event_uuid, content, chained, body, key in _links_stream(after_seq):
+            yield seq, event_uuid, content, chained, None if body is None else body.encode(), key
         return
-    key_columns = "e.txid, e.id" if keys else "NULL::bigint, NULL::bigint"
     connection.ensure_connection()
-    with connection.connection.cursor(name=f"audit_walk_{uuid.uuid4().hex}", binary=True) as cur:
-        cur.itersize = VERIFY_CHUNK
-        cur.execute(
-            f"SELECT l.seq, l.content_hash, l.chain_hash, e.body, {key_columns} "  # noqa: S608
-            "FROM audit_auditlink l LEFT JOIN audit_auditevent e ON e.id = l.event_pk "
-            "WHERE l.seq > %s ORDER BY l.seq",
+    yield from _prefetched(_links_merge(connection.connection, after_seq, keys=keys))
+
+
+def _prefetched(rows: Iterator[tuple], *, batch: int = 5000) -> Iterator[tuple]:
+    """Run `rows` in a thread, so waiting for the database overlaps with hashing here (the
+    driver releases the GIL while it waits)."""
+    import queue
+    import threading
+
+    done = object()
+    pipe: queue.Queue = queue.Queue(maxsize=8)
+
+    def produce() -> None:
+        try:
+            chunk = []
+            for row in rows:
+                chunk.append(row)
+                if len(chunk) == batch:
+                    pipe.put(chunk)
+                    chunk = []
+            pipe.put(chunk)
+            pipe.put(done)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            pipe.put(exc)
+
+    thread = threading.Thread(target=produce, name="audit-verify-read", daemon=True)
+    thread.start()
+    while (item := pipe.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield from item
+    thread.join()
+
+
+def _links_merge(raw, after_seq: int, *, keys: bool) -> Iterator[tuple]:
+    tag = uuid.uuid4().hex
+    with (
+        raw.cursor(name=f"audit_links_{tag}", binary=True) as links,
+        raw.cursor(name=f"audit_events_{tag}", binary=True) as events,
+    ):
+        links.execute(
+            "SELECT seq, event_pk, content_hash, chain_hash FROM audit_auditlink "
+            "WHERE seq > %s ORDER BY seq",
             [after_seq],
         )
-        while rows := cur.fetchmany(VERIFY_CHUNK):
-            if keys:
-                for seq, content, chained, body, txid, pk in rows:
-                    key = (txid, pk) if txid is not None else None
-                    yield seq, None, content, chained, body, key
-            else:
-                for seq, content, chained, body, _t, _p in rows:
-                    yield seq, None, content, chained, body, None
+        first = 0
+        if after_seq:
+            with raw.cursor() as cursor:
+                cursor.execute(
+                    "SELECT min(event_pk) FROM audit_auditlink WHERE seq > %s", [after_seq]
+                )
+                first = cursor.fetchone()[0] or 0
+        events.execute(
+            "SELECT id, body, txid FROM audit_auditevent WHERE id >= %s ORDER BY id",
+            [first],
+        )
+        waiting: dict[int, tuple] = {}  # events read ahead of their link
+        read_up_to, exhausted = first - 1, False
+        while batch := links.fetchmany(VERIFY_CHUNK):
+            for seq, pk, content, chained in batch:
+                event = waiting.pop(pk, None)
+                while event is None and not exhausted and read_up_to < pk:
+                    rows = events.fetchmany(VERIFY_CHUNK)
+                    if not rows:
+                        exhausted = True
+                        break
+                    for row in rows:
+                        waiting[row[0]] = row
+                    read_up_to = rows[-1][0]
+                    event = waiting.pop(pk, None)
+                if event is None:  # the link points at an event that is not there
+                    yield seq, None, content, chained, None, None
+                elif keys:
+                    key = (event[2], pk) if event[2] is not None else None
+                    yield seq, None, content, chained, event[1].encode(), key
+                else:
+                    yield seq, None, content, chained, event[1].encode(), None
 
 
 def _event_ids_fill(report: Report) -> None:
@@ -565,7 +668,7 @@ def audit_verify_bundle(*, lines, public_key=None) -> Report:
             e["event_id"],
             bytes.fromhex(e["content_hash"]),
             bytes.fromhex(e["chain_hash"]),
-            e["body"],
+            e["body"].encode(),
             None,
         )
         for e in events

@@ -7,13 +7,14 @@ the signed checkpoints and (database only) the events that no link points at.
 import bisect
 import hashlib
 import json
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from audit.chain import GENESIS, MerkleFrontier, chain_hash
+from audit.chain import DOMAIN, GENESIS, MerkleFrontier
 from audit.keys import key_id
 
 EDITED_BODY = "edited body"
@@ -173,7 +174,8 @@ def chain_walk(
     unlinked: list[tuple] = (),
     start: _Signed | None = None,
 ) -> None:
-    """links: (seq, event_uuid, content_hash, chain_hash, body or None, order key or None).
+    """links: (seq, event_uuid, content_hash, chain_hash, body bytes or None, order key or
+    None), hashes as bytes.
     unlinked: (order key or None, event_uuid) of events no link points at (database only)."""
     findings = report.findings
     pending = sorted((k, u) for k, u in unlinked if k is not None)
@@ -199,10 +201,15 @@ def chain_walk(
             )
             return
     first_uuid: dict[int, str] = {}
+    checked = 0
+
+    leaves: list[bytes] = []  # content hashes not yet folded into the frontier
 
     def checkpoint_at(seq: int, head: bytes | None) -> None:
         nonlocal last_ok_size, rechained
-        for cp in by_size.get(seq, ()):
+        frontier.extend(leaves)
+        leaves.clear()
+        for cp in by_size[seq]:
             if head is None or tainted:
                 continue
             if head == cp.head and frontier.root() == cp.root:
@@ -221,6 +228,7 @@ def chain_walk(
                     )
                 )
 
+    sha256, pack = hashlib.sha256, struct.Struct(">q").pack
     for seq, uuid, stored_content, stored_chain, body, key in links:
         if seq < expected:
             if start is not None and seq == start.size and bytes(stored_chain) != start.head:
@@ -257,15 +265,17 @@ def chain_walk(
             findings.append(
                 Finding(DELETED_EVENT, seq, _uuid(uuid), "the link remains but the event is gone")
             )
-            frontier.append(bytes(stored_content))
+            leaves.append(bytes(stored_content))
         else:
-            content = hashlib.sha256(body.encode()).digest()
+            content = sha256(body).digest()
             if content != stored_content:
                 tainted = True
                 findings.append(
                     Finding(EDITED_BODY, seq, _uuid(uuid), "body does not match its content hash")
                 )
-            elif seq == expected and chain_hash(prev, seq, content) != stored_chain:
+            elif seq == expected and sha256(DOMAIN + prev + pack(seq) + content).digest() != (
+                stored_chain
+            ):
                 tainted = True
                 findings.append(
                     Finding(
@@ -275,12 +285,15 @@ def chain_walk(
                         "body and content hash were changed together; the chain hash disagrees",
                     )
                 )
-            frontier.append(content)
-        prev = bytes(stored_chain)
+            leaves.append(content)
+        prev = stored_chain
         expected = seq + 1
-        last_key = key if key is not None else last_key
-        report.checked += 1
-        checkpoint_at(seq, prev)
+        if key is not None:
+            last_key = key
+        checked += 1
+        if seq in by_size:
+            checkpoint_at(seq, prev)
+    report.checked += checked
 
     report.size = expected - 1
     top = max((cp.size for cp in signed), default=0)

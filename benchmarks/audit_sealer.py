@@ -153,6 +153,7 @@ def main() -> int:
 
         from audit.services import audit_seal, audit_verify
 
+        call_command("migrate", "auth", verbosity=0)
         call_command("migrate", "accounts", verbosity=0)
         call_command("migrate", "audit", verbosity=0)
         writes = write_rate(threads=16, seconds=4)

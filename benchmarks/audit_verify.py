@@ -77,7 +77,7 @@ def load(n: int) -> None:
 
     from audit import chain
 
-    prev = chain.GENESIS
+    contents = []
     with connection.cursor() as cursor:
         with cursor.copy(
             "COPY audit_auditevent (id, event_id, occurred_at, action, outcome, actor_type, "
@@ -85,6 +85,8 @@ def load(n: int) -> None:
             "sandbox_id, body) FROM STDIN"
         ) as copy:
             for i in range(n):
+                text = body(i)
+                contents.append(chain.content_hash(text.encode()))
                 copy.write_row(
                     (
                         i + 1,
@@ -101,19 +103,19 @@ def load(n: int) -> None:
                         i % 13,
                         i % 401,
                         i % 977,
-                        body(i),
+                        text,
                     )
                 )
         cursor.execute("SELECT setval('audit_auditevent_id_seq', %s)", [n])
+        prev = chain.GENESIS
         with cursor.copy(
             "COPY audit_auditlink (seq, event_pk, event_uuid, content_hash, chain_hash) FROM STDIN"
         ) as copy:
-            for i in range(n):
-                content = chain.content_hash(body(i).encode())
+            for i, content in enumerate(contents):
                 prev = chain.chain_hash(prev, i + 1, content)
                 copy.write_row((i + 1, i + 1, uuid.UUID(int=i + 1), content, prev))
-        cursor.execute("ANALYZE audit_auditevent")
-        cursor.execute("ANALYZE audit_auditlink")
+        cursor.execute("VACUUM ANALYZE audit_auditevent")
+        cursor.execute("VACUUM ANALYZE audit_auditlink")
 
 
 def read_only_baseline() -> float:
