@@ -96,3 +96,45 @@ def test_fake_github_refresh_updates_pull_request_state_and_checks(fake_github, 
     before = len(fake_github.requests)
     assert changesets_refresh() == 1
     assert all("/pulls/2" not in path for _, path, *_ in fake_github.requests[before:])
+
+
+def test_fake_github_publish_opens_a_pull_request_for_the_pushed_branch(
+    tmp_path, fake_github, monkeypatch, manager, reviewer
+):
+    """The branch goes to a local remote; the pull request to the local fake GitHub (the
+    remote-to-host mapping is pointed at the fake, the adapter speaks real HTTP to it)."""
+    from campaigns import codehosts
+    from campaigns.codehosts.github import GitHub
+    from campaigns.review import changeset_push
+
+    adapter = GitHub(api_url=fake_github.url, token="tok-publish", rate=1000)
+    monkeypatch.setattr(codehosts, "codehost_for_remote", lambda url: (adapter, "acme/alpha"))
+    bare = tmp_path / "r.git"
+    _git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare))
+    work = tmp_path / "w"
+    _git(tmp_path, "clone", "-q", str(bare), str(work))
+    (work / "m.txt").write_text("a\n")
+    _git(work, "add", ".")
+    _git(work, "-c", "user.name=a", "-c", "user.email=a@x", "commit", "-qm", "base")
+    _git(work, "push", "-q", "origin", "HEAD:main")
+    base = _git(work, "rev-parse", "HEAD").decode().strip()
+    (work / "m.txt").write_text("b\n")
+    patch = _git(work, "diff", "--binary", base)
+    campaign = campaign_make(
+        owner=manager,
+        variants=("only",),
+        changeset={"branch": "convoy/pr", "title": "Use b", "body": "Made by <Convoy>"},
+    )
+    run = run_make(campaign=campaign, url=f"file://{bare}", base_commit=base)
+    v = variant_make(run=run, name="only", patch=patch)
+    change_approve(run=run, actor=reviewer, variant=v, diff_hash=v.diff_sha256)
+    changeset = changeset_push(changeset_id=change_publish(run=run, actor=reviewer).pk)
+    assert changeset.state == "open" and changeset.pr_number == 1
+    assert changeset.pr_url.endswith("/acme/alpha/pull/1")
+    (pr,) = fake_github.pulls["acme/alpha"]
+    assert (pr["head"]["ref"], pr["title"], pr["body"]) == (
+        "convoy/pr",
+        "Use b",
+        "Made by <Convoy>",
+    )
+    assert _git(bare, "diff", "--binary", base, "convoy/pr") == patch
