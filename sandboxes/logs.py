@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import repeat
 
 from ansi2html import Ansi2HTMLConverter
 from channels.layers import get_channel_layer
@@ -110,8 +111,10 @@ class _StreamSplitter:
             # Masking the complete lines in one pass: no secret pattern contains a newline,
             # so none can straddle the cut.
             head = self._mask(buffer[:end])
-            for line in head.split("\n"):
-                lines.extend(_split_long(_collapse(line)))
+            lines = head.split("\n")
+            # The per-line work only when some line needs it (most output needs none).
+            if "\r" in head or (end > LINE_MAX_CHARS and max(map(len, lines)) > LINE_MAX_CHARS):
+                lines = [piece for line in lines for piece in _split_long(_collapse(line))]
             buffer = buffer[end + 1 :]
             self.pending_since = now
         if "\r" in buffer[:-1]:
@@ -180,6 +183,24 @@ def _line_html(seq: int, stream: str, text: str, command_id: int | None) -> str:
         f'<div class="log-line log-{stream}" data-seq="{seq}" '
         f'data-cmd="{command_id or ""}">{body}</div>'
     )
+
+
+def _batch_html(first: int, batch: Sequence[tuple[str, str, datetime]], command_id) -> list[str]:
+    """log_line_html for a batch: one escape call for the lot when no line has colours."""
+    texts = [text for _, text, _ in batch]
+    joined = "\n".join(texts)
+    if "\x1b" in joined or joined.count("\n") != len(texts) - 1:
+        return [
+            _line_html(first + i, stream, text, command_id)
+            for i, (stream, text, _) in enumerate(batch)
+        ]
+    cmd = command_id or ""
+    return [
+        f'<div class="log-line log-{stream}" data-seq="{first + i}" data-cmd="{cmd}">{body}</div>'
+        for i, ((stream, _, _), body) in enumerate(
+            zip(batch, html.escape(joined, quote=False).split("\n"), strict=True)
+        )
+    ]
 
 
 # --- Capture ---------------------------------------------------------------------------------
@@ -270,7 +291,7 @@ class LogCapture:
 
     def system(self, text: str) -> None:
         """A line of our own (command header, truncation marker), masked like the output."""
-        self._add("system", [self._mask(text)], time.monotonic())
+        self._add("system", self._mask(text).split("\n"), time.monotonic())
 
     def _add(self, stream: str, texts: list[str], now: float) -> None:
         if not texts:
@@ -280,7 +301,7 @@ class LogCapture:
             was_empty = not self._pending
             if was_empty:
                 self._oldest = now
-            self._pending.extend((stream, t, stamp) for t in texts)
+            self._pending.extend(zip(repeat(stream), texts, repeat(stamp)))
             self._pending_chars += sum(map(len, texts))
             full = len(self._pending) >= BATCH_MAX_LINES or self._pending_chars >= BATCH_MAX_CHARS
             if self._thread is not None:
@@ -389,12 +410,7 @@ class LogCapture:
         self.last_seq = last
         self.lines_written += len(batch)
         self.batches_written += 1
-        command_id = self.command_id
-        rendered = [
-            _line_html(first + i, stream, text, command_id)
-            for i, (stream, text, _) in enumerate(batch)
-        ]
-        self._publish(first, last, rendered)
+        self._publish(first, last, _batch_html(first, batch, self.command_id))
 
     def _publish(self, first: int, last: int, rendered: list[str]) -> None:
         layer = get_channel_layer()
@@ -479,8 +495,10 @@ def _copy_text(
     command = "\\N" if command_id is None else str(command_id)
     stamps: dict[datetime, str] = {}
     out = []
+    joined = "".join(text for _, text, _ in rows)
+    plain = not any(c in joined for c in "\\\t\r\n")
     for i, (stream, text, stamp) in enumerate(rows):
-        if "\\" in text or "\t" in text or "\r" in text or "\n" in text:
+        if not plain and ("\\" in text or "\t" in text or "\r" in text or "\n" in text):
             text = (
                 text.replace("\\", "\\\\")
                 .replace("\t", "\\t")

@@ -182,3 +182,12 @@ def test_tabs_backslashes_and_lookalike_markers_are_stored_verbatim(sandbox):
     tricky = ["a\tb", "back\\slash", "\\N", "\\.", "ends with \\", "nul\x00byte"]
     run(sandbox, [("stdout", "\n".join(tricky).encode() + b"\n")])
     assert [t for _, t in stored(sandbox)] == [*tricky[:-1], "nul\u2400byte"]
+
+
+def test_a_multi_line_command_header_becomes_several_system_lines(sandbox):
+    run(sandbox, [("stdout", b"done\n")], argv=["sh", "-c", "echo a\necho b"])
+    assert stored(sandbox) == [
+        ("system", "$ sh -c 'echo a"),
+        ("system", "echo b'"),
+        ("stdout", "done"),
+    ]
