@@ -87,7 +87,11 @@ class SandboxCommand(models.Model):
 class LogLine(models.Model):
     """One line of a sandbox's output; `seq` is contiguous per sandbox from 1."""
 
-    sandbox = models.ForeignKey(Sandbox, on_delete=models.CASCADE, related_name="log_lines")
+    # No index of its own: the unique (sandbox, seq) index serves every lookup by sandbox, and
+    # one index fewer makes the bulk inserts of a noisy command about a third cheaper.
+    sandbox = models.ForeignKey(
+        Sandbox, on_delete=models.CASCADE, related_name="log_lines", db_index=False
+    )
     seq = models.BigIntegerField()
     command = models.ForeignKey(
         SandboxCommand, null=True, blank=True, on_delete=models.CASCADE, related_name="log_lines"
