@@ -5,15 +5,19 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('sandboxes', '0001_initial'),
+        ("sandboxes", "0001_initial"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='logline',
-            name='sandbox',
-            field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='log_lines', to='sandboxes.sandbox'),
+            model_name="logline",
+            name="sandbox",
+            field=models.ForeignKey(
+                db_index=False,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="log_lines",
+                to="sandboxes.sandbox",
+            ),
         ),
     ]
