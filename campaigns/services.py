@@ -9,6 +9,8 @@ completed are never run again.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import json
 import logging
 import os
 import re
@@ -346,22 +348,44 @@ def repositories_register(*, entries: list[dict], tags: Iterable[str] = ()) -> l
     return [by_url[u] for u in urls]
 
 
-def _runs_plan(spec: dict) -> list[tuple[int, str]]:
-    repos = spec["repos"]
+def _runs_create(campaign: Campaign) -> int:
+    """One pending run per matched repository, written in bulk; memory does not grow with the
+    repository count (INSERT … SELECT on PostgreSQL, batches elsewhere)."""
+    repos = campaign.spec["repos"]
+    if isinstance(repos, dict) and connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"""
+                INSERT INTO {RepoRun._meta.db_table} (
+                    campaign_id, repository_id, ref, state, attempt, transient_retries, step,
+                    base_commit, error, error_signature, error_summary, worker, created_at)
+                SELECT %s, id, COALESCE(%s, default_ref), %s, 1, 0, '', '', '', '', '', '', now()
+                FROM {Repository._meta.db_table} WHERE tags @> %s::jsonb ORDER BY id
+                """,  # noqa: S608 - table names come from the models, values are parameters
+                [campaign.pk, repos.get("ref"), RunState.PENDING, json.dumps([repos["tag"]])],
+            )
+            return cursor.rowcount
     if isinstance(repos, dict):
         ref = repos.get("ref")
         ids = _repos_by_tag(repos["tag"])
-        refs = dict(Repository.objects.filter(pk__in=ids).values_list("pk", "default_ref"))
-        return [(pk, ref or refs[pk]) for pk in sorted(ids)]
-    registered = repositories_register(entries=repos)
-    return [(r.pk, e.get("ref") or r.default_ref) for r, e in zip(registered, repos, strict=True)]
+        pairs = Repository.objects.filter(pk__in=ids).values_list("pk", "default_ref")
+        plan = ((pk, ref or default) for pk, default in pairs.order_by("pk").iterator(2000))
+    else:
+        registered = repositories_register(entries=repos)
+        plan = (
+            (r.pk, e.get("ref") or r.default_ref) for r, e in zip(registered, repos, strict=True)
+        )
+    total = 0
+    while batch := list(itertools.islice(plan, 2000)):
+        RepoRun.objects.bulk_create(
+            [RepoRun(campaign_id=campaign.pk, repository_id=pk, ref=ref) for pk, ref in batch]
+        )
+        total += len(batch)
+    return total
 
 
 def campaign_launch(*, campaign: Campaign, actor, request=None) -> Campaign:
     """Create one run per repository (bulk) and start filling dispatch slots."""
-    plan = _runs_plan(campaign.spec)
-    if not plan:
-        raise CampaignStateError("the campaign matches no repositories")
     now = timezone.now()
     with transaction.atomic():
         moved = Campaign.objects.filter(pk=campaign.pk, state=CampaignState.DRAFT).update(
@@ -370,16 +394,15 @@ def campaign_launch(*, campaign: Campaign, actor, request=None) -> Campaign:
         if not moved:
             campaign.refresh_from_db()
             raise CampaignStateError(f"campaign is {campaign.state}; only drafts can be launched")
-        RepoRun.objects.bulk_create(
-            [RepoRun(campaign_id=campaign.pk, repository_id=pk, ref=ref) for pk, ref in plan],
-            batch_size=2000,
-        )
+        count = _runs_create(campaign)
+        if not count:
+            raise CampaignStateError("the campaign matches no repositories")
         audit_record(
             action="campaign.campaign.launched",
             actor=actor,
             target=campaign,
             context={"campaign_id": campaign.pk},
-            payload={"runs": len(plan), "backend": campaign.backend},
+            payload={"runs": count, "backend": campaign.backend},
             changes={"state": [CampaignState.DRAFT, CampaignState.RUNNING]},
             request=request,
         )
@@ -724,24 +747,31 @@ class _Context:
         return text
 
 
-def _exec(ctx: _Context, sandbox, script: str, *, env=None, timeout_s=None, cap=None):
-    """Run a shell script in the sandbox's repository; return (command, output tail or all)."""
+def _exec(ctx: _Context, sandbox, script: str, *, env=None, timeout_s=None, cap=None, argv=None):
+    """Run a shell script in the sandbox's repository.
+
+    Returns (command, output): the tail of both streams in order, or with `cap` every byte,
+    as a (stdout, stderr) pair so that parsed stdout never mixes with stderr.
+    """
     from sandboxes.services import sandbox_exec
 
     keep_all = cap is not None
     chunks: deque[bytes] = deque()
+    streams: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
     size = [0]
 
     def on_output(event) -> None:
-        data = event.data
-        chunks.append(data)
-        size[0] += len(data)
-        while not keep_all and size[0] - len(chunks[0]) > OUTPUT_TAIL_BYTES and len(chunks) > 1:
+        if keep_all:
+            streams.setdefault(event.stream, []).append(event.data)
+            return
+        chunks.append(event.data)
+        size[0] += len(event.data)
+        while size[0] - len(chunks[0]) > OUTPUT_TAIL_BYTES and len(chunks) > 1:
             size[0] -= len(chunks.popleft())
 
     command = sandbox_exec(
         sandbox=sandbox,
-        argv=["bash", "-c", script],
+        argv=argv or ["bash", "-c", script],
         cwd=REPO_DIR,
         env={"HOME": "/tmp", "CONVOY_FILES": FILES_DIR, **(env or {})},  # noqa: S108 - the sandbox's own tmpfs
         timeout_s=timeout_s or ctx.spec["limits"]["timeout_s"],
@@ -749,6 +779,8 @@ def _exec(ctx: _Context, sandbox, script: str, *, env=None, timeout_s=None, cap=
         secrets=ctx.secrets or None,
         on_output=on_output,
     )
+    if keep_all:
+        return command, (b"".join(streams["stdout"]), b"".join(streams["stderr"]))
     return command, b"".join(chunks)
 
 
@@ -817,20 +849,51 @@ def _terminate(sandbox, reason: str) -> None:
 _NUMSTAT_RE = re.compile(r"^(-|\d+)\t(-|\d+)\t(.*)$")
 
 
-def _diff_capture(ctx: _Context, sandbox) -> dict:
-    """Stage everything and read numstat and the binary-safe patch in one command."""
-    marker = f"--convoy-patch-{pysecrets.token_hex(8)}--"
+class StepFailed(Exception):
+    def __init__(self, command, output: bytes) -> None:
+        super().__init__("step failed")
+        self.command, self.output = command, output
+
+
+def _transform_and_diff(ctx: _Context, sandbox, step: dict, env: dict) -> tuple[bytes, dict]:
+    """Run the last transform step, then stage everything and read numstat and the binary-safe
+    patch, in one sandbox command (one process start instead of two). The step's own script is
+    the command's last argument, so the sandbox's command record shows it verbatim.
+
+    Returns (the step's output, diff fields); raises StepFailed if the step failed.
+    """
+    nonce = pysecrets.token_hex(8)
+    done, patch_at = f"--convoy-step-done-{nonce}--", f"--convoy-patch-{nonce}--"
     base = ctx.run.base_commit
     git = "git -c safe.directory='*' -c core.hooksPath=/dev/null"
-    script = (
-        f"{git} add -A . >/dev/null && {git} diff --cached --numstat {base} && "
-        f"printf '%s\\n' '{marker}' && "
-        f"{git} diff --cached --binary --no-color --no-ext-diff --no-textconv {base}"
+    # After the step, git's stderr goes to a file so warnings cannot mix into the patch bytes.
+    wrapper = (
+        'bash -c "$1"; status=$?; if [ $status -ne 0 ]; then exit $status; fi; '
+        f"printf '\\n%s\\n' '{done}'; exec 2>/tmp/.convoy-git-stderr; "
+        f"{{ {git} add -A . >/dev/null && {git} diff --cached --numstat {base} && "
+        f"printf '%s\\n' '{patch_at}' && "
+        f"{git} diff --cached --binary --no-color --no-ext-diff --no-textconv {base}; }} "
+        "|| { status=$?; cat /tmp/.convoy-git-stderr; exit $status; }"
     )
-    command, out = _exec(ctx, sandbox, script, timeout_s=300, cap=PATCH_CAP_BYTES)
-    head, sep, patch = out.partition(marker.encode() + b"\n")
+    command, out = _exec(
+        ctx,
+        sandbox,
+        step["run"],
+        env=env,
+        timeout_s=step.get("timeout_s"),
+        cap=PATCH_CAP_BYTES + 8 * 1024 * 1024,
+        argv=["bash", "-c", wrapper, "convoy-step", step["run"]],
+    )
+    stdout, stderr = out
+    step_out, sep, rest = stdout.partition(f"\n{done}\n".encode())
+    step_out += stderr
+    if not sep:
+        if command.truncated:
+            raise RunFailed("the transform's output exceeded the cap before the diff was read")
+        raise StepFailed(command, step_out)
+    head, sep, patch = rest.partition(patch_at.encode() + b"\n")
     if (command.exit_code != 0 and not command.truncated) or not sep:
-        raise RunFailed(f"could not read the diff: {_tail(ctx, out)}")
+        raise RunFailed(f"could not read the diff: {_tail(ctx, rest)}")
     diffstat, plus, minus = [], 0, 0
     for line in head.decode("utf-8", errors="replace").splitlines():
         match = _NUMSTAT_RE.match(line)
@@ -841,7 +904,7 @@ def _diff_capture(ctx: _Context, sandbox) -> dict:
                 {"path": match[3], "added": added, "deleted": deleted, "binary": match[1] == "-"}
             )
             plus, minus = plus + added, minus + deleted
-    return {
+    return step_out, {
         "patch": patch,
         "patch_truncated": bool(command.truncated),
         "diff_sha256": hashlib.sha256(patch).hexdigest() if patch else "",
@@ -884,20 +947,27 @@ def _variant_run(ctx: _Context, variant: Variant, snapshot, sandbox=None) -> Non
                 sandbox = _prepare(ctx, "variant", variant.pk, variant_id=variant.pk)
             Variant.objects.filter(pk=variant.pk).update(sandbox_id=sandbox.pk)
             env = {**spec_variant["env"], "CONVOY_VARIANT": variant.name}
-            for i, step in enumerate(spec_variant.get("transform") or ctx.spec["transform"]):
+            steps = spec_variant.get("transform") or ctx.spec["transform"]
+            for i, step in enumerate(steps):
                 ctx.check()
-                command, out = _exec(
-                    ctx, sandbox, step["run"], env=env, timeout_s=step.get("timeout_s")
-                )
-                if command.exit_code != 0 or command.timed_out:
+                try:
+                    if i < len(steps) - 1:
+                        command, out = _exec(
+                            ctx, sandbox, step["run"], env=env, timeout_s=step.get("timeout_s")
+                        )
+                        if command.exit_code != 0 or command.timed_out:
+                            raise StepFailed(command, out)
+                    else:
+                        out, diff = _transform_and_diff(ctx, sandbox, step, env)
+                        result.update(diff)
+                        result["output_tail"] = _tail(ctx, out)
+                except StepFailed as failed:
                     result = {
                         "state": VariantState.FAILED,
-                        "error": _step_failure(f"transform[{i}]", step, command, ""),
-                        "output_tail": _tail(ctx, out),
+                        "error": _step_failure(f"transform[{i}]", step, failed.command, ""),
+                        "output_tail": _tail(ctx, failed.output),
                     }
                     return
-            ctx.check()
-            result.update(_diff_capture(ctx, sandbox))
             result["validation"] = Validation.SKIPPED
             for i, step in enumerate(ctx.spec["validate"]):
                 ctx.check()

@@ -1,0 +1,193 @@
+"""A one-line sed across 200 local repositories: Convoy end to end vs all-repos-sed.
+
+Baseline: `all-repos-clone` then `all-repos-sed` (unsandboxed, readonly push) with the same
+parallelism, on the same 200 repositories, in the same run. Convoy: launch → every run final
+(mirror fetch, sandbox, checkout, sed in the sandbox, diff captured and stored, sandbox gone),
+once on bubblewrap and once on gVisor, each with cold mirrors. The breakdown comes from the
+stored run transitions and sandbox command rows.
+
+    .venv/bin/python benchmarks/campaign_sed.py [--repos 200] [--jobs 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from campaign_support import ROOT, convoy, rss_mb, worker_start, worker_stop
+
+EXPRESSION = "s/assertEquals(/assertEqual(/g"
+SPEC = """\
+name: sed-{backend}
+backend: {backend}
+repos: {{tag: bench}}
+max_parallel: {jobs}
+transform: {{run: "git ls-files -z -- '*.py' | xargs -0 sed -i '{expr}'"}}
+"""
+
+
+def _all_repos(repos: list[Path], work: Path, jobs: int) -> tuple[float, float, int]:
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "repos.json").write_text(json.dumps({p.name: str(p) for p in repos}))
+    config = work / "all-repos.json"
+    config.write_text(
+        json.dumps(
+            {
+                "output_dir": str(work / "out"),
+                "source": "all_repos.source.json_file",
+                "source_settings": {"filename": str(work / "repos.json")},
+                "push": "all_repos.push.readonly",
+                "push_settings": {},
+            }
+        )
+    )
+    config.chmod(0o600)
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b.invalid"}
+    env.update(GIT_COMMITTER_NAME="b", GIT_COMMITTER_EMAIL="b@b.invalid")
+    started = time.perf_counter()
+    subprocess.run(
+        [bin_dir / "all-repos-clone", "-C", config, "-j", str(jobs)],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
+    cloned = time.perf_counter()
+    out = subprocess.run(
+        [bin_dir / "all-repos-sed", "-C", config, "-j", str(jobs), EXPRESSION, "*.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    done = time.perf_counter()
+    changed = out.stdout.count("assertEqual(") + out.stderr.count("assertEqual(")
+    return cloned - started, done - cloned, changed
+
+
+def _convoy(backend: str, jobs: int, manager, env: dict, pool: str, threads: int) -> dict:
+    from django.conf import settings
+    from django.db.models import Sum
+
+    from campaigns.models import RepoRun, RunTransition, Variant
+    from campaigns.services import campaign_create, campaign_launch
+    from sandboxes.models import Sandbox, SandboxCommand
+
+    shutil.rmtree(Path(settings.DATA_DIR) / "mirrors", ignore_errors=True)  # cold, like all-repos
+    campaign = campaign_create(
+        actor=manager, source=SPEC.format(backend=backend, jobs=jobs, expr=EXPRESSION)
+    )
+    log = Path(settings.DATA_DIR) / f"worker-{backend}.log"
+    worker = worker_start(env, concurrency=threads, log=log, pool=pool)
+    try:
+        time.sleep(3)  # let the worker connect before the clock starts
+        started = time.perf_counter()
+        campaign_launch(campaign=campaign, actor=manager)
+        runs = RepoRun.objects.filter(campaign=campaign)
+        while runs.exclude(state__in=["succeeded", "failed", "cancelled"]).exists():
+            if time.perf_counter() - started > 1800:
+                raise RuntimeError("timed out")
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        worker_rss = rss_mb(worker.pid)
+    finally:
+        worker_stop(worker)
+    failed = runs.filter(state="failed").count()
+    if failed:
+        raise RuntimeError(f"{failed} runs failed: {runs.filter(state='failed').first().error}")
+    variants = Variant.objects.filter(run__campaign=campaign)
+    assert variants.filter(files_changed=1, insertions=2).count() == runs.count()
+    commands = SandboxCommand.objects.filter(sandbox__campaign_id=campaign.pk)
+    # The transform and the diff read run as one sandbox command (see _transform_and_diff).
+    sed_ms = commands.filter(argv__0="bash").aggregate(s=Sum("duration_ms"))["s"]
+    per_run = []
+    for run in runs:
+        per_run.append((run.finished_at - run.started_at).total_seconds())
+    queued = {
+        t.run_id: t.at for t in RunTransition.objects.filter(campaign=campaign, to_state="queued")
+    }
+    waits = [(r.started_at - queued[r.pk]).total_seconds() for r in runs if r.pk in queued]
+    sandboxes = Sandbox.objects.filter(campaign_id=campaign.pk)
+    first_cmd = {}
+    for c in commands.order_by("id"):
+        first_cmd.setdefault(c.sandbox_id, c.started_at)
+    create_s = [
+        (first_cmd[s.pk] - s.created_at).total_seconds() for s in sandboxes if s.pk in first_cmd
+    ]
+    return {
+        "elapsed": elapsed,
+        "runs": runs.count(),
+        "run_s": sum(per_run),
+        "run_p50": statistics.median(per_run),
+        "wait_p50": statistics.median(waits) if waits else 0.0,
+        "sed_s": (sed_ms or 0) / 1000,
+        "create_checkout_s": sum(create_s),
+        "worker_rss": worker_rss,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repos", type=int, default=200)
+    parser.add_argument("--jobs", type=int, default=4)
+    parser.add_argument("--backends", default="bwrap,gvisor")
+    parser.add_argument("--pool", default="prefork", help="Celery pool of Convoy's worker")
+    parser.add_argument("--worker-concurrency", type=int, default=0, help="default: --jobs")
+    args = parser.parse_args()
+    with convoy("sed", CONVOY_MAX_PARALLEL_REPOS=str(args.jobs)) as env:
+        from django.conf import settings
+
+        from accounts.services import user_create
+        from campaigns.demo import demo_repos_create
+        from campaigns.services import repositories_register
+
+        sys.path.insert(0, str(ROOT))
+        manager = user_create(username="bench-manager", role="manager", password="x" * 20)
+        root = Path(settings.REPO_ROOTS[0]) / "bench"
+        repos = demo_repos_create(root, args.repos, prefix="repo")
+        repositories_register(
+            entries=[{"url": f"file://{p}", "ref": "main"} for p in repos], tags=["bench"]
+        )
+        clone_s, sed_s, _ = _all_repos(repos, Path(settings.DATA_DIR) / "all-repos", args.jobs)
+        baseline = clone_s + sed_s
+        threads = args.worker_concurrency or args.jobs
+        results = {
+            b: _convoy(b, args.jobs, manager, env, args.pool, threads)
+            for b in args.backends.split(",")
+        }
+
+    print(
+        f"repositories: {args.repos}; all-repos -j {args.jobs}; convoy max_parallel {args.jobs}, "
+        f"worker pool {args.pool} x {args.worker_concurrency or args.jobs}"
+    )
+    print(
+        f"baseline all-repos (unsandboxed): {baseline:7.2f} s  "
+        f"(all-repos-clone {clone_s:.2f} s + all-repos-sed {sed_s:.2f} s)"
+    )
+    targets = {"bwrap": 1.0, "gvisor": 2.0}
+    for backend, r in results.items():
+        print(
+            f"convoy on {backend:<6}: {r['elapsed']:7.2f} s  ratio {r['elapsed'] / baseline:.2f}x "
+            f"(target <= {targets.get(backend, 0):.1f}x)"
+        )
+        print(
+            f"    where the time goes (summed over runs, {args.jobs} in parallel): "
+            f"run wall {r['run_s']:.1f} s (p50 {r['run_p50'] * 1000:.0f} ms/run); "
+            f"sandbox create + mirror fetch + checkout {r['create_checkout_s']:.1f} s; "
+            f"sed + diff read in sandbox {r['sed_s']:.1f} s; "
+            f"rest (records, audit, teardown) "
+            f"{r['run_s'] - r['create_checkout_s'] - r['sed_s']:.1f} s; "
+            f"queue wait p50 {r['wait_p50'] * 1000:.0f} ms; "
+            f"worker peak RSS {r['worker_rss']:.0f} MiB"
+        )
+
+
+if __name__ == "__main__":
+    main()

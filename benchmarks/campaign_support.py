@@ -1,0 +1,125 @@
+"""Shared set-up for the campaign benchmarks: a throwaway PostgreSQL database, Redis prefix and
+data dir in the production shape, removed afterwards. Not a benchmark itself."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def bench_env(name: str) -> dict[str, str]:
+    """Environment of a production-shape Convoy with its own database, Redis prefix, data dir."""
+    tag = f"{name}_{os.getpid()}"
+    base, _, _ = PG_URL.rpartition("/")
+    return {
+        "DATABASE_URL": f"{base}/convoy_bench_{tag}",
+        "REDIS_URL": REDIS_URL,
+        "CONVOY_REDIS_PREFIX": f"convoy-bench-{tag}",
+        "CONVOY_DATA_DIR": str(ROOT / "var" / f"bench-{tag}"),
+        "SECRET_KEY": secrets.token_urlsafe(40),
+        "DEBUG": "0",
+    }
+
+
+def _admin_sql(sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+@contextlib.contextmanager
+def convoy(name: str, **extra: str):
+    """Set up Django against a fresh database; yield the env (for workers); tear it all down."""
+    env = {**bench_env(name), **extra}
+    os.environ.update(env)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    sys.path.insert(0, str(ROOT))
+    dbname = env["DATABASE_URL"].rsplit("/", 1)[1]
+    _admin_sql(f'CREATE DATABASE "{dbname}"')
+    try:
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0)
+        yield {**os.environ}
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        _admin_sql(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        _redis_clear(env["CONVOY_REDIS_PREFIX"])
+        shutil.rmtree(env["CONVOY_DATA_DIR"], ignore_errors=True)
+
+
+def _redis_clear(prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(f"{prefix}*", count=1000))
+    for start in range(0, len(keys), 1000):
+        client.delete(*keys[start : start + 1000])
+
+
+def worker_start(
+    env: dict, *, concurrency: int, log: Path, pool: str = "threads"
+) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "--pool",
+            pool,
+            "-c",
+            str(concurrency),
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--loglevel",
+            "WARNING",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    time.sleep(0)  # started; tasks wait on the broker until it is ready
+    return proc
+
+
+def worker_stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):  # peak resident set
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+if __name__ == "__main__":
+    print("campaign_support: helpers for campaign_launch.py and campaign_sed.py (no figures)")
