@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 SERVER = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-SEQ = re.compile(rb'data-seq="(\d+)"[^>]*>([^<]*)</div>')
+SEQ = re.compile(rb'log-(\w+)" data-seq="(\d+)"[^>]*>([^<]*)</div>')
 PACED = """
 import sys, time
 rate, seconds = {rate}, {seconds}
@@ -100,10 +100,12 @@ class Client:
             async for message in ws:
                 now = time.time()
                 found = SEQ.findall(message.encode())
-                self.seqs.extend(int(s) for s, _ in found)
+                self.seqs.extend(int(s) for _, s, _ in found)
                 if keep_text:
-                    self.texts.extend(t for _, t in found)
-                    self.arrivals.extend([now] * len(found))
+                    # The command's output only, not our own `$ argv` header lines.
+                    output = [t for stream, _, t in found if stream != b"system"]
+                    self.texts.extend(output)
+                    self.arrivals.extend([now] * len(output))
                 self.last_at = now
                 self.finish_if_complete()
 
@@ -301,7 +303,7 @@ def main() -> int:
             first = next_after(result)
             exec_s = result["stored"] - result["started"]
             deliver_s = reader.last_at - result["started"]
-            output = [t for t in reader.texts[1:]]
+            output = [t for t in reader.texts]
             complete = reader.check(first, result["last_seq"]) and output == [
                 str(i).encode() for i in range(1, args.lines + 1)
             ]
@@ -363,11 +365,11 @@ def main() -> int:
                 first = next_after(result)
                 lat = [
                     (arrived - int(text.split(b" ")[0]) / 1e9) * 1000
-                    for text, arrived in zip(reader.texts[1:], reader.arrivals[1:], strict=True)
+                    for text, arrived in zip(reader.texts, reader.arrivals, strict=True)
                 ]
                 count = int(rate * args.latency_seconds)
                 ok = reader.check(first, result["last_seq"]) and [
-                    int(t.split(b" ")[1]) for t in reader.texts[1:]
+                    int(t.split(b" ")[1]) for t in reader.texts
                 ] == list(range(count))
                 if not ok:
                     failures.append(f"latency run at {rate}/s lost or reordered lines")

@@ -38,7 +38,7 @@ PARTIAL_FLUSH_S = 0.5  # a line without its newline yet is shown after this long
 PROGRESS_FLUSH_S = 2.0  # ... or this long while it is a `\r` progress bar still changing
 BATCH_MAX_LINES = 2000
 BATCH_MAX_CHARS = 512 * 1024
-BATCH_MAX_DELAY_S = 0.025  # latency budget of a quiet command's line before it is written
+BATCH_MAX_DELAY_S = 0.015  # latency budget of a quiet command's line before it is written
 MASK = "[masked]"
 STREAMS = ("stdout", "stderr", "system")
 
@@ -340,14 +340,22 @@ class LogCapture:
 
     # -- writing (the writer thread, or the caller's) --
     def _take(self) -> list[tuple[str, str, datetime]]:
+        """The next batch: at most BATCH_MAX_LINES lines and about BATCH_MAX_CHARS characters."""
         with self._lock:
-            batch, self._pending = self._pending[:BATCH_MAX_LINES], self._pending[BATCH_MAX_LINES:]
-            if self._pending:
-                self._pending_chars -= sum(len(t) for _, t, _ in batch)
-            else:
-                self._pending_chars = 0
-            if self._pending:
-                self._oldest = time.monotonic()
+            pending = self._pending
+            if len(pending) <= BATCH_MAX_LINES and self._pending_chars <= BATCH_MAX_CHARS:
+                self._pending, self._pending_chars = [], 0
+                return pending
+            count = chars = 0
+            for _, text, _ in pending:
+                count += 1
+                chars += len(text)
+                if count >= BATCH_MAX_LINES or chars >= BATCH_MAX_CHARS:
+                    break
+            batch = pending[:count]
+            del pending[:count]
+            self._pending_chars -= chars
+            self._oldest = time.monotonic()
             return batch
 
     def _writer(self) -> None:
