@@ -1,5 +1,6 @@
 """Cancel, retry all failed runs and retry one error cluster, end to end with a real worker."""
 
+import hashlib
 import subprocess
 import time
 
@@ -161,3 +162,35 @@ def test_retry_one_cluster_then_all_failed(celery_worker, manager, client):
         RunState.SUCCEEDED
     }
     assert AuditEvent.objects.filter(action="campaign.run.retried").count() == 3
+
+
+def test_secrets_reach_only_their_campaigns_sandboxes_and_are_masked(
+    celery_worker, manager, admin_user
+):
+    from campaigns.services import secret_set
+
+    secret_set(name="API_KEY", value="tok-5f3a9c", actor=admin_user)
+    digest = hashlib.sha256(b"tok-5f3a9c").hexdigest()[:16]
+    tag, _ = repos_make(1)
+    uses = campaign_create(
+        actor=manager,
+        source=SPEC.format(name="uses", tag=tag, parallel=1, setup="'true'")
+        + "secrets: [API_KEY]\n"
+        # Compared by hash, so the value itself appears nowhere in the spec.
+        + 'validate: [{run: "echo key=$API_KEY; '
+        + f'test $(printf %s \\"$API_KEY\\" | sha256sum | cut -c1-16) = {digest}"}}]\n',
+    )
+    other = campaign_create(
+        actor=manager,
+        source=SPEC.format(name="other", tag=tag, parallel=1, setup="'true'")
+        + 'validate: [{run: "echo key=$API_KEY; test -z \\"$API_KEY\\""}]\n',
+    )
+    for campaign in (uses, other):
+        campaign_launch(campaign=campaign, actor=manager)
+    for campaign in (uses, other):
+        runs_final(campaign, timeout=60)
+        variant = RepoRun.objects.get(campaign=campaign).variants.get()
+        assert variant.validation == "passed", (variant.error, variant.output_tail)
+    masked = RepoRun.objects.get(campaign=uses).variants.get().output_tail
+    assert "tok-5f3a9c" not in masked and "key=[secret API_KEY]" in masked
+    assert not AuditEvent.objects.filter(body__contains="tok-5f3a9c").exists()
