@@ -3,6 +3,7 @@ hash chain, signing checkpoints, verifying, and exporting."""
 
 import csv
 import hashlib
+import hmac
 import io
 import json
 import logging
@@ -33,6 +34,13 @@ CONTEXT_KEYS = ("campaign_id", "run_id", "variant_id", "sandbox_id", "request_id
 
 class AuditWriteError(Exception):
     """The event could not be recorded; the change it describes must not happen."""
+
+
+def audit_hmac(value: str) -> str:
+    """A value that must be matchable later but never stored (a token, a command's secret
+    argument): `hmac-sha256:<hex>` keyed by SECRET_KEY, as Vault's audit devices do."""
+    digest = hmac.new(settings.SECRET_KEY.encode(), value.encode(), hashlib.sha256).hexdigest()
+    return f"hmac-sha256:{digest}"
 
 
 def canonical_json(value: Any) -> str:
@@ -432,22 +440,24 @@ def _prefetched(rows: Iterator[tuple], *, batch: int = 5000) -> Iterator[tuple]:
     thread.join()
 
 
-def _links_merge(raw, after_seq: int, *, keys: bool) -> Iterator[tuple]:
+def _links_merge(raw, after_seq: int, *, keys: bool, until: int | None = None) -> Iterator[tuple]:
     tag = uuid.uuid4().hex
+    until = until if until is not None else 2**62
     with (
         raw.cursor(name=f"audit_links_{tag}", binary=True) as links,
         raw.cursor(name=f"audit_events_{tag}", binary=True) as events,
     ):
         links.execute(
             "SELECT seq, event_pk, content_hash, chain_hash FROM audit_auditlink "
-            "WHERE seq > %s ORDER BY seq",
-            [after_seq],
+            "WHERE seq > %s AND seq <= %s ORDER BY seq",
+            [after_seq, until],
         )
         first = 0
         if after_seq:
             with raw.cursor() as cursor:
                 cursor.execute(
-                    "SELECT min(event_pk) FROM audit_auditlink WHERE seq > %s", [after_seq]
+                    "SELECT min(event_pk) FROM audit_auditlink WHERE seq > %s AND seq <= %s",
+                    [after_seq, until],
                 )
                 first = cursor.fetchone()[0] or 0
         events.execute(
@@ -511,9 +521,11 @@ def _unlinked() -> list[tuple]:
     return [((0, pk), u) for _, pk, u in rows]
 
 
-def audit_verify(*, from_checkpoint: int | None = None, public_key=None) -> Report:
+def audit_verify(*, from_checkpoint: int | None = None, public_key=None, jobs: int = 1) -> Report:
     """Check the chain and the checkpoints in the database. Read-only: callers record
-    audit.chain.verified themselves (audit_verify_record) when a person asked for it."""
+    audit.chain.verified themselves (audit_verify_record) when a person asked for it.
+    jobs > 1 walks long intact chains in that many processes (PostgreSQL; not from a web
+    request or a worker thread, since it forks)."""
     public_key = public_key or verifying_key()
     report = Report(key_id=key_id(public_key))
     outer = connection.in_atomic_block
@@ -535,15 +547,99 @@ def audit_verify(*, from_checkpoint: int | None = None, public_key=None) -> Repo
                 )
                 return report
         unlinked = _unlinked()
-        chain_walk(
-            _links_walk(start.size - 1 if start else 0, keys=bool(unlinked)),
-            signed,
-            report,
-            unlinked=unlinked,
-            start=start,
-        )
+        ranges = _ranges_split(signed, jobs) if jobs > 1 and start is None and not unlinked else []
+        if ranges:
+            _walk_in_parallel(ranges, report)
+        else:
+            chain_walk(
+                _links_walk(start.size - 1 if start else 0, keys=bool(unlinked)),
+                signed,
+                report,
+                unlinked=unlinked,
+                start=start,
+            )
         _event_ids_fill(report)
     return report
+
+
+PARALLEL_MIN_LINKS = 50_000  # below this, starting processes costs more than it saves
+
+
+def _ranges_split(signed: list, jobs: int) -> list[tuple]:
+    """Split an intact-looking chain at signed checkpoints into `jobs` spans that can be walked
+    independently: each span after the first starts from its checkpoint's head and Merkle
+    frontier, which the span before it checks against the same signed statement. A chain with
+    holes is walked in one piece, so that every finding keeps its exact serial meaning."""
+    if connection.vendor != "postgresql" or not signed:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*), coalesce(max(seq), 0) FROM audit_auditlink")
+        count, size = cursor.fetchone()
+    if count != size or size < PARALLEL_MIN_LINKS or max(c.size for c in signed) > size:
+        return []
+    ranges, start = [], None
+    for i in range(1, jobs):
+        target = size * i // jobs
+        cut = max((c for c in signed if c.size <= target), key=lambda c: c.size, default=None)
+        if cut is None or (start is not None and cut.size <= start.size) or cut.size >= size:
+            continue
+        ranges.append((start, cut.size))
+        start = cut
+    ranges.append((start, size))
+    if len(ranges) < 2:
+        return []
+    return [
+        (
+            start,
+            until,
+            [c for c in signed if (start.size if start else 0) < c.size <= until],
+        )
+        for start, until in ranges
+    ]
+
+
+def _walk_in_parallel(ranges: list[tuple], report: Report) -> None:
+    import multiprocessing
+
+    from audit.verify import RECHAINED
+
+    settings_dict = connection.settings_dict
+    params = {
+        "dbname": settings_dict["NAME"],
+        "user": settings_dict.get("USER") or None,
+        "password": settings_dict.get("PASSWORD") or None,
+        "host": settings_dict.get("HOST") or None,
+        "port": settings_dict.get("PORT") or None,
+    }
+    jobs = [(params, start, until, signed) for start, until, signed in ranges]
+    # fork: the children only open their own connections (never touch the inherited one) and
+    # leave through os._exit, so the parent's connection is unharmed.
+    with multiprocessing.get_context("fork").Pool(len(jobs)) as pool:
+        results = pool.map(_walk_range, jobs)
+    rechained = False
+    for findings, checked, size in results:
+        for finding in findings:
+            if finding.kind == RECHAINED:
+                if rechained:
+                    continue
+                rechained = True
+            report.findings.append(finding)
+        report.checked += checked
+        report.size = size
+
+
+def _walk_range(job: tuple) -> tuple[list, int, int]:
+    import psycopg
+
+    params, start, until, signed = job
+    with psycopg.connect(**{k: v for k, v in params.items() if v is not None}) as raw:
+        raw.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        part = Report()
+        after = start.size - 1 if start else 0
+        rows = _prefetched(_links_merge(raw, after, keys=False, until=until))
+        chain_walk(rows, signed, part, start=start)
+        raw.rollback()
+    return part.findings, part.checked, part.size
 
 
 def _no_checkpoint(number: int, *, exists: bool):

@@ -173,6 +173,7 @@ def main() -> int:
             f"baseline, audit_record from 16 threads (one event per transaction): "
             f"{writes:,.0f} events/s; sealer/writers ratio {rate / writes:.1f}x"
         )
+        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (a shared machine)")
         connection.close()
     finally:
         scratch_drop(name)

@@ -174,6 +174,7 @@ def main() -> int:
             f"  ratio {a / p:.2f}x (target >= 0.5x: {'met' if a / p >= 0.5 else 'NOT met'}); "
             f"{AuditEvent.objects.count():,} events sealed, verify ok={report.ok}"
         )
+        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (a shared machine)")
         connection.close()
     finally:
         scratch_drop(name)

@@ -62,6 +62,17 @@ def test_merkle_root_matches_rfc6962_test_vectors():
 
 
 @BOTH
+def test_hmac_lets_a_secret_be_matched_without_storing_it(settings):
+    from audit.services import audit_hmac
+
+    settings.SECRET_KEY = "k" * 50
+    token = "cvy_s3cr3t-value"
+    marked = audit_hmac(token)
+    assert marked.startswith("hmac-sha256:") and token not in marked
+    assert marked == audit_hmac(token) != audit_hmac(token + "x")
+
+
+@BOTH
 def test_event_body_is_canonical_json(db):
     event = audit_record(
         action="settings.setting.changed",

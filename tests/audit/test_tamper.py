@@ -212,3 +212,39 @@ def test_exported_bundle_verifies_offline_and_shows_edits(trail, tmp_path):
     with pytest.raises(SystemExit):
         call_command("audit_verify", "--bundle", str(bundle), "--public-key", str(pem), stdout=out)
     assert out.getvalue().startswith(f"seq=5 event_id={_eid(trail, 5)} kind=edited body")
+
+
+@pytest.fixture
+def long_trail(settings, monkeypatch):
+    import audit.services
+
+    monkeypatch.setattr(audit.services, "PARALLEL_MIN_LINKS", 0)
+    settings.AUDIT_CHECKPOINT_EVERY = 4
+    settings.AUDIT_CHECKPOINT_SECONDS = 3600
+    for n in range(40):
+        audit_record(action="people.logout", actor_type="system", payload={"n": n})
+    trail_seal()
+    return {link.seq: link for link in AuditLink.objects.select_related("event")}
+
+
+def test_parallel_walk_agrees_with_the_serial_one(long_trail, monkeypatch):
+    import audit.services
+
+    spans = []
+    split = audit.services._ranges_split
+    monkeypatch.setattr(
+        audit.services, "_ranges_split", lambda *a: spans.append(split(*a)) or spans[-1]
+    )
+    whole = audit_verify(jobs=3)
+    assert [until for _start, until, _signed in spans[0]] == [12, 24, 40]
+    assert (whole.ok, whole.checked, whole.size, whole.checkpoints_valid) == (True, 40, 40, 10)
+    tamper(
+        "UPDATE audit_auditevent SET body = replace(body, '\"n\":29', '\"n\":0') "
+        "WHERE id = (SELECT event_pk FROM audit_auditlink WHERE seq = 30)"
+    )
+    assert _findings(jobs=3) == _findings() == [("edited body", 30, _eid(long_trail, 30))]
+    tamper("DELETE FROM audit_auditlink WHERE seq = 12")  # a hole: walked serially
+    assert _findings(jobs=3) == [
+        ("deleted link", 12, _eid(long_trail, 12)),
+        ("edited body", 30, _eid(long_trail, 30)),
+    ]

@@ -1,5 +1,6 @@
 """Verify the audit trail (database or exported bundle) and name the event behind each finding."""
 
+import os
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
@@ -20,6 +21,13 @@ class Command(BaseCommand):
         )
         parser.add_argument("--bundle", type=Path, metavar="FILE", help="an exported NDJSON bundle")
         parser.add_argument(
+            "--jobs",
+            type=int,
+            default=min(4, os.cpu_count() or 1),
+            metavar="N",
+            help="processes for a long chain in PostgreSQL (default: CPUs, at most 4)",
+        )
+        parser.add_argument(
             "--public-key",
             type=Path,
             metavar="FILE",
@@ -27,7 +35,7 @@ class Command(BaseCommand):
             "key inside it",
         )
 
-    def handle(self, *args, from_checkpoint, bundle, public_key, **options):
+    def handle(self, *args, from_checkpoint, bundle, public_key, jobs, **options):
         try:
             key = public_key_load(public_key.read_bytes()) if public_key else None
         except (OSError, AuditKeyError) as exc:
@@ -43,7 +51,7 @@ class Command(BaseCommand):
             except ValueError as exc:
                 raise CommandError(f"--bundle: {exc}") from exc
         else:
-            report = audit_verify(from_checkpoint=from_checkpoint, public_key=key)
+            report = audit_verify(from_checkpoint=from_checkpoint, public_key=key, jobs=jobs)
             audit_verify_record(report=report)
         for finding in report.findings:
             self.stdout.write(finding.line())
