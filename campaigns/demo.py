@@ -2,7 +2,8 @@
 
 Each generated repository is a small Python project whose tests use the deprecated
 `assertEquals`. Every third one also rounds in its code, which the `aggressive` variant breaks,
-so its validation fails there: every state shows up in the UI. Tests and benchmarks reuse
+so its validation fails there, and the last one has an unexpected layout, so its setup fails:
+every state shows up in the UI. Tests and benchmarks reuse
 `demo_repos_create` and `DEMO_SPEC`.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 from django.conf import settings
@@ -96,8 +98,14 @@ def demo_repo_files(index: int) -> dict[str, str]:
     }
 
 
-def demo_repos_create(root: Path, count: int, *, prefix: str = "service") -> list[Path]:
-    """Create `count` git repositories under root (kept if present); return their paths."""
+def demo_repos_create(
+    root: Path, count: int, *, prefix: str = "service", legacy: Iterable[int] = ()
+) -> list[Path]:
+    """Create `count` git repositories under root (kept if present); return their paths.
+
+    Repositories whose index is in `legacy` keep their code under `src/`, so the demo spec's
+    setup step fails there (a failed run, with an error cluster to retry).
+    """
     root.mkdir(parents=True, exist_ok=True)
     paths = []
     for index in range(count):
@@ -107,6 +115,9 @@ def demo_repos_create(root: Path, count: int, *, prefix: str = "service") -> lis
             continue
         path.mkdir(exist_ok=True)
         for name, text in demo_repo_files(index).items():
+            if index in legacy and name.endswith(".py"):
+                (path / "src").mkdir(exist_ok=True)
+                name = f"src/{name}"
             (path / name).write_text(text)
         _git("init", "--quiet", "--initial-branch=main", cwd=path)
         _git("add", "-A", cwd=path)
@@ -122,7 +133,7 @@ def demo_campaign_seed() -> list[str]:
     from campaigns.services import campaign_create, campaign_launch, repositories_register
 
     root = Path(settings.DATA_DIR) / "repos" / "demo"
-    paths = demo_repos_create(root, DEMO_REPO_COUNT)
+    paths = demo_repos_create(root, DEMO_REPO_COUNT, legacy={DEMO_REPO_COUNT - 1})
     repos = repositories_register(
         entries=[{"url": f"file://{p}", "ref": "main"} for p in paths], tags=[DEMO_TAG]
     )

@@ -26,7 +26,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, transaction
-from django.db.models import Count, F, QuerySet
+from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
 from audit.services import audit_record
@@ -623,15 +623,27 @@ def campaign_finish_if_done(*, campaign_id: int) -> bool:
     return bool(moved)
 
 
+_ticked_in_this_process = False
+
+
 def campaigns_tick() -> dict:
     """Periodic housekeeping: requeue runs whose worker died, resend lost messages, dispatch,
     and complete finished campaigns."""
+    global _ticked_in_this_process
     now = timezone.now()
     lease = timedelta(seconds=settings.RUN_LEASE_S)
+    dead = Q(heartbeat_at__lt=now - lease)
+    resend_before = now - lease * 4
+    if settings.EMBEDDED and not _ticked_in_this_process:
+        # One process holds the in-memory broker and the only worker: after a restart every
+        # queued message is gone and every run another process held is orphaned.
+        dead |= ~Q(worker=_worker_name())
+        resend_before = now
+    _ticked_in_this_process = True
     stale = runs_transition(
         runs=RepoRun.objects.filter(
+            dead,
             state=RunState.RUNNING,
-            heartbeat_at__lt=now - lease,
             campaign__state=CampaignState.RUNNING,
         ),
         from_states=[RunState.RUNNING],
@@ -644,7 +656,7 @@ def campaigns_tick() -> dict:
     lost = list(
         RepoRun.objects.filter(
             state=RunState.QUEUED,
-            queued_at__lt=now - lease * 4,
+            queued_at__lt=resend_before,
             campaign__state=CampaignState.RUNNING,
         ).values_list("pk", flat=True)[:1000]
     )
