@@ -100,6 +100,8 @@ def audit_record(
     """Write one event in the caller's transaction; raise AuditWriteError if it cannot be."""
     if outcome not in OUTCOMES:
         raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
+    if actor_type is not None and actor_type not in ACTOR_TYPES:
+        raise ValueError(f"actor_type must be one of {ACTOR_TYPES}, got {actor_type!r}")
     ctx = request_context(request) if request is not None else current_request.get()
     context = {k: v for k, v in (context or {}).items() if v is not None}
     unknown = set(context) - set(CONTEXT_KEYS)

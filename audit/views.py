@@ -45,8 +45,10 @@ def _events_page(request, *, title: str, what: str, extra: Q | None = None, scop
         audit_view_record(
             actor=request.user, request=request, what=what, query=text, count=len(page.events)
         )
-    template = "audit/events.html#results" if request.htmx else "audit/events.html"
-    return render(request, template, context, status=status)
+    if request.htmx:
+        # htmx swaps only 2xx answers; the partial carries the error message itself.
+        return render(request, "audit/events.html#results", context)
+    return render(request, "audit/events.html", context, status=status)
 
 
 @login_required

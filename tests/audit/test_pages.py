@@ -101,6 +101,15 @@ def test_a_bad_filter_is_named_not_a_500(admin_client, db, q, message):
     assert message in response.content.decode()
 
 
+def test_htmx_search_swaps_just_the_results(admin_client, events):
+    response = admin_client.get("/audit/", {"q": "outcome:denied"}, headers={"HX-Request": "true"})
+    html = response.content.decode()
+    assert html.lstrip().startswith('<section id="audit-results"')
+    assert "<html" not in html and "people.permission.denied" in html
+    bad = admin_client.get("/audit/", {"q": "sandbox:x"}, headers={"HX-Request": "true"})
+    assert bad.status_code == 200 and "sandbox: expected a number" in bad.content.decode()
+
+
 def test_campaign_and_sandbox_history_show_only_their_events(admin_client, events):
     assert _actions(admin_client.get("/audit/campaigns/42/")) == ["sandbox.exec.completed"]
     assert _actions(admin_client.get("/audit/campaigns/43/")) == ["campaign.campaign.launched"]
