@@ -71,7 +71,11 @@ class Workspaces:
         return self.dir(external_id) / "workspace"
 
     def create(self, meta: Meta) -> Path:
-        """Make the sandbox's directory; its workspace is empty or an overlay of meta.layers."""
+        """Make the sandbox's directory; its workspace is empty or an overlay of meta.layers.
+
+        The caller writes meta.json once the engine is up (until then `ids()` lists the
+        directory but `list()` does not).
+        """
         self.root.mkdir(parents=True, exist_ok=True)
         base = self.dir(meta.external_id)
         base.mkdir(mode=0o700)
@@ -79,7 +83,6 @@ class Workspaces:
         workspace.mkdir()
         if meta.layers:
             self._layer_on(meta, base)
-        self.meta_write(meta)
         return workspace
 
     def _layer_on(self, meta: Meta, base: Path) -> None:
@@ -190,7 +193,13 @@ class Workspaces:
         return used
 
     def overlay_available(self) -> bool:
+        """Can this host mount overlays here? Probed once per data dir, then remembered."""
         if self._overlay_ok is None:
+            remembered = self.root / ".overlay"
+            with contextlib.suppress(OSError):
+                self._overlay_ok = remembered.read_text() == "yes"
+        if self._overlay_ok is None:
+            self.root.mkdir(parents=True, exist_ok=True)
             probe = self.root / f".probe-{os.getpid()}"
             try:
                 for d in ("lower", "upper", "work", "merged"):
@@ -209,6 +218,7 @@ class Workspaces:
                 self._overlay_ok = False
             finally:
                 _rmtree(probe)
+            (self.root / ".overlay").write_text("yes" if self._overlay_ok else "no")
         return self._overlay_ok
 
     # --- /etc for every sandbox -----------------------------------------------------------

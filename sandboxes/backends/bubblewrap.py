@@ -9,6 +9,7 @@ other host processes could read them.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -53,6 +54,19 @@ def bwrap_argv(*, etc: str, workspace: str, network: str, cwd: str) -> list[str]
     return argv
 
 
+def _child_pid(fd: int) -> int:
+    """The sandbox's first process, from bwrap's --info-fd JSON (0 if bwrap failed first)."""
+    data = b""
+    while True:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+        with contextlib.suppress(ValueError):
+            return int(json.loads(data)["child-pid"])
+    return 0
+
+
 class BubblewrapBackend(LocalBackend):
     name = "bwrap"
     id_prefix = "bw"
@@ -88,22 +102,39 @@ class BubblewrapBackend(LocalBackend):
             network=meta.network,
             cwd=cwd,
         )
-        paths, limits = meta.cgroups, meta.limits
-
-        def child_setup() -> None:
-            cgroups.cgroup_enter(paths)
-            rlimits_apply(limits, address_space=not paths)
-
-        proc = subprocess.Popen(
-            [*full, *argv],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            preexec_fn=child_setup,  # cgroup entry and rlimits must happen in the child
-            start_new_session=True,
-            close_fds=True,
-        )
+        # bwrap reports its sandbox's first process on --info-fd and then waits on --block-fd
+        # before running the command: that process gets its cgroup and rlimits in the gap, so
+        # everything the command starts inherits them (and no slow preexec_fn is needed).
+        info_r, info_w = os.pipe()
+        block_r, block_w = os.pipe()
+        fds = ["--info-fd", str(info_w), "--block-fd", str(block_r)]
+        try:
+            proc = subprocess.Popen(
+                [*full[:-1], *fds, "--", *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                start_new_session=True,
+                pass_fds=(info_w, block_r),
+            )
+        finally:
+            os.close(info_w)
+            os.close(block_r)
+        try:
+            child = _child_pid(info_r)
+            if child:  # every process the command starts descends from this one
+                cgroups.cgroup_enter(meta.cgroups, child)
+                rlimits_apply(meta.limits, address_space=not meta.cgroups, pid=child)
+            with contextlib.suppress(BrokenPipeError):
+                os.write(block_w, b"go")
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            raise
+        finally:
+            os.close(info_r)
+            os.close(block_w)
 
         def kill() -> None:
             # bwrap's pid namespace dies with its init, which dies with bwrap (--die-with-parent):

@@ -85,12 +85,11 @@ def _write(path: Path, value: str, *, required: bool = True) -> None:
             raise
 
 
-def cgroup_enter(paths: list[str]) -> None:
-    """Move the calling process into the cgroups (used in a child before exec)."""
-    pid = str(os.getpid())
+def cgroup_enter(paths: list[str], pid: int = 0) -> None:
+    """Move a process (default: the calling one) into the cgroups."""
     for path in paths:
         with open(os.path.join(path, "cgroup.procs"), "w") as f:
-            f.write(pid)
+            f.write(str(pid or os.getpid()))
 
 
 def cgroup_pids(paths: list[str]) -> set[int]:

@@ -132,19 +132,25 @@ def pump(
                 pipe.close()
 
 
-def rlimits_apply(limits: Mapping, *, address_space: bool) -> None:
-    """Run in the child before exec: limits that hold even where cgroups are missing."""
-    fsize = int(limits.get("disk_mb", 2048)) * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
+def rlimits_for(limits: Mapping, *, address_space: bool) -> list[tuple[int, int]]:
+    """Limits that hold even where cgroups are missing: file size, CPU time, processes…"""
     cpu_s = int(limits.get("timeout_s", 3600)) + 5
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s))
-    nproc = int(limits.get("pids_max", 256))
-    resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+    found = [
+        (resource.RLIMIT_FSIZE, int(limits.get("disk_mb", 2048)) * 1024 * 1024),
+        (resource.RLIMIT_CORE, 0),
+        (resource.RLIMIT_NOFILE, 4096),
+        (resource.RLIMIT_CPU, cpu_s),
+        (resource.RLIMIT_NPROC, int(limits.get("pids_max", 256))),
+    ]
     if address_space:
-        mem = int(limits.get("memory_mb", 1024)) * 1024 * 1024 * 2
-        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+        found.append((resource.RLIMIT_AS, int(limits.get("memory_mb", 1024)) * 1024 * 1024 * 2))
+    return found
+
+
+def rlimits_apply(limits: Mapping, *, address_space: bool, pid: int = 0) -> None:
+    """Set the limits on `pid` (0: the calling process, e.g. a child before exec)."""
+    for which, value in rlimits_for(limits, address_space=address_space):
+        resource.prlimit(pid, which, (value, value))
 
 
 def limits_of(spec: SandboxSpec) -> dict:
