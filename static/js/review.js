@@ -72,6 +72,7 @@
     var root = document.querySelector("[data-review-page]");
     if (!root) { handler = null; return; }
     handler = root.dataset.reviewPage === "queue" ? queue(root) : compare(root);
+    document.documentElement.dataset.reviewKeys = "ready";
   }
 
   document.addEventListener("keydown", function (event) {

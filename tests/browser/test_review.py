@@ -53,6 +53,12 @@ def _repos(tag: str, count: int) -> list[Path]:
     return paths
 
 
+def keys_ready(page):
+    """Wait until review.js has bound its keys on the page now shown."""
+    page.wait_for_load_state("load")
+    page.wait_for_selector("html[data-review-keys=ready]", state="attached")
+
+
 def _login(page, base, user):
     page.context.clear_cookies()
     page.goto(f"{base}/login/")
@@ -87,6 +93,7 @@ def test_review_end_to_end(asgi_server, browser_page, manager, reviewer):
     assert page.inner_text("[data-testid=review-todo]") == "5"
     screenshot(page, "review-dashboard")
     page.goto(f"{base}/campaigns/{campaign.pk}/review/")
+    keys_ready(page)
     page.keyboard.press("o")
     page.wait_for_selector("[data-testid=variants]")
     for name in ("conservative", "standard", "aggressive"):
@@ -103,8 +110,11 @@ def test_review_end_to_end(asgi_server, browser_page, manager, reviewer):
     assert "calc.py\nonly in aggressive" in compared and "test_calc.py\nsame in both" in compared
     screenshot(page, "review-comparison")
     page.click("[data-testid=variant-standard] h3 a")
+    page.wait_for_selector("[data-testid=variant-standard] >> text=shown")
+    keys_ready(page)
     page.keyboard.press("p")
     page.wait_for_selector("text=Picked “standard”")
+    keys_ready(page)
     page.keyboard.press("a")
     page.wait_for_selector("text=Approved the change")
     first_run = RepoRun.objects.get(campaign=campaign, repository__url=f"file://{paths[0]}")
