@@ -51,6 +51,7 @@ class SandboxLogConsumer(AsyncWebsocketConsumer):
     last_sent: int = 0
     acked: int | None = None  # None: the client does not acknowledge; no window applies
     behind: bool = False
+    last_batch_at: float = 0.0
 
     async def connect(self):
         user = self.scope.get("user")
@@ -105,6 +106,7 @@ class SandboxLogConsumer(AsyncWebsocketConsumer):
         return WINDOW - (self.last_sent - self.acked)
 
     async def log_batch(self, event):
+        self.last_batch_at = asyncio.get_running_loop().time()
         async with self.send_lock:
             first, last = event["first"], event["last"]
             if last <= self.last_sent:
@@ -145,11 +147,17 @@ class SandboxLogConsumer(AsyncWebsocketConsumer):
         self.last_sent = last
 
     async def idle_check(self) -> None:
-        """Catch up lines whose live batch never came (a layer may drop under load)."""
+        """Catch up lines whose live batch never came (a layer may drop under load).
+
+        Only after a quiet spell: while batches flow, storage is always a little ahead of them
+        (a batch is stored before it is published), and reading it then would only duplicate
+        the work of the live path.
+        """
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(IDLE_CHECK_S)
-            if self.behind:
-                continue  # waiting for the client's acknowledgement, not for lines
+            if self.behind or loop.time() - self.last_batch_at < IDLE_CHECK_S:
+                continue  # waiting for the client's acknowledgement, or batches are flowing
             stored = await database_sync_to_async(log_last_seq)(sandbox_id=self.sandbox_id)
             if stored > self.last_sent:
                 async with self.send_lock:
