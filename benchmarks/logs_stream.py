@@ -409,6 +409,8 @@ def main() -> int:
             print()
             print(f"(printing `seq 1 {args.lines}` to /dev/null alone: {bare_cmd.split()[1]})")
         print("zero lines lost or reordered in every run:", "yes" if not failures else "NO")
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"load average at the end (1, 5, 15 min): {load} on {os.cpu_count()} CPUs")
     finally:
         if server is not None:
             server.terminate()
