@@ -109,6 +109,11 @@ def test_review_end_to_end(asgi_server, browser_page, manager, reviewer):
     compared = page.inner_text("[data-testid=compare]")
     assert "calc.py\nonly in aggressive" in compared and "test_calc.py\nsame in both" in compared
     screenshot(page, "review-comparison")
+    # The split view swaps in place (htmx), without reloading the page.
+    page.evaluate("window.__stayed = true")
+    page.click("[data-testid=mode-split]")
+    page.wait_for_selector(".diff-split")
+    assert page.evaluate("window.__stayed === true")
     page.click("[data-testid=variant-standard] h3 a")
     page.wait_for_selector("[data-testid=variant-standard] >> text=shown")
     keys_ready(page)
@@ -139,6 +144,14 @@ def test_review_end_to_end(asgi_server, browser_page, manager, reviewer):
     assert not RunReview.objects.filter(run=odd, state=ReviewState.APPROVED).exists()
     approved = RunReview.objects.filter(campaign=campaign, state=ReviewState.APPROVED)
     assert approved.count() == 4
+    # The different one is rejected from the queue with the keyboard (r asks why).
+    page.goto(f"{base}/campaigns/{campaign.pk}/review/?which=todo")
+    keys_ready(page)
+    assert page.locator("[data-testid=queue-row]").count() == 1
+    page.once("dialog", lambda dialog: dialog.accept("asserts a different sum"))
+    page.keyboard.press("r")
+    page.wait_for_selector("text=Rejected the change")
+    assert RunReview.objects.get(run=odd).comment == "asserts a different sum"
 
     # Publishing pushes a branch to each local remote with exactly the approved diff.
     page.goto(f"{base}/campaigns/{campaign.pk}/review/?which=approved")
