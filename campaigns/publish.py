@@ -42,6 +42,22 @@ def author_parse(text: str | None) -> tuple[str, str]:
     return m.group("name"), m.group("email")
 
 
+def git_auth_env(*, remote_url: str, token: str) -> dict[str, str]:
+    """Config (through the environment, never argv) sending `token` to an https remote's host."""
+    import base64
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(remote_url)
+    if parts.scheme != "https" or not token:
+        return {}
+    basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
+    return {
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": f"http.https://{parts.netloc}/.extraheader",
+        "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}",
+    }
+
+
 def git_env(home: Path) -> dict[str, str]:
     """An environment for host-side git that reads no config but ours and never prompts."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
@@ -95,6 +111,7 @@ def change_push(
     branch: str,
     message: str,
     author: str | None = None,
+    token: str = "",
 ) -> Pushed:
     """Commit `patch` on top of `base_commit` and push it as `branch` (replacing an older push).
 
@@ -117,6 +134,7 @@ def change_push(
             GIT_AUTHOR_EMAIL=email,
             GIT_COMMITTER_NAME="Convoy",
             GIT_COMMITTER_EMAIL="convoy@localhost",
+            **git_auth_env(remote_url=remote_url, token=token),
         )
         _git(work, env, "init", "-q")
         _git(work, env, "remote", "add", "origin", remote_url)

@@ -462,6 +462,7 @@ def changeset_push(*, changeset_id: int) -> Changeset:
     try:
         if variant is None or variant.diff_sha256 != changeset.diff_hash:
             raise PublishError("the variant changed after approval; approve it again")
+        host = codehost_for_remote(changeset.remote_url)
         pushed = change_push(
             remote_url=changeset.remote_url,
             base_commit=run.base_commit,
@@ -470,9 +471,9 @@ def changeset_push(*, changeset_id: int) -> Changeset:
             branch=changeset.branch,
             message=spec.get("commit_message") or spec.get("title") or run.campaign.name,
             author=spec.get("author") or None,
+            token=host[0].token if host is not None else "",
         )
         fields = {"commit": pushed.commit, "state": ChangesetState.PUSHED}
-        host = codehost_for_remote(changeset.remote_url)
         if host is not None:
             adapter, slug = host
             pr = adapter.pull_request_upsert(

@@ -112,6 +112,7 @@ class CodeHost(ABC):
     """One code host (GitHub, …) reached with one credential."""
 
     name: str
+    token: str = ""  # also sent with git pushes to this host's https remotes
 
     @abstractmethod
     def pull_request_upsert(

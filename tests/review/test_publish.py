@@ -120,3 +120,13 @@ def test_publish_ignores_host_git_config_and_hooks(remote, tmp_path, monkeypatch
     assert not marker.exists()
     author = git(bare, "log", "-1", "--format=%an", pushed.commit).decode().strip()
     assert author == "Convoy"
+
+
+def test_https_pushes_carry_the_token_in_the_environment_not_argv():
+    from campaigns.publish import git_auth_env
+
+    env = git_auth_env(remote_url="https://github.com/acme/alpha.git", token="s3cret")
+    assert env["GIT_CONFIG_KEY_0"] == "http.https://github.com/.extraheader"
+    assert env["GIT_CONFIG_VALUE_0"].startswith("Authorization: Basic ")
+    assert "s3cret" not in env["GIT_CONFIG_VALUE_0"]  # base64 of x-access-token:<token>
+    assert git_auth_env(remote_url="file:///srv/alpha.git", token="s3cret") == {}
