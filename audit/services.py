@@ -22,7 +22,7 @@ from audit import chain
 from audit.context import current_request, request_context
 from audit.keys import key_id, public_key_pem, public_key_raw, signing_key, verifying_key
 from audit.models import AuditCheckpoint, AuditEvent
-from audit.verify import CheckpointRow, Report, chain_walk, checkpoints_check
+from audit.verify import CheckpointRow, Report, batched, chain_walk, checkpoints_check
 
 logger = logging.getLogger(__name__)
 
@@ -398,22 +398,25 @@ def _links_stream(after_seq: int) -> Iterator[tuple]:
             after_seq = rows[-1][0]
 
 
-def _links_walk(after_seq: int, *, keys: bool) -> Iterator[tuple]:
+def _links_walk(after_seq: int, *, keys: bool) -> Iterator[list[tuple]]:
     """The verifier's read. On PostgreSQL: two server-side cursors in binary format (hashes
     arrive as raw bytes), links by seq and events by id, merged here through a small reorder
     buffer, because two ordered index scans are far cheaper than a million-row join. The order
     key (txid, id) is filled in only when some event is unlinked (the walk needs it then)."""
     if connection.vendor != "postgresql":
-        for seq, event_uuid, content, chained, body, key in _links_stream(after_seq):
-            yield seq, event_uuid, content, chained, None if body is None else body.encode(), key
+        rows = (
+            (seq, event_uuid, content, chained, None if body is None else body.encode(), key)
+            for seq, event_uuid, content, chained, body, key in _links_stream(after_seq)
+        )
+        yield from batched(rows)
         return
     connection.ensure_connection()
     yield from _prefetched(_links_merge(connection.connection, after_seq, keys=keys))
 
 
-def _prefetched(rows: Iterator[tuple], *, batch: int = 5000) -> Iterator[tuple]:
-    """Run `rows` in a thread, so waiting for the database overlaps with hashing here (the
-    driver releases the GIL while it waits)."""
+def _prefetched(rows: Iterator[tuple], *, batch: int = 5000) -> Iterator[list[tuple]]:
+    """Run `rows` in a thread and hand them over in batches, so waiting for the database
+    overlaps with hashing here (the driver releases the GIL while it waits)."""
     import queue
     import threading
 
@@ -438,7 +441,7 @@ def _prefetched(rows: Iterator[tuple], *, batch: int = 5000) -> Iterator[tuple]:
     while (item := pipe.get()) is not done:
         if isinstance(item, BaseException):
             raise item
-        yield from item
+        yield item
     thread.join()
 
 
@@ -771,7 +774,7 @@ def audit_verify_bundle(*, lines, public_key=None) -> Report:
         )
         for e in events
     )
-    chain_walk(links, signed, report)
+    chain_walk(batched(links), signed, report)
     return report
 
 
