@@ -84,6 +84,18 @@ def test_log_lines_appear_while_the_command_runs_and_survive_a_reload(
         assert [seq for seq, _ in again] == list(range(1, len(again) + 1))
         assert again[-1][1] == "second command"
 
+        # The connection drops: the panel reconnects by itself, asking only for what it lacks.
+        last = again[-1][0]
+        with page.expect_websocket(lambda ws: f"after={last}&" in ws.url, timeout=15_000):
+            page.eval_on_selector(
+                "[data-log-view]", "v => v['htmx-internal-data'].webSocket.socket.close()"
+            )
+        page.wait_for_selector("[data-log-status].live")
+        run_in_thread(sandbox, "echo after the reconnect").join()
+        page.wait_for_selector(".log-line:has-text('after the reconnect')")
+        final = visible_lines(page)
+        assert [seq for seq, _ in final] == list(range(1, last + 3))  # its header and its line
+
         page.fill("[data-log-filter]", "tick 1")
         shown = [text for _, text in visible_lines(page)]
         assert shown and all("tick 1" in text for text in shown)
