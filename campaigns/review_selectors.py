@@ -11,7 +11,20 @@ from dataclasses import dataclass
 
 from django.core.cache import cache
 from django.core.paginator import Page, Paginator
-from django.db.models import Count, F, FloatField, Func, Max, Min, Prefetch, Q, QuerySet, Value
+from django.db.models import (
+    Count,
+    Exists,
+    F,
+    FloatField,
+    Func,
+    Max,
+    Min,
+    OuterRef,
+    Prefetch,
+    Q,
+    QuerySet,
+    Value,
+)
 from django.db.models.functions import Floor
 
 from campaigns.models import (
@@ -63,6 +76,15 @@ def _list_variants() -> Prefetch:
     )
 
 
+def _has_change() -> Exists:
+    """The run has a completed variant that changed something (else there is nothing to review)."""
+    return Exists(
+        Variant.objects.filter(run=OuterRef("pk"), state=VariantState.COMPLETED).exclude(
+            diff_sha256=""
+        )
+    )
+
+
 def review_queue(*, campaign: Campaign, which: str = "todo", page: int | str = 1) -> Page:
     """Finished runs for review, oldest first, with their variants and review state.
 
@@ -83,7 +105,7 @@ def review_queue(*, campaign: Campaign, which: str = "todo", page: int | str = 1
             Q(review__isnull=True)
             | Q(review__state__in=[ReviewState.UNREVIEWED, ReviewState.PICKED])
             | stale
-        )
+        ).filter(_has_change())
     elif which == "approved":
         runs = runs.filter(review__state=ReviewState.APPROVED, changeset__isnull=True).exclude(
             stale
@@ -110,9 +132,12 @@ def review_counts(*, campaign: Campaign) -> dict[str, int]:
     return RepoRun.objects.filter(campaign=campaign, state=RunState.SUCCEEDED).aggregate(
         todo=Count(
             "id",
-            filter=Q(review__isnull=True)
-            | Q(review__state__in=[ReviewState.UNREVIEWED, ReviewState.PICKED])
-            | stale,
+            filter=(
+                Q(review__isnull=True)
+                | Q(review__state__in=[ReviewState.UNREVIEWED, ReviewState.PICKED])
+                | stale
+            )
+            & Q(_has_change()),
         ),
         approved=Count(
             "id", filter=Q(review__state=ReviewState.APPROVED, changeset__isnull=True) & ~stale

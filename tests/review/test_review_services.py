@@ -181,3 +181,16 @@ def test_publish_pushes_the_approved_diff_and_audits_it(tmp_path, manager, revie
     assert requested["payload"]["diff_hash"] == v.diff_sha256
     assert done["payload"]["commit"] == changeset.commit
     assert Changeset.objects.get(run=run).state == "pushed"
+
+
+def test_runs_that_changed_nothing_are_not_waiting_for_review(manager):
+    campaign = campaign_make(owner=manager, variants=("only",))
+    changed, unchanged = run_make(campaign=campaign), run_make(campaign=campaign)
+    variant_make(run=changed, name="only", patch=patch_for("a.py", "1", "2"))
+    variant_make(run=unchanged, name="only", patch=b"")
+    assert review_counts(campaign=campaign)["todo"] == 1
+    assert [r.pk for r in review_queue(campaign=campaign, which="todo")] == [changed.pk]
+    assert {r.pk for r in review_queue(campaign=campaign, which="all")} == {
+        changed.pk,
+        unchanged.pk,
+    }
