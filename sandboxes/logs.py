@@ -24,6 +24,7 @@ from datetime import datetime
 from itertools import repeat
 
 from ansi2html import Ansi2HTMLConverter
+from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import connection, transaction
 from django.utils import timezone
@@ -427,13 +428,13 @@ class LogCapture:
         if self._loop is None:
             # One loop for the capture's life, so the layer keeps one connection to Redis.
             self._loop = asyncio.new_event_loop()
-        message = {
-            "type": "log.batch",
-            "first": first,
-            "last": last,
-            "lines": rendered,
-            "sent_at": time.time(),
-        }
+        message = {"type": "log.batch", "first": first, "last": last, "lines": rendered}
+        if connection.in_atomic_block:
+            # Written inside the caller's transaction: readers may only hear of lines that
+            # storage will have, so publish when (and if) it commits.
+            group = log_group(self.sandbox_id)
+            transaction.on_commit(lambda: _publish_later(layer, group, message))
+            return
         try:
             self._loop.run_until_complete(layer.group_send(log_group(self.sandbox_id), message))
         except Exception:
@@ -444,6 +445,13 @@ class LogCapture:
         if self._loop is not None:
             self._loop.close()
             self._loop = None
+
+
+def _publish_later(layer, group: str, message: dict) -> None:
+    try:
+        async_to_sync(layer.group_send)(group, message)
+    except Exception:
+        logger.warning("could not publish a log batch after commit", exc_info=True)
 
 
 def log_lines_store(

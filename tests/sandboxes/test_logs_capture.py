@@ -191,3 +191,14 @@ def test_a_multi_line_command_header_becomes_several_system_lines(sandbox):
         ("system", "echo b'"),
         ("stdout", "done"),
     ]
+
+
+def test_lines_written_in_the_callers_transaction_are_announced_only_on_commit(
+    sandbox, django_capture_on_commit_callbacks
+):
+    # The test runs inside a transaction, as a caller holding one would: readers must not hear
+    # of lines that a rollback would take back.
+    with django_capture_on_commit_callbacks(execute=False) as announcements:
+        run(sandbox, [("stdout", b"one\ntwo\n")])
+    assert len(announcements) == 1
+    assert LogLine.objects.filter(sandbox=sandbox).count() == 2
