@@ -114,6 +114,15 @@ def worker_stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def cpu_s(pid: int) -> tuple[float, float]:
+    """(the process's own CPU seconds, its waited-for children's CPU seconds)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / tick
+    children = (int(fields[13]) + int(fields[14])) / tick
+    return own, children
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):  # peak resident set
