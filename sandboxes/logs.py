@@ -297,6 +297,8 @@ class LogCapture:
     def _add(self, stream: str, texts: list[str], now: float) -> None:
         if not texts:
             return
+        if self._error is not None:
+            return  # the writer has stopped; see `error`
         stamp = timezone.now()
         with self._lock:
             was_empty = not self._pending
@@ -313,7 +315,7 @@ class LogCapture:
             self._write(self._take())
 
     def close(self) -> None:
-        """Flush everything (partial lines included), stop the writer, raise its error if any."""
+        """Flush everything (partial lines included) and stop the writer."""
         if self._closed:
             return
         now = time.monotonic()
@@ -330,8 +332,15 @@ class LogCapture:
             while batch := self._take():
                 self._write(batch)
             self._close_loop()
-        if self._error is not None:
-            raise self._error
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why the writer stopped storing lines, if it did (already logged).
+
+        Not raised from close(): a log that could not be stored must not turn a command that
+        ran into one that failed.
+        """
+        return self._error
 
     def __enter__(self) -> LogCapture:
         return self
@@ -387,7 +396,7 @@ class LogCapture:
                     self._write(batch)
                 elif closed:
                     return
-        except BaseException as exc:  # reported to the caller by close()
+        except Exception as exc:
             logger.exception("log writer for sandbox %s failed", self.sandbox_id)
             self._error = exc
             with self._lock:

@@ -202,3 +202,14 @@ def test_lines_written_in_the_callers_transaction_are_announced_only_on_commit(
         run(sandbox, [("stdout", b"one\ntwo\n")])
     assert len(announcements) == 1
     assert LogLine.objects.filter(sandbox=sandbox).count() == 2
+
+
+def test_a_log_that_cannot_be_stored_does_not_fail_the_command(transactional_db):
+    sandbox = Sandbox.objects.create(backend="bwrap")
+    capture = LogCapture(sandbox_id=sandbox.pk)
+    capture.feed("stdout", b"stored\n")
+    wait_for(lambda: capture.lines_written == 1, timeout=5, what="the first line to be stored")
+    Sandbox.objects.filter(pk=sandbox.pk).delete()
+    capture.feed("stdout", b"nowhere to go\n")
+    capture.close()  # returns; the command's own result is not the log's business
+    assert isinstance(capture.error, Sandbox.DoesNotExist)
