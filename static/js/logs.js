@@ -113,12 +113,18 @@
     if (follow.checked) toBottom();
   }
 
-  function setupAll() {
-    document.querySelectorAll("[data-log-panel]").forEach(setup);
+  function setupWithin(root) {
+    if (!root.querySelectorAll) return;
+    if (root.matches("[data-log-panel]")) setup(root);
+    root.querySelectorAll("[data-log-panel]").forEach(setup);
   }
 
   window.convoyLogs = { lastSeq: lastSeq };
   installResume();
-  setupAll();
-  document.body.addEventListener("htmx:load", setupAll);
+  setupWithin(document.body);
+  // A panel swapped in later by htmx (htmx:load fires for each new element, log lines too,
+  // so look only inside the new element).
+  document.body.addEventListener("htmx:load", function (event) {
+    setupWithin(event.target);
+  });
 })();
