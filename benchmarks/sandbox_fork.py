@@ -100,7 +100,7 @@ def main() -> None:
 
         gv = GVisorBackend(DATA)
         box = gv.create(SandboxSpec(timeout_s=600, memory_mb=256))
-        loop = "i=0; while :; do i=$((i+1)); echo $i > /tmp/n; sleep 0.05; done"
+        loop = "i=0; while :; do i=$((i+1)); echo $i > /tmp/m; mv /tmp/m /tmp/n; sleep 0.05; done"
         list(gv.exec(box, ["sh", "-c", f"({loop}) >/dev/null 2>&1 &"]))
         t = time.perf_counter()
         checkpoint = gv.checkpoint(box)

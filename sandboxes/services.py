@@ -335,6 +335,10 @@ def sandbox_snapshot(
         raise NotSupported(f"the {engine.name} backend cannot snapshot")
     started = time.monotonic()
     handle = engine.snapshot(_handle(sandbox))
+    return _snapshot_record(sandbox, engine, handle, owner_kind, owner_id, started, "filesystem")
+
+
+def _snapshot_record(sandbox, engine, handle, owner_kind, owner_id, started, kind):
     with transaction.atomic():
         snap = SandboxSnapshot.objects.create(
             source=sandbox,
@@ -351,12 +355,26 @@ def sandbox_snapshot(
             context=_ctx(sandbox),
             payload={
                 "external_id": handle.external_id,
+                "kind": kind,
                 "duration_ms": int((time.monotonic() - started) * 1000),
                 "owner_kind": snap.owner_kind,
                 "owner_id": snap.owner_id,
             },
         )
     return snap
+
+
+def sandbox_checkpoint(
+    *, sandbox: Sandbox, owner_kind: str = "", owner_id: int | None = None
+) -> SandboxSnapshot:
+    """Save the sandbox's memory and files; `sandbox_fork` of it gives running copies."""
+    _live(sandbox)
+    engine = backend_get(sandbox.backend)
+    if Capability.CHECKPOINT not in engine.capabilities:
+        raise NotSupported(f"the {engine.name} backend cannot checkpoint memory")
+    started = time.monotonic()
+    handle = engine.checkpoint(_handle(sandbox))
+    return _snapshot_record(sandbox, engine, handle, owner_kind, owner_id, started, "memory")
 
 
 def sandbox_fork(

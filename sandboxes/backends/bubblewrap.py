@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 from sandboxes.backends import cgroups
 from sandboxes.backends.base import SandboxError
-from sandboxes.backends.local import LocalBackend, rlimits_apply
+from sandboxes.backends.local import LocalBackend, rlimits_apply, rlimits_for
 from sandboxes.workspaces import SYSTEM_SYMLINKS, Meta
 
 SANDBOX_UID = 1000  # inside the user namespace; maps to the worker's own uid outside
@@ -52,6 +53,21 @@ def bwrap_argv(*, etc: str, workspace: str, network: str, cwd: str) -> list[str]
         argv += ["--share-net", "--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"]
     argv += ["--chdir", cwd, "--"]
     return argv
+
+
+PRLIMIT = shutil.which("prlimit", path="/usr/bin:/bin")
+RLIMIT_FLAGS = {
+    resource.RLIMIT_FSIZE: "--fsize",
+    resource.RLIMIT_CORE: "--core",
+    resource.RLIMIT_NOFILE: "--nofile",
+    resource.RLIMIT_CPU: "--cpu",
+    resource.RLIMIT_NPROC: "--nproc",
+    resource.RLIMIT_AS: "--as",
+}
+
+
+def prlimit_argv(limits: list[tuple[int, int]]) -> list[str]:
+    return [f"{RLIMIT_FLAGS[which]}={value}:{value}" for which, value in limits]
 
 
 def _child_pid(fd: int) -> int:
@@ -102,21 +118,41 @@ class BubblewrapBackend(LocalBackend):
             network=meta.network,
             cwd=cwd,
         )
-        # bwrap reports its sandbox's first process on --info-fd and then waits on --block-fd
-        # before running the command: that process gets its cgroup and rlimits in the gap, so
-        # everything the command starts inherits them (and no slow preexec_fn is needed).
+        popen = {
+            "stdin": subprocess.DEVNULL,
+            "stdout": subprocess.PIPE,
+            "stderr": subprocess.PIPE,
+            "env": env,
+            "start_new_session": True,
+        }
+        if PRLIMIT and cgroups.thread_migration_supported(meta.cgroups):
+            # Fast path: this thread forks bwrap from inside the sandbox's cgroups, and the
+            # sandbox's first process sets its own rlimits before the command runs.
+            limits = prlimit_argv(rlimits_for(meta.limits, address_space=False))
+            with cgroups.thread_in(meta.cgroups):
+                proc = subprocess.Popen([*full, PRLIMIT, *limits, "--", *argv], **popen)
+        else:
+            proc = self._popen_handshake(meta, full, argv, popen)
+
+        def kill() -> None:
+            # bwrap's pid namespace dies with its init, which dies with bwrap (--die-with-parent):
+            # killing the group takes every descendant, SIGTERM-ignoring or not.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+        return proc, kill
+
+    @staticmethod
+    def _popen_handshake(meta: Meta, full: list[str], argv, popen: dict) -> subprocess.Popen:
+        """bwrap reports its sandbox's first process on --info-fd, then waits on --block-fd
+        before running the command: that process gets its cgroup and rlimits in the gap, so
+        everything the command starts inherits them (and no slow preexec_fn is needed)."""
         info_r, info_w = os.pipe()
         block_r, block_w = os.pipe()
         fds = ["--info-fd", str(info_w), "--block-fd", str(block_r)]
         try:
             proc = subprocess.Popen(
-                [*full[:-1], *fds, "--", *argv],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=env,
-                start_new_session=True,
-                pass_fds=(info_w, block_r),
+                [*full[:-1], *fds, "--", *argv], pass_fds=(info_w, block_r), **popen
             )
         finally:
             os.close(info_w)
@@ -135,11 +171,4 @@ class BubblewrapBackend(LocalBackend):
         finally:
             os.close(info_r)
             os.close(block_w)
-
-        def kill() -> None:
-            # bwrap's pid namespace dies with its init, which dies with bwrap (--die-with-parent):
-            # killing the group takes every descendant, SIGTERM-ignoring or not.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-
-        return proc, kill
+        return proc

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -138,3 +139,38 @@ def cgroups_owned(owner: str) -> list[str]:
         with contextlib.suppress(OSError):
             found.extend(str(p) for p in base.glob(f"{PREFIX}{owner}-*") if p.is_dir())
     return found
+
+
+def thread_migration_supported(paths: list[str]) -> bool:
+    """cgroup v1 moves single threads (`tasks`), so a thread can fork straight into a cgroup."""
+    return bool(paths) and all(os.path.exists(os.path.join(p, "tasks")) for p in paths)
+
+
+@contextlib.contextmanager
+def thread_in(paths: list[str]):
+    """Run the block with the calling thread inside the cgroups; children it forks stay there.
+
+    Only this thread moves (v1 `tasks`), so other threads of the worker are unaffected, and it
+    goes back to where it was even if the block fails.
+    """
+    tid = str(threading.get_native_id())
+    home: list[str] = []
+    try:
+        for path in paths:
+            controller = Path(path).relative_to(ROOT).parts[0]
+            home.append(str(ROOT / controller / _thread_path(controller).lstrip("/")))
+            with open(os.path.join(path, "tasks"), "w") as f:
+                f.write(tid)
+        yield
+    finally:
+        for path in home:
+            with open(os.path.join(path, "tasks"), "w") as f:
+                f.write(tid)
+
+
+def _thread_path(controller: str) -> str:
+    for line in Path("/proc/thread-self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controller in controllers.split(","):
+            return path
+    return "/"

@@ -37,13 +37,14 @@ from sandboxes.workspaces import SYSTEM_SYMLINKS, Meta
 
 INIT = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600; done"]
 RUNSC_TIMEOUT_S = 60
+CHECKPOINT_PREFIX = "ck-"
 
 
 class GVisorBackend(LocalBackend):
     name = "gvisor"
     id_prefix = "gv"
     capabilities = (
-        Capability.STREAMED_EXEC | Capability.SNAPSHOT | Capability.CHECKPOINT | Capability.PAUSE
+        Capability.STREAMED_EXEC | Capability.SNAPSHOT | Capability.FORK | Capability.CHECKPOINT
     )
     isolation = (
         "gVisor user-space kernel: no network, host /usr read-only, own /workspace, "
@@ -297,7 +298,7 @@ class GVisorBackend(LocalBackend):
     def checkpoint(self, handle: SandboxHandle) -> SnapshotHandle:
         """Save the sandbox's memory and freeze its files; the sandbox goes on running."""
         meta = self.ws.meta_read(handle.external_id)
-        image = self.checkpoints / f"ck-{os.urandom(6).hex()}"
+        image = self.checkpoints / f"{CHECKPOINT_PREFIX}{os.urandom(6).hex()}"
         image.mkdir(parents=True)
         container = self._container(meta)
         started = time.monotonic()
@@ -332,6 +333,32 @@ class GVisorBackend(LocalBackend):
 
     def delete_checkpoint(self, checkpoint: SnapshotHandle) -> None:
         shutil.rmtree(self.checkpoints / checkpoint.external_id, ignore_errors=True)
+
+    def fork(self, snapshot: SnapshotHandle, spec: SandboxSpec, count: int) -> list[SandboxHandle]:
+        """N sandboxes from a filesystem snapshot, or N running copies of a memory checkpoint."""
+        if not snapshot.external_id.startswith(CHECKPOINT_PREFIX):
+            return super().fork(snapshot, spec, count)
+        made: list[SandboxHandle] = []
+        try:
+            for _ in range(count):
+                made.append(self.restore(snapshot, spec))
+        except BaseException:
+            for handle in made:
+                self.terminate(handle)
+            raise
+        return made
+
+    def delete_snapshot(self, snapshot: SnapshotHandle) -> None:
+        if snapshot.external_id.startswith(CHECKPOINT_PREFIX):
+            info = self.checkpoints / snapshot.external_id / "convoy.json"
+            layer = None
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                layer = json.loads(info.read_text())["layer"]
+            if layer:  # refused (SandboxError) while a sandbox still stands on the files
+                super().delete_snapshot(SnapshotHandle(self.name, layer))
+            self.delete_checkpoint(snapshot)
+            return
+        super().delete_snapshot(snapshot)
 
     # --- reaping ----------------------------------------------------------------------------
     def _strays_kill(self, containers: set[str] | None = None) -> list[int]:

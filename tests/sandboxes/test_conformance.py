@@ -127,7 +127,7 @@ def test_checkpoint_restore_resumes_a_process_with_its_memory(backend):
     # The token lives only in the shell's memory; the counter proves the process keeps going.
     loop = (
         "token=mem-$(od -An -N4 -tx4 /dev/urandom | tr -d ' '); i=0; "
-        'while :; do i=$((i+1)); echo "$token $i" > /tmp/state; sleep 0.05; done'
+        'while :; do i=$((i+1)); echo "$token $i" > /tmp/s; mv /tmp/s /tmp/state; sleep 0.05; done'
     )
     run(backend, handle, ["sh", "-c", f"({loop}) >/dev/null 2>&1 &"])
     outputs, _ = run(backend, handle, ["sh", "-c", "sleep 0.3; cat /tmp/state"])

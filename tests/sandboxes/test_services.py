@@ -196,3 +196,25 @@ def test_the_periodic_reaper_task_runs_on_a_real_worker(celery_worker, engines_c
         what="the worker's reaper to terminate the expired sandbox",
     )
     assert not backend_get("bwrap").ws.dir(sandbox.external_id).exists()
+
+
+def test_a_memory_checkpoint_forks_into_running_copies(db, manager, engines_clean):
+    from sandboxes.services import sandbox_checkpoint
+
+    source = sandbox_create(spec=SPEC, backend="gvisor", on_behalf_of=manager)
+    loop = "n=0; while :; do n=$((n+1)); echo $n > /tmp/m; mv /tmp/m /tmp/n; sleep 0.05; done"
+    sandbox_exec(sandbox=source, argv=["sh", "-c", f"({loop}) >/dev/null 2>&1 &"])
+    checkpoint = sandbox_checkpoint(sandbox=source)
+    copies = sandbox_fork(snapshot=checkpoint, count=2, spec=SPEC)
+    for copy in copies:
+        seen = []
+        sandbox_exec(
+            sandbox=copy, argv=["sh", "-c", "sleep 0.2; cat /tmp/n"], on_output=seen.append
+        )
+        assert int(b"".join(e.data for e in seen)) > 0  # the counter kept counting in the copy
+    event = AuditEvent.objects.get(action="sandbox.snapshot.created", sandbox_id=source.pk)
+    assert json.loads(event.body)["payload"]["kind"] == "memory"
+    for sandbox in [*copies, source]:
+        sandbox_terminate(sandbox=sandbox, reason="done")
+    snapshot_delete(snapshot=checkpoint)
+    assert not (backend_get("gvisor").checkpoints / checkpoint.external_id).exists()
