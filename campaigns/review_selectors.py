@@ -76,11 +76,13 @@ def _list_variants() -> Prefetch:
     )
 
 
-def _has_change() -> Exists:
+def _has_change() -> Q:
     """The run has a completed variant that changed something (else there is nothing to review)."""
-    return Exists(
-        Variant.objects.filter(run=OuterRef("pk"), state=VariantState.COMPLETED).exclude(
-            diff_sha256=""
+    return Q(
+        Exists(
+            Variant.objects.filter(run=OuterRef("pk"), state=VariantState.COMPLETED).exclude(
+                diff_sha256=""
+            )
         )
     )
 
@@ -137,7 +139,7 @@ def review_counts(*, campaign: Campaign) -> dict[str, int]:
                 | Q(review__state__in=[ReviewState.UNREVIEWED, ReviewState.PICKED])
                 | stale
             )
-            & Q(_has_change()),
+            & _has_change(),
         ),
         approved=Count(
             "id", filter=Q(review__state=ReviewState.APPROVED, changeset__isnull=True) & ~stale
