@@ -330,8 +330,7 @@ def _checkpoint_write(cursor, *, last: AuditCheckpoint | None, size: int) -> Aud
         "SELECT content_hash FROM audit_auditlink WHERE seq > %s AND seq <= %s ORDER BY seq",
         [frontier.size, size],
     )
-    for (content,) in cursor.fetchall():
-        frontier.append(bytes(content))
+    frontier.extend([bytes(content) for (content,) in cursor.fetchall()])
     cursor.execute("SELECT chain_hash FROM audit_auditlink WHERE seq = %s", [size])
     head = bytes(cursor.fetchone()[0])
     key = signing_key()

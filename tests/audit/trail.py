@@ -20,7 +20,9 @@ def trail_seal() -> None:
 def assert_trail(actions: list[str], *, after_id: int = 0, verify: bool = True) -> list[dict]:
     """Every action in `actions` appears exactly once after event `after_id`, in this order, each
     event is complete (agents name on whose behalf they acted), and the chain verifies.
-    Events of other actions may come in between. Returns the matching bodies."""
+    Events of other actions may come in between. Returns the matching bodies.
+    With verify=True on PostgreSQL the test needs committed data
+    (`@pytest.mark.django_db(transaction=True)`): the sealer only links finished transactions."""
     wanted = set(actions)
     bodies = [
         json.loads(body)
