@@ -501,6 +501,8 @@ def sandboxes_reap(*, now=None) -> list[Sandbox]:
             reason = "deadline passed"
         elif _owner_gone(sandbox.owner_kind, sandbox.owner_id):
             reason = f"owner {sandbox.owner_kind} {sandbox.owner_id} is gone"
+        elif _idle_for(sandbox, now):
+            reason = f"idle for more than {sandbox.limits['idle_timeout_s']} s"
         elif sandbox.state == SandboxState.CREATING and sandbox.created_at < now - STUCK:
             reason = "stuck creating for an hour"
         else:
@@ -512,6 +514,17 @@ def sandboxes_reap(*, now=None) -> list[Sandbox]:
     _snapshots_reap()
     _orphans_reap()
     return reaped
+
+
+def _idle_for(sandbox: Sandbox, now) -> bool:
+    """Past the spec's idle timeout: no command running and none finished recently."""
+    idle_s = (sandbox.limits or {}).get("idle_timeout_s")
+    if not idle_s:
+        return False
+    if sandbox.commands.filter(finished_at=None).exists():
+        return False
+    last = sandbox.commands.order_by("-id").values_list("finished_at", flat=True).first()
+    return (last or sandbox.created_at) < now - timedelta(seconds=idle_s)
 
 
 def _snapshots_reap() -> None:

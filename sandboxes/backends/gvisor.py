@@ -215,7 +215,9 @@ class GVisorBackend(LocalBackend):
             start_new_session=True,
         )
         with self._deleting_lock:
+            self._deleting = [p for p in self._deleting if p.poll() is None]
             self._deleting.append(proc)
+        threading.Thread(target=proc.wait, daemon=True).start()  # no zombies in long workers
 
     def wait_deletes(self, timeout: float = 30) -> None:
         """Wait for the background `runsc delete`s (tests and the reaper use this)."""

@@ -154,6 +154,8 @@ def test_the_process_backend_is_refused_unless_explicitly_allowed(db, engines_cl
 def test_reaper_ends_expired_and_ownerless_sandboxes_and_engine_orphans(
     db, monkeypatch, engines_clean
 ):
+    from datetime import timedelta
+
     from django.utils import timezone
 
     expired = sandbox_create(spec=SPEC, backend="bwrap")
@@ -161,6 +163,14 @@ def test_reaper_ends_expired_and_ownerless_sandboxes_and_engine_orphans(
     parent = sandbox_create(spec=SPEC, backend="bwrap")
     child = sandbox_create(spec=SPEC, backend="bwrap", owner_kind="sandbox", owner_id=parent.pk)
     keeper = sandbox_create(spec=SPEC, backend="bwrap", owner_kind="sandbox", owner_id=parent.pk)
+    idle_spec = SandboxSpec(timeout_s=300, idle_timeout_s=60)
+    idle = sandbox_create(spec=idle_spec, backend="bwrap")
+    busy = sandbox_create(spec=idle_spec, backend="bwrap")
+    sandbox_exec(sandbox=idle, argv=["true"])
+    sandbox_exec(sandbox=busy, argv=["true"])
+    an_hour_ago = timezone.now() - timedelta(hours=1)
+    Sandbox.objects.filter(pk__in=[idle.pk, busy.pk]).update(created_at=an_hour_ago)
+    idle.commands.update(finished_at=an_hour_ago)
     sandbox_terminate(sandbox=parent, reason="finished")
     Sandbox.objects.filter(pk=keeper.pk).update(owner_kind="cli", owner_id=None)
     engine = backend_get("bwrap")
@@ -169,7 +179,9 @@ def test_reaper_ends_expired_and_ownerless_sandboxes_and_engine_orphans(
 
     reaped = sandboxes_reap()
 
-    assert {s.pk for s in reaped} == {expired.pk, child.pk}
+    assert {s.pk for s in reaped} == {expired.pk, child.pk, idle.pk}
+    assert Sandbox.objects.get(pk=idle.pk).terminated_reason == "reaped: idle for more than 60 s"
+    assert Sandbox.objects.get(pk=busy.pk).state == SandboxState.RUNNING
     expired.refresh_from_db()
     child.refresh_from_db()
     assert expired.terminated_reason == "reaped: deadline passed"
