@@ -138,6 +138,7 @@ def test_review_end_to_end(asgi_server, browser_page, manager, reviewer):
     page.goto(f"{base}/campaigns/{campaign.pk}/review/bulk/?variant=conservative")
     counts = [int(c) for c in page.locator("[data-testid=group-count]").all_inner_texts()]
     assert counts == [3, 1]
+    screenshot(page, "review-bulk")
     page.click("[data-testid=bulk-approve]")
     page.wait_for_selector("text=Approved 3 change(s).")
     odd = RepoRun.objects.get(campaign=campaign, repository__url=f"file://{paths[-1]}")
