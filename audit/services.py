@@ -147,8 +147,9 @@ def audit_record(
             _event_insert(event)
             if connection.vendor == "sqlite":
                 # SQLite serialises writers, so this transaction already holds the only write
-                # lock: link the event right here (rolled back with it, if it is).
-                _seal_batch(limit=1000)
+                # lock: link the event right here (rolled back with it, if it is). Signing is
+                # left to the periodic task, so a key problem never blocks a change.
+                _seal_batch(limit=1000, checkpoints=False)
     except Exception as exc:
         raise AuditWriteError(f"could not record {action}: {exc}") from exc
     return event
@@ -268,7 +269,7 @@ def _links_write(cursor, rows: list[tuple]) -> None:
         )
 
 
-def _seal_batch(*, limit: int = SEAL_BATCH) -> tuple[int, int, int]:
+def _seal_batch(*, limit: int = SEAL_BATCH, checkpoints: bool = True) -> tuple[int, int, int]:
     """Link up to `limit` finished events, then write the checkpoints now due. The caller holds
     the sealer lock (PostgreSQL) or the database's write lock (SQLite)."""
     with connection.cursor() as cursor:
@@ -281,7 +282,7 @@ def _seal_batch(*, limit: int = SEAL_BATCH) -> tuple[int, int, int]:
             rows.append((seq, pk, event_uuid, content, prev))
         if rows:
             _links_write(cursor, rows)
-        made = _checkpoints_due(cursor, size=seq)
+        made = _checkpoints_due(cursor, size=seq) if checkpoints else 0
     return len(rows), made, seq
 
 
