@@ -744,17 +744,30 @@ def audit_verify_bundle(*, lines, public_key=None) -> Report:
             if kind == "header":
                 header = item
             elif kind == "checkpoint":
+                if not all(isinstance(item[k], str) for k in ("body", "signature")):
+                    raise TypeError("body and signature must be strings")
                 rows.append(
                     CheckpointRow(
-                        item["number"],
-                        item["size"],
+                        int(item["number"]),
+                        int(item["size"]),
                         item["body"],
                         item["signature"],
-                        item["frontier"],
+                        list(item["frontier"]),
                     )
                 )
             elif kind == "event":
-                events.append(item)
+                if not isinstance(item["body"], str):
+                    raise TypeError("body must be a string")
+                events.append(
+                    (
+                        int(item["seq"]),
+                        str(item["event_id"]),
+                        bytes.fromhex(item["content_hash"]),
+                        bytes.fromhex(item["chain_hash"]),
+                        item["body"].encode(),
+                        None,
+                    )
+                )
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"bundle line {number}: not a bundle record ({exc})") from exc
     if header is None:
@@ -763,18 +776,7 @@ def audit_verify_bundle(*, lines, public_key=None) -> Report:
         public_key = public_key_load(header["public_key"].encode())
     report = Report(key_id=key_id(public_key))
     signed = checkpoints_check(rows, public_key, report)
-    links = (
-        (
-            e["seq"],
-            e["event_id"],
-            bytes.fromhex(e["content_hash"]),
-            bytes.fromhex(e["chain_hash"]),
-            e["body"].encode(),
-            None,
-        )
-        for e in events
-    )
-    chain_walk(batched(links), signed, report)
+    chain_walk(batched(events), signed, report)
     return report
 
 

@@ -248,3 +248,12 @@ def test_parallel_walk_agrees_with_the_serial_one(long_trail, monkeypatch):
         ("deleted link", 12, _eid(long_trail, 12)),
         ("edited body", 30, _eid(long_trail, 30)),
     ]
+
+
+def test_a_malformed_bundle_is_named_not_a_traceback(tmp_path):
+    from django.core.management import CommandError
+
+    bundle = tmp_path / "bad.ndjson"
+    bundle.write_text('{"type":"header","public_key":"00"}\n{"type":"event","seq":"x"}\n')
+    with pytest.raises(CommandError, match="--bundle: bundle line 2: not a bundle record"):
+        call_command("audit_verify", "--bundle", str(bundle))
