@@ -152,7 +152,12 @@ class GVisorBackend(LocalBackend):
                 },
             ],
             "linux": {
-                "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
+                # network "open" shares the host's stack: no network namespace of its own.
+                "namespaces": [
+                    {"type": t}
+                    for t in ("pid", "network", "ipc", "uts", "mount")
+                    if t != "network" or meta.network != "open"
+                ],
                 "resources": {
                     "memory": {"limit": memory, "swap": memory},
                     "cpu": {"quota": int(float(limits["cpu"]) * 100_000), "period": 100_000},

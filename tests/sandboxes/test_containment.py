@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from sandboxes.backends.base import ExecResult, SandboxError, SandboxSpec
+from sandboxes.backends.base import ExecResult, NetworkPolicy, SandboxError, SandboxSpec
 
 SPEC = SandboxSpec(timeout_s=120, memory_mb=256, pids_max=64, disk_mb=16)
 
@@ -80,6 +80,11 @@ def test_a_server_on_the_hosts_loopback_cannot_be_reached(local_backend):
         server.setblocking(False)
         with pytest.raises(BlockingIOError):
             server.accept()
+        # The control: the same probe from a sandbox with network "open" does connect.
+        opened = local_backend.create(SandboxSpec(timeout_s=60, network=NetworkPolicy.OPEN))
+        _, result = run(local_backend, opened, ["python3", "-c", probe], timeout_s=30)
+        assert result.exit_code == 0
+        server.accept()[0].close()
 
 
 def _host_still_fine(local_backend):
