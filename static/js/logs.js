@@ -1,6 +1,7 @@
-// The live log panel: htmx's ws extension appends the pushed lines; this file follows the
-// tail, pauses when the reader scrolls up, filters, caps the page's size and makes every
-// (re)connection resume after the last line the page already has.
+// The live log panel. htmx's ws extension keeps the socket (connects, reconnects); this file
+// appends the pushed lines, follows the tail, pauses when the reader scrolls up, filters, caps
+// the page's size, acknowledges what it shows and makes every (re)connection resume after the
+// last line the page already has.
 (function () {
   "use strict";
   if (window.convoyLogs) return;
@@ -12,8 +13,9 @@
   }
 
   function lastSeq(panel) {
-    var lines = panel.querySelector(".log-lines");
-    var last = lines && lines.lastElementChild;
+    if (panel.convoyLog) return panel.convoyLog.seen;
+    var lines = panel.querySelectorAll(".log-lines .log-line");
+    var last = lines[lines.length - 1];
     return last ? parseInt(last.getAttribute("data-seq"), 10) || 0 : 0;
   }
 
@@ -43,8 +45,7 @@
     var filter = panel.querySelector("[data-log-filter]");
     var follow = panel.querySelector("[data-log-follow]");
     var status = panel.querySelector("[data-log-status]");
-    var lines = panel.querySelector(".log-lines");
-    var state = { seen: lastSeq(panel), count: lines.childElementCount, needle: "" };
+    var state = { seen: lastSeq(panel), needle: "", shown: panel.querySelectorAll(".log-line").length };
     panel.convoyLog = state;
 
     function atBottom() {
@@ -91,25 +92,64 @@
         }, 1000 + Math.random() * 1000);
       }
     });
-    view.addEventListener("htmx:wsAfterMessage", function (event) {
+    // The panel appends pushed lines itself rather than through htmx's out-of-band swap, which
+    // would process every line as htmx content and lay the page out once per message.
+    var parser = document.createElement("template");
+    view.addEventListener("htmx:wsBeforeMessage", function (event) {
+      event.preventDefault();
+      parser.innerHTML = event.detail.message;
+      var wrapper = parser.content.firstElementChild;
       var container = panel.querySelector(".log-lines");
-      var added = Array.prototype.slice.call(container.children, state.count);
-      for (var i = 0; i < added.length; i++) {
-        var seq = parseInt(added[i].getAttribute("data-seq"), 10) || 0;
-        if (seq <= state.seen) {
-          added[i].remove(); // never expected: the server resumes after `after`
-          continue;
+      if (!wrapper || !container) return;
+      var fresh = document.createDocumentFragment();
+      var line = wrapper.firstElementChild;
+      while (line) {
+        var next = line.nextElementSibling;
+        var seq = parseInt(line.getAttribute("data-seq"), 10) || 0;
+        if (seq > state.seen) {
+          // The server resumes after `after`, so this check never drops anything in practice.
+          state.seen = seq;
+          if (state.needle && !matches(line, state.needle)) line.classList.add("log-hidden");
+          fresh.appendChild(line);
         }
-        state.seen = seq;
-        if (state.needle && !matches(added[i], state.needle)) added[i].classList.add("log-hidden");
+        line = next;
       }
-      var extra = container.childElementCount - MAX_LINES;
-      while (extra-- > 0) container.firstElementChild.remove();
-      state.count = container.childElementCount;
+      // Each message's lines go into one block that the browser may skip laying out while it
+      // is off screen (CSS content-visibility): tens of thousands of lines stay cheap.
+      var chunk = document.createElement("div");
+      chunk.className = "log-chunk";
+      chunk.appendChild(fresh);
+      pending.push(chunk);
+      socket = event.detail.socketWrapper;
+      if (!scheduled) {
+        scheduled = true;
+        requestAnimationFrame(flush);
+      }
+    });
+
+    // The DOM is touched once per frame however many messages came in; a hidden tab does not
+    // draw frames, stops acknowledging, and the server stops sending until it is back.
+    var pending = [];
+    var scheduled = false;
+    var socket = null;
+    function flush() {
+      scheduled = false;
+      var container = panel.querySelector(".log-lines");
+      for (var i = 0; i < pending.length; i++) {
+        state.shown += pending[i].childElementCount;
+        container.appendChild(pending[i]);
+      }
+      pending = [];
+      var last = container.lastElementChild;
+      while (state.shown > MAX_LINES && container.firstElementChild !== last) {
+        var first = container.firstElementChild;
+        state.shown -= first.classList.contains("log-chunk") ? first.childElementCount : 1;
+        first.remove();
+      }
       if (follow.checked) toBottom();
       // Tell the server what is shown, so it never has more than a window in flight to us.
-      event.detail.socketWrapper.send(JSON.stringify({ ack: state.seen }));
-    });
+      if (socket) socket.send(JSON.stringify({ ack: state.seen }));
+    }
     if (follow.checked) toBottom();
   }
 
