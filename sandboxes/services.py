@@ -470,26 +470,26 @@ def sandbox_terminate(*, sandbox: Sandbox, reason: str, actor=None) -> Sandbox:
     return sandbox
 
 
-# Owner kinds the reaper knows how to look up: kind -> "app_label.Model".
+# Owner kinds the reaper can look up: kind -> ("app_label.Model", states in which it is done).
+# An owner that is deleted, or done, no longer needs its sandboxes and snapshots.
 OWNER_MODELS = {
-    "campaign": "campaigns.Campaign",
-    "run": "campaigns.Run",
-    "variant": "campaigns.Variant",
-    "sandbox": "sandboxes.Sandbox",
+    "campaign": ("campaigns.Campaign", ("completed", "cancelled")),
+    "run": ("campaigns.RepoRun", ("succeeded", "failed", "cancelled")),
+    "variant": ("campaigns.Variant", ("completed", "failed", "cancelled")),
+    "sandbox": ("sandboxes.Sandbox", ("terminated", "failed")),
 }
 
 
 def _owner_gone(kind: str, owner_id: int | None) -> bool:
-    label = OWNER_MODELS.get(kind)
+    label, done = OWNER_MODELS.get(kind, (None, ()))
     if not label or owner_id is None:
         return False
     try:
         model = apps.get_model(label)
     except LookupError:
         return False
-    if model is Sandbox:
-        return not Sandbox.objects.filter(pk=owner_id, state__in=LIVE_STATES).exists()
-    return not model.objects.filter(pk=owner_id).exists()
+    state = model.objects.filter(pk=owner_id).values_list("state", flat=True).first()
+    return state is None or state in done
 
 
 def sandboxes_reap(*, now=None) -> list[Sandbox]:
@@ -500,7 +500,7 @@ def sandboxes_reap(*, now=None) -> list[Sandbox]:
         if sandbox.deadline_at and sandbox.deadline_at <= now:
             reason = "deadline passed"
         elif _owner_gone(sandbox.owner_kind, sandbox.owner_id):
-            reason = f"owner {sandbox.owner_kind} {sandbox.owner_id} is gone"
+            reason = f"owner {sandbox.owner_kind} {sandbox.owner_id} is gone or done"
         elif _idle_for(sandbox, now):
             reason = f"idle for more than {sandbox.limits['idle_timeout_s']} s"
         elif sandbox.state == SandboxState.CREATING and sandbox.created_at < now - STUCK:

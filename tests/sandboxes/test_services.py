@@ -185,7 +185,7 @@ def test_reaper_ends_expired_and_ownerless_sandboxes_and_engine_orphans(
     expired.refresh_from_db()
     child.refresh_from_db()
     assert expired.terminated_reason == "reaped: deadline passed"
-    assert child.terminated_reason == f"reaped: owner sandbox {parent.pk} is gone"
+    assert child.terminated_reason == f"reaped: owner sandbox {parent.pk} is gone or done"
     assert Sandbox.objects.get(pk=keeper.pk).state == SandboxState.RUNNING
     assert orphan.external_id not in {h.external_id for h in engine.list({})}
     assert not engine.ws.dir(orphan.external_id).exists()
@@ -230,3 +230,19 @@ def test_a_memory_checkpoint_forks_into_running_copies(db, manager, engines_clea
         sandbox_terminate(sandbox=sandbox, reason="done")
     snapshot_delete(snapshot=checkpoint)
     assert not (backend_get("gvisor").checkpoints / checkpoint.external_id).exists()
+
+
+@both_shapes
+def test_reaper_ends_sandboxes_of_a_finished_campaign(db, manager, engines_clean):
+    from campaigns.models import Campaign
+
+    done = Campaign.objects.create(
+        name="done", spec={}, backend="bwrap", owner=manager, state="cancelled"
+    )
+    live = Campaign.objects.create(
+        name="live", spec={}, backend="bwrap", owner=manager, state="running"
+    )
+    ended = sandbox_create(spec=SPEC, backend="bwrap", owner_kind="campaign", owner_id=done.pk)
+    kept = sandbox_create(spec=SPEC, backend="bwrap", owner_kind="campaign", owner_id=live.pk)
+    assert [s.pk for s in sandboxes_reap()] == [ended.pk]
+    assert Sandbox.objects.get(pk=kept.pk).state == SandboxState.RUNNING
