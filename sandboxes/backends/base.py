@@ -7,6 +7,7 @@ a result, never an exception.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import shlex
 from abc import ABC, abstractmethod
@@ -141,10 +142,19 @@ class SandboxBackend(ABC):
         raise NotSupported(f"{self.name} cannot create from a snapshot")
 
     def fork(self, snapshot: SnapshotHandle, spec: SandboxSpec, count: int) -> list[SandboxHandle]:
-        """Default fork: N creates from the snapshot."""
+        """Default fork: N creates from the snapshot; a partial fork is terminated, not leaked."""
         if Capability.SNAPSHOT not in self.capabilities:
             raise NotSupported(f"{self.name} cannot fork")
-        return [self.create_from_snapshot(snapshot, spec) for _ in range(count)]
+        made: list[SandboxHandle] = []
+        try:
+            for _ in range(count):
+                made.append(self.create_from_snapshot(snapshot, spec))
+        except BaseException:
+            for handle in made:
+                with contextlib.suppress(SandboxError):  # else the reaper finds it by label
+                    self.terminate(handle)
+            raise
+        return made
 
     def delete_snapshot(self, snapshot: SnapshotHandle) -> None:
         raise NotSupported(f"{self.name} has no snapshots")
