@@ -25,7 +25,9 @@ from sandboxes.workspaces import SYSTEM_SYMLINKS, Meta
 SANDBOX_UID = 1000  # inside the user namespace; maps to the worker's own uid outside
 
 
-def bwrap_argv(*, etc: str, workspace: str, network: str, cwd: str) -> list[str]:
+def bwrap_argv(
+    *, etc: str, workspace: str, network: str, cwd: str, tmp_mb: int = 2048
+) -> list[str]:
     argv = [
         "bwrap",
         "--unshare-all",
@@ -48,7 +50,8 @@ def bwrap_argv(*, etc: str, workspace: str, network: str, cwd: str) -> list[str]
         if os.path.lexists(f"/{name}"):
             argv += ["--symlink", target, f"/{name}"]
     argv += ["--ro-bind", etc, "/etc", "--bind", workspace, "/workspace"]
-    argv += ["--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev"]  # noqa: S108 (its own)
+    argv += ["--size", str(tmp_mb * 1024 * 1024), "--tmpfs", "/tmp"]  # noqa: S108 (its own)
+    argv += ["--proc", "/proc", "--dev", "/dev"]
     if network == "open":
         argv += ["--share-net", "--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"]
     argv += ["--chdir", cwd, "--"]
@@ -117,6 +120,7 @@ class BubblewrapBackend(LocalBackend):
             workspace=str(self.ws.workspace(meta.external_id)),
             network=meta.network,
             cwd=cwd,
+            tmp_mb=int(meta.limits.get("disk_mb", 2048)),
         )
         popen = {
             "stdin": subprocess.DEVNULL,

@@ -35,6 +35,7 @@ from sandboxes.workspaces import Meta, Workspaces, workspace_read, workspace_wri
 
 TIMEOUT_EXIT = 124  # what `timeout(1)` returns; every backend reports a timeout with it
 KILL_GRACE_S = 5.0  # after a kill, how long to wait for the pipes to close
+WATCH_EVERY_S = 0.25  # how often a running command's workspace size is checked
 BASE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": "/workspace",
@@ -64,8 +65,13 @@ def pump(
     output_cap: int,
     kill: Callable[[], None],
     started: float,
+    watch: Callable[[], str] | None = None,
 ) -> Iterator[ExecEvent]:
-    """Yield the child's output as it comes (both pipes, in arrival order), then its result."""
+    """Yield the child's output as it comes (both pipes, in arrival order), then its result.
+
+    `watch`, called every WATCH_EVERY_S while the command runs, returns why to stop it ("" to
+    let it go on): the reason goes out as a marker on stderr and the command is killed.
+    """
     sel = selectors.DefaultSelector()
     for name, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
         os.set_blocking(pipe.fileno(), False)
@@ -75,6 +81,7 @@ def pump(
     timed_out = truncated = False
     killed_at: float | None = None
     finished = False
+    next_watch = started + WATCH_EVERY_S
     try:
         while sel.get_map():
             now = time.monotonic()
@@ -82,9 +89,16 @@ def pump(
                 timed_out = True
                 kill()
                 killed_at = now
+            if watch is not None and killed_at is None and now >= next_watch:
+                next_watch = now + WATCH_EVERY_S
+                why = watch()
+                if why:
+                    yield ExecOutput("stderr", f"\n[convoy: {why}; command stopped]\n".encode())
+                    kill()
+                    killed_at = now
             if killed_at is not None and now - killed_at > KILL_GRACE_S:
                 break  # something still holds the pipes open; the kill has been sent
-            wait = 0.5
+            wait = WATCH_EVERY_S if watch is not None else 0.5
             if deadline is not None and killed_at is None:
                 wait = max(0.0, min(wait, deadline - now))
             for key, _ in sel.select(wait):
@@ -130,6 +144,29 @@ def pump(
         for pipe in (proc.stdout, proc.stderr):
             with contextlib.suppress(OSError):
                 pipe.close()
+
+
+def disk_usage(path: Path, *, stop_after: int) -> int:
+    """Bytes allocated under `path` (not following links), counting stops past `stop_after`."""
+    total = 0
+    stack = [str(path)]
+    while stack:
+        try:
+            entries = os.scandir(stack.pop())
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                total += st.st_blocks * 512
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                if total > stop_after:
+                    return total
+    return total
 
 
 def rlimits_for(limits: Mapping, *, address_space: bool) -> list[tuple[int, int]]:
@@ -296,7 +333,28 @@ class LocalBackend(SandboxBackend):
         full_env = {**BASE_ENV, **meta.env, **(env or {})}
         started = time.monotonic()
         proc, kill = self._popen(meta, list(argv), cwd, full_env)
-        return pump(proc, timeout_s=timeout_s, output_cap=output_cap, kill=kill, started=started)
+        return pump(
+            proc,
+            timeout_s=timeout_s,
+            output_cap=output_cap,
+            kill=kill,
+            started=started,
+            watch=self._disk_watch(meta),
+        )
+
+    def _disk_watch(self, meta: Meta) -> Callable[[], str]:
+        """The workspace's own writes (the overlay's upper layer, or the whole directory) may
+        not pass the disk limit; RLIMIT_FSIZE alone only stops one big file."""
+        base = self.ws.dir(meta.external_id)
+        own = base / ("upper" if meta.layers and not meta.copied else "workspace")
+        limit = int(meta.limits.get("disk_mb", 2048)) * 1024 * 1024
+
+        def watch() -> str:
+            if disk_usage(own, stop_after=limit) > limit:
+                return f"the workspace passed its {limit // (1024 * 1024)} MB disk limit"
+            return ""
+
+        return watch
 
     # --- snapshots ------------------------------------------------------------------------
     def snapshot(self, handle: SandboxHandle) -> SnapshotHandle:

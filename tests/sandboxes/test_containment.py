@@ -127,6 +127,17 @@ def test_a_disk_filler_is_stopped_at_the_size_limit(local_backend):
     _host_still_fine(local_backend)
 
 
+def test_a_disk_filler_writing_many_small_files_is_stopped(local_backend):
+    handle = local_backend.create(SPEC)
+    filler = "i=0; while :; do head -c 1000000 /dev/zero > f$i || exit 1; i=$((i+1)); done"
+    out, result = run(local_backend, handle, ["sh", "-c", filler], timeout_s=60)
+    assert not result.timed_out and result.exit_code != 0
+    assert "disk limit" in out
+    written = sum(p.stat().st_size for p in local_backend.workspace_path(handle).iterdir())
+    assert SPEC.disk_mb * 1024 * 1024 < written < 20 * SPEC.disk_mb * 1024 * 1024
+    _host_still_fine(local_backend)
+
+
 def test_dotdot_and_symlink_escapes_from_the_workspace_fail(local_backend, canaries):
     token, paths = canaries
     handle = local_backend.create(SPEC)
