@@ -231,18 +231,38 @@ def socket_connect(base_url: str, sandbox_id: int, cookie: str | None, after: in
     )
 
 
-def test_real_socket_hundred_thousand_lines_with_a_reconnect(asgi_server, sandbox, admin_user):
-    cookie = session_cookie(admin_user)
+def test_real_server_refuses_outsiders_masks_secrets_and_survives_reconnects(
+    asgi_server, sandbox, admin_user, outsider
+):
+    """One server for the production-shape checks (starting one costs seconds on this machine)."""
+    secret = "pw-0xDEADBEEF-hunter2"
+    cookie, outsider_cookie = session_cookie(admin_user), session_cookie(outsider)
 
-    async def scenario():
+    async def refused_and_masked():
+        for who in (outsider_cookie, None):
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                async with socket_connect(asgi_server, sandbox.pk, who):
+                    pass
+            assert refused.value.response.status_code == 403
+        raw: list[str] = []
+        async with socket_connect(asgi_server, sandbox.pk, cookie) as ws:
+            runner = await asyncio.to_thread(
+                start, sandbox, 'echo "<i>$PW</i>"', secrets={"PW": secret}
+            )
+            await asyncio.to_thread(runner.join)
+            while not raw or parse(raw[-1])[-1][0] < runner.last_seq:
+                raw.append(await asyncio.wait_for(ws.recv(), RECEIVE_TIMEOUT))
+        return "".join(raw), runner.last_seq
+
+    async def hundred_thousand_lines(after: int):
         # Reader A: connected while the command prints, reading throughout; it drops out at a
         # random point and comes back with `after`.
         # Reader B: connected but not reading at all until the command has finished (its
         # client queue holds 2 messages, so the socket backs up); the command finishes anyway.
         first: list = []
         async with (
-            socket_connect(asgi_server, sandbox.pk, cookie) as ws,
-            socket_connect(asgi_server, sandbox.pk, cookie, max_queue=2) as paused,
+            socket_connect(asgi_server, sandbox.pk, cookie, after=after) as ws,
+            socket_connect(asgi_server, sandbox.pk, cookie, after=after, max_queue=2) as paused,
         ):
             runner = await asyncio.to_thread(start, sandbox, f"seq 1 {LINES}")
             await socket_receive_until(ws, 10**9, first, stop_after=random.randint(1, 60_000))
@@ -255,37 +275,12 @@ def test_real_socket_hundred_thousand_lines_with_a_reconnect(asgi_server, sandbo
             await socket_receive_until(ws, runner.last_seq, second)
         return first + second, late
 
-    union, late = asyncio.run(scenario())
-    expected = [str(i) for i in range(1, LINES + 1)]
-    assert [seq for seq, _, _ in union] == list(range(1, len(union) + 1))
-    assert output_of(union) == expected
-    assert [seq for seq, _, _ in late] == list(range(1, len(late) + 1))
-    assert output_of(late) == expected
-
-
-def test_real_socket_refuses_outsiders_and_masks_secrets(
-    asgi_server, sandbox, admin_user, outsider
-):
-    secret = "pw-0xDEADBEEF-hunter2"
-    outsider_cookie, admin_cookie = session_cookie(outsider), session_cookie(admin_user)
-
-    async def scenario():
-        for cookie in (outsider_cookie, None):
-            with pytest.raises(websockets.InvalidStatus) as refused:
-                async with socket_connect(asgi_server, sandbox.pk, cookie):
-                    pass
-            assert refused.value.response.status_code == 403
-        raw: list[str] = []
-        async with socket_connect(asgi_server, sandbox.pk, admin_cookie) as ws:
-            runner = await asyncio.to_thread(
-                start, sandbox, 'echo "<i>$PW</i>"', secrets={"PW": secret}
-            )
-            await asyncio.to_thread(runner.join)
-            last = runner.last_seq
-            while not raw or parse(raw[-1])[-1][0] < last:
-                raw.append(await asyncio.wait_for(ws.recv(), RECEIVE_TIMEOUT))
-        return "".join(raw)
-
-    wire = asyncio.run(scenario())
+    wire, before = asyncio.run(refused_and_masked())
     assert secret not in wire
     assert "&lt;i&gt;[masked]&lt;/i&gt;" in wire
+
+    union, late = asyncio.run(hundred_thousand_lines(before))
+    expected = [str(i) for i in range(1, LINES + 1)]
+    for lines in (union, late):
+        assert [seq for seq, _, _ in lines] == list(range(before + 1, before + len(lines) + 1))
+        assert output_of(lines) == expected
