@@ -164,8 +164,19 @@ def test_retry_one_cluster_then_all_failed(celery_worker, manager, client):
     assert AuditEvent.objects.filter(action="campaign.run.retried").count() == 3
 
 
+@pytest.fixture
+def secrets_key(monkeypatch, settings):
+    """The production shape requires CONVOY_SECRETS_KEY; the worker process inherits it."""
+    from cryptography.fernet import Fernet
+
+    key = Fernet.generate_key().decode()
+    monkeypatch.setenv("CONVOY_SECRETS_KEY", key)
+    settings.SECRETS_KEY = key
+    return key
+
+
 def test_secrets_reach_only_their_campaigns_sandboxes_and_are_masked(
-    celery_worker, manager, admin_user
+    secrets_key, celery_worker, manager, admin_user
 ):
     from campaigns.services import secret_set
 
