@@ -87,7 +87,9 @@ def _has_change() -> Q:
     )
 
 
-def review_queue(*, campaign: Campaign, which: str = "todo", page: int | str = 1) -> Page:
+def review_queue(
+    *, campaign: Campaign, which: str = "todo", page: int | str = 1, count: int | None = None
+) -> Page:
     """Finished runs for review, oldest first, with their variants and review state.
 
     "todo" holds runs never decided, picked but not approved, and approved runs whose diff
@@ -123,7 +125,11 @@ def review_queue(*, campaign: Campaign, which: str = "todo", page: int | str = 1
         "review__variant__error",
         "review__variant__diffstat",
     )
-    return Paginator(runs, PAGE_SIZE).get_page(page)
+    paginator = Paginator(runs, PAGE_SIZE)
+    if count is not None:
+        # The caller counted this bucket already (review_counts): skip a second count query.
+        paginator.count = count
+    return paginator.get_page(page)
 
 
 def review_counts(*, campaign: Campaign) -> dict[str, int]:

@@ -166,10 +166,10 @@ def review_queue(request, pk):
     which = request.GET.get("which", "todo")
     if which not in review_selectors.QUEUE_FILTERS:
         which = "todo"
-    page = review_selectors.review_queue(
-        campaign=campaign, which=which, page=request.GET.get("page", 1)
-    )
     counts = review_selectors.review_counts(campaign=campaign)
+    page = review_selectors.review_queue(
+        campaign=campaign, which=which, page=request.GET.get("page", 1), count=counts.get(which)
+    )
     context = {
         "campaign": campaign,
         "page": page,
