@@ -53,25 +53,33 @@ def log_group(sandbox_id: int) -> str:
 
 
 class SecretMasker:
-    """Replaces secret values (and each line of a multi-line one) with MASK."""
+    """Replaces secret values (and each line of a multi-line one) with `[secret NAME]`.
 
-    def __init__(self, secrets: Iterable[str]) -> None:
-        patterns: set[str] = set()
-        for value in secrets:
+    Secrets given without names become MASK.
+    """
+
+    def __init__(self, secrets: Iterable[str] | Mapping[str, str]) -> None:
+        named = secrets.items() if isinstance(secrets, Mapping) else ((None, v) for v in secrets)
+        labels: dict[str, str] = {}
+        for name, value in named:
             if not value:
                 continue
-            patterns.add(value)
+            label = f"[secret {name}]" if name else MASK
+            pieces = [value]
             if "\n" in value:
-                patterns.update(p.strip("\r") for p in value.split("\n") if len(p.strip()) >= 4)
-        patterns.discard("")
-        ordered = sorted(patterns, key=len, reverse=True)
+                pieces += [p.strip("\r") for p in value.split("\n") if len(p.strip()) >= 4]
+            for piece in pieces:
+                if piece:
+                    labels.setdefault(piece, label)
+        ordered = sorted(labels, key=len, reverse=True)
         self.longest = len(ordered[0]) if ordered else 0
+        self._labels = labels
         self._regex = re.compile("|".join(map(re.escape, ordered))) if ordered else None
 
     def __call__(self, text: str) -> str:
         if self._regex is None:
             return text
-        return self._regex.sub(MASK, text)
+        return self._regex.sub(lambda m: self._labels[m.group(0)], text)
 
 
 def _collapse(line: str) -> str:
@@ -224,7 +232,6 @@ class LogCapture:
         cap_bytes: int = COMMAND_CAP_BYTES,
         threaded: bool | None = None,
     ) -> None:
-        values = secrets.values() if isinstance(secrets, Mapping) else secrets
         self.sandbox_id = sandbox_id
         self.command_id = command_id
         self.cap_bytes = cap_bytes
@@ -234,7 +241,7 @@ class LogCapture:
         self.batches_written = 0
         self.first_seq: int | None = None
         self.last_seq: int | None = None
-        self._mask = SecretMasker(values)
+        self._mask = SecretMasker(secrets)
         self._splitters = {s: _StreamSplitter(self._mask) for s in ("stdout", "stderr")}
         self._pending: list[tuple[str, str, datetime]] = []
         self._pending_chars = 0

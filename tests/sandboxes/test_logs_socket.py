@@ -182,8 +182,8 @@ async def test_secret_values_are_masked_in_storage_and_on_the_wire(sandbox, admi
         lambda: list(LogLine.objects.filter(sandbox=sandbox).values_list("text", flat=True))
     )()
     assert secret not in wire and secret not in "\n".join(texts)
-    assert "token is [masked]" in wire
-    assert texts.count("[masked]") == 2
+    assert "token is [secret API_TOKEN]" in wire
+    assert texts.count("[secret API_TOKEN]") == 2
 
 
 @pytest.mark.shapes("embedded", "production")
@@ -277,7 +277,7 @@ def test_real_server_refuses_outsiders_masks_secrets_and_survives_reconnects(
 
     wire, before = asyncio.run(refused_and_masked())
     assert secret not in wire
-    assert "&lt;i&gt;[masked]&lt;/i&gt;" in wire
+    assert "&lt;i&gt;[secret PW]&lt;/i&gt;" in wire
 
     union, late = asyncio.run(hundred_thousand_lines(before))
     expected = [str(i) for i in range(1, LINES + 1)]
