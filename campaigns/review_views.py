@@ -241,6 +241,7 @@ def publish_approved(request, pk):
 
 def _dashboard_context(request, campaign) -> dict:
     counts = review_selectors.run_state_counts(campaign=campaign)
+    review_counts = review_selectors.review_counts(campaign=campaign)
     total = counts["total"] or 1
     runs = counts["runs"]
     return {
@@ -251,7 +252,14 @@ def _dashboard_context(request, campaign) -> dict:
             "failed": 100 * (runs["failed"] + runs["cancelled"]) / total,
             "active": 100 * (runs["queued"] + runs["running"]) / total,
         },
-        "review_counts": review_selectors.review_counts(campaign=campaign),
+        "review_counts": review_counts,
+        "next_up": review_selectors.queue_rows(
+            review_selectors.review_queue(
+                campaign=campaign, which="todo", count=review_counts["todo"]
+            ).object_list[:10]
+        )
+        if user_can(request.user, "change_review")
+        else [],
         "changeset_counts": review_selectors.changeset_counts(campaign=campaign),
         "clusters": error_clusters(campaign=campaign)[:20],
         "chart": burndown_svg(review_selectors.burndown(campaign=campaign, total=counts["total"])),
