@@ -284,9 +284,9 @@ class LogCapture:
         lines = self._splitters[stream].feed(data, now)
         if self.bytes_in >= self.cap_bytes:
             # The marker goes right after the last stored bytes, in order with them.
+            self._add(stream, lines, now)
             for name, splitter in self._splitters.items():
                 self._add(name, splitter.take_pending(final=True), now)
-            self._add(stream, lines, now)
             self.system(
                 f"[output truncated: this command printed more than {self.cap_bytes:,} bytes; "
                 "the rest is not stored]"

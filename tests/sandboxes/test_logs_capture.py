@@ -219,3 +219,9 @@ def test_a_log_that_cannot_be_stored_does_not_fail_the_command(transactional_db)
 def test_secrets_given_without_names_are_masked_all_the_same(sandbox):
     run(sandbox, [("stdout", b"key=abc123xyz\n")], secrets=["abc123xyz"])
     assert stored(sandbox) == [("stdout", f"key={MASK}")]
+
+
+def test_the_truncation_marker_follows_the_last_stored_line(sandbox):
+    run(sandbox, [("stdout", b"first\nsecond\nthird and more")], cap_bytes=20)
+    assert stored(sandbox)[:3] == [("stdout", "first"), ("stdout", "second"), ("stdout", "third a")]
+    assert "output truncated" in stored(sandbox)[3][1]
