@@ -95,6 +95,19 @@ def review_queue(
     "todo" holds runs never decided, picked but not approved, and approved runs whose diff
     changed since (those need approval again).
     """
+    paginator = Paginator(_queue_runs(campaign=campaign, which=which), PAGE_SIZE)
+    if count is not None:
+        # The caller counted this bucket already (review_counts): skip a second count query.
+        paginator.count = count
+    return paginator.get_page(page)
+
+
+def review_next(*, campaign: Campaign, limit: int = 10) -> list[RepoRun]:
+    """The first runs waiting for a decision (the dashboard's short queue)."""
+    return list(_queue_runs(campaign=campaign, which="todo")[:limit])
+
+
+def _queue_runs(*, campaign: Campaign, which: str) -> QuerySet[RepoRun]:
     runs = (
         RepoRun.objects.filter(campaign=campaign, state=RunState.SUCCEEDED)
         .select_related("repository", "review", "review__variant", "changeset")
@@ -125,11 +138,7 @@ def review_queue(
         "review__variant__error",
         "review__variant__diffstat",
     )
-    paginator = Paginator(runs, PAGE_SIZE)
-    if count is not None:
-        # The caller counted this bucket already (review_counts): skip a second count query.
-        paginator.count = count
-    return paginator.get_page(page)
+    return runs
 
 
 def review_counts(*, campaign: Campaign) -> dict[str, int]:

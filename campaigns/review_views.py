@@ -253,11 +253,7 @@ def _dashboard_context(request, campaign) -> dict:
             "active": 100 * (runs["queued"] + runs["running"]) / total,
         },
         "review_counts": review_counts,
-        "next_up": review_selectors.queue_rows(
-            review_selectors.review_queue(
-                campaign=campaign, which="todo", count=review_counts["todo"]
-            ).object_list[:10]
-        )
+        "next_up": review_selectors.queue_rows(review_selectors.review_next(campaign=campaign))
         if user_can(request.user, "change_review")
         else [],
         "changeset_counts": review_selectors.changeset_counts(campaign=campaign),
