@@ -20,22 +20,9 @@ import threading
 import time
 from pathlib import Path
 
-import psycopg
-
 ROOT = Path(__file__).resolve().parent.parent
-SERVER = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 
-
-def scratch_database(name: str) -> str:
-    with psycopg.connect(SERVER, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return f"{SERVER.rsplit('/', 1)[0]}/{name}"
-
-
-def scratch_drop(name: str) -> None:
-    with psycopg.connect(SERVER, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+from scratch_db import scratch_database, scratch_drop  # noqa: E402
 
 
 def writer_process(*, threads: int, seconds: float, audited: bool) -> None:

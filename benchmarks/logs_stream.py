@@ -27,8 +27,10 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+from scratch_db import scratch_database, scratch_drop  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
-SERVER = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 SEQ = re.compile(rb'log-(\w+)" data-seq="(\d+)"[^>]*>([^<]*)</div>')
 PACED = """
@@ -181,22 +183,6 @@ async def bare_layer(layer_cls: str, messages: int, prefix: str) -> float:
 
 
 # --- set-up ------------------------------------------------------------------------------------
-
-
-def scratch_database(name: str) -> str:
-    import psycopg
-
-    with psycopg.connect(SERVER, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return f"{SERVER.rsplit('/', 1)[0]}/{name}"
-
-
-def scratch_drop(name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(SERVER, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def free_port() -> int:
