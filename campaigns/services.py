@@ -820,8 +820,15 @@ def _prepare(ctx: _Context, owner_kind: str, owner_id: int, *, variant_id: int |
     try:
         ctx.check()
         try:
-            # Fetches the host-side mirror, then clones the commit into the workspace.
-            commit = sandbox_repo_checkout(sandbox=sandbox, url=run.repository.url, ref=run.ref)
+            # Fetches the host-side mirror (once per attempt: its variants share a fetch made
+            # since the run started; a retry fetches again), then clones the commit in.
+            started = run.started_at
+            commit = sandbox_repo_checkout(
+                sandbox=sandbox,
+                url=run.repository.url,
+                ref=run.ref,
+                fresh_after=started.timestamp() if started else None,
+            )
         except RepoUrlError as exc:
             raise RunFailed(f"checkout of {run.ref} failed: {exc.message}") from None
         if run.base_commit and commit != run.base_commit:

@@ -30,6 +30,8 @@ GIT_TIMEOUT_S = 900
 SCP_LIKE = re.compile(r"^(?:(?P<user>[A-Za-z0-9._~-]+)@)?(?P<host>[A-Za-z0-9.-]+):(?P<path>.+)$")
 HOST = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
 REF = re.compile(r"^[A-Za-z0-9._/@{}^~-]+$")
+PLAIN_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._/-]*$")
+SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 
 
 class RepoUrlError(Exception):
@@ -145,31 +147,77 @@ def mirror_path(url: str) -> Path:
 
 
 @contextlib.contextmanager
-def _locked(path: Path):
+def _locked(path: Path, *, shared: bool = False):
+    """Fetches hold the mirror's lock alone; copies out of it share it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
 
 
-def mirror_fetch(*, url: str) -> Path:
-    """The bare mirror of `url`, created on first use and brought up to date after that."""
+def _fetched_stamp(path: Path) -> Path:
+    return path.with_suffix(".fetched")
+
+
+def mirror_fetch(*, url: str, fresh_after: float | None = None) -> Path:
+    """The bare mirror of `url`, created on first use and brought up to date after that.
+
+    With `fresh_after` (a Unix time, e.g. when a run's attempt started), a mirror fetched
+    since then is used as it is: the variants of one attempt fetch a repository once, not
+    once each.
+    """
     url = repo_url_validate(url)
     path = mirror_path(url)
+    stamp = _fetched_stamp(path)
     with _locked(path):
         if (path / "HEAD").exists():
+            with contextlib.suppress(FileNotFoundError):
+                if fresh_after is not None and stamp.stat().st_mtime >= fresh_after:
+                    return path
             git("-C", str(path), "fetch", "--prune", "--quiet", "origin")
         else:
             tmp = path.with_name(path.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             git("clone", "--mirror", "--quiet", "--template=", "--", url, str(tmp))
             tmp.rename(path)
+        stamp.touch()
     return path
+
+
+def _branch_lookup(mirror: Path, ref: str) -> str | None:
+    """The commit of `ref` when git would read it as the mirror's branch `ref`, without a git
+    process (a branch always names a commit); None for anything else (tags, expressions,
+    names that are ambiguous), which then goes to `git rev-parse`."""
+    odd = "//" in ref or "/." in ref or ref.endswith(("/", ".", ".lock")) or SHA.match(ref)
+    if odd or not PLAIN_NAME.match(ref) or (mirror / ref).exists():
+        return None
+    packed: dict[str, str] = {}
+    with contextlib.suppress(FileNotFoundError):
+        for line in (mirror / "packed-refs").read_text().splitlines():
+            sha, _, name = line.partition(" ")
+            if name and not line.startswith(("#", "^")):
+                packed[name] = sha
+    found: dict[str, str] = {}
+    # git's order for a short name: refs/<name>, tags, branches, remote-tracking branches.
+    for candidate in (f"refs/{ref}", f"refs/tags/{ref}", f"refs/heads/{ref}",
+                      f"refs/remotes/{ref}", f"refs/remotes/{ref}/HEAD"):  # fmt: skip
+        try:
+            found[candidate] = (mirror / candidate).read_text().strip()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            if candidate in packed:
+                found[candidate] = packed[candidate]
+    sha = found.get(f"refs/heads/{ref}", "")
+    if len(found) != 1 or not SHA.match(sha):
+        return None
+    return sha
 
 
 def commit_resolve(*, mirror: Path, ref: str) -> str:
     if not ref or ref.startswith("-") or not REF.match(ref) or ".." in ref:
         raise RepoUrlError(f"The ref {ref!r} is not a valid branch, tag or commit.", field="ref")
+    sha = _branch_lookup(mirror, ref)
+    if sha:
+        return sha
     try:
         return git(
             "-C", str(mirror), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"
@@ -179,19 +227,40 @@ def commit_resolve(*, mirror: Path, ref: str) -> str:
 
 
 def clone_at(*, mirror: Path, sha: str, dest: Path) -> None:
-    """A standalone clone (own objects: a sandbox can't reach the mirror) checked out at sha."""
-    git(
-        "clone", "--quiet", "--no-hardlinks", "--no-checkout", "--template=", str(mirror), str(dest)
+    """A standalone repository (own objects: a sandbox can't reach the mirror) checked out at sha.
+
+    What `git clone --no-checkout` + `checkout` + `remote remove` made, with one git process:
+    a fresh `.git` (no remote, no refs, no hooks) gets a copy of the mirror's object files,
+    then `checkout --detach` writes the commit's files.
+    """
+    gitdir = dest / ".git"
+    (gitdir / "refs" / "heads").mkdir(parents=True)
+    (gitdir / "refs" / "tags").mkdir()
+    version = "1\n[extensions]\n\tobjectformat = sha256" if len(sha) == 64 else "0"
+    (gitdir / "config").write_text(
+        f"[core]\n\trepositoryformatversion = {version}\n"
+        "\tfilemode = true\n\tbare = false\n\tlogallrefupdates = true\n"
     )
+    (gitdir / "HEAD").write_text("ref: refs/heads/main\n")
+    with _locked(mirror, shared=True):  # no fetch (and its repacking) while the files copy
+        shutil.copytree(
+            mirror / "objects",
+            gitdir / "objects",
+            symlinks=True,
+            ignore=shutil.ignore_patterns("alternates", "tmp_*", "*.lock"),
+        )
     git("-C", str(dest), "checkout", "--quiet", "--detach", sha)
-    git("-C", str(dest), "remote", "remove", "origin")
 
 
-def sandbox_repo_checkout(*, sandbox: Sandbox, url: str, ref: str) -> str:
-    """Put a clone of `url` at `ref` in the sandbox's /workspace; return the commit sha."""
+def sandbox_repo_checkout(
+    *, sandbox: Sandbox, url: str, ref: str, fresh_after: float | None = None
+) -> str:
+    """Put a clone of `url` at `ref` in the sandbox's /workspace; return the commit sha.
+
+    `fresh_after`: see `mirror_fetch`."""
     from sandboxes.services import _handle, backend_get, sandbox_exec, sandbox_write_file
 
-    mirror = mirror_fetch(url=url)
+    mirror = mirror_fetch(url=url, fresh_after=fresh_after)
     sha = commit_resolve(mirror=mirror, ref=ref)
     engine = backend_get(sandbox.backend)
     if hasattr(engine, "workspace_path"):  # a local engine: clone straight into the directory

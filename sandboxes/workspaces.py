@@ -116,8 +116,18 @@ class Workspaces:
 
     def meta_write(self, meta: Meta) -> None:
         path = self.dir(meta.external_id) / "meta.json"
+        data = json.dumps(asdict(meta))
+        try:
+            # A new sandbox's first write needs no rename (a metadata write fewer on the
+            # path to its first command): only the reaper and `list()` could read it this
+            # early, and they skip a meta.json they cannot parse.
+            with open(path, "x") as f:
+                f.write(data)
+            return
+        except FileExistsError:
+            pass
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(meta)))
+        tmp.write_text(data)
         tmp.replace(path)
 
     def ids(self) -> list[str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -19,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 from sandboxes.backends import cgroups
 from sandboxes.backends.base import SandboxError
-from sandboxes.backends.local import LocalBackend, rlimits_apply, rlimits_for
+from sandboxes.backends.local import LocalBackend, rlimits_apply
 from sandboxes.workspaces import SYSTEM_SYMLINKS, Meta
 
 SANDBOX_UID = 1000  # inside the user namespace; maps to the worker's own uid outside
@@ -56,21 +55,6 @@ def bwrap_argv(
         argv += ["--share-net", "--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"]
     argv += ["--chdir", cwd, "--"]
     return argv
-
-
-PRLIMIT = shutil.which("prlimit", path="/usr/bin:/bin")
-RLIMIT_FLAGS = {
-    resource.RLIMIT_FSIZE: "--fsize",
-    resource.RLIMIT_CORE: "--core",
-    resource.RLIMIT_NOFILE: "--nofile",
-    resource.RLIMIT_CPU: "--cpu",
-    resource.RLIMIT_NPROC: "--nproc",
-    resource.RLIMIT_AS: "--as",
-}
-
-
-def prlimit_argv(limits: list[tuple[int, int]]) -> list[str]:
-    return [f"{RLIMIT_FLAGS[which]}={value}:{value}" for which, value in limits]
 
 
 def _child_pid(fd: int) -> int:
@@ -129,14 +113,7 @@ class BubblewrapBackend(LocalBackend):
             "env": env,
             "start_new_session": True,
         }
-        if PRLIMIT and cgroups.thread_migration_supported(meta.cgroups):
-            # Fast path: this thread forks bwrap from inside the sandbox's cgroups, and the
-            # sandbox's first process sets its own rlimits before the command runs.
-            limits = prlimit_argv(rlimits_for(meta.limits, address_space=False))
-            with cgroups.thread_in(meta.cgroups):
-                proc = subprocess.Popen([*full, PRLIMIT, *limits, "--", *argv], **popen)
-        else:
-            proc = self._popen_handshake(meta, full, argv, popen)
+        proc = self._popen_handshake(meta, full, argv, popen)
 
         def kill() -> None:
             # bwrap's pid namespace dies with its init, which dies with bwrap (--die-with-parent):
@@ -150,7 +127,12 @@ class BubblewrapBackend(LocalBackend):
     def _popen_handshake(meta: Meta, full: list[str], argv, popen: dict) -> subprocess.Popen:
         """bwrap reports its sandbox's first process on --info-fd, then waits on --block-fd
         before running the command: that process gets its cgroup and rlimits in the gap, so
-        everything the command starts inherits them (and no slow preexec_fn is needed)."""
+        everything the command starts inherits them (and no slow preexec_fn is needed).
+
+        A cgroup v1 move can wait for an RCU grace period (3 to 10 ms), so bwrap itself moves
+        first, while it is still setting up: that wait overlaps bwrap's own start, and the
+        first process's move right after is cheap. A process bwrap forks after its own move
+        starts out in the cgroups anyway; moving it again changes nothing."""
         info_r, info_w = os.pipe()
         block_r, block_w = os.pipe()
         fds = ["--info-fd", str(info_w), "--block-fd", str(block_r)]
@@ -162,6 +144,8 @@ class BubblewrapBackend(LocalBackend):
             os.close(info_w)
             os.close(block_r)
         try:
+            with contextlib.suppress(ProcessLookupError):  # gone: bwrap failed, it reports why
+                cgroups.cgroup_enter(meta.cgroups, proc.pid)
             child = _child_pid(info_r)
             if child:  # every process the command starts descends from this one
                 cgroups.cgroup_enter(meta.cgroups, child)

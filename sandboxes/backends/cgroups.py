@@ -9,10 +9,10 @@ still gets rlimits; `cgroup_create` then returns an empty list.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -22,6 +22,7 @@ ROOT = Path("/sys/fs/cgroup")
 PREFIX = "convoy-"
 
 
+@functools.cache  # the worker never moves itself (only its children move)
 def _own_path(controller: str) -> str:
     """Where this process sits in `controller`'s hierarchy ("" for cgroup v2's line)."""
     try:
@@ -34,6 +35,7 @@ def _own_path(controller: str) -> str:
     return "/"
 
 
+@functools.cache
 def _v2() -> bool:
     return (ROOT / "cgroup.controllers").exists()
 
@@ -139,38 +141,3 @@ def cgroups_owned(owner: str) -> list[str]:
         with contextlib.suppress(OSError):
             found.extend(str(p) for p in base.glob(f"{PREFIX}{owner}-*") if p.is_dir())
     return found
-
-
-def thread_migration_supported(paths: list[str]) -> bool:
-    """cgroup v1 moves single threads (`tasks`), so a thread can fork straight into a cgroup."""
-    return bool(paths) and all(os.path.exists(os.path.join(p, "tasks")) for p in paths)
-
-
-@contextlib.contextmanager
-def thread_in(paths: list[str]):
-    """Run the block with the calling thread inside the cgroups; children it forks stay there.
-
-    Only this thread moves (v1 `tasks`), so other threads of the worker are unaffected, and it
-    goes back to where it was even if the block fails.
-    """
-    tid = str(threading.get_native_id())
-    home: list[str] = []
-    try:
-        for path in paths:
-            controller = Path(path).relative_to(ROOT).parts[0]
-            home.append(str(ROOT / controller / _thread_path(controller).lstrip("/")))
-            with open(os.path.join(path, "tasks"), "w") as f:
-                f.write(tid)
-        yield
-    finally:
-        for path in home:
-            with open(os.path.join(path, "tasks"), "w") as f:
-                f.write(tid)
-
-
-def _thread_path(controller: str) -> str:
-    for line in Path("/proc/thread-self/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        if controller in controllers.split(","):
-            return path
-    return "/"

@@ -130,3 +130,31 @@ def test_bad_refs_are_refused_naming_the_ref_field(origin, ref):
     with pytest.raises(RepoUrlError) as caught:
         commit_resolve(mirror=mirror, ref=ref)
     assert caught.value.field == "ref"
+
+
+@both_shapes
+def test_refs_resolve_as_git_reads_them_loose_packed_tags_and_ambiguous_names(origin):
+    mirror = mirror_fetch(url=f"file://{origin}")  # a new mirror: its refs are packed
+    c = "-c", "user.name=t", "-c", "user.email=t@t"
+    _git("tag", "-a", "-m", "t", "v1", "main~1", cwd=origin)
+    _git("branch", "feature/x", "main~1", cwd=origin)
+    _git("branch", "v1", "main", cwd=origin)  # a branch and a tag both named v1: the tag wins
+    _git("checkout", "-q", "-b", "later", cwd=origin)
+    (origin / "VERSION").write_text("later\n")
+    _git(*c, "commit", "-qam", "later", cwd=origin)
+    mirror_fetch(url=f"file://{origin}")  # fetched refs are loose files
+    for ref in ("main", "feature/x", "v1", "later", "main~1", "later^", _sha(origin, "main")):
+        assert commit_resolve(mirror=mirror, ref=ref) == _sha(origin, f"{ref}^{{commit}}"), ref
+
+
+@both_shapes
+def test_a_mirror_fetched_since_a_given_time_is_not_fetched_again(origin):
+    url = f"file://{origin}"
+    mirror = mirror_fetch(url=url)
+    fetched = (mirror.with_suffix(".fetched")).stat().st_mtime
+    (origin / "VERSION").write_text("3\n")
+    _git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "v3", cwd=origin)
+    assert mirror_fetch(url=url, fresh_after=fetched) == mirror  # same attempt: as it was
+    assert commit_resolve(mirror=mirror, ref="main") == _sha(origin, "main~1")
+    mirror_fetch(url=url, fresh_after=fetched + 3600)  # a later attempt: fetches
+    assert commit_resolve(mirror=mirror, ref="main") == _sha(origin, "main")
