@@ -92,6 +92,10 @@ class BubblewrapBackend(LocalBackend):
             cpu=float(limits["cpu"]),
             owner=self.install,
         )
+        # A new sandbox is usually given a command at once: the cgroup move that command's
+        # start makes waits out its grace period while the rest of the sandbox is made. (Not
+        # sooner: the wait holds the lock that making the cgroups above needs.)
+        cgroups.attach_warm()
 
     def _stop(self, meta: Meta) -> None:
         cgroups.cgroup_kill(meta.cgroups)
@@ -99,6 +103,7 @@ class BubblewrapBackend(LocalBackend):
     def _popen(
         self, meta: Meta, argv: Sequence[str], cwd: str, env: dict[str, str]
     ) -> tuple[subprocess.Popen, Callable[[], None]]:
+        cgroups.attach_warm()
         full = bwrap_argv(
             etc=str(self.ws.etc()),
             workspace=str(self.ws.workspace(meta.external_id)),

@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -141,3 +142,21 @@ def cgroups_owned(owner: str) -> list[str]:
         with contextlib.suppress(OSError):
             found.extend(str(p) for p in base.glob(f"{PREFIX}{owner}-*") if p.is_dir())
     return found
+
+
+def attach_warm() -> None:
+    """Start, in the background, the wait that the next cgroup move would pay.
+
+    Moving a task between cgroups takes a kernel lock that, after a quiet spell, first waits
+    for an RCU grace period (5 to 10 ms on this kind of host). A helper thread's no-op move
+    (into the cgroup it is already in) pays that wait now; a real move made in the next few
+    milliseconds (a new sandbox's first command) then finds the lock ready. cgroup v1 only.
+    """
+    if not _v2():
+        threading.Thread(target=_noop_move, name="convoy-cgroup-warm", daemon=True).start()
+
+
+def _noop_move() -> None:
+    path = ROOT / "pids" / _own_path("pids").lstrip("/") / "tasks"
+    with contextlib.suppress(OSError), open(path, "w") as f:
+        f.write(str(threading.get_native_id()))

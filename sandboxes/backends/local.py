@@ -396,4 +396,6 @@ class LocalBackend(SandboxBackend):
             if not (base / "meta.json").exists() and time.time() - base.stat().st_mtime > grace_s:
                 self.ws.remove(ext)
                 removed.append(ext)
+        for spare in self.ws.spares_stale(older_than_s=grace_s):  # left by a dead worker
+            self.ws.spare_remove(spare)
         return removed

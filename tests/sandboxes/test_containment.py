@@ -161,3 +161,16 @@ def test_dotdot_and_symlink_escapes_from_the_workspace_fail(local_backend, canar
     with pytest.raises(SandboxError):
         local_backend.write_file(handle, "dirlink/planted", b"x")
     assert not Path("/root/planted").exists()
+
+
+def test_a_sandbox_made_where_another_was_removed_starts_empty_and_limited(local_backend):
+    first = local_backend.create(SPEC)
+    local_backend.write_file(first, "/workspace/left-behind", b"the first sandbox's file")
+    local_backend.terminate(first)
+    # The removal left a ready-made directory behind; the next sandbox takes it.
+    second = local_backend.create(SPEC)
+    assert not any(local_backend.workspace_path(second).iterdir())
+    hog = "x = []\nwhile True:\n    x.append(bytearray(16 << 20))\n"
+    _, result = run(local_backend, second, ["python3", "-c", hog], timeout_s=60)
+    assert result.exit_code != 0 and not result.timed_out
+    _host_still_fine(local_backend)
