@@ -26,7 +26,7 @@ import sys
 
 style = sys.argv[sys.argv.index("--style") + 1]
 for path in sorted(pathlib.Path(".").rglob("*.py")):
-    if ".git" in path.parts or ".convoy" in path.parts:
+    if ".git" in path.parts:
         continue
     if style == "conservative" and not path.name.startswith("test_"):
         continue

@@ -50,8 +50,6 @@ from campaigns.spec import CampaignSpecError, FieldError, ParsedSpec, spec_parse
 logger = logging.getLogger(__name__)
 
 REPO_DIR = "/workspace"
-# The spec's `files:`; commands find them at $CONVOY_FILES/<name>.
-FILES_DIR = "/workspace/.convoy/files"
 OUTPUT_TAIL_BYTES = 4000
 PATCH_CAP_BYTES = 2 * 1024 * 1024
 MAX_TRANSIENT_RETRIES = 4
@@ -728,6 +726,8 @@ class _Context:
             memory_mb=limits["memory_mb"],
             timeout_s=limits["timeout_s"],
             network=NetworkPolicy(limits["network"]),
+            # Read-only at /convoy/files/<name> ($CONVOY_FILES), outside the checkout and its diff.
+            files={name: text.encode() for name, text in self.spec["files"].items()},
             labels={
                 "convoy_campaign": str(self.campaign.pk),
                 "convoy_run": str(run.pk),
@@ -785,7 +785,7 @@ def _exec(ctx: _Context, sandbox, script: str, *, env=None, timeout_s=None, cap=
         sandbox=sandbox,
         argv=argv or ["bash", "-c", script],
         cwd=REPO_DIR,
-        env={"HOME": "/tmp", "CONVOY_FILES": FILES_DIR, **(env or {})},  # noqa: S108 - the sandbox's own tmpfs
+        env={"HOME": "/tmp", **(env or {})},  # noqa: S108 - the sandbox's own tmpfs
         timeout_s=timeout_s or ctx.spec["limits"]["timeout_s"],
         output_cap=cap or 10 * 1024 * 1024,
         secrets=ctx.secrets or None,
@@ -806,9 +806,9 @@ def _step_failure(label: str, step: dict, command, output: str) -> str:
 
 
 def _prepare(ctx: _Context, owner_kind: str, owner_id: int, *, variant_id: int | None = None):
-    """A fresh sandbox with the repository checked out, the spec's files and setup done."""
+    """A fresh sandbox (with the spec's files) with the repository checked out and setup done."""
     from sandboxes.repos import RepoUrlError, sandbox_repo_checkout
-    from sandboxes.services import sandbox_create, sandbox_write_file
+    from sandboxes.services import sandbox_create
 
     run = ctx.run
     sandbox = sandbox_create(
@@ -836,15 +836,6 @@ def _prepare(ctx: _Context, owner_kind: str, owner_id: int, *, variant_id: int |
         if not run.base_commit:
             run.base_commit = commit
             RepoRun.objects.filter(pk=run.pk).update(base_commit=commit, step="checked_out")
-        if ctx.spec["files"]:
-            # The spec's files live beside the checkout, kept out of the diff.
-            sandbox_write_file(
-                sandbox=sandbox, path=f"{REPO_DIR}/.git/info/exclude", data=b"/.convoy/\n"
-            )
-        for name, content in ctx.spec["files"].items():
-            sandbox_write_file(
-                sandbox=sandbox, path=f"{FILES_DIR}/{name}", data=content.encode(), mode=0o444
-            )
         for i, step in enumerate(ctx.spec["setup"]):
             ctx.check()
             command, out = _exec(ctx, sandbox, step["run"], timeout_s=step.get("timeout_s"))

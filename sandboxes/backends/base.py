@@ -24,6 +24,7 @@ class Capability(enum.Flag):
     PAUSE = enum.auto()
     GPU = enum.auto()
     NETWORK_ALLOWLIST = enum.auto()
+    READONLY_FILES = enum.auto()  # the engine enforces /convoy/files read-only (root included)
 
 
 class SandboxError(Exception):
@@ -34,6 +35,9 @@ class SandboxError(Exception):
 
 class NotSupported(SandboxError):
     """The backend does not declare the capability this call needs."""
+
+
+FILES_DIR = "/convoy/files"  # where every sandbox sees its spec's files, read-only
 
 
 class NetworkPolicy(enum.StrEnum):
@@ -57,6 +61,17 @@ class SandboxSpec:
     labels: Mapping[str, str] = field(default_factory=dict)
     pids_max: int = 256
     disk_mb: int = 2048
+    # Name → content, mounted read-only at /convoy/files/<name> ($CONVOY_FILES points there).
+    files: Mapping[str, bytes] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, content in self.files.items():
+            if not isinstance(name, str) or not name or name in (".", ".."):
+                raise SandboxError(f"files: {name!r} is not a file name")
+            if "/" in name or "\0" in name:
+                raise SandboxError(f"files: {name!r} must be a plain file name (no '/')")
+            if not isinstance(content, bytes):
+                raise SandboxError(f"files: {name!r} must be bytes, got {type(content).__name__}")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 
 from sandboxes.backends import cgroups
-from sandboxes.backends.base import SandboxError
+from sandboxes.backends.base import FILES_DIR, Capability, SandboxError
 from sandboxes.backends.local import LocalBackend, rlimits_apply
 from sandboxes.workspaces import SYSTEM_SYMLINKS, Meta
 
@@ -25,7 +25,13 @@ SANDBOX_UID = 1000  # inside the user namespace; maps to the worker's own uid ou
 
 
 def bwrap_argv(
-    *, etc: str, workspace: str, network: str, cwd: str, tmp_mb: int = 2048
+    *,
+    etc: str,
+    workspace: str,
+    network: str,
+    cwd: str,
+    tmp_mb: int = 2048,
+    files: str | None = None,
 ) -> list[str]:
     argv = [
         "bwrap",
@@ -49,6 +55,8 @@ def bwrap_argv(
         if os.path.lexists(f"/{name}"):
             argv += ["--symlink", target, f"/{name}"]
     argv += ["--ro-bind", etc, "/etc", "--bind", workspace, "/workspace"]
+    if files:
+        argv += ["--ro-bind", files, FILES_DIR]
     argv += ["--size", str(tmp_mb * 1024 * 1024), "--tmpfs", "/tmp"]  # noqa: S108 (its own)
     argv += ["--proc", "/proc", "--dev", "/dev"]
     if network == "open":
@@ -73,6 +81,7 @@ def _child_pid(fd: int) -> int:
 class BubblewrapBackend(LocalBackend):
     name = "bwrap"
     id_prefix = "bw"
+    capabilities = LocalBackend.capabilities | Capability.READONLY_FILES
     isolation = (
         "bubblewrap namespaces: no network, host /usr read-only, own /workspace, "
         "cgroup limits; runs the host's system directories"
@@ -110,6 +119,7 @@ class BubblewrapBackend(LocalBackend):
             network=meta.network,
             cwd=cwd,
             tmp_mb=int(meta.limits.get("disk_mb", 2048)),
+            files=str(self.files_path(meta.external_id)) if meta.extra.get("files") else None,
         )
         popen = {
             "stdin": subprocess.DEVNULL,

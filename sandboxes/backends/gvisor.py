@@ -26,6 +26,7 @@ from pathlib import Path
 from django.conf import settings
 
 from sandboxes.backends.base import (
+    FILES_DIR,
     Capability,
     SandboxError,
     SandboxHandle,
@@ -38,13 +39,18 @@ from sandboxes.workspaces import SYSTEM_SYMLINKS, Meta
 INIT = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600; done"]
 RUNSC_TIMEOUT_S = 60
 CHECKPOINT_PREFIX = "ck-"
+ROOTFS_DIRS = ("usr", "etc", "workspace", "tmp", "proc", "dev", "sys", "root", "convoy/files")
 
 
 class GVisorBackend(LocalBackend):
     name = "gvisor"
     id_prefix = "gv"
     capabilities = (
-        Capability.STREAMED_EXEC | Capability.SNAPSHOT | Capability.FORK | Capability.CHECKPOINT
+        Capability.STREAMED_EXEC
+        | Capability.SNAPSHOT
+        | Capability.FORK
+        | Capability.CHECKPOINT
+        | Capability.READONLY_FILES
     )
     isolation = (
         "gVisor user-space kernel: no network, host /usr read-only, own /workspace, "
@@ -93,8 +99,9 @@ class GVisorBackend(LocalBackend):
 
     def _rootfs(self) -> Path:
         rootfs = self.ws.root / "rootfs"
-        if not (rootfs / ".ready").exists():
-            for d in ("usr", "etc", "workspace", "tmp", "proc", "dev", "sys", "root"):
+        # Skeletons made before /convoy/files existed get it on their next use.
+        if not (rootfs / ".ready").exists() or not (rootfs / "convoy" / "files").is_dir():
+            for d in ROOTFS_DIRS:
                 (rootfs / d).mkdir(parents=True, exist_ok=True)
             for name, target in SYSTEM_SYMLINKS.items():
                 if os.path.lexists(f"/{name}") and not os.path.lexists(rootfs / name):
@@ -150,6 +157,7 @@ class GVisorBackend(LocalBackend):
                     "source": str(base / "workspace"),
                     "options": ["rbind", "rw"],
                 },
+                *self._files_mount(meta),
             ],
             "linux": {
                 # network "open" shares the host's stack: no network namespace of its own.
@@ -169,6 +177,20 @@ class GVisorBackend(LocalBackend):
         bundle.mkdir(exist_ok=True)
         (bundle / "config.json").write_text(json.dumps(config))
         return bundle
+
+    def _files_mount(self, meta: Meta) -> list[dict]:
+        if not meta.extra.get("files"):
+            return []
+        source = self.files_path(meta.external_id)
+        source.mkdir(exist_ok=True)  # a restore without files still mounts what was saved
+        return [
+            {
+                "destination": FILES_DIR,
+                "type": "bind",
+                "source": str(source),
+                "options": ["rbind", "ro"],
+            }
+        ]
 
     def _container(self, meta: Meta) -> str:
         """The sandbox's current container id (each restart makes a new one)."""
@@ -314,7 +336,8 @@ class GVisorBackend(LocalBackend):
         # The container has stopped; its files become a layer and it restarts above it.
         self._stop(meta)
         layer = self.ws.snapshot(meta)
-        (image / "convoy.json").write_text(json.dumps({"layer": layer, "limits": meta.limits}))
+        saved = {"layer": layer, "limits": meta.limits, "files": bool(meta.extra.get("files"))}
+        (image / "convoy.json").write_text(json.dumps(saved))
         self._start(meta)
         self.ws.meta_write(meta)
         return SnapshotHandle(self.name, image.name)
@@ -336,7 +359,9 @@ class GVisorBackend(LocalBackend):
             }
         )
         layers = self.ws.snapshot_layers(info["layer"])
-        return self._make(spec, layers, extra={"restore_image": str(image)})
+        # The saved kernel expects every mount it had: an empty /convoy/files if need be.
+        extra = {"restore_image": str(image), "files": bool(info.get("files"))}
+        return self._make(spec, layers, extra=extra)
 
     def delete_checkpoint(self, checkpoint: SnapshotHandle) -> None:
         shutil.rmtree(self.checkpoints / checkpoint.external_id, ignore_errors=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sandboxes.backends import cgroups
 from sandboxes.backends.base import (
+    FILES_DIR,
     Capability,
     ExecEvent,
     ExecOutput,
@@ -190,6 +191,15 @@ def rlimits_apply(limits: Mapping, *, address_space: bool, pid: int = 0) -> None
         resource.prlimit(pid, which, (value, value))
 
 
+def files_write(target: Path, files: Mapping[str, bytes]) -> None:
+    """The spec's files on the host; the engines bind their directory read-only."""
+    target.mkdir(mode=0o755)
+    for name, content in files.items():
+        path = target / name
+        path.write_bytes(content)
+        path.chmod(0o444)
+
+
 def limits_of(spec: SandboxSpec) -> dict:
     return {
         "cpu": spec.cpu,
@@ -247,16 +257,18 @@ class LocalBackend(SandboxBackend):
             backend=self.name,
             labels={**spec.labels, "convoy_install": self.install},
             limits=limits_of(spec),
-            env=dict(spec.env),
+            env={**spec.env, **({"CONVOY_FILES": FILES_DIR} if spec.files else {})},
             network=str(spec.network),
             created_at=now,
             deadline_at=now + spec.timeout_s,
             layers=list(layers),
-            extra=dict(extra or {}),
+            extra={**(extra or {}), **({"files": True} if spec.files else {})},
         )
         self.ws.etc()
         self.ws.create(meta)
         try:
+            if spec.files:
+                files_write(self.files_path(meta.external_id), spec.files)
             self._start(meta)
             self.ws.meta_write(meta)
         except BaseException:
@@ -295,6 +307,11 @@ class LocalBackend(SandboxBackend):
         self._stop(meta)
         cgroups.cgroup_remove(meta.cgroups)
         self.ws.remove(handle.external_id)
+
+    def files_path(self, external_id: str) -> Path:
+        """The host directory behind the sandbox's read-only /convoy/files (beside, not in,
+        its workspace: never part of a snapshot or a diff)."""
+        return self.ws.dir(external_id) / "files"
 
     def workspace_path(self, handle: SandboxHandle) -> Path:
         """Where the sandbox's /workspace lives on the host (local backends only)."""

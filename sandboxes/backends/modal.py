@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from django.conf import settings
 
 from sandboxes.backends.base import (
+    FILES_DIR,
     Capability,
     ExecEvent,
     ExecOutput,
@@ -52,6 +53,8 @@ EXEC_KILL = (
     'p=$(cat /tmp/.convoy-exec/"$0" 2>/dev/null) || exit 0; rm -f /tmp/.convoy-exec/"$0"; '
     'kill -9 -- -"$p" 2>/dev/null || kill -9 "$p"'
 )
+FILES_CLEAR = 'chmod -R u+w "$0" 2>/dev/null; rm -rf "$0"'
+FILES_SEAL = 'chmod 0444 -- "$@" && chmod 0555 "$0"'
 TRUNCATION_MARKER = "\n[convoy: output truncated after {cap} bytes; command stopped]\n"
 
 
@@ -164,7 +167,7 @@ class ModalBackend(SandboxBackend):
             "memory": spec.memory_mb,
             "gpu": spec.gpu,
             "workdir": spec.workdir,
-            "env": dict(spec.env) or None,
+            "env": {**spec.env, **({"CONVOY_FILES": FILES_DIR} if spec.files else {})} or None,
             "tags": dict(spec.labels) or None,
         }
         if spec.network == NetworkPolicy.NONE or (
@@ -175,13 +178,40 @@ class ModalBackend(SandboxBackend):
             kwargs["outbound_domain_allowlist"] = list(spec.allowed_domains)
         return kwargs
 
-    def _create(self, spec: SandboxSpec, image) -> SandboxHandle:
+    def _create(self, spec: SandboxSpec, image, *, from_snapshot: bool = False) -> SandboxHandle:
         kwargs = self._create_kwargs(spec, image)
         self._bucket().acquire()
         with self._errors("create"):
             sb = self.sdk.Sandbox.create(**kwargs)
         self._sandboxes[sb.object_id] = sb
-        return SandboxHandle(backend=self.name, external_id=sb.object_id, labels=dict(spec.labels))
+        handle = SandboxHandle(
+            backend=self.name, external_id=sb.object_id, labels=dict(spec.labels)
+        )
+        if spec.files:
+            try:
+                self._files_put(sb, spec.files, from_snapshot=from_snapshot)
+            except BaseException:
+                with contextlib.suppress(SandboxError):  # else the reaper finds it by label
+                    self.terminate(handle)
+                raise
+        return handle
+
+    def _files_put(self, sb, files: Mapping[str, bytes], *, from_snapshot: bool) -> None:
+        """The spec's files at /convoy/files, made read-only by their mode.
+
+        Best effort: Modal offers no read-only mount for them here, and commands run as the
+        image's user (root by default), which mode bits do not stop. The local engines bind
+        the directory read-only (Capability.READONLY_FILES).
+        """
+        with self._errors("write files"):
+            if from_snapshot:  # the image has the source sandbox's files: start from none
+                sb.exec("sh", "-c", FILES_CLEAR, FILES_DIR, text=False).wait()
+            for name, content in files.items():
+                sb.filesystem.write_bytes(content, f"{FILES_DIR}/{name}")
+            paths = [f"{FILES_DIR}/{name}" for name in files]
+            proc = sb.exec("sh", "-c", FILES_SEAL, FILES_DIR, *paths, text=False)
+            if proc.wait() != 0:
+                raise SandboxError(f"cannot make {FILES_DIR} read-only")
 
     def attach(self, external_id: str) -> SandboxHandle:
         with self._errors("attach"):
@@ -351,14 +381,16 @@ class ModalBackend(SandboxBackend):
         return image
 
     def create_from_snapshot(self, snapshot: SnapshotHandle, spec: SandboxSpec) -> SandboxHandle:
-        return self._create(spec, self._image(snapshot))
+        return self._create(spec, self._image(snapshot), from_snapshot=True)
 
     def fork(self, snapshot: SnapshotHandle, spec: SandboxSpec, count: int) -> list[SandboxHandle]:
         """N creates from the snapshot's image, a few at a time; all or none survive."""
         image = self._image(snapshot)
         workers = max(1, min(count, self._fork_concurrency))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modal-fork") as pool:
-            futures = [pool.submit(self._create, spec, image) for _ in range(count)]
+            futures = [
+                pool.submit(self._create, spec, image, from_snapshot=True) for _ in range(count)
+            ]
         made, errors = [], []
         for future in futures:
             try:

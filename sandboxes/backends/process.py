@@ -1,8 +1,9 @@
 """The plain-process backend: NO isolation. For development on machines without bwrap/runsc.
 
 Commands run as the worker's own user in the sandbox's workspace directory, with only rlimits
-and a process-group kill on timeout. Refused unless CONVOY_ALLOW_UNSAFE_PROCESS_BACKEND is set,
-and every page showing such a sandbox says it was unsafe.
+and a process-group kill on timeout. The spec's files are in a host directory named by
+$CONVOY_FILES (there is no /convoy/files). Refused unless CONVOY_ALLOW_UNSAFE_PROCESS_BACKEND
+is set, and every page showing such a sandbox says it was unsafe.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class ProcessBackend(LocalBackend):
         workspace = self.ws.workspace(meta.external_id)
         host_cwd = workspace / os.path.relpath(cwd, "/workspace")
         env = {**env, "HOME": str(workspace)}
+        if meta.extra.get("files"):  # no mounts here: the host directory, read-only by mode only
+            env["CONVOY_FILES"] = str(self.files_path(meta.external_id))
         limits = meta.limits
         proc = subprocess.Popen(
             list(argv),

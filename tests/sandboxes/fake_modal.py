@@ -4,7 +4,8 @@ cannot be reached from the test machines).
 It behaves like Modal where the backend can tell: every call is checked against the real
 SDK's signature, errors are the real `modal.exception` classes, each fake sandbox is a
 directory mounted at its workdir (with bubblewrap when present, so `/workspace/...` paths
-work and `block_network` really removes the network), commands are local processes with
+work and `block_network` really removes the network; paths in top-level directories the host
+lacks, such as /convoy, work too), commands are local processes with
 separate stdout/stderr pipes, `wait()` returns -1 when the exec deadline passes (the process
 group is killed) and 128+N after signal N, and a filesystem snapshot is a copy of the
 sandbox's directory that later creates start from.
@@ -49,10 +50,13 @@ class FakeApp:
 
 
 class FakeImage:
-    def __init__(self, object_id: str, *, tag: str = "", files: Path | None = None) -> None:
+    def __init__(
+        self, object_id: str, *, tag: str = "", files: Path | None = None, extra: Path | None = None
+    ) -> None:
         self.object_id = object_id
         self.tag = tag
         self.files = files  # a snapshot's copy of the workspace
+        self.extra = extra  # and of the directories made outside it (see FakeSandbox.extra)
 
 
 class FakeStreamReader:
@@ -143,16 +147,17 @@ class FakeFilesystem:
             raise modal.exception.InvalidError(
                 f"Sandbox.filesystem.{operation}() currently only supports absolute remote_path"
             )
-        workdir = PurePosixPath(self._sandbox.workdir)
-        try:
-            relative = path.relative_to(workdir)
-        except ValueError:
-            raise modal.exception.SandboxFilesystemPermissionError(
-                f"FakeModal keeps files only under the workdir {workdir}, not {remote_path}"
-            ) from None
-        if ".." in relative.parts:
+        if ".." in path.parts:
             raise modal.exception.SandboxFilesystemPermissionError(f"{remote_path}: '..'")
-        return self._sandbox.files / relative
+        workdir = PurePosixPath(self._sandbox.workdir)
+        if path.is_relative_to(workdir):
+            return self._sandbox.files / path.relative_to(workdir)
+        if len(path.parts) > 2 and not os.path.lexists(f"/{path.parts[1]}"):
+            return self._sandbox.extra / path.relative_to("/")
+        raise modal.exception.SandboxFilesystemPermissionError(
+            f"FakeModal keeps files only under the workdir {workdir} or in a top-level "
+            f"directory the host lacks, not {remote_path}"
+        )
 
     def write_bytes(self, data, remote_path: str) -> None:
         self._sandbox._check_running()
@@ -180,12 +185,16 @@ class FakeSandbox:
         self.env = {k: v for k, v in (kwargs.get("env") or {}).items() if v is not None}
         self.block_network = kwargs.get("block_network", False)
         self.files = fake.root / object_id / "files"
+        # Top-level directories the host lacks (e.g. /convoy), bound writable as in a container.
+        self.extra = fake.root / object_id / "extra"
         self.tmp = fake.root / object_id / "tmp"
         image = kwargs["image"]
         if image is not None and image.files is not None:
             shutil.copytree(image.files, self.files, symlinks=True)
+            shutil.copytree(image.extra, self.extra, symlinks=True)
         else:
             self.files.mkdir(parents=True)
+            self.extra.mkdir(parents=True)
         self.tmp.mkdir(parents=True)
         self.filesystem = FakeFilesystem(self)
         self._returncode: int | None = None
@@ -224,6 +233,9 @@ class FakeSandbox:
             elif os.path.isdir(path):
                 command += ["--ro-bind", path, path]
         command += ["--proc", "/proc", "--dev", "/dev", "--bind", str(self.tmp), "/tmp"]
+        for entry in sorted(os.listdir(self.extra)):
+            if not os.path.lexists(f"/{entry}"):
+                command += ["--bind", str(self.extra / entry), f"/{entry}"]
         command += ["--bind", str(self.files), self.workdir, "--chdir", workdir, "--", *args]
         return command
 
@@ -263,8 +275,9 @@ class FakeSandbox:
         self._check_running()
         image_id = self._fake._new_id("im")
         target = self._fake.root / "images" / image_id
-        shutil.copytree(self.files, target, symlinks=True)
-        image = FakeImage(image_id, files=target)
+        shutil.copytree(self.files, target / "files", symlinks=True)
+        shutil.copytree(self.extra, target / "extra", symlinks=True)
+        image = FakeImage(image_id, files=target / "files", extra=target / "extra")
         self._fake.images[image_id] = image
         self._fake.snapshot_calls.append(kwargs)
         return image

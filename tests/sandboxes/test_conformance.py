@@ -4,6 +4,8 @@ Runs against gVisor and bubblewrap (real engines) and the Modal fake where prese
 are asked for capabilities, never by name.
 """
 
+import re
+
 import pytest
 
 from sandboxes.backends.base import (
@@ -103,6 +105,37 @@ def test_snapshot_then_fork_three_gives_independent_workspaces(backend):
     assert backend.read_file(source, "shared.txt") == b"from the snapshot\n"
     with pytest.raises(SandboxError):
         backend.read_file(source, "mine.txt")
+
+
+def test_spec_files_are_read_only_at_convoy_files_and_forks_get_them(backend):
+    """Backends without Capability.READONLY_FILES (Modal: commands run as root) only set the
+    mode bits; the local engines must refuse every write."""
+    spec = SandboxSpec(timeout_s=120, memory_mb=256, files={"fix.py": b"print('fixed')\n"})
+    source = backend.create(spec)
+    enforced = Capability.READONLY_FILES in backend.capabilities
+
+    def check(handle):
+        outputs, result = run(backend, handle, ["sh", "-c", 'cat "$CONVOY_FILES/fix.py"'])
+        assert (text(outputs, "stdout"), result.exit_code) == ("print('fixed')\n", 0)
+        # find, not stat: gVisor's statx refuses coreutils' stat (see docs/architecture.md).
+        outputs, _ = run(backend, handle, ["find", "/convoy/files/fix.py", "-printf", "%m\\n"])
+        assert text(outputs, "stdout") == "444\n"
+        if not enforced:
+            return
+        for script in ("echo changed > /convoy/files/fix.py", "echo new > /convoy/files/new.py",
+                       "rm -f /convoy/files/fix.py", "chmod 666 /convoy/files/fix.py"):  # fmt: skip
+            outputs, result = run(backend, handle, ["sh", "-c", script])
+            assert result.exit_code != 0, script
+            assert re.search("Read-only file system|Permission denied", text(outputs, "stderr"))
+        outputs, _ = run(backend, handle, ["sh", "-c", "cat /convoy/files/*"])
+        assert text(outputs, "stdout") == "print('fixed')\n"
+
+    check(source)
+    # Not in the workspace: no snapshot, checkout or diff ever holds them.
+    outputs, _ = run(backend, source, ["sh", "-c", "ls -A; echo end"])
+    assert text(outputs, "stdout") == "end\n"
+    [fork] = backend.fork(backend.snapshot(source), spec, 1)
+    check(fork)
 
 
 def test_terminate_is_idempotent_and_frees_the_sandbox(backend):
