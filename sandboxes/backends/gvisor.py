@@ -42,6 +42,10 @@ CHECKPOINT_PREFIX = "ck-"
 ROOTFS_DIRS = ("usr", "etc", "workspace", "tmp", "proc", "dev", "sys", "root", "convoy/files")
 
 
+# Host threads gVisor itself may need beyond the sandbox's own processes.
+SENTRY_THREADS = 512
+
+
 class GVisorBackend(LocalBackend):
     name = "gvisor"
     id_prefix = "gv"
@@ -169,7 +173,11 @@ class GVisorBackend(LocalBackend):
                 "resources": {
                     "memory": {"limit": memory, "swap": memory},
                     "cpu": {"quota": int(float(limits["cpu"]) * 100_000), "period": 100_000},
-                    "pids": {"limit": int(limits["pids_max"])},
+                    # The host cgroup counts gVisor's own threads (the sentry's Go runtime adds
+                    # threads under heavy I/O), not the sandbox's processes: those are bounded
+                    # inside gVisor by RLIMIT_NPROC above. Without headroom a busy sandbox's
+                    # kernel dies on a refused clone.
+                    "pids": {"limit": int(limits["pids_max"]) + SENTRY_THREADS},
                 },
             },
         }

@@ -123,6 +123,12 @@ def pump(
                     yield ExecOutput("stderr", marker)
                     kill()
                     killed_at = time.monotonic()
+        if watch is not None and killed_at is None:
+            # A command can outrun the watch: a disk filler may bring the engine down (gVisor's
+            # kernel caches what it writes) before the next look. Say why it ended all the same.
+            why = watch()
+            if why:
+                yield ExecOutput("stderr", f"\n[convoy: {why}]\n".encode())
         try:
             returncode = proc.wait(timeout=KILL_GRACE_S if killed_at else None)
         except subprocess.TimeoutExpired:
