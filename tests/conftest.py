@@ -232,9 +232,17 @@ def screenshot(page, name: str) -> Path:
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """Remove this run's data dir (its sandboxes have been cleaned up by their own fixtures)."""
+    """Remove this run's data dir and Redis keys (sandboxes were cleaned up by their fixtures)."""
     import shutil
 
     data_dir = Path(settings.DATA_DIR)
     if settings.TESTING and data_dir.name.startswith("test-") and not settings.DEBUG:
         shutil.rmtree(data_dir, ignore_errors=True)
+    if settings.TESTING and settings.REDIS_URL and settings.REDIS_PREFIX.startswith("convoy-test-"):
+        import redis
+
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        keys = list(client.scan_iter(match=f"{settings.REDIS_PREFIX}:*", count=1000))
+        for start in range(0, len(keys), 1000):
+            client.delete(*keys[start : start + 1000])
+        client.close()
