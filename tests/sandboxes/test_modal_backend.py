@@ -85,13 +85,13 @@ def test_modal_fake_create_passes_the_spec_to_modal(backend):
 
 def test_modal_fake_network_policy_becomes_block_network_or_allowlist(backend):
     backend.create(SandboxSpec(network=NetworkPolicy.NONE))
-    backend.create(SandboxSpec(network=NetworkPolicy.ALLOWLIST, allowed_domains=["pypi.org"]))
+    backend.create(SandboxSpec(network=NetworkPolicy.ALLOWLIST, allowed_domains=["example.org"]))
     backend.create(SandboxSpec(network=NetworkPolicy.OPEN))
     none, allow, open_ = backend.fake.create_calls
     assert none["block_network"] is True
     assert "outbound_domain_allowlist" not in none
     assert allow.get("block_network", False) is False
-    assert allow["outbound_domain_allowlist"] == ["pypi.org"]
+    assert allow["outbound_domain_allowlist"] == ["example.org"]
     assert open_.get("block_network", False) is False
     assert "outbound_domain_allowlist" not in open_
 
