@@ -10,14 +10,13 @@ Uses a scratch PostgreSQL database (BENCH_DATABASE_URL's server) that it drops a
 import argparse
 import os
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from scratch_db import scratch_database, scratch_drop  # noqa: E402
+from scratch_db import scratch_django, scratch_drop  # noqa: E402
 
 
 def write_rate(*, threads: int, seconds: float) -> float:
@@ -123,18 +122,8 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=200_000)
     args = parser.parse_args()
     name = f"convoy_bench_audit_sealer_{os.getpid()}"
-    url = scratch_database(name)
-    os.environ.update(
-        DATABASE_URL=url,
-        CONVOY_DATA_DIR=tempfile.mkdtemp(prefix="convoy-bench-"),
-        DJANGO_SETTINGS_MODULE="config.settings",
-    )
-    os.environ.pop("REDIS_URL", None)
-    sys.path.insert(0, str(ROOT))
     try:
-        import django
-
-        django.setup()
+        scratch_django(name)
         from django.core.management import call_command
         from django.db import connection
 

@@ -15,14 +15,13 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from scratch_db import scratch_database, scratch_drop  # noqa: E402
+from scratch_db import scratch_django, scratch_drop  # noqa: E402
 
 
 def writer_process(*, threads: int, seconds: float, audited: bool) -> None:
@@ -117,18 +116,8 @@ def main() -> int:
         sealer_process()
         return 0
     name = f"convoy_bench_audit_tx_{os.getpid()}"
-    url = scratch_database(name)
-    os.environ.update(
-        DATABASE_URL=url,
-        CONVOY_DATA_DIR=tempfile.mkdtemp(prefix="convoy-bench-"),
-        DJANGO_SETTINGS_MODULE="config.settings",
-    )
-    os.environ.pop("REDIS_URL", None)
-    sys.path.insert(0, str(ROOT))
     try:
-        import django
-
-        django.setup()
+        scratch_django(name)
         from django.contrib.auth.models import User
         from django.core.management import call_command
         from django.db import connection

@@ -12,13 +12,12 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from scratch_db import scratch_database, scratch_drop  # noqa: E402
+from scratch_db import scratch_django, scratch_drop  # noqa: E402
 
 
 def timings(client, url: str, n: int, *, warm: bool = True) -> list[float]:
@@ -43,19 +42,8 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=100)
     args = parser.parse_args()
     name = f"convoy_bench_review_pages_{os.getpid()}"
-    url = scratch_database(name)
-    os.environ.update(
-        DATABASE_URL=url,
-        CONVOY_DATA_DIR=tempfile.mkdtemp(prefix="convoy-bench-"),
-        DJANGO_SETTINGS_MODULE="config.settings",
-        ALLOWED_HOSTS="testserver",
-    )
-    os.environ.pop("REDIS_URL", None)
-    sys.path.insert(0, str(ROOT))
     try:
-        import django
-
-        django.setup()
+        scratch_django(name, ALLOWED_HOSTS="testserver")
         from django.core.management import call_command
         from django.db import connection
         from django.test import Client

@@ -25,5 +25,27 @@ def scratch_drop(name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def scratch_django(name: str, **env: str) -> str:
+    """Create database `name`, point this process's Django (embedded shape, a temporary data dir)
+    at it and set Django up. Returns the database URL; drop it with scratch_drop(name)."""
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    url = scratch_database(name)
+    os.environ.update(
+        DATABASE_URL=url,
+        CONVOY_DATA_DIR=tempfile.mkdtemp(prefix="convoy-bench-"),
+        DJANGO_SETTINGS_MODULE="config.settings",
+        **env,
+    )
+    os.environ.pop("REDIS_URL", None)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import django
+
+    django.setup()
+    return url
+
+
 if __name__ == "__main__":
     print("scratch_db: helpers for the other benchmarks (no figures)")
