@@ -2,6 +2,8 @@
 
 import hashlib
 import itertools
+import subprocess
+from pathlib import Path
 
 from django.utils import timezone
 
@@ -24,6 +26,41 @@ def patch_for(path: str, old: str, new: str, *, line: int = 1, blob: str = "1111
         f"diff --git a/{path} b/{path}\nindex {blob}..2222222 100644\n--- a/{path}\n+++ b/{path}\n"
         f"@@ -{line} +{line} @@\n-{old}\n+{new}\n"
     ).encode()
+
+
+def git(cwd, *args) -> bytes:
+    """Run git on the host for test fixtures, with hooks and user/system config out of play."""
+    return subprocess.run(
+        ["git", "-c", "core.hooksPath=/dev/null", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(cwd), "GIT_CONFIG_NOSYSTEM": "1"},
+    ).stdout
+
+
+def remote_with_change(
+    root: Path, *, before: dict[str, str | bytes], after: dict[str, str | bytes]
+) -> tuple[Path, str, bytes]:
+    """A bare repository whose main holds `before`, its commit, and the binary patch to `after`."""
+    bare = root / "remote.git"
+    git(root, "init", "-q", "--bare", "-b", "main", str(bare))
+    work = root / "work"
+    git(root, "clone", "-q", str(bare), str(work))
+
+    def _write(files):
+        for name, content in files.items():
+            data = content.encode() if isinstance(content, str) else content
+            (work / name).write_bytes(data)
+
+    _write(before)
+    git(work, "add", ".")
+    git(work, "-c", "user.name=A", "-c", "user.email=a@x", "commit", "-qm", "base")
+    git(work, "push", "-q", "origin", "HEAD:main")
+    base = git(work, "rev-parse", "HEAD").decode().strip()
+    _write(after)
+    git(work, "add", "-A")
+    return bare, base, git(work, "diff", "--cached", "--binary", base)
 
 
 def campaign_make(*, owner, launched_by=None, variants=("a", "b", "c"), four_eyes=True, **spec):

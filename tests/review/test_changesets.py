@@ -1,6 +1,5 @@
 """Changesets: publishing on a real Celery worker; PR state refreshed from a fake GitHub."""
 
-import subprocess
 import threading
 from http.server import ThreadingHTTPServer
 
@@ -8,33 +7,19 @@ import pytest
 
 from campaigns.models import Changeset
 from campaigns.review import change_approve, change_publish, changesets_refresh
-from tests.review.builders import campaign_make, run_make, variant_make
+from tests.review.builders import campaign_make, git, remote_with_change, run_make, variant_make
 from tests.review.test_codehost_github import FakeGitHub, _handler
 from tests.support import wait_for
 
 pytestmark = pytest.mark.shapes("embedded", "production")
 
 
-def _git(cwd, *args):
-    return subprocess.run(
-        ["git", "-c", "core.hooksPath=/dev/null", *args], cwd=cwd, check=True, capture_output=True
-    ).stdout
-
-
 def test_publish_runs_on_a_real_worker_and_pushes_the_branch(
     tmp_path, manager, reviewer, celery_worker
 ):
-    bare = tmp_path / "r.git"
-    _git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare))
-    work = tmp_path / "w"
-    _git(tmp_path, "clone", "-q", str(bare), str(work))
-    (work / "m.txt").write_text("a\n")
-    _git(work, "add", ".")
-    _git(work, "-c", "user.name=a", "-c", "user.email=a@x", "commit", "-qm", "base")
-    _git(work, "push", "-q", "origin", "HEAD:main")
-    base = _git(work, "rev-parse", "HEAD").decode().strip()
-    (work / "m.txt").write_text("b\n")
-    patch = _git(work, "diff", "--binary", base)
+    bare, base, patch = remote_with_change(
+        tmp_path, before={"m.txt": "a\n"}, after={"m.txt": "b\n"}
+    )
     campaign = campaign_make(owner=manager, variants=("only",))
     run = run_make(campaign=campaign, url=f"file://{bare}", base_commit=base)
     v = variant_make(run=run, name="only", patch=patch)
@@ -47,7 +32,7 @@ def test_publish_runs_on_a_real_worker_and_pushes_the_branch(
     )
     assert done.state == "pushed", done.error
     branch = campaign.spec["changeset"]["branch"]
-    assert _git(bare, "diff", "--binary", base, branch) == patch
+    assert git(bare, "diff", "--binary", base, branch) == patch
 
 
 @pytest.fixture
@@ -109,17 +94,9 @@ def test_fake_github_publish_opens_a_pull_request_for_the_pushed_branch(
 
     adapter = GitHub(api_url=fake_github.url, token="tok-publish", rate=1000)
     monkeypatch.setattr(codehosts, "codehost_for_remote", lambda url: (adapter, "acme/alpha"))
-    bare = tmp_path / "r.git"
-    _git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare))
-    work = tmp_path / "w"
-    _git(tmp_path, "clone", "-q", str(bare), str(work))
-    (work / "m.txt").write_text("a\n")
-    _git(work, "add", ".")
-    _git(work, "-c", "user.name=a", "-c", "user.email=a@x", "commit", "-qm", "base")
-    _git(work, "push", "-q", "origin", "HEAD:main")
-    base = _git(work, "rev-parse", "HEAD").decode().strip()
-    (work / "m.txt").write_text("b\n")
-    patch = _git(work, "diff", "--binary", base)
+    bare, base, patch = remote_with_change(
+        tmp_path, before={"m.txt": "a\n"}, after={"m.txt": "b\n"}
+    )
     campaign = campaign_make(
         owner=manager,
         variants=("only",),
@@ -137,4 +114,4 @@ def test_fake_github_publish_opens_a_pull_request_for_the_pushed_branch(
         "Use b",
         "Made by <Convoy>",
     )
-    assert _git(bare, "diff", "--binary", base, "convoy/pr") == patch
+    assert git(bare, "diff", "--binary", base, "convoy/pr") == patch

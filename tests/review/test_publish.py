@@ -5,40 +5,23 @@ import subprocess
 import pytest
 
 from campaigns.publish import PublishError, change_push
+from tests.review.builders import git, remote_with_change
 
 pytestmark = pytest.mark.shapes("embedded", "production")
-
-
-def git(cwd, *args, stdin=None):
-    return subprocess.run(
-        ["git", "-c", "core.hooksPath=/dev/null", *args],
-        cwd=cwd,
-        check=True,
-        capture_output=True,
-        input=stdin,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(cwd), "GIT_CONFIG_NOSYSTEM": "1"},
-    ).stdout
 
 
 @pytest.fixture
 def remote(tmp_path):
     """A bare repository with one commit on main, and a patch made against it."""
-    bare = tmp_path / "alpha.git"
-    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare))
-    work = tmp_path / "work"
-    git(tmp_path, "clone", "-q", str(bare), str(work))
-    (work / "app.py").write_text("def f():\n    return 1\n")
-    (work / "data.bin").write_bytes(b"\x00\x01\x02")
-    git(work, "add", ".")
-    git(work, "-c", "user.name=A", "-c", "user.email=a@x", "commit", "-qm", "base")
-    git(work, "push", "-q", "origin", "HEAD:main")
-    base = git(work, "rev-parse", "HEAD").decode().strip()
-    (work / "app.py").write_text("def f():\n    return 2\n")
-    (work / "data.bin").write_bytes(b"\x00\xff\x02\x03")
-    (work / "new.txt").write_text("<script>x</script>\n")
-    git(work, "add", "-A")
-    patch = git(work, "diff", "--cached", "--binary", base)
-    return bare, base, patch
+    return remote_with_change(
+        tmp_path,
+        before={"app.py": "def f():\n    return 1\n", "data.bin": b"\x00\x01\x02"},
+        after={
+            "app.py": "def f():\n    return 2\n",
+            "data.bin": b"\x00\xff\x02\x03",
+            "new.txt": "<script>x</script>\n",
+        },
+    )
 
 
 def test_publish_pushes_exactly_the_approved_diff_with_the_specs_author(remote, tmp_path):

@@ -1,7 +1,6 @@
 """Decisions: pick, approve with four eyes, reject, stale refusal, bulk approve, publish."""
 
 import json
-import subprocess
 
 import pytest
 
@@ -20,7 +19,15 @@ from campaigns.review import (
     variant_pick,
 )
 from campaigns.review_selectors import bulk_groups, review_counts, review_queue
-from tests.review.builders import campaign_make, patch_for, run_make, variant_make, variant_rerun
+from tests.review.builders import (
+    campaign_make,
+    git,
+    patch_for,
+    remote_with_change,
+    run_make,
+    variant_make,
+    variant_rerun,
+)
 
 pytestmark = pytest.mark.shapes("embedded", "production")
 
@@ -144,24 +151,10 @@ def test_bulk_approval_covers_identical_diffs_and_skips_a_different_one(manager,
     assert AuditEvent.objects.filter(action="review.change.approved", outcome="denied").exists()
 
 
-def _git(cwd, *args):
-    return subprocess.run(
-        ["git", "-c", "core.hooksPath=/dev/null", *args], cwd=cwd, check=True, capture_output=True
-    ).stdout
-
-
 def test_publish_pushes_the_approved_diff_and_audits_it(tmp_path, manager, reviewer):
-    bare = tmp_path / "r.git"
-    _git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare))
-    work = tmp_path / "w"
-    _git(tmp_path, "clone", "-q", str(bare), str(work))
-    (work / "m.py").write_text("x = 1\n")
-    _git(work, "add", ".")
-    _git(work, "-c", "user.name=a", "-c", "user.email=a@x", "commit", "-qm", "base")
-    _git(work, "push", "-q", "origin", "HEAD:main")
-    base = _git(work, "rev-parse", "HEAD").decode().strip()
-    (work / "m.py").write_text("x = 2\n")
-    patch = _git(work, "diff", "--binary", base)
+    bare, base, patch = remote_with_change(
+        tmp_path, before={"m.py": "x = 1\n"}, after={"m.py": "x = 2\n"}
+    )
 
     campaign = campaign_make(
         owner=manager,
@@ -175,8 +168,8 @@ def test_publish_pushes_the_approved_diff_and_audits_it(tmp_path, manager, revie
     assert changeset.state == "queued"
     changeset = changeset_push(changeset_id=changeset.pk)
     assert changeset.state == "pushed" and changeset.commit
-    assert _git(bare, "diff", "--binary", base, "convoy/x") == patch
-    assert _git(bare, "log", "-1", "--format=%an|%s", "convoy/x").decode().strip() == "Bot|Set x"
+    assert git(bare, "diff", "--binary", base, "convoy/x") == patch
+    assert git(bare, "log", "-1", "--format=%an|%s", "convoy/x").decode().strip() == "Bot|Set x"
     requested, done = _events("review.change.published")
     assert requested["payload"]["diff_hash"] == v.diff_sha256
     assert done["payload"]["commit"] == changeset.commit
