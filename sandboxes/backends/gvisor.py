@@ -33,7 +33,7 @@ from sandboxes.backends.base import (
     SandboxSpec,
     SnapshotHandle,
 )
-from sandboxes.backends.local import LocalBackend
+from sandboxes.backends.local import LocalBackend, wait_exact
 from sandboxes.workspaces import SYSTEM_SYMLINKS, Meta
 
 INIT = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600; done"]
@@ -84,15 +84,23 @@ class GVisorBackend(LocalBackend):
     def _run(self, meta: Meta, *args: str, timeout: float = RUNSC_TIMEOUT_S, check=True):
         # A detached container inherits stdout/stderr and keeps them open: point them at a file,
         # never at a pipe that we would wait on forever.
+        argv = [*self._runsc(meta.network), *args]
         with tempfile.TemporaryFile("w+") as err:
-            run = subprocess.run(
-                [*self._runsc(meta.network), *args],
-                stdout=subprocess.PIPE if args[0] in ("state", "list") else subprocess.DEVNULL,
-                stderr=err,
-                text=True,
-                timeout=timeout,
-                stdin=subprocess.DEVNULL,
-            )
+            if args[0] in ("state", "list"):
+                run = subprocess.run(
+                    argv, stdout=subprocess.PIPE, stderr=err, text=True, timeout=timeout
+                )
+            else:
+                proc = subprocess.Popen(
+                    argv, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL
+                )
+                try:
+                    returncode = wait_exact(proc, timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                    raise
+                run = subprocess.CompletedProcess(argv, returncode)
             err.seek(0)
             run.stderr = err.read()
         if check and run.returncode != 0:

@@ -153,6 +153,23 @@ def pump(
                 pipe.close()
 
 
+def wait_exact(proc: subprocess.Popen, timeout: float) -> int:
+    """`proc.wait(timeout)` without its polling: Popen's timed wait sleeps in steps that grow to
+    50 ms, so a 120 ms `runsc run` came back after 165 ms. A pidfd wakes us when it exits."""
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # no pidfd here (old kernel), or the child is reaped
+        return proc.wait(timeout=timeout)
+    try:
+        with selectors.DefaultSelector() as sel:
+            sel.register(pidfd, selectors.EVENT_READ)
+            if not sel.select(timeout):
+                raise subprocess.TimeoutExpired(proc.args, timeout)
+    finally:
+        os.close(pidfd)
+    return proc.wait()
+
+
 def disk_usage(path: Path, *, stop_after: int) -> int:
     """Bytes allocated under `path` (not following links), counting stops past `stop_after`."""
     total = 0
