@@ -144,10 +144,9 @@ class BubblewrapBackend(LocalBackend):
         before running the command: that process gets its cgroup and rlimits in the gap, so
         everything the command starts inherits them (and no slow preexec_fn is needed).
 
-        A cgroup v1 move can wait for an RCU grace period (3 to 10 ms), so bwrap itself moves
-        first, while it is still setting up: that wait overlaps bwrap's own start, and the
-        first process's move right after is cheap. A process bwrap forks after its own move
-        starts out in the cgroups anyway; moving it again changes nothing."""
+        bwrap itself (outside the sandbox's namespaces, it only waits for that process) stays
+        where the worker is. The move would wait for an RCU grace period after a quiet spell;
+        `cgroups.attach_warm` keeps that lock ready while sandboxes are being started."""
         info_r, info_w = os.pipe()
         block_r, block_w = os.pipe()
         fds = ["--info-fd", str(info_w), "--block-fd", str(block_r)]
@@ -159,9 +158,7 @@ class BubblewrapBackend(LocalBackend):
             os.close(info_w)
             os.close(block_r)
         try:
-            with contextlib.suppress(ProcessLookupError):  # gone: bwrap failed, it reports why
-                cgroups.cgroup_enter(meta.cgroups, proc.pid)
-            child = _child_pid(info_r)
+            child = _child_pid(info_r)  # 0: bwrap failed first, and says why on stderr
             if child:  # every process the command starts descends from this one
                 cgroups.cgroup_enter(meta.cgroups, child)
                 rlimits_apply(meta.limits, address_space=not meta.cgroups, pid=child)

@@ -144,19 +144,49 @@ def cgroups_owned(owner: str) -> list[str]:
     return found
 
 
+WARM_EVERY_S = 0.003  # well inside one grace period (5 to 10 ms here)
+WARM_LINGER_S = 2.0  # how long after the last sandbox start the lock is kept ready
+_warm_wake = threading.Event()
+_warm_lock = threading.Lock()
+_warm_state = {"thread": None, "until": 0.0}
+
+
 def attach_warm() -> None:
-    """Start, in the background, the wait that the next cgroup move would pay.
+    """Keep ready, for the next couple of seconds, the lock the next cgroup move needs.
 
     Moving a task between cgroups takes a kernel lock that, after a quiet spell, first waits
-    for an RCU grace period (5 to 10 ms on this kind of host). A helper thread's no-op move
-    (into the cgroup it is already in) pays that wait now; a real move made in the next few
-    milliseconds (a new sandbox's first command) then finds the lock ready. cgroup v1 only.
+    for an RCU grace period (5 to 10 ms on this kind of host, and 15 ms and more under load).
+    Once taken it stays ready as long as it is taken again within a grace period, so one
+    helper thread makes a no-op move (into the cgroup it is already in) every few
+    milliseconds while sandboxes are being started, and stops after a quiet spell. The first
+    of its moves pays the wait while the rest of the sandbox is made; a real move (a new
+    sandbox's first command) then finds the lock ready. cgroup v1 only; each move costs tens
+    of microseconds.
     """
-    if not _v2():
-        threading.Thread(target=_noop_move, name="convoy-cgroup-warm", daemon=True).start()
+    if _v2():
+        return
+    _warm_state["until"] = time.monotonic() + WARM_LINGER_S
+    thread = _warm_state["thread"]
+    if thread is None or not thread.is_alive():  # first use, or after a fork
+        with _warm_lock:
+            thread = _warm_state["thread"]
+            if thread is None or not thread.is_alive():
+                thread = threading.Thread(target=_warm_loop, name="convoy-cgroup-warm", daemon=True)
+                _warm_state["thread"] = thread
+                thread.start()
+    _warm_wake.set()
 
 
-def _noop_move() -> None:
+def _warm_loop() -> None:
     path = ROOT / "pids" / _own_path("pids").lstrip("/") / "tasks"
-    with contextlib.suppress(OSError), open(path, "w") as f:
-        f.write(str(threading.get_native_id()))
+    tid = str(threading.get_native_id())  # not 0: writing 0 (oneself) skips the lock
+    while True:
+        _warm_wake.wait()
+        _warm_wake.clear()
+        while time.monotonic() < _warm_state["until"]:
+            try:
+                with open(path, "w") as f:
+                    f.write(tid)
+            except OSError:
+                return  # no cgroup v1 pids hierarchy to use: nothing to keep warm
+            time.sleep(WARM_EVERY_S)
