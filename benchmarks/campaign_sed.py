@@ -22,7 +22,15 @@ import sys
 import time
 from pathlib import Path
 
-from campaign_support import ROOT, convoy, cpu_s, rss_mb, worker_start, worker_stop
+from campaign_support import (
+    ROOT,
+    convoy,
+    cpu_s,
+    postgres_cpu_s,
+    rss_mb,
+    worker_start,
+    worker_stop,
+)
 
 EXPRESSION = "s/assertEquals(/assertEqual(/g"
 SPEC = """\
@@ -95,6 +103,7 @@ def _convoy(
     try:
         time.sleep(3)  # let the worker connect before the clock starts
         started = time.perf_counter()
+        pg_before = postgres_cpu_s()
         campaign_launch(campaign=campaign, actor=manager)
         runs = RepoRun.objects.filter(campaign=campaign)
         while runs.exclude(state__in=["succeeded", "failed", "cancelled"]).exists():
@@ -102,6 +111,7 @@ def _convoy(
                 raise RuntimeError("timed out")
             time.sleep(0.05)
         elapsed = time.perf_counter() - started
+        pg_cpu = postgres_cpu_s() - pg_before  # includes this script's polling queries
         worker_rss = rss_mb(worker.pid)
         worker_cpu, children_cpu = cpu_s(worker.pid)
     finally:
@@ -139,6 +149,7 @@ def _convoy(
         "worker_rss": worker_rss,
         "worker_cpu": worker_cpu,
         "children_cpu": children_cpu,
+        "pg_cpu": pg_cpu,
     }
 
 
@@ -216,7 +227,8 @@ def main() -> None:
             f"{r['run_s'] - r['create_checkout_s'] - r['sed_s']:.1f} s; "
             f"queue wait p50 {r['wait_p50'] * 1000:.0f} ms; "
             f"worker peak RSS {r['worker_rss']:.0f} MiB; CPU: worker {r['worker_cpu']:.1f} s + "
-            f"its git/bwrap/runsc children {r['children_cpu']:.1f} s (PostgreSQL not counted)"
+            f"its git/bwrap/runsc children {r['children_cpu']:.1f} s + "
+            f"PostgreSQL {r['pg_cpu']:.1f} s"
         )
 
 

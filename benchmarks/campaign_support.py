@@ -123,6 +123,22 @@ def cpu_s(pid: int) -> tuple[float, float]:
     return own, children
 
 
+def postgres_cpu_s() -> float:
+    """CPU seconds of every PostgreSQL process so far, with its exited backends (reaped by
+    the postmaster, so counted in its children's time)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            name, fields = stat.read_text().split(" (", 1)[1].split(")", 1)
+        except (OSError, IndexError):
+            continue
+        if name.startswith("postgres"):
+            f = fields.split()
+            total += sum(int(x) for x in f[11:15]) / tick
+    return total
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):  # peak resident set

@@ -46,6 +46,9 @@ def _test_database_released(django_db_setup, django_db_blocker):
     """Let pytest-django drop this run's database: end sessions that threads or killed
     subprocesses may have left open on it."""
     yield
+    from sandboxes.logs import log_writers_close
+
+    log_writers_close()
     with django_db_blocker.unblock():
         from django.db import connection
 
