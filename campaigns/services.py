@@ -8,6 +8,7 @@ completed are never run again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -17,6 +18,7 @@ import re
 import secrets as pysecrets
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
@@ -52,6 +54,7 @@ logger = logging.getLogger(__name__)
 REPO_DIR = "/workspace"
 OUTPUT_TAIL_BYTES = 4000
 PATCH_CAP_BYTES = 2 * 1024 * 1024
+CHECK_EVERY_S = 0.25  # how often a run's steps ask whether it was cancelled
 MAX_TRANSIENT_RETRIES = 4
 VARIANT_THREADS = 3
 
@@ -735,13 +738,21 @@ class _Context:
         )
         self.secrets = secret_values(names=self.spec["secrets"])
         self.launcher = self.campaign.launched_by or self.campaign.owner
+        self._checked_at = -CHECK_EVERY_S  # the first check asks the database
 
     def check(self) -> None:
+        """Stop if the run was cancelled or taken away. The database is asked at most every
+        CHECK_EVERY_S: a cancel also terminates the run's sandboxes at once, so a step that
+        started just before it stops anyway."""
         if self.heartbeat.lost.is_set():
             raise RunStopped("lease lost")
+        now = time.monotonic()
+        if now - self._checked_at < CHECK_EVERY_S:
+            return
         state = RepoRun.objects.filter(pk=self.run.pk).values_list("state", flat=True).first()
         if state != RunState.RUNNING:
             raise RunStopped(f"run is {state}")
+        self._checked_at = now
 
     def owner(self, kind: str, pk: int) -> dict:
         return {
@@ -835,7 +846,8 @@ def _prepare(ctx: _Context, owner_kind: str, owner_id: int, *, variant_id: int |
             raise RunFailed(f"{run.ref} moved from {run.base_commit[:12]} to {commit[:12]}")
         if not run.base_commit:
             run.base_commit = commit
-            RepoRun.objects.filter(pk=run.pk).update(base_commit=commit, step="checked_out")
+            step = "checked_out" if ctx.spec["setup"] else "prepared"
+            RepoRun.objects.filter(pk=run.pk).update(base_commit=commit, step=step)
         for i, step in enumerate(ctx.spec["setup"]):
             ctx.check()
             command, out = _exec(ctx, sandbox, step["run"], timeout_s=step.get("timeout_s"))
@@ -867,23 +879,25 @@ class StepFailed(Exception):
 
 def _transform_and_diff(ctx: _Context, sandbox, step: dict, env: dict) -> tuple[bytes, dict]:
     """Run the last transform step, then stage everything and read numstat and the binary-safe
-    patch, in one sandbox command (one process start instead of two). The step's own script is
-    the command's last argument, so the sandbox's command record shows it verbatim.
+    patch, in one sandbox command. The step's own script is the command's last argument, so the
+    sandbox's command record shows it verbatim; it runs in a subshell of the wrapper (as
+    `bash -c` would run it, without starting another bash), with no positional parameters.
 
     Returns (the step's output, diff fields); raises StepFailed if the step failed.
     """
     nonce = pysecrets.token_hex(8)
-    done, patch_at = f"--convoy-step-done-{nonce}--", f"--convoy-patch-{nonce}--"
+    done = f"--convoy-step-done-{nonce}--"
     base = ctx.run.base_commit
     git = "git -c safe.directory='*' -c core.hooksPath=/dev/null"
     # After the step, git's stderr goes to a file so warnings cannot mix into the patch bytes.
+    # One `git diff` prints the numstat lines, an empty line, then the patch.
     wrapper = (
-        'bash -c "$1"; status=$?; if [ $status -ne 0 ]; then exit $status; fi; '
+        '( __convoy_step=$1; set --; eval "$__convoy_step" ); status=$?; '
+        "if [ $status -ne 0 ]; then exit $status; fi; "
         f"printf '\\n%s\\n' '{done}'; exec 2>/tmp/.convoy-git-stderr; "
-        f"{{ {git} add -A . >/dev/null && {git} diff --cached --numstat {base} && "
-        f"printf '%s\\n' '{patch_at}' && "
-        f"{git} diff --cached --binary --no-color --no-ext-diff --no-textconv {base}; }} "
-        "|| { status=$?; cat /tmp/.convoy-git-stderr; exit $status; }"
+        f"{{ {git} add -A . >/dev/null && "
+        f"{git} diff --cached --numstat --binary -p --no-color --no-ext-diff --no-textconv "
+        f"{base}; }} || {{ status=$?; cat /tmp/.convoy-git-stderr; exit $status; }}"
     )
     command, out = _exec(
         ctx,
@@ -901,9 +915,9 @@ def _transform_and_diff(ctx: _Context, sandbox, step: dict, env: dict) -> tuple[
         if command.truncated:
             raise RunFailed("the transform's output exceeded the cap before the diff was read")
         raise StepFailed(command, step_out)
-    head, sep, patch = rest.partition(patch_at.encode() + b"\n")
-    if (command.exit_code != 0 and not command.truncated) or not sep:
+    if command.exit_code != 0 and not command.truncated:
         raise RunFailed(f"could not read the diff: {_tail(ctx, rest)}")
+    head, _, patch = rest.partition(b"\n\n")  # numstat lines are never empty
     diffstat, plus, minus = [], 0, 0
     for line in head.decode("utf-8", errors="replace").splitlines():
         match = _NUMSTAT_RE.match(line)
@@ -937,11 +951,13 @@ def _variant_run(ctx: _Context, variant: Variant, snapshot, sandbox=None) -> Non
         to_state=VariantState.RUNNING,
         attempt=F("attempt") + 1,
         started_at=started,
+        **({"sandbox_id": sandbox.pk} if sandbox is not None else {}),
     ):
         if sandbox is not None:
             _terminate(sandbox, "variant already handled")
         return
     spec_variant = next(v for v in ctx.spec["variants"] if v["name"] == variant.name)
+    given = sandbox
     result: dict = {}
     try:
         try:
@@ -955,7 +971,8 @@ def _variant_run(ctx: _Context, variant: Variant, snapshot, sandbox=None) -> Non
                 )[0]
             elif sandbox is None:
                 sandbox = _prepare(ctx, "variant", variant.pk, variant_id=variant.pk)
-            Variant.objects.filter(pk=variant.pk).update(sandbox_id=sandbox.pk)
+            if given is None:
+                Variant.objects.filter(pk=variant.pk).update(sandbox_id=sandbox.pk)
             env = {**spec_variant["env"], "CONVOY_VARIANT": variant.name}
             steps = spec_variant.get("transform") or ctx.spec["transform"]
             for i, step in enumerate(steps):
@@ -1013,13 +1030,17 @@ def _variant_run(ctx: _Context, variant: Variant, snapshot, sandbox=None) -> Non
 
 
 def _variants_ensure(run: RepoRun) -> list[Variant]:
-    Variant.objects.bulk_create(
-        [
-            Variant(run=run, name=v["name"], position=i)
-            for i, v in enumerate(run.campaign.spec["variants"])
-        ],
-        ignore_conflicts=True,
-    )
+    """The run's variant rows, made on its first attempt's first claim."""
+    wanted = [
+        Variant(run=run, name=v["name"], position=i)
+        for i, v in enumerate(run.campaign.spec["variants"])
+    ]
+    if run.attempt == 1 and not getattr(run, "resumed", True):  # none yet: the insert returns them
+        with contextlib.suppress(IntegrityError), transaction.atomic():
+            made = Variant.objects.bulk_create(wanted)
+            if all(v.pk for v in made):
+                return made
+    Variant.objects.bulk_create(wanted, ignore_conflicts=True)
     return list(run.variants.order_by("position"))
 
 
@@ -1029,9 +1050,12 @@ def _run_pipeline(ctx: _Context) -> None:
     from sandboxes.services import sandbox_snapshot
 
     run = ctx.run
-    # Anything a dead worker left running for this run is ours to clean up now.
-    _sandboxes_terminate(reason="worker lost; run resumed", run_id=run.pk)
-    Variant.objects.filter(run=run, state=VariantState.RUNNING).update(state=VariantState.PENDING)
+    if getattr(run, "resumed", True):
+        # Anything a dead worker left running for this run is ours to clean up now.
+        _sandboxes_terminate(reason="worker lost; run resumed", run_id=run.pk)
+        Variant.objects.filter(run=run, state=VariantState.RUNNING).update(
+            state=VariantState.PENDING
+        )
     pending = [v for v in _variants_ensure(run) if v.state == VariantState.PENDING]
     if not pending:
         return
@@ -1046,8 +1070,10 @@ def _run_pipeline(ctx: _Context) -> None:
             base = _prepare(ctx, "run", run.pk)
         else:  # no fork: this sandbox serves the first variant
             base = _prepare(ctx, "variant", pending[0].pk, variant_id=pending[0].pk)
-        RepoRun.objects.filter(pk=run.pk).update(step="prepared")
+        if ctx.spec["setup"]:
+            RepoRun.objects.filter(pk=run.pk).update(step="prepared")
         if can_snapshot and len(pending) > 1:
+            run.snapshotting = True  # from here a snapshot may exist before snapshot_id says so
             try:
                 snapshot = sandbox_snapshot(sandbox=base, owner_kind="run", owner_id=run.pk)
             finally:
@@ -1077,17 +1103,27 @@ def _run_pipeline(ctx: _Context) -> None:
 
 
 def _run_claim(run_id: int, worker: str) -> RepoRun | None:
+    """Move the run from queued to running for this worker; None if another got it first.
+
+    The run comes back with `resumed` set when an earlier claim of this attempt may have left
+    work behind (a worker died, or a transient error requeued it): only then does the pipeline
+    look for leftover sandboxes and variants. A run never claimed has no heartbeat yet.
+    """
     now = timezone.now()
-    if not run_transition(
-        run_id=run_id,
-        from_state=RunState.QUEUED,
-        to_state=RunState.RUNNING,
-        worker=worker,
-        heartbeat_at=now,
-        started_at=now,
+    fields = {"worker": worker, "heartbeat_at": now, "started_at": now}
+    claim = {"from_states": [RunState.QUEUED], "to_state": RunState.RUNNING, **fields}
+    resumed = False
+    if not runs_transition(
+        runs=RepoRun.objects.filter(pk=run_id, heartbeat_at__isnull=True), **claim
     ):
-        return None
-    return RepoRun.objects.select_related("campaign", "repository").get(pk=run_id)
+        resumed = True
+        if not runs_transition(runs=RepoRun.objects.filter(pk=run_id), **claim):
+            return None
+    run = RepoRun.objects.select_related(
+        "campaign", "repository", "campaign__launched_by", "campaign__owner"
+    ).get(pk=run_id)
+    run.resumed = resumed
+    return run
 
 
 def _run_fail(run: RepoRun, message: str, launcher) -> None:
@@ -1121,6 +1157,9 @@ def _run_cleanup(run: RepoRun) -> None:
     from sandboxes.services import snapshot_delete
 
     _sandboxes_terminate(reason="run finished", run_id=run.pk)
+    may_have_snapshot = getattr(run, "resumed", True) or getattr(run, "snapshotting", False)
+    if not (run.snapshot_id or may_have_snapshot):
+        return  # this claim made no snapshot, and no earlier one of this attempt ran
     state = RepoRun.objects.filter(pk=run.pk).values_list("state", flat=True).first()
     if state in RUN_FINAL_STATES:
         for snapshot in SandboxSnapshot.objects.filter(

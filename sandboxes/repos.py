@@ -178,7 +178,17 @@ def mirror_fetch(*, url: str, fresh_after: float | None = None) -> Path:
         else:
             tmp = path.with_name(path.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            git("clone", "--mirror", "--quiet", "--template=", "--", url, str(tmp))
+            source, local = url, []
+            if url.startswith("file://"):
+                # A repository under CONVOY_REPO_ROOTS: git copies (hard-links) its object files
+                # instead of packing them through upload-pack and index-pack (one git process,
+                # not six). Git refuses symlinks among them; later fetches use the transport.
+                source, local = unquote(urlsplit(url).path), ["--local"]
+            git("clone", "--mirror", "--quiet", "--template=", *local, "--", source, str(tmp))
+            if local and (tmp / "objects" / "info" / "alternates").exists():
+                # It borrows objects from elsewhere: take a self-contained copy instead.
+                shutil.rmtree(tmp)
+                git("clone", "--mirror", "--quiet", "--template=", "--", url, str(tmp))
             tmp.rename(path)
         stamp.touch()
     return path

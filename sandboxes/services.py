@@ -443,7 +443,7 @@ def snapshot_delete(*, snapshot: SandboxSnapshot) -> None:
 # --- terminate and reap -------------------------------------------------------------------------
 def sandbox_terminate(*, sandbox: Sandbox, reason: str, actor=None) -> Sandbox:
     """Stop the sandbox and free its workspace; a second call changes nothing."""
-    sandbox.refresh_from_db()
+    sandbox.refresh_from_db(fields=["state", "external_id"])
     if sandbox.state not in LIVE_STATES:
         return sandbox
     if sandbox.external_id:

@@ -144,7 +144,7 @@ def cgroups_owned(owner: str) -> list[str]:
     return found
 
 
-WARM_EVERY_S = 0.003  # well inside one grace period (5 to 10 ms here)
+WARM_EVERY_S = 0.006  # inside one grace period (8 to 16 ms here)
 WARM_LINGER_S = 2.0  # how long after the last sandbox start the lock is kept ready
 _warm_wake = threading.Event()
 _warm_lock = threading.Lock()
