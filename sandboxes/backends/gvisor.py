@@ -117,7 +117,8 @@ class GVisorBackend(LocalBackend):
                 (rootfs / d).mkdir(parents=True, exist_ok=True)
             for name, target in SYSTEM_SYMLINKS.items():
                 if os.path.lexists(f"/{name}") and not os.path.lexists(rootfs / name):
-                    os.symlink(target, rootfs / name)
+                    with contextlib.suppress(FileExistsError):  # another thread made it first
+                        os.symlink(target, rootfs / name)
             (rootfs / ".ready").touch()
         return rootfs
 
