@@ -158,7 +158,7 @@ def main() -> None:
     parser.add_argument("--repos", type=int, default=200)
     parser.add_argument("--jobs", type=int, default=4)
     parser.add_argument("--backends", default="bwrap,gvisor")
-    parser.add_argument("--pool", default="threads", help="Celery pool of Convoy's worker")
+    parser.add_argument("--pool", default="prefork", help="Celery pool of Convoy's worker")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--worker-concurrency", type=int, default=0, help="default: --jobs")
     parser.add_argument(

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from sandboxes.backends import cgroups
 from sandboxes.backends.base import FILES_DIR, Capability, SandboxError
 from sandboxes.backends.local import LocalBackend, rlimits_apply
 from sandboxes.workspaces import SYSTEM_SYMLINKS, Meta
+
+log = logging.getLogger(__name__)
 
 SANDBOX_UID = 1000  # inside the user namespace; maps to the worker's own uid outside
 
@@ -78,6 +82,26 @@ def _child_pid(fd: int) -> int:
     return 0
 
 
+_maker: dict[int, ThreadPoolExecutor] = {}  # by process: a forked worker makes its own
+
+
+def _cgroup_maker() -> ThreadPoolExecutor:
+    pid = os.getpid()
+    if pid not in _maker:
+        _maker.clear()
+        _maker[pid] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="convoy-cgroups")
+    return _maker[pid]
+
+
+def _cgroups_make(name: str, **limits) -> list[str]:
+    made = cgroups.cgroup_create(name, **limits)
+    # The cgroup move of the sandbox's first command waits out a grace period after a quiet
+    # spell: start it now, while that command's bwrap starts. (Not before the mkdirs above:
+    # the wait holds the lock they need.)
+    cgroups.attach_warm()
+    return made
+
+
 class BubblewrapBackend(LocalBackend):
     name = "bwrap"
     id_prefix = "bw"
@@ -91,28 +115,45 @@ class BubblewrapBackend(LocalBackend):
         super().__init__(*args, **kwargs)
         if not shutil.which("bwrap"):
             raise SandboxError("bwrap is not installed (Debian package bubblewrap)")
+        self._making: dict[str, Future] = {}  # cgroups being made, by sandbox, until first used
 
     def _start(self, meta: Meta) -> None:
+        """The sandbox's cgroups are made in the background: its first command waits for them
+        only once bwrap is running, so making them overlaps bwrap's own start."""
         limits = meta.limits
-        meta.cgroups = cgroups.cgroup_create(
+        meta.cgroups = cgroups.cgroup_paths(meta.external_id, owner=self.install)
+        self._making[meta.external_id] = _cgroup_maker().submit(
+            _cgroups_make,
             meta.external_id,
             memory_bytes=int(limits["memory_mb"]) * 1024 * 1024,
             pids_max=int(limits["pids_max"]),
             cpu=float(limits["cpu"]),
             owner=self.install,
         )
-        # A new sandbox is usually given a command at once: the cgroup move that command's
-        # start makes waits out its grace period while the rest of the sandbox is made. (Not
-        # sooner: the wait holds the lock that making the cgroups above needs.)
-        cgroups.attach_warm()
+
+    def _cgroups_ready(self, meta: Meta, future: Future | None) -> None:
+        """Wait for the cgroups made since create; none made (cgroups unavailable): say so."""
+        if future is None:
+            return
+        try:
+            made = future.result()
+        except Exception:
+            log.exception("making the cgroups of sandbox %s failed", meta.external_id)
+            made = []
+        if made != meta.cgroups:
+            meta.cgroups = made
+            self.ws.meta_write(meta)
 
     def _stop(self, meta: Meta) -> None:
+        self._cgroups_ready(meta, self._making.pop(meta.external_id, None))
         cgroups.cgroup_kill(meta.cgroups)
 
     def _popen(
         self, meta: Meta, argv: Sequence[str], cwd: str, env: dict[str, str]
     ) -> tuple[subprocess.Popen, Callable[[], None]]:
-        cgroups.attach_warm()
+        making = self._making.pop(meta.external_id, None)
+        if making is None:  # else the maker starts it, after its mkdirs (see attach_warm)
+            cgroups.attach_warm()
         full = bwrap_argv(
             etc=str(self.ws.etc()),
             workspace=str(self.ws.workspace(meta.external_id)),
@@ -128,7 +169,9 @@ class BubblewrapBackend(LocalBackend):
             "env": env,
             "start_new_session": True,
         }
-        proc = self._popen_handshake(meta, full, argv, popen)
+        proc = self._popen_handshake(
+            meta, full, argv, popen, lambda: self._cgroups_ready(meta, making)
+        )
 
         def kill() -> None:
             # bwrap's pid namespace dies with its init, which dies with bwrap (--die-with-parent):
@@ -139,7 +182,9 @@ class BubblewrapBackend(LocalBackend):
         return proc, kill
 
     @staticmethod
-    def _popen_handshake(meta: Meta, full: list[str], argv, popen: dict) -> subprocess.Popen:
+    def _popen_handshake(
+        meta: Meta, full: list[str], argv, popen: dict, cgroups_ready: Callable[[], None]
+    ) -> subprocess.Popen:
         """bwrap reports its sandbox's first process on --info-fd, then waits on --block-fd
         before running the command: that process gets its cgroup and rlimits in the gap, so
         everything the command starts inherits them (and no slow preexec_fn is needed).
@@ -159,6 +204,7 @@ class BubblewrapBackend(LocalBackend):
             os.close(block_r)
         try:
             child = _child_pid(info_r)  # 0: bwrap failed first, and says why on stderr
+            cgroups_ready()
             if child:  # every process the command starts descends from this one
                 cgroups.cgroup_enter(meta.cgroups, child)
                 rlimits_apply(meta.limits, address_space=not meta.cgroups, pid=child)

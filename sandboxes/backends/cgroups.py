@@ -41,11 +41,31 @@ def _v2() -> bool:
     return (ROOT / "cgroup.controllers").exists()
 
 
+V1_CONTROLLERS = ("memory", "pids", "cpu")
+
+
+def _leaf(name: str, owner: str) -> str:
+    return f"{PREFIX}{owner + '-' if owner else ''}{name}"
+
+
+@functools.cache
+def _v1_present() -> tuple[str, ...]:
+    return tuple(c for c in V1_CONTROLLERS if (ROOT / c).is_dir())
+
+
+def cgroup_paths(name: str, *, owner: str = "") -> list[str]:
+    """The directories `cgroup_create(name, owner=owner)` makes, without making them."""
+    leaf = _leaf(name, owner)
+    if _v2():
+        return [str(ROOT / _own_path("").lstrip("/") / leaf)]
+    return [str(ROOT / c / _own_path(c).lstrip("/") / leaf) for c in _v1_present()]
+
+
 def cgroup_create(
     name: str, *, memory_bytes: int, pids_max: int, cpu: float, owner: str = ""
 ) -> list[str]:
     """Make cgroups named `convoy-<owner>-<name>` with the limits; return their directories."""
-    leaf = f"{PREFIX}{owner + '-' if owner else ''}{name}"
+    leaf = _leaf(name, owner)
     made: list[Path] = []
     try:
         if _v2():
@@ -65,11 +85,9 @@ def cgroup_create(
                 "pids": {"pids.max": str(pids_max)},
                 "cpu": {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": str(int(cpu * 1e5))},
             }
-            for controller, files in limits.items():
-                base = ROOT / controller
-                if not base.is_dir():
-                    continue
-                path = base / _own_path(controller).lstrip("/") / leaf
+            for controller in _v1_present():
+                files = limits[controller]
+                path = ROOT / controller / _own_path(controller).lstrip("/") / leaf
                 path.mkdir(exist_ok=True)
                 made.append(path)
                 for fname, value in files.items():
@@ -144,7 +162,7 @@ def cgroups_owned(owner: str) -> list[str]:
     return found
 
 
-WARM_EVERY_S = 0.006  # inside one grace period (8 to 16 ms here)
+WARM_EVERY_S = 0.002  # well inside a grace period, even when the GIL delays the thread
 WARM_LINGER_S = 2.0  # how long after the last sandbox start the lock is kept ready
 _warm_wake = threading.Event()
 _warm_lock = threading.Lock()
