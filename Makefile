@@ -39,7 +39,7 @@ seed: migrate
 run: venv system-deps seed
 	@if [ -n "$$REDIS_URL" ]; then \
 	  echo "Production shape: starting a Celery worker beside the web process"; \
-	  $(BIN)/celery -A config worker --beat --loglevel INFO --pool threads -c 4 & \
+	  $(BIN)/celery -A config worker --beat --loglevel INFO -c 4 & \
 	  worker=$$!; trap "kill $$worker 2>/dev/null" EXIT; \
 	  $(BIN)/python manage.py serve --port $(PORT); \
 	else \

@@ -226,7 +226,8 @@ def main() -> None:
             f"rest (records, audit, teardown) "
             f"{r['run_s'] - r['create_checkout_s'] - r['sed_s']:.1f} s; "
             f"queue wait p50 {r['wait_p50'] * 1000:.0f} ms; "
-            f"worker peak RSS {r['worker_rss']:.0f} MiB; CPU: worker {r['worker_cpu']:.1f} s + "
+            f"worker peak RSS {r['worker_rss']:.0f} MiB per process; "
+            f"CPU: worker processes {r['worker_cpu']:.1f} s + "
             f"its git/bwrap/runsc children {r['children_cpu']:.1f} s + "
             f"PostgreSQL {r['pg_cpu']:.1f} s"
         )

@@ -114,12 +114,35 @@ def worker_stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def _tree(pid: int) -> list[int]:
+    """The process and its live descendants (a prefork worker's pool processes)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(parents.get(current, []))
+    return found
+
+
 def cpu_s(pid: int) -> tuple[float, float]:
-    """(the process's own CPU seconds, its waited-for children's CPU seconds)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """CPU seconds of the process with its live descendants (a prefork worker's pool), and of
+    the children they waited for (git, bwrap, runsc)."""
     tick = os.sysconf("SC_CLK_TCK")
-    own = (int(fields[11]) + int(fields[12])) / tick
-    children = (int(fields[13]) + int(fields[14])) / tick
+    own = children = 0.0
+    for member in _tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        own += (int(fields[11]) + int(fields[12])) / tick
+        children += (int(fields[13]) + int(fields[14])) / tick
     return own, children
 
 
@@ -140,10 +163,14 @@ def postgres_cpu_s() -> float:
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):  # peak resident set
-            return int(line.split()[1]) / 1024
-    return 0.0
+    """Peak resident set of the largest process of the worker (the parent or one pool process)."""
+    peak = 0.0
+    for member in _tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) / 1024)
+    return peak
 
 
 if __name__ == "__main__":

@@ -9,10 +9,12 @@ still gets rlimits; `cgroup_create` then returns an empty list.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import logging
 import os
 import signal
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -164,26 +166,37 @@ def cgroups_owned(owner: str) -> list[str]:
 
 WARM_EVERY_S = 0.002  # well inside a grace period, even when the GIL delays the thread
 WARM_LINGER_S = 2.0  # how long after the last sandbox start the lock is kept ready
+WARM_STANDBY_S = 0.1  # how often a process that is not warming looks whether it should
+# Shared by every worker process on the host: its lock says which one warms, its mtime when a
+# sandbox last started. In /run (root's, usually tmpfs) where the worker may write there.
+WARM_FILE = Path("/run" if os.access("/run", os.W_OK) else tempfile.gettempdir())
+WARM_FILE /= "convoy-cgroup-warm"
 _warm_wake = threading.Event()
 _warm_lock = threading.Lock()
-_warm_state = {"thread": None, "until": 0.0}
+_warm_state: dict = {"thread": None}
 
 
 def attach_warm() -> None:
     """Keep ready, for the next couple of seconds, the lock the next cgroup move needs.
 
     Moving a task between cgroups takes a kernel lock that, after a quiet spell, first waits
-    for an RCU grace period (5 to 10 ms on this kind of host, and 15 ms and more under load).
-    Once taken it stays ready as long as it is taken again within a grace period, so one
-    helper thread makes a no-op move (into the cgroup it is already in) every few
-    milliseconds while sandboxes are being started, and stops after a quiet spell. The first
-    of its moves pays the wait while the rest of the sandbox is made; a real move (a new
-    sandbox's first command) then finds the lock ready. cgroup v1 only; each move costs tens
-    of microseconds.
+    for an RCU grace period (8 to 16 ms on this kind of host). Once taken it stays ready as
+    long as it is taken again within a grace period, so while sandboxes are being started one
+    helper thread on the host makes a no-op move (into the cgroup it is already in) every
+    WARM_EVERY_S, and stops WARM_LINGER_S after the last start. The first of its moves pays
+    the wait while the rest of the sandbox is made; a real move (a new sandbox's first
+    command) then finds the lock ready. One thread for the whole host, not one per worker
+    process: an flock on WARM_FILE picks it, and every start touches the file. cgroup v1 only.
     """
     if _v2():
         return
-    _warm_state["until"] = time.monotonic() + WARM_LINGER_S
+    try:
+        os.utime(WARM_FILE, follow_symlinks=False)
+    except FileNotFoundError:
+        with contextlib.suppress(OSError):
+            os.close(os.open(WARM_FILE, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
+    except OSError:
+        return
     thread = _warm_state["thread"]
     if thread is None or not thread.is_alive():  # first use, or after a fork
         with _warm_lock:
@@ -195,16 +208,35 @@ def attach_warm() -> None:
     _warm_wake.set()
 
 
+def _warm_due() -> bool:
+    try:
+        return time.time() - os.stat(WARM_FILE, follow_symlinks=False).st_mtime < WARM_LINGER_S
+    except OSError:
+        return False
+
+
 def _warm_loop() -> None:
     path = ROOT / "pids" / _own_path("pids").lstrip("/") / "tasks"
     tid = str(threading.get_native_id())  # not 0: writing 0 (oneself) skips the lock
+    try:
+        fd = os.open(WARM_FILE, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        return
     while True:
         _warm_wake.wait()
         _warm_wake.clear()
-        while time.monotonic() < _warm_state["until"]:
+        while _warm_due():
             try:
-                with open(path, "w") as f:
-                    f.write(tid)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # another process warms; take over if it stops early
+                time.sleep(WARM_STANDBY_S)
+                continue
+            try:
+                while _warm_due():
+                    with open(path, "w") as f:
+                        f.write(tid)
+                    time.sleep(WARM_EVERY_S)
             except OSError:
                 return  # no cgroup v1 pids hierarchy to use: nothing to keep warm
-            time.sleep(WARM_EVERY_S)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
