@@ -597,6 +597,35 @@ def runs_dispatch() -> int:
     return queued_total
 
 
+def _slot_handoff(*, campaign_id: int) -> bool:
+    """Give the slot a finishing run frees to its campaign's next pending run; False if it has
+    none. Called in the transaction that moves the finishing run out of running, so the number
+    of active runs never drops and rises again: no dispatcher can count the slot free in
+    between. The same run the dispatcher would pick (a campaign under its max_parallel keeps
+    its slots in launch order); cheaper than a full dispatch (no lock, no counts), and the
+    campaign cannot be done while it has pending runs."""
+    next_ids = list(
+        RepoRun.objects.filter(
+            campaign_id=campaign_id,
+            state=RunState.PENDING,
+            campaign__state=CampaignState.RUNNING,
+        )
+        .order_by("id")
+        .values_list("pk", flat=True)[:1]
+    )
+    if not next_ids:
+        return False
+    ids = runs_transition(
+        runs=RepoRun.objects.filter(pk__in=next_ids),
+        from_states=[RunState.PENDING],
+        to_state=RunState.QUEUED,
+        queued_at=timezone.now(),
+    )
+    if ids:
+        transaction.on_commit(lambda: _enqueue(ids))
+    return bool(ids)
+
+
 def campaign_finish_if_done(*, campaign_id: int) -> bool:
     """Mark a running campaign completed once every run is final."""
     if RepoRun.objects.filter(campaign_id=campaign_id).exclude(state__in=RUN_FINAL_STATES).exists():
@@ -1126,7 +1155,8 @@ def _run_claim(run_id: int, worker: str) -> RepoRun | None:
     return run
 
 
-def _run_fail(run: RepoRun, message: str, launcher) -> None:
+def _run_fail(run: RepoRun, message: str, launcher) -> bool:
+    """Fail the run; True if its slot went to the campaign's next pending run."""
     signature, summary = error_signature(message)
     with transaction.atomic():
         if run_transition(
@@ -1150,6 +1180,8 @@ def _run_fail(run: RepoRun, message: str, launcher) -> None:
                 context={"campaign_id": run.campaign_id, "run_id": run.pk},
                 payload={"signature": signature, "summary": summary},
             )
+            return _slot_handoff(campaign_id=run.campaign_id)
+    return False
 
 
 def _run_cleanup(run: RepoRun) -> None:
@@ -1184,21 +1216,24 @@ def run_execute(*, run_id: int) -> str:
     heartbeat.start()
     launcher = run.campaign.launched_by or run.campaign.owner
     outcome = "succeeded"
+    handed_off = False  # the freed slot went to the campaign's next pending run
     try:
         ctx = _Context(run, heartbeat)
         _run_pipeline(ctx)
-        run_transition(
-            run_id=run.pk,
-            from_state=RunState.RUNNING,
-            to_state=RunState.SUCCEEDED,
-            finished_at=timezone.now(),
-            step="done",
-        )
+        with transaction.atomic():
+            if run_transition(
+                run_id=run.pk,
+                from_state=RunState.RUNNING,
+                to_state=RunState.SUCCEEDED,
+                finished_at=timezone.now(),
+                step="done",
+            ):
+                handed_off = _slot_handoff(campaign_id=run.campaign_id)
     except RunStopped as exc:
         outcome = f"stopped: {exc}"
     except RunFailed as exc:
         outcome = "failed"
-        _run_fail(run, str(exc), launcher)
+        handed_off = _run_fail(run, str(exc), launcher)
     except SandboxError as exc:
         if exc.transient and run.transient_retries < MAX_TRANSIENT_RETRIES:
             outcome = "requeued"
@@ -1217,15 +1252,15 @@ def run_execute(*, run_id: int) -> str:
                 _enqueue([run.pk], countdown=delay)
         else:
             outcome = "failed"
-            _run_fail(run, f"sandbox error: {exc}", launcher)
+            handed_off = _run_fail(run, f"sandbox error: {exc}", launcher)
     except Exception as exc:
         logger.exception("run %s failed unexpectedly", run.pk)
         outcome = "failed"
-        _run_fail(run, f"internal error: {type(exc).__name__}: {exc}", launcher)
+        handed_off = _run_fail(run, f"internal error: {type(exc).__name__}: {exc}", launcher)
     finally:
         heartbeat.stop()
         _run_cleanup(run)
-    if outcome != "requeued":
+    if outcome != "requeued" and not handed_off:
         campaign_finish_if_done(campaign_id=run.campaign_id)
         runs_dispatch()
     return outcome
