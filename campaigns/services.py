@@ -1148,11 +1148,36 @@ def _run_claim(run_id: int, worker: str) -> RepoRun | None:
         resumed = True
         if not runs_transition(runs=RepoRun.objects.filter(pk=run_id), **claim):
             return None
-    run = RepoRun.objects.select_related(
-        "campaign", "repository", "campaign__launched_by", "campaign__owner"
-    ).get(pk=run_id)
+    run = (
+        RepoRun.objects.select_related("repository")
+        .annotate(campaign_launched_at=F("campaign__launched_at"))
+        .get(pk=run_id)
+    )
+    run.campaign = _campaign_launched(run.campaign_id, run.campaign_launched_at)
     run.resumed = resumed
     return run
+
+
+_launched: dict[tuple, tuple[float, Campaign]] = {}
+LAUNCHED_CACHE_S = 300.0
+
+
+def _campaign_launched(campaign_id: int, launched_at) -> Campaign:
+    """The campaign as its runs need it (spec, backend, owner and launcher), cached for a few
+    minutes per worker process under its id and launch time: a launched campaign's spec never
+    changes (only drafts can be edited), and a large spec (its `files:`) would otherwise be read
+    and decoded per run. Its state is not to be read from here: runs check their own."""
+    now = time.monotonic()
+    key = (campaign_id, launched_at)
+    hit = _launched.get(key)
+    if hit is not None and hit[0] > now and launched_at is not None:
+        return hit[1]
+    campaign = Campaign.objects.select_related("launched_by", "owner").get(pk=campaign_id)
+    for old in [k for k, (until, _) in _launched.items() if until <= now]:
+        _launched.pop(old, None)
+    if campaign.launched_at is not None and campaign.launched_at == launched_at:
+        _launched[key] = (now + LAUNCHED_CACHE_S, campaign)
+    return campaign
 
 
 def _run_fail(run: RepoRun, message: str, launcher) -> bool:
