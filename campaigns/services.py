@@ -597,13 +597,17 @@ def runs_dispatch() -> int:
     return queued_total
 
 
-def _slot_handoff(*, campaign_id: int) -> bool:
-    """Give the slot a finishing run frees to its campaign's next pending run; False if it has
-    none. Called in the transaction that moves the finishing run out of running, so the number
-    of active runs never drops and rises again: no dispatcher can count the slot free in
-    between. The same run the dispatcher would pick (a campaign under its max_parallel keeps
-    its slots in launch order); cheaper than a full dispatch (no lock, no counts), and the
-    campaign cannot be done while it has pending runs."""
+def _slot_handoff(*, campaign_id: int, worker: str) -> int | None:
+    """Give the slot a finishing run frees to its campaign's next pending run, claimed for this
+    worker (pending → queued → running); None if the campaign has none pending.
+
+    Called in the transaction that moves the finishing run out of running, so the number of
+    active runs never drops and rises again: no dispatcher can count the slot free in between.
+    It is the run the dispatcher would pick (a campaign under its max_parallel keeps its slots,
+    in id order), without a dispatch's lock and counts, and without a broker round trip: the
+    same task carries it on. Should the worker die first, the run is running with a fresh
+    heartbeat, and the tick requeues it once that lease runs out, as for any run.
+    """
     next_ids = list(
         RepoRun.objects.filter(
             campaign_id=campaign_id,
@@ -614,16 +618,22 @@ def _slot_handoff(*, campaign_id: int) -> bool:
         .values_list("pk", flat=True)[:1]
     )
     if not next_ids:
-        return False
-    ids = runs_transition(
-        runs=RepoRun.objects.filter(pk__in=next_ids),
-        from_states=[RunState.PENDING],
-        to_state=RunState.QUEUED,
-        queued_at=timezone.now(),
+        return None
+    now = timezone.now()
+    runs = RepoRun.objects.filter(pk__in=next_ids)
+    if not runs_transition(
+        runs=runs, from_states=[RunState.PENDING], to_state=RunState.QUEUED, queued_at=now
+    ):
+        return None
+    runs_transition(
+        runs=runs,
+        from_states=[RunState.QUEUED],
+        to_state=RunState.RUNNING,
+        worker=worker,
+        heartbeat_at=now,
+        started_at=now,
     )
-    if ids:
-        transaction.on_commit(lambda: _enqueue(ids))
-    return bool(ids)
+    return next_ids[0]
 
 
 def campaign_finish_if_done(*, campaign_id: int) -> bool:
@@ -1148,6 +1158,10 @@ def _run_claim(run_id: int, worker: str) -> RepoRun | None:
         resumed = True
         if not runs_transition(runs=RepoRun.objects.filter(pk=run_id), **claim):
             return None
+    return _run_load(run_id, resumed=resumed)
+
+
+def _run_load(run_id: int, *, resumed: bool) -> RepoRun:
     run = (
         RepoRun.objects.select_related("repository")
         .annotate(campaign_launched_at=F("campaign__launched_at"))
@@ -1180,8 +1194,9 @@ def _campaign_launched(campaign_id: int, launched_at) -> Campaign:
     return campaign
 
 
-def _run_fail(run: RepoRun, message: str, launcher) -> bool:
-    """Fail the run; True if its slot went to the campaign's next pending run."""
+def _run_fail(run: RepoRun, message: str, launcher, worker: str) -> int | None:
+    """Fail the run; the id of the campaign's next run if its slot went to it (see
+    _slot_handoff)."""
     signature, summary = error_signature(message)
     with transaction.atomic():
         if run_transition(
@@ -1205,8 +1220,8 @@ def _run_fail(run: RepoRun, message: str, launcher) -> bool:
                 context={"campaign_id": run.campaign_id, "run_id": run.pk},
                 payload={"signature": signature, "summary": summary},
             )
-            return _slot_handoff(campaign_id=run.campaign_id)
-    return False
+            return _slot_handoff(campaign_id=run.campaign_id, worker=worker)
+    return None
 
 
 def _run_cleanup(run: RepoRun) -> None:
@@ -1229,19 +1244,31 @@ def _run_cleanup(run: RepoRun) -> None:
 
 
 def run_execute(*, run_id: int) -> str:
-    """Carry one queued run through its remaining steps. Safe to call twice: the second call
-    finds the run claimed (or final) and returns."""
-    from sandboxes.backends.base import SandboxError
+    """Carry one queued run through its remaining steps; return how it ended. Safe to call
+    twice: the second call finds the run claimed (or final) and returns.
 
+    A run that ends with its campaign's next run pending hands its slot on (`_slot_handoff`),
+    and this call carries that run too, and so on, as long as its campaign has pending runs.
+    """
     worker = _worker_name()
     run = _run_claim(run_id, worker)
     if run is None:
         return "not queued"
+    outcome, next_id = _run_carry(run, worker)
+    while next_id is not None:
+        _, next_id = _run_carry(_run_load(next_id, resumed=False), worker)
+    return outcome
+
+
+def _run_carry(run: RepoRun, worker: str) -> tuple[str, int | None]:
+    """One claimed run, start to end: (how it ended, the run it handed its slot to)."""
+    from sandboxes.backends.base import SandboxError
+
     heartbeat = _Heartbeat(run.pk, worker)
     heartbeat.start()
     launcher = run.campaign.launched_by or run.campaign.owner
     outcome = "succeeded"
-    handed_off = False  # the freed slot went to the campaign's next pending run
+    next_id = None  # the campaign's next run, which the freed slot went to
     try:
         ctx = _Context(run, heartbeat)
         _run_pipeline(ctx)
@@ -1253,12 +1280,12 @@ def run_execute(*, run_id: int) -> str:
                 finished_at=timezone.now(),
                 step="done",
             ):
-                handed_off = _slot_handoff(campaign_id=run.campaign_id)
+                next_id = _slot_handoff(campaign_id=run.campaign_id, worker=worker)
     except RunStopped as exc:
         outcome = f"stopped: {exc}"
     except RunFailed as exc:
         outcome = "failed"
-        handed_off = _run_fail(run, str(exc), launcher)
+        next_id = _run_fail(run, str(exc), launcher, worker)
     except SandboxError as exc:
         if exc.transient and run.transient_retries < MAX_TRANSIENT_RETRIES:
             outcome = "requeued"
@@ -1277,15 +1304,16 @@ def run_execute(*, run_id: int) -> str:
                 _enqueue([run.pk], countdown=delay)
         else:
             outcome = "failed"
-            handed_off = _run_fail(run, f"sandbox error: {exc}", launcher)
+            next_id = _run_fail(run, f"sandbox error: {exc}", launcher, worker)
     except Exception as exc:
         logger.exception("run %s failed unexpectedly", run.pk)
         outcome = "failed"
-        handed_off = _run_fail(run, f"internal error: {type(exc).__name__}: {exc}", launcher)
+        message = f"internal error: {type(exc).__name__}: {exc}"
+        next_id = _run_fail(run, message, launcher, worker)
     finally:
         heartbeat.stop()
         _run_cleanup(run)
-    if outcome != "requeued" and not handed_off:
+    if outcome != "requeued" and next_id is None:
         campaign_finish_if_done(campaign_id=run.campaign_id)
         runs_dispatch()
-    return outcome
+    return outcome, next_id
