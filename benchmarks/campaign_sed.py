@@ -130,7 +130,9 @@ def _convoy(
     queued = {
         t.run_id: t.at for t in RunTransition.objects.filter(campaign=campaign, to_state="queued")
     }
-    waits = [(r.started_at - queued[r.pk]).total_seconds() for r in runs if r.pk in queued]
+    waits = [
+        max(0.0, (r.started_at - queued[r.pk]).total_seconds()) for r in runs if r.pk in queued
+    ]
     sandboxes = Sandbox.objects.filter(campaign_id=campaign.pk)
     first_cmd = {}
     for c in commands.order_by("id"):
