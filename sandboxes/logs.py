@@ -244,7 +244,10 @@ class _WriterPool:
         inbox: queue.SimpleQueue = queue.SimpleQueue()
         try:
             while True:
-                close_old_connections()  # one that broke or aged out while idle
+                try:
+                    close_old_connections()  # one that broke or aged out while idle
+                except Exception:  # the job reports the database's state itself
+                    logger.warning("could not recycle a log writer's connection", exc_info=True)
                 job()
                 with self._lock:
                     self._idle.append(inbox)

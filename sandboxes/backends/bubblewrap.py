@@ -122,6 +122,9 @@ class BubblewrapBackend(LocalBackend):
         only once bwrap is running, so making them overlaps bwrap's own start."""
         limits = meta.limits
         meta.cgroups = cgroups.cgroup_paths(meta.external_id, owner=self.install)
+        if len(self._making) > 256:  # sandboxes terminated by another process, never used here
+            for name in [n for n, future in list(self._making.items()) if future.done()]:
+                self._making.pop(name, None)
         self._making[meta.external_id] = _cgroup_maker().submit(
             _cgroups_make,
             meta.external_id,
