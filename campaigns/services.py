@@ -1090,8 +1090,16 @@ def _run_pipeline(ctx: _Context) -> None:
 
     run = ctx.run
     if getattr(run, "resumed", True):
-        # Anything a dead worker left running for this run is ours to clean up now.
+        # Anything a dead worker left running for this run is ours to clean up now: recorded
+        # sandboxes, and engine sandboxes it made but never recorded as running.
+        from sandboxes.services import sandboxes_orphans_terminate
+
         _sandboxes_terminate(reason="worker lost; run resumed", run_id=run.pk)
+        sandboxes_orphans_terminate(
+            backend=ctx.backend.name,
+            labels={"convoy_run": str(run.pk)},
+            reason="worker lost; run resumed",
+        )
         Variant.objects.filter(run=run, state=VariantState.RUNNING).update(
             state=VariantState.PENDING
         )

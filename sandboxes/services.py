@@ -563,13 +563,38 @@ def _orphans_reap() -> None:
             log.exception("could not sweep the %s backend", name)
             continue
         for external_id in removed:
-            audit_record(
-                action="sandbox.orphan.reaped",
-                actor_type="system",
-                target={"type": "sandboxes.sandbox", "id": "", "display": external_id},
-                reason="no live record names it",
-                payload={"backend": name, "external_id": external_id},
-            )
+            _orphan_audit(name, external_id, "no live record names it")
+
+
+def _orphan_audit(backend: str, external_id: str, reason: str) -> None:
+    audit_record(
+        action="sandbox.orphan.reaped",
+        actor_type="system",
+        target={"type": "sandboxes.sandbox", "id": "", "display": external_id},
+        reason=reason,
+        payload={"backend": backend, "external_id": external_id},
+    )
+
+
+def sandboxes_orphans_terminate(*, backend: str, labels: dict[str, str], reason: str) -> list[str]:
+    """Terminate, now, the engine sandboxes with `labels` that no live record names: what a
+    worker that died made but never recorded as running (killed between the engine's create or
+    fork and its record's update). The reaper would find them too, after ORPHAN_GRACE_S; a run
+    resumed by another worker knows they are dead work at once. Returns their ids."""
+    engine = backend_get(backend)
+    live = set(
+        Sandbox.objects.filter(backend=backend, state__in=LIVE_STATES).values_list(
+            "external_id", flat=True
+        )
+    )
+    removed = []
+    for handle in engine.list({**labels, "convoy_install": _install_tag()}):
+        if handle.external_id not in live:
+            engine.terminate(handle)
+            removed.append(handle.external_id)
+    for external_id in removed:
+        _orphan_audit(backend, external_id, reason)
+    return removed
 
 
 def _install_tag() -> str:

@@ -246,3 +246,26 @@ def test_reaper_ends_sandboxes_of_a_finished_campaign(db, manager, engines_clean
     kept = sandbox_create(spec=SPEC, backend="bwrap", owner_kind="campaign", owner_id=live.pk)
     assert [s.pk for s in sandboxes_reap()] == [ended.pk]
     assert Sandbox.objects.get(pk=kept.pk).state == SandboxState.RUNNING
+
+
+@both_shapes
+def test_a_resumed_run_ends_engine_sandboxes_a_dead_worker_never_recorded(db, engines_clean):
+    """A worker killed between the engine's fork and its records' update leaves engine
+    sandboxes that no live record names; the run's next worker ends them at once."""
+    engine = backend_get("bwrap")
+    unrecorded = engine.create(services._spec_labels(SPEC, convoy_run=777))
+    other_run = engine.create(services._spec_labels(SPEC, convoy_run=778))
+    recorded = sandbox_create(spec=SPEC, backend="bwrap", run_id=777)
+
+    removed = services.sandboxes_orphans_terminate(
+        backend="bwrap", labels={"convoy_run": "777"}, reason="worker lost; run resumed"
+    )
+
+    assert removed == [unrecorded.external_id]
+    remaining = {handle.external_id for handle in engine.list({})}
+    assert unrecorded.external_id not in remaining
+    assert not engine.workspace_path(unrecorded).exists()
+    assert {other_run.external_id, recorded.external_id} <= remaining
+    [event] = AuditEvent.objects.filter(action="sandbox.orphan.reaped")
+    assert json.loads(event.body)["payload"]["external_id"] == unrecorded.external_id
+    assert json.loads(event.body)["reason"] == "worker lost; run resumed"
