@@ -1074,7 +1074,7 @@ def _variants_ensure(run: RepoRun) -> list[Variant]:
         Variant(run=run, name=v["name"], position=i)
         for i, v in enumerate(run.campaign.spec["variants"])
     ]
-    if run.attempt == 1 and not getattr(run, "resumed", True):  # none yet: the insert returns them
+    if run.attempt == 1 and not run.resumed:  # none can exist yet: the insert returns them
         with contextlib.suppress(IntegrityError), transaction.atomic():
             made = Variant.objects.bulk_create(wanted)
             if all(v.pk for v in made):
@@ -1089,7 +1089,7 @@ def _run_pipeline(ctx: _Context) -> None:
     from sandboxes.services import sandbox_snapshot
 
     run = ctx.run
-    if getattr(run, "resumed", True):
+    if run.resumed:
         # Anything a dead worker left running for this run is ours to clean up now: recorded
         # sandboxes, and engine sandboxes it made but never recorded as running.
         from sandboxes.services import sandboxes_orphans_terminate
@@ -1176,7 +1176,8 @@ def _run_load(run_id: int, *, resumed: bool) -> RepoRun:
         .get(pk=run_id)
     )
     run.campaign = _campaign_launched(run.campaign_id, run.campaign_launched_at)
-    run.resumed = resumed
+    run.resumed = resumed  # an earlier claim of this attempt may have left work behind
+    run.snapshotting = False  # set once this claim starts a snapshot
     return run
 
 
@@ -1192,7 +1193,7 @@ def _campaign_launched(campaign_id: int, launched_at) -> Campaign:
     now = time.monotonic()
     key = (campaign_id, launched_at)
     hit = _launched.get(key)
-    if hit is not None and hit[0] > now and launched_at is not None:
+    if hit is not None and hit[0] > now:
         return hit[1]
     campaign = Campaign.objects.select_related("launched_by", "owner").get(pk=campaign_id)
     for old in [k for k, (until, _) in _launched.items() if until <= now]:
@@ -1237,8 +1238,7 @@ def _run_cleanup(run: RepoRun) -> None:
     from sandboxes.services import snapshot_delete
 
     _sandboxes_terminate(reason="run finished", run_id=run.pk)
-    may_have_snapshot = getattr(run, "resumed", True) or getattr(run, "snapshotting", False)
-    if not (run.snapshot_id or may_have_snapshot):
+    if not (run.snapshot_id or run.resumed or run.snapshotting):
         return  # this claim made no snapshot, and no earlier one of this attempt ran
     state = RepoRun.objects.filter(pk=run.pk).values_list("state", flat=True).first()
     if state in RUN_FINAL_STATES:

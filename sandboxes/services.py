@@ -545,25 +545,25 @@ def _orphans_reap() -> None:
             engine = backend_get(name)
         except SandboxError:
             continue  # not installed or not allowed here
-        live = set(
-            Sandbox.objects.filter(backend=name, state__in=LIVE_STATES).values_list(
-                "external_id", flat=True
-            )
-        )
+        reason = "no live record names it"
         try:
-            if hasattr(engine, "sweep"):
-                removed = engine.sweep(live, grace_s=ORPHAN_GRACE_S)
-            else:
-                removed = []
-                for handle in engine.list({"convoy_install": _install_tag()}):
-                    if handle.external_id not in live:
-                        engine.terminate(handle)
-                        removed.append(handle.external_id)
+            if not hasattr(engine, "sweep"):
+                sandboxes_orphans_terminate(backend=name, labels={}, reason=reason)
+                continue
+            removed = engine.sweep(_live_ids(name), grace_s=ORPHAN_GRACE_S)
         except SandboxError:
             log.exception("could not sweep the %s backend", name)
             continue
         for external_id in removed:
-            _orphan_audit(name, external_id, "no live record names it")
+            _orphan_audit(name, external_id, reason)
+
+
+def _live_ids(backend: str) -> set[str]:
+    return set(
+        Sandbox.objects.filter(backend=backend, state__in=LIVE_STATES).values_list(
+            "external_id", flat=True
+        )
+    )
 
 
 def _orphan_audit(backend: str, external_id: str, reason: str) -> None:
@@ -582,11 +582,7 @@ def sandboxes_orphans_terminate(*, backend: str, labels: dict[str, str], reason:
     fork and its record's update). The reaper would find them too, after ORPHAN_GRACE_S; a run
     resumed by another worker knows they are dead work at once. Returns their ids."""
     engine = backend_get(backend)
-    live = set(
-        Sandbox.objects.filter(backend=backend, state__in=LIVE_STATES).values_list(
-            "external_id", flat=True
-        )
-    )
+    live = _live_ids(backend)
     removed = []
     for handle in engine.list({**labels, "convoy_install": _install_tag()}):
         if handle.external_id not in live:

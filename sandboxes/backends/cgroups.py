@@ -157,7 +157,7 @@ def cgroups_owned(owner: str) -> list[str]:
     found: list[str] = []
     bases = [ROOT / _own_path("").lstrip("/")] if _v2() else []
     if not _v2():
-        bases = [ROOT / c / _own_path(c).lstrip("/") for c in ("memory", "pids", "cpu")]
+        bases = [ROOT / c / _own_path(c).lstrip("/") for c in V1_CONTROLLERS]
     for base in bases:
         with contextlib.suppress(OSError):
             found.extend(str(p) for p in base.glob(f"{PREFIX}{owner}-*") if p.is_dir())
