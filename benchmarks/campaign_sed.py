@@ -6,6 +6,11 @@ parallelism, on the same 200 repositories, in the same run. Convoy: launch → e
 once on bubblewrap and once on gVisor, each with cold mirrors. The breakdown comes from the
 stored run transitions and sandbox command rows.
 
+Engine floor, also in every round: for each repository a host `git clone`, then the bare
+engine (the same bwrap flags, or `runsc run` of the same bundle as Convoy's sandboxes) running
+only the sed, with the same parallelism: no diff, no records, no Convoy. It shows what the
+engine alone costs on this machine, against the same baseline.
+
     .venv/bin/python benchmarks/campaign_sed.py [--repos 200] [--jobs 4]
 """
 
@@ -82,6 +87,55 @@ def _all_repos(repos: list[Path], work: Path, jobs: int) -> tuple[float, float, 
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime
     return cloned - started, done - cloned, cpu
+
+
+def _floor(backend_name: str, repos: list[Path], work: Path, jobs: int) -> float:
+    """Seconds for: clone each repository on the host, then run the sed in the bare engine."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sandboxes.backends.base import SandboxSpec
+    from sandboxes.backends.bubblewrap import BubblewrapBackend, bwrap_argv
+    from sandboxes.backends.gvisor import GVisorBackend
+
+    work.mkdir(parents=True)
+    step = ["bash", "-c", f"git ls-files -z -- '*.py' | xargs -0 sed -i '{EXPRESSION}'"]
+    backend = {"gvisor": GVisorBackend, "bwrap": BubblewrapBackend}[backend_name](work / "engine")
+    config = None
+    if backend_name == "gvisor":  # the bundle Convoy's sandboxes run, with the sed as process
+        handle = backend.create(SandboxSpec())
+        list(backend.exec(handle, ["true"]))
+        config = json.loads((backend.ws.dir(handle.external_id) / "bundle/config.json").read_text())
+        backend.terminate(handle)
+        backend.wait_deletes()
+        config["process"]["args"] = step
+        config["process"]["env"] = ["PATH=/usr/bin:/bin", "HOME=/tmp"]
+
+    def one(index: int) -> None:
+        dest = work / f"r{index}"
+        subprocess.run(["git", "clone", "--quiet", str(repos[index]), str(dest)], check=True)
+        if config is None:
+            argv = bwrap_argv(
+                etc=str(backend.ws.etc()), workspace=str(dest), network="none", cwd="/workspace"
+            )
+            subprocess.run([*argv, *step], check=True, env={"PATH": "/usr/bin:/bin"})
+            return
+        bundle = work / f"b{index}"
+        bundle.mkdir()
+        mounts = [
+            {**m, "source": str(dest)} if m["destination"] == "/workspace" else m
+            for m in config["mounts"]
+        ]
+        (bundle / "config.json").write_text(json.dumps({**config, "mounts": mounts}))
+        runsc = ["runsc", f"--root={work / 'runsc'}", "--network=none"]
+        subprocess.run([*runsc, "run", f"--bundle={bundle}", f"floor-{index}"], check=True)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(one, range(len(repos))))
+    elapsed = time.perf_counter() - started
+    assert "assertEqual(" in (work / "r0" / "test_calc.py").read_text()
+    shutil.rmtree(work, ignore_errors=True)
+    return elapsed
 
 
 def _convoy(
@@ -193,13 +247,21 @@ def main() -> None:
             result = {"baseline": clone_s + sed_s, "clone": clone_s, "sed": sed_s, "cpu": cpu}
             for backend in args.backends.split(","):
                 result[backend] = _convoy(backend, slots, manager, env, args.pool, threads, round_)
+                floor_dir = Path(settings.DATA_DIR) / f"floor-{backend}-{round_}"
+                result[f"floor-{backend}"] = _floor(backend, repos, floor_dir, args.jobs)
             rounds.append(result)
             line = ", ".join(
                 f"{b} {result[b]['elapsed']:.1f} s "
                 f"({result[b]['elapsed'] / result['baseline']:.2f}x)"
                 for b in args.backends.split(",")
             )
-            print(f"round {round_ + 1}: all-repos {result['baseline']:.1f} s, {line}", flush=True)
+            floors = ", ".join(
+                f"{b} floor {result[f'floor-{b}']:.1f} s" for b in args.backends.split(",")
+            )
+            print(
+                f"round {round_ + 1}: all-repos {result['baseline']:.1f} s, {line}; {floors}",
+                flush=True,
+            )
 
     baseline = statistics.median(r["baseline"] for r in rounds)
     print(
@@ -218,6 +280,11 @@ def main() -> None:
         print(
             f"convoy on {backend:<6}: {elapsed:7.2f} s  ratio {elapsed / baseline:.2f}x "
             f"(target <= {targets.get(backend, 0):.1f}x)"
+        )
+        floor = statistics.median(r[f"floor-{backend}"] for r in rounds)
+        print(
+            f"    engine floor on {backend} (host clone + the bare engine running only the sed): "
+            f"{floor:.2f} s  ratio {floor / baseline:.2f}x; Convoy / floor {elapsed / floor:.2f}x"
         )
         r = sorted((r[backend] for r in rounds), key=lambda x: x["elapsed"])[len(rounds) // 2]
         print(

@@ -63,10 +63,9 @@ def runsc_bundle(backend) -> Path:
     from sandboxes.backends.base import SandboxSpec
 
     handle = backend.create(SandboxSpec(timeout_s=600))
-    meta = backend.ws.meta_read(handle.external_id)
+    list(backend.exec(handle, ["true"]))  # the container (and its bundle) starts at a command
     config = json.loads((backend.ws.dir(handle.external_id) / "bundle" / "config.json").read_text())
     backend.terminate(handle)
-    del meta
     config["process"]["args"] = ["true"]
     workspace = Path(tempfile.mkdtemp(dir=backend.data_dir))
     for mount in config["mounts"]:

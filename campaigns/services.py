@@ -809,11 +809,22 @@ class _Context:
         return text
 
 
-def _exec(ctx: _Context, sandbox, script: str, *, env=None, timeout_s=None, cap=None, argv=None):
+def _exec(
+    ctx: _Context,
+    sandbox,
+    script: str,
+    *,
+    env=None,
+    timeout_s=None,
+    cap=None,
+    argv=None,
+    last=False,
+):
     """Run a shell script in the sandbox's repository.
 
     Returns (command, output): the tail of both streams in order, or with `cap` every byte,
-    as a (stdout, stderr) pair so that parsed stdout never mixes with stderr.
+    as a (stdout, stderr) pair so that parsed stdout never mixes with stderr. `last`: the
+    sandbox is terminated after this command (engines may run it as the sandbox itself).
     """
     from sandboxes.services import sandbox_exec
 
@@ -840,6 +851,7 @@ def _exec(ctx: _Context, sandbox, script: str, *, env=None, timeout_s=None, cap=
         output_cap=cap or 10 * 1024 * 1024,
         secrets=ctx.secrets or None,
         on_output=on_output,
+        last=last,
     )
     if keep_all:
         return command, (b"".join(streams["stdout"]), b"".join(streams["stderr"]))
@@ -916,7 +928,9 @@ class StepFailed(Exception):
         self.command, self.output = command, output
 
 
-def _transform_and_diff(ctx: _Context, sandbox, step: dict, env: dict) -> tuple[bytes, dict]:
+def _transform_and_diff(
+    ctx: _Context, sandbox, step: dict, env: dict, *, last: bool
+) -> tuple[bytes, dict]:
     """Run the last transform step, then stage everything and read numstat and the binary-safe
     patch, in one sandbox command. The step's own script is the command's last argument, so the
     sandbox's command record shows it verbatim; it runs in a subshell of the wrapper (as
@@ -946,6 +960,7 @@ def _transform_and_diff(ctx: _Context, sandbox, step: dict, env: dict) -> tuple[
         timeout_s=step.get("timeout_s"),
         cap=PATCH_CAP_BYTES + 8 * 1024 * 1024,
         argv=["bash", "-c", wrapper, "convoy-step", step["run"]],
+        last=last,
     )
     stdout, stderr = out
     step_out, sep, rest = stdout.partition(f"\n{done}\n".encode())
@@ -1024,7 +1039,8 @@ def _variant_run(ctx: _Context, variant: Variant, snapshot, sandbox=None) -> Non
                         if command.exit_code != 0 or command.timed_out:
                             raise StepFailed(command, out)
                     else:
-                        out, diff = _transform_and_diff(ctx, sandbox, step, env)
+                        last = not ctx.spec["validate"]  # else validation follows
+                        out, diff = _transform_and_diff(ctx, sandbox, step, env, last=last)
                         result.update(diff)
                         result["output_tail"] = _tail(ctx, out)
                 except StepFailed as failed:
@@ -1035,10 +1051,16 @@ def _variant_run(ctx: _Context, variant: Variant, snapshot, sandbox=None) -> Non
                     }
                     return
             result["validation"] = Validation.SKIPPED
-            for i, step in enumerate(ctx.spec["validate"]):
+            validate = ctx.spec["validate"]
+            for i, step in enumerate(validate):
                 ctx.check()
                 command, out = _exec(
-                    ctx, sandbox, step["run"], env=env, timeout_s=step.get("timeout_s")
+                    ctx,
+                    sandbox,
+                    step["run"],
+                    env=env,
+                    timeout_s=step.get("timeout_s"),
+                    last=i == len(validate) - 1,
                 )
                 result["output_tail"] = _tail(ctx, out)
                 if command.exit_code != 0 or command.timed_out:

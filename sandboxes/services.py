@@ -224,8 +224,11 @@ def sandbox_exec(
     output_cap: int = 10 * 1024 * 1024,
     secrets: dict[str, str] | None = None,
     on_output: Callable[[ExecOutput], None] | None = None,
+    last: bool = False,
 ) -> SandboxCommand:
-    """Run argv in the sandbox, streaming output; the command row holds the result."""
+    """Run argv in the sandbox, streaming output; the command row holds the result.
+
+    `last`: nothing more runs in this sandbox before it is terminated (see the backend's exec)."""
     if not argv or not all(isinstance(a, str) for a in argv):
         raise SandboxError("argv must be a non-empty list of strings")
     _live(sandbox)
@@ -260,6 +263,7 @@ def sandbox_exec(
             env={**env, **secrets},
             timeout_s=timeout_s,
             output_cap=output_cap,
+            last=last,
         )
         for event in events:
             if isinstance(event, ExecResult):

@@ -142,8 +142,13 @@ class SandboxBackend(ABC):
         env: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
         output_cap: int = 10 * 1024 * 1024,
+        last: bool = False,
     ) -> Iterator[ExecEvent]:
-        """Yield ExecOutput events in the order produced, then exactly one ExecResult."""
+        """Yield ExecOutput events in the order produced, then exactly one ExecResult.
+
+        `last`: the caller runs nothing more in this sandbox before terminating it, so
+        processes the command leaves behind need not outlive it. An engine may then run it
+        as the sandbox's main process (gVisor does); a later exec still works."""
 
     @abstractmethod
     def terminate(self, handle: SandboxHandle) -> None:

@@ -152,8 +152,9 @@ class BubblewrapBackend(LocalBackend):
         cgroups.cgroup_kill(meta.cgroups)
 
     def _popen(
-        self, meta: Meta, argv: Sequence[str], cwd: str, env: dict[str, str]
+        self, meta: Meta, argv: Sequence[str], cwd: str, env: dict[str, str], *, last: bool = False
     ) -> tuple[subprocess.Popen, Callable[[], None]]:
+        # Every command is its own bwrap (its namespaces end with it): `last` changes nothing.
         making = self._making.pop(meta.external_id, None)
         if making is None:  # else the maker starts it, after its mkdirs (see attach_warm)
             cgroups.attach_warm()

@@ -7,6 +7,10 @@ workspace read-write at /workspace. Limits come from the bundle (cgroups, as roo
 kills every process the sandbox's commands started (`kill -9 -1` from inside, or the whole
 container if even that cannot run). Memory checkpoints are `runsc checkpoint`, restored into
 fresh containers over a copy-on-write layer of the workspace as it was at the checkpoint.
+
+A container starts at a sandbox's first command, not at create: a caller's last command
+(`exec(..., last=True)` before any other) runs as the container's own process under `runsc run`,
+with no waiting init, no `runsc exec` and no `runsc delete` (the container ends with it).
 """
 
 from __future__ import annotations
@@ -122,7 +126,9 @@ class GVisorBackend(LocalBackend):
             (rootfs / ".ready").touch()
         return rootfs
 
-    def _bundle(self, meta: Meta) -> Path:
+    def _bundle(self, meta: Meta, command: dict | None = None) -> Path:
+        """The container's bundle; its process is the waiting INIT, or `command` (args, env,
+        cwd) for a last command run as the container itself."""
         base = self.ws.dir(meta.external_id)
         limits = meta.limits
         memory = int(limits["memory_mb"]) * 1024 * 1024
@@ -134,6 +140,7 @@ class GVisorBackend(LocalBackend):
                 "args": INIT,
                 "env": ["PATH=/usr/bin:/bin"],
                 "cwd": "/workspace",
+                **(command or {}),
                 "capabilities": {},
                 "noNewPrivileges": True,
                 "rlimits": [
@@ -190,9 +197,15 @@ class GVisorBackend(LocalBackend):
                 },
             },
         }
-        bundle = base / "bundle"
-        bundle.mkdir(exist_ok=True)
-        (bundle / "config.json").write_text(json.dumps(config))
+        # A last command's env may hold secrets: its bundle is private to its container and
+        # removed once runsc has read it.
+        bundle = base / ("bundle" if command is None else f"bundle-{meta.extra['container']}")
+        bundle.mkdir(mode=0o700, exist_ok=True)
+        path = bundle / "config.json"
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(config, f)
         return bundle
 
     def _files_mount(self, meta: Meta) -> list[dict]:
@@ -224,12 +237,26 @@ class GVisorBackend(LocalBackend):
 
     # --- lifecycle ------------------------------------------------------------------------
     def _start(self, meta: Meta) -> None:
+        """A restored sandbox starts now (its processes are in the image); any other starts at
+        its first command (`_popen`), which a last command may become."""
+        meta.extra.pop("container", None)
+        if meta.extra.get("restore_image"):
+            self._boot(meta)
+
+    def _container_new(self, meta: Meta) -> str:
         # A fresh container id every start: a failed restore leaves its id unusable.
         container = f"{meta.external_id}-{os.urandom(3).hex()}"
         meta.extra["container"] = container
+        return container
+
+    def _pid_file(self, meta: Meta) -> str:
+        return f"--pid-file={self.ws.dir(meta.external_id) / 'container.pid'}"
+
+    def _boot(self, meta: Meta) -> None:
+        """Start the container with its waiting init (or restore it from its image)."""
+        container = self._container_new(meta)
         bundle = self._bundle(meta)
         image = meta.extra.pop("restore_image", None)
-        pid_file = f"--pid-file={self.ws.dir(meta.external_id) / 'container.pid'}"
         if image:
             self._run(
                 meta,
@@ -237,11 +264,18 @@ class GVisorBackend(LocalBackend):
                 "--detach",
                 f"--image-path={image}",
                 f"--bundle={bundle}",
-                pid_file,
+                self._pid_file(meta),
                 container,
             )
         else:
-            self._run(meta, "run", "--detach", f"--bundle={bundle}", pid_file, container)
+            self._run(
+                meta, "run", "--detach", f"--bundle={bundle}", self._pid_file(meta), container
+            )
+
+    def _state_left(self, container: str) -> bool:
+        """Does runsc still keep state for the container? (`runsc run` of a last command
+        removes it when the command ends; a detached container keeps it until deleted.)"""
+        return any(self.state_root.glob(f"{container}_*"))
 
     def _stop(self, meta: Meta) -> None:
         """Kill the container's processes now; `runsc delete` (≈1.5 s of polling) runs behind.
@@ -249,8 +283,12 @@ class GVisorBackend(LocalBackend):
         Once its sandbox and gofer processes are dead nothing holds the workspace, and every
         start uses a fresh container id, so nothing needs to wait for the delete.
         """
+        if "container" not in meta.extra and not self._state_left(meta.external_id):
+            return  # never started
         container = self._container(meta)
         self._strays_kill({container})
+        if not self._state_left(container):
+            return  # a last command's `runsc run` ended and cleaned up after itself
         proc = subprocess.Popen(
             [*self._runsc(meta.network), "delete", "-force", container],
             stdin=subprocess.DEVNULL,
@@ -274,24 +312,26 @@ class GVisorBackend(LocalBackend):
                 proc.kill()
                 proc.wait()
 
-    def _restart(self, meta: Meta) -> None:
-        self._stop(meta)
-        self._start(meta)
-        self.ws.meta_write(meta)
+    def _running(self, meta: Meta) -> None:
+        """Make sure the container runs: first start, or a restart after it ended."""
+        if not self._alive(meta):
+            self._stop(meta)
+            self._boot(meta)
+            self.ws.meta_write(meta)
 
     def _popen(
-        self, meta: Meta, argv: Sequence[str], cwd: str, env: dict[str, str]
+        self, meta: Meta, argv: Sequence[str], cwd: str, env: dict[str, str], *, last: bool = False
     ) -> tuple[subprocess.Popen, Callable[[], None]]:
-        if not self._alive(meta):
-            self._restart(meta)
+        command = {"args": list(argv), "env": [f"{k}={v}" for k, v in env.items()], "cwd": cwd}
+        if last and "container" not in meta.extra:
+            return self._popen_container(meta, command)
+        self._running(meta)
         base = self.ws.dir(meta.external_id)
         # The process spec goes through a private file so env values (secrets) stay out of argv.
         spec_path = base / f"exec-{os.getpid()}-{time.monotonic_ns()}.json"
         process = {
             "user": {"uid": 0, "gid": 0},
-            "args": list(argv),
-            "env": [f"{k}={v}" for k, v in env.items()],
-            "cwd": cwd,
+            **command,
             "capabilities": {},
             "noNewPrivileges": True,
         }
@@ -331,12 +371,49 @@ class GVisorBackend(LocalBackend):
         threading_cleanup(proc, cleanup_after_start)
         return proc, kill
 
+    def _popen_container(
+        self, meta: Meta, command: dict
+    ) -> tuple[subprocess.Popen, Callable[[], None]]:
+        """A last command as the container's own process: `runsc run` (not detached) streams
+        its output, exits with its status (128+n for a signal) and removes the container."""
+        container = self._container_new(meta)
+        self.ws.meta_write(meta)  # terminate and the reaper know the container before it runs
+        bundle = self._bundle(meta, command)
+        proc = subprocess.Popen(
+            [
+                *self._runsc(meta.network),
+                "run",
+                f"--bundle={bundle}",
+                self._pid_file(meta),
+                container,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            start_new_session=True,
+        )
+        killed = []
+
+        def kill() -> None:
+            if not killed:  # the whole container: its sandbox, gofer and this `runsc run`
+                killed.append(True)
+                self._strays_kill({container})
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+
+        def cleanup_after_start() -> None:
+            shutil.rmtree(bundle, ignore_errors=True)
+
+        threading_cleanup(proc, cleanup_after_start)
+        return proc, kill
+
     # --- snapshots: the container must be restarted onto the new layer ---------------------
     def snapshot(self, handle: SandboxHandle) -> SnapshotHandle:
         meta = self.ws.meta_read(handle.external_id)
         self._stop(meta)
         layer = self.ws.snapshot(meta)
-        self._start(meta)
+        self._start(meta)  # the next command starts the container again, over the new layer
         self.ws.meta_write(meta)
         return SnapshotHandle(self.name, layer)
 
@@ -346,6 +423,7 @@ class GVisorBackend(LocalBackend):
         meta = self.ws.meta_read(handle.external_id)
         image = self.checkpoints / f"{CHECKPOINT_PREFIX}{os.urandom(6).hex()}"
         image.mkdir(parents=True)
+        self._running(meta)
         container = self._container(meta)
         started = time.monotonic()
         self._run(meta, "checkpoint", f"--image-path={image}", container)

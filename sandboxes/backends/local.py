@@ -257,7 +257,7 @@ class LocalBackend(SandboxBackend):
         """Stop everything the sandbox runs; must tolerate a half-started sandbox."""
 
     def _popen(
-        self, meta: Meta, argv: Sequence[str], cwd: str, env: dict[str, str]
+        self, meta: Meta, argv: Sequence[str], cwd: str, env: dict[str, str], *, last: bool = False
     ) -> tuple[subprocess.Popen, Callable[[], None]]:
         raise NotImplementedError
 
@@ -359,6 +359,7 @@ class LocalBackend(SandboxBackend):
         env: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
         output_cap: int = 10 * 1024 * 1024,
+        last: bool = False,
     ) -> Iterator[ExecEvent]:
         if not argv:
             raise SandboxError("argv must not be empty")
@@ -372,7 +373,7 @@ class LocalBackend(SandboxBackend):
         timeout_s = min(timeout_s, remaining) if timeout_s else remaining
         full_env = {**BASE_ENV, **meta.env, **(env or {})}
         started = time.monotonic()
-        proc, kill = self._popen(meta, list(argv), cwd, full_env)
+        proc, kill = self._popen(meta, list(argv), cwd, full_env, last=last)
         return pump(
             proc,
             timeout_s=timeout_s,

@@ -273,6 +273,7 @@ class ModalBackend(SandboxBackend):
         env: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
         output_cap: int = 10 * 1024 * 1024,
+        last: bool = False,  # the sandbox already runs; an exec costs the same either way
     ) -> Iterator[ExecEvent]:
         if not argv:
             raise SandboxError("exec needs a command")

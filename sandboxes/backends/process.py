@@ -25,7 +25,7 @@ class ProcessBackend(LocalBackend):
     isolation = "NONE: plain host processes (development only)"
 
     def _popen(
-        self, meta: Meta, argv: Sequence[str], cwd: str, env: dict[str, str]
+        self, meta: Meta, argv: Sequence[str], cwd: str, env: dict[str, str], *, last: bool = False
     ) -> tuple[subprocess.Popen, Callable[[], None]]:
         workspace = self.ws.workspace(meta.external_id)
         host_cwd = workspace / os.path.relpath(cwd, "/workspace")

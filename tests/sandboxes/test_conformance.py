@@ -19,6 +19,12 @@ from sandboxes.backends.base import (
 SPEC = SandboxSpec(timeout_s=120, memory_mb=256)
 
 
+@pytest.fixture(params=[False, True], ids=["exec", "last-exec"])
+def last(request) -> bool:
+    """Each case both as an ordinary command and as the sandbox's last (`exec(last=True)`)."""
+    return request.param
+
+
 def run(backend, handle, argv, **kwargs):
     events = list(backend.exec(handle, argv, **kwargs))
     assert isinstance(events[-1], ExecResult), events
@@ -31,10 +37,10 @@ def text(outputs, stream):
     return b"".join(e.data for e in outputs if e.stream == stream).decode()
 
 
-def test_output_streams_in_order_with_stdout_and_stderr_apart(backend):
+def test_output_streams_in_order_with_stdout_and_stderr_apart(backend, last):
     handle = backend.create(SPEC)
     script = "echo one; sleep 0.2; echo two >&2; sleep 0.2; echo three"
-    outputs, result = run(backend, handle, ["sh", "-c", script])
+    outputs, result = run(backend, handle, ["sh", "-c", script], last=last)
     assert text(outputs, "stdout") == "one\nthree\n"
     assert text(outputs, "stderr") == "two\n"
     order = [(e.stream, e.data.decode().strip()) for e in outputs if e.data.strip()]
@@ -44,21 +50,22 @@ def test_output_streams_in_order_with_stdout_and_stderr_apart(backend):
 
 
 @pytest.mark.parametrize(("argv", "code"), [(["true"], 0), (["sh", "-c", "exit 3"], 3),
-                                            (["sh", "-c", "exit 42"], 42)])  # fmt: skip
-def test_exit_codes_are_results_not_errors(backend, argv, code):
+                                            (["sh", "-c", "exit 42"], 42),
+                                            (["sh", "-c", "kill -9 $$"], 137)])  # fmt: skip
+def test_exit_codes_are_results_not_errors(backend, argv, code, last):
     handle = backend.create(SPEC)
-    _, result = run(backend, handle, argv)
+    _, result = run(backend, handle, argv, last=last)
     assert (result.exit_code, result.timed_out, result.truncated) == (code, False, False)
 
 
-def test_timeout_kills_a_tree_that_ignores_sigterm(backend):
+def test_timeout_kills_a_tree_that_ignores_sigterm(backend, last):
     handle = backend.create(SPEC)
     script = (
         "trap '' TERM; "
         "(trap '' TERM; while :; do date +%s%N > beat; sleep 0.05; done) >/dev/null 2>&1 & "
         "sleep 300"
     )
-    _, result = run(backend, handle, ["sh", "-c", script], timeout_s=1.5)
+    _, result = run(backend, handle, ["sh", "-c", script], timeout_s=1.5, last=last)
     assert result.timed_out
     assert result.exit_code == 124
     before = backend.read_file(handle, "beat")
@@ -67,13 +74,26 @@ def test_timeout_kills_a_tree_that_ignores_sigterm(backend):
     assert backend.read_file(handle, "beat") == before
 
 
-def test_output_flood_is_capped_with_a_marker(backend):
+def test_output_flood_is_capped_with_a_marker(backend, last):
     handle = backend.create(SPEC)
-    outputs, result = run(backend, handle, ["yes", "flood"], output_cap=64 * 1024, timeout_s=20)
+    outputs, result = run(
+        backend, handle, ["yes", "flood"], output_cap=64 * 1024, timeout_s=20, last=last
+    )
     assert result.truncated
     assert len(text(outputs, "stdout")) == 64 * 1024
     assert "output truncated" in text(outputs, "stderr")
     assert text(outputs, "stdout").startswith("flood\nflood\n")
+
+
+def test_a_sandbox_still_takes_commands_after_its_last_one(backend):
+    """`last` is a promise the caller may break: the next command runs, on the same files."""
+    handle = backend.create(SPEC)
+    _, result = run(backend, handle, ["sh", "-c", "echo kept > note; exit 5"], last=True)
+    assert result.exit_code == 5
+    outputs, result = run(backend, handle, ["cat", "note"])
+    assert (result.exit_code, text(outputs, "stdout")) == (0, "kept\n")
+    backend.terminate(handle)
+    assert handle.external_id not in {h.external_id for h in backend.list({})}
 
 
 def test_files_round_trip_and_commands_see_them(backend):

@@ -57,7 +57,9 @@ class Command(BaseCommand):
             out.flush()
 
         try:
-            command = sandbox_exec(sandbox=sandbox, argv=argv, timeout_s=timeout, on_output=forward)
+            command = sandbox_exec(
+                sandbox=sandbox, argv=argv, timeout_s=timeout, on_output=forward, last=not keep
+            )
         except SandboxError as exc:
             raise CommandError(str(exc)) from exc
         finally:
