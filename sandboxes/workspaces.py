@@ -23,7 +23,7 @@ import shutil
 import stat
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from sandboxes.backends.base import SandboxError
@@ -117,10 +117,17 @@ class Workspaces:
         return Meta(**raw)
 
     def meta_write(self, meta: Meta) -> None:
-        path = self.dir(meta.external_id) / "meta.json"
-        tmp = path.with_suffix(".tmp")  # a claimed spare has it already: no new file to make
-        tmp.write_text(json.dumps(asdict(meta)))
-        tmp.replace(path)
+        base = self.dir(meta.external_id)
+        data = json.dumps(vars(meta)).encode()  # its fields are plain JSON values already
+        # Written whole, then renamed over: readers in other processes never see half of it.
+        # (A claimed spare has meta.tmp already: no new file to make.)
+        fd = os.open(base / "meta.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+        finally:
+            os.close(fd)
+        os.replace(base / "meta.tmp", base / "meta.json")
 
     def ids(self) -> list[str]:
         if not self.root.is_dir():
