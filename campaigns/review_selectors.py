@@ -301,7 +301,9 @@ def burndown(
     step = span / points
     rows = (
         moves.annotate(
-            bucket=Floor((_Epoch("at") - Value(start.timestamp())) / Value(step)),
+            # SQLite's julianday carries ~50 µs of error: a move on a bucket's edge could
+            # fall into the bucket before; 1 ms of tolerance puts it in its own.
+            bucket=Floor((_Epoch("at") - Value(start.timestamp() - 0.001)) / Value(step)),
         )
         .values("bucket")
         .annotate(done=Count("id", filter=finishing), undone=Count("id", filter=reopening))

@@ -16,8 +16,10 @@ with no waiting init, no `runsc exec` and no `runsc delete` (the container ends 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -50,6 +52,21 @@ ROOTFS_DIRS = ("usr", "etc", "workspace", "tmp", "proc", "dev", "sys", "root", "
 SENTRY_THREADS = 512
 
 
+@functools.cache
+def runsc_platforms() -> tuple[str, ...]:
+    """The platforms the installed runsc offers, from its flag help ("ptrace (default), kvm");
+    empty if that cannot be read (runsc then says what is wrong at the first start)."""
+    try:
+        out = subprocess.run(["runsc", "flags"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ()
+    help_text = out.stdout + out.stderr
+    match = re.search(r"-platform string\s+specifies which platform to use: ([^.\n]+)", help_text)
+    if not match:
+        return ()
+    return tuple(re.sub(r"\(.*?\)", "", p).strip() for p in match[1].split(","))
+
+
 class GVisorBackend(LocalBackend):
     name = "gvisor"
     id_prefix = "gv"
@@ -70,6 +87,12 @@ class GVisorBackend(LocalBackend):
         if not shutil.which("runsc"):
             raise SandboxError("runsc is not installed (Debian package runsc)")
         self.platform = platform or getattr(settings, "RUNSC_PLATFORM", "ptrace")
+        known = runsc_platforms()
+        if known and self.platform not in known:
+            raise SandboxError(
+                f"CONVOY_RUNSC_PLATFORM: the installed runsc has no platform {self.platform!r}; "
+                f"it has {', '.join(known)}"
+            )
         self.state_root = self.ws.root / "runsc"
         self.checkpoints = self.ws.root / "checkpoints"
         self._deleting: list[subprocess.Popen] = []

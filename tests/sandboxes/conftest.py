@@ -45,6 +45,9 @@ def local_cleanup(backend) -> None:
 BACKEND_FACTORIES: dict[str, Callable[[Path], AbstractContextManager[SandboxBackend]]] = {
     "gvisor": _local("sandboxes.backends.gvisor.GVisorBackend"),
     "bwrap": _local("sandboxes.backends.bubblewrap.BubblewrapBackend"),
+    # The development-only backend keeps the same interface promises (not containment: it
+    # has none, and is not in LOCAL_BACKENDS).
+    "process": _local("sandboxes.backends.process.ProcessBackend"),
 }
 with contextlib.suppress(ImportError):  # the Modal backend's fake, where it exists
     from tests.sandboxes.fake_modal import modal_fake_backend

@@ -138,7 +138,8 @@ def test_spec_files_are_read_only_at_convoy_files_and_forks_get_them(backend):
         outputs, result = run(backend, handle, ["sh", "-c", 'cat "$CONVOY_FILES/fix.py"'])
         assert (text(outputs, "stdout"), result.exit_code) == ("print('fixed')\n", 0)
         # find, not stat: gVisor's statx refuses coreutils' stat (see docs/architecture.md).
-        outputs, _ = run(backend, handle, ["find", "/convoy/files/fix.py", "-printf", "%m\\n"])
+        find = 'find "$CONVOY_FILES/fix.py" -printf "%m\\n"'
+        outputs, _ = run(backend, handle, ["sh", "-c", find])
         assert text(outputs, "stdout") == "444\n"
         if not enforced:
             return

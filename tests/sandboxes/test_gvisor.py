@@ -99,3 +99,13 @@ def test_a_snapshot_of_a_sandbox_leaves_no_container_until_its_next_command(gvis
     gvisor.delete_snapshot(snap)
     gvisor.wait_deletes()
     assert containers(gvisor) == [] and runsc_processes(gvisor) == []
+
+
+def test_a_platform_the_installed_runsc_lacks_is_refused_up_front(tmp_path):
+    from sandboxes.backends.base import SandboxError
+    from sandboxes.backends.gvisor import GVisorBackend
+
+    with pytest.raises(SandboxError) as refused:
+        GVisorBackend(tmp_path, platform="no-such-platform")
+    message = str(refused.value)
+    assert "CONVOY_RUNSC_PLATFORM" in message and "ptrace" in message
