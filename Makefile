@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 RUN_PACKAGES := runsc bubblewrap git
 TEST_PACKAGES := $(RUN_PACKAGES) chromium
 
-.PHONY: run test venv system-deps system-deps-test lint fmt migrate seed worker bench clean
+.PHONY: run test venv system-deps system-deps-test host-tune lint fmt migrate seed worker bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ system-deps:
 
 system-deps-test:
 	@bash scripts/system-deps.sh $(TEST_PACKAGES)
+
+# Optional: faster sandbox starts on cgroup-v1 hosts (see scripts/host-tune.sh). Not run by
+# `make run` or `make test`.
+host-tune:
+	@bash scripts/host-tune.sh
 
 migrate: venv
 	$(BIN)/python manage.py migrate --noinput

@@ -114,7 +114,7 @@ def main() -> None:
             assert int(out) > 0
             gv.terminate(restored)
         print(f"gVisor checkpoint: runsc checkpoint {gv.last_checkpoint_s * 1e3:.0f} ms;")
-        print(f"  with freezing the files and restarting the source over them {ck * 1e3:.0f} ms")
+        print(f"  with freezing the files (no restart: lazy start) {ck * 1e3:.0f} ms")
         print(
             "gVisor restore into a fresh sandbox: "
             + ", ".join(f"{r * 1e3:.0f} ms" for r in restores)

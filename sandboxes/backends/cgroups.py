@@ -186,9 +186,11 @@ def attach_warm() -> None:
     WARM_EVERY_S, and stops WARM_LINGER_S after the last start. The first of its moves pays
     the wait while the rest of the sandbox is made; a real move (a new sandbox's first
     command) then finds the lock ready. One thread for the whole host, not one per worker
-    process: an flock on WARM_FILE picks it, and every start touches the file. cgroup v1 only.
+    process: an flock on WARM_FILE picks it, and every start touches the file. cgroup v1 only,
+    and not needed where a cgroup2 hierarchy is mounted with `favordynmods`: moves then never
+    wait for a grace period (README, host tuning).
     """
-    if _v2():
+    if _v2() or _favor_dynmods():
         return
     try:
         os.utime(WARM_FILE, follow_symlinks=False)
@@ -206,6 +208,21 @@ def attach_warm() -> None:
                 _warm_state["thread"] = thread
                 thread.start()
     _warm_wake.set()
+
+
+def _favor_dynmods() -> bool:
+    """Is a cgroup hierarchy mounted with `favordynmods` (moves then skip the RCU wait)?
+    Read once per process, like the rest of the host's cgroup layout."""
+    if "favor" not in _warm_state:
+        try:
+            mounts = [line.split() for line in Path("/proc/self/mounts").read_text().splitlines()]
+        except OSError:
+            mounts = []
+        _warm_state["favor"] = any(
+            len(f) > 3 and f[2].startswith("cgroup") and "favordynmods" in f[3].split(",")
+            for f in mounts
+        )
+    return _warm_state["favor"]
 
 
 def _warm_due() -> bool:
