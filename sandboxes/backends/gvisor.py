@@ -342,6 +342,17 @@ class GVisorBackend(LocalBackend):
             self._boot(meta)
             self.ws.meta_write(meta)
 
+    def _spawn(self, meta: Meta, *args: str) -> subprocess.Popen:
+        """A runsc command whose output is a sandbox command's: both pipes, its own session."""
+        return subprocess.Popen(
+            [*self._runsc(meta.network), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            start_new_session=True,
+        )
+
     def _popen(
         self, meta: Meta, argv: Sequence[str], cwd: str, env: dict[str, str], *, last: bool = False
     ) -> tuple[subprocess.Popen, Callable[[], None]]:
@@ -362,14 +373,7 @@ class GVisorBackend(LocalBackend):
         with os.fdopen(fd, "w") as f:
             json.dump(process, f)
         container = self._container(meta)
-        proc = subprocess.Popen(
-            [*self._runsc(meta.network), "exec", f"--process={spec_path}", container],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-            start_new_session=True,
-        )
+        proc = self._spawn(meta, "exec", f"--process={spec_path}", container)
         killed = []
 
         def kill() -> None:
@@ -402,20 +406,7 @@ class GVisorBackend(LocalBackend):
         container = self._container_new(meta)
         self.ws.meta_write(meta)  # terminate and the reaper know the container before it runs
         bundle = self._bundle(meta, command)
-        proc = subprocess.Popen(
-            [
-                *self._runsc(meta.network),
-                "run",
-                f"--bundle={bundle}",
-                self._pid_file(meta),
-                container,
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-            start_new_session=True,
-        )
+        proc = self._spawn(meta, "run", f"--bundle={bundle}", self._pid_file(meta), container)
         killed = []
 
         def kill() -> None:
