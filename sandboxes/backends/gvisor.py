@@ -416,10 +416,16 @@ class GVisorBackend(LocalBackend):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
 
-        def cleanup_after_start() -> None:
+        def cleanup_once_created() -> None:
+            # runsc is done with the bundle once it has saved the container's state.
+            deadline = time.monotonic() + RUNSC_TIMEOUT_S
+            while proc.poll() is None and not self._state_left(container):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
             shutil.rmtree(bundle, ignore_errors=True)
 
-        threading_cleanup(proc, cleanup_after_start)
+        threading.Thread(target=cleanup_once_created, daemon=True).start()
         return proc, kill
 
     # --- snapshots: the container must be restarted onto the new layer ---------------------

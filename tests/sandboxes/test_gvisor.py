@@ -9,6 +9,7 @@ import pytest
 
 from sandboxes.backends.base import ExecResult, SandboxSpec
 from tests.sandboxes.conftest import BACKEND_FACTORIES, _data_dir
+from tests.support import wait_for
 
 SPEC = SandboxSpec(timeout_s=120, memory_mb=256)
 
@@ -69,6 +70,12 @@ def test_a_last_command_is_the_container_and_ends_with_it(gvisor):
     assert result.exit_code == 7
     assert containers(gvisor) == []
     assert runsc_processes(gvisor) == []
+    # Its bundle held the command's environment (secrets included): gone once runsc read it.
+    wait_for(
+        lambda: not list(gvisor.ws.dir(handle.external_id).glob("bundle-*")),
+        timeout=10,
+        what="the last command's bundle removed",
+    )
     gvisor.terminate(handle)
     assert not gvisor.ws.dir(handle.external_id).exists()
 
