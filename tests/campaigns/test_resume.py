@@ -4,6 +4,7 @@ import contextlib
 import os
 import signal
 import subprocess
+from datetime import timedelta
 
 import pytest
 from django.conf import settings
@@ -74,7 +75,13 @@ def test_sigkill_mid_campaign_then_new_worker_finishes_without_duplicates(manage
 
         def mid_campaign():
             states = list(runs.values_list("state", flat=True))
-            transforming = Variant.objects.filter(run__campaign=campaign, state="running")
+            # A variant that started under 0.5 s ago is still in its transform's `sleep 1`
+            # when the kill lands (one about to finish might complete in between).
+            transforming = Variant.objects.filter(
+                run__campaign=campaign,
+                state="running",
+                started_at__gt=timezone.now() - timedelta(seconds=0.5),
+            )
             return RunState.SUCCEEDED in states and transforming.exists()
 
         wait_for(
@@ -113,8 +120,9 @@ def test_sigkill_mid_campaign_then_new_worker_finishes_without_duplicates(manage
         assert variant.state == "completed", (variant, variant.error)
         assert variant.diff.count("+        self.assertEqual(") == 2
         sandboxes = Sandbox.objects.filter(variant_id=variant.pk)
-        # One sandbox per execution; an execution cut short by the kill is the only rerun.
-        assert sandboxes.count() == variant.attempt <= 2
+        # At most one sandbox per execution (one cut short by the kill before its fork has
+        # none); that execution is the only rerun.
+        assert 1 <= sandboxes.count() <= variant.attempt <= 2
         if variant.pk in done_before:
             # Completed before the kill: never touched again.
             assert done_before[variant.pk] == (
