@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from sandboxes.backends import cgroups
 from sandboxes.backends.base import FILES_DIR, Capability, SandboxError
-from sandboxes.backends.local import LocalBackend, rlimits_apply
+from sandboxes.backends.local import LocalBackend, processes_kill, rlimits_apply
 from sandboxes.workspaces import SYSTEM_SYMLINKS, Meta
 
 log = logging.getLogger(__name__)
@@ -150,6 +150,10 @@ class BubblewrapBackend(LocalBackend):
     def _stop(self, meta: Meta) -> None:
         self._cgroups_ready(meta, self._making.pop(meta.external_id, None))
         cgroups.cgroup_kill(meta.cgroups)
+        # A worker killed while bwrap was starting leaves bwrap's sandbox-side process
+        # waiting forever for its dead parent, before it ever reached the cgroups: it is
+        # found by the workspace it binds.
+        processes_kill(all_of=["bwrap", str(self.ws.workspace(meta.external_id))])
 
     def _popen(
         self, meta: Meta, argv: Sequence[str], cwd: str, env: dict[str, str], *, last: bool = False

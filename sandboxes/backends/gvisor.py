@@ -39,7 +39,7 @@ from sandboxes.backends.base import (
     SandboxSpec,
     SnapshotHandle,
 )
-from sandboxes.backends.local import LocalBackend, wait_exact
+from sandboxes.backends.local import LocalBackend, processes_kill, wait_exact
 from sandboxes.workspaces import SYSTEM_SYMLINKS, Meta
 
 INIT = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600; done"]
@@ -510,24 +510,7 @@ class GVisorBackend(LocalBackend):
     # --- reaping ----------------------------------------------------------------------------
     def _strays_kill(self, containers: set[str] | None = None) -> list[int]:
         """Kill runsc processes under our --root whose container is `containers` (or not live)."""
-        killed = []
-        root_flag = f"--root={self.state_root}"
-        for pid_dir in Path("/proc").iterdir():
-            if not pid_dir.name.isdigit():
-                continue
-            try:
-                cmdline = (pid_dir / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            args = [a.decode(errors="replace") for a in cmdline if a]
-            if root_flag not in args:
-                continue
-            if containers is not None and not containers & set(args):
-                continue
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(int(pid_dir.name), signal.SIGKILL)
-                killed.append(int(pid_dir.name))
-        return killed
+        return processes_kill(all_of=[f"--root={self.state_root}"], any_of=containers)
 
     def sweep(self, live: set[str], *, grace_s: float = 120) -> list[str]:
         removed = super().sweep(live, grace_s=grace_s)

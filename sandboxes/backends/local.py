@@ -12,9 +12,10 @@ import hashlib
 import os
 import resource
 import selectors
+import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from sandboxes.backends import cgroups
@@ -168,6 +169,28 @@ def wait_exact(proc: subprocess.Popen, timeout: float) -> int:
     finally:
         os.close(pidfd)
     return proc.wait()
+
+
+def processes_kill(*, all_of: Sequence[str], any_of: Collection[str] | None = None) -> list[int]:
+    """SIGKILL every host process whose argv holds each of `all_of` (and, when given, one of
+    `any_of`); return their pids. The last resort for engine processes no cgroup or process
+    group reaches, such as those of a worker that died while starting them."""
+    want = {a.encode() for a in all_of}
+    some = None if any_of is None else {a.encode() for a in any_of}
+    killed = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                args = set(f.read().split(b"\0"))
+        except OSError:
+            continue
+        if want <= args and (some is None or some & args):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+    return killed
 
 
 def disk_usage(path: Path, *, stop_after: int) -> int:

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.conf import settings
@@ -143,3 +144,14 @@ def test_sigkill_mid_campaign_then_new_worker_finishes_without_duplicates(manage
         .exists()
     )
     assert backend_get("bwrap").list({"convoy_campaign": str(campaign.pk)}) == []
+    # Nor a process: bwrap caught by the kill while starting never reached its cgroups.
+    sandboxes_dir = str(settings.DATA_DIR / "sandboxes").encode()
+    left = []
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args[0] == b"bwrap" and any(a.startswith(sandboxes_dir) for a in args):
+            left.append(b" ".join(args))
+    assert left == []
