@@ -75,7 +75,8 @@ class Workspaces:
         """Make the sandbox's directory; its workspace is empty or an overlay of meta.layers.
 
         The caller writes meta.json once the engine is up (until then `ids()` lists the
-        directory but `list()` does not).
+        directory but `list()` does not); a sandbox over layers has it written once before
+        its overlay is mounted as well.
         """
         base = self.dir(meta.external_id)
         if not self._spare_claim(base):
@@ -84,6 +85,9 @@ class Workspaces:
             (base / "workspace").mkdir()
         workspace = base / "workspace"
         if meta.layers:
+            # Labelled before the mount: a worker killed right after it leaves a sandbox the
+            # orphan sweeps can find by its labels (and unmount), not a bare directory.
+            self.meta_write(meta)
             self._layer_on(meta, base)
         return workspace
 

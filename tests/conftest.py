@@ -240,6 +240,12 @@ def pytest_sessionfinish(session, exitstatus):
 
     data_dir = Path(settings.DATA_DIR)
     if settings.TESTING and data_dir.name.startswith("test-") and not settings.DEBUG:
+        # Overlay mounts a killed worker left mid-fork (its sandbox is swept only after a
+        # grace period, longer than a test run): unmounted, deepest first, before removing.
+        prefix = f"{data_dir.resolve()}/"
+        mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+        for target in sorted((m for m in mounts if m.startswith(prefix)), reverse=True):
+            subprocess.run(["umount", "-l", target], check=False, capture_output=True)
         shutil.rmtree(data_dir, ignore_errors=True)
     if settings.TESTING and settings.REDIS_URL and settings.REDIS_PREFIX.startswith("convoy-test-"):
         import redis
