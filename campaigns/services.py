@@ -1049,26 +1049,27 @@ def _variant_run(ctx: _Context, variant: Variant, snapshot, sandbox=None) -> Non
                         "error": _step_failure(f"transform[{i}]", step, failed.command, ""),
                         "output_tail": _tail(ctx, failed.output),
                     }
-                    return
-            result["validation"] = Validation.SKIPPED
-            validate = ctx.spec["validate"]
-            for i, step in enumerate(validate):
-                ctx.check()
-                command, out = _exec(
-                    ctx,
-                    sandbox,
-                    step["run"],
-                    env=env,
-                    timeout_s=step.get("timeout_s"),
-                    last=i == len(validate) - 1,
-                )
-                result["output_tail"] = _tail(ctx, out)
-                if command.exit_code != 0 or command.timed_out:
-                    result["validation"] = Validation.FAILED
-                    result["error"] = _step_failure(f"validate[{i}]", step, command, "")
-                    break
-                result["validation"] = Validation.PASSED
-            result["state"] = VariantState.COMPLETED
+                    break  # (not return: the variant's final transition below must run)
+            else:  # every transform step succeeded: validate
+                result["validation"] = Validation.SKIPPED
+                validate = ctx.spec["validate"]
+                for i, step in enumerate(validate):
+                    ctx.check()
+                    command, out = _exec(
+                        ctx,
+                        sandbox,
+                        step["run"],
+                        env=env,
+                        timeout_s=step.get("timeout_s"),
+                        last=i == len(validate) - 1,
+                    )
+                    result["output_tail"] = _tail(ctx, out)
+                    if command.exit_code != 0 or command.timed_out:
+                        result["validation"] = Validation.FAILED
+                        result["error"] = _step_failure(f"validate[{i}]", step, command, "")
+                        break
+                    result["validation"] = Validation.PASSED
+                result["state"] = VariantState.COMPLETED
         except RunFailed as exc:
             result = {"state": VariantState.FAILED, "error": str(exc)}
         except SandboxError as exc:

@@ -406,6 +406,8 @@ class GVisorBackend(LocalBackend):
         container = self._container_new(meta)
         self.ws.meta_write(meta)  # terminate and the reaper know the container before it runs
         bundle = self._bundle(meta, command)
+        pid_path = self.ws.dir(meta.external_id) / "container.pid"
+        pid_path.unlink(missing_ok=True)  # it appears again once runsc has made the container
         proc = self._spawn(meta, "run", f"--bundle={bundle}", self._pid_file(meta), container)
         killed = []
 
@@ -417,9 +419,10 @@ class GVisorBackend(LocalBackend):
                     os.killpg(proc.pid, signal.SIGKILL)
 
         def cleanup_once_created() -> None:
-            # runsc is done with the bundle once it has saved the container's state.
+            # runsc is done with the bundle once it writes the pid file, at the end of its
+            # create (its state file comes earlier, before the sandbox process reads the spec).
             deadline = time.monotonic() + RUNSC_TIMEOUT_S
-            while proc.poll() is None and not self._state_left(container):
+            while proc.poll() is None and not pid_path.exists():
                 if time.monotonic() > deadline:
                     break
                 time.sleep(0.05)
