@@ -93,7 +93,8 @@ def _floor(backend_name: str, repos: list[Path], work: Path, jobs: int) -> float
     """Seconds for: clone each repository on the host, then run the sed in the bare engine."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from sandboxes.backends.base import SandboxSpec
+    from sandbox_start import runsc_bundle
+
     from sandboxes.backends.bubblewrap import BubblewrapBackend, bwrap_argv
     from sandboxes.backends.gvisor import GVisorBackend
 
@@ -102,10 +103,7 @@ def _floor(backend_name: str, repos: list[Path], work: Path, jobs: int) -> float
     backend = {"gvisor": GVisorBackend, "bwrap": BubblewrapBackend}[backend_name](work / "engine")
     config = None
     if backend_name == "gvisor":  # the bundle Convoy's sandboxes run, with the sed as process
-        handle = backend.create(SandboxSpec())
-        list(backend.exec(handle, ["true"]))
-        config = json.loads((backend.ws.dir(handle.external_id) / "bundle/config.json").read_text())
-        backend.terminate(handle)
+        config = json.loads((runsc_bundle(backend) / "config.json").read_text())
         backend.wait_deletes()
         config["process"]["args"] = step
         config["process"]["env"] = ["PATH=/usr/bin:/bin", "HOME=/tmp"]

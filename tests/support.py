@@ -29,6 +29,21 @@ def wait_for(
         time.sleep(interval)
 
 
+def host_processes(match: Callable[[list[bytes]], bool]) -> list[str]:
+    """The command lines of host processes whose argv (a list of bytes) `match` accepts."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if match(args):
+            found.append(b" ".join(args).decode(errors="replace"))
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

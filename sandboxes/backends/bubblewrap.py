@@ -116,6 +116,7 @@ class BubblewrapBackend(LocalBackend):
         if not shutil.which("bwrap"):
             raise SandboxError("bwrap is not installed (Debian package bubblewrap)")
         self._making: dict[str, Future] = {}  # cgroups being made, by sandbox, until first used
+        self._made_here: set[str] = set()  # sandboxes this (live) process created
 
     def _start(self, meta: Meta) -> None:
         """The sandbox's cgroups are made in the background: its first command waits for them
@@ -125,6 +126,9 @@ class BubblewrapBackend(LocalBackend):
         if len(self._making) > 256:  # sandboxes terminated by another process, never used here
             for name in [n for n, future in list(self._making.items()) if future.done()]:
                 self._making.pop(name, None)
+        if len(self._made_here) > 1024:  # likewise
+            self._made_here = {n for n in self._made_here if self.ws.dir(n).exists()}
+        self._made_here.add(meta.external_id)
         self._making[meta.external_id] = _cgroup_maker().submit(
             _cgroups_make,
             meta.external_id,
@@ -150,9 +154,13 @@ class BubblewrapBackend(LocalBackend):
     def _stop(self, meta: Meta) -> None:
         self._cgroups_ready(meta, self._making.pop(meta.external_id, None))
         cgroups.cgroup_kill(meta.cgroups)
+        if meta.external_id in self._made_here:  # its commands' bwraps ran here, and ended
+            self._made_here.discard(meta.external_id)
+            return
         # A worker killed while bwrap was starting leaves bwrap's sandbox-side process
         # waiting forever for its dead parent, before it ever reached the cgroups: it is
-        # found by the workspace it binds.
+        # found by the workspace it binds (a /proc scan, so only for sandboxes made elsewhere:
+        # the reaper's, a resumed run's, a cancel's).
         processes_kill(all_of=["bwrap", str(self.ws.workspace(meta.external_id))])
 
     def _popen(

@@ -210,19 +210,17 @@ def attach_warm() -> None:
     _warm_wake.set()
 
 
+@functools.cache  # read once per process, like the rest of the host's cgroup layout
 def _favor_dynmods() -> bool:
-    """Is a cgroup hierarchy mounted with `favordynmods` (moves then skip the RCU wait)?
-    Read once per process, like the rest of the host's cgroup layout."""
-    if "favor" not in _warm_state:
-        try:
-            mounts = [line.split() for line in Path("/proc/self/mounts").read_text().splitlines()]
-        except OSError:
-            mounts = []
-        _warm_state["favor"] = any(
-            len(f) > 3 and f[2].startswith("cgroup") and "favordynmods" in f[3].split(",")
-            for f in mounts
-        )
-    return _warm_state["favor"]
+    """Is a cgroup hierarchy mounted with `favordynmods` (moves then skip the RCU wait)?"""
+    try:
+        mounts = [line.split() for line in Path("/proc/self/mounts").read_text().splitlines()]
+    except OSError:
+        return False
+    return any(
+        len(f) > 3 and f[2].startswith("cgroup") and "favordynmods" in f[3].split(",")
+        for f in mounts
+    )
 
 
 def _warm_due() -> bool:

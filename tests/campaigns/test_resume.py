@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from django.conf import settings
@@ -16,7 +15,14 @@ from campaigns.services import campaign_create, campaign_launch
 from sandboxes.models import Sandbox, SandboxCommand, SandboxState
 from sandboxes.services import backend_get
 from tests.campaigns.support import repos_make, runs_final, spec_for
-from tests.support import PYTHON, ROOT, process_stop, subprocess_env, wait_for
+from tests.support import (
+    PYTHON,
+    ROOT,
+    host_processes,
+    process_stop,
+    subprocess_env,
+    wait_for,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -146,12 +152,9 @@ def test_sigkill_mid_campaign_then_new_worker_finishes_without_duplicates(manage
     assert backend_get("bwrap").list({"convoy_campaign": str(campaign.pk)}) == []
     # Nor a process: bwrap caught by the kill while starting never reached its cgroups.
     sandboxes_dir = str(settings.DATA_DIR / "sandboxes").encode()
-    left = []
-    for proc in Path("/proc").iterdir():
-        try:
-            args = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if args[0] == b"bwrap" and any(a.startswith(sandboxes_dir) for a in args):
-            left.append(b" ".join(args))
-    assert left == []
+    assert (
+        host_processes(
+            lambda args: args[0] == b"bwrap" and any(a.startswith(sandboxes_dir) for a in args)
+        )
+        == []
+    )

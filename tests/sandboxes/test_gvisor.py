@@ -3,13 +3,12 @@ as the container itself. Whatever way a sandbox ends, no runsc container, proces
 of it is left on the host."""
 
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from sandboxes.backends.base import ExecResult, SandboxSpec
 from tests.sandboxes.conftest import BACKEND_FACTORIES, _data_dir
-from tests.support import wait_for
+from tests.support import host_processes, wait_for
 
 SPEC = SandboxSpec(timeout_s=120, memory_mb=256)
 
@@ -34,15 +33,7 @@ def containers(backend) -> list[str]:
 def runsc_processes(backend) -> list[str]:
     """Host processes of any runsc container under this installation's root."""
     flag = f"--root={backend.state_root}".encode()
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if proc.name.isdigit() and flag in cmdline:
-            found.append(b" ".join(cmdline).decode(errors="replace"))
-    return found
+    return host_processes(lambda args: flag in args)
 
 
 def result_of(events) -> ExecResult:
