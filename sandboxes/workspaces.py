@@ -51,6 +51,13 @@ class Meta:
     extra: dict = field(default_factory=dict)  # backend-specific
 
 
+def _meta_copy(meta: Meta) -> Meta:
+    """A copy the caller may change (its dicts and lists too) without changing the cache."""
+    return Meta(
+        **{k: v.copy() if isinstance(v, (dict, list)) else v for k, v in vars(meta).items()}
+    )
+
+
 class Workspaces:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -58,6 +65,11 @@ class Workspaces:
         self.etc_dir = root / "etc"
         self._overlay_ok: bool | None = None
         self._spares: list[Path] = []  # made by this process, claimed by its next creates
+        self._etc_ready = False
+        # meta.json as last read or written here, by sandbox, with the (inode, size, mtime) it
+        # had: a read that finds the file unchanged skips the parse. Every write renames a new
+        # file over it, so a write by another process always changes the inode.
+        self._metas: dict[str, tuple[tuple[int, int, int], Meta]] = {}
 
     # --- sandboxes ------------------------------------------------------------------------
     def new_id(self, prefix: str) -> str:
@@ -114,24 +126,44 @@ class Workspaces:
             raise SandboxError(f"overlay mount failed: {run.stderr.strip()}", transient=True)
 
     def meta_read(self, external_id: str) -> Meta:
+        path = f"{self.dir(external_id)}/meta.json"
         try:
-            raw = json.loads((self.dir(external_id) / "meta.json").read_text())
+            st = os.stat(path)
+            cached = self._metas.get(external_id)
+            if cached is not None and cached[0] == (st.st_ino, st.st_size, st.st_mtime_ns):
+                return _meta_copy(cached[1])
+            with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                meta = Meta(**json.loads(f.read()))
         except FileNotFoundError:
+            self._metas.pop(external_id, None)
             raise SandboxError(f"no sandbox {external_id}") from None
-        return Meta(**raw)
+        self._remember(meta, st)
+        return _meta_copy(meta)
+
+    def _remember(self, meta: Meta, st: os.stat_result) -> None:
+        if len(self._metas) >= 256:  # sandboxes another process removed, never read again here
+            self._metas.clear()
+        self._metas[meta.external_id] = ((st.st_ino, st.st_size, st.st_mtime_ns), meta)
 
     def meta_write(self, meta: Meta) -> None:
         base = self.dir(meta.external_id)
         data = json.dumps(vars(meta)).encode()  # its fields are plain JSON values already
         # Written whole, then renamed over: readers in other processes never see half of it.
         # (A claimed spare has meta.tmp already: no new file to make.)
-        fd = os.open(base / "meta.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # Not O_TRUNC: ext4 flushes a file truncated to zero when it is closed (auto_da_alloc),
+        # a third of this write's cost; cutting off what is left of a longer old file is not.
+        fd = os.open(f"{base}/meta.tmp", os.O_WRONLY | os.O_CREAT, 0o600)
         try:
+            size = len(data)
             while data:
                 data = data[os.write(fd, data) :]
+            os.ftruncate(fd, size)
+            st = os.fstat(fd)  # a rename keeps inode, size and mtime
         finally:
             os.close(fd)
-        os.replace(base / "meta.tmp", base / "meta.json")
+        os.replace(f"{base}/meta.tmp", f"{base}/meta.json")
+        self._remember(_meta_copy(meta), st)
 
     def ids(self) -> list[str]:
         if not self.root.is_dir():
@@ -146,6 +178,7 @@ class Workspaces:
 
     def remove(self, external_id: str) -> None:
         base = self.dir(external_id)
+        self._metas.pop(external_id, None)
         self.unmount(base / "workspace")
         _rmtree(base)
         self._spare_make()
@@ -284,8 +317,11 @@ class Workspaces:
     # --- /etc for every sandbox -----------------------------------------------------------
     def etc(self) -> Path:
         """A minimal /etc: no host users, no host secrets, only what programs need to run."""
+        if self._etc_ready:
+            return self.etc_dir
         marker = self.etc_dir / ".ready"
         if marker.exists():
+            self._etc_ready = True
             return self.etc_dir
         tmp = self.root / f".etc-{secrets.token_hex(4)}"
         tmp.mkdir(parents=True)
@@ -313,6 +349,7 @@ class Workspaces:
                 raise
             _rmtree(tmp)
         marker.touch()
+        self._etc_ready = True
         return self.etc_dir
 
 

@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 
 from sandboxes.backends import cgroups
 from sandboxes.backends.base import FILES_DIR, Capability, SandboxError
@@ -82,24 +81,12 @@ def _child_pid(fd: int) -> int:
     return 0
 
 
-_maker: dict[int, ThreadPoolExecutor] = {}  # by process: a forked worker makes its own
-
-
-def _cgroup_maker() -> ThreadPoolExecutor:
-    pid = os.getpid()
-    if pid not in _maker:
-        _maker.clear()
-        _maker[pid] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="convoy-cgroups")
-    return _maker[pid]
-
-
-def _cgroups_make(name: str, **limits) -> list[str]:
-    made = cgroups.cgroup_create(name, **limits)
-    # The cgroup move of the sandbox's first command waits out a grace period after a quiet
-    # spell: start it now, while that command's bwrap starts. (Not before the mkdirs above:
-    # the wait holds the lock they need.)
-    cgroups.attach_warm()
-    return made
+def _cgroup_limits(limits: dict) -> dict:
+    return {
+        "memory_bytes": int(limits["memory_mb"]) * 1024 * 1024,
+        "pids_max": int(limits["pids_max"]),
+        "cpu": float(limits["cpu"]),
+    }
 
 
 class BubblewrapBackend(LocalBackend):
@@ -115,44 +102,21 @@ class BubblewrapBackend(LocalBackend):
         super().__init__(*args, **kwargs)
         if not shutil.which("bwrap"):
             raise SandboxError("bwrap is not installed (Debian package bubblewrap)")
-        self._making: dict[str, Future] = {}  # cgroups being made, by sandbox, until first used
         self._made_here: set[str] = set()  # sandboxes this (live) process created
 
     def _start(self, meta: Meta) -> None:
-        """The sandbox's cgroups are made in the background: its first command waits for them
-        only once bwrap is running, so making them overlaps bwrap's own start."""
-        limits = meta.limits
-        meta.cgroups = cgroups.cgroup_paths(meta.external_id, owner=self.install)
-        if len(self._making) > 256:  # sandboxes terminated by another process, never used here
-            for name in [n for n, future in list(self._making.items()) if future.done()]:
-                self._making.pop(name, None)
-        if len(self._made_here) > 1024:  # likewise
+        """The sandbox's cgroups: a spare this process kept from a terminated sandbox (renamed,
+        limits rewritten where they differ), else new ones."""
+        if len(self._made_here) > 1024:  # sandboxes terminated by another process
             self._made_here = {n for n in self._made_here if self.ws.dir(n).exists()}
         self._made_here.add(meta.external_id)
-        self._making[meta.external_id] = _cgroup_maker().submit(
-            _cgroups_make,
-            meta.external_id,
-            memory_bytes=int(limits["memory_mb"]) * 1024 * 1024,
-            pids_max=int(limits["pids_max"]),
-            cpu=float(limits["cpu"]),
-            owner=self.install,
-        )
-
-    def _cgroups_ready(self, meta: Meta, future: Future | None) -> None:
-        """Wait for the cgroups made since create; none made (cgroups unavailable): say so."""
-        if future is None:
-            return
-        try:
-            made = future.result()
-        except Exception:
-            log.exception("making the cgroups of sandbox %s failed", meta.external_id)
-            made = []
-        if made != meta.cgroups:
-            meta.cgroups = made
-            self.ws.meta_write(meta)
+        limits = _cgroup_limits(meta.limits)
+        claimed = cgroups.cgroup_claim(meta.external_id, owner=self.install, **limits)
+        if claimed is None:
+            claimed = cgroups.cgroup_create(meta.external_id, owner=self.install, **limits)
+        meta.cgroups = claimed
 
     def _stop(self, meta: Meta) -> None:
-        self._cgroups_ready(meta, self._making.pop(meta.external_id, None))
         cgroups.cgroup_kill(meta.cgroups)
         if meta.external_id in self._made_here:  # its commands' bwraps ran here, and ended
             self._made_here.discard(meta.external_id)
@@ -163,13 +127,15 @@ class BubblewrapBackend(LocalBackend):
         # the reaper's, a resumed run's, a cancel's).
         processes_kill(all_of=["bwrap", str(self.ws.workspace(meta.external_id))])
 
+    def _cgroups_release(self, meta: Meta) -> None:
+        """Kept, emptied, for this process's next sandbox (see `cgroups.cgroup_recycle`)."""
+        limits = _cgroup_limits(meta.limits) if meta.cgroups else None
+        cgroups.cgroup_recycle(meta.cgroups, owner=self.install, limits=limits)
+
     def _popen(
         self, meta: Meta, argv: Sequence[str], cwd: str, env: dict[str, str], *, last: bool = False
     ) -> tuple[subprocess.Popen, Callable[[], None]]:
         # Every command is its own bwrap (its namespaces end with it): `last` changes nothing.
-        making = self._making.pop(meta.external_id, None)
-        if making is None:  # else the maker starts it, after its mkdirs (see attach_warm)
-            cgroups.attach_warm()
         full = bwrap_argv(
             etc=str(self.ws.etc()),
             workspace=str(self.ws.workspace(meta.external_id)),
@@ -185,9 +151,7 @@ class BubblewrapBackend(LocalBackend):
             "env": env,
             "start_new_session": True,
         }
-        proc = self._popen_handshake(
-            meta, full, argv, popen, lambda: self._cgroups_ready(meta, making)
-        )
+        proc = self._popen_handshake(meta, full, argv, popen)
 
         def kill() -> None:
             # bwrap's pid namespace dies with its init, which dies with bwrap (--die-with-parent):
@@ -198,37 +162,62 @@ class BubblewrapBackend(LocalBackend):
         return proc, kill
 
     @staticmethod
-    def _popen_handshake(
-        meta: Meta, full: list[str], argv, popen: dict, cgroups_ready: Callable[[], None]
-    ) -> subprocess.Popen:
-        """bwrap reports its sandbox's first process on --info-fd, then waits on --block-fd
-        before running the command: that process gets its cgroup and rlimits in the gap, so
+    def _popen_handshake(meta: Meta, full: list[str], argv, popen: dict) -> subprocess.Popen:
+        """bwrap reports its sandbox's first process on --info-fd, then, once its namespaces
+        and mounts are ready, waits on --block-fd before running the command: that process
+        gets its rlimits (and its cgroups, where it was not born in them) in the gap, so
         everything the command starts inherits them (and no slow preexec_fn is needed).
 
-        bwrap itself (outside the sandbox's namespaces, it only waits for that process) stays
-        where the worker is. The move would wait for an RCU grace period after a quiet spell;
-        `cgroups.attach_warm` keeps that lock ready while sandboxes are being started."""
+        On cgroup v1, bwrap is spawned by a thread that sits in the sandbox's cgroups
+        (`cgroups.spawn_inside`): bwrap and all it starts are born there, and nothing waits for
+        the host-wide cgroup lock. On a cgroup v2 host the sandbox's first process is moved in
+        by pid once bwrap reports it; `cgroups.attach_warm` keeps that move's lock ready while
+        sandboxes are being started."""
         info_r, info_w = os.pipe()
         block_r, block_w = os.pipe()
         fds = ["--info-fd", str(info_w), "--block-fd", str(block_r)]
-        try:
-            proc = subprocess.Popen(
-                [*full[:-1], *fds, "--", *argv], pass_fds=(info_w, block_r), **popen
-            )
-        finally:
+
+        def abandon() -> None:  # bwrap's ends: once it has them, or will never run
             os.close(info_w)
             os.close(block_r)
+
+        def spawn() -> subprocess.Popen:
+            try:
+                return subprocess.Popen(
+                    [*full[:-1], *fds, "--", *argv], pass_fds=(info_w, block_r), **popen
+                )
+            finally:
+                abandon()
+
+        proc: subprocess.Popen | None = None
         try:
+            launched = cgroups.spawn_inside(meta.cgroups, spawn, abandon)
+        except BaseException:
+            abandon()
+            os.close(info_r)
+            os.close(block_w)
+            raise
+        try:
+            if launched is None:
+                if meta.cgroups:
+                    cgroups.attach_warm()
+                proc = spawn()
             child = _child_pid(info_r)  # 0: bwrap failed first, and says why on stderr
-            cgroups_ready()
             if child:  # every process the command starts descends from this one
-                cgroups.cgroup_enter(meta.cgroups, child)
+                if launched is None:
+                    cgroups.cgroup_enter(meta.cgroups, child)
                 rlimits_apply(meta.limits, address_space=not meta.cgroups, pid=child)
             with contextlib.suppress(BrokenPipeError):
                 os.write(block_w, b"go")
+            if launched is not None:
+                proc = launched.result()
         except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            if proc is None and launched is not None:
+                with contextlib.suppress(Exception):
+                    proc = launched.result()
+            if proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
             raise
         finally:
             os.close(info_r)

@@ -8,19 +8,27 @@ still gets rlimits; `cgroup_create` then returns an empty list.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import functools
 import logging
 import os
+import secrets
 import signal
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
+
+from sandboxes.backends.base import SandboxError
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 ROOT = Path("/sys/fs/cgroup")
 PREFIX = "convoy-"
 
@@ -79,14 +87,7 @@ def cgroup_create(
             _write(path / "pids.max", str(pids_max))
             _write(path / "cpu.max", f"{int(cpu * 100_000)} 100000", required=False)
         else:
-            limits = {
-                "memory": {
-                    "memory.limit_in_bytes": str(memory_bytes),
-                    "memory.swappiness": "0",
-                },
-                "pids": {"pids.max": str(pids_max)},
-                "cpu": {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": str(int(cpu * 1e5))},
-            }
+            limits = _v1_limits(memory_bytes=memory_bytes, pids_max=pids_max, cpu=cpu)
             for controller in _v1_present():
                 files = limits[controller]
                 path = ROOT / controller / _own_path(controller).lstrip("/") / leaf
@@ -101,12 +102,202 @@ def cgroup_create(
     return [str(p) for p in made]
 
 
+def _v1_limits(*, memory_bytes: int, pids_max: int, cpu: float) -> dict[str, dict[str, str]]:
+    return {
+        "memory": {"memory.limit_in_bytes": str(memory_bytes), "memory.swappiness": "0"},
+        "pids": {"pids.max": str(pids_max)},
+        "cpu": {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": str(int(cpu * 1e5))},
+    }
+
+
+# --- spares: a terminated sandbox's cgroups, kept for the next one --------------------------
+# Making a sandbox's cgroups (a memory cgroup above all) costs a few tenths of a millisecond
+# of kernel time; renaming one costs a few microseconds. So on cgroup v1, where a cgroup can be
+# renamed within its parent, a terminate empties the sandbox's cgroups and keeps them, renamed
+# `convoy-<owner>-spare-<pid>-<token>`, and this process's next sandbox claims them: it only
+# rewrites the limits that differ. The reaper removes spares whose process is gone.
+SPARES = 2
+_spares: dict[int, list[tuple[list[str], dict[str, dict[str, str]]]]] = {}  # by process
+
+
+def _spares_here() -> list[tuple[list[str], dict[str, dict[str, str]]]]:
+    pid = os.getpid()
+    if pid not in _spares:  # first use, or a forked worker: its parent's spares are not its own
+        _spares.clear()
+        _spares[pid] = []
+        atexit.register(spares_drop)
+    return _spares[pid]
+
+
+def spare_pid(path: str, owner: str) -> int:
+    """The process a spare cgroup is kept for (0: not a spare)."""
+    rest = os.path.basename(path).removeprefix(f"{PREFIX}{owner}-")
+    if not rest.startswith("spare-"):
+        return 0
+    try:
+        return int(rest.split("-")[1])
+    except (IndexError, ValueError):
+        return 0
+
+
+def cgroup_recycle(paths: list[str], *, owner: str, limits: dict | None = None) -> None:
+    """Empty the cgroups and keep them as a spare for this process (else remove them)."""
+    spares = _spares_here()
+    if not paths or _v2() or len(spares) >= SPARES or limits is None:
+        cgroup_remove(paths)
+        return
+    cgroup_kill(paths)
+    if cgroup_pids(paths):  # something would not die: never hand it to another sandbox
+        cgroup_remove(paths)
+        return
+    leaf = f"{PREFIX}{owner}-spare-{os.getpid()}-{secrets.token_hex(4)}"
+    renamed: list[str] = []
+    try:
+        for path in paths:
+            target = os.path.join(os.path.dirname(path), leaf)
+            os.rename(path, target)
+            _fds_moved(path, target)
+            renamed.append(target)
+    except OSError:
+        cgroup_remove([*renamed, *paths[len(renamed) :]])
+        return
+    spares.append((renamed, _v1_limits(**limits)))
+
+
+def cgroup_claim(
+    name: str, *, memory_bytes: int, pids_max: int, cpu: float, owner: str = ""
+) -> list[str] | None:
+    """A spare renamed for sandbox `name` with these limits, or None (make new ones)."""
+    spares = _spares_here()
+    want = _v1_limits(memory_bytes=memory_bytes, pids_max=pids_max, cpu=cpu)
+    leaf = _leaf(name, owner)
+    while spares:
+        paths, held = spares.pop()
+        claimed: list[str] = []
+        try:
+            for path in paths:
+                target = f"{path.rsplit('/', 1)[0]}/{leaf}"
+                os.rename(path, target)
+                _fds_moved(path, target)
+                claimed.append(target)
+            if held != want:
+                for target in claimed:
+                    controller = target[len(str(ROOT)) + 1 :].split("/", 1)[0]
+                    for fname, value in want.get(controller, {}).items():
+                        if held.get(controller, {}).get(fname) != value:
+                            required = fname != "memory.swappiness"
+                            _write(Path(target, fname), value, required=required)
+        except OSError:
+            cgroup_remove([*claimed, *paths[len(claimed) :]])
+            continue
+        return claimed
+    return None
+
+
+def spares_drop() -> None:
+    """Remove this process's spares (at its exit; the reaper removes a dead process's)."""
+    spares = _spares_here()
+    while spares:
+        cgroup_remove(spares.pop()[0])
+
+
 def _write(path: Path, value: str, *, required: bool = True) -> None:
     try:
         path.write_text(value)
     except OSError:
         if required:
             raise
+
+
+# --- born inside: forking from a thread that is in the sandbox's cgroups --------------------
+# Moving another task into a cgroup (`cgroup_enter` with a pid) takes a host-wide lock that,
+# after a quiet spell, first waits for an RCU grace period (8-16 ms here). A thread moving
+# *itself* into a v1 cgroup (writing 0 to `tasks`) skips that lock, and what a thread forks is
+# born in that thread's cgroups. So on cgroup v1 a sandbox command is spawned by this process's
+# launcher thread while it sits in the sandbox's cgroups: no move of the command at all, and no
+# wait. The launcher is not the thread-group leader, so the worker's own memory stays charged
+# to the worker's memory cgroup (a leader's move would take the whole process's charges with
+# it, and make the worker an OOM candidate of the sandbox). The `tasks` files are kept open:
+# opening one costs more than the move.
+_fds: dict[int, dict[str, int]] = {}  # by process: `tasks` files, by cgroup directory
+_launchers: dict[int, ThreadPoolExecutor] = {}  # by process
+FDS_KEPT = 64
+
+
+def _fds_here() -> dict[str, int]:
+    pid = os.getpid()
+    if pid not in _fds:  # first use, or a forked worker: the inherited copies are not needed
+        for inherited in _fds.values():
+            for fd in inherited.values():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        _fds.clear()
+        _fds[pid] = {}
+    return _fds[pid]
+
+
+def _tasks_fd(path: str) -> int:
+    fds = _fds_here()
+    fd = fds.get(path)
+    if fd is None:
+        if len(fds) >= FDS_KEPT:  # cgroups removed by another process, never used again here
+            for old in list(fds)[: FDS_KEPT // 2]:
+                with contextlib.suppress(OSError):
+                    os.close(fds.pop(old))
+        fd = fds[path] = os.open(os.path.join(path, "tasks"), os.O_WRONLY | os.O_CLOEXEC)
+    return fd
+
+
+def _fds_close(paths: list[str]) -> None:
+    fds = _fds_here()
+    for path in paths:
+        fd = fds.pop(path, None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _fds_moved(old: str, new: str) -> None:
+    """A renamed cgroup keeps its open `tasks` file."""
+    fds = _fds_here()
+    if old in fds:
+        fds[new] = fds.pop(old)
+
+
+def spawn_inside(
+    paths: list[str], spawn: Callable[[], T], abandon: Callable[[], None]
+) -> Future[T] | None:
+    """Call `spawn` (it forks) on the launcher thread while that thread is in the cgroups, so
+    everything it forks is born there; `abandon` instead if the thread cannot join them (the
+    future then raises SandboxError). Returns at once: the caller may go on with the child
+    (once it is born) and must wait for the future before anything else. None where the host
+    cannot (cgroup v2 moves whole processes only, or no cgroups): the caller then spawns
+    itself and moves its child with `cgroup_enter`.
+
+    The launcher returns from its fork late (it shares the sandbox's CPU group with its child,
+    which runs first): the caller need not wait for it to set up the child, and does not."""
+    if not paths or _v2():
+        return None
+    pid = os.getpid()
+    if pid not in _launchers:
+        _launchers.clear()
+        _launchers[pid] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convoy-launch")
+    return _launchers[pid].submit(_spawn_in, paths, spawn, abandon)
+
+
+def _spawn_in(paths: list[str], spawn: Callable[[], T], abandon: Callable[[], None]) -> T:
+    own = [str(ROOT / c / _own_path(c).lstrip("/")) for c in _v1_present()]
+    try:
+        try:
+            for path in paths:
+                os.write(_tasks_fd(path), b"0")
+        except OSError as exc:  # removed under us: the sandbox is being terminated
+            abandon()
+            raise SandboxError(f"cannot join the sandbox's cgroup {path}: {exc}") from exc
+        return spawn()
+    finally:
+        for path in own:  # back where the worker is (never fails: it is our own cgroup)
+            os.write(_tasks_fd(path), b"0")
 
 
 def cgroup_enter(paths: list[str], pid: int = 0) -> None:
@@ -117,11 +308,28 @@ def cgroup_enter(paths: list[str], pid: int = 0) -> None:
 
 
 def cgroup_pids(paths: list[str]) -> set[int]:
+    """The processes in the cgroups. Not a worker whose launcher thread is in one for a moment
+    (cgroup v1 lists a process when any of its threads is in): it is never the sandbox's."""
     pids: set[int] = set()
     for path in paths:
         with contextlib.suppress(OSError):
-            pids.update(int(p) for p in Path(path, "cgroup.procs").read_text().split())
+            listed = {int(p) for p in Path(path, "cgroup.procs").read_text().split()}
+            pids.update(p for p in listed if _v2() or _leader_in(p, path))
     return pids
+
+
+def _leader_in(pid: int, path: str) -> bool:
+    """Is the process itself (its main thread) in the v1 cgroup at `path`?"""
+    controller, *rest = Path(path).relative_to(ROOT).parts
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return True  # gone, or not ours to read: kill() will say
+    for line in lines:
+        _, controllers, where = line.split(":", 2)
+        if controller in controllers.split(","):
+            return where == "/" + "/".join(rest)
+    return True
 
 
 def cgroup_kill(paths: list[str], *, timeout: float = 5.0) -> None:
@@ -140,6 +348,7 @@ def cgroup_kill(paths: list[str], *, timeout: float = 5.0) -> None:
 def cgroup_remove(paths: list[str]) -> None:
     if not paths:
         return
+    _fds_close(paths)
     cgroup_kill(paths)
     for path in paths:
         for _ in range(50):

@@ -284,6 +284,10 @@ class LocalBackend(SandboxBackend):
     ) -> tuple[subprocess.Popen, Callable[[], None]]:
         raise NotImplementedError
 
+    def _cgroups_release(self, meta: Meta) -> None:
+        """The sandbox is stopped: free its cgroups."""
+        cgroups.cgroup_remove(meta.cgroups)
+
     # --- lifecycle ------------------------------------------------------------------------
     def _check(self, spec: SandboxSpec) -> None:
         if spec.network == NetworkPolicy.ALLOWLIST:
@@ -351,7 +355,7 @@ class LocalBackend(SandboxBackend):
                 self.ws.remove(handle.external_id)
             return
         self._stop(meta)
-        cgroups.cgroup_remove(meta.cgroups)
+        self._cgroups_release(meta)
         self.ws.remove(handle.external_id)
 
     def files_path(self, external_id: str) -> Path:
@@ -453,6 +457,9 @@ class LocalBackend(SandboxBackend):
             removed.append(ext)
         remaining = set(self.ws.ids())
         for path in cgroups.cgroups_owned(self.install):  # cgroups whose sandbox is gone
+            spare_of = cgroups.spare_pid(path, self.install)
+            if spare_of and Path(f"/proc/{spare_of}").exists():
+                continue  # kept by a live process for its next sandbox
             if path.rsplit(f"-{self.install}-", 1)[-1] not in remaining:
                 cgroups.cgroup_remove([path])
         for ext in self.ws.ids():  # directories a crash left before their meta.json
