@@ -104,11 +104,10 @@ def main() -> None:
     from sandboxes.backends.gvisor import GVisorBackend
 
     data = Path(tempfile.mkdtemp(prefix="convoy-bench-", dir=ROOT / "var"))
-    from sandboxes.backends.cgroups import _favor_dynmods
+    from sandboxes.backends.cgroups import launch_mode
 
-    tuned = "on" if _favor_dynmods() else "off (make host-tune)"
     print(f"sandbox start: create + first exec of `true`, {args.runs} runs each (interleaved)")
-    print(f"cgroup favordynmods: {tuned}")
+    print(launch_mode())
     header = ("backend", "convoy p50", "p95", "bare p50", "p95", "ratio p50", "p95")
     print("{:8} {:>11} {:>8} {:>9} {:>8} {:>10} {:>6}".format(*header))
     try:

@@ -122,9 +122,9 @@ class BubblewrapBackend(LocalBackend):
             self._made_here.discard(meta.external_id)
             return
         # A worker killed while bwrap was starting leaves bwrap's sandbox-side process
-        # waiting forever for its dead parent, before it ever reached the cgroups: it is
-        # found by the workspace it binds (a /proc scan, so only for sandboxes made elsewhere:
-        # the reaper's, a resumed run's, a cancel's).
+        # waiting forever for its dead parent. Where it was not born in the cgroups (cgroup
+        # v2) it never reached them: it is found by the workspace it binds (a /proc scan, so
+        # only for sandboxes made elsewhere: the reaper's, a resumed run's, a cancel's).
         processes_kill(all_of=["bwrap", str(self.ws.workspace(meta.external_id))])
 
     def _cgroups_release(self, meta: Meta) -> None:
@@ -171,8 +171,8 @@ class BubblewrapBackend(LocalBackend):
         On cgroup v1, bwrap is spawned by a thread that sits in the sandbox's cgroups
         (`cgroups.spawn_inside`): bwrap and all it starts are born there, and nothing waits for
         the host-wide cgroup lock. On a cgroup v2 host the sandbox's first process is moved in
-        by pid once bwrap reports it; `cgroups.attach_warm` keeps that move's lock ready while
-        sandboxes are being started."""
+        by pid once bwrap reports it (after a quiet spell that move waits for an RCU grace
+        period unless the host mounts cgroup2 with `favordynmods`: `make host-tune`)."""
         info_r, info_w = os.pipe()
         block_r, block_w = os.pipe()
         fds = ["--info-fd", str(info_w), "--block-fd", str(block_r)]
@@ -199,8 +199,6 @@ class BubblewrapBackend(LocalBackend):
             raise
         try:
             if launched is None:
-                if meta.cgroups:
-                    cgroups.attach_warm()
                 proc = spawn()
             child = _child_pid(info_r)  # 0: bwrap failed first, and says why on stderr
             if child:  # every process the command starts descends from this one

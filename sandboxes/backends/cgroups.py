@@ -4,20 +4,21 @@ bubblewrap has no limits of its own and RLIMIT_NPROC does not bind root-owned pr
 the fork bomb and memory hog limits come from a cgroup made for each sandbox (v1 controllers
 or a delegated v2 subtree, whichever the host has). Where neither can be written the sandbox
 still gets rlimits; `cgroup_create` then returns an empty list.
+
+Starting a sandbox fast: a terminated sandbox's cgroups are kept as a spare for the next one
+(`cgroup_recycle` / `cgroup_claim`), and on cgroup v1 a command is born in its cgroups
+(`spawn_inside`) instead of being moved there, which would wait on a host-wide lock.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import fcntl
 import functools
 import logging
 import os
 import secrets
 import signal
-import tempfile
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -373,54 +374,8 @@ def cgroups_owned(owner: str) -> list[str]:
     return found
 
 
-WARM_EVERY_S = 0.002  # well inside a grace period, even when the GIL delays the thread
-WARM_LINGER_S = 2.0  # how long after the last sandbox start the lock is kept ready
-WARM_STANDBY_S = 0.1  # how often a process that is not warming looks whether it should
-# Shared by every worker process on the host: its lock says which one warms, its mtime when a
-# sandbox last started. In /run (root's, usually tmpfs) where the worker may write there.
-WARM_FILE = Path("/run" if os.access("/run", os.W_OK) else tempfile.gettempdir())
-WARM_FILE /= "convoy-cgroup-warm"
-_warm_wake = threading.Event()
-_warm_lock = threading.Lock()
-_warm_state: dict = {"thread": None}
-
-
-def attach_warm() -> None:
-    """Keep ready, for the next couple of seconds, the lock the next cgroup move needs.
-
-    Moving a task between cgroups takes a kernel lock that, after a quiet spell, first waits
-    for an RCU grace period (8 to 16 ms on this kind of host). Once taken it stays ready as
-    long as it is taken again within a grace period, so while sandboxes are being started one
-    helper thread on the host makes a no-op move (into the cgroup it is already in) every
-    WARM_EVERY_S, and stops WARM_LINGER_S after the last start. The first of its moves pays
-    the wait while the rest of the sandbox is made; a real move (a new sandbox's first
-    command) then finds the lock ready. One thread for the whole host, not one per worker
-    process: an flock on WARM_FILE picks it, and every start touches the file. cgroup v1 only,
-    and not needed where a cgroup2 hierarchy is mounted with `favordynmods`: moves then never
-    wait for a grace period (README, host tuning).
-    """
-    if _v2() or _favor_dynmods():
-        return
-    try:
-        os.utime(WARM_FILE, follow_symlinks=False)
-    except FileNotFoundError:
-        with contextlib.suppress(OSError):
-            os.close(os.open(WARM_FILE, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
-    except OSError:
-        return
-    thread = _warm_state["thread"]
-    if thread is None or not thread.is_alive():  # first use, or after a fork
-        with _warm_lock:
-            thread = _warm_state["thread"]
-            if thread is None or not thread.is_alive():
-                thread = threading.Thread(target=_warm_loop, name="convoy-cgroup-warm", daemon=True)
-                _warm_state["thread"] = thread
-                thread.start()
-    _warm_wake.set()
-
-
 @functools.cache  # read once per process, like the rest of the host's cgroup layout
-def _favor_dynmods() -> bool:
+def favor_dynmods() -> bool:
     """Is a cgroup hierarchy mounted with `favordynmods` (moves then skip the RCU wait)?"""
     try:
         mounts = [line.split() for line in Path("/proc/self/mounts").read_text().splitlines()]
@@ -432,35 +387,9 @@ def _favor_dynmods() -> bool:
     )
 
 
-def _warm_due() -> bool:
-    try:
-        return time.time() - os.stat(WARM_FILE, follow_symlinks=False).st_mtime < WARM_LINGER_S
-    except OSError:
-        return False
-
-
-def _warm_loop() -> None:
-    path = ROOT / "pids" / _own_path("pids").lstrip("/") / "tasks"
-    tid = str(threading.get_native_id())  # not 0: writing 0 (oneself) skips the lock
-    try:
-        fd = os.open(WARM_FILE, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o600)
-    except OSError:
-        return
-    while True:
-        _warm_wake.wait()
-        _warm_wake.clear()
-        while _warm_due():
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # another process warms; take over if it stops early
-                time.sleep(WARM_STANDBY_S)
-                continue
-            try:
-                while _warm_due():
-                    with open(path, "w") as f:
-                        f.write(tid)
-                    time.sleep(WARM_EVERY_S)
-            except OSError:
-                return  # no cgroup v1 pids hierarchy to use: nothing to keep warm
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+def launch_mode() -> str:
+    """How a sandbox's first process gets into its cgroups on this host, for operators."""
+    if not _v2():
+        return "cgroup v1: commands are born in their sandbox's cgroups (no move, no wait)"
+    tuned = "on" if favor_dynmods() else "off (make host-tune)"
+    return f"cgroup v2: each command's first process is moved in by pid; favordynmods {tuned}"
