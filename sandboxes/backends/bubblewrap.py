@@ -119,7 +119,6 @@ class BubblewrapBackend(LocalBackend):
     def _stop(self, meta: Meta) -> None:
         cgroups.cgroup_kill(meta.cgroups)
         if meta.external_id in self._made_here:  # its commands' bwraps ran here, and ended
-            self._made_here.discard(meta.external_id)
             return
         # A worker killed while bwrap was starting leaves bwrap's sandbox-side process
         # waiting forever for its dead parent. Where it was not born in the cgroups (cgroup
@@ -128,9 +127,14 @@ class BubblewrapBackend(LocalBackend):
         processes_kill(all_of=["bwrap", str(self.ws.workspace(meta.external_id))])
 
     def _cgroups_release(self, meta: Meta) -> None:
-        """Kept, emptied, for this process's next sandbox (see `cgroups.cgroup_recycle`)."""
-        limits = _cgroup_limits(meta.limits) if meta.cgroups else None
-        cgroups.cgroup_recycle(meta.cgroups, owner=self.install, limits=limits)
+        """Kept, emptied, for this process's next sandbox (see `cgroups.cgroup_recycle`) when
+        this process made the sandbox; removed when another did (one of its commands may be
+        starting in them right now)."""
+        if meta.external_id not in self._made_here:
+            cgroups.cgroup_remove(meta.cgroups)
+            return
+        self._made_here.discard(meta.external_id)
+        cgroups.cgroup_recycle(meta.cgroups, owner=self.install, limits=_cgroup_limits(meta.limits))
 
     def _popen(
         self, meta: Meta, argv: Sequence[str], cwd: str, env: dict[str, str], *, last: bool = False

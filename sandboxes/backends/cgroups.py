@@ -19,6 +19,7 @@ import logging
 import os
 import secrets
 import signal
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -142,11 +143,21 @@ def spare_pid(path: str, owner: str) -> int:
 
 
 def cgroup_recycle(paths: list[str], *, owner: str, limits: dict | None = None) -> None:
-    """Empty the cgroups and keep them as a spare for this process (else remove them)."""
+    """Empty the cgroups and keep them as a spare for this process (else remove them).
+
+    Only for a sandbox whose commands this process started: no other process can be about to
+    start one in them (a command already on its way is killed with the rest, and the launch
+    lock keeps this process's launcher out while they are emptied and renamed; after that,
+    joining them by their old name fails)."""
     spares = _spares_here()
     if not paths or _v2() or len(spares) >= SPARES or limits is None:
         cgroup_remove(paths)
         return
+    with _launch_lock():
+        _recycle(paths, owner=owner, limits=limits, spares=spares)
+
+
+def _recycle(paths: list[str], *, owner: str, limits: dict, spares: list) -> None:
     cgroup_kill(paths)
     if cgroup_pids(paths):  # something would not die: never hand it to another sandbox
         cgroup_remove(paths)
@@ -222,6 +233,19 @@ def _write(path: Path, value: str, *, required: bool = True) -> None:
 # opening one costs more than the move.
 _fds: dict[int, dict[str, int]] = {}  # by process: `tasks` files, by cgroup directory
 _launchers: dict[int, ThreadPoolExecutor] = {}  # by process
+_launch_locks: dict[int, threading.Lock] = {}  # by process: a launch against a recycle
+
+
+def _launch_lock() -> threading.Lock:
+    pid = os.getpid()
+    lock = _launch_locks.get(pid)
+    if lock is None:  # first use, or a forked worker (a lock its parent held stays held)
+        for other in [p for p in _launch_locks if p != pid]:
+            _launch_locks.pop(other, None)
+        lock = _launch_locks.setdefault(pid, threading.Lock())  # atomic: one lock per process
+    return lock
+
+
 FDS_KEPT = 64
 
 
@@ -288,6 +312,13 @@ def spawn_inside(
 
 def _spawn_in(paths: list[str], spawn: Callable[[], T], abandon: Callable[[], None]) -> T:
     own = [str(ROOT / c / _own_path(c).lstrip("/")) for c in _v1_present()]
+    with _launch_lock():
+        return _join_spawn_leave(paths, spawn, abandon, own)
+
+
+def _join_spawn_leave(
+    paths: list[str], spawn: Callable[[], T], abandon: Callable[[], None], own: list[str]
+) -> T:
     try:
         try:
             for path in paths:

@@ -168,3 +168,28 @@ def test_a_sandbox_rewritten_by_another_process_is_read_afresh(bwrap):
         timeout=60,
     )
     assert bwrap.attach(handle.external_id).labels["who"] == "other"
+
+
+def test_a_sandbox_terminated_by_another_process_has_its_cgroups_removed_not_kept(bwrap):
+    handle = bwrap.create(SPEC)
+    run(bwrap, handle, ["true"])
+    paths = sandbox_cgroups(bwrap, handle)
+    terminate = (
+        "import sys; from pathlib import Path\n"
+        "from sandboxes.backends import cgroups\n"
+        "from sandboxes.backends.bubblewrap import BubblewrapBackend\n"
+        "backend = BubblewrapBackend(Path(sys.argv[1]))\n"
+        "backend.terminate(backend.attach(sys.argv[2]))\n"
+        "print(len(cgroups._spares_here()))\n"
+    )
+    done = subprocess.run(
+        [PYTHON, "-c", terminate, str(bwrap.data_dir), handle.external_id],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    # A command of ours could have been starting in them: the other process keeps no spare.
+    assert done.stdout.split() == ["0"]
+    assert not any(Path(p).exists() for p in paths)
