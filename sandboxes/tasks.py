@@ -3,7 +3,9 @@
 import logging
 
 from celery import shared_task
+from celery.signals import worker_process_shutdown
 
+from sandboxes.backends import cgroups
 from sandboxes.services import sandboxes_reap
 
 log = logging.getLogger(__name__)
@@ -15,3 +17,9 @@ def sandboxes_reap_task() -> int:
     if reaped:
         log.info("reaped %d sandboxes: %s", len(reaped), [s.pk for s in reaped])
     return len(reaped)
+
+
+@worker_process_shutdown.connect
+def _spares_drop(**_kwargs) -> None:
+    """A prefork pool process leaves with os._exit (no atexit): drop its spare cgroups now."""
+    cgroups.spares_drop()

@@ -234,6 +234,18 @@ def screenshot(page, name: str) -> Path:
     return path
 
 
+def _cgroups_remove(data_dir: Path) -> None:
+    """bubblewrap cgroups this run's installations left (spares included: a SIGKILLed worker
+    runs no exit hook), and spare cgroups of any worker process that is gone."""
+    from sandboxes.backends import cgroups
+    from sandboxes.backends.local import install_id
+
+    for path in [data_dir, *(p for p in data_dir.iterdir() if p.is_dir())]:
+        for cgroup in cgroups.cgroups_owned(install_id(path)):
+            cgroups.cgroup_remove([cgroup])
+    cgroups.spares_reap()
+
+
 def pytest_sessionfinish(session, exitstatus):
     """Remove this run's data dir and Redis keys (sandboxes were cleaned up by their fixtures)."""
     import shutil
@@ -246,6 +258,7 @@ def pytest_sessionfinish(session, exitstatus):
         mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
         for target in sorted((m for m in mounts if m.startswith(prefix)), reverse=True):
             subprocess.run(["umount", "-l", target], check=False, capture_output=True)
+        _cgroups_remove(data_dir)
         shutil.rmtree(data_dir, ignore_errors=True)
     if settings.TESTING and settings.REDIS_URL and settings.REDIS_PREFIX.startswith("convoy-test-"):
         import redis

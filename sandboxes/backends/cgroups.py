@@ -206,6 +206,22 @@ def cgroup_claim(
     return None
 
 
+def spares_reap(owner: str | None = None) -> list[str]:
+    """Remove the spares (of `owner`'s installation, or of any) whose process is gone."""
+    bases = [ROOT / _own_path("").lstrip("/")] if _v2() else []
+    if not _v2():
+        bases = [ROOT / c / _own_path(c).lstrip("/") for c in V1_CONTROLLERS]
+    removed = []
+    for base in bases:
+        with contextlib.suppress(OSError):
+            for path in base.glob(f"{PREFIX}{owner or '*'}-spare-*"):
+                pid = spare_pid(str(path), path.name[len(PREFIX) :].split("-", 1)[0])
+                if pid and not Path(f"/proc/{pid}").exists():
+                    cgroup_remove([str(path)])
+                    removed.append(str(path))
+    return removed
+
+
 def spares_drop() -> None:
     """Remove this process's spares (at its exit; the reaper removes a dead process's)."""
     spares = _spares_here()

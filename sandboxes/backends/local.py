@@ -324,6 +324,7 @@ class LocalBackend(SandboxBackend):
         except BaseException:
             with contextlib.suppress(Exception):
                 self._stop(meta)
+                self._cgroups_release(meta)
             self.ws.remove(meta.external_id)
             raise
         return SandboxHandle(self.name, meta.external_id, dict(meta.labels))
@@ -456,10 +457,10 @@ class LocalBackend(SandboxBackend):
             self.terminate(SandboxHandle(self.name, ext, dict(meta.labels)))
             removed.append(ext)
         remaining = set(self.ws.ids())
+        cgroups.spares_reap(self.install)  # kept for a process that is gone
         for path in cgroups.cgroups_owned(self.install):  # cgroups whose sandbox is gone
-            spare_of = cgroups.spare_pid(path, self.install)
-            if spare_of and Path(f"/proc/{spare_of}").exists():
-                continue  # kept by a live process for its next sandbox
+            if cgroups.spare_pid(path, self.install):
+                continue  # a spare of a live process, for its next sandbox
             if path.rsplit(f"-{self.install}-", 1)[-1] not in remaining:
                 cgroups.cgroup_remove([path])
         for ext in self.ws.ids():  # directories a crash left before their meta.json
