@@ -34,6 +34,7 @@ from django.conf import settings
 from sandboxes.backends.base import (
     FILES_DIR,
     Capability,
+    ExecResult,
     SandboxError,
     SandboxHandle,
     SandboxSpec,
@@ -94,6 +95,7 @@ class GVisorBackend(LocalBackend):
                 f"it has {', '.join(known)}"
             )
         self.state_root = self.ws.root / "runsc"
+        self._last_runs: dict[int, Path] = {}  # a last command's `runsc run`: its pid file
         self.checkpoints = self.ws.root / "checkpoints"
         self._deleting: list[subprocess.Popen] = []
         self._deleting_lock = threading.Lock()
@@ -429,7 +431,18 @@ class GVisorBackend(LocalBackend):
             shutil.rmtree(bundle, ignore_errors=True)
 
         threading.Thread(target=cleanup_once_created, daemon=True).start()
+        if len(self._last_runs) > 256:  # results never read (the caller stopped listening)
+            self._last_runs.clear()
+        self._last_runs[proc.pid] = pid_path
         return proc, kill
+
+    def _engine_failed(self, proc: subprocess.Popen, result: ExecResult) -> str:
+        """A last command's `runsc run` that ended before runsc wrote the container's pid file
+        (the end of its create) never ran the command: runsc itself failed."""
+        pid_path = self._last_runs.pop(proc.pid, None)
+        if pid_path is None or result.exit_code == 0 or result.timed_out or pid_path.exists():
+            return ""
+        return f"runsc could not start the container (runsc run exited {result.exit_code})"
 
     # --- snapshots: the container must be restarted onto the new layer ---------------------
     def snapshot(self, handle: SandboxHandle) -> SnapshotHandle:

@@ -402,7 +402,7 @@ class LocalBackend(SandboxBackend):
         full_env = {**BASE_ENV, **meta.env, **(env or {})}
         started = time.monotonic()
         proc, kill = self._popen(meta, list(argv), cwd, full_env, last=last)
-        return pump(
+        events = pump(
             proc,
             timeout_s=timeout_s,
             output_cap=output_cap,
@@ -410,6 +410,23 @@ class LocalBackend(SandboxBackend):
             started=started,
             watch=self._disk_watch(meta),
         )
+        return self._engine_checked(proc, events)
+
+    def _engine_checked(
+        self, proc: subprocess.Popen, events: Iterator[ExecEvent]
+    ) -> Iterator[ExecEvent]:
+        """The events, but a result the engine itself failed to reach (the command never ran)
+        is raised as a transient SandboxError, as a failed start is, instead of an exit code."""
+        for event in events:
+            if isinstance(event, ExecResult):
+                why = self._engine_failed(proc, event)
+                if why:
+                    raise SandboxError(why, transient=True)
+            yield event
+
+    def _engine_failed(self, proc: subprocess.Popen, result: ExecResult) -> str:
+        """Why the engine, not the command, produced `result` ("" when the command ran)."""
+        return ""
 
     def _disk_watch(self, meta: Meta) -> Callable[[], str]:
         """The workspace's own writes (the overlay's upper layer, or the whole directory) may

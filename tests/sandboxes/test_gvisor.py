@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from sandboxes.backends.base import ExecResult, SandboxSpec
+from sandboxes.backends.base import ExecResult, SandboxError, SandboxSpec
 from tests.sandboxes.conftest import BACKEND_FACTORIES, _data_dir
 from tests.support import host_processes, wait_for
 
@@ -107,3 +107,21 @@ def test_a_platform_the_installed_runsc_lacks_is_refused_up_front(tmp_path):
         GVisorBackend(tmp_path, platform="no-such-platform")
     message = str(refused.value)
     assert "CONVOY_RUNSC_PLATFORM" in message and "ptrace" in message
+
+
+@pytest.mark.parametrize("last", [False, True], ids=["first-command", "last-command"])
+def test_a_container_runsc_cannot_start_is_a_transient_error_not_an_exit_code(gvisor, last):
+    handle = gvisor.create(SPEC)
+    # Its workspace gone, runsc cannot make the container: the command never runs. That is
+    # the engine's failure (a retry may do), whether or not the command was the last one.
+    workspace = gvisor.workspace_path(handle)
+    workspace.rmdir()
+    with pytest.raises(SandboxError) as caught:
+        list(gvisor.exec(handle, ["true"], last=last))
+    assert caught.value.transient
+    assert "runsc" in str(caught.value)
+    workspace.mkdir()
+    assert result_of(gvisor.exec(handle, ["true"], last=last)).exit_code == 0
+    gvisor.terminate(handle)
+    gvisor.wait_deletes()
+    assert runsc_processes(gvisor) == []
