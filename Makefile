@@ -30,7 +30,7 @@ system-deps:
 system-deps-test:
 	@bash scripts/system-deps.sh $(TEST_PACKAGES)
 
-# Optional: faster sandbox starts on cgroup-v2 hosts (see scripts/host-tune.sh). Not run by
+# Optional: faster sandbox starts (see scripts/host-tune.sh). Not run by
 # `make run` or `make test`.
 host-tune:
 	@bash scripts/host-tune.sh

@@ -31,6 +31,7 @@ from campaign_support import (
     ROOT,
     convoy,
     cpu_s,
+    host_tuning,
     postgres_cpu_s,
     rss_mb,
     worker_start,
@@ -262,6 +263,7 @@ def main() -> None:
             )
 
     baseline = statistics.median(r["baseline"] for r in rounds)
+    print(host_tuning())
     print(
         f"repositories: {args.repos}; all-repos -j {args.jobs}; convoy max_parallel {slots}, "
         f"worker pool {args.pool} x {threads}; {args.rounds} alternating rounds, medians"

@@ -175,3 +175,13 @@ def rss_mb(pid: int) -> float:
 
 if __name__ == "__main__":
     print("campaign_support: helpers for campaign_launch.py and campaign_sed.py (no figures)")
+
+
+def host_tuning() -> str:
+    """What `make host-tune` changes, as this host has it (the figures depend on it)."""
+    try:
+        expedited = Path("/sys/kernel/rcu_expedited").read_text().strip()
+    except OSError:
+        expedited = "unknown"
+    hint = "" if expedited == "1" else " (make host-tune sets 1)"
+    return f"host: rcu_expedited {expedited}{hint}"

@@ -104,10 +104,13 @@ def main() -> None:
     from sandboxes.backends.gvisor import GVisorBackend
 
     data = Path(tempfile.mkdtemp(prefix="convoy-bench-", dir=ROOT / "var"))
+    from campaign_support import host_tuning
+
     from sandboxes.backends.cgroups import launch_mode
 
     print(f"sandbox start: create + first exec of `true`, {args.runs} runs each (interleaved)")
     print(launch_mode())
+    print(host_tuning())
     header = ("backend", "convoy p50", "p95", "bare p50", "p95", "ratio p50", "p95")
     print("{:8} {:>11} {:>8} {:>9} {:>8} {:>10} {:>6}".format(*header))
     try:
