@@ -136,6 +136,8 @@ def main() -> None:
             print(f"{'':8} later exec of `true` in a running sandbox: p50 {a50 * 1e3:.1f}ms")
             if hasattr(backend, "sweep"):
                 backend.sweep(set(), grace_s=0)
+            if hasattr(backend, "wait_deletes"):  # no `runsc delete` left running into the next
+                backend.wait_deletes()
     finally:
         for mount in Path("/proc/mounts").read_text().splitlines():
             if str(data) in mount:
