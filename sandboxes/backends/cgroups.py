@@ -249,16 +249,16 @@ def _write(path: Path, value: str, *, required: bool = True) -> None:
 # opening one costs more than the move.
 _fds: dict[int, dict[str, int]] = {}  # by process: `tasks` files, by cgroup directory
 _launchers: dict[int, ThreadPoolExecutor] = {}  # by process
-_launch_locks: dict[int, threading.Lock] = {}  # by process: a launch against a recycle
+_launch_locks: dict[int, threading.RLock] = {}  # by process: a launch against a recycle
 
 
-def _launch_lock() -> threading.Lock:
+def _launch_lock() -> threading.RLock:
     pid = os.getpid()
     lock = _launch_locks.get(pid)
     if lock is None:  # first use, or a forked worker (a lock its parent held stays held)
         for other in [p for p in _launch_locks if p != pid]:
             _launch_locks.pop(other, None)
-        lock = _launch_locks.setdefault(pid, threading.Lock())  # atomic: one lock per process
+        lock = _launch_locks.setdefault(pid, threading.RLock())  # atomic: one per process
     return lock
 
 
@@ -283,19 +283,21 @@ def _tasks_fd(path: str) -> int:
     if fd is None:
         if len(fds) >= FDS_KEPT:  # cgroups removed by another process, never used again here
             for old in list(fds)[: FDS_KEPT // 2]:
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError, KeyError):
                     os.close(fds.pop(old))
         fd = fds[path] = os.open(os.path.join(path, "tasks"), os.O_WRONLY | os.O_CLOEXEC)
     return fd
 
 
 def _fds_close(paths: list[str]) -> None:
-    fds = _fds_here()
-    for path in paths:
-        fd = fds.pop(path, None)
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+    # Under the launch lock: a launch must never write to a number closed (and reused) here.
+    with _launch_lock():
+        fds = _fds_here()
+        for path in paths:
+            fd = fds.pop(path, None)
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
 
 def _fds_moved(old: str, new: str) -> None:
