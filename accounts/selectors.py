@@ -1,9 +1,12 @@
 """Reads for people."""
 
 from django.contrib.auth.models import User
+from django.core.exceptions import PermissionDenied
+from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
 from accounts.models import ApiToken
+from accounts.roles import ADMIN, MANAGER, REVIEWER, user_can
 from accounts.services import TOKEN_PREFIX, token_digest
 
 
@@ -24,3 +27,29 @@ def user_for_token(*, raw: str) -> User | None:
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
     token.user._convoy_api_token = token
     return token.user
+
+
+def people_for_user(*, user: User) -> list[User]:
+    """Everyone, with their role, for a user who may manage people (403 for anyone else)."""
+    if not user_can(user, "user_manage"):
+        raise PermissionDenied("Only admins manage people.")
+    people = list(User.objects.order_by("username").prefetch_related("groups"))
+    for person in people:
+        person.role_name = _role_of(person)
+    return people
+
+
+def person_get_for_user(*, user: User, pk: int) -> User:
+    """One person, for a user who may manage people: 403 for anyone else, 404 if no such."""
+    if not user_can(user, "user_manage"):
+        raise PermissionDenied("Only admins manage people.")
+    person = get_object_or_404(User.objects.prefetch_related("groups"), pk=pk)
+    person.role_name = _role_of(person)
+    return person
+
+
+def _role_of(person: User) -> str:
+    if person.is_superuser:
+        return ADMIN
+    names = {g.name for g in person.groups.all()}  # prefetched
+    return next((r for r in (ADMIN, MANAGER, REVIEWER) if r in names), "")  # as user_role

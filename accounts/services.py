@@ -8,7 +8,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import ApiToken
-from accounts.roles import ROLE_CAPABILITIES, ROLES
+from accounts.roles import ADMIN, ROLE_CAPABILITIES, ROLES, user_role
 from audit.services import audit_record
 
 TOKEN_PREFIX = "cvy_"  # noqa: S105 - a public marker, not a secret
@@ -60,12 +60,20 @@ def user_create(
     return user
 
 
+def _other_active_admins(user: User) -> bool:
+    """Is someone besides `user` still able to manage people (an active admin)?"""
+    others = User.objects.filter(is_active=True).exclude(pk=user.pk)
+    return others.filter(is_superuser=True).exists() or others.filter(groups__name=ADMIN).exists()
+
+
 @transaction.atomic
 def user_role_set(*, user: User, role: str, actor: User | None = None) -> User:
     if role not in ROLES:
         raise AccountError("role", f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
     roles_ensure()
     old = [g.name for g in user.groups.filter(name__in=ROLES)]
+    if ADMIN in old and role != ADMIN and user.is_active and not _other_active_admins(user):
+        raise AccountError("role", f"{user.username} is the last admin; make another admin first")
     for name in old:
         if name != role:
             user.groups.remove(Group.objects.get(name=name))
@@ -78,6 +86,26 @@ def user_role_set(*, user: User, role: str, actor: User | None = None) -> User:
     user.__dict__.pop("_convoy_role", None)
     for cache in ("_perm_cache", "_group_perm_cache", "_user_perm_cache"):
         user.__dict__.pop(cache, None)
+    return user
+
+
+@transaction.atomic
+def user_active_set(*, user: User, active: bool, actor: User) -> User:
+    """Let a user sign in again, or stop them (their sessions and API tokens stop working)."""
+    if user.is_active == active:
+        return user
+    if not active and user.pk == actor.pk:
+        raise AccountError("active", "you cannot deactivate yourself")
+    if not active and user_role(user) == ADMIN and not _other_active_admins(user):
+        raise AccountError("active", f"{user.username} is the last admin; make another admin first")
+    User.objects.filter(pk=user.pk).update(is_active=active)
+    user.is_active = active
+    audit_record(
+        action="people.user.reactivated" if active else "people.user.deactivated",
+        actor=actor,
+        target=user,
+        payload={"username": user.username},
+    )
     return user
 
 

@@ -11,4 +11,6 @@ urlpatterns = [
         name="login",
     ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("people/", views.people, name="people"),
+    path("people/<int:pk>/", views.person_change, name="person-change"),
 ]
