@@ -319,13 +319,28 @@ def spawn_inside(
 
     The launcher returns from its fork late (it shares the sandbox's CPU group with its child,
     which runs first): the caller need not wait for it to set up the child, and does not."""
-    if not paths or _v2():
+    if not paths or _v2() or not _can_leave():
         return None
     pid = os.getpid()
     if pid not in _launchers:
         _launchers.clear()
         _launchers[pid] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convoy-launch")
     return _launchers[pid].submit(_spawn_in, paths, spawn, abandon)
+
+
+@functools.cache
+def _can_leave() -> bool:
+    """Can a thread of ours move back into the worker's own cgroups? (A no-op move of this
+    thread there.) Where it cannot, a launcher that joined a sandbox's cgroups would be stuck
+    in them: commands are moved in by pid instead."""
+    try:
+        for c in _v1_present():
+            with open(ROOT / c / _own_path(c).lstrip("/") / "tasks", "w") as f:
+                f.write("0")
+    except OSError as exc:
+        log.warning("cannot move threads between cgroups (%s); moving commands by pid", exc)
+        return False
+    return True
 
 
 def _spawn_in(paths: list[str], spawn: Callable[[], T], abandon: Callable[[], None]) -> T:
