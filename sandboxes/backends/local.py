@@ -15,7 +15,7 @@ import selectors
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from sandboxes.backends import cgroups
@@ -68,7 +68,7 @@ def pump(
     kill: Callable[[], None],
     started: float,
     watch: Callable[[], str] | None = None,
-) -> Iterator[ExecEvent]:
+) -> Generator[ExecEvent, None, None]:
     """Yield the child's output as it comes (both pipes, in arrival order), then its result.
 
     `watch`, called every WATCH_EVERY_S while the command runs, returns why to stop it ("" to
@@ -413,16 +413,19 @@ class LocalBackend(SandboxBackend):
         return self._engine_checked(proc, events)
 
     def _engine_checked(
-        self, proc: subprocess.Popen, events: Iterator[ExecEvent]
+        self, proc: subprocess.Popen, events: Generator[ExecEvent, None, None]
     ) -> Iterator[ExecEvent]:
         """The events, but a result the engine itself failed to reach (the command never ran)
         is raised as a transient SandboxError, as a failed start is, instead of an exit code."""
-        for event in events:
-            if isinstance(event, ExecResult):
-                why = self._engine_failed(proc, event)
-                if why:
-                    raise SandboxError(why, transient=True)
-            yield event
+        try:
+            for event in events:
+                if isinstance(event, ExecResult):
+                    why = self._engine_failed(proc, event)
+                    if why:
+                        raise SandboxError(why, transient=True)
+                yield event
+        finally:
+            events.close()  # a caller that stops listening stops the command (see `pump`)
 
     def _engine_failed(self, proc: subprocess.Popen, result: ExecResult) -> str:
         """Why the engine, not the command, produced `result` ("" when the command ran)."""
