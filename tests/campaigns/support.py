@@ -6,7 +6,7 @@ from pathlib import Path
 from django.conf import settings
 
 from campaigns.demo import demo_repos_create
-from campaigns.models import RepoRun, RunState
+from campaigns.models import Campaign, CampaignState, RepoRun, RunState
 from campaigns.services import repositories_register
 from tests.support import wait_for
 
@@ -42,3 +42,13 @@ def runs_final(campaign, *, timeout: float = 180) -> None:
         ).exists()
 
     wait_for(done, timeout=timeout, interval=0.2, what=f"every run of {campaign.name} to finish")
+
+
+def campaign_completed(campaign, *, timeout: float = 180) -> None:
+    """Every run final, then the campaign marked completed."""
+    runs_final(campaign, timeout=timeout)
+    wait_for(
+        lambda: Campaign.objects.get(pk=campaign.pk).state == CampaignState.COMPLETED,
+        timeout=30,
+        what="campaign completed",
+    )

@@ -7,14 +7,13 @@ pipeline only ever asks for capabilities, so this is the path such an engine tak
 
 import pytest
 
-from campaigns.models import Campaign, CampaignState, RepoRun, RunState, Variant, VariantState
+from campaigns.models import RepoRun, RunState, Variant, VariantState
 from campaigns.services import campaign_create, campaign_launch
 from sandboxes import backends, services
 from sandboxes.backends.base import Capability
 from sandboxes.backends.bubblewrap import BubblewrapBackend
 from sandboxes.models import Sandbox, SandboxCommand, SandboxSnapshot, SandboxState
-from tests.campaigns.support import repos_make, runs_final, spec_for
-from tests.support import wait_for
+from tests.campaigns.support import campaign_completed, repos_make, spec_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -50,12 +49,7 @@ def test_an_engine_without_snapshots_reruns_setup_in_a_fresh_sandbox_per_variant
         "  - run: test -f calc.py\n", f"  - run: test -f calc.py\n  - run: {SETUP}\n"
     )
     campaign = campaign_launch(campaign=campaign_create(actor=manager, source=spec), actor=manager)
-    runs_final(campaign, timeout=120)
-    wait_for(
-        lambda: Campaign.objects.get(pk=campaign.pk).state == CampaignState.COMPLETED,
-        timeout=30,
-        what="campaign completed",
-    )
+    campaign_completed(campaign, timeout=120)
     runs = RepoRun.objects.filter(campaign=campaign)
     assert {r.state for r in runs} == {RunState.SUCCEEDED}, [(r.state, r.error) for r in runs]
     assert not SandboxSnapshot.objects.filter(owner_kind="run", owner_id__in=runs).exists()

@@ -15,8 +15,7 @@ from campaigns.models import (
 )
 from campaigns.services import campaign_create, campaign_launch
 from sandboxes.models import Sandbox, SandboxCommand, SandboxState
-from tests.campaigns.support import repos_make, runs_final, spec_for
-from tests.support import wait_for
+from tests.campaigns.support import campaign_completed, repos_make, spec_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -98,22 +97,12 @@ def _assert_outcomes(campaign: Campaign, backend: str) -> None:
 @pytest.mark.shapes("embedded", "production")
 def test_campaign_12_repos_3_variants_on_bwrap(celery_worker, manager):
     campaign = _campaign_12x3(manager, "bwrap")
-    runs_final(campaign, timeout=240)
-    wait_for(
-        lambda: Campaign.objects.get(pk=campaign.pk).state == CampaignState.COMPLETED,
-        timeout=30,
-        what="campaign completed",
-    )
+    campaign_completed(campaign, timeout=240)
     _assert_outcomes(campaign, "bwrap")
 
 
 def test_campaign_12_repos_3_variants_on_gvisor(celery_worker, manager):
     campaign = _campaign_12x3(manager, "gvisor")
-    runs_final(campaign, timeout=420)
-    wait_for(
-        lambda: Campaign.objects.get(pk=campaign.pk).state == CampaignState.COMPLETED,
-        timeout=30,
-        what="campaign completed",
-    )
+    campaign_completed(campaign, timeout=420)
     _assert_outcomes(campaign, "gvisor")
     assert Variant.objects.filter(run__campaign=campaign).count() == 36

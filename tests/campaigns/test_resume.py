@@ -10,11 +10,11 @@ import pytest
 from django.conf import settings
 from django.utils import timezone
 
-from campaigns.models import Campaign, CampaignState, RepoRun, RunState, RunTransition, Variant
+from campaigns.models import RepoRun, RunState, RunTransition, Variant
 from campaigns.services import campaign_create, campaign_launch
 from sandboxes.models import Sandbox, SandboxCommand, SandboxState
 from sandboxes.services import backend_get
-from tests.campaigns.support import repos_make, runs_final, spec_for
+from tests.campaigns.support import campaign_completed, repos_make, spec_for
 from tests.support import (
     PYTHON,
     ROOT,
@@ -104,12 +104,7 @@ def test_sigkill_mid_campaign_then_new_worker_finishes_without_duplicates(manage
         assert done_before
 
         second = _worker("worker-b")
-        runs_final(campaign, timeout=180)
-        wait_for(
-            lambda: Campaign.objects.get(pk=campaign.pk).state == CampaignState.COMPLETED,
-            timeout=30,
-            what="campaign completed",
-        )
+        campaign_completed(campaign, timeout=180)
     finally:
         _group_kill(first)
         if second is not None:

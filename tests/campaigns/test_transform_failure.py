@@ -2,10 +2,9 @@
 
 import pytest
 
-from campaigns.models import Campaign, CampaignState, RepoRun, Variant, VariantState
+from campaigns.models import RepoRun, Variant, VariantState
 from campaigns.services import campaign_create, campaign_launch
-from tests.campaigns.support import repos_make, runs_final, spec_for
-from tests.support import wait_for
+from tests.campaigns.support import campaign_completed, repos_make, spec_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -18,12 +17,7 @@ def test_a_failing_transform_step_fails_its_variant(celery_worker, manager):
         "  run: python3 $CONVOY_FILES/fix.py --style $STYLE", "  run: echo broken >&2; exit 3"
     )
     campaign = campaign_launch(campaign=campaign_create(actor=manager, source=spec), actor=manager)
-    runs_final(campaign, timeout=120)
-    wait_for(
-        lambda: Campaign.objects.get(pk=campaign.pk).state == CampaignState.COMPLETED,
-        timeout=30,
-        what="campaign completed",
-    )
+    campaign_completed(campaign, timeout=120)
     assert RepoRun.objects.filter(campaign=campaign).count() == 1
     variants = list(Variant.objects.filter(run__campaign=campaign))
     assert len(variants) == 3
