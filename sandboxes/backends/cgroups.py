@@ -65,14 +65,6 @@ def _v1_present() -> tuple[str, ...]:
     return tuple(c for c in V1_CONTROLLERS if (ROOT / c).is_dir())
 
 
-def cgroup_paths(name: str, *, owner: str = "") -> list[str]:
-    """The directories `cgroup_create(name, owner=owner)` makes, without making them."""
-    leaf = _leaf(name, owner)
-    if _v2():
-        return [str(ROOT / _own_path("").lstrip("/") / leaf)]
-    return [str(ROOT / c / _own_path(c).lstrip("/") / leaf) for c in _v1_present()]
-
-
 def cgroup_create(
     name: str, *, memory_bytes: int, pids_max: int, cpu: float, owner: str = ""
 ) -> list[str]:
