@@ -218,15 +218,3 @@ class Secret(models.Model):
 
     def __str__(self) -> str:
         return self.name
-
-
-# Review records live in their own module; importing them here registers them with the app.
-from campaigns.review_models import (  # noqa: E402, F401
-    Changeset,
-    ChangesetState,
-    Decision,
-    DecisionKind,
-    ReviewState,
-    RunReview,
-    VariantDigest,
-)

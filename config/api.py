@@ -8,7 +8,7 @@ from accounts.auth import api_auth
 from audit.api import router as audit_router
 from audit.services import AuditWriteError
 from campaigns.api import router as campaigns_router
-from campaigns.review_api import router as review_router
+from review.api import router as review_router
 
 api = NinjaAPI(
     title="Convoy API",

@@ -131,6 +131,7 @@ INSTALLED_APPS = [
     "audit",
     "sandboxes",
     "campaigns",
+    "review",
 ]
 
 MIDDLEWARE = [
@@ -227,7 +228,7 @@ CELERY_BEAT_SCHEDULE["review-changesets-refresh"] = {
     "schedule": 300.0,
 }
 # Task modules that are not an app's tasks.py (autodiscovery finds only those).
-CELERY_IMPORTS = ["campaigns.review_tasks"]
+CELERY_IMPORTS = ["review.tasks"]
 CONVOY_WORKER_CONCURRENCY = envint("CONVOY_WORKER_CONCURRENCY", 4, minimum=1)
 
 if EMBEDDED:

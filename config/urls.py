@@ -8,7 +8,7 @@ urlpatterns = [
     path("", include("accounts.urls")),
     path("", include("sandboxes.urls")),
     path("", include("campaigns.urls")),
-    path("", include("campaigns.review_urls")),
+    path("", include("review.urls")),
     path("audit/", include("audit.urls")),
     path("api/v1/", api.urls),
 ]

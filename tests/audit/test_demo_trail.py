@@ -6,9 +6,10 @@ import json
 import pytest
 
 from audit.models import AuditEvent
-from campaigns.models import Changeset, RepoRun
-from campaigns.review import change_approve, change_publish, variant_pick
+from campaigns.models import RepoRun
 from campaigns.services import campaign_create, campaign_launch
+from review.models import Changeset
+from review.services import change_approve, change_publish, variant_pick
 from sandboxes.models import Sandbox, SandboxCommand
 from tests.audit.trail import assert_trail
 from tests.campaigns.support import repos_make, runs_final, spec_for

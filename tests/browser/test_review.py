@@ -9,8 +9,9 @@ import pytest
 from django.conf import settings
 
 from campaigns.demo import _git as demo_git
-from campaigns.models import Campaign, Changeset, RepoRun, ReviewState, RunReview, Variant
+from campaigns.models import Campaign, RepoRun, Variant
 from campaigns.services import repositories_register
+from review.models import Changeset, ReviewState, RunReview
 from tests.campaigns.support import runs_final, spec_for
 from tests.conftest import screenshot
 from tests.factories import PASSWORD

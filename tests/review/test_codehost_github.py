@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from campaigns.codehosts.base import ChecksState, CodeHostError
-from campaigns.codehosts.github import GitHub, github_repo_slug
+from review.codehosts.base import ChecksState, CodeHostError
+from review.codehosts.github import GitHub, github_repo_slug
 
 pytestmark = pytest.mark.shapes("embedded", "production")
 

@@ -5,7 +5,7 @@ import subprocess
 import pytest
 from django.template.loader import render_to_string
 
-from campaigns.diffs import (
+from review.diffs import (
     diff_compare,
     diff_group_key,
     diff_hash,
@@ -163,14 +163,14 @@ index 1..2 100644
 @pytest.mark.parametrize("mode", ["unified", "split"])
 def test_diffs_containing_html_render_as_text(mode):
     html = render_to_string(
-        "campaigns/review/diff.html#diff-viewer",
+        "review/diff.html#diff-viewer",
         {"files": diff_view(XSS, mode=mode), "mode": mode},
     )
     assert "<script>" not in html
     assert "<img src=x" not in html
     assert "&lt;script&gt;" in html or "&lt;</span><span" in html
     cmp_html = render_to_string(
-        "campaigns/review/diff.html#compare",
+        "review/diff.html#compare",
         {"comparison": diff_compare(XSS, ALPHA)},
     )
     assert "<script>" not in cmp_html

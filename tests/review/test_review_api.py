@@ -3,8 +3,8 @@
 import pytest
 
 from accounts.services import token_create
-from campaigns.models import Changeset, RunReview
-from campaigns.review import variant_digests_refresh
+from review.models import Changeset, RunReview
+from review.services import variant_digests_refresh
 from tests.review.builders import campaign_make, patch_for, run_make, variant_make, variant_rerun
 
 pytestmark = pytest.mark.shapes("embedded", "production")

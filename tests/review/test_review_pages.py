@@ -5,7 +5,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from campaigns.models import RepoRun, ReviewState, RunReview
+from campaigns.models import RepoRun
+from review.models import ReviewState, RunReview
 from tests.factories import PASSWORD
 from tests.review.builders import (
     campaign_bulk_make,
@@ -129,7 +130,7 @@ def test_burndown_counts_finished_runs_and_retries(manager):
     from datetime import timedelta
 
     from campaigns.models import RunTransition
-    from campaigns.review_selectors import burndown
+    from review.selectors import burndown
 
     campaign = campaign_make(owner=manager)
     start = campaign.launched_at

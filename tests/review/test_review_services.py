@@ -5,8 +5,9 @@ import json
 import pytest
 
 from audit.models import AuditEvent
-from campaigns.models import Changeset, Decision, ReviewState, RunReview
-from campaigns.review import (
+from review.models import Changeset, Decision, ReviewState, RunReview
+from review.selectors import bulk_groups, review_counts, review_queue
+from review.services import (
     FourEyesRefused,
     ReviewError,
     StaleDecision,
@@ -18,7 +19,6 @@ from campaigns.review import (
     variant_digests_refresh,
     variant_pick,
 )
-from campaigns.review_selectors import bulk_groups, review_counts, review_queue
 from tests.review.builders import (
     campaign_make,
     git,

@@ -8,9 +8,10 @@ from ninja import Field, Query, Router, Schema, Status
 from ninja.errors import HttpError
 
 from accounts.auth import require_capability
-from campaigns import review, review_selectors
-from campaigns.models import Campaign, Changeset, RepoRun, RunReview, Variant
+from campaigns.models import Campaign, RepoRun, Variant
 from campaigns.selectors import campaign_get_for_user
+from review import selectors, services
+from review.models import Changeset, RunReview
 
 router = Router(tags=["review"])
 
@@ -98,7 +99,7 @@ def _campaign(request, campaign_id: str, *, write: bool = False) -> Campaign:
 
 
 def _run(request, campaign: Campaign, run_id: int) -> RepoRun:
-    return review_selectors.review_run_get_for_user(user=request.auth, campaign=campaign, pk=run_id)
+    return selectors.review_run_get_for_user(user=request.auth, campaign=campaign, pk=run_id)
 
 
 def _variant(run: RepoRun, ref: int | str | None) -> Variant | None:
@@ -128,7 +129,7 @@ def _review_out(run: RepoRun) -> dict:
     return {
         "run_id": run.pk,
         "state": rv.state,
-        "approved": review.review_is_approved(rv, rv.variant),
+        "approved": services.review_is_approved(rv, rv.variant),
         "variant": rv.variant.name if rv.variant else None,
         "picked_hash": rv.picked_hash,
         "approved_hash": rv.approved_hash,
@@ -138,7 +139,7 @@ def _review_out(run: RepoRun) -> dict:
     }
 
 
-def _refused(exc: review.ReviewError):
+def _refused(exc: services.ReviewError):
     raise HttpError(exc.status, str(exc)) from None
 
 
@@ -155,14 +156,14 @@ def run_pick(request, campaign_id: str, run_id: int, data: PickIn):
     campaign = _campaign(request, campaign_id, write=True)
     run = _run(request, campaign, run_id)
     try:
-        review.variant_pick(
+        services.variant_pick(
             run=run,
             variant=_variant(run, data.variant),
             actor=request.auth,
             diff_hash=data.diff_hash,
             request=request,
         )
-    except review.ReviewError as exc:
+    except services.ReviewError as exc:
         _refused(exc)
     return _review_out(run)
 
@@ -175,12 +176,12 @@ def run_approve(request, campaign_id: str, run_id: int, data: ApproveIn):
     campaign = _campaign(request, campaign_id)
     run = _run(request, campaign, run_id)
     try:
-        review.four_eyes_check(run=run, actor=request.auth, request=request)
-    except review.FourEyesRefused as exc:
+        services.four_eyes_check(run=run, actor=request.auth, request=request)
+    except services.FourEyesRefused as exc:
         _refused(exc)
     require_capability(request, "change_review")
     try:
-        review.change_approve(
+        services.change_approve(
             run=run,
             actor=request.auth,
             variant=_variant(run, data.variant),
@@ -188,7 +189,7 @@ def run_approve(request, campaign_id: str, run_id: int, data: ApproveIn):
             comment=data.comment,
             request=request,
         )
-    except review.ReviewError as exc:
+    except services.ReviewError as exc:
         _refused(exc)
     return _review_out(run)
 
@@ -200,14 +201,14 @@ def run_reject(request, campaign_id: str, run_id: int, data: RejectIn):
     campaign = _campaign(request, campaign_id, write=True)
     run = _run(request, campaign, run_id)
     try:
-        review.change_reject(
+        services.change_reject(
             run=run,
             actor=request.auth,
             comment=data.comment,
             diff_hash=data.diff_hash,
             request=request,
         )
-    except review.ReviewError as exc:
+    except services.ReviewError as exc:
         _refused(exc)
     return _review_out(run)
 
@@ -215,11 +216,11 @@ def run_reject(request, campaign_id: str, run_id: int, data: RejectIn):
 @router.get("/campaigns/{campaign_id}/review/groups", response=list[GroupOut])
 def review_groups(request, campaign_id: str, variant: str | None = None):
     campaign = _campaign(request, campaign_id)
-    names = review_selectors.variant_names(campaign=campaign)
+    names = selectors.variant_names(campaign=campaign)
     name = variant or names[0]
     if name not in names:
         raise HttpError(422, f"variant: no variant named {name!r} in this campaign")
-    review.variant_digests_refresh(campaign=campaign)
+    services.variant_digests_refresh(campaign=campaign)
     return [
         {
             "group_key": g.group_key,
@@ -229,7 +230,7 @@ def review_groups(request, campaign_id: str, variant: str | None = None):
             "run_ids": [r.pk for r in g.runs],
             "repositories": [r.repository.name for r in g.runs],
         }
-        for g in review_selectors.bulk_groups(campaign=campaign, variant_name=name)
+        for g in selectors.bulk_groups(campaign=campaign, variant_name=name)
     ]
 
 
@@ -240,7 +241,7 @@ def review_groups(request, campaign_id: str, variant: str | None = None):
 def review_bulk_approve(request, campaign_id: str, data: BulkApproveIn):
     campaign = _campaign(request, campaign_id, write=True)
     try:
-        return review.changes_bulk_approve(
+        return services.changes_bulk_approve(
             campaign=campaign,
             group_key=data.group_key,
             variant_name=data.variant_name,
@@ -249,7 +250,7 @@ def review_bulk_approve(request, campaign_id: str, data: BulkApproveIn):
             comment=data.comment,
             request=request,
         )
-    except review.ReviewError as exc:
+    except services.ReviewError as exc:
         _refused(exc)
 
 
@@ -261,8 +262,8 @@ def run_publish(request, campaign_id: str, run_id: int):
     campaign = _campaign(request, campaign_id, write=True)
     run = _run(request, campaign, run_id)
     try:
-        changeset = review.change_publish(run=run, actor=request.auth, request=request)
-    except review.ReviewError as exc:
+        changeset = services.change_publish(run=run, actor=request.auth, request=request)
+    except services.ReviewError as exc:
         _refused(exc)
     return Status(202, _changeset_out(changeset, run.repository.name))
 

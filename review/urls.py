@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from campaigns import review_views as views
+from review import views
 
 urlpatterns = [
     path("campaigns/<str:pk>/dashboard/", views.dashboard, name="review-dashboard"),

@@ -375,7 +375,7 @@ def diff_view(
     collapse_over: int = COLLAPSE_OVER,
     expand: str = "",
 ) -> list[FileView]:
-    """Rows ready for `campaigns/review/diff.html#diff-viewer`, every cell already escaped.
+    """Rows ready for `review/diff.html#diff-viewer`, every cell already escaped.
 
     `whitespace=False` hides changes that only touch whitespace; with it on, trailing
     whitespace is made visible. Files over `collapse_over` changed lines start collapsed

@@ -11,17 +11,17 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from accounts.roles import user_can
-from campaigns import review, review_selectors
-from campaigns.diffs import diff_compare, diff_view
 from campaigns.models import Variant
-from campaigns.review_charts import burndown_svg
 from campaigns.selectors import campaign_get_for_user, error_clusters
+from review import selectors, services
+from review.charts import burndown_svg
+from review.diffs import diff_compare, diff_view
 
-COMPARE = "campaigns/review/compare.html"
-QUEUE = "campaigns/review/queue.html"
-BULK = "campaigns/review/bulk.html"
-DASHBOARD = "campaigns/review/dashboard.html"
-CHANGESETS = "campaigns/review/changesets.html"
+COMPARE = "review/compare.html"
+QUEUE = "review/queue.html"
+BULK = "review/bulk.html"
+DASHBOARD = "review/dashboard.html"
+CHANGESETS = "review/changesets.html"
 
 
 def _campaign(request, pk, *, review_write=False):
@@ -42,12 +42,12 @@ def _compare_url(campaign, run_id, **params) -> str:
 @login_required
 def run_compare(request, pk, run_id):
     campaign = _campaign(request, pk)
-    run = review_selectors.review_run_get_for_user(user=request.user, campaign=campaign, pk=run_id)
-    data = review_selectors.run_comparison(run=run)
+    run = selectors.review_run_get_for_user(user=request.user, campaign=campaign, pk=run_id)
+    data = selectors.run_comparison(run=run)
     by_id = {v.pk: v for v in data.variants}
     mode = "split" if request.GET.get("mode") == "split" else "unified"
     whitespace = request.GET.get("ws", "1") != "0"
-    chosen = by_id.get(_int(request.GET.get("variant"))) or review_selectors.suggested_variant(
+    chosen = by_id.get(_int(request.GET.get("variant"))) or selectors.suggested_variant(
         data.variants, data.review
     )
     a, b = by_id.get(_int(request.GET.get("a"))), by_id.get(_int(request.GET.get("b")))
@@ -61,7 +61,7 @@ def run_compare(request, pk, run_id):
         "run": run,
         "data": data,
         "chosen": chosen,
-        "approved": review.review_is_approved(data.review, data.review and data.review.variant),
+        "approved": services.review_is_approved(data.review, data.review and data.review.variant),
         "mode": mode,
         "whitespace": whitespace,
         "files": diff_view(
@@ -76,9 +76,9 @@ def run_compare(request, pk, run_id):
         "name_b": b.name if b else "",
         "a": a,
         "b": b,
-        "neighbours": review_selectors.run_neighbours(run=run),
+        "neighbours": selectors.run_neighbours(run=run),
         "can_review": user_can(request.user, "change_review"),
-        "four_eyes_blocked": review.four_eyes_applies(campaign=campaign, user=request.user),
+        "four_eyes_blocked": services.four_eyes_applies(campaign=campaign, user=request.user),
         "urls": {
             "unified": _compare_url(campaign, run.pk, **{**base, "mode": "unified"}),
             "split": _compare_url(campaign, run.pk, **{**base, "mode": "split"}),
@@ -109,12 +109,12 @@ def _back(request, campaign, run_id) -> HttpResponse:
 
 def _decide(request, pk, run_id, action):
     campaign = _campaign(request, pk)
-    run = review_selectors.review_run_get_for_user(user=request.user, campaign=campaign, pk=run_id)
+    run = selectors.review_run_get_for_user(user=request.user, campaign=campaign, pk=run_id)
     if action == "approve":
         # The launcher hears about the four-eyes rule, whatever their role.
         try:
-            review.four_eyes_check(run=run, actor=request.user, request=request)
-        except review.FourEyesRefused as exc:
+            services.four_eyes_check(run=run, actor=request.user, request=request)
+        except services.FourEyesRefused as exc:
             messages.error(request, str(exc))
             return _back(request, campaign, run.pk)
     _campaign(request, pk, review_write=True)
@@ -126,13 +126,13 @@ def _decide(request, pk, run_id, action):
     try:
         if action == "pick":
             if variant is None:
-                raise review.ReviewError("variant: choose a variant to pick", field="variant")
-            review.variant_pick(
+                raise services.ReviewError("variant: choose a variant to pick", field="variant")
+            services.variant_pick(
                 run=run, variant=variant, actor=request.user, diff_hash=diff_hash, request=request
             )
             messages.success(request, f"Picked “{variant.name}” for {run.repository.name}.")
         elif action == "approve":
-            review.change_approve(
+            services.change_approve(
                 run=run,
                 actor=request.user,
                 variant=variant,
@@ -142,14 +142,14 @@ def _decide(request, pk, run_id, action):
             )
             messages.success(request, f"Approved the change for {run.repository.name}.")
         elif action == "reject":
-            review.change_reject(
+            services.change_reject(
                 run=run, actor=request.user, comment=comment, diff_hash=diff_hash, request=request
             )
             messages.success(request, f"Rejected the change for {run.repository.name}.")
         else:
-            review.change_publish(run=run, actor=request.user, request=request)
+            services.change_publish(run=run, actor=request.user, request=request)
             messages.success(request, f"Publishing {run.repository.name}.")
-    except review.ReviewError as exc:
+    except services.ReviewError as exc:
         messages.error(request, str(exc))
     return _back(request, campaign, run.pk)
 
@@ -164,18 +164,18 @@ def run_decide(request, pk, run_id, action):
 def review_queue(request, pk):
     campaign = _campaign(request, pk)
     which = request.GET.get("which", "todo")
-    if which not in review_selectors.QUEUE_FILTERS:
+    if which not in selectors.QUEUE_FILTERS:
         which = "todo"
-    counts = review_selectors.review_counts(campaign=campaign)
-    page = review_selectors.review_queue(
+    counts = selectors.review_counts(campaign=campaign)
+    page = selectors.review_queue(
         campaign=campaign, which=which, page=request.GET.get("page", 1), count=counts.get(which)
     )
     context = {
         "campaign": campaign,
         "page": page,
-        "rows": review_selectors.queue_rows(page.object_list),
+        "rows": selectors.queue_rows(page.object_list),
         "which": which,
-        "filters": [(k, v, counts.get(k)) for k, v in review_selectors.QUEUE_FILTERS.items()],
+        "filters": [(k, v, counts.get(k)) for k, v in selectors.QUEUE_FILTERS.items()],
         "can_review": user_can(request.user, "change_review"),
     }
     return render(request, f"{QUEUE}#queue" if request.htmx else QUEUE, context)
@@ -184,12 +184,12 @@ def review_queue(request, pk):
 @login_required
 def bulk_review(request, pk):
     campaign = _campaign(request, pk)
-    names = review_selectors.variant_names(campaign=campaign)
+    names = selectors.variant_names(campaign=campaign)
     name = request.GET.get("variant") or names[0]
     if name not in names:
         name = names[0]
-    review.variant_digests_refresh(campaign=campaign)
-    groups = review_selectors.bulk_groups(campaign=campaign, variant_name=name)
+    services.variant_digests_refresh(campaign=campaign)
+    groups = selectors.bulk_groups(campaign=campaign, variant_name=name)
     shown = request.GET.get("group", "")
     context = {
         "campaign": campaign,
@@ -210,7 +210,7 @@ def bulk_approve(request, pk):
     campaign = _campaign(request, pk, review_write=True)
     run_ids = [i for i in (_int(x) for x in request.POST.getlist("run_ids")) if i is not None]
     try:
-        result = review.changes_bulk_approve(
+        result = services.changes_bulk_approve(
             campaign=campaign,
             group_key=request.POST.get("group_key", ""),
             variant_name=request.POST.get("variant_name", ""),
@@ -219,7 +219,7 @@ def bulk_approve(request, pk):
             comment=request.POST.get("comment", ""),
             request=request,
         )
-    except review.ReviewError as exc:
+    except services.ReviewError as exc:
         messages.error(request, str(exc))
     else:
         msg = f"Approved {len(result['approved'])} change(s)."
@@ -234,14 +234,16 @@ def bulk_approve(request, pk):
 @require_POST
 def publish_approved(request, pk):
     campaign = _campaign(request, pk, review_write=True)
-    result = review.changes_publish_approved(campaign=campaign, actor=request.user, request=request)
+    result = services.changes_publish_approved(
+        campaign=campaign, actor=request.user, request=request
+    )
     messages.success(request, f"Publishing {len(result['queued'])} approved change(s).")
     return redirect(reverse("review-changesets", args=[campaign.pk]))
 
 
 def _dashboard_context(request, campaign) -> dict:
-    counts = review_selectors.run_state_counts(campaign=campaign)
-    review_counts = review_selectors.review_counts(campaign=campaign)
+    counts = selectors.run_state_counts(campaign=campaign)
+    review_counts = selectors.review_counts(campaign=campaign)
     total = counts["total"] or 1
     runs = counts["runs"]
     return {
@@ -253,12 +255,12 @@ def _dashboard_context(request, campaign) -> dict:
             "active": 100 * (runs["queued"] + runs["running"]) / total,
         },
         "review_counts": review_counts,
-        "next_up": review_selectors.queue_rows(review_selectors.review_next(campaign=campaign))
+        "next_up": selectors.queue_rows(selectors.review_next(campaign=campaign))
         if user_can(request.user, "change_review")
         else [],
-        "changeset_counts": review_selectors.changeset_counts(campaign=campaign),
+        "changeset_counts": selectors.changeset_counts(campaign=campaign),
         "clusters": error_clusters(campaign=campaign)[:20],
-        "chart": burndown_svg(review_selectors.burndown(campaign=campaign, total=counts["total"])),
+        "chart": burndown_svg(selectors.burndown(campaign=campaign, total=counts["total"])),
         "can_manage": user_can(request.user, "campaign_manage"),
         "can_review": user_can(request.user, "change_review"),
     }
@@ -292,5 +294,5 @@ def retry_group(request, pk):
 @login_required
 def changesets(request, pk):
     campaign = _campaign(request, pk)
-    page = review_selectors.changesets_for(campaign=campaign, page=request.GET.get("page", 1))
+    page = selectors.changesets_for(campaign=campaign, page=request.GET.get("page", 1))
     return render(request, CHANGESETS, {"campaign": campaign, "page": page})

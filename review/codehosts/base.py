@@ -130,7 +130,7 @@ class CodeHost(ABC):
 
 def codehost_for_remote(url: str) -> tuple[CodeHost, str] | None:
     """The adapter and repository slug for a remote URL, or None when no host is configured."""
-    from campaigns.codehosts.github import github_from_settings, github_repo_slug
+    from review.codehosts.github import github_from_settings, github_repo_slug
 
     slug = github_repo_slug(url)
     if slug is None or not settings.GITHUB_TOKEN:

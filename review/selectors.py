@@ -30,18 +30,14 @@ from django.db.models.functions import Floor
 from campaigns.models import (
     RUN_FINAL_STATES,
     Campaign,
-    Changeset,
-    Decision,
     RepoRun,
-    ReviewState,
-    RunReview,
     RunState,
     RunTransition,
     Validation,
     Variant,
-    VariantDigest,
     VariantState,
 )
+from review.models import Changeset, Decision, ReviewState, RunReview, VariantDigest
 
 PAGE_SIZE = 50
 # Columns of a variant a list needs; `patch` stays in the database until a diff is shown.
@@ -406,7 +402,7 @@ def _has(run: RepoRun, relation: str) -> bool:
 
 
 def changeset_counts(*, campaign: Campaign) -> dict[str, int]:
-    from campaigns.models import ChangesetState
+    from review.models import ChangesetState
 
     counts = dict.fromkeys(ChangesetState.values, 0)
     counts.update(

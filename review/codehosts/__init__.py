@@ -1,6 +1,6 @@
 """Code-host adapters: open and follow pull requests for published changes."""
 
-from campaigns.codehosts.base import (
+from review.codehosts.base import (
     ChecksState,
     CodeHost,
     CodeHostError,

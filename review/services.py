@@ -15,19 +15,16 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from audit.services import audit_record
-from campaigns.diffs import diff_group_key
-from campaigns.models import (
-    Campaign,
+from campaigns.models import Campaign, RepoRun, Variant, VariantState
+from review.diffs import diff_group_key
+from review.models import (
     Changeset,
     ChangesetState,
     Decision,
     DecisionKind,
-    RepoRun,
     ReviewState,
     RunReview,
-    Variant,
     VariantDigest,
-    VariantState,
 )
 
 logger = logging.getLogger(__name__)
@@ -394,7 +391,7 @@ def changes_bulk_approve(
 
 def change_publish(*, run: RepoRun, actor, request=None) -> Changeset:
     """Queue the approved change for publishing: a branch push and, where possible, a PR."""
-    from campaigns.review_tasks import changeset_push_task
+    from review.tasks import changeset_push_task
 
     spec_changeset = run.campaign.spec.get("changeset") or {}
     branch = spec_changeset.get("branch") or f"convoy/{run.campaign.name}"
@@ -448,8 +445,8 @@ def change_publish(*, run: RepoRun, actor, request=None) -> Changeset:
 
 def changeset_push(*, changeset_id: int) -> Changeset:
     """Push the changeset's commit and open its pull request; safe to run again."""
-    from campaigns.codehosts import CodeHostError, codehost_for_remote
-    from campaigns.publish import PublishError, change_push
+    from review.codehosts import CodeHostError, codehost_for_remote
+    from review.publish import PublishError, change_push
 
     changeset = Changeset.objects.select_related("run", "run__campaign", "variant").get(
         pk=changeset_id
@@ -519,7 +516,7 @@ def changeset_push(*, changeset_id: int) -> Changeset:
 
 def changesets_refresh(*, limit: int = 200) -> int:
     """Update the state and checks of open pull requests from their code host."""
-    from campaigns.codehosts import CodeHostError, codehost_for_remote
+    from review.codehosts import CodeHostError, codehost_for_remote
 
     refreshed = 0
     open_states = (ChangesetState.DRAFT, ChangesetState.OPEN)

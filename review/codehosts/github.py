@@ -13,7 +13,7 @@ from email.utils import parsedate_to_datetime
 
 from django.conf import settings
 
-from campaigns.codehosts.base import ChecksState, CodeHost, CodeHostError, HostPacer, PullRequest
+from review.codehosts.base import ChecksState, CodeHost, CodeHostError, HostPacer, PullRequest
 
 _SLUG_RES = (
     re.compile(r"^https?://github\.com/([\w.-]+)/([\w.-]+?)(?:\.git)?/?$"),

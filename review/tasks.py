@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from campaigns import review
+from review import services
 
 
 @shared_task(
@@ -12,12 +12,12 @@ from campaigns import review
     autoretry_for=(Exception,),
     retry_backoff=True,
     max_retries=5,
-    dont_autoretry_for=(review.ReviewError,),
+    dont_autoretry_for=(services.ReviewError,),
 )
 def changeset_push_task(changeset_id: int) -> None:
-    review.changeset_push(changeset_id=changeset_id)
+    services.changeset_push(changeset_id=changeset_id)
 
 
 @shared_task(name="review.changesets_refresh", ignore_result=True)
 def changesets_refresh_task() -> None:
-    review.changesets_refresh()
+    services.changesets_refresh()
