@@ -48,3 +48,6 @@ def tokens_create(request, data: TokenIn):
 def tokens_revoke(request, token_id: int):
     token = get_object_or_404(ApiToken, pk=token_id, user=request.auth)
     return _token_out(token_revoke(token=token, actor=request.auth))
+
+
+ROUTERS = [("/", router)]

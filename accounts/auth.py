@@ -1,11 +1,11 @@
 """API authentication: bearer tokens for programs, the session (with CSRF) for the browser."""
 
 from django.http import HttpRequest
-from ninja.errors import HttpError
 from ninja.security import HttpBearer, SessionAuth
 
 from accounts.roles import user_can
 from accounts.selectors import user_for_token
+from core.errors import PermissionDenied
 
 
 class TokenAuth(HttpBearer):
@@ -29,9 +29,9 @@ api_auth = [TokenAuth(), BrowserSessionAuth(csrf=True)]
 
 
 def require_capability(request: HttpRequest, capability: str) -> None:
-    """Refuse with 403 (and audit the denial) when the caller lacks a capability."""
+    """Refuse with 403 when the caller lacks a capability (audited by config/errors.py)."""
     if not user_can(request.auth, capability):
-        from audit.services import audit_denied
-
-        audit_denied(request=request, actor=request.auth, capability=capability)
-        raise HttpError(403, f"Your role does not allow this ({capability.replace('_', ' ')}).")
+        raise PermissionDenied(
+            f"Your role does not allow this ({capability.replace('_', ' ')}).",
+            capability=capability,
+        )

@@ -62,3 +62,6 @@ def export_create(request, data: ExportIn):
         lines, content_type = bundle_lines(), "application/x-ndjson"
     audit_export_record(actor=request.auth, fmt=data.format, query=data.q, request=request)
     return StreamingHttpResponse(lines, content_type=content_type)
+
+
+ROUTERS = [("/audit", router)]

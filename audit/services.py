@@ -843,17 +843,16 @@ def csv_lines(events: QuerySet) -> Iterator[str]:
 
 
 # --- Access -----------------------------------------------------------------------------------
-def audit_access_require(*, request: HttpRequest, user=None) -> None:
-    """Reading, verifying and exporting the trail is for admins; a refusal is itself recorded
-    (in autocommit, so it stays even though the request fails)."""
-    from django.core.exceptions import PermissionDenied
-
+def audit_access_require(*, user) -> None:
+    """Reading, verifying and exporting the trail is for admins (the refusal is audited where
+    errors are mapped, config/errors.py)."""
     from accounts.roles import user_can
+    from core.errors import PermissionDenied
 
-    user = user if user is not None else request.user
     if not user_can(user, "audit_view"):
-        audit_denied(request=request, actor=user, capability="audit_view")
-        raise PermissionDenied("Reading the audit trail is for admins (audit view).")
+        raise PermissionDenied(
+            "Reading the audit trail is for admins (audit view).", capability="audit_view"
+        )
 
 
 def audit_view_record(

@@ -29,7 +29,7 @@ from audit.services import (
 
 
 def _events_page(request, *, title: str, what: str, extra: Q | None = None, scope: str = ""):
-    audit_access_require(request=request)
+    audit_access_require(user=request.user)
     text = request.GET.get("q", "")
     context = {"title": title, "q": text, "scope": scope, "error": "", "page": None}
     try:
@@ -80,7 +80,7 @@ def sandbox_history(request, sandbox_id: int):
 
 @login_required
 def event_detail(request, event_id):
-    audit_access_require(request=request)
+    audit_access_require(user=request.user)
     try:
         event = audit_event_get(event_id=event_id)
     except AuditEvent.DoesNotExist:
@@ -103,7 +103,7 @@ def event_detail(request, event_id):
 @login_required
 @require_http_methods(["GET", "POST"])
 def verify(request):
-    audit_access_require(request=request)
+    audit_access_require(user=request.user)
     report = None
     if request.method == "POST":
         report = audit_verify()
@@ -128,7 +128,7 @@ def _download(lines, *, filename: str, content_type: str) -> StreamingHttpRespon
 
 @login_required
 def export_bundle(request):
-    audit_access_require(request=request)
+    audit_access_require(user=request.user)
     audit_export_record(actor=request.user, fmt="ndjson", request=request)
     stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
     return _download(
@@ -138,7 +138,7 @@ def export_bundle(request):
 
 @login_required
 def export_csv(request):
-    audit_access_require(request=request)
+    audit_access_require(user=request.user)
     text = request.GET.get("q", "")
     try:
         query = audit_query_parse(text=text)

@@ -248,3 +248,6 @@ def secret_set(request, data: SecretIn):
     except ValueError as exc:
         raise HttpError(422, str(exc)) from None
     return 201, secret
+
+
+ROUTERS = [("/", router)]

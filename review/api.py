@@ -307,3 +307,6 @@ def changeset_list(
 
 
 __all__ = ["router"]
+
+
+ROUTERS = [("/", router)]

@@ -1,0 +1,121 @@
+"""Errors mapped once: one set of django-ninja handlers for the API, one middleware for pages.
+
+Services raise `core.errors.ConvoyError` (and Django raises `Http404`/`PermissionDenied`); no
+route or view catches them. The API answers `{"detail", "code", "errors"}` with the error's
+status; a page gets the site's styled error page, an htmx request the `error` partial of the
+same template (swapped into `#notices`, so the page the user is on stays). Every refusal (403)
+is audited, page or API.
+"""
+
+from __future__ import annotations
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, HttpError
+from ninja.errors import ValidationError as NinjaValidationError
+
+from audit.record import AuditWriteError, audit_denied
+from core.errors import ConvoyError, FieldError, NotFound, PermissionDenied, Unavailable
+
+AUDIT_UNAVAILABLE = "The change was not made: the audit trail could not record it. Try again."
+
+
+def as_convoy_error(exc: Exception) -> ConvoyError | None:
+    """The Convoy error an exception stands for, or None if it is not a refusal we know."""
+    if isinstance(exc, ConvoyError):
+        return exc
+    if isinstance(exc, Http404):
+        return NotFound(str(exc) or "Not found.")
+    if isinstance(exc, DjangoPermissionDenied):
+        return PermissionDenied(str(exc) or "Your role does not allow this.")
+    if isinstance(exc, AuditWriteError):
+        return Unavailable(AUDIT_UNAVAILABLE, code="audit_unavailable")
+    return None
+
+
+def _denial_audited(request: HttpRequest, error: ConvoyError) -> None:
+    user = getattr(request, "auth", None) or getattr(request, "user", None)
+    if isinstance(error, PermissionDenied) and not getattr(error, "audited", False):
+        audit_denied(actor=user, capability=error.capability or error.code, path=request.path)
+        error.audited = True
+
+
+def _field(loc) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "payload", "form")]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
+    return out or "request"
+
+
+def api_errors_install(api: NinjaAPI) -> None:
+    def respond(request, error: ConvoyError):
+        _denial_audited(request, error)
+        return api.create_response(request, error.as_body(), status=error.status)
+
+    @api.exception_handler(ConvoyError)
+    def _convoy(request, exc):
+        return respond(request, exc)
+
+    @api.exception_handler(Http404)
+    def _not_found(request, exc):
+        return respond(request, as_convoy_error(exc))
+
+    @api.exception_handler(DjangoPermissionDenied)
+    def _denied(request, exc):
+        return respond(request, as_convoy_error(exc))
+
+    @api.exception_handler(AuditWriteError)
+    def _audit_failed(request, exc):
+        # Fail closed: the change was rolled back because its audit event could not be written.
+        return respond(request, as_convoy_error(exc))
+
+    @api.exception_handler(AuthenticationError)
+    def _unauthenticated(request, exc):
+        error = ConvoyError("Authentication required: send a valid API token.")
+        error.code = "unauthenticated"
+        return api.create_response(request, error.as_body(), status=401)
+
+    @api.exception_handler(NinjaValidationError)
+    def _invalid(request, exc):
+        errors = [FieldError(_field(e.get("loc", ())), e.get("msg", "invalid")) for e in exc.errors]
+        detail = "; ".join(f"{e.field}: {e.message}" for e in errors) or "Invalid input."
+        body = {"detail": detail, "code": "invalid", "errors": [e.__dict__ for e in errors]}
+        return api.create_response(request, body, status=422)
+
+    @api.exception_handler(HttpError)
+    def _http(request, exc):
+        body = {"detail": str(exc), "code": f"http_{exc.status_code}", "errors": []}
+        return api.create_response(request, body, status=exc.status_code)
+
+
+class ErrorPageMiddleware:
+    """Render refusals raised by page views: the styled page, or its fragment for htmx."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exc: Exception) -> HttpResponse | None:
+        if request.path.startswith("/api/"):
+            return None
+        error = as_convoy_error(exc)
+        if error is None:
+            return None
+        _denial_audited(request, error)
+        return error_response(request, error)
+
+
+def error_response(request: HttpRequest, error: ConvoyError) -> HttpResponse:
+    htmx = getattr(request, "htmx", False)
+    template = "errors/error.html#error" if htmx else "errors/error.html"
+    response = TemplateResponse(request, template, {"error": error}, status=error.status)
+    if htmx:
+        # htmx does not swap 4xx by default: say where the message goes.
+        response["HX-Retarget"] = "#notices"
+        response["HX-Reswap"] = "innerHTML"
+    return response.render()

@@ -1,0 +1,19 @@
+"""The error body every API route returns, for the OpenAPI document."""
+
+from ninja import Schema
+
+
+class FieldErrorOut(Schema):
+    field: str
+    message: str
+
+
+class ErrorOut(Schema):
+    detail: str
+    code: str
+    errors: list[FieldErrorOut] = []
+
+
+def errors_for(*statuses: int) -> dict:
+    """`response=` entries documenting the error statuses a route can return."""
+    return dict.fromkeys(statuses, ErrorOut)
