@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 RUN_PACKAGES := runsc bubblewrap git
 TEST_PACKAGES := $(RUN_PACKAGES) chromium
 
-.PHONY: run test venv system-deps system-deps-test host-tune lint fmt migrate seed worker bench clean
+.PHONY: run test test-fast venv system-deps system-deps-test host-tune lint fmt migrate seed worker bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,7 @@ worker: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 fmt: venv
 	$(BIN)/ruff check --fix .
@@ -67,6 +68,10 @@ test: venv system-deps-test lint
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/pytest $(PYTEST_ARGS)
 	@echo "=== pytest, embedded shape (SQLite, in-process worker, in-memory channel layer) ==="
 	env -u DATABASE_URL -u REDIS_URL $(BIN)/pytest $(PYTEST_ARGS)
+
+# The inner loop: lint and the tests not marked slow, in the production shape only.
+test-fast: venv lint
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: venv
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -30,9 +30,16 @@ def pytest_report_header(config):
     return f"convoy shape: {settings.SHAPE} ({engine} {db['TEST']['NAME']}; {redis})"
 
 
+# End-to-end tests (a real worker, a real server or a real browser) are `slow`:
+# `make test-fast` skips them for the inner loop; `make test` runs everything.
+SLOW_FIXTURES = {"celery_worker", "asgi_server", "browser_page"}
+
+
 def pytest_collection_modifyitems(config, items):
     keep, drop = [], []
     for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
         marker = item.get_closest_marker("shapes")
         shapes = marker.args if marker else ("production",)
         (keep if settings.SHAPE in shapes else drop).append(item)
