@@ -10,7 +10,8 @@ is audited, page or API.
 from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.http import Http404, HttpRequest, HttpResponse
+from django.conf import settings
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.template.response import TemplateResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError
@@ -89,6 +90,30 @@ def api_errors_install(api: NinjaAPI) -> None:
     def _http(request, exc):
         body = {"detail": str(exc), "code": f"http_{exc.status_code}", "errors": []}
         return api.create_response(request, body, status=exc.status_code)
+
+
+class BodySizeLimitMiddleware:
+    """413 before anything reads a body over the limit (Django would raise deep inside a view)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if limit is not None and length > limit:
+            error = ConvoyError(
+                f"The request body is {length} bytes; the limit is {limit} bytes.",
+                code="too_large",
+            )
+            if request.path.startswith("/api/"):
+                return JsonResponse(error.as_body(), status=413)
+            error.status = 413
+            return error_response(request, error)
+        return self.get_response(request)
 
 
 class ErrorPageMiddleware:
