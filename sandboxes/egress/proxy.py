@@ -1,0 +1,564 @@
+"""The egress proxy: one asyncio server per worker process, one UNIX socket per sandbox.
+
+Each sandbox gets its own socket (in its own directory, mounted into that sandbox only), so
+the socket a connection arrives on says whose policy applies: no token to steal or forge.
+The proxy speaks HTTP CONNECT (TLS passes through untouched; the ClientHello's server name
+must match the CONNECT host) and plain-HTTP absolute-URI requests. It resolves names itself,
+refuses when any address is not public, connects only to the addresses it vetted, counts
+bytes against the sandbox's limit, and reports every attempt as an `EgressEvent`.
+
+It runs in a background thread with its own event loop, so Celery workers and the embedded
+server use it the same way: `start()`, `sandbox_open(...)`, `sandbox_close(...)`, `stop()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import ipaddress
+import logging
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+from core.errors import Invalid
+from sandboxes.egress.addresses import address_refusal
+from sandboxes.egress.events import EgressEvent, EgressStats
+from sandboxes.egress.policy import Limits, NetworkPolicy, normalise_host
+from sandboxes.egress.wire import (
+    BadRequest,
+    RequestHead,
+    UpstreamConfig,
+    UpstreamProxy,
+    hostport_split,
+    request_head_parse,
+    tls_client_hello_sni,
+)
+
+log = logging.getLogger(__name__)
+
+EventCallback = Callable[[EgressEvent], None]
+SOCKET_NAME = "proxy.sock"
+HEAD_LIMIT = 64 * 1024
+CHUNK = 256 * 1024
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+# Hop-by-hop and proxy headers never go upstream on a plain-HTTP request.
+_DROP_HEADERS = {"proxy-connection", "proxy-authorization", "connection", "keep-alive"}
+_REASONS = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway", 504: "Gateway Timeout"}
+# Unix socket paths are limited to 108 bytes including the terminating NUL.
+_SUN_PATH_MAX = 107
+
+
+class _Refused(Exception):
+    def __init__(
+        self, code: str, reason: str, *, status: int = 403, allowed: bool = False, answer=True
+    ):
+        super().__init__(reason)
+        self.code, self.reason, self.status, self.allowed = code, reason, status, allowed
+        # False once the tunnel is up: the client speaks TLS, an HTTP answer would be noise.
+        self.answer = answer
+
+
+@dataclass
+class _Sandbox:
+    key: str
+    policy: NetworkPolicy
+    limits: Limits
+    on_event: EventCallback | None
+    directory: Path
+    server: asyncio.AbstractServer | None = None
+    bytes_used: int = 0
+    tasks: set[asyncio.Task] = field(default_factory=set)
+    stats: EgressStats = field(default_factory=EgressStats)
+    closed: bool = False
+    # Set when a transfer was cut at the limit (bytes_used stays just under it).
+    exhausted: bool = False
+
+    @property
+    def socket_path(self) -> Path:
+        return self.directory / SOCKET_NAME
+
+
+def test_hosts_parse(text: str) -> dict[str, str]:
+    """`api.test=127.0.0.1,internal.test=10.0.0.1` → mapping; test-only (see EgressProxy)."""
+    mapping = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, address = item.partition("=")
+        ipaddress.ip_address(address.strip())
+        if not sep:
+            raise ValueError(f"expected name=address, got {item!r}")
+        mapping[normalise_host(name)] = address.strip()
+    return mapping
+
+
+class EgressProxy:
+    """This process's egress proxy. Thread-safe; every public method may be called from any
+    thread except the proxy's own.
+
+    `test_hosts` maps names to addresses without DNS, and lets a mapped name reach loopback
+    (never any other non-public range): only when `settings.TESTING`, so a production
+    process refuses to start with it.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        upstream: UpstreamConfig | None = None,
+        upstream_resolves_names: bool = False,
+        test_hosts: Mapping[str, str] | None = None,
+        check_sni: bool = True,
+        sni_ports: frozenset[int] = frozenset({443}),
+        socket_mode: int = 0o600,
+        resolve_timeout_s: float = 10.0,
+    ):
+        if test_hosts and not getattr(settings, "TESTING", False):
+            raise ImproperlyConfigured(
+                "egress test host mapping is for the test suite only; production refuses it"
+            )
+        self.root = Path(root)
+        self.upstream = upstream if upstream is not None else UpstreamConfig.from_env()
+        # With a host proxy in front, local DNS may not know public names: then the host's
+        # proxy resolves them (its own policy applies). Off by default.
+        self.upstream_resolves_names = upstream_resolves_names
+        self.test_hosts = {normalise_host(k): v for k, v in (test_hosts or {}).items()}
+        self.check_sni = check_sni
+        # Only ports where the client speaks first with TLS: server-speaks-first protocols
+        # (SSH, SMTP) would stall waiting for a ClientHello that never comes.
+        self.sni_ports = sni_ports
+        self.socket_mode = socket_mode
+        self.resolve_timeout_s = resolve_timeout_s
+        self._sandboxes: dict[str, _Sandbox] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # ---- lifecycle (any thread) -------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> EgressProxy:
+        """Start the proxy's thread and loop; a second call does nothing."""
+        with self._lock:
+            if self.running:
+                return self
+            self.root.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.root, 0o700)
+            loop = asyncio.new_event_loop()
+            ready = threading.Event()
+
+            def run() -> None:
+                asyncio.set_event_loop(loop)
+                loop.call_soon(ready.set)
+                loop.run_forever()
+                loop.close()
+
+            self._loop = loop
+            self._thread = threading.Thread(target=run, name="egress-proxy", daemon=True)
+            self._thread.start()
+            ready.wait()
+        return self
+
+    def stop(self) -> None:
+        """Close every sandbox's socket and connections, then the loop; idempotent."""
+        with self._lock:
+            if not self.running or self._loop is None:
+                return
+            for key in list(self._sandboxes):
+                self._call(self._close(key))
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+            self._thread = None
+            self._loop = None
+
+    def sandbox_open(
+        self,
+        sandbox_key: str,
+        policy: NetworkPolicy,
+        limits: Limits | None = None,
+        on_event: EventCallback | None = None,
+    ) -> Path:
+        """Create the sandbox's socket and return its path (mount its directory into the
+        sandbox). Opening an open sandbox again replaces its policy, limits and callback."""
+        if not _KEY.match(sandbox_key):
+            raise Invalid(f"bad sandbox key {sandbox_key!r}", field="sandbox_key")
+        self.start()
+        return self._call(self._open(sandbox_key, policy, limits or Limits(), on_event))
+
+    def sandbox_close(self, sandbox_key: str) -> None:
+        """Remove the socket, end the sandbox's connections (their events are reported)."""
+        if self.running:
+            self._call(self._close(sandbox_key))
+
+    def sandbox_stats(self, sandbox_key: str) -> EgressStats | None:
+        sb = self._sandboxes.get(sandbox_key)
+        if sb is None:
+            return None
+        s = sb.stats
+        return EgressStats(s.connections, s.refused, len(sb.tasks), sb.bytes_used, set(s.hosts))
+
+    def _call(self, coro):
+        if self._loop is None:
+            raise RuntimeError("egress proxy is not running")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)
+
+    # ---- per-sandbox servers (proxy thread) --------------------------------------------
+
+    async def _open(self, key: str, policy, limits, on_event) -> Path:
+        existing = self._sandboxes.get(key)
+        if existing is not None:
+            existing.policy, existing.limits, existing.on_event = policy, limits, on_event
+            return existing.socket_path
+        # A short hashed directory name keeps the path under the 107-byte limit.
+        directory = self.root / hashlib.sha256(key.encode()).hexdigest()[:16]
+        sb = _Sandbox(key, policy, limits, on_event, directory)
+        if len(os.fsencode(sb.socket_path)) > _SUN_PATH_MAX:
+            raise Invalid(
+                f"egress socket path {sb.socket_path} is longer than {_SUN_PATH_MAX} bytes; "
+                "use a shorter CONVOY_DATA_DIR",
+                field="CONVOY_DATA_DIR",
+            )
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(mode=0o700, parents=True)
+        sb.server = await asyncio.start_unix_server(
+            lambda r, w: self._serve(sb, r, w), path=str(sb.socket_path), limit=HEAD_LIMIT
+        )
+        os.chmod(sb.socket_path, self.socket_mode)
+        self._sandboxes[key] = sb
+        return sb.socket_path
+
+    async def _close(self, key: str) -> None:
+        sb = self._sandboxes.pop(key, None)
+        if sb is None:
+            return
+        sb.closed = True
+        if sb.server is not None:
+            sb.server.close()
+        for task in list(sb.tasks):
+            task.cancel()
+        if sb.tasks:
+            await asyncio.wait(list(sb.tasks), timeout=5)
+        shutil.rmtree(sb.directory, ignore_errors=True)
+
+    # ---- one client connection ----------------------------------------------------------
+
+    async def _serve(self, sb: _Sandbox, reader, writer) -> None:
+        task = asyncio.current_task()
+        sb.tasks.add(task)
+        event = EgressEvent(sandbox_key=sb.key, started_at=time.time())
+        began = time.monotonic()
+        try:
+            await self._handle(sb, reader, writer, event)
+        except _Refused as r:
+            event.allowed, event.code, event.reason, event.status = (
+                r.allowed,
+                r.code,
+                r.reason,
+                r.status,
+            )
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                if not r.answer:
+                    return
+                body = (r.reason + "\n").encode()
+                writer.write(
+                    f"HTTP/1.1 {r.status} {_REASONS.get(r.status, 'Error')}\r\n"
+                    f"Content-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+                    "Connection: close\r\n\r\n".encode()
+                    + body
+                )
+                await writer.drain()
+        except asyncio.CancelledError:
+            event.code = event.code if event.code not in ("", "ok") else "closed"
+            event.reason = event.reason or "sandbox closed"
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError) as e:
+            if not event.code:
+                event.code, event.reason = "closed", f"client went away ({type(e).__name__})"
+        finally:
+            sb.tasks.discard(task)
+            writer.close()
+            event.duration_s = time.monotonic() - began
+            if event.method:
+                self._emit(sb, event)
+
+    def _emit(self, sb: _Sandbox, event: EgressEvent) -> None:
+        sb.stats.connections += 1
+        sb.stats.refused += not event.allowed
+        if event.host:
+            sb.stats.hosts.add(event.host)
+        if sb.on_event is None:
+            return
+        try:
+            sb.on_event(event)
+        except Exception:
+            log.exception("egress on_event callback failed for %s", sb.key)
+
+    async def _handle(self, sb: _Sandbox, reader, writer, event: EgressEvent) -> None:
+        try:
+            raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        except asyncio.LimitOverrunError as e:
+            event.method = "?"
+            raise _Refused("bad_request", "request head too large", status=400) from e
+        try:
+            head = request_head_parse(raw)
+        except BadRequest as e:
+            event.method = "?"
+            raise _Refused("bad_request", str(e), status=400) from e
+        event.method = head.method
+        if len(sb.tasks) > sb.limits.max_connections:
+            raise _Refused("limit", f"more than {sb.limits.max_connections} concurrent connections")
+        if head.method == "CONNECT":
+            await self._tunnel(sb, head, reader, writer, event)
+        elif head.target.startswith("http://"):
+            await self._forward(sb, head, raw, reader, writer, event)
+        else:
+            raise _Refused(
+                "bad_request",
+                "this is a proxy: send CONNECT host:port, or an absolute http:// URL",
+                status=400,
+            )
+
+    async def _tunnel(self, sb, head: RequestHead, reader, writer, event) -> None:
+        try:
+            host, port = hostport_split(head.target)
+        except BadRequest as e:
+            raise _Refused("bad_request", str(e), status=400) from e
+        event.host, event.port = host, port
+        up_reader, up_writer = await self._connect(sb, host, port, event, tunnel=True)
+        try:
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            await writer.drain()
+            sni = self.check_sni and port in self.sni_ports
+            first = await self._first_bytes(reader, host) if sni else b""
+            if first:
+                up_writer.write(first)
+                self._count(sb, event, up=len(first))
+            await self._pipe(sb, reader, writer, up_reader, up_writer, event)
+        finally:
+            up_writer.close()
+
+    async def _first_bytes(self, reader, host: str) -> bytes:
+        """The client's first bytes after the 200; if TLS, its server name must be `host`."""
+        data = b""
+        while True:
+            is_tls, sni, needed = tls_client_hello_sni(data)
+            if not is_tls or (data and len(data) >= needed):
+                break
+            try:
+                chunk = await asyncio.wait_for(reader.read(needed - len(data)), 30)
+            except TimeoutError:
+                return data
+            if not chunk:
+                return data
+            data += chunk
+        if is_tls and sni and sni != host:
+            raise _Refused(
+                "sni", f"TLS server name {sni} does not match CONNECT host {host}", answer=False
+            )
+        return data
+
+    async def _forward(self, sb, head: RequestHead, raw: bytes, reader, writer, event) -> None:
+        url = urlsplit(head.target)
+        try:
+            host, port = hostport_split(url.netloc.rpartition("@")[2], default_port=80)
+        except BadRequest as e:
+            raise _Refused("bad_request", str(e), status=400) from e
+        event.host, event.port = host, port
+        given = head.header("host")
+        if given is not None:
+            try:
+                same = hostport_split(given, default_port=80) == (host, port)
+            except BadRequest:
+                same = False
+            if not same:
+                raise _Refused(
+                    "bad_request",
+                    f"Host header {given} does not match the URL's host {host}:{port}",
+                    status=400,
+                )
+        upstream = self.upstream.for_target(host, tunnel=False)
+        up_reader, up_writer = await self._connect(sb, host, port, event, tunnel=False)
+        try:
+            path = url.path or "/"
+            target = head.target if upstream else path + (f"?{url.query}" if url.query else "")
+            lines = [f"{head.method} {target} {head.version}"]
+            lines += [f"{k}: {v}" for k, v in head.headers if k.lower() not in _DROP_HEADERS]
+            if upstream and upstream.authorization:
+                lines.append(f"Proxy-Authorization: {upstream.authorization}")
+            # One request per connection: a second request on a kept-alive connection would
+            # not be judged by its own Host.
+            lines.append("Connection: close")
+            out = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+            up_writer.write(out)
+            self._count(sb, event, up=len(out))
+            await self._pipe(sb, reader, writer, up_reader, up_writer, event)
+        finally:
+            up_writer.close()
+
+    # ---- admission and connecting --------------------------------------------------------
+
+    async def _admit(self, sb: _Sandbox, host: str, port: int, event) -> list[str]:
+        """The vetted addresses for host:port, or _Refused with the reason. Empty list: the
+        host's proxy resolves the name (only with upstream_resolves_names)."""
+        if sb.closed:
+            raise _Refused("closed", "sandbox closed")
+        if sb.exhausted or sb.bytes_used >= sb.limits.egress_bytes:
+            raise _Refused("limit", f"egress limit of {sb.limits.egress_mb} MB reached")
+        try:
+            literal = ipaddress.ip_address(host)
+        except ValueError:
+            literal = None
+        if literal is not None:
+            event.address = str(literal)
+            why = address_refusal(literal)
+            raise _Refused(
+                "address" if why else "ip_literal",
+                why or "IP address: network.allow takes host names only",
+            )
+        if not sb.policy.allows(host, port):
+            raise _Refused("not_allowed", "not in network.allow")
+        mapped = self.test_hosts.get(host)
+        if mapped is not None:
+            addresses = [mapped]
+        else:
+            try:
+                infos = await asyncio.wait_for(
+                    asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM),
+                    self.resolve_timeout_s,
+                )
+            except (OSError, TimeoutError) as e:
+                if self.upstream_resolves_names and self.upstream.for_target(host, tunnel=True):
+                    return []
+                raise _Refused("dns", f"name does not resolve ({e})", status=502) from e
+            addresses = list(dict.fromkeys(info[4][0] for info in infos))
+        for address in addresses:
+            why = address_refusal(address)
+            if why == "loopback" and mapped is not None:
+                continue  # the test mapping's upstream on loopback (tests only)
+            if why:
+                event.address = address
+                raise _Refused("address", f"resolves to {address}: {why}")
+        event.address = addresses[0] if addresses else None
+        return addresses
+
+    async def _connect(self, sb, host: str, port: int, event, *, tunnel: bool):
+        addresses = await self._admit(sb, host, port, event)
+        timeout = sb.limits.connect_timeout_s
+        upstream = self.upstream.for_target(host, tunnel=tunnel)
+        if upstream is not None:
+            event.via = f"proxy {upstream.host}:{upstream.port}"
+            return await self._connect_upstream(upstream, host, port, timeout, tunnel=tunnel)
+        errors = []
+        for address in addresses:
+            try:
+                r, w = await asyncio.wait_for(
+                    asyncio.open_connection(address, port, limit=CHUNK), timeout
+                )
+            except (OSError, TimeoutError) as e:
+                errors.append(f"{address}: {e or type(e).__name__}")
+                continue
+            event.address = address
+            event.allowed = True
+            return r, w
+        raise _Refused("connect_failed", "; ".join(errors), status=502, allowed=True)
+
+    async def _connect_upstream(self, upstream: UpstreamProxy, host, port, timeout, *, tunnel):
+        try:
+            r, w = await asyncio.wait_for(
+                asyncio.open_connection(upstream.host, upstream.port, limit=CHUNK), timeout
+            )
+        except (OSError, TimeoutError) as e:
+            raise _Refused(
+                "upstream", f"host proxy unreachable: {e}", status=502, allowed=True
+            ) from e
+        if not tunnel:
+            return r, w
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        auth = ""
+        if upstream.authorization:
+            auth = f"Proxy-Authorization: {upstream.authorization}\r\n"
+        w.write(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n".encode())
+        try:
+            answer = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), timeout)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
+            w.close()
+            raise _Refused(
+                "upstream", "host proxy closed the tunnel", status=502, allowed=True
+            ) from e
+        status_line = answer.split(b"\r\n", 1)[0].decode("latin-1")
+        parts = status_line.split(" ", 2)
+        if len(parts) < 2 or parts[1] != "200":
+            w.close()
+            raise _Refused(
+                "upstream", f"host proxy answered {status_line!r}", status=502, allowed=True
+            )
+        return r, w
+
+    # ---- moving bytes --------------------------------------------------------------------
+
+    def _count(self, sb: _Sandbox, event, *, up: int = 0, down: int = 0) -> None:
+        sb.bytes_used += up + down
+        event.bytes_up += up
+        event.bytes_down += down
+
+    async def _pipe(self, sb, reader, writer, up_reader, up_writer, event) -> None:
+        event.allowed = True
+        event.code, event.reason, event.status = "ok", "", 200
+        done = asyncio.Event()
+        last = [time.monotonic()]
+
+        async def copy(src, dst, up: bool) -> None:
+            try:
+                while True:
+                    data = await src.read(CHUNK)
+                    if not data:
+                        break
+                    last[0] = time.monotonic()
+                    if sb.bytes_used + len(data) > sb.limits.egress_bytes:
+                        sb.exhausted = True
+                        event.code = "limit"
+                        event.reason = f"egress limit of {sb.limits.egress_mb} MB reached"
+                        done.set()
+                        return
+                    self._count(sb, event, up=len(data) if up else 0, down=0 if up else len(data))
+                    dst.write(data)
+                    await dst.drain()
+                if dst.can_write_eof():
+                    dst.write_eof()
+            except (ConnectionError, OSError):
+                done.set()
+
+        async def idle() -> None:
+            while True:
+                left = sb.limits.idle_timeout_s - (time.monotonic() - last[0])
+                if left <= 0:
+                    event.code, event.reason = "idle", "idle timeout"
+                    done.set()
+                    return
+                await asyncio.sleep(min(left, 5))
+
+        up_task = asyncio.ensure_future(copy(reader, up_writer, True))
+        down_task = asyncio.ensure_future(copy(up_reader, writer, False))
+        stopper = asyncio.ensure_future(done.wait())
+        watchdog = asyncio.ensure_future(idle())
+        tasks = [up_task, down_task, stopper, watchdog]
+        try:
+            # The client finishing its side only half-closes the tunnel (the answer may still
+            # be coming); the far side closing, a limit or an error ends it.
+            await asyncio.wait([down_task, stopper], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,340 @@
+"""The egress proxy on its UNIX socket: what it lets through, what it refuses and why, the
+limits, chaining to the host's proxy, per-sandbox sockets and the events it reports."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from core.errors import Invalid
+from sandboxes.egress import worker
+from sandboxes.egress.policy import Limits, network_parse
+from sandboxes.egress.proxy import EgressProxy
+from sandboxes.egress.wire import UpstreamConfig, UpstreamProxy
+from tests.sandboxes.egress.conftest import TEST_HOSTS, connect, proxy_request, tls_get
+from tests.support import wait_for
+
+pytestmark = pytest.mark.shapes("embedded", "production")
+
+
+class Events(list):
+    def wait(self, n: int = 1):
+        wait_for(lambda: len(self) >= n, timeout=10, what=f"{n} egress events")
+        return self[n - 1]
+
+
+def _open(proxy, https_upstream, allow=None, **limits):
+    events = Events()
+    allow = allow or [f"api.test:{https_upstream.port}"]
+    path = proxy.sandbox_open(
+        "sb-1", network_parse({"allow": allow}), Limits(**limits), events.append
+    )
+    return path, events
+
+
+def test_allowed_name_tunnels_tls_untouched(proxy, https_upstream):
+    path, events = _open(proxy, https_upstream)
+    assert path.stat().st_mode & 0o777 == 0o600
+    status, _, sock = connect(path, f"api.test:{https_upstream.port}")
+    assert status == 200
+    body = tls_get(sock, https_upstream.cert, "api.test")
+    assert b"hello from upstream" in body
+    event = events.wait()
+    assert (event.allowed, event.code, event.host, event.port) == (
+        True,
+        "ok",
+        "api.test",
+        https_upstream.port,
+    )
+    assert event.address == "127.0.0.1"
+    assert event.bytes_up > 100 and event.bytes_down > len(body)
+    assert event.duration_s > 0
+    assert event.log_line().startswith(f"egress: api.test:{https_upstream.port} via 127.0.0.1")
+    stats = proxy.sandbox_stats("sb-1")
+    assert stats.summary() == "egress: 1 connection to 1 host, 0 refused"
+
+
+@pytest.mark.parametrize(
+    "target, code, reason",
+    [
+        ("other.test:443", "not_allowed", "not in network.allow"),
+        ("api.test:5432", "not_allowed", "not in network.allow"),
+        ("127.0.0.1:5432", "address", "loopback"),
+        ("[::1]:6379", "address", "loopback"),
+        ("169.254.169.254:80", "address", "link-local (cloud metadata)"),
+        ("93.184.216.34:443", "ip_literal", "IP address: network.allow takes host names only"),
+        ("internal.test:443", "address", "resolves to 10.0.0.1: private"),
+        ("metadata.test:80", "address", "resolves to 169.254.169.254: link-local (cloud metadata)"),
+        (
+            "mapped.test:443",
+            "address",
+            "resolves to ::ffff:10.1.2.3: private (IPv4 10.1.2.3 inside IPv6)",
+        ),
+        ("localhost:5432", "address", "loopback"),
+    ],
+)
+def test_refusals_answer_403_with_the_reason(proxy, https_upstream, target, code, reason):
+    allow = [
+        f"api.test:{https_upstream.port}",
+        "internal.test",
+        "metadata.test",
+        "mapped.test",
+        "localhost:5432",
+    ]
+    path, events = _open(proxy, https_upstream, allow=allow)
+    status, body, sock = connect(path, target)
+    sock.close()
+    assert status == 403
+    event = events.wait()
+    assert (event.allowed, event.code) == (False, code)
+    assert reason in event.reason
+    assert body.decode().strip() == event.reason
+    assert event.log_line() == f"egress refused: {event.target} ({event.reason})"
+
+
+def test_refusal_log_line_for_the_host_database(proxy, https_upstream):
+    path, events = _open(proxy, https_upstream)
+    connect(path, "127.0.0.1:5432")[2].close()
+    assert events.wait().log_line() == "egress refused: 127.0.0.1:5432 (loopback)"
+
+
+def test_sni_must_match_the_connect_host(proxy, https_upstream):
+    path, events = _open(proxy, https_upstream)
+    status, _, sock = connect(path, f"api.test:{https_upstream.port}")
+    assert status == 200
+    with pytest.raises(OSError):
+        tls_get(sock, https_upstream.cert, "other.test")
+    event = events.wait()
+    assert event.code == "sni"
+    assert "TLS server name other.test does not match CONNECT host api.test" in event.reason
+
+
+def test_plain_http_absolute_uri_is_forwarded_with_host_checked(
+    proxy, https_upstream, http_upstream
+):
+    path, events = _open(proxy, https_upstream, allow=[f"api.test:{http_upstream.port}"])
+    url = f"http://api.test:{http_upstream.port}/hello"
+    host = f"api.test:{http_upstream.port}"
+    status, body, _ = proxy_request(
+        path, f"GET {url} HTTP/1.1\r\nHost: {host}\r\nProxy-Connection: keep-alive\r\n\r\n"
+    )
+    assert status == 200
+    assert f"host={host}".encode() in body
+    assert events.wait().allowed
+
+    status, body, _ = proxy_request(path, f"GET {url} HTTP/1.1\r\nHost: other.test\r\n\r\n")
+    assert status == 400
+    assert b"Host header other.test does not match" in body
+
+    status, body, _ = proxy_request(path, f"GET /hello HTTP/1.1\r\nHost: {host}\r\n\r\n")
+    assert status == 400
+    assert b"this is a proxy" in body
+
+
+def test_byte_limit_cuts_the_transfer_then_refuses_new_connections(proxy, https_upstream):
+    path, events = _open(proxy, https_upstream, egress_mb=1)
+    status, _, sock = connect(path, f"api.test:{https_upstream.port}")
+    assert status == 200
+    body = tls_get(sock, https_upstream.cert, "api.test", path=f"/bytes/{3 * 1024 * 1024}")
+    assert len(body) < 2 * 1024 * 1024
+    event = events.wait()
+    assert (event.code, event.reason) == ("limit", "egress limit of 1 MB reached")
+    assert event.bytes_up + event.bytes_down <= 1024 * 1024
+
+    status, body, _ = connect(path, f"api.test:{https_upstream.port}")
+    assert status == 403
+    assert body == b"egress limit of 1 MB reached\n"
+    assert events.wait(2).code == "limit"
+
+
+def test_concurrent_connection_limit(proxy, https_upstream):
+    path, _ = _open(proxy, https_upstream, max_connections=2)
+    held = [connect(path, f"api.test:{https_upstream.port}") for _ in range(2)]
+    assert [h[0] for h in held] == [200, 200]
+    status, body, _ = connect(path, f"api.test:{https_upstream.port}")
+    assert status == 403
+    assert body == b"more than 2 concurrent connections\n"
+    for h in held:
+        h[2].close()
+    wait_for(lambda: proxy.sandbox_stats("sb-1").active == 0, timeout=10, what="slots freed")
+    assert connect(path, f"api.test:{https_upstream.port}")[0] == 200
+
+
+def test_each_sandbox_has_its_own_socket_policy_and_events(proxy, https_upstream):
+    a_events, b_events = Events(), Events()
+    a = proxy.sandbox_open(
+        "sb-a", network_parse({"allow": [f"api.test:{https_upstream.port}"]}), None, a_events.append
+    )
+    b = proxy.sandbox_open("sb-b", network_parse("none"), None, b_events.append)
+    assert a != b and a.parent != b.parent
+    assert a.parent.stat().st_mode & 0o777 == 0o700
+    assert connect(a, f"api.test:{https_upstream.port}")[0] == 200
+    assert connect(b, f"api.test:{https_upstream.port}")[0] == 403
+    assert a_events.wait().allowed and not b_events.wait().allowed
+    proxy.sandbox_close("sb-b")
+    assert not b.exists()
+    assert connect(a, f"api.test:{https_upstream.port}")[0] == 200
+    proxy.sandbox_close("sb-b")  # idempotent
+
+
+def test_close_ends_open_tunnels_and_reports_them(proxy, https_upstream):
+    path, events = _open(proxy, https_upstream)
+    status, _, sock = connect(path, f"api.test:{https_upstream.port}")
+    assert status == 200
+    proxy.sandbox_close("sb-1")
+    event = events.wait()
+    assert event.allowed and event.host == "api.test"
+    assert sock.recv(10) == b""
+
+
+def test_start_and_stop_are_idempotent(short_tmp):
+    p = EgressProxy(short_tmp / "idem", upstream=UpstreamConfig())
+    p.start()
+    p.start()
+    path = p.sandbox_open("x", network_parse("none"))
+    p.stop()
+    p.stop()
+    assert not p.running
+    assert not path.exists()
+
+
+def test_without_the_test_mapping_names_need_dns_and_loopback_is_refused(short_tmp, https_upstream):
+    p = EgressProxy(short_tmp / "nomap", upstream=UpstreamConfig()).start()
+    try:
+        events = Events()
+        path = p.sandbox_open(
+            "x", network_parse({"allow": [f"api.test:{https_upstream.port}"]}), None, events.append
+        )
+        assert connect(path, f"api.test:{https_upstream.port}")[0] in (403, 502)
+        assert events.wait().code in ("dns", "address")
+        assert connect(path, f"127.0.0.1:{https_upstream.port}")[0] == 403
+        assert events.wait(2).reason == "loopback"
+    finally:
+        p.stop()
+
+
+def test_production_refuses_the_test_mapping(settings, short_tmp):
+    settings.TESTING = False
+    with pytest.raises(ImproperlyConfigured):
+        EgressProxy(short_tmp / "prod", test_hosts=TEST_HOSTS)
+    with pytest.raises(ImproperlyConfigured):
+        worker.test_hosts_from_env({"CONVOY_EGRESS_TEST_HOSTS": "api.test=127.0.0.1"})
+    settings.TESTING = True
+    assert worker.test_hosts_from_env({"CONVOY_EGRESS_TEST_HOSTS": "api.test=127.0.0.1"}) == {
+        "api.test": "127.0.0.1"
+    }
+
+
+class FakeHostProxy:
+    """The host's own outbound proxy: records CONNECTs and tunnels them to one fixed port."""
+
+    def __init__(self, target_port: int, answer: bytes = b"HTTP/1.1 200 OK\r\n\r\n"):
+        self.target_port, self.answer, self.seen = target_port, answer, []
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client):
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += client.recv(4096)
+        self.seen.append(head.decode())
+        client.sendall(self.answer)
+        if not self.answer.startswith(b"HTTP/1.1 200"):
+            client.close()
+            return
+        upstream = socket.create_connection(("127.0.0.1", self.target_port))
+
+        def pump(src, dst):
+            while data := src.recv(65536):
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+
+        threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+        pump(client, upstream)
+
+    def close(self):
+        self.server.close()
+
+
+def _chained(short_tmp, name, host_proxy):
+    config = UpstreamConfig(https=UpstreamProxy("127.0.0.1", host_proxy.port, "Basic dTpw"))
+    return EgressProxy(short_tmp / name, upstream=config, test_hosts=TEST_HOSTS).start()
+
+
+def test_chains_to_the_hosts_proxy_with_connect(short_tmp, https_upstream):
+    host_proxy = FakeHostProxy(https_upstream.port)
+    p = _chained(short_tmp, "chain", host_proxy)
+    try:
+        events = Events()
+        path = p.sandbox_open(
+            "x", network_parse({"allow": [f"api.test:{https_upstream.port}"]}), None, events.append
+        )
+        status, _, sock = connect(path, f"api.test:{https_upstream.port}")
+        assert status == 200
+        assert b"hello from upstream" in tls_get(sock, https_upstream.cert, "api.test")
+        assert host_proxy.seen[0].startswith(f"CONNECT api.test:{https_upstream.port} HTTP/1.1")
+        assert "Proxy-Authorization: Basic dTpw" in host_proxy.seen[0]
+        event = events.wait()
+        assert event.allowed and event.via == f"proxy 127.0.0.1:{host_proxy.port}"
+        # Our own checks still come first: the host's proxy never sees a refused target.
+        assert connect(path, "169.254.169.254:80")[0] == 403
+        assert len(host_proxy.seen) == 1
+    finally:
+        p.stop()
+        host_proxy.close()
+
+
+def test_a_refusing_host_proxy_is_reported(short_tmp, https_upstream):
+    host_proxy = FakeHostProxy(https_upstream.port, b"HTTP/1.1 407 Proxy Auth Required\r\n\r\n")
+    p = _chained(short_tmp, "chain407", host_proxy)
+    try:
+        events = Events()
+        path = p.sandbox_open(
+            "x", network_parse({"allow": [f"api.test:{https_upstream.port}"]}), None, events.append
+        )
+        status, body, _ = connect(path, f"api.test:{https_upstream.port}")
+        assert status == 502
+        assert b"host proxy answered 'HTTP/1.1 407 Proxy Auth Required'" in body
+        assert events.wait().code == "upstream"
+    finally:
+        p.stop()
+        host_proxy.close()
+
+
+def test_upstream_config_from_env_honours_no_proxy():
+    config = UpstreamConfig.from_env(
+        {"HTTPS_PROXY": "http://u:p@proxy.corp:8080", "NO_PROXY": "internal.corp"}
+    )
+    assert config.https == UpstreamProxy("proxy.corp", 8080, "Basic dTpw")
+    assert config.http is None
+    assert config.for_target("api.example.com", tunnel=True) == config.https
+    assert config.for_target("git.internal.corp", tunnel=True) is None
+
+
+def test_socket_path_too_long_is_refused_clearly(short_tmp):
+    p = EgressProxy(short_tmp / ("d" * 100), upstream=UpstreamConfig())
+    try:
+        with pytest.raises(Invalid) as e:
+            p.sandbox_open("x", network_parse("none"))
+        assert "longer than 107 bytes" in e.value.message
+    finally:
+        p.stop()
+
+
+def test_paths_are_short_and_per_sandbox(proxy):
+    path = proxy.sandbox_open("run-42.variant-7", network_parse("none"))
+    assert path.name == "proxy.sock" and isinstance(path, Path)
+    assert path.parent.parent == proxy.root
