@@ -206,3 +206,14 @@ class Limits:
     @property
     def egress_bytes(self) -> int:
         return self.egress_mb * 1024 * 1024
+
+
+def modal_network_kwargs(policy: NetworkPolicy) -> dict:
+    """The `modal.Sandbox.create` arguments closest to `policy` (modal >= 1.6).
+
+    Modal enforces names outside the container (`outbound_domain_allowlist`, with `*.`
+    prefixes) but not ports, and reports no per-connection events: see docs/egress.md.
+    """
+    if policy.blocks_all:
+        return {"block_network": True}
+    return {"outbound_domain_allowlist": [rule.pattern for rule in policy.rules]}

@@ -467,7 +467,7 @@ class EgressProxy:
                     asyncio.open_connection(address, port, limit=CHUNK), timeout
                 )
             except (OSError, TimeoutError) as e:
-                errors.append(f"{address}: {e or type(e).__name__}")
+                errors.append(f"{address}: {str(e) or type(e).__name__}")
                 continue
             event.address = address
             event.allowed = True

@@ -3,7 +3,7 @@
 import pytest
 
 from core.errors import Invalid
-from sandboxes.egress.policy import AllowRule, Limits, network_parse
+from sandboxes.egress.policy import AllowRule, Limits, modal_network_kwargs, network_parse
 
 pytestmark = pytest.mark.shapes("embedded", "production")
 
@@ -103,3 +103,11 @@ def test_field_prefix_is_the_callers():
 
 def test_limits_default_to_one_gigabyte():
     assert Limits().egress_bytes == 1024 * 1024 * 1024
+
+
+def test_modal_translation():
+    assert modal_network_kwargs(network_parse("none")) == {"block_network": True}
+    policy = network_parse({"allow": ["api.example.com", "*.example.org", "git.example.com:22"]})
+    assert modal_network_kwargs(policy) == {
+        "outbound_domain_allowlist": ["api.example.com", "*.example.org", "git.example.com"]
+    }
