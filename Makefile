@@ -10,7 +10,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 PYTEST_ARGS ?=
 
-RUN_PACKAGES := runsc bubblewrap git
+RUN_PACKAGES := runsc bubblewrap libseccomp2 git
 TEST_PACKAGES := $(RUN_PACKAGES) chromium
 
 .PHONY: run test test-fast venv system-deps system-deps-test host-tune lint fmt migrate seed worker bench clean

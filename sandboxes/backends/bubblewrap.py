@@ -17,7 +17,7 @@ import signal
 import subprocess
 from collections.abc import Callable, Sequence
 
-from sandboxes.backends import cgroups
+from sandboxes.backends import cgroups, seccomp
 from sandboxes.backends.base import FILES_DIR, Capability, SandboxError
 from sandboxes.backends.local import LocalBackend, processes_kill, rlimits_apply
 from sandboxes.workspaces import SYSTEM_SYMLINKS, Meta
@@ -44,6 +44,9 @@ def bwrap_argv(
         "--cap-drop",
         "ALL",
         "--unshare-user",
+        # No user namespaces inside: a nested one would hand the command every capability
+        # over its own namespaces, the usual first step of a kernel exploit.
+        "--disable-userns",
         "--uid",
         str(SANDBOX_UID),
         "--gid",
@@ -102,6 +105,7 @@ class BubblewrapBackend(LocalBackend):
         super().__init__(*args, **kwargs)
         if not shutil.which("bwrap"):
             raise SandboxError("bwrap is not installed (Debian package bubblewrap)")
+        seccomp.filter_program()  # compiled once per process; says now if libseccomp is missing
         self._made_here: set[str] = set()  # sandboxes this (live) process created
 
     def _start(self, meta: Meta) -> None:
@@ -179,16 +183,20 @@ class BubblewrapBackend(LocalBackend):
         period unless the host mounts cgroup2 with `favordynmods`: `make host-tune`)."""
         info_r, info_w = os.pipe()
         block_r, block_w = os.pipe()
-        fds = ["--info-fd", str(info_w), "--block-fd", str(block_r)]
+        filter_r = seccomp.filter_fd()
+        fds = ["--info-fd", str(info_w), "--block-fd", str(block_r), "--seccomp", str(filter_r)]
 
         def abandon() -> None:  # bwrap's ends: once it has them, or will never run
             os.close(info_w)
             os.close(block_r)
+            os.close(filter_r)
 
         def spawn() -> subprocess.Popen:
             try:
                 return subprocess.Popen(
-                    [*full[:-1], *fds, "--", *argv], pass_fds=(info_w, block_r), **popen
+                    [*full[:-1], *fds, "--", *argv],
+                    pass_fds=(info_w, block_r, filter_r),
+                    **popen,
                 )
             finally:
                 abandon()
