@@ -35,6 +35,8 @@ KNOWN_CONVOY_VARS = {
     "CONVOY_GITHUB_TOKEN",
     "CONVOY_LOG_LEVEL",
     "CONVOY_TEST_KEEP_DB",
+    "CONVOY_DEBUG",
+    "CONVOY_TEST_CRASH_BEAT",
 }
 SANDBOX_BACKENDS = ("gvisor", "bwrap", "modal", "process")
 
@@ -98,7 +100,9 @@ if REDIS_URL and urlsplit(REDIS_URL).scheme not in ("redis", "rediss", "unix"):
 EMBEDDED = not REDIS_URL
 SHAPE = "embedded" if EMBEDDED else "production"
 
-DEBUG = envbool("DEBUG", EMBEDDED and not TESTING)
+# Off in every shape: debug pages show settings and code. CONVOY_DEBUG=1 (or DEBUG=1) turns
+# it on for development; errors otherwise get templates/500.html.
+DEBUG = envbool("CONVOY_DEBUG", envbool("DEBUG", False))
 
 SECRET_KEY = envstr("SECRET_KEY")
 if not SECRET_KEY:
@@ -232,6 +236,10 @@ CELERY_BEAT_SCHEDULE["review-changesets-refresh"] = {
 # Task modules that are not an app's tasks.py (autodiscovery finds only those).
 CELERY_IMPORTS = ["review.tasks"]
 CONVOY_WORKER_CONCURRENCY = envint("CONVOY_WORKER_CONCURRENCY", 4, minimum=1)
+# A test-only hook (config.embedded): the embedded beat thread dies right after it starts.
+TEST_CRASH_BEAT = envbool("CONVOY_TEST_CRASH_BEAT", False)
+if TEST_CRASH_BEAT and not TESTING:
+    _fail("CONVOY_TEST_CRASH_BEAT", "a test-only hook, refused outside the test suite")
 
 if EMBEDDED:
     CHANNEL_LAYERS = {"default": {"BACKEND": "config.layers.EmbeddedChannelLayer"}}

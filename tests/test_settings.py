@@ -3,7 +3,10 @@
 import subprocess
 
 import pytest
+from django.test import Client
+from django.urls import path
 
+from config import urls as config_urls
 from tests.support import PYTHON, ROOT
 
 pytestmark = pytest.mark.shapes("embedded")
@@ -37,6 +40,8 @@ def _check(**env_changes):
         ({"DATABASE_URL": "not a url"}, "DATABASE_URL"),
         ({"REDIS_URL": "http://127.0.0.1:6379"}, "REDIS_URL"),
         ({"DEBUG": "maybe"}, "DEBUG"),
+        ({"CONVOY_DEBUG": "maybe"}, "CONVOY_DEBUG"),
+        ({"CONVOY_TEST_CRASH_BEAT": "1"}, "CONVOY_TEST_CRASH_BEAT"),
         ({"CONVOY_WORKER_CONCURRENCY": "four"}, "CONVOY_WORKER_CONCURRENCY"),
         ({"CONVOY_SANBOX_BACKEND": "bwrap"}, "CONVOY_SANBOX_BACKEND"),
         ({"REDIS_URL": "redis://127.0.0.1:6379/0", "DEBUG": "0", "SECRET_KEY": ""}, "SECRET_KEY"),
@@ -53,3 +58,57 @@ def test_bad_configuration_fails_with_one_line(env, variable, tmp_path):
 def test_good_configuration_passes(tmp_path):
     result = _check(CONVOY_DATA_DIR=str(tmp_path), CONVOY_SANDBOX_BACKEND="gvisor")
     assert result.returncode == 0, result.stderr
+
+
+def _debug_of(**env_changes) -> str:
+    import os
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTEST_VERSION", "DATABASE_URL", "REDIS_URL", "DEBUG", "CONVOY_DEBUG")
+    }
+    env.update(env_changes)
+    done = subprocess.run(
+        [
+            PYTHON,
+            "manage.py",
+            "shell",
+            "-c",
+            "from django.conf import settings; print(settings.DEBUG)",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]  # after 5.2's "N objects imported"
+
+
+@pytest.mark.parametrize(
+    "shape", [{}, {"REDIS_URL": "redis://127.0.0.1:6379/0", "SECRET_KEY": "k" * 50}]
+)
+def test_debug_is_off_by_default_in_every_shape_and_convoy_debug_turns_it_on(shape, tmp_path):
+    assert _debug_of(CONVOY_DATA_DIR=str(tmp_path), **shape) == "False"
+    assert _debug_of(CONVOY_DATA_DIR=str(tmp_path), CONVOY_DEBUG="1", **shape) == "True"
+
+
+def _boom(request):
+    raise RuntimeError("secret-internal-detail")
+
+
+urlpatterns = [path("boom/", _boom), *config_urls.urlpatterns]
+
+
+@pytest.mark.django_db
+def test_an_unexpected_error_gives_the_styled_500_page_without_a_traceback(settings):
+    settings.ROOT_URLCONF = __name__
+    response = Client(raise_request_exception=False).get("/boom/")
+    assert response.status_code == 500
+    page = response.content.decode()
+    assert "Something went wrong" in page
+    assert "/static/css/convoy.css" in page
+    for leaked in ("Traceback", "secret-internal-detail", "RuntimeError", "SECRET_KEY"):
+        assert leaked not in page
