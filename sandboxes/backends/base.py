@@ -96,6 +96,10 @@ class ExecResult:
     truncated: bool = False
     duration_ms: int = 0
     bytes_out: int = 0
+    # Which of the sandbox's limits the command ran into, for the log's one clear line:
+    # "process limit reached (pids_max=256)", "memory limit reached (memory_mb=1024)",
+    # "disk limit reached (disk_mb=2048)"; None when none was seen (or the engine can't tell).
+    limit_hit: str | None = None
 
 
 @dataclass(frozen=True)

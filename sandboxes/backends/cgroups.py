@@ -389,6 +389,44 @@ def _leader_in(pid: int, path: str) -> bool:
     return True
 
 
+# Counters that grow each time a limit is hit: (file, line key, limit kind). pids.events is in
+# both hierarchies; the OOM kill count is memory.events on v2, memory.oom_control on v1.
+LIMIT_COUNTERS = (
+    ("pids.events", "max", "pids"),
+    ("memory.events", "oom_kill", "memory"),
+    ("memory.oom_control", "oom_kill", "memory"),
+)
+
+
+def limit_counters(paths: list[str]) -> dict[str, int]:
+    """How often each limit ("pids", "memory") of these cgroups has been hit so far; a limit
+    whose counter cannot be read is missing. A few small reads: cheap enough per command."""
+    found: dict[str, int] = {}
+    for path in paths:
+        for fname, key, kind in LIMIT_COUNTERS:
+            try:
+                with open(os.path.join(path, fname), "rb") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                name, _, value = line.partition(b" ")
+                if name == key.encode() and value.strip().isdigit():
+                    found[kind] = found.get(kind, 0) + int(value)
+    return found
+
+
+def engine_cgroups(name: str) -> list[str]:
+    """The cgroups an engine (runsc) made for its container `name` where they exist: at the
+    hierarchy's root, or beside this process's own."""
+    found = []
+    for base in [ROOT] if _v2() else [ROOT / c for c in V1_CONTROLLERS]:
+        for parent in {base, base / _own_path("" if _v2() else base.name).lstrip("/")}:
+            if (parent / name).is_dir():
+                found.append(str(parent / name))
+    return found
+
+
 def cgroup_kill(paths: list[str], *, timeout: float = 5.0) -> None:
     """SIGKILL every process in the cgroups until they are empty (forks race the killer)."""
     deadline = time.monotonic() + timeout

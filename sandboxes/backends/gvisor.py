@@ -31,6 +31,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from sandboxes.backends import cgroups
 from sandboxes.backends.base import (
     FILES_DIR,
     Capability,
@@ -435,6 +436,13 @@ class GVisorBackend(LocalBackend):
             self._last_runs.clear()
         self._last_runs[proc.pid] = pid_path
         return proc, kill
+
+    def _limit_counters(self, meta: Meta) -> dict[str, int]:
+        """The host cgroups runsc made for the container: they see the memory limit's OOM kills
+        (the process limit is gVisor's own RLIMIT_NPROC, known only by its fork errors). A
+        last command's container, and its cgroups, are gone when it ends."""
+        container = meta.extra.get("container")
+        return cgroups.limit_counters(cgroups.engine_cgroups(container)) if container else {}
 
     def _engine_failed(self, proc: subprocess.Popen, result: ExecResult) -> str:
         """A last command's `runsc run` that ended before runsc wrote the container's pid file

@@ -8,8 +8,10 @@ ordered (stream, bytes) events with a wall-clock timeout and an output cap.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
+import re
 import resource
 import selectors
 import signal
@@ -38,6 +40,14 @@ from sandboxes.workspaces import Meta, Workspaces, workspace_read, workspace_wri
 TIMEOUT_EXIT = 124  # what `timeout(1)` returns; every backend reports a timeout with it
 KILL_GRACE_S = 5.0  # after a kill, how long to wait for the pipes to close
 WATCH_EVERY_S = 0.25  # how often a running command's workspace size is checked
+SIGXFSZ_EXIT = 128 + signal.SIGXFSZ  # a write past RLIMIT_FSIZE (the disk limit) killed it
+# What shells, git, make, Go and Python's subprocess print when fork fails with EAGAIN: the only
+# sign of the process limit where the engine keeps no counter (gVisor's RLIMIT_NPROC).
+FORK_FAILED = re.compile(
+    rb"(?i)(?:cannot|can't|could not|unable to) v?fork"
+    rb"|v?fork(?:\(\))?: (?:retry: )?resource temporarily unavailable"
+    rb"|fork/exec [^\n]*: resource temporarily unavailable"
+)
 BASE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": "/workspace",
@@ -400,6 +410,16 @@ class LocalBackend(SandboxBackend):
             raise SandboxError("the sandbox's wall-clock timeout has passed")
         timeout_s = min(timeout_s, remaining) if timeout_s else remaining
         full_env = {**BASE_ENV, **meta.env, **(env or {})}
+        before = self._limit_counters(meta)
+        disk_watch = self._disk_watch(meta)
+        disk_hit: list[str] = []
+
+        def watch() -> str:
+            why = disk_watch()
+            if why:
+                disk_hit.append(why)
+            return why
+
         started = time.monotonic()
         proc, kill = self._popen(meta, list(argv), cwd, full_env, last=last)
         events = pump(
@@ -408,9 +428,65 @@ class LocalBackend(SandboxBackend):
             output_cap=output_cap,
             kill=kill,
             started=started,
-            watch=self._disk_watch(meta),
+            watch=watch,
         )
-        return self._engine_checked(proc, events)
+        return self._engine_checked(proc, self._limits_noted(meta, before, events, disk_hit))
+
+    # --- limits: which one a failed command ran into ------------------------------------------
+    def _limit_counters(self, meta: Meta) -> dict[str, int]:
+        """How often the sandbox has hit each limit so far ("pids", "memory"), where the
+        engine keeps such counters (cgroups); read before and after each command."""
+        return cgroups.limit_counters(meta.cgroups)
+
+    def _limits_noted(
+        self,
+        meta: Meta,
+        before: dict[str, int],
+        events: Generator[ExecEvent, None, None],
+        disk_hit: list[str],
+    ) -> Generator[ExecEvent, None, None]:
+        """The events, with the result of a failed command saying which limit it hit: without
+        it a fork bomb ends as a bare exit 2 and the log cannot say why."""
+        tail = b""
+        fork_failed = False
+        try:
+            for event in events:
+                if isinstance(event, ExecOutput) and event.stream == "stderr" and not fork_failed:
+                    window = tail + event.data  # a message split across two reads
+                    fork_failed = bool(FORK_FAILED.search(window))
+                    tail = window[-256:]
+                elif isinstance(event, ExecResult) and event.exit_code != 0:
+                    hit = self._limit_hit(
+                        meta, before, event, disk=bool(disk_hit), fork_failed=fork_failed
+                    )
+                    if hit:
+                        event = dataclasses.replace(event, limit_hit=hit)
+                yield event
+        finally:
+            events.close()
+
+    def _limit_hit(
+        self,
+        meta: Meta,
+        before: dict[str, int],
+        result: ExecResult,
+        *,
+        disk: bool,
+        fork_failed: bool,
+    ) -> str | None:
+        after = self._limit_counters(meta)
+        limits = meta.limits
+
+        def grew(kind: str) -> bool:
+            return after.get(kind, 0) > before.get(kind, 0)
+
+        if grew("memory"):
+            return f"memory limit reached (memory_mb={limits.get('memory_mb')})"
+        if grew("pids") or fork_failed:
+            return f"process limit reached (pids_max={limits.get('pids_max')})"
+        if disk or result.exit_code == SIGXFSZ_EXIT:
+            return f"disk limit reached (disk_mb={limits.get('disk_mb')})"
+        return None
 
     def _engine_checked(
         self, proc: subprocess.Popen, events: Generator[ExecEvent, None, None]
