@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import pygal
 from django.utils.safestring import SafeString, mark_safe
+from pygal.style import Style
 
 
 def burndown_svg(
     series: list[tuple[float, int]], *, width: int = 720, height: int = 260
 ) -> SafeString:
     """Repositories remaining over time. Only numbers we computed reach the SVG."""
-    import pygal
-    from pygal.style import Style
-
     style = Style(
         background="transparent",
         plot_background="transparent",

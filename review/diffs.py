@@ -14,6 +14,10 @@ from functools import lru_cache
 
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
+from pygments import highlight
+from pygments.formatters import HtmlFormatter
+from pygments.lexers import TextLexer, get_lexer_for_filename
+from pygments.util import ClassNotFound
 
 HUNK_RE = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@ ?(.*)$")
 # A file with more changed lines than this is shown collapsed and without highlighting.
@@ -255,9 +259,6 @@ def diff_group_key(diff: str | bytes | None) -> str:
 
 @lru_cache(maxsize=256)
 def _lexer_for(path: str):
-    from pygments.lexers import TextLexer, get_lexer_for_filename
-    from pygments.util import ClassNotFound
-
     try:
         return get_lexer_for_filename(path, stripnl=False, stripall=False, ensurenl=False)
     except ClassNotFound:
@@ -266,8 +267,6 @@ def _lexer_for(path: str):
 
 @lru_cache(maxsize=1)
 def _formatter():
-    from pygments.formatters import HtmlFormatter
-
     return HtmlFormatter(nowrap=True, classprefix="hl-")
 
 
@@ -282,8 +281,6 @@ class _Highlighter:
 
     def __call__(self, path: str, text: str, enabled: bool, show_ws: bool) -> SafeString:
         if enabled and self.budget > 0 and text:
-            from pygments import highlight
-
             self.budget -= 1
             html = highlight(text, _lexer_for(path), _formatter()).rstrip("\n")
         else:

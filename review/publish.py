@@ -7,12 +7,14 @@ accepted, so nothing in the repository or the diff can make the host run code.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ALLOWED_REMOTE = re.compile(r"^(file|https|ssh)://|^[\w.-]+@[\w.-]+:")
 AUTHOR_RE = re.compile(r"^\s*(?P<name>[^<>]+?)\s*<(?P<email>[^<>\s]+)>\s*$")
@@ -44,9 +46,6 @@ def author_parse(text: str | None) -> tuple[str, str]:
 
 def git_auth_env(*, remote_url: str, token: str) -> dict[str, str]:
     """Config (through the environment, never argv) sending `token` to an https remote's host."""
-    import base64
-    from urllib.parse import urlsplit
-
     parts = urlsplit(remote_url)
     if parts.scheme != "https" or not token:
         return {}

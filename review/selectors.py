@@ -8,6 +8,7 @@ only for the one run or group being shown.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from django.core.cache import cache
 from django.core.paginator import Page, Paginator
@@ -37,7 +38,15 @@ from campaigns.models import (
     Variant,
     VariantState,
 )
-from review.models import Changeset, Decision, ReviewState, RunReview, VariantDigest
+from core.errors import Invalid
+from review.models import (
+    Changeset,
+    ChangesetState,
+    Decision,
+    ReviewState,
+    RunReview,
+    VariantDigest,
+)
 
 PAGE_SIZE = 50
 # Columns of a variant a list needs; `patch` stays in the database until a diff is shown.
@@ -62,6 +71,17 @@ QUEUE_FILTERS = {
     "published": "published",
     "all": "all finished runs",
 }
+
+
+def review_is_approved(review: RunReview | None, variant: Variant | None) -> bool:
+    """Approved, and the approved diff is still the variant's diff."""
+    return bool(
+        review is not None
+        and review.state == ReviewState.APPROVED
+        and variant is not None
+        and review.approved_hash
+        and review.approved_hash == variant.diff_sha256
+    )
 
 
 def _list_variants() -> Prefetch:
@@ -191,6 +211,7 @@ def run_comparison(*, run: RepoRun) -> RunComparison:
 class BulkGroup:
     group_key: str
     count: int
+    variant_name: str
     sample: Variant
     runs: list[RepoRun]
     more: int
@@ -240,6 +261,7 @@ def bulk_groups(
             BulkGroup(
                 group_key=row["group_key"],
                 count=row["n"],
+                variant_name=variant_name,
                 sample=sample,
                 runs=[m.variant.run for m in members],
                 more=max(0, row["n"] - len(members)),
@@ -332,8 +354,93 @@ def run_state_counts(*, campaign: Campaign) -> dict:
 
 
 def changesets_for(*, campaign: Campaign, page: int | str = 1) -> Page:
+    """One page of the campaign's changesets for the changesets page."""
+    return Paginator(_changesets(campaign=campaign), PAGE_SIZE).get_page(page)
+
+
+def _changesets(*, campaign: Campaign, state: str | None = None) -> QuerySet[Changeset]:
     qs = Changeset.objects.filter(campaign=campaign).select_related("run__repository")
-    return Paginator(qs.order_by("id"), PAGE_SIZE).get_page(page)
+    if state:
+        qs = qs.filter(state=state)
+    return qs.order_by("id")
+
+
+@dataclass
+class ChangesetSlice:
+    count: int
+    items: list[Changeset]
+
+
+def changeset_slice(
+    *, campaign: Campaign, state: str | None = None, limit: int = 100, offset: int = 0
+) -> ChangesetSlice:
+    """`limit` changesets from `offset` (optionally in one state), and how many there are."""
+    qs = _changesets(campaign=campaign, state=state)
+    return ChangesetSlice(count=qs.count(), items=list(qs[offset : offset + limit]))
+
+
+@dataclass
+class ReviewSummary:
+    """A run's review as the API reports it; "unreviewed" when nobody decided yet."""
+
+    run_id: int
+    state: str
+    approved: bool
+    variant: str | None
+    picked_hash: str = ""
+    approved_hash: str = ""
+    comment: str = ""
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+
+
+def run_review_summary(*, run: RepoRun) -> ReviewSummary:
+    rv = RunReview.objects.select_related("variant", "decided_by").filter(run_id=run.pk).first()
+    if rv is None:
+        return ReviewSummary(
+            run_id=run.pk, state=ReviewState.UNREVIEWED, approved=False, variant=None
+        )
+    return ReviewSummary(
+        run_id=run.pk,
+        state=rv.state,
+        approved=review_is_approved(rv, rv.variant),
+        variant=rv.variant.name if rv.variant else None,
+        picked_hash=rv.picked_hash,
+        approved_hash=rv.approved_hash,
+        comment=rv.comment,
+        decided_by=rv.decided_by.username if rv.decided_by else None,
+        decided_at=rv.decided_at,
+    )
+
+
+def run_variant_get(
+    *, run: RepoRun, ref: int | str | None, required: bool = False
+) -> Variant | None:
+    """The run's variant named by id or name; None when not given (unless `required`)."""
+    if ref is None or ref == "":
+        if required:
+            raise Invalid("variant: choose a variant", field="variant")
+        return None
+    lookup = {"pk": int(ref)} if str(ref).isdigit() else {"name": ref}
+    variant = run.variants.filter(**lookup).first()
+    if variant is None:
+        raise Invalid(f"variant: no variant {ref!r} in this run", field="variant")
+    return variant
+
+
+def variant_name_resolve(*, campaign: Campaign, name: str | None, strict: bool = False) -> str:
+    """The variant name to group by: `name`, or the campaign's first when none is given.
+
+    An unknown name falls back to the first (a page) or is refused (`strict`, the API).
+    """
+    names = variant_names(campaign=campaign)
+    if not name:
+        return names[0]
+    if name not in names:
+        if strict:
+            raise Invalid(f"variant: no variant named {name!r} in this campaign", field="variant")
+        return names[0]
+    return name
 
 
 def variant_names(*, campaign: Campaign) -> list[str]:
@@ -342,13 +449,6 @@ def variant_names(*, campaign: Campaign) -> list[str]:
 
 def runs_page(*, qs: QuerySet, page: int | str) -> Page:
     return Paginator(qs, PAGE_SIZE).get_page(page)
-
-
-def review_run_get_for_user(*, user, campaign: Campaign, pk: int) -> RepoRun:
-    """A run of `campaign` the user may see (404 otherwise); writes check `change_review`."""
-    from campaigns.selectors import run_get_for_user
-
-    return run_get_for_user(user=user, pk=pk, campaign=campaign)
 
 
 def suggested_variant(variants: list[Variant], review: RunReview | None) -> Variant | None:
@@ -402,8 +502,6 @@ def _has(run: RepoRun, relation: str) -> bool:
 
 
 def changeset_counts(*, campaign: Campaign) -> dict[str, int]:
-    from review.models import ChangesetState
-
     counts = dict.fromkeys(ChangesetState.values, 0)
     counts.update(
         Changeset.objects.filter(campaign=campaign).values_list("state").annotate(n=Count("id"))

@@ -1,21 +1,28 @@
-"""Review writes: pick a variant, approve or reject a change, bulk approve, publish.
+"""Review writes: pick a variant, approve or reject a change, bulk approve, publish, digests.
 
 Every decision names the diff hash the reviewer saw; a decision on a diff that has changed
 since (a rerun) is refused with `StaleDecision`. Approval is valid only while the picked
 variant still has the approved hash. The four-eyes rule refuses approvals by the person who
-launched the campaign unless the campaign turned it off.
+launched the campaign unless the campaign turned it off. Refusals are `core.errors` classes,
+so pages and API routes show them without catching anything.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from audit.services import audit_record
+from audit.record import audit_record
 from campaigns.models import Campaign, RepoRun, Variant, VariantState
+from core.errors import Conflict, Invalid, PermissionDenied
+
+# review.tasks imports this module too: both import the other module (not its names) and only
+# reach into it at call time, so either may be imported first (Celery imports tasks first).
+from review import codehosts, tasks
 from review.diffs import diff_group_key
 from review.models import (
     Changeset,
@@ -26,28 +33,58 @@ from review.models import (
     RunReview,
     VariantDigest,
 )
+from review.publish import PublishError, change_push
+from review.selectors import review_is_approved
 
 logger = logging.getLogger(__name__)
 
+FOUR_EYES = "Four-eyes rule: you launched this campaign, so someone else must approve its changes."
 
-class ReviewError(Exception):
-    """A decision that cannot be made; the message is for the reviewer, `field` names the input."""
 
-    status = 409
+class ReviewError(Conflict):
+    """The run's review state does not allow this decision now; the message is for the reviewer."""
 
-    def __init__(self, message: str, *, field: str = "", status: int | None = None):
-        super().__init__(message)
-        self.field = field
-        if status is not None:
-            self.status = status
+    code = "review_conflict"
 
 
 class StaleDecision(ReviewError):
-    pass
+    """The diff changed (a rerun) since the reviewer loaded it."""
+
+    code = "stale_decision"
 
 
-class FourEyesRefused(ReviewError):
-    status = 403
+class FourEyesRefused(PermissionDenied):
+    """The launcher of a campaign may not approve its changes. Audited where it is raised."""
+
+    code = "four_eyes"
+
+    def __init__(self, message: str = FOUR_EYES):
+        super().__init__(message, capability="four_eyes")
+        # The refusal is recorded as a denied `review.change.approved` event before it is
+        # raised; config/errors.py does not record it a second time.
+        self.audited = True
+
+
+@dataclass(frozen=True)
+class RunSkipped:
+    run_id: int
+    reason: str
+
+
+@dataclass
+class BulkApproval:
+    """What a bulk approval did: runs approved, runs left alone and why."""
+
+    approved: list[int] = field(default_factory=list)
+    skipped: list[RunSkipped] = field(default_factory=list)
+
+
+@dataclass
+class PublishRequests:
+    """What publishing every approved change queued, and what it refused."""
+
+    queued: list[int] = field(default_factory=list)
+    refused: list[RunSkipped] = field(default_factory=list)
 
 
 def _context(run: RepoRun, variant: Variant | None = None) -> dict:
@@ -63,22 +100,9 @@ def _review_locked(run: RepoRun) -> RunReview:
     return RunReview.objects.select_for_update().get(run_id=run.pk)
 
 
-def review_is_approved(review: RunReview | None, variant: Variant | None) -> bool:
-    """Approved, and the approved diff is still the variant's diff."""
-    return bool(
-        review is not None
-        and review.state == ReviewState.APPROVED
-        and variant is not None
-        and review.approved_hash
-        and review.approved_hash == variant.diff_sha256
-    )
-
-
 def _check_hash(variant: Variant, diff_hash: str) -> None:
     if not diff_hash:
-        raise ReviewError(
-            "diff_hash: required (the hash of the diff you reviewed)", field="diff_hash", status=422
-        )
+        raise Invalid("diff_hash: required (the hash of the diff you reviewed)", field="diff_hash")
     if variant.diff_sha256 != diff_hash:
         raise StaleDecision(
             f"The diff of variant “{variant.name}” changed since you loaded the page "
@@ -102,36 +126,25 @@ def four_eyes_applies(*, campaign: Campaign, user) -> bool:
     return campaign.four_eyes and user.pk == (campaign.launched_by_id or campaign.owner_id)
 
 
-def _four_eyes(campaign: Campaign, actor) -> None:
-    if four_eyes_applies(campaign=campaign, user=actor):
-        raise FourEyesRefused(
-            "Four-eyes rule: you launched this campaign, so someone else must approve its changes."
-        )
-
-
-def four_eyes_check(*, run: RepoRun, actor, request=None) -> None:
-    """Refuse (and audit the refusal) when the actor launched this run's campaign."""
-    try:
-        _four_eyes(run.campaign, actor)
-    except FourEyesRefused as exc:
-        _deny(
-            action="review.change.approved", run=run, actor=actor, reason=str(exc), request=request
-        )
-        raise
-
-
-def _deny(*, action: str, run: RepoRun, actor, reason: str, request=None) -> None:
-    """Record a refused decision in its own transaction (the refusal itself rolls back)."""
+def _four_eyes_refuse(*, actor, target, context: dict, payload: dict | None = None) -> None:
+    """Record the refused approval in its own transaction (the refusal itself rolls back)."""
     with transaction.atomic():
         audit_record(
-            action=action,
+            action="review.change.approved",
             actor=actor,
-            target=run,
+            target=target,
             outcome="denied",
-            context=_context(run),
-            reason=reason,
-            request=request,
+            context=context,
+            payload=payload,
+            reason=FOUR_EYES,
         )
+    raise FourEyesRefused()
+
+
+def four_eyes_check(*, run: RepoRun, actor) -> None:
+    """Refuse (and audit the refusal) when the actor launched this run's campaign."""
+    if four_eyes_applies(campaign=run.campaign, user=actor):
+        _four_eyes_refuse(actor=actor, target=run, context=_context(run))
 
 
 def _decision(*, run, variant, kind, actor, diff_hash="", comment="", group_key="") -> Decision:
@@ -147,12 +160,10 @@ def _decision(*, run, variant, kind, actor, diff_hash="", comment="", group_key=
     )
 
 
-def variant_pick(
-    *, run: RepoRun, variant: Variant, actor, diff_hash: str, request=None
-) -> RunReview:
+def variant_pick(*, run: RepoRun, variant: Variant, actor, diff_hash: str) -> RunReview:
     """Choose the variant of this run that should ship; changeable until approved."""
     if variant.run_id != run.pk:
-        raise ReviewError("variant: not a variant of this run", field="variant", status=422)
+        raise Invalid("variant: not a variant of this run", field="variant")
     with transaction.atomic():
         variant = Variant.objects.select_for_update().get(pk=variant.pk)
         review = _review_locked(run)
@@ -186,7 +197,6 @@ def variant_pick(
                 "diff_hash": diff_hash,
                 "previous": current.name if current and current.pk != variant.pk else "",
             },
-            request=request,
         )
     return review
 
@@ -206,17 +216,14 @@ def change_approve(
     variant: Variant | None = None,
     comment: str = "",
     group_key: str = "",
-    request=None,
 ) -> RunReview:
     """Approve the picked variant (or pick `variant` and approve it) as it was reviewed."""
-    four_eyes_check(run=run, actor=actor, request=request)
+    four_eyes_check(run=run, actor=actor)
     with transaction.atomic():
         if variant is not None:
             review = RunReview.objects.filter(run_id=run.pk).first()
             if review is None or review.variant_id != variant.pk or review.state != "picked":
-                variant_pick(
-                    run=run, variant=variant, actor=actor, diff_hash=diff_hash, request=request
-                )
+                variant_pick(run=run, variant=variant, actor=actor, diff_hash=diff_hash)
         review = _review_locked(run)
         if review.variant_id is None:
             raise ReviewError("Pick a variant before approving.", field="variant")
@@ -248,18 +255,15 @@ def change_approve(
             context=_context(run, chosen),
             payload={"variant": chosen.name, "diff_hash": diff_hash, "group_key": group_key},
             reason=comment,
-            request=request,
         )
     return review
 
 
-def change_reject(
-    *, run: RepoRun, actor, comment: str, diff_hash: str = "", request=None
-) -> RunReview:
+def change_reject(*, run: RepoRun, actor, comment: str, diff_hash: str = "") -> RunReview:
     """Reject this run's change (with a reason); the run can be picked again later."""
     comment = (comment or "").strip()
     if not comment:
-        raise ReviewError("comment: say why the change is rejected", field="comment", status=422)
+        raise Invalid("comment: say why the change is rejected", field="comment")
     with transaction.atomic():
         review = _review_locked(run)
         chosen = Variant.objects.filter(pk=review.variant_id).first()
@@ -291,19 +295,45 @@ def change_reject(
                 "diff_hash": chosen.diff_sha256 if chosen else "",
             },
             reason=comment,
-            request=request,
         )
     return review
 
 
-def variant_digests_refresh(*, campaign: Campaign, batch: int = 500) -> int:
-    """Compute the group key of every completed variant whose diff has no current digest."""
+def variant_digest_store(
+    *, variant_id: int, campaign_id: int, patch: bytes, diff_sha256: str
+) -> None:
+    """Keep the bulk-review group key of a variant's new diff (in the caller's transaction).
+
+    Called when campaigns stores a diff (`campaigns.signals.variant_diff_stored`), so the bulk
+    page and the groups API only read. A variant that changed nothing has no group.
+    """
+    if not diff_sha256:
+        VariantDigest.objects.filter(variant_id=variant_id).delete()
+        return
+    VariantDigest.objects.update_or_create(
+        variant_id=variant_id,
+        defaults={
+            "campaign_id": campaign_id,
+            "diff_sha256": diff_sha256,
+            "group_key": diff_group_key(patch),
+        },
+    )
+
+
+def variant_digests_refresh(*, campaign: Campaign | None = None, batch: int = 500) -> int:
+    """Backfill: compute the digest of every completed variant whose diff has none current.
+
+    Diffs stored before digests were kept at write time need this once
+    (`manage.py review_digests_backfill`); it returns how many digests it wrote.
+    """
+    variants = Variant.objects.filter(state=VariantState.COMPLETED).exclude(diff_sha256="")
+    if campaign is not None:
+        variants = variants.filter(run__campaign=campaign)
     done = 0
     while True:
         stale = list(
-            Variant.objects.filter(run__campaign=campaign, state=VariantState.COMPLETED)
-            .exclude(diff_sha256="")
-            .filter(Q(digest__isnull=True) | ~Q(digest__diff_sha256=F("diff_sha256")))
+            variants.filter(Q(digest__isnull=True) | ~Q(digest__diff_sha256=F("diff_sha256")))
+            .annotate(campaign_pk=F("run__campaign_id"))
             .only("pk", "patch", "diff_sha256")[:batch]
         )
         if not stale:
@@ -312,7 +342,7 @@ def variant_digests_refresh(*, campaign: Campaign, batch: int = 500) -> int:
             [
                 VariantDigest(
                     variant_id=v.pk,
-                    campaign_id=campaign.pk,
+                    campaign_id=v.campaign_pk,
                     diff_sha256=v.diff_sha256,
                     group_key=diff_group_key(bytes(v.patch)),
                 )
@@ -333,45 +363,35 @@ def changes_bulk_approve(
     run_ids: list[int],
     actor,
     comment: str = "",
-    request=None,
-) -> dict:
+) -> BulkApproval:
     """Approve `variant_name` in each listed run whose diff is still in the group shown.
 
     Runs whose diff left the group since the page was drawn, or that are already approved,
     are skipped and reported, never approved unseen. One decision per run.
     """
     if not group_key:
-        raise ReviewError("group_key: required", field="group_key", status=422)
+        raise Invalid("group_key: required", field="group_key")
     if not run_ids:
-        raise ReviewError("run_ids: choose at least one repository", field="run_ids", status=422)
-    try:
-        _four_eyes(campaign, actor)
-    except FourEyesRefused as exc:
-        with transaction.atomic():
-            audit_record(
-                action="review.change.approved",
-                actor=actor,
-                target=campaign,
-                outcome="denied",
-                context={"campaign_id": campaign.pk},
-                payload={"group_key": group_key, "run_ids": run_ids[:100]},
-                reason=str(exc),
-                request=request,
-            )
-        raise
-    variant_digests_refresh(campaign=campaign)
+        raise Invalid("run_ids: choose at least one repository", field="run_ids")
+    if four_eyes_applies(campaign=campaign, user=actor):
+        _four_eyes_refuse(
+            actor=actor,
+            target=campaign,
+            context={"campaign_id": campaign.pk},
+            payload={"group_key": group_key, "run_ids": run_ids[:100]},
+        )
     variants = {
         v.run_id: v
         for v in Variant.objects.filter(
             run__campaign=campaign, run_id__in=run_ids, name=variant_name
         ).select_related("digest", "run", "run__campaign")
     }
-    approved, skipped = [], []
+    result = BulkApproval()
     for run_id in run_ids:
         v = variants.get(run_id)
         digest = getattr(v, "digest", None) if v else None
         if v is None or digest is None or digest.group_key != group_key:
-            skipped.append({"run_id": run_id, "reason": "its diff differs from the group"})
+            result.skipped.append(RunSkipped(run_id, "its diff differs from the group"))
             continue
         try:
             change_approve(
@@ -381,18 +401,17 @@ def changes_bulk_approve(
                 variant=v,
                 comment=comment,
                 group_key=group_key,
-                request=request,
             )
-            approved.append(run_id)
-        except ReviewError as exc:
-            skipped.append({"run_id": run_id, "reason": str(exc)})
-    return {"approved": approved, "skipped": skipped}
+        except (ReviewError, Invalid) as exc:
+            # One run's refusal (approved meanwhile, diff changed) does not stop the others.
+            result.skipped.append(RunSkipped(run_id, exc.message))
+        else:
+            result.approved.append(run_id)
+    return result
 
 
-def change_publish(*, run: RepoRun, actor, request=None) -> Changeset:
+def change_publish(*, run: RepoRun, actor) -> Changeset:
     """Queue the approved change for publishing: a branch push and, where possible, a PR."""
-    from review.tasks import changeset_push_task
-
     spec_changeset = run.campaign.spec.get("changeset") or {}
     branch = spec_changeset.get("branch") or f"convoy/{run.campaign.name}"
     with transaction.atomic():
@@ -437,17 +456,36 @@ def change_publish(*, run: RepoRun, actor, request=None) -> Changeset:
                 "remote": run.repository.url,
                 "status": "queued",
             },
-            request=request,
         )
-        transaction.on_commit(lambda: changeset_push_task.delay(changeset.pk))
+        transaction.on_commit(lambda: tasks.changeset_push_task.delay(changeset.pk))
     return changeset
+
+
+def changes_publish_approved(*, campaign: Campaign, actor) -> PublishRequests:
+    """Publish every approved, not yet published change of the campaign."""
+    runs = (
+        RepoRun.objects.filter(
+            campaign=campaign,
+            review__state=ReviewState.APPROVED,
+            review__approved_hash=F("review__variant__diff_sha256"),
+        )
+        .filter(Q(changeset__isnull=True) | Q(changeset__state=ChangesetState.FAILED))
+        .select_related("campaign", "repository")
+    )
+    result = PublishRequests()
+    for run in runs:
+        try:
+            change_publish(run=run, actor=actor)
+        except ReviewError as exc:
+            # A diff cut at the size cap is refused; the other runs are still published.
+            result.refused.append(RunSkipped(run.pk, exc.message))
+        else:
+            result.queued.append(run.pk)
+    return result
 
 
 def changeset_push(*, changeset_id: int) -> Changeset:
     """Push the changeset's commit and open its pull request; safe to run again."""
-    from review.codehosts import CodeHostError, codehost_for_remote
-    from review.publish import PublishError, change_push
-
     changeset = Changeset.objects.select_related("run", "run__campaign", "variant").get(
         pk=changeset_id
     )
@@ -459,7 +497,7 @@ def changeset_push(*, changeset_id: int) -> Changeset:
     try:
         if variant is None or variant.diff_sha256 != changeset.diff_hash:
             raise PublishError("the variant changed after approval; approve it again")
-        host = codehost_for_remote(changeset.remote_url)
+        host = codehosts.codehost_for_remote(changeset.remote_url)
         pushed = change_push(
             remote_url=changeset.remote_url,
             base_commit=run.base_commit,
@@ -483,7 +521,7 @@ def changeset_push(*, changeset_id: int) -> Changeset:
             # The URL is shown as a link: only web addresses are kept.
             url = pr.url if pr.url.startswith(("https://", "http://")) else ""
             fields.update(pr_number=pr.number, pr_url=url, state=pr.state)
-    except (PublishError, CodeHostError) as exc:
+    except (PublishError, codehosts.CodeHostError) as exc:
         if getattr(exc, "transient", False) and "commit" not in fields:
             raise
         outcome, error = "failure", str(exc)
@@ -516,21 +554,19 @@ def changeset_push(*, changeset_id: int) -> Changeset:
 
 def changesets_refresh(*, limit: int = 200) -> int:
     """Update the state and checks of open pull requests from their code host."""
-    from review.codehosts import CodeHostError, codehost_for_remote
-
     refreshed = 0
     open_states = (ChangesetState.DRAFT, ChangesetState.OPEN)
     for changeset in Changeset.objects.filter(
         state__in=open_states, pr_number__isnull=False
     ).order_by(F("refreshed_at").asc(nulls_first=True))[:limit]:
-        host = codehost_for_remote(changeset.remote_url)
+        host = codehosts.codehost_for_remote(changeset.remote_url)
         if host is None:
             continue
         adapter, slug = host
         try:
             pr = adapter.pull_request_get(repo=slug, number=changeset.pr_number)
             checks = adapter.checks_get(repo=slug, ref=pr.head_sha or changeset.commit)
-        except CodeHostError as exc:
+        except codehosts.CodeHostError as exc:
             logger.warning("changeset %s refresh failed: %s", changeset.pk, exc)
             continue
         Changeset.objects.filter(pk=changeset.pk).update(
@@ -538,43 +574,3 @@ def changesets_refresh(*, limit: int = 200) -> int:
         )
         refreshed += 1
     return refreshed
-
-
-def changes_publish_approved(*, campaign: Campaign, actor, request=None) -> dict:
-    """Publish every approved, not yet published change of the campaign."""
-    runs = (
-        RepoRun.objects.filter(
-            campaign=campaign,
-            review__state=ReviewState.APPROVED,
-            review__approved_hash=F("review__variant__diff_sha256"),
-        )
-        .filter(Q(changeset__isnull=True) | Q(changeset__state=ChangesetState.FAILED))
-        .select_related("campaign", "repository")
-    )
-    queued, refused = [], []
-    for run in runs:
-        try:
-            change_publish(run=run, actor=actor, request=request)
-            queued.append(run.pk)
-        except ReviewError as exc:
-            refused.append({"run_id": run.pk, "reason": str(exc)})
-    return {"queued": queued, "refused": refused}
-
-
-__all__ = [
-    "FourEyesRefused",
-    "ReviewError",
-    "StaleDecision",
-    "change_approve",
-    "change_publish",
-    "change_reject",
-    "changes_bulk_approve",
-    "changes_publish_approved",
-    "changeset_push",
-    "changesets_refresh",
-    "four_eyes_applies",
-    "four_eyes_check",
-    "review_is_approved",
-    "variant_digests_refresh",
-    "variant_pick",
-]

@@ -1,7 +1,15 @@
-"""Celery entry points for review: push a published change, refresh pull request states."""
+"""Celery entry points for review: push a published change, refresh pull request states.
+
+Each task loads by id and calls a service. `changeset_push` records a failed push on the
+changeset itself and only lets transient errors (a push the remote refused for now, a code-host
+rate limit, the database away) out; those retry. A refusal (`ConvoyError`) never does.
+"""
 
 from celery import shared_task
 
+from core.errors import ConvoyError
+
+# review.services imports this module too: see the note there on why the cycle is safe.
 from review import services
 
 
@@ -12,7 +20,7 @@ from review import services
     autoretry_for=(Exception,),
     retry_backoff=True,
     max_retries=5,
-    dont_autoretry_for=(services.ReviewError,),
+    dont_autoretry_for=(ConvoyError,),
 )
 def changeset_push_task(changeset_id: int) -> None:
     services.changeset_push(changeset_id=changeset_id)

@@ -15,7 +15,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import redis
 from django.conf import settings
+
+from sandboxes.pacing import bucket_get
 
 
 class CodeHostError(Exception):
@@ -54,8 +57,6 @@ class HostPacer:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        from sandboxes.pacing import bucket_get
-
         digest = hashlib.sha256(credential.encode()).hexdigest()[:16]
         self.name = f"codehost:{host}:{digest}"
         self.bucket = bucket_get(name=self.name, rate=rate, burst=max(rate, 1.0))
@@ -69,8 +70,6 @@ class HostPacer:
     def _redis(self):
         if not settings.REDIS_URL:
             return None
-        import redis
-
         return redis.Redis.from_url(settings.REDIS_URL)
 
     def _key(self) -> str:
@@ -126,13 +125,3 @@ class CodeHost(ABC):
     @abstractmethod
     def checks_get(self, *, repo: str, ref: str) -> str:
         """A `ChecksState` for the commit `ref`: check runs and commit statuses combined."""
-
-
-def codehost_for_remote(url: str) -> tuple[CodeHost, str] | None:
-    """The adapter and repository slug for a remote URL, or None when no host is configured."""
-    from review.codehosts.github import github_from_settings, github_repo_slug
-
-    slug = github_repo_slug(url)
-    if slug is None or not settings.GITHUB_TOKEN:
-        return None
-    return github_from_settings(), slug

@@ -1,10 +1,17 @@
-"""Campaign, run and variant rows built directly (the pipeline is tested in tests/campaigns)."""
+"""Campaign, run and variant rows built directly (the pipeline is tested in tests/campaigns).
+
+Like the pipeline, storing a diff sends `campaigns.signals.variant_diff_stored` (review keeps
+its bulk-review digest from it). `campaign_bulk_make` inserts in bulk and sends nothing: the
+pages it serves do not group diffs.
+"""
 
 import hashlib
 import itertools
 import subprocess
+from datetime import timedelta
 from pathlib import Path
 
+from django.db import transaction
 from django.utils import timezone
 
 from campaigns.models import (
@@ -13,10 +20,12 @@ from campaigns.models import (
     RepoRun,
     Repository,
     RunState,
+    RunTransition,
     Validation,
     Variant,
     VariantState,
 )
+from campaigns.signals import variant_diff_stored
 
 _seq = itertools.count(1)
 
@@ -89,37 +98,48 @@ def run_make(*, campaign, url=None, base_commit="", state=RunState.SUCCEEDED, re
     )
 
 
-def variant_make(*, run, name, patch: bytes, position=0, validation=Validation.PASSED, **kw):
-    return Variant.objects.create(
-        run=run,
-        name=name,
-        position=position,
-        state=kw.pop("state", VariantState.COMPLETED),
-        patch=patch,
-        diff_sha256=hashlib.sha256(patch).hexdigest() if patch else "",
-        files_changed=1 if patch else 0,
-        insertions=1 if patch else 0,
-        deletions=1 if patch else 0,
-        validation=validation,
-        duration_ms=1200,
-        **kw,
+def _diff_stored(variant) -> None:
+    variant_diff_stored.send(
+        sender=Variant,
+        variant_id=variant.pk,
+        campaign_id=variant.run.campaign_id,
+        patch=bytes(variant.patch),
+        diff_sha256=variant.diff_sha256,
     )
+
+
+def variant_make(*, run, name, patch: bytes, position=0, validation=Validation.PASSED, **kw):
+    with transaction.atomic():
+        variant = Variant.objects.create(
+            run=run,
+            name=name,
+            position=position,
+            state=kw.pop("state", VariantState.COMPLETED),
+            patch=patch,
+            diff_sha256=hashlib.sha256(patch).hexdigest() if patch else "",
+            files_changed=1 if patch else 0,
+            insertions=1 if patch else 0,
+            deletions=1 if patch else 0,
+            validation=validation,
+            duration_ms=1200,
+            **kw,
+        )
+        _diff_stored(variant)
+    return variant
 
 
 def variant_rerun(variant, patch: bytes) -> None:
     """What a retry does to a variant: a new diff in the same row."""
-    Variant.objects.filter(pk=variant.pk).update(
-        patch=patch, diff_sha256=hashlib.sha256(patch).hexdigest()
-    )
-    variant.refresh_from_db()
+    with transaction.atomic():
+        Variant.objects.filter(pk=variant.pk).update(
+            patch=patch, diff_sha256=hashlib.sha256(patch).hexdigest() if patch else ""
+        )
+        variant.refresh_from_db()
+        _diff_stored(variant)
 
 
 def campaign_bulk_make(*, owner, runs: int, variants=("a", "b", "c"), failed_every: int = 10):
     """A launched campaign with `runs` finished runs (bulk inserts), transitions and variants."""
-    from datetime import timedelta
-
-    from campaigns.models import RunTransition
-
     campaign = campaign_make(owner=owner, variants=variants)
     tag = campaign.name
     repos = Repository.objects.bulk_create(

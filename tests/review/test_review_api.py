@@ -4,7 +4,6 @@ import pytest
 
 from accounts.services import token_create
 from review.models import Changeset, RunReview
-from review.services import variant_digests_refresh
 from tests.review.builders import campaign_make, patch_for, run_make, variant_make, variant_rerun
 
 pytestmark = pytest.mark.shapes("embedded", "production")
@@ -24,8 +23,9 @@ def setup(manager):
     return campaign, run, a, b
 
 
-def _url(campaign, run, action):
-    return f"/api/v1/campaigns/{campaign.pk}/runs/{run.pk}/{action}"
+def _url(campaign, run, action=""):
+    url = f"/api/v1/review/campaigns/{campaign.pk}/runs/{run.pk}"
+    return f"{url}/{action}" if action else url
 
 
 def test_api_pick_approve_reject_with_hashes(client, reviewer, setup):
@@ -87,7 +87,7 @@ def test_api_four_eyes_and_roles(client, manager, outsider, setup):
         **_auth(manager),
     )
     assert r.status_code == 403  # managers do not review
-    r = client.get(_url(campaign, run, "review"), **_auth(outsider))
+    r = client.get(_url(campaign, run), **_auth(outsider))
     assert r.status_code == 404
     assert not RunReview.objects.filter(run=run).exists()
 
@@ -98,10 +98,10 @@ def test_api_bulk_approve_publish_and_changesets(client, manager, reviewer):
     for i, r in enumerate(runs):
         variant_make(run=r, name="only", patch=patch_for("y.py", "a", "b", line=i + 1))
     h = _auth(reviewer)
-    groups = client.get(f"/api/v1/campaigns/{campaign.pk}/review/groups", **h).json()
+    groups = client.get(f"/api/v1/review/campaigns/{campaign.pk}/groups", **h).json()
     assert [g["count"] for g in groups] == [3]
     r = client.post(
-        f"/api/v1/campaigns/{campaign.pk}/review/bulk-approve",
+        f"/api/v1/review/campaigns/{campaign.pk}/bulk-approve",
         {
             "group_key": groups[0]["group_key"],
             "variant_name": "only",
@@ -111,10 +111,51 @@ def test_api_bulk_approve_publish_and_changesets(client, manager, reviewer):
         **h,
     )
     assert r.status_code == 200 and sorted(r.json()["approved"]) == sorted(x.pk for x in runs)
-    variant_digests_refresh(campaign=campaign)
     r = client.post(_url(campaign, runs[0], "publish"), **h)
     assert r.status_code == 202 and r.json()["state"] == "queued"
     assert r.json()["branch"] == campaign.spec["changeset"]["branch"]
-    listing = client.get(f"/api/v1/campaigns/{campaign.pk}/changesets", **h).json()
+    listing = client.get(f"/api/v1/review/campaigns/{campaign.pk}/changesets", **h).json()
     assert listing["count"] == 1 and listing["items"][0]["run_id"] == runs[0].pk
     assert Changeset.objects.count() == 1
+
+
+def test_api_review_summary_publish_all_and_refusals(client, manager, reviewer, setup):
+    campaign, run, a, _b = setup
+    h = _auth(reviewer)
+    r = client.get(_url(campaign, run), **h)
+    assert r.status_code == 200 and r.json()["state"] == "unreviewed"
+    assert r.json()["approved"] is False and r.json()["variant"] is None
+    r = client.get(f"/api/v1/review/campaigns/{campaign.pk}/groups?variant=nope", **h)
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "variant"
+    r = client.post(
+        _url(campaign, run, "approve"),
+        {"variant": "zzz", "diff_hash": a.diff_sha256},
+        content_type="application/json",
+        **h,
+    )
+    assert r.status_code == 422 and r.json()["errors"] == [
+        {"field": "variant", "message": "variant: no variant 'zzz' in this run"}
+    ]
+    r = client.post(
+        _url(campaign, run, "approve"),
+        {"variant": "a", "diff_hash": a.diff_sha256},
+        content_type="application/json",
+        **h,
+    )
+    assert r.status_code == 200 and r.json()["decided_by"] == reviewer.username
+    r = client.post(
+        _url(campaign, run, "approve"),
+        {"diff_hash": a.diff_sha256},
+        content_type="application/json",
+        **h,
+    )
+    assert r.status_code == 409 and r.json()["code"] == "review_conflict"
+    publish_all = f"/api/v1/review/campaigns/{campaign.pk}/publish"
+    assert client.post(publish_all, **_auth(manager)).status_code == 403  # managers do not review
+    r = client.post(publish_all, **h)
+    assert r.status_code == 200 and r.json() == {"queued": [run.pk], "refused": []}
+    assert client.post(publish_all, **h).json() == {"queued": [], "refused": []}
+    r = client.get(f"/api/v1/review/campaigns/{campaign.pk}/changesets?state=queued", **h)
+    assert [c["repository"] for c in r.json()["items"]] == [run.repository.name]
+    # The old paths are gone.
+    assert client.get(f"/api/v1/campaigns/{campaign.pk}/changesets", **h).status_code == 404

@@ -5,6 +5,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from audit.models import AuditEvent
 from campaigns.models import RepoRun
 from review.models import ReviewState, RunReview
 from tests.factories import PASSWORD
@@ -66,6 +67,7 @@ def test_decisions_through_the_page_and_a_stale_approve_is_refused(client, revie
     seen = a.diff_sha256
     variant_rerun(a, patch_for("a.py", "x", "rerun"))
     page = client.post(decide, {"variant": a.pk, "diff_hash": seen}, follow=True)
+    assert page.status_code == 409
     assert "changed since you loaded the page" in page.content.decode()
     assert not RunReview.objects.filter(run=run, state=ReviewState.APPROVED).exists()
     client.post(decide, {"variant": a.pk, "diff_hash": a.diff_sha256, "comment": "fine"})
@@ -77,7 +79,11 @@ def test_four_eyes_on_the_page_and_outsiders_get_404(client, manager, outsider, 
     _login(client, manager)
     decide = reverse("review-decide", args=[campaign.pk, run.pk, "approve"])
     page = client.post(decide, {"variant": a.pk, "diff_hash": a.diff_sha256}, follow=True)
+    assert page.status_code == 403
     assert "Four-eyes rule: you launched this campaign" in page.content.decode()
+    # Recorded once, as the refused approval it is.
+    denied = AuditEvent.objects.filter(outcome="denied")
+    assert [e.action for e in denied] == ["review.change.approved"]
     assert not RunReview.objects.filter(run=run, state=ReviewState.APPROVED).exists()
     # Picking is a reviewer's job: the manager's role does not allow it.
     pick = reverse("review-decide", args=[campaign.pk, run.pk, "pick"])
@@ -153,3 +159,60 @@ def test_burndown_counts_finished_runs_and_retries(manager):
     assert series[0] == (0.0, 4)
     assert [y for _, y in series] == [4, 3, 2, 3, 2]
     assert series[-1][0] == pytest.approx(40)
+
+
+def test_bulk_page_only_reads_and_groups_from_digests_kept_at_write_time(client, manager, reviewer):
+    campaign = campaign_make(owner=manager, variants=("only",))
+    for i in range(3):
+        run = run_make(campaign=campaign)
+        variant_make(run=run, name="only", patch=patch_for("b.py", "p", "q", line=i + 1))
+    _login(client, reviewer)
+    url = reverse("review-bulk", args=[campaign.pk])
+    client.get(url)  # warm the session
+    with CaptureQueriesContext(connection) as ctx:
+        html = client.get(url, {"variant": "only"}).content.decode()
+    writes = [
+        q["sql"]
+        for q in ctx.captured_queries
+        if q["sql"].lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE"))
+        and "django_session" not in q["sql"]
+    ]
+    assert writes == []
+    assert 'data-testid="group-count">3<' in html
+
+
+def test_htmx_swaps_get_the_partial_their_target_names(client, reviewer, run3):
+    campaign, run, (a, _b, _c) = run3
+    _login(client, reviewer)
+    url = reverse("review-compare", args=[campaign.pk, run.pk])
+    htmx = {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": "viewer"}
+    viewer = client.get(url, {"variant": a.pk, "mode": "split"}, **htmx)
+    html = viewer.content.decode()
+    assert html.lstrip().startswith('<div id="viewer"') and "diff-split" in html
+    assert 'data-testid="variants"' not in html
+    assert "HX-Target" in viewer["Vary"]
+    # Another target (or none) gets the whole page.
+    page = client.get(url, HTTP_HX_REQUEST="true", HTTP_HX_TARGET="elsewhere").content.decode()
+    assert 'data-testid="variants"' in page and "<html" in page
+    live = client.get(
+        reverse("review-dashboard", args=[campaign.pk]),
+        HTTP_HX_REQUEST="true",
+        HTTP_HX_TARGET="dashboard-live",
+    ).content.decode()
+    assert live.lstrip().startswith('<div id="dashboard-live"')
+    listing = client.get(
+        reverse("review-changesets", args=[campaign.pk]),
+        HTTP_HX_REQUEST="true",
+        HTTP_HX_TARGET="changesets",
+    ).content.decode()
+    assert listing.lstrip().startswith('<div id="changesets"') and "<html" not in listing
+
+
+def test_a_refused_decision_from_htmx_lands_in_the_notices(client, reviewer, run3):
+    campaign, run, _variants = run3
+    _login(client, reviewer)
+    reject = reverse("review-decide", args=[campaign.pk, run.pk, "reject"])
+    r = client.post(reject, {"comment": " "}, HTTP_HX_REQUEST="true")
+    assert r.status_code == 422 and r["HX-Retarget"] == "#notices"
+    assert "say why the change is rejected" in r.content.decode()
+    assert not RunReview.objects.filter(run=run, state=ReviewState.REJECTED).exists()

@@ -1,11 +1,15 @@
 """Decisions: pick, approve with four eyes, reject, stale refusal, bulk approve, publish."""
 
+import io
 import json
 
 import pytest
+from django.core.management import call_command
+from django.db import transaction
 
 from audit.models import AuditEvent
-from review.models import Changeset, Decision, ReviewState, RunReview
+from core.errors import Invalid
+from review.models import Changeset, Decision, ReviewState, RunReview, VariantDigest
 from review.selectors import bulk_groups, review_counts, review_queue
 from review.services import (
     FourEyesRefused,
@@ -67,7 +71,7 @@ def test_approve_then_pick_refused_until_rejected(three, reviewer):
     (event,) = _events("review.change.approved")
     assert event["payload"]["diff_hash"] == a.diff_sha256
     assert event["reason"] == "ok"
-    with pytest.raises(ReviewError, match="comment"):
+    with pytest.raises(Invalid, match="comment"):
         change_reject(run=run, actor=reviewer, comment="  ")
     change_reject(run=run, actor=reviewer, comment="wrong style", diff_hash=a.diff_sha256)
     assert RunReview.objects.get(run=run).state == ReviewState.REJECTED
@@ -123,7 +127,6 @@ def test_bulk_approval_covers_identical_diffs_and_skips_a_different_one(manager,
         )
     odd = run_make(campaign=campaign)
     variant_make(run=odd, name="only", patch=patch_for("t.py", "old()", "newer()"))
-    variant_digests_refresh(campaign=campaign)
     groups = bulk_groups(campaign=campaign, variant_name="only")
     assert [g.count for g in groups] == [4, 1]
     big = groups[0]
@@ -136,8 +139,8 @@ def test_bulk_approval_covers_identical_diffs_and_skips_a_different_one(manager,
         actor=reviewer,
         comment="same fix",
     )
-    assert sorted(result["approved"]) == sorted(r.pk for r in same)
-    assert [s["run_id"] for s in result["skipped"]] == [odd.pk]
+    assert sorted(result.approved) == sorted(r.pk for r in same)
+    assert [s.run_id for s in result.skipped] == [odd.pk]
     assert Decision.objects.filter(kind="approve", group_key=big.group_key).count() == 4
     assert not RunReview.objects.filter(run=odd, state=ReviewState.APPROVED).exists()
     with pytest.raises(FourEyesRefused):
@@ -187,3 +190,35 @@ def test_runs_that_changed_nothing_are_not_waiting_for_review(manager):
         changed.pk,
         unchanged.pk,
     }
+
+
+def test_digests_are_kept_when_a_diff_is_stored_and_roll_back_with_it(manager):
+    campaign = campaign_make(owner=manager, variants=("only",))
+    run = run_make(campaign=campaign)
+    v = variant_make(run=run, name="only", patch=patch_for("d.py", "1", "2"))
+    first = VariantDigest.objects.get(variant=v)
+    assert first.diff_sha256 == v.diff_sha256 and first.campaign_id == campaign.pk
+    variant_rerun(v, patch_for("d.py", "1", "3"))
+    second = VariantDigest.objects.get(variant=v)
+    assert second.diff_sha256 == v.diff_sha256 and second.group_key != first.group_key
+    # The digest is written in the storing transaction: a rollback takes it back too.
+    with pytest.raises(RuntimeError), transaction.atomic():
+        variant_rerun(v, patch_for("d.py", "1", "4"))
+        raise RuntimeError("the pipeline failed after storing the diff")
+    assert VariantDigest.objects.get(variant=v).diff_sha256 == second.diff_sha256
+    variant_rerun(v, b"")  # a rerun that changed nothing has no group
+    assert not VariantDigest.objects.filter(variant=v).exists()
+
+
+def test_backfill_command_groups_diffs_stored_before_digests(manager):
+    campaign = campaign_make(owner=manager, variants=("only",))
+    runs = [run_make(campaign=campaign) for _ in range(3)]
+    for i, run in enumerate(runs):
+        variant_make(run=run, name="only", patch=patch_for("e.py", "a", "b", line=i + 1))
+    VariantDigest.objects.filter(campaign=campaign).delete()  # rows from before the receiver
+    assert bulk_groups(campaign=campaign, variant_name="only") == []
+    out = io.StringIO()
+    call_command("review_digests_backfill", "--campaign", campaign.name, stdout=out)
+    assert "3 digest(s) written" in out.getvalue()
+    assert [g.count for g in bulk_groups(campaign=campaign, variant_name="only")] == [3]
+    assert variant_digests_refresh(campaign=campaign) == 0  # nothing left to do

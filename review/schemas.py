@@ -1,0 +1,103 @@
+"""Request and response bodies of the review API (`review/api.py`), with explicit fields."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from ninja import Field, Schema
+
+
+class PickIn(Schema):
+    variant: int | str = Field(..., description="Variant id or name")
+    diff_hash: str = Field(..., min_length=64, max_length=64, description="sha256 you reviewed")
+
+
+class ApproveIn(Schema):
+    diff_hash: str = Field(..., min_length=64, max_length=64)
+    variant: int | str | None = Field(None, description="Pick this variant and approve it")
+    comment: str = Field("", max_length=5000)
+
+
+class RejectIn(Schema):
+    comment: str = Field(..., min_length=1, max_length=5000)
+    diff_hash: str = Field("", max_length=64)
+
+
+class BulkApproveIn(Schema):
+    group_key: str = Field(..., min_length=64, max_length=64)
+    variant_name: str = Field(..., min_length=1, max_length=100)
+    run_ids: list[int] = Field(..., min_length=1, max_length=5000)
+    comment: str = Field("", max_length=5000)
+
+
+class RunSkippedOut(Schema):
+    run_id: int
+    reason: str
+
+
+class BulkApproveOut(Schema):
+    approved: list[int]
+    skipped: list[RunSkippedOut]
+
+
+class PublishApprovedOut(Schema):
+    queued: list[int]
+    refused: list[RunSkippedOut]
+
+
+class ReviewOut(Schema):
+    run_id: int
+    state: str
+    approved: bool
+    variant: str | None
+    picked_hash: str
+    approved_hash: str
+    comment: str
+    decided_by: str | None
+    decided_at: datetime | None
+
+
+class ChangesetOut(Schema):
+    id: int
+    run_id: int
+    repository: str
+    branch: str
+    state: str
+    checks: str
+    commit: str
+    pr_number: int | None
+    pr_url: str
+    diff_hash: str
+    error: str
+    published_at: datetime | None
+    refreshed_at: datetime | None
+
+    @staticmethod
+    def resolve_repository(obj) -> str:
+        return obj.run.repository.name
+
+
+class ChangesetPageOut(Schema):
+    count: int
+    items: list[ChangesetOut]
+
+
+class GroupOut(Schema):
+    group_key: str
+    count: int
+    variant_name: str
+    diff_sha256: str
+    run_ids: list[int]
+    repositories: list[str]
+
+    @staticmethod
+    def resolve_diff_sha256(obj) -> str:
+        return obj.sample.diff_sha256
+
+    @staticmethod
+    def resolve_run_ids(obj) -> list[int]:
+        return [r.pk for r in obj.runs]
+
+    @staticmethod
+    def resolve_repositories(obj) -> list[str]:
+        return [r.repository.name for r in obj.runs]
