@@ -1,3 +1,5 @@
+"""Review page URLs: dashboard, queue, bulk review, changesets, a run's comparison and decisions."""
+
 from django.urls import path, re_path
 
 from review import views

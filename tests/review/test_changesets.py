@@ -5,8 +5,10 @@ from http.server import ThreadingHTTPServer
 
 import pytest
 
+from review import codehosts
+from review.codehosts.github import GitHub
 from review.models import Changeset
-from review.services import change_approve, change_publish, changesets_refresh
+from review.services import change_approve, change_publish, changeset_push, changesets_refresh
 from tests.review.builders import campaign_make, git, remote_with_change, run_make, variant_make
 from tests.review.test_codehost_github import FakeGitHub, _handler
 from tests.support import wait_for
@@ -88,10 +90,6 @@ def test_fake_github_publish_opens_a_pull_request_for_the_pushed_branch(
 ):
     """The branch goes to a local remote; the pull request to the local fake GitHub (the
     remote-to-host mapping is pointed at the fake, the adapter speaks real HTTP to it)."""
-    from review import codehosts
-    from review.codehosts.github import GitHub
-    from review.services import changeset_push
-
     adapter = GitHub(api_url=fake_github.url, token="tok-publish", rate=1000)
     monkeypatch.setattr(codehosts, "codehost_for_remote", lambda url: (adapter, "acme/alpha"))
     bare, base, patch = remote_with_change(

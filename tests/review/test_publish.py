@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from review.publish import PublishError, change_push
+from review.publish import PublishError, change_push, git_auth_env
 from tests.review.builders import git, remote_with_change
 
 pytestmark = pytest.mark.shapes("embedded", "production")
@@ -106,8 +106,6 @@ def test_publish_ignores_host_git_config_and_hooks(remote, tmp_path, monkeypatch
 
 
 def test_https_pushes_carry_the_token_in_the_environment_not_argv():
-    from review.publish import git_auth_env
-
     env = git_auth_env(remote_url="https://github.com/acme/alpha.git", token="s3cret")
     assert env["GIT_CONFIG_KEY_0"] == "http.https://github.com/.extraheader"
     assert env["GIT_CONFIG_VALUE_0"].startswith("Authorization: Basic ")

@@ -1,13 +1,17 @@
 """Review pages as a signed-in user sees them: comparison, queue, bulk, dashboard, queries."""
 
+from datetime import timedelta
+
 import pytest
+from django.core.cache import cache
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from audit.models import AuditEvent
-from campaigns.models import RepoRun
+from campaigns.models import RepoRun, RunTransition
 from review.models import ReviewState, RunReview
+from review.selectors import burndown
 from tests.factories import PASSWORD
 from tests.review.builders import (
     campaign_bulk_make,
@@ -97,8 +101,6 @@ PAGES = ("review-dashboard", "review-queue")
 
 
 def _queries(client, name, campaign):
-    from django.core.cache import cache
-
     cache.clear()  # count the uncached path (the burndown series is cached between moves)
     with CaptureQueriesContext(connection) as ctx:
         response = client.get(reverse(name, args=[campaign.pk]))
@@ -133,11 +135,6 @@ def test_campaign_page_and_review_queue_queries_do_not_grow_with_runs(client, ma
 
 
 def test_burndown_counts_finished_runs_and_retries(manager):
-    from datetime import timedelta
-
-    from campaigns.models import RunTransition
-    from review.selectors import burndown
-
     campaign = campaign_make(owner=manager)
     start = campaign.launched_at
     runs = [run_make(campaign=campaign) for _ in range(4)]
