@@ -1,4 +1,4 @@
-"""Signals campaigns sends so that higher layers (review) can react without campaigns importing them.
+"""Signals campaigns sends so that higher layers (review) react without campaigns importing them.
 
 `variant_diff_stored` is sent inside the transaction that stores a variant's diff, with
 `variant_id`, `campaign_id`, `patch` (bytes) and `diff_sha256`; a receiver's writes commit or
