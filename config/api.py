@@ -42,7 +42,8 @@ class ConvoyAPI(NinjaAPI):
             for operation in operations.values():
                 responses = operation.setdefault("responses", {})
                 for status, description in COMMON_ERRORS.items():
-                    responses.setdefault(status, {"description": description, **ref})
+                    if status not in responses and int(status) not in responses:
+                        responses[int(status)] = {"description": description, **ref}
         return schema
 
 
