@@ -108,3 +108,38 @@ class LogLine(models.Model):
 
     def __str__(self) -> str:
         return f"{self.sandbox_id}:{self.seq}"
+
+
+# --- campaign images (sandboxes/images/) -------------------------------------------------------
+class ImageState(models.TextChoices):
+    BUILDING = "building"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class Image(models.Model):
+    """One root filesystem built from an `image:` spec, keyed by the hash of the normalised spec.
+
+    The files live under `<data dir>/images/<key>/`; the row says whether they are complete and
+    who is building them (`builder` = host:pid:token, claimed with a conditional UPDATE, so two
+    processes never build the same key at once).
+    """
+
+    key = models.CharField(max_length=64, unique=True)
+    kind = models.CharField(max_length=10)  # "debian" or "oci"
+    spec = models.JSONField(help_text="The normalised image spec")
+    state = models.CharField(max_length=10, choices=ImageState, default=ImageState.BUILDING)
+    size_bytes = models.BigIntegerField(default=0)
+    build_log_path = models.CharField(max_length=500, blank=True)
+    error = models.TextField(blank=True)
+    error_field = models.CharField(max_length=100, blank=True)
+    builder = models.CharField(max_length=200, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    builds = models.IntegerField(default=0, help_text="Builds started for this key")
+    build_seconds = models.FloatField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    built_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"image {self.key[:12]} ({self.state})"
