@@ -8,7 +8,7 @@ from audit.services import audit_record
 
 @receiver(user_logged_in)
 def _logged_in(sender, request, user, **kwargs):
-    audit_record(action="people.login.succeeded", actor=user, target=user, request=request)
+    audit_record(action="people.login.succeeded", actor=user, target=user)
 
 
 @receiver(user_login_failed)
@@ -17,7 +17,6 @@ def _login_failed(sender, credentials, request=None, **kwargs):
         action="people.login.failed",
         actor=None,
         outcome="failure",
-        request=request,
         payload={"username": str(credentials.get("username", ""))[:150]},
     )
 
@@ -25,4 +24,4 @@ def _login_failed(sender, credentials, request=None, **kwargs):
 @receiver(user_logged_out)
 def _logged_out(sender, request, user, **kwargs):
     if user is not None:
-        audit_record(action="people.logout", actor=user, target=user, request=request)
+        audit_record(action="people.logout", actor=user, target=user)

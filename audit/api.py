@@ -32,9 +32,7 @@ def events_list(request, q: str = "", cursor: str = "", limit: int = 50):
         page = audit_events_page(query=audit_query_parse(text=q), cursor=cursor, limit=limit)
     except AuditFilterError as exc:
         return _unprocessable("query", exc.field, exc.message)
-    audit_view_record(
-        actor=request.auth, request=request, what="api events", query=q, count=len(page.events)
-    )
+    audit_view_record(actor=request.auth, what="api events", query=q, count=len(page.events))
     return {"items": [event_as_dict(e) for e in page.events], "next_cursor": page.next_cursor}
 
 
@@ -42,7 +40,7 @@ def events_list(request, q: str = "", cursor: str = "", limit: int = 50):
 def verify(request):
     require_capability(request, "audit_view")
     report = audit_verify()
-    audit_verify_record(report=report, actor=request.auth, request=request)
+    audit_verify_record(report=report, actor=request.auth)
     return report.as_dict()
 
 
@@ -60,7 +58,7 @@ def export_create(request, data: ExportIn):
         lines, content_type = csv_lines(query.events().order_by("id")), "text/csv"
     else:
         lines, content_type = bundle_lines(), "application/x-ndjson"
-    audit_export_record(actor=request.auth, fmt=data.format, query=data.q, request=request)
+    audit_export_record(actor=request.auth, fmt=data.format, query=data.q)
     return StreamingHttpResponse(lines, content_type=content_type)
 
 

@@ -1,17 +1,6 @@
-"""TEMPORARY shim while audit/services.py is split (the audit helper replaces this file)."""
+"""Recording: `audit_record` writes one event in the caller's transaction; `audit_denied` records a
+refusal. (The writing code itself is still in audit/services.py; this is the name callers use.)"""
 
-from audit.services import AuditWriteError, audit_record
-
-
-def audit_denied(*, actor, capability: str, target=None, path: str = "") -> None:
-    """Record a refused attempt. It commits even though the request itself fails."""
-    audit_record(
-        action="people.permission.denied",
-        actor=actor,
-        outcome="denied",
-        target=target,
-        payload={"capability": capability, "path": path},
-    )
-
+from audit.services import AuditWriteError, audit_denied, audit_record
 
 __all__ = ["AuditWriteError", "audit_denied", "audit_record"]

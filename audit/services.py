@@ -16,10 +16,9 @@ from typing import Any
 from django.conf import settings
 from django.db import connection, models, transaction
 from django.db.models import QuerySet
-from django.http import HttpRequest
 
 from audit import chain
-from audit.context import current_request, request_context
+from audit.context import current_request
 from audit.keys import key_id, public_key_pem, public_key_raw, signing_key, verifying_key
 from audit.models import AuditCheckpoint, AuditEvent
 from audit.verify import CheckpointRow, Report, batched, chain_walk, checkpoints_check
@@ -95,14 +94,13 @@ def audit_record(
     changes: dict | None = None,
     reason: str = "",
     on_behalf_of=None,
-    request: HttpRequest | None = None,
 ) -> AuditEvent:
     """Write one event in the caller's transaction; raise AuditWriteError if it cannot be."""
     if outcome not in OUTCOMES:
         raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
     if actor_type is not None and actor_type not in ACTOR_TYPES:
         raise ValueError(f"actor_type must be one of {ACTOR_TYPES}, got {actor_type!r}")
-    ctx = request_context(request) if request is not None else current_request.get()
+    ctx = current_request.get()
     context = {k: v for k, v in (context or {}).items() if v is not None}
     unknown = set(context) - set(CONTEXT_KEYS)
     if unknown:
@@ -194,15 +192,14 @@ def _event_insert(event: AuditEvent) -> None:
     event._state.db = connection.alias
 
 
-def audit_denied(*, request: HttpRequest | None, actor, capability: str, target=None) -> None:
+def audit_denied(*, actor, capability: str, target=None, path: str = "") -> None:
     """Record a refused attempt. It commits even though the request itself fails."""
     audit_record(
         action="people.permission.denied",
         actor=actor,
         outcome="denied",
         target=target,
-        request=request,
-        payload={"capability": capability, "path": request.path if request else ""},
+        payload={"capability": capability, "path": path},
     )
 
 
@@ -654,13 +651,12 @@ def _no_checkpoint(number: int, *, exists: bool):
     return Finding(BROKEN_CHECKPOINTS, None, "", f"checkpoint {number} {why}; cannot start there")
 
 
-def audit_verify_record(*, report: Report, actor=None, request: HttpRequest | None = None) -> None:
+def audit_verify_record(*, report: Report, actor=None) -> None:
     audit_record(
         action="audit.chain.verified",
         actor=actor,
         actor_type=None if actor is not None else "system",
         outcome="success" if report.ok else "failure",
-        request=request,
         payload={
             "size": report.size,
             "checked": report.checked,
@@ -671,13 +667,10 @@ def audit_verify_record(*, report: Report, actor=None, request: HttpRequest | No
 
 
 # --- Export -----------------------------------------------------------------------------------
-def audit_export_record(
-    *, actor, fmt: str, query: str = "", request: HttpRequest | None = None
-) -> None:
+def audit_export_record(*, actor, fmt: str, query: str = "") -> None:
     audit_record(
         action="audit.events.exported",
         actor=actor,
-        request=request,
         payload={"format": fmt, "query": query},
     )
 
@@ -843,24 +836,8 @@ def csv_lines(events: QuerySet) -> Iterator[str]:
 
 
 # --- Access -----------------------------------------------------------------------------------
-def audit_access_require(*, user) -> None:
-    """Reading, verifying and exporting the trail is for admins (the refusal is audited where
-    errors are mapped, config/errors.py)."""
-    from accounts.roles import user_can
-    from core.errors import PermissionDenied
-
-    if not user_can(user, "audit_view"):
-        raise PermissionDenied(
-            "Reading the audit trail is for admins (audit view).", capability="audit_view"
-        )
-
-
-def audit_view_record(
-    *, actor, request: HttpRequest | None, what: str, query: str = "", target=None, count=None
-) -> None:
+def audit_view_record(*, actor, what: str, query: str = "", target=None, count=None) -> None:
     payload = {"view": what, "query": query}
     if count is not None:
         payload["count"] = count
-    audit_record(
-        action="audit.events.viewed", actor=actor, request=request, target=target, payload=payload
-    )
+    audit_record(action="audit.events.viewed", actor=actor, target=target, payload=payload)

@@ -1,8 +1,6 @@
 """API routes for campaigns, their runs and variants, repositories and secrets."""
 
-from django.core.exceptions import PermissionDenied
-from ninja import Query, Router
-from ninja.errors import HttpError
+from ninja import Query, Router, Status
 
 from accounts.auth import require_capability
 from campaigns import selectors, services
@@ -19,9 +17,8 @@ from campaigns.schemas import (
     RunsPageOut,
     SecretIn,
     SecretOut,
-    SpecErrorOut,
 )
-from campaigns.spec import CampaignSpecError
+from core.errors import Invalid
 
 router = Router(tags=["campaigns"])
 
@@ -97,35 +94,27 @@ def _run_out(run: RepoRun, variants: list[Variant]) -> dict:
 def _campaign_for(request, campaign_id: str, *, write: bool = False) -> Campaign:
     if write:
         require_capability(request, "campaign_manage")
-    try:
-        return selectors.campaign_get_for_user(user=request.auth, pk=campaign_id, write=write)
-    except PermissionDenied as exc:
-        raise HttpError(403, str(exc)) from None
+    return selectors.campaign_get_for_user(user=request.auth, pk=campaign_id, write=write)
 
 
-def _state_error(exc: services.CampaignStateError):
-    raise HttpError(409, str(exc)) from None
-
-
-@router.post("/campaigns", response={201: CampaignDetailOut, 422: SpecErrorOut})
+@router.post("/campaigns", response={201: CampaignDetailOut})
 def campaign_create(request, data: CampaignIn):
     require_capability(request, "campaign_manage")
     if (data.yaml is None) == (data.spec is None):
-        return 422, {
-            "detail": "Send either `yaml` (the spec as text) or `spec` (the spec as JSON).",
-            "errors": [{"path": "", "message": "give exactly one of yaml, spec", "line": None}],
-        }
-    try:
-        campaign = services.campaign_create(
-            actor=request.auth, source=data.yaml, data=data.spec, request=request
+        raise Invalid(
+            "Send either `yaml` (the spec as text) or `spec` (the spec as JSON).", field="yaml"
         )
-    except CampaignSpecError as exc:
-        return 422, {"detail": f"Invalid campaign spec: {exc}", "errors": exc.as_list()}
-    return 201, _detail(campaign)
+    campaign = services.campaign_create(actor=request.auth, source=data.yaml, data=data.spec)
+    return Status(201, _detail(campaign))
 
 
 @router.get("/campaigns", response=list[CampaignOut])
-def campaign_list(request, state: str | None = None, limit: int = 100, offset: int = 0):
+def campaign_list(
+    request,
+    state: str | None = None,
+    limit: int = Query(100, ge=1, le=500),
+    offset: int = Query(0, ge=0),
+):
     campaigns = selectors.campaign_list(user=request.auth)
     if state:
         campaigns = campaigns.filter(state=state)
@@ -142,20 +131,14 @@ def campaign_detail(request, campaign_id: str):
 @router.post("/campaigns/{campaign_id}/launch", response=CampaignDetailOut)
 def campaign_launch(request, campaign_id: str):
     campaign = _campaign_for(request, campaign_id, write=True)
-    try:
-        campaign = services.campaign_launch(campaign=campaign, actor=request.auth, request=request)
-    except services.CampaignStateError as exc:
-        _state_error(exc)
+    campaign = services.campaign_launch(campaign=campaign, actor=request.auth)
     return _detail(campaign)
 
 
 @router.post("/campaigns/{campaign_id}/cancel", response=CampaignDetailOut)
 def campaign_cancel(request, campaign_id: str):
     campaign = _campaign_for(request, campaign_id, write=True)
-    try:
-        campaign = services.campaign_cancel(campaign=campaign, actor=request.auth, request=request)
-    except services.CampaignStateError as exc:
-        _state_error(exc)
+    campaign = services.campaign_cancel(campaign=campaign, actor=request.auth)
     return _detail(campaign)
 
 
@@ -167,13 +150,8 @@ def campaign_retry(request, campaign_id: str, signature: str | None = None):
         try:
             signature = RetryIn.model_validate_json(request.body).signature or signature
         except ValueError:
-            raise HttpError(422, 'body: expected {"signature": "<error signature>"}') from None
-    try:
-        ids = services.campaign_retry(
-            campaign=campaign, actor=request.auth, signature=signature, request=request
-        )
-    except services.CampaignStateError as exc:
-        _state_error(exc)
+            raise Invalid('expected {"signature": "<error signature>"}', field="body") from None
+    ids = services.campaign_retry(campaign=campaign, actor=request.auth, signature=signature)
     return {"retried": len(ids), "run_ids": ids}
 
 
@@ -184,8 +162,8 @@ def campaign_runs(
     state: str | None = None,
     signature: str | None = None,
     repository: str | None = None,
-    limit: int = Query(100, le=1000),
-    offset: int = 0,
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0),
 ):
     campaign = _campaign_for(request, campaign_id)
     runs = selectors.runs_filter(
@@ -211,7 +189,12 @@ def campaign_run(request, campaign_id: str, run_id: int):
 
 
 @router.get("/repositories", response=list[RepositoryOut])
-def repository_list(request, tag: str | None = None, limit: int = 500, offset: int = 0):
+def repository_list(
+    request,
+    tag: str | None = None,
+    limit: int = Query(500, ge=1, le=5000),
+    offset: int = Query(0, ge=0),
+):
     if not selectors.user_may_see(request.auth):
         return []
     repos = Repository.objects.all()
@@ -223,15 +206,10 @@ def repository_list(request, tag: str | None = None, limit: int = 500, offset: i
 @router.post("/repositories", response={201: RepositoryOut})
 def repository_register(request, data: RepositoryIn):
     require_capability(request, "campaign_manage")
-    from sandboxes.repos import RepoUrlError
-
-    try:
-        (repo,) = services.repositories_register(
-            entries=[{"url": data.url, "ref": data.ref}], tags=data.tags
-        )
-    except RepoUrlError as exc:
-        raise HttpError(422, f"url: {exc.message}") from None
-    return 201, repo
+    (repo,) = services.repositories_register(
+        entries=[{"url": data.url, "ref": data.ref}], tags=data.tags
+    )
+    return Status(201, repo)
 
 
 @router.get("/secrets", response=list[SecretOut])
@@ -243,11 +221,8 @@ def secret_list(request):
 @router.post("/secrets", response={201: SecretOut})
 def secret_set(request, data: SecretIn):
     require_capability(request, "secret_manage")
-    try:
-        secret = services.secret_set(name=data.name, value=data.value, actor=request.auth)
-    except ValueError as exc:
-        raise HttpError(422, str(exc)) from None
-    return 201, secret
+    secret = services.secret_set(name=data.name, value=data.value, actor=request.auth)
+    return Status(201, secret)
 
 
 ROUTERS = [("/", router)]

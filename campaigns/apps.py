@@ -4,3 +4,15 @@ from django.apps import AppConfig
 class CampaignsConfig(AppConfig):
     name = "campaigns"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Imported here: models can only be imported once the app registry is ready.
+        from campaigns.models import Campaign, RepoRun, Variant
+        from sandboxes.services import owner_kind_register
+
+        # The sandbox reaper frees what belongs to a campaign, run or variant that is done.
+        owner_kind_register(kind="campaign", model=Campaign, done=("completed", "cancelled"))
+        owner_kind_register(kind="run", model=RepoRun, done=("succeeded", "failed", "cancelled"))
+        owner_kind_register(
+            kind="variant", model=Variant, done=("completed", "failed", "cancelled")
+        )

@@ -47,7 +47,9 @@ from campaigns.models import (
     Variant,
     VariantState,
 )
+from campaigns.signals import variant_diff_stored
 from campaigns.spec import CampaignSpecError, FieldError, ParsedSpec, spec_parse, spec_validate
+from core.errors import Conflict, Invalid
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ MAX_TRANSIENT_RETRIES = 4
 VARIANT_THREADS = 3
 
 
-class CampaignStateError(Exception):
+class CampaignStateError(Conflict):
     """The campaign is not in a state that allows this action."""
 
 
@@ -183,9 +185,9 @@ SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
 def secret_set(*, name: str, value: str, actor) -> Secret:
     """Store or rotate a secret. The value is encrypted and can never be read back by people."""
     if not SECRET_NAME_RE.match(name or ""):
-        raise ValueError("name: use letters, digits and '_' (an environment variable name)")
+        raise Invalid("use letters, digits and '_' (an environment variable name)", field="name")
     if not value:
-        raise ValueError("value: must not be empty")
+        raise Invalid("must not be empty", field="value")
     token = _fernet().encrypt(value.encode())
     with transaction.atomic():
         secret = Secret.objects.select_for_update().filter(name=name).first()
@@ -263,7 +265,7 @@ def _campaign_fields(spec: dict) -> dict:
 
 
 def campaign_create(
-    *, actor, source: str | bytes | None = None, data: dict | None = None, request=None
+    *, actor, source: str | bytes | None = None, data: dict | None = None
 ) -> Campaign:
     """Validate a spec (YAML/JSON text or already-loaded data) and store a draft campaign."""
     parsed = _spec_from(source=source, data=data)
@@ -278,7 +280,6 @@ def campaign_create(
             target=campaign,
             context={"campaign_id": campaign.pk},
             payload={"name": campaign.name, "backend": campaign.backend},
-            request=request,
         )
     return campaign
 
@@ -385,7 +386,7 @@ def _runs_create(campaign: Campaign) -> int:
     return total
 
 
-def campaign_launch(*, campaign: Campaign, actor, request=None) -> Campaign:
+def campaign_launch(*, campaign: Campaign, actor) -> Campaign:
     """Create one run per repository (bulk) and start filling dispatch slots."""
     now = timezone.now()
     with transaction.atomic():
@@ -405,7 +406,6 @@ def campaign_launch(*, campaign: Campaign, actor, request=None) -> Campaign:
             context={"campaign_id": campaign.pk},
             payload={"runs": count, "backend": campaign.backend},
             changes={"state": [CampaignState.DRAFT, CampaignState.RUNNING]},
-            request=request,
         )
         transaction.on_commit(runs_dispatch)
     campaign.refresh_from_db()
@@ -433,7 +433,7 @@ def _sandboxes_terminate(*, reason: str, actor=None, **filters) -> int:
     return count
 
 
-def campaign_cancel(*, campaign: Campaign, actor, request=None) -> Campaign:
+def campaign_cancel(*, campaign: Campaign, actor) -> Campaign:
     """Stop everything: queued work never starts, running sandboxes are terminated now."""
     now = timezone.now()
     with transaction.atomic():
@@ -459,7 +459,6 @@ def campaign_cancel(*, campaign: Campaign, actor, request=None) -> Campaign:
             context={"campaign_id": campaign.pk},
             payload={"runs_cancelled": len(stopped)},
             changes={"state": [campaign.state, CampaignState.CANCELLED]},
-            request=request,
         )
         transaction.on_commit(
             lambda: _sandboxes_terminate(
@@ -471,9 +470,7 @@ def campaign_cancel(*, campaign: Campaign, actor, request=None) -> Campaign:
     return campaign
 
 
-def campaign_retry(
-    *, campaign: Campaign, actor, signature: str | None = None, request=None
-) -> list[int]:
+def campaign_retry(*, campaign: Campaign, actor, signature: str | None = None) -> list[int]:
     """Put failed runs (all, or one error-signature cluster) back in line; return their ids."""
     if campaign.state not in (CampaignState.RUNNING, CampaignState.COMPLETED):
         raise CampaignStateError(f"campaign is {campaign.state}; cannot retry its runs")
@@ -528,7 +525,6 @@ def campaign_retry(
                 target={"type": "campaigns.reporun", "id": run_id},
                 context={"campaign_id": campaign.pk, "run_id": run_id},
                 payload={"signature": signature or ""},
-                request=request,
             )
         transaction.on_commit(runs_dispatch)
     return ids
@@ -1081,14 +1077,23 @@ def _variant_run(ctx: _Context, variant: Variant, snapshot, sandbox=None) -> Non
             _terminate(sandbox, "variant finished")
     if result:
         finished = timezone.now()
-        variant_transition(
-            variant_id=variant.pk,
-            from_state=VariantState.RUNNING,
-            to_state=result.pop("state"),
-            finished_at=finished,
-            duration_ms=int((finished - started).total_seconds() * 1000),
-            **result,
-        )
+        with transaction.atomic():
+            moved = variant_transition(
+                variant_id=variant.pk,
+                from_state=VariantState.RUNNING,
+                to_state=result.pop("state"),
+                finished_at=finished,
+                duration_ms=int((finished - started).total_seconds() * 1000),
+                **result,
+            )
+            if moved and "patch" in result:
+                variant_diff_stored.send(
+                    sender=Variant,
+                    variant_id=variant.pk,
+                    campaign_id=ctx.run.campaign_id,
+                    patch=bytes(result["patch"]),
+                    diff_sha256=result["diff_sha256"],
+                )
 
 
 def _variants_ensure(run: RepoRun) -> list[Variant]:

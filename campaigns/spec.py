@@ -15,6 +15,8 @@ from typing import Any
 import yaml
 from django.conf import settings
 
+from core.errors import Invalid
+
 MAX_SPEC_BYTES = 1024 * 1024  # a spec with its files; larger input is refused before parsing
 MAX_YAML_NODES = 50_000  # guards against alias bombs that expand a small text into millions
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,99}$")
@@ -60,15 +62,23 @@ class FieldError:
         return f"{self.path or 'spec'}: {self.message}{where}"
 
 
-class CampaignSpecError(Exception):
+class CampaignSpecError(Invalid):
     """The spec is invalid; `errors` lists every problem found, each with its field path."""
 
+    code = "invalid_spec"
+
     def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__("Invalid campaign spec: " + "; ".join(str(e) for e in errors))
         self.errors = errors
-        super().__init__("; ".join(str(e) for e in errors))
 
     def as_list(self) -> list[dict]:
         return [{"path": e.path, "message": e.message, "line": e.line} for e in self.errors]
+
+    def as_body(self) -> dict:
+        errors = [
+            {"field": e.path or "spec", "message": e.message, "line": e.line} for e in self.errors
+        ]
+        return {"detail": self.message, "code": self.code, "errors": errors}
 
 
 @dataclass
@@ -130,15 +140,37 @@ class _Composer:
         return node.start_mark.line + 1
 
 
+MAX_SPEC_BYTES = 256 * 1024
+MAX_DEPTH = 32
+
+
+def _depth_check(text: str) -> None:
+    """Refuse nesting no campaign needs before a parser recurses into it."""
+    depth = deepest = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    indent = max((len(line) - len(line.lstrip(" -")) for line in text.splitlines()), default=0)
+    if deepest > MAX_DEPTH or indent > MAX_DEPTH * 8:
+        raise CampaignSpecError([FieldError("", f"nested deeper than {MAX_DEPTH} levels")])
+
+
 def _load(text: str) -> tuple[Any, dict[str, int]]:
+    if len(text.encode("utf-8", errors="replace")) > MAX_SPEC_BYTES:
+        raise CampaignSpecError([FieldError("", f"larger than {MAX_SPEC_BYTES // 1024} KiB")])
+    _depth_check(text)
     stripped = text.lstrip()
     if stripped.startswith("{") and stripped.rstrip().endswith("}"):
         try:
             return json.loads(text), {}
         except ValueError:
             pass  # YAML flow mappings look alike; let the YAML parser judge
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)
         node = loader.get_single_node()
         if node is None:
             return None, {}
@@ -149,10 +181,11 @@ def _load(text: str) -> tuple[Any, dict[str, int]]:
         line = mark.line + 1 if mark else None
         problem = exc.problem or exc.context or "cannot be parsed"
         raise CampaignSpecError([FieldError("", f"invalid YAML: {problem}", line)]) from None
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, RecursionError) as exc:
         raise CampaignSpecError([FieldError("", f"invalid YAML: {exc}")]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 # --- validation -----------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def campaign_new(request):
     if request.method == "POST" and form.is_valid():
         try:
             campaign = services.campaign_create(
-                actor=request.user, source=form.cleaned_data["spec"], request=request
+                actor=request.user, source=form.cleaned_data["spec"]
             )
         except CampaignSpecError as exc:
             form.add_spec_errors(exc)
@@ -91,15 +91,14 @@ def campaign_action(request, pk, action):
     campaign = selectors.campaign_get_for_user(user=request.user, pk=pk, write=True)
     try:
         if action == "launch":
-            services.campaign_launch(campaign=campaign, actor=request.user, request=request)
+            services.campaign_launch(campaign=campaign, actor=request.user)
         elif action == "cancel":
-            services.campaign_cancel(campaign=campaign, actor=request.user, request=request)
+            services.campaign_cancel(campaign=campaign, actor=request.user)
         elif action == "retry":
             ids = services.campaign_retry(
                 campaign=campaign,
                 actor=request.user,
                 signature=request.POST.get("signature") or None,
-                request=request,
             )
             messages.info(request, f"{len(ids)} failed run(s) queued again.")
     except services.CampaignStateError as exc:

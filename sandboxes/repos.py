@@ -23,6 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 from django.conf import settings
 
+from core.errors import Invalid
 from sandboxes.backends.base import SandboxError
 from sandboxes.models import Sandbox
 
@@ -34,13 +35,11 @@ PLAIN_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._/-]*$")
 SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 
 
-class RepoUrlError(Exception):
+class RepoUrlError(Invalid):
     """A repository URL Convoy refuses; `field` names the input, `message` says why."""
 
     def __init__(self, message: str, *, field: str = "url") -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
+        super().__init__(message, field=field, code="invalid_repository")
 
 
 def repo_url_validate(url: str) -> str:

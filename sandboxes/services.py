@@ -15,9 +15,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from importlib import import_module
 
-from django.apps import apps
 from django.conf import settings
-from django.db import transaction
+from django.db import models, transaction
 from django.utils import timezone
 
 from audit.services import audit_record
@@ -474,23 +473,19 @@ def sandbox_terminate(*, sandbox: Sandbox, reason: str, actor=None) -> Sandbox:
     return sandbox
 
 
-# Owner kinds the reaper can look up: kind -> ("app_label.Model", states in which it is done).
-# An owner that is deleted, or done, no longer needs its sandboxes and snapshots.
-OWNER_MODELS = {
-    "campaign": ("campaigns.Campaign", ("completed", "cancelled")),
-    "run": ("campaigns.RepoRun", ("succeeded", "failed", "cancelled")),
-    "variant": ("campaigns.Variant", ("completed", "failed", "cancelled")),
-    "sandbox": ("sandboxes.Sandbox", ("terminated", "failed")),
-}
+# Owner kinds the reaper can look up: kind -> (model, states in which it is done). An owner
+# that is deleted, or done, no longer needs its sandboxes and snapshots. Higher layers register
+# their kinds (campaigns does in its AppConfig.ready), so sandboxes never names their models.
+OWNER_MODELS: dict[str, tuple[type[models.Model], tuple[str, ...]]] = {}
+
+
+def owner_kind_register(*, kind: str, model: type[models.Model], done: tuple[str, ...]) -> None:
+    OWNER_MODELS[kind] = (model, done)
 
 
 def _owner_gone(kind: str, owner_id: int | None) -> bool:
-    label, done = OWNER_MODELS.get(kind, (None, ()))
-    if not label or owner_id is None:
-        return False
-    try:
-        model = apps.get_model(label)
-    except LookupError:
+    model, done = OWNER_MODELS.get(kind, (None, ()))
+    if model is None or owner_id is None:
         return False
     state = model.objects.filter(pk=owner_id).values_list("state", flat=True).first()
     return state is None or state in done
@@ -601,3 +596,6 @@ def _install_tag() -> str:
     from sandboxes.backends.local import install_id
 
     return install_id(settings.DATA_DIR)
+
+
+owner_kind_register(kind="sandbox", model=Sandbox, done=("terminated", "failed"))

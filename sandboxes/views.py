@@ -1,12 +1,11 @@
 """Sandbox pages: the admin list, a sandbox's detail (with its live log) and terminate."""
 
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from accounts.roles import user_can
-from audit.services import audit_denied
+from core.errors import PermissionDenied
 from sandboxes.backends import LOCAL_BACKENDS
 from sandboxes.backends.base import SandboxError
 from sandboxes.models import SandboxState
@@ -25,8 +24,7 @@ LIVE = [SandboxState.CREATING, SandboxState.RUNNING]
 @login_required
 def sandbox_list_page(request):
     if not user_can(request.user, "sandbox_view"):
-        audit_denied(request=request, actor=request.user, capability="sandbox_view")
-        raise PermissionDenied("Only admins may list sandboxes.")
+        raise PermissionDenied("Only admins may list sandboxes.", capability="sandbox_view")
     show_all = request.GET.get("all") == "1"
     context = {"sandboxes": sandbox_list(states=None if show_all else LIVE), "show_all": show_all}
     template = "sandboxes/sandboxes.html#rows" if request.htmx else "sandboxes/sandboxes.html"

@@ -44,7 +44,7 @@ def test_create_from_json_spec_with_field_errors_is_422(client, manager):
         headers=_bearer(manager),
     )
     assert response.status_code == 422
-    errors = {e["path"]: e["message"] for e in response.json()["errors"]}
+    errors = {e["field"]: e["message"] for e in response.json()["errors"]}
     assert errors["name"].startswith("must be a slug")
     assert errors["repos"] == "must list at least one repository"
     assert errors["transform.run"] == "must be a string, got an integer"
