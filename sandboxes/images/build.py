@@ -1,0 +1,313 @@
+"""Building one image's root filesystem on disk: the base, then the pip, npm and run steps.
+
+Layout under `<data dir>/images/`:
+    <key>/rootfs          the finished root filesystem (backends mount it read-only)
+    <key>/manifest.json   written inside the build directory last, before the rename: a
+                          directory without it is not an image
+    logs/<key>.log        the latest build's output
+    .building-<key>-<token>/   a build in progress; renamed to <key> when complete
+No database here: `sandboxes.images.services` decides who builds and records the outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from django.conf import settings
+
+from sandboxes.images.hostconfig import package_client_config
+from sandboxes.images.network import BuildNetwork, NetworkAttachment, host_network
+from sandboxes.images.oci import OciError, oci_pull
+from sandboxes.images.spec import ImageSpec, field_for_package
+
+VENV = "/opt/convoy-venv"
+NPM_PREFIX = "/opt/convoy-npm"
+IMAGE_PATH = (
+    f"{VENV}/bin:{NPM_PREFIX}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+)
+# Mount points every image has, so a backend can bind over them with the rootfs read-only.
+MOUNTPOINT_DIRS = ("/workspace", "/convoy/files", "/convoy/home", "/tmp", "/proc", "/dev", "/etc")
+MOUNTPOINT_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/passwd", "/etc/group")
+# A test seam: called with each step's name ("base", "pip", "npm", "run[0]", "finish") before
+# it runs. Tests set it to raise, to show a build that dies half way leaves no image.
+STEP_HOOK: Callable[[str], None] | None = None
+
+_APT_MISSING = (
+    re.compile(r"E: Unable to locate package (?P<name>\S+)"),
+    re.compile(r"E: Package '(?P<name>[^']+)' has no installation candidate"),
+    re.compile(r"E: Version '[^']+' for '(?P<name>[^']+)' was not found"),
+)
+_PIP_MISSING = re.compile(r"No matching distribution found for (?P<name>[A-Za-z0-9._-]+)")
+_NPM_MISSING = re.compile(r"404 Not Found - GET \S+/(?P<name>(@[^/\s]+/)?[^/\s@]+)")
+
+
+class ImageBuildError(Exception):
+    """A build failed. `field` names the spec entry at fault; `transient` means the host or
+    network failed, not the spec."""
+
+    def __init__(self, message: str, *, field: str = "image", transient: bool = False):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.transient = transient
+
+
+def images_root() -> Path:
+    return Path(settings.DATA_DIR) / "images"
+
+
+def image_dir(key: str) -> Path:
+    return images_root() / key
+
+
+def image_log_path(key: str) -> Path:
+    return images_root() / "logs" / f"{key}.log"
+
+
+def manifest_read(key: str) -> dict | None:
+    """The manifest of a complete image, or None (missing, half written, another key)."""
+    try:
+        manifest = json.loads((image_dir(key) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if manifest.get("key") == key else None
+
+
+def leftovers_remove(key: str) -> None:
+    """Remove build directories of `key` a dead builder left. Only the claimer calls this."""
+    for path in images_root().glob(f".building-{key}-*"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def disk_usage(path: Path) -> int:
+    out = subprocess.run(["du", "-s", "-B1", "-x", str(path)], capture_output=True, text=True)
+    try:
+        return int(out.stdout.split()[0])
+    except (IndexError, ValueError):
+        return 0
+
+
+class BuildLog:
+    """Build output: each line to the log file and to `on_output` (the caller's stream)."""
+
+    def __init__(self, path: Path, on_output: Callable[[str], None] | None) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._file = path.open("w", encoding="utf-8", errors="replace")
+        self._on_output = on_output
+        self.tail: list[str] = []
+
+    def line(self, text: str) -> None:
+        self._file.write(text + "\n")
+        self._file.flush()
+        self.tail = [*self.tail[-199:], text]
+        if self._on_output is not None:
+            self._on_output(text)
+
+    def run(self, argv: list[str], *, env: dict[str, str] | None = None) -> int:
+        """Run a command, streaming its merged output line by line; its exit status."""
+        self.line("$ " + " ".join(argv))
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env, start_new_session=True,
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                self.line(raw.decode("utf-8", "replace").rstrip("\n"))
+            return proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@dataclass
+class BuildResult:
+    manifest: dict
+    size_bytes: int
+    seconds: float
+
+
+def _step_hook(name: str) -> None:
+    if STEP_HOOK is not None:
+        STEP_HOOK(name)
+
+
+def _build_env(spec: ImageSpec, net: NetworkAttachment, carried: dict[str, str]) -> dict[str, str]:
+    env = {
+        "PATH": IMAGE_PATH,
+        "HOME": "/tmp/convoy-build-home",  # on the build's tmpfs: caches never reach the image
+        "LANG": "C.UTF-8",
+        "DEBIAN_FRONTEND": "noninteractive",
+        "npm_config_cache": "/tmp/convoy-build-home/.npm",
+    }
+    env.update(spec.env)
+    env.update(carried)
+    env.update(net.env)
+    return env
+
+
+def _bwrap(rootfs: Path, net: NetworkAttachment, binds: list[tuple[str, str]], argv: list[str]):
+    """Run argv as root inside the image being built: its rootfs, writable, as `/`."""
+    out = ["bwrap", "--bind", str(rootfs), "/", "--proc", "/proc", "--dev", "/dev",
+           "--tmpfs", "/tmp", "--unshare-all", "--die-with-parent", "--new-session"]  # fmt: skip
+    out += net.bwrap_args
+    for host, inside in binds:
+        out += ["--ro-bind", host, inside]
+    out += ["--chdir", "/", "--", *net.argv_prefix, *argv]
+    return out
+
+
+def _missing(log: BuildLog, patterns, spec: ImageSpec, step: str) -> ImageBuildError | None:
+    for text in reversed(log.tail):
+        for pattern in patterns:
+            match = pattern.search(text)
+            if match:
+                name = match["name"]
+                return ImageBuildError(
+                    f"package not found: {name}", field=field_for_package(spec, step, name)
+                )
+    return None
+
+
+def _base(spec: ImageSpec, rootfs: Path, workdir: Path, log: BuildLog, creds) -> dict:
+    if spec.kind == "oci":
+        try:
+            return oci_pull(spec, workdir=workdir, rootfs=rootfs, run=log.run, creds=creds)
+        except OciError as exc:
+            raise ImageBuildError(f"{exc} (see the build log)", field="image.oci") from exc
+    argv = ["mmdebstrap", "--variant=apt", "--format=directory"]
+    packages = spec.apt_packages()
+    if packages:
+        argv.append("--include=" + ",".join(packages))
+    # No mirror argument: mmdebstrap uses the host's apt sources.
+    argv += [spec.base, str(rootfs)]
+    if log.run(argv) != 0:
+        missing = _missing(log, _APT_MISSING, spec, "apt")
+        if missing:
+            raise missing
+        raise ImageBuildError(
+            "mmdebstrap failed (see the build log)", field="image.base", transient=True
+        )
+    return {"env": [], "cwd": "/"}
+
+
+def _dpkg_versions(rootfs: Path) -> dict[str, str]:
+    try:
+        text = (rootfs / "var/lib/dpkg/status").read_text(errors="replace")
+    except OSError:
+        return {}
+    versions = {}
+    for stanza in text.split("\n\n"):
+        fields = dict(
+            line.split(": ", 1) for line in stanza.splitlines() if ": " in line and line[0] != " "
+        )
+        if "install ok installed" in fields.get("Status", "") and "Package" in fields:
+            versions[fields["Package"]] = fields.get("Version", "")
+    return versions
+
+
+def rootfs_build(
+    *,
+    spec: ImageSpec,
+    key: str,
+    resolved_base: dict,
+    log: BuildLog,
+    network: BuildNetwork = host_network,
+    creds: str | None = None,
+) -> BuildResult:
+    """Build the image for `key` and rename it into place; raise ImageBuildError on failure
+    (nothing is left under `<key>`). The caller holds the build claim for `key`."""
+    started = time.monotonic()
+    root = images_root()
+    root.mkdir(parents=True, exist_ok=True)
+    work = root / f".building-{key}-{secrets.token_hex(4)}"
+    work.mkdir()
+    rootfs = work / "rootfs"
+    try:
+        _step_hook("base")
+        oci_config = _base(spec, rootfs, work, log, creds)
+        carried = package_client_config()
+        with network(key[:12]) as net:
+            env = _build_env(spec, net, carried.env)
+            steps: list[tuple[str, str, list[str]]] = []
+            if spec.pip:
+                steps.append(("pip", "image.pip", ["/bin/sh", "-c", f"test -x {VENV}/bin/python || python3 -m venv {VENV}"]))  # fmt: skip
+                steps.append(("pip", "image.pip", [f"{VENV}/bin/pip", "install", *spec.pip]))
+            if spec.npm:
+                steps.append(("npm", "image.npm", ["npm", "install", "--global", "--prefix", NPM_PREFIX, *spec.npm]))  # fmt: skip
+            for i, command in enumerate(spec.run):
+                steps.append((f"run[{i}]", f"image.run[{i}]", ["/bin/sh", "-c", command]))
+            for name, where, argv in steps:
+                _step_hook(name)
+                status = log.run(_bwrap(rootfs, net, carried.binds, argv), env=env)
+                if status != 0:
+                    step = name.split("[")[0]
+                    patterns = {"pip": (_PIP_MISSING,), "npm": (_NPM_MISSING,)}.get(step, ())
+                    missing = _missing(log, patterns, spec, step)
+                    raise missing or ImageBuildError(
+                        f"{where} failed with exit status {status}: {(log.tail or [''])[-1][:300]}",
+                        field=where,
+                    )
+        _step_hook("finish")
+        _mountpoints(rootfs)
+        size = disk_usage(rootfs)
+        manifest = {
+            "key": key,
+            "spec": spec.canonical(),
+            "resolved_base": resolved_base,
+            "built_at": datetime.now(UTC).isoformat(),
+            "size_bytes": size,
+            "env": _image_env(spec, oci_config["env"]),
+            "cwd": oci_config["cwd"],
+            "packages": _dpkg_versions(rootfs),
+        }
+        # Written last, then one rename: a crash before it leaves only a .building-* directory.
+        tmp = work / "manifest.json.tmp"
+        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        os.replace(tmp, work / "manifest.json")
+        final = image_dir(key)
+        if manifest_read(key) is not None:
+            shutil.rmtree(work, ignore_errors=True)  # a builder that took over finished first
+        else:
+            shutil.rmtree(final, ignore_errors=True)  # an incomplete directory, if any
+            work.rename(final)
+        return BuildResult(manifest, size, time.monotonic() - started)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _mountpoints(rootfs: Path) -> None:
+    """Directories and files backends mount over: a read-only rootfs cannot grow them later."""
+    for directory in MOUNTPOINT_DIRS:
+        (rootfs / directory.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    for name in MOUNTPOINT_FILES:
+        path = rootfs / name.lstrip("/")
+        if not path.exists() and not path.is_symlink():
+            path.touch()
+
+
+def _image_env(spec: ImageSpec, oci_env: list[str]) -> dict[str, str]:
+    """What a sandbox on this image gets: the OCI image's own env, the spec's, and a PATH that
+    puts the image's virtualenv and npm tools first."""
+    env = dict(item.split("=", 1) for item in oci_env if "=" in item)
+    env.update(spec.env)
+    base_path = env.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    parts = [p for p in base_path.split(":") if p and p not in (f"{VENV}/bin", f"{NPM_PREFIX}/bin")]
+    env["PATH"] = ":".join([f"{VENV}/bin", f"{NPM_PREFIX}/bin", *parts])
+    return env
