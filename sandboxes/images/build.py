@@ -32,11 +32,12 @@ from sandboxes.images.spec import ImageSpec, field_for_package
 
 VENV = "/opt/convoy-venv"
 NPM_PREFIX = "/opt/convoy-npm"
-IMAGE_PATH = (
-    f"{VENV}/bin:{NPM_PREFIX}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-)
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+IMAGE_PATH = f"{VENV}/bin:{NPM_PREFIX}/bin:{SYSTEM_PATH}"
+# The build's $HOME, on its own tmpfs /tmp: pip and npm caches never reach the image.
+BUILD_HOME = "/tmp/convoy-build-home"  # noqa: S108
 # Mount points every image has, so a backend can bind over them with the rootfs read-only.
-MOUNTPOINT_DIRS = ("/workspace", "/convoy/files", "/convoy/home", "/tmp", "/proc", "/dev", "/etc")
+MOUNTPOINT_DIRS = ("/workspace", "/convoy/files", "/convoy/home", "/proc", "/dev", "/tmp")  # noqa: S108
 MOUNTPOINT_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/passwd", "/etc/group")
 # A test seam: called with each step's name ("base", "pip", "npm", "run[0]", "finish") before
 # it runs. Tests set it to raise, to show a build that dies half way leaves no image.
@@ -150,10 +151,10 @@ def _step_hook(name: str) -> None:
 def _build_env(spec: ImageSpec, net: NetworkAttachment, carried: dict[str, str]) -> dict[str, str]:
     env = {
         "PATH": IMAGE_PATH,
-        "HOME": "/tmp/convoy-build-home",  # on the build's tmpfs: caches never reach the image
+        "HOME": BUILD_HOME,
         "LANG": "C.UTF-8",
         "DEBIAN_FRONTEND": "noninteractive",
-        "npm_config_cache": "/tmp/convoy-build-home/.npm",
+        "npm_config_cache": f"{BUILD_HOME}/.npm",
     }
     env.update(spec.env)
     env.update(carried)
@@ -164,7 +165,7 @@ def _build_env(spec: ImageSpec, net: NetworkAttachment, carried: dict[str, str])
 def _bwrap(rootfs: Path, net: NetworkAttachment, binds: list[tuple[str, str]], argv: list[str]):
     """Run argv as root inside the image being built: its rootfs, writable, as `/`."""
     out = ["bwrap", "--bind", str(rootfs), "/", "--proc", "/proc", "--dev", "/dev",
-           "--tmpfs", "/tmp", "--unshare-all", "--die-with-parent", "--new-session"]  # fmt: skip
+           "--tmpfs", "/tmp", "--unshare-all", "--die-with-parent", "--new-session"]  # noqa: S108  # fmt: skip
     out += net.bwrap_args
     for host, inside in binds:
         out += ["--ro-bind", host, inside]
@@ -246,10 +247,12 @@ def rootfs_build(
             env = _build_env(spec, net, carried.env)
             steps: list[tuple[str, str, list[str]]] = []
             if spec.pip:
-                steps.append(("pip", "image.pip", ["/bin/sh", "-c", f"test -x {VENV}/bin/python || python3 -m venv {VENV}"]))  # fmt: skip
+                venv = f"test -x {VENV}/bin/python || python3 -m venv {VENV}"
+                steps.append(("pip", "image.pip", ["/bin/sh", "-c", venv]))
                 steps.append(("pip", "image.pip", [f"{VENV}/bin/pip", "install", *spec.pip]))
             if spec.npm:
-                steps.append(("npm", "image.npm", ["npm", "install", "--global", "--prefix", NPM_PREFIX, *spec.npm]))  # fmt: skip
+                npm = ["npm", "install", "--global", "--prefix", NPM_PREFIX, *spec.npm]
+                steps.append(("npm", "image.npm", npm))
             for i, command in enumerate(spec.run):
                 steps.append((f"run[{i}]", f"image.run[{i}]", ["/bin/sh", "-c", command]))
             for name, where, argv in steps:
@@ -307,7 +310,7 @@ def _image_env(spec: ImageSpec, oci_env: list[str]) -> dict[str, str]:
     puts the image's virtualenv and npm tools first."""
     env = dict(item.split("=", 1) for item in oci_env if "=" in item)
     env.update(spec.env)
-    base_path = env.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-    parts = [p for p in base_path.split(":") if p and p not in (f"{VENV}/bin", f"{NPM_PREFIX}/bin")]
-    env["PATH"] = ":".join([f"{VENV}/bin", f"{NPM_PREFIX}/bin", *parts])
+    base_path = env.get("PATH", SYSTEM_PATH)
+    ours = [f"{VENV}/bin", f"{NPM_PREFIX}/bin"]
+    env["PATH"] = ":".join([*ours, *(p for p in base_path.split(":") if p and p not in ours)])
     return env

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-INSIDE = "/tmp/convoy-host"
+INSIDE = "/tmp/convoy-host"  # noqa: S108 (the build's own tmpfs)
 CA_VARIABLES = (
     "SSL_CERT_FILE",
     "PIP_CERT",
