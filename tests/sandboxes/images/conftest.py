@@ -1,0 +1,117 @@
+"""Fixtures for image tests: a data directory shared by the session (so each real build happens
+once however many tests use it) and a real OCI registry (Debian's docker-registry) on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sandboxes.images import build
+
+
+@pytest.fixture(scope="session")
+def images_data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("convoy-images-data")
+
+
+@pytest.fixture
+def image_data(settings, images_data_dir) -> Path:
+    """Images live in the session's data directory; the DB rows are per test (files complete on
+    disk are adopted by `image_ensure` without a rebuild)."""
+    settings.DATA_DIR = images_data_dir
+    return images_data_dir
+
+
+@pytest.fixture
+def fresh_image_data(settings, tmp_path) -> Path:
+    """A data directory of this test alone: every image in it is built by the test."""
+    settings.DATA_DIR = tmp_path / "data"
+    settings.DATA_DIR.mkdir()
+    return settings.DATA_DIR
+
+
+@pytest.fixture
+def step_hook(monkeypatch):
+    """Set build.STEP_HOOK for one test."""
+
+    def install(hook) -> None:
+        monkeypatch.setattr(build, "STEP_HOOK", hook)
+
+    return install
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Registry:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+
+    def push_tiny(self, name: str, files: dict[str, str]) -> str:
+        """Make a one-layer image holding `files` (path inside: text) and push it; its ref."""
+        layout = self.root / f"layout-{name.replace('/', '-')}"
+        subprocess.run(["umoci", "init", "--layout", str(layout)], check=True)
+        subprocess.run(["umoci", "new", "--image", f"{layout}:img"], check=True)
+        for i, (inside, text) in enumerate(files.items()):
+            src = self.root / f"file-{i}"
+            src.write_text(text)
+            subprocess.run(
+                ["umoci", "insert", "--image", f"{layout}:img", str(src), inside], check=True
+            )
+        ref = f"{self.address}/{name}"
+        subprocess.run(
+            ["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{layout}:img",
+             f"docker://{ref}"],
+            check=True,
+        )  # fmt: skip
+        return ref
+
+
+@pytest.fixture
+def oci_registry(tmp_path) -> Iterator[Registry]:
+    """Debian's docker-registry serving plain HTTP on a free loopback port, stopped after."""
+    if not shutil.which("docker-registry"):
+        pytest.fail("docker-registry is not installed: run make system-deps-test")
+    registry = Registry(tmp_path / "registry")
+    registry.root.mkdir()
+    config = registry.root / "config.yml"
+    config.write_text(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
+        f"    rootdirectory: {registry.root / 'store'}\nhttp:\n  addr: {registry.address}\n"
+    )
+    proc = subprocess.Popen(
+        ["docker-registry", "serve", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=(registry.root / "log").open("w"),
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(f"http://{registry.address}/v2/", timeout=1).close()
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"registry did not start: {(registry.root / 'log').read_text()}")
+            time.sleep(0.05)
+        yield registry
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
