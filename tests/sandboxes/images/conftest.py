@@ -60,14 +60,16 @@ class Registry:
         self.root = root
         self.port = _free_port()
         self.address = f"127.0.0.1:{self.port}"
+        self.pushes = 0
 
     def push_tiny(self, name: str, files: dict[str, str]) -> str:
         """Make a one-layer image holding `files` (path inside: text) and push it; its ref."""
-        layout = self.root / f"layout-{name.replace('/', '-')}"
+        self.pushes += 1
+        layout = self.root / f"layout-{self.pushes}"
         subprocess.run(["umoci", "init", "--layout", str(layout)], check=True)
         subprocess.run(["umoci", "new", "--image", f"{layout}:img"], check=True)
         for i, (inside, text) in enumerate(files.items()):
-            src = self.root / f"file-{i}"
+            src = self.root / f"file-{self.pushes}-{i}"
             src.write_text(text)
             subprocess.run(
                 ["umoci", "insert", "--image", f"{layout}:img", str(src), inside], check=True

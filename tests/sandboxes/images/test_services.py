@@ -1,0 +1,186 @@
+"""Image ensure/remove/prune against a real OCI registry on 127.0.0.1 (no Debian mirror needed):
+pulls, the cache, one build under concurrency, builds that die, take-over of a dead builder's
+claim, prune, the command and the API."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+from django.urls import NoReverseMatch, reverse
+
+from audit.models import AuditEvent
+from core.errors import Invalid
+from sandboxes.images.build import image_dir, images_root
+from sandboxes.images.mounts import bwrap_root_args, image_env, image_mounts, oci_bundle_root
+from sandboxes.images.selectors import image_require_view
+from sandboxes.images.services import HOST, image_ensure, image_prune, image_remove, image_resolve
+from sandboxes.images.spec import image_spec_parse
+from sandboxes.models import Image, ImageState
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_oci_image_is_pulled_into_a_rootfs(db, fresh_image_data, oci_registry):
+    ref = oci_registry.push_tiny("team/tiny:1", {"/etc/convoy-hello.txt": "hello from oci"})
+    lines = []
+    image = image_ensure(spec={"oci": ref, "env": {"LANG": "C.UTF-8"}}, actor=None,
+                         on_output=lines.append)  # fmt: skip
+    assert image.state == ImageState.READY and image.builds == 1
+    rootfs = image_dir(image.key) / "rootfs"
+    assert (rootfs / "etc/convoy-hello.txt").read_text() == "hello from oci"
+    # Mount points backends bind over exist even in a foreign image.
+    assert (rootfs / "workspace").is_dir() and (rootfs / "convoy/home").is_dir()
+    assert image_mounts(image)[0].target == "/" and image_mounts(image)[0].readonly
+    assert bwrap_root_args(image) == ["--ro-bind", str(rootfs), "/"]
+    assert oci_bundle_root(image) == {"path": str(rootfs), "readonly": True}
+    env = image_env(image)
+    assert env["LANG"] == "C.UTF-8"
+    assert env["PATH"].startswith("/opt/convoy-venv/bin:/opt/convoy-npm/bin:")
+    assert any("skopeo copy" in line for line in lines)
+    assert "skopeo copy" in Path(image.build_log_path).read_text()
+    event = AuditEvent.objects.get(action="sandbox.image.built")
+    assert (
+        event.target_id == str(image.pk) and json.loads(event.body)["payload"]["key"] == image.key
+    )
+
+
+def test_same_spec_is_not_rebuilt_and_a_moved_tag_is_a_new_image(
+    db, fresh_image_data, oci_registry
+):
+    ref = oci_registry.push_tiny("team/tiny:1", {"/a.txt": "one"})
+    first = image_ensure(spec={"oci": ref}, actor=None)
+    manifest = image_dir(first.key) / "manifest.json"
+    mtime = manifest.stat().st_mtime_ns
+    again = image_ensure(spec={"oci": ref}, actor=None)
+    assert again.key == first.key
+    again.refresh_from_db()
+    assert again.builds == 1 and manifest.stat().st_mtime_ns == mtime
+    oci_registry.push_tiny("team/tiny:1", {"/a.txt": "two"})
+    moved = image_ensure(spec={"oci": ref}, actor=None)
+    assert moved.key != first.key
+    assert (image_dir(moved.key) / "rootfs/a.txt").read_text() == "two"
+
+
+def test_missing_oci_image_names_the_field(db, fresh_image_data, oci_registry):
+    with pytest.raises(Invalid) as exc:
+        image_ensure(spec={"oci": f"{oci_registry.address}/team/none:1"}, actor=None)
+    assert exc.value.field == "image.oci"
+
+
+@pytest.mark.shapes("embedded", "production")
+def test_concurrent_ensures_build_once(transactional_db, fresh_image_data, oci_registry):
+    ref = oci_registry.push_tiny("team/tiny:1", {"/a.txt": "x"})
+    results, errors = [], []
+
+    def ensure():
+        try:
+            results.append(image_ensure(spec={"oci": ref}, actor=None).key)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=ensure) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and len(results) == 3 and len(set(results)) == 1
+    image = Image.objects.get()
+    assert image.state == ImageState.READY and image.builds == 1
+    assert AuditEvent.objects.filter(action="sandbox.image.built").count() == 1
+
+
+@pytest.mark.shapes("embedded", "production")
+def test_a_build_that_dies_half_way_leaves_no_image(db, fresh_image_data, oci_registry, step_hook):
+    ref = oci_registry.push_tiny("team/tiny:1", {"/a.txt": "x"})
+
+    def die(step):
+        if step == "finish":
+            raise RuntimeError("killed mid-build")
+
+    step_hook(die)
+    with pytest.raises(RuntimeError):
+        image_ensure(spec={"oci": ref}, actor=None)
+    image = Image.objects.get()
+    assert image.state == ImageState.FAILED and "killed mid-build" in image.error
+    assert not image_dir(image.key).exists()
+    assert not list(images_root().glob(".building-*"))
+    assert AuditEvent.objects.filter(action="sandbox.image.failed").count() == 1
+    step_hook(None)
+    image = image_ensure(spec={"oci": ref}, actor=None)
+    assert image.state == ImageState.READY and image.builds == 2
+    assert (image_dir(image.key) / "rootfs/a.txt").exists()
+
+
+@pytest.mark.shapes("embedded", "production")
+def test_a_dead_builders_claim_and_leftovers_are_taken_over(db, fresh_image_data, oci_registry):
+    ref = oci_registry.push_tiny("team/tiny:1", {"/a.txt": "x"})
+    spec = image_spec_parse({"oci": ref})
+    key, _ = image_resolve(spec=spec)
+    Image.objects.create(key=key, kind="oci", spec=spec.canonical(), state=ImageState.BUILDING,
+                         builder=f"{HOST}:{_dead_pid()}:gone", builds=1)  # fmt: skip
+    leftover = images_root() / f".building-{key}-dead"
+    (leftover / "rootfs").mkdir(parents=True)
+    image = image_ensure(spec=spec, actor=None, timeout_s=60)
+    assert image.state == ImageState.READY and image.builds == 2
+    assert not leftover.exists()
+
+
+def test_prune_keeps_images_in_use(db, fresh_image_data, oci_registry, admin_user):
+    kept = image_ensure(spec={"oci": oci_registry.push_tiny("team/a:1", {"/a": "a"})}, actor=None)
+    gone = image_ensure(spec={"oci": oci_registry.push_tiny("team/b:1", {"/b": "b"})}, actor=None)
+    removed = image_prune(in_use_keys={kept.key}, actor=admin_user)
+    assert removed == [gone.key]
+    assert not image_dir(gone.key).exists() and image_dir(kept.key).exists()
+    assert list(Image.objects.values_list("key", flat=True)) == [kept.key]
+    event = AuditEvent.objects.get(action="sandbox.image.removed")
+    assert event.outcome == "success"
+    image_remove(key=kept.key, actor=admin_user)
+    assert not Image.objects.exists()
+
+
+def test_command_builds_lists_and_removes(db, fresh_image_data, oci_registry, capsys):
+    ref = oci_registry.push_tiny("team/tiny:1", {"/a": "a"})
+    call_command("image", "build", "--quiet", f"{{oci: '{ref}'}}")
+    key = Image.objects.get().key
+    call_command("image", "ls")
+    assert key[:12] in capsys.readouterr().out
+    call_command("image", "rm", key[:8])
+    assert not Image.objects.exists()
+
+
+def test_who_may_see_images(manager, reviewer, admin_user):
+    image_require_view(user=manager)
+    image_require_view(user=admin_user)
+    with pytest.raises(Exception) as exc:
+        image_require_view(user=reviewer)
+    assert exc.value.status == 403
+
+
+def _images_api_mounted() -> bool:
+    try:
+        reverse("api:images_index")
+    except NoReverseMatch:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _images_api_mounted(), reason="config/api.py mounts it at integration")
+def test_api_lists_images(client, manager, fresh_image_data, oci_registry):
+    image = image_ensure(spec={"oci": oci_registry.push_tiny("team/a:1", {"/a": "a"})}, actor=None)
+    client.force_login(manager)
+    body = client.get("/api/v1/images").json()
+    assert [item["key"] for item in body["items"]] == [image.key]
+    assert client.get(f"/api/v1/images/{image.key[:8]}").json()["state"] == "ready"
+    assert "skopeo" in client.get(f"/api/v1/images/{image.key}/log").json()["text"]
