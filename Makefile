@@ -10,8 +10,8 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 PYTEST_ARGS ?=
 
-RUN_PACKAGES := runsc bubblewrap libseccomp2 git
-TEST_PACKAGES := $(RUN_PACKAGES) chromium
+RUN_PACKAGES := runsc bubblewrap libseccomp2 git mmdebstrap skopeo umoci
+TEST_PACKAGES := $(RUN_PACKAGES) chromium docker-registry
 
 .PHONY: run test test-fast venv system-deps system-deps-test host-tune lint fmt migrate seed worker bench clean
 
