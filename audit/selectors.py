@@ -9,6 +9,7 @@ from django.db.models import Q, QuerySet
 
 from audit.models import AuditEvent, AuditLink
 from audit.services import OUTCOMES
+from core.errors import Invalid
 
 FILTER_KEYS = (
     "action",
@@ -25,13 +26,11 @@ FILTER_KEYS = (
 PAGE_SIZE = 50
 
 
-class AuditFilterError(ValueError):
+class AuditFilterError(Invalid):
     """A filter the user typed that cannot be applied; `field` is the query parameter."""
 
     def __init__(self, message: str, field: str = "q") -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
+        super().__init__(message, field=field, code="invalid_filter")
 
 
 def _moment(text: str, *, end: bool) -> datetime:

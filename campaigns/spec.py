@@ -140,7 +140,6 @@ class _Composer:
         return node.start_mark.line + 1
 
 
-MAX_SPEC_BYTES = 256 * 1024
 MAX_DEPTH = 32
 
 
@@ -159,8 +158,6 @@ def _depth_check(text: str) -> None:
 
 
 def _load(text: str) -> tuple[Any, dict[str, int]]:
-    if len(text.encode("utf-8", errors="replace")) > MAX_SPEC_BYTES:
-        raise CampaignSpecError([FieldError("", f"larger than {MAX_SPEC_BYTES // 1024} KiB")])
     _depth_check(text)
     stripped = text.lstrip()
     if stripped.startswith("{") and stripped.rstrip().endswith("}"):

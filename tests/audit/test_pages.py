@@ -211,9 +211,9 @@ def test_api_names_a_bad_filter_with_its_field(client, admin_user, db):
         "/api/v1/audit/events", {"q": "created:<=soon"}, headers=_bearer(admin_user)
     )
     assert response.status_code == 422
-    detail = response.json()["detail"][0]
-    assert detail["loc"] == ["query", "q"]
-    assert "created" in detail["msg"]
+    (error,) = response.json()["errors"]
+    assert error["field"] == "q"
+    assert "created" in error["message"]
 
 
 def test_api_verify_and_export(client, admin_user, events):
@@ -234,6 +234,6 @@ def test_api_verify_and_export(client, admin_user, events):
         content_type="application/json",
         headers=headers,
     )
-    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "format"]
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "format"
     assert AuditEvent.objects.filter(action="audit.events.exported").count() == 1
     assert AuditEvent.objects.filter(action="audit.chain.verified").count() == 1
