@@ -3,7 +3,7 @@
 from ninja import Query, Router, Status
 
 from accounts.auth import require_capability
-from campaigns import selectors, services
+from campaigns import secrets, selectors, services
 from campaigns.models import Campaign, RepoRun, Repository, Secret, Variant
 from campaigns.schemas import (
     CampaignDetailOut,
@@ -221,7 +221,7 @@ def secret_list(request):
 @router.post("/secrets", response={201: SecretOut})
 def secret_set(request, data: SecretIn):
     require_capability(request, "secret_manage")
-    secret = services.secret_set(name=data.name, value=data.value, actor=request.auth)
+    secret = secrets.secret_set(name=data.name, value=data.value, actor=request.auth)
     return Status(201, secret)
 
 

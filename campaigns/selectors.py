@@ -1,45 +1,98 @@
-"""Campaign reads: permission helpers, counts by state, filtered run lists, failure clusters."""
+"""Campaign reads: the permission helpers (one per object type), counts by state, filtered run
+lists, failure clusters, repositories and secret names.
+
+Views, API routes and commands fetch campaigns, runs and secrets only through the
+`*_get_for_user` / `*_for_user` helpers here, so a refusal is the same everywhere: 404
+(`NotFound`) for people who may not see campaigns at all, 403 (`PermissionDenied` naming the
+capability, audited by config/errors.py) for people who may see but not change them.
+"""
 
 from __future__ import annotations
 
-from django.core.exceptions import PermissionDenied
+from typing import Literal
+
+from django.db import connection
 from django.db.models import Count, Max, QuerySet
-from django.http import Http404
 
 from accounts.roles import user_can, user_role
-from campaigns.models import Campaign, RepoRun, RunState, Variant, VariantState
+from campaigns.models import Campaign, RepoRun, Repository, RunState, Secret, Variant, VariantState
+from core.errors import NotFound, PermissionDenied
+
+CampaignAction = Literal["view", "manage"]
 
 
 def user_may_see(user) -> bool:
     return user.is_authenticated and user_role(user) is not None
 
 
-def campaign_get_for_user(*, user, pk: int | str, write: bool = False) -> Campaign:
-    """404 if the user may not see campaigns; 403 if they may see but not change them.
+def _manage_check(user) -> None:
+    if not user_can(user, "campaign_manage"):
+        raise PermissionDenied(
+            "Your role does not allow changing campaigns (campaign manage).",
+            capability="campaign_manage",
+        )
 
-    `pk` may be the id or the campaign's name.
+
+def campaign_get_for_user(*, user, pk: int | str, action: CampaignAction = "view") -> Campaign:
+    """The campaign `pk` (its id or its name) as `user` may use it for `action`.
+
+    404 if the user may not see campaigns (or there is no such campaign); 403 if they may see
+    it but `action` is "manage" and their role does not manage campaigns.
     """
     if not user_may_see(user):
-        raise Http404("No such campaign")
+        raise NotFound("No such campaign.")
     lookup = {"pk": int(pk)} if str(pk).isdigit() else {"name": pk}
     campaign = Campaign.objects.select_related("owner", "launched_by").filter(**lookup).first()
     if campaign is None:
-        raise Http404("No such campaign")
-    if write and not user_can(user, "campaign_manage"):
-        raise PermissionDenied("Your role does not allow changing campaigns (campaign manage).")
+        raise NotFound("No such campaign.")
+    if action == "manage":
+        _manage_check(user)
     return campaign
 
 
-def run_get_for_user(*, user, pk: int, campaign: Campaign | None = None) -> RepoRun:
+def run_get_for_user(
+    *, user, pk: int, campaign: Campaign | None = None, action: CampaignAction = "view"
+) -> RepoRun:
+    """A run (of `campaign`, when given) as `user` may use it: 404 / 403 as for campaigns."""
     if not user_may_see(user):
-        raise Http404("No such run")
+        raise NotFound("No such run.")
     qs = RepoRun.objects.select_related("campaign", "repository")
     if campaign is not None:
         qs = qs.filter(campaign=campaign)
     run = qs.filter(pk=pk).first()
     if run is None:
-        raise Http404("No such run")
+        raise NotFound("No such run.")
+    if action == "manage":
+        _manage_check(user)
     return run
+
+
+def secrets_for_user(*, user) -> QuerySet[Secret]:
+    """Stored secrets (names and dates: values are never read here); 403 unless the user's role
+    manages secrets."""
+    if not user_can(user, "secret_manage"):
+        raise PermissionDenied(
+            "Your role does not allow managing secrets (secret manage).",
+            capability="secret_manage",
+        )
+    return Secret.objects.all()
+
+
+def repository_ids_by_tag(tag: str) -> list[int]:
+    qs = Repository.objects.all()
+    if connection.vendor == "postgresql":
+        return list(qs.filter(tags__contains=[tag]).values_list("pk", flat=True))
+    return [pk for pk, tags in qs.values_list("pk", "tags") if tag in (tags or [])]
+
+
+def repositories_for_user(*, user, tag: str | None = None) -> QuerySet[Repository]:
+    """Registered repositories (none for people who may not see campaigns)."""
+    if not user_may_see(user):
+        return Repository.objects.none()
+    repos = Repository.objects.all()
+    if tag:
+        repos = repos.filter(pk__in=repository_ids_by_tag(tag))
+    return repos
 
 
 def campaign_list(*, user) -> QuerySet[Campaign]:

@@ -2,14 +2,14 @@
 
 from celery import shared_task
 
-from campaigns import services
+from campaigns import dispatch, pipeline
 
 
 @shared_task(name="campaigns.run_execute", acks_late=True, ignore_result=True)
 def run_execute_task(run_id: int) -> str:
-    return services.run_execute(run_id=run_id)
+    return pipeline.run_execute(run_id=run_id)
 
 
 @shared_task(name="campaigns.tick", ignore_result=True)
 def campaigns_tick_task() -> None:
-    services.campaigns_tick()
+    dispatch.campaigns_tick()

@@ -8,7 +8,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from accounts.roles import user_can
-from campaigns import selectors, services
+from campaigns import secrets, selectors, services, states
 from campaigns.forms import CampaignSpecForm, SecretForm
 from campaigns.models import Secret
 from campaigns.spec import CampaignSpecError, spec_parse
@@ -101,7 +101,7 @@ def campaign_action(request, pk, action):
                 signature=request.POST.get("signature") or None,
             )
             messages.info(request, f"{len(ids)} failed run(s) queued again.")
-    except services.CampaignStateError as exc:
+    except states.CampaignStateError as exc:
         messages.error(request, str(exc))
     return redirect("campaign-detail", pk=campaign.pk)
 
@@ -123,7 +123,7 @@ def secret_list(request):
     form = SecretForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            services.secret_set(**form.cleaned_data, actor=request.user)
+            secrets.secret_set(**form.cleaned_data, actor=request.user)
         except ValueError as exc:
             field, _, message = str(exc).partition(": ")
             form.add_error(field if field in form.fields else None, message or str(exc))

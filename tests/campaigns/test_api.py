@@ -145,7 +145,7 @@ def test_secrets_are_write_only_and_audited_by_name(client, admin_user, manager)
     from campaigns.models import Secret
 
     assert b"rotated-value" not in bytes(Secret.objects.get().ciphertext)
-    from campaigns.services import secret_values
+    from campaigns.secrets import secret_values
 
     assert secret_values(names=["API_KEY"]) == {"API_KEY": "rotated-value"}
 

@@ -178,7 +178,7 @@ def secrets_key(monkeypatch, settings):
 def test_secrets_reach_only_their_campaigns_sandboxes_and_are_masked(
     secrets_key, celery_worker, manager, admin_user
 ):
-    from campaigns.services import secret_set
+    from campaigns.secrets import secret_set
 
     secret_set(name="API_KEY", value="tok-5f3a9c", actor=admin_user)
     digest = hashlib.sha256(b"tok-5f3a9c").hexdigest()[:16]

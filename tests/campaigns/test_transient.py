@@ -13,7 +13,8 @@ import pytest
 from django.utils import timezone
 
 from campaigns.models import RepoRun, RunState, RunTransition, VariantState
-from campaigns.services import campaign_create, campaign_launch, run_execute
+from campaigns.pipeline import run_execute
+from campaigns.services import campaign_create, campaign_launch
 from sandboxes import services
 from sandboxes.models import Sandbox, SandboxState
 from tests.campaigns.support import repos_make
@@ -92,7 +93,7 @@ def test_modal_fake_refused_create_requeues_the_run_with_backoff_then_it_succeed
 def test_modal_fake_repeated_refusals_fail_the_run_after_the_last_retry(
     transactional_db, modal_engine, manager
 ):
-    from campaigns.services import MAX_TRANSIENT_RETRIES
+    from campaigns.pipeline import MAX_TRANSIENT_RETRIES
 
     run = _launched_run(manager, "transient-forever")
     refusals = MAX_TRANSIENT_RETRIES + 1

@@ -12,13 +12,9 @@ from django.core.management.base import BaseCommand, CommandError
 from accounts.roles import user_can
 from campaigns.models import Campaign, CampaignState, RepoRun, RunState
 from campaigns.selectors import campaign_counts
-from campaigns.services import (
-    CampaignStateError,
-    campaign_create,
-    campaign_launch,
-    campaign_update,
-)
+from campaigns.services import campaign_create, campaign_launch, campaign_update
 from campaigns.spec import CampaignSpecError, spec_parse
+from campaigns.states import CampaignStateError
 
 
 class Command(BaseCommand):

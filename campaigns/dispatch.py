@@ -1,0 +1,210 @@
+"""Dispatch and concurrency: which runs start where, slot hand-off, the periodic tick."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from audit.services import audit_record
+from campaigns.models import (
+    RUN_ACTIVE_STATES,
+    RUN_FINAL_STATES,
+    Campaign,
+    CampaignState,
+    RepoRun,
+    RunState,
+)
+from campaigns.states import runs_transition
+
+logger = logging.getLogger(__name__)
+
+
+def _dispatch_lock() -> None:
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [0x636F6E766F79])  # "convoy"
+
+
+def _enqueue(run_ids: list[int], *, countdown: float | None = None) -> None:
+    from campaigns.tasks import run_execute_task
+
+    for run_id in run_ids:
+        run_execute_task.apply_async((run_id,), countdown=countdown)
+
+
+def runs_dispatch() -> int:
+    """Fill free slots (global cap and each campaign's max_parallel) with pending runs.
+
+    Called at launch, whenever a run finishes, and by the periodic tick. Only as many tasks
+    as there are free slots go to the broker, however many repositories a campaign has.
+    """
+    queued_total = 0
+    with transaction.atomic():
+        _dispatch_lock()
+        active = dict(
+            RepoRun.objects.filter(state__in=RUN_ACTIVE_STATES)
+            .values_list("campaign_id")
+            .annotate(n=Count("id"))
+        )
+        free_global = settings.MAX_PARALLEL_REPOS - sum(active.values())
+        if free_global <= 0:
+            return 0
+        campaigns = Campaign.objects.filter(state=CampaignState.RUNNING).order_by(
+            "launched_at", "id"
+        )
+        now = timezone.now()
+        for cid, max_parallel in campaigns.values_list("pk", "max_parallel"):
+            free = min(free_global, max_parallel - active.get(cid, 0))
+            if free <= 0:
+                continue
+            pending = RepoRun.objects.filter(
+                pk__in=list(
+                    RepoRun.objects.filter(campaign_id=cid, state=RunState.PENDING)
+                    .order_by("id")
+                    .values_list("pk", flat=True)[:free]
+                )
+            )
+            ids = runs_transition(
+                runs=pending,
+                from_states=[RunState.PENDING],
+                to_state=RunState.QUEUED,
+                queued_at=now,
+            )
+            if ids:
+                transaction.on_commit(lambda ids=ids: _enqueue(ids))
+                queued_total += len(ids)
+                free_global -= len(ids)
+            if free_global <= 0:
+                break
+    return queued_total
+
+
+def _slot_handoff(*, campaign_id: int, worker: str) -> int | None:
+    """Give the slot a finishing run frees to its campaign's next pending run, claimed for this
+    worker (pending → queued → running); None if the campaign has none pending.
+
+    Called in the transaction that moves the finishing run out of running, so the number of
+    active runs never drops and rises again: no dispatcher can count the slot free in between.
+    It is the run the dispatcher would pick (a campaign under its max_parallel keeps its slots,
+    in id order), without a dispatch's lock and counts, and without a broker round trip: the
+    same task carries it on. Should the worker die first, the run is running with a fresh
+    heartbeat, and the tick requeues it once that lease runs out, as for any run.
+    """
+    next_ids = list(
+        RepoRun.objects.filter(
+            campaign_id=campaign_id,
+            state=RunState.PENDING,
+            campaign__state=CampaignState.RUNNING,
+        )
+        .order_by("id")
+        .values_list("pk", flat=True)[:1]
+    )
+    if not next_ids:
+        return None
+    now = timezone.now()
+    runs = RepoRun.objects.filter(pk__in=next_ids)
+    if not runs_transition(
+        runs=runs, from_states=[RunState.PENDING], to_state=RunState.QUEUED, queued_at=now
+    ):
+        return None
+    runs_transition(
+        runs=runs,
+        from_states=[RunState.QUEUED],
+        to_state=RunState.RUNNING,
+        worker=worker,
+        heartbeat_at=now,
+        started_at=now,
+    )
+    return next_ids[0]
+
+
+def campaign_finish_if_done(*, campaign_id: int) -> bool:
+    """Mark a running campaign completed once every run is final."""
+    if RepoRun.objects.filter(campaign_id=campaign_id).exclude(state__in=RUN_FINAL_STATES).exists():
+        return False
+    now = timezone.now()
+    with transaction.atomic():
+        moved = Campaign.objects.filter(pk=campaign_id, state=CampaignState.RUNNING).update(
+            state=CampaignState.COMPLETED, finished_at=now, updated_at=now
+        )
+        if moved:
+            campaign = Campaign.objects.get(pk=campaign_id)
+            counts = dict(
+                RepoRun.objects.filter(campaign_id=campaign_id)
+                .values_list("state")
+                .annotate(n=Count("id"))
+            )
+            audit_record(
+                action="campaign.campaign.updated",
+                actor_type="system",
+                target=campaign,
+                context={"campaign_id": campaign_id},
+                changes={"state": [CampaignState.RUNNING, CampaignState.COMPLETED]},
+                payload={"runs": counts},
+            )
+    return bool(moved)
+
+
+_ticked_in_this_process = False
+
+
+def campaigns_tick() -> dict:
+    """Periodic housekeeping: requeue runs whose worker died, resend lost messages, dispatch,
+    and complete finished campaigns."""
+    global _ticked_in_this_process
+    now = timezone.now()
+    lease = timedelta(seconds=settings.RUN_LEASE_S)
+    dead = Q(heartbeat_at__lt=now - lease)
+    resend_before = now - lease * 4
+    if settings.EMBEDDED and not _ticked_in_this_process:
+        # One process holds the in-memory broker and the only worker: after a restart every
+        # queued message is gone and every run another process held is orphaned.
+        dead |= ~Q(worker=_worker_name())
+        resend_before = now
+    _ticked_in_this_process = True
+    stale = runs_transition(
+        runs=RepoRun.objects.filter(
+            dead,
+            state=RunState.RUNNING,
+            campaign__state=CampaignState.RUNNING,
+        ),
+        from_states=[RunState.RUNNING],
+        to_state=RunState.QUEUED,
+        queued_at=now,
+        worker="",
+    )
+    # A queued run whose message died with a worker: sending it again is harmless, because
+    # only one task can move it from queued to running.
+    lost = list(
+        RepoRun.objects.filter(
+            state=RunState.QUEUED,
+            queued_at__lt=resend_before,
+            campaign__state=CampaignState.RUNNING,
+        ).values_list("pk", flat=True)[:1000]
+    )
+    if lost:
+        RepoRun.objects.filter(pk__in=lost, state=RunState.QUEUED).update(queued_at=now)
+    if stale or lost:
+        logger.warning("requeueing %d stale and %d lost runs", len(stale), len(lost))
+        _enqueue(stale + lost)
+    dispatched = runs_dispatch()
+    finished = [
+        cid
+        for cid in Campaign.objects.filter(state=CampaignState.RUNNING).values_list("pk", flat=True)
+        if campaign_finish_if_done(campaign_id=cid)
+    ]
+    return {"stale": stale, "lost": lost, "dispatched": dispatched, "finished": finished}
+
+
+# --- the pipeline ---------------------------------------------------------------------------
+
+
+def _worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"

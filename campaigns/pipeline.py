@@ -1,0 +1,589 @@
+"""The run executor: one repository's clone, setup, snapshot, fork, transform, validate, diff."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import re
+import secrets as pysecrets
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from campaigns.dispatch import (
+    _enqueue,
+    _slot_handoff,
+    _worker_name,
+    campaign_finish_if_done,
+    runs_dispatch,
+)
+from campaigns.models import (
+    RepoRun,
+    RunState,
+    Validation,
+    Variant,
+    VariantState,
+)
+from campaigns.runs import _run_claim, _run_cleanup, _run_fail, _run_load
+from campaigns.secrets import secret_values
+from campaigns.services import _sandboxes_terminate
+from campaigns.signals import variant_diff_stored
+from campaigns.states import (
+    RunFailed,
+    RunStopped,
+    run_transition,
+    variant_transition,
+)
+
+logger = logging.getLogger(__name__)
+
+REPO_DIR = "/workspace"
+OUTPUT_TAIL_BYTES = 4000
+PATCH_CAP_BYTES = 2 * 1024 * 1024
+CHECK_EVERY_S = 0.25  # how often a run's steps ask whether it was cancelled
+MAX_TRANSIENT_RETRIES = 4
+VARIANT_THREADS = 3
+
+
+class _Heartbeat(threading.Thread):
+    """Keeps the run's lease fresh; notices when the run was cancelled or taken away."""
+
+    def __init__(self, run_id: int, worker: str) -> None:
+        super().__init__(daemon=True, name=f"run-{run_id}-heartbeat")
+        self.run_id, self.worker = run_id, worker
+        self.stop_event = threading.Event()
+        self.lost = threading.Event()
+
+    def run(self) -> None:
+        interval = max(0.5, settings.RUN_LEASE_S / 3)
+        try:
+            while not self.stop_event.wait(interval):
+                alive = RepoRun.objects.filter(
+                    pk=self.run_id, state=RunState.RUNNING, worker=self.worker
+                ).update(heartbeat_at=timezone.now())
+                if not alive:
+                    self.lost.set()
+                    return
+        except Exception:
+            logger.exception("heartbeat for run %s failed", self.run_id)
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(timeout=10)
+
+
+class _Context:
+    """Everything one run's steps need, loaded once."""
+
+    def __init__(self, run: RepoRun, heartbeat: _Heartbeat) -> None:
+        from sandboxes.backends.base import NetworkPolicy, SandboxSpec
+        from sandboxes.services import backend_get
+
+        self.run = run
+        self.campaign = run.campaign
+        self.spec = self.campaign.spec
+        self.heartbeat = heartbeat
+        self.backend = backend_get(self.campaign.backend)
+        limits = self.spec["limits"]
+        self.sandbox_spec = SandboxSpec(
+            cpu=limits["cpu"],
+            memory_mb=limits["memory_mb"],
+            timeout_s=limits["timeout_s"],
+            network=NetworkPolicy(limits["network"]),
+            # Read-only at /convoy/files/<name> ($CONVOY_FILES), outside the checkout and its diff.
+            files={name: text.encode() for name, text in self.spec["files"].items()},
+            labels={
+                "convoy_campaign": str(self.campaign.pk),
+                "convoy_run": str(run.pk),
+            },
+        )
+        self.secrets = secret_values(names=self.spec["secrets"])
+        self.launcher = self.campaign.launched_by or self.campaign.owner
+        self._checked_at = -CHECK_EVERY_S  # the first check asks the database
+
+    def check(self) -> None:
+        """Stop if the run was cancelled or taken away. The database is asked at most every
+        CHECK_EVERY_S: a cancel also terminates the run's sandboxes at once, so a step that
+        started just before it stops anyway."""
+        if self.heartbeat.lost.is_set():
+            raise RunStopped("lease lost")
+        now = time.monotonic()
+        if now - self._checked_at < CHECK_EVERY_S:
+            return
+        state = RepoRun.objects.filter(pk=self.run.pk).values_list("state", flat=True).first()
+        if state != RunState.RUNNING:
+            raise RunStopped(f"run is {state}")
+        self._checked_at = now
+
+    def owner(self, kind: str, pk: int) -> dict:
+        return {
+            "owner_kind": kind,
+            "owner_id": pk,
+            "campaign_id": self.campaign.pk,
+            "run_id": self.run.pk,
+            "on_behalf_of": self.launcher,
+        }
+
+    def redact(self, text: str) -> str:
+        for name, value in self.secrets.items():
+            if value:
+                text = text.replace(value, f"[secret {name}]")
+        return text
+
+
+def _exec(
+    ctx: _Context,
+    sandbox,
+    script: str,
+    *,
+    env=None,
+    timeout_s=None,
+    cap=None,
+    argv=None,
+    last=False,
+):
+    """Run a shell script in the sandbox's repository.
+
+    Returns (command, output): the tail of both streams in order, or with `cap` every byte,
+    as a (stdout, stderr) pair so that parsed stdout never mixes with stderr. `last`: the
+    sandbox is terminated after this command (engines may run it as the sandbox itself).
+    """
+    from sandboxes.services import sandbox_exec
+
+    keep_all = cap is not None
+    chunks: deque[bytes] = deque()
+    streams: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+    size = [0]
+
+    def on_output(event) -> None:
+        if keep_all:
+            streams.setdefault(event.stream, []).append(event.data)
+            return
+        chunks.append(event.data)
+        size[0] += len(event.data)
+        while size[0] - len(chunks[0]) > OUTPUT_TAIL_BYTES and len(chunks) > 1:
+            size[0] -= len(chunks.popleft())
+
+    command = sandbox_exec(
+        sandbox=sandbox,
+        argv=argv or ["bash", "-c", script],
+        cwd=REPO_DIR,
+        env={"HOME": "/tmp", **(env or {})},  # noqa: S108 - the sandbox's own tmpfs
+        timeout_s=timeout_s or ctx.spec["limits"]["timeout_s"],
+        output_cap=cap or 10 * 1024 * 1024,
+        secrets=ctx.secrets or None,
+        on_output=on_output,
+        last=last,
+    )
+    if keep_all:
+        return command, (b"".join(streams["stdout"]), b"".join(streams["stderr"]))
+    return command, b"".join(chunks)
+
+
+def _tail(ctx: _Context, data: bytes) -> str:
+    return ctx.redact(data[-OUTPUT_TAIL_BYTES:].decode("utf-8", errors="replace"))
+
+
+def _step_failure(label: str, step: dict, command, output: str) -> str:
+    why = "timed out" if command.timed_out else f"exited with {command.exit_code}"
+    return f"{label} `{step['run'][:200]}` {why}\n{output}".rstrip()
+
+
+def _prepare(ctx: _Context, owner_kind: str, owner_id: int, *, variant_id: int | None = None):
+    """A fresh sandbox (with the spec's files) with the repository checked out and setup done."""
+    from sandboxes.repos import RepoUrlError, sandbox_repo_checkout
+    from sandboxes.services import sandbox_create
+
+    run = ctx.run
+    sandbox = sandbox_create(
+        spec=ctx.sandbox_spec,
+        backend=ctx.backend.name,
+        variant_id=variant_id,
+        **ctx.owner(owner_kind, owner_id),
+    )
+    try:
+        ctx.check()
+        try:
+            # Fetches the host-side mirror (once per attempt: its variants share a fetch made
+            # since the run started; a retry fetches again), then clones the commit in.
+            started = run.started_at
+            commit = sandbox_repo_checkout(
+                sandbox=sandbox,
+                url=run.repository.url,
+                ref=run.ref,
+                fresh_after=started.timestamp() if started else None,
+            )
+        except RepoUrlError as exc:
+            raise RunFailed(f"checkout of {run.ref} failed: {exc.message}") from None
+        if run.base_commit and commit != run.base_commit:
+            raise RunFailed(f"{run.ref} moved from {run.base_commit[:12]} to {commit[:12]}")
+        if not run.base_commit:
+            run.base_commit = commit
+            step = "checked_out" if ctx.spec["setup"] else "prepared"
+            RepoRun.objects.filter(pk=run.pk).update(base_commit=commit, step=step)
+        for i, step in enumerate(ctx.spec["setup"]):
+            ctx.check()
+            command, out = _exec(ctx, sandbox, step["run"], timeout_s=step.get("timeout_s"))
+            if command.exit_code != 0 or command.timed_out:
+                raise RunFailed(_step_failure(f"setup[{i}]", step, command, _tail(ctx, out)))
+    except BaseException:
+        _terminate(sandbox, "preparation stopped")
+        raise
+    return sandbox
+
+
+def _terminate(sandbox, reason: str) -> None:
+    from sandboxes.services import sandbox_terminate
+
+    try:
+        sandbox_terminate(sandbox=sandbox, reason=reason)
+    except Exception:
+        logger.exception("could not terminate sandbox %s", sandbox.pk)
+
+
+_NUMSTAT_RE = re.compile(r"^(-|\d+)\t(-|\d+)\t(.*)$")
+
+
+class StepFailed(Exception):
+    def __init__(self, command, output: bytes) -> None:
+        super().__init__("step failed")
+        self.command, self.output = command, output
+
+
+def _transform_and_diff(
+    ctx: _Context, sandbox, step: dict, env: dict, *, last: bool
+) -> tuple[bytes, dict]:
+    """Run the last transform step, then stage everything and read numstat and the binary-safe
+    patch, in one sandbox command. The step's own script is the command's last argument, so the
+    sandbox's command record shows it verbatim; it runs in a subshell of the wrapper (as
+    `bash -c` would run it, without starting another bash), with no positional parameters.
+
+    Returns (the step's output, diff fields); raises StepFailed if the step failed.
+    """
+    nonce = pysecrets.token_hex(8)
+    done = f"--convoy-step-done-{nonce}--"
+    base = ctx.run.base_commit
+    git = "git -c safe.directory='*' -c core.hooksPath=/dev/null"
+    # After the step, git's stderr goes to a file so warnings cannot mix into the patch bytes.
+    # One `git diff` prints the numstat lines, an empty line, then the patch.
+    wrapper = (
+        '( __convoy_step=$1; set --; eval "$__convoy_step" ); status=$?; '
+        "if [ $status -ne 0 ]; then exit $status; fi; "
+        f"printf '\\n%s\\n' '{done}'; exec 2>/tmp/.convoy-git-stderr; "
+        f"{{ {git} add -A . >/dev/null && "
+        f"{git} diff --cached --numstat --binary -p --no-color --no-ext-diff --no-textconv "
+        f"{base}; }} || {{ status=$?; cat /tmp/.convoy-git-stderr; exit $status; }}"
+    )
+    command, out = _exec(
+        ctx,
+        sandbox,
+        step["run"],
+        env=env,
+        timeout_s=step.get("timeout_s"),
+        cap=PATCH_CAP_BYTES + 8 * 1024 * 1024,
+        argv=["bash", "-c", wrapper, "convoy-step", step["run"]],
+        last=last,
+    )
+    stdout, stderr = out
+    step_out, sep, rest = stdout.partition(f"\n{done}\n".encode())
+    step_out += stderr
+    if not sep:
+        if command.truncated:
+            raise RunFailed("the transform's output exceeded the cap before the diff was read")
+        raise StepFailed(command, step_out)
+    if command.exit_code != 0 and not command.truncated:
+        raise RunFailed(f"could not read the diff: {_tail(ctx, rest)}")
+    head, _, patch = rest.partition(b"\n\n")  # numstat lines are never empty
+    diffstat, plus, minus = [], 0, 0
+    for line in head.decode("utf-8", errors="replace").splitlines():
+        match = _NUMSTAT_RE.match(line)
+        if match:
+            added = int(match[1]) if match[1] != "-" else 0
+            deleted = int(match[2]) if match[2] != "-" else 0
+            diffstat.append(
+                {"path": match[3], "added": added, "deleted": deleted, "binary": match[1] == "-"}
+            )
+            plus, minus = plus + added, minus + deleted
+    return step_out, {
+        "patch": patch,
+        "patch_truncated": bool(command.truncated),
+        "diff_sha256": hashlib.sha256(patch).hexdigest() if patch else "",
+        "diffstat": diffstat,
+        "files_changed": len(diffstat),
+        "insertions": plus,
+        "deletions": minus,
+    }
+
+
+def _variant_run(ctx: _Context, variant: Variant, snapshot, sandbox=None) -> None:
+    """Fork (or prepare), transform, capture the diff, validate. Runs at most once per claim."""
+    from sandboxes.backends.base import SandboxError
+    from sandboxes.services import sandbox_fork
+
+    started = timezone.now()
+    if not variant_transition(
+        variant_id=variant.pk,
+        from_state=VariantState.PENDING,
+        to_state=VariantState.RUNNING,
+        attempt=F("attempt") + 1,
+        started_at=started,
+        **({"sandbox_id": sandbox.pk} if sandbox is not None else {}),
+    ):
+        if sandbox is not None:
+            _terminate(sandbox, "variant already handled")
+        return
+    spec_variant = next(v for v in ctx.spec["variants"] if v["name"] == variant.name)
+    given = sandbox
+    result: dict = {}
+    try:
+        try:
+            if sandbox is None and snapshot is not None:
+                sandbox = sandbox_fork(
+                    snapshot=snapshot,
+                    count=1,
+                    spec=ctx.sandbox_spec,
+                    variant_id=variant.pk,
+                    **ctx.owner("variant", variant.pk),
+                )[0]
+            elif sandbox is None:
+                sandbox = _prepare(ctx, "variant", variant.pk, variant_id=variant.pk)
+            if given is None:
+                Variant.objects.filter(pk=variant.pk).update(sandbox_id=sandbox.pk)
+            env = {**spec_variant["env"], "CONVOY_VARIANT": variant.name}
+            steps = spec_variant.get("transform") or ctx.spec["transform"]
+            for i, step in enumerate(steps):
+                ctx.check()
+                try:
+                    if i < len(steps) - 1:
+                        command, out = _exec(
+                            ctx, sandbox, step["run"], env=env, timeout_s=step.get("timeout_s")
+                        )
+                        if command.exit_code != 0 or command.timed_out:
+                            raise StepFailed(command, out)
+                    else:
+                        last = not ctx.spec["validate"]  # else validation follows
+                        out, diff = _transform_and_diff(ctx, sandbox, step, env, last=last)
+                        result.update(diff)
+                        result["output_tail"] = _tail(ctx, out)
+                except StepFailed as failed:
+                    result = {
+                        "state": VariantState.FAILED,
+                        "error": _step_failure(f"transform[{i}]", step, failed.command, ""),
+                        "output_tail": _tail(ctx, failed.output),
+                    }
+                    break  # (not return: the variant's final transition below must run)
+            else:  # every transform step succeeded: validate
+                result["validation"] = Validation.SKIPPED
+                validate = ctx.spec["validate"]
+                for i, step in enumerate(validate):
+                    ctx.check()
+                    command, out = _exec(
+                        ctx,
+                        sandbox,
+                        step["run"],
+                        env=env,
+                        timeout_s=step.get("timeout_s"),
+                        last=i == len(validate) - 1,
+                    )
+                    result["output_tail"] = _tail(ctx, out)
+                    if command.exit_code != 0 or command.timed_out:
+                        result["validation"] = Validation.FAILED
+                        result["error"] = _step_failure(f"validate[{i}]", step, command, "")
+                        break
+                    result["validation"] = Validation.PASSED
+                result["state"] = VariantState.COMPLETED
+        except RunFailed as exc:
+            result = {"state": VariantState.FAILED, "error": str(exc)}
+        except SandboxError as exc:
+            if exc.transient:
+                raise
+            result = {"state": VariantState.FAILED, "error": f"sandbox error: {exc}"}
+    finally:
+        if sandbox is not None:
+            _terminate(sandbox, "variant finished")
+    if result:
+        finished = timezone.now()
+        with transaction.atomic():
+            moved = variant_transition(
+                variant_id=variant.pk,
+                from_state=VariantState.RUNNING,
+                to_state=result.pop("state"),
+                finished_at=finished,
+                duration_ms=int((finished - started).total_seconds() * 1000),
+                **result,
+            )
+            if moved and "patch" in result:
+                variant_diff_stored.send(
+                    sender=Variant,
+                    variant_id=variant.pk,
+                    campaign_id=ctx.run.campaign_id,
+                    patch=bytes(result["patch"]),
+                    diff_sha256=result["diff_sha256"],
+                )
+
+
+def _variants_ensure(run: RepoRun) -> list[Variant]:
+    """The run's variant rows, made on its first attempt's first claim."""
+    wanted = [
+        Variant(run=run, name=v["name"], position=i)
+        for i, v in enumerate(run.campaign.spec["variants"])
+    ]
+    if run.attempt == 1 and not run.resumed:  # none can exist yet: the insert returns them
+        with contextlib.suppress(IntegrityError), transaction.atomic():
+            made = Variant.objects.bulk_create(wanted)
+            if all(v.pk for v in made):
+                return made
+    Variant.objects.bulk_create(wanted, ignore_conflicts=True)
+    return list(run.variants.order_by("position"))
+
+
+def _run_pipeline(ctx: _Context) -> None:
+    from sandboxes.backends.base import Capability
+    from sandboxes.models import SandboxSnapshot
+    from sandboxes.services import sandbox_snapshot
+
+    run = ctx.run
+    if run.resumed:
+        # Anything a dead worker left running for this run is ours to clean up now: recorded
+        # sandboxes, and engine sandboxes it made but never recorded as running.
+        from sandboxes.services import sandboxes_orphans_terminate
+
+        _sandboxes_terminate(reason="worker lost; run resumed", run_id=run.pk)
+        sandboxes_orphans_terminate(
+            backend=ctx.backend.name,
+            labels={"convoy_run": str(run.pk)},
+            reason="worker lost; run resumed",
+        )
+        Variant.objects.filter(run=run, state=VariantState.RUNNING).update(
+            state=VariantState.PENDING
+        )
+    pending = [v for v in _variants_ensure(run) if v.state == VariantState.PENDING]
+    if not pending:
+        return
+    can_snapshot = Capability.SNAPSHOT in ctx.backend.capabilities
+    snapshot = None
+    if run.snapshot_id and can_snapshot:
+        snapshot = SandboxSnapshot.objects.filter(pk=run.snapshot_id, deleted_at=None).first()
+    base = None
+    if snapshot is None:
+        ctx.check()
+        if can_snapshot and len(pending) > 1:
+            base = _prepare(ctx, "run", run.pk)
+        else:  # no fork: this sandbox serves the first variant
+            base = _prepare(ctx, "variant", pending[0].pk, variant_id=pending[0].pk)
+        if ctx.spec["setup"]:
+            RepoRun.objects.filter(pk=run.pk).update(step="prepared")
+        if can_snapshot and len(pending) > 1:
+            run.snapshotting = True  # from here a snapshot may exist before snapshot_id says so
+            try:
+                snapshot = sandbox_snapshot(sandbox=base, owner_kind="run", owner_id=run.pk)
+            finally:
+                _terminate(base, "snapshot taken")
+            base = None
+            run.snapshot_id = snapshot.pk
+            RepoRun.objects.filter(pk=run.pk).update(snapshot_id=snapshot.pk, step="snapshotted")
+    ctx.check()
+    # Without a snapshot the prepared sandbox serves the first variant; the others get fresh
+    # sandboxes with setup rerun.
+    jobs = [(v, base if i == 0 else None) for i, v in enumerate(pending)]
+
+    def one(job):
+        try:
+            _variant_run(ctx, job[0], snapshot, job[1])
+        finally:
+            connection.close()
+
+    if len(jobs) == 1:
+        _variant_run(ctx, jobs[0][0], snapshot, jobs[0][1])
+        return
+    with ThreadPoolExecutor(max_workers=min(len(jobs), VARIANT_THREADS)) as pool:
+        futures = [pool.submit(one, job) for job in jobs]
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        raise errors[0]
+
+
+def run_execute(*, run_id: int) -> str:
+    """Carry one queued run through its remaining steps; return how it ended. Safe to call
+    twice: the second call finds the run claimed (or final) and returns.
+
+    A run that ends with its campaign's next run pending hands its slot on (`_slot_handoff`),
+    and this call carries that run too, and so on, as long as its campaign has pending runs.
+    """
+    worker = _worker_name()
+    run = _run_claim(run_id, worker)
+    if run is None:
+        return "not queued"
+    outcome, next_id = _run_carry(run, worker)
+    while next_id is not None:
+        _, next_id = _run_carry(_run_load(next_id, resumed=False), worker)
+    return outcome
+
+
+def _run_carry(run: RepoRun, worker: str) -> tuple[str, int | None]:
+    """One claimed run, start to end: (how it ended, the run it handed its slot to)."""
+    from sandboxes.backends.base import SandboxError
+
+    heartbeat = _Heartbeat(run.pk, worker)
+    heartbeat.start()
+    launcher = run.campaign.launched_by or run.campaign.owner
+    outcome = "succeeded"
+    next_id = None  # the campaign's next run, which the freed slot went to
+    try:
+        ctx = _Context(run, heartbeat)
+        _run_pipeline(ctx)
+        with transaction.atomic():
+            if run_transition(
+                run_id=run.pk,
+                from_state=RunState.RUNNING,
+                to_state=RunState.SUCCEEDED,
+                finished_at=timezone.now(),
+                step="done",
+            ):
+                next_id = _slot_handoff(campaign_id=run.campaign_id, worker=worker)
+    except RunStopped as exc:
+        outcome = f"stopped: {exc}"
+    except RunFailed as exc:
+        outcome = "failed"
+        next_id = _run_fail(run, str(exc), launcher, worker)
+    except SandboxError as exc:
+        if exc.transient and run.transient_retries < MAX_TRANSIENT_RETRIES:
+            outcome = "requeued"
+            delay = min(60, 2 ** (run.transient_retries + 1))
+            if run_transition(
+                run_id=run.pk,
+                from_state=RunState.RUNNING,
+                to_state=RunState.QUEUED,
+                transient_retries=F("transient_retries") + 1,
+                queued_at=timezone.now() + timedelta(seconds=delay),
+                worker="",
+            ):
+                logger.warning(
+                    "run %s: transient sandbox error, retry in %ss: %s", run.pk, delay, exc
+                )
+                _enqueue([run.pk], countdown=delay)
+        else:
+            outcome = "failed"
+            next_id = _run_fail(run, f"sandbox error: {exc}", launcher, worker)
+    except Exception as exc:
+        logger.exception("run %s failed unexpectedly", run.pk)
+        outcome = "failed"
+        message = f"internal error: {type(exc).__name__}: {exc}"
+        next_id = _run_fail(run, message, launcher, worker)
+    finally:
+        heartbeat.stop()
+        _run_cleanup(run)
+    if outcome != "requeued" and next_id is None:
+        campaign_finish_if_done(campaign_id=run.campaign_id)
+        runs_dispatch()
+    return outcome, next_id

@@ -1,0 +1,81 @@
+"""Stored secrets: encrypted at rest, written by admins, handed to sandboxes by name."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db import transaction
+from django.utils import timezone
+
+from audit.services import audit_record
+from campaigns.models import (
+    Secret,
+)
+from campaigns.states import RunFailed
+from core.errors import Invalid
+
+
+def _fernet():
+    from cryptography.fernet import Fernet
+
+    key = settings.SECRETS_KEY
+    if not key:
+        if not (settings.EMBEDDED or settings.DEBUG or settings.TESTING):
+            raise ImproperlyConfigured(
+                "CONVOY_SECRETS_KEY: required to store secrets in the production shape "
+                "(generate one with `python -c 'from cryptography.fernet import Fernet; "
+                "print(Fernet.generate_key().decode())'`)"
+            )
+        path = Path(settings.DATA_DIR) / "secrets.key"
+        if not path.exists():
+            path.write_bytes(Fernet.generate_key())
+            path.chmod(0o600)
+        key = path.read_text().strip()
+    try:
+        return Fernet(key.encode() if isinstance(key, str) else key)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"CONVOY_SECRETS_KEY: not a valid Fernet key ({exc})") from None
+
+
+SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
+
+
+def secret_set(*, name: str, value: str, actor) -> Secret:
+    """Store or rotate a secret. The value is encrypted and can never be read back by people."""
+    if not SECRET_NAME_RE.match(name or ""):
+        raise Invalid("use letters, digits and '_' (an environment variable name)", field="name")
+    if not value:
+        raise Invalid("must not be empty", field="value")
+    token = _fernet().encrypt(value.encode())
+    with transaction.atomic():
+        secret = Secret.objects.select_for_update().filter(name=name).first()
+        if secret is None:
+            secret = Secret.objects.create(name=name, ciphertext=token, created_by=actor)
+            action = "secret.secret.created"
+        else:
+            secret.ciphertext = token
+            secret.rotated_at = timezone.now()
+            secret.save(update_fields=["ciphertext", "rotated_at"])
+            action = "secret.secret.rotated"
+        audit_record(action=action, actor=actor, target=secret, payload={"name": name})
+    return secret
+
+
+def secret_values(*, names: Iterable[str]) -> dict[str, str]:
+    """Decrypt the named secrets for injection into a sandbox; never for display."""
+    names = list(names)
+    if not names:
+        return {}
+    fernet = _fernet()
+    found = {s.name: s for s in Secret.objects.filter(name__in=names)}
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise RunFailed(f"secret(s) not stored: {', '.join(missing)}")
+    return {n: fernet.decrypt(bytes(found[n].ciphertext)).decode() for n in names}
+
+
+# --- create, update, launch, cancel, retry ----------------------------------------------------

@@ -1,0 +1,116 @@
+"""Run and variant states: the guarded transitions every move goes through, and a run's errors."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+
+from django.db import transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from campaigns.models import (
+    RUN_TRANSITIONS,
+    RepoRun,
+    RunState,
+    RunTransition,
+    Variant,
+)
+from core.errors import Conflict
+
+
+class CampaignStateError(Conflict):
+    """The campaign is not in a state that allows this action."""
+
+
+class RunFailed(Exception):
+    """A repository-level failure (fetch, checkout, setup): retrying will not help by itself."""
+
+
+class RunStopped(Exception):
+    """The run was cancelled or lost its lease while working."""
+
+
+# --- transitions ----------------------------------------------------------------------------
+
+
+def runs_transition(
+    *, runs: QuerySet, from_states: Iterable[str], to_state: str, **fields
+) -> list[int]:
+    """Move every run in `runs` that is in one of `from_states` to `to_state`; return their ids.
+
+    The only way run states change. Rows are locked first, so the ids returned are exactly the
+    rows moved, and two workers can never both move the same run.
+    """
+    from_states = list(from_states)
+    for state in from_states:
+        if to_state not in RUN_TRANSITIONS[RunState(state)]:
+            raise ValueError(f"illegal run transition {state} -> {to_state}")
+    now = timezone.now()
+    with transaction.atomic():
+        rows = list(
+            runs.select_for_update()
+            .filter(state__in=from_states)
+            .values_list("pk", "state", "campaign_id")
+        )
+        if not rows:
+            return []
+        ids = [pk for pk, _, _ in rows]
+        moved = 0
+        for start in range(0, len(ids), 5000):
+            chunk = ids[start : start + 5000]
+            moved += RepoRun.objects.filter(pk__in=chunk, state__in=from_states).update(
+                state=to_state, **fields
+            )
+        assert moved == len(ids), "locked rows changed under the lock"
+        RunTransition.objects.bulk_create(
+            [
+                RunTransition(
+                    run_id=pk, campaign_id=cid, from_state=state, to_state=to_state, at=now
+                )
+                for pk, state, cid in rows
+            ],
+            batch_size=2000,
+        )
+    return ids
+
+
+def run_transition(*, run_id: int, from_state: str, to_state: str, **fields) -> bool:
+    return bool(
+        runs_transition(
+            runs=RepoRun.objects.filter(pk=run_id),
+            from_states=[from_state],
+            to_state=to_state,
+            **fields,
+        )
+    )
+
+
+def variant_transition(*, variant_id: int, from_state: str, to_state: str, **fields) -> bool:
+    return bool(
+        Variant.objects.filter(pk=variant_id, state=from_state).update(state=to_state, **fields)
+    )
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+_SHA_RE = re.compile(r"\b[0-9a-f]{7,64}\b")
+_PATH_RE = re.compile(r"(?:/[\w.+@-]+)+/?")
+_NUM_RE = re.compile(r"\d+")
+_QUOTED_RE = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+def error_signature(text: str) -> tuple[str, str]:
+    """(signature, summary) from the tail of an error: ids, paths and numbers normalised away,
+    so the same failure in different repositories clusters together."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()][-3:]
+    tail = " | ".join(lines)
+    norm = _SHA_RE.sub("<sha>", tail)
+    norm = _PATH_RE.sub("<path>", norm)
+    norm = _QUOTED_RE.sub("'…'", norm)
+    norm = _NUM_RE.sub("N", norm)
+    return hashlib.sha256(norm.encode()).hexdigest()[:12], norm[:300]
+
+
+# --- secrets --------------------------------------------------------------------------------
