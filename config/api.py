@@ -13,6 +13,7 @@ from campaigns.api import ROUTERS as campaigns_routers
 from config.errors import api_errors_install
 from core.schemas import ErrorOut
 from review.api import ROUTERS as review_routers
+from sandboxes.api import ROUTERS as sandboxes_routers
 
 # Statuses any route can answer through the central error mapping (config/errors.py): no or a
 # bad token, a role refusal, an unknown object, a body over the size limit, invalid input, the
@@ -60,5 +61,11 @@ api = ConvoyAPI(
 )
 api_errors_install(api)
 
-for prefix, router in [*accounts_routers, *audit_routers, *campaigns_routers, *review_routers]:
+for prefix, router in [
+    *accounts_routers,
+    *audit_routers,
+    *campaigns_routers,
+    *review_routers,
+    *sandboxes_routers,
+]:
     api.add_router(prefix, router)
