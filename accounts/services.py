@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from accounts.models import ApiToken
 from accounts.roles import ADMIN, ROLE_CAPABILITIES, ROLES, user_role
-from audit.services import audit_record
+from audit.record import audit_record
 
 TOKEN_PREFIX = "cvy_"  # noqa: S105 - a public marker, not a secret
 

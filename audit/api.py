@@ -4,16 +4,11 @@ from django.http import StreamingHttpResponse
 from ninja import Router
 
 from accounts.auth import require_capability
+from audit.export import audit_export_record, bundle_lines, csv_lines
+from audit.record import audit_view_record
 from audit.schemas import AuditEventPageOut, ExportIn, VerifyOut
 from audit.selectors import audit_events_page, audit_query_parse, event_as_dict
-from audit.services import (
-    audit_export_record,
-    audit_verify,
-    audit_verify_record,
-    audit_view_record,
-    bundle_lines,
-    csv_lines,
-)
+from audit.verify import audit_verify, audit_verify_record
 from core.errors import Invalid
 
 router = Router(tags=["audit"])

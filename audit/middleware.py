@@ -1,7 +1,7 @@
 from django.shortcuts import render
 
 from audit.context import current_request, request_context
-from audit.services import AuditWriteError
+from audit.record import AuditWriteError
 
 
 class RequestContextMiddleware:

@@ -1,6 +1,206 @@
-"""Recording: `audit_record` writes one event in the caller's transaction; `audit_denied` records a
-refusal. (The writing code itself is still in audit/services.py; this is the name callers use.)"""
+"""Recording: one canonical-JSON event in the caller's transaction; refusals; reads of the trail."""
 
-from audit.services import AuditWriteError, audit_denied, audit_record
+import hashlib
+import hmac
+import json
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Any
 
-__all__ = ["AuditWriteError", "audit_denied", "audit_record"]
+from django.conf import settings
+from django.db import connection, models, transaction
+
+from audit.context import current_request
+from audit.models import AuditEvent
+
+logger = logging.getLogger(__name__)
+
+
+SCHEMA = "convoy.audit/1"
+OUTCOMES = ("success", "failure", "denied", "error")
+ACTOR_TYPES = ("human", "agent", "system", "api_token")
+CONTEXT_KEYS = ("campaign_id", "run_id", "variant_id", "sandbox_id", "request_id")
+
+
+class AuditWriteError(Exception):
+    """The event could not be recorded; the change it describes must not happen."""
+
+
+def audit_hmac(value: str) -> str:
+    """A value that must be matchable later but never stored (a token, a command's secret
+    argument): `hmac-sha256:<hex>` keyed by SECRET_KEY, as Vault's audit devices do."""
+    digest = hmac.new(settings.SECRET_KEY.encode(), value.encode(), hashlib.sha256).hexdigest()
+    return f"hmac-sha256:{digest}"
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _actor(actor, actor_type: str | None, on_behalf_of, ctx) -> dict:
+    if actor is None:
+        kind, ident, display = actor_type or "system", "", actor_type or "system"
+    else:
+        token = getattr(actor, "_convoy_api_token", None)
+        kind = actor_type or ("api_token" if token is not None else "human")
+        ident, display = str(actor.pk), actor.get_username()
+    behalf = on_behalf_of.get_username() if hasattr(on_behalf_of, "get_username") else on_behalf_of
+    return {
+        "type": kind,
+        "id": ident,
+        "display": display,
+        "ip": ctx.ip if ctx else "",
+        "user_agent": ctx.user_agent if ctx else "",
+        "on_behalf_of": behalf or "",
+    }
+
+
+def _target(target) -> dict:
+    if target is None:
+        return {"type": "", "id": "", "display": ""}
+    if isinstance(target, dict):
+        return {
+            "type": target.get("type", ""),
+            "id": str(target.get("id", "")),
+            "display": target.get("display", ""),
+        }
+    if isinstance(target, models.Model):
+        return {
+            "type": target._meta.label_lower,
+            "id": str(target.pk),
+            "display": str(target)[:200],
+        }
+    raise TypeError(f"audit target must be a model instance or a dict, got {type(target)!r}")
+
+
+def audit_record(
+    *,
+    action: str,
+    actor=None,
+    actor_type: str | None = None,
+    target=None,
+    outcome: str = "success",
+    context: dict | None = None,
+    payload: dict | None = None,
+    changes: dict | None = None,
+    reason: str = "",
+    on_behalf_of=None,
+) -> AuditEvent:
+    """Write one event in the caller's transaction; raise AuditWriteError if it cannot be."""
+    if outcome not in OUTCOMES:
+        raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
+    if actor_type is not None and actor_type not in ACTOR_TYPES:
+        raise ValueError(f"actor_type must be one of {ACTOR_TYPES}, got {actor_type!r}")
+    ctx = current_request.get()
+    context = {k: v for k, v in (context or {}).items() if v is not None}
+    unknown = set(context) - set(CONTEXT_KEYS)
+    if unknown:
+        raise ValueError(f"unknown audit context keys: {sorted(unknown)}")
+    if ctx and "request_id" not in context:
+        context["request_id"] = ctx.request_id
+    event_id = uuid.uuid4()
+    now = datetime.now(UTC)
+    body = {
+        "schema": SCHEMA,
+        "event_id": str(event_id),
+        "occurred_at": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "action": action,
+        "outcome": outcome,
+        "actor": _actor(actor, actor_type, on_behalf_of, ctx),
+        "target": _target(target),
+        "context": context,
+        "reason": reason,
+        "changes": changes or {},
+        "payload": payload or {},
+    }
+    event = AuditEvent(
+        event_id=event_id,
+        occurred_at=now,
+        action=action,
+        outcome=outcome,
+        actor_type=body["actor"]["type"],
+        actor_id=body["actor"]["id"],
+        actor_display=body["actor"]["display"],
+        on_behalf_of=body["actor"]["on_behalf_of"],
+        target_type=body["target"]["type"],
+        target_id=body["target"]["id"],
+        campaign_id=context.get("campaign_id"),
+        run_id=context.get("run_id"),
+        variant_id=context.get("variant_id"),
+        sandbox_id=context.get("sandbox_id"),
+        body=canonical_json(body),
+    )
+    try:
+        # No savepoint: if the insert fails, the caller's whole transaction must roll back.
+        with transaction.atomic(savepoint=False):
+            _event_insert(event)
+            if connection.vendor == "sqlite":
+                # SQLite serialises writers, so this transaction already holds the only write
+                # lock: link the event right here (rolled back with it, if it is). Signing is
+                # left to the periodic task, so a key problem never blocks a change.
+                # Imported here: sealing builds on recording (canonical JSON), a documented cycle.
+                from audit.seal import _seal_batch
+
+                _seal_batch(limit=1000, checkpoints=False)
+    except Exception as exc:
+        raise AuditWriteError(f"could not record {action}: {exc}") from exc
+    return event
+
+
+_INSERT = (
+    "INSERT INTO audit_auditevent (event_id, occurred_at, action, outcome, actor_type, actor_id, "
+    "actor_display, on_behalf_of, target_type, target_id, campaign_id, run_id, variant_id, "
+    "sandbox_id, body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+    "RETURNING id"
+)
+
+
+def _event_insert(event: AuditEvent) -> None:
+    """One plain INSERT (the ORM's save costs several times more per event; this is the path
+    every audited change takes)."""
+    ops = connection.ops
+    event_id = event.event_id if connection.features.has_native_uuid_field else event.event_id.hex
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _INSERT,
+            [
+                event_id,
+                ops.adapt_datetimefield_value(event.occurred_at),
+                event.action,
+                event.outcome,
+                event.actor_type,
+                event.actor_id,
+                event.actor_display,
+                event.on_behalf_of,
+                event.target_type,
+                event.target_id,
+                event.campaign_id,
+                event.run_id,
+                event.variant_id,
+                event.sandbox_id,
+                event.body,
+            ],
+        )
+        event.pk = cursor.fetchone()[0]
+    event._state.adding = False
+    event._state.db = connection.alias
+
+
+def audit_denied(*, actor, capability: str, target=None, path: str = "") -> None:
+    """Record a refused attempt. It commits even though the request itself fails."""
+    audit_record(
+        action="people.permission.denied",
+        actor=actor,
+        outcome="denied",
+        target=target,
+        payload={"capability": capability, "path": path},
+    )
+
+
+# --- Access -----------------------------------------------------------------------------------
+def audit_view_record(*, actor, what: str, query: str = "", target=None, count=None) -> None:
+    payload = {"view": what, "query": query}
+    if count is not None:
+        payload["count"] = count
+    audit_record(action="audit.events.viewed", actor=actor, target=target, payload=payload)

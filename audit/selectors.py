@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from django.db.models import Q, QuerySet
 
 from audit.models import AuditEvent, AuditLink
-from audit.services import OUTCOMES
+from audit.record import OUTCOMES
 from core.errors import Invalid
 
 FILTER_KEYS = (

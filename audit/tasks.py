@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from audit.services import audit_seal
+from audit.seal import audit_seal
 
 
 @shared_task(ignore_result=True)

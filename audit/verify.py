@@ -1,375 +1,324 @@
-"""Walking the chain and the checkpoints, naming the exact event behind every finding.
+"""Verification of the whole trail in the database (in parallel ranges), and its record."""
 
-The same walk serves the database and an exported bundle: both feed it links in seq order,
-the signed checkpoints and (database only) the events that no link points at.
-"""
+import logging
+import uuid
+from collections.abc import Iterator
 
-import bisect
-import hashlib
-import json
-import struct
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from django.db import connection, transaction
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from audit.keys import key_id, verifying_key
+from audit.models import AuditCheckpoint
+from audit.record import audit_record
+from audit.walk import CheckpointRow, Report, batched, chain_walk, checkpoints_check
 
-from audit.chain import DOMAIN, GENESIS, MerkleFrontier
-from audit.keys import key_id
+logger = logging.getLogger(__name__)
 
-EDITED_BODY = "edited body"
-DELETED_EVENT = "deleted event"
-DELETED_LINK = "deleted link"
-TRUNCATED_TAIL = "truncated tail"
-RECHAINED = "re-chained history"
-BACKDATED = "back-dated insert"
-BAD_SIGNATURE = "bad checkpoint signature"
-BROKEN_CHECKPOINTS = "broken checkpoint chain"
+# --- Verification -----------------------------------------------------------------------------
+VERIFY_CHUNK = 20000
 
 
-@dataclass(frozen=True)
-class Finding:
-    kind: str
-    seq: int | None
-    event_id: str
-    detail: str
-
-    def line(self) -> str:
-        seq = "-" if self.seq is None else str(self.seq)
-        return f"seq={seq} event_id={self.event_id or '-'} kind={self.kind}: {self.detail}"
-
-    def as_dict(self) -> dict:
-        return {
-            "kind": self.kind,
-            "seq": self.seq,
-            "event_id": self.event_id,
-            "detail": self.detail,
-        }
+def _checkpoint_rows(from_checkpoint: int | None) -> list[CheckpointRow]:
+    qs = AuditCheckpoint.objects.order_by("number")
+    if from_checkpoint is not None:
+        qs = qs.filter(number__gte=from_checkpoint)
+    return [
+        CheckpointRow(c.number, c.size, c.body, c.signature, c.frontier)
+        for c in qs.only("number", "size", "body", "signature", "frontier")
+    ]
 
 
-@dataclass
-class Report:
-    size: int = 0
-    checked: int = 0
-    checkpoints: int = 0
-    checkpoints_valid: int = 0
-    key_id: str = ""
-    findings: list[Finding] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.findings
-
-    def as_dict(self) -> dict:
-        return {
-            "ok": self.ok,
-            "size": self.size,
-            "checked": self.checked,
-            "checkpoints": self.checkpoints,
-            "checkpoints_valid": self.checkpoints_valid,
-            "key_id": self.key_id,
-            "findings": [f.as_dict() for f in self.findings],
-        }
-
-
-@dataclass
-class CheckpointRow:
-    number: int
-    size: int
-    body: str
-    signature: str
-    frontier: list
-
-
-@dataclass
-class _Signed:
-    number: int
-    size: int
-    head: bytes
-    root: bytes
-    frontier: list
-
-
-def _uuid(value) -> str:
-    if value is None:
-        return ""
-    text = str(value)
-    if len(text) == 32:  # SQLite keeps UUIDs as 32 hex digits
-        text = f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
-    return text
-
-
-def checkpoints_check(
-    rows: list[CheckpointRow], public_key: Ed25519PublicKey, report: Report
-) -> list[_Signed]:
-    """Signatures, numbering, prev hashes and sizes; returns the checkpoints that can be trusted."""
-    good: list[_Signed] = []
-    want_key = key_id(public_key)
-    prev_hash: str | None = None
-    prev_number: int | None = None
-    prev_size = 0
-    for row in rows:
-        report.checkpoints += 1
-        body = row.body.encode()
-        try:
-            statement = json.loads(body)
-        except ValueError:
-            statement = {}
-        size = int(statement.get("size", row.size))
-        try:
-            public_key.verify(bytes.fromhex(row.signature), body)
-        except (InvalidSignature, ValueError):
-            signer = statement.get("key_id", "?")
-            why = f"signed by key {signer}, expected {want_key}" if signer != want_key else ""
-            report.findings.append(
-                Finding(
-                    BAD_SIGNATURE,
-                    size,
-                    "",
-                    f"checkpoint {row.number}: signature does not verify {why}".strip(),
-                )
+def _links_stream(after_seq: int) -> Iterator[tuple]:
+    """(seq, event_uuid, content_hash, chain_hash, body or None, order key or None) in seq
+    order, fetched in keyset chunks (works in autocommit, e.g. while streaming a download)."""
+    pg = connection.vendor == "postgresql"
+    with connection.cursor() as cursor:
+        while True:
+            cursor.execute(
+                "SELECT l.seq, l.event_uuid, l.content_hash, l.chain_hash, e.body, e.txid, e.id "
+                "FROM audit_auditlink l LEFT JOIN audit_auditevent e ON e.id = l.event_pk "
+                "WHERE l.seq > %s ORDER BY l.seq LIMIT %s",
+                [after_seq, VERIFY_CHUNK],
             )
-            prev_hash = hashlib.sha256(body).hexdigest()
-            prev_number = row.number
-            continue
-        problems = []
-        if row.size != size or statement.get("number") != row.number:
-            problems.append("stored size or number differs from the signed statement")
-        if prev_number is not None and row.number != prev_number + 1:
-            problems.append(f"follows checkpoint {prev_number}")
-        if prev_hash is not None and statement.get("prev") != prev_hash:
-            problems.append("prev does not match the previous checkpoint's hash")
-        if prev_hash is None and row.number == 1 and statement.get("prev") != "0" * 64:
-            problems.append("the first checkpoint must have an all-zero prev")
-        if size < prev_size:
-            problems.append(f"size shrank from {prev_size} to {size}")
-        if problems:
-            report.findings.append(
-                Finding(
-                    BROKEN_CHECKPOINTS, size, "", f"checkpoint {row.number}: " + "; ".join(problems)
-                )
-            )
-        else:
-            good.append(
-                _Signed(
-                    row.number,
-                    size,
-                    bytes.fromhex(statement["head"]),
-                    bytes.fromhex(statement["root"]),
-                    row.frontier,
-                )
-            )
-            report.checkpoints_valid += 1
-        prev_hash = hashlib.sha256(body).hexdigest()
-        prev_number = row.number
-        prev_size = max(prev_size, size)
-    return good
+            rows = cursor.fetchall()
+            for seq, event_uuid, content, chained, body, txid, pk in rows:
+                if pk is None:
+                    key = None
+                elif pg:
+                    key = (txid, pk) if txid is not None else None
+                else:
+                    key = (0, pk)
+                yield seq, event_uuid, content, chained, body, key
+            if len(rows) < VERIFY_CHUNK:
+                return
+            after_seq = rows[-1][0]
 
 
-def batched(rows: Iterable[tuple], size: int = 5000) -> Iterator[list[tuple]]:
-    batch: list[tuple] = []
-    for row in rows:
-        batch.append(row)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def chain_walk(
-    batches: Iterable[list[tuple]],
-    signed: list[_Signed],
-    report: Report,
-    *,
-    unlinked: list[tuple] = (),
-    start: _Signed | None = None,
-) -> None:
-    """batches: lists of links in seq order, each (seq, event_uuid, content_hash, chain_hash,
-    body bytes or None, order key or None), hashes as bytes. A batch without problems is
-    checked with list comprehensions (the common case, about twice as fast); any other goes
-    link by link, which names each finding.
-    unlinked: (order key or None, event_uuid) of events no link points at (database only)."""
-    findings = report.findings
-    pending = sorted((k, u) for k, u in unlinked if k is not None)
-    pending_keys = [k for k, _ in pending]
-    consumed: set[int] = set()
-    for key, uuid in unlinked:
-        if key is None:
-            findings.append(
-                Finding(BACKDATED, None, _uuid(uuid), "event has no transaction id of its own")
-            )
-
-    by_size: dict[int, list[_Signed]] = {}
-    for cp in signed:
-        by_size.setdefault(cp.size, []).append(cp)
-    prev, expected, frontier = GENESIS, 1, MerkleFrontier()
-    last_ok_size, last_key, tainted, rechained = 0, None, False, False
-    if start is not None:
-        prev, expected, last_ok_size = start.head, start.size + 1, start.size
-        frontier = MerkleFrontier.from_json(start.frontier)
-        if frontier.size != start.size or frontier.root() != start.root:
-            findings.append(
-                Finding(BROKEN_CHECKPOINTS, start.size, "", "stored frontier differs from root")
-            )
-            return
-    first_uuid: dict[int, str] = {}
-    checked = 0
-
-    leaves: list[bytes] = []  # content hashes not yet folded into the frontier
-
-    def checkpoint_at(seq: int, head: bytes | None) -> None:
-        nonlocal last_ok_size, rechained
-        frontier.extend(leaves)
-        leaves.clear()
-        for cp in by_size[seq]:
-            if head is None or tainted:
-                continue
-            if head == cp.head and frontier.root() == cp.root:
-                last_ok_size = seq
-                continue
-            if not rechained:
-                rechained = True
-                lo = last_ok_size + 1
-                where = f"seq {lo}" if lo == seq else f"seqs {lo}..{seq}"
-                findings.append(
-                    Finding(
-                        RECHAINED,
-                        lo,
-                        first_uuid.get(lo, ""),
-                        f"checkpoint {cp.number} signed a different history for {where}",
-                    )
-                )
-
-    sha256, pack = hashlib.sha256, struct.Struct(">q").pack
-    sizes = sorted(by_size)
-
-    def batch_intact(batch: list[tuple]) -> bool:
-        nonlocal prev, expected, checked
-        n = len(batch)
-        seqs, uuids, stored_contents, stored_chains, bodies, _keys = zip(*batch, strict=True)
-        if list(seqs) != list(range(expected, expected + n)) or None in bodies:
-            return False
-        contents = [sha256(b).digest() for b in bodies]
-        if contents != list(stored_contents):
-            return False
-        prevs = (prev, *stored_chains[:-1])
-        chains = [
-            sha256(DOMAIN + p + pack(q) + c).digest()
-            for p, q, c in zip(prevs, seqs, contents, strict=True)
-        ]
-        if chains != list(stored_chains):
-            return False
-        first, pos = seqs[0], 0
-        if first <= last_ok_size + 1 < first + n:
-            first_uuid[last_ok_size + 1] = _uuid(uuids[last_ok_size + 1 - first])
-        for size in sizes[bisect.bisect_left(sizes, first) : bisect.bisect_right(sizes, seqs[-1])]:
-            leaves.extend(contents[pos : size - first + 1])
-            pos = size - first + 1
-            checkpoint_at(size, stored_chains[size - first])
-            if first <= last_ok_size + 1 < first + n:
-                first_uuid[last_ok_size + 1] = _uuid(uuids[last_ok_size + 1 - first])
-        leaves.extend(contents[pos:])
-        prev, expected, checked = stored_chains[-1], expected + n, checked + n
-        return True
-
-    for batch in batches:
-        if not batch or (not pending and batch_intact(batch)):
-            continue
-        for seq, uuid, stored_content, stored_chain, body, key in batch:
-            if seq < expected:
-                if start is not None and seq == start.size and bytes(stored_chain) != start.head:
-                    findings.append(
-                        Finding(RECHAINED, seq, _uuid(uuid), "differs from the starting checkpoint")
-                    )
-                continue
-            if seq == last_ok_size + 1:
-                first_uuid[seq] = _uuid(uuid)
-            if seq > expected:
-                tainted = True
-                gap = list(range(expected, seq))
-                lo = bisect.bisect_right(pending_keys, last_key) if last_key is not None else 0
-                hi = bisect.bisect_left(pending_keys, key) if key is not None else len(pending_keys)
-                candidates = [i for i in range(lo, hi) if i not in consumed][: len(gap)]
-                for n, missing in enumerate(gap):
-                    if n < len(candidates):
-                        i = candidates[n]
-                        consumed.add(i)
-                        findings.append(
-                            Finding(
-                                DELETED_LINK,
-                                missing,
-                                _uuid(pending[i][1]),
-                                "the event is still there but its link was removed",
-                            )
-                        )
-                    else:
-                        findings.append(
-                            Finding(
-                                DELETED_EVENT, missing, "", "both the event and its link are gone"
-                            )
-                        )
-            if body is None:
-                tainted = True
-                findings.append(
-                    Finding(
-                        DELETED_EVENT, seq, _uuid(uuid), "the link remains but the event is gone"
-                    )
-                )
-                leaves.append(bytes(stored_content))
-            else:
-                content = sha256(body).digest()
-                if content != stored_content:
-                    tainted = True
-                    findings.append(
-                        Finding(
-                            EDITED_BODY, seq, _uuid(uuid), "body does not match its content hash"
-                        )
-                    )
-                elif seq == expected and sha256(DOMAIN + prev + pack(seq) + content).digest() != (
-                    stored_chain
-                ):
-                    tainted = True
-                    findings.append(
-                        Finding(
-                            EDITED_BODY,
-                            seq,
-                            _uuid(uuid),
-                            "body and content hash were changed together; the chain hash disagrees",
-                        )
-                    )
-                leaves.append(content)
-            prev = stored_chain
-            expected = seq + 1
-            if key is not None:
-                last_key = key
-            checked += 1
-            if seq in by_size:
-                checkpoint_at(seq, prev)
-    report.checked += checked
-
-    report.size = expected - 1
-    top = max((cp.size for cp in signed), default=0)
-    if top > report.size:
-        lo = bisect.bisect_right(pending_keys, last_key) if last_key is not None else 0
-        left = [i for i in range(lo, len(pending)) if i not in consumed]
-        findings.append(
-            Finding(
-                TRUNCATED_TAIL,
-                report.size + 1,
-                _uuid(pending[left[0]][1]) if left else "",
-                f"checkpoints sign {top} links but the chain ends at {report.size}",
-            )
+def _links_walk(after_seq: int, *, keys: bool) -> Iterator[list[tuple]]:
+    """The verifier's read. On PostgreSQL: two server-side cursors in binary format (hashes
+    arrive as raw bytes), links by seq and events by id, merged here through a small reorder
+    buffer, because two ordered index scans are far cheaper than a million-row join. The order
+    key (txid, id) is filled in only when some event is unlinked (the walk needs it then)."""
+    if connection.vendor != "postgresql":
+        rows = (
+            (seq, event_uuid, content, chained, None if body is None else body.encode(), key)
+            for seq, event_uuid, content, chained, body, key in _links_stream(after_seq)
         )
-    if last_key is not None:
-        below = bisect.bisect_left(pending_keys, last_key)
-        for i in range(below):
-            if i not in consumed:
-                findings.append(
-                    Finding(
-                        BACKDATED,
-                        None,
-                        _uuid(pending[i][1]),
-                        "unlinked event sorts before the sealed head: inserted behind the sealer",
+        yield from batched(rows)
+        return
+    connection.ensure_connection()
+    yield from _prefetched(_links_merge(connection.connection, after_seq, keys=keys))
+
+
+def _prefetched(rows: Iterator[tuple], *, batch: int = 5000) -> Iterator[list[tuple]]:
+    """Run `rows` in a thread and hand them over in batches, so waiting for the database
+    overlaps with hashing here (the driver releases the GIL while it waits)."""
+    import queue
+    import threading
+
+    done = object()
+    pipe: queue.Queue = queue.Queue(maxsize=8)
+
+    def produce() -> None:
+        try:
+            chunk = []
+            for row in rows:
+                chunk.append(row)
+                if len(chunk) == batch:
+                    pipe.put(chunk)
+                    chunk = []
+            pipe.put(chunk)
+            pipe.put(done)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            pipe.put(exc)
+
+    thread = threading.Thread(target=produce, name="audit-verify-read", daemon=True)
+    thread.start()
+    while (item := pipe.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+    thread.join()
+
+
+def _links_merge(raw, after_seq: int, *, keys: bool, until: int | None = None) -> Iterator[tuple]:
+    tag = uuid.uuid4().hex
+    until = until if until is not None else 2**62
+    with (
+        raw.cursor(name=f"audit_links_{tag}", binary=True) as links,
+        raw.cursor(name=f"audit_events_{tag}", binary=True) as events,
+    ):
+        links.execute(
+            "SELECT seq, event_pk, content_hash, chain_hash FROM audit_auditlink "
+            "WHERE seq > %s AND seq <= %s ORDER BY seq",
+            [after_seq, until],
+        )
+        first = 0
+        if after_seq:
+            with raw.cursor() as cursor:
+                cursor.execute(
+                    "SELECT min(event_pk) FROM audit_auditlink WHERE seq > %s AND seq <= %s",
+                    [after_seq, until],
+                )
+                first = cursor.fetchone()[0] or 0
+        events.execute(
+            "SELECT id, body, txid FROM audit_auditevent WHERE id >= %s ORDER BY id",
+            [first],
+        )
+        waiting: dict[int, tuple] = {}  # events read ahead of their link
+        read_up_to, exhausted = first - 1, False
+        while batch := links.fetchmany(VERIFY_CHUNK):
+            for seq, pk, content, chained in batch:
+                event = waiting.pop(pk, None)
+                while event is None and not exhausted and read_up_to < pk:
+                    rows = events.fetchmany(VERIFY_CHUNK)
+                    if not rows:
+                        exhausted = True
+                        break
+                    for row in rows:
+                        waiting[row[0]] = row
+                    read_up_to = rows[-1][0]
+                    event = waiting.pop(pk, None)
+                if event is None:  # the link points at an event that is not there
+                    yield seq, None, content, chained, None, None
+                elif keys:
+                    key = (event[2], pk) if event[2] is not None else None
+                    yield seq, None, content, chained, event[1].encode(), key
+                else:
+                    yield seq, None, content, chained, event[1].encode(), None
+
+
+def _event_ids_fill(report: Report) -> None:
+    """Name the event behind findings the walk could only place by seq."""
+    import dataclasses
+
+    from audit.models import AuditLink
+
+    wanted = {f.seq for f in report.findings if f.seq is not None and not f.event_id}
+    if not wanted:
+        return
+    ids = dict(AuditLink.objects.filter(seq__in=wanted).values_list("seq", "event_uuid"))
+    report.findings = [
+        dataclasses.replace(f, event_id=str(ids[f.seq]))
+        if f.seq in ids
+        and not f.event_id
+        and f.kind not in ("truncated tail",)
+        and not f.kind.startswith(("bad checkpoint", "broken checkpoint"))
+        else f
+        for f in report.findings
+    ]
+
+
+def _unlinked() -> list[tuple]:
+    pg = connection.vendor == "postgresql"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT e.txid, e.id, e.event_id FROM audit_auditevent e WHERE NOT EXISTS "
+            "(SELECT 1 FROM audit_auditlink l WHERE l.event_pk = e.id)"
+        )
+        rows = cursor.fetchall()
+    if pg:
+        return [((t, pk) if t is not None else None, u) for t, pk, u in rows]
+    return [((0, pk), u) for _, pk, u in rows]
+
+
+def audit_verify(*, from_checkpoint: int | None = None, public_key=None, jobs: int = 1) -> Report:
+    """Check the chain and the checkpoints in the database. Read-only: callers record
+    audit.chain.verified themselves (audit_verify_record) when a person asked for it.
+    jobs > 1 walks long intact chains in that many processes (PostgreSQL; not from a web
+    request or a worker thread, since it forks)."""
+    public_key = public_key or verifying_key()
+    report = Report(key_id=key_id(public_key))
+    outer = connection.in_atomic_block
+    with transaction.atomic():
+        if connection.vendor == "postgresql" and not outer:
+            with connection.cursor() as cursor:
+                # One snapshot for the whole walk, so a sealer running meanwhile is not a finding.
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        rows = _checkpoint_rows(from_checkpoint)
+        signed = checkpoints_check(rows, public_key, report)
+        start = None
+        if from_checkpoint is not None:
+            start = next((c for c in signed if c.number == from_checkpoint), None)
+            if start is None:
+                report.findings.append(
+                    _no_checkpoint(
+                        from_checkpoint, exists=any(r.number == from_checkpoint for r in rows)
                     )
                 )
+                return report
+        unlinked = _unlinked()
+        ranges = _ranges_split(signed, jobs) if jobs > 1 and start is None and not unlinked else []
+        if ranges:
+            _walk_in_parallel(ranges, report)
+        else:
+            chain_walk(
+                _links_walk(start.size - 1 if start else 0, keys=bool(unlinked)),
+                signed,
+                report,
+                unlinked=unlinked,
+                start=start,
+            )
+        _event_ids_fill(report)
+    return report
+
+
+PARALLEL_MIN_LINKS = 50_000  # below this, starting processes costs more than it saves
+
+
+def _ranges_split(signed: list, jobs: int) -> list[tuple]:
+    """Split an intact-looking chain at signed checkpoints into `jobs` spans that can be walked
+    independently: each span after the first starts from its checkpoint's head and Merkle
+    frontier, which the span before it checks against the same signed statement. A chain with
+    holes is walked in one piece, so that every finding keeps its exact serial meaning."""
+    if connection.vendor != "postgresql" or not signed:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*), coalesce(max(seq), 0) FROM audit_auditlink")
+        count, size = cursor.fetchone()
+    if count != size or size < PARALLEL_MIN_LINKS or max(c.size for c in signed) > size:
+        return []
+    ranges, start = [], None
+    for i in range(1, jobs):
+        target = size * i // jobs
+        cut = max((c for c in signed if c.size <= target), key=lambda c: c.size, default=None)
+        if cut is None or (start is not None and cut.size <= start.size) or cut.size >= size:
+            continue
+        ranges.append((start, cut.size))
+        start = cut
+    ranges.append((start, size))
+    if len(ranges) < 2:
+        return []
+    return [
+        (
+            start,
+            until,
+            [c for c in signed if (start.size if start else 0) < c.size <= until],
+        )
+        for start, until in ranges
+    ]
+
+
+def _walk_in_parallel(ranges: list[tuple], report: Report) -> None:
+    import multiprocessing
+
+    from audit.walk import RECHAINED
+
+    settings_dict = connection.settings_dict
+    params = {
+        "dbname": settings_dict["NAME"],
+        "user": settings_dict.get("USER") or None,
+        "password": settings_dict.get("PASSWORD") or None,
+        "host": settings_dict.get("HOST") or None,
+        "port": settings_dict.get("PORT") or None,
+    }
+    jobs = [(params, start, until, signed) for start, until, signed in ranges]
+    # fork: the children only open their own connections (never touch the inherited one) and
+    # leave through os._exit, so the parent's connection is unharmed.
+    with multiprocessing.get_context("fork").Pool(len(jobs)) as pool:
+        results = pool.map(_walk_range, jobs)
+    rechained = False
+    for findings, checked, size in results:
+        for finding in findings:
+            if finding.kind == RECHAINED:
+                if rechained:
+                    continue
+                rechained = True
+            report.findings.append(finding)
+        report.checked += checked
+        report.size = size
+
+
+def _walk_range(job: tuple) -> tuple[list, int, int]:
+    import psycopg
+
+    params, start, until, signed = job
+    with psycopg.connect(**{k: v for k, v in params.items() if v is not None}) as raw:
+        raw.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        part = Report()
+        after = start.size - 1 if start else 0
+        rows = _prefetched(_links_merge(raw, after, keys=False, until=until))
+        chain_walk(rows, signed, part, start=start)
+        raw.rollback()
+    return part.findings, part.checked, part.size
+
+
+def _no_checkpoint(number: int, *, exists: bool):
+    from audit.walk import BROKEN_CHECKPOINTS, Finding
+
+    why = "does not verify" if exists else "does not exist"
+    return Finding(BROKEN_CHECKPOINTS, None, "", f"checkpoint {number} {why}; cannot start there")
+
+
+def audit_verify_record(*, report: Report, actor=None) -> None:
+    audit_record(
+        action="audit.chain.verified",
+        actor=actor,
+        actor_type=None if actor is not None else "system",
+        outcome="success" if report.ok else "failure",
+        payload={
+            "size": report.size,
+            "checked": report.checked,
+            "checkpoints": report.checkpoints,
+            "findings": len(report.findings),
+        },
+    )

@@ -10,7 +10,9 @@ from django.utils import timezone
 from django.views.decorators.http import require_http_methods
 
 from accounts.roles import user_can
+from audit.export import audit_export_record, bundle_lines, csv_lines
 from audit.models import AuditCheckpoint, AuditEvent
+from audit.record import audit_view_record
 from audit.selectors import (
     AuditFilterError,
     audit_event_get,
@@ -18,14 +20,7 @@ from audit.selectors import (
     audit_query_parse,
     event_seq,
 )
-from audit.services import (
-    audit_export_record,
-    audit_verify,
-    audit_verify_record,
-    audit_view_record,
-    bundle_lines,
-    csv_lines,
-)
+from audit.verify import audit_verify, audit_verify_record
 from core.errors import PermissionDenied
 
 

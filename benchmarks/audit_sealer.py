@@ -23,7 +23,7 @@ def write_rate(*, threads: int, seconds: float) -> float:
     """audit_record calls per second (one event per transaction) from `threads` writers."""
     from django.db import connection
 
-    from audit.services import audit_record
+    from audit.record import audit_record
 
     stop = threading.Event()
     counts = [0] * threads
@@ -128,7 +128,8 @@ def main() -> int:
         from django.db import connection
 
         from audit.models import AuditEvent
-        from audit.services import audit_seal, audit_verify
+        from audit.seal import audit_seal
+        from audit.verify import audit_verify
 
         call_command("migrate", "auth", verbosity=0)
         call_command("migrate", "accounts", verbosity=0)

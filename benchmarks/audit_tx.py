@@ -66,7 +66,7 @@ def sealer_process() -> None:
     import django
 
     django.setup()
-    from audit.services import audit_seal
+    from audit.seal import audit_seal
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     while True:
@@ -123,7 +123,8 @@ def main() -> int:
         from django.db import connection
 
         from audit.models import AuditEvent
-        from audit.services import audit_seal, audit_verify
+        from audit.seal import audit_seal
+        from audit.verify import audit_verify
 
         call_command("migrate", "auth", verbosity=0)
         call_command("migrate", "accounts", verbosity=0)

@@ -109,7 +109,7 @@ def read_only_baseline() -> float:
     """The same walk without any checking: what reading the rows alone costs."""
     from django.db import transaction
 
-    from audit.services import _links_walk
+    from audit.verify import _links_walk
 
     started = time.perf_counter()
     with transaction.atomic():
@@ -136,7 +136,8 @@ def main() -> int:
         from django.core.management import call_command
         from django.db import connection
 
-        from audit.services import audit_seal, audit_verify
+        from audit.seal import audit_seal
+        from audit.verify import audit_verify
 
         call_command("migrate", "accounts", verbosity=0)  # its post-migrate hook needs auth
         call_command("migrate", "audit", verbosity=0)

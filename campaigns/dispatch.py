@@ -12,7 +12,7 @@ from django.db import connection, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from audit.services import audit_record
+from audit.record import audit_record
 from campaigns.models import (
     RUN_ACTIVE_STATES,
     RUN_FINAL_STATES,

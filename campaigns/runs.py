@@ -9,7 +9,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from audit.services import audit_record
+from audit.record import audit_record
 from campaigns.dispatch import (
     _slot_handoff,
 )

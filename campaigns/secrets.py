@@ -11,7 +11,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.utils import timezone
 
-from audit.services import audit_record
+from audit.record import audit_record
 from campaigns.models import (
     Secret,
 )

@@ -11,7 +11,7 @@ from django.db import connection, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
-from audit.services import audit_record
+from audit.record import audit_record
 from campaigns.dispatch import runs_dispatch
 from campaigns.models import (
     Campaign,

@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import models, transaction
 from django.utils import timezone
 
-from audit.services import audit_record
+from audit.record import audit_record
 from sandboxes.backends import BACKENDS, LOCAL_BACKENDS
 from sandboxes.backends.base import (
     Capability,

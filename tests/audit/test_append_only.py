@@ -6,7 +6,8 @@ import pytest
 from django.db import DatabaseError, connection, transaction
 
 from audit.models import AuditEvent
-from audit.services import audit_record, audit_seal
+from audit.record import audit_record
+from audit.seal import audit_seal
 from tests import support
 
 STATEMENTS = {
@@ -77,7 +78,7 @@ def test_sqlite_refuses_update_and_delete(db, table, settings):
 @pytest.mark.shapes("embedded")
 def test_sqlite_links_each_event_as_it_is_recorded(db):
     from audit.models import AuditLink
-    from audit.services import audit_verify
+    from audit.verify import audit_verify
 
     with transaction.atomic():
         audit_record(action="people.logout", actor_type="system")

@@ -9,7 +9,7 @@ import pytest
 
 from accounts.services import token_create
 from audit.models import AuditEvent
-from audit.services import audit_record
+from audit.record import audit_record
 
 pytestmark = pytest.mark.shapes("embedded", "production")
 
@@ -130,7 +130,7 @@ def test_event_detail_shows_escaped_pretty_json(admin_client, events):
 
 
 def test_verify_page_reports_an_intact_trail_and_records_the_check(admin_client, events):
-    from audit.services import audit_seal
+    from audit.seal import audit_seal
 
     audit_seal()
     response = admin_client.post("/audit/verify/")
@@ -151,7 +151,7 @@ def test_csv_export_follows_the_filter_and_defuses_formulas(admin_client, events
 def test_downloaded_bundle_verifies_offline(admin_client, events, tmp_path, settings):
     from django.core.management import call_command
 
-    from audit.services import audit_seal
+    from audit.seal import audit_seal
 
     settings.AUDIT_CHECKPOINT_EVERY = 2
     audit_seal()  # what the periodic task does: events are linked already, this signs

@@ -7,7 +7,9 @@ import pytest
 from django.db import connection, connections, transaction
 
 from audit.models import AuditEvent, AuditLink
-from audit.services import audit_record, audit_seal, audit_verify
+from audit.record import audit_record
+from audit.seal import audit_seal
+from audit.verify import audit_verify
 from tests.audit.trail import trail_seal
 from tests.support import wait_for
 
@@ -147,7 +149,7 @@ def test_sealer_waits_for_a_rival_instead_of_forking_the_chain():
 
 
 def test_seal_task_skips_while_another_sealer_holds_the_lock():
-    from audit.services import SEAL_LOCK
+    from audit.seal import SEAL_LOCK
     from audit.tasks import audit_seal_task
 
     _record(1)

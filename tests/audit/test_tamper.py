@@ -13,7 +13,8 @@ from django.core.management import call_command
 from audit import chain
 from audit.keys import signing_key
 from audit.models import AuditCheckpoint, AuditEvent, AuditLink
-from audit.services import audit_record, audit_verify, canonical_json
+from audit.record import audit_record, canonical_json
+from audit.verify import audit_verify
 from tests.audit.tamper import tamper
 from tests.audit.trail import trail_seal
 
@@ -190,8 +191,8 @@ def test_command_exits_zero_when_intact_and_can_start_at_a_checkpoint(trail):
 
 
 def test_exported_bundle_verifies_offline_and_shows_edits(trail, tmp_path):
+    from audit.export import bundle_lines
     from audit.keys import public_key_pem, verifying_key
-    from audit.services import bundle_lines
 
     bundle = tmp_path / "trail.ndjson"
     bundle.write_text("".join(bundle_lines()))
@@ -216,9 +217,9 @@ def test_exported_bundle_verifies_offline_and_shows_edits(trail, tmp_path):
 
 @pytest.fixture
 def long_trail(settings, monkeypatch):
-    import audit.services
+    import audit.verify
 
-    monkeypatch.setattr(audit.services, "PARALLEL_MIN_LINKS", 0)
+    monkeypatch.setattr(audit.verify, "PARALLEL_MIN_LINKS", 0)
     settings.AUDIT_CHECKPOINT_EVERY = 4
     settings.AUDIT_CHECKPOINT_SECONDS = 3600
     for n in range(40):
@@ -228,12 +229,12 @@ def long_trail(settings, monkeypatch):
 
 
 def test_parallel_walk_agrees_with_the_serial_one(long_trail, monkeypatch):
-    import audit.services
+    import audit.verify
 
     spans = []
-    split = audit.services._ranges_split
+    split = audit.verify._ranges_split
     monkeypatch.setattr(
-        audit.services, "_ranges_split", lambda *a: spans.append(split(*a)) or spans[-1]
+        audit.verify, "_ranges_split", lambda *a: spans.append(split(*a)) or spans[-1]
     )
     whole = audit_verify(jobs=3)
     assert [until for _start, until, _signed in spans[0]] == [12, 24, 40]

@@ -3,7 +3,8 @@
 import json
 
 from audit.models import AuditEvent
-from audit.services import audit_seal, audit_verify
+from audit.seal import audit_seal
+from audit.verify import audit_verify
 from tests.support import wait_for
 
 REQUIRED = ("schema", "event_id", "occurred_at", "action", "outcome", "actor", "target", "context")

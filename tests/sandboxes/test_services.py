@@ -7,7 +7,7 @@ import pytest
 from django.test import override_settings
 
 from audit.models import AuditEvent
-from audit.services import AuditWriteError
+from audit.record import AuditWriteError
 from sandboxes import services
 from sandboxes.backends.base import SandboxError, SandboxSpec
 from sandboxes.models import Sandbox, SandboxSnapshot, SandboxState

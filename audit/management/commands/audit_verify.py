@@ -5,8 +5,9 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
+from audit.export import audit_verify_bundle
 from audit.keys import AuditKeyError, public_key_load
-from audit.services import audit_verify, audit_verify_bundle, audit_verify_record
+from audit.verify import audit_verify, audit_verify_record
 
 
 class Command(BaseCommand):
