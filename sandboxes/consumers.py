@@ -23,7 +23,8 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.template.loader import render_to_string
 
-from sandboxes.logs import log_group, log_last_seq, log_line_html, log_lines_after
+from sandboxes.loglines import log_line_html
+from sandboxes.logs import log_group, log_last_seq, log_lines_after
 from sandboxes.selectors import sandbox_get_for_user
 
 CATCH_UP_CHUNK = 2000

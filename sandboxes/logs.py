@@ -11,207 +11,36 @@ whenever the channel layer cannot be trusted (a gap, a late joiner, a slow reade
 from __future__ import annotations
 
 import asyncio
-import codecs
-import html
 import logging
 import os
 import queue
-import re
 import shlex
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from itertools import repeat
 
-from ansi2html import Ansi2HTMLConverter
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
+from sandboxes.loglines import PARTIAL_FLUSH_S, SecretMasker, _batch_html, _StreamSplitter
 from sandboxes.models import LogLine, Sandbox
 
 logger = logging.getLogger(__name__)
 
-LINE_MAX_CHARS = 4096  # longer lines are split into several
+
 COMMAND_CAP_BYTES = 8 * 1024 * 1024  # per command; past it a marker line says what was dropped
-PARTIAL_FLUSH_S = 0.5  # a line without its newline yet is shown after this long
-PROGRESS_FLUSH_S = 2.0  # ... or this long while it is a `\r` progress bar still changing
 BATCH_MAX_LINES = 2000
 BATCH_MAX_CHARS = 512 * 1024
 BATCH_MAX_DELAY_S = 0.015  # latency budget of a quiet command's line before it is written
-MASK = "[masked]"
-STREAMS = ("stdout", "stderr", "system")
 
 
 def log_group(sandbox_id: int) -> str:
     """The channel-layer group that receives a sandbox's log batches."""
     return f"sandbox.{sandbox_id}.logs"
-
-
-# --- Turning bytes into lines -----------------------------------------------------------------
-
-
-class SecretMasker:
-    """Replaces secret values (and each line of a multi-line one) with `[secret NAME]`.
-
-    Secrets given without names become MASK.
-    """
-
-    def __init__(self, secrets: Iterable[str] | Mapping[str, str]) -> None:
-        named = secrets.items() if isinstance(secrets, Mapping) else ((None, v) for v in secrets)
-        labels: dict[str, str] = {}
-        for name, value in named:
-            if not value:
-                continue
-            label = f"[secret {name}]" if name else MASK
-            pieces = [value]
-            if "\n" in value:
-                pieces += [p.strip("\r") for p in value.split("\n") if len(p.strip()) >= 4]
-            for piece in pieces:
-                if piece:
-                    labels.setdefault(piece, label)
-        ordered = sorted(labels, key=len, reverse=True)
-        self.longest = len(ordered[0]) if ordered else 0
-        self._labels = labels
-        self._regex = re.compile("|".join(map(re.escape, ordered))) if ordered else None
-
-    def __call__(self, text: str) -> str:
-        if self._regex is None:
-            return text
-        return self._regex.sub(lambda m: self._labels[m.group(0)], text)
-
-
-def _collapse(line: str) -> str:
-    """Keep only the last state of a line that redrew itself with carriage returns."""
-    if "\r" not in line:
-        return line
-    line = line.rstrip("\r")
-    return line[line.rfind("\r") + 1 :]
-
-
-def _split_long(line: str) -> list[str]:
-    if len(line) <= LINE_MAX_CHARS:
-        return [line]
-    return [line[i : i + LINE_MAX_CHARS] for i in range(0, len(line), LINE_MAX_CHARS)]
-
-
-class _StreamSplitter:
-    """One stream's bytes → complete lines; holds the unfinished last line."""
-
-    def __init__(self, mask: SecretMasker) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._mask = mask
-        self.pending = ""
-        self.pending_since = 0.0
-
-    def feed(self, data: bytes, now: float) -> list[str]:
-        text = self._decoder.decode(data)
-        if not text:
-            return []
-        if "\x00" in text:  # PostgreSQL text cannot hold NUL; show it as its symbol
-            text = text.replace("\x00", "\u2400")
-        if not self.pending:
-            self.pending_since = now
-        buffer = self.pending + text
-        end = buffer.rfind("\n")
-        lines: list[str] = []
-        if end >= 0:
-            # Masking the complete lines in one pass: no secret pattern contains a newline,
-            # so none can straddle the cut.
-            head = self._mask(buffer[:end])
-            lines = head.split("\n")
-            # The per-line work only when some line needs it (most output needs none).
-            if "\r" in head or (end > LINE_MAX_CHARS and max(map(len, lines)) > LINE_MAX_CHARS):
-                lines = [piece for line in lines for piece in _split_long(_collapse(line))]
-            buffer = buffer[end + 1 :]
-            self.pending_since = now
-        if "\r" in buffer[:-1]:
-            buffer = buffer[buffer.rfind("\r", 0, len(buffer) - 1) + 1 :]
-        # A line that never ends is cut into LINE_MAX_CHARS pieces, keeping enough of its tail
-        # unsent that a secret arriving in the next chunk is still seen whole.
-        keep = max(self._mask.longest, 1)
-        if len(buffer) >= LINE_MAX_CHARS + keep:
-            buffer = self._mask(buffer)
-            cut = ((len(buffer) - keep) // LINE_MAX_CHARS) * LINE_MAX_CHARS
-            lines.extend(_split_long(buffer[:cut]))
-            buffer = buffer[cut:]
-        self.pending = buffer
-        return lines
-
-    def due(self, now: float) -> bool:
-        if not self.pending:
-            return False
-        wait = PROGRESS_FLUSH_S if "\r" in self.pending else PARTIAL_FLUSH_S
-        return now - self.pending_since >= wait
-
-    def take_pending(self, *, final: bool = False) -> list[str]:
-        if final:
-            self.pending += self._decoder.decode(b"", final=True)
-        text, self.pending = self.pending, ""
-        if not text:
-            return []
-        return _split_long(_collapse(self._mask(text)))
-
-
-# --- Rendering ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Line:
-    seq: int
-    stream: str
-    text: str
-    command_id: int | None = None
-
-
-_ansi = threading.local()
-
-
-def _ansi_to_html(text: str) -> str:
-    converter = getattr(_ansi, "converter", None)
-    if converter is None:
-        converter = _ansi.converter = Ansi2HTMLConverter(inline=True, dark_bg=True)
-    return converter.convert(text, full=False, ensure_trailing_newline=False)
-
-
-def log_line_html(line: Line | LogLine) -> str:
-    """One line as an HTML element; ANSI colours become escaped markup, everything else escaped.
-
-    Written as a format string rather than a template tag loop: it runs for every line at tens
-    of thousands of lines a second. The panel's partials wrap these strings.
-    """
-    return _line_html(line.seq, line.stream, line.text, line.command_id)
-
-
-def _line_html(seq: int, stream: str, text: str, command_id: int | None) -> str:
-    body = _ansi_to_html(text) if "\x1b" in text else html.escape(text, quote=False)
-    if stream not in STREAMS:
-        stream = "stdout"
-    return (
-        f'<div class="log-line log-{stream}" data-seq="{seq}" '
-        f'data-cmd="{command_id or ""}">{body}</div>'
-    )
-
-
-def _batch_html(first: int, batch: Sequence[tuple[str, str, datetime]], command_id) -> list[str]:
-    """log_line_html for a batch: one escape call for the lot when no line has colours."""
-    texts = [text for _, text, _ in batch]
-    joined = "\n".join(texts)
-    if "\x1b" in joined or joined.count("\n") != len(texts) - 1:
-        return [
-            _line_html(first + i, stream, text, command_id)
-            for i, (stream, text, _) in enumerate(batch)
-        ]
-    cmd = command_id or ""
-    return [
-        f'<div class="log-line log-{stream}" data-seq="{first + i}" data-cmd="{cmd}">{body}</div>'
-        for i, ((stream, _, _), body) in enumerate(
-            zip(batch, html.escape(joined, quote=False).split("\n"), strict=True)
-        )
-    ]
 
 
 # --- Capture ---------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 from django import template
 from django.utils.safestring import mark_safe
 
-from sandboxes.logs import log_line_html, log_lines_tail
+from sandboxes.loglines import log_line_html
+from sandboxes.logs import log_lines_tail
 
 register = template.Library()
 

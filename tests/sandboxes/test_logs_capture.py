@@ -8,7 +8,8 @@ import threading
 
 import pytest
 
-from sandboxes.logs import LINE_MAX_CHARS, MASK, LogCapture, log_line_html
+from sandboxes.loglines import LINE_MAX_CHARS, MASK, log_line_html
+from sandboxes.logs import LogCapture
 from sandboxes.models import LogLine, Sandbox
 from tests.support import wait_for
 
