@@ -1,10 +1,14 @@
-"""API routes for campaigns, their runs and variants, repositories and secrets."""
+"""API routes for campaigns (with their runs and variants), repositories and secrets.
+
+Thin: fetch through the permission helpers in `campaigns.selectors` (404 / 403), call a
+service, answer a schema from `campaigns.schemas`. Refusals are core errors, mapped once by
+config/errors.py; no route catches them.
+"""
 
 from ninja import Query, Router, Status
 
-from accounts.auth import require_capability
-from campaigns import secrets, selectors, services
-from campaigns.models import Campaign, RepoRun, Repository, Secret, Variant
+from campaigns import selectors, services
+from campaigns.models import Campaign, Variant
 from campaigns.schemas import (
     CampaignDetailOut,
     CampaignIn,
@@ -14,92 +18,35 @@ from campaigns.schemas import (
     RetryIn,
     RetryOut,
     RunDetailOut,
+    RunOut,
     RunsPageOut,
     SecretIn,
     SecretOut,
 )
+from campaigns.secrets import secret_set
 from core.errors import Invalid
+from core.schemas import errors_for
 
-router = Router(tags=["campaigns"])
-
-
-def campaign_out(campaign: Campaign, runs: dict[str, int]) -> dict:
-    return {
-        "id": campaign.pk,
-        "name": campaign.name,
-        "description": campaign.description,
-        "state": campaign.state,
-        "backend": campaign.backend,
-        "max_parallel": campaign.max_parallel,
-        "four_eyes": campaign.four_eyes,
-        "owner": campaign.owner.username,
-        "created_at": campaign.created_at,
-        "launched_at": campaign.launched_at,
-        "finished_at": campaign.finished_at,
-        "variants": campaign.variant_names,
-        "runs": runs,
-    }
+campaigns_router = Router(tags=["campaigns"])
+repositories_router = Router(tags=["repositories"])
+secrets_router = Router(tags=["secrets"])
 
 
-def _detail(campaign: Campaign) -> dict:
-    counts = selectors.campaign_counts(campaign=campaign)
-    return {
-        **campaign_out(campaign, counts["runs"]),
-        "spec": campaign.spec,
-        "counts": counts,
-        "clusters": selectors.error_clusters(campaign=campaign),
-    }
+def _detail(campaign: Campaign) -> CampaignDetailOut:
+    return CampaignDetailOut.build(
+        campaign,
+        counts=selectors.campaign_counts(campaign=campaign),
+        clusters=selectors.error_clusters(campaign=campaign),
+    )
 
 
-def _variant_out(variant: Variant, *, diff: bool = False) -> dict:
-    out = {
-        "id": variant.pk,
-        "name": variant.name,
-        "state": variant.state,
-        "validation": variant.validation,
-        "attempt": variant.attempt,
-        "sandbox_id": variant.sandbox_id,
-        "files_changed": variant.files_changed,
-        "insertions": variant.insertions,
-        "deletions": variant.deletions,
-        "diffstat": variant.diffstat,
-        "diff_sha256": variant.diff_sha256,
-        "duration_ms": variant.duration_ms,
-        "error": variant.error,
-        "output_tail": variant.output_tail,
-    }
-    if diff:
-        out.update(diff=variant.diff, patch_truncated=variant.patch_truncated)
-    return out
+# --- campaigns ------------------------------------------------------------------------------
 
 
-def _run_out(run: RepoRun, variants: list[Variant]) -> dict:
-    return {
-        "id": run.pk,
-        "repository": run.repository.name,
-        "repository_id": run.repository_id,
-        "url": run.repository.url,
-        "ref": run.ref,
-        "state": run.state,
-        "attempt": run.attempt,
-        "base_commit": run.base_commit,
-        "error_signature": run.error_signature,
-        "error_summary": run.error_summary,
-        "started_at": run.started_at,
-        "finished_at": run.finished_at,
-        "variants": [_variant_out(v) for v in variants],
-    }
-
-
-def _campaign_for(request, campaign_id: str, *, write: bool = False) -> Campaign:
-    if write:
-        require_capability(request, "campaign_manage")
-    return selectors.campaign_get_for_user(user=request.auth, pk=campaign_id, write=write)
-
-
-@router.post("/campaigns", response={201: CampaignDetailOut})
+@campaigns_router.post("", response={201: CampaignDetailOut, **errors_for(403, 422)})
 def campaign_create(request, data: CampaignIn):
-    require_capability(request, "campaign_manage")
+    """Create a draft from `yaml` (the spec as text) or `spec` (the spec as JSON)."""
+    selectors.campaign_manage_check(user=request.auth)
     if (data.yaml is None) == (data.spec is None):
         raise Invalid(
             "Send either `yaml` (the spec as text) or `spec` (the spec as JSON).", field="yaml"
@@ -108,7 +55,7 @@ def campaign_create(request, data: CampaignIn):
     return Status(201, _detail(campaign))
 
 
-@router.get("/campaigns", response=list[CampaignOut])
+@campaigns_router.get("", response={200: list[CampaignOut], **errors_for(422)})
 def campaign_list(
     request,
     state: str | None = None,
@@ -118,44 +65,47 @@ def campaign_list(
     campaigns = selectors.campaign_list(user=request.auth)
     if state:
         campaigns = campaigns.filter(state=state)
-    page = list(campaigns[offset : offset + min(limit, 500)])
+    page = list(campaigns[offset : offset + limit])
     counts = selectors.campaigns_counts(campaign_ids=[c.pk for c in page])
-    return [campaign_out(c, counts[c.pk]) for c in page]
+    return [CampaignOut.build(c, runs=counts[c.pk]) for c in page]
 
 
-@router.get("/campaigns/{campaign_id}", response=CampaignDetailOut)
+@campaigns_router.get("/{campaign_id}", response={200: CampaignDetailOut, **errors_for(404)})
 def campaign_detail(request, campaign_id: str):
-    return _detail(_campaign_for(request, campaign_id))
+    """A campaign by id or name, with counts by state and failure clusters."""
+    return _detail(selectors.campaign_get_for_user(user=request.auth, pk=campaign_id))
 
 
-@router.post("/campaigns/{campaign_id}/launch", response=CampaignDetailOut)
+@campaigns_router.post(
+    "/{campaign_id}/launch", response={200: CampaignDetailOut, **errors_for(403, 404, 409)}
+)
 def campaign_launch(request, campaign_id: str):
-    campaign = _campaign_for(request, campaign_id, write=True)
-    campaign = services.campaign_launch(campaign=campaign, actor=request.auth)
-    return _detail(campaign)
+    campaign = selectors.campaign_get_for_user(user=request.auth, pk=campaign_id, action="manage")
+    return _detail(services.campaign_launch(campaign=campaign, actor=request.auth))
 
 
-@router.post("/campaigns/{campaign_id}/cancel", response=CampaignDetailOut)
+@campaigns_router.post(
+    "/{campaign_id}/cancel", response={200: CampaignDetailOut, **errors_for(403, 404, 409)}
+)
 def campaign_cancel(request, campaign_id: str):
-    campaign = _campaign_for(request, campaign_id, write=True)
-    campaign = services.campaign_cancel(campaign=campaign, actor=request.auth)
-    return _detail(campaign)
+    campaign = selectors.campaign_get_for_user(user=request.auth, pk=campaign_id, action="manage")
+    return _detail(services.campaign_cancel(campaign=campaign, actor=request.auth))
 
 
-@router.post("/campaigns/{campaign_id}/retry", response=RetryOut)
+@campaigns_router.post(
+    "/{campaign_id}/retry",
+    response={200: RetryOut, **errors_for(403, 404, 409, 422)},
+    openapi_extra=RetryIn.openapi_body(),
+)
 def campaign_retry(request, campaign_id: str, signature: str | None = None):
     """Retry every failed run, or one cluster: `?signature=` or a JSON body `{"signature": …}`."""
-    campaign = _campaign_for(request, campaign_id, write=True)
-    if request.body and request.content_type == "application/json":
-        try:
-            signature = RetryIn.model_validate_json(request.body).signature or signature
-        except ValueError:
-            raise Invalid('expected {"signature": "<error signature>"}', field="body") from None
+    campaign = selectors.campaign_get_for_user(user=request.auth, pk=campaign_id, action="manage")
+    signature = RetryIn.from_request(request).signature or signature
     ids = services.campaign_retry(campaign=campaign, actor=request.auth, signature=signature)
-    return {"retried": len(ids), "run_ids": ids}
+    return RetryOut(retried=len(ids), run_ids=ids)
 
 
-@router.get("/campaigns/{campaign_id}/runs", response=RunsPageOut)
+@campaigns_router.get("/{campaign_id}/runs", response={200: RunsPageOut, **errors_for(404, 422)})
 def campaign_runs(
     request,
     campaign_id: str,
@@ -165,7 +115,8 @@ def campaign_runs(
     limit: int = Query(100, ge=1, le=1000),
     offset: int = Query(0, ge=0),
 ):
-    campaign = _campaign_for(request, campaign_id)
+    """The campaign's runs, filtered by state, error signature or repository (id or name)."""
+    campaign = selectors.campaign_get_for_user(user=request.auth, pk=campaign_id)
     runs = selectors.runs_filter(
         campaign=campaign, state=state, signature=signature, repository=repository
     )
@@ -173,56 +124,61 @@ def campaign_runs(
     variants: dict[int, list[Variant]] = {r.pk: [] for r in page}
     for v in Variant.objects.filter(run__in=page).defer("patch").order_by("position"):
         variants[v.run_id].append(v)
-    return {"count": runs.count(), "items": [_run_out(r, variants[r.pk]) for r in page]}
+    return RunsPageOut(count=runs.count(), items=[RunOut.build(r, variants[r.pk]) for r in page])
 
 
-@router.get("/campaigns/{campaign_id}/runs/{run_id}", response=RunDetailOut)
+@campaigns_router.get(
+    "/{campaign_id}/runs/{run_id}", response={200: RunDetailOut, **errors_for(404)}
+)
 def campaign_run(request, campaign_id: str, run_id: int):
-    campaign = _campaign_for(request, campaign_id)
+    """One run with its error and each variant's diff."""
+    campaign = selectors.campaign_get_for_user(user=request.auth, pk=campaign_id)
     run = selectors.run_get_for_user(user=request.auth, pk=run_id, campaign=campaign)
-    variants = selectors.run_variants(run=run)
-    return {
-        **_run_out(run, variants),
-        "error": run.error,
-        "variants_detail": [_variant_out(v, diff=True) for v in variants],
-    }
+    return RunDetailOut.build(run, selectors.run_variants(run=run))
 
 
-@router.get("/repositories", response=list[RepositoryOut])
+# --- repositories ---------------------------------------------------------------------------
+
+
+@repositories_router.get("", response={200: list[RepositoryOut], **errors_for(422)})
 def repository_list(
     request,
     tag: str | None = None,
     limit: int = Query(500, ge=1, le=5000),
     offset: int = Query(0, ge=0),
 ):
-    if not selectors.user_may_see(request.auth):
-        return []
-    repos = Repository.objects.all()
-    if tag:
-        repos = repos.filter(pk__in=services._repos_by_tag(tag))
-    return list(repos[offset : offset + min(limit, 5000)])
+    repos = selectors.repositories_for_user(user=request.auth, tag=tag)
+    return list(repos[offset : offset + limit])
 
 
-@router.post("/repositories", response={201: RepositoryOut})
+@repositories_router.post("", response={201: RepositoryOut, **errors_for(403, 422)})
 def repository_register(request, data: RepositoryIn):
-    require_capability(request, "campaign_manage")
+    """Register a repository by URL (idempotent: a known URL answers its row)."""
+    selectors.campaign_manage_check(user=request.auth)
     (repo,) = services.repositories_register(
         entries=[{"url": data.url, "ref": data.ref}], tags=data.tags
     )
     return Status(201, repo)
 
 
-@router.get("/secrets", response=list[SecretOut])
+# --- secrets --------------------------------------------------------------------------------
+
+
+@secrets_router.get("", response={200: list[SecretOut], **errors_for(403)})
 def secret_list(request):
-    require_capability(request, "secret_manage")
-    return list(Secret.objects.all())
+    """Secret names and dates; values are never answered."""
+    return list(selectors.secrets_for_user(user=request.auth))
 
 
-@router.post("/secrets", response={201: SecretOut})
-def secret_set(request, data: SecretIn):
-    require_capability(request, "secret_manage")
-    secret = secrets.secret_set(name=data.name, value=data.value, actor=request.auth)
-    return Status(201, secret)
+@secrets_router.post("", response={201: SecretOut, **errors_for(403, 422)})
+def secret_store(request, data: SecretIn):
+    """Store or rotate a secret (write-only)."""
+    selectors.secret_manage_check(user=request.auth)
+    return Status(201, secret_set(name=data.name, value=data.value, actor=request.auth))
 
 
-ROUTERS = [("/", router)]
+ROUTERS = [
+    ("/campaigns", campaigns_router),
+    ("/repositories", repositories_router),
+    ("/secrets", secrets_router),
+]

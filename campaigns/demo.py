@@ -15,6 +15,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from django.conf import settings
+from django.contrib.auth.models import User
+
+from campaigns.models import Campaign, CampaignState
+from campaigns.services import campaign_create, campaign_launch, repositories_register
 
 DEMO_CAMPAIGN = "assert-equal-cleanup"
 DEMO_TAG = "demo"
@@ -127,11 +131,6 @@ def demo_repos_create(
 
 def demo_campaign_seed() -> list[str]:
     """Create the demo repositories and campaign; returns lines to print. Idempotent."""
-    from django.contrib.auth.models import User
-
-    from campaigns.models import Campaign, CampaignState
-    from campaigns.services import campaign_create, campaign_launch, repositories_register
-
     root = Path(settings.DATA_DIR) / "repos" / "demo"
     paths = demo_repos_create(root, DEMO_REPO_COUNT, legacy={DEMO_REPO_COUNT - 1})
     repos = repositories_register(

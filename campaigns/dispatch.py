@@ -7,6 +7,7 @@ import os
 import socket
 from datetime import timedelta
 
+from celery import current_app
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Count, Q
@@ -32,11 +33,15 @@ def _dispatch_lock() -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [0x636F6E766F79])  # "convoy"
 
 
-def _enqueue(run_ids: list[int], *, countdown: float | None = None) -> None:
-    from campaigns.tasks import run_execute_task
+# The task that carries a run (campaigns.tasks, a web edge above this module) is sent by name:
+# the domain never imports its own task wrappers.
+RUN_EXECUTE_TASK = "campaigns.run_execute"
 
+
+def runs_enqueue(run_ids: list[int], *, countdown: float | None = None) -> None:
+    """Send one run_execute task per run (after `countdown` seconds)."""
     for run_id in run_ids:
-        run_execute_task.apply_async((run_id,), countdown=countdown)
+        current_app.signature(RUN_EXECUTE_TASK, args=(run_id,)).apply_async(countdown=countdown)
 
 
 def runs_dispatch() -> int:
@@ -78,7 +83,7 @@ def runs_dispatch() -> int:
                 queued_at=now,
             )
             if ids:
-                transaction.on_commit(lambda ids=ids: _enqueue(ids))
+                transaction.on_commit(lambda ids=ids: runs_enqueue(ids))
                 queued_total += len(ids)
                 free_global -= len(ids)
             if free_global <= 0:
@@ -86,7 +91,7 @@ def runs_dispatch() -> int:
     return queued_total
 
 
-def _slot_handoff(*, campaign_id: int, worker: str) -> int | None:
+def slot_handoff(*, campaign_id: int, worker: str) -> int | None:
     """Give the slot a finishing run frees to its campaign's next pending run, claimed for this
     worker (pending → queued → running); None if the campaign has none pending.
 
@@ -166,7 +171,7 @@ def campaigns_tick() -> dict:
     if settings.EMBEDDED and not _ticked_in_this_process:
         # One process holds the in-memory broker and the only worker: after a restart every
         # queued message is gone and every run another process held is orphaned.
-        dead |= ~Q(worker=_worker_name())
+        dead |= ~Q(worker=worker_name())
         resend_before = now
     _ticked_in_this_process = True
     stale = runs_transition(
@@ -193,7 +198,7 @@ def campaigns_tick() -> dict:
         RepoRun.objects.filter(pk__in=lost, state=RunState.QUEUED).update(queued_at=now)
     if stale or lost:
         logger.warning("requeueing %d stale and %d lost runs", len(stale), len(lost))
-        _enqueue(stale + lost)
+        runs_enqueue(stale + lost)
     dispatched = runs_dispatch()
     finished = [
         cid
@@ -206,5 +211,5 @@ def campaigns_tick() -> dict:
 # --- the pipeline ---------------------------------------------------------------------------
 
 
-def _worker_name() -> str:
+def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"

@@ -19,11 +19,11 @@ from django.db.models import F
 from django.utils import timezone
 
 from campaigns.dispatch import (
-    _enqueue,
-    _slot_handoff,
-    _worker_name,
     campaign_finish_if_done,
     runs_dispatch,
+    runs_enqueue,
+    slot_handoff,
+    worker_name,
 )
 from campaigns.models import (
     RepoRun,
@@ -32,15 +32,27 @@ from campaigns.models import (
     Variant,
     VariantState,
 )
-from campaigns.runs import _run_claim, _run_cleanup, _run_fail, _run_load
+from campaigns.runs import run_claim, run_cleanup, run_fail, run_load
 from campaigns.secrets import secret_values
-from campaigns.services import _sandboxes_terminate
+from campaigns.services import sandboxes_terminate_live
 from campaigns.signals import variant_diff_stored
 from campaigns.states import (
     RunFailed,
     RunStopped,
     run_transition,
     variant_transition,
+)
+from sandboxes.backends.base import Capability, NetworkPolicy, SandboxError, SandboxSpec
+from sandboxes.models import SandboxSnapshot
+from sandboxes.repos import RepoUrlError, sandbox_repo_checkout
+from sandboxes.services import (
+    backend_get,
+    sandbox_create,
+    sandbox_exec,
+    sandbox_fork,
+    sandbox_snapshot,
+    sandbox_terminate,
+    sandboxes_orphans_terminate,
 )
 
 logger = logging.getLogger(__name__)
@@ -86,8 +98,6 @@ class _Context:
     """Everything one run's steps need, loaded once."""
 
     def __init__(self, run: RepoRun, heartbeat: _Heartbeat) -> None:
-        from sandboxes.backends.base import NetworkPolicy, SandboxSpec
-        from sandboxes.services import backend_get
 
         self.run = run
         self.campaign = run.campaign
@@ -158,7 +168,6 @@ def _exec(
     as a (stdout, stderr) pair so that parsed stdout never mixes with stderr. `last`: the
     sandbox is terminated after this command (engines may run it as the sandbox itself).
     """
-    from sandboxes.services import sandbox_exec
 
     keep_all = cap is not None
     chunks: deque[bytes] = deque()
@@ -201,8 +210,6 @@ def _step_failure(label: str, step: dict, command, output: str) -> str:
 
 def _prepare(ctx: _Context, owner_kind: str, owner_id: int, *, variant_id: int | None = None):
     """A fresh sandbox (with the spec's files) with the repository checked out and setup done."""
-    from sandboxes.repos import RepoUrlError, sandbox_repo_checkout
-    from sandboxes.services import sandbox_create
 
     run = ctx.run
     sandbox = sandbox_create(
@@ -243,7 +250,6 @@ def _prepare(ctx: _Context, owner_kind: str, owner_id: int, *, variant_id: int |
 
 
 def _terminate(sandbox, reason: str) -> None:
-    from sandboxes.services import sandbox_terminate
 
     try:
         sandbox_terminate(sandbox=sandbox, reason=reason)
@@ -327,8 +333,6 @@ def _transform_and_diff(
 
 def _variant_run(ctx: _Context, variant: Variant, snapshot, sandbox=None) -> None:
     """Fork (or prepare), transform, capture the diff, validate. Runs at most once per claim."""
-    from sandboxes.backends.base import SandboxError
-    from sandboxes.services import sandbox_fork
 
     started = timezone.now()
     if not variant_transition(
@@ -448,17 +452,13 @@ def _variants_ensure(run: RepoRun) -> list[Variant]:
 
 
 def _run_pipeline(ctx: _Context) -> None:
-    from sandboxes.backends.base import Capability
-    from sandboxes.models import SandboxSnapshot
-    from sandboxes.services import sandbox_snapshot
 
     run = ctx.run
     if run.resumed:
         # Anything a dead worker left running for this run is ours to clean up now: recorded
         # sandboxes, and engine sandboxes it made but never recorded as running.
-        from sandboxes.services import sandboxes_orphans_terminate
 
-        _sandboxes_terminate(reason="worker lost; run resumed", run_id=run.pk)
+        sandboxes_terminate_live(reason="worker lost; run resumed", run_id=run.pk)
         sandboxes_orphans_terminate(
             backend=ctx.backend.name,
             labels={"convoy_run": str(run.pk)},
@@ -517,22 +517,21 @@ def run_execute(*, run_id: int) -> str:
     """Carry one queued run through its remaining steps; return how it ended. Safe to call
     twice: the second call finds the run claimed (or final) and returns.
 
-    A run that ends with its campaign's next run pending hands its slot on (`_slot_handoff`),
+    A run that ends with its campaign's next run pending hands its slot on (`slot_handoff`),
     and this call carries that run too, and so on, as long as its campaign has pending runs.
     """
-    worker = _worker_name()
-    run = _run_claim(run_id, worker)
+    worker = worker_name()
+    run = run_claim(run_id, worker)
     if run is None:
         return "not queued"
     outcome, next_id = _run_carry(run, worker)
     while next_id is not None:
-        _, next_id = _run_carry(_run_load(next_id, resumed=False), worker)
+        _, next_id = _run_carry(run_load(next_id, resumed=False), worker)
     return outcome
 
 
 def _run_carry(run: RepoRun, worker: str) -> tuple[str, int | None]:
     """One claimed run, start to end: (how it ended, the run it handed its slot to)."""
-    from sandboxes.backends.base import SandboxError
 
     heartbeat = _Heartbeat(run.pk, worker)
     heartbeat.start()
@@ -550,12 +549,12 @@ def _run_carry(run: RepoRun, worker: str) -> tuple[str, int | None]:
                 finished_at=timezone.now(),
                 step="done",
             ):
-                next_id = _slot_handoff(campaign_id=run.campaign_id, worker=worker)
+                next_id = slot_handoff(campaign_id=run.campaign_id, worker=worker)
     except RunStopped as exc:
         outcome = f"stopped: {exc}"
     except RunFailed as exc:
         outcome = "failed"
-        next_id = _run_fail(run, str(exc), launcher, worker)
+        next_id = run_fail(run, str(exc), launcher, worker)
     except SandboxError as exc:
         if exc.transient and run.transient_retries < MAX_TRANSIENT_RETRIES:
             outcome = "requeued"
@@ -571,18 +570,18 @@ def _run_carry(run: RepoRun, worker: str) -> tuple[str, int | None]:
                 logger.warning(
                     "run %s: transient sandbox error, retry in %ss: %s", run.pk, delay, exc
                 )
-                _enqueue([run.pk], countdown=delay)
+                runs_enqueue([run.pk], countdown=delay)
         else:
             outcome = "failed"
-            next_id = _run_fail(run, f"sandbox error: {exc}", launcher, worker)
+            next_id = run_fail(run, f"sandbox error: {exc}", launcher, worker)
     except Exception as exc:
         logger.exception("run %s failed unexpectedly", run.pk)
         outcome = "failed"
         message = f"internal error: {type(exc).__name__}: {exc}"
-        next_id = _run_fail(run, message, launcher, worker)
+        next_id = run_fail(run, message, launcher, worker)
     finally:
         heartbeat.stop()
-        _run_cleanup(run)
+        run_cleanup(run)
     if outcome != "requeued" and next_id is None:
         campaign_finish_if_done(campaign_id=run.campaign_id)
         runs_dispatch()

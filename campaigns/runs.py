@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from audit.record import audit_record
 from campaigns.dispatch import (
-    _slot_handoff,
+    slot_handoff,
 )
 from campaigns.models import (
     RUN_FINAL_STATES,
@@ -21,17 +21,19 @@ from campaigns.models import (
     Variant,
     VariantState,
 )
-from campaigns.services import _sandboxes_terminate
+from campaigns.services import sandboxes_terminate_live
 from campaigns.states import (
     error_signature,
     run_transition,
     runs_transition,
 )
+from sandboxes.models import SandboxSnapshot
+from sandboxes.services import snapshot_delete
 
 logger = logging.getLogger(__name__)
 
 
-def _run_claim(run_id: int, worker: str) -> RepoRun | None:
+def run_claim(run_id: int, worker: str) -> RepoRun | None:
     """Move the run from queued to running for this worker; None if another got it first.
 
     The run comes back with `resumed` set when an earlier claim of this attempt may have left
@@ -48,10 +50,10 @@ def _run_claim(run_id: int, worker: str) -> RepoRun | None:
         resumed = True
         if not runs_transition(runs=RepoRun.objects.filter(pk=run_id), **claim):
             return None
-    return _run_load(run_id, resumed=resumed)
+    return run_load(run_id, resumed=resumed)
 
 
-def _run_load(run_id: int, *, resumed: bool) -> RepoRun:
+def run_load(run_id: int, *, resumed: bool) -> RepoRun:
     run = (
         RepoRun.objects.select_related("repository")
         .annotate(campaign_launched_at=F("campaign__launched_at"))
@@ -85,9 +87,9 @@ def _campaign_launched(campaign_id: int, launched_at) -> Campaign:
     return campaign
 
 
-def _run_fail(run: RepoRun, message: str, launcher, worker: str) -> int | None:
+def run_fail(run: RepoRun, message: str, launcher, worker: str) -> int | None:
     """Fail the run; the id of the campaign's next run if its slot went to it (see
-    _slot_handoff)."""
+    slot_handoff)."""
     signature, summary = error_signature(message)
     with transaction.atomic():
         if run_transition(
@@ -111,15 +113,13 @@ def _run_fail(run: RepoRun, message: str, launcher, worker: str) -> int | None:
                 context={"campaign_id": run.campaign_id, "run_id": run.pk},
                 payload={"signature": signature, "summary": summary},
             )
-            return _slot_handoff(campaign_id=run.campaign_id, worker=worker)
+            return slot_handoff(campaign_id=run.campaign_id, worker=worker)
     return None
 
 
-def _run_cleanup(run: RepoRun) -> None:
-    from sandboxes.models import SandboxSnapshot
-    from sandboxes.services import snapshot_delete
-
-    _sandboxes_terminate(reason="run finished", run_id=run.pk)
+def run_cleanup(run: RepoRun) -> None:
+    """End the run's sandboxes; delete its snapshot once the run is final."""
+    sandboxes_terminate_live(reason="run finished", run_id=run.pk)
     if not (run.snapshot_id or run.resumed or run.snapshotting):
         return  # this claim made no snapshot, and no earlier one of this attempt ran
     state = RepoRun.objects.filter(pk=run.pk).values_list("state", flat=True).first()

@@ -1,9 +1,19 @@
-"""API shapes for campaigns, runs, variants, repositories and secrets."""
+"""API shapes for campaigns, runs, variants, repositories and secrets.
+
+Every 2xx answer of campaigns/api.py is one of the `*Out` schemas here; those that combine a row
+with computed values (counts, clusters, a run's variants) are built by their `build` methods.
+"""
+
+from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
+from django.http import HttpRequest
 from ninja import Schema
+
+from campaigns.models import Campaign, RepoRun, Variant
+from core.errors import Invalid
 
 
 class CampaignIn(Schema):
@@ -11,11 +21,6 @@ class CampaignIn(Schema):
 
     yaml: str | None = None
     spec: dict[str, Any] | None = None
-
-
-class SpecErrorOut(Schema):
-    detail: str
-    errors: list[dict]
 
 
 class CampaignOut(Schema):
@@ -33,15 +38,66 @@ class CampaignOut(Schema):
     variants: list[str]
     runs: dict[str, int]
 
+    @classmethod
+    def fields_of(cls, campaign: Campaign, *, runs: dict[str, int]) -> dict[str, Any]:
+        return {
+            "id": campaign.pk,
+            "name": campaign.name,
+            "description": campaign.description,
+            "state": campaign.state,
+            "backend": campaign.backend,
+            "max_parallel": campaign.max_parallel,
+            "four_eyes": campaign.four_eyes,
+            "owner": campaign.owner.username,
+            "created_at": campaign.created_at,
+            "launched_at": campaign.launched_at,
+            "finished_at": campaign.finished_at,
+            "variants": campaign.variant_names,
+            "runs": runs,
+        }
+
+    @classmethod
+    def build(cls, campaign: Campaign, *, runs: dict[str, int]) -> CampaignOut:
+        """The campaign with its runs by state (from `selectors.campaigns_counts`)."""
+        return cls(**cls.fields_of(campaign, runs=runs))
+
 
 class CampaignDetailOut(CampaignOut):
     spec: dict[str, Any]
     counts: dict[str, Any]
     clusters: list[dict]
 
+    @classmethod
+    def build(cls, campaign: Campaign, *, counts: dict, clusters: list[dict]) -> CampaignDetailOut:
+        """The campaign with `selectors.campaign_counts` and `selectors.error_clusters`."""
+        return cls(
+            **cls.fields_of(campaign, runs=counts["runs"]),
+            spec=campaign.spec,
+            counts=counts,
+            clusters=clusters,
+        )
+
 
 class RetryIn(Schema):
     signature: str | None = None
+
+    @classmethod
+    def from_request(cls, request: HttpRequest) -> RetryIn:
+        """The JSON body, which is optional: any other body (a form post with nothing in it)
+        stands for none. Read by hand because ninja refuses a non-JSON body outright."""
+        if not (request.body and request.content_type == "application/json"):
+            return cls()
+        try:
+            return cls.model_validate_json(request.body)
+        except ValueError:
+            raise Invalid('expected {"signature": "<error signature>"}', field="body") from None
+
+    @classmethod
+    def openapi_body(cls) -> dict:
+        """`openapi_extra` documenting the optional body."""
+        schema = cls.model_json_schema()
+        content = {"application/json": {"schema": schema}}
+        return {"requestBody": {"required": False, "content": content}}
 
 
 class RetryOut(Schema):
@@ -86,10 +142,42 @@ class RunOut(Schema):
     finished_at: datetime | None
     variants: list[VariantOut] = []
 
+    @classmethod
+    def fields_of(cls, run: RepoRun, variants: list[Variant]) -> dict[str, Any]:
+        return {
+            "id": run.pk,
+            "repository": run.repository.name,
+            "repository_id": run.repository_id,
+            "url": run.repository.url,
+            "ref": run.ref,
+            "state": run.state,
+            "attempt": run.attempt,
+            "base_commit": run.base_commit,
+            "error_signature": run.error_signature,
+            "error_summary": run.error_summary,
+            "started_at": run.started_at,
+            "finished_at": run.finished_at,
+            "variants": [VariantOut.model_validate(v) for v in variants],
+        }
+
+    @classmethod
+    def build(cls, run: RepoRun, variants: list[Variant]) -> RunOut:
+        """The run (its repository loaded) with its variants' outcomes (no diffs)."""
+        return cls(**cls.fields_of(run, variants))
+
 
 class RunDetailOut(RunOut):
     error: str
     variants_detail: list[VariantDetailOut]
+
+    @classmethod
+    def build(cls, run: RepoRun, variants: list[Variant]) -> RunDetailOut:
+        """The run with its error and every variant's diff."""
+        return cls(
+            **cls.fields_of(run, variants),
+            error=run.error,
+            variants_detail=[VariantDetailOut.model_validate(v) for v in variants],
+        )
 
 
 class RunsPageOut(Schema):

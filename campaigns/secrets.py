@@ -6,6 +6,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from cryptography.fernet import Fernet
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
@@ -19,9 +20,7 @@ from campaigns.states import RunFailed
 from core.errors import Invalid
 
 
-def _fernet():
-    from cryptography.fernet import Fernet
-
+def _fernet() -> Fernet:
     key = settings.SECRETS_KEY
     if not key:
         if not (settings.EMBEDDED or settings.DEBUG or settings.TESTING):

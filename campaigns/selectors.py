@@ -25,7 +25,8 @@ def user_may_see(user) -> bool:
     return user.is_authenticated and user_role(user) is not None
 
 
-def _manage_check(user) -> None:
+def campaign_manage_check(*, user) -> None:
+    """403 unless the user's role manages campaigns (creating one has no object to fetch)."""
     if not user_can(user, "campaign_manage"):
         raise PermissionDenied(
             "Your role does not allow changing campaigns (campaign manage).",
@@ -46,7 +47,7 @@ def campaign_get_for_user(*, user, pk: int | str, action: CampaignAction = "view
     if campaign is None:
         raise NotFound("No such campaign.")
     if action == "manage":
-        _manage_check(user)
+        campaign_manage_check(user=user)
     return campaign
 
 
@@ -63,18 +64,22 @@ def run_get_for_user(
     if run is None:
         raise NotFound("No such run.")
     if action == "manage":
-        _manage_check(user)
+        campaign_manage_check(user=user)
     return run
 
 
-def secrets_for_user(*, user) -> QuerySet[Secret]:
-    """Stored secrets (names and dates: values are never read here); 403 unless the user's role
-    manages secrets."""
+def secret_manage_check(*, user) -> None:
+    """403 unless the user's role manages secrets (admins)."""
     if not user_can(user, "secret_manage"):
         raise PermissionDenied(
             "Your role does not allow managing secrets (secret manage).",
             capability="secret_manage",
         )
+
+
+def secrets_for_user(*, user) -> QuerySet[Secret]:
+    """Stored secrets (names and dates: values are never read here); 403 as above."""
+    secret_manage_check(user=user)
     return Secret.objects.all()
 
 

@@ -1,4 +1,10 @@
-"""Campaign writes: create, update, launch, cancel, retry, and repository registration."""
+"""Campaign verbs: create, update (drafts), launch, cancel, retry, and repository registration.
+
+Each takes the acting user as `actor`, refuses with core errors (`CampaignStateError` is a
+409 Conflict, `CampaignSpecError` a 422 Invalid with field paths), writes its audit event in the
+same transaction and queues work on commit. Running the runs is `campaigns.pipeline`'s job,
+filling slots `campaigns.dispatch`'s.
+"""
 
 from __future__ import annotations
 
@@ -24,8 +30,12 @@ from campaigns.models import (
     Variant,
     VariantState,
 )
+from campaigns.selectors import repository_ids_by_tag
 from campaigns.spec import CampaignSpecError, FieldError, ParsedSpec, spec_parse, spec_validate
 from campaigns.states import CampaignStateError, runs_transition
+from sandboxes.models import Sandbox, SandboxState
+from sandboxes.repos import repo_url_validate
+from sandboxes.services import sandbox_terminate
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +62,7 @@ def _spec_db_checks(parsed: ParsedSpec, *, exclude_pk: int | None = None) -> Non
             errors.append(
                 FieldError(path, f"no stored secret named {name!r}", parsed.lines.get(path))
             )
-    if isinstance(spec["repos"], dict) and not _repos_by_tag(spec["repos"]["tag"]):
+    if isinstance(spec["repos"], dict) and not repository_ids_by_tag(spec["repos"]["tag"]):
         errors.append(
             FieldError(
                 "repos.tag",
@@ -62,6 +72,14 @@ def _spec_db_checks(parsed: ParsedSpec, *, exclude_pk: int | None = None) -> Non
         )
     if errors:
         raise CampaignSpecError(errors)
+
+
+def campaign_spec_check(*, source: str | bytes, exclude_pk: int | None = None) -> ParsedSpec:
+    """The spec parsed and checked as create/update would check it, without saving anything
+    (forms use it to show every problem beside the field)."""
+    parsed = spec_parse(source)
+    _spec_db_checks(parsed, exclude_pk=exclude_pk)
+    return parsed
 
 
 def _campaign_fields(spec: dict) -> dict:
@@ -132,17 +150,8 @@ def _repo_name(url: str) -> str:
     return (tail[:-4] if tail.endswith(".git") else tail) or url[-200:]
 
 
-def _repos_by_tag(tag: str) -> list[int]:
-    qs = Repository.objects.all()
-    if connection.vendor == "postgresql":
-        return list(qs.filter(tags__contains=[tag]).values_list("pk", flat=True))
-    return [pk for pk, tags in qs.values_list("pk", "tags") if tag in (tags or [])]
-
-
 def repositories_register(*, entries: list[dict], tags: Iterable[str] = ()) -> list[Repository]:
     """Register repositories by URL (idempotent); new ones get `tags`."""
-    from sandboxes.repos import repo_url_validate
-
     urls = [repo_url_validate(e["url"]) for e in entries]
     Repository.objects.bulk_create(
         [
@@ -180,7 +189,7 @@ def _runs_create(campaign: Campaign) -> int:
             return cursor.rowcount
     if isinstance(repos, dict):
         ref = repos.get("ref")
-        ids = _repos_by_tag(repos["tag"])
+        ids = repository_ids_by_tag(repos["tag"])
         pairs = Repository.objects.filter(pk__in=ids).values_list("pk", "default_ref")
         plan = ((pk, ref or default) for pk, default in pairs.order_by("pk").iterator(2000))
     else:
@@ -224,16 +233,12 @@ def campaign_launch(*, campaign: Campaign, actor) -> Campaign:
 
 
 def _live_sandboxes(**filters) -> QuerySet:
-    from sandboxes.models import Sandbox, SandboxState
-
     return Sandbox.objects.filter(
         state__in=[SandboxState.CREATING, SandboxState.RUNNING], **filters
     )
 
 
-def _sandboxes_terminate(*, reason: str, actor=None, **filters) -> int:
-    from sandboxes.services import sandbox_terminate
-
+def sandboxes_terminate_live(*, reason: str, actor=None, **filters) -> int:
     count = 0
     for sandbox in _live_sandboxes(**filters):
         try:
@@ -272,7 +277,7 @@ def campaign_cancel(*, campaign: Campaign, actor) -> Campaign:
             changes={"state": [campaign.state, CampaignState.CANCELLED]},
         )
         transaction.on_commit(
-            lambda: _sandboxes_terminate(
+            lambda: sandboxes_terminate_live(
                 reason="campaign cancelled", actor=actor, campaign_id=campaign.pk
             )
         )
@@ -339,6 +344,3 @@ def campaign_retry(*, campaign: Campaign, actor, signature: str | None = None) -
             )
         transaction.on_commit(runs_dispatch)
     return ids
-
-
-# --- dispatch -------------------------------------------------------------------------------

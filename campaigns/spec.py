@@ -16,6 +16,7 @@ import yaml
 from django.conf import settings
 
 from core.errors import Invalid
+from sandboxes.repos import RepoUrlError, repo_url_validate
 
 MAX_SPEC_BYTES = 1024 * 1024  # a spec with its files; larger input is refused before parsing
 MAX_YAML_NODES = 50_000  # guards against alias bombs that expand a small text into millions
@@ -278,8 +279,6 @@ def _kind(value: Any) -> str:
 
 
 def _check_repos(c: _Checker, value: Any) -> Any:
-    from sandboxes.repos import RepoUrlError, repo_url_validate
-
     if isinstance(value, dict):
         spec = c.mapping(value, "repos", {"tag", "ref"})
         if spec is None:

@@ -245,7 +245,7 @@ def dashboard(request, pk):
 @require_POST
 def retry_group(request, pk):
     """ "Retry this group" on the dashboard: a campaign action (campaign manage), not a review."""
-    campaign = campaign_get_for_user(user=request.user, pk=pk, write=True)
+    campaign = campaign_get_for_user(user=request.user, pk=pk, action="manage")
     signature = request.POST.get("signature", "")
     ids = campaign_retry(campaign=campaign, actor=request.user, signature=signature or None)
     messages.success(request, f"Retrying {len(ids)} failed run(s).")

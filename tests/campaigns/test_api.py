@@ -4,7 +4,7 @@ import pytest
 
 from accounts.services import token_create
 from audit.models import AuditEvent
-from campaigns.models import Campaign, CampaignState, RepoRun, RunState
+from campaigns.models import Campaign, CampaignState, RepoRun, Repository, RunState
 from tests.campaigns.support import repos_make, spec_for
 
 pytestmark = pytest.mark.shapes("embedded", "production")
@@ -159,3 +159,32 @@ def test_runs_are_one_per_repository(manager, django_capture_on_commit_callbacks
         campaign_launch(campaign=campaign, actor=manager)
     assert RepoRun.objects.filter(campaign=campaign).count() == 2
     assert set(RepoRun.objects.values_list("state", flat=True)) == {RunState.QUEUED}
+
+
+def test_retry_takes_the_signature_from_a_json_body_the_query_or_neither(client, manager):
+    from campaigns.services import campaign_create
+
+    tag, _ = repos_make(3)
+    campaign = campaign_create(actor=manager, source=spec_for(tag, name="cleanup"))
+    headers = _bearer(manager)
+    draft = client.post(f"/api/v1/campaigns/{campaign.pk}/retry", headers=headers)
+    assert draft.status_code == 409 and draft.json()["code"] == "conflict"
+    Campaign.objects.filter(pk=campaign.pk).update(state=CampaignState.COMPLETED)
+    for signature, repo in zip(["aaa", "bbb", "ccc"], Repository.objects.all(), strict=True):
+        RepoRun.objects.create(
+            campaign=campaign,
+            repository=repo,
+            ref="main",
+            state=RunState.FAILED,
+            error_signature=signature,
+        )
+    url = f"/api/v1/campaigns/{campaign.pk}/retry"
+    body = client.post(url, {"signature": "aaa"}, content_type="application/json", headers=headers)
+    assert body.status_code == 200, body.content
+    assert body.json()["retried"] == 1
+    query = client.post(f"{url}?signature=bbb", headers=headers)
+    assert query.status_code == 200 and query.json()["retried"] == 1
+    rest = client.post(url, headers=headers)
+    assert rest.status_code == 200 and rest.json()["retried"] == 1
+    bad = client.post(url, "not json", content_type="application/json", headers=headers)
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "body"

@@ -60,7 +60,9 @@ def test_detail_counts_poll_and_run_detail_escapes_the_diff(
     page = client.get(f"/campaigns/{campaign.pk}/")
     assert b'hx-trigger="every 2s"' in page.content
     assert b'data-testid="count-queued">2<' in page.content
-    live = client.get(f"/campaigns/{campaign.pk}/", HTTP_HX_REQUEST="true")
+    live = client.get(
+        f"/campaigns/{campaign.pk}/", HTTP_HX_REQUEST="true", HTTP_HX_TARGET="campaign-live"
+    )
     assert live.content.lstrip().startswith(b'<div id="campaign-live"')
     run = RepoRun.objects.filter(campaign=campaign).first()
     Variant.objects.create(

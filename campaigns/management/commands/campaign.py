@@ -15,6 +15,7 @@ from campaigns.selectors import campaign_counts
 from campaigns.services import campaign_create, campaign_launch, campaign_update
 from campaigns.spec import CampaignSpecError, spec_parse
 from campaigns.states import CampaignStateError
+from config.embedded import embedded_worker_start
 
 
 class Command(BaseCommand):
@@ -99,8 +100,6 @@ class Command(BaseCommand):
     def _wait(self, campaign: Campaign, timeout: float) -> None:
         worker = None
         if settings.EMBEDDED:  # no separate worker in the embedded shape: run one here
-            from config.embedded import embedded_worker_start
-
             worker = embedded_worker_start(beat=True)
         try:
             deadline = time.monotonic() + timeout
