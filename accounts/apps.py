@@ -1,3 +1,5 @@
+"""The accounts app: login auditing and the role groups, kept in step after every migrate."""
+
 from django.apps import AppConfig
 from django.db.models.signals import post_migrate
 
@@ -7,6 +9,8 @@ class AccountsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        # Imported here: both modules import models, which Django only allows once the app
+        # registry is ready.
         from accounts import signals  # noqa: F401 - connects login/logout auditing
         from accounts.services import roles_ensure
 

@@ -3,9 +3,8 @@
 from django.http import HttpRequest
 from ninja.security import HttpBearer, SessionAuth
 
-from accounts.roles import user_can
+from accounts.roles import capability_require
 from accounts.selectors import user_for_token
-from core.errors import PermissionDenied
 
 
 class TokenAuth(HttpBearer):
@@ -29,9 +28,5 @@ api_auth = [TokenAuth(), BrowserSessionAuth(csrf=True)]
 
 
 def require_capability(request: HttpRequest, capability: str) -> None:
-    """Refuse with 403 when the caller lacks a capability (audited by config/errors.py)."""
-    if not user_can(request.auth, capability):
-        raise PermissionDenied(
-            f"Your role does not allow this ({capability.replace('_', ' ')}).",
-            capability=capability,
-        )
+    """Refuse with 403 when the API caller lacks a capability (audited by config/errors.py)."""
+    capability_require(user=request.auth, capability=capability)

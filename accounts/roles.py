@@ -2,6 +2,8 @@
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 
+from core.errors import PermissionDenied
+
 MANAGER = "manager"
 REVIEWER = "reviewer"
 ADMIN = "admin"
@@ -39,3 +41,15 @@ def user_role(user: AbstractBaseUser | AnonymousUser) -> str | None:
 
 def user_can(user: AbstractBaseUser | AnonymousUser, capability: str) -> bool:
     return user.is_authenticated and user.has_perm(f"accounts.{capability}")
+
+
+def capability_require(
+    *, user: AbstractBaseUser | AnonymousUser | None, capability: str, message: str = ""
+) -> None:
+    """Refuse with 403 unless the user's role has the capability (the refusal is audited where
+    errors are mapped, config/errors.py). Pages, API routes and consumers all check this way."""
+    if user is None or not user_can(user, capability):
+        raise PermissionDenied(
+            message or f"Your role does not allow this ({capability.replace('_', ' ')}).",
+            capability=capability,
+        )

@@ -10,12 +10,13 @@ from audit.schemas import AuditEventPageOut, ExportIn, VerifyOut
 from audit.selectors import audit_events_page, audit_query_parse, event_as_dict
 from audit.verify import audit_verify, audit_verify_record
 from core.errors import Invalid
+from core.schemas import errors_for
 
 router = Router(tags=["audit"])
 EXPORT_FORMATS = ("ndjson", "csv")
 
 
-@router.get("/events", response=AuditEventPageOut)
+@router.get("/events", response={200: AuditEventPageOut, **errors_for(403, 422)})
 def events_list(request, q: str = "", cursor: str = "", limit: int = 50):
     """Events newest first, filtered like the admin page (`action:… actor:… campaign:42
     created:>=2026-01-01 free text`); pass `next_cursor` back as `cursor` for the next page."""
@@ -25,8 +26,9 @@ def events_list(request, q: str = "", cursor: str = "", limit: int = 50):
     return {"items": [event_as_dict(e) for e in page.events], "next_cursor": page.next_cursor}
 
 
-@router.get("/verify", response=VerifyOut)
+@router.get("/verify", response={200: VerifyOut, **errors_for(403)})
 def verify(request):
+    """Check the chain and the signed checkpoints now; the check itself is recorded."""
     require_capability(request, "audit_view")
     report = audit_verify()
     audit_verify_record(report=report, actor=request.auth)
@@ -35,7 +37,7 @@ def verify(request):
 
 @router.post(
     "/exports",
-    response={200: None},
+    response={200: None, **errors_for(403, 422)},
     openapi_extra={
         "responses": {
             200: {

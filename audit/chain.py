@@ -6,11 +6,18 @@ content hashes (sha256 of each body) in chain order.
 """
 
 import hashlib
+import json
 import struct
+from typing import Any
 
 DOMAIN = b"convoy-audit-v1\x00"
 GENESIS = bytes(32)
 EMPTY_ROOT = hashlib.sha256(b"").digest()
+
+
+def canonical_json(value: Any) -> str:
+    """The one serialisation of an event body or a checkpoint statement (what gets hashed)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def content_hash(body: bytes) -> bytes:

@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 
 from django.db.models import QuerySet
 
-from audit.keys import key_id, public_key_pem, public_key_raw, verifying_key
+from audit.keys import key_id, public_key_load, public_key_pem, public_key_raw, verifying_key
 from audit.record import audit_record, canonical_json
 from audit.seal import BUNDLE_SCHEMA
-from audit.verify import _checkpoint_rows, _links_stream
+from audit.verify import checkpoint_rows, links_stream
 from audit.walk import CheckpointRow, Report, batched, chain_walk, checkpoints_check
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def bundle_lines() -> Iterator[str]:
         )
         + "\n"
     )
-    for row in _checkpoint_rows(None):
+    for row in checkpoint_rows(None):
         yield (
             canonical_json(
                 {
@@ -59,7 +59,7 @@ def bundle_lines() -> Iterator[str]:
             )
             + "\n"
         )
-    for seq, event_uuid, content, chained, body, _key in _links_stream(0):
+    for seq, event_uuid, content, chained, body, _key in links_stream(0):
         yield (
             canonical_json(
                 {
@@ -78,8 +78,6 @@ def bundle_lines() -> Iterator[str]:
 def audit_verify_bundle(*, lines, public_key=None) -> Report:
     """Verify an exported bundle offline. Pass the auditor's own copy of the public key: the
     one inside the bundle only proves the bundle is self-consistent."""
-    from audit.keys import public_key_load
-
     header, rows, events = None, [], []
     for number, line in enumerate(lines, 1):
         if not line.strip():

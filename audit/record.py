@@ -2,17 +2,17 @@
 
 import hashlib
 import hmac
-import json
 import logging
 import uuid
 from datetime import UTC, datetime
-from typing import Any
 
 from django.conf import settings
 from django.db import connection, models, transaction
 
+from audit.chain import canonical_json
 from audit.context import current_request
 from audit.models import AuditEvent
+from audit.seal import seal_batch
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +32,6 @@ def audit_hmac(value: str) -> str:
     argument): `hmac-sha256:<hex>` keyed by SECRET_KEY, as Vault's audit devices do."""
     digest = hmac.new(settings.SECRET_KEY.encode(), value.encode(), hashlib.sha256).hexdigest()
     return f"hmac-sha256:{digest}"
-
-
-def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def _actor(actor, actor_type: str | None, on_behalf_of, ctx) -> dict:
@@ -139,10 +135,7 @@ def audit_record(
                 # SQLite serialises writers, so this transaction already holds the only write
                 # lock: link the event right here (rolled back with it, if it is). Signing is
                 # left to the periodic task, so a key problem never blocks a change.
-                # Imported here: sealing builds on recording (canonical JSON), a documented cycle.
-                from audit.seal import _seal_batch
-
-                _seal_batch(limit=1000, checkpoints=False)
+                seal_batch(limit=1000, checkpoints=False)
     except Exception as exc:
         raise AuditWriteError(f"could not record {action}: {exc}") from exc
     return event

@@ -1,3 +1,5 @@
+"""API schemas of the audit trail: events as recorded, verification reports, export requests."""
+
 from ninja import Schema
 
 

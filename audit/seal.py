@@ -9,9 +9,9 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from audit import chain
+from audit.chain import canonical_json
 from audit.keys import key_id, signing_key
 from audit.models import AuditCheckpoint, AuditEvent
-from audit.record import canonical_json
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def _links_write(cursor, rows: list[tuple]) -> None:
         )
 
 
-def _seal_batch(*, limit: int = SEAL_BATCH, checkpoints: bool = True) -> tuple[int, int, int]:
+def seal_batch(*, limit: int = SEAL_BATCH, checkpoints: bool = True) -> tuple[int, int, int]:
     """Link up to `limit` finished events, then write the checkpoints now due. The caller holds
     the sealer lock (PostgreSQL) or the database's write lock (SQLite)."""
     with connection.cursor() as cursor:
@@ -109,7 +109,7 @@ def audit_seal(*, wait: bool = True, limit: int | None = None) -> SealResult:
                         cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [SEAL_LOCK])
                         if not cursor.fetchone()[0]:
                             return SealResult(linked, made, size, busy=True)
-            n, m, size = _seal_batch()
+            n, m, size = seal_batch()
         linked, made = linked + n, made + m
         if n < SEAL_BATCH or (limit is not None and linked >= limit):
             return SealResult(linked, made, size)

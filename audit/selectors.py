@@ -7,9 +7,9 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from django.db.models import Q, QuerySet
 
-from audit.models import AuditEvent, AuditLink
+from audit.models import AuditCheckpoint, AuditEvent, AuditLink
 from audit.record import OUTCOMES
-from core.errors import Invalid
+from core.errors import Invalid, NotFound
 
 FILTER_KEYS = (
     "action",
@@ -160,4 +160,17 @@ def event_as_dict(event: AuditEvent) -> dict:
 
 
 def audit_event_get(*, event_id) -> AuditEvent:
-    return AuditEvent.objects.select_related("link").get(event_id=event_id)
+    event = AuditEvent.objects.select_related("link").filter(event_id=event_id).first()
+    if event is None:
+        raise NotFound("No audit event with this id.")
+    return event
+
+
+def audit_seal_status() -> dict:
+    """What the verification page shows before anyone verifies: the last checkpoint, how many
+    events there are and how many are not linked into the chain yet."""
+    return {
+        "checkpoint": AuditCheckpoint.objects.order_by("-number").first(),
+        "events": AuditEvent.objects.count(),
+        "unsealed": AuditEvent.objects.filter(link__isnull=True).count(),
+    }

@@ -1,15 +1,29 @@
 """Verification of the whole trail in the database (in parallel ranges), and its record."""
 
+import dataclasses
 import logging
+import multiprocessing
+import queue
+import threading
 import uuid
 from collections.abc import Iterator
 
+import psycopg
 from django.db import connection, transaction
 
 from audit.keys import key_id, verifying_key
-from audit.models import AuditCheckpoint
+from audit.models import AuditCheckpoint, AuditLink
 from audit.record import audit_record
-from audit.walk import CheckpointRow, Report, batched, chain_walk, checkpoints_check
+from audit.walk import (
+    BROKEN_CHECKPOINTS,
+    RECHAINED,
+    CheckpointRow,
+    Finding,
+    Report,
+    batched,
+    chain_walk,
+    checkpoints_check,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -17,7 +31,7 @@ logger = logging.getLogger(__name__)
 VERIFY_CHUNK = 20000
 
 
-def _checkpoint_rows(from_checkpoint: int | None) -> list[CheckpointRow]:
+def checkpoint_rows(from_checkpoint: int | None) -> list[CheckpointRow]:
     qs = AuditCheckpoint.objects.order_by("number")
     if from_checkpoint is not None:
         qs = qs.filter(number__gte=from_checkpoint)
@@ -27,7 +41,7 @@ def _checkpoint_rows(from_checkpoint: int | None) -> list[CheckpointRow]:
     ]
 
 
-def _links_stream(after_seq: int) -> Iterator[tuple]:
+def links_stream(after_seq: int) -> Iterator[tuple]:
     """(seq, event_uuid, content_hash, chain_hash, body or None, order key or None) in seq
     order, fetched in keyset chunks (works in autocommit, e.g. while streaming a download)."""
     pg = connection.vendor == "postgresql"
@@ -61,7 +75,7 @@ def _links_walk(after_seq: int, *, keys: bool) -> Iterator[list[tuple]]:
     if connection.vendor != "postgresql":
         rows = (
             (seq, event_uuid, content, chained, None if body is None else body.encode(), key)
-            for seq, event_uuid, content, chained, body, key in _links_stream(after_seq)
+            for seq, event_uuid, content, chained, body, key in links_stream(after_seq)
         )
         yield from batched(rows)
         return
@@ -72,9 +86,6 @@ def _links_walk(after_seq: int, *, keys: bool) -> Iterator[list[tuple]]:
 def _prefetched(rows: Iterator[tuple], *, batch: int = 5000) -> Iterator[list[tuple]]:
     """Run `rows` in a thread and hand them over in batches, so waiting for the database
     overlaps with hashing here (the driver releases the GIL while it waits)."""
-    import queue
-    import threading
-
     done = object()
     pipe: queue.Queue = queue.Queue(maxsize=8)
 
@@ -149,10 +160,6 @@ def _links_merge(raw, after_seq: int, *, keys: bool, until: int | None = None) -
 
 def _event_ids_fill(report: Report) -> None:
     """Name the event behind findings the walk could only place by seq."""
-    import dataclasses
-
-    from audit.models import AuditLink
-
     wanted = {f.seq for f in report.findings if f.seq is not None and not f.event_id}
     if not wanted:
         return
@@ -194,7 +201,7 @@ def audit_verify(*, from_checkpoint: int | None = None, public_key=None, jobs: i
             with connection.cursor() as cursor:
                 # One snapshot for the whole walk, so a sealer running meanwhile is not a finding.
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        rows = _checkpoint_rows(from_checkpoint)
+        rows = checkpoint_rows(from_checkpoint)
         signed = checkpoints_check(rows, public_key, report)
         start = None
         if from_checkpoint is not None:
@@ -259,10 +266,6 @@ def _ranges_split(signed: list, jobs: int) -> list[tuple]:
 
 
 def _walk_in_parallel(ranges: list[tuple], report: Report) -> None:
-    import multiprocessing
-
-    from audit.walk import RECHAINED
-
     settings_dict = connection.settings_dict
     params = {
         "dbname": settings_dict["NAME"],
@@ -289,8 +292,6 @@ def _walk_in_parallel(ranges: list[tuple], report: Report) -> None:
 
 
 def _walk_range(job: tuple) -> tuple[list, int, int]:
-    import psycopg
-
     params, start, until, signed = job
     with psycopg.connect(**{k: v for k, v in params.items() if v is not None}) as raw:
         raw.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -303,8 +304,6 @@ def _walk_range(job: tuple) -> tuple[list, int, int]:
 
 
 def _no_checkpoint(number: int, *, exists: bool):
-    from audit.walk import BROKEN_CHECKPOINTS, Finding
-
     why = "does not verify" if exists else "does not exist"
     return Finding(BROKEN_CHECKPOINTS, None, "", f"checkpoint {number} {why}; cannot start there")
 

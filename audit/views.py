@@ -4,50 +4,41 @@ import json
 
 from django.contrib.auth.decorators import login_required
 from django.db.models import Q
-from django.http import Http404, StreamingHttpResponse
+from django.http import StreamingHttpResponse
 from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods
 
-from accounts.roles import user_can
+from accounts.roles import capability_require
 from audit.export import audit_export_record, bundle_lines, csv_lines
-from audit.models import AuditCheckpoint, AuditEvent
+from audit.forms import AuditFilterForm
 from audit.record import audit_view_record
-from audit.selectors import (
-    AuditFilterError,
-    audit_event_get,
-    audit_events_page,
-    audit_query_parse,
-    event_seq,
-)
+from audit.selectors import audit_event_get, audit_events_page, audit_seal_status, event_seq
 from audit.verify import audit_verify, audit_verify_record
-from core.errors import PermissionDenied
+
+AUDIT_ADMINS_ONLY = "Reading the audit trail is for admins (audit view)."
 
 
 def _audit_access_require(user) -> None:
-    """Reading, verifying and exporting the trail is for admins (the refusal is audited where
-    errors are mapped, config/errors.py)."""
-    if not user_can(user, "audit_view"):
-        raise PermissionDenied(
-            "Reading the audit trail is for admins (audit view).", capability="audit_view"
-        )
+    """Reading, verifying and exporting the trail is for admins."""
+    capability_require(user=user, capability="audit_view", message=AUDIT_ADMINS_ONLY)
 
 
 def _events_page(request, *, title: str, what: str, extra: Q | None = None, scope: str = ""):
     _audit_access_require(request.user)
+    form = AuditFilterForm(request.GET)
     text = request.GET.get("q", "")
     context = {"title": title, "q": text, "scope": scope, "error": "", "page": None}
-    try:
+    if form.is_valid():
         page = audit_events_page(
-            query=audit_query_parse(text=text), cursor=request.GET.get("cursor", ""), extra=extra
+            query=form.cleaned_data["q"], cursor=request.GET.get("cursor", ""), extra=extra
         )
-    except AuditFilterError as exc:
-        context["error"] = exc.message
-        status = 400
-    else:
         context["page"] = page
         status = 200
         audit_view_record(actor=request.user, what=what, query=text, count=len(page.events))
+    else:
+        context["error"] = form.errors["q"][0]
+        status = 400
     if request.htmx:
         # htmx swaps only 2xx answers; the partial carries the error message itself.
         return render(request, "audit/events.html#results", context)
@@ -84,10 +75,7 @@ def sandbox_history(request, sandbox_id: int):
 @login_required
 def event_detail(request, event_id):
     _audit_access_require(request.user)
-    try:
-        event = audit_event_get(event_id=event_id)
-    except AuditEvent.DoesNotExist:
-        raise Http404("No audit event with this id.") from None
+    event = audit_event_get(event_id=event_id)
     audit_view_record(actor=request.user, what="event", target=event)
     body = json.loads(event.body)
     return render(
@@ -113,12 +101,7 @@ def verify(request):
         audit_verify_record(report=report, actor=request.user)
     else:
         audit_view_record(actor=request.user, what="verification status")
-    context = {
-        "report": report,
-        "checkpoint": AuditCheckpoint.objects.order_by("-number").first(),
-        "events": AuditEvent.objects.count(),
-        "unsealed": AuditEvent.objects.filter(link__isnull=True).count(),
-    }
+    context = {"report": report, **audit_seal_status()}
     template = "audit/verify.html#status" if request.htmx else "audit/verify.html"
     return render(request, template, context)
 
@@ -142,16 +125,12 @@ def export_bundle(request):
 @login_required
 def export_csv(request):
     _audit_access_require(request.user)
+    form = AuditFilterForm(request.GET)
     text = request.GET.get("q", "")
-    try:
-        query = audit_query_parse(text=text)
-    except AuditFilterError as exc:
-        return render(
-            request,
-            "audit/events.html",
-            {"title": "Audit trail", "q": text, "error": exc.message, "page": None},
-            status=400,
-        )
+    if not form.is_valid():
+        context = {"title": "Audit trail", "q": text, "error": form.errors["q"][0], "page": None}
+        return render(request, "audit/events.html", context, status=400)
+    query = form.cleaned_data["q"]
     audit_export_record(actor=request.user, fmt="csv", query=text)
     stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
     return _download(
