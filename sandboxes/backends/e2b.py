@@ -60,8 +60,6 @@ class E2BBackend(SandboxBackend):
     )
     isolation = "E2B Firecracker microVM; an E2B template built from the spec's image"
 
-    _built: dict[str, str] = {}  # template key → name, for this process (E2B keeps them)
-
     def __init__(
         self,
         *,
@@ -78,6 +76,7 @@ class E2BBackend(SandboxBackend):
         self._templates = dict(templates or {})
         self._fork_concurrency = fork_concurrency
         self._sandboxes: dict[str, object] = {}
+        self._built: dict[str, str] = {}  # template key → name known to exist on E2B
 
     # --- plumbing -------------------------------------------------------------------------------
     @property
