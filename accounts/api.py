@@ -1,12 +1,13 @@
 """API routes for the caller and their tokens."""
 
-from django.shortcuts import get_object_or_404
 from ninja import Router
 
 from accounts.models import ApiToken
 from accounts.roles import ALL_CAPABILITIES, user_can, user_role
 from accounts.schemas import MeOut, TokenCreatedOut, TokenIn, TokenOut
+from accounts.selectors import token_get_for_user, tokens_for_user
 from accounts.services import token_create, token_revoke
+from core.schemas import errors_for
 
 router = Router(tags=["people"])
 
@@ -21,8 +22,9 @@ def _token_out(token: ApiToken) -> dict:
     }
 
 
-@router.get("/me", response=MeOut)
+@router.get("/me", response={200: MeOut})
 def me(request):
+    """Who the caller is, their role and what it allows."""
     user = request.auth
     return {
         "id": user.pk,
@@ -33,20 +35,23 @@ def me(request):
     }
 
 
-@router.get("/tokens", response=list[TokenOut])
+@router.get("/tokens", response={200: list[TokenOut]})
 def tokens_list(request):
-    return [_token_out(t) for t in request.auth.api_tokens.order_by("-created_at")]
+    """The caller's own tokens, newest first (never their secret values)."""
+    return [_token_out(t) for t in tokens_for_user(user=request.auth)]
 
 
-@router.post("/tokens", response={201: TokenCreatedOut})
+@router.post("/tokens", response={201: TokenCreatedOut, **errors_for(422)})
 def tokens_create(request, data: TokenIn):
+    """A new token for the caller; its value is in this answer and nowhere else, ever."""
     token, raw = token_create(user=request.auth, name=data.name, actor=request.auth)
     return 201, {**_token_out(token), "token": raw}
 
 
-@router.delete("/tokens/{token_id}", response=TokenOut)
+@router.delete("/tokens/{token_id}", response={200: TokenOut, **errors_for(404)})
 def tokens_revoke(request, token_id: int):
-    token = get_object_or_404(ApiToken, pk=token_id, user=request.auth)
+    """Revoke one of the caller's tokens; revoking it again changes nothing."""
+    token = token_get_for_user(user=request.auth, pk=token_id)
     return _token_out(token_revoke(token=token, actor=request.auth))
 
 

@@ -1,13 +1,30 @@
-"""Forms for people: a new user, a role."""
+"""Forms for people: a new user, a role or activity change. Saving calls the service; a refusal
+about one of the form's fields is shown beside it (the one place such refusals are caught)."""
 
 from django import forms
+from django.contrib.auth.models import User
 
 from accounts.roles import ROLES
+from accounts.services import user_active_set, user_create, user_role_set
+from core.errors import Invalid
 
 ROLE_CHOICES = [(r, r) for r in ROLES]
 
 
-class PersonForm(forms.Form):
+class _ServiceForm(forms.Form):
+    def _call(self, service, **kwargs):
+        """The service's result, or None with its refusal added to the form."""
+        try:
+            return service(**kwargs)
+        except Invalid as exc:
+            self.add_error(exc.field if exc.field in self.fields else None, exc.message)
+            return None
+
+    def first_error(self) -> str:
+        return next((message for errors in self.errors.values() for message in errors), "")
+
+
+class PersonForm(_ServiceForm):
     username = forms.CharField(max_length=150)
     email = forms.EmailField(required=False)
     role = forms.ChoiceField(choices=ROLE_CHOICES)
@@ -17,6 +34,24 @@ class PersonForm(forms.Form):
         help_text="At least 8 characters; hand it to the person over a safe channel.",
     )
 
+    def save(self, *, actor: User) -> User | None:
+        return self._call(user_create, **self.cleaned_data, actor=actor)
 
-class RoleForm(forms.Form):
-    role = forms.ChoiceField(choices=ROLE_CHOICES)
+
+class PersonChangeForm(_ServiceForm):
+    """One change per post: `active` (1 or 0) when given, else `role`."""
+
+    role = forms.ChoiceField(choices=ROLE_CHOICES, required=False)
+    active = forms.ChoiceField(choices=[("1", "active"), ("0", "inactive")], required=False)
+
+    def clean(self):
+        data = super().clean()
+        if not data.get("active") and not data.get("role") and "role" not in self.errors:
+            self.add_error("role", "This field is required.")
+        return data
+
+    def save(self, *, person: User, actor: User) -> User | None:
+        if self.cleaned_data["active"]:
+            active = self.cleaned_data["active"] == "1"
+            return self._call(user_active_set, user=person, active=active, actor=actor)
+        return self._call(user_role_set, user=person, role=self.cleaned_data["role"], actor=actor)

@@ -1,3 +1,5 @@
+"""API schemas for the caller and their tokens."""
+
 from ninja import Schema
 
 

@@ -1,13 +1,14 @@
-"""Reads for people."""
+"""Reads for people, and the permission helpers for people and API tokens."""
 
 from django.contrib.auth.models import User
-from django.core.exceptions import PermissionDenied
-from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
 from accounts.models import ApiToken
-from accounts.roles import ADMIN, MANAGER, REVIEWER, user_can
+from accounts.roles import ADMIN, MANAGER, REVIEWER, capability_require
 from accounts.services import TOKEN_PREFIX, token_digest
+from core.errors import NotFound
+
+ADMINS_ONLY = "Only admins manage people."
 
 
 def user_for_token(*, raw: str) -> User | None:
@@ -31,8 +32,7 @@ def user_for_token(*, raw: str) -> User | None:
 
 def people_for_user(*, user: User) -> list[User]:
     """Everyone, with their role, for a user who may manage people (403 for anyone else)."""
-    if not user_can(user, "user_manage"):
-        raise PermissionDenied("Only admins manage people.")
+    capability_require(user=user, capability="user_manage", message=ADMINS_ONLY)
     people = list(User.objects.order_by("username").prefetch_related("groups"))
     for person in people:
         person.role_name = _role_of(person)
@@ -41,11 +41,25 @@ def people_for_user(*, user: User) -> list[User]:
 
 def person_get_for_user(*, user: User, pk: int) -> User:
     """One person, for a user who may manage people: 403 for anyone else, 404 if no such."""
-    if not user_can(user, "user_manage"):
-        raise PermissionDenied("Only admins manage people.")
-    person = get_object_or_404(User.objects.prefetch_related("groups"), pk=pk)
+    capability_require(user=user, capability="user_manage", message=ADMINS_ONLY)
+    person = User.objects.prefetch_related("groups").filter(pk=pk).first()
+    if person is None:
+        raise NotFound("No such person.")
     person.role_name = _role_of(person)
     return person
+
+
+def tokens_for_user(*, user: User) -> list[ApiToken]:
+    """The user's own API tokens, newest first (nobody lists another person's tokens)."""
+    return list(user.api_tokens.order_by("-created_at"))
+
+
+def token_get_for_user(*, user: User, pk: int) -> ApiToken:
+    """One of the user's own tokens; 404 for any other (another's token is not revealed)."""
+    token = ApiToken.objects.select_related("user").filter(pk=pk, user=user).first()
+    if token is None:
+        raise NotFound("No such token.")
+    return token
 
 
 def _role_of(person: User) -> str:

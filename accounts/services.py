@@ -10,17 +10,16 @@ from django.utils import timezone
 from accounts.models import ApiToken
 from accounts.roles import ADMIN, ROLE_CAPABILITIES, ROLES, user_role
 from audit.record import audit_record
+from core.errors import Invalid
 
 TOKEN_PREFIX = "cvy_"  # noqa: S105 - a public marker, not a secret
 
 
-class AccountError(Exception):
-    """A user-facing refusal with the field it is about."""
+class AccountError(Invalid):
+    """A user-facing refusal with the field it is about (422 from the API)."""
 
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
+        super().__init__(message, field=field)
 
 
 def roles_ensure() -> None:

@@ -6,8 +6,8 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from accounts import selectors, services
-from accounts.forms import PersonForm, RoleForm
+from accounts import selectors
+from accounts.forms import ROLE_CHOICES, PersonChangeForm, PersonForm
 
 PEOPLE = "accounts/people.html"
 
@@ -26,18 +26,12 @@ def people(request):
     everyone = selectors.people_for_user(user=request.user)
     form = PersonForm(request.POST or None)
     if request.method == "POST":
-        if form.is_valid():
-            try:
-                person = services.user_create(**form.cleaned_data, actor=request.user)
-            except services.AccountError as exc:
-                form.add_error(exc.field if exc.field in form.fields else None, exc.message)
-            else:
-                messages.success(request, f"{person.username} can now sign in.")
-                return redirect("people")
-        status = 400
-    else:
-        status = 200
-    context = {"people": everyone, "form": form, "roles": RoleForm.base_fields["role"].choices}
+        person = form.save(actor=request.user) if form.is_valid() else None
+        if person is not None:
+            messages.success(request, f"{person.username} can now sign in.")
+            return redirect("people")
+    status = 400 if form.errors else 200
+    context = {"people": everyone, "form": form, "roles": ROLE_CHOICES}
     return render(request, PEOPLE, context, status=status)
 
 
@@ -46,23 +40,13 @@ def people(request):
 def person_change(request, pk: int):
     """A role change or a (de)activation; htmx gets the person's row back."""
     person = selectors.person_get_for_user(user=request.user, pk=pk)
-    error = ""
-    try:
-        if "active" in request.POST:
-            services.user_active_set(
-                user=person, active=request.POST["active"] == "1", actor=request.user
-            )
-        else:
-            form = RoleForm(request.POST)
-            if not form.is_valid():
-                raise services.AccountError("role", form.errors["role"][0])
-            services.user_role_set(user=person, role=form.cleaned_data["role"], actor=request.user)
-    except services.AccountError as exc:
-        error = exc.message
+    form = PersonChangeForm(request.POST)
+    saved = form.is_valid() and form.save(person=person, actor=request.user) is not None
+    error = "" if saved else form.first_error()
     person = selectors.person_get_for_user(user=request.user, pk=pk)
-    status = 400 if error else 200
+    status = 200 if saved else 400
     if request.htmx:
-        context = {"person": person, "error": error, "roles": RoleForm.base_fields["role"].choices}
+        context = {"person": person, "error": error, "roles": ROLE_CHOICES}
         return render(request, f"{PEOPLE}#person-row", context, status=status)
-    (messages.error if error else messages.success)(request, error or f"{person.username} saved.")
+    (messages.success if saved else messages.error)(request, error or f"{person.username} saved.")
     return redirect("people")

@@ -34,5 +34,5 @@ class Command(BaseCommand):
         try:
             user_create(username=username, role=role, password=password, email=email)
         except AccountError as exc:
-            raise CommandError(str(exc)) from exc
+            raise CommandError(f"{exc.field}: {exc.message}") from exc
         self.stdout.write(f"created {username} ({role})")

@@ -1,3 +1,5 @@
+"""`manage.py demo_seed`: one user per role, local repositories and a demo campaign."""
+
 import json
 import secrets
 
@@ -7,6 +9,7 @@ from django.core.management.base import BaseCommand
 
 from accounts.roles import ADMIN, MANAGER, REVIEWER
 from accounts.services import user_create, user_role_set
+from campaigns.demo import demo_campaign_seed
 
 DEMO_USERS = {"manager": MANAGER, "reviewer": REVIEWER, "admin": ADMIN}
 
@@ -36,8 +39,6 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         passwords = demo_users_seed()
-        from campaigns.demo import demo_campaign_seed
-
         for line in demo_campaign_seed():
             self.stdout.write(line)
         self.stdout.write("Demo logins:")
