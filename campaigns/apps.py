@@ -8,7 +8,7 @@ class CampaignsConfig(AppConfig):
     def ready(self) -> None:
         # Imported here: models can only be imported once the app registry is ready.
         from campaigns.models import Campaign, RepoRun, Variant
-        from sandboxes.services import owner_kind_register
+        from sandboxes.reaper import owner_kind_register
 
         # The sandbox reaper frees what belongs to a campaign, run or variant that is done.
         owner_kind_register(kind="campaign", model=Campaign, done=("completed", "cancelled"))

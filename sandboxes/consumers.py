@@ -19,10 +19,9 @@ from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
-from django.core.exceptions import PermissionDenied
-from django.http import Http404
 from django.template.loader import render_to_string
 
+from core.errors import ConvoyError
 from sandboxes.loglines import log_line_html
 from sandboxes.logs import log_group, log_last_seq, log_lines_after
 from sandboxes.selectors import sandbox_get_for_user
@@ -62,7 +61,7 @@ class SandboxLogConsumer(AsyncWebsocketConsumer):
         sandbox_id = self.scope["url_route"]["kwargs"]["sandbox_id"]
         try:
             await database_sync_to_async(sandbox_get_for_user)(user=user, pk=sandbox_id)
-        except (Http404, PermissionDenied):
+        except ConvoyError:  # no such sandbox, or not one this user may read: same answer
             await self.close(code=CLOSE_FORBIDDEN)
             return
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))

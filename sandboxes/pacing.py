@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import redis
 from django.conf import settings
 
 
@@ -101,8 +102,6 @@ class RedisTokenBucket(TokenBucket):
     ) -> None:
         super().__init__(rate=rate, burst=burst, clock=clock, sleep=sleep)
         if client is None:
-            import redis
-
             client = redis.Redis.from_url(redis_url or settings.REDIS_URL)
         self.key = key
         self._client = client

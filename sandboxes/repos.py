@@ -26,6 +26,7 @@ from django.conf import settings
 from core.errors import Invalid
 from sandboxes.backends.base import SandboxError
 from sandboxes.models import Sandbox
+from sandboxes.services import backend_get, sandbox_exec, sandbox_handle, sandbox_write_file
 
 GIT_TIMEOUT_S = 900
 SCP_LIKE = re.compile(r"^(?:(?P<user>[A-Za-z0-9._~-]+)@)?(?P<host>[A-Za-z0-9.-]+):(?P<path>.+)$")
@@ -267,13 +268,11 @@ def sandbox_repo_checkout(
     """Put a clone of `url` at `ref` in the sandbox's /workspace; return the commit sha.
 
     `fresh_after`: see `mirror_fetch`."""
-    from sandboxes.services import _handle, backend_get, sandbox_exec, sandbox_write_file
-
     mirror = mirror_fetch(url=url, fresh_after=fresh_after)
     sha = commit_resolve(mirror=mirror, ref=ref)
     engine = backend_get(sandbox.backend)
     if hasattr(engine, "workspace_path"):  # a local engine: clone straight into the directory
-        clone_at(mirror=mirror, sha=sha, dest=engine.workspace_path(_handle(sandbox)))
+        clone_at(mirror=mirror, sha=sha, dest=engine.workspace_path(sandbox_handle(sandbox)))
         return sha
     # A remote engine: ship a bundle of the commit and unpack it inside the sandbox.
     with tempfile.TemporaryDirectory(prefix="convoy-bundle-") as tmp:

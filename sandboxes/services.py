@@ -1,4 +1,6 @@
-"""Sandbox writes: create, exec, files, snapshot, fork, terminate, reap. Each one is audited.
+"""Sandbox writes: create, exec, files, snapshot, fork, terminate, orphans. Each one is audited.
+
+The reaper (deadlines, owners gone, idle sandboxes, engine sweeps) is in sandboxes.reaper.
 
 Engine calls are slow and happen outside database transactions; the rows and audit events
 around them are written in short transactions of their own. `sandbox_exec` commits its
@@ -9,18 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import time
 from collections.abc import Callable
 from datetime import timedelta
 from importlib import import_module
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from audit.record import audit_record
-from sandboxes.backends import BACKENDS, LOCAL_BACKENDS
+from core.errors import Unavailable
+from sandboxes.backends import BACKENDS
 from sandboxes.backends.base import (
     Capability,
     ExecOutput,
@@ -32,14 +34,17 @@ from sandboxes.backends.base import (
     SandboxSpec,
     SnapshotHandle,
 )
+from sandboxes.backends.local import install_id
+from sandboxes.logs import log_capture_open
 from sandboxes.models import Sandbox, SandboxCommand, SandboxSnapshot, SandboxState
 
-log = logging.getLogger(__name__)
-
-ORPHAN_GRACE_S = 120.0  # engine sandboxes younger than this may not have their record yet
-STUCK = timedelta(hours=1)  # a create that has not finished by then never will
 LIVE_STATES = (SandboxState.CREATING, SandboxState.RUNNING)
 _backends: dict[str, SandboxBackend] = {}
+
+
+class SandboxUnavailable(Unavailable, SandboxError):
+    """The engine failed a request made for a person (503 on a page or the API). It is still a
+    SandboxError, so workers and the reaper, which retry or log engine errors, treat it alike."""
 
 
 # --- backends -----------------------------------------------------------------------------------
@@ -60,7 +65,8 @@ def backend_get(name: str | None = None) -> SandboxBackend:
     return _backends[name]
 
 
-def _handle(sandbox: Sandbox) -> SandboxHandle:
+def sandbox_handle(sandbox: Sandbox) -> SandboxHandle:
+    """What the engine knows the sandbox by."""
     return SandboxHandle(sandbox.backend, sandbox.external_id, sandbox.labels)
 
 
@@ -90,7 +96,7 @@ def _transition(sandbox: Sandbox, *, expected, **fields) -> bool:
 # --- create -------------------------------------------------------------------------------------
 def _spec_labels(spec: SandboxSpec, **ids) -> SandboxSpec:
     """The spec with Convoy's labels, by which the reaper finds this installation's sandboxes."""
-    ids["convoy_install"] = _install_tag()
+    ids["convoy_install"] = install_tag()
     labels = {**spec.labels, **{k: str(v) for k, v in ids.items() if v is not None}}
     return SandboxSpec(**{**spec.__dict__, "labels": labels})
 
@@ -200,13 +206,6 @@ def sandbox_create(
 
 
 # --- exec ---------------------------------------------------------------------------------------
-def log_capture_open(*, sandbox: Sandbox, command: SandboxCommand, secrets: dict[str, str]):
-    """Where a command's output goes besides the caller: the live log (sandboxes.logs)."""
-    from sandboxes.logs import log_capture_open as open_capture
-
-    return open_capture(sandbox=sandbox, command_id=command.pk, argv=command.argv, secrets=secrets)
-
-
 def _live(sandbox: Sandbox) -> None:
     sandbox.refresh_from_db(fields=["state", "external_id"])
     if sandbox.state != SandboxState.RUNNING:
@@ -253,10 +252,13 @@ def sandbox_exec(
     # Committed (or the caller's transaction holds it): only now may the command run.
     digest = hashlib.sha256()
     result: ExecResult | None = None
-    capture = log_capture_open(sandbox=sandbox, command=command, secrets=secrets)
+    # Besides the caller, the output goes to the live log (masked, stored, pushed).
+    capture = log_capture_open(
+        sandbox=sandbox, command_id=command.pk, argv=command.argv, secrets=secrets
+    )
     try:
         events = backend_get(sandbox.backend).exec(
-            _handle(sandbox),
+            sandbox_handle(sandbox),
             list(argv),
             cwd=cwd,
             env={**env, **secrets},
@@ -319,12 +321,12 @@ def _exec_done(sandbox, command, result: ExecResult | None, digest, *, error=Non
 # --- files --------------------------------------------------------------------------------------
 def sandbox_write_file(*, sandbox: Sandbox, path: str, data: bytes, mode: int = 0o644) -> None:
     _live(sandbox)
-    backend_get(sandbox.backend).write_file(_handle(sandbox), path, data, mode)
+    backend_get(sandbox.backend).write_file(sandbox_handle(sandbox), path, data, mode)
 
 
 def sandbox_read_file(*, sandbox: Sandbox, path: str) -> bytes:
     _live(sandbox)
-    return backend_get(sandbox.backend).read_file(_handle(sandbox), path)
+    return backend_get(sandbox.backend).read_file(sandbox_handle(sandbox), path)
 
 
 # --- snapshots and forks ------------------------------------------------------------------------
@@ -337,7 +339,7 @@ def sandbox_snapshot(
     if Capability.SNAPSHOT not in engine.capabilities:
         raise NotSupported(f"the {engine.name} backend cannot snapshot")
     started = time.monotonic()
-    handle = engine.snapshot(_handle(sandbox))
+    handle = engine.snapshot(sandbox_handle(sandbox))
     return _snapshot_record(sandbox, engine, handle, owner_kind, owner_id, started, "filesystem")
 
 
@@ -376,7 +378,7 @@ def sandbox_checkpoint(
     if Capability.CHECKPOINT not in engine.capabilities:
         raise NotSupported(f"the {engine.name} backend cannot checkpoint memory")
     started = time.monotonic()
-    handle = engine.checkpoint(_handle(sandbox))
+    handle = engine.checkpoint(sandbox_handle(sandbox))
     return _snapshot_record(sandbox, engine, handle, owner_kind, owner_id, started, "memory")
 
 
@@ -450,7 +452,10 @@ def sandbox_terminate(*, sandbox: Sandbox, reason: str, actor=None) -> Sandbox:
     if sandbox.state not in LIVE_STATES:
         return sandbox
     if sandbox.external_id:
-        backend_get(sandbox.backend).terminate(_handle(sandbox))
+        try:
+            backend_get(sandbox.backend).terminate(sandbox_handle(sandbox))
+        except SandboxError as exc:
+            raise SandboxUnavailable(f"Could not terminate sandbox {sandbox.pk}: {exc}") from exc
     with transaction.atomic():
         won = _transition(
             sandbox,
@@ -473,91 +478,8 @@ def sandbox_terminate(*, sandbox: Sandbox, reason: str, actor=None) -> Sandbox:
     return sandbox
 
 
-# Owner kinds the reaper can look up: kind -> (model, states in which it is done). An owner
-# that is deleted, or done, no longer needs its sandboxes and snapshots. Higher layers register
-# their kinds (campaigns does in its AppConfig.ready), so sandboxes never names their models.
-OWNER_MODELS: dict[str, tuple[type[models.Model], tuple[str, ...]]] = {}
-
-
-def owner_kind_register(*, kind: str, model: type[models.Model], done: tuple[str, ...]) -> None:
-    OWNER_MODELS[kind] = (model, done)
-
-
-def _owner_gone(kind: str, owner_id: int | None) -> bool:
-    model, done = OWNER_MODELS.get(kind, (None, ()))
-    if model is None or owner_id is None:
-        return False
-    state = model.objects.filter(pk=owner_id).values_list("state", flat=True).first()
-    return state is None or state in done
-
-
-def sandboxes_reap(*, now=None) -> list[Sandbox]:
-    """Terminate sandboxes past their deadline or whose owner is gone; clear engine orphans."""
-    now = now or timezone.now()
-    reaped: list[Sandbox] = []
-    for sandbox in Sandbox.objects.filter(state__in=LIVE_STATES).order_by("id"):
-        if sandbox.deadline_at and sandbox.deadline_at <= now:
-            reason = "deadline passed"
-        elif _owner_gone(sandbox.owner_kind, sandbox.owner_id):
-            reason = f"owner {sandbox.owner_kind} {sandbox.owner_id} is gone or done"
-        elif _idle_for(sandbox, now):
-            reason = f"idle for more than {sandbox.limits['idle_timeout_s']} s"
-        elif sandbox.state == SandboxState.CREATING and sandbox.created_at < now - STUCK:
-            reason = "stuck creating for an hour"
-        else:
-            continue
-        try:
-            reaped.append(sandbox_terminate(sandbox=sandbox, reason=f"reaped: {reason}"))
-        except SandboxError:
-            log.exception("could not reap sandbox %s", sandbox.pk)
-    _snapshots_reap()
-    _orphans_reap()
-    return reaped
-
-
-def _idle_for(sandbox: Sandbox, now) -> bool:
-    """Past the spec's idle timeout: no command running and none finished recently."""
-    idle_s = (sandbox.limits or {}).get("idle_timeout_s")
-    if not idle_s:
-        return False
-    if sandbox.commands.filter(finished_at=None).exists():
-        return False
-    last = sandbox.commands.order_by("-id").values_list("finished_at", flat=True).first()
-    return (last or sandbox.created_at) < now - timedelta(seconds=idle_s)
-
-
-def _snapshots_reap() -> None:
-    for snap in SandboxSnapshot.objects.filter(deleted_at=None).select_related("source"):
-        if _owner_gone(snap.owner_kind, snap.owner_id):
-            try:
-                snapshot_delete(snapshot=snap)
-            except SandboxError:
-                continue  # still has live forks; the next pass deletes it
-
-
-def _orphans_reap() -> None:
-    """Engine sandboxes (and workspaces, containers, processes) that no live record names."""
-    names = set(LOCAL_BACKENDS) | {settings.SANDBOX_BACKEND}
-    names |= set(Sandbox.objects.filter(state__in=LIVE_STATES).values_list("backend", flat=True))
-    for name in sorted(names):
-        try:
-            engine = backend_get(name)
-        except SandboxError:
-            continue  # not installed or not allowed here
-        reason = "no live record names it"
-        try:
-            if not hasattr(engine, "sweep"):
-                sandboxes_orphans_terminate(backend=name, labels={}, reason=reason)
-                continue
-            removed = engine.sweep(_live_ids(name), grace_s=ORPHAN_GRACE_S)
-        except SandboxError:
-            log.exception("could not sweep the %s backend", name)
-            continue
-        for external_id in removed:
-            _orphan_audit(name, external_id, reason)
-
-
-def _live_ids(backend: str) -> set[str]:
+# --- orphans -------------------------------------------------------------------------------------
+def live_external_ids(*, backend: str) -> set[str]:
     return set(
         Sandbox.objects.filter(backend=backend, state__in=LIVE_STATES).values_list(
             "external_id", flat=True
@@ -565,7 +487,7 @@ def _live_ids(backend: str) -> set[str]:
     )
 
 
-def _orphan_audit(backend: str, external_id: str, reason: str) -> None:
+def orphan_audit(*, backend: str, external_id: str, reason: str) -> None:
     audit_record(
         action="sandbox.orphan.reaped",
         actor_type="system",
@@ -581,21 +503,17 @@ def sandboxes_orphans_terminate(*, backend: str, labels: dict[str, str], reason:
     fork and its record's update). The reaper would find them too, after ORPHAN_GRACE_S; a run
     resumed by another worker knows they are dead work at once. Returns their ids."""
     engine = backend_get(backend)
-    live = _live_ids(backend)
+    live = live_external_ids(backend=backend)
     removed = []
-    for handle in engine.list({**labels, "convoy_install": _install_tag()}):
+    for handle in engine.list({**labels, "convoy_install": install_tag()}):
         if handle.external_id not in live:
             engine.terminate(handle)
             removed.append(handle.external_id)
     for external_id in removed:
-        _orphan_audit(backend, external_id, reason)
+        orphan_audit(backend=backend, external_id=external_id, reason=reason)
     return removed
 
 
-def _install_tag() -> str:
-    from sandboxes.backends.local import install_id
-
+def install_tag() -> str:
+    """The label value that marks this installation's sandboxes on a shared engine."""
     return install_id(settings.DATA_DIR)
-
-
-owner_kind_register(kind="sandbox", model=Sandbox, done=("terminated", "failed"))

@@ -6,7 +6,7 @@ from celery import shared_task
 from celery.signals import worker_process_shutdown
 
 from sandboxes.backends import cgroups
-from sandboxes.services import sandboxes_reap
+from sandboxes.reaper import sandboxes_reap
 
 log = logging.getLogger(__name__)
 

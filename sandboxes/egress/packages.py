@@ -160,6 +160,7 @@ def _pip_config(*, env: Mapping[str, str], home: Path, etc: Path) -> dict[str, s
 def _pip_default_hosts() -> list[str]:
     """The index pip uses when none is configured, from pip itself (not written here)."""
     try:
+        # Imported here: pip is optional on the host, and its internals are slow to import.
         from pip._internal.models.index import PyPI
     except ImportError:
         return []

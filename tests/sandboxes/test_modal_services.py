@@ -8,7 +8,7 @@ import pytest
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from sandboxes import services
+from sandboxes import reaper, services
 from sandboxes.backends.base import NetworkPolicy, SandboxSpec
 from sandboxes.backends.modal import ModalBackend
 from sandboxes.models import Sandbox, SandboxState
@@ -72,11 +72,11 @@ def test_modal_fake_reaper_terminates_expired_and_orphaned_sandboxes(db, modal_e
     kept = services.sandbox_create(spec=SandboxSpec(timeout_s=600), backend="modal")
     Sandbox.objects.filter(pk=expired.pk).update(deadline_at=timezone.now() - timedelta(seconds=1))
     # A sandbox of this installation that no record names (a worker died before recording it).
-    orphan = modal_engine.create(SandboxSpec(labels={"convoy_install": services._install_tag()}))
+    orphan = modal_engine.create(SandboxSpec(labels={"convoy_install": services.install_tag()}))
     # Another installation's sandbox on the same Modal account is none of our business.
     other = modal_engine.create(SandboxSpec(labels={"convoy_install": "someone-else"}))
 
-    reaped = services.sandboxes_reap()
+    reaped = reaper.sandboxes_reap()
 
     assert [s.pk for s in reaped] == [expired.pk]
     expired.refresh_from_db()

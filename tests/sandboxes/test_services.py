@@ -2,17 +2,22 @@
 
 import hashlib
 import json
+from datetime import timedelta
 
 import pytest
 from django.test import override_settings
+from django.utils import timezone
 
 from audit.models import AuditEvent
 from audit.record import AuditWriteError
-from sandboxes import services
+from campaigns.models import Campaign
+from sandboxes import reaper, services
 from sandboxes.backends.base import SandboxError, SandboxSpec
 from sandboxes.models import Sandbox, SandboxSnapshot, SandboxState
+from sandboxes.reaper import sandboxes_reap
 from sandboxes.services import (
     backend_get,
+    sandbox_checkpoint,
     sandbox_create,
     sandbox_exec,
     sandbox_fork,
@@ -20,9 +25,9 @@ from sandboxes.services import (
     sandbox_snapshot,
     sandbox_terminate,
     sandbox_write_file,
-    sandboxes_reap,
     snapshot_delete,
 )
+from sandboxes.tasks import sandboxes_reap_task
 from tests.support import wait_for
 
 SPEC = SandboxSpec(timeout_s=300, memory_mb=256)
@@ -94,7 +99,7 @@ def test_terminate_frees_the_workspace_once_and_later_commands_are_refused(
     db, admin_user, engines_clean
 ):
     sandbox = sandbox_create(spec=SPEC, backend="bwrap")
-    workspace = backend_get("bwrap").workspace_path(services._handle(sandbox))
+    workspace = backend_get("bwrap").workspace_path(services.sandbox_handle(sandbox))
     assert workspace.is_dir()
     sandbox_terminate(sandbox=sandbox, reason="done here", actor=admin_user)
     sandbox_terminate(sandbox=sandbox, reason="again", actor=admin_user)
@@ -154,10 +159,6 @@ def test_the_process_backend_is_refused_unless_explicitly_allowed(db, engines_cl
 def test_reaper_ends_expired_and_ownerless_sandboxes_and_engine_orphans(
     db, monkeypatch, engines_clean
 ):
-    from datetime import timedelta
-
-    from django.utils import timezone
-
     expired = sandbox_create(spec=SPEC, backend="bwrap")
     Sandbox.objects.filter(pk=expired.pk).update(deadline_at=timezone.now())
     parent = sandbox_create(spec=SPEC, backend="bwrap")
@@ -175,7 +176,7 @@ def test_reaper_ends_expired_and_ownerless_sandboxes_and_engine_orphans(
     Sandbox.objects.filter(pk=keeper.pk).update(owner_kind="cli", owner_id=None)
     engine = backend_get("bwrap")
     orphan = engine.create(SPEC)  # on the engine, but no record names it
-    monkeypatch.setattr(services, "ORPHAN_GRACE_S", 0)
+    monkeypatch.setattr(reaper, "ORPHAN_GRACE_S", 0)
 
     reaped = sandboxes_reap()
 
@@ -195,10 +196,6 @@ def test_reaper_ends_expired_and_ownerless_sandboxes_and_engine_orphans(
 
 
 def test_the_periodic_reaper_task_runs_on_a_real_worker(celery_worker, engines_clean):
-    from django.utils import timezone
-
-    from sandboxes.tasks import sandboxes_reap_task
-
     sandbox = sandbox_create(spec=SPEC, backend="bwrap")
     Sandbox.objects.filter(pk=sandbox.pk).update(deadline_at=timezone.now())
     sandboxes_reap_task.delay()
@@ -211,8 +208,6 @@ def test_the_periodic_reaper_task_runs_on_a_real_worker(celery_worker, engines_c
 
 
 def test_a_memory_checkpoint_forks_into_running_copies(db, manager, engines_clean):
-    from sandboxes.services import sandbox_checkpoint
-
     source = sandbox_create(spec=SPEC, backend="gvisor", on_behalf_of=manager)
     loop = "n=0; while :; do n=$((n+1)); echo $n > /tmp/m; mv /tmp/m /tmp/n; sleep 0.05; done"
     sandbox_exec(sandbox=source, argv=["sh", "-c", f"({loop}) >/dev/null 2>&1 &"])
@@ -234,8 +229,6 @@ def test_a_memory_checkpoint_forks_into_running_copies(db, manager, engines_clea
 
 @both_shapes
 def test_reaper_ends_sandboxes_of_a_finished_campaign(db, manager, engines_clean):
-    from campaigns.models import Campaign
-
     done = Campaign.objects.create(
         name="done", spec={}, backend="bwrap", owner=manager, state="cancelled"
     )

@@ -10,8 +10,9 @@ from sandboxes.backends import BACKENDS
 from sandboxes.backends.base import ExecOutput, NetworkPolicy, SandboxError, SandboxSpec
 from sandboxes.backends.local import TIMEOUT_EXIT
 from sandboxes.models import SandboxState
+from sandboxes.reaper import sandboxes_reap
 from sandboxes.selectors import sandbox_list
-from sandboxes.services import sandbox_create, sandbox_exec, sandbox_terminate, sandboxes_reap
+from sandboxes.services import sandbox_create, sandbox_exec, sandbox_terminate
 
 
 class Command(BaseCommand):
