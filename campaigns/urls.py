@@ -1,3 +1,5 @@
+"""Campaign page URLs (the API lives in campaigns/api.py, mounted by config/api.py)."""
+
 from django.urls import path, re_path
 
 from campaigns import views
