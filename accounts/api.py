@@ -1,6 +1,6 @@
 """API routes for the caller and their tokens."""
 
-from ninja import Router
+from ninja import Router, Status
 
 from accounts.models import ApiToken
 from accounts.roles import ALL_CAPABILITIES, user_can, user_role
@@ -45,7 +45,7 @@ def tokens_list(request):
 def tokens_create(request, data: TokenIn):
     """A new token for the caller; its value is in this answer and nowhere else, ever."""
     token, raw = token_create(user=request.auth, name=data.name, actor=request.auth)
-    return 201, {**_token_out(token), "token": raw}
+    return Status(201, {**_token_out(token), "token": raw})
 
 
 @router.delete("/tokens/{token_id}", response={200: TokenOut, **errors_for(404)})

@@ -7,6 +7,7 @@ from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 from django.test import Client
 
+from accounts.management.commands.demo_seed import demo_users_seed
 from accounts.roles import user_role
 
 pytestmark = pytest.mark.shapes("embedded", "production")
@@ -52,8 +53,6 @@ def test_create_token_for_unknown_user_names_the_problem(db):
 
 
 def test_demo_users_seed_is_idempotent_and_passwords_work(db):
-    from accounts.management.commands.demo_seed import demo_users_seed
-
     first = demo_users_seed()
     second = demo_users_seed()
     assert first == second

@@ -6,6 +6,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from accounts.roles import user_role
+from accounts.services import token_create
 from audit.models import AuditEvent
 from tests.factories import PASSWORD
 
@@ -96,8 +97,6 @@ def test_a_role_change_comes_back_as_the_persons_row_and_is_audited(admin_client
 def test_a_deactivated_person_cannot_sign_in_or_use_a_token_until_reactivated(
     admin_client, manager
 ):
-    from accounts.services import token_create
-
     _, raw = token_create(user=manager)
     response = admin_client.post(f"/people/{manager.pk}/", {"active": "0"})
     assert response.status_code == 302

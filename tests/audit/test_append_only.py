@@ -5,10 +5,12 @@ import psycopg
 import pytest
 from django.db import DatabaseError, connection, transaction
 
-from audit.models import AuditEvent
+from audit.models import AuditEvent, AuditLink
 from audit.record import audit_record
 from audit.seal import audit_seal
+from audit.verify import audit_verify
 from tests import support
+from tests.audit.trail import trail_seal
 
 STATEMENTS = {
     "update": "UPDATE {t} SET {col} = {col}",
@@ -22,8 +24,6 @@ COLUMNS = {"audit_auditevent": "body", "audit_auditlink": "seq", "audit_auditche
 def sealed(transactional_db, settings):
     settings.AUDIT_CHECKPOINT_EVERY = 1
     audit_record(action="people.logout", actor_type="system")
-    from tests.audit.trail import trail_seal
-
     trail_seal()
 
 
@@ -77,9 +77,6 @@ def test_sqlite_refuses_update_and_delete(db, table, settings):
 
 @pytest.mark.shapes("embedded")
 def test_sqlite_links_each_event_as_it_is_recorded(db):
-    from audit.models import AuditLink
-    from audit.verify import audit_verify
-
     with transaction.atomic():
         audit_record(action="people.logout", actor_type="system")
         try:

@@ -6,10 +6,12 @@ import io
 import json
 
 import pytest
+from django.core.management import call_command
 
 from accounts.services import token_create
 from audit.models import AuditEvent
 from audit.record import audit_record
+from audit.seal import audit_seal
 
 pytestmark = pytest.mark.shapes("embedded", "production")
 
@@ -130,8 +132,6 @@ def test_event_detail_shows_escaped_pretty_json(admin_client, events):
 
 
 def test_verify_page_reports_an_intact_trail_and_records_the_check(admin_client, events):
-    from audit.seal import audit_seal
-
     audit_seal()
     response = admin_client.post("/audit/verify/")
     assert 'data-testid="verify-ok"' in response.content.decode()
@@ -149,9 +149,6 @@ def test_csv_export_follows_the_filter_and_defuses_formulas(admin_client, events
 
 @pytest.mark.shapes("embedded")  # SQLite seals inline, so the test's own events are in it
 def test_downloaded_bundle_verifies_offline(admin_client, events, tmp_path, settings):
-    from django.core.management import call_command
-
-    from audit.seal import audit_seal
 
     settings.AUDIT_CHECKPOINT_EVERY = 2
     audit_seal()  # what the periodic task does: events are linked already, this signs

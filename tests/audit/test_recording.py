@@ -12,7 +12,7 @@ from accounts.models import ApiToken
 from accounts.services import token_create, token_revoke, user_create, user_role_set
 from audit import chain
 from audit.models import AuditEvent
-from audit.record import AuditWriteError, audit_record
+from audit.record import AuditWriteError, audit_hmac, audit_record
 from tests.audit.trail import assert_trail
 from tests.factories import PASSWORD
 
@@ -63,8 +63,6 @@ def test_merkle_root_matches_rfc6962_test_vectors():
 
 @BOTH
 def test_hmac_lets_a_secret_be_matched_without_storing_it(settings):
-    from audit.record import audit_hmac
-
     settings.SECRET_KEY = "k" * 50
     token = "cvy_s3cr3t-value"
     marked = audit_hmac(token)

@@ -8,7 +8,8 @@ from django.db import connection, connections, transaction
 
 from audit.models import AuditEvent, AuditLink
 from audit.record import audit_record
-from audit.seal import audit_seal
+from audit.seal import SEAL_LOCK, audit_seal
+from audit.tasks import audit_seal_task
 from audit.verify import audit_verify
 from tests.audit.trail import trail_seal
 from tests.support import wait_for
@@ -149,9 +150,6 @@ def test_sealer_waits_for_a_rival_instead_of_forking_the_chain():
 
 
 def test_seal_task_skips_while_another_sealer_holds_the_lock():
-    from audit.seal import SEAL_LOCK
-    from audit.tasks import audit_seal_task
-
     _record(1)
     other = connections.create_connection("default")
     try:
@@ -168,8 +166,6 @@ def test_seal_task_skips_while_another_sealer_holds_the_lock():
 
 
 def test_periodic_sealer_runs_in_the_worker(celery_worker):
-    from audit.tasks import audit_seal_task
-
     _record(1)
     audit_seal_task.delay()
     wait_for(lambda: AuditLink.objects.count() == 1, timeout=60, what="the worker to seal")

@@ -8,10 +8,12 @@ import uuid
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
+import audit.verify
 from audit import chain
-from audit.keys import signing_key
+from audit.export import bundle_lines
+from audit.keys import public_key_pem, signing_key, verifying_key
 from audit.models import AuditCheckpoint, AuditEvent, AuditLink
 from audit.record import audit_record, canonical_json
 from audit.verify import audit_verify
@@ -191,9 +193,6 @@ def test_command_exits_zero_when_intact_and_can_start_at_a_checkpoint(trail):
 
 
 def test_exported_bundle_verifies_offline_and_shows_edits(trail, tmp_path):
-    from audit.export import bundle_lines
-    from audit.keys import public_key_pem, verifying_key
-
     bundle = tmp_path / "trail.ndjson"
     bundle.write_text("".join(bundle_lines()))
     pem = tmp_path / "key.pem"
@@ -217,8 +216,6 @@ def test_exported_bundle_verifies_offline_and_shows_edits(trail, tmp_path):
 
 @pytest.fixture
 def long_trail(settings, monkeypatch):
-    import audit.verify
-
     monkeypatch.setattr(audit.verify, "PARALLEL_MIN_LINKS", 0)
     settings.AUDIT_CHECKPOINT_EVERY = 4
     settings.AUDIT_CHECKPOINT_SECONDS = 3600
@@ -229,8 +226,6 @@ def long_trail(settings, monkeypatch):
 
 
 def test_parallel_walk_agrees_with_the_serial_one(long_trail, monkeypatch):
-    import audit.verify
-
     spans = []
     split = audit.verify._ranges_split
     monkeypatch.setattr(
@@ -252,8 +247,6 @@ def test_parallel_walk_agrees_with_the_serial_one(long_trail, monkeypatch):
 
 
 def test_a_malformed_bundle_is_named_not_a_traceback(tmp_path):
-    from django.core.management import CommandError
-
     bundle = tmp_path / "bad.ndjson"
     bundle.write_text('{"type":"header","public_key":"00"}\n{"type":"event","seq":"x"}\n')
     with pytest.raises(CommandError, match="--bundle: bundle line 2: not a bundle record"):

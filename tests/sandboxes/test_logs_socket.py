@@ -17,7 +17,7 @@ from channels.db import database_sync_to_async
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser
-from django.db import connections
+from django.db import connection, connections
 from django.test import Client
 
 from config.routing import websocket_urlpatterns
@@ -56,7 +56,6 @@ def parse(message: str) -> list[tuple[int, str, str]]:
 
 def start(sandbox, script: str, **kwargs) -> threading.Thread:
     """Run `sh -c script` in the sandbox from a worker-like thread, as a Celery task would."""
-    from django.db import connection
 
     def _run():
         try:
