@@ -1,3 +1,5 @@
+"""Template context: the signed-in user's role and capabilities."""
+
 from accounts.roles import ALL_CAPABILITIES, user_can, user_role
 
 

@@ -1,3 +1,5 @@
+"""Websocket URLs of the accounts app: a user's own notification socket."""
+
 from django.urls import path
 
 from accounts.consumers import UserEventsConsumer

@@ -1,3 +1,5 @@
+"""Page URLs for people: dashboard, sign in and out, the people admin page."""
+
 from django.contrib.auth import views as auth_views
 from django.urls import path
 

@@ -1,3 +1,5 @@
+"""Request context for audit events, and the 503 page when an event could not be recorded."""
+
 from django.shortcuts import render
 
 from audit.context import current_request, request_context

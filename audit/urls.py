@@ -1,3 +1,5 @@
+"""Page URLs of the audit trail (mounted under /audit/)."""
+
 from django.urls import path
 
 from audit import views

@@ -1,3 +1,5 @@
+"""The sandboxes app: engines, live logs, repositories, images and the reaper."""
+
 from django.apps import AppConfig
 
 

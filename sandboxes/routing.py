@@ -1,3 +1,5 @@
+"""Websocket URLs of the sandboxes app: the live log socket."""
+
 from django.urls import path
 
 from sandboxes.consumers import SandboxLogConsumer

@@ -1,3 +1,5 @@
+"""Page URLs of sandboxes: list, detail, terminate and the raw log download."""
+
 from django.urls import path
 
 from sandboxes import log_views, views
