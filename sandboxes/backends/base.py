@@ -25,6 +25,8 @@ class Capability(enum.Flag):
     GPU = enum.auto()
     NETWORK_ALLOWLIST = enum.auto()
     READONLY_FILES = enum.auto()  # the engine enforces /convoy/files read-only (root included)
+    # Honours SandboxSpec.egress_socket: no network but a relay to Convoy's egress proxy.
+    EGRESS_PROXY = enum.auto()
 
 
 class SandboxError(Exception):
@@ -63,6 +65,14 @@ class SandboxSpec:
     disk_mb: int = 2048
     # Name → content, mounted read-only at /convoy/files/<name> ($CONVOY_FILES points there).
     files: Mapping[str, bytes] = field(default_factory=dict)
+    # Host path of this sandbox's UNIX socket to Convoy's egress proxy, opened by the caller
+    # (`EgressProxy.sandbox_open`). Engines with Capability.EGRESS_PROXY keep the network
+    # closed and run a relay on 127.0.0.1:3128 to it, with the proxy variables set.
+    egress_socket: str | None = None
+    # Extra environment for egress (the package clients' variables); set only with the socket.
+    egress_env: Mapping[str, str] = field(default_factory=dict)
+    # Host files the egress environment names (CA bundles), bound read-only at the same path.
+    egress_files: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         for name, content in self.files.items():
@@ -72,6 +82,11 @@ class SandboxSpec:
                 raise SandboxError(f"files: {name!r} must be a plain file name (no '/')")
             if not isinstance(content, bytes):
                 raise SandboxError(f"files: {name!r} must be bytes, got {type(content).__name__}")
+        if (self.egress_env or self.egress_files) and not self.egress_socket:
+            raise SandboxError("egress_env and egress_files need an egress_socket")
+        for path in self.egress_files:
+            if not path.startswith("/") or path.startswith(("/workspace", "/convoy", "/tmp")):  # noqa: S108
+                raise SandboxError(f"egress_files: {path!r} must be an absolute host path")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,14 @@ from collections.abc import Callable, Sequence
 
 from sandboxes.backends import cgroups, seccomp
 from sandboxes.backends.base import FILES_DIR, Capability, SandboxError
-from sandboxes.backends.local import LocalBackend, processes_kill, rlimits_apply
+from sandboxes.backends.local import (
+    EGRESS_EXEC,
+    LocalBackend,
+    egress_wrapped,
+    processes_kill,
+    rlimits_apply,
+)
+from sandboxes.egress.relay import SANDBOX_RELAY_PATH, SANDBOX_SOCKET_DIR
 from sandboxes.workspaces import SYSTEM_SYMLINKS, Meta
 
 log = logging.getLogger(__name__)
@@ -35,6 +42,7 @@ def bwrap_argv(
     cwd: str,
     tmp_mb: int = 2048,
     files: str | None = None,
+    egress: dict | None = None,
 ) -> list[str]:
     argv = [
         "bwrap",
@@ -63,6 +71,11 @@ def bwrap_argv(
     argv += ["--ro-bind", etc, "/etc", "--bind", workspace, "/workspace"]
     if files:
         argv += ["--ro-bind", files, FILES_DIR]
+    if egress:  # the network stays unshared: the relay's socket is the only way out
+        argv += ["--bind", egress["egress_dir"], SANDBOX_SOCKET_DIR]
+        argv += ["--ro-bind", egress["egress_relay"], SANDBOX_RELAY_PATH]
+        for path in egress.get("egress_files", ()):
+            argv += ["--ro-bind-try", path, path]
     argv += ["--size", str(tmp_mb * 1024 * 1024), "--tmpfs", "/tmp"]  # noqa: S108 (its own)
     argv += ["--proc", "/proc", "--dev", "/dev"]
     if network == "open":
@@ -95,7 +108,9 @@ def _cgroup_limits(limits: dict) -> dict:
 class BubblewrapBackend(LocalBackend):
     name = "bwrap"
     id_prefix = "bw"
-    capabilities = LocalBackend.capabilities | Capability.READONLY_FILES
+    capabilities = (
+        LocalBackend.capabilities | Capability.READONLY_FILES | Capability.EGRESS_PROXY
+    )
     isolation = (
         "bubblewrap namespaces: no network, host /usr read-only, own /workspace, "
         "cgroup limits; runs the host's system directories"
@@ -151,7 +166,10 @@ class BubblewrapBackend(LocalBackend):
             cwd=cwd,
             tmp_mb=int(meta.limits.get("disk_mb", 2048)),
             files=str(self.files_path(meta.external_id)) if meta.extra.get("files") else None,
+            egress=meta.extra if meta.extra.get("egress_dir") else None,
         )
+        if meta.extra.get("egress_dir"):  # this command's own relay, started before it
+            argv = egress_wrapped(EGRESS_EXEC, argv)
         popen = {
             "stdin": subprocess.DEVNULL,
             "stdout": subprocess.PIPE,

@@ -41,7 +41,16 @@ from sandboxes.backends.base import (
     SandboxSpec,
     SnapshotHandle,
 )
-from sandboxes.backends.local import LocalBackend, processes_kill, wait_exact
+from sandboxes.backends.local import (
+    EGRESS_EXEC,
+    EGRESS_INIT,
+    EGRESS_WAIT,
+    LocalBackend,
+    egress_wrapped,
+    processes_kill,
+    wait_exact,
+)
+from sandboxes.egress.relay import SANDBOX_RELAY_PATH, SANDBOX_SOCKET_DIR
 from sandboxes.workspaces import SYSTEM_SYMLINKS, Meta
 
 INIT = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600; done"]
@@ -78,6 +87,7 @@ class GVisorBackend(LocalBackend):
         | Capability.FORK
         | Capability.CHECKPOINT
         | Capability.READONLY_FILES
+        | Capability.EGRESS_PROXY
     )
     isolation = (
         "gVisor user-space kernel: no network, host /usr read-only, own /workspace, "
@@ -102,19 +112,25 @@ class GVisorBackend(LocalBackend):
         self._deleting_lock = threading.Lock()
 
     # --- runsc plumbing -------------------------------------------------------------------
-    def _runsc(self, network: str = "none") -> list[str]:
+    def _runsc(self, network: str = "none", *, egress: bool = False) -> list[str]:
         self.state_root.mkdir(parents=True, exist_ok=True)
         return [
             "runsc",
             f"--root={self.state_root}",
             f"--platform={self.platform}",
             f"--network={'host' if network == 'open' else 'none'}",
+            # The relay connects to the proxy's host socket (mounted at /convoy/egress); the
+            # sandbox may open host sockets, never create them.
+            *(["--host-uds=open"] if egress else []),
         ]
+
+    def _runsc_for(self, meta: Meta) -> list[str]:
+        return self._runsc(meta.network, egress=bool(meta.extra.get("egress_dir")))
 
     def _run(self, meta: Meta, *args: str, timeout: float = RUNSC_TIMEOUT_S, check=True):
         # A detached container inherits stdout/stderr and keeps them open: point them at a file,
         # never at a pipe that we would wait on forever.
-        argv = [*self._runsc(meta.network), *args]
+        argv = [*self._runsc_for(meta), *args]
         with tempfile.TemporaryFile("w+") as err:
             if args[0] in ("state", "list"):
                 run = subprocess.run(
@@ -163,7 +179,7 @@ class GVisorBackend(LocalBackend):
             "ociVersion": "1.0.0",
             "process": {
                 "user": {"uid": 0, "gid": 0},
-                "args": INIT,
+                "args": ["/bin/sh", "-c", EGRESS_INIT] if meta.extra.get("egress_dir") else INIT,
                 "env": ["PATH=/usr/bin:/bin"],
                 "cwd": "/workspace",
                 **(command or {}),
@@ -204,6 +220,7 @@ class GVisorBackend(LocalBackend):
                     "options": ["rbind", "rw"],
                 },
                 *self._files_mount(meta),
+                *self._egress_mounts(meta),
             ],
             "linux": {
                 # network "open" shares the host's stack: no network namespace of its own.
@@ -246,6 +263,20 @@ class GVisorBackend(LocalBackend):
                 "source": str(source),
                 "options": ["rbind", "ro"],
             }
+        ]
+
+    def _egress_mounts(self, meta: Meta) -> list[dict]:
+        """The proxy's socket directory (rw: the relay connects to the socket) and the relay."""
+        if not meta.extra.get("egress_dir"):
+            return []
+        binds = [
+            (meta.extra["egress_dir"], SANDBOX_SOCKET_DIR, "rw"),
+            (meta.extra["egress_relay"], SANDBOX_RELAY_PATH, "ro"),
+            *((p, p, "ro") for p in meta.extra.get("egress_files", ()) if os.path.exists(p)),
+        ]
+        return [
+            {"destination": dest, "type": "bind", "source": src, "options": ["rbind", mode]}
+            for src, dest, mode in binds
         ]
 
     def _container(self, meta: Meta) -> str:
@@ -316,7 +347,7 @@ class GVisorBackend(LocalBackend):
         if not self._state_left(container):
             return  # a last command's `runsc run` ended and cleaned up after itself
         proc = subprocess.Popen(
-            [*self._runsc(meta.network), "delete", "-force", container],
+            [*self._runsc_for(meta), "delete", "-force", container],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -348,7 +379,7 @@ class GVisorBackend(LocalBackend):
     def _spawn(self, meta: Meta, *args: str) -> subprocess.Popen:
         """A runsc command whose output is a sandbox command's: both pipes, its own session."""
         return subprocess.Popen(
-            [*self._runsc(meta.network), *args],
+            [*self._runsc_for(meta), *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -360,8 +391,13 @@ class GVisorBackend(LocalBackend):
         self, meta: Meta, argv: Sequence[str], cwd: str, env: dict[str, str], *, last: bool = False
     ) -> tuple[subprocess.Popen, Callable[[], None]]:
         command = {"args": list(argv), "env": [f"{k}={v}" for k, v in env.items()], "cwd": cwd}
+        egress = bool(meta.extra.get("egress_dir"))
         if last and "container" not in meta.extra:
+            if egress:  # no init: the command starts its own relay
+                command["args"] = egress_wrapped(EGRESS_EXEC, argv)
             return self._popen_container(meta, command)
+        if egress:  # the init's relay: wait for it (just booted, or restarted after a kill)
+            command["args"] = egress_wrapped(EGRESS_WAIT, argv)
         self._running(meta)
         base = self.ws.dir(meta.external_id)
         # The process spec goes through a private file so env values (secrets) stay out of argv.
