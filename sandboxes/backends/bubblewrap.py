@@ -19,14 +19,12 @@ from collections.abc import Callable, Sequence
 
 from sandboxes.backends import cgroups, seccomp
 from sandboxes.backends.base import FILES_DIR, Capability, SandboxError
+from sandboxes.backends.egress import EGRESS_EXEC, egress_binds, egress_wrapped
 from sandboxes.backends.local import (
-    EGRESS_EXEC,
     LocalBackend,
-    egress_wrapped,
     processes_kill,
     rlimits_apply,
 )
-from sandboxes.egress.relay import SANDBOX_RELAY_PATH, SANDBOX_SOCKET_DIR
 from sandboxes.workspaces import SYSTEM_SYMLINKS, Meta
 
 log = logging.getLogger(__name__)
@@ -71,11 +69,9 @@ def bwrap_argv(
     argv += ["--ro-bind", etc, "/etc", "--bind", workspace, "/workspace"]
     if files:
         argv += ["--ro-bind", files, FILES_DIR]
-    if egress:  # the network stays unshared: the relay's socket is the only way out
-        argv += ["--bind", egress["egress_dir"], SANDBOX_SOCKET_DIR]
-        argv += ["--ro-bind", egress["egress_relay"], SANDBOX_RELAY_PATH]
-        for path in egress.get("egress_files", ()):
-            argv += ["--ro-bind-try", path, path]
+    # The network stays unshared with egress: the relay's socket is the only way out.
+    for source, target, writable in egress_binds(egress or {}):
+        argv += ["--bind" if writable else "--ro-bind", source, target]
     argv += ["--size", str(tmp_mb * 1024 * 1024), "--tmpfs", "/tmp"]  # noqa: S108 (its own)
     argv += ["--proc", "/proc", "--dev", "/dev"]
     if network == "open":
@@ -108,9 +104,7 @@ def _cgroup_limits(limits: dict) -> dict:
 class BubblewrapBackend(LocalBackend):
     name = "bwrap"
     id_prefix = "bw"
-    capabilities = (
-        LocalBackend.capabilities | Capability.READONLY_FILES | Capability.EGRESS_PROXY
-    )
+    capabilities = LocalBackend.capabilities | Capability.READONLY_FILES | Capability.EGRESS_PROXY
     isolation = (
         "bubblewrap namespaces: no network, host /usr read-only, own /workspace, "
         "cgroup limits; runs the host's system directories"

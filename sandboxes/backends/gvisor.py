@@ -41,16 +41,18 @@ from sandboxes.backends.base import (
     SandboxSpec,
     SnapshotHandle,
 )
-from sandboxes.backends.local import (
+from sandboxes.backends.egress import (
     EGRESS_EXEC,
     EGRESS_INIT,
     EGRESS_WAIT,
-    LocalBackend,
+    egress_binds,
     egress_wrapped,
+)
+from sandboxes.backends.local import (
+    LocalBackend,
     processes_kill,
     wait_exact,
 )
-from sandboxes.egress.relay import SANDBOX_RELAY_PATH, SANDBOX_SOCKET_DIR
 from sandboxes.workspaces import SYSTEM_SYMLINKS, Meta
 
 INIT = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600; done"]
@@ -220,7 +222,15 @@ class GVisorBackend(LocalBackend):
                     "options": ["rbind", "rw"],
                 },
                 *self._files_mount(meta),
-                *self._egress_mounts(meta),
+                *(
+                    {
+                        "destination": dest,
+                        "type": "bind",
+                        "source": src,
+                        "options": ["rbind", "rw" if writable else "ro"],
+                    }
+                    for src, dest, writable in egress_binds(meta.extra)
+                ),
             ],
             "linux": {
                 # network "open" shares the host's stack: no network namespace of its own.
@@ -263,20 +273,6 @@ class GVisorBackend(LocalBackend):
                 "source": str(source),
                 "options": ["rbind", "ro"],
             }
-        ]
-
-    def _egress_mounts(self, meta: Meta) -> list[dict]:
-        """The proxy's socket directory (rw: the relay connects to the socket) and the relay."""
-        if not meta.extra.get("egress_dir"):
-            return []
-        binds = [
-            (meta.extra["egress_dir"], SANDBOX_SOCKET_DIR, "rw"),
-            (meta.extra["egress_relay"], SANDBOX_RELAY_PATH, "ro"),
-            *((p, p, "ro") for p in meta.extra.get("egress_files", ()) if os.path.exists(p)),
-        ]
-        return [
-            {"destination": dest, "type": "bind", "source": src, "options": ["rbind", mode]}
-            for src, dest, mode in binds
         ]
 
     def _container(self, meta: Meta) -> str:

@@ -14,9 +14,7 @@ import os
 import re
 import resource
 import selectors
-import shlex
 import signal
-import stat
 import subprocess
 import time
 from collections.abc import Callable, Collection, Generator, Iterator, Mapping, Sequence
@@ -37,8 +35,7 @@ from sandboxes.backends.base import (
     SandboxSpec,
     SnapshotHandle,
 )
-from sandboxes.egress.packages import sandbox_proxy_env
-from sandboxes.egress.relay import SANDBOX_PROXY_PORT, relay_argv, relay_binary
+from sandboxes.backends.egress import egress_env, egress_extra
 from sandboxes.workspaces import Meta, Workspaces, workspace_read, workspace_write
 
 TIMEOUT_EXIT = 124  # what `timeout(1)` returns; every backend reports a timeout with it
@@ -58,57 +55,6 @@ BASE_ENV = {
     "LANG": "C.UTF-8",
     "TMPDIR": "/tmp",  # noqa: S108 (the sandbox's own tmpfs)
 }
-
-
-# Egress (SandboxSpec.egress_socket): the relay to the proxy's socket listens on 127.0.0.1:3128
-# inside the sandbox before the command runs. A command that starts it itself: the relay's first
-# line (through a FIFO, no polling) says it listens; it dies with the command (PDEATHSIG).
-_RELAY = shlex.join(relay_argv(SANDBOX_PROXY_PORT))
-_READY = f"listening {SANDBOX_PROXY_PORT}"
-EGRESS_EXEC = f"""f=/tmp/.convoy-relay.$$
-mkfifo -m 600 "$f" || exit 125
-{_RELAY} >"$f" 2>&1 &
-read -r l <"$f"; rm -f "$f"
-[ "$l" = "{_READY}" ] || {{ echo "convoy: the egress relay did not start: $l" >&2; exit 125; }}
-exec "$@"
-"""
-# A sandbox whose init keeps one relay (gVisor): restarted if a kill takes it, and each command
-# waits (5 s at most) for its ready line first.
-EGRESS_STATUS = "/tmp/.convoy-relay"  # noqa: S108 (the sandbox's own tmpfs)
-EGRESS_INIT = f"""trap 'exit 0' TERM
-while :; do {_RELAY} >{EGRESS_STATUS} 2>&1 & wait $!; : >{EGRESS_STATUS}; sleep 0.2; done"""
-EGRESS_WAIT = f"""i=0
-until read -r l <{EGRESS_STATUS} 2>/dev/null && [ "$l" = "{_READY}" ]; do
-  i=$((i+1)); [ $i -lt 500 ] || {{ echo "convoy: the egress relay is not running" >&2; exit 125; }}
-  sleep 0.01
-done
-exec "$@"
-"""
-
-
-def egress_wrapped(script: str, argv: Sequence[str]) -> list[str]:
-    """`argv` run by `script` (EGRESS_EXEC or EGRESS_WAIT), which execs it unchanged."""
-    return ["/bin/sh", "-c", script, "convoy-egress", *argv]
-
-
-def egress_extra(spec: SandboxSpec) -> dict:
-    """What a sandbox with egress keeps in its meta: the socket's directory, the relay and the
-    CA files to bind; {} without egress."""
-    if not spec.egress_socket:
-        return {}
-    try:
-        is_socket = stat.S_ISSOCK(os.stat(spec.egress_socket).st_mode)
-    except OSError:
-        is_socket = False
-    if not is_socket or not os.path.isabs(spec.egress_socket):
-        raise SandboxError(f"egress_socket: {spec.egress_socket!r} is not a UNIX socket")
-    if os.path.basename(spec.egress_socket) != "proxy.sock":
-        raise SandboxError("egress_socket: the proxy's socket is named proxy.sock")
-    return {
-        "egress_dir": os.path.dirname(spec.egress_socket),
-        "egress_relay": str(relay_binary()),
-        "egress_files": list(spec.egress_files),
-    }
 
 
 def install_id(data_dir: Path) -> str:
@@ -369,14 +315,17 @@ class LocalBackend(SandboxBackend):
     ) -> SandboxHandle:
         self._check(spec)
         egress = egress_extra(spec)
-        egress_env = {**sandbox_proxy_env(SANDBOX_PROXY_PORT), **spec.egress_env} if egress else {}
         now = time.time()
         meta = Meta(
             external_id=self.ws.new_id(self.id_prefix),
             backend=self.name,
             labels={**spec.labels, "convoy_install": self.install},
             limits=limits_of(spec),
-            env={**spec.env, **({"CONVOY_FILES": FILES_DIR} if spec.files else {}), **egress_env},
+            env={
+                **spec.env,
+                **({"CONVOY_FILES": FILES_DIR} if spec.files else {}),
+                **egress_env(spec),
+            },
             network=str(spec.network),
             created_at=now,
             deadline_at=now + spec.timeout_s,
