@@ -122,7 +122,7 @@ def _carry_pip(config: ClientConfig) -> None:
 
 
 def _bind_containing(config: ClientConfig, local: str) -> str | None:
-    """Bind a path named by the config; for a URL into a tree (`/opt/pypi/simple`) bind the
+    """Bind a path named by the config; for a URL into a tree (`/srv/wheels/simple`) bind the
     top directory so relative links out of it (`../files/x.whl`) still resolve."""
     path = Path(local)
     top = path
