@@ -38,7 +38,7 @@ def as_convoy_error(exc: Exception) -> ConvoyError | None:
 
 def _denial_audited(request: HttpRequest, error: ConvoyError) -> None:
     user = getattr(request, "auth", None) or getattr(request, "user", None)
-    if isinstance(error, PermissionDenied) and not getattr(error, "audited", False):
+    if isinstance(error, PermissionDenied) and not error.audited:
         audit_denied(actor=user, capability=error.capability or error.code, path=request.path)
         error.audited = True
 

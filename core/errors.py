@@ -63,6 +63,9 @@ class PermissionDenied(ConvoyError):
 
     status = 403
     code = "forbidden"
+    # True when the raiser already wrote the refusal's audit event (config/errors.py then
+    # does not write `people.permission.denied` a second time).
+    audited = False
 
     def __init__(self, message: str, *, capability: str = "", **kwargs):
         super().__init__(message, **kwargs)
