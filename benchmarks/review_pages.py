@@ -52,7 +52,7 @@ def main() -> int:
 
         from accounts.services import user_create
         from campaigns.models import RepoRun
-        from tests.review.builders import campaign_bulk_make
+        from tests.factories import campaign_bulk_make
 
         setup_test_environment()
         call_command("migrate", verbosity=0)

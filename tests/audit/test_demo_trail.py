@@ -12,7 +12,7 @@ from review.models import Changeset
 from review.services import change_approve, change_publish, variant_pick
 from sandboxes.models import Sandbox, SandboxCommand
 from tests.audit.trail import assert_trail
-from tests.campaigns.support import repos_make, runs_final, spec_for
+from tests.factories import repos_make, runs_final, spec_for
 from tests.support import wait_for
 
 pytestmark = [pytest.mark.shapes("embedded", "production"), pytest.mark.django_db(transaction=True)]

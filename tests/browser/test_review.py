@@ -12,9 +12,8 @@ from campaigns.demo import _git as demo_git
 from campaigns.models import Campaign, RepoRun, Variant
 from campaigns.services import repositories_register
 from review.models import Changeset, ReviewState, RunReview
-from tests.campaigns.support import runs_final, spec_for
 from tests.conftest import screenshot
-from tests.factories import PASSWORD
+from tests.factories import PASSWORD, runs_final, spec_for
 from tests.support import wait_for
 
 pytestmark = pytest.mark.shapes("embedded", "production")

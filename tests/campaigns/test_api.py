@@ -5,7 +5,7 @@ import pytest
 from accounts.services import token_create
 from audit.models import AuditEvent
 from campaigns.models import Campaign, CampaignState, RepoRun, Repository, RunState
-from tests.campaigns.support import repos_make, spec_for
+from tests.factories import repos_make, spec_for
 
 pytestmark = pytest.mark.shapes("embedded", "production")
 

@@ -7,7 +7,7 @@ import pytest
 from django.conf import settings
 
 from campaigns.models import Campaign, RepoRun
-from tests.campaigns.support import repos_make, spec_for
+from tests.factories import repos_make, spec_for
 from tests.support import PYTHON, ROOT, subprocess_env
 
 pytestmark = [pytest.mark.shapes("embedded", "production"), pytest.mark.django_db(transaction=True)]

@@ -4,7 +4,7 @@ import pytest
 
 from campaigns.models import RepoRun, RunState, VariantState
 from campaigns.services import campaign_create, campaign_launch
-from tests.campaigns.support import repos_make, runs_final, spec_for
+from tests.factories import repos_make, runs_final, spec_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -12,7 +12,7 @@ from audit.models import AuditEvent
 from campaigns.models import Campaign, CampaignState, RepoRun, RunState, VariantState
 from campaigns.services import campaign_create, campaign_launch
 from sandboxes.models import Sandbox, SandboxCommand, SandboxState
-from tests.campaigns.support import repos_make, runs_final
+from tests.factories import repos_make, runs_final
 from tests.support import wait_for
 
 pytestmark = [pytest.mark.shapes("embedded", "production"), pytest.mark.django_db(transaction=True)]

@@ -13,7 +13,7 @@ from sandboxes import backends, services
 from sandboxes.backends.base import Capability
 from sandboxes.backends.bubblewrap import BubblewrapBackend
 from sandboxes.models import Sandbox, SandboxCommand, SandboxSnapshot, SandboxState
-from tests.campaigns.support import campaign_completed, repos_make, spec_for
+from tests.factories import campaign_completed, repos_make, spec_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

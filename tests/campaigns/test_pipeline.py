@@ -15,7 +15,7 @@ from campaigns.models import (
 )
 from campaigns.services import campaign_create, campaign_launch
 from sandboxes.models import Sandbox, SandboxCommand, SandboxState
-from tests.campaigns.support import campaign_completed, repos_make, spec_for
+from tests.factories import campaign_completed, repos_make, spec_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

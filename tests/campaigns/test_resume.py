@@ -14,7 +14,7 @@ from campaigns.models import RepoRun, RunState, RunTransition, Variant
 from campaigns.services import campaign_create, campaign_launch
 from sandboxes.models import Sandbox, SandboxCommand, SandboxState
 from sandboxes.services import backend_get
-from tests.campaigns.support import campaign_completed, repos_make, spec_for
+from tests.factories import campaign_completed, repos_make, spec_for
 from tests.support import (
     PYTHON,
     ROOT,

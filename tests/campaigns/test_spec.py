@@ -5,7 +5,7 @@ import pytest
 from campaigns.models import Campaign, RepoRun, Repository
 from campaigns.services import campaign_create
 from campaigns.spec import CampaignSpecError, spec_parse
-from tests.campaigns.support import repos_make, spec_for
+from tests.factories import repos_make, spec_for
 
 pytestmark = pytest.mark.shapes("embedded", "production")
 

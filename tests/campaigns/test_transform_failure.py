@@ -4,7 +4,7 @@ import pytest
 
 from campaigns.models import RepoRun, Variant, VariantState
 from campaigns.services import campaign_create, campaign_launch
-from tests.campaigns.support import campaign_completed, repos_make, spec_for
+from tests.factories import campaign_completed, repos_make, spec_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

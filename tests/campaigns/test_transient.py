@@ -17,7 +17,7 @@ from campaigns.pipeline import run_execute
 from campaigns.services import campaign_create, campaign_launch
 from sandboxes import services
 from sandboxes.models import Sandbox, SandboxState
-from tests.campaigns.support import repos_make
+from tests.factories import repos_make
 from tests.sandboxes.fake_modal import modal_fake_backend
 
 pytestmark = pytest.mark.shapes("embedded", "production")

@@ -4,7 +4,7 @@ import pytest
 
 from campaigns.models import Campaign, RepoRun, Variant, VariantState
 from campaigns.services import campaign_create
-from tests.campaigns.support import repos_make, spec_for
+from tests.factories import repos_make, spec_for
 
 pytestmark = pytest.mark.shapes("embedded", "production")
 

@@ -9,7 +9,7 @@ from review import codehosts
 from review.codehosts.github import GitHub
 from review.models import Changeset
 from review.services import change_approve, change_publish, changeset_push, changesets_refresh
-from tests.review.builders import campaign_make, git, remote_with_change, run_make, variant_make
+from tests.factories import campaign_make, git, remote_with_change, run_make, variant_make
 from tests.review.test_codehost_github import FakeGitHub, _handler
 from tests.support import wait_for
 

@@ -5,7 +5,7 @@ import subprocess
 import pytest
 
 from review.publish import PublishError, change_push, git_auth_env
-from tests.review.builders import git, remote_with_change
+from tests.factories import git, remote_with_change
 
 pytestmark = pytest.mark.shapes("embedded", "production")
 

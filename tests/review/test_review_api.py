@@ -4,7 +4,7 @@ import pytest
 
 from accounts.services import token_create
 from review.models import Changeset, RunReview
-from tests.review.builders import campaign_make, patch_for, run_make, variant_make, variant_rerun
+from tests.factories import campaign_make, patch_for, run_make, variant_make, variant_rerun
 
 pytestmark = pytest.mark.shapes("embedded", "production")
 

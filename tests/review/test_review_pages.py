@@ -12,8 +12,8 @@ from audit.models import AuditEvent
 from campaigns.models import RepoRun, RunTransition
 from review.models import ReviewState, RunReview
 from review.selectors import burndown
-from tests.factories import PASSWORD
-from tests.review.builders import (
+from tests.factories import (
+    PASSWORD,
     campaign_bulk_make,
     campaign_make,
     patch_for,

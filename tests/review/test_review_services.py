@@ -23,7 +23,7 @@ from review.services import (
     variant_digests_refresh,
     variant_pick,
 )
-from tests.review.builders import (
+from tests.factories import (
     campaign_make,
     git,
     patch_for,
