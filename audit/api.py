@@ -42,7 +42,10 @@ def verify(request):
         "responses": {
             200: {
                 "description": "The export, streamed",
-                "content": {"application/x-ndjson": {}, "text/csv": {}},
+                "content": {
+                    "application/x-ndjson": {"schema": {"type": "string"}},
+                    "text/csv": {"schema": {"type": "string"}},
+                },
             }
         }
     },
