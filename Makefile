@@ -11,9 +11,11 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 PYTEST_ARGS ?=
 
 RUN_PACKAGES := runsc bubblewrap libseccomp2 git mmdebstrap skopeo umoci
-TEST_PACKAGES := $(RUN_PACKAGES) chromium docker-registry
+TEST_PACKAGES := $(RUN_PACKAGES) chromium docker-registry nodejs npm
+# axe-core for the browser tests' accessibility checks, pinned by tests/browser/package-lock.json.
+AXE := tests/browser/node_modules/axe-core/axe.min.js
 
-.PHONY: run test test-fast test-live venv system-deps system-deps-test host-tune lint fmt migrate seed worker bench clean
+.PHONY: run test test-fast test-live venv system-deps system-deps-test browser-deps host-tune lint fmt migrate seed worker bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +31,12 @@ system-deps:
 
 system-deps-test:
 	@bash scripts/system-deps.sh $(TEST_PACKAGES)
+
+$(AXE): tests/browser/package.json tests/browser/package-lock.json
+	npm ci --prefix tests/browser --no-audit --no-fund
+	touch $@
+
+browser-deps: system-deps-test $(AXE)
 
 # Optional: faster sandbox starts (see scripts/host-tune.sh). Not run by
 # `make run` or `make test`.
@@ -63,7 +71,7 @@ fmt: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: venv system-deps-test lint
+test: venv system-deps-test browser-deps lint
 	@echo "=== pytest, production shape (PostgreSQL + Redis) ==="
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/pytest $(PYTEST_ARGS)
 	@echo "=== pytest, embedded shape (SQLite, in-process worker, in-memory channel layer) ==="
