@@ -9,8 +9,6 @@ every state shows up in the UI. Tests and benchmarks reuse
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from django.contrib.auth.models import User
 
 from campaigns.models import Campaign, CampaignState
 from campaigns.services import campaign_create, campaign_launch, repositories_register
+from core.git import git_run
 
 DEMO_CAMPAIGN = "assert-equal-cleanup"
 DEMO_TAG = "demo"
@@ -71,9 +70,6 @@ changeset:
 
 def _git(*args: str, cwd: Path) -> None:
     env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(cwd),
-        "GIT_CONFIG_NOSYSTEM": "1",
         "GIT_AUTHOR_NAME": "Convoy Demo",
         "GIT_AUTHOR_EMAIL": "demo@convoy.invalid",
         "GIT_COMMITTER_NAME": "Convoy Demo",
@@ -81,7 +77,7 @@ def _git(*args: str, cwd: Path) -> None:
         "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z",
         "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z",
     }
-    subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True)
+    git_run(*args, cwd=cwd, env=env)
 
 
 def demo_repo_files(index: int) -> dict[str, str]:

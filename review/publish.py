@@ -1,20 +1,21 @@
 """Turn an approved diff into a commit on the spec's branch and push it to the repository.
 
-Git runs on the host here (not in a sandbox), on a diff that came out of one: hooks are off,
-no user or system config is read, prompts are off, and only file, https and ssh remotes are
-accepted, so nothing in the repository or the diff can make the host run code.
+Git runs on the host here (not in a sandbox), on a diff that came out of one, through
+`core.git.git_run`: hooks are off (ours, and the receiving repository's for a local remote),
+no user, system or repository-chosen programs run, prompts are off, and only file, https and
+ssh remotes are accepted, so nothing in the repository or the diff can make the host run code.
 """
 
 from __future__ import annotations
 
 import base64
-import os
 import re
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from core.git import GitError, git_run, local_pack_option
 
 ALLOWED_REMOTE = re.compile(r"^(file|https|ssh)://|^[\w.-]+@[\w.-]+:")
 AUTHOR_RE = re.compile(r"^\s*(?P<name>[^<>]+?)\s*<(?P<email>[^<>\s]+)>\s*$")
@@ -57,48 +58,12 @@ def git_auth_env(*, remote_url: str, token: str) -> dict[str, str]:
     }
 
 
-def git_env(home: Path) -> dict[str, str]:
-    """An environment for host-side git that reads no config but ours and never prompts."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    env.update(
-        HOME=str(home),
-        XDG_CONFIG_HOME=str(home),
-        GIT_CONFIG_NOSYSTEM="1",
-        GIT_CONFIG_GLOBAL=os.devnull,
-        GIT_TERMINAL_PROMPT="0",
-        GIT_ASKPASS="",
-        SSH_ASKPASS="",
-        LC_ALL="C",
-    )
-    return env
-
-
-GIT_SAFETY = (
-    "-c",
-    "core.hooksPath=/dev/null",
-    "-c",
-    "protocol.ext.allow=never",
-    "-c",
-    "core.fsmonitor=false",
-    "-c",
-    "commit.gpgsign=false",
-)
-
-
 def _git(cwd: Path, env: dict, *args: str, stdin: bytes | None = None, timeout: float = 300):
-    proc = subprocess.run(
-        ["git", *GIT_SAFETY, *args],
-        cwd=cwd,
-        env=env,
-        input=stdin,
-        capture_output=True,
-        timeout=timeout,
-        check=False,
-    )
-    if proc.returncode != 0:
-        tail = proc.stderr.decode("utf-8", "replace").strip()[-500:]
-        raise PublishError(f"git {args[0]} failed: {tail}")
-    return proc.stdout.decode("utf-8", "replace").strip()
+    try:
+        out = git_run(*args, cwd=cwd, env=env, stdin=stdin, timeout=timeout)
+    except GitError as exc:
+        raise PublishError(str(exc)) from None
+    return out.decode("utf-8", "replace").strip()
 
 
 def change_push(
@@ -124,11 +89,9 @@ def change_push(
         raise PublishError("the approved variant changed nothing; there is nothing to publish")
     name, email = author_parse(author)
     with tempfile.TemporaryDirectory(prefix="convoy-publish-") as tmp:
-        home, work = Path(tmp) / "home", Path(tmp) / "work"
-        home.mkdir()
+        work = Path(tmp) / "work"
         work.mkdir()
-        env = git_env(home)
-        env.update(
+        env = dict(
             GIT_AUTHOR_NAME=name,
             GIT_AUTHOR_EMAIL=email,
             GIT_COMMITTER_NAME="Convoy",
@@ -138,11 +101,12 @@ def change_push(
         _git(work, env, "init", "-q")
         _git(work, env, "remote", "add", "origin", remote_url)
         target = base_commit or base_ref
+        upload = local_pack_option(remote_url, "upload-pack")
         try:
-            _git(work, env, "fetch", "-q", "--no-tags", "origin", target)
+            _git(work, env, "fetch", "-q", "--no-tags", *upload, "origin", target)
         except PublishError:
             # Servers that refuse fetching by commit id: fetch the ref, then find the commit.
-            _git(work, env, "fetch", "-q", "--no-tags", "origin", base_ref)
+            _git(work, env, "fetch", "-q", "--no-tags", *upload, "origin", base_ref)
         _git(work, env, "checkout", "-q", "--detach", base_commit or "FETCH_HEAD")
         try:
             _git(work, env, "apply", "--index", "--binary", "--whitespace=nowarn", stdin=patch)
@@ -151,7 +115,10 @@ def change_push(
         _git(work, env, "commit", "-q", "--no-verify", "-m", message or "Convoy change")
         commit = _git(work, env, "rev-parse", "HEAD")
         try:
-            _git(work, env, "push", "-q", "--force", "origin", f"HEAD:refs/heads/{branch}")
+            receive = local_pack_option(remote_url, "receive-pack")
+            _git(
+                work, env, "push", "-q", "--force", *receive, "origin", f"HEAD:refs/heads/{branch}"
+            )
         except PublishError as exc:
             raise PublishError(str(exc), transient=True) from exc
     return Pushed(branch=branch, commit=commit, remote_url=remote_url)

@@ -4,8 +4,9 @@ The worker fetches each repository once into a bare mirror under the data dir (r
 campaigns) and gives a sandbox's workspace a clone of the requested commit. URLs are checked
 before git sees them: git treats `ext::…` as "run this command", `fd::…` as "talk to these
 file descriptors" and a leading `-` as an option, so only https, ssh (URL or scp-style) and
-file URLs under CONVOY_REPO_ROOTS are accepted. Git runs with no hooks, no system or user
-config, and no prompts, so a repository cannot make the host run anything.
+file URLs under CONVOY_REPO_ROOTS are accepted. Git runs through `core.git.git_run`: no
+hooks, no system or user config, no programs named by a repository's config, no prompts, so a
+repository cannot make the host run anything.
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import os
 import re
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -24,11 +23,11 @@ from urllib.parse import unquote, urlsplit
 from django.conf import settings
 
 from core.errors import Invalid
+from core.git import GIT_TIMEOUT_S, GitError, git_run, local_pack_option
 from sandboxes.backends.base import SandboxError
 from sandboxes.models import Sandbox
 from sandboxes.services import backend_get, sandbox_exec, sandbox_handle, sandbox_write_file
 
-GIT_TIMEOUT_S = 900
 SCP_LIKE = re.compile(r"^(?:(?P<user>[A-Za-z0-9._~-]+)@)?(?P<host>[A-Za-z0-9.-]+):(?P<path>.+)$")
 HOST = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
 REF = re.compile(r"^[A-Za-z0-9._/@{}^~-]+$")
@@ -97,48 +96,12 @@ def _host_check(host: str) -> None:
         raise RepoUrlError(f"The repository host {host!r} is not a valid host name.")
 
 
-def _git_env(home: str) -> dict[str, str]:
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": home,
-        "LANG": "C.UTF-8",
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_CONFIG_GLOBAL": os.devnull,
-        "GIT_TERMINAL_PROMPT": "0",
-        "GIT_ASKPASS": "/bin/false",
-        "SSH_ASKPASS": "/bin/false",
-        "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new",
-        "GIT_PROTOCOL_FROM_USER": "0",
-    }
-
-
-SAFE_CONFIG = [
-    "-c", "core.hooksPath=/dev/null",
-    "-c", "protocol.allow=never",
-    "-c", "protocol.https.allow=always",
-    "-c", "protocol.ssh.allow=always",
-    "-c", "protocol.file.allow=always",
-    "-c", "core.fsmonitor=false",
-    "-c", "submodule.recurse=false",
-    "-c", "advice.detachedHead=false",
-]  # fmt: skip
-
-
 def git(*args: str, cwd: Path | None = None, timeout: float = GIT_TIMEOUT_S) -> str:
-    """Run host-side git with no hooks, no user or system config and no prompts."""
-    with tempfile.TemporaryDirectory(prefix="convoy-git-") as home:
-        run = subprocess.run(
-            ["git", *SAFE_CONFIG, *args],
-            cwd=cwd,
-            env=_git_env(home),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
-    if run.returncode != 0:
-        raise SandboxError(f"git {args[0]} failed: {run.stderr.strip()[-500:]}")
-    return run.stdout
+    """Host-side git through `core.git.git_run` (no hooks, config-chosen programs or prompts)."""
+    try:
+        return git_run(*args, cwd=cwd, timeout=timeout).decode("utf-8", "replace")
+    except GitError as exc:
+        raise SandboxError(str(exc)) from None
 
 
 def mirror_path(url: str) -> Path:
@@ -169,12 +132,13 @@ def mirror_fetch(*, url: str, fresh_after: float | None = None) -> Path:
     url = repo_url_validate(url)
     path = mirror_path(url)
     stamp = _fetched_stamp(path)
+    upload = local_pack_option(url, "upload-pack")
     with _locked(path):
         if (path / "HEAD").exists():
             with contextlib.suppress(FileNotFoundError):
                 if fresh_after is not None and stamp.stat().st_mtime >= fresh_after:
                     return path
-            git("-C", str(path), "fetch", "--prune", "--quiet", "origin")
+            git("-C", str(path), "fetch", "--prune", "--quiet", *upload, "origin")
         else:
             tmp = path.with_name(path.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
@@ -184,11 +148,21 @@ def mirror_fetch(*, url: str, fresh_after: float | None = None) -> Path:
                 # instead of packing them through upload-pack and index-pack (one git process,
                 # not six). Git refuses symlinks among them; later fetches use the transport.
                 source, local = unquote(urlsplit(url).path), ["--local"]
-            git("clone", "--mirror", "--quiet", "--template=", *local, "--", source, str(tmp))
+            git(
+                "clone",
+                "--mirror",
+                "--quiet",
+                "--template=",
+                *local,
+                *upload,
+                "--",
+                source,
+                str(tmp),
+            )
             if local and (tmp / "objects" / "info" / "alternates").exists():
                 # It borrows objects from elsewhere: take a self-contained copy instead.
                 shutil.rmtree(tmp)
-                git("clone", "--mirror", "--quiet", "--template=", "--", url, str(tmp))
+                git("clone", "--mirror", "--quiet", "--template=", *upload, "--", url, str(tmp))
             tmp.rename(path)
         stamp.touch()
     return path
