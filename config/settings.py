@@ -25,6 +25,7 @@ KNOWN_CONVOY_VARS = {
     "CONVOY_MAX_PARALLEL_REPOS",
     "CONVOY_RUN_LEASE_S",
     "CONVOY_REPO_ROOTS",
+    "CONVOY_CODEHOST_ALLOW",
     "CONVOY_AUDIT_SIGNING_KEY",
     "CONVOY_AUDIT_CHECKPOINT_EVERY",
     "CONVOY_SECRETS_KEY",
@@ -37,8 +38,10 @@ KNOWN_CONVOY_VARS = {
     "CONVOY_TEST_KEEP_DB",
     "CONVOY_DEBUG",
     "CONVOY_TEST_CRASH_BEAT",
+    "CONVOY_EGRESS_TEST_HOSTS",
+    "CONVOY_EGRESS_INDEX_ADDRESSES",
 }
-SANDBOX_BACKENDS = ("gvisor", "bwrap", "modal", "process")
+SANDBOX_BACKENDS = ("gvisor", "bwrap", "modal", "e2b", "daytona", "process")
 
 
 def _fail(name: str, problem: str) -> None:
@@ -92,6 +95,15 @@ TESTING = bool(os.environ.get("PYTEST_VERSION"))
 _default_data = BASE_DIR / "var" / (f"test-{os.getpid()}" if TESTING else "")
 DATA_DIR = Path(envstr("CONVOY_DATA_DIR", str(_default_data))).resolve()
 DATA_DIR.mkdir(parents=True, exist_ok=True)
+# Egress (docs/egress.md): the test-only name mapping (api.test=127.0.0.1) is refused outside the
+# test suite and the workers it starts (they drop PYTEST_VERSION but run on its var/test-<pid>).
+EGRESS_TEST_HOSTS_ALLOWED = TESTING or (
+    DATA_DIR.parent == BASE_DIR / "var" and DATA_DIR.name.startswith("test-")
+)
+if envstr("CONVOY_EGRESS_TEST_HOSTS") and not EGRESS_TEST_HOSTS_ALLOWED:
+    _fail("CONVOY_EGRESS_TEST_HOSTS", "a test-only name mapping, refused outside the test suite")
+# Ranges the host's own package indexes are served from when not public (checked by the proxy).
+EGRESS_INDEX_ADDRESSES = envstr("CONVOY_EGRESS_INDEX_ADDRESSES")
 
 DATABASE_URL = envstr("DATABASE_URL")
 REDIS_URL = envstr("REDIS_URL")
@@ -278,6 +290,9 @@ if SANDBOX_BACKEND == "process" and not ALLOW_UNSAFE_PROCESS_BACKEND:
 REPO_ROOTS = [
     Path(p).resolve() for p in envstr("CONVOY_REPO_ROOTS", str(DATA_DIR / "repos")).split(":") if p
 ]
+# Code hosts at non-public addresses (an internal Git server) that repository URLs may name:
+# host names and/or networks, comma-separated ("git.corp.internal,10.20.0.0/16").
+CODEHOST_ALLOW = [e.strip() for e in envstr("CONVOY_CODEHOST_ALLOW").split(",") if e.strip()]
 RUNSC_PLATFORM = envchoice("CONVOY_RUNSC_PLATFORM", "ptrace", ("ptrace", "systrap", "kvm"))
 MAX_PARALLEL_REPOS = envint("CONVOY_MAX_PARALLEL_REPOS", 8, minimum=1)
 # A run whose worker has not renewed its lease for this long is requeued (worker died).

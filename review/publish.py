@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from core.git import GitError, git_run, local_pack_option
+from sandboxes.repos import RepoUrlError, repo_connect_pinning
 
 ALLOWED_REMOTE = re.compile(r"^(file|https|ssh)://|^[\w.-]+@[\w.-]+:")
 AUTHOR_RE = re.compile(r"^\s*(?P<name>[^<>]+?)\s*<(?P<email>[^<>\s]+)>\s*$")
@@ -91,7 +92,11 @@ def change_push(
     with tempfile.TemporaryDirectory(prefix="convoy-publish-") as tmp:
         work = Path(tmp) / "work"
         work.mkdir()
-        env = dict(
+        try:
+            pin, env = repo_connect_pinning(remote_url)
+        except RepoUrlError as exc:
+            raise PublishError(f"remote {remote_url!r}: {exc.message}") from None
+        env.update(
             GIT_AUTHOR_NAME=name,
             GIT_AUTHOR_EMAIL=email,
             GIT_COMMITTER_NAME="Convoy",
@@ -103,10 +108,10 @@ def change_push(
         target = base_commit or base_ref
         upload = local_pack_option(remote_url, "upload-pack")
         try:
-            _git(work, env, "fetch", "-q", "--no-tags", *upload, "origin", target)
+            _git(work, env, *pin, "fetch", "-q", "--no-tags", *upload, "origin", target)
         except PublishError:
             # Servers that refuse fetching by commit id: fetch the ref, then find the commit.
-            _git(work, env, "fetch", "-q", "--no-tags", *upload, "origin", base_ref)
+            _git(work, env, *pin, "fetch", "-q", "--no-tags", *upload, "origin", base_ref)
         _git(work, env, "checkout", "-q", "--detach", base_commit or "FETCH_HEAD")
         try:
             _git(work, env, "apply", "--index", "--binary", "--whitespace=nowarn", stdin=patch)
@@ -117,7 +122,15 @@ def change_push(
         try:
             receive = local_pack_option(remote_url, "receive-pack")
             _git(
-                work, env, "push", "-q", "--force", *receive, "origin", f"HEAD:refs/heads/{branch}"
+                work,
+                env,
+                *pin,
+                "push",
+                "-q",
+                "--force",
+                *receive,
+                "origin",
+                f"HEAD:refs/heads/{branch}",
             )
         except PublishError as exc:
             raise PublishError(str(exc), transient=True) from exc

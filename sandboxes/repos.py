@@ -6,7 +6,9 @@ before git sees them: git treats `ext::…` as "run this command", `fd::…` as 
 file descriptors" and a leading `-` as an option, so only https, ssh (URL or scp-style) and
 file URLs under CONVOY_REPO_ROOTS are accepted. Git runs through `core.git.git_run`: no
 hooks, no system or user config, no programs named by a repository's config, no prompts, so a
-repository cannot make the host run anything.
+repository cannot make the host run anything. Network hosts must resolve to public
+addresses (or be allowed by CONVOY_CODEHOST_ALLOW), checked at registration and again when
+git connects, pinned to the vetted addresses; URLs carrying credentials are refused.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import ipaddress
 import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -23,8 +27,16 @@ from urllib.parse import unquote, urlsplit
 from django.conf import settings
 
 from core.errors import Invalid
-from core.git import GIT_TIMEOUT_S, GitError, git_run, local_pack_option
+from core.git import (
+    GIT_TIMEOUT_S,
+    SSH_COMMAND,
+    GitError,
+    git_remote_is_local,
+    git_run,
+    local_pack_option,
+)
 from sandboxes.backends.base import SandboxError
+from sandboxes.egress.addresses import address_refusal
 from sandboxes.models import Sandbox
 from sandboxes.services import backend_get, sandbox_exec, sandbox_handle, sandbox_write_file
 
@@ -71,6 +83,12 @@ def repo_url_validate(url: str) -> str:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme == "https" or scheme == "ssh":
+        if parts.password is not None or (scheme == "https" and parts.username is not None):
+            raise RepoUrlError(
+                "The repository URL must not contain credentials (user:password@ or a token "
+                "before '@'): they would be stored and shown to everyone who sees the "
+                "repository. Store the token as a secret and let an admin grant it instead."
+            )
         _host_check(parts.hostname or "")
         if parts.path.lstrip("/").startswith("-") or not parts.path.strip("/"):
             raise RepoUrlError("The repository path is missing or starts with '-'.")
@@ -94,12 +112,75 @@ def repo_url_validate(url: str) -> str:
 def _host_check(host: str) -> None:
     if not host or host.startswith("-") or not HOST.match(host):
         raise RepoUrlError(f"The repository host {host!r} is not a valid host name.")
+    host_addresses_vet(host, strict=False)
 
 
-def git(*args: str, cwd: Path | None = None, timeout: float = GIT_TIMEOUT_S) -> str:
+def _allowlist() -> tuple[set[str], list]:
+    names, networks = set(), []
+    for entry in settings.CODEHOST_ALLOW:
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            names.add(entry.lower().rstrip("."))
+    return names, networks
+
+
+def host_addresses_vet(host: str, *, strict: bool) -> list[str]:
+    """The addresses `host` resolves to, when Convoy may connect to all of them (public, or
+    allowed by CONVOY_CODEHOST_ALLOW); RepoUrlError otherwise. A host the allowlist names gives
+    []. A name that does not resolve passes unless `strict` (registration may happen offline;
+    fetching is strict)."""
+    names, networks = _allowlist()
+    if host.lower().rstrip(".") in names:
+        return []
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        if strict:
+            raise RepoUrlError(f"The repository host {host!r} does not resolve.") from None
+        return []
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    for address in addresses:
+        reason = address_refusal(address)
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        if reason and not any(ip.version == n.version and ip in n for n in networks):
+            raise RepoUrlError(
+                f"The repository host {host!r} resolves to {address} ({reason}): Convoy does "
+                "not connect to non-public addresses unless CONVOY_CODEHOST_ALLOW lists the "
+                "host or its network."
+            )
+    return addresses
+
+
+def repo_connect_pinning(url: str) -> tuple[list[str], dict[str, str]]:
+    """Git options and environment that make git connect to the addresses vetted now (not to
+    whatever a second DNS answer says): https through curl's resolve list, ssh through its
+    HostName (host keys stay filed under the name). Empty for local and allowlisted hosts."""
+    if git_remote_is_local(url):
+        return [], {}
+    if "://" in url:
+        parts = urlsplit(url)
+        scheme, host, port = parts.scheme.lower(), parts.hostname or "", parts.port
+    elif match := SCP_LIKE.match(url):
+        scheme, host, port = "ssh", match["host"], None
+    else:
+        raise RepoUrlError(f"Not a repository URL Convoy connects to: {url!r}.")
+    addresses = host_addresses_vet(host, strict=True)
+    if not addresses:
+        return [], {}
+    if scheme == "https":
+        listed = ",".join(f"[{a}]" if ":" in a else a for a in addresses)
+        return ["-c", f"http.curloptResolve={host}:{port or 443}:{listed}"], {}
+    ssh = f"{SSH_COMMAND} -o HostName={addresses[0]} -o HostKeyAlias={host}"
+    return [], {"GIT_SSH_COMMAND": ssh}
+
+
+def git(
+    *args: str, cwd: Path | None = None, timeout: float = GIT_TIMEOUT_S, env: dict | None = None
+) -> str:
     """Host-side git through `core.git.git_run` (no hooks, config-chosen programs or prompts)."""
     try:
-        return git_run(*args, cwd=cwd, timeout=timeout).decode("utf-8", "replace")
+        return git_run(*args, cwd=cwd, timeout=timeout, env=env).decode("utf-8", "replace")
     except GitError as exc:
         raise SandboxError(str(exc)) from None
 
@@ -133,12 +214,13 @@ def mirror_fetch(*, url: str, fresh_after: float | None = None) -> Path:
     path = mirror_path(url)
     stamp = _fetched_stamp(path)
     upload = local_pack_option(url, "upload-pack")
+    pin, env = repo_connect_pinning(url)
     with _locked(path):
         if (path / "HEAD").exists():
             with contextlib.suppress(FileNotFoundError):
                 if fresh_after is not None and stamp.stat().st_mtime >= fresh_after:
                     return path
-            git("-C", str(path), "fetch", "--prune", "--quiet", *upload, "origin")
+            git(*pin, "-C", str(path), "fetch", "--prune", "--quiet", *upload, "origin", env=env)
         else:
             tmp = path.with_name(path.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
