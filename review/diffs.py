@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -229,29 +230,46 @@ def diff_hash(diff: str | bytes | None) -> str:
     return hashlib.sha256(bytes(raw)).hexdigest()
 
 
-def diff_normalise(diff: str | bytes | None) -> str:
-    """The diff without what differs between repositories applying the same change.
+# Past this many changed lines a digest keeps only its key: near-identical groups are found
+# among changes a reviewer can still compare by eye.
+CHANGE_LINES_KEPT = 2000
+_MODE_LINES = ("new file mode", "deleted file mode", "old mode", "new mode")
 
-    Dropped: `index` lines (blob ids), hunk line numbers and the function context git prints
-    after them, trailing whitespace at line ends of header lines. Kept: paths, modes, content.
+
+def diff_changes(diff: str | bytes | None) -> list[list]:
+    """The change itself: per file `[path, status, ["+added", "-removed", ...]]`.
+
+    Context lines, line numbers, hunk headers and blob ids are dropped, so the same edit made
+    in repositories whose files differ around it gives the same value. Mode lines and binary
+    patches stay (they are part of the change).
     """
     out = []
-    for line in diff_text(diff).split("\n"):
-        if line.startswith("index ") or line.startswith("similarity index "):
-            continue
-        if HUNK_RE.match(line):
-            out.append("@@")
-            continue
-        out.append(line)
-    return "\n".join(out).strip("\n") + "\n"
+    for f in diff_parse(diff):
+        lines = [
+            ("+" if line.kind == "add" else "-") + line.text
+            for hunk in f.hunks
+            for line in hunk.lines
+            if line.kind in ("add", "del")
+        ]
+        extra = [h for h in f.header_lines if h.startswith(_MODE_LINES)]
+        if f.binary:
+            body = "\n".join(h for h in f.header_lines if not h.startswith(("index ", "diff ")))
+            extra.append("binary " + hashlib.sha256(body.encode("utf-8", "replace")).hexdigest())
+        status = f.status if f.status != "renamed" else f"renamed from {f.old_path}"
+        out.append([f.path, " ".join([status, *extra]), lines])
+    return out
+
+
+def diff_normalise(diff: str | bytes | None) -> str:
+    """The canonical text of `diff_changes` (what the group key hashes)."""
+    return json.dumps(diff_changes(diff), ensure_ascii=False, separators=(",", ":"))
 
 
 def diff_group_key(diff: str | bytes | None) -> str:
     """Runs whose diffs share this key made the same change; empty diffs have key ''."""
-    text = diff_text(diff)
-    if not text.strip():
+    if not diff_text(diff).strip():
         return ""
-    return hashlib.sha256(diff_normalise(text).encode("utf-8", errors="replace")).hexdigest()
+    return hashlib.sha256(diff_normalise(diff).encode("utf-8", errors="replace")).hexdigest()
 
 
 # --- rendering -------------------------------------------------------------------------------
@@ -306,6 +324,7 @@ class UnifiedRow:
     old_no: int | None
     new_no: int | None
     html: SafeString
+    differs: bool = False  # not in the near-identical group it is compared with
 
 
 @dataclass
@@ -371,12 +390,14 @@ def diff_view(
     whitespace: bool = True,
     collapse_over: int = COLLAPSE_OVER,
     expand: str = "",
+    differing: set[tuple[str, str]] | None = None,
 ) -> list[FileView]:
     """Rows ready for `review/diff.html#diff-viewer`, every cell already escaped.
 
     `whitespace=False` hides changes that only touch whitespace; with it on, trailing
     whitespace is made visible. Files over `collapse_over` changed lines start collapsed
-    unless their path is `expand`.
+    unless their path is `expand`. Unified rows whose `(path, "+text")` or `(path, "-text")`
+    is in `differing` are marked (what sets a near-identical group apart).
     """
     highlighter = _Highlighter(HIGHLIGHT_LINE_BUDGET)
     views = []
@@ -406,7 +427,9 @@ def diff_view(
                 view.rows.append(UnifiedRow("hunk", None, None, header))
                 for line in lines:
                     html = highlighter(f.path, line.text, highlight, whitespace)
-                    view.rows.append(UnifiedRow(line.kind, line.old_no, line.new_no, html))
+                    sign = {"add": "+", "del": "-"}.get(line.kind)
+                    differs = bool(differing and sign and (f.path, sign + line.text) in differing)
+                    view.rows.append(UnifiedRow(line.kind, line.old_no, line.new_no, html, differs))
     return views
 
 

@@ -66,6 +66,12 @@ class Decision(models.Model):
     )
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
+    # An undo keeps the row: it is marked withdrawn (with its own audit event) and the run's
+    # review goes back to what the decisions before it say.
+    withdrawn_at = models.DateTimeField(null=True, blank=True)
+    withdrawn_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -75,7 +81,12 @@ class Decision(models.Model):
 
 
 class VariantDigest(models.Model):
-    """A variant's normalised-diff group key, computed once per diff hash for bulk review."""
+    """A variant's change for bulk review, computed once per diff hash when the diff is stored.
+
+    `group_key` hashes the added and removed lines per file (context and line numbers left
+    out); `files` and `summary` label the group; `changes` (review.diffs.diff_changes, empty
+    past CHANGE_LINES_KEPT lines) lets the page find near-identical groups without a diff.
+    """
 
     variant = models.OneToOneField(
         "campaigns.Variant", on_delete=models.CASCADE, primary_key=True, related_name="digest"
@@ -83,6 +94,9 @@ class VariantDigest(models.Model):
     campaign = models.ForeignKey("campaigns.Campaign", on_delete=models.CASCADE, related_name="+")
     diff_sha256 = models.CharField(max_length=64)
     group_key = models.CharField(max_length=64, db_index=True)
+    files = models.JSONField(default=list)
+    summary = models.CharField(max_length=300, blank=True)
+    changes = models.JSONField(default=list)
 
     def __str__(self) -> str:
         return f"{self.variant_id}: {self.group_key[:12]}"

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 from typing import Literal
 
+from django.core import signing
+
 from accounts.roles import user_can
-from campaigns.models import Campaign, RepoRun
+from campaigns.models import Campaign, RepoRun, Variant
 from campaigns.selectors import campaign_get_for_user, run_get_for_user
-from core.errors import PermissionDenied
+from core.errors import Invalid, PermissionDenied
 from review.services import four_eyes_check
+
+SHOWN_SALT = "review.diff-shown"
+SHOWN_MAX_AGE_S = 24 * 3600
 
 ReviewAction = Literal["view", "decide", "approve"]
 
@@ -51,3 +56,25 @@ def review_run_get_for_user(
     if action != "view":
         review_decide_check(user=user)
     return run
+
+
+def diff_shown_token(*, user, variant: Variant) -> str:
+    """Proof, signed into the page that shows this variant's diff, that it was shown to `user`."""
+    return signing.dumps([user.pk, variant.pk, variant.diff_sha256], salt=SHOWN_SALT)
+
+
+def diff_shown_check(*, user, variant: Variant | None, diff_hash: str, token: str) -> None:
+    """Refuse an approval from a page that did not show this diff (the queue, a stale tab).
+
+    Pages approve only with the token the comparison page signs beside the diff it shows; the
+    API, whose clients fetch the diff themselves, names the hash instead.
+    """
+    try:
+        shown = signing.loads(token or "", salt=SHOWN_SALT, max_age=SHOWN_MAX_AGE_S)
+    except signing.BadSignature:
+        shown = None
+    if variant is None or shown != [user.pk, variant.pk, diff_hash]:
+        raise Invalid(
+            "Approve from the page that shows this diff: open the change and review it first.",
+            field="shown",
+        )

@@ -1,6 +1,6 @@
 """Review's answers to signals from lower layers (campaigns never imports review)."""
 
-from review.services import variant_digest_store
+from review.digests import variant_digest_store
 
 
 def variant_digest_on_diff_stored(

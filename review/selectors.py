@@ -7,7 +7,7 @@ only for the one run or group being shown.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.core.cache import cache
@@ -38,7 +38,8 @@ from campaigns.models import (
     Variant,
     VariantState,
 )
-from core.errors import Invalid
+from core.errors import Invalid, NotFound
+from review.groups import change_difference, near_identical
 from review.models import (
     Changeset,
     ChangesetState,
@@ -121,6 +122,34 @@ def review_queue(
 def review_next(*, campaign: Campaign, limit: int = 10) -> list[RepoRun]:
     """The first runs waiting for a decision (the dashboard's short queue)."""
     return list(_queue_runs(campaign=campaign, which="todo")[:limit])
+
+
+def review_next_after(*, campaign: Campaign, run_id: int) -> int | None:
+    """The id of the next run waiting for a decision after `run_id` (wrapping), or None."""
+    todo = _queue_runs(campaign=campaign, which="todo").exclude(pk=run_id)
+    later = todo.filter(pk__gt=run_id).values_list("pk", flat=True).first()
+    return later if later is not None else todo.values_list("pk", flat=True).first()
+
+
+def decision_latest(*, run: RepoRun, actor) -> Decision | None:
+    """The actor's last decision on this run that still stands (what Undo withdraws)."""
+    return (
+        Decision.objects.filter(run_id=run.pk, actor=actor, withdrawn_at__isnull=True)
+        .order_by("-pk")
+        .first()
+    )
+
+
+def decision_get(*, campaign: Campaign, pk: int | str) -> Decision:
+    """A decision on a run of this campaign, with its run (404 otherwise)."""
+    decision = (
+        Decision.objects.filter(pk=pk, run__campaign=campaign)
+        .select_related("run", "run__repository", "run__campaign")
+        .first()
+    )
+    if decision is None:
+        raise NotFound("No such decision in this campaign.")
+    return decision
 
 
 def _queue_runs(*, campaign: Campaign, which: str) -> QuerySet[RepoRun]:
@@ -215,15 +244,29 @@ class BulkGroup:
     sample: Variant
     runs: list[RepoRun]
     more: int
+    files: list[str] = field(default_factory=list)
+    summary: str = ""
+    changes: list = field(default_factory=list)
+    # Near-identical groups: (group, how many lines tell the two apart), closest first.
+    near: list[tuple[BulkGroup, int]] = field(default_factory=list)
+    number: int = 0
+    # Each listed run with the diff hash it is shown with: an approval is bound to that hash.
+    members: list[tuple[RepoRun, str]] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        shown = ", ".join(self.files[:3])
+        return shown + (f" and {len(self.files) - 3} more" if len(self.files) > 3 else "")
 
 
 def bulk_groups(
     *, campaign: Campaign, variant_name: str, limit: int = 20, repos_shown: int = 200
 ) -> list[BulkGroup]:
-    """Runs whose `variant_name` diffs are identical after normalisation, largest group first.
+    """Runs whose `variant_name` diffs make the same change, largest group first.
 
     Only completed variants that passed (or had no) validation, in runs that still need a
-    decision, are grouped.
+    decision, are grouped. Groups changing the same files with a few differing lines are
+    linked to each other as near-identical (from stored digests; no diff is parsed here).
     """
     eligible = (
         VariantDigest.objects.filter(
@@ -250,24 +293,38 @@ def bulk_groups(
         .order_by("-n", "group_key")[:limit]
     )
     groups = []
-    for row in top:
+    for number, row in enumerate(top, start=1):
         members = list(
             eligible.filter(group_key=row["group_key"])
             .select_related("variant__run__repository")
+            .defer("changes", "variant__patch", "variant__output_tail")
             .order_by("variant__run_id")[:repos_shown]
         )
-        sample = Variant.objects.get(pk=members[0].variant_id)
+        first = VariantDigest.objects.select_related("variant").get(pk=members[0].pk)
         groups.append(
             BulkGroup(
                 group_key=row["group_key"],
                 count=row["n"],
                 variant_name=variant_name,
-                sample=sample,
+                sample=first.variant,
                 runs=[m.variant.run for m in members],
                 more=max(0, row["n"] - len(members)),
+                files=first.files,
+                summary=first.summary,
+                changes=first.changes,
+                number=number,
+                members=[(m.variant.run, m.diff_sha256) for m in members],
             )
         )
+    for g in groups:
+        near = ((o, near_identical(g.changes, o.changes)) for o in groups if o is not g)
+        g.near = sorted(((o, n) for o, n in near if n is not None), key=lambda p: p[1])
     return groups
+
+
+def bulk_group_differing(group: BulkGroup) -> set[tuple[str, str]]:
+    """The lines of `group` that its closest near-identical group does not change."""
+    return change_difference(group.changes, group.near[0][0].changes) if group.near else set()
 
 
 class _Epoch(Func):

@@ -1,4 +1,4 @@
-"""Review writes: pick a variant, approve or reject a change, bulk approve, publish, digests.
+"""Review writes: pick a variant, approve or reject a change, bulk approve, publish.
 
 Every decision names the diff hash the reviewer saw; a decision on a diff that has changed
 since (a rerun) is refused with `StaleDecision`. Approval is valid only while the picked
@@ -299,62 +299,6 @@ def change_reject(*, run: RepoRun, actor, comment: str, diff_hash: str = "") -> 
     return review
 
 
-def variant_digest_store(
-    *, variant_id: int, campaign_id: int, patch: bytes, diff_sha256: str
-) -> None:
-    """Keep the bulk-review group key of a variant's new diff (in the caller's transaction).
-
-    Called when campaigns stores a diff (`campaigns.signals.variant_diff_stored`), so the bulk
-    page and the groups API only read. A variant that changed nothing has no group.
-    """
-    if not diff_sha256:
-        VariantDigest.objects.filter(variant_id=variant_id).delete()
-        return
-    VariantDigest.objects.update_or_create(
-        variant_id=variant_id,
-        defaults={
-            "campaign_id": campaign_id,
-            "diff_sha256": diff_sha256,
-            "group_key": diff_group_key(patch),
-        },
-    )
-
-
-def variant_digests_refresh(*, campaign: Campaign | None = None, batch: int = 500) -> int:
-    """Backfill: compute the digest of every completed variant whose diff has none current.
-
-    Diffs stored before digests were kept at write time need this once
-    (`manage.py review_digests_backfill`); it returns how many digests it wrote.
-    """
-    variants = Variant.objects.filter(state=VariantState.COMPLETED).exclude(diff_sha256="")
-    if campaign is not None:
-        variants = variants.filter(run__campaign=campaign)
-    done = 0
-    while True:
-        stale = list(
-            variants.filter(Q(digest__isnull=True) | ~Q(digest__diff_sha256=F("diff_sha256")))
-            .annotate(campaign_pk=F("run__campaign_id"))
-            .only("pk", "patch", "diff_sha256")[:batch]
-        )
-        if not stale:
-            return done
-        VariantDigest.objects.bulk_create(
-            [
-                VariantDigest(
-                    variant_id=v.pk,
-                    campaign_id=v.campaign_pk,
-                    diff_sha256=v.diff_sha256,
-                    group_key=diff_group_key(bytes(v.patch)),
-                )
-                for v in stale
-            ],
-            update_conflicts=True,
-            unique_fields=["variant"],
-            update_fields=["diff_sha256", "group_key"],
-        )
-        done += len(stale)
-
-
 def changes_bulk_approve(
     *,
     campaign: Campaign,
@@ -363,11 +307,14 @@ def changes_bulk_approve(
     run_ids: list[int],
     actor,
     comment: str = "",
+    diff_hashes: dict[int, str] | None = None,
 ) -> BulkApproval:
     """Approve `variant_name` in each listed run whose diff is still in the group shown.
 
-    Runs whose diff left the group since the page was drawn, or that are already approved,
-    are skipped and reported, never approved unseen. One decision per run.
+    Runs whose diff left the group since the page was drawn, whose diff is no longer the one
+    in `diff_hashes` (when given: the hash each run was shown with), or that are already
+    approved, are skipped and reported, never approved unseen. One decision per run, each on
+    that run's own diff hash.
     """
     if not group_key:
         raise Invalid("group_key: required", field="group_key")
@@ -392,6 +339,9 @@ def changes_bulk_approve(
         digest = getattr(v, "digest", None) if v else None
         if v is None or digest is None or digest.group_key != group_key:
             result.skipped.append(RunSkipped(run_id, "its diff differs from the group"))
+            continue
+        if diff_hashes is not None and diff_hashes.get(run_id) != v.diff_sha256:
+            result.skipped.append(RunSkipped(run_id, "its diff changed since the page was drawn"))
             continue
         try:
             change_approve(

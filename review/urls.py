@@ -13,6 +13,11 @@ urlpatterns = [
     path("campaigns/<str:pk>/changesets/", views.changesets, name="review-changesets"),
     path("campaigns/<str:pk>/failures/retry/", views.retry_group, name="review-retry-group"),
     path("campaigns/<str:pk>/runs/<int:run_id>/compare/", views.run_compare, name="review-compare"),
+    path(
+        "campaigns/<str:pk>/decisions/<int:decision_id>/undo/",
+        views.decision_undo,
+        name="review-undo",
+    ),
     re_path(
         r"^campaigns/(?P<pk>[\w-]+)/runs/(?P<run_id>\d+)/(?P<action>pick|approve|reject|publish)/$",
         views.run_decide,

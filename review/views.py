@@ -23,7 +23,13 @@ from campaigns.services import campaign_retry
 from review import selectors, services
 from review.charts import burndown_svg
 from review.diffs import diff_compare, diff_view
-from review.permissions import review_campaign_get_for_user, review_run_get_for_user
+from review.permissions import (
+    diff_shown_check,
+    diff_shown_token,
+    review_campaign_get_for_user,
+    review_run_get_for_user,
+)
+from review.undo import decision_undoable, decision_withdraw
 
 COMPARE = "review/compare.html"
 QUEUE = "review/queue.html"
@@ -49,6 +55,15 @@ def _int(value) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+def _undo(request, run):
+    """The decision just made (named by ?decided=) while its maker may still undo it."""
+    pk = _int(request.GET.get("decided"))
+    if pk is None:
+        return None
+    decision = selectors.decision_get(campaign=run.campaign, pk=pk)
+    return decision if decision_undoable(decision=decision, user=request.user) else None
 
 
 def _compare_context(request, run) -> dict:
@@ -83,6 +98,9 @@ def _compare_context(request, run) -> dict:
         "a": a,
         "b": b,
         "neighbours": selectors.run_neighbours(run=run),
+        "branch": (campaign.spec.get("changeset") or {}).get("branch") or f"convoy/{campaign.name}",
+        "shown_token": diff_shown_token(user=request.user, variant=chosen) if chosen else "",
+        "undo": _undo(request, run),
         "can_review": user_can(request.user, "change_review"),
         "four_eyes_blocked": services.four_eyes_applies(campaign=campaign, user=request.user),
         "urls": {
@@ -108,10 +126,23 @@ def _back(request, run):
     return redirect(_compare_url(run.campaign, run.pk))
 
 
+def _advance(request, run, message: str):
+    """After a decision: the next change waiting for one, with Undo for the decision made."""
+    decision = selectors.decision_latest(run=run, actor=request.user)
+    messages.success(request, message)
+    next_id = selectors.review_next_after(campaign=run.campaign, run_id=run.pk)
+    if next_id is None:
+        messages.info(request, "Nothing else is waiting for a decision.")
+        url = reverse("review-queue", args=[run.campaign.pk])
+    else:
+        url = reverse("review-compare", args=[run.campaign.pk, next_id])
+    return redirect(f"{url}?{urlencode({'decided': decision.pk})}" if decision else url)
+
+
 @login_required
 @require_POST
 def run_decide(request, pk, run_id, action):
-    """Pick, approve, reject or publish one run's change from its page or the queue."""
+    """Pick, approve, reject or publish one run's change from the page that shows its diff."""
     run = review_run_get_for_user(
         user=request.user,
         campaign_pk=pk,
@@ -125,17 +156,32 @@ def run_decide(request, pk, run_id, action):
         services.variant_pick(run=run, variant=variant, actor=request.user, diff_hash=diff_hash)
         messages.success(request, f"Picked “{variant.name}” for {name}.")
     elif action == "approve":
+        diff_shown_check(
+            user=request.user, variant=variant, diff_hash=diff_hash, token=post.get("shown", "")
+        )
         services.change_approve(
             run=run, actor=request.user, variant=variant, diff_hash=diff_hash, comment=comment
         )
-        messages.success(request, f"Approved the change for {name}.")
+        return _advance(request, run, f"Approved the change for {name}.")
     elif action == "reject":
         services.change_reject(run=run, actor=request.user, comment=comment, diff_hash=diff_hash)
-        messages.success(request, f"Rejected the change for {name}.")
+        return _advance(request, run, f"Rejected the change for {name}.")
     else:
         services.change_publish(run=run, actor=request.user)
         messages.success(request, f"Publishing {name}.")
     return _back(request, run)
+
+
+@login_required
+@require_POST
+def decision_undo(request, pk, decision_id):
+    """Withdraw one's own decision shortly after making it; back to that change."""
+    campaign = review_campaign_get_for_user(user=request.user, pk=pk, action="decide")
+    decision = selectors.decision_get(campaign=campaign, pk=decision_id)
+    decision_withdraw(decision=decision, actor=request.user)
+    name = decision.run.repository.name
+    messages.success(request, f"Undone: the {decision.kind} decision on {name} is withdrawn.")
+    return redirect(_compare_url(campaign, decision.run_id))
 
 
 @login_required
@@ -173,7 +219,11 @@ def bulk_review(request, pk):
         "variant_name": name,
         "groups": groups,
         "shown": shown,
-        "files": diff_view(bytes(shown.sample.patch)) if shown else [],
+        "files": diff_view(
+            bytes(shown.sample.patch), differing=selectors.bulk_group_differing(shown)
+        )
+        if shown
+        else [],
         "can_review": user_can(request.user, "change_review"),
     }
     return render(request, BULK, context)
@@ -184,7 +234,9 @@ def bulk_review(request, pk):
 def bulk_approve(request, pk):
     campaign = review_campaign_get_for_user(user=request.user, pk=pk, action="decide")
     run_ids = [i for i in (_int(x) for x in request.POST.getlist("run_ids")) if i is not None]
+    hashes = {i: request.POST.get(f"hash_{i}", "") for i in run_ids}
     result = services.changes_bulk_approve(
+        diff_hashes=hashes,
         campaign=campaign,
         group_key=request.POST.get("group_key", ""),
         variant_name=request.POST.get("variant_name", ""),
@@ -220,6 +272,7 @@ def _dashboard_context(request, campaign) -> dict:
             "succeeded": 100 * runs["succeeded"] / total,
             "failed": 100 * (runs["failed"] + runs["cancelled"]) / total,
             "active": 100 * (runs["queued"] + runs["running"]) / total,
+            "done_failed": 100 * (runs["succeeded"] + runs["failed"] + runs["cancelled"]) / total,
         },
         "review_counts": selectors.review_counts(campaign=campaign),
         "next_up": selectors.queue_rows(selectors.review_next(campaign=campaign))

@@ -1,5 +1,8 @@
-// Keyboard review: j/k move between runs, o/Enter open, p pick, a approve, r reject.
-// Works on the review queue (rows marked data-review-row) and on a run's comparison page.
+// Keyboard review. On the review queue (rows marked data-review-row): j/k move, o/Enter open.
+// On a change's page (data-review-page="compare"), keys act on the change shown there only:
+// j/k next/previous run, 1-9 show a variant, p pick it, a approve it (the button exists only
+// once the diff is on the page), r type a rejection reason (Enter rejects), u undo the
+// decision just made.
 (function () {
   "use strict";
 
@@ -8,14 +11,10 @@
     return el && (el.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(el.tagName));
   }
 
-  function submit(form, key) {
-    if (!form) return;
-    if (key === "r") {
-      var reason = window.prompt("Why is this change rejected?");
-      if (!reason) return;
-      form.querySelector("input[name=comment]").value = reason;
-    }
-    form.requestSubmit ? form.requestSubmit() : form.submit();
+  function send(form) {
+    if (!form) return false;
+    if (form.requestSubmit) { form.requestSubmit(); } else { form.submit(); }
+    return true;
   }
 
   function queue(root) {
@@ -23,7 +22,10 @@
     var stored = parseInt(sessionStorage.getItem("convoy-review-row") || "0", 10);
     var current = Math.min(isNaN(stored) ? 0 : stored, Math.max(rows.length - 1, 0));
     function mark() {
-      rows.forEach(function (row, i) { row.classList.toggle("current", i === current); });
+      rows.forEach(function (row, i) {
+        row.classList.toggle("current", i === current);
+        if (i === current) { row.setAttribute("aria-current", "true"); } else { row.removeAttribute("aria-current"); }
+      });
       if (rows[current]) rows[current].scrollIntoView({ block: "nearest" });
       sessionStorage.setItem("convoy-review-row", String(current));
     }
@@ -33,10 +35,6 @@
       if (key === "j") { current = Math.min(current + 1, rows.length - 1); mark(); return true; }
       if (key === "k") { current = Math.max(current - 1, 0); mark(); return true; }
       if (key === "o" || key === "Enter") { window.location = rows[current].dataset.openUrl; return true; }
-      if (key === "p" || key === "a" || key === "r") {
-        submit(rows[current].querySelector('form[data-key="' + key + '"]'), key);
-        return true;
-      }
       return false;
     };
   }
@@ -50,20 +48,12 @@
         if (card) { window.location = card.dataset.showUrl; return true; }
         return false;
       }
-      if (key === "p" || key === "a" || key === "r") {
-        var target = root.querySelector('[data-key="' + key + '"]');
-        if (!target) return false;
-        if (target.tagName === "FORM") { submit(target, key); return true; }
-        var comment = target.form.querySelector("input[data-comment]");
-        if (key === "r" && comment && !comment.value) {
-          var reason = window.prompt("Why is this change rejected?");
-          if (!reason) return true;
-          comment.value = reason;
-        }
-        target.click();
-        return true;
-      }
-      return false;
+      var target = root.querySelector('[data-key="' + key + '"]');
+      if (!target) return false;
+      if (key === "r") { target.focus(); return true; }
+      if (target.tagName === "FORM") return send(target);
+      target.click();
+      return true;
     };
   }
 
@@ -77,6 +67,7 @@
 
   document.addEventListener("keydown", function (event) {
     if (!handler || typing(event) || event.ctrlKey || event.metaKey || event.altKey) return;
+    if (document.querySelector("dialog[open]")) return;
     if (handler(event.key)) event.preventDefault();
   });
   document.addEventListener("DOMContentLoaded", bind);

@@ -1,5 +1,7 @@
 """Review pages as a signed-in user sees them: comparison, queue, bulk, dashboard, queries."""
 
+import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -10,7 +12,7 @@ from django.urls import reverse
 
 from audit.models import AuditEvent
 from campaigns.models import RepoRun, RunTransition
-from review.models import ReviewState, RunReview
+from review.models import Decision, ReviewState, RunReview
 from review.selectors import burndown
 from tests.factories import (
     PASSWORD,
@@ -18,6 +20,7 @@ from tests.factories import (
     campaign_make,
     patch_for,
     run_make,
+    user_make,
     variant_make,
     variant_rerun,
 )
@@ -64,18 +67,82 @@ def test_comparison_page_shows_variants_side_by_side_escaped(client, reviewer, r
     assert 'data-testid="compare"' in compared and "differs" in compared
 
 
+def _shown(client, campaign, run, variant) -> str:
+    """The token the comparison page signs beside the diff it shows."""
+    html = client.get(
+        reverse("review-compare", args=[campaign.pk, run.pk]), {"variant": variant.pk}
+    )
+    match = re.search(r'name="shown" value="([^"]+)"', html.content.decode())
+    assert match, "the page shows no approve form"
+    return match.group(1)
+
+
 def test_decisions_through_the_page_and_a_stale_approve_is_refused(client, reviewer, run3):
     campaign, run, (a, _b, _c) = run3
     _login(client, reviewer)
     decide = reverse("review-decide", args=[campaign.pk, run.pk, "approve"])
-    seen = a.diff_sha256
+    seen, token = a.diff_sha256, _shown(client, campaign, run, a)
     variant_rerun(a, patch_for("a.py", "x", "rerun"))
-    page = client.post(decide, {"variant": a.pk, "diff_hash": seen}, follow=True)
+    page = client.post(decide, {"variant": a.pk, "diff_hash": seen, "shown": token}, follow=True)
     assert page.status_code == 409
     assert "changed since you loaded the page" in page.content.decode()
     assert not RunReview.objects.filter(run=run, state=ReviewState.APPROVED).exists()
-    client.post(decide, {"variant": a.pk, "diff_hash": a.diff_sha256, "comment": "fine"})
+    token = _shown(client, campaign, run, a)
+    client.post(
+        decide, {"variant": a.pk, "diff_hash": a.diff_sha256, "comment": "ok", "shown": token}
+    )
     assert RunReview.objects.get(run=run).state == ReviewState.APPROVED
+
+
+def test_approval_needs_the_page_that_showed_the_diff(client, reviewer, run3):
+    """A post naming the right hash but not coming from the page showing the diff (the queue,
+    a script, another variant's page) is refused; the queue offers no approve at all."""
+    campaign, run, (a, b, _c) = run3
+    _login(client, reviewer)
+    queue = client.get(reverse("review-queue", args=[campaign.pk])).content.decode()
+    assert "/approve/" not in queue and 'data-key="a"' not in queue
+    decide = reverse("review-decide", args=[campaign.pk, run.pk, "approve"])
+    page = client.post(decide, {"variant": a.pk, "diff_hash": a.diff_sha256}, follow=True)
+    assert page.status_code == 422 and "page that shows this diff" in page.content.decode()
+    other = _shown(client, campaign, run, b)  # shown b, approving a
+    page = client.post(decide, {"variant": a.pk, "diff_hash": a.diff_sha256, "shown": other})
+    assert page.status_code == 422
+    assert not RunReview.objects.filter(run=run, state=ReviewState.APPROVED).exists()
+
+
+def test_a_decision_advances_to_the_next_change_and_can_be_undone(client, reviewer, manager):
+    campaign = campaign_make(owner=manager, variants=("a",))
+    runs = [run_make(campaign=campaign) for _ in range(3)]
+    variants = [
+        variant_make(run=r, name="a", patch=patch_for("f.py", "x", f"y{i}"))
+        for i, r in enumerate(runs)
+    ]
+    _login(client, reviewer)
+    decide = reverse("review-decide", args=[campaign.pk, runs[0].pk, "approve"])
+    token = _shown(client, campaign, runs[0], variants[0])
+    post = {"variant": variants[0].pk, "diff_hash": variants[0].diff_sha256, "shown": token}
+    response = client.post(decide, post)
+    decision = Decision.objects.get(run=runs[0], kind="approve")
+    nxt = reverse("review-compare", args=[campaign.pk, runs[1].pk])
+    assert response.status_code == 302 and response["Location"] == f"{nxt}?decided={decision.pk}"
+    html = client.get(response["Location"]).content.decode()
+    assert 'data-testid="undo-bar"' in html and runs[0].repository.name in html
+    undo = reverse("review-undo", args=[campaign.pk, decision.pk])
+    assert client.post(undo).status_code == 302
+    decision.refresh_from_db()
+    assert decision.withdrawn_at is not None and decision.withdrawn_by == reviewer  # kept
+    review = RunReview.objects.get(run=runs[0])
+    assert review.state == ReviewState.PICKED and review.approved_hash == ""
+    event = json.loads(AuditEvent.objects.get(action="review.decision.withdrawn").body)
+    assert event["payload"]["decision_id"] == decision.pk
+    assert event["payload"]["kind"] == "approve"
+    # Undone once is undone: a second post is refused, and so is someone else's decision.
+    assert client.post(undo).status_code == 409
+    client.logout()
+    _login(client, user_make(role="reviewer", username="rita"))
+    other = Decision.objects.filter(run=runs[0], withdrawn_at__isnull=True).first()
+    refused = client.post(reverse("review-undo", args=[campaign.pk, other.pk]))
+    assert refused.status_code == 403
 
 
 def test_four_eyes_on_the_page_and_outsiders_get_404(client, manager, outsider, run3):

@@ -9,6 +9,7 @@ from django.db import transaction
 
 from audit.models import AuditEvent
 from core.errors import Invalid
+from review.digests import variant_digests_refresh
 from review.models import Changeset, Decision, ReviewState, RunReview, VariantDigest
 from review.selectors import bulk_groups, review_counts, review_queue
 from review.services import (
@@ -20,7 +21,6 @@ from review.services import (
     change_reject,
     changes_bulk_approve,
     changeset_push,
-    variant_digests_refresh,
     variant_pick,
 )
 from tests.factories import (

@@ -7,7 +7,7 @@ older than that, and is safe to run again (it only writes missing or stale diges
 from django.core.management.base import BaseCommand, CommandError
 
 from campaigns.models import Campaign
-from review.services import variant_digests_refresh
+from review.digests import variant_digests_refresh
 
 
 class Command(BaseCommand):
