@@ -18,6 +18,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from campaigns import agents as agent_models
 from campaigns.dispatch import (
     campaign_finish_if_done,
     runs_dispatch,
@@ -118,6 +119,7 @@ class _Context:
             },
         )
         self.secrets = secret_values(names=self.spec["secrets"])
+        self.sandbox_spec = agent_models.run_models_prepare(ctx=self)  # the model gateway
         self.launcher = self.campaign.launched_by or self.campaign.owner
         self._checked_at = -CHECK_EVERY_S  # the first check asks the database
 
@@ -364,6 +366,7 @@ def _variant_run(ctx: _Context, variant: Variant, snapshot, sandbox=None) -> Non
             if given is None:
                 Variant.objects.filter(pk=variant.pk).update(sandbox_id=sandbox.pk)
             env = {**spec_variant["env"], "CONVOY_VARIANT": variant.name}
+            env |= agent_models.variant_model_env(ctx=ctx, spec_variant=spec_variant, pk=variant.pk)
             steps = spec_variant.get("transform") or ctx.spec["transform"]
             for i, step in enumerate(steps):
                 ctx.check()
@@ -415,6 +418,7 @@ def _variant_run(ctx: _Context, variant: Variant, snapshot, sandbox=None) -> Non
     finally:
         if sandbox is not None:
             _terminate(sandbox, "variant finished")
+    result = agent_models.variant_model_finish(variant_id=variant.pk, result=result)
     if result:
         finished = timezone.now()
         with transaction.atomic():
@@ -582,6 +586,7 @@ def _run_carry(run: RepoRun, worker: str) -> tuple[str, int | None]:
     finally:
         heartbeat.stop()
         run_cleanup(run)
+        agent_models.run_models_close(run_id=run.pk)
     if outcome != "requeued" and next_id is None:
         campaign_finish_if_done(campaign_id=run.campaign_id)
         runs_dispatch()

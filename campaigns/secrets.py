@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from pathlib import Path
 
-from cryptography.fernet import Fernet
-from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.utils import timezone
 
@@ -17,27 +13,10 @@ from campaigns.models import (
     Secret,
 )
 from campaigns.states import RunFailed
+from core.crypto import secrets_fernet
 from core.errors import Invalid
 
-
-def _fernet() -> Fernet:
-    key = settings.SECRETS_KEY
-    if not key:
-        if not (settings.EMBEDDED or settings.DEBUG or settings.TESTING):
-            raise ImproperlyConfigured(
-                "CONVOY_SECRETS_KEY: required to store secrets in the production shape "
-                "(generate one with `python -c 'from cryptography.fernet import Fernet; "
-                "print(Fernet.generate_key().decode())'`)"
-            )
-        path = Path(settings.DATA_DIR) / "secrets.key"
-        if not path.exists():
-            path.write_bytes(Fernet.generate_key())
-            path.chmod(0o600)
-        key = path.read_text().strip()
-    try:
-        return Fernet(key.encode() if isinstance(key, str) else key)
-    except ValueError as exc:
-        raise ImproperlyConfigured(f"CONVOY_SECRETS_KEY: not a valid Fernet key ({exc})") from None
+_fernet = secrets_fernet  # the key is shared with model providers' keys (core.crypto)
 
 
 SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")

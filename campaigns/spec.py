@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from django.conf import settings
 
+from agents.spec import model_parse, model_spec_errors
 from core.errors import Invalid
 from sandboxes.repos import RepoUrlError, repo_url_validate
 
@@ -39,13 +40,14 @@ TOP_KEYS = {
     "variants",
     "validate",
     "secrets",
+    "model",
     "changeset",
     "review",
 }
 REQUIRED_KEYS = ("name", "repos", "transform")
 LIMIT_KEYS = {"timeout_s", "cpu", "memory_mb", "network"}
 STEP_KEYS = {"run", "name", "timeout_s"}
-VARIANT_KEYS = {"name", "description", "env", "transform"}
+VARIANT_KEYS = {"name", "description", "env", "transform", "model"}
 REPO_KEYS = {"url", "ref"}
 CHANGESET_KEYS = {"branch", "title", "body", "commit_message", "author"}
 REVIEW_KEYS = {"four_eyes"}
@@ -380,8 +382,18 @@ def _check_variants(c: _Checker, value: Any) -> list[dict]:
             clean["env"] = c.env(variant["env"], _path(path, "env"))
         if "transform" in variant:
             clean["transform"] = c.steps(variant["transform"], _path(path, "transform"))
+        if "model" in variant:
+            clean["model"] = _check_model(c, variant["model"], _path(path, "model"))
         out.append(clean)
     return out
+
+
+def _check_model(c: _Checker, value: Any, path: str) -> dict:
+    """`model:` (agents.spec): a provider, a model name and budgets."""
+    model, errors = model_parse(value, path=path)
+    for where, message in errors:
+        c.fail(where, message)
+    return model
 
 
 def spec_validate(raw: Any, *, lines: dict[str, int] | None = None) -> dict:
@@ -473,6 +485,9 @@ def spec_validate(raw: Any, *, lines: dict[str, int] | None = None) -> dict:
                 c.fail("review.four_eyes", "must be true or false")
             else:
                 spec["review"]["four_eyes"] = review["four_eyes"]
+    spec["model"] = _check_model(c, raw["model"], "model") if raw.get("model") else None
+    for where, message in model_spec_errors(spec):
+        c.fail(where, message)
     if c.errors:
         raise CampaignSpecError(c.errors)
     return spec

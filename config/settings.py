@@ -146,6 +146,7 @@ INSTALLED_APPS = [
     "accounts",
     "audit",
     "sandboxes",
+    "agents",
     "campaigns",
     "review",
 ]

@@ -1,0 +1,402 @@
+"""The model gateway: an HTTP server in the worker process that sandboxes reach through the
+egress proxy as `gateway.convoy.internal` (a route to its host UNIX socket).
+
+Each request carries a variant's token (`Authorization: Bearer …` or `x-api-key: …`). The
+gateway checks the token, the model and the budget (agents.grants), swaps the token for the
+provider's real key, forwards to the provider with httpx and passes the response through chunk
+by chunk (SSE streams stay streams), reads the usage on the way, then records the call. The
+real key exists only in this process; the sandbox never sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone
+
+from agents.grants import (
+    Admission,
+    Refusal,
+    call_admit,
+    call_record,
+    grant_masks,
+)
+from agents.models import ApiStyle, CallOutcome
+from agents.providers import provider_key
+from agents.usage import UsageReader, transcript_pack
+from sandboxes.egress import worker as egress_worker
+from sandboxes.egress.policy import AllowRule
+
+log = logging.getLogger(__name__)
+
+GATEWAY_HOST = "gateway.convoy.internal"
+GATEWAY_PORT = 80
+GATEWAY_URL = f"http://{GATEWAY_HOST}"
+# The allowlist entry a sandbox's egress policy needs to reach the gateway (and nothing else).
+GATEWAY_RULE = AllowRule(GATEWAY_HOST, frozenset({GATEWAY_PORT}))
+SOCKET_NAME = "gateway.sock"
+HEAD_LIMIT = 64 * 1024
+BODY_LIMIT = 32 * 1024 * 1024
+# Never forwarded: hop-by-hop headers, the sandbox's credentials, and what we set ourselves.
+_DROP_REQUEST = {
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "transfer-encoding",
+    "content-length",
+    "authorization",
+    "x-api-key",
+    "accept-encoding",
+    "te",
+    "upgrade",
+}
+_DROP_RESPONSE = {"connection", "keep-alive", "transfer-encoding", "content-length"}
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden"}
+
+
+class _BadRequest(Exception):
+    pass
+
+
+def _error_body(kind: str, message: str) -> bytes:
+    # Both SDK families show `error.message`; `type` is what scripts can test.
+    return json.dumps({"error": {"type": kind, "message": message}}).encode()
+
+
+class ModelGateway:
+    """One per process. `start()` listens on `root/gateway.sock` (and, for benchmarks and tests
+    that call it directly, on 127.0.0.1:`tcp_port` when given); `stop()` ends it."""
+
+    def __init__(self, root: Path, *, tcp_port: int | None = None) -> None:
+        self.root = Path(root)
+        self.tcp_port = tcp_port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._servers: list[asyncio.AbstractServer] = []
+        self._client: httpx.AsyncClient | None = None
+        self._lock = threading.Lock()
+        # ORM work runs here, off the event loop (Django refuses the ORM inside a loop).
+        self._db = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gateway-db")
+
+    @property
+    def socket_path(self) -> Path:
+        return self.root / SOCKET_NAME
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> ModelGateway:
+        with self._lock:
+            if self.running:
+                return self
+            self.root.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.root, 0o700)
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            self._thread = threading.Thread(
+                target=loop.run_forever, name="model-gateway", daemon=True
+            )
+            self._thread.start()
+            asyncio.run_coroutine_threadsafe(self._listen(), loop).result(timeout=30)
+        return self
+
+    async def _listen(self) -> None:
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=10.0),
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            trust_env=True,  # the host's own HTTPS_PROXY, if it has one, for the upstream
+        )
+        server = await asyncio.start_unix_server(
+            self._serve, path=str(self.socket_path), limit=HEAD_LIMIT
+        )
+        os.chmod(self.socket_path, 0o600)
+        self._servers = [server]
+        if self.tcp_port is not None:
+            tcp = await asyncio.start_server(
+                self._serve, "127.0.0.1", self.tcp_port, limit=HEAD_LIMIT
+            )
+            self.tcp_port = tcp.sockets[0].getsockname()[1]
+            self._servers.append(tcp)
+
+    def stop(self) -> None:
+        with self._lock:
+            if not self.running or self._loop is None:
+                return
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=30)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+            self._thread = None
+            self._loop = None
+        self._db.shutdown(wait=False)
+
+    async def _shutdown(self) -> None:
+        for server in self._servers:
+            server.close()
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def _orm(self, fn, **kwargs):
+        def run():
+            close_old_connections()
+            return fn(**kwargs)
+
+        return await asyncio.get_running_loop().run_in_executor(self._db, partial(run))
+
+    # ---- one connection: one request ---------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            method, path, headers, body = await self._request_read(reader)
+            await self._call(method, path, headers, body, writer)
+        except _BadRequest as e:
+            await self._answer(writer, 400, _error_body("bad_request", f"Convoy gateway: {e}"))
+        except Refusal as r:
+            await self._answer(writer, r.status, _error_body(r.kind, r.message))
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+            pass
+        except Exception:
+            log.exception("model gateway: request failed")
+            with contextlib.suppress(Exception):
+                await self._answer(
+                    writer, 500, _error_body("gateway_error", "Convoy gateway error")
+                )
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _request_read(self, reader):
+        try:
+            raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
+        except asyncio.LimitOverrunError as e:
+            raise _BadRequest("request head too large") from e
+        lines = raw.decode("latin-1").split("\r\n")
+        try:
+            method, target, _version = lines[0].split(" ", 2)
+        except ValueError:
+            raise _BadRequest("not an HTTP request") from None
+        headers: list[tuple[str, str]] = []
+        for line in lines[1:]:
+            if line:
+                name, sep, value = line.partition(":")
+                if not sep:
+                    raise _BadRequest("bad header line")
+                headers.append((name.strip(), value.strip()))
+        lower = {k.lower(): v for k, v in headers}
+        if "chunked" in lower.get("transfer-encoding", "").lower():
+            body = await self._chunked_read(reader)
+        else:
+            try:
+                length = int(lower.get("content-length", "0"))
+            except ValueError:
+                raise _BadRequest("bad Content-Length") from None
+            if not 0 <= length <= BODY_LIMIT:
+                raise _BadRequest(f"request body over {BODY_LIMIT} bytes")
+            body = await asyncio.wait_for(reader.readexactly(length), 120)
+        # Through the host's proxy chain the target may be in absolute form.
+        path = urlsplit(target).path if target.startswith("http") else target.split("?")[0]
+        return method, path, headers, body
+
+    async def _chunked_read(self, reader) -> bytes:
+        body = bytearray()
+        while True:
+            size_line = await asyncio.wait_for(reader.readuntil(b"\r\n"), 60)
+            size = int(size_line.split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                await reader.readuntil(b"\r\n")
+                return bytes(body)
+            if len(body) + size > BODY_LIMIT:
+                raise _BadRequest(f"request body over {BODY_LIMIT} bytes")
+            body += await reader.readexactly(size)
+            await reader.readexactly(2)
+
+    async def _answer(self, writer, status: int, body: bytes) -> None:
+        writer.write(
+            f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+
+    async def _call(self, method: str, path: str, headers, body: bytes, writer) -> None:
+        began = time.monotonic()
+        started_at = timezone.now()
+        lower = {k.lower(): v for k, v in headers}
+        auth = lower.get("authorization", "")
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else lower.get("x-api-key", "")
+        try:
+            payload = json.loads(body) if body else {}
+        except ValueError:
+            raise _BadRequest("the body is not JSON") from None
+        if not isinstance(payload, dict):
+            raise _BadRequest("the body is not a JSON object")
+        model = payload.get("model") if isinstance(payload.get("model"), str) else None
+        stream = payload.get("stream") is True
+        try:
+            admission: Admission = await self._orm(call_admit, token=token, model=model)
+        except Refusal as r:
+            if r.grant is not None:
+                await self._orm(
+                    call_record,
+                    grant=r.grant,
+                    provider_name=r.grant.provider.name,
+                    model=model or "",
+                    path=path,
+                    stream=stream,
+                    status_code=r.status,
+                    outcome=CallOutcome.REFUSED,
+                    error=r.message,
+                    started_at=started_at,
+                    latency_ms=int((time.monotonic() - began) * 1000),
+                )
+            raise
+        provider = admission.provider
+        key = provider_key(provider)
+        if stream and provider.api_style == ApiStyle.OPENAI and path.endswith("/chat/completions"):
+            # Usage arrives in a last chunk only when asked for; SDKs handle that chunk.
+            options = payload.get("stream_options")
+            options = dict(options) if isinstance(options, dict) else {}
+            if not options.get("include_usage"):
+                options["include_usage"] = True
+                payload["stream_options"] = options
+                body = json.dumps(payload).encode()
+        sub = path[3:] if path.startswith("/v1/") else path
+        url = provider.base_url + sub
+        out_headers = [(k, v) for k, v in headers if k.lower() not in _DROP_REQUEST]
+        out_headers.append(("Accept-Encoding", "identity"))  # usage is read from plain bytes
+        if provider.api_style == ApiStyle.ANTHROPIC:
+            out_headers.append(("x-api-key", key))
+            if "anthropic-version" not in lower:
+                out_headers.append(("anthropic-version", "2023-06-01"))
+        else:
+            out_headers.append(("Authorization", f"Bearer {key}"))
+        masks = (key, token, *grant_masks(admission.grant.pk))
+        reader = UsageReader(stream=stream)
+        record = partial(
+            call_record,
+            grant=admission.grant,
+            provider_name=provider.name,
+            model=model or "",
+            path=path,
+            stream=stream,
+            started_at=started_at,
+            input_per_mtok=provider.input_usd_per_mtok,
+            output_per_mtok=provider.output_usd_per_mtok,
+        )
+        assert self._client is not None
+        try:
+            request = self._client.build_request(method, url, headers=out_headers, content=body)
+            response = await self._client.send(request, stream=True)
+        except httpx.HTTPError as e:
+            where = urlsplit(provider.base_url).netloc
+            message = (
+                f"Convoy gateway: model provider {provider.name!r} is unreachable at {where}: "
+                f"{type(e).__name__}: {str(e) or 'no answer'}"
+            )
+            await self._orm(
+                record,
+                status_code=502,
+                outcome=CallOutcome.UNREACHABLE,
+                error=message,
+                latency_ms=int((time.monotonic() - began) * 1000),
+                transcript=transcript_pack(
+                    request=body, response=b"", response_size=0, masks=masks
+                ),
+            )
+            await self._answer(writer, 502, _error_body("provider_unreachable", message))
+            return
+        first_byte_ms = None
+        client_gone = ""
+        try:
+            head = [f"HTTP/1.1 {response.status_code} {response.reason_phrase or 'OK'}"]
+            head += [
+                f"{k}: {v}"
+                for k, v in response.headers.multi_items()
+                if k.lower() not in _DROP_RESPONSE
+            ]
+            head.append("Connection: close")
+            writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+            async for chunk in response.aiter_raw():
+                if first_byte_ms is None:
+                    first_byte_ms = int((time.monotonic() - began) * 1000)
+                reader.feed(chunk)
+                if not client_gone:
+                    try:
+                        writer.write(chunk)
+                        await writer.drain()
+                    except (ConnectionError, RuntimeError) as e:
+                        client_gone = f"the agent closed the connection ({type(e).__name__})"
+        except httpx.HTTPError as e:
+            client_gone = f"the provider's answer broke off: {type(e).__name__}"
+        finally:
+            await response.aclose()
+        reader.finish()
+        ok = 200 <= response.status_code < 300
+        # Recorded before the agent sees the end of the answer: its next call is judged
+        # against a budget that already counts this one.
+        await self._orm(
+            record,
+            status_code=response.status_code,
+            outcome=CallOutcome.OK if ok else CallOutcome.UPSTREAM_ERROR,
+            tokens_in=reader.tokens_in,
+            tokens_out=reader.tokens_out,
+            latency_ms=int((time.monotonic() - began) * 1000),
+            first_byte_ms=first_byte_ms,
+            error=client_gone,
+            transcript=transcript_pack(
+                request=body, response=bytes(reader.kept), response_size=reader.size, masks=masks
+            ),
+        )
+
+
+# ---- this process's gateway ------------------------------------------------------------------
+
+_gateway: ModelGateway | None = None
+_pid = 0
+_glock = threading.Lock()
+
+
+def gateway_root() -> Path:
+    return Path(settings.DATA_DIR) / "gateway" / str(os.getpid())
+
+
+def model_gateway() -> ModelGateway:
+    """This process's running gateway (started on first use; fresh after a fork), routed from
+    the egress proxy as gateway.convoy.internal:80."""
+    global _gateway, _pid
+    with _glock:
+        if _gateway is None or _pid != os.getpid():
+            _gateway = ModelGateway(gateway_root())
+            _pid = os.getpid()
+        gateway = _gateway.start()
+    egress_worker.egress_route_add(GATEWAY_HOST, GATEWAY_PORT, str(gateway.socket_path))
+    return gateway
+
+
+def model_gateway_stop() -> None:
+    global _gateway
+    with _glock:
+        gateway, _gateway = (_gateway, None) if _pid == os.getpid() else (None, None)
+    if gateway is not None:
+        egress_worker.egress_route_remove(GATEWAY_HOST, GATEWAY_PORT)
+        gateway.stop()
+        shutil.rmtree(gateway.root, ignore_errors=True)

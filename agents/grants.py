@@ -1,0 +1,307 @@
+"""Grants: a variant's gateway token with its model and budget (minted when its sandbox starts,
+revoked when it ends), admission of each call against the budget, and the record of each call
+(a ModelCall row and an audit event, in one transaction)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+
+from django.db import transaction
+from django.db.models import F, Q, Sum
+from django.utils import timezone
+
+from agents.models import CallOutcome, Exhausted, ModelCall, ModelGrant, ModelProvider
+from agents.prices import call_cost
+from agents.providers import provider_get
+from audit.record import audit_hmac, audit_record
+from core.errors import Invalid
+
+TOKEN_PREFIX = "convoy-gw-"  # noqa: S105 - a prefix, so scanners and people recognise one
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+# Values the gateway masks in this grant's transcripts besides the keys (the run's secrets).
+# Kept in memory only: the gateway runs in the worker process that minted the grant.
+_masks: dict[int, tuple[str, ...]] = {}
+_masks_lock = threading.Lock()
+
+
+def grant_masks(grant_id: int) -> tuple[str, ...]:
+    with _masks_lock:
+        return _masks.get(grant_id, ())
+
+
+def grant_mint(
+    *,
+    campaign_id: int,
+    run_id: int,
+    variant_id: int,
+    provider_name: str,
+    model: str,
+    budget_usd: float | None = None,
+    max_calls: int | None = None,
+    campaign_budget_usd: float | None = None,
+    ttl_s: int = 86_400,
+    masks: tuple[str, ...] = (),
+) -> tuple[ModelGrant, str]:
+    """A new grant and its token (returned once; only its hash is stored). Earlier grants of
+    the variant are revoked: a retried variant gets a fresh token."""
+    provider = provider_get(name=provider_name)
+    if provider.allowed_models and model not in provider.allowed_models:
+        raise Invalid(
+            f"model {model!r} is not allowed for provider {provider_name!r} "
+            f"(allowed: {', '.join(provider.allowed_models)})",
+            field="model.name",
+        )
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    with transaction.atomic():
+        grants_revoke(variant_id=variant_id)
+        grant = ModelGrant.objects.create(
+            token_sha256=token_hash(token),
+            campaign_id=campaign_id,
+            run_id=run_id,
+            variant_id=variant_id,
+            provider=provider,
+            model=model,
+            budget_usd=_dec(budget_usd),
+            max_calls=max_calls,
+            campaign_budget_usd=_dec(campaign_budget_usd),
+            expires_at=timezone.now() + timedelta(seconds=ttl_s),
+        )
+        audit_record(
+            action="agents.grant.minted",
+            actor_type="system",
+            target={"type": "variant", "id": str(variant_id), "display": f"variant {variant_id}"},
+            context={"campaign_id": campaign_id, "run_id": run_id, "variant_id": variant_id},
+            payload={
+                "grant_id": grant.pk,
+                "provider": provider.name,
+                "model": model,
+                "budget_usd": budget_usd,
+                "max_calls": max_calls,
+                "token": audit_hmac(token),
+            },
+        )
+    with _masks_lock:
+        _masks[grant.pk] = tuple(m for m in masks if m)
+    return grant, token
+
+
+def _dec(value) -> Decimal | None:
+    return None if value is None else Decimal(str(value))
+
+
+def grants_revoke(*, variant_id: int | None = None, run_id: int | None = None) -> list[int]:
+    """Revoke the live grants of a variant or a run (its sandboxes ended); their tokens stop
+    working at once. Returns the revoked grants' ids."""
+    live = ModelGrant.objects.filter(revoked_at=None)
+    if variant_id is not None:
+        live = live.filter(variant_id=variant_id)
+    elif run_id is not None:
+        live = live.filter(run_id=run_id)
+    else:
+        raise ValueError("variant_id or run_id")
+    with transaction.atomic():
+        grants = list(live.select_for_update())
+        now = timezone.now()
+        for grant in grants:
+            ModelGrant.objects.filter(pk=grant.pk).update(revoked_at=now)
+            audit_record(
+                action="agents.grant.revoked",
+                actor_type="system",
+                target={
+                    "type": "variant",
+                    "id": str(grant.variant_id),
+                    "display": f"variant {grant.variant_id}",
+                },
+                context={
+                    "campaign_id": grant.campaign_id,
+                    "run_id": grant.run_id,
+                    "variant_id": grant.variant_id,
+                },
+                payload={
+                    "grant_id": grant.pk,
+                    "calls": grant.calls,
+                    "spent_usd": str(grant.spent_usd),
+                    "exhausted": grant.exhausted,
+                },
+            )
+    with _masks_lock:
+        for grant in grants:
+            _masks.pop(grant.pk, None)
+    return [g.pk for g in grants]
+
+
+# --- the gateway's side ---------------------------------------------------------------------
+
+
+class Refusal(Exception):
+    """The gateway answers the agent with this status and an error body it can show."""
+
+    def __init__(self, status: int, kind: str, message: str, grant: ModelGrant | None = None):
+        super().__init__(message)
+        self.status, self.kind, self.message, self.grant = status, kind, message, grant
+
+
+@dataclass
+class Admission:
+    grant: ModelGrant
+    provider: ModelProvider
+
+
+def _budget_text(grant: ModelGrant) -> str:
+    parts = [f"{grant.calls} call(s), ${grant.spent_usd:.6f} spent"]
+    if grant.max_calls is not None:
+        parts.append(f"max_calls {grant.max_calls}")
+    if grant.budget_usd is not None:
+        parts.append(f"budget_usd {grant.budget_usd:.6f}")
+    return ", ".join(parts)
+
+
+def call_admit(*, token: str, model: str | None) -> Admission:
+    """Check the token, the model and the budgets; count the call. Raises Refusal."""
+    if not token:
+        raise Refusal(401, "missing_token", "Convoy gateway: no API key (token) was sent")
+    grant = (
+        ModelGrant.objects.select_related("provider").filter(token_sha256=token_hash(token)).first()
+    )
+    if grant is None:
+        raise Refusal(401, "invalid_token", "Convoy gateway: this API key (token) is not valid")
+    if grant.revoked_at is not None or grant.expires_at <= timezone.now():
+        raise Refusal(401, "revoked_token", "Convoy gateway: this token ended with its sandbox")
+    provider = grant.provider
+    if model != grant.model and model not in (provider.allowed_models or []):
+        raise Refusal(
+            403,
+            "model_not_allowed",
+            f"Convoy gateway: model {model!r} is not granted to this variant "
+            f"(granted: {grant.model!r})",
+            grant,
+        )
+    if grant.campaign_budget_usd is not None:
+        spent = ModelCall.objects.filter(campaign_id=grant.campaign_id).aggregate(
+            s=Sum("cost_usd")
+        )["s"] or Decimal(0)
+        if spent >= grant.campaign_budget_usd:
+            ModelGrant.objects.filter(pk=grant.pk).update(exhausted=Exhausted.CAMPAIGN)
+            raise Refusal(
+                429,
+                "budget_exhausted",
+                f"Convoy gateway: budget exhausted: the campaign's model budget "
+                f"(${grant.campaign_budget_usd:.2f}) is spent (${spent:.6f})",
+                grant,
+            )
+    counted = (
+        ModelGrant.objects.filter(pk=grant.pk, revoked_at=None)
+        .filter(Q(max_calls=None) | Q(calls__lt=F("max_calls")))
+        .filter(Q(budget_usd=None) | Q(spent_usd__lt=F("budget_usd")))
+        .update(calls=F("calls") + 1)
+    )
+    if not counted:
+        grant.refresh_from_db()
+        grant.provider = provider  # kept loaded: the gateway records the refusal with it
+        why = Exhausted.BUDGET
+        if grant.max_calls is not None and grant.calls >= grant.max_calls:
+            why = Exhausted.CALLS
+        ModelGrant.objects.filter(pk=grant.pk).update(exhausted=why)
+        raise Refusal(
+            429,
+            "budget_exhausted",
+            f"Convoy gateway: budget exhausted for this variant ({_budget_text(grant)})",
+            grant,
+        )
+    return Admission(grant=grant, provider=provider)
+
+
+def call_record(
+    *,
+    grant: ModelGrant,
+    provider_name: str,
+    model: str,
+    path: str,
+    stream: bool,
+    status_code: int,
+    outcome: str,
+    tokens_in: int = 0,
+    tokens_out: int = 0,
+    latency_ms: int = 0,
+    first_byte_ms: int | None = None,
+    error: str = "",
+    transcript: bytes = b"",
+    started_at=None,
+    input_per_mtok: Decimal = Decimal(0),
+    output_per_mtok: Decimal = Decimal(0),
+) -> ModelCall:
+    """One call's row, its cost on the grant, and its audit event, in one transaction."""
+    cost = call_cost(
+        tokens_in=tokens_in,
+        tokens_out=tokens_out,
+        input_per_mtok=input_per_mtok,
+        output_per_mtok=output_per_mtok,
+    )
+    context = {
+        "campaign_id": grant.campaign_id,
+        "run_id": grant.run_id,
+        "variant_id": grant.variant_id,
+    }
+    with transaction.atomic():
+        call = ModelCall.objects.create(
+            grant=grant,
+            **context,
+            provider_name=provider_name,
+            model=model[:200],
+            path=path[:300],
+            stream=stream,
+            status_code=status_code,
+            outcome=outcome,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            cost_usd=cost,
+            latency_ms=latency_ms,
+            first_byte_ms=first_byte_ms,
+            error=error[:2000],
+            transcript=transcript,
+            started_at=started_at or timezone.now(),
+        )
+        updates = {
+            "spent_usd": F("spent_usd") + cost,
+            "tokens_in": F("tokens_in") + tokens_in,
+            "tokens_out": F("tokens_out") + tokens_out,
+        }
+        if outcome == CallOutcome.UNREACHABLE:
+            updates["last_error"] = error[:2000]
+        ModelGrant.objects.filter(pk=grant.pk).update(**updates)
+        audit_record(
+            action="agents.model.called",
+            actor_type="agent",
+            outcome={
+                CallOutcome.OK: "success",
+                CallOutcome.REFUSED: "denied",
+                CallOutcome.UPSTREAM_ERROR: "failure",
+            }.get(outcome, "error"),
+            target={"type": "model", "id": model[:200], "display": f"{provider_name}/{model}"},
+            context=context,
+            reason=error[:500],
+            payload={
+                "call_id": call.pk,
+                "provider": provider_name,
+                "model": model[:200],
+                "path": path[:300],
+                "stream": stream,
+                "status": status_code,
+                "tokens_in": tokens_in,
+                "tokens_out": tokens_out,
+                "cost_usd": str(cost),
+                "latency_ms": latency_ms,
+                "first_byte_ms": first_byte_ms,
+            },
+        )
+    return call

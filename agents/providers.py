@@ -1,0 +1,173 @@
+"""Model providers: admins add, change and remove them (audited); the key is encrypted at rest
+with the secrets key and decrypted only by the gateway, on the host."""
+
+from __future__ import annotations
+
+import re
+import threading
+from decimal import Decimal, InvalidOperation
+from urllib.parse import urlsplit
+
+from django.db import transaction
+
+from accounts.roles import capability_require
+from agents.models import ApiStyle, ModelProvider
+from agents.prices import price_lookup
+from audit.record import audit_record
+from core.crypto import secrets_fernet
+from core.errors import Conflict, Invalid, NotFound
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,99}$")
+CAPABILITY = "secret_manage"  # providers hold keys: the same people who manage secrets
+
+
+def _price(value, field: str) -> Decimal | None:
+    if value is None or value == "":
+        return None
+    try:
+        price = Decimal(str(value))
+    except InvalidOperation:
+        raise Invalid("must be a number of USD per million tokens", field=field) from None
+    if not price.is_finite() or price < 0 or price > 100_000:
+        raise Invalid("must be between 0 and 100000 USD per million tokens", field=field)
+    return price
+
+
+def provider_set(
+    *,
+    name: str,
+    api_style: str,
+    base_url: str,
+    key: str | None,
+    allowed_models: list[str] | None = None,
+    input_usd_per_mtok=None,
+    output_usd_per_mtok=None,
+    actor,
+) -> ModelProvider:
+    """Add a provider or change one. Prices left empty are taken from the price table for the
+    first allowed model when it knows it (else 0). `key=None` keeps the stored key."""
+    capability_require(user=actor, capability=CAPABILITY)
+    if not NAME_RE.match(name or "") or name.startswith("removed-"):
+        raise Invalid("use lowercase letters, digits and '-'", field="name")
+    if api_style not in ApiStyle.values:
+        raise Invalid(f"must be one of {', '.join(ApiStyle.values)}", field="api_style")
+    url = urlsplit(base_url or "")
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise Invalid("an http(s) URL such as https://api.openai.com/v1", field="base_url")
+    models = [m.strip() for m in (allowed_models or []) if m and m.strip()]
+    if any(len(m) > 200 for m in models):
+        raise Invalid("a model name is at most 200 characters", field="allowed_models")
+    prices = [
+        _price(input_usd_per_mtok, "input_usd_per_mtok"),
+        _price(output_usd_per_mtok, "output_usd_per_mtok"),
+    ]
+    if None in prices and models:
+        known = price_lookup(api_style=api_style, model=models[0])
+        if known:
+            prices = [p if p is not None else k for p, k in zip(prices, known, strict=True)]
+    with transaction.atomic():
+        provider = ModelProvider.objects.select_for_update().filter(name=name).first()
+        fields = {
+            "api_style": api_style,
+            "base_url": base_url.rstrip("/"),
+            "allowed_models": models,
+        }
+        if provider is None:
+            if not key:
+                raise Invalid("the provider's API key is required", field="key")
+            provider = ModelProvider(name=name, created_by=actor)
+            action, changes = "agents.provider.created", {}
+        else:
+            action = "agents.provider.updated"
+            changes = {
+                k: [getattr(provider, k), v] for k, v in fields.items() if getattr(provider, k) != v
+            }
+        for k, v in fields.items():
+            setattr(provider, k, v)
+        for attr, price in zip(("input_usd_per_mtok", "output_usd_per_mtok"), prices, strict=True):
+            if price is not None:
+                if provider.pk and getattr(provider, attr) != price:
+                    changes[attr] = [str(getattr(provider, attr)), str(price)]
+                setattr(provider, attr, price)
+        if key:
+            provider.key_ciphertext = secrets_fernet().encrypt(key.encode())
+            if action == "agents.provider.updated":
+                changes["key"] = ["[stored]", "[rotated]"]
+        provider.save()
+        audit_record(
+            action=action,
+            actor=actor,
+            target=provider,
+            changes=changes or None,
+            payload={
+                "name": name,
+                "api_style": api_style,
+                "base_url": provider.base_url,
+                "allowed_models": models,
+                "input_usd_per_mtok": str(provider.input_usd_per_mtok),
+                "output_usd_per_mtok": str(provider.output_usd_per_mtok),
+            },
+        )
+    _keys_forget()
+    return provider
+
+
+def provider_remove(*, name: str, actor) -> None:
+    capability_require(user=actor, capability=CAPABILITY)
+    with transaction.atomic():
+        provider = ModelProvider.objects.select_for_update().filter(name=name).first()
+        if provider is None:
+            raise NotFound(f"no model provider named {name!r}")
+        if provider.grants.filter(revoked_at=None).exists():
+            raise Conflict(f"provider {name!r} is in use by a running variant; try again later")
+        audit_record(
+            action="agents.provider.removed", actor=actor, target=provider, payload={"name": name}
+        )
+        if provider.grants.exists():  # grants and calls keep their history
+            _retire(provider)
+        else:
+            provider.delete()
+    _keys_forget()
+
+
+def _retire(provider: ModelProvider) -> None:
+    """A provider with past grants keeps its row (calls and grants name it) but loses its key
+    and its name, so the name can be reused."""
+    provider.name = f"removed-{provider.pk}-{provider.name}"[:100]
+    provider.key_ciphertext = b""
+    provider.save(update_fields=["name", "key_ciphertext", "updated_at"])
+
+
+def providers_for_user(*, user) -> list[ModelProvider]:
+    capability_require(user=user, capability=CAPABILITY)
+    return list(ModelProvider.objects.exclude(name__startswith="removed-"))
+
+
+def provider_get(*, name: str) -> ModelProvider:
+    provider = ModelProvider.objects.filter(name=name).first()
+    if provider is None or name.startswith("removed-"):
+        raise NotFound(f"no model provider named {name!r}")
+    return provider
+
+
+# --- the decrypted key, for the gateway only -------------------------------------------------
+
+_keys: dict[tuple[int, bytes], str] = {}
+_keys_lock = threading.Lock()
+
+
+def provider_key(provider: ModelProvider) -> str:
+    """The provider's real key, decrypted once per stored value; never for display."""
+    cache_key = (provider.pk, bytes(provider.key_ciphertext))
+    with _keys_lock:
+        value = _keys.get(cache_key)
+    if value is None:
+        value = secrets_fernet().decrypt(bytes(provider.key_ciphertext)).decode()
+        with _keys_lock:
+            _keys[cache_key] = value
+    return value
+
+
+def _keys_forget() -> None:
+    with _keys_lock:
+        _keys.clear()

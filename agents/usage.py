@@ -1,0 +1,121 @@
+"""Reading token usage out of model responses (JSON bodies and SSE streams) and building the
+call's transcript (compressed, secret values masked)."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterable
+
+TRANSCRIPT_CAP = 2 * 1024 * 1024  # bytes of response kept per call; the rest is counted only
+MASK = "[masked]"
+
+
+def _usage_of(event: dict) -> dict | None:
+    """The usage object of an OpenAI body/chunk, a responses-API event or an Anthropic event."""
+    for holder in (event, event.get("message"), event.get("response")):
+        if isinstance(holder, dict) and isinstance(holder.get("usage"), dict):
+            return holder["usage"]
+    return None
+
+
+def _tokens(usage: dict) -> tuple[int, int]:
+    def num(key: str) -> int:
+        value = usage.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    tokens_in = num("prompt_tokens") or num("input_tokens")
+    # Anthropic counts cached input apart from input_tokens.
+    tokens_in += num("cache_creation_input_tokens") + num("cache_read_input_tokens")
+    return tokens_in, num("completion_tokens") or num("output_tokens")
+
+
+class UsageReader:
+    """Fed the response bytes as they pass; knows the tokens once the response ended.
+
+    Streams: every `data:` line that mentions usage is parsed (OpenAI's final chunk with
+    `stream_options.include_usage`, Anthropic's message_start and message_delta); counts only
+    grow, so the last and largest wins.
+    """
+
+    def __init__(self, *, stream: bool) -> None:
+        self.stream = stream
+        self.tokens_in = 0
+        self.tokens_out = 0
+        self.size = 0
+        self.kept = bytearray()
+        self._line = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        room = TRANSCRIPT_CAP - len(self.kept)
+        if room > 0:
+            self.kept += chunk[:room]
+        if not self.stream:
+            return
+        self._line += chunk
+        if b"\n" not in chunk:
+            return
+        *lines, rest = bytes(self._line).split(b"\n")
+        self._line = bytearray(rest)
+        for line in lines:
+            if line.startswith(b"data:") and b'"usage"' in line:
+                self._take(line[5:])
+
+    def finish(self) -> None:
+        if self.stream:
+            if self._line.startswith(b"data:") and b'"usage"' in self._line:
+                self._take(bytes(self._line[5:]))
+        elif self.size <= TRANSCRIPT_CAP:
+            self._take(bytes(self.kept))
+
+    def _take(self, data: bytes) -> None:
+        try:
+            event = json.loads(data)
+        except ValueError:
+            return
+        usage = _usage_of(event) if isinstance(event, dict) else None
+        if usage:
+            tokens_in, tokens_out = _tokens(usage)
+            self.tokens_in = max(self.tokens_in, tokens_in)
+            self.tokens_out = max(self.tokens_out, tokens_out)
+
+
+def _decoded(data: bytes):
+    text = data.decode("utf-8", errors="replace")
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def transcript_pack(
+    *, request: bytes, response: bytes, response_size: int, masks: Iterable[str]
+) -> bytes:
+    """One call's transcript: JSON {request, response, response_bytes}, masked, zlib'd."""
+    record = {
+        "request": _decoded(request),
+        "response": _decoded(response),
+        "response_bytes": response_size,
+    }
+    if response_size > len(response):
+        record["response_truncated"] = True
+    text = json.dumps(record, ensure_ascii=False)
+    text = masks_apply(text, masks)
+    return zlib.compress(text.encode(), 6)
+
+
+def masks_apply(text: str, masks: Iterable[str]) -> str:
+    for value in sorted({m for m in masks if m and len(m) >= 4}, key=len, reverse=True):
+        text = text.replace(value, MASK)
+        # The same value inside JSON strings may appear escaped.
+        escaped = json.dumps(value)[1:-1]
+        if escaped != value:
+            text = text.replace(escaped, MASK)
+    return text
+
+
+def transcript_unpack(blob: bytes) -> dict:
+    if not blob:
+        return {}
+    return json.loads(zlib.decompress(bytes(blob)))

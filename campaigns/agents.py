@@ -1,0 +1,134 @@
+"""Model access for a run's agent variants: the route from their sandboxes to the model gateway,
+a grant per variant (its token in the transform's environment), its revocation when the
+sandbox ends, and how a variant that ran out of budget or reached no provider ends."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from decimal import Decimal
+
+from agents.gateway import GATEWAY_RULE, GATEWAY_URL, model_gateway
+from agents.grants import grant_mint, grants_revoke
+from agents.models import Exhausted
+from agents.selectors import campaign_model_spend, variant_grant_latest
+from agents.spec import model_for_variant
+from campaigns.models import VariantState
+from campaigns.states import RunFailed
+from core.errors import ConvoyError
+from sandboxes.backends.base import Capability, SandboxSpec
+from sandboxes.egress.policy import Limits, NetworkPolicy
+from sandboxes.egress.worker import egress_proxy
+
+_opened: set[str] = set()
+_opened_lock = threading.Lock()
+
+
+def _socket_key(run_id: int) -> str:
+    return f"run-{run_id}-models"
+
+
+def _campaign_budget(spec: dict) -> float | None:
+    budgets = [
+        m["campaign_budget_usd"]
+        for m in (model_for_variant(spec, v) for v in spec["variants"])
+        if m and m.get("campaign_budget_usd")
+    ]
+    return min(budgets) if budgets else None
+
+
+def run_models_prepare(*, ctx) -> SandboxSpec:
+    """The run's sandbox spec (`ctx` is the pipeline's run context) with a way to the gateway
+    when a variant uses a model. Refuses (RunFailed) when the campaign's model budget is
+    spent: no new run starts then."""
+    run, spec, sandbox_spec, backend = ctx.run, ctx.spec, ctx.sandbox_spec, ctx.backend
+    if not any(model_for_variant(spec, v) for v in spec["variants"]):
+        return sandbox_spec
+    budget = _campaign_budget(spec)
+    if budget is not None:
+        spent = campaign_model_spend(campaign_id=run.campaign_id)["cost_usd"]
+        if spent >= Decimal(str(budget)):
+            raise RunFailed(
+                f"budget exhausted: the campaign's model budget (${budget:.2f}) is spent "
+                f"(${spent:.4f}); no new runs start"
+            )
+    if Capability.EGRESS_PROXY not in backend.capabilities:
+        raise RunFailed(
+            f"the {backend.name} backend cannot reach Convoy's model gateway; "
+            "use bwrap or gvisor for agent variants"
+        )
+    model_gateway()
+    if sandbox_spec.egress_socket:  # the campaign's own egress: its policy names the gateway
+        return sandbox_spec
+    key = _socket_key(run.pk)
+    policy = NetworkPolicy(rules=(GATEWAY_RULE,))  # the gateway and nothing else
+    socket = egress_proxy().sandbox_open(key, policy, Limits())
+    with _opened_lock:
+        _opened.add(key)
+    return dataclasses.replace(sandbox_spec, egress_socket=str(socket))
+
+
+def variant_model_env(*, ctx, spec_variant: dict, pk: int) -> dict:
+    """Mint the grant of variant `pk`; the environment that points its agent at the gateway.
+    The run's secret values are masked in its transcripts."""
+    run, spec, variant_id = ctx.run, ctx.spec, pk
+    model = model_for_variant(spec, spec_variant)
+    if not model:
+        return {}
+    try:
+        _grant, token = grant_mint(
+            campaign_id=run.campaign_id,
+            run_id=run.pk,
+            variant_id=variant_id,
+            provider_name=model["provider"],
+            model=model["name"],
+            budget_usd=model.get("budget_usd"),
+            max_calls=model.get("max_calls"),
+            campaign_budget_usd=model.get("campaign_budget_usd"),
+            ttl_s=int(spec["limits"]["timeout_s"]) * 4 + 600,
+            masks=tuple(ctx.secrets.values()),
+        )
+    except ConvoyError as exc:
+        raise RunFailed(f"model: {exc.message}") from None
+    return {
+        "OPENAI_BASE_URL": f"{GATEWAY_URL}/v1",
+        "OPENAI_API_BASE": f"{GATEWAY_URL}/v1",  # older clients (litellm, aider)
+        "OPENAI_API_KEY": token,
+        "ANTHROPIC_BASE_URL": GATEWAY_URL,
+        "ANTHROPIC_API_KEY": token,
+        "CONVOY_MODEL": model["name"],
+        "CONVOY_MODEL_PROVIDER": model["provider"],
+    }
+
+
+def variant_model_finish(*, variant_id: int, result: dict) -> dict:
+    """Revoke the variant's token (its sandbox ended) and say why it ended when the model was
+    the reason: its budget ran out, or its provider could not be reached."""
+    grants_revoke(variant_id=variant_id)
+    grant = variant_grant_latest(variant_id=variant_id)
+    if grant is None or not result:
+        return result
+    if grant.exhausted:
+        why = {
+            Exhausted.CALLS: f"max_calls {grant.max_calls} made",
+            Exhausted.BUDGET: f"budget_usd {grant.budget_usd} spent (${grant.spent_usd:.6f})",
+            Exhausted.CAMPAIGN: "the campaign's model budget is spent",
+        }.get(grant.exhausted, grant.exhausted)
+        error = f"budget exhausted: {why}; {grant.calls} model call(s)"
+        if result.get("error"):
+            error += f"\n{result['error']}"
+        return {**result, "state": VariantState.FAILED, "error": error}
+    if grant.last_error and result.get("state") == VariantState.FAILED:
+        return {**result, "error": f"{grant.last_error}\n{result.get('error', '')}".rstrip()}
+    return result
+
+
+def run_models_close(*, run_id: int) -> None:
+    """The run ended: every grant of its variants is revoked and its gateway socket closed."""
+    grants_revoke(run_id=run_id)
+    key = _socket_key(run_id)
+    with _opened_lock:
+        opened = key in _opened
+        _opened.discard(key)
+    if opened:
+        egress_proxy().sandbox_close(key)

@@ -1,0 +1,194 @@
+"""The model gateway in process: token swap, streaming, usage, budgets, refusals, masking."""
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+from django.conf import settings
+
+from agents.gateway import ModelGateway
+from agents.grants import grant_mint, grants_revoke
+from agents.models import CallOutcome, ModelCall, ModelGrant
+from agents.providers import provider_set
+from agents.selectors import variant_transcript
+from audit.models import AuditEvent
+from tests.agents.fake_model_server import USAGE, FakeModelServer
+from tests.support import free_port
+
+pytestmark = [pytest.mark.shapes("embedded", "production"), pytest.mark.django_db(transaction=True)]
+
+REAL_KEY = "sk-real-provider-key-0123456789abcdef"
+
+
+@pytest.fixture
+def fake():
+    with FakeModelServer() as server:
+        yield server
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    gw = ModelGateway(settings.DATA_DIR / "gw-test", tcp_port=0).start()
+    yield gw
+    gw.stop()
+
+
+def _provider(admin, base_url, **kw):
+    return provider_set(
+        name=kw.pop("name", "fake-openai"),
+        api_style=kw.pop("api_style", "openai"),
+        base_url=base_url,
+        key=REAL_KEY,
+        allowed_models=["fake-model"],
+        input_usd_per_mtok="1000",
+        output_usd_per_mtok="2000",
+        actor=admin,
+        **kw,
+    )
+
+
+def _grant(**kw):
+    defaults = dict(
+        campaign_id=7,
+        run_id=8,
+        variant_id=9,
+        provider_name="fake-openai",
+        model="fake-model",
+        masks=("run-secret-value",),
+    )
+    return grant_mint(**{**defaults, **kw})
+
+
+def _post(gateway, path, token, body, *, header="Authorization"):
+    value = f"Bearer {token}" if header == "Authorization" else token
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{gateway.tcp_port}{path}",
+        data=json.dumps(body).encode(),
+        headers={header: value, "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            return response.status, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_non_streaming_call_swaps_the_token_for_the_key(admin_user, fake, gateway):
+    _provider(admin_user, fake.base_url)
+    grant, token = _grant()
+    body = {"model": "fake-model", "messages": [{"role": "user", "content": "run-secret-value"}]}
+    status, data = _post(gateway, "/v1/chat/completions", token, body)
+    assert status == 200
+    assert json.loads(data)["choices"][0]["message"]["content"].startswith("{")
+    # The provider saw the real key; never the token.
+    seen = fake.requests[-1]
+    assert seen["headers"]["Authorization"] == f"Bearer {REAL_KEY}"
+    assert token not in json.dumps(seen)
+    call = ModelCall.objects.get(variant_id=9)
+    assert (call.tokens_in, call.tokens_out) == (120, 30)
+    assert call.outcome == CallOutcome.OK and call.status_code == 200
+    assert str(call.cost_usd) == "0.180000"  # 120 x $1000/M + 30 x $2000/M
+    grant.refresh_from_db()
+    assert grant.calls == 1 and str(grant.spent_usd) == "0.180000"
+    event = json.loads(AuditEvent.objects.filter(action="agents.model.called").get().body)
+    assert event["context"]["variant_id"] == 9
+    assert event["payload"]["tokens_in"] == 120
+    transcript = json.dumps(variant_transcript(variant_id=9))
+    assert "run-secret-value" not in transcript and "[masked]" in transcript
+    assert REAL_KEY not in transcript and token not in transcript
+
+
+def test_streaming_passes_sse_through_and_reads_the_final_usage_chunk(admin_user, fake, gateway):
+    _provider(admin_user, fake.base_url)
+    _grant_row, token = _grant()
+    body = {"model": "fake-model", "messages": [], "stream": True}
+    status, data = _post(gateway, "/v1/chat/completions", token, body)
+    assert status == 200
+    events = [line for line in data.decode().splitlines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    text = "".join(
+        c["delta"].get("content", "") for e in events[:-1] for c in json.loads(e[6:])["choices"]
+    )
+    assert json.loads(text)["new"] == "assertEqual("
+    # The gateway asked for the usage chunk and counted it.
+    assert fake.requests[-1]["body"]["stream_options"] == {"include_usage": True}
+    call = ModelCall.objects.get(variant_id=9)
+    assert call.stream and (call.tokens_in, call.tokens_out) == (
+        USAGE["prompt_tokens"],
+        USAGE["completion_tokens"],
+    )
+    assert call.first_byte_ms is not None
+
+
+def test_anthropic_style_uses_x_api_key(admin_user, fake, gateway):
+    _provider(admin_user, fake.base_url, name="fake-anthropic", api_style="anthropic")
+    _grant_row, token = _grant(provider_name="fake-anthropic")
+    body = {"model": "fake-model", "max_tokens": 10, "messages": [], "stream": True}
+    status, _data = _post(gateway, "/v1/messages", token, body, header="x-api-key")
+    assert status == 200
+    headers = fake.requests[-1]["headers"]
+    assert headers["x-api-key"] == REAL_KEY and "Authorization" not in headers
+    call = ModelCall.objects.get(variant_id=9)
+    assert call.tokens_out == 30
+
+
+def test_max_calls_refuses_the_next_call_with_a_clear_error(admin_user, fake, gateway):
+    _provider(admin_user, fake.base_url)
+    grant, token = _grant(max_calls=1)
+    body = {"model": "fake-model", "messages": []}
+    assert _post(gateway, "/v1/chat/completions", token, body)[0] == 200
+    status, data = _post(gateway, "/v1/chat/completions", token, body)
+    assert status == 429
+    error = json.loads(data)["error"]
+    assert error["type"] == "budget_exhausted"
+    assert "budget exhausted" in error["message"] and "max_calls 1" in error["message"]
+    assert len(fake.requests) == 1  # the refused call never reached the provider
+    grant.refresh_from_db()
+    assert grant.exhausted == "calls"
+    refused = ModelCall.objects.get(variant_id=9, outcome=CallOutcome.REFUSED)
+    assert refused.status_code == 429
+    assert AuditEvent.objects.filter(action="agents.model.called").count() == 2
+
+
+def test_budget_usd_refuses_once_spent(admin_user, fake, gateway):
+    _provider(admin_user, fake.base_url)
+    grant, token = _grant(budget_usd=0.1)
+    body = {"model": "fake-model", "messages": []}
+    assert _post(gateway, "/v1/chat/completions", token, body)[0] == 200  # costs $0.18
+    assert _post(gateway, "/v1/chat/completions", token, body)[0] == 429
+    grant.refresh_from_db()
+    assert grant.exhausted == "budget"
+
+
+def test_refusals_bad_token_revoked_token_other_model(admin_user, fake, gateway):
+    _provider(admin_user, fake.base_url)
+    _grant_row, token = _grant()
+    body = {"model": "fake-model", "messages": []}
+    assert _post(gateway, "/v1/chat/completions", "convoy-gw-forged", body)[0] == 401
+    status, data = _post(gateway, "/v1/chat/completions", token, {**body, "model": "gpt-big"})
+    assert status == 403 and "not granted" in json.loads(data)["error"]["message"]
+    grants_revoke(variant_id=9)
+    status, data = _post(gateway, "/v1/chat/completions", token, body)
+    assert status == 401 and "ended with its sandbox" in json.loads(data)["error"]["message"]
+    assert fake.requests == []
+
+
+def test_unreachable_provider_names_the_provider(admin_user, gateway):
+    _provider(admin_user, f"http://127.0.0.1:{free_port()}/v1", name="down-provider")
+    grant, token = _grant(provider_name="down-provider")
+    status, data = _post(gateway, "/v1/chat/completions", token, {"model": "fake-model"})
+    assert status == 502
+    error = json.loads(data)["error"]
+    assert error["type"] == "provider_unreachable"
+    assert "model provider 'down-provider' is unreachable" in error["message"]
+    grant.refresh_from_db()
+    assert "down-provider" in grant.last_error
+    assert ModelCall.objects.get(variant_id=9).outcome == CallOutcome.UNREACHABLE
+
+
+def test_the_key_is_stored_encrypted(admin_user, fake):
+    provider = _provider(admin_user, fake.base_url)
+    assert REAL_KEY.encode() not in bytes(provider.key_ciphertext)
+    assert not ModelGrant.objects.exists()
+    assert REAL_KEY not in "".join(e.body for e in AuditEvent.objects.all())
