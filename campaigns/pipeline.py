@@ -109,6 +109,7 @@ class _Context:
         self.sandbox_spec = SandboxSpec(
             cpu=limits["cpu"],
             memory_mb=limits["memory_mb"],
+            gpu=limits.get("gpu"),
             timeout_s=limits["timeout_s"],
             network=NetworkPolicy(limits["network"]),
             # Read-only at /convoy/files/<name> ($CONVOY_FILES), outside the checkout and its diff.

@@ -14,9 +14,12 @@ from typing import Any
 
 import yaml
 from django.conf import settings
+from django.utils.module_loading import import_string
 
 from agents.spec import model_parse, model_spec_errors
 from core.errors import Invalid
+from sandboxes.backends import BACKENDS
+from sandboxes.backends.base import Capability
 from sandboxes.repos import RepoUrlError, repo_url_validate
 
 MAX_SPEC_BYTES = 1024 * 1024  # a spec with its files; larger input is refused before parsing
@@ -26,6 +29,7 @@ VARIANT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
 FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 NETWORKS = ("none", "open")
+GPU_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}(:[1-9][0-9]?)?$")  # "T4", "A10G:2", "H100:8"
 
 TOP_KEYS = {
     "name",
@@ -45,7 +49,7 @@ TOP_KEYS = {
     "review",
 }
 REQUIRED_KEYS = ("name", "repos", "transform")
-LIMIT_KEYS = {"timeout_s", "cpu", "memory_mb", "network"}
+LIMIT_KEYS = {"timeout_s", "cpu", "memory_mb", "network", "gpu"}
 STEP_KEYS = {"run", "name", "timeout_s"}
 VARIANT_KEYS = {"name", "description", "env", "transform", "model"}
 REPO_KEYS = {"url", "ref"}
@@ -346,7 +350,29 @@ def _check_limits(c: _Checker, value: Any) -> dict:
             c.fail("limits.network", f"must be one of {', '.join(NETWORKS)}")
         else:
             limits["network"] = spec["network"]
+    if "gpu" in spec:
+        gpu = spec["gpu"]
+        if not isinstance(gpu, str) or not GPU_RE.match(gpu):
+            c.fail("limits.gpu", "must be a GPU type with an optional count, e.g. T4 or A10G:2")
+        else:
+            limits["gpu"] = gpu
     return limits
+
+
+def _check_gpu(c: _Checker, backend: str, allowed: list[str]) -> None:
+    """A GPU only on a backend whose capability flags offer one; the message names those that do."""
+    if _offers_gpu(backend):
+        return
+    offering = [name for name in allowed if _offers_gpu(name)]
+    where = f"use backend: {' or '.join(offering)}" if offering else "none is configured here"
+    c.fail("limits.gpu", f"the {backend} backend offers no GPUs; {where}")
+
+
+def _offers_gpu(backend: str) -> bool:
+    try:
+        return Capability.GPU in import_string(BACKENDS[backend]).capabilities
+    except (KeyError, ImportError):  # unknown here, or not installed: it offers nothing
+        return False
 
 
 def _check_variants(c: _Checker, value: Any) -> list[dict]:
@@ -424,15 +450,17 @@ def spec_validate(raw: Any, *, lines: dict[str, int] | None = None) -> dict:
     if "repos" in raw:
         spec["repos"] = _check_repos(c, raw["repos"])
     spec["backend"] = settings.SANDBOX_BACKEND
+    allowed = [b for b in settings.SANDBOX_BACKENDS if b != "process"]
+    if settings.ALLOW_UNSAFE_PROCESS_BACKEND:
+        allowed.append("process")
     if "backend" in raw:
-        allowed = [b for b in settings.SANDBOX_BACKENDS if b != "process"]
-        if settings.ALLOW_UNSAFE_PROCESS_BACKEND:
-            allowed.append("process")
         if raw["backend"] not in allowed:
             c.fail("backend", f"must be one of {', '.join(allowed)}")
         else:
             spec["backend"] = raw["backend"]
     spec["limits"] = _check_limits(c, raw["limits"]) if "limits" in raw else dict(DEFAULT_LIMITS)
+    if spec["limits"].get("gpu"):
+        _check_gpu(c, spec["backend"], allowed)
     spec["max_parallel"] = settings.MAX_PARALLEL_REPOS
     if "max_parallel" in raw:
         spec["max_parallel"] = c.integer(raw["max_parallel"], "max_parallel", low=1, high=1000)

@@ -16,14 +16,15 @@ from django.utils import timezone
 
 from sandboxes.backends import LOCAL_BACKENDS
 from sandboxes.backends.base import SandboxError
+from sandboxes.backends.cloud import created_at
 from sandboxes.models import Sandbox, SandboxSnapshot, SandboxState
 from sandboxes.services import (
     LIVE_STATES,
     backend_get,
+    install_tag,
     live_external_ids,
     orphan_audit,
     sandbox_terminate,
-    sandboxes_orphans_terminate,
     snapshot_delete,
 )
 
@@ -69,7 +70,7 @@ def sandboxes_reap(*, now=None) -> list[Sandbox]:
         except SandboxError:
             log.exception("could not reap sandbox %s", sandbox.pk)
     _snapshots_reap()
-    _orphans_reap()
+    _orphans_reap(now)
     return reaped
 
 
@@ -93,7 +94,7 @@ def _snapshots_reap() -> None:
                 continue  # still has live forks; the next pass deletes it
 
 
-def _orphans_reap() -> None:
+def _orphans_reap(now) -> None:
     """Engine sandboxes (and workspaces, containers, processes) that no live record names."""
     names = set(LOCAL_BACKENDS) | {settings.SANDBOX_BACKEND}
     names |= set(Sandbox.objects.filter(state__in=LIVE_STATES).values_list("backend", flat=True))
@@ -104,10 +105,10 @@ def _orphans_reap() -> None:
             continue  # not installed or not allowed here
         reason = "no live record names it"
         try:
-            if not hasattr(engine, "sweep"):
-                sandboxes_orphans_terminate(backend=name, labels={}, reason=reason)
-                continue
-            removed = engine.sweep(live_external_ids(backend=name), grace_s=ORPHAN_GRACE_S)
+            if hasattr(engine, "sweep"):
+                removed = engine.sweep(live_external_ids(backend=name), grace_s=ORPHAN_GRACE_S)
+            else:
+                removed = _labelled_orphans_terminate(name, engine, now)
         except SandboxError:
             log.exception("could not sweep the %s backend", name)
             continue
@@ -116,3 +117,33 @@ def _orphans_reap() -> None:
 
 
 owner_kind_register(kind="sandbox", model=Sandbox, done=("terminated", "failed"))
+
+
+def _labelled_orphans_terminate(name: str, engine, now) -> list[str]:
+    """This installation's sandboxes on an engine without a sweep of its own (the clouds),
+    found by label, that no live record names and that are not being recorded.
+
+    A worker writes the record only after the provider's create returns, so a sandbox seen
+    here without a record may be seconds old: it is spared while a record is still creating
+    for it (its convoy_sandbox label, or for a fork its convoy_run label) and for
+    ORPHAN_GRACE_S after the creation time it carries (CREATED_LABEL). One without that label
+    was made before Convoy stamped it and is old enough."""
+    rows = Sandbox.objects.filter(backend=name, state__in=LIVE_STATES)
+    live = set(rows.values_list("external_id", flat=True))
+    creating = list(rows.filter(state=SandboxState.CREATING).values_list("pk", "run_id"))
+    creating_ids = {str(pk) for pk, _ in creating}
+    creating_runs = {str(run_id) for _, run_id in creating if run_id is not None}
+    cutoff = now.timestamp() - ORPHAN_GRACE_S
+    removed = []
+    for handle in engine.list({"convoy_install": install_tag()}):
+        labels = handle.labels or {}
+        if handle.external_id in live or labels.get("convoy_sandbox") in creating_ids:
+            continue
+        if "convoy_sandbox" not in labels and labels.get("convoy_run") in creating_runs:
+            continue
+        created = created_at(labels)
+        if created is not None and created > cutoff:
+            continue
+        engine.terminate(handle)
+        removed.append(handle.external_id)
+    return removed

@@ -16,7 +16,7 @@ import posixpath
 import queue
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
@@ -29,6 +29,7 @@ from sandboxes.backends.base import (
     SandboxHandle,
 )
 from sandboxes.backends.modal import (
+    CREATED_LABEL,
     EXEC_WRAPPER,
     FILES_CLEAR,
     FILES_SEAL,
@@ -36,10 +37,12 @@ from sandboxes.backends.modal import (
     KILLED_EXIT,
     TIMEOUT_EXIT,
     WORKSPACE,
+    labels_stamped,
     truncation_marker,
 )
 
 __all__ = [
+    "CREATED_LABEL",
     "EXEC_KILL_TREE",
     "EXEC_WRAPPER",
     "FILES_CLEAR",
@@ -48,10 +51,12 @@ __all__ = [
     "TIMEOUT_EXIT",
     "WORKSPACE",
     "allowlist_parse",
+    "created_at",
     "credential",
     "exec_stream",
     "fork_parallel",
     "gpu_parse",
+    "labels_stamped",
     "workspace_path",
 ]
 
@@ -72,6 +77,14 @@ def credential(name: str) -> str:
     """A provider credential: the setting of that name when the settings module defines it,
     else the environment variable the provider's SDK itself reads. Never logged."""
     return str(getattr(settings, name, "") or os.environ.get(name, ""))
+
+
+def created_at(labels: Mapping[str, str]) -> float | None:
+    """When a cloud sandbox was created (Unix seconds), from its CREATED_LABEL; None if unknown."""
+    try:
+        return float(labels[CREATED_LABEL])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def workspace_path(path: str) -> str:

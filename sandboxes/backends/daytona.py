@@ -42,6 +42,7 @@ from sandboxes.backends.cloud import (
     fork_parallel,
     gpu_parse,
     is_network,
+    labels_stamped,
     workspace_path,
 )
 
@@ -71,6 +72,12 @@ class DaytonaBackend(SandboxBackend):
         | Capability.NETWORK_ALLOWLIST
     )
     isolation = "Daytona cloud sandbox (container or microVM by sandbox class); the spec's image"
+    # Operator settings or environment, never in a sandbox; the URL and target are optional.
+    credentials = ("DAYTONA_API_KEY", "DAYTONA_API_URL", "DAYTONA_TARGET")
+
+    @classmethod
+    def configured(cls) -> bool:
+        return bool(credential("DAYTONA_API_KEY"))
 
     def __init__(
         self,
@@ -207,7 +214,7 @@ class DaytonaBackend(SandboxBackend):
         env = {**spec.env, **({"CONVOY_FILES": FILES_DIR} if spec.files else {})}
         return {
             "env_vars": env or None,
-            "labels": dict(spec.labels) or None,
+            "labels": labels_stamped(spec.labels),
             # Wall clock since creation, whatever the state: Daytona destroys it after that.
             "ttl_minutes": max(1, math.ceil(spec.timeout_s / 60)),
             # 0 turns Daytona's 15-minute auto-stop off when the spec names no idle limit.

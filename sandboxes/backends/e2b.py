@@ -39,6 +39,7 @@ from sandboxes.backends.cloud import (
     credential,
     exec_stream,
     fork_parallel,
+    labels_stamped,
     workspace_path,
 )
 
@@ -59,6 +60,11 @@ class E2BBackend(SandboxBackend):
         | Capability.NETWORK_ALLOWLIST
     )
     isolation = "E2B Firecracker microVM; an E2B template built from the spec's image"
+    credentials = ("E2B_API_KEY",)  # operator settings or environment; never in a sandbox
+
+    @classmethod
+    def configured(cls) -> bool:
+        return bool(credential("E2B_API_KEY"))
 
     def __init__(
         self,
@@ -190,7 +196,7 @@ class E2BBackend(SandboxBackend):
         return {
             "template": template,
             "timeout": min(int(spec.timeout_s), MAX_TIMEOUT_S),
-            "metadata": dict(spec.labels) or None,
+            "metadata": labels_stamped(spec.labels),
             "envs": env or None,
             **self._network(spec),
             **self._opts(),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import posixpath
 import queue
 import secrets
@@ -58,8 +59,18 @@ FILES_SEAL = 'chmod 0444 -- "$@" && chmod 0555 "$0"'
 TRUNCATION_MARKER = "\n[convoy: output truncated after {cap} bytes; command stopped]\n"
 
 
+# Every cloud sandbox carries its creation time (Unix seconds) in this label, so that the
+# reaper spares one created moments ago whose record is still being written.
+CREATED_LABEL = "convoy_created"
+
+
 def truncation_marker(cap: int) -> bytes:
     return TRUNCATION_MARKER.format(cap=cap).encode()
+
+
+def labels_stamped(labels: Mapping[str, str]) -> dict[str, str]:
+    """The labels a cloud sandbox is created with: the spec's, and its creation time."""
+    return {**labels, CREATED_LABEL: str(int(time.time()))}
 
 
 class ModalBackend(SandboxBackend):
@@ -71,6 +82,17 @@ class ModalBackend(SandboxBackend):
         | Capability.NETWORK_ALLOWLIST
     )
     isolation = "Modal cloud sandbox (gVisor); the spec's registry image"
+    credentials = ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET")  # or Modal's own config file
+
+    @classmethod
+    def configured(cls) -> bool:
+        """Both tokens in the settings or environment, or a Modal config file (which the SDK
+        reads itself)."""
+        named = [getattr(settings, n, "") or os.environ.get(n, "") for n in cls.credentials]
+        if all(named):
+            return True
+        config = os.environ.get("MODAL_CONFIG_PATH") or os.path.expanduser("~/.modal.toml")
+        return os.path.isfile(config)
 
     def __init__(
         self,
@@ -168,7 +190,7 @@ class ModalBackend(SandboxBackend):
             "gpu": spec.gpu,
             "workdir": spec.workdir,
             "env": {**spec.env, **({"CONVOY_FILES": FILES_DIR} if spec.files else {})} or None,
-            "tags": dict(spec.labels) or None,
+            "tags": labels_stamped(spec.labels),
         }
         if spec.network == NetworkPolicy.NONE or (
             spec.network == NetworkPolicy.ALLOWLIST and not spec.allowed_domains

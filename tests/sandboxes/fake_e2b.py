@@ -139,6 +139,7 @@ class FakeE2BSandbox:
         self.fake = fake
         self.sandbox_id = sandbox_id
         self.metadata = dict(kwargs.get("metadata") or {})
+        self.template = kwargs.get("template")  # a template name, or a snapshot id
         self.state = "running"
         network = kwargs.get("network") or {}
         self.block_network = kwargs.get("allow_internet_access") is False or bool(
@@ -243,6 +244,7 @@ class _FakeSandboxAPI:
         self._fake.record("Sandbox.create_snapshot", sandbox_id=sandbox_id, **kwargs)
         self._fake.maybe_fail("Sandbox.create_snapshot")
         image = self._get(sandbox_id).machine.snapshot_filesystem()
+        self._fake.snapshot_ids.add(image.object_id)
         return e2b.SnapshotInfo(snapshot_id=image.object_id, names=[])
 
     def delete_snapshot(self, snapshot_id: str, **opts) -> bool:
@@ -288,6 +290,7 @@ class FakeE2B:
         self.app = FakeApp("e2b", "ap-e2b")
         self.templates: dict[str, object] = {"base": {"from_image": "e2bdev/base"}}
         self.sandboxes: dict[str, FakeE2BSandbox] = {}
+        self.snapshot_ids: set[str] = set()  # every snapshot made, deleted ones included
         self.calls: list[tuple[str, dict]] = []
         self._failures: dict[str, list[BaseException]] = {}
         self._lock = threading.Lock()

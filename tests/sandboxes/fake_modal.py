@@ -241,6 +241,7 @@ class FakeSandbox:
 
     def exec(self, *args: str, **kwargs) -> FakeContainerProcess:
         _bind(modal.Sandbox.exec, args, kwargs, method=True)
+        self._fake.record("Sandbox.exec", sandbox_id=self.object_id, args=args, **kwargs)
         self._fake._maybe_fail("exec")
         self._check_running()
         workdir = kwargs.get("workdir") or self.workdir
@@ -271,6 +272,7 @@ class FakeSandbox:
 
     def snapshot_filesystem(self, *args, **kwargs) -> FakeImage:
         _bind(modal.Sandbox.snapshot_filesystem, args, kwargs, method=True)
+        self._fake.record("Sandbox.snapshot_filesystem", sandbox_id=self.object_id, **kwargs)
         self._fake._maybe_fail("snapshot_filesystem")
         self._check_running()
         image_id = self._fake._new_id("im")
@@ -286,6 +288,7 @@ class FakeSandbox:
         self._fake.detached.append(self.object_id)
 
     def terminate(self, *, wait: bool = False) -> int | None:
+        self._fake.record("Sandbox.terminate", sandbox_id=self.object_id)
         self._fake._maybe_fail("terminate")
         with self._lock:
             if self._returncode is None:
@@ -339,6 +342,7 @@ class _FakeSandboxAPI:
         sandbox = FakeSandbox(self._fake, self._fake._new_id("sb"), kwargs)
         self._fake.sandboxes[sandbox.object_id] = sandbox
         self._fake.create_calls.append({"at": self._fake.clock(), **kwargs})
+        self._fake.record("Sandbox.create", sandbox_id=sandbox.object_id, **kwargs)
         return sandbox
 
     def from_id(self, sandbox_id: str, client=None) -> FakeSandbox:
@@ -374,6 +378,8 @@ class FakeModal:
         self.create_calls: list[dict] = []
         self.snapshot_calls: list[dict] = []
         self.detached: list[str] = []
+        self.calls: list[tuple[str, dict]] = []  # every create, exec, snapshot and terminate
+        self._calls_lock = threading.Lock()
         self._failures: dict[str, list[BaseException]] = {}
         self._ids = itertools.count(1)
         self._ids_lock = threading.Lock()
@@ -384,6 +390,13 @@ class FakeModal:
     def _new_id(self, prefix: str) -> str:
         with self._ids_lock:
             return f"{prefix}-fake{next(self._ids):06d}"
+
+    def record(self, call: str, **kwargs) -> None:
+        with self._calls_lock:
+            self.calls.append((call, kwargs))
+
+    def called(self, call: str) -> list[dict]:
+        return [kwargs for name, kwargs in self.calls if name == call]
 
     def fail_next(self, call: str, error: BaseException, *, times: int = 1) -> None:
         """Make the next `times` calls named `call` ("create", "exec", …) raise `error`."""

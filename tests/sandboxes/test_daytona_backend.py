@@ -4,6 +4,8 @@ against the real SDK's signatures, records it, takes the real parameter classes 
 the real `daytona` exceptions. The conformance suite runs here too (imported below).
 """
 
+import time
+
 import daytona
 import pytest
 
@@ -15,6 +17,7 @@ from sandboxes.backends.base import (
     SandboxHandle,
     SandboxSpec,
 )
+from sandboxes.backends.cloud import CREATED_LABEL
 from sandboxes.backends.daytona import DaytonaBackend
 from tests.sandboxes.fake_daytona import daytona_fake_backend
 from tests.sandboxes.test_conformance import (  # noqa: F401 — collected here against FakeDaytona
@@ -78,6 +81,7 @@ def test_daytona_fake_create_passes_the_spec_as_sdk_params(backend):
     resources = params.resources
     assert (resources.cpu, resources.memory, resources.disk) == (2, 2, 4)  # whole CPUs, GiB
     assert (resources.gpu, resources.gpu_type) == (2, daytona.GpuType.H100)
+    assert abs(float(params.labels.pop(CREATED_LABEL)) - time.time()) < 60
     assert params.labels == {"convoy_run": "17", "convoy_install": "i1"}
     assert params.env_vars == {"CI": "1"}
     assert (params.ttl_minutes, params.auto_stop_interval) == (61, 10)
@@ -177,7 +181,7 @@ def test_daytona_fake_snapshot_fork_and_delete_use_named_snapshots(backend):
     creates = [c["params"] for c in backend.fake.called("Daytona.create")[1:]]
     assert all(isinstance(p, daytona.CreateSandboxFromSnapshotParams) for p in creates)
     assert [p.snapshot for p in creates] == [snapshot.external_id] * 3
-    assert all(p.labels == {"convoy_variant": "2"} for p in creates)
+    assert all(p.labels["convoy_variant"] == "2" for p in creates)
     assert all(backend.read_file(f, "seed.txt") == b"seed" for f in forks)
     backend.delete_snapshot(snapshot)
     backend.delete_snapshot(snapshot)  # already gone: no error

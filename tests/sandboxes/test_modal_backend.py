@@ -3,6 +3,8 @@ be reached from here); every test name says `modal_fake`. The fake checks each c
 the real SDK's signatures and raises the real `modal.exception` classes.
 """
 
+import time
+
 import modal.exception
 import pytest
 
@@ -14,6 +16,7 @@ from sandboxes.backends.base import (
     SandboxError,
     SandboxSpec,
 )
+from sandboxes.backends.cloud import CREATED_LABEL
 from sandboxes.backends.modal import ModalBackend, truncation_marker
 from sandboxes.pacing import TokenBucket
 from tests.sandboxes.fake_modal import modal_fake_backend
@@ -76,6 +79,7 @@ def test_modal_fake_create_passes_the_spec_to_modal(backend):
     assert call["idle_timeout"] == 600
     assert call["workdir"] == "/workspace"
     assert call["env"] == {"CI": "1"}
+    assert abs(float(call["tags"].pop(CREATED_LABEL)) - time.time()) < 60
     assert call["tags"] == {"convoy_run": "17"}
     assert call["app"].name == "convoy-test"
     assert handle.backend == "modal"
@@ -250,7 +254,7 @@ def test_modal_fake_attach_by_id_from_another_worker(backend):
         sdk=backend.fake, app_name="convoy-test", create_bucket=TokenBucket(rate=9)
     )
     attached = other.attach(handle.external_id)
-    assert attached.labels == {"convoy_run": "5"}
+    assert attached.labels["convoy_run"] == "5"
     assert other.read_file(attached, "f.txt") == b"kept"
     with pytest.raises(SandboxError, match="not found"):
         other.attach("sb-doesnotexist")
