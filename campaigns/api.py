@@ -23,6 +23,7 @@ from campaigns.schemas import (
     SecretIn,
     SecretOut,
 )
+from campaigns.secret_api import ROUTERS as secret_grant_routers
 from campaigns.secrets import secret_set
 from core.errors import Invalid
 from core.schemas import errors_for
@@ -181,4 +182,5 @@ ROUTERS = [
     ("/campaigns", campaigns_router),
     ("/repositories", repositories_router),
     ("/secrets", secrets_router),
+    *secret_grant_routers,
 ]

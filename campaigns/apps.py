@@ -8,7 +8,14 @@ class CampaignsConfig(AppConfig):
     def ready(self) -> None:
         # Imported here: models can only be imported once the app registry is ready.
         from campaigns.models import Campaign, RepoRun, Variant
+        from campaigns.secret_grants import variant_secret_on_diff_stored
+        from campaigns.signals import variant_diff_stored
         from sandboxes.reaper import owner_kind_register
+
+        # A diff that contains a campaign's secret is flagged as it is stored.
+        variant_diff_stored.connect(
+            variant_secret_on_diff_stored, dispatch_uid="campaigns.secret_scan"
+        )
 
         # The sandbox reaper frees what belongs to a campaign, run or variant that is done.
         owner_kind_register(kind="campaign", model=Campaign, done=("completed", "cancelled"))

@@ -218,3 +218,56 @@ class Secret(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class SecretGrant(models.Model):
+    """An admin's permission for a secret to enter sandboxes: those of one campaign, or of every
+    campaign one manager owns. Without a grant a spec may not name the secret."""
+
+    secret = models.ForeignKey(Secret, on_delete=models.CASCADE, related_name="grants")
+    campaign = models.ForeignKey(
+        Campaign, null=True, blank=True, on_delete=models.CASCADE, related_name="secret_grants"
+    )
+    manager = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="secret_grants",
+    )
+    granted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    granted_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["secret__name", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(campaign__isnull=True) ^ models.Q(manager__isnull=True),
+                name="secret_grant_one_grantee",
+            ),
+            models.UniqueConstraint(fields=["secret", "campaign"], name="secret_grant_campaign"),
+            models.UniqueConstraint(fields=["secret", "manager"], name="secret_grant_manager"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.secret_id} → {self.campaign_id or self.manager_id}"
+
+
+class SecretLeak(models.Model):
+    """A variant's diff that contains a secret's value (in some encoding). It may not be
+    approved or published until an admin overrides the finding with a reason."""
+
+    variant = models.OneToOneField(Variant, on_delete=models.CASCADE, related_name="secret_leak")
+    names = models.JSONField(default=list, help_text="Names of the secrets found")
+    forms = models.JSONField(default=list, help_text="How they were written (plain, base64, …)")
+    found_at = models.DateTimeField(auto_now_add=True)
+    overridden_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    overridden_at = models.DateTimeField(null=True, blank=True)
+    override_reason = models.TextField(blank=True)
+
+    def __str__(self) -> str:
+        return f"leak in variant {self.variant_id}: {', '.join(self.names)}"

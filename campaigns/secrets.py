@@ -1,4 +1,5 @@
-"""Stored secrets: encrypted at rest, written by admins, handed to sandboxes by name."""
+"""Stored secrets: encrypted at rest, written by admins; `campaigns.secret_grants` decides which
+campaigns' sandboxes receive them."""
 
 from __future__ import annotations
 
@@ -43,17 +44,15 @@ def secret_set(*, name: str, value: str, actor) -> Secret:
     return secret
 
 
-def secret_values(*, names: Iterable[str]) -> dict[str, str]:
-    """Decrypt the named secrets for injection into a sandbox; never for display."""
+def secret_decrypt(*, names: Iterable[str], missing_ok: bool = False) -> dict[str, str]:
+    """Decrypt the named secrets. Only `campaigns.secret_grants` calls this: it checks that the
+    campaign was granted them and audits the use. Never for display."""
     names = list(names)
     if not names:
         return {}
     fernet = _fernet()
     found = {s.name: s for s in Secret.objects.filter(name__in=names)}
     missing = [n for n in names if n not in found]
-    if missing:
+    if missing and not missing_ok:
         raise RunFailed(f"secret(s) not stored: {', '.join(missing)}")
-    return {n: fernet.decrypt(bytes(found[n].ciphertext)).decode() for n in names}
-
-
-# --- create, update, launch, cancel, retry ----------------------------------------------------
+    return {n: fernet.decrypt(bytes(found[n].ciphertext)).decode() for n in names if n in found}

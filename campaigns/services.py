@@ -30,6 +30,7 @@ from campaigns.models import (
     Variant,
     VariantState,
 )
+from campaigns.secret_grants import secret_names_granted
 from campaigns.selectors import repository_ids_by_tag
 from campaigns.spec import CampaignSpecError, FieldError, ParsedSpec, spec_parse, spec_validate
 from campaigns.states import CampaignStateError, runs_transition
@@ -46,7 +47,12 @@ def _spec_from(*, source: str | bytes | None, data: dict | None) -> ParsedSpec:
     return ParsedSpec(data=spec_validate(data), lines={}, source="")
 
 
-def _spec_db_checks(parsed: ParsedSpec, *, exclude_pk: int | None = None) -> None:
+def _spec_db_checks(
+    parsed: ParsedSpec, *, exclude_pk: int | None = None, owner_id: int | None = None
+) -> None:
+    """Checks that need the database. With `owner_id`, each secret must also be granted to the
+    campaign (`exclude_pk`) or to its owner (without it, the form's early check, only that it
+    is stored)."""
     errors = []
     spec = parsed.data
     if Campaign.objects.filter(name=spec["name"]).exclude(pk=exclude_pk).exists():
@@ -56,12 +62,18 @@ def _spec_db_checks(parsed: ParsedSpec, *, exclude_pk: int | None = None) -> Non
             )
         )
     stored = set(Secret.objects.filter(name__in=spec["secrets"]).values_list("name", flat=True))
+    granted = (
+        secret_names_granted(campaign_id=exclude_pk, owner_id=owner_id) if owner_id else stored
+    )
     for i, name in enumerate(spec["secrets"]):
+        path = f"secrets[{i}]"
         if name not in stored:
-            path = f"secrets[{i}]"
             errors.append(
                 FieldError(path, f"no stored secret named {name!r}", parsed.lines.get(path))
             )
+        elif name not in granted:
+            message = f"the secret {name!r} is not granted to this campaign (ask an admin)"
+            errors.append(FieldError(path, message, parsed.lines.get(path)))
     if isinstance(spec["repos"], dict) and not repository_ids_by_tag(spec["repos"]["tag"]):
         errors.append(
             FieldError(
@@ -98,7 +110,7 @@ def campaign_create(
 ) -> Campaign:
     """Validate a spec (YAML/JSON text or already-loaded data) and store a draft campaign."""
     parsed = _spec_from(source=source, data=data)
-    _spec_db_checks(parsed)
+    _spec_db_checks(parsed, owner_id=actor.pk)
     with transaction.atomic():
         campaign = Campaign.objects.create(
             **_campaign_fields(parsed.data), spec_source=parsed.source, owner=actor
@@ -118,7 +130,7 @@ def campaign_update(
 ) -> Campaign:
     """Replace a draft campaign's spec."""
     parsed = _spec_from(source=source, data=data)
-    _spec_db_checks(parsed, exclude_pk=campaign.pk)
+    _spec_db_checks(parsed, exclude_pk=campaign.pk, owner_id=campaign.owner_id)
     fields = _campaign_fields(parsed.data)
     with transaction.atomic():
         locked = Campaign.objects.select_for_update().get(pk=campaign.pk)

@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from audit.record import audit_record
 from campaigns.models import Campaign, RepoRun, Variant, VariantState
+from campaigns.secret_grants import variant_secret_check
 from core.errors import Conflict, Invalid, PermissionDenied
 
 # review.tasks imports this module too: both import the other module (not its names) and only
@@ -232,6 +233,7 @@ def change_approve(
             raise ReviewError("This change is already approved.")
         _check_reviewable(chosen)
         _check_hash(chosen, diff_hash)
+        variant_secret_check(variant_id=chosen.pk)  # a diff holding a secret waits for an admin
         review.state = ReviewState.APPROVED
         review.approved_hash = diff_hash
         review.picked_hash = diff_hash
@@ -352,7 +354,7 @@ def changes_bulk_approve(
                 comment=comment,
                 group_key=group_key,
             )
-        except (ReviewError, Invalid) as exc:
+        except (Conflict, Invalid) as exc:
             # One run's refusal (approved meanwhile, diff changed) does not stop the others.
             result.skipped.append(RunSkipped(run_id, exc.message))
         else:
@@ -374,6 +376,7 @@ def change_publish(*, run: RepoRun, actor) -> Changeset:
             )
         if chosen.patch_truncated:
             raise ReviewError("The diff was cut at the size cap and cannot be published whole.")
+        variant_secret_check(variant_id=chosen.pk)
         existing = Changeset.objects.select_for_update().filter(run_id=run.pk).first()
         if (
             existing

@@ -18,6 +18,7 @@ from django.views.decorators.http import require_POST
 from django.views.decorators.vary import vary_on_headers
 
 from accounts.roles import user_can
+from campaigns.secret_grants import variant_patch_for_display
 from campaigns.selectors import campaign_get_for_user, error_clusters
 from campaigns.services import campaign_retry
 from review import selectors, services
@@ -86,13 +87,17 @@ def _compare_context(request, run) -> dict:
         "mode": mode,
         "whitespace": whitespace,
         "files": diff_view(
-            bytes(chosen.patch) if chosen else b"",
+            variant_patch_for_display(variant=chosen) if chosen else b"",
             mode=mode,
             whitespace=whitespace,
             expand=request.GET.get("expand", ""),
         ),
         "expand_url": _compare_url(campaign, run.pk, **base),
-        "comparison": diff_compare(bytes(a.patch), bytes(b.patch)) if a and b else None,
+        "comparison": diff_compare(
+            variant_patch_for_display(variant=a), variant_patch_for_display(variant=b)
+        )
+        if a and b
+        else None,
         "name_a": a.name if a else "",
         "name_b": b.name if b else "",
         "a": a,
@@ -220,7 +225,8 @@ def bulk_review(request, pk):
         "groups": groups,
         "shown": shown,
         "files": diff_view(
-            bytes(shown.sample.patch), differing=selectors.bulk_group_differing(shown)
+            variant_patch_for_display(variant=shown.sample),
+            differing=selectors.bulk_group_differing(shown),
         )
         if shown
         else [],

@@ -5,14 +5,14 @@ from __future__ import annotations
 import codecs
 import html
 import logging
-import re
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from ansi2html import Ansi2HTMLConverter
 
+from core.secret_forms import SecretScanner
 from sandboxes.models import LogLine
 
 logger = logging.getLogger(__name__)
@@ -28,34 +28,9 @@ STREAMS = ("stdout", "stderr", "system")
 # --- Turning bytes into lines -----------------------------------------------------------------
 
 
-class SecretMasker:
-    """Replaces secret values (and each line of a multi-line one) with `[secret NAME]`.
-
-    Secrets given without names become MASK.
-    """
-
-    def __init__(self, secrets: Iterable[str] | Mapping[str, str]) -> None:
-        named = secrets.items() if isinstance(secrets, Mapping) else ((None, v) for v in secrets)
-        labels: dict[str, str] = {}
-        for name, value in named:
-            if not value:
-                continue
-            label = f"[secret {name}]" if name else MASK
-            pieces = [value]
-            if "\n" in value:
-                pieces += [p.strip("\r") for p in value.split("\n") if len(p.strip()) >= 4]
-            for piece in pieces:
-                if piece:
-                    labels.setdefault(piece, label)
-        ordered = sorted(labels, key=len, reverse=True)
-        self.longest = len(ordered[0]) if ordered else 0
-        self._labels = labels
-        self._regex = re.compile("|".join(map(re.escape, ordered))) if ordered else None
-
-    def __call__(self, text: str) -> str:
-        if self._regex is None:
-            return text
-        return self._regex.sub(lambda m: self._labels[m.group(0)], text)
+class SecretMasker(SecretScanner):
+    """Replaces secret values (each line of a multi-line one, and their encoded forms: base64,
+    hex, URL-encoded, reversed) with `[secret NAME]`; unnamed ones become MASK."""
 
 
 def _collapse(line: str) -> str:

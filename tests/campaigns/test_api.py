@@ -145,9 +145,9 @@ def test_secrets_are_write_only_and_audited_by_name(client, admin_user, manager)
     from campaigns.models import Secret
 
     assert b"rotated-value" not in bytes(Secret.objects.get().ciphertext)
-    from campaigns.secrets import secret_values
+    from campaigns.secrets import secret_decrypt
 
-    assert secret_values(names=["API_KEY"]) == {"API_KEY": "rotated-value"}
+    assert secret_decrypt(names=["API_KEY"]) == {"API_KEY": "rotated-value"}
 
 
 def test_runs_are_one_per_repository(manager, django_capture_on_commit_callbacks):

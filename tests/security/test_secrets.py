@@ -1,0 +1,191 @@
+"""Secrets reach only campaigns an admin granted them to; every written form of a value is
+masked; a diff holding a secret is flagged, shown masked, and held back from approval and
+publishing until an admin overrides the finding."""
+
+import base64
+import json
+from urllib.parse import quote, quote_plus
+
+import pytest
+
+from accounts.services import token_create
+from audit.models import AuditEvent
+from campaigns.models import Campaign, SecretLeak
+from campaigns.secret_grants import (
+    secret_grant,
+    secret_value_for_campaign,
+    secret_values_for_run,
+    variant_patch_for_display,
+    variant_secret_override,
+)
+from campaigns.secrets import secret_set
+from campaigns.services import campaign_create, campaign_update
+from campaigns.spec import CampaignSpecError
+from campaigns.states import RunFailed
+from core.errors import Conflict, PermissionDenied
+from review.services import change_approve, change_publish
+from sandboxes.loglines import SecretMasker
+from tests.factories import (
+    campaign_make,
+    patch_for,
+    repos_make,
+    run_make,
+    spec_for,
+    variant_make,
+    variant_rerun,
+)
+
+pytestmark = pytest.mark.shapes("embedded", "production")
+
+VALUE = "tok-7Hq2/pW9x+Zr4u="
+
+
+@pytest.fixture
+def stored(admin_user):
+    secret_set(name="API_TOKEN", value=VALUE, actor=admin_user)
+    secret_set(name="OTHER", value="other-value-123", actor=admin_user)
+
+
+def _auth(user):
+    _token, raw = token_create(user=user, name="t")
+    return {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
+
+
+def test_a_spec_naming_an_ungranted_secret_is_refused(stored, manager, admin_user):
+    tag, _ = repos_make(1)
+    spec = spec_for(tag, name="with-secret", extra="\nsecrets: [API_TOKEN]\n")
+    with pytest.raises(CampaignSpecError) as caught:
+        campaign_create(actor=manager, source=spec)
+    (error,) = caught.value.errors
+    assert error.path == "secrets[0]"
+    assert "not granted" in error.message
+
+    # Granted to the manager: every campaign they own may name it.
+    secret_grant(name="API_TOKEN", manager=manager, actor=admin_user)
+    campaign = campaign_create(actor=manager, source=spec)
+    # OTHER is granted to nobody: adding it is refused; granted to the campaign, accepted.
+    both = spec.replace("secrets: [API_TOKEN]", "secrets: [API_TOKEN, OTHER]")
+    with pytest.raises(CampaignSpecError, match="OTHER"):
+        campaign_update(campaign=campaign, actor=manager, source=both)
+    secret_grant(name="OTHER", campaign=campaign, actor=admin_user)
+    campaign_update(campaign=campaign, actor=manager, source=both)
+
+
+def test_only_admins_grant_and_every_grant_and_use_is_audited(stored, manager, admin_user, client):
+    campaign = campaign_make(owner=manager)
+    with pytest.raises(PermissionDenied):
+        secret_grant(name="API_TOKEN", campaign=campaign, actor=manager)
+    body = {"name": "API_TOKEN", "campaign": campaign.pk}
+    refused = client.post(
+        "/api/v1/secret-grants", body, content_type="application/json", **_auth(manager)
+    )
+    assert refused.status_code == 403
+    made = client.post(
+        "/api/v1/secret-grants", body, content_type="application/json", **_auth(admin_user)
+    )
+    assert made.status_code == 201, made.content
+    assert made.json()["name"] == "API_TOKEN"
+    assert AuditEvent.objects.filter(action="secret.grant.created").count() == 1
+
+    assert secret_values_for_run(campaign=campaign, names=["API_TOKEN"], run_id=7) == {
+        "API_TOKEN": VALUE
+    }
+    used = AuditEvent.objects.get(action="secret.secret.used")
+    assert json.loads(used.body)["payload"] == {"names": ["API_TOKEN"]}
+    assert used.run_id == 7 and VALUE not in used.body
+    with pytest.raises(RunFailed, match="not granted to this campaign: OTHER"):
+        secret_values_for_run(campaign=campaign, names=["API_TOKEN", "OTHER"], run_id=7)
+    assert secret_value_for_campaign(campaign_id=campaign.pk, name="API_TOKEN") == VALUE
+    with pytest.raises(PermissionDenied):
+        secret_value_for_campaign(campaign_id=campaign.pk, name="OTHER")
+
+    revoked = client.delete(f"/api/v1/secret-grants/{made.json()['id']}", **_auth(admin_user))
+    assert revoked.status_code == 204
+    assert AuditEvent.objects.filter(action="secret.grant.revoked").count() == 1
+    with pytest.raises(RunFailed, match="not granted"):
+        secret_values_for_run(campaign=campaign, names=["API_TOKEN"], run_id=8)
+
+
+def test_the_secrets_page_is_for_admins_and_grants_from_it(stored, manager, admin_user, client):
+    campaign = campaign_make(owner=manager)
+    client.force_login(manager)
+    assert client.get("/campaigns/secrets/").status_code == 403
+    assert client.post("/campaigns/secrets/grants/", {"name": "API_TOKEN"}).status_code == 403
+    client.force_login(admin_user)
+    page = client.get("/campaigns/secrets/")
+    assert page.status_code == 200 and VALUE not in page.content.decode()
+    response = client.post(
+        "/campaigns/secrets/grants/", {"name": "API_TOKEN", "campaign": campaign.pk}
+    )
+    assert response.status_code == 302
+    assert campaign.secret_grants.get().secret.name == "API_TOKEN"
+    grant = campaign.secret_grants.get()
+    client.post(f"/campaigns/secrets/grants/{grant.pk}/revoke/")
+    assert not campaign.secret_grants.exists()
+
+
+ENCODED = {
+    "plain": VALUE,
+    "reversed": VALUE[::-1],
+    "hex": VALUE.encode().hex(),
+    "HEX": VALUE.encode().hex().upper(),
+    "url": quote(VALUE, safe=""),
+    "url+": quote_plus(VALUE, safe=""),
+    "base64": base64.b64encode(VALUE.encode()).decode(),
+    "base64 inside": base64.b64encode(b"user:" + VALUE.encode() + b"\n").decode(),
+    "urlsafe base64": base64.urlsafe_b64encode(b"xy" + VALUE.encode()).decode(),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ENCODED))
+def test_log_masking_covers_encoded_forms(kind):
+    text = f"echo {ENCODED[kind]} done"
+    masked = SecretMasker({"API_TOKEN": VALUE})(text)
+    assert "[secret API_TOKEN" in masked, masked
+    if "inside" not in kind and "urlsafe" not in kind:
+        assert ENCODED[kind] not in masked
+    # What is left of an encoded text no longer decodes to the value.
+    assert VALUE not in masked
+    leftover = masked.split("[secret")[0] + masked.split("]")[-1]
+    assert len(leftover) < len(text) - len(VALUE) // 2
+
+
+def test_a_diff_holding_a_secret_is_flagged_masked_and_held_back(
+    stored, manager, reviewer, admin_user
+):
+    campaign = campaign_make(owner=manager)
+    spec = dict(campaign.spec, secrets=["API_TOKEN"])
+    Campaign.objects.filter(pk=campaign.pk).update(spec=spec)
+    run = run_make(campaign=campaign)
+    leaked = base64.b64encode(f"Authorization: {VALUE}".encode()).decode()
+    a = variant_make(run=run, name="a", patch=patch_for("ci.yml", "token: x", f"token: {leaked}"))
+    clean = variant_make(run=run, name="b", patch=patch_for("a.py", "x = 1", "x = 2"), position=1)
+    leak = SecretLeak.objects.get(variant=a)
+    assert leak.names == ["API_TOKEN"] and leak.forms == ["base64"]
+    assert not SecretLeak.objects.filter(variant=clean).exists()
+    assert AuditEvent.objects.filter(action="secret.leak.found").count() == 1
+
+    shown = variant_patch_for_display(variant=a).decode()
+    assert leaked not in shown and "[secret API_TOKEN, base64]" in shown
+
+    with pytest.raises(Conflict, match="API_TOKEN") as caught:
+        change_approve(run=run, actor=reviewer, variant=a, diff_hash=a.diff_sha256)
+    assert caught.value.code == "secret_in_diff"
+    with pytest.raises(PermissionDenied):
+        variant_secret_override(variant=a, actor=reviewer, reason="fine")
+    variant_secret_override(variant=a, actor=admin_user, reason="a test fixture token")
+    change_approve(run=run, actor=reviewer, variant=a, diff_hash=a.diff_sha256)
+    assert AuditEvent.objects.filter(action="secret.leak.overridden").count() == 1
+
+    # A rerun's new diff is scanned again: the old override does not carry over.
+    variant_rerun(a, patch_for("ci.yml", "token: x", f"token: {VALUE[::-1]}"))
+    a.refresh_from_db()
+    assert SecretLeak.objects.get(variant=a).forms == ["reversed"]
+    with pytest.raises(Conflict, match="API_TOKEN"):
+        change_approve(run=run, actor=reviewer, variant=a, diff_hash=a.diff_sha256)
+
+    # Publishing checks too: a finding recorded after approval still holds the change back.
+    change_approve(run=run, actor=reviewer, variant=clean, diff_hash=clean.diff_sha256)
+    SecretLeak.objects.create(variant=clean, names=["API_TOKEN"], forms=["plain"])
+    with pytest.raises(Conflict, match="API_TOKEN"):
+        change_publish(run=run, actor=reviewer)
