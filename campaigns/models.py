@@ -74,6 +74,34 @@ class RunState(models.TextChoices):
 
 
 RUN_FINAL_STATES = (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED)
+class Validation(models.TextChoices):
+    NONE = "", "not run"
+    PASSED = "passed"
+    FAILED = "failed"
+    SKIPPED = "skipped", "no validate steps"
+
+
+class Outcome(models.TextChoices):
+    """A variant's validation read against its run's baseline (campaigns.baseline)."""
+
+    NONE = "", "not validated"
+    PASSES = "passes"
+    FIXES = "fixes"  # the baseline failed, the variant passes
+    STILL_FAILING = "still_failing", "still failing"  # failed before and after
+    REGRESSES = "regresses"  # the baseline passed, the variant fails
+    FAILS = "fails"  # the variant fails; no baseline to compare with
+
+    @classmethod
+    def of(cls, *, baseline: str, validation: str) -> "Outcome":
+        if validation == Validation.PASSED:
+            return cls.FIXES if baseline == Validation.FAILED else cls.PASSES
+        if validation == Validation.FAILED:
+            if baseline == Validation.FAILED:
+                return cls.STILL_FAILING
+            return cls.REGRESSES if baseline == Validation.PASSED else cls.FAILS
+        return cls.NONE
+
+
 RUN_ACTIVE_STATES = (RunState.QUEUED, RunState.RUNNING)
 
 # Legal moves; `run_transition` refuses anything else.
@@ -106,6 +134,11 @@ class RepoRun(models.Model):
     )
     error = models.TextField(blank=True)
     error_signature = models.CharField(max_length=16, blank=True, db_index=True)
+    # The campaign image the run's sandboxes use, and its validation of the untouched
+    # repository (campaigns.environment, campaigns.baseline).
+    image_key = models.CharField(max_length=64, blank=True, db_index=True)
+    baseline = models.CharField(max_length=8, choices=Validation, blank=True)
+    baseline_error = models.TextField(blank=True)
     error_summary = models.CharField(max_length=300, blank=True)
     worker = models.CharField(max_length=200, blank=True, help_text="host:pid holding the lease")
     heartbeat_at = models.DateTimeField(null=True, blank=True)
@@ -158,13 +191,6 @@ class VariantState(models.TextChoices):
 
 
 VARIANT_FINAL_STATES = (VariantState.COMPLETED, VariantState.FAILED, VariantState.CANCELLED)
-
-
-class Validation(models.TextChoices):
-    NONE = "", "not run"
-    PASSED = "passed"
-    FAILED = "failed"
-    SKIPPED = "skipped", "no validate steps"
 
 
 class Variant(models.Model):
@@ -221,6 +247,11 @@ class Secret(models.Model):
 
 
 class SecretGrant(models.Model):
+    @property
+    def outcome(self) -> Outcome:
+        """passes / fixes / still failing / regresses, against the run's baseline."""
+        return Outcome.of(baseline=self.run.baseline, validation=self.validation)
+
     """An admin's permission for a secret to enter sandboxes: those of one campaign, or of every
     campaign one manager owns. Without a grant a spec may not name the secret."""
 

@@ -7,18 +7,17 @@ import hashlib
 import logging
 import re
 import secrets as pysecrets
-import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
-from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from campaigns import agents as agent_models
+from campaigns.baseline import baseline_run, baseline_wanted
 from campaigns.dispatch import (
     campaign_finish_if_done,
     runs_dispatch,
@@ -26,6 +25,13 @@ from campaigns.dispatch import (
     slot_handoff,
     worker_name,
 )
+from campaigns.environment import (
+    diff_cap_bytes,
+    diff_limit_check,
+    run_environment_prepare,
+    run_excludes_write,
+)
+from campaigns.heartbeat import RunHeartbeat
 from campaigns.models import (
     RepoRun,
     RunState,
@@ -34,7 +40,7 @@ from campaigns.models import (
     VariantState,
 )
 from campaigns.runs import run_claim, run_cleanup, run_fail, run_load
-from campaigns.secrets import secret_values
+from campaigns.secret_grants import secret_values_for_run
 from campaigns.services import sandboxes_terminate_live
 from campaigns.signals import variant_diff_stored
 from campaigns.states import (
@@ -44,6 +50,7 @@ from campaigns.states import (
     variant_transition,
 )
 from sandboxes.backends.base import Capability, NetworkPolicy, SandboxError, SandboxSpec
+from core.secret_forms import SecretScanner
 from sandboxes.models import SandboxSnapshot
 from sandboxes.repos import RepoUrlError, sandbox_repo_checkout
 from sandboxes.services import (
@@ -60,45 +67,15 @@ logger = logging.getLogger(__name__)
 
 REPO_DIR = "/workspace"
 OUTPUT_TAIL_BYTES = 4000
-PATCH_CAP_BYTES = 2 * 1024 * 1024
 CHECK_EVERY_S = 0.25  # how often a run's steps ask whether it was cancelled
 MAX_TRANSIENT_RETRIES = 4
 VARIANT_THREADS = 3
 
 
-class _Heartbeat(threading.Thread):
-    """Keeps the run's lease fresh; notices when the run was cancelled or taken away."""
-
-    def __init__(self, run_id: int, worker: str) -> None:
-        super().__init__(daemon=True, name=f"run-{run_id}-heartbeat")
-        self.run_id, self.worker = run_id, worker
-        self.stop_event = threading.Event()
-        self.lost = threading.Event()
-
-    def run(self) -> None:
-        interval = max(0.5, settings.RUN_LEASE_S / 3)
-        try:
-            while not self.stop_event.wait(interval):
-                alive = RepoRun.objects.filter(
-                    pk=self.run_id, state=RunState.RUNNING, worker=self.worker
-                ).update(heartbeat_at=timezone.now())
-                if not alive:
-                    self.lost.set()
-                    return
-        except Exception:
-            logger.exception("heartbeat for run %s failed", self.run_id)
-        finally:
-            connection.close()
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.join(timeout=10)
-
-
 class _Context:
     """Everything one run's steps need, loaded once."""
 
-    def __init__(self, run: RepoRun, heartbeat: _Heartbeat) -> None:
+    def __init__(self, run: RepoRun, heartbeat: RunHeartbeat) -> None:
 
         self.run = run
         self.campaign = run.campaign
@@ -119,8 +96,11 @@ class _Context:
                 "convoy_run": str(run.pk),
             },
         )
-        self.secrets = secret_values(names=self.spec["secrets"])
+        self.secrets = secret_values_for_run(
+            campaign=self.campaign, names=self.spec["secrets"], run_id=run.pk
+        )
         self.sandbox_spec = agent_models.run_models_prepare(ctx=self)  # the model gateway
+        self.sandbox_spec = run_environment_prepare(ctx=self)  # image, tools area, self.home
         self.launcher = self.campaign.launched_by or self.campaign.owner
         self._checked_at = -CHECK_EVERY_S  # the first check asks the database
 
@@ -148,10 +128,7 @@ class _Context:
         }
 
     def redact(self, text: str) -> str:
-        for name, value in self.secrets.items():
-            if value:
-                text = text.replace(value, f"[secret {name}]")
-        return text
+        return SecretScanner(self.secrets).mask(text) if self.secrets else text
 
 
 def _exec(
@@ -190,7 +167,7 @@ def _exec(
         sandbox=sandbox,
         argv=argv or ["bash", "-c", script],
         cwd=REPO_DIR,
-        env={"HOME": "/tmp", **(env or {})},  # noqa: S108 - the sandbox's own tmpfs
+        env={"HOME": ctx.home, **(env or {})},  # /tmp, or the tools area /convoy/home
         timeout_s=timeout_s or ctx.spec["limits"]["timeout_s"],
         output_cap=cap or 10 * 1024 * 1024,
         secrets=ctx.secrets or None,
@@ -241,6 +218,7 @@ def _prepare(ctx: _Context, owner_kind: str, owner_id: int, *, variant_id: int |
             run.base_commit = commit
             step = "checked_out" if ctx.spec["setup"] else "prepared"
             RepoRun.objects.filter(pk=run.pk).update(base_commit=commit, step=step)
+        run_excludes_write(ctx=ctx, sandbox=sandbox)  # the tools area and diff.exclude
         for i, step in enumerate(ctx.spec["setup"]):
             ctx.check()
             command, out = _exec(ctx, sandbox, step["run"], timeout_s=step.get("timeout_s"))
@@ -299,7 +277,7 @@ def _transform_and_diff(
         step["run"],
         env=env,
         timeout_s=step.get("timeout_s"),
-        cap=PATCH_CAP_BYTES + 8 * 1024 * 1024,
+        cap=diff_cap_bytes(ctx.spec),  # past it, the diff is over limits.max_diff_mb
         argv=["bash", "-c", wrapper, "convoy-step", step["run"]],
         last=last,
     )
@@ -323,6 +301,7 @@ def _transform_and_diff(
                 {"path": match[3], "added": added, "deleted": deleted, "binary": match[1] == "-"}
             )
             plus, minus = plus + added, minus + deleted
+    diff_limit_check(ctx.spec, patch, bool(command.truncated))
     return step_out, {
         "patch": patch,
         "patch_truncated": bool(command.truncated),
@@ -482,13 +461,13 @@ def _run_pipeline(ctx: _Context) -> None:
     base = None
     if snapshot is None:
         ctx.check()
-        if can_snapshot and len(pending) > 1:
+        if can_snapshot and len(pending) + baseline_wanted(ctx) > 1:
             base = _prepare(ctx, "run", run.pk)
         else:  # no fork: this sandbox serves the first variant
             base = _prepare(ctx, "variant", pending[0].pk, variant_id=pending[0].pk)
         if ctx.spec["setup"]:
             RepoRun.objects.filter(pk=run.pk).update(step="prepared")
-        if can_snapshot and len(pending) > 1:
+        if can_snapshot and len(pending) + baseline_wanted(ctx) > 1:
             run.snapshotting = True  # from here a snapshot may exist before snapshot_id says so
             try:
                 snapshot = sandbox_snapshot(sandbox=base, owner_kind="run", owner_id=run.pk)
@@ -500,6 +479,7 @@ def _run_pipeline(ctx: _Context) -> None:
     ctx.check()
     # Without a snapshot the prepared sandbox serves the first variant; the others get fresh
     # sandboxes with setup rerun.
+    baseline_run(ctx, snapshot, prepare=_prepare, run_step=_exec)  # once, on the untouched repo
     jobs = [(v, base if i == 0 else None) for i, v in enumerate(pending)]
 
     def one(job):
@@ -538,7 +518,7 @@ def run_execute(*, run_id: int) -> str:
 def _run_carry(run: RepoRun, worker: str) -> tuple[str, int | None]:
     """One claimed run, start to end: (how it ended, the run it handed its slot to)."""
 
-    heartbeat = _Heartbeat(run.pk, worker)
+    heartbeat = RunHeartbeat(run.pk, worker)
     heartbeat.start()
     launcher = run.campaign.launched_by or run.campaign.owner
     outcome = "succeeded"

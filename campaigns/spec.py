@@ -20,6 +20,7 @@ from agents.spec import model_parse, model_spec_errors
 from core.errors import Invalid
 from sandboxes.backends import BACKENDS
 from sandboxes.backends.base import Capability
+from sandboxes.images.spec import image_spec_parse
 from sandboxes.repos import RepoUrlError, repo_url_validate
 
 MAX_SPEC_BYTES = 1024 * 1024  # a spec with its files; larger input is refused before parsing
@@ -47,14 +48,18 @@ TOP_KEYS = {
     "model",
     "changeset",
     "review",
+    "image",
+    "baseline",
+    "diff",
 }
 REQUIRED_KEYS = ("name", "repos", "transform")
-LIMIT_KEYS = {"timeout_s", "cpu", "memory_mb", "network", "gpu"}
+LIMIT_KEYS = {"timeout_s", "cpu", "memory_mb", "network", "max_diff_mb", "gpu"}
 STEP_KEYS = {"run", "name", "timeout_s"}
 VARIANT_KEYS = {"name", "description", "env", "transform", "model"}
 REPO_KEYS = {"url", "ref"}
 CHANGESET_KEYS = {"branch", "title", "body", "commit_message", "author"}
 REVIEW_KEYS = {"four_eyes"}
+DEFAULT_MAX_DIFF_MB = 5
 DEFAULT_LIMITS = {"timeout_s": 900, "cpu": 1.0, "memory_mb": 1024, "network": "none"}
 
 
@@ -513,12 +518,42 @@ def spec_validate(raw: Any, *, lines: dict[str, int] | None = None) -> dict:
                 c.fail("review.four_eyes", "must be true or false")
             else:
                 spec["review"]["four_eyes"] = review["four_eyes"]
+    _check_environment(c, raw, spec)
     spec["model"] = _check_model(c, raw["model"], "model") if raw.get("model") else None
     for where, message in model_spec_errors(spec):
         c.fail(where, message)
     if c.errors:
         raise CampaignSpecError(c.errors)
     return spec
+
+
+def _check_environment(c: _Checker, raw: dict, spec: dict) -> None:
+    """`image:` (sandboxes.images.spec, normalised), `baseline:` and `diff:` (docs/images.md)."""
+    spec["image"] = None
+    if raw.get("image") is not None:
+        try:
+            canonical = image_spec_parse(raw["image"], where="image").canonical()
+            spec["image"] = {k: v for k, v in canonical.items() if k != "kind"}  # re-parsable
+        except Invalid as exc:
+            c.fail(exc.field or "image", exc.message)
+    spec["baseline"] = True
+    if "baseline" in raw:
+        if not isinstance(raw["baseline"], bool):
+            c.fail("baseline", "must be true or false")
+        else:
+            spec["baseline"] = raw["baseline"]
+    spec["diff"] = {"exclude": [], "max_mb": DEFAULT_MAX_DIFF_MB}
+    diff = c.mapping(raw["diff"], "diff", {"exclude"}) if "diff" in raw else None
+    for i, glob in enumerate((diff or {}).get("exclude") or []):
+        text = c.string(glob, f"diff.exclude[{i}]", max_len=300)
+        if "\n" in text or text.startswith("#"):
+            c.fail(f"diff.exclude[{i}]", "must be one gitignore pattern")
+        elif text:
+            spec["diff"]["exclude"].append(text)
+    limits = raw.get("limits")
+    if isinstance(limits, dict) and "max_diff_mb" in limits:
+        most = c.integer(limits["max_diff_mb"], "limits.max_diff_mb", low=1, high=100)
+        spec["diff"]["max_mb"] = most or DEFAULT_MAX_DIFF_MB
 
 
 def spec_parse(text: str | bytes) -> ParsedSpec:

@@ -107,7 +107,7 @@ def _row_new(
     return Sandbox.objects.create(
         backend=backend.name,
         unsafe=backend.unsafe,
-        image=spec.image,
+        image=spec.image_key or spec.image,  # a campaign image by key (sandboxes/images)
         network=str(spec.network),
         limits={
             "cpu": spec.cpu,

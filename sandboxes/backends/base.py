@@ -27,6 +27,8 @@ class Capability(enum.Flag):
     READONLY_FILES = enum.auto()  # the engine enforces /convoy/files read-only (root included)
     # Honours SandboxSpec.egress_socket: no network but a relay to Convoy's egress proxy.
     EGRESS_PROXY = enum.auto()
+    # Honours SandboxSpec.image_root (a campaign image as `/`) and tools_home (/convoy/home).
+    IMAGES = enum.auto()
 
 
 class SandboxError(Exception):
@@ -73,6 +75,15 @@ class SandboxSpec:
     egress_env: Mapping[str, str] = field(default_factory=dict)
     # Host files the egress environment names (CA bundles), bound read-only at the same path.
     egress_files: Sequence[str] = ()
+    # A campaign image (sandboxes/images, docs/images.md): the host path of its read-only root
+    # filesystem, which local engines mount as `/` instead of the host's /usr; its key (kept on
+    # the sandbox's row) and its variables (PATH with the image's tools first). None: host /usr.
+    image_root: str | None = None
+    image_key: str = ""
+    image_env: Mapping[str, str] = field(default_factory=dict)
+    # The tools area: /convoy/home ($HOME), writable, carried by snapshots and forks, never in
+    # the diff (it lives at /workspace/.convoy-home, which the checkout's git excludes).
+    tools_home: bool = False
 
     def __post_init__(self) -> None:
         for name, content in self.files.items():
@@ -84,6 +95,8 @@ class SandboxSpec:
                 raise SandboxError(f"files: {name!r} must be bytes, got {type(content).__name__}")
         if (self.egress_env or self.egress_files) and not self.egress_socket:
             raise SandboxError("egress_env and egress_files need an egress_socket")
+        if self.image_root is not None and not (self.image_root.startswith("/") and self.image_key):
+            raise SandboxError("image_root must be an absolute host path, with its image_key")
         for path in self.egress_files:
             if not path.startswith("/") or path.startswith(("/workspace", "/convoy", "/tmp")):  # noqa: S108
                 raise SandboxError(f"egress_files: {path!r} must be an absolute host path")

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from sandboxes.backends import cgroups, seccomp
 from sandboxes.backends.base import FILES_DIR, Capability, SandboxError
 from sandboxes.backends.egress import EGRESS_EXEC, egress_binds, egress_wrapped
+from sandboxes.backends.images import bwrap_image_args, tools_home_bind
 from sandboxes.backends.local import (
     LocalBackend,
     processes_kill,
@@ -41,7 +42,10 @@ def bwrap_argv(
     tmp_mb: int = 2048,
     files: str | None = None,
     egress: dict | None = None,
+    image: dict | None = None,
 ) -> list[str]:
+    """`image`: the sandbox's meta.extra, for its campaign image and tools area."""
+    root = bwrap_image_args(image or {}, etc=etc)
     argv = [
         "bwrap",
         "--unshare-all",
@@ -59,14 +63,18 @@ def bwrap_argv(
         str(SANDBOX_UID),
         "--hostname",
         "sandbox",
-        "--ro-bind",
-        "/usr",
-        "/usr",
     ]
-    for name, target in SYSTEM_SYMLINKS.items():
-        if os.path.lexists(f"/{name}"):
-            argv += ["--symlink", target, f"/{name}"]
-    argv += ["--ro-bind", etc, "/etc", "--bind", workspace, "/workspace"]
+    if root is not None:  # the image as `/`, read-only, instead of the host's /usr
+        argv += root
+    else:
+        argv += ["--ro-bind", "/usr", "/usr"]
+        for name, target in SYSTEM_SYMLINKS.items():
+            if os.path.lexists(f"/{name}"):
+                argv += ["--symlink", target, f"/{name}"]
+        argv += ["--ro-bind", etc, "/etc"]
+    argv += ["--bind", workspace, "/workspace"]
+    for source, target in tools_home_bind(image or {}, workspace):
+        argv += ["--bind", source, target]
     if files:
         argv += ["--ro-bind", files, FILES_DIR]
     # The network stays unshared with egress: the relay's socket is the only way out.
@@ -104,7 +112,12 @@ def _cgroup_limits(limits: dict) -> dict:
 class BubblewrapBackend(LocalBackend):
     name = "bwrap"
     id_prefix = "bw"
-    capabilities = LocalBackend.capabilities | Capability.READONLY_FILES | Capability.EGRESS_PROXY
+    capabilities = (
+        LocalBackend.capabilities
+        | Capability.READONLY_FILES
+        | Capability.EGRESS_PROXY
+        | Capability.IMAGES
+    )
     isolation = (
         "bubblewrap namespaces: no network, host /usr read-only, own /workspace, "
         "cgroup limits; runs the host's system directories"
@@ -161,6 +174,7 @@ class BubblewrapBackend(LocalBackend):
             tmp_mb=int(meta.limits.get("disk_mb", 2048)),
             files=str(self.files_path(meta.external_id)) if meta.extra.get("files") else None,
             egress=meta.extra if meta.extra.get("egress_dir") else None,
+            image=meta.extra,
         )
         if meta.extra.get("egress_dir"):  # this command's own relay, started before it
             argv = egress_wrapped(EGRESS_EXEC, argv)

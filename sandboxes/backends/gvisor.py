@@ -48,6 +48,7 @@ from sandboxes.backends.egress import (
     egress_binds,
     egress_wrapped,
 )
+from sandboxes.backends.images import gvisor_root, gvisor_system_mounts
 from sandboxes.backends.local import (
     LocalBackend,
     processes_kill,
@@ -90,6 +91,7 @@ class GVisorBackend(LocalBackend):
         | Capability.CHECKPOINT
         | Capability.READONLY_FILES
         | Capability.EGRESS_PROXY
+        | Capability.IMAGES
     )
     isolation = (
         "gVisor user-space kernel: no network, host /usr read-only, own /workspace, "
@@ -197,30 +199,22 @@ class GVisorBackend(LocalBackend):
                     },
                 ],
             },
-            "root": {"path": str(self._rootfs()), "readonly": True},
+            "root": gvisor_root(meta.extra, self._rootfs()),
             "hostname": "sandbox",
             "mounts": [
                 {"destination": "/proc", "type": "proc", "source": "proc"},
                 {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
                 {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"},  # noqa: S108
                 {
-                    "destination": "/usr",
-                    "type": "bind",
-                    "source": "/usr",
-                    "options": ["rbind", "ro"],
-                },
-                {
-                    "destination": "/etc",
-                    "type": "bind",
-                    "source": str(self.ws.etc()),
-                    "options": ["rbind", "ro"],
-                },
-                {
                     "destination": "/workspace",
                     "type": "bind",
                     "source": str(base / "workspace"),
                     "options": ["rbind", "rw"],
                 },
+                # The host's /usr and /etc, or an image's /etc files; then the tools area.
+                *gvisor_system_mounts(
+                    meta.extra, etc=str(self.ws.etc()), workspace=str(base / "workspace")
+                ),
                 *self._files_mount(meta),
                 *(
                     {

@@ -36,6 +36,7 @@ from sandboxes.backends.base import (
     SnapshotHandle,
 )
 from sandboxes.backends.egress import egress_env, egress_extra
+from sandboxes.backends.images import image_env, image_extra, tools_home_make
 from sandboxes.workspaces import Meta, Workspaces, workspace_read, workspace_write
 
 TIMEOUT_EXIT = 124  # what `timeout(1)` returns; every backend reports a timeout with it
@@ -314,7 +315,7 @@ class LocalBackend(SandboxBackend):
         self, spec: SandboxSpec, layers: list[str], *, extra: dict | None = None
     ) -> SandboxHandle:
         self._check(spec)
-        egress = egress_extra(spec)
+        egress = {**egress_extra(spec), **image_extra(spec)}
         now = time.time()
         meta = Meta(
             external_id=self.ws.new_id(self.id_prefix),
@@ -325,6 +326,7 @@ class LocalBackend(SandboxBackend):
                 **spec.env,
                 **({"CONVOY_FILES": FILES_DIR} if spec.files else {}),
                 **egress_env(spec),
+                **image_env(spec),
             },
             network=str(spec.network),
             created_at=now,
@@ -335,6 +337,7 @@ class LocalBackend(SandboxBackend):
         self.ws.etc()
         self.ws.create(meta)
         try:
+            tools_home_make(self.ws.workspace(meta.external_id), meta.extra)
             if spec.files:
                 files_write(self.files_path(meta.external_id), spec.files)
             self._start(meta)

@@ -37,8 +37,10 @@ IMAGE_PATH = f"{VENV}/bin:{NPM_PREFIX}/bin:{SYSTEM_PATH}"
 # The build's $HOME, on its own tmpfs /tmp: pip and npm caches never reach the image.
 BUILD_HOME = "/tmp/convoy-build-home"  # noqa: S108
 # Mount points every image has, so a backend can bind over them with the rootfs read-only.
-MOUNTPOINT_DIRS = ("/workspace", "/convoy/files", "/convoy/home", "/proc", "/dev", "/etc", "/tmp")  # noqa: S108
-MOUNTPOINT_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/passwd", "/etc/group")
+MOUNTPOINT_DIRS = ("/workspace", "/convoy/files", "/convoy/home", "/convoy/egress", "/convoy/bin",
+                   "/proc", "/dev", "/etc", "/tmp")  # noqa: S108  # fmt: skip
+MOUNTPOINT_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/passwd", "/etc/group",
+                    "/etc/gitconfig", "/convoy/bin/relay")  # fmt: skip
 # A test seam: called with each step's name ("base", "pip", "npm", "run[0]", "finish") before
 # it runs. Tests set it to raise, to show a build that dies half way leaves no image.
 STEP_HOOK: Callable[[str], None] | None = None

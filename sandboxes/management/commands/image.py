@@ -9,10 +9,10 @@ import yaml
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
+from campaigns.environment import images_prune
 from core.errors import ConvoyError
 from sandboxes.images.selectors import image_get, images_list
-from sandboxes.images.services import image_ensure, image_prune, image_remove
-from sandboxes.models import Sandbox, SandboxState
+from sandboxes.images.services import image_ensure, image_remove
 
 
 def _size(n: int) -> str:
@@ -38,7 +38,9 @@ class Command(BaseCommand):
         rm = sub.add_parser("rm", help="remove an image (key or a unique prefix)")
         rm.add_argument("key")
         rm.add_argument("--force", action="store_true", help="even if marked as building")
-        prune = sub.add_parser("prune", help="remove images no sandbox uses (and not --keep)")
+        prune = sub.add_parser(
+            "prune", help="remove images no campaign, run or sandbox uses (and not --keep)"
+        )
         prune.add_argument("--keep", action="append", default=[], metavar="KEY")
 
     def handle(self, *args, action, **options):
@@ -81,13 +83,8 @@ class Command(BaseCommand):
         self.stdout.write(f"removed {image.key}")
 
     def _prune(self, *, keep, **_):
-        # Keys the live sandboxes use; the campaigns layer adds the keys of its campaigns and
-        # runs when it calls image_prune itself (sandboxes never import campaigns).
-        live = Sandbox.objects.filter(state__in=[SandboxState.CREATING, SandboxState.RUNNING])
-        in_use = {image_get(key=k).key for k in keep} | set(
-            live.exclude(image="").values_list("image", flat=True)
-        )
-        removed = image_prune(in_use_keys=in_use, actor=None)
+        # Keeps what campaigns, runs and live sandboxes use (campaigns.environment) and --keep.
+        removed = images_prune(actor=None, keep={image_get(key=k).key for k in keep})
         for key in removed:
             self.stdout.write(f"removed {key}")
         self.stdout.write(f"{len(removed)} image(s) removed")
