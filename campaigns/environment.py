@@ -1,0 +1,153 @@
+"""A run's environment: the campaign image (ensured once, shared), the tools area, the
+checkout's git excludes and the diff size limit (docs/images.md).
+
+The pipeline calls `run_environment_prepare` once per run, `run_excludes_write` after each
+checkout and `diff_limit_check` on each diff; `image_keys_in_use` is what prune keeps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from campaigns.models import Campaign, CampaignState, RepoRun, RunState
+from campaigns.secret_grants import secret_value_for_campaign
+from campaigns.states import RunFailed
+from core.errors import Conflict, Invalid, PermissionDenied, Unavailable
+from sandboxes.backends.base import Capability, SandboxError, SandboxSpec
+from sandboxes.backends.images import HOME_DIR, HOME_IN_WORKSPACE
+from sandboxes.images.mounts import image_env, image_rootfs
+from sandboxes.images.services import image_ensure, image_prune, image_resolve
+from sandboxes.images.spec import ImageSpec, image_spec_parse
+from sandboxes.models import Image, ImageState, Sandbox, SandboxState
+from sandboxes.services import sandbox_write_file
+
+logger = logging.getLogger(__name__)
+
+MB = 1024 * 1024
+STEP_OUTPUT_ROOM = 8 * MB  # what the last transform step may print besides the patch
+EXCLUDE_PATH = ".git/info/exclude"
+
+
+def _creds(image_spec: ImageSpec, *, campaign_id: int) -> str | None:
+    if not image_spec.credentials_secret:
+        return None
+    name = image_spec.credentials_secret
+    try:  # only a secret an admin granted to this campaign (or its owner); the use is audited
+        return secret_value_for_campaign(campaign_id=campaign_id, name=name)
+    except (PermissionDenied, RunFailed) as exc:
+        raise RunFailed(f"image.credentials_secret: {exc}") from None
+
+
+def run_image(*, run: RepoRun, spec: dict, actor) -> Image | None:
+    """The ready image of the run's campaign (built here by the first run that needs it; later
+    runs and campaigns asking for the same spec find it). A build that failed for this campaign
+    fails its other runs at once, with the same message, instead of building again; a retried
+    run (attempt > 1) builds again."""
+    if not spec.get("image"):
+        return None
+    image_spec = image_spec_parse(spec["image"])
+    creds = _creds(image_spec, campaign_id=run.campaign_id)
+    key = ""
+    try:
+        key, _ = image_resolve(spec=image_spec, creds=creds)
+        failed = Image.objects.filter(key=key, state=ImageState.FAILED).first()
+        launched = run.campaign.launched_at
+        if (
+            failed
+            and run.attempt == 1
+            and launched
+            and (failed.heartbeat_at or launched) >= launched
+        ):
+            raise Invalid(failed.error, field=failed.error_field or "image")
+        image = image_ensure(spec=image_spec, actor=actor, creds=creds, on_output=logger.debug)
+    except Invalid as exc:
+        log = Image.objects.filter(key=key).values_list("build_log_path", flat=True).first()
+        where = f" (build log: {log})" if key and log else ""
+        raise RunFailed(f"image build failed: {exc.field}: {exc.message}{where}") from None
+    except Unavailable as exc:
+        raise SandboxError(f"image: {exc.message}", transient=True) from None
+    RepoRun.objects.filter(pk=run.pk).update(image_key=image.key)
+    return image
+
+
+def run_environment_prepare(*, ctx) -> SandboxSpec:
+    """The run's sandbox spec on its campaign's image, with the tools area (`ctx` is the
+    pipeline's run context; sets `ctx.home`, the $HOME of every step). Without `image:` the
+    spec is unchanged: the host's /usr, HOME=/tmp."""
+    ctx.home = "/tmp"  # noqa: S108 - the sandbox's own tmpfs
+    if not ctx.spec.get("image"):
+        return ctx.sandbox_spec
+    if Capability.IMAGES not in ctx.backend.capabilities:
+        raise RunFailed(f"the {ctx.backend.name} backend cannot run campaign images yet")
+    actor = ctx.campaign.launched_by or ctx.campaign.owner
+    image = run_image(run=ctx.run, spec=ctx.spec, actor=actor)
+    try:
+        root = image_rootfs(image)
+    except Conflict as exc:  # removed between the ensure and now: the run is retried
+        raise SandboxError(exc.message, transient=True) from None
+    ctx.home = HOME_DIR
+    return dataclasses.replace(
+        ctx.sandbox_spec,
+        image_root=str(root),
+        image_key=image.key,
+        image_env=image_env(image),
+        tools_home=True,
+    )
+
+
+def run_excludes_write(*, ctx, sandbox: Sandbox) -> None:
+    """`.git/info/exclude` of a fresh checkout: the tools area and the spec's `diff.exclude`
+    patterns, so `git add -A` (the diff) never takes them."""
+    patterns = [f"/{HOME_IN_WORKSPACE}/", *ctx.spec.get("diff", {}).get("exclude", [])]
+    text = "# written by Convoy: never part of a variant's diff\n" + "\n".join(patterns) + "\n"
+    sandbox_write_file(sandbox=sandbox, path=EXCLUDE_PATH, data=text.encode())
+
+
+def diff_max_bytes(spec: dict) -> int:
+    return int(spec.get("diff", {}).get("max_mb") or 5) * MB
+
+
+def diff_cap_bytes(spec: dict) -> int:
+    """The output cap of the command that prints the diff: past it the diff is too large."""
+    return diff_max_bytes(spec) + STEP_OUTPUT_ROOM
+
+
+def diff_limit_check(spec: dict, patch: bytes, truncated: bool) -> None:
+    """RunFailed (the variant fails with this message) for a diff over `limits.max_diff_mb`."""
+    limit = diff_max_bytes(spec)
+    if truncated or len(patch) > limit:
+        size = "more than " if truncated else ""
+        raise RunFailed(
+            f"the diff is {size}{len(patch) / MB:.1f} MB, over limits.max_diff_mb "
+            f"({limit // MB} MB): exclude generated files with diff.exclude or write them "
+            f"under {HOME_DIR}"
+        )
+
+
+def image_keys_in_use() -> set[str]:
+    """Keys of images a campaign, run or sandbox uses: runs not final, runs of campaigns not
+    finished (a retry reuses the key), live sandboxes; and draft campaigns' Debian images
+    (their key is known without a registry)."""
+    active = RepoRun.objects.exclude(image_key="").filter(
+        state__in=[RunState.PENDING, RunState.QUEUED, RunState.RUNNING]
+    )
+    unfinished = RepoRun.objects.exclude(image_key="").exclude(
+        campaign__state__in=[CampaignState.COMPLETED, CampaignState.CANCELLED]
+    )
+    live = Sandbox.objects.filter(state__in=[SandboxState.CREATING, SandboxState.RUNNING])
+    keys = set(active.values_list("image_key", flat=True))
+    keys |= set(unfinished.values_list("image_key", flat=True))
+    keys |= set(live.exclude(image="").values_list("image", flat=True))
+    for spec in Campaign.objects.filter(state=CampaignState.DRAFT).values_list("spec", flat=True):
+        if (spec or {}).get("image") and "oci" not in spec["image"]:
+            try:
+                keys.add(image_resolve(spec=image_spec_parse(spec["image"]))[0])
+            except Invalid:
+                continue
+    return keys
+
+
+def images_prune(*, actor, keep: set[str] | None = None) -> list[str]:
+    """Remove every image no campaign, run or sandbox uses (and not in `keep`)."""
+    return image_prune(in_use_keys=image_keys_in_use() | (keep or set()), actor=actor)

@@ -1,0 +1,100 @@
+"""Campaign images and the tools area for the local engines (bubblewrap, gVisor).
+
+A sandbox made with `SandboxSpec.image_root` sees that read-only root filesystem as `/` instead
+of the host's /usr (docs/images.md); its own /workspace, /tmp, /convoy/files and the few /etc
+files Convoy writes (users, hosts, git's safe.directory) are mounted on top. With
+`SandboxSpec.tools_home`, `<workspace>/.convoy-home` is bound at /convoy/home and is $HOME:
+being inside the workspace's layer it is carried by snapshots and forks, and the checkout's
+`.git/info/exclude` keeps it out of every diff.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sandboxes.backends.base import SandboxError, SandboxSpec
+
+HOME_DIR = "/convoy/home"
+HOME_IN_WORKSPACE = ".convoy-home"  # /workspace/.convoy-home, excluded from the diff
+# Files of the installation's minimal /etc bound over the image's (the sandbox's user, names).
+ETC_OVER_IMAGE = ("passwd", "group", "hosts", "gitconfig")
+
+
+def image_extra(spec: SandboxSpec) -> dict:
+    """What a sandbox keeps in its meta for its image and tools area; {} for neither."""
+    extra: dict = {}
+    if spec.image_root:
+        if not (Path(spec.image_root) / "usr").is_dir():
+            raise SandboxError(f"image {spec.image_key[:12]}: {spec.image_root} is not a rootfs")
+        extra.update(image_root=spec.image_root, image_key=spec.image_key)
+    if spec.tools_home:
+        extra["tools_home"] = True
+    return extra
+
+
+def image_env(spec: SandboxSpec) -> dict[str, str]:
+    """The image's variables and, with the tools area, HOME=/convoy/home."""
+    env = dict(spec.image_env) if spec.image_root else {}
+    if spec.tools_home:
+        env["HOME"] = HOME_DIR
+    return env
+
+
+def tools_home_make(workspace: Path, extra: dict) -> None:
+    """Make the tools area in a new sandbox's workspace (a fork finds it in its layers)."""
+    if extra.get("tools_home"):
+        (workspace / HOME_IN_WORKSPACE).mkdir(mode=0o755, exist_ok=True)
+
+
+def bwrap_image_args(extra: dict, *, etc: str) -> list[str] | None:
+    """bwrap's root for a sandbox on an image (put first: the image read-only as `/`, then the
+    installation's /etc files over the image's); None without an image."""
+    root = extra.get("image_root")
+    if not root:
+        return None
+    args = ["--ro-bind", root, "/"]
+    for name in ETC_OVER_IMAGE:
+        if os.path.exists(os.path.join(root, "etc", name)):  # a read-only root cannot grow one
+            args += ["--ro-bind", os.path.join(etc, name), f"/etc/{name}"]
+    return args
+
+
+def tools_home_bind(extra: dict, workspace: str) -> list[tuple[str, str]]:
+    """(host path, sandbox path) of the tools area; [] without one."""
+    if not extra.get("tools_home"):
+        return []
+    return [(os.path.join(workspace, HOME_IN_WORKSPACE), HOME_DIR)]
+
+
+def gvisor_root(extra: dict, skeleton: Path) -> dict:
+    """The bundle's `root`: the image (read-only, shared by every sandbox on it; writes go to
+    /workspace, /tmp and /convoy/home), else the installation's empty skeleton."""
+    return {"path": extra.get("image_root") or str(skeleton), "readonly": True}
+
+
+def gvisor_system_mounts(extra: dict, *, etc: str, workspace: str) -> list[dict]:
+    """The bundle's system mounts: the host's /usr and the installation's /etc, or on an image
+    only the installation's /etc files over the image's; then the tools area."""
+    root = extra.get("image_root")
+    home = [
+        {"destination": inside, "type": "bind", "source": host, "options": ["rbind", "rw"]}
+        for host, inside in tools_home_bind(extra, workspace)
+    ]
+    if not root:
+        return [
+            {"destination": "/usr", "type": "bind", "source": "/usr", "options": ["rbind", "ro"]},
+            {"destination": "/etc", "type": "bind", "source": etc, "options": ["rbind", "ro"]},
+            *home,
+        ]
+    etc_files = [
+        {
+            "destination": f"/etc/{name}",
+            "type": "bind",
+            "source": os.path.join(etc, name),
+            "options": ["rbind", "ro"],
+        }
+        for name in ETC_OVER_IMAGE
+        if os.path.exists(os.path.join(root, "etc", name))
+    ]
+    return [*etc_files, *home]
