@@ -1,9 +1,11 @@
-"""Sandbox pages: the admin list, a sandbox's detail (with its live log) and terminate."""
+"""Sandbox pages: the admin list, a sandbox's detail (with its live log) and terminate, and the
+Backends page (each backend, what it enforces, its credentials set or not, a connection test)."""
 
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from sandboxes.backend_status import backend_connection_test, backends_status
 from sandboxes.backends import LOCAL_BACKENDS
 from sandboxes.models import SandboxState
 from sandboxes.selectors import (
@@ -56,3 +58,20 @@ def sandbox_terminate_view(request, pk: int):
     if request.htmx:
         return render(request, "sandboxes/detail.html#summary", _summary(sandbox))
     return redirect("sandbox-detail", pk=sandbox.pk)
+
+
+@login_required
+def backends_page(request):
+    context = {"backends": backends_status(user=request.user), "result": None}
+    return render(request, "sandboxes/backends.html", context)
+
+
+@login_required
+@require_POST
+def backend_test_view(request, name: str):
+    result = backend_connection_test(name=name, actor=request.user)
+    backends = backends_status(user=request.user)
+    if request.htmx:
+        [backend] = [b for b in backends if b.name == name]
+        return render(request, "sandboxes/backends.html#backend", {"b": backend, "result": result})
+    return render(request, "sandboxes/backends.html", {"backends": backends, "result": result})
