@@ -136,9 +136,11 @@ class RepoRun(models.Model):
     error_signature = models.CharField(max_length=16, blank=True, db_index=True)
     # The campaign image the run's sandboxes use, and its validation of the untouched
     # repository (campaigns.environment, campaigns.baseline).
-    image_key = models.CharField(max_length=64, blank=True, db_index=True)
-    baseline = models.CharField(max_length=8, choices=Validation, blank=True)
-    baseline_error = models.TextField(blank=True)
+    # db_default: runs_create inserts runs with raw SQL that names only older columns.
+    image_key = models.CharField(max_length=64, blank=True, db_index=True, db_default="")
+    baseline = models.CharField(max_length=8, choices=Validation, blank=True, db_default="")
+    baseline_error = models.TextField(blank=True, db_default="")
+    error_signature = models.CharField(max_length=16, blank=True, db_index=True)
     error_summary = models.CharField(max_length=300, blank=True)
     worker = models.CharField(max_length=200, blank=True, help_text="host:pid holding the lease")
     heartbeat_at = models.DateTimeField(null=True, blank=True)
