@@ -73,7 +73,6 @@ class RunState(models.TextChoices):
     CANCELLED = "cancelled"
 
 
-RUN_FINAL_STATES = (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED)
 class Validation(models.TextChoices):
     NONE = "", "not run"
     PASSED = "passed"
@@ -102,6 +101,7 @@ class Outcome(models.TextChoices):
         return cls.NONE
 
 
+RUN_FINAL_STATES = (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED)
 RUN_ACTIVE_STATES = (RunState.QUEUED, RunState.RUNNING)
 
 # Legal moves; `run_transition` refuses anything else.
@@ -133,7 +133,6 @@ class RepoRun(models.Model):
         null=True, blank=True, help_text="SandboxSnapshot the variants fork from"
     )
     error = models.TextField(blank=True)
-    error_signature = models.CharField(max_length=16, blank=True, db_index=True)
     # The campaign image the run's sandboxes use, and its validation of the untouched
     # repository (campaigns.environment, campaigns.baseline).
     # db_default: runs_create inserts runs with raw SQL that names only older columns.
@@ -226,6 +225,11 @@ class Variant(models.Model):
         return f"{self.run_id}:{self.name}"
 
     @property
+    def outcome(self) -> Outcome:
+        """passes / fixes / still failing / regresses, against the run's baseline."""
+        return Outcome.of(baseline=self.run.baseline, validation=self.validation)
+
+    @property
     def diff(self) -> str:
         return bytes(self.patch).decode("utf-8", errors="replace")
 
@@ -249,11 +253,6 @@ class Secret(models.Model):
 
 
 class SecretGrant(models.Model):
-    @property
-    def outcome(self) -> Outcome:
-        """passes / fixes / still failing / regresses, against the run's baseline."""
-        return Outcome.of(baseline=self.run.baseline, validation=self.validation)
-
     """An admin's permission for a secret to enter sandboxes: those of one campaign, or of every
     campaign one manager owns. Without a grant a spec may not name the secret."""
 

@@ -16,6 +16,7 @@ from accounts.roles import user_can
 from campaigns import selectors, services
 from campaigns.forms import CampaignSpecForm, SecretForm
 from campaigns.secrets import secret_set
+from campaigns.steps import run_page_context
 
 LIST = "campaigns/list.html"
 NEW = "campaigns/new.html"
@@ -96,7 +97,9 @@ def campaign_action(request, pk, action):
 def run_detail(request, pk, run_id):
     campaign = selectors.campaign_get_for_user(user=request.user, pk=pk)
     run = selectors.run_get_for_user(user=request.user, pk=run_id, campaign=campaign)
-    context = {"campaign": campaign, "run": run, "variants": selectors.run_variants(run=run)}
+    variants = selectors.run_variants(run=run)
+    context = {"campaign": campaign, "run": run, "variants": variants}
+    context.update(run_page_context(run=run, variants=variants))
     return render(request, _partial(request, RUN, {"run-live": "run-live"}), context)
 
 

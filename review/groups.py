@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-# Two groups are near-identical when they change the same files and differ in at most this
-# many lines, and in at most this share of the larger change.
+# Two groups are near-identical when they change the same files, differ in at most this many
+# lines, and share at least half as many lines as tell them apart.
 NEAR_MAX_LINES = 6
-NEAR_MAX_SHARE = 0.34
 SUMMARY_PART = 60
 
 
@@ -64,7 +63,7 @@ def near_identical(a: list, b: list) -> int | None:
         return None
     la, lb = change_lines(a), change_lines(b)
     differing = sum(((la - lb) + (lb - la)).values())
-    largest = max(sum(la.values()), sum(lb.values()), 1)
-    if 0 < differing <= NEAR_MAX_LINES and differing / largest <= NEAR_MAX_SHARE:
+    common = sum((la & lb).values())
+    if 0 < differing <= NEAR_MAX_LINES and 2 * common >= differing:
         return differing
     return None

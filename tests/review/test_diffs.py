@@ -6,6 +6,7 @@ import pytest
 from django.template.loader import render_to_string
 
 from review.diffs import (
+    diff_changes,
     diff_compare,
     diff_group_key,
     diff_hash,
@@ -14,6 +15,7 @@ from review.diffs import (
     diff_stat,
     diff_view,
 )
+from review.groups import change_difference, change_files, change_summary, near_identical
 
 pytestmark = pytest.mark.shapes("embedded", "production")
 
@@ -174,3 +176,45 @@ def test_diffs_containing_html_render_as_text(mode):
         {"comparison": diff_compare(XSS, ALPHA)},
     )
     assert "<script>" not in cmp_html
+
+
+def _with_context(before: str, after: str, *, start: int, context: tuple[str, str]) -> str:
+    """One edited line between two context lines, as git prints it in some repository."""
+    return (
+        "diff --git a/app/conf.py b/app/conf.py\n"
+        f"index {start:07d}..{start + 1:07d} 100644\n--- a/app/conf.py\n+++ b/app/conf.py\n"
+        f"@@ -{start},3 +{start},3 @@ def section_{start}():\n"
+        f" {context[0]}\n-{before}\n+{after}\n {context[1]}\n"
+    )
+
+
+def test_the_group_key_ignores_context_and_line_numbers_but_not_the_change():
+    one = _with_context("TIMEOUT = 10", "TIMEOUT = 30", start=3, context=("# a", "DEBUG = 1"))
+    two = _with_context("TIMEOUT = 10", "TIMEOUT = 30", start=90, context=("x = 2", "y = 3"))
+    assert diff_group_key(one) == diff_group_key(two)
+    other = _with_context("TIMEOUT = 10", "TIMEOUT = 60", start=3, context=("# a", "DEBUG = 1"))
+    assert diff_group_key(other) != diff_group_key(one)
+    # The same lines in another file, or the file's mode changing too, is another change.
+    moved = one.replace("app/conf.py", "app/settings.py")
+    assert diff_group_key(moved) != diff_group_key(one)
+    assert diff_changes(one) == [["app/conf.py", "modified", ["-TIMEOUT = 10", "+TIMEOUT = 30"]]]
+
+
+def test_labels_and_near_identical_changes():
+    base = [["app/conf.py", "modified", ["-TIMEOUT = 10", "+TIMEOUT = 30", "+RETRIES = 3"]]]
+    near = [["app/conf.py", "modified", ["-TIMEOUT = 10", "+TIMEOUT = 30", "+RETRIES = 5"]]]
+    far = [["app/other.py", "modified", ["-TIMEOUT = 10", "+TIMEOUT = 30", "+RETRIES = 3"]]]
+    assert change_summary(base) == "conf.py: “TIMEOUT = 10” → “TIMEOUT = 30” (+2 \u22121 in 1 file)"
+    assert change_files(base) == ["app/conf.py"]
+    assert near_identical(base, near) == 2  # one line out, one line in
+    assert near_identical(base, far) is None  # other files: not the same change
+    assert near_identical(base, base) is None  # identical is one group, not "near"
+    assert change_difference(base, near) == {("app/conf.py", "+RETRIES = 3")}
+    # The page marks exactly those lines in the shown group's diff.
+    patch = (
+        "diff --git a/app/conf.py b/app/conf.py\n--- a/app/conf.py\n+++ b/app/conf.py\n"
+        "@@ -1,1 +1,2 @@\n-TIMEOUT = 10\n+TIMEOUT = 30\n+RETRIES = 3\n"
+    )
+    (view,) = diff_view(patch, differing=change_difference(base, near))
+    marked = [r for r in view.rows if r.differs]
+    assert len(marked) == 1 and "RETRIES" in marked[0].html
