@@ -8,13 +8,13 @@ from django.views.decorators.http import require_POST
 
 from accounts import selectors
 from accounts.forms import ROLE_CHOICES, PersonChangeForm, PersonForm
+from campaigns.views import home
 
 PEOPLE = "accounts/people.html"
 
 
-@login_required
-def dashboard(request):
-    return render(request, "accounts/dashboard.html")
+# The landing page shows what needs the person (their campaigns, review queues, failures).
+dashboard = home
 
 
 def csrf_failure(request, reason: str = ""):

@@ -1,4 +1,9 @@
-"""Dispatch and concurrency: which runs start where, slot hand-off, the periodic tick."""
+"""Dispatch and concurrency: which runs start where, slot hand-off, the periodic tick.
+
+Slots are counted in sandboxes: a run holds as many as it runs variants at once
+(`run_sandbox_slots`), a campaign's `max_parallel` caps its sandboxes, and campaigns on local
+backends share a host-wide cap derived from the machine's cores and memory (`host_sandbox_cap`).
+"""
 
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from campaigns.models import (
     RunState,
 )
 from campaigns.states import runs_transition
+from sandboxes.backends import LOCAL_BACKENDS
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +50,40 @@ def runs_enqueue(run_ids: list[int], *, countdown: float | None = None) -> None:
         current_app.signature(RUN_EXECUTE_TASK, args=(run_id,)).apply_async(countdown=countdown)
 
 
+# Campaigns whose pending runs are dispatched: launched ones and those running a preview.
+DISPATCH_STATES = (CampaignState.RUNNING, CampaignState.PREVIEWING)
+# Variants of one run that run at once (campaigns.pipeline starts no more than this).
+VARIANTS_AT_ONCE = 3
+SANDBOX_MEMORY_MB = 512  # what the host cap assumes one sandbox needs
+
+
+def host_sandbox_cap() -> int:
+    """Sandboxes this host runs at once for local backends: two per core, and no more than
+    its memory holds at SANDBOX_MEMORY_MB each (at least one)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        memory_mb = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // (1024 * 1024)
+    except (ValueError, OSError):
+        memory_mb = SANDBOX_MEMORY_MB * 2 * cores
+    return max(1, min(2 * cores, memory_mb // SANDBOX_MEMORY_MB))
+
+
+def run_sandbox_slots(*, variants: int, max_parallel: int, backend: str) -> int:
+    """Sandboxes one run of a campaign holds at once: its variants, as many as run together,
+    never more than the campaign's max_parallel or (local backends) the host cap."""
+    slots = min(max(1, variants), VARIANTS_AT_ONCE, max(1, max_parallel))
+    if backend in LOCAL_BACKENDS:
+        slots = min(slots, host_sandbox_cap())
+    return slots
+
+
 def runs_dispatch() -> int:
-    """Fill free slots (global cap and each campaign's max_parallel) with pending runs.
+    """Fill free sandbox slots with pending runs: each campaign's max_parallel counts the
+    sandboxes its active runs hold, MAX_PARALLEL_REPOS caps active runs, and local backends
+    share the host cap.
 
     Called at launch, whenever a run finishes, and by the periodic tick. Only as many tasks
     as there are free slots go to the broker, however many repositories a campaign has.
@@ -61,12 +99,28 @@ def runs_dispatch() -> int:
         free_global = settings.MAX_PARALLEL_REPOS - sum(active.values())
         if free_global <= 0:
             return 0
-        campaigns = Campaign.objects.filter(state=CampaignState.RUNNING).order_by(
-            "launched_at", "id"
+        campaigns = list(
+            Campaign.objects.filter(state__in=DISPATCH_STATES)
+            .order_by("launched_at", "id")
+            .values_list("pk", "max_parallel", "backend", "spec__variants")
+        )
+        slots = {
+            cid: run_sandbox_slots(
+                variants=len(variants or []), max_parallel=max_parallel, backend=backend
+            )
+            for cid, max_parallel, backend, variants in campaigns
+        }
+        local = {cid for cid, _, backend, _ in campaigns if backend in LOCAL_BACKENDS}
+        host_free = host_sandbox_cap() - sum(
+            n * slots.get(cid, 1) for cid, n in active.items() if cid in local
         )
         now = timezone.now()
-        for cid, max_parallel in campaigns.values_list("pk", "max_parallel"):
-            free = min(free_global, max_parallel - active.get(cid, 0))
+        for cid, max_parallel, _, _ in campaigns:
+            used = active.get(cid, 0) * slots[cid]
+            sandboxes_free = max_parallel - used
+            if cid in local:
+                sandboxes_free = min(sandboxes_free, host_free)
+            free = min(free_global, sandboxes_free // slots[cid])
             if free <= 0:
                 continue
             pending = RepoRun.objects.filter(
@@ -86,6 +140,8 @@ def runs_dispatch() -> int:
                 transaction.on_commit(lambda ids=ids: runs_enqueue(ids))
                 queued_total += len(ids)
                 free_global -= len(ids)
+                if cid in local:
+                    host_free -= len(ids) * slots[cid]
             if free_global <= 0:
                 break
     return queued_total
@@ -106,7 +162,7 @@ def slot_handoff(*, campaign_id: int, worker: str) -> int | None:
         RepoRun.objects.filter(
             campaign_id=campaign_id,
             state=RunState.PENDING,
-            campaign__state=CampaignState.RUNNING,
+            campaign__state__in=DISPATCH_STATES,
         )
         .order_by("id")
         .values_list("pk", flat=True)[:1]
@@ -178,7 +234,7 @@ def campaigns_tick() -> dict:
         runs=RepoRun.objects.filter(
             dead,
             state=RunState.RUNNING,
-            campaign__state=CampaignState.RUNNING,
+            campaign__state__in=DISPATCH_STATES,
         ),
         from_states=[RunState.RUNNING],
         to_state=RunState.QUEUED,
@@ -191,7 +247,7 @@ def campaigns_tick() -> dict:
         RepoRun.objects.filter(
             state=RunState.QUEUED,
             queued_at__lt=resend_before,
-            campaign__state=CampaignState.RUNNING,
+            campaign__state__in=DISPATCH_STATES,
         ).values_list("pk", flat=True)[:1000]
     )
     if lost:

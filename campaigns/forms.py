@@ -1,11 +1,32 @@
-"""Forms: a campaign spec as YAML (checked as the service will check it), and a secret."""
+"""Forms: a campaign spec as YAML (checked as the service will check it: the live check and
+the submit use this one form), a preview's sample size, and a secret."""
 
 from django import forms
 from django.core.validators import RegexValidator
 
+from campaigns.preview import PREVIEW_SAMPLE, PREVIEW_SAMPLE_MAX
+from campaigns.revisions import revision_plan
 from campaigns.secrets import SECRET_NAME_RE
 from campaigns.services import campaign_spec_check
 from campaigns.spec import MAX_SPEC_BYTES, CampaignSpecError
+
+# What the new-campaign editor starts with: every section a first campaign needs.
+STARTER_SPEC = """\
+name: my-campaign
+description: What this change does, in one line
+repos: {tag: my-tag}          # or a list: [{url: https://…/repo.git, ref: main}]
+setup:
+  - run: test -f README.md
+transform:
+  run: sed -i 's/old/new/g' README.md
+variants:
+  - {name: default, env: {}}
+validate:
+  - run: "true"
+changeset:
+  branch: convoy/my-campaign
+  title: My campaign
+"""
 
 
 class CampaignSpecForm(forms.Form):
@@ -15,15 +36,33 @@ class CampaignSpecForm(forms.Form):
         label="Campaign spec (YAML)",
     )
 
+    def __init__(self, *args, campaign=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.campaign = campaign
+
     def clean_spec(self) -> str:
         """Every problem beside the field, each as `path: message (line N)`. The service checks
-        again when it saves (a name taken since then is refused there, as a 422 page)."""
+        again when it saves (a name taken since then is refused there, as a 422 page). A
+        launched campaign's new spec is checked as its revision would be."""
         text = self.cleaned_data["spec"]
+        campaign = self.campaign
         try:
-            campaign_spec_check(source=text)
+            if campaign is not None and campaign.state not in ("draft", "previewing"):
+                revision_plan(campaign=campaign, source=text)
+            else:
+                campaign_spec_check(source=text, exclude_pk=campaign.pk if campaign else None)
         except CampaignSpecError as exc:
             raise forms.ValidationError([str(error) for error in exc.errors]) from None
         return text
+
+
+class PreviewForm(forms.Form):
+    sample = forms.IntegerField(
+        min_value=1,
+        max_value=PREVIEW_SAMPLE_MAX,
+        initial=PREVIEW_SAMPLE,
+        label="Repositories in the sample",
+    )
 
 
 class SecretForm(forms.Form):

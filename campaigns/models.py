@@ -21,6 +21,7 @@ class Repository(models.Model):
 
 class CampaignState(models.TextChoices):
     DRAFT = "draft"
+    PREVIEWING = "previewing"  # a sample of its repositories runs; not launched yet
     RUNNING = "running"
     COMPLETED = "completed"
     CANCELLED = "cancelled"
@@ -114,7 +115,7 @@ RUN_TRANSITIONS = {
         RunState.CANCELLED,
         RunState.QUEUED,  # transient error or lost worker: back on the broker
     },
-    RunState.SUCCEEDED: set(),
+    RunState.SUCCEEDED: {RunState.PENDING},  # re-run after a revision changed its steps
     RunState.FAILED: {RunState.PENDING},  # retry
     RunState.CANCELLED: {RunState.PENDING},  # retry after cancel
 }
@@ -164,6 +165,29 @@ class RepoRun(models.Model):
     @property
     def is_final(self) -> bool:
         return self.state in RUN_FINAL_STATES
+
+
+class CampaignRevision(models.Model):
+    """One applied version of a launched campaign's spec (campaigns.revisions)."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="revisions")
+    number = models.PositiveIntegerField()
+    spec = models.JSONField()
+    spec_source = models.TextField(blank=True)
+    plan = models.JSONField(default=dict, help_text="What the revision re-ran and added")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["campaign", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "number"], name="revision_number_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.campaign_id} r{self.number}"
 
 
 class RunTransition(models.Model):

@@ -20,6 +20,7 @@ from campaigns import agents as agent_models
 from campaigns.baseline import baseline_run, baseline_wanted
 from campaigns.dispatch import (
     campaign_finish_if_done,
+    run_sandbox_slots,
     runs_dispatch,
     runs_enqueue,
     slot_handoff,
@@ -49,8 +50,8 @@ from campaigns.states import (
     run_transition,
     variant_transition,
 )
-from sandboxes.backends.base import Capability, NetworkPolicy, SandboxError, SandboxSpec
 from core.secret_forms import SecretScanner
+from sandboxes.backends.base import Capability, NetworkPolicy, SandboxError, SandboxSpec
 from sandboxes.models import SandboxSnapshot
 from sandboxes.repos import RepoUrlError, sandbox_repo_checkout
 from sandboxes.services import (
@@ -69,7 +70,6 @@ REPO_DIR = "/workspace"
 OUTPUT_TAIL_BYTES = 4000
 CHECK_EVERY_S = 0.25  # how often a run's steps ask whether it was cancelled
 MAX_TRANSIENT_RETRIES = 4
-VARIANT_THREADS = 3
 
 
 class _Context:
@@ -491,7 +491,10 @@ def _run_pipeline(ctx: _Context) -> None:
     if len(jobs) == 1:
         _variant_run(ctx, jobs[0][0], snapshot, jobs[0][1])
         return
-    with ThreadPoolExecutor(max_workers=min(len(jobs), VARIANT_THREADS)) as pool:
+    at_once = run_sandbox_slots(
+        variants=len(jobs), max_parallel=ctx.campaign.max_parallel, backend=ctx.backend.name
+    )
+    with ThreadPoolExecutor(max_workers=at_once) as pool:
         futures = [pool.submit(one, job) for job in jobs]
     errors = [f.exception() for f in futures if f.exception() is not None]
     if errors:

@@ -1,4 +1,5 @@
-"""Campaign verbs: create, update (drafts), launch, cancel, retry, and repository registration.
+"""Campaign verbs: create, update (drafts and finished previews), launch (also after a
+preview: the sample's runs are kept), cancel, retry, and repository registration.
 
 Each takes the acting user as `actor`, refuses with core errors (`CampaignStateError` is a
 409 Conflict, `CampaignSpecError` a 422 Invalid with field paths), writes its audit event in the
@@ -20,6 +21,7 @@ from django.utils import timezone
 from audit.record import audit_record
 from campaigns.dispatch import runs_dispatch
 from campaigns.models import (
+    RUN_FINAL_STATES,
     Campaign,
     CampaignState,
     RepoRun,
@@ -47,7 +49,7 @@ def _spec_from(*, source: str | bytes | None, data: dict | None) -> ParsedSpec:
     return ParsedSpec(data=spec_validate(data), lines={}, source="")
 
 
-def _spec_db_checks(
+def spec_db_check(
     parsed: ParsedSpec, *, exclude_pk: int | None = None, owner_id: int | None = None
 ) -> None:
     """Checks that need the database. With `owner_id`, each secret must also be granted to the
@@ -90,11 +92,11 @@ def campaign_spec_check(*, source: str | bytes, exclude_pk: int | None = None) -
     """The spec parsed and checked as create/update would check it, without saving anything
     (forms use it to show every problem beside the field)."""
     parsed = spec_parse(source)
-    _spec_db_checks(parsed, exclude_pk=exclude_pk)
+    spec_db_check(parsed, exclude_pk=exclude_pk)
     return parsed
 
 
-def _campaign_fields(spec: dict) -> dict:
+def campaign_fields(spec: dict) -> dict:
     return {
         "name": spec["name"],
         "description": spec["description"],
@@ -110,10 +112,10 @@ def campaign_create(
 ) -> Campaign:
     """Validate a spec (YAML/JSON text or already-loaded data) and store a draft campaign."""
     parsed = _spec_from(source=source, data=data)
-    _spec_db_checks(parsed, owner_id=actor.pk)
+    spec_db_check(parsed, owner_id=actor.pk)
     with transaction.atomic():
         campaign = Campaign.objects.create(
-            **_campaign_fields(parsed.data), spec_source=parsed.source, owner=actor
+            **campaign_fields(parsed.data), spec_source=parsed.source, owner=actor
         )
         audit_record(
             action="campaign.campaign.created",
@@ -128,14 +130,25 @@ def campaign_create(
 def campaign_update(
     *, campaign: Campaign, actor, source: str | bytes | None = None, data: dict | None = None
 ) -> Campaign:
-    """Replace a draft campaign's spec."""
+    """Replace a draft campaign's spec. A campaign whose preview has finished goes back to
+    draft with a changed spec: its preview runs were made with the old one and are deleted."""
     parsed = _spec_from(source=source, data=data)
-    _spec_db_checks(parsed, exclude_pk=campaign.pk, owner_id=campaign.owner_id)
-    fields = _campaign_fields(parsed.data)
+    spec_db_check(parsed, exclude_pk=campaign.pk, owner_id=campaign.owner_id)
+    fields = campaign_fields(parsed.data)
     with transaction.atomic():
         locked = Campaign.objects.select_for_update().get(pk=campaign.pk)
-        if locked.state != CampaignState.DRAFT:
-            raise CampaignStateError(f"campaign is {locked.state}; only drafts can be changed")
+        if locked.state not in (CampaignState.DRAFT, CampaignState.PREVIEWING):
+            raise CampaignStateError(
+                f"campaign is {locked.state}; apply the spec as a new revision instead"
+            )
+        if locked.state == CampaignState.PREVIEWING:
+            if locked.spec == parsed.data:
+                return locked  # the same spec: the preview still shows what it would do
+            previews = RepoRun.objects.filter(campaign=locked)
+            if previews.exclude(state__in=RUN_FINAL_STATES).exists():
+                raise CampaignStateError("the preview is still running; wait or cancel it")
+            previews.delete()
+            locked.state = CampaignState.DRAFT
         changes = {
             k: [getattr(locked, k), v]
             for k, v in fields.items()
@@ -182,9 +195,10 @@ def repositories_register(*, entries: list[dict], tags: Iterable[str] = ()) -> l
     return [by_url[u] for u in urls]
 
 
-def _runs_create(campaign: Campaign) -> int:
-    """One pending run per matched repository, written in bulk; memory does not grow with the
-    repository count (INSERT … SELECT on PostgreSQL, batches elsewhere)."""
+def runs_create(campaign: Campaign) -> int:
+    """One pending run per matched repository that has none yet (a preview's or an earlier
+    revision's runs are kept), written in bulk; memory does not grow with the repository count
+    (INSERT … SELECT on PostgreSQL, batches elsewhere). Returns the runs added."""
     repos = campaign.spec["repos"]
     if isinstance(repos, dict) and connection.vendor == "postgresql":
         with connection.cursor() as cursor:
@@ -195,6 +209,7 @@ def _runs_create(campaign: Campaign) -> int:
                     base_commit, error, error_signature, error_summary, worker, created_at)
                 SELECT %s, id, COALESCE(%s, default_ref), %s, 1, 0, '', '', '', '', '', '', now()
                 FROM {Repository._meta.db_table} WHERE tags @> %s::jsonb ORDER BY id
+                ON CONFLICT (campaign_id, repository_id) DO NOTHING
                 """,  # noqa: S608 - table names come from the models, values are parameters
                 [campaign.pk, repos.get("ref"), RunState.PENDING, json.dumps([repos["tag"]])],
             )
@@ -211,24 +226,35 @@ def _runs_create(campaign: Campaign) -> int:
         )
     total = 0
     while batch := list(itertools.islice(plan, 2000)):
-        RepoRun.objects.bulk_create(
-            [RepoRun(campaign_id=campaign.pk, repository_id=pk, ref=ref) for pk, ref in batch]
+        have = set(
+            RepoRun.objects.filter(
+                campaign_id=campaign.pk, repository_id__in=[pk for pk, _ in batch]
+            ).values_list("repository_id", flat=True)
         )
-        total += len(batch)
+        RepoRun.objects.bulk_create(
+            [
+                RepoRun(campaign_id=campaign.pk, repository_id=pk, ref=ref)
+                for pk, ref in batch
+                if pk not in have
+            ]
+        )
+        total += len(batch) - len(have)
     return total
 
 
 def campaign_launch(*, campaign: Campaign, actor) -> Campaign:
-    """Create one run per repository (bulk) and start filling dispatch slots."""
+    """Create one run per repository (bulk) and start filling dispatch slots. After a preview
+    only the rest are added: the sample's runs and results are kept."""
     now = timezone.now()
     with transaction.atomic():
-        moved = Campaign.objects.filter(pk=campaign.pk, state=CampaignState.DRAFT).update(
-            state=CampaignState.RUNNING, launched_at=now, launched_by=actor, updated_at=now
-        )
+        moved = Campaign.objects.filter(
+            pk=campaign.pk, state__in=[CampaignState.DRAFT, CampaignState.PREVIEWING]
+        ).update(state=CampaignState.RUNNING, launched_at=now, launched_by=actor, updated_at=now)
         if not moved:
             campaign.refresh_from_db()
             raise CampaignStateError(f"campaign is {campaign.state}; only drafts can be launched")
-        count = _runs_create(campaign)
+        previewed = RepoRun.objects.filter(campaign=campaign).count()
+        count = runs_create(campaign) + previewed
         if not count:
             raise CampaignStateError("the campaign matches no repositories")
         audit_record(
@@ -236,8 +262,8 @@ def campaign_launch(*, campaign: Campaign, actor) -> Campaign:
             actor=actor,
             target=campaign,
             context={"campaign_id": campaign.pk},
-            payload={"runs": count, "backend": campaign.backend},
-            changes={"state": [CampaignState.DRAFT, CampaignState.RUNNING]},
+            payload={"runs": count, "previewed": previewed, "backend": campaign.backend},
+            changes={"state": [campaign.state, CampaignState.RUNNING]},
         )
         transaction.on_commit(runs_dispatch)
     campaign.refresh_from_db()
@@ -266,7 +292,8 @@ def campaign_cancel(*, campaign: Campaign, actor) -> Campaign:
     now = timezone.now()
     with transaction.atomic():
         moved = Campaign.objects.filter(
-            pk=campaign.pk, state__in=[CampaignState.DRAFT, CampaignState.RUNNING]
+            pk=campaign.pk,
+            state__in=[CampaignState.DRAFT, CampaignState.PREVIEWING, CampaignState.RUNNING],
         ).update(state=CampaignState.CANCELLED, finished_at=now, updated_at=now)
         if not moved:
             campaign.refresh_from_db()

@@ -1,5 +1,5 @@
-"""Campaign pages: list, new from YAML (validated inline), detail with live counts, run detail,
-secrets.
+"""Campaign pages: home (what needs me), list (search, sort, pages), new from YAML (validated
+inline), preview, edit and re-apply (revisions), detail with live counts, run detail, secrets.
 
 Each view fetches through the permission helpers in `campaigns.selectors`, validates a form,
 calls a service and renders one template per page. Refusals (core.errors) are rendered by
@@ -13,13 +13,18 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from accounts.roles import user_can
-from campaigns import selectors, services
-from campaigns.forms import CampaignSpecForm, SecretForm
+from campaigns import listing, revisions, selectors, services
+from campaigns.forms import STARTER_SPEC, CampaignSpecForm, PreviewForm, SecretForm
+from campaigns.preview import campaign_preview, preview_runs
+from campaigns.reports import report_summary, run_report
 from campaigns.secrets import secret_set
 from campaigns.steps import run_page_context
+from review.selectors import review_counts
 
+HOME = "home.html"
 LIST = "campaigns/list.html"
 NEW = "campaigns/new.html"
+EDIT = "campaigns/edit.html"
 DETAIL = "campaigns/detail.html"
 RUN = "campaigns/run.html"
 SECRETS = "campaigns/secrets.html"
@@ -33,16 +38,29 @@ def _partial(request, template: str, partials: dict[str, str]) -> str:
 
 
 @login_required
+def home(request):
+    """What needs the signed-in person: their running campaigns, review queues, failures."""
+    context = listing.home_for_user(user=request.user)
+    if user_can(request.user, "change_review"):
+        queues = [(c, review_counts(campaign=c)["todo"]) for c in context["reviewable"]]
+        context["queues"] = [(c, n) for c, n in queues if n]
+        context["queue_total"] = sum(n for _, n in queues)
+    return render(request, HOME, context)
+
+
+@login_required
 def campaign_list(request):
-    campaigns = list(selectors.campaign_list(user=request.user)[:200])
-    counts = selectors.campaigns_counts(campaign_ids=[c.pk for c in campaigns])
-    return render(request, LIST, {"rows": [(c, counts[c.pk]) for c in campaigns]})
+    query = listing.ListQuery.from_params(request.GET, sorts=listing.CAMPAIGN_SORTS)
+    page = listing.campaign_search(user=request.user, query=query)
+    counts = selectors.campaigns_counts(campaign_ids=[c.pk for c in page])
+    context = {"rows": [(c, counts[c.pk]) for c in page], "page": page, "query": query}
+    return render(request, _partial(request, LIST, {"campaign-rows": "rows"}), context)
 
 
 @login_required
 def campaign_new(request):
     selectors.campaign_manage_check(user=request.user)
-    form = CampaignSpecForm(request.POST or None)
+    form = CampaignSpecForm(request.POST or None, initial={"spec": STARTER_SPEC})
     if request.method == "POST" and form.is_valid():
         campaign = services.campaign_create(actor=request.user, source=form.cleaned_data["spec"])
         messages.success(request, f"Campaign {campaign.name} created as a draft.")
@@ -55,7 +73,11 @@ def campaign_new(request):
 def campaign_validate(request):
     """htmx: check the YAML as it is typed; answers the spec-errors partial."""
     selectors.campaign_manage_check(user=request.user)
-    form = CampaignSpecForm(request.POST)
+    campaign = None
+    if request.POST.get("campaign"):  # the edit page checks a revision as it would be applied
+        pk = request.POST["campaign"]
+        campaign = selectors.campaign_get_for_user(user=request.user, pk=pk, action="manage")
+    form = CampaignSpecForm(request.POST, campaign=campaign)
     ok = form.is_valid()
     return render(request, SPEC_ERRORS, {"errors": form.errors.get("spec", []), "ok": ok})
 
@@ -68,6 +90,9 @@ def campaign_detail(request, pk):
     runs = selectors.runs_filter(campaign=campaign, state=state, signature=signature)
     context = {
         "campaign": campaign,
+        "revisions": revisions.campaign_revisions(campaign=campaign),
+        "preview": _preview_context(campaign),
+        "preview_form": PreviewForm(),
         "counts": selectors.campaign_counts(campaign=campaign),
         "clusters": selectors.error_clusters(campaign=campaign),
         "page": Paginator(runs, 50).get_page(request.GET.get("page")),
@@ -86,11 +111,46 @@ def campaign_action(request, pk, action):
         services.campaign_launch(campaign=campaign, actor=request.user)
     elif action == "cancel":
         services.campaign_cancel(campaign=campaign, actor=request.user)
+    elif action == "preview":
+        form = PreviewForm(request.POST)
+        sample = form.cleaned_data["sample"] if form.is_valid() else 0
+        campaign_preview(campaign=campaign, actor=request.user, sample=sample)
+        messages.info(request, "Preview started: it is not a launch and publishes nothing.")
     elif action == "retry":
         signature = request.POST.get("signature") or None
         ids = services.campaign_retry(campaign=campaign, actor=request.user, signature=signature)
         messages.info(request, f"{len(ids)} failed run(s) queued again.")
     return redirect("campaign-detail", pk=campaign.pk)
+
+
+def _preview_context(campaign) -> dict | None:
+    """The sample's runs with diffs and validation, while the campaign is a preview."""
+    if campaign.state != "previewing":
+        return None
+    runs = [(run, run_report(run)) for run in preview_runs(campaign=campaign)]
+    return {"runs": runs, "summary": report_summary([r for _, r in runs])}
+
+
+@login_required
+def campaign_edit(request, pk):
+    """Edit and re-apply: a draft is updated; a launched campaign gets a new revision, shown
+    as a spec diff and a plan before the manager confirms it."""
+    campaign = selectors.campaign_get_for_user(user=request.user, pk=pk, action="manage")
+    source = revisions.revision_source(campaign)
+    form = CampaignSpecForm(request.POST or None, initial={"spec": source}, campaign=campaign)
+    plan = None
+    if request.method == "POST" and form.is_valid():
+        text = form.cleaned_data["spec"]
+        if campaign.state in ("draft", "previewing"):
+            services.campaign_update(campaign=campaign, actor=request.user, source=text)
+            messages.success(request, f"Campaign {campaign.name} updated.")
+            return redirect("campaign-detail", pk=campaign.pk)
+        if request.POST.get("confirm") == "1":
+            revision = revisions.campaign_revise(campaign=campaign, actor=request.user, source=text)
+            messages.success(request, f"Revision {revision.number} applied.")
+            return redirect("campaign-detail", pk=campaign.pk)
+        plan = revisions.revision_plan(campaign=campaign, source=text)
+    return render(request, EDIT, {"campaign": campaign, "form": form, "plan": plan})
 
 
 @login_required
