@@ -94,10 +94,20 @@ def call_as_dict(call: ModelCall, *, transcript: bool) -> dict:
     return record
 
 
+def _text(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False)
+
+
 def variant_transcript(*, variant_id: int) -> list[dict]:
-    """Every call of the variant with its (masked) request and response, oldest first."""
-    calls = ModelCall.objects.filter(variant_id=variant_id)
-    return [call_as_dict(c, transcript=True) for c in calls]
+    """Every call of the variant with its (masked) request and response, oldest first; with
+    `request_text` and `response_text` for display."""
+    records = [
+        call_as_dict(c, transcript=True) for c in ModelCall.objects.filter(variant_id=variant_id)
+    ]
+    for record in records:
+        record["request_text"] = _text(record.get("request", ""))
+        record["response_text"] = _text(record.get("response", ""))
+    return records
 
 
 def variant_transcript_jsonl(*, variant_id: int) -> Iterator[str]:

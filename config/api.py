@@ -8,6 +8,7 @@ from ninja import NinjaAPI
 
 from accounts.api import ROUTERS as accounts_routers
 from accounts.auth import api_auth
+from agents.api import ROUTERS as agents_routers
 from audit.api import ROUTERS as audit_routers
 from campaigns.api import ROUTERS as campaigns_routers
 from config.errors import api_errors_install
@@ -63,6 +64,7 @@ api_errors_install(api)
 
 for prefix, router in [
     *accounts_routers,
+    *agents_routers,
     *audit_routers,
     *campaigns_routers,
     *review_routers,

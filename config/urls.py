@@ -9,6 +9,7 @@ urlpatterns = [
     path("", include("sandboxes.urls")),
     path("", include("campaigns.urls")),
     path("", include("review.urls")),
+    path("", include("agents.urls")),
     path("audit/", include("audit.urls")),
     path("api/v1/", api.urls),
 ]

@@ -7,7 +7,7 @@ import pytest
 
 from tests.support import ROOT
 
-PACKAGES = ["config", "review", "campaigns", "sandboxes", "accounts", "audit", "core"]
+PACKAGES = ["config", "review", "campaigns", "agents", "sandboxes", "accounts", "audit", "core"]
 
 pytestmark = pytest.mark.shapes("embedded", "production")
 

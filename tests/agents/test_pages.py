@@ -1,0 +1,198 @@
+"""Model providers (page, API, command), the transcript tab and download, cost on the pages."""
+
+import io
+import json
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.urls import reverse
+
+from accounts.services import token_create
+from agents.grants import call_record, grant_mint
+from agents.models import ModelProvider
+from agents.providers import provider_set
+from agents.usage import transcript_pack
+from audit.models import AuditEvent
+from tests.factories import PASSWORD, campaign_make, patch_for, run_make, variant_make
+
+pytestmark = [pytest.mark.shapes("embedded", "production"), pytest.mark.django_db]
+
+KEY = "sk-page-test-key-abcdef0123456789"
+
+
+def _login(client, user):
+    assert client.login(username=user.username, password=PASSWORD)
+    return client
+
+
+def _bearer(user):
+    _, raw = token_create(user=user, name="t")
+    return {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
+
+
+def _provider(admin, name="openai-main"):
+    return provider_set(
+        name=name,
+        api_style="openai",
+        base_url="https://models.example/v1",
+        key=KEY,
+        allowed_models=["gpt-5-codex"],
+        actor=admin,
+    )
+
+
+def test_provider_page_adds_lists_and_removes(client, admin_user):
+    _login(client, admin_user)
+    response = client.post(
+        reverse("agents-providers"),
+        {
+            "name": "openai-main",
+            "api_style": "openai",
+            "base_url": "https://models.example/v1",
+            "key": KEY,
+            "allowed_models": "gpt-5-codex, gpt-5-mini",
+        },
+    )
+    assert response.status_code == 302
+    provider = ModelProvider.objects.get(name="openai-main")
+    assert provider.allowed_models == ["gpt-5-codex", "gpt-5-mini"]
+    # Prices came from the price table for the first model.
+    assert provider.input_usd_per_mtok > 0 and provider.output_usd_per_mtok > 0
+    page = client.get(reverse("agents-providers")).content.decode()
+    assert "openai-main" in page and KEY not in page
+    client.post(reverse("agents-provider-delete", args=["openai-main"]))
+    assert not ModelProvider.objects.filter(name="openai-main").exists()
+    actions = set(AuditEvent.objects.values_list("action", flat=True))
+    assert {"agents.provider.created", "agents.provider.removed"} <= actions
+    assert KEY not in "".join(AuditEvent.objects.values_list("body", flat=True))
+
+
+def test_provider_page_and_api_are_for_admins_only(client, manager, reviewer):
+    _login(client, manager)
+    assert client.get(reverse("agents-providers")).status_code == 403
+    assert client.get("/api/v1/agents/providers", **_bearer(reviewer)).status_code == 403
+
+
+def test_provider_api_stores_lists_and_deletes_without_echoing_the_key(client, admin_user):
+    auth = _bearer(admin_user)
+    body = {
+        "name": "anthropic",
+        "api_style": "anthropic",
+        "base_url": "https://models.example/v1",
+        "key": KEY,
+        "allowed_models": ["claude-sonnet-4-5"],
+        "input_usd_per_mtok": "3",
+        "output_usd_per_mtok": "15",
+    }
+    response = client.post(
+        "/api/v1/agents/providers", json.dumps(body), content_type="application/json", **auth
+    )
+    assert response.status_code == 201, response.content
+    assert KEY not in response.content.decode()
+    listed = client.get("/api/v1/agents/providers", **auth).json()
+    assert [p["name"] for p in listed] == ["anthropic"]
+    assert listed[0]["output_usd_per_mtok"] == "15.0000"
+    bad = client.post(
+        "/api/v1/agents/providers",
+        json.dumps({**body, "api_style": "smoke-signals"}),
+        content_type="application/json",
+        **auth,
+    )
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "api_style"
+    assert client.delete("/api/v1/agents/providers/anthropic", **auth).status_code == 204
+    assert client.delete("/api/v1/agents/providers/anthropic", **auth).status_code == 404
+
+
+def test_provider_command_reads_the_key_from_the_environment(admin_user, monkeypatch):
+    monkeypatch.setenv("TEST_PROVIDER_KEY", KEY)
+    out = io.StringIO()
+    call_command(
+        "provider",
+        "add",
+        "local-llm",
+        "--style=openai",
+        "--base-url=http://models.example/v1",
+        "--key-env=TEST_PROVIDER_KEY",
+        "--models=qwen-coder",
+        "--input-price=0.5",
+        "--output-price=1",
+        stdout=out,
+    )
+    call_command("provider", "ls", stdout=out)
+    assert "local-llm\topenai\thttp://models.example/v1\tqwen-coder" in out.getvalue()
+    assert KEY not in out.getvalue()
+    with pytest.raises(CommandError, match="base_url"):
+        call_command("provider", "add", "x", "--style=openai", "--base-url=ftp://a", stdout=out)
+    call_command("provider", "rm", "local-llm", stdout=out)
+    assert not ModelProvider.objects.exists()
+
+
+def _variant_with_calls(manager, admin):
+    _provider(admin)
+    campaign = campaign_make(owner=manager, variants=("agent",))
+    run = run_make(campaign=campaign)
+    variant = variant_make(run=run, name="agent", patch=patch_for("a.py", "x", "y"))
+    grant, token = grant_mint(
+        campaign_id=campaign.pk,
+        run_id=run.pk,
+        variant_id=variant.pk,
+        provider_name="openai-main",
+        model="gpt-5-codex",
+    )
+    request = json.dumps({"model": "gpt-5-codex", "messages": [{"content": "<b>hi</b>"}]})
+    call_record(
+        grant=grant,
+        provider_name="openai-main",
+        model="gpt-5-codex",
+        path="/v1/chat/completions",
+        stream=False,
+        status_code=200,
+        outcome="ok",
+        tokens_in=1000,
+        tokens_out=500,
+        latency_ms=42,
+        transcript=transcript_pack(
+            request=request.encode(),
+            response=b'{"choices": [{"message": {"content": "done"}}]}',
+            response_size=46,
+            masks=(KEY, token),
+        ),
+        input_per_mtok=ModelProvider.objects.get().input_usd_per_mtok,
+        output_per_mtok=ModelProvider.objects.get().output_usd_per_mtok,
+    )
+    return campaign, run, variant
+
+
+def test_transcript_tab_and_download_for_reviewers(client, manager, reviewer, admin_user, outsider):
+    campaign, run, variant = _variant_with_calls(manager, admin_user)
+    url = reverse("agents-transcript", args=[variant.pk])
+    _login(client, reviewer)
+    page = client.get(url).content.decode()
+    assert 'data-testid="transcript-call"' in page
+    assert "&lt;b&gt;hi&lt;/b&gt;" in page and "<b>hi</b>" not in page  # escaped
+    lines = b"".join(client.get(reverse("agents-transcript-jsonl", args=[variant.pk]))).splitlines()
+    record = json.loads(lines[0])
+    assert record["tokens_in"] == 1000 and record["request"]["model"] == "gpt-5-codex"
+    # The comparison page shows the variant's tokens, cost and a link to the transcript.
+    compare = client.get(reverse("review-compare", args=[campaign.pk, run.pk])).content.decode()
+    assert 'data-testid="model-cost"' in compare and url in compare
+    client.logout()
+    _login(client, manager)  # may see the campaign, does not review
+    assert client.get(url).status_code == 403
+    client.logout()
+    _login(client, outsider)
+    assert client.get(url).status_code == 404
+
+
+def test_campaign_page_shows_spend_against_the_budget(client, manager, admin_user):
+    campaign, _run, _variant = _variant_with_calls(manager, admin_user)
+    campaign.spec["model"] = {
+        "provider": "openai-main",
+        "name": "gpt-5-codex",
+        "campaign_budget_usd": 10.0,
+    }
+    campaign.save(update_fields=["spec"])
+    _login(client, manager)
+    page = client.get(reverse("campaign-detail", args=[campaign.pk])).content.decode()
+    assert 'data-testid="model-spend"' in page and "of $10.00 budget" in page
