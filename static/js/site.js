@@ -3,6 +3,8 @@
 //    checked inputs named by data-confirm-count), or an htmx element with hx-confirm, asks in
 //    the page's <dialog id="confirm-dialog"> before it is sent.
 // 2. The navigation collapses behind a Menu button on narrow screens.
+// 4. Tables scroll in their own box: every table in <main> sits in a .table-scroll box, and a
+//    box that overflows is focusable (tabindex=0) and named, so keyboard users can scroll it.
 // 3. htmx swaps refusals (4xx) too: the server answers them with a fragment meant to be shown
 //    (a form row with its error, or the error notice retargeted into #notices), so the page
 //    the user is on stays and says what was refused.
@@ -74,9 +76,58 @@
     });
   }
 
-  if (document.readyState === "loading") {
-    document.addEventListener("DOMContentLoaded", navToggle);
-  } else {
+  function tableName(table) {
+    var caption = table.querySelector("caption");
+    if (caption && caption.textContent.trim()) return caption.textContent.trim();
+    if (table.dataset.label) return table.dataset.label;
+    var el = table.closest(".table-scroll") || table;
+    while (el && el !== document.body) {
+      var prev = el.previousElementSibling;
+      while (prev) {
+        if (/^H[1-6]$/.test(prev.tagName)) return prev.textContent.trim();
+        prev = prev.previousElementSibling;
+      }
+      el = el.parentElement;
+    }
+    return "Table";
+  }
+
+  function tablesBoxed(root) {
+    var main = document.getElementById("main");
+    if (!main) return;
+    (root && root.querySelectorAll ? root : main).querySelectorAll("table").forEach(function (table) {
+      if (!main.contains(table) || table.parentElement.classList.contains("table-scroll")) return;
+      var box = document.createElement("div");
+      box.className = "table-scroll";
+      box.dataset.boxed = "js";
+      table.parentNode.insertBefore(box, table);
+      box.appendChild(table);
+    });
+    main.querySelectorAll(".table-scroll").forEach(function (box) {
+      var table = box.querySelector("table");
+      if (box.scrollWidth > box.clientWidth + 1) {
+        box.setAttribute("tabindex", "0");
+        box.setAttribute("role", "region");
+        if (!box.hasAttribute("aria-label") && table) box.setAttribute("aria-label", tableName(table));
+      } else if (box.dataset.boxed === "js" || !box.hasAttribute("aria-label")) {
+        box.removeAttribute("tabindex");
+      }
+    });
+    // Browser tests wait for this before checking the page at a new width.
+    document.documentElement.dataset.tablesWidth = String(window.innerWidth);
+  }
+
+  function ready() {
     navToggle();
+    tablesBoxed();
+  }
+
+  window.addEventListener("resize", function () { tablesBoxed(); });
+  document.addEventListener("htmx:afterSettle", function () { tablesBoxed(); });
+
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", ready);
+  } else {
+    ready();
   }
 })();

@@ -22,7 +22,7 @@ def login(page, base: str, user) -> None:
     page.fill("#id_username", user.username)
     page.fill("#id_password", PASSWORD)
     page.click("button[type=submit]")
-    page.wait_for_selector("[data-testid=whoami]")
+    page.wait_for_selector("[data-testid=whoami]", state="attached")
 
 
 def shot(page, name: str) -> Path:

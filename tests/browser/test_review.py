@@ -114,7 +114,7 @@ def test_review_end_to_end(asgi_server, browser_page, manager, reviewer):
     page.click("[data-testid=mode-split]")
     page.wait_for_selector(".diff-split")
     assert page.evaluate("window.__stayed === true")
-    page.click("[data-testid=variant-standard] h3 a")
+    page.click("[data-testid=variant-standard] h2 a")
     page.wait_for_selector("[data-testid=variant-standard] >> text=shown")
     keys_ready(page)
     page.keyboard.press("p")
