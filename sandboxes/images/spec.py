@@ -23,6 +23,8 @@ KINDS = ("debian", "oci")
 KEYS = ("base", "oci", "credentials_secret", "apt", "pip", "npm", "run", "env")
 # Packages a step needs in a Debian base; added to the apt list when the step is used.
 IMPLIED_APT = {"pip": ("python3-venv",), "npm": ("nodejs", "npm")}
+# Every Debian image has git: the pipeline reads each variant's diff with git in the sandbox.
+ALWAYS_APT = ("git",)
 
 _SUITE = re.compile(r"^[a-z][a-z0-9-]{1,30}$")
 # Debian policy 5.6.1 (name), optionally `=version` or `:arch`.
@@ -57,6 +59,7 @@ class ImageSpec:
             for step, packages in IMPLIED_APT.items():
                 if getattr(self, step):
                     wanted += [p for p in packages if p not in wanted]
+            wanted += [p for p in ALWAYS_APT if p not in wanted]
         return wanted
 
     def canonical(self) -> dict:

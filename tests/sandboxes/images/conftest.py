@@ -82,6 +82,21 @@ class Registry:
         )  # fmt: skip
         return ref
 
+    def push_tree(self, name: str, tree: Path, *, tag: str = "latest") -> str:
+        """Push the directory `tree` as a one-layer image's root filesystem; its ref."""
+        self.pushes += 1
+        layout = self.root / f"layout-{self.pushes}"
+        subprocess.run(["umoci", "init", "--layout", str(layout)], check=True)
+        subprocess.run(["umoci", "new", "--image", f"{layout}:img"], check=True)
+        subprocess.run(["umoci", "insert", "--image", f"{layout}:img", str(tree), "/"], check=True)
+        ref = f"{self.address}/{name}:{tag}"
+        subprocess.run(
+            ["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{layout}:img",
+             f"docker://{ref}"],
+            check=True,
+        )  # fmt: skip
+        return ref
+
 
 @pytest.fixture
 def oci_registry(tmp_path) -> Iterator[Registry]:

@@ -87,4 +87,4 @@ def test_other_suite_comes_from_the_registry():
     spec = image_spec_parse({"base": "debian:trixie", "pip": ["pytest"]})
     image = modal_image_from_spec(spec, image_api=FakeModalImage)
     assert image.calls[0] == ("from_registry", ("debian:trixie-slim",), {})
-    assert image.calls[1] == ("apt_install", ("python3-venv",), {})
+    assert image.calls[1] == ("apt_install", ("python3-venv", "git"), {})

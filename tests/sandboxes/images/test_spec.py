@@ -13,7 +13,7 @@ def test_debian_spec_defaults_to_the_host_suite_and_adds_what_steps_need():
     spec = image_spec_parse({"pip": ["pytest"], "npm": "jscodeshift@17"})
     assert spec.kind == "debian"
     assert spec.base == host_suite()
-    assert spec.apt_packages() == ["python3-venv", "nodejs", "npm"]
+    assert spec.apt_packages() == ["python3-venv", "nodejs", "npm", "git"]
     assert spec.canonical()["npm"] == ["jscodeshift@17"]
 
 
