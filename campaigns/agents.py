@@ -49,7 +49,7 @@ def run_models_prepare(*, ctx) -> SandboxSpec:
         spent = campaign_model_spend(campaign_id=run.campaign_id)["cost_usd"]
         if spent >= Decimal(str(budget)):
             raise RunFailed(
-                f"budget exhausted: the campaign's model budget (${budget:.2f}) is spent "
+                f"budget exhausted: the campaign's model budget (${budget:g}) is spent "
                 f"(${spent:.4f}); no new runs start"
             )
     if Capability.EGRESS_PROXY not in backend.capabilities:
