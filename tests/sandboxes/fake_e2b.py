@@ -326,7 +326,8 @@ def e2b_fake_backend(root: Path | None = None, **backend_kwargs):
     from sandboxes.backends.e2b import E2BBackend
 
     fake = FakeE2B(root)
-    backend = E2BBackend(sdk=fake, api_key="e2b_fake_key", **backend_kwargs)
+    backend_kwargs.setdefault("api_key", "e2b_fake_key")
+    backend = E2BBackend(sdk=fake, **backend_kwargs)
     backend.fake = fake
     try:
         yield backend

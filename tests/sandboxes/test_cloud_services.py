@@ -116,3 +116,43 @@ def test_cloud_fake_reaper_spares_a_sandbox_whose_record_is_still_creating(db, c
     # A create stuck for an hour is given up: its record fails, then its sandbox is reaped.
     reaper.sandboxes_reap(now=timezone.now() + reaper.STUCK + PAST_GRACE)
     assert external_id not in fake_running(cloud)
+
+
+CREDENTIALS = ("E2B_API_KEY", "DAYTONA_API_KEY", "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET")
+
+
+@pytest.mark.parametrize("name", list(CLOUD_FAKES))
+def test_cloud_fake_provider_credentials_authenticate_but_never_enter_the_sandbox(
+    db, name, tmp_path, monkeypatch, settings
+):
+    """The operator's credentials (environment here) reach the provider's SDK as its
+    authentication and nowhere else: not in the sandbox's environment, not in a command's."""
+    values = {var: f"{var.lower()}-s3cret-{name}" for var in CREDENTIALS}
+    for var, value in values.items():
+        monkeypatch.setenv(var, value)
+    settings.SANDBOX_BACKEND = name
+    kwargs = {} if name == "modal" else {"api_key": None}  # None: read the setting/variable
+    with CLOUD_FAKES[name](tmp_path / name, **kwargs) as engine:
+        monkeypatch.setitem(services._backends, name, engine)
+        sandbox = services.sandbox_create(spec=SandboxSpec(env={"CI": "1"}), backend=name)
+        seen: list[bytes] = []
+        services.sandbox_exec(
+            sandbox=sandbox,
+            argv=["env"],
+            env={"STEP": "1"},
+            on_output=lambda e: seen.append(e.data),
+        )
+        services.sandbox_terminate(sandbox=sandbox, reason="done")
+
+        output = b"".join(seen).decode()
+        assert "CI=1" in output and "STEP=1" in output  # the sandbox's own variables arrive
+        calls = json.dumps(getattr(engine.fake, "calls", []), default=repr)
+        for value in values.values():
+            assert value not in output
+        for var, value in values.items():
+            if name == "e2b" and var == "E2B_API_KEY":
+                assert {c["api_key"] for c in engine.fake.called("Sandbox.create")} == {value}
+                calls = calls.replace(f'"api_key": "{value}"', "")
+            elif name == "daytona" and var == "DAYTONA_API_KEY":
+                assert engine.fake.clients[0].config.api_key == value
+            assert value not in calls
