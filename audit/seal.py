@@ -1,4 +1,5 @@
-"""Sealing: linking recorded events into the hash chain, and signing checkpoints over it."""
+"""Sealing: linking recorded events into the hash chain, signing checkpoints over it, and
+moving the witness (audit.witness) to the new head."""
 
 import hashlib
 import logging
@@ -12,6 +13,7 @@ from audit import chain
 from audit.chain import canonical_json
 from audit.keys import key_id, signing_key
 from audit.models import AuditCheckpoint, AuditEvent
+from audit.witness import witness_advance
 
 logger = logging.getLogger(__name__)
 
@@ -110,9 +112,19 @@ def audit_seal(*, wait: bool = True, limit: int | None = None) -> SealResult:
                         if not cursor.fetchone()[0]:
                             return SealResult(linked, made, size, busy=True)
             n, m, size = seal_batch()
+            # The witness moves only once the links are committed (never for rows that may
+            # still roll back, e.g. inside a caller's transaction).
+            transaction.on_commit(lambda size=size: _witness_advance(size))
         linked, made = linked + n, made + m
         if n < SEAL_BATCH or (limit is not None and linked >= limit):
             return SealResult(linked, made, size)
+
+
+def _witness_advance(size: int) -> None:
+    try:
+        witness_advance(size=size)
+    except OSError:
+        logger.exception("the audit witness could not be written; tail truncation goes unseen")
 
 
 # --- Checkpoints ------------------------------------------------------------------------------

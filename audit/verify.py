@@ -17,6 +17,7 @@ from audit.record import audit_record
 from audit.walk import (
     BROKEN_CHECKPOINTS,
     RECHAINED,
+    TRUNCATED_TAIL,
     CheckpointRow,
     Finding,
     Report,
@@ -24,11 +25,13 @@ from audit.walk import (
     chain_walk,
     checkpoints_check,
 )
+from audit.witness import witness_read
 
 logger = logging.getLogger(__name__)
 
 # --- Verification -----------------------------------------------------------------------------
 VERIFY_CHUNK = 20000
+BAD_WITNESS = "bad witness"
 
 
 def checkpoint_rows(from_checkpoint: int | None) -> list[CheckpointRow]:
@@ -225,8 +228,43 @@ def audit_verify(*, from_checkpoint: int | None = None, public_key=None, jobs: i
                 unlinked=unlinked,
                 start=start,
             )
+        _witness_check(report, public_key)
         _event_ids_fill(report)
     return report
+
+
+def _witness_check(report: Report, public_key) -> None:
+    """Compare the chain with the witness outside the database (audit.witness): a chain that
+    ends before the witnessed size, or differs from it there, lost or rewrote its newest part
+    even when its checkpoints were deleted with it."""
+    witness, why = witness_read(public_key)
+    if witness is None:
+        if why != "no witness yet":
+            report.findings.append(Finding(BAD_WITNESS, None, "", why))
+        return
+    if witness.size > report.size:
+        if not any(f.kind == TRUNCATED_TAIL for f in report.findings):
+            report.findings.append(
+                Finding(
+                    TRUNCATED_TAIL,
+                    report.size + 1,
+                    "",
+                    f"the witness signed {witness.size} links at {witness.time} but the chain "
+                    f"ends at {report.size}",
+                )
+            )
+        return
+    head = AuditLink.objects.filter(seq=witness.size).values_list("chain_hash", flat=True).first()
+    already = any(f.kind == RECHAINED for f in report.findings)
+    if not already and (head is None or bytes(head).hex() != witness.head):
+        report.findings.append(
+            Finding(
+                RECHAINED,
+                witness.size,
+                "",
+                f"the chain at {witness.size} differs from the witness signed at {witness.time}",
+            )
+        )
 
 
 PARALLEL_MIN_LINKS = 50_000  # below this, starting processes costs more than it saves

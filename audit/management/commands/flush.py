@@ -5,6 +5,7 @@ from django.conf import settings
 from django.core.management.commands import flush
 
 from audit.maintenance import audit_maintenance
+from audit.witness import witness_forget
 
 
 class Command(flush.Command):
@@ -12,4 +13,5 @@ class Command(flush.Command):
         if not settings.TESTING:
             return super().handle(**options)
         with audit_maintenance(using=options["database"]):
+            witness_forget()  # the trail is wiped on purpose: its high-water mark goes too
             return super().handle(**options)
