@@ -58,12 +58,12 @@ def _int(value) -> int | None:
         return None
 
 
-def _undo(request, run):
+def _undo(request, campaign):
     """The decision just made (named by ?decided=) while its maker may still undo it."""
     pk = _int(request.GET.get("decided"))
     if pk is None:
         return None
-    decision = selectors.decision_get(campaign=run.campaign, pk=pk)
+    decision = selectors.decision_get(campaign=campaign, pk=pk)
     return decision if decision_undoable(decision=decision, user=request.user) else None
 
 
@@ -105,7 +105,7 @@ def _compare_context(request, run) -> dict:
         "neighbours": selectors.run_neighbours(run=run),
         "branch": (campaign.spec.get("changeset") or {}).get("branch") or f"convoy/{campaign.name}",
         "shown_token": diff_shown_token(user=request.user, variant=chosen) if chosen else "",
-        "undo": _undo(request, run),
+        "undo": _undo(request, campaign),
         "can_review": user_can(request.user, "change_review"),
         "four_eyes_blocked": services.four_eyes_applies(campaign=campaign, user=request.user),
         "urls": {
@@ -205,6 +205,7 @@ def review_queue(request, pk):
         "page": page,
         "rows": selectors.queue_rows(page.object_list),
         "which": which,
+        "undo": _undo(request, campaign),
         "filters": [(k, v, counts.get(k)) for k, v in selectors.QUEUE_FILTERS.items()],
         "can_review": user_can(request.user, "change_review"),
     }

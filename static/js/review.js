@@ -68,6 +68,10 @@
   document.addEventListener("keydown", function (event) {
     if (!handler || typing(event) || event.ctrlKey || event.metaKey || event.altKey) return;
     if (document.querySelector("dialog[open]")) return;
+    if (event.key === "u" && send(document.querySelector('form[data-key="u"]'))) {
+      event.preventDefault();
+      return;
+    }
     if (handler(event.key)) event.preventDefault();
   });
   document.addEventListener("DOMContentLoaded", bind);

@@ -140,23 +140,31 @@ def test_review_end_to_end(asgi_server, browser_page, manager, reviewer):
     assert counts == [3, 1]
     screenshot(page, "review-bulk")
     page.click("[data-testid=bulk-approve]")
+    assert "in 3 repositories" in page.inner_text("[data-testid=confirm-dialog]")
+    page.click("[data-testid=confirm-ok]")
     page.wait_for_selector("text=Approved 3 change(s).")
     odd = RepoRun.objects.get(campaign=campaign, repository__url=f"file://{paths[-1]}")
     assert not RunReview.objects.filter(run=odd, state=ReviewState.APPROVED).exists()
     approved = RunReview.objects.filter(campaign=campaign, state=ReviewState.APPROVED)
     assert approved.count() == 4
-    # The different one is rejected from the queue with the keyboard (r asks why).
+    # The different one is opened from the queue and rejected with the keyboard (r: reason).
     page.goto(f"{base}/campaigns/{campaign.pk}/review/?which=todo")
     keys_ready(page)
     assert page.locator("[data-testid=queue-row]").count() == 1
-    page.once("dialog", lambda dialog: dialog.accept("asserts a different sum"))
+    page.keyboard.press("o")
+    page.wait_for_selector("[data-testid=diff-viewer]")
+    keys_ready(page)
     page.keyboard.press("r")
+    page.keyboard.type("asserts a different sum")
+    page.keyboard.press("Enter")
     page.wait_for_selector("text=Rejected the change")
     assert RunReview.objects.get(run=odd).comment == "asserts a different sum"
 
     # Publishing pushes a branch to each local remote with exactly the approved diff.
     page.goto(f"{base}/campaigns/{campaign.pk}/review/?which=approved")
     page.click("[data-testid=publish-approved]")
+    assert "force-push" in page.inner_text("[data-testid=confirm-dialog]")
+    page.click("[data-testid=confirm-ok]")
     wait_for(
         lambda: Changeset.objects.filter(campaign=campaign, state="pushed").count() == 4,
         timeout=60,
