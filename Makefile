@@ -91,4 +91,5 @@ clean:
 # credentials in the environment and is reported as skipped (with the reason) otherwise.
 test-live: venv
 	env -u DATABASE_URL -u REDIS_URL $(BIN)/pytest -rs \
-	  tests/sandboxes/test_modal_live.py tests/sandboxes/test_e2b_live.py tests/sandboxes/test_daytona_live.py
+	  tests/sandboxes/test_modal_live.py tests/sandboxes/test_e2b_live.py tests/sandboxes/test_daytona_live.py \
+	  tests/sandboxes/test_cloud_live_demo.py
