@@ -79,6 +79,8 @@ def test_review_end_to_end(asgi_server, browser_page, manager, reviewer):
     page.fill("#id_spec", spec_for(tag, name=f"review-{tag}", backend="bwrap"))
     page.click("button:has-text('Create draft')")
     page.click("[data-testid=launch]")
+    page.click("[data-testid=confirm-ok]")  # the confirmation dialog names what happens
+    page.wait_for_selector("[data-testid=review-links]")
     campaign = Campaign.objects.get(name=f"review-{tag}")
     runs_final(campaign, timeout=240)
     assert set(RepoRun.objects.filter(campaign=campaign).values_list("state", flat=True)) == {
