@@ -1,6 +1,7 @@
 """API schemas for the caller and their tokens."""
 
 from ninja import Schema
+from pydantic import Field
 
 
 class MeOut(Schema):
@@ -12,7 +13,7 @@ class MeOut(Schema):
 
 
 class TokenIn(Schema):
-    name: str = ""
+    name: str = Field("", max_length=100)
 
 
 class TokenOut(Schema):

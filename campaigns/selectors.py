@@ -17,6 +17,7 @@ from django.db.models import Count, Max, QuerySet
 from accounts.roles import user_can, user_role
 from campaigns.models import Campaign, RepoRun, Repository, RunState, Secret, Variant, VariantState
 from core.errors import NotFound, PermissionDenied
+from core.ids import id_parse
 
 CampaignAction = Literal["view", "manage"]
 
@@ -42,7 +43,8 @@ def campaign_get_for_user(*, user, pk: int | str, action: CampaignAction = "view
     """
     if not user_may_see(user):
         raise NotFound("No such campaign.")
-    lookup = {"pk": int(pk)} if str(pk).isdigit() else {"name": pk}
+    number = id_parse(pk)
+    lookup = {"pk": number} if number is not None else {"name": str(pk)[:100]}
     campaign = Campaign.objects.select_related("owner", "launched_by").filter(**lookup).first()
     if campaign is None:
         raise NotFound("No such campaign.")
@@ -161,8 +163,8 @@ def runs_filter(
     if signature:
         qs = qs.filter(error_signature=signature)
     if repository:
-        if str(repository).isdigit():
-            qs = qs.filter(repository_id=int(repository))
+        if id_parse(repository) is not None:
+            qs = qs.filter(repository_id=id_parse(repository))
         else:
             qs = qs.filter(repository__name__icontains=repository)
     return qs

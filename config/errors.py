@@ -44,6 +44,9 @@ def _denial_audited(request: HttpRequest, error: ConvoyError) -> None:
 
 
 def _field(loc) -> str:
+    loc = tuple(loc)
+    if len(loc) > 2 and loc[0] == "body":
+        loc = loc[2:]  # ("body", <the route's parameter name>, field, ...): name the field
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "payload", "form")]
     out = ""
     for p in parts:

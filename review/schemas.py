@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 from ninja import Field, Schema
 
@@ -26,7 +27,9 @@ class RejectIn(Schema):
 class BulkApproveIn(Schema):
     group_key: str = Field(..., min_length=64, max_length=64)
     variant_name: str = Field(..., min_length=1, max_length=100)
-    run_ids: list[int] = Field(..., min_length=1, max_length=5000)
+    run_ids: list[Annotated[int, Field(ge=1, le=2**63 - 1)]] = Field(
+        ..., min_length=1, max_length=5000
+    )
     comment: str = Field("", max_length=5000)
 
 

@@ -39,6 +39,7 @@ from campaigns.models import (
     VariantState,
 )
 from core.errors import Invalid, NotFound
+from core.ids import id_parse
 from review.groups import change_difference, near_identical
 from review.models import (
     Changeset,
@@ -478,7 +479,8 @@ def run_variant_get(
         if required:
             raise Invalid("variant: choose a variant", field="variant")
         return None
-    lookup = {"pk": int(ref)} if str(ref).isdigit() else {"name": ref}
+    number = id_parse(ref)
+    lookup = {"pk": number} if number is not None else {"name": str(ref)[:100]}
     variant = run.variants.filter(**lookup).first()
     if variant is None:
         raise Invalid(f"variant: no variant {ref!r} in this run", field="variant")

@@ -22,6 +22,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.template.loader import render_to_string
 
 from core.errors import ConvoyError
+from core.ids import id_parse
 from sandboxes.loglines import log_line_html
 from sandboxes.logs import log_group, log_last_seq, log_lines_after
 from sandboxes.selectors import sandbox_get_for_user
@@ -42,7 +43,7 @@ def _lines_after(sandbox_id: int, after: int) -> tuple[list[str], int]:
 
 def _query_int(query: dict, name: str) -> int | None:
     raw = (query.get(name) or ["0"])[0] or "0"
-    return int(raw) if raw.isdigit() else None
+    return id_parse(raw)
 
 
 class SandboxLogConsumer(AsyncWebsocketConsumer):
