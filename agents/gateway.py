@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import httpx
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections, connection
 from django.utils import timezone
 
 from agents.grants import (
@@ -34,6 +34,7 @@ from agents.grants import (
     call_admit,
     call_record,
     grant_masks,
+    token_hash,
 )
 from agents.models import ApiStyle, CallOutcome
 from agents.providers import provider_key
@@ -93,6 +94,9 @@ class ModelGateway:
         self._lock = threading.Lock()
         # ORM work runs here, off the event loop (Django refuses the ORM inside a loop).
         self._db = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gateway-db")
+        # A call's record is written after the agent has its answer; the same token's next
+        # call waits for it, so budgets still count every call before admitting the next.
+        self._recording: dict[str, asyncio.Future] = {}
 
     @property
     def socket_path(self) -> Path:
@@ -151,13 +155,20 @@ class ModelGateway:
     async def _shutdown(self) -> None:
         for server in self._servers:
             server.close()
+        await asyncio.gather(*list(self._recording.values()), return_exceptions=True)
         if self._client is not None:
             await self._client.aclose()
 
     async def _orm(self, fn, **kwargs):
         def run():
-            close_old_connections()
-            return fn(**kwargs)
+            # The pool's threads keep their connections (a health check per call would cost a
+            # round trip); one that broke is replaced and the work tried once more.
+            try:
+                return fn(**kwargs)
+            except (InterfaceError, OperationalError):
+                close_old_connections()
+                connection.close()
+                return fn(**kwargs)
 
         return await asyncio.get_running_loop().run_in_executor(self._db, partial(run))
 
@@ -251,6 +262,10 @@ class ModelGateway:
             raise _BadRequest("the body is not a JSON object")
         model = payload.get("model") if isinstance(payload.get("model"), str) else None
         stream = payload.get("stream") is True
+        key_hash = token_hash(token)
+        previous = self._recording.get(key_hash)
+        if previous is not None:
+            await asyncio.wait([previous])
         try:
             admission: Admission = await self._orm(call_admit, token=token, model=model)
         except Refusal as r:
@@ -349,23 +364,39 @@ class ModelGateway:
             client_gone = f"the provider's answer broke off: {type(e).__name__}"
         finally:
             await response.aclose()
+        with contextlib.suppress(Exception):
+            if writer.can_write_eof():
+                writer.write_eof()
+            writer.close()
         reader.finish()
         ok = 200 <= response.status_code < 300
-        # Recorded before the agent sees the end of the answer: its next call is judged
-        # against a budget that already counts this one.
-        await self._orm(
-            record,
-            status_code=response.status_code,
-            outcome=CallOutcome.OK if ok else CallOutcome.UPSTREAM_ERROR,
-            tokens_in=reader.tokens_in,
-            tokens_out=reader.tokens_out,
-            latency_ms=int((time.monotonic() - began) * 1000),
-            first_byte_ms=first_byte_ms,
-            error=client_gone,
-            transcript=transcript_pack(
-                request=body, response=bytes(reader.kept), response_size=reader.size, masks=masks
-            ),
+        task = asyncio.ensure_future(
+            self._orm(
+                record,
+                status_code=response.status_code,
+                outcome=CallOutcome.OK if ok else CallOutcome.UPSTREAM_ERROR,
+                tokens_in=reader.tokens_in,
+                tokens_out=reader.tokens_out,
+                latency_ms=int((time.monotonic() - began) * 1000),
+                first_byte_ms=first_byte_ms,
+                error=client_gone,
+                transcript=transcript_pack(
+                    request=body,
+                    response=bytes(reader.kept),
+                    response_size=reader.size,
+                    masks=masks,
+                ),
+            )
         )
+        self._recording[key_hash] = task
+        task.add_done_callback(partial(self._recorded, key_hash))
+        await asyncio.wait([task])
+
+    def _recorded(self, key_hash: str, task: asyncio.Future) -> None:
+        if self._recording.get(key_hash) is task:
+            del self._recording[key_hash]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("model gateway: a call was not recorded", exc_info=task.exception())
 
 
 # ---- this process's gateway ------------------------------------------------------------------

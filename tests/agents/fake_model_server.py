@@ -43,6 +43,9 @@ class FakeModelServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # As real servers do: without it a kept-alive connection (httpx's pool) waits on
+            # delayed ACKs between the head and the body (~40 ms on Linux).
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):
                 pass

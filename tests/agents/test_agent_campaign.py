@@ -19,6 +19,7 @@ from campaigns.services import campaign_create, campaign_launch
 from sandboxes.models import Sandbox, SandboxCommand
 from tests.agents.fake_model_server import FakeModelServer
 from tests.factories import repos_make, runs_final
+from tests.support import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -112,6 +113,8 @@ def _assert_agent_campaign(fake, campaign, backend: str) -> None:
         assert "OPENAI_BASE_URL=http://gateway.convoy.internal/v1" in v.diff
         assert "OPENAI_API_KEY=convoy-gw-" in v.diff
     calls = ModelCall.objects.filter(campaign_id=campaign.pk)
+    # A call's record lands just after its answer ends: wait for the last ones.
+    wait_for(lambda: calls.count() == 3 * (2 + 2 + 2), timeout=10, what="every call recorded")
     assert calls.filter(outcome=CallOutcome.OK).count() == 3 * (2 + 2 + 1)
     assert calls.filter(outcome=CallOutcome.REFUSED).count() == 3
     assert calls.filter(stream=True, outcome=CallOutcome.OK, tokens_in=120, tokens_out=30).count()

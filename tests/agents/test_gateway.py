@@ -14,7 +14,7 @@ from agents.providers import provider_set
 from agents.selectors import variant_transcript
 from audit.models import AuditEvent
 from tests.agents.fake_model_server import USAGE, FakeModelServer
-from tests.support import free_port
+from tests.support import free_port, wait_for
 
 pytestmark = [pytest.mark.shapes("embedded", "production"), pytest.mark.django_db(transaction=True)]
 
@@ -60,7 +60,10 @@ def _grant(**kw):
     return grant_mint(**{**defaults, **kw})
 
 
-def _post(gateway, path, token, body, *, header="Authorization"):
+def _post(gateway, path, token, body, *, header="Authorization", recorded=True):
+    """POST through the gateway; wait until the call's record is written (it lands just after
+    the answer ends)."""
+    before = ModelCall.objects.count()
     value = f"Bearer {token}" if header == "Authorization" else token
     request = urllib.request.Request(
         f"http://127.0.0.1:{gateway.tcp_port}{path}",
@@ -69,9 +72,12 @@ def _post(gateway, path, token, body, *, header="Authorization"):
     )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
-            return response.status, response.read()
+            answer = response.status, response.read()
     except urllib.error.HTTPError as e:
-        return e.code, e.read()
+        answer = e.code, e.read()
+    if recorded:
+        wait_for(lambda: ModelCall.objects.count() > before, timeout=10, what="the call's record")
+    return answer
 
 
 def test_non_streaming_call_swaps_the_token_for_the_key(admin_user, fake, gateway):
@@ -165,11 +171,13 @@ def test_refusals_bad_token_revoked_token_other_model(admin_user, fake, gateway)
     _provider(admin_user, fake.base_url)
     _grant_row, token = _grant()
     body = {"model": "fake-model", "messages": []}
-    assert _post(gateway, "/v1/chat/completions", "convoy-gw-forged", body)[0] == 401
+    assert (
+        _post(gateway, "/v1/chat/completions", "convoy-gw-forged", body, recorded=False)[0] == 401
+    )
     status, data = _post(gateway, "/v1/chat/completions", token, {**body, "model": "gpt-big"})
     assert status == 403 and "not granted" in json.loads(data)["error"]["message"]
     grants_revoke(variant_id=9)
-    status, data = _post(gateway, "/v1/chat/completions", token, body)
+    status, data = _post(gateway, "/v1/chat/completions", token, body, recorded=False)
     assert status == 401 and "ended with its sandbox" in json.loads(data)["error"]["message"]
     assert fake.requests == []
 
