@@ -76,9 +76,12 @@ def test_modal_fake_reaper_terminates_expired_and_orphaned_sandboxes(db, modal_e
     # Another installation's sandbox on the same Modal account is none of our business.
     other = modal_engine.create(SandboxSpec(labels={"convoy_install": "someone-else"}))
 
-    reaped = reaper.sandboxes_reap()
+    assert reaper.sandboxes_reap() == [expired]  # the orphan is spared while it may be new
+    assert orphan.external_id in {sb.object_id for sb in modal_engine.fake.running()}
+    # Once past the grace (a create in flight records its sandbox well within it):
+    reaped = reaper.sandboxes_reap(now=timezone.now() + timedelta(seconds=reaper.ORPHAN_GRACE_S))
 
-    assert [s.pk for s in reaped] == [expired.pk]
+    assert reaped == []
     expired.refresh_from_db()
     assert expired.terminated_reason == "reaped: deadline passed"
     running = {sb.object_id for sb in modal_engine.fake.running()}
