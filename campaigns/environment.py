@@ -17,7 +17,7 @@ from core.errors import Conflict, Invalid, PermissionDenied, Unavailable
 from sandboxes.backends.base import Capability, SandboxError, SandboxSpec
 from sandboxes.backends.images import HOME_DIR, HOME_IN_WORKSPACE
 from sandboxes.images.mounts import image_env, image_rootfs
-from sandboxes.images.services import image_ensure, image_prune, image_resolve
+from sandboxes.images.services import image_ensure, image_prune, image_remove, image_resolve
 from sandboxes.images.spec import ImageSpec, image_spec_parse
 from sandboxes.models import Image, ImageState, Sandbox, SandboxState
 from sandboxes.services import sandbox_write_file
@@ -151,3 +151,27 @@ def image_keys_in_use() -> set[str]:
 def images_prune(*, actor, keep: set[str] | None = None) -> list[str]:
     """Remove every image no campaign, run or sandbox uses (and not in `keep`)."""
     return image_prune(in_use_keys=image_keys_in_use() | (keep or set()), actor=actor)
+
+
+def image_users(*, keys: list[str]) -> dict[str, list[Campaign]]:
+    """For the Images page: the campaigns whose runs used each image, newest first."""
+    users: dict[str, list[Campaign]] = {}
+    pairs = (
+        RepoRun.objects.filter(image_key__in=keys)
+        .values_list("image_key", "campaign_id")
+        .distinct()
+    )
+    campaigns = Campaign.objects.in_bulk({cid for _, cid in pairs})
+    for key, cid in pairs:
+        users.setdefault(key, []).append(campaigns[cid])
+    for listed in users.values():
+        listed.sort(key=lambda c: c.created_at, reverse=True)
+    return users
+
+
+def image_remove_unused(*, key: str, actor) -> None:
+    """Remove one image (files and row, audited); Conflict while a campaign, run or sandbox
+    uses it."""
+    if key in image_keys_in_use():
+        raise Conflict(f"image {key[:12]} is in use by a campaign, a run or a sandbox")
+    image_remove(key=key, actor=actor)

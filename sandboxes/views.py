@@ -1,13 +1,22 @@
 """Sandbox pages: the admin list, a sandbox's detail (with its live log) and terminate, and the
 Backends page (each backend, what it enforces, its credentials set or not, a connection test)."""
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from accounts.roles import capability_require, user_can
+from campaigns.environment import (
+    image_keys_in_use,
+    image_remove_unused,
+    image_users,
+    images_prune,
+)
 from sandboxes.backend_status import backend_connection_test, backends_status
 from sandboxes.backends import LOCAL_BACKENDS
-from sandboxes.models import SandboxState
+from sandboxes.images.selectors import image_get, image_log_tail, image_require_view, images_list
+from sandboxes.models import ImageState, SandboxState
 from sandboxes.selectors import (
     backend_isolation,
     sandbox_commands,
@@ -75,3 +84,57 @@ def backend_test_view(request, name: str):
         [backend] = [b for b in backends if b.name == name]
         return render(request, "sandboxes/backends.html#backend", {"b": backend, "result": result})
     return render(request, "sandboxes/backends.html", {"backends": backends, "result": result})
+
+
+# --- the Images page (campaign images; reads campaigns' use of them) ---------------------
+ADMIN_CAPABILITY = "sandbox_view"  # admins only: managers may list images, not remove them
+
+
+def _rows() -> list[dict]:
+    images = list(images_list())
+    users = image_users(keys=[i.key for i in images])
+    in_use = image_keys_in_use()
+    return [
+        {"image": i, "campaigns": users.get(i.key, []), "in_use": i.key in in_use} for i in images
+    ]
+
+
+@login_required
+def images_page(request):
+    image_require_view(user=request.user)
+    context = {"rows": _rows(), "can_admin": user_can(request.user, ADMIN_CAPABILITY)}
+    return render(request, "sandboxes/images.html", context)
+
+
+@login_required
+def image_log_page(request, key: str):
+    image_require_view(user=request.user)
+    image = image_get(key=key)
+    context = {"image": image, "log": image_log_tail(image=image)}
+    return render(request, "sandboxes/images_log.html", context)
+
+
+@login_required
+def image_remove_view(request, key: str):
+    """GET asks for confirmation; POST removes (refused while the image is in use)."""
+    capability_require(user=request.user, capability=ADMIN_CAPABILITY)
+    image = image_get(key=key)
+    if request.method == "POST":
+        image_remove_unused(key=image.key, actor=request.user)
+        messages.success(request, f"Image {image.key[:12]} removed.")
+        return redirect("images")
+    return render(request, "sandboxes/images_confirm.html", {"remove": image})
+
+
+@login_required
+def images_prune_view(request):
+    """GET lists what prune would remove; POST removes it."""
+    capability_require(user=request.user, capability=ADMIN_CAPABILITY)
+    if request.method == "POST":
+        removed = images_prune(actor=request.user)
+        messages.success(request, f"{len(removed)} unused image(s) removed.")
+        return redirect("images")
+    doomed = [
+        r["image"] for r in _rows() if not r["in_use"] and r["image"].state != ImageState.BUILDING
+    ]
+    return render(request, "sandboxes/images_confirm.html", {"prune": doomed})
