@@ -129,13 +129,13 @@ def run_report(run: RepoRun) -> dict:
         "attempt": run.attempt,
         "duration_s": _duration_s(run.started_at, run.finished_at),
         "error": run.error_summary,
-        "failing_step": (failed["step"] if failed else "checkout") if run.error else None,
+        "failing_step": (failed["step"] if failed else "run") if run.error else None,
         "exit_code": failed["exit_code"] if failed else None,
         "output_tail": _tail("\n".join(run.error.splitlines()[1:])) if run.error else [],
         "variants": [_variant_row(run, v) for v in run.variants.all()],
     }
-    if failed:
-        row["failing_command"] = failed["command"]
+    if run.error:  # a step's command, or what went wrong outside the steps (checkout, sandbox)
+        row["failing_command"] = failed["command"] if failed else run.error.splitlines()[0][:200]
     return row
 
 

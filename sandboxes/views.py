@@ -3,6 +3,8 @@ Backends page (each backend, what it enforces, its credentials set or not, a con
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.db.models import Q
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
@@ -13,40 +15,89 @@ from campaigns.environment import (
     image_users,
     images_prune,
 )
+from campaigns.listing import ListQuery
+from campaigns.sandbox_steps import sandbox_command_rows
 from sandboxes.backend_status import backend_connection_test, backends_status
 from sandboxes.backends import LOCAL_BACKENDS
 from sandboxes.images.selectors import image_get, image_log_tail, image_require_view, images_list
-from sandboxes.models import ImageState, SandboxState
+from sandboxes.models import ImageState, Sandbox, SandboxState
 from sandboxes.selectors import (
     backend_isolation,
     sandbox_commands,
     sandbox_get_for_user,
     sandbox_snapshots,
-    sandboxes_for_user,
 )
 from sandboxes.services import sandbox_terminate
 
 LIVE = [SandboxState.CREATING, SandboxState.RUNNING]
 
 
+SANDBOX_SORTS = {
+    "created": "-id",
+    "backend": "backend",
+    "state": "state",
+    "campaign": "campaign_id",
+}
+SANDBOX_PAGE_SIZE = 50
+
+
+def _sandbox_rows(query: ListQuery, *, show_all: bool):
+    """Sandboxes matching the search (id, backend, external id, owner kind, campaign id, the
+    person it runs for), live ones unless show_all, sorted and paged."""
+    rows = Sandbox.objects.select_related("on_behalf_of", "from_snapshot")
+    if not show_all:
+        rows = rows.filter(state__in=LIVE)
+    if query.state in SandboxState.values:
+        rows = rows.filter(state=query.state)
+    if query.q:
+        match = (
+            Q(backend__icontains=query.q)
+            | Q(external_id__icontains=query.q)
+            | Q(owner_kind__icontains=query.q)
+            | Q(on_behalf_of__username__icontains=query.q)
+        )
+        if query.q.isdigit():
+            match |= Q(pk=int(query.q)) | Q(campaign_id=int(query.q))
+        rows = rows.filter(match)
+    rows = rows.order_by(SANDBOX_SORTS[query.sort], "-id")
+    return Paginator(rows, SANDBOX_PAGE_SIZE).get_page(query.page)
+
+
 @login_required
 def sandbox_list_page(request):
+    capability_require(
+        user=request.user, capability="sandbox_view", message="Only admins may list sandboxes."
+    )
     show_all = request.GET.get("all") == "1"
-    rows = sandboxes_for_user(user=request.user, states=None if show_all else LIVE)
-    context = {"sandboxes": rows, "show_all": show_all}
+    query = ListQuery.from_params(request.GET, sorts=SANDBOX_SORTS)
+    page = _sandbox_rows(query, show_all=show_all)
+    context = {
+        "sandboxes": page,
+        "page": page,
+        "query": query,
+        "show_all": show_all,
+        "states": SandboxState.values,
+    }
     template = "sandboxes/sandboxes.html#rows" if request.htmx else "sandboxes/sandboxes.html"
     return render(request, template, context)
 
 
 @login_required
 def sandbox_detail(request, pk: int):
+    """The sandbox; while it runs, htmx polls its header and command table (same partials)."""
     sandbox = sandbox_get_for_user(user=request.user, pk=pk)
+    commands = sandbox_commands(sandbox=sandbox)
     context = {
         **_summary(sandbox),
-        "commands": sandbox_commands(sandbox=sandbox),
+        "commands": sandbox_command_rows(sandbox=sandbox, commands=commands),
         "snapshots": sandbox_snapshots(sandbox=sandbox),
     }
-    return render(request, "sandboxes/detail.html", context)
+    target = request.htmx.target if request.htmx else None
+    partials = {"sandbox-summary": "summary", "sandbox-commands": "commands"}
+    template = "sandboxes/detail.html"
+    if target in partials:
+        template = f"{template}#{partials[target]}"
+    return render(request, template, context)
 
 
 def _summary(sandbox) -> dict:
@@ -55,6 +106,11 @@ def _summary(sandbox) -> dict:
         "isolation": backend_isolation(sandbox.backend),
         "local": sandbox.backend in LOCAL_BACKENDS,
         "live": sandbox.state in LIVE,
+        "lifetime_ms": (
+            int((sandbox.terminated_at - sandbox.created_at).total_seconds() * 1000)
+            if sandbox.terminated_at
+            else None
+        ),
     }
 
 

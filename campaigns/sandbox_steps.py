@@ -1,0 +1,75 @@
+"""How a campaign sandbox's commands read to people: the user's step instead of Convoy's wrapper
+(`bash -c ( __convoy_step=$1 … --convoy-step-done-… )`), which spec step each command was, its
+exit code, and, for the command that failed its run or variant, the error signature's group.
+
+The sandbox page (a web edge) asks here; sandboxes know nothing about campaign specs.
+"""
+
+from __future__ import annotations
+
+from campaigns.models import Campaign, RepoRun, Variant
+
+WRAPPER_NAME = "convoy-step"  # $0 of the pipeline's transform wrapper (campaigns.pipeline)
+
+
+def command_shown(argv: list[str]) -> str:
+    """The command as the user wrote it: the step inside Convoy's wrappers."""
+    if len(argv) >= 5 and argv[:2] == ["bash", "-c"] and argv[3] == WRAPPER_NAME:
+        return argv[4]
+    if len(argv) == 3 and argv[:2] == ["bash", "-c"]:
+        return argv[2]
+    return " ".join(argv)
+
+
+def _step_labels(spec: dict, variant_name: str | None) -> dict[str, str]:
+    """{step command: "setup[0]" …} for this sandbox's variant (first label wins)."""
+    labels: dict[str, str] = {}
+    variant = next((v for v in spec.get("variants", []) if v["name"] == variant_name), {})
+    phases = [
+        ("setup", spec.get("setup") or []),
+        ("transform", variant.get("transform") or spec.get("transform") or []),
+        ("validate", spec.get("validate") or []),
+    ]
+    for phase, steps in phases:
+        for i, step in enumerate(steps):
+            if isinstance(step, dict):
+                labels.setdefault(str(step.get("run", "")), f"{phase}[{i}]")
+    return labels
+
+
+def sandbox_command_rows(*, sandbox, commands: list) -> list[dict]:
+    """One row per command: shown command, step label, exit code, duration, and whether it is
+    the step that failed its variant or run (with that failure's signature, for its group)."""
+    campaign = variant = run = None
+    if sandbox.campaign_id:
+        campaign = Campaign.objects.filter(pk=sandbox.campaign_id).only("spec").first()
+    if sandbox.variant_id:
+        variant = Variant.objects.filter(pk=sandbox.variant_id).only("name", "error").first()
+    if sandbox.run_id:
+        run = (
+            RepoRun.objects.filter(pk=sandbox.run_id)
+            .only("campaign_id", "error", "error_signature")
+            .first()
+        )
+    labels = _step_labels(campaign.spec, variant.name if variant else None) if campaign else {}
+    failed_label = ""
+    for error in (variant.error if variant else "", run.error if run else ""):
+        if error:
+            failed_label = error.split(" ", 1)[0]
+            break
+    rows = []
+    for c in commands:
+        shown = command_shown(list(c.argv or []))
+        label = labels.get(shown, "")
+        failing = bool(label) and label == failed_label and (c.exit_code or c.timed_out)
+        rows.append(
+            {
+                "command": c,
+                "shown": shown,
+                "step": label,
+                "failing": failing,
+                "signature": run.error_signature if failing and run else "",
+                "campaign_id": run.campaign_id if run else None,
+            }
+        )
+    return rows
