@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q, Sum
 from django.utils import timezone
 
@@ -199,12 +199,18 @@ def call_admit(*, token: str, model: str | None) -> Admission:
                 f"(${grant.campaign_budget_usd:.2f}) is spent (${spent:.6f})",
                 grant,
             )
-    counted = (
-        ModelGrant.objects.filter(pk=grant.pk, revoked_at=None)
-        .filter(Q(max_calls=None) | Q(calls__lt=F("max_calls")))
-        .filter(Q(budget_usd=None) | Q(spent_usd__lt=F("budget_usd")))
-        .update(calls=F("calls") + 1)
-    )
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            # The count is the gate in front of every call: do not wait for the WAL flush
+            # (a few ms here). A database crash may forget the last counts, never more.
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        counted = (
+            ModelGrant.objects.filter(pk=grant.pk, revoked_at=None)
+            .filter(Q(max_calls=None) | Q(calls__lt=F("max_calls")))
+            .filter(Q(budget_usd=None) | Q(spent_usd__lt=F("budget_usd")))
+            .update(calls=F("calls") + 1)
+        )
     if not counted:
         grant.refresh_from_db()
         grant.provider = provider  # kept loaded: the gateway records the refusal with it
