@@ -16,8 +16,8 @@ from agents.spec import model_for_variant
 from campaigns.models import VariantState
 from campaigns.states import RunFailed
 from core.errors import ConvoyError
-from sandboxes.backends.base import Capability, SandboxSpec
-from sandboxes.egress.policy import Limits, NetworkPolicy
+from sandboxes.backends.base import Capability, NetworkPolicy, SandboxSpec
+from sandboxes.egress.sandbox import allowed_domains
 from sandboxes.egress.worker import egress_proxy
 
 _opened: set[str] = set()
@@ -58,14 +58,11 @@ def run_models_prepare(*, ctx) -> SandboxSpec:
             "use bwrap or gvisor for agent variants"
         )
     model_gateway()
-    if sandbox_spec.egress_socket:  # the campaign's own egress: its policy names the gateway
-        return sandbox_spec
-    key = _socket_key(run.pk)
-    policy = NetworkPolicy(rules=(GATEWAY_RULE,))  # the gateway and nothing else
-    socket = egress_proxy().sandbox_open(key, policy, Limits())
-    with _opened_lock:
-        _opened.add(key)
-    return dataclasses.replace(sandbox_spec, egress_socket=str(socket))
+    # Each sandbox's own egress socket (sandboxes.services opens it) also allows the gateway.
+    domains = (*sandbox_spec.allowed_domains, *allowed_domains([GATEWAY_RULE]))
+    return dataclasses.replace(
+        sandbox_spec, network=NetworkPolicy.ALLOWLIST, allowed_domains=tuple(dict.fromkeys(domains))
+    )
 
 
 def variant_model_env(*, ctx, spec_variant: dict, pk: int) -> dict:

@@ -46,7 +46,8 @@ DEMO_SPEC = f"""\
 name: {DEMO_CAMPAIGN}
 description: Replace the deprecated assertEquals with assertEqual
 repos: {{tag: {DEMO_TAG}}}
-limits: {{timeout_s: 600, cpu: 1, memory_mb: 512, network: none}}
+limits: {{timeout_s: 600, cpu: 1, memory_mb: 512}}
+network: none
 max_parallel: 4
 files:
   fix.py: |

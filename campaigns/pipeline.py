@@ -51,7 +51,8 @@ from campaigns.states import (
     variant_transition,
 )
 from core.secret_forms import SecretScanner
-from sandboxes.backends.base import Capability, NetworkPolicy, SandboxError, SandboxSpec
+from sandboxes.backends.base import Capability, SandboxError, SandboxSpec
+from sandboxes.egress.sandbox import spec_network_fields
 from sandboxes.models import SandboxSnapshot
 from sandboxes.repos import RepoUrlError, sandbox_repo_checkout
 from sandboxes.services import (
@@ -88,7 +89,9 @@ class _Context:
             memory_mb=limits["memory_mb"],
             gpu=limits.get("gpu"),
             timeout_s=limits["timeout_s"],
-            network=NetworkPolicy(limits["network"]),
+            **spec_network_fields(
+                self.spec.get("network"), egress_mb=limits.get("egress_mb", 1024)
+            ),
             # Read-only at /convoy/files/<name> ($CONVOY_FILES), outside the checkout and its diff.
             files={name: text.encode() for name, text in self.spec["files"].items()},
             labels={

@@ -20,6 +20,7 @@ from agents.spec import model_parse, model_spec_errors
 from core.errors import Invalid
 from sandboxes.backends import BACKENDS
 from sandboxes.backends.base import Capability
+from sandboxes.egress.policy import network_parse
 from sandboxes.images.spec import image_spec_parse
 from sandboxes.repos import RepoUrlError, repo_url_validate
 
@@ -29,7 +30,6 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,99}$")
 VARIANT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
 FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
-NETWORKS = ("none", "open")
 GPU_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}(:[1-9][0-9]?)?$")  # "T4", "A10G:2", "H100:8"
 
 TOP_KEYS = {
@@ -48,19 +48,20 @@ TOP_KEYS = {
     "model",
     "changeset",
     "review",
+    "network",
     "image",
     "baseline",
     "diff",
 }
 REQUIRED_KEYS = ("name", "repos", "transform")
-LIMIT_KEYS = {"timeout_s", "cpu", "memory_mb", "network", "max_diff_mb", "gpu"}
+LIMIT_KEYS = {"timeout_s", "cpu", "memory_mb", "network", "max_diff_mb", "gpu", "egress_mb"}
 STEP_KEYS = {"run", "name", "timeout_s"}
 VARIANT_KEYS = {"name", "description", "env", "transform", "model"}
 REPO_KEYS = {"url", "ref"}
 CHANGESET_KEYS = {"branch", "title", "body", "commit_message", "author"}
 REVIEW_KEYS = {"four_eyes"}
 DEFAULT_MAX_DIFF_MB = 5
-DEFAULT_LIMITS = {"timeout_s": 900, "cpu": 1.0, "memory_mb": 1024, "network": "none"}
+DEFAULT_LIMITS = {"timeout_s": 900, "cpu": 1.0, "memory_mb": 1024, "egress_mb": 1024}
 
 
 @dataclass(frozen=True)
@@ -350,11 +351,9 @@ def _check_limits(c: _Checker, value: Any) -> dict:
             c.fail("limits.cpu", "must be a number of CPUs between 0.1 and 64")
         else:
             limits["cpu"] = float(cpu)
-    if "network" in spec:
-        if spec["network"] not in NETWORKS:
-            c.fail("limits.network", f"must be one of {', '.join(NETWORKS)}")
-        else:
-            limits["network"] = spec["network"]
+    if "egress_mb" in spec:
+        most = c.integer(spec["egress_mb"], "limits.egress_mb", low=1, high=1_048_576)
+        limits["egress_mb"] = most or DEFAULT_LIMITS["egress_mb"]
     if "gpu" in spec:
         gpu = spec["gpu"]
         if not isinstance(gpu, str) or not GPU_RE.match(gpu):
@@ -378,6 +377,29 @@ def _offers_gpu(backend: str) -> bool:
         return Capability.GPU in import_string(BACKENDS[backend]).capabilities
     except (KeyError, ImportError):  # unknown here, or not installed: it offers nothing
         return False
+
+
+def _check_network(c: _Checker, raw: dict) -> str | dict:
+    """`network:` (none, or {allow, package_indexes}: sandboxes.egress.policy), normalised.
+    The old `limits.network: none` still means none; `limits.network: open` is refused."""
+    limits = raw.get("limits")
+    old = limits.get("network") if isinstance(limits, dict) else None
+    if old is not None and old != "none":
+        c.fail(
+            "limits.network",
+            f"{old!r} is no longer accepted: the top-level `network:` field replaces "
+            "limits.network, and a sandbox reaches only the hosts it names, e.g. "
+            "network: {allow: [api.example.com], package_indexes: true}",
+        )
+    elif old is not None and "network" in raw:
+        c.fail("limits.network", "give the network once: the top-level `network:` replaces it")
+    if raw.get("network") is None:
+        return "none"
+    try:
+        return network_parse(raw["network"], field_name="network").as_spec()
+    except Invalid as exc:
+        c.fail(exc.field or "network", exc.message)
+        return "none"
 
 
 def _check_variants(c: _Checker, value: Any) -> list[dict]:
@@ -464,6 +486,7 @@ def spec_validate(raw: Any, *, lines: dict[str, int] | None = None) -> dict:
         else:
             spec["backend"] = raw["backend"]
     spec["limits"] = _check_limits(c, raw["limits"]) if "limits" in raw else dict(DEFAULT_LIMITS)
+    spec["network"] = _check_network(c, raw)
     if spec["limits"].get("gpu"):
         _check_gpu(c, spec["backend"], allowed)
     spec["max_parallel"] = settings.MAX_PARALLEL_REPOS

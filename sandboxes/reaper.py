@@ -17,6 +17,7 @@ from django.utils import timezone
 from sandboxes.backends import LOCAL_BACKENDS
 from sandboxes.backends.base import SandboxError
 from sandboxes.backends.cloud import created_at
+from sandboxes.egress.worker import egress_dirs_sweep
 from sandboxes.models import Sandbox, SandboxSnapshot, SandboxState
 from sandboxes.services import (
     LIVE_STATES,
@@ -71,6 +72,7 @@ def sandboxes_reap(*, now=None) -> list[Sandbox]:
             log.exception("could not reap sandbox %s", sandbox.pk)
     _snapshots_reap()
     _orphans_reap(now)
+    egress_dirs_sweep()  # proxy sockets of worker processes that died
     return reaped
 
 

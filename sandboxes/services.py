@@ -35,6 +35,7 @@ from sandboxes.backends.base import (
     SnapshotHandle,
 )
 from sandboxes.backends.local import install_id
+from sandboxes.egress.sandbox import egress_attach, egress_release, egress_wanted
 from sandboxes.logs import log_capture_open
 from sandboxes.models import Sandbox, SandboxCommand, SandboxSnapshot, SandboxState
 
@@ -117,6 +118,7 @@ def _row_new(
             "disk_mb": spec.disk_mb,
             "timeout_s": spec.timeout_s,
             "idle_timeout_s": spec.idle_timeout_s,
+            **_egress_limits(spec),
         },
         labels=dict(spec.labels),
         owner_kind=owner_kind,
@@ -128,6 +130,17 @@ def _row_new(
         from_snapshot=snap,
         deadline_at=timezone.now() + timedelta(seconds=spec.timeout_s),
     )
+
+
+def _egress_limits(spec: SandboxSpec) -> dict:
+    """What the row keeps of the allowlist (the page and the created event show it)."""
+    if not egress_wanted(spec):
+        return {}
+    return {
+        "egress_mb": spec.egress_mb,
+        "network_allow": list(spec.allowed_domains),
+        "package_indexes": spec.package_indexes,
+    }
 
 
 def _started(sandbox: Sandbox, handle: SandboxHandle | None, error: Exception | None, actor):
@@ -197,8 +210,11 @@ def sandbox_create(
         snap=None,
     )
     try:
-        handle = engine.create(_spec_labels(spec, convoy_sandbox=sandbox.pk))
+        handle = engine.create(
+            egress_attach(_spec_labels(spec, convoy_sandbox=sandbox.pk), engine, sandbox=sandbox)
+        )
     except Exception as exc:
+        egress_release(sandbox)
         _started(sandbox, None, exc, actor)
         raise
     _started(sandbox, handle, None, actor)
@@ -419,14 +435,31 @@ def sandbox_fork(
         for _ in range(count)
     ]
     try:
-        handles = engine.fork(SnapshotHandle(snapshot.backend, snapshot.external_id), spec, count)
+        handles = _fork(engine, SnapshotHandle(snapshot.backend, snapshot.external_id), spec, rows)
     except Exception as exc:
         for row in rows:
+            egress_release(row)
             _started(row, None, exc, actor)
         raise
     for row, handle in zip(rows, handles, strict=True):
         _started(row, handle, None, actor)
     return rows
+
+
+def _fork(engine, snap: SnapshotHandle, spec: SandboxSpec, rows: list[Sandbox]) -> list:
+    """The engine's fork; with the egress proxy, one at a time (each fork has its own socket)."""
+    if not (egress_wanted(spec) and Capability.EGRESS_PROXY in engine.capabilities):
+        return engine.fork(snap, egress_attach(spec, engine, sandbox=rows[0]), len(rows))
+    handles = []
+    try:
+        for row in rows:
+            handles += engine.fork(snap, egress_attach(spec, engine, sandbox=row), 1)
+    except BaseException:
+        for handle in handles:
+            with contextlib.suppress(SandboxError):  # else the reaper finds it by label
+                engine.terminate(handle)
+        raise
+    return handles
 
 
 def snapshot_delete(*, snapshot: SandboxSnapshot) -> None:
@@ -456,6 +489,7 @@ def sandbox_terminate(*, sandbox: Sandbox, reason: str, actor=None) -> Sandbox:
             backend_get(sandbox.backend).terminate(sandbox_handle(sandbox))
         except SandboxError as exc:
             raise SandboxUnavailable(f"Could not terminate sandbox {sandbox.pk}: {exc}") from exc
+    egress_release(sandbox)
     with transaction.atomic():
         won = _transition(
             sandbox,

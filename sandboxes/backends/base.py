@@ -75,6 +75,10 @@ class SandboxSpec:
     egress_env: Mapping[str, str] = field(default_factory=dict)
     # Host files the egress environment names (CA bundles), bound read-only at the same path.
     egress_files: Sequence[str] = ()
+    # With network ALLOWLIST: also the package indexes this host uses (the services layer turns
+    # them into names, or into the egress proxy's rules); bytes both ways through the proxy.
+    package_indexes: bool = False
+    egress_mb: int = 1024
     # A campaign image (sandboxes/images, docs/images.md): the host path of its read-only root
     # filesystem, which local engines mount as `/` instead of the host's /usr; its key (kept on
     # the sandbox's row) and its variables (PATH with the image's tools first). None: host /usr.

@@ -117,3 +117,51 @@ def _refusal_v6(ip: IPv6Address) -> str | None:
     if not ip.is_global:
         return "not global"
     return None
+
+
+# Never trustable, whatever an operator writes: the host itself, the cloud metadata service,
+# and addresses that are not one host.
+_NEVER_TRUSTED = (
+    IPv4Network("127.0.0.0/8"),
+    IPv4Network("169.254.0.0/16"),
+    IPv4Network("0.0.0.0/8"),
+    IPv4Network("224.0.0.0/4"),
+    IPv4Network("240.0.0.0/4"),
+    IPv6Network("::1/128"),
+    IPv6Network("::/128"),
+    IPv6Network("fe80::/10"),
+    IPv6Network("ff00::/8"),
+    IPv6Network("::ffff:0:0/96"),
+)
+
+
+def index_ranges_parse(text: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    """`CONVOY_EGRESS_INDEX_ADDRESSES` ("203.0.113.80/32,10.20.0.0/16") → networks.
+
+    The ranges the host's own package indexes are served from when those are not public (a
+    mirror on the LAN, a routed test range): names from `package_indexes: true` may resolve
+    there; campaign `allow:` names never may. Loopback, link-local (cloud metadata),
+    multicast, unspecified and reserved ranges are refused (ValueError naming the entry)."""
+    ranges = []
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            net = ipaddress.ip_network(item, strict=True)
+        except ValueError as e:
+            raise ValueError(f"{item!r} is not an address range such as 10.20.0.0/16 ({e})") from e
+        if net.prefixlen == 0 or any(
+            net.version == bad.version and net.overlaps(bad) for bad in _NEVER_TRUSTED
+        ):
+            raise ValueError(
+                f"{item!r} includes loopback, link-local (cloud metadata), multicast or "
+                "reserved addresses, which a sandbox may never reach"
+            )
+        ranges.append(net)
+    return tuple(ranges)
+
+
+def in_ranges(address: str, ranges) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip.version == net.version and ip in net for net in ranges)

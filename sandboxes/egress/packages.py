@@ -75,11 +75,11 @@ def package_index_rules(indexes: PackageIndexes) -> list[AllowRule]:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             continue
         ports = frozenset({parts.port}) if parts.port else frozenset({443, 80})
-        rule = AllowRule(normalise_host(parts.hostname), ports)
+        rule = AllowRule(normalise_host(parts.hostname), ports, index=True)
         if rule not in rules:
             rules.append(rule)
     for host in indexes.pip_default_hosts:
-        rule = AllowRule(normalise_host(host))
+        rule = AllowRule(normalise_host(host), index=True)
         if rule not in rules:
             rules.append(rule)
     return rules

@@ -27,6 +27,9 @@ class AllowRule:
 
     pattern: str
     ports: frozenset[int] = DEFAULT_PORTS
+    # True for the host's own package indexes (`package_index_rules`): only these names may
+    # resolve into the operator's CONVOY_EGRESS_INDEX_ADDRESSES ranges.
+    index: bool = False
 
     @property
     def wildcard(self) -> bool:

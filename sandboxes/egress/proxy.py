@@ -33,9 +33,10 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from core.errors import Invalid
-from sandboxes.egress.addresses import address_refusal
+from sandboxes.egress.addresses import address_refusal, in_ranges
 from sandboxes.egress.events import EgressEvent, EgressStats
 from sandboxes.egress.policy import Limits, NetworkPolicy, normalise_host
+from sandboxes.egress.routes import Route, route_make, route_open
 from sandboxes.egress.wire import (
     BadRequest,
     RequestHead,
@@ -90,24 +91,13 @@ class _Sandbox:
         return self.directory / SOCKET_NAME
 
 
-def test_hosts_parse(text: str) -> dict[str, str]:
-    """`api.test=127.0.0.1,internal.test=10.0.0.1` → mapping; test-only (see EgressProxy)."""
-    mapping = {}
-    for item in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, address = item.partition("=")
-        ipaddress.ip_address(address.strip())
-        if not sep:
-            raise ValueError(f"expected name=address, got {item!r}")
-        mapping[normalise_host(name)] = address.strip()
-    return mapping
-
-
 class EgressProxy:
     """This process's egress proxy. Thread-safe; every public method may be called from any
     thread except the proxy's own.
 
     `test_hosts` maps names to addresses without DNS, and lets a mapped name reach loopback
-    (never any other non-public range): only when `settings.TESTING`, so a production
+    (never any other non-public range): only when `settings.EGRESS_TEST_HOSTS_ALLOWED` (the
+    test suite and the workers it starts), so a production
     process refuses to start with it.
     """
 
@@ -122,8 +112,9 @@ class EgressProxy:
         sni_ports: frozenset[int] = frozenset({443}),
         socket_mode: int = 0o600,
         resolve_timeout_s: float = 10.0,
+        index_ranges: tuple = (),
     ):
-        if test_hosts and not getattr(settings, "TESTING", False):
+        if test_hosts and not settings.EGRESS_TEST_HOSTS_ALLOWED:
             raise ImproperlyConfigured(
                 "egress test host mapping is for the test suite only; production refuses it"
             )
@@ -139,6 +130,9 @@ class EgressProxy:
         self.sni_ports = sni_ports
         self.socket_mode = socket_mode
         self.resolve_timeout_s = resolve_timeout_s
+        # Operator-trusted ranges for the host's package indexes (see index_ranges_parse).
+        self.index_ranges = tuple(index_ranges)
+        self._routes: dict[tuple[str, int], Route] = {}
         self._sandboxes: dict[str, _Sandbox] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -202,6 +196,21 @@ class EgressProxy:
         """Remove the socket, end the sandbox's connections (their events are reported)."""
         if self.running:
             self._call(self._close(sandbox_key))
+
+    def route_add(self, name: str, port: int, target: str | os.PathLike | int) -> None:
+        """Send `name:port` to an internal service: a host UNIX socket path or a port on
+        127.0.0.1 (sandboxes.egress.routes); only sandboxes whose policy allows `name:port`
+        reach it, and only by that name. Replaces an earlier route for `name:port`."""
+        route = route_make(name, port, target)
+        with self._lock:
+            self._routes[(route.name, route.port)] = route
+
+    def route_remove(self, name: str, port: int) -> None:
+        with self._lock:
+            self._routes.pop((normalise_host(name), port), None)
+
+    def sandbox_keys(self) -> list[str]:
+        return list(self._sandboxes)
 
     def sandbox_stats(self, sandbox_key: str) -> EgressStats | None:
         sb = self._sandboxes.get(sandbox_key)
@@ -388,8 +397,10 @@ class EgressProxy:
                     f"Host header {given} does not match the URL's host {host}:{port}",
                     status=400,
                 )
-        upstream = self.upstream.for_target(host, tunnel=False)
         up_reader, up_writer = await self._connect(sb, host, port, event, tunnel=False)
+        upstream = (
+            None if event.via.startswith("route") else self.upstream.for_target(host, tunnel=False)
+        )
         try:
             path = url.path or "/"
             target = head.target if upstream else path + (f"?{url.query}" if url.query else "")
@@ -409,9 +420,10 @@ class EgressProxy:
 
     # ---- admission and connecting --------------------------------------------------------
 
-    async def _admit(self, sb: _Sandbox, host: str, port: int, event) -> list[str]:
+    async def _admit(self, sb: _Sandbox, host: str, port: int, event) -> list[str] | Route:
         """The vetted addresses for host:port, or _Refused with the reason. Empty list: the
-        host's proxy resolves the name (only with upstream_resolves_names)."""
+        host's proxy resolves the name (only with upstream_resolves_names). A Route: an
+        internal service added with route_add."""
         if sb.closed:
             raise _Refused("closed", "sandbox closed")
         if sb.exhausted or sb.bytes_used >= sb.limits.egress_bytes:
@@ -429,6 +441,13 @@ class EgressProxy:
             )
         if not sb.policy.allows(host, port):
             raise _Refused("not_allowed", "not in network.allow")
+        route = self._routes.get((normalise_host(host), port))
+        if route is not None:
+            return route
+        # The host's own package indexes may live in ranges the operator vouches for.
+        trusted = bool(self.index_ranges) and any(
+            r.index and r.matches(host, port) for r in sb.policy.rules
+        )
         mapped = self.test_hosts.get(host)
         if mapped is not None:
             addresses = [mapped]
@@ -447,6 +466,8 @@ class EgressProxy:
             why = address_refusal(address)
             if why == "loopback" and mapped is not None:
                 continue  # the test mapping's upstream on loopback (tests only)
+            if why and trusted and in_ranges(address, self.index_ranges):
+                continue
             if why:
                 event.address = address
                 raise _Refused("address", f"resolves to {address}: {why}")
@@ -456,6 +477,8 @@ class EgressProxy:
     async def _connect(self, sb, host: str, port: int, event, *, tunnel: bool):
         addresses = await self._admit(sb, host, port, event)
         timeout = sb.limits.connect_timeout_s
+        if isinstance(addresses, Route):
+            return await self._connect_route(addresses, event, timeout)
         upstream = self.upstream.for_target(host, tunnel=tunnel)
         if upstream is not None:
             event.via = f"proxy {upstream.host}:{upstream.port}"
@@ -473,6 +496,17 @@ class EgressProxy:
             event.allowed = True
             return r, w
         raise _Refused("connect_failed", "; ".join(errors), status=502, allowed=True)
+
+    async def _connect_route(self, route: Route, event, timeout: float):
+        event.via = str(route)
+        try:
+            r, w = await route_open(route, timeout)
+        except (OSError, TimeoutError) as e:
+            raise _Refused(
+                "connect_failed", f"{route.name} is not answering: {e}", status=502, allowed=True
+            ) from e
+        event.allowed = True
+        return r, w
 
     async def _connect_upstream(self, upstream: UpstreamProxy, host, port, timeout, *, tunnel):
         try:

@@ -2,6 +2,8 @@
 
 Celery's prefork children and the embedded server each call `egress_proxy()`; the proxy's
 sockets live under `DATA_DIR/egress/<pid>/`, so two workers on one host never collide.
+Internal routes (`egress_route_add`, for the model gateway) are kept here too, so a proxy made
+again after a fork gets them.
 """
 
 from __future__ import annotations
@@ -15,13 +17,18 @@ from pathlib import Path
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from sandboxes.egress.proxy import EgressProxy, test_hosts_parse
+from sandboxes.egress.addresses import index_ranges_parse
+from sandboxes.egress.policy import normalise_host
+from sandboxes.egress.proxy import EgressProxy
+from sandboxes.egress.routes import route_make, test_hosts_parse
 
 TEST_HOSTS_VAR = "CONVOY_EGRESS_TEST_HOSTS"
+INDEX_ADDRESSES_VAR = "CONVOY_EGRESS_INDEX_ADDRESSES"
 
 _lock = threading.Lock()
 _proxy: EgressProxy | None = None
 _pid = 0
+_routes: dict[tuple[str, int], str | int] = {}
 
 
 def test_hosts_from_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -30,9 +37,16 @@ def test_hosts_from_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     text = env.get(TEST_HOSTS_VAR, "")
     if not text:
         return {}
-    if not settings.TESTING:
+    if not settings.EGRESS_TEST_HOSTS_ALLOWED:
         raise ImproperlyConfigured(f"{TEST_HOSTS_VAR} is for the test suite only")
     return test_hosts_parse(text)
+
+
+def index_ranges_from_settings() -> tuple:
+    try:
+        return index_ranges_parse(settings.EGRESS_INDEX_ADDRESSES)
+    except ValueError as e:
+        raise ImproperlyConfigured(f"{INDEX_ADDRESSES_VAR}: {e}") from e
 
 
 def egress_root() -> Path:
@@ -45,9 +59,43 @@ def egress_proxy() -> EgressProxy:
     with _lock:
         if _proxy is None or _pid != os.getpid():
             # A forked child inherits the parent's object but not its thread.
-            _proxy = EgressProxy(egress_root(), test_hosts=test_hosts_from_env())
+            _proxy = EgressProxy(
+                egress_root(),
+                test_hosts=test_hosts_from_env(),
+                index_ranges=index_ranges_from_settings(),
+            )
+            for (name, port), target in _routes.items():
+                _proxy.route_add(name, port, target)
             _pid = os.getpid()
         return _proxy.start()
+
+
+def egress_proxy_if_running() -> EgressProxy | None:
+    """This process's proxy if it was started here (never starts one)."""
+    with _lock:
+        if _proxy is not None and _pid == os.getpid() and _proxy.running:
+            return _proxy
+    return None
+
+
+def egress_route_add(name: str, port: int, target: str | os.PathLike | int) -> None:
+    """Route `name:port` to an internal service of this host (a UNIX socket path or a port on
+    127.0.0.1) in this process's proxy, now and after a fork. Sandboxes reach it only when
+    their policy allows `name:port` (e.g. `allowed_domains=[f"{name}:{port}"]`)."""
+    route = route_make(name, port, target)
+    with _lock:
+        _routes[(route.name, route.port)] = route.target
+        proxy = _proxy if _pid == os.getpid() else None
+    if proxy is not None:
+        proxy.route_add(route.name, route.port, route.target)
+
+
+def egress_route_remove(name: str, port: int) -> None:
+    with _lock:
+        _routes.pop((normalise_host(name), port), None)
+        proxy = _proxy if _pid == os.getpid() else None
+    if proxy is not None:
+        proxy.route_remove(name, port)
 
 
 def egress_proxy_stop() -> None:
@@ -58,3 +106,25 @@ def egress_proxy_stop() -> None:
     if proxy is not None:
         proxy.stop()
         shutil.rmtree(proxy.root, ignore_errors=True)
+
+
+def egress_dirs_sweep() -> list[str]:
+    """Remove the socket directories of worker processes that are gone; return their pids."""
+    base = Path(settings.DATA_DIR) / "egress"
+    removed = []
+    for entry in base.glob("*"):
+        if not entry.name.isdigit() or _pid_alive(int(entry.name)):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry.name)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -47,7 +47,8 @@ def test_valid_spec_is_normalised(good):
     spec = spec_parse(good).data
     assert spec["variants"][1] == {"name": "aggressive", "env": {"STYLE": "aggressive"}}
     assert spec["transform"] == [{"run": "sed -i s/a/b/ x.py"}]
-    assert spec["limits"]["network"] == "none"
+    assert spec["network"] == "none"
+    assert spec["limits"]["egress_mb"] == 1024
     assert spec["review"] == {"four_eyes": True}
 
 

@@ -55,7 +55,7 @@ def test_reads_pip_npm_and_apt_configuration(host):
         "https://apt.two.test/debian",
     ]
     rules = package_index_rules(indexes)
-    assert AllowRule("extra.test", frozenset({8443})) in rules
+    assert AllowRule("extra.test", frozenset({8443}), index=True) in rules
     assert {r.pattern for r in rules} == {
         "pypi.mirror.test",
         "extra.test",

@@ -218,12 +218,12 @@ def test_without_the_test_mapping_names_need_dns_and_loopback_is_refused(short_t
 
 
 def test_production_refuses_the_test_mapping(settings, short_tmp):
-    settings.TESTING = False
+    settings.EGRESS_TEST_HOSTS_ALLOWED = False
     with pytest.raises(ImproperlyConfigured):
         EgressProxy(short_tmp / "prod", test_hosts=TEST_HOSTS)
     with pytest.raises(ImproperlyConfigured):
         worker.test_hosts_from_env({"CONVOY_EGRESS_TEST_HOSTS": "api.test=127.0.0.1"})
-    settings.TESTING = True
+    settings.EGRESS_TEST_HOSTS_ALLOWED = True
     assert worker.test_hosts_from_env({"CONVOY_EGRESS_TEST_HOSTS": "api.test=127.0.0.1"}) == {
         "api.test": "127.0.0.1"
     }

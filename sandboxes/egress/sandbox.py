@@ -1,0 +1,234 @@
+"""Egress for one sandbox: what the services layer does around the engine's create and terminate.
+
+`spec_network_fields` turns a campaign's normalised `network:` value into SandboxSpec fields
+(plain values: campaigns never hand sandboxes a policy object). `egress_attach` gives the engine
+the spec it runs: on engines with Capability.EGRESS_PROXY the allowlist becomes a socket of
+this process's proxy (opened here, keyed by the sandbox); on other engines the host's package
+indexes become names of the engine's own allowlist. `egress_release` closes the socket.
+Each connection the proxy reports becomes an audit event, written by one writer thread (the
+proxy's thread never touches the database); refusals also get a line in the sandbox's log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import queue
+import shutil
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+from django.conf import settings
+from django.db import close_old_connections, transaction
+
+from audit.models import AuditEvent
+from audit.record import audit_record
+from sandboxes.backends.base import Capability, NetworkPolicy, SandboxBackend, SandboxSpec
+from sandboxes.egress.events import EgressEvent, EgressStats
+from sandboxes.egress.packages import (
+    package_client_env,
+    package_client_files,
+    package_index_rules,
+    package_indexes_read,
+)
+from sandboxes.egress.policy import DEFAULT_PORTS, Limits, network_parse
+from sandboxes.egress.worker import egress_proxy, egress_proxy_if_running
+from sandboxes.logs import log_system_line
+from sandboxes.models import Sandbox, SandboxState
+
+log = logging.getLogger(__name__)
+
+ACTION_ALLOWED = "sandbox.egress.allowed"
+ACTION_REFUSED = "sandbox.egress.refused"
+_LIVE = (SandboxState.CREATING, SandboxState.RUNNING)
+
+
+def spec_network_fields(network: object, *, egress_mb: int = 1024) -> dict:
+    """SandboxSpec keyword arguments for a normalised `network:` value ("none" or a mapping)."""
+    policy = network_parse(network, field_name="network")
+    if policy.blocks_all and not policy.package_indexes:
+        return {"network": NetworkPolicy.NONE, "egress_mb": egress_mb}
+    return {
+        "network": NetworkPolicy.ALLOWLIST,
+        "allowed_domains": tuple(allowed_domains(policy.rules)),
+        "package_indexes": policy.package_indexes,
+        "egress_mb": egress_mb,
+    }
+
+
+def allowed_domains(rules) -> list[str]:
+    """Rules as `SandboxSpec.allowed_domains` entries: `name` (ports 443 and 80) or `name:port`."""
+    out: list[str] = []
+    for rule in rules:
+        if rule.ports == DEFAULT_PORTS:
+            out.append(rule.pattern)
+        else:
+            out += [f"{rule.pattern}:{port}" for port in sorted(rule.ports)]
+    return list(dict.fromkeys(out))
+
+
+def sandbox_key(sandbox: Sandbox) -> str:
+    return f"sandbox-{sandbox.pk}"
+
+
+def egress_wanted(spec: SandboxSpec) -> bool:
+    return spec.network == NetworkPolicy.ALLOWLIST
+
+
+def egress_attach(spec: SandboxSpec, engine: SandboxBackend, *, sandbox: Sandbox) -> SandboxSpec:
+    """The spec the engine gets for `sandbox` (unchanged without an allowlist)."""
+    if not egress_wanted(spec):
+        return spec
+    indexes = package_indexes_read() if spec.package_indexes else None
+    index_rules = package_index_rules(indexes) if indexes is not None else []
+    if Capability.EGRESS_PROXY not in engine.capabilities:
+        # The engine enforces names itself (Modal, E2B, Daytona): no events, no byte limit.
+        domains = [*spec.allowed_domains, *allowed_domains(index_rules)]
+        return replace(spec, allowed_domains=tuple(dict.fromkeys(domains)))
+    policy = network_parse({"allow": list(spec.allowed_domains)}, field_name="network")
+    policy = policy.with_rules(index_rules)
+    proxy = egress_proxy()
+    _stale_close(proxy)
+    socket_path = proxy.sandbox_open(
+        sandbox_key(sandbox),
+        policy,
+        Limits(egress_mb=spec.egress_mb),
+        on_event=_writer().callback(sandbox),
+    )
+    return replace(
+        spec,
+        network=NetworkPolicy.NONE,
+        allowed_domains=(),
+        egress_socket=str(socket_path),
+        egress_env=package_client_env(indexes) if indexes is not None else {},
+        egress_files=tuple(str(p) for p in package_client_files(indexes)) if indexes else (),
+    )
+
+
+def egress_release(sandbox: Sandbox) -> None:
+    """Close the sandbox's socket (its open connections end and are reported), wait for their
+    audit events, and remove its socket directory wherever a worker made it; idempotent."""
+    key = sandbox_key(sandbox)
+    proxy = egress_proxy_if_running()
+    if proxy is not None and key in proxy.sandbox_keys():
+        proxy.sandbox_close(key)
+        _writer().flush(timeout=10)
+    # Made by another worker process: without its directory no new connection reaches it.
+    name = hashlib.sha256(key.encode()).hexdigest()[:16]
+    for directory in (Path(settings.DATA_DIR) / "egress").glob(f"[0-9]*/{name}"):
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _stale_close(proxy) -> None:
+    """Close this proxy's sockets of sandboxes that ended elsewhere (terminated by the reaper or
+    a person in another process)."""
+    keys = {k: int(k.rpartition("-")[2]) for k in proxy.sandbox_keys() if k.startswith("sandbox-")}
+    if not keys:
+        return
+    live = set(
+        Sandbox.objects.filter(pk__in=keys.values(), state__in=_LIVE).values_list("pk", flat=True)
+    )
+    for key, pk in keys.items():
+        if pk not in live:
+            proxy.sandbox_close(key)
+
+
+def sandbox_egress_stats(*, sandbox: Sandbox, limit: int = 10_000) -> EgressStats | None:
+    """The sandbox's egress totals from its audit events (any process can read them); None when
+    the sandbox had no egress proxy (no network, or an engine that reports no connections)."""
+    rows = AuditEvent.objects.filter(
+        sandbox_id=sandbox.pk, action__in=(ACTION_ALLOWED, ACTION_REFUSED)
+    ).values_list("action", "body")[:limit]
+    stats = EgressStats()
+    for action, body in rows:
+        stats.connections += 1
+        stats.refused += action == ACTION_REFUSED
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            payload = json.loads(body)["payload"]
+            stats.hosts.add(payload["host"])
+            stats.bytes_total += payload["bytes_up"] + payload["bytes_down"]
+    return stats
+
+
+# --- the audit writer -----------------------------------------------------------------------
+
+
+class _EgressWriter:
+    """One thread per process that writes the proxy's events to the audit trail (and refusals
+    to the sandbox's log), in the order the proxy reported them."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="egress-audit", daemon=True)
+        self.thread.start()
+
+    def callback(self, sandbox: Sandbox):
+        ctx = {
+            "sandbox_id": sandbox.pk,
+            "campaign_id": sandbox.campaign_id,
+            "run_id": sandbox.run_id,
+            "variant_id": sandbox.variant_id,
+        }
+        person = sandbox.on_behalf_of
+        on_behalf_of = person.get_username() if person is not None else ""
+
+        def on_event(event: EgressEvent) -> None:
+            self.queue.put((ctx, on_behalf_of, event))
+
+        return on_event
+
+    def flush(self, *, timeout: float) -> None:
+        """Wait until every event queued so far is written."""
+        done = threading.Event()
+        self.queue.put(done)
+        done.wait(timeout)
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            try:
+                close_old_connections()
+                egress_event_record(*item)
+            except Exception:
+                log.exception("could not record an egress event")
+
+
+def egress_event_record(ctx: dict, on_behalf_of, event: EgressEvent) -> None:
+    """One audit event per connection; a refusal (or a failed connection) also gets its log line."""
+    with transaction.atomic():
+        audit_record(
+            action=ACTION_ALLOWED if event.allowed else ACTION_REFUSED,
+            actor_type="agent",
+            on_behalf_of=on_behalf_of,
+            target={
+                "type": "sandboxes.sandbox",
+                "id": str(ctx["sandbox_id"]),
+                "display": f"sandbox {ctx['sandbox_id']}",
+            },
+            outcome="success" if event.allowed and event.status < 400 else "denied",
+            context=ctx,
+            reason=event.reason[:500],
+            payload=event.as_dict(),
+        )
+    if not event.allowed or event.status >= 400:
+        sandbox = Sandbox.objects.filter(pk=ctx["sandbox_id"]).first()
+        if sandbox is not None:
+            log_system_line(sandbox=sandbox, text=event.log_line())
+
+
+_writer_lock = threading.Lock()
+_writer_instance: _EgressWriter | None = None
+
+
+def _writer() -> _EgressWriter:
+    global _writer_instance
+    with _writer_lock:
+        if _writer_instance is None or not _writer_instance.thread.is_alive():
+            _writer_instance = _EgressWriter()
+        return _writer_instance
