@@ -1,7 +1,7 @@
 """Browser test helpers: sign in, check a page with axe-core, save screenshots as artifacts.
 
 axe-core comes from npm (tests/browser/package.json, installed by `make test` with `npm ci`)
-and is injected from node_modules into the page under test: no copy, no CDN.
+and is evaluated from node_modules in the page under test: no copy, no CDN.
 """
 
 from __future__ import annotations
@@ -36,7 +36,10 @@ def axe_violations(page) -> list[dict]:
     """axe-core's violations on the page as it is now (every rule axe runs by default)."""
     assert AXE.exists(), f"axe-core is missing: run `make browser-deps` ({AXE})"
     if not page.evaluate("typeof window.axe !== 'undefined'"):
-        page.add_script_tag(path=str(AXE))
+        # Evaluated through the DevTools protocol: the pages' CSP (script-src 'self') forbids
+        # the inline <script> that add_script_tag would insert, and must stay on in tests.
+        page.evaluate("() => {\n" + AXE.read_text() + "\n}")
+        assert page.evaluate("typeof window.axe !== 'undefined'"), "axe-core did not load"
     return page.evaluate(
         """async () => {
             const result = await axe.run(document, {resultTypes: ["violations"]});
