@@ -107,6 +107,26 @@ def test_apply_wait_fails_with_a_summary_naming_each_failing_step(manager, worke
     missing = manage("diff", "cleanup", "nope")
     assert missing.returncode == 4 and "no repository 'nope'" in missing.stderr
 
+    # an edited spec for the finished campaign: its revision is shown, applied with --yes
+    path.write_text(spec_for(tag, name="cleanup").replace("STYLE: aggressive}", "STYLE: x}"))
+    shown = manage("apply", str(path), "--user", "mia")
+    assert shown.returncode == 6 and "pass --yes" in shown.stderr
+    assert "+  - {name: aggressive, env: {STYLE: x}}" in shown.stdout
+    assert "re-runs 2 run(s) (aggressive)" in shown.stdout
+    assert not Campaign.objects.get(name="cleanup").revisions.exists()
+    applied = manage("apply", str(path), "--yes", "--json", "--user", "mia")
+    assert applied.returncode == 0, applied.stderr
+    assert json.loads(applied.stdout)["state"] == "running"
+    assert Campaign.objects.get(name="cleanup").revisions.count() == 2
+
+
+def test_wait_times_out_with_exit_3(manager, tmp_path):
+    tag = repos_with_legacy(1, legacy=set())
+    path = tmp_path / "slow.yaml"
+    path.write_text(spec_for(tag, name="slow"))
+    result = manage("apply", str(path), "--wait", "--timeout", "0", "--user", "mia")
+    assert result.returncode == 3 and "timed out after 0s" in result.stderr
+
 
 def test_commands_check_the_user_as_pages_do(manager, reviewer, outsider, tmp_path):
     campaign = campaign_make(owner=manager)
