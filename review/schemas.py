@@ -92,6 +92,9 @@ class GroupOut(Schema):
     diff_sha256: str
     run_ids: list[int]
     repositories: list[str]
+    files: list[str]
+    summary: str
+    near_group_keys: list[str]
 
     @staticmethod
     def resolve_diff_sha256(obj) -> str:
@@ -100,6 +103,11 @@ class GroupOut(Schema):
     @staticmethod
     def resolve_run_ids(obj) -> list[int]:
         return [r.pk for r in obj.runs]
+
+    @staticmethod
+    def resolve_near_group_keys(obj) -> list[str]:
+        """Near-identical groups (same files, a few lines apart), closest first."""
+        return [other.group_key for other, _lines in obj.near]
 
     @staticmethod
     def resolve_repositories(obj) -> list[str]:

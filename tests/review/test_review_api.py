@@ -100,6 +100,8 @@ def test_api_bulk_approve_publish_and_changesets(client, manager, reviewer):
     h = _auth(reviewer)
     groups = client.get(f"/api/v1/review/campaigns/{campaign.pk}/groups", **h).json()
     assert [g["count"] for g in groups] == [3]
+    assert groups[0]["files"] == ["y.py"] and "“a” → “b”" in groups[0]["summary"]
+    assert groups[0]["near_group_keys"] == []
     r = client.post(
         f"/api/v1/review/campaigns/{campaign.pk}/bulk-approve",
         {
