@@ -1,5 +1,7 @@
-"""API authentication: bearer tokens for programs, the session (with CSRF) for the browser."""
+"""API authentication: bearer tokens for programs, the session (with CSRF) for the browser; and
+the sign-in backend that applies django-axes' limit to web sign-ins."""
 
+from axes.backends import AxesStandaloneBackend
 from django.http import HttpRequest
 from ninja.security import HttpBearer, SessionAuth
 
@@ -30,3 +32,13 @@ api_auth = [TokenAuth(), BrowserSessionAuth(csrf=True)]
 def require_capability(request: HttpRequest, capability: str) -> None:
     """Refuse with 403 when the API caller lacks a capability (audited by config/errors.py)."""
     capability_require(user=request.auth, capability=capability)
+
+
+class SignInLimitBackend(AxesStandaloneBackend):
+    """django-axes' check on web sign-ins. Calls without a request (management commands that
+    check a password) have no address to count against and go straight to ModelBackend."""
+
+    def authenticate(self, request=None, username=None, password=None, **kwargs):
+        if request is None:
+            return None
+        return super().authenticate(request, username=username, password=password, **kwargs)

@@ -13,6 +13,7 @@ urlpatterns = [
         name="login",
     ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("account/password/", views.password_change, name="password-change"),
     path("people/", views.people, name="people"),
     path("people/<int:pk>/", views.person_change, name="person-change"),
 ]

@@ -1,13 +1,18 @@
-"""Pages for people: the dashboard landing page, the people admin page, login refusals and
-CSRF failures."""
+"""Pages for people: the dashboard landing page, the people admin page, one's own password,
+login refusals and CSRF failures."""
 
+from django import forms
 from django.contrib import messages
+from django.contrib.auth import update_session_auth_hash
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.password_validation import password_validators_help_text_html
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from accounts import selectors
 from accounts.forms import ROLE_CHOICES, PersonChangeForm, PersonForm
+from accounts.passwords import user_password_change
+from accounts.services import AccountError
 from campaigns.views import home
 
 PEOPLE = "accounts/people.html"
@@ -50,3 +55,46 @@ def person_change(request, pk: int):
         return render(request, f"{PEOPLE}#person-row", context, status=status)
     (messages.success if saved else messages.error)(request, error or f"{person.username} saved.")
     return redirect("people")
+
+
+class PasswordChangeForm(forms.Form):
+    old_password = forms.CharField(
+        label="Current password",
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
+    )
+    new_password1 = forms.CharField(
+        label="New password",
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        help_text=password_validators_help_text_html(),
+    )
+    new_password2 = forms.CharField(
+        label="New password again",
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+    )
+
+    def clean(self):
+        data = super().clean()
+        if data.get("new_password1") != data.get("new_password2"):
+            self.add_error("new_password2", "The two new passwords differ.")
+        return data
+
+
+@login_required
+def password_change(request):
+    form = PasswordChangeForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            user_password_change(
+                user=request.user,
+                old_password=form.cleaned_data["old_password"],
+                new_password=form.cleaned_data["new_password1"],
+                actor=request.user,
+            )
+        except AccountError as exc:
+            form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+        else:
+            update_session_auth_hash(request, request.user)
+            messages.success(request, "Your password was changed.")
+            return redirect("dashboard")
+    status = 422 if form.errors else 200
+    return render(request, "registration/password_change.html", {"form": form}, status=status)

@@ -94,7 +94,9 @@ TESTING = bool(os.environ.get("PYTEST_VERSION"))
 # A test run keeps its files (SQLite database, workspaces, keys) apart from the developer's.
 _default_data = BASE_DIR / "var" / (f"test-{os.getpid()}" if TESTING else "")
 DATA_DIR = Path(envstr("CONVOY_DATA_DIR", str(_default_data))).resolve()
-DATA_DIR.mkdir(parents=True, exist_ok=True)
+DATA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+if DATA_DIR.stat().st_uid == os.getuid():
+    DATA_DIR.chmod(0o700)  # keys, the SQLite file, mirrors and workspaces: Convoy's alone
 # Egress (docs/egress.md): the test-only name mapping (api.test=127.0.0.1) is refused outside the
 # test suite and the workers it starts (they drop PYTEST_VERSION but run on its var/test-<pid>).
 EGRESS_TEST_HOSTS_ALLOWED = TESTING or (
@@ -143,6 +145,8 @@ INSTALLED_APPS = [
     "django_htmx",
     "ninja",
     "template_partials",
+    "csp",
+    "axes",
     "accounts",
     "audit",
     "sandboxes",
@@ -164,6 +168,9 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
     "config.errors.ErrorPageMiddleware",
     "audit.middleware.RequestContextMiddleware",
+    "csp.middleware.CSPMiddleware",
+    # Last, as django-axes asks: it turns a locked-out sign-in into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -273,12 +280,52 @@ SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", not (DEBUG or EMBEDDED))
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# --- Security headers, cookies, sign-in rate limit (docs/security.md) -----------------------
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_HTTPONLY = True  # pages hand the token to htmx in hx-headers, not through JS
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+# No inline script anywhere (htmx and our JS are files under /static/). Inline styles stay
+# allowed: pygal's SVG charts carry their own <style>; CSS cannot run code.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'", "'unsafe-inline'"],
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "frame-ancestors": ["'none'"],
+        "form-action": ["'self'"],
+    }
+}
+# django-axes: after 5 wrong passwords for one username from one address, sign-in is refused
+# for 15 minutes (per username and address, so nobody can lock another person out from
+# elsewhere); a success resets the count.
+AUTHENTICATION_BACKENDS = [
+    "accounts.auth.SignInLimitBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = 5
+AXES_COOLOFF_TIME = 0.25  # hours
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked.html"
+AXES_VERBOSE = False
 
 # Client IPs are believed only from this many trusted reverse-proxy hops (0: REMOTE_ADDR).
 TRUSTED_PROXY_HOPS = envint("CONVOY_TRUSTED_PROXY_HOPS", 0)
+# Sign-in limits count by the address the audit trail records (trusted hops only).
+AXES_CLIENT_IP_CALLABLE = "audit.context.client_ip"
 
 # --- Sandboxes ------------------------------------------------------------------------------
 SANDBOX_BACKEND = envchoice("CONVOY_SANDBOX_BACKEND", "bwrap", SANDBOX_BACKENDS)
