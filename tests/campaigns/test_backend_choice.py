@@ -59,7 +59,7 @@ def test_an_unknown_backend_names_the_ones_there_are(db):
 @pytest.mark.parametrize("backend", ["modal", "daytona"])
 @pytest.mark.parametrize("gpu", ["T4", "A10G:2", "H100:8"])
 def test_limits_gpu_is_accepted_where_the_backend_offers_gpus(backend, gpu):
-    limits = f"{{timeout_s: 600, cpu: 1, memory_mb: 512, network: none, gpu: '{gpu}'}}"
+    limits = f"{{timeout_s: 600, cpu: 1, memory_mb: 512, gpu: '{gpu}'}}"
     parsed = spec_parse(demo_spec_on(backend, limits=limits)).data
     assert parsed["limits"]["gpu"] == gpu
 

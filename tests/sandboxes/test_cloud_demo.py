@@ -67,7 +67,7 @@ def test_cloud_fake_demo_campaign_end_to_end(
 def test_cloud_fake_limits_gpu_reaches_the_provider(
     backend, gpu, tmp_path, monkeypatch, manager, worker_in_process, client, admin_user
 ):
-    limits = f"{{timeout_s: 600, cpu: 1, memory_mb: 512, network: none, gpu: '{gpu}'}}"
+    limits = f"{{timeout_s: 600, cpu: 1, memory_mb: 512, gpu: '{gpu}'}}"
     with cloud_fake_installed(backend, tmp_path / backend, monkeypatch) as engine:
         repos_make(1, tag=DEMO_TAG)
         campaign = campaign_create(actor=manager, source=demo_spec_on(backend, limits=limits))
