@@ -1,8 +1,8 @@
 """Campaign images and the tools area for the local engines (bubblewrap, gVisor).
 
 A sandbox made with `SandboxSpec.image_root` sees that read-only root filesystem as `/` instead
-of the host's /usr (docs/images.md); its own /workspace, /tmp, /convoy/files and the few /etc
-files Convoy writes (users, hosts, git's safe.directory) are mounted on top. With
+of the host's /usr (docs/images.md); its own /workspace, /tmp and /convoy/files are mounted on
+top (the image's /etc already has the sandbox user, hosts and git's safe.directory). With
 `SandboxSpec.tools_home`, `<workspace>/.convoy-home` is bound at /convoy/home and is $HOME:
 being inside the workspace's layer it is carried by snapshots and forks, and the checkout's
 `.git/info/exclude` keeps it out of every diff.
@@ -17,8 +17,6 @@ from sandboxes.backends.base import SandboxError, SandboxSpec
 
 HOME_DIR = "/convoy/home"
 HOME_IN_WORKSPACE = ".convoy-home"  # /workspace/.convoy-home, excluded from the diff
-# Files of the installation's minimal /etc bound over the image's (the sandbox's user, names).
-ETC_OVER_IMAGE = ("passwd", "group", "hosts", "gitconfig")
 
 
 def image_extra(spec: SandboxSpec) -> dict:
@@ -48,16 +46,13 @@ def tools_home_make(workspace: Path, extra: dict) -> None:
 
 
 def bwrap_image_args(extra: dict, *, etc: str) -> list[str] | None:
-    """bwrap's root for a sandbox on an image (put first: the image read-only as `/`, then the
-    installation's /etc files over the image's); None without an image."""
+    """bwrap's root for a sandbox on an image (put first: the image read-only as `/`; its /etc
+    already holds the sandbox user, hosts and gitconfig, written by the build); None without
+    an image."""
     root = extra.get("image_root")
     if not root:
         return None
-    args = ["--ro-bind", root, "/"]
-    for name in ETC_OVER_IMAGE:
-        if os.path.exists(os.path.join(root, "etc", name)):  # a read-only root cannot grow one
-            args += ["--ro-bind", os.path.join(etc, name), f"/etc/{name}"]
-    return args
+    return ["--ro-bind", root, "/"]
 
 
 def tools_home_bind(extra: dict, workspace: str) -> list[tuple[str, str]]:
@@ -74,8 +69,8 @@ def gvisor_root(extra: dict, skeleton: Path) -> dict:
 
 
 def gvisor_system_mounts(extra: dict, *, etc: str, workspace: str) -> list[dict]:
-    """The bundle's system mounts: the host's /usr and the installation's /etc, or on an image
-    only the installation's /etc files over the image's; then the tools area."""
+    """The bundle's system mounts: the host's /usr and the installation's /etc (none on an
+    image: it has its own); then the tools area."""
     root = extra.get("image_root")
     home = [
         {"destination": inside, "type": "bind", "source": host, "options": ["rbind", "rw"]}
@@ -87,14 +82,4 @@ def gvisor_system_mounts(extra: dict, *, etc: str, workspace: str) -> list[dict]
             {"destination": "/etc", "type": "bind", "source": etc, "options": ["rbind", "ro"]},
             *home,
         ]
-    etc_files = [
-        {
-            "destination": f"/etc/{name}",
-            "type": "bind",
-            "source": os.path.join(etc, name),
-            "options": ["rbind", "ro"],
-        }
-        for name in ETC_OVER_IMAGE
-        if os.path.exists(os.path.join(root, "etc", name))
-    ]
-    return [*etc_files, *home]
+    return home

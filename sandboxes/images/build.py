@@ -39,8 +39,13 @@ BUILD_HOME = "/tmp/convoy-build-home"  # noqa: S108
 # Mount points every image has, so a backend can bind over them with the rootfs read-only.
 MOUNTPOINT_DIRS = ("/workspace", "/convoy/files", "/convoy/home", "/convoy/egress", "/convoy/bin",
                    "/proc", "/dev", "/etc", "/tmp")  # noqa: S108  # fmt: skip
-MOUNTPOINT_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/passwd", "/etc/group",
-                    "/etc/gitconfig", "/convoy/bin/relay")  # fmt: skip
+MOUNTPOINT_FILES = ("/etc/resolv.conf", "/convoy/bin/relay")
+# What the installation's minimal /etc gives a host-/usr sandbox, written into the image at the
+# end of its build (not bound at each start: every mount costs start time, gVisor's most).
+SANDBOX_USER = "sandbox:x:1000:1000:sandbox:/convoy/home:/bin/sh"
+SANDBOX_GROUP = "sandbox:x:1000:"
+SANDBOX_HOSTS = "127.0.0.1 localhost sandbox\n::1 localhost\n"
+SANDBOX_GITCONFIG = "[safe]\n\tdirectory = *\n[init]\n\tdefaultBranch = main\n"
 # A test seam: called with each step's name ("base", "pip", "npm", "run[0]", "finish") before
 # it runs. Tests set it to raise, to show a build that dies half way leaves no image.
 STEP_HOOK: Callable[[str], None] | None = None
@@ -305,6 +310,21 @@ def _mountpoints(rootfs: Path) -> None:
         path = rootfs / name.lstrip("/")
         if not path.exists() and not path.is_symlink():
             path.touch()
+    etc = rootfs / "etc"
+    for name, line, owned in (
+        ("passwd", SANDBOX_USER, ":1000:1000:"),
+        ("group", SANDBOX_GROUP, ":1000:"),
+    ):
+        path = etc / name
+        if path.is_symlink():
+            continue  # never write through a link an image made
+        text = path.read_text() if path.exists() else ""
+        if owned not in text:
+            path.write_text(text + ("" if not text or text.endswith("\n") else "\n") + line + "\n")
+    for name, text in (("hosts", SANDBOX_HOSTS), ("gitconfig", SANDBOX_GITCONFIG)):
+        path = etc / name
+        if not path.is_symlink() and (not path.exists() or not path.read_text().strip()):
+            path.write_text(text)
 
 
 def _image_env(spec: ImageSpec, oci_env: list[str]) -> dict[str, str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from core.errors import Invalid
 
 # Bumped when the builder changes what a spec produces, so old images stop matching.
-BUILDER_VERSION = 2  # 2: mount points for egress and /etc/gitconfig
+BUILDER_VERSION = 3  # 2: egress mount points; 3: the sandbox user, hosts, gitconfig
 KINDS = ("debian", "oci")
 KEYS = ("base", "oci", "credentials_secret", "apt", "pip", "npm", "run", "env")
 # Packages a step needs in a Debian base; added to the apt list when the step is used.
