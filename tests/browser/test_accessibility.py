@@ -65,6 +65,7 @@ def _pages(campaign, run, failed, sandbox) -> list[tuple[str, str]]:
         ("changesets", f"/campaigns/{c}/changesets/"),
         ("sandboxes", "/sandboxes/"),
         ("sandbox", f"/sandboxes/{sandbox.pk}/"),
+        ("sandbox-backends", "/sandboxes/backends/"),
         ("audit", "/audit/"),
         ("audit-event", f"/audit/events/{event.event_id}/"),
         ("audit-verify", "/audit/verify/"),
