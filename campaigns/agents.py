@@ -1,11 +1,10 @@
-"""Model access for a run's agent variants: the route from their sandboxes to the model gateway,
-a grant per variant (its token in the transform's environment), its revocation when the
+"""Model access for a run's agent variants: the gateway's name in their sandboxes' egress
+allowlist, a grant per variant (its token in the transform's environment), its revocation when the
 sandbox ends, and how a variant that ran out of budget or reached no provider ends."""
 
 from __future__ import annotations
 
 import dataclasses
-import threading
 from decimal import Decimal
 
 from agents.gateway import GATEWAY_RULE, GATEWAY_URL, model_gateway
@@ -18,14 +17,6 @@ from campaigns.states import RunFailed
 from core.errors import ConvoyError
 from sandboxes.backends.base import Capability, NetworkPolicy, SandboxSpec
 from sandboxes.egress.sandbox import allowed_domains
-from sandboxes.egress.worker import egress_proxy
-
-_opened: set[str] = set()
-_opened_lock = threading.Lock()
-
-
-def _socket_key(run_id: int) -> str:
-    return f"run-{run_id}-models"
 
 
 def _campaign_budget(spec: dict) -> float | None:
@@ -121,11 +112,6 @@ def variant_model_finish(*, variant_id: int, result: dict) -> dict:
 
 
 def run_models_close(*, run_id: int) -> None:
-    """The run ended: every grant of its variants is revoked and its gateway socket closed."""
+    """The run ended: every grant of its variants is revoked (also those of variants that a
+    crash or a cancel stopped before their own end)."""
     grants_revoke(run_id=run_id)
-    key = _socket_key(run_id)
-    with _opened_lock:
-        opened = key in _opened
-        _opened.discard(key)
-    if opened:
-        egress_proxy().sandbox_close(key)
