@@ -35,7 +35,7 @@ def secrets_key(monkeypatch, settings):
     settings.SECRETS_KEY = key
 
 
-def _spec(tag: str, backend: str) -> str:
+def _spec(tag: str, backend: str, probe: str) -> str:
     agent = "".join(f"    {line}\n" for line in AGENT.splitlines())
     return f"""\
 name: agents-{backend}
@@ -50,7 +50,7 @@ files:
 transform:
   run: python3 $CONVOY_FILES/agent.py
 variants:
-  - {{name: streaming, env: {{AGENT_STREAM: "1"}}}}
+  - {{name: streaming, env: {{AGENT_STREAM: "1", CONVOY_PROBE_URL: "{probe}"}}}}
   - {{name: plain, env: {{AGENT_STREAM: "0"}}}}
   - {{name: one-call, model: {{max_calls: 1}}}}
 validate:
@@ -86,7 +86,7 @@ def _agent_campaign(admin, manager, backend: str):
         actor=admin,
     )
     tag, _paths = repos_make(3)
-    campaign = campaign_create(actor=manager, source=_spec(tag, backend))
+    campaign = campaign_create(actor=manager, source=_spec(tag, backend, f"{fake.base_url}/models"))
     return fake, campaign_launch(campaign=campaign, actor=manager)
 
 
@@ -112,6 +112,8 @@ def _assert_agent_campaign(fake, campaign, backend: str) -> None:
         # What the sandbox saw: the gateway's URL and a token, never the key.
         assert "OPENAI_BASE_URL=http://gateway.convoy.internal/v1" in v.diff
         assert "OPENAI_API_KEY=convoy-gw-" in v.diff
+        if v.name == "streaming":  # the provider's own address is out of the sandbox's reach
+            assert "+probe direct: blocked" in v.diff and "+probe proxy: blocked" in v.diff
     calls = ModelCall.objects.filter(campaign_id=campaign.pk)
     # A call's record lands just after its answer ends: wait for the last ones.
     wait_for(lambda: calls.count() == 3 * (2 + 2 + 2), timeout=10, what="every call recorded")

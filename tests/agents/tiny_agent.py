@@ -22,6 +22,22 @@ pathlib.Path("agent-env.txt").write_text(
     "".join(f"{k}={v}\n" for k, v in sorted(os.environ.items()))
 )
 
+# A test may name the provider's own address: the sandbox must not reach it, directly or
+# through the egress proxy (only the gateway, by its name).
+PROBE = os.environ.get("CONVOY_PROBE_URL")
+if PROBE:
+    results = []
+    for how, opener in (
+        ("direct", urllib.request.build_opener(urllib.request.ProxyHandler({}))),
+        ("proxy", urllib.request.build_opener()),  # HTTP_PROXY from the sandbox's environment
+    ):
+        try:
+            opener.open(PROBE, timeout=10)
+            results.append(f"probe {how}: reached\n")
+        except (OSError, urllib.error.URLError) as e:
+            results.append(f"probe {how}: blocked ({e})\n")
+    pathlib.Path("agent-probe.txt").write_text("".join(results))
+
 
 def ask(messages):
     body = {"model": MODEL, "messages": messages, "stream": STREAM}
