@@ -14,6 +14,7 @@ from django.views.decorators.http import require_POST
 
 from accounts.roles import user_can
 from campaigns import listing, revisions, selectors, services
+from campaigns.comparison import backend_comparison
 from campaigns.forms import STARTER_SPEC, CampaignSpecForm, PreviewForm, SecretForm
 from campaigns.preview import campaign_preview, preview_runs
 from campaigns.reports import report_summary, run_report
@@ -94,6 +95,7 @@ def campaign_detail(request, pk):
         "preview": _preview_context(campaign),
         "preview_form": PreviewForm(),
         "counts": selectors.campaign_counts(campaign=campaign),
+        "comparison": backend_comparison(campaign=campaign),
         "clusters": selectors.error_clusters(campaign=campaign),
         "page": Paginator(runs, 50).get_page(request.GET.get("page")),
         "state": state,

@@ -1,13 +1,19 @@
-"""The demo campaign runs unchanged on every cloud backend: only `backend:` differs. And
-`limits.gpu` is accepted only where the backend's capability flags offer GPUs."""
+"""The demo campaign runs unchanged on every cloud backend: only `backend:` differs;
+`limits.gpu` is accepted only where the backend's capability flags offer GPUs; and the campaign
+page compares the backends the same spec ran on."""
+
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
-from campaigns.demo import DEMO_SPEC, DEMO_TAG
-from campaigns.models import Campaign
+from campaigns.comparison import backend_comparison
+from campaigns.demo import DEMO_CAMPAIGN, DEMO_SPEC, DEMO_TAG
+from campaigns.models import Campaign, RepoRun, RunState
 from campaigns.services import campaign_create
 from campaigns.spec import CampaignSpecError, spec_parse
-from tests.factories import repos_make
+from sandboxes.models import Sandbox, SandboxCommand, SandboxState
+from tests.factories import repos_make, run_make
 
 pytestmark = pytest.mark.shapes("embedded", "production")
 
@@ -90,3 +96,60 @@ def test_a_refused_gpu_spec_stores_nothing(db, manager):
     with pytest.raises(CampaignSpecError):
         campaign_create(actor=manager, source=demo_spec_on("bwrap", limits="{gpu: T4}"))
     assert not Campaign.objects.exists()
+
+
+def _ran(campaign, *, seconds: list[tuple[int, int]], failed: int = 0) -> None:
+    """Finished runs of `campaign`: (start, total) seconds each, the last `failed` of them failed,
+    each with one 1-CPU sandbox alive for its total time and a first command after `start`."""
+    t0 = timezone.now() - timedelta(hours=1)
+    for i, (start, total) in enumerate(seconds):
+        state = RunState.FAILED if i >= len(seconds) - failed else RunState.SUCCEEDED
+        run = run_make(campaign=campaign, state=state)
+        RepoRun.objects.filter(pk=run.pk).update(
+            started_at=t0, finished_at=t0 + timedelta(seconds=total)
+        )
+        sandbox = Sandbox.objects.create(
+            backend=campaign.backend,
+            campaign_id=campaign.pk,
+            run_id=run.pk,
+            limits={"cpu": 1.0},
+            state=SandboxState.TERMINATED,
+        )
+        Sandbox.objects.filter(pk=sandbox.pk).update(
+            created_at=t0, terminated_at=t0 + timedelta(seconds=total)
+        )
+        command = SandboxCommand.objects.create(sandbox=sandbox, argv=["true"])
+        SandboxCommand.objects.filter(pk=command.pk).update(
+            started_at=t0 + timedelta(seconds=start)
+        )
+
+
+def test_provider_comparison_on_the_campaign_page(db, client, manager):
+    repos_make(1, tag=DEMO_TAG)
+    on_bwrap = campaign_create(actor=manager, source=demo_spec_on("bwrap"))
+    renamed = demo_spec_on("modal").replace(f"name: {DEMO_CAMPAIGN}", "name: on-modal", 1)
+    on_modal = campaign_create(actor=manager, source=renamed)
+    other = demo_spec_on("e2b").replace(f"name: {DEMO_CAMPAIGN}", "name: other", 1)
+    other = campaign_create(actor=manager, source=other.replace("--style", "--style=x"))
+    _ran(on_bwrap, seconds=[(1, 10), (2, 20), (3, 30), (4, 40)], failed=1)
+    _ran(on_modal, seconds=[(5, 50), (7, 70)])
+    _ran(other, seconds=[(9, 90)])  # another spec: not compared
+
+    bwrap, modal = backend_comparison(campaign=on_bwrap)
+
+    assert (bwrap.backend, bwrap.campaigns, bwrap.runs, bwrap.failed) == ("bwrap", 1, 4, 1)
+    assert (bwrap.start_p50, bwrap.start_p95, bwrap.total_p50, bwrap.total_p95) == (2, 4, 20, 40)
+    assert bwrap.cpu_hours == round(100 / 3600, 3) and bwrap.failed_percent == 25
+    assert (modal.backend, modal.runs, modal.failed, modal.start_p50, modal.total_p95) == (
+        "modal", 2, 0, 5, 70
+    )  # fmt: skip
+    client.force_login(manager)
+    page = client.get(f"/campaigns/{on_modal.pk}/").content.decode()
+    section = page.split('data-testid="backend-comparison"')[1].split("</section>")[0]
+    assert section.count('data-testid="comparison-row"') == 2
+    assert 'modal <span class="muted">(this campaign)</span>' in section
+    assert "5.0 s / 7.0 s" in section and "1 (25%)" in section
+    assert (
+        'data-testid="backend-comparison"'
+        not in client.get(f"/campaigns/{other.pk}/").content.decode()
+    )
