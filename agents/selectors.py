@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from decimal import Decimal
+from statistics import median
 
 from django.db.models import Count, Sum
 
@@ -56,6 +57,37 @@ def campaign_run_costs(*, campaign_id: int) -> list[Decimal]:
         .annotate(cost=Sum("cost_usd"))
     )
     return [r["cost"] or Decimal(0) for r in rows]
+
+
+def campaign_model_budget(*, campaign_id: int, spec: dict, remaining_runs: int = 0) -> dict | None:
+    """Spend so far, the campaign's budget (if any) and a forecast for all its runs (the median
+    cost per run so far times the runs still to come); None when the campaign uses no model."""
+    if not (spec.get("model") or any(v.get("model") for v in spec.get("variants", []))):
+        return None
+    spend = campaign_model_spend(campaign_id=campaign_id)
+    costs = campaign_run_costs(campaign_id=campaign_id)
+    per_run = Decimal(median(costs)) if costs else None
+    budget = (spec.get("model") or {}).get("campaign_budget_usd")
+    return {
+        **spend,
+        "budget_usd": Decimal(str(budget)) if budget else None,
+        "median_run_usd": per_run,
+        "forecast_usd": spend["cost_usd"] + per_run * remaining_runs
+        if per_run is not None
+        else None,
+        "remaining_runs": remaining_runs,
+    }
+
+
+def campaign_model_line(budget: dict) -> str:
+    """One line of text for `campaign status`."""
+    line = f"models: ${budget['cost_usd']:.4f}"
+    if budget["budget_usd"]:
+        line += f" of ${budget['budget_usd']:.2f} budget"
+    line += f", {budget['calls']} call(s), {budget['tokens_in']} in / {budget['tokens_out']} out"
+    if budget["forecast_usd"] is not None and budget["remaining_runs"]:
+        line += f", forecast ${budget['forecast_usd']:.2f} for all runs"
+    return line
 
 
 def variant_grant_latest(*, variant_id: int) -> ModelGrant | None:

@@ -196,3 +196,15 @@ def test_campaign_page_shows_spend_against_the_budget(client, manager, admin_use
     _login(client, manager)
     page = client.get(reverse("campaign-detail", args=[campaign.pk])).content.decode()
     assert 'data-testid="model-spend"' in page and "of $10.00 budget" in page
+
+
+def test_campaign_status_prints_the_model_spend(manager, admin_user):
+    campaign, _run, _variant = _variant_with_calls(manager, admin_user)
+    campaign.spec["model"] = {"provider": "openai-main", "name": "gpt-5-codex"}
+    campaign.save(update_fields=["spec"])
+    out = io.StringIO()
+    call_command("campaign", "status", campaign.name, stdout=out)
+    assert "models: $" in out.getvalue() and "1 call(s), 1000 in / 500 out" in out.getvalue()
+    out = io.StringIO()
+    call_command("campaign", "status", campaign.name, "--json", stdout=out)
+    assert json.loads(out.getvalue())["models"]["calls"] == 1

@@ -21,6 +21,7 @@ from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.roles import user_can
+from agents.selectors import campaign_model_budget, campaign_model_line
 from campaigns.models import Campaign, CampaignState
 from campaigns.preview import PREVIEW_SAMPLE, campaign_preview
 from campaigns.reports import (
@@ -274,6 +275,11 @@ class Command(BaseCommand):
             raise NotFound(f"campaign {campaign.name} has no repository {options['repo']!r}")
         summary = report_summary(runs)
         counts = campaign_counts(campaign=campaign)["runs"]
+        models = campaign_model_budget(  # None unless agent variants call models
+            campaign_id=campaign.pk,
+            spec=campaign.spec,
+            remaining_runs=sum(counts.get(k, 0) for k in ("pending", "queued", "running")),
+        )
         if self.as_json:
             self._out(
                 {
@@ -283,11 +289,14 @@ class Command(BaseCommand):
                     "counts": counts,
                     "summary": summary,
                     "runs": runs,
+                    "models": models,
                 }
             )
             return
         line = " ".join(f"{k}={v}" for k, v in counts.items() if v)
         self.stdout.write(f"{campaign.name}: {campaign.state} on {campaign.backend} ({line})")
+        if models:
+            self.stdout.write(f"  {campaign_model_line(models)}")
         for run in runs:
             took = f"{run['duration_s']:.1f}s" if run["duration_s"] is not None else "-"
             self.stdout.write(f"  {run['repository']:<30} {run['state']:<10} {took:>8}")
