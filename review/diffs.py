@@ -25,6 +25,7 @@ HUNK_RE = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@ ?(.*)$")
 COLLAPSE_OVER = 400
 # Highlighting is per line; past this many lines in one diff the rest is plain text.
 HIGHLIGHT_LINE_BUDGET = 4000
+FILES_SHOWN = 200  # files drawn on a page; "show more" asks for more, the download has all
 
 
 @dataclass
@@ -383,6 +384,14 @@ def _hide_whitespace(lines: list[DiffLine]) -> list[DiffLine]:
     return out
 
 
+class FileViews(list):
+    """The files drawn, and `total`: how many the diff has (more when `limit` cut it)."""
+
+    def __init__(self, *, total: int) -> None:
+        super().__init__()
+        self.total = total
+
+
 def diff_view(
     diff: str | bytes | None,
     *,
@@ -391,17 +400,23 @@ def diff_view(
     collapse_over: int = COLLAPSE_OVER,
     expand: str = "",
     differing: set[tuple[str, str]] | None = None,
+    limit: int | None = FILES_SHOWN,
 ) -> list[FileView]:
     """Rows ready for `review/diff.html#diff-viewer`, every cell already escaped.
 
     `whitespace=False` hides changes that only touch whitespace; with it on, trailing
     whitespace is made visible. Files over `collapse_over` changed lines start collapsed
     unless their path is `expand`. Unified rows whose `(path, "+text")` or `(path, "-text")`
-    is in `differing` are marked (what sets a near-identical group apart).
+    is in `differing` are marked (what sets a near-identical group apart). Only the first
+    `limit` files are drawn (a page of a change with 100,000 files would weigh many MB); the
+    page offers the rest and the whole patch as a download.
     """
     highlighter = _Highlighter(HIGHLIGHT_LINE_BUDGET)
-    views = []
-    for index, f in enumerate(diff_parse(diff)):
+    parsed = diff_parse(diff)
+    views = FileViews(total=len(parsed))
+    for index, f in enumerate(parsed):
+        if limit is not None and index >= limit:
+            break
         changed = f.added + f.removed
         collapsed = changed > collapse_over and f.path != expand
         view = FileView(
@@ -483,12 +498,16 @@ def _file_patch(f: FileDiff) -> list[str]:
     return out
 
 
-def diff_compare(a: str | bytes | None, b: str | bytes | None) -> list[FileComparison]:
-    """What differs between two variants' diffs, file by file (a diff of the two patches)."""
+def diff_compare(
+    a: str | bytes | None, b: str | bytes | None, *, limit: int | None = FILES_SHOWN
+) -> list[FileComparison]:
+    """What differs between two variants' diffs, file by file (a diff of the two patches):
+    the first `limit` files (the list's `total` says how many there are)."""
     files_a = {f.path: f for f in diff_parse(a)}
     files_b = {f.path: f for f in diff_parse(b)}
-    out = []
-    for path in sorted(files_a.keys() | files_b.keys()):
+    paths = sorted(files_a.keys() | files_b.keys())
+    out = FileViews(total=len(paths))
+    for path in paths[:limit] if limit is not None else paths:
         fa, fb = files_a.get(path), files_b.get(path)
         if fa is None:
             out.append(FileComparison(path, "only_b"))

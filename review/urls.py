@@ -2,7 +2,7 @@
 
 from django.urls import path, re_path
 
-from review import views
+from review import downloads, views
 
 urlpatterns = [
     path("campaigns/<str:pk>/dashboard/", views.dashboard, name="review-dashboard"),
@@ -13,6 +13,11 @@ urlpatterns = [
     path("campaigns/<str:pk>/changesets/", views.changesets, name="review-changesets"),
     path("campaigns/<str:pk>/failures/retry/", views.retry_group, name="review-retry-group"),
     path("campaigns/<str:pk>/runs/<int:run_id>/compare/", views.run_compare, name="review-compare"),
+    path(
+        "campaigns/<str:pk>/runs/<int:run_id>/variants/<int:variant_id>/patch/",
+        downloads.variant_patch_download,
+        name="review-patch",
+    ),
     path(
         "campaigns/<str:pk>/decisions/<int:decision_id>/undo/",
         views.decision_undo,

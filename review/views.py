@@ -23,7 +23,7 @@ from campaigns.selectors import campaign_get_for_user, error_clusters
 from campaigns.services import campaign_retry
 from review import selectors, services
 from review.charts import burndown_svg
-from review.diffs import diff_compare, diff_view
+from review.diffs import FILES_SHOWN, diff_compare, diff_view
 from review.permissions import (
     diff_shown_check,
     diff_shown_token,
@@ -78,6 +78,7 @@ def _compare_context(request, run) -> dict:
     )
     a, b = by_id.get(_int(request.GET.get("a"))), by_id.get(_int(request.GET.get("b")))
     base = {"variant": chosen.pk if chosen else None, "mode": mode, "ws": int(whitespace)}
+    shown = min(max(_int(request.GET.get("files")) or FILES_SHOWN, FILES_SHOWN), 100_000)
     return {
         "campaign": campaign,
         "run": run,
@@ -91,7 +92,12 @@ def _compare_context(request, run) -> dict:
             mode=mode,
             whitespace=whitespace,
             expand=request.GET.get("expand", ""),
+            limit=shown,
         ),
+        "more_files_url": _compare_url(campaign, run.pk, **base, files=shown + FILES_SHOWN),
+        "patch_url": reverse("review-patch", args=[campaign.pk, run.pk, chosen.pk])
+        if chosen
+        else "",
         "expand_url": _compare_url(campaign, run.pk, **base),
         "comparison": diff_compare(
             variant_patch_for_display(variant=a), variant_patch_for_display(variant=b)
