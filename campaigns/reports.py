@@ -203,3 +203,17 @@ def run_sandboxes(*, run_ids: list[int], variant: str | None = None) -> list[dic
             }
         )
     return out
+
+
+def run_rows(runs) -> list[tuple[RepoRun, dict | None, int | None]]:
+    """(run, its failing step or None, its duration in ms or None) for a page of runs."""
+    return [
+        (
+            run,
+            step_failure_parse(run.error) if run.error else None,
+            int((run.finished_at - run.started_at).total_seconds() * 1000)
+            if run.started_at and run.finished_at
+            else None,
+        )
+        for run in runs
+    ]

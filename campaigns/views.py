@@ -17,7 +17,7 @@ from campaigns import listing, revisions, selectors, services
 from campaigns.comparison import backend_comparison
 from campaigns.forms import STARTER_SPEC, CampaignSpecForm, PreviewForm, SecretForm
 from campaigns.preview import campaign_preview, preview_runs
-from campaigns.reports import report_summary, run_report
+from campaigns.reports import report_summary, run_report, run_rows
 from campaigns.secrets import secret_set
 from campaigns.steps import run_page_context
 from review.selectors import review_counts
@@ -89,6 +89,7 @@ def campaign_detail(request, pk):
     state = request.GET.get("state") or ""
     signature = request.GET.get("signature") or ""
     runs = selectors.runs_filter(campaign=campaign, state=state, signature=signature)
+    page = Paginator(runs, 50).get_page(request.GET.get("page"))
     context = {
         "campaign": campaign,
         "revisions": revisions.campaign_revisions(campaign=campaign),
@@ -97,7 +98,8 @@ def campaign_detail(request, pk):
         "counts": selectors.campaign_counts(campaign=campaign),
         "comparison": backend_comparison(campaign=campaign),
         "clusters": selectors.error_clusters(campaign=campaign),
-        "page": Paginator(runs, 50).get_page(request.GET.get("page")),
+        "page": page,
+        "rows": run_rows(page),
         "state": state,
         "signature": signature,
         "can_manage": user_can(request.user, "campaign_manage"),
