@@ -8,6 +8,7 @@ The sandbox page (a web edge) asks here; sandboxes know nothing about campaign s
 from __future__ import annotations
 
 from campaigns.models import Campaign, RepoRun, Variant
+from sandboxes.models import SandboxCommand
 
 WRAPPER_NAME = "convoy-step"  # $0 of the pipeline's transform wrapper (campaigns.pipeline)
 
@@ -19,6 +20,12 @@ def command_shown(argv: list[str]) -> str:
     if len(argv) == 3 and argv[:2] == ["bash", "-c"]:
         return argv[2]
     return " ".join(argv)
+
+
+def commands_shown(*, ids: list[int]) -> dict[int, str]:
+    """{command id: the command as the user wrote it} (the log's `$ …` lines use it)."""
+    rows = SandboxCommand.objects.filter(pk__in=ids).values_list("pk", "argv")
+    return {pk: command_shown(list(argv or [])) for pk, argv in rows}
 
 
 def _step_labels(spec: dict, variant_name: str | None) -> dict[str, str]:

@@ -179,3 +179,19 @@ def test_preview_runs_a_sample_then_apply_launches_the_rest(manager, worker, tmp
     assert data["outcomes"] == {"passed": 8, "validation failed": 1}
     assert RepoRun.objects.filter(campaign=campaign).count() == 3
     assert RepoRun.objects.get(pk=sample.pk).attempt == 1  # the sample's run was kept
+
+
+@pytest.mark.shapes("production")
+def test_logs_follow_a_run_until_it_is_final(manager, celery_worker, tmp_path):
+    tag = repos_with_legacy(1, legacy=set())
+    path = tmp_path / "follow.yaml"
+    path.write_text(spec_for(tag, name="follow"))
+    assert manage("apply", str(path), "--launch", "--user", "mia").returncode == 0
+    # started at once, while the run is queued or running: it returns when the run is final
+    result = manage("logs", "follow", "service-00", "--user", "mia", timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert RepoRun.objects.get(campaign__name="follow").state == "succeeded"
+    out = result.stdout
+    assert "[service-00 standard] fixed test_calc.py" in out
+    assert "--convoy-step-done-" not in out and "diff --git" not in out  # Convoy's internals
+    assert out.rstrip().endswith("# final: 1 run(s), 1 failure(s)")  # aggressive breaks it

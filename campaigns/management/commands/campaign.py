@@ -12,6 +12,7 @@ document (`logs`: one JSON object per line).
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ from campaigns.reports import (
     variant_patches,
 )
 from campaigns.revisions import campaign_revise, revision_plan
+from campaigns.sandbox_steps import commands_shown
 from campaigns.selectors import campaign_counts, campaign_get_for_user, campaign_manage_check
 from campaigns.services import campaign_create, campaign_launch, campaign_update
 from campaigns.spec import CampaignSpecError, spec_parse
@@ -48,6 +50,8 @@ EXIT_FAILED, EXIT_INVALID, EXIT_TIMEOUT, EXIT_REFUSED, EXIT_STATE, EXIT_UNCONFIR
     6,
 )
 POLL_S = 1.0
+# The pipeline's marker between a transform step's output and the diff it reads after it.
+STEP_DONE_RE = re.compile(r"^--convoy-step-done-[0-9a-f]+--$")
 
 
 def _fail(message: str, code: int) -> CommandError:
@@ -375,6 +379,8 @@ class Command(BaseCommand):
         if repo and not campaign_runs_report(campaign=campaign, repository=repo):
             raise NotFound(f"campaign {campaign.name} has no repository {repo!r}")
         seen: dict[int, int] = {}
+        self.internal: set[int] = set()
+        self.shown: dict[int, str] = {}
         deadline = time.monotonic() + options["timeout"]
         while True:
             runs = campaign_runs_report(campaign=campaign, repository=repo)
@@ -396,15 +402,28 @@ class Command(BaseCommand):
             ]
             self.stdout.write(f"# final: {len(runs)} run(s), {len(failures)} failure(s)")
 
+    def _shown(self, command_id: int) -> str:
+        if command_id not in self.shown:
+            self.shown.update(commands_shown(ids=[command_id]))
+        return self.shown.get(command_id, "")
+
     def _log_lines(self, box: dict, seen: dict[int, int]) -> int:
         lines = log_lines_after(sandbox_id=box["sandbox_id"], after=seen.get(box["sandbox_id"], 0))
         for line in lines:
+            if line.command_id in self.internal:
+                continue  # the diff Convoy read after the step: not the user's output
+            if STEP_DONE_RE.match(line.text.strip()):
+                self.internal.add(line.command_id)
+                continue
+            text = line.text
+            if line.stream == "system" and text.startswith("$ ") and line.command_id:
+                text = "$ " + self._shown(line.command_id)  # the user's step, not the wrapper
             if self.as_json:
                 self.stdout.write(
-                    json.dumps({**box, "seq": line.seq, "stream": line.stream, "text": line.text})
+                    json.dumps({**box, "seq": line.seq, "stream": line.stream, "text": text})
                 )
             else:
-                self.stdout.write(f"[{box['repository']} {box['label']}] {line.text.rstrip()}")
+                self.stdout.write(f"[{box['repository']} {box['label']}] {text.rstrip()}")
         if lines:
             seen[box["sandbox_id"]] = lines[-1].seq
         return len(lines)
