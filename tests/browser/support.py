@@ -59,8 +59,27 @@ def axe_report(violations: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def page_overflows(page) -> bool:
-    """True when the page itself scrolls sideways (tables must scroll in their own box)."""
+def page_overflows(page) -> list[str]:
+    """What makes the page scroll sideways (tables must scroll in their own box): the
+    outermost elements reaching past the viewport's right edge; empty when nothing does."""
     return page.evaluate(
-        "document.documentElement.scrollWidth > document.documentElement.clientWidth + 1"
+        """() => {
+            const root = document.documentElement;
+            if (root.scrollWidth <= root.clientWidth + 1) return [];
+            const width = root.clientWidth, found = [];
+            const clipped = el => {
+                for (let a = el.parentElement; a && a !== document.body; a = a.parentElement) {
+                    const x = getComputedStyle(a).overflowX;
+                    if (x !== "visible" && a.getBoundingClientRect().right <= width + 1) return true;
+                }
+                return false;
+            };
+            for (const el of document.body.querySelectorAll("*")) {
+                if (el.getBoundingClientRect().right <= width + 1 || clipped(el)) continue;
+                if (found.some(f => f.contains(el))) continue;
+                found.push(el);
+            }
+            if (!found.length) found.push(root);
+            return found.slice(0, 5).map(el => el.outerHTML.slice(0, 160));
+        }"""
     )

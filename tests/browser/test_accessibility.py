@@ -70,6 +70,13 @@ def _pages(campaign, run, failed, sandbox) -> list[tuple[str, str]]:
         ("audit-event", f"/audit/events/{event.event_id}/"),
         ("audit-verify", "/audit/verify/"),
         ("people", "/people/"),
+        ("password", "/account/password/"),
+        ("campaign-edit", f"/campaigns/{c}/edit/"),
+        ("backends", "/sandboxes/backends/"),
+        ("images", "/images/"),
+        ("model-providers", "/agents/providers/"),
+        ("audit-campaign", f"/audit/campaigns/{c}/"),
+        ("audit-sandbox", f"/audit/sandboxes/{sandbox.pk}/"),
         ("not-found", f"/campaigns/{c}/runs/999999/compare/"),
     ]
 
@@ -83,8 +90,9 @@ def _check(page, name: str, failures: list[str]) -> None:
         violations = axe_violations(page)
         if violations:
             failures.append(f"{name} at {w} px ({page.url}):\n{axe_report(violations)}")
-        if width == "phone" and page_overflows(page):
-            failures.append(f"{name} at {w} px scrolls sideways")
+        wide = page_overflows(page) if width == "phone" else []
+        if wide:
+            failures.append(f"{name} at {w} px scrolls sideways because of: {wide}")
 
 
 def test_every_page_has_no_axe_violation_at_desktop_and_phone_widths(
