@@ -72,7 +72,10 @@ def test_an_engine_without_snapshots_reruns_setup_in_a_fresh_sandbox_per_variant
                 "python3 $CONVOY_FILES/fix.py --style $STYLE",
             ]
     sandboxes = Sandbox.objects.filter(campaign_id=campaign.pk)
-    assert sandboxes.count() == 2 * 3 and {s.backend for s in sandboxes} == {NAME}
+    # One per variant, and per run one more, prepared the same way, for the baseline.
+    assert sandboxes.count() == 2 * 3 + 2 and {s.backend for s in sandboxes} == {NAME}
+    assert sandboxes.filter(owner_kind="run").count() == 2
+    assert {r.baseline for r in runs} == {"passed"}
     assert not sandboxes.exclude(state=SandboxState.TERMINATED).exists()
     assert services.backend_get(NAME).list({"convoy_campaign": str(campaign.pk)}) == []
     assert Variant.objects.filter(run__campaign=campaign).count() == 6
