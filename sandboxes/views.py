@@ -19,6 +19,7 @@ from campaigns.listing import ListQuery
 from campaigns.sandbox_steps import sandbox_command_rows
 from sandboxes.backend_status import backend_connection_test, backends_status
 from sandboxes.backends import LOCAL_BACKENDS
+from sandboxes.egress.sandbox import sandbox_egress_stats
 from sandboxes.images.selectors import image_get, image_log_tail, image_require_view, images_list
 from sandboxes.models import ImageState, Sandbox, SandboxState
 from sandboxes.selectors import (
@@ -106,6 +107,10 @@ def _summary(sandbox) -> dict:
         "isolation": backend_isolation(sandbox.backend),
         "local": sandbox.backend in LOCAL_BACKENDS,
         "live": sandbox.state in LIVE,
+        # The egress proxy's connections (local engines only; cloud engines report none).
+        "egress": sandbox_egress_stats(sandbox=sandbox)
+        if sandbox.backend in LOCAL_BACKENDS and sandbox.network == "allowlist"
+        else None,
         "lifetime_ms": (
             int((sandbox.terminated_at - sandbox.created_at).total_seconds() * 1000)
             if sandbox.terminated_at

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from django.urls import reverse
 
 from audit.models import AuditEvent
 from sandboxes.backends.base import Capability, NetworkPolicy, SandboxSpec
@@ -73,7 +74,7 @@ def _events(sandbox, action):
 
 
 def test_create_opens_the_socket_connections_are_audited_terminate_closes_it(
-    test_proxy, http_upstream, manager, engines_clean
+    test_proxy, http_upstream, manager, admin_user, client, engines_clean
 ):
     port = http_upstream.port
     sandbox = sandbox_create(spec=_spec(port), backend="bwrap", on_behalf_of=manager, run_id=9)
@@ -108,6 +109,12 @@ def test_create_opens_the_socket_connections_are_audited_terminate_closes_it(
     assert "egress refused: other.test:80 (not in network.allow)" in lines
     stats = sandbox_egress_stats(sandbox=sandbox)
     assert stats.summary() == "egress: 3 connections to 3 hosts, 2 refused"
+
+    client.force_login(admin_user)
+    page = client.get(reverse("sandbox-detail", args=[sandbox.pk])).content.decode()
+    assert f"only <code>api.test:{port}</code>" in page
+    assert "egress: 3 connections to 3 hosts, 2 refused" in page
+    assert f"q=action:sandbox.egress.refused%20sandbox:{sandbox.pk}" in page
 
     socket_path = Path(proxy.root) / next(p.name for p in Path(proxy.root).iterdir())
     sandbox_terminate(sandbox=sandbox, reason="done")
