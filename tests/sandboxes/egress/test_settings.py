@@ -1,0 +1,50 @@
+"""The egress settings: the test-only name mapping is refused by a production process (and
+admitted for the workers the test suite starts); the operator's index ranges are checked."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+pytestmark = pytest.mark.shapes("embedded", "production")
+
+LOAD = "import django, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'config.settings'); "
+LOAD += "django.setup(); from sandboxes.egress.worker import egress_proxy; "
+LOAD += "print(sorted(egress_proxy().test_hosts), egress_proxy().index_ranges)"
+
+
+def _load(data_dir: Path, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k != "PYTEST_VERSION"}
+    clean = {k: v for k, v in clean.items() if not k.startswith("CONVOY_")}
+    clean.update(CONVOY_DATA_DIR=str(data_dir), SECRET_KEY=settings.SECRET_KEY, **env)
+    root = Path(settings.BASE_DIR)
+    return subprocess.run(
+        [sys.executable, "-c", LOAD], cwd=root, env=clean, capture_output=True, text=True
+    )
+
+
+def test_a_production_process_refuses_the_test_mapping(tmp_path):
+    done = _load(tmp_path, CONVOY_EGRESS_TEST_HOSTS="api.test=127.0.0.1")
+    assert done.returncode != 0
+    assert "CONVOY_EGRESS_TEST_HOSTS: a test-only name mapping" in done.stderr
+
+
+def test_a_worker_of_the_test_suite_gets_the_mapping_and_the_ranges():
+    done = _load(
+        Path(settings.DATA_DIR),  # var/test-<pid>, which the suite's workers run on
+        CONVOY_EGRESS_TEST_HOSTS="api.test=127.0.0.1",
+        CONVOY_EGRESS_INDEX_ADDRESSES="203.0.113.80/32",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "['api.test'] (IPv4Network('203.0.113.80/32'),)" in done.stdout
+
+
+def test_index_ranges_with_loopback_or_metadata_stop_the_worker(tmp_path):
+    done = _load(tmp_path, CONVOY_EGRESS_INDEX_ADDRESSES="169.254.169.254/32")
+    assert done.returncode != 0
+    assert "CONVOY_EGRESS_INDEX_ADDRESSES" in done.stderr and "cloud metadata" in done.stderr
