@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from audit.record import audit_record
 from core.errors import Unavailable
+from core.secret_forms import SecretScanner
 from sandboxes.backends import BACKENDS
 from sandboxes.backends.base import (
     Capability,
@@ -248,9 +249,11 @@ def sandbox_exec(
     _live(sandbox)
     secrets = secrets or {}
     env = dict(env or {})
+    # The command row and the audit trail keep argv with secret values masked (every form).
+    shown = list(map(SecretScanner(secrets).mask, argv)) if secrets else list(argv)
     with transaction.atomic():
         command = SandboxCommand.objects.create(
-            sandbox=sandbox, argv=list(argv), cwd=cwd or "", env_names=sorted({*env, *secrets})
+            sandbox=sandbox, argv=shown, cwd=cwd or "", env_names=sorted({*env, *secrets})
         )
         audit_record(
             action="sandbox.exec.started",
@@ -260,7 +263,7 @@ def sandbox_exec(
             context=_ctx(sandbox),
             payload={
                 "command_id": command.pk,
-                "argv": list(argv),
+                "argv": shown,
                 "cwd": cwd or "",
                 "env_names": command.env_names,
             },

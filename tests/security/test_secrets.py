@@ -189,3 +189,22 @@ def test_a_diff_holding_a_secret_is_flagged_masked_and_held_back(
     SecretLeak.objects.create(variant=clean, names=["API_TOKEN"], forms=["plain"])
     with pytest.raises(Conflict, match="API_TOKEN"):
         change_publish(run=run, actor=reviewer)
+
+
+def test_argv_is_stored_and_audited_with_secrets_masked(db):
+    from sandboxes.backends.base import SandboxSpec
+    from sandboxes.services import sandbox_create, sandbox_exec, sandbox_terminate
+
+    sandbox = sandbox_create(spec=SandboxSpec(timeout_s=120), backend="bwrap")
+    try:
+        encoded = base64.b64encode(VALUE.encode()).decode()
+        command = sandbox_exec(
+            sandbox=sandbox, argv=["echo", VALUE, encoded], secrets={"API_TOKEN": VALUE}
+        )
+    finally:
+        sandbox_terminate(sandbox=sandbox, reason="test done")
+    command.refresh_from_db()
+    assert command.argv[:2] == ["echo", "[secret API_TOKEN]"]
+    assert command.argv[2].startswith("[secret API_TOKEN, base64]")  # padding may remain
+    bodies = " ".join(AuditEvent.objects.values_list("body", flat=True))
+    assert VALUE not in bodies and encoded not in bodies
