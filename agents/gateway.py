@@ -94,6 +94,8 @@ class ModelGateway:
         self._lock = threading.Lock()
         # ORM work runs here, off the event loop (Django refuses the ORM inside a loop).
         self._db = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gateway-db")
+        # Admission has threads (and database connections) of its own: see call_admit.
+        self._admit = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gateway-admit")
         # A call's record is written after the agent has its answer; the same token's next
         # call waits for it, so budgets still count every call before admitting the next.
         self._recording: dict[str, asyncio.Future] = {}
@@ -151,6 +153,7 @@ class ModelGateway:
             self._thread = None
             self._loop = None
         self._db.shutdown(wait=False)
+        self._admit.shutdown(wait=False)
 
     async def _shutdown(self) -> None:
         for server in self._servers:
@@ -159,7 +162,7 @@ class ModelGateway:
         if self._client is not None:
             await self._client.aclose()
 
-    async def _orm(self, fn, **kwargs):
+    async def _orm(self, fn, *, pool: ThreadPoolExecutor | None = None, **kwargs):
         def run():
             # The pool's threads keep their connections (a health check per call would cost a
             # round trip); one that broke is replaced and the work tried once more.
@@ -170,7 +173,7 @@ class ModelGateway:
                 connection.close()
                 return fn(**kwargs)
 
-        return await asyncio.get_running_loop().run_in_executor(self._db, partial(run))
+        return await asyncio.get_running_loop().run_in_executor(pool or self._db, partial(run))
 
     # ---- one connection: one request ---------------------------------------------------
 
@@ -267,7 +270,9 @@ class ModelGateway:
         if previous is not None:
             await asyncio.wait([previous])
         try:
-            admission: Admission = await self._orm(call_admit, token=token, model=model)
+            admission: Admission = await self._orm(
+                call_admit, pool=self._admit, token=token, model=model, fast_commit=True
+            )
         except Refusal as r:
             if r.grant is not None:
                 await self._orm(

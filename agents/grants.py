@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -166,13 +167,50 @@ def _budget_text(grant: ModelGrant) -> str:
     return ", ".join(parts)
 
 
-def call_admit(*, token: str, model: str | None) -> Admission:
-    """Check the token, the model and the budgets; count the call. Raises Refusal."""
+# What a token names never changes (variant, model, provider, limits): the gateway keeps it a few
+# seconds, so the common admission is one UPDATE. Revocation and the counts are always read
+# fresh by that UPDATE; a provider's changes (key, models) apply within GRANT_CACHE_S.
+GRANT_CACHE_S = 5.0
+_grants: dict[str, tuple[float, ModelGrant]] = {}
+_grants_lock = threading.Lock()
+_async_commit = threading.local()
+
+
+def _grant_load(key_hash: str) -> ModelGrant | None:
+    now = time.monotonic()
+    with _grants_lock:
+        hit = _grants.get(key_hash)
+    if hit is not None and now - hit[0] < GRANT_CACHE_S:
+        return hit[1]
+    grant = ModelGrant.objects.select_related("provider").filter(token_sha256=key_hash).first()
+    if grant is not None:
+        with _grants_lock:
+            if len(_grants) > 10_000:
+                _grants.clear()
+            _grants[key_hash] = (now, grant)
+    return grant
+
+
+def _count_without_flush() -> None:
+    """The count is the gate in front of every call: this connection's commits do not wait for
+    the WAL flush (a few ms here). A database crash may forget the last counts, never more.
+    Only the gateway's admission threads use this (their connections do nothing else)."""
+    if connection.vendor != "postgresql":
+        return
+    connection.ensure_connection()
+    if getattr(_async_commit, "raw", None) is not connection.connection:
+        with connection.cursor() as cursor:
+            cursor.execute("SET synchronous_commit TO OFF")
+        _async_commit.raw = connection.connection
+
+
+def call_admit(*, token: str, model: str | None, fast_commit: bool = False) -> Admission:
+    """Check the token, the model and the budgets; count the call. Raises Refusal.
+
+    `fast_commit`: the caller's thread only admits calls (the gateway's admission pool)."""
     if not token:
         raise Refusal(401, "missing_token", "Convoy gateway: no API key (token) was sent")
-    grant = (
-        ModelGrant.objects.select_related("provider").filter(token_sha256=token_hash(token)).first()
-    )
+    grant = _grant_load(token_hash(token))
     if grant is None:
         raise Refusal(401, "invalid_token", "Convoy gateway: this API key (token) is not valid")
     if grant.revoked_at is not None or grant.expires_at <= timezone.now():
@@ -199,30 +237,28 @@ def call_admit(*, token: str, model: str | None) -> Admission:
                 f"(${grant.campaign_budget_usd:.2f}) is spent (${spent:.6f})",
                 grant,
             )
-    with transaction.atomic():
-        if connection.vendor == "postgresql":
-            # The count is the gate in front of every call: do not wait for the WAL flush
-            # (a few ms here). A database crash may forget the last counts, never more.
-            with connection.cursor() as cursor:
-                cursor.execute("SET LOCAL synchronous_commit TO OFF")
-        counted = (
-            ModelGrant.objects.filter(pk=grant.pk, revoked_at=None)
-            .filter(Q(max_calls=None) | Q(calls__lt=F("max_calls")))
-            .filter(Q(budget_usd=None) | Q(spent_usd__lt=F("budget_usd")))
-            .update(calls=F("calls") + 1)
-        )
+    if fast_commit:
+        _count_without_flush()
+    counted = (
+        ModelGrant.objects.filter(pk=grant.pk, revoked_at=None)
+        .filter(Q(max_calls=None) | Q(calls__lt=F("max_calls")))
+        .filter(Q(budget_usd=None) | Q(spent_usd__lt=F("budget_usd")))
+        .update(calls=F("calls") + 1)
+    )
     if not counted:
-        grant.refresh_from_db()
-        grant.provider = provider  # kept loaded: the gateway records the refusal with it
+        fresh = ModelGrant.objects.get(pk=grant.pk)
+        fresh.provider = provider  # kept loaded: the gateway records the refusal with it
+        if fresh.revoked_at is not None:
+            raise Refusal(401, "revoked_token", "Convoy gateway: this token ended with its sandbox")
         why = Exhausted.BUDGET
-        if grant.max_calls is not None and grant.calls >= grant.max_calls:
+        if fresh.max_calls is not None and fresh.calls >= fresh.max_calls:
             why = Exhausted.CALLS
         ModelGrant.objects.filter(pk=grant.pk).update(exhausted=why)
         raise Refusal(
             429,
             "budget_exhausted",
-            f"Convoy gateway: budget exhausted for this variant ({_budget_text(grant)})",
-            grant,
+            f"Convoy gateway: budget exhausted for this variant ({_budget_text(fresh)})",
+            fresh,
         )
     return Admission(grant=grant, provider=provider)
 
