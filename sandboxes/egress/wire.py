@@ -68,7 +68,7 @@ def hostport_split(text: str, *, default_port: int | None = None) -> tuple[str, 
         if default_port is None:
             raise BadRequest(f"{text!r} has no port")
         return host.lower().rstrip("."), default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise BadRequest(f"bad port in {text!r}")
     if not host:
         raise BadRequest(f"{text!r} has no host")

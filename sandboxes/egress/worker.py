@@ -113,7 +113,7 @@ def egress_dirs_sweep() -> list[str]:
     base = Path(settings.DATA_DIR) / "egress"
     removed = []
     for entry in base.glob("*"):
-        if not entry.name.isdigit() or _pid_alive(int(entry.name)):
+        if not (entry.name.isascii() and entry.name.isdigit()) or _pid_alive(int(entry.name)):
             continue
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry.name)

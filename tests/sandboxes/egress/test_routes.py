@@ -17,7 +17,7 @@ from sandboxes.egress import worker
 from sandboxes.egress.addresses import index_ranges_parse
 from sandboxes.egress.policy import AllowRule, Limits, NetworkPolicy, network_parse
 from sandboxes.egress.proxy import EgressProxy
-from sandboxes.egress.wire import UpstreamConfig
+from sandboxes.egress.wire import BadRequest, UpstreamConfig, hostport_split
 from tests.sandboxes.egress.conftest import TEST_HOSTS, connect, proxy_request
 from tests.support import wait_for
 
@@ -197,3 +197,12 @@ def test_index_ranges_setting_is_checked(settings):
     settings.EGRESS_INDEX_ADDRESSES = "169.254.0.0/16"
     with pytest.raises(ImproperlyConfigured):
         worker.index_ranges_from_settings()
+
+
+def test_ports_are_ascii_digits_only():
+    """`str.isdigit()` accepts '³', which `int()` then rejects with a traceback."""
+    with pytest.raises(Invalid) as info:
+        network_parse({"allow": ["api.example.com:4³"]})
+    assert info.value.field == "network.allow[0]"
+    with pytest.raises(BadRequest):
+        hostport_split("api.example.com:4³")
