@@ -16,6 +16,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from agents.spec import model_for_variant
 from campaigns import agents as agent_models
 from campaigns.baseline import baseline_run, baseline_wanted
 from campaigns.dispatch import (
@@ -69,7 +70,7 @@ logger = logging.getLogger(__name__)
 
 REPO_DIR = "/workspace"
 OUTPUT_TAIL_BYTES = 4000
-CHECK_EVERY_S = 0.25  # how often a run's steps ask whether it was cancelled
+CHECK_EVERY_S = 1.0  # how often a run's steps ask whether it was cancelled
 MAX_TRANSIENT_RETRIES = 4
 
 
@@ -103,6 +104,7 @@ class _Context:
             campaign=self.campaign, names=self.spec["secrets"], run_id=run.pk
         )
         self.sandbox_spec = agent_models.run_models_prepare(ctx=self)  # the model gateway
+        self.models = any(model_for_variant(self.spec, v) for v in self.spec["variants"])
         self.sandbox_spec = run_environment_prepare(ctx=self)  # image, tools area, self.home
         self.launcher = self.campaign.launched_by or self.campaign.owner
         self._checked_at = -CHECK_EVERY_S  # the first check asks the database
@@ -401,7 +403,8 @@ def _variant_run(ctx: _Context, variant: Variant, snapshot, sandbox=None) -> Non
     finally:
         if sandbox is not None:
             _terminate(sandbox, "variant finished")
-    result = agent_models.variant_model_finish(variant_id=variant.pk, result=result)
+    if ctx.models:  # without a model variant there is no grant to revoke or explain
+        result = agent_models.variant_model_finish(variant_id=variant.pk, result=result)
     if result:
         finished = timezone.now()
         with transaction.atomic():
@@ -464,13 +467,14 @@ def _run_pipeline(ctx: _Context) -> None:
     base = None
     if snapshot is None:
         ctx.check()
-        if can_snapshot and len(pending) + baseline_wanted(ctx) > 1:
+        snapshotting = can_snapshot and len(pending) + baseline_wanted(ctx) > 1
+        if snapshotting:
             base = _prepare(ctx, "run", run.pk)
         else:  # no fork: this sandbox serves the first variant
             base = _prepare(ctx, "variant", pending[0].pk, variant_id=pending[0].pk)
-        if ctx.spec["setup"]:
+        if ctx.spec["setup"] and not snapshotting:  # else "snapshotted" follows at once
             RepoRun.objects.filter(pk=run.pk).update(step="prepared")
-        if can_snapshot and len(pending) + baseline_wanted(ctx) > 1:
+        if snapshotting:
             run.snapshotting = True  # from here a snapshot may exist before snapshot_id says so
             try:
                 snapshot = sandbox_snapshot(sandbox=base, owner_kind="run", owner_id=run.pk)
@@ -529,6 +533,7 @@ def _run_carry(run: RepoRun, worker: str) -> tuple[str, int | None]:
     launcher = run.campaign.launched_by or run.campaign.owner
     outcome = "succeeded"
     next_id = None  # the campaign's next run, which the freed slot went to
+    final = False  # this call moved the run to a final state
     try:
         ctx = _Context(run, heartbeat)
         _run_pipeline(ctx)
@@ -540,6 +545,7 @@ def _run_carry(run: RepoRun, worker: str) -> tuple[str, int | None]:
                 finished_at=timezone.now(),
                 step="done",
             ):
+                final = True
                 next_id = slot_handoff(campaign_id=run.campaign_id, worker=worker)
     except RunStopped as exc:
         outcome = f"stopped: {exc}"
@@ -572,8 +578,9 @@ def _run_carry(run: RepoRun, worker: str) -> tuple[str, int | None]:
         next_id = run_fail(run, message, launcher, worker)
     finally:
         heartbeat.stop()
-        run_cleanup(run)
-        agent_models.run_models_close(run_id=run.pk)
+        run_cleanup(run, final=final)  # known final: its state need not be read back
+        if any(model_for_variant(run.campaign.spec, v) for v in run.campaign.spec["variants"]):
+            agent_models.run_models_close(run_id=run.pk)  # no model variant: no grant
     if outcome != "requeued" and next_id is None:
         campaign_finish_if_done(campaign_id=run.campaign_id)
         runs_dispatch()

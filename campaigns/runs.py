@@ -117,13 +117,13 @@ def run_fail(run: RepoRun, message: str, launcher, worker: str) -> int | None:
     return None
 
 
-def run_cleanup(run: RepoRun) -> None:
-    """End the run's sandboxes; delete its snapshot once the run is final."""
+def run_cleanup(run: RepoRun, *, final: bool = False) -> None:
+    """End the run's sandboxes; delete its snapshot once the run is final (`final`: the caller
+    knows it is, else the state is read)."""
     sandboxes_terminate_live(reason="run finished", run_id=run.pk)
     if not (run.snapshot_id or run.resumed or run.snapshotting):
         return  # this claim made no snapshot, and no earlier one of this attempt ran
-    state = RepoRun.objects.filter(pk=run.pk).values_list("state", flat=True).first()
-    if state in RUN_FINAL_STATES:
+    if final or RepoRun.objects.filter(pk=run.pk, state__in=RUN_FINAL_STATES).exists():
         for snapshot in SandboxSnapshot.objects.filter(
             owner_kind="run", owner_id=run.pk, deleted_at=None
         ):

@@ -48,7 +48,9 @@ def runs_transition(
         if to_state not in RUN_TRANSITIONS[RunState(state)]:
             raise ValueError(f"illegal run transition {state} -> {to_state}")
     now = timezone.now()
-    with transaction.atomic():
+    # No savepoint when called inside a transaction (it is, at a run's end): nothing here is
+    # caught and retried inside it, and a savepoint is two more round trips.
+    with transaction.atomic(savepoint=False):
         rows = list(
             runs.select_for_update()
             .filter(state__in=from_states)

@@ -36,9 +36,14 @@ def variant_digest_store(
     if not diff_sha256:
         VariantDigest.objects.filter(variant_id=variant_id).delete()
         return
-    VariantDigest.objects.update_or_create(
-        variant_id=variant_id,
-        defaults={"campaign_id": campaign_id, "diff_sha256": diff_sha256, **digest_fields(patch)},
+    fields = {"campaign_id": campaign_id, "diff_sha256": diff_sha256, **digest_fields(patch)}
+    # One upsert (INSERT ... ON CONFLICT) where update_or_create took two savepoints, a locking
+    # read and a write: this runs once per stored diff.
+    VariantDigest.objects.bulk_create(
+        [VariantDigest(variant_id=variant_id, **fields)],
+        update_conflicts=True,
+        unique_fields=["variant"],
+        update_fields=list(fields),
     )
 
 
