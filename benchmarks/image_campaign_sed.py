@@ -34,7 +34,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     host_spec = campaign_sed.SPEC
-    image_spec = host_spec.replace("name: sed-", "name: sed-image-") + "image: {apt: [git]}\n"
+    image_spec = (
+        host_spec.replace("name: sed-", "name: sed-image-") + "image: {{apt: [git]}}\n"
+    )  # a format string
     with convoy("imgsed", CONVOY_MAX_PARALLEL_REPOS=str(args.jobs)) as env:
         from django.conf import settings
 

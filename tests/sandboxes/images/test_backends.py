@@ -1,0 +1,77 @@
+"""bubblewrap and gVisor on a campaign image: the image is `/`, read-only for every user (root
+in gVisor included), its tools first on PATH; the tools area /convoy/home is $HOME, writable,
+and carried by a snapshot into a fork. The image is the session's Python image (built once)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sandboxes.backends.base import ExecOutput, ExecResult, SandboxSpec
+from sandboxes.backends.bubblewrap import BubblewrapBackend
+from sandboxes.backends.gvisor import GVisorBackend
+from sandboxes.images.mounts import image_env, image_rootfs
+from sandboxes.images.services import image_ensure
+from tests.sandboxes.images.test_build_debian_mirror import PYTHON_IMAGE
+
+
+def _run(backend, handle, script: str) -> tuple[int, str]:
+    out, code = b"", None
+    for event in backend.exec(handle, ["/bin/sh", "-c", script]):
+        if isinstance(event, ExecOutput):
+            out += event.data
+        elif isinstance(event, ExecResult):
+            code = event.exit_code
+    return code, out.decode()
+
+
+@pytest.fixture
+def image_spec(db, image_data) -> SandboxSpec:
+    image = image_ensure(spec=PYTHON_IMAGE, actor=None)
+    return SandboxSpec(
+        timeout_s=300,
+        image_root=str(image_rootfs(image)),
+        image_key=image.key,
+        image_env=image_env(image),
+        tools_home=True,
+    )
+
+
+@pytest.mark.parametrize("engine", [BubblewrapBackend, GVisorBackend], ids=["bwrap", "gvisor"])
+def test_a_sandbox_on_an_image(engine, image_spec, tmp_path):
+    backend = engine(tmp_path / "engine")
+    handle = backend.create(image_spec)
+    fork = None
+    try:
+        code, out = _run(backend, handle, "echo $HOME; command -v pytest; python3 --version")
+        assert code == 0, out
+        assert out.splitlines()[:2] == ["/convoy/home", "/opt/convoy-venv/bin/pytest"]
+        # The image is read-only, for root too (gVisor runs commands as root).
+        for target in ("/x", "/usr/x", "/opt/convoy-venv/bin/x", "/etc/passwd"):
+            code, out = _run(backend, handle, f"echo x >> {target}")
+            assert code != 0 and "Read-only file system" in out, (target, out)
+        code, out = _run(
+            backend, handle, "echo kept > $HOME/tool && cat /workspace/.convoy-home/tool"
+        )
+        assert (code, out) == (0, "kept\n")  # the tools area lives in the workspace layer
+        snapshot = backend.snapshot(handle)
+        fork = backend.create_from_snapshot(snapshot, image_spec)
+        code, out = _run(backend, fork, "cat /convoy/home/tool")
+        assert (code, out) == (0, "kept\n")
+    finally:
+        for h in (handle, fork):
+            if h is not None:
+                backend.terminate(h)
+
+
+def test_without_an_image_the_host_usr_and_no_tools_area(tmp_path):
+    backend = BubblewrapBackend(tmp_path / "engine")
+    handle = backend.create(SandboxSpec(timeout_s=60))
+    try:
+        code, out = _run(
+            backend,
+            handle,
+            "test -e /convoy/home; echo $?; test -e /workspace/.convoy-home; echo $?",
+        )
+        assert (code, out) == (0, "1\n1\n")
+    finally:
+        backend.terminate(handle)
