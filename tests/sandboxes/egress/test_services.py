@@ -5,10 +5,12 @@ refusal is a line in the sandbox's log, forks get sockets of their own."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from audit.models import AuditEvent
 from sandboxes.backends.base import Capability, NetworkPolicy, SandboxSpec
@@ -20,7 +22,8 @@ from sandboxes.egress.sandbox import (
     sandbox_egress_stats,
     sandbox_key,
 )
-from sandboxes.models import LogLine
+from sandboxes.models import LogLine, Sandbox
+from sandboxes.reaper import sandboxes_reap
 from sandboxes.services import (
     sandbox_create,
     sandbox_exec,
@@ -156,3 +159,18 @@ def test_engines_without_the_proxy_get_the_hosts_index_names(monkeypatch):
     assert out.egress_socket is None
     none = SandboxSpec()
     assert egress_attach(none, CloudEngine(), sandbox=None) is none
+
+
+def test_the_reaper_closes_the_sockets_of_what_it_reaps(
+    test_proxy, http_upstream, settings, engines_clean
+):
+    sandbox = sandbox_create(spec=_spec(http_upstream.port), backend="bwrap")
+    proxy = worker.egress_proxy()
+    assert sandbox_key(sandbox) in proxy.sandbox_keys()
+    Sandbox.objects.filter(pk=sandbox.pk).update(deadline_at=timezone.now())
+    dead = Path(settings.DATA_DIR) / "egress" / "999999999"  # a worker pid that is gone
+    dead.mkdir(parents=True)
+    sandboxes_reap()
+    assert sandbox_key(sandbox) not in proxy.sandbox_keys()
+    assert not dead.exists()
+    assert (Path(settings.DATA_DIR) / "egress" / str(os.getpid())).exists()  # this one lives
