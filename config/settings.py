@@ -40,6 +40,7 @@ KNOWN_CONVOY_VARS = {
     "CONVOY_TEST_CRASH_BEAT",
     "CONVOY_EGRESS_TEST_HOSTS",
     "CONVOY_EGRESS_INDEX_ADDRESSES",
+    "CONVOY_SANDBOX_SIM",
 }
 SANDBOX_BACKENDS = ("gvisor", "bwrap", "modal", "e2b", "daytona", "process")
 
@@ -328,6 +329,11 @@ TRUSTED_PROXY_HOPS = envint("CONVOY_TRUSTED_PROXY_HOPS", 0)
 AXES_CLIENT_IP_CALLABLE = "audit.context.client_ip"
 
 # --- Sandboxes ------------------------------------------------------------------------------
+# The simulation backend (sandboxes/backends/sim.py: canned results, nothing executed) exists
+# only for the scale benchmark, and only when asked for by name.
+SANDBOX_SIM = envbool("CONVOY_SANDBOX_SIM", False)
+if SANDBOX_SIM:
+    SANDBOX_BACKENDS = (*SANDBOX_BACKENDS, "sim")
 SANDBOX_BACKEND = envchoice("CONVOY_SANDBOX_BACKEND", "bwrap", SANDBOX_BACKENDS)
 ALLOW_UNSAFE_PROCESS_BACKEND = envbool("CONVOY_ALLOW_UNSAFE_PROCESS_BACKEND", False)
 if SANDBOX_BACKEND == "process" and not ALLOW_UNSAFE_PROCESS_BACKEND:

@@ -35,7 +35,7 @@ from core.git import (
     git_run,
     local_pack_option,
 )
-from sandboxes.backends.base import SandboxError
+from sandboxes.backends.base import Capability, SandboxError
 from sandboxes.egress.addresses import address_refusal
 from sandboxes.models import Sandbox
 from sandboxes.services import backend_get, sandbox_exec, sandbox_handle, sandbox_write_file
@@ -324,9 +324,11 @@ def sandbox_repo_checkout(
     """Put a clone of `url` at `ref` in the sandbox's /workspace; return the commit sha.
 
     `fresh_after`: see `mirror_fetch`."""
+    engine = backend_get(sandbox.backend)
+    if Capability.SIMULATED in engine.capabilities:  # the scale benchmark: no git at all
+        return engine.simulated_commit(url, ref)
     mirror = mirror_fetch(url=url, fresh_after=fresh_after)
     sha = commit_resolve(mirror=mirror, ref=ref)
-    engine = backend_get(sandbox.backend)
     if hasattr(engine, "workspace_path"):  # a local engine: clone straight into the directory
         clone_at(mirror=mirror, sha=sha, dest=engine.workspace_path(sandbox_handle(sandbox)))
         return sha

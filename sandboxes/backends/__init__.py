@@ -1,5 +1,7 @@
 """Sandbox engines by the name used in settings, specs and the CLI (imported on first use)."""
 
+from django.conf import settings
+
 BACKENDS = {
     "gvisor": "sandboxes.backends.gvisor.GVisorBackend",
     "bwrap": "sandboxes.backends.bubblewrap.BubblewrapBackend",
@@ -8,4 +10,6 @@ BACKENDS = {
     "daytona": "sandboxes.backends.daytona.DaytonaBackend",
     "process": "sandboxes.backends.process.ProcessBackend",
 }
+if settings.SANDBOX_SIM:  # the scale benchmark's simulation, never otherwise
+    BACKENDS["sim"] = "sandboxes.backends.sim.SimBackend"
 LOCAL_BACKENDS = ("gvisor", "bwrap", "process")

@@ -29,6 +29,8 @@ class Capability(enum.Flag):
     EGRESS_PROXY = enum.auto()
     # Honours SandboxSpec.image_root (a campaign image as `/`) and tools_home (/convoy/home).
     IMAGES = enum.auto()
+    # A simulation (sandboxes/backends/sim.py): nothing runs; checkouts ask it for a commit.
+    SIMULATED = enum.auto()
 
 
 class SandboxError(Exception):
