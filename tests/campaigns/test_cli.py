@@ -195,3 +195,15 @@ def test_logs_follow_a_run_until_it_is_final(manager, celery_worker, tmp_path):
     assert "[service-00 standard] fixed test_calc.py" in out
     assert "--convoy-step-done-" not in out and "diff --git" not in out  # Convoy's internals
     assert out.rstrip().endswith("# final: 1 run(s), 1 failure(s)")  # aggressive breaks it
+
+
+def test_preview_no_wait_json_and_a_second_preview_is_a_state_error(manager, tmp_path):
+    tag = repos_with_legacy(2, legacy=set())
+    path = tmp_path / "p.yaml"
+    path.write_text(spec_for(tag, name="quick"))
+    result = manage("preview", str(path), "--no-wait", "--sample", "1", "--json", "--user", "mia")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"campaign": "quick", "state": "previewing", "sample": 1}
+    again = manage("preview", str(path), "--no-wait", "--user", "mia")
+    assert again.returncode == 5 and "only drafts can be previewed" in again.stderr
+    assert manage("preview", str(path), "--sample", "0", "--user", "mia").returncode == 2

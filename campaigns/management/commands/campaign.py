@@ -204,7 +204,9 @@ class Command(BaseCommand):
             self._wait(campaign, options["timeout"])
             return self._finish(campaign)
         if self.as_json:
-            self._out({"campaign": campaign.name, "id": campaign.pk, "state": campaign.state})
+            self._out(
+                {"campaign": campaign.name, "id": campaign.pk, "state": campaign.state, "how": how}
+            )
 
     def _preview(self, options, actor) -> None:
         text = self._read(options["file"])
@@ -216,6 +218,14 @@ class Command(BaseCommand):
                 "repositories (not launched)"
             )
         if options["no_wait"]:
+            if self.as_json:
+                self._out(
+                    {
+                        "campaign": campaign.name,
+                        "state": campaign.state,
+                        "sample": options["sample"],
+                    }
+                )
             return
         self._wait(campaign, options["timeout"])
         if not self.as_json:
