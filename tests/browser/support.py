@@ -70,7 +70,8 @@ def page_overflows(page) -> list[str]:
             const clipped = el => {
                 for (let a = el.parentElement; a && a !== document.body; a = a.parentElement) {
                     const x = getComputedStyle(a).overflowX;
-                    if (x !== "visible" && a.getBoundingClientRect().right <= width + 1) return true;
+                    const inside = a.getBoundingClientRect().right <= width + 1;
+                    if (x !== "visible" && inside) return true;
                 }
                 return false;
             };
