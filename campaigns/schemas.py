@@ -110,6 +110,7 @@ class VariantOut(Schema):
     name: str
     state: str
     validation: str
+    outcome: str  # against the run's baseline: passes, fixes, still_failing, regresses, fails
     attempt: int
     sandbox_id: int | None
     files_changed: int
@@ -136,6 +137,8 @@ class RunOut(Schema):
     state: str
     attempt: int
     base_commit: str
+    baseline: str  # validation of the untouched repository: passed, failed, skipped or ""
+    image_key: str
     error_signature: str
     error_summary: str
     started_at: datetime | None
@@ -144,6 +147,8 @@ class RunOut(Schema):
 
     @classmethod
     def fields_of(cls, run: RepoRun, variants: list[Variant]) -> dict[str, Any]:
+        for v in variants:
+            v.run = run  # Variant.outcome reads the run's baseline: no query per variant
         return {
             "id": run.pk,
             "repository": run.repository.name,
@@ -153,6 +158,8 @@ class RunOut(Schema):
             "state": run.state,
             "attempt": run.attempt,
             "base_commit": run.base_commit,
+            "baseline": run.baseline,
+            "image_key": run.image_key,
             "error_signature": run.error_signature,
             "error_summary": run.error_summary,
             "started_at": run.started_at,

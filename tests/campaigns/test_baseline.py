@@ -55,3 +55,5 @@ def test_run_and_compare_pages_show_the_baseline_and_outcome(client, manager):
     assert 'data-testid="outcome">still failing<' in page
     compare = client.get(reverse("review-compare", args=[campaign.pk, run.pk])).content.decode()
     assert 'data-testid="outcome"' in compare and "still failing" in compare
+    body = client.get(f"/api/v1/campaigns/{campaign.pk}/runs/{run.pk}").json()
+    assert body["baseline"] == "failed" and body["variants"][0]["outcome"] == "still_failing"
