@@ -8,6 +8,7 @@ import hashlib
 import secrets
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -47,6 +48,7 @@ def grant_mint(
     variant_id: int,
     provider_name: str,
     model: str,
+    sandbox_id: int | None = None,
     budget_usd: float | None = None,
     max_calls: int | None = None,
     campaign_budget_usd: float | None = None,
@@ -70,6 +72,7 @@ def grant_mint(
             campaign_id=campaign_id,
             run_id=run_id,
             variant_id=variant_id,
+            sandbox_id=sandbox_id,
             provider=provider,
             model=model,
             budget_usd=_dec(budget_usd),
@@ -81,7 +84,12 @@ def grant_mint(
             action="agents.grant.minted",
             actor_type="system",
             target={"type": "variant", "id": str(variant_id), "display": f"variant {variant_id}"},
-            context={"campaign_id": campaign_id, "run_id": run_id, "variant_id": variant_id},
+            context={
+                "campaign_id": campaign_id,
+                "run_id": run_id,
+                "variant_id": variant_id,
+                "sandbox_id": sandbox_id,
+            },
             payload={
                 "grant_id": grant.pk,
                 "provider": provider.name,
@@ -263,6 +271,11 @@ def call_admit(*, token: str, model: str | None, fast_commit: bool = False) -> A
     return Admission(grant=grant, provider=provider)
 
 
+def _transcript_sha256(blob: bytes) -> str:
+    """The hash of the stored transcript's JSON (as `transcript_unpack` reads it)."""
+    return hashlib.sha256(zlib.decompress(blob)).hexdigest() if blob else ""
+
+
 def call_record(
     *,
     grant: ModelGrant,
@@ -321,7 +334,7 @@ def call_record(
         if outcome == CallOutcome.UNREACHABLE:
             updates["last_error"] = error[:2000]
         ModelGrant.objects.filter(pk=grant.pk).update(**updates)
-        audit_record(
+        audit_record(  # with sandbox_id: the sandbox's history is one timeline with its commands
             action="agents.model.called",
             actor_type="agent",
             outcome={
@@ -330,7 +343,7 @@ def call_record(
                 CallOutcome.UPSTREAM_ERROR: "failure",
             }.get(outcome, "error"),
             target={"type": "model", "id": model[:200], "display": f"{provider_name}/{model}"},
-            context=context,
+            context={**context, "sandbox_id": grant.sandbox_id},
             reason=error[:500],
             payload={
                 "call_id": call.pk,
@@ -344,6 +357,8 @@ def call_record(
                 "cost_usd": str(cost),
                 "latency_ms": latency_ms,
                 "first_byte_ms": first_byte_ms,
+                # The transcript itself is the variant's (JSON Lines download); this binds it.
+                "transcript_sha256": _transcript_sha256(transcript),
             },
         )
     return call

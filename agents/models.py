@@ -52,6 +52,8 @@ class ModelGrant(models.Model):
     campaign_id = models.BigIntegerField(db_index=True)
     run_id = models.BigIntegerField()
     variant_id = models.BigIntegerField(db_index=True)
+    # The sandbox the token was given to: its audit history shows commands and model calls.
+    sandbox_id = models.BigIntegerField(null=True, blank=True)
     provider = models.ForeignKey(ModelProvider, on_delete=models.PROTECT, related_name="grants")
     model = models.CharField(max_length=200)
     budget_usd = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)

@@ -5,18 +5,22 @@ sandbox ends, and how a variant that ran out of budget or reached no provider en
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from decimal import Decimal
+from pathlib import Path
+from string import Template
 
 from agents.gateway import GATEWAY_RULE, GATEWAY_URL, model_gateway
 from agents.grants import grant_mint, grants_revoke
 from agents.models import Exhausted
 from agents.selectors import campaign_model_spend, variant_grant_latest
 from agents.spec import model_for_variant
-from campaigns.models import VariantState
+from campaigns.models import RepoRun, Validation, Variant, VariantState
 from campaigns.states import RunFailed
 from core.errors import ConvoyError
-from sandboxes.backends.base import Capability, NetworkPolicy, SandboxSpec
+from sandboxes.backends.base import Capability, NetworkPolicy, SandboxError, SandboxSpec
 from sandboxes.egress.sandbox import allowed_domains
+from sandboxes.repos import git, mirror_path
 
 
 def _campaign_budget(spec: dict) -> float | None:
@@ -56,18 +60,66 @@ def run_models_prepare(*, ctx) -> SandboxSpec:
     )
 
 
+PROMPT_FILES = ("prompt.md", "prompt.txt")
+BASELINE_CHARS = 20_000
+_LANGUAGES = {
+    ".py": "Python", ".js": "JavaScript", ".jsx": "JavaScript", ".ts": "TypeScript",
+    ".tsx": "TypeScript", ".go": "Go", ".rs": "Rust", ".java": "Java", ".kt": "Kotlin",
+    ".rb": "Ruby", ".php": "PHP", ".c": "C", ".h": "C", ".cc": "C++", ".cpp": "C++",
+    ".cs": "C#", ".swift": "Swift", ".scala": "Scala",
+}  # fmt: skip
+
+
+def _language(run) -> str:
+    """The repository's main language, by its files' extensions at the run's commit."""
+    try:
+        names = git(
+            "-C", str(mirror_path(run.repository.url)), "ls-tree", "-r", "--name-only",
+            run.base_commit or run.ref,
+        ).splitlines()  # fmt: skip
+    except SandboxError:
+        return "unknown"
+    counts = Counter(_LANGUAGES.get(Path(n).suffix.lower()) for n in names)
+    counts.pop(None, None)
+    return counts.most_common(1)[0][0] if counts else "unknown"
+
+
+def variant_prompt_env(*, ctx, spec_variant: dict) -> dict:
+    """$PROMPT from the spec's `files: {prompt.md: …}`, rendered for this repository:
+    ${repo}, ${branch}, ${default_branch}, ${language}, ${variant} and ${baseline_output} (the
+    untouched repository's failing validation output, empty when it passed), secrets masked."""
+    name = next((n for n in PROMPT_FILES if n in ctx.spec["files"]), None)
+    if name is None or "PROMPT" in spec_variant["env"]:
+        return {}
+    run = ctx.run
+    baseline = RepoRun.objects.filter(pk=run.pk).values("baseline", "baseline_error").first()
+    failing = baseline and baseline["baseline"] == Validation.FAILED
+    text = Template(ctx.spec["files"][name]).safe_substitute(
+        repo=run.repository.name,
+        branch=run.ref,
+        default_branch=run.repository.default_ref,
+        language=_language(run),
+        variant=spec_variant["name"],
+        baseline_output=baseline["baseline_error"][-BASELINE_CHARS:] if failing else "",
+    )
+    return {"PROMPT": ctx.redact(text)}
+
+
 def variant_model_env(*, ctx, spec_variant: dict, pk: int) -> dict:
-    """Mint the grant of variant `pk`; the environment that points its agent at the gateway.
-    The run's secret values are masked in its transcripts."""
+    """Mint the grant of variant `pk`; the environment that points its agent at the gateway
+    (and its rendered $PROMPT). The run's secret values are masked in its transcripts."""
     run, spec, variant_id = ctx.run, ctx.spec, pk
+    prompt = variant_prompt_env(ctx=ctx, spec_variant=spec_variant)
     model = model_for_variant(spec, spec_variant)
     if not model:
-        return {}
+        return prompt
+    sandbox_id = Variant.objects.filter(pk=pk).values_list("sandbox_id", flat=True).first()
     try:
         _grant, token = grant_mint(
             campaign_id=run.campaign_id,
             run_id=run.pk,
             variant_id=variant_id,
+            sandbox_id=sandbox_id,
             provider_name=model["provider"],
             model=model["name"],
             budget_usd=model.get("budget_usd"),
@@ -79,6 +131,7 @@ def variant_model_env(*, ctx, spec_variant: dict, pk: int) -> dict:
     except ConvoyError as exc:
         raise RunFailed(f"model: {exc.message}") from None
     return {
+        **prompt,
         "OPENAI_BASE_URL": f"{GATEWAY_URL}/v1",
         "OPENAI_API_BASE": f"{GATEWAY_URL}/v1",  # older clients (litellm, aider)
         "OPENAI_API_KEY": token,

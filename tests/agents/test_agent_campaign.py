@@ -44,6 +44,7 @@ repos: {{tag: {tag}}}
 limits: {{timeout_s: 300, cpu: 1, memory_mb: 512, network: none}}
 model: {{provider: fake-openai, name: fake-model, budget_usd: 5, max_calls: 10}}
 files:
+  prompt.md: "Fix ${{repo}} (${{language}}) on ${{branch}}.${{baseline_output}}"
   agent.py: |
 {agent}setup:
   - run: test -f calc.py
@@ -95,7 +96,7 @@ def _assert_agent_campaign(fake, campaign, backend: str) -> None:
         Sandbox.objects.filter(campaign_id=campaign.pk).values_list("backend", flat=True)
     )
     assert backends == {backend}
-    runs = list(RepoRun.objects.filter(campaign=campaign))
+    runs = list(RepoRun.objects.filter(campaign=campaign).select_related("repository"))
     assert len(runs) == 3
     variants = list(Variant.objects.filter(run__campaign=campaign))
     assert len(variants) == 9
@@ -124,6 +125,15 @@ def _assert_agent_campaign(fake, campaign, backend: str) -> None:
     events = AuditEvent.objects.filter(action="agents.model.called")
     in_campaign = [e for e in events if json.loads(e.body)["context"]["campaign_id"] == campaign.pk]
     assert len(in_campaign) == calls.count()  # one audit event per model call
+    # On the sandbox's timeline, beside its commands.
+    sandboxes = {v.pk: v.sandbox_id for v in variants}
+    for event in in_campaign:
+        context = json.loads(event.body)["context"]
+        assert context["sandbox_id"] == sandboxes[context["variant_id"]]
+    # $PROMPT was rendered per repository from files: prompt.md.
+    names = {r.repository.name for r in runs}
+    prompts = {r["body"]["messages"][0]["content"] for r in fake.requests}
+    assert prompts == {f"Fix {name} (Python) on main." for name in names}
     # Every grant was revoked when its sandbox ended.
     assert not ModelGrant.objects.filter(campaign_id=campaign.pk, revoked_at=None).exists()
     # The provider saw the real key on every call, and never a sandbox token.
