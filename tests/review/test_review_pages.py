@@ -131,6 +131,8 @@ def test_a_decision_advances_to_the_next_change_and_can_be_undone(client, review
     assert client.post(undo).status_code == 302
     decision.refresh_from_db()
     assert decision.withdrawn_at is not None and decision.withdrawn_by == reviewer  # kept
+    history = client.get(reverse("review-compare", args=[campaign.pk, runs[0].pk])).content
+    assert b'data-testid="withdrawn"' in history  # shown in the run's history, marked undone
     review = RunReview.objects.get(run=runs[0])
     assert review.state == ReviewState.PICKED and review.approved_hash == ""
     event = json.loads(AuditEvent.objects.get(action="review.decision.withdrawn").body)
