@@ -74,7 +74,7 @@ def secret_revoke(*, grant_id: int, actor) -> None:
     secret_manage_check(user=actor)
     with transaction.atomic():
         grant = (
-            SecretGrant.objects.select_for_update()
+            SecretGrant.objects.select_for_update(of=("self",))
             .select_related("secret", "campaign", "manager")
             .filter(pk=grant_id)
             .first()
