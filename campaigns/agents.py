@@ -115,7 +115,7 @@ def variant_model_env(*, ctx, spec_variant: dict, pk: int) -> dict:
         return prompt
     sandbox_id = Variant.objects.filter(pk=pk).values_list("sandbox_id", flat=True).first()
     try:
-        _grant, token = grant_mint(
+        grant, token = grant_mint(
             campaign_id=run.campaign_id,
             run_id=run.pk,
             variant_id=variant_id,
@@ -139,7 +139,22 @@ def variant_model_env(*, ctx, spec_variant: dict, pk: int) -> dict:
         "ANTHROPIC_API_KEY": token,
         "CONVOY_MODEL": model["name"],
         "CONVOY_MODEL_PROVIDER": model["provider"],
+        **_agent_env(style=grant.provider.api_style, name=model["name"]),
     }
+
+
+def _agent_env(*, style: str, name: str) -> dict:
+    """What the documented agents read besides the base URLs and keys (README "Agents")."""
+    routed = f"{'anthropic' if style == 'anthropic' else 'openai'}/{name}"  # litellm's form
+    env = {
+        "MSWEA_MODEL_NAME": routed,  # mini-swe-agent
+        "MSWEA_CONFIGURED": "true",  # no first-run setup prompt
+        "MSWEA_COST_TRACKING": "ignore_errors",  # Convoy counts the cost
+        "AIDER_MODEL": routed,  # aider
+    }
+    if style == "anthropic":
+        env["ANTHROPIC_MODEL"] = name  # Claude Code
+    return env
 
 
 def variant_model_finish(*, variant_id: int, result: dict) -> dict:

@@ -113,6 +113,7 @@ def _assert_agent_campaign(fake, campaign, backend: str) -> None:
         # What the sandbox saw: the gateway's URL and a token, never the key.
         assert "OPENAI_BASE_URL=http://gateway.convoy.internal/v1" in v.diff
         assert "OPENAI_API_KEY=convoy-gw-" in v.diff
+        assert "MSWEA_MODEL_NAME=openai/fake-model" in v.diff  # what mini-swe-agent reads
         if v.name == "streaming":  # the provider's own address is out of the sandbox's reach
             assert "+probe direct: blocked" in v.diff and "+probe proxy: blocked" in v.diff
     calls = ModelCall.objects.filter(campaign_id=campaign.pk)
