@@ -2,13 +2,26 @@
 (`bash -c ( __convoy_step=$1 … --convoy-step-done-… )`), which spec step each command was, its
 exit code, and, for the command that failed its run or variant, the error signature's group.
 
-The sandbox page (a web edge) asks here; sandboxes know nothing about campaign specs.
+The sandbox page (a web edge) asks here; sandboxes know nothing about campaign specs. As a
+command starts and finishes, `sandbox_commands_push` renders the page's "commands" partial and
+sends it to the page's socket (sandboxes.page_socket), after the row is committed.
 """
 
 from __future__ import annotations
 
+import logging
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+from django.template.loader import render_to_string
+
 from campaigns.models import Campaign, RepoRun, Variant
-from sandboxes.models import SandboxCommand
+from sandboxes.models import Sandbox, SandboxCommand, SandboxState
+from sandboxes.page_socket import sandbox_page_group
+from sandboxes.selectors import sandbox_commands
+
+logger = logging.getLogger(__name__)
 
 WRAPPER_NAME = "convoy-step"  # $0 of the pipeline's transform wrapper (campaigns.pipeline)
 
@@ -80,3 +93,30 @@ def sandbox_command_rows(*, sandbox, commands: list) -> list[dict]:
             }
         )
     return rows
+
+
+def sandbox_commands_push(*, sandbox_id: int) -> None:
+    """Send the sandbox page's command table, as it is now, to whoever has the page open."""
+    sandbox = Sandbox.objects.filter(pk=sandbox_id).first()
+    if sandbox is None:
+        return
+    rows = sandbox_command_rows(sandbox=sandbox, commands=sandbox_commands(sandbox=sandbox))
+    live = sandbox.state in (SandboxState.CREATING, SandboxState.RUNNING)
+    context = {"sandbox": sandbox, "commands": rows, "live": live, "oob": True}
+    html = render_to_string("sandboxes/detail.html#commands", context)
+    async_to_sync(get_channel_layer().group_send)(
+        sandbox_page_group(sandbox_id), {"type": "page.html", "html": html}
+    )
+
+
+def sandbox_command_saved(sender, instance, **kwargs) -> None:
+    """post_save of a SandboxCommand (started or finished): push once it is committed. A push
+    that fails is logged; it never disturbs the command."""
+
+    def push() -> None:
+        try:
+            sandbox_commands_push(sandbox_id=instance.sandbox_id)
+        except Exception:
+            logger.exception("could not push the commands of sandbox %s", instance.sandbox_id)
+
+    transaction.on_commit(push)
