@@ -61,3 +61,22 @@ def test_a_failed_run_links_its_setup_log_and_marks_the_step(asgi_server, browse
     page.click("[data-testid=diff-link]")
     page.wait_for_selector("[data-testid=diff-viewer] .d-add")
     assert page.inner_text("[data-testid=repo-name]") == ok.repository.name
+
+
+def test_hx_confirm_asks_in_the_same_dialog(asgi_server, browser_page, admin_user):
+    """htmx's hx-confirm (the sandbox page's Terminate) uses the page's dialog, not the
+    browser's unstyled confirm(); calling it off sends nothing."""
+    page, base = browser_page, asgi_server
+    sandbox = Sandbox.objects.create(backend="bwrap")
+    login(page, base, admin_user)
+    page.goto(f"{base}/sandboxes/{sandbox.pk}/")
+    native = []
+    page.on("dialog", lambda d: native.append(d.message))
+    page.click("[data-testid=terminate]")
+    dialog = page.locator("[data-testid=confirm-dialog]")
+    dialog.wait_for(state="visible")
+    assert f"Terminate sandbox {sandbox.pk}?" in dialog.inner_text()
+    page.click("[data-testid=confirm-cancel]")
+    dialog.wait_for(state="hidden")
+    sandbox.refresh_from_db()
+    assert sandbox.terminated_at is None and native == []
