@@ -197,7 +197,9 @@ class ModalBackend(SandboxBackend):
         ):
             kwargs["block_network"] = True
         elif spec.network == NetworkPolicy.ALLOWLIST:
-            kwargs["outbound_domain_allowlist"] = list(spec.allowed_domains)
+            # Modal's allowlist has names, no ports: `git.example.com:22` opens the name.
+            names = (d.rsplit(":", 1)[0] for d in spec.allowed_domains)
+            kwargs["outbound_domain_allowlist"] = list(dict.fromkeys(names))
         return kwargs
 
     def _create(self, spec: SandboxSpec, image, *, from_snapshot: bool = False) -> SandboxHandle:

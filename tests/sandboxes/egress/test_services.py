@@ -31,6 +31,7 @@ from sandboxes.services import (
     sandbox_snapshot,
     sandbox_terminate,
 )
+from tests.sandboxes.fake_modal import modal_fake_backend
 from tests.support import wait_for
 
 pytestmark = [
@@ -99,17 +100,16 @@ def test_create_opens_the_socket_connections_are_audited_terminate_closes_it(
     assert allowed[0]["payload"]["bytes_down"] > 0
     refused = {e["payload"]["host"]: e["reason"] for e in _events(sandbox, ACTION_REFUSED)}
     assert refused == {"127.0.0.1": "loopback", "other.test": "not in network.allow"}
-    lines = list(LogLine.objects.filter(sandbox=sandbox).values_list("text", flat=True))
-    wait_for(
+    wait_for(  # the last refusal's line (each is written just after its audit event)
         lambda: (
-            "egress refused: 127.0.0.1:5432 (loopback)"
+            "egress refused: other.test:80 (not in network.allow)"
             in LogLine.objects.filter(sandbox=sandbox).values_list("text", flat=True)
         ),
         timeout=10,
-        what="the refusal's log line",
+        what="the refusals' log lines",
     )
     lines = list(LogLine.objects.filter(sandbox=sandbox).values_list("text", flat=True))
-    assert "egress refused: other.test:80 (not in network.allow)" in lines
+    assert "egress refused: 127.0.0.1:5432 (loopback)" in lines
     stats = sandbox_egress_stats(sandbox=sandbox)
     assert stats.summary() == "egress: 3 connections to 3 hosts, 2 refused"
 
@@ -174,3 +174,16 @@ def test_the_reaper_closes_the_sockets_of_what_it_reaps(
     assert sandbox_key(sandbox) not in proxy.sandbox_keys()
     assert not dead.exists()
     assert (Path(settings.DATA_DIR) / "egress" / str(os.getpid())).exists()  # this one lives
+
+
+def test_modal_gets_names_without_ports(tmp_path):
+    """What README's table says for Modal: an entry's port is dropped (Modal has none)."""
+    with modal_fake_backend(tmp_path) as backend:
+        backend.create(
+            SandboxSpec(
+                network=NetworkPolicy.ALLOWLIST,
+                allowed_domains=("api.example.com", "git.example.com:22", "git.example.com"),
+            )
+        )
+        (call,) = backend.fake.create_calls
+    assert call["outbound_domain_allowlist"] == ["api.example.com", "git.example.com"]
