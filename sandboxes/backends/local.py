@@ -303,7 +303,11 @@ class LocalBackend(SandboxBackend):
     # --- lifecycle ------------------------------------------------------------------------
     def _check(self, spec: SandboxSpec) -> None:
         if spec.network == NetworkPolicy.ALLOWLIST:
-            raise NotSupported(f"{self.name} has no domain allowlist: use network none or open")
+            # sandboxes.services turns an allowlist into egress_socket on engines that relay.
+            raise NotSupported(
+                f"{self.name}: a network allowlist goes through Convoy's egress proxy "
+                "(sandbox_create passes egress_socket to engines that relay); else use none"
+            )
         if spec.gpu:
             raise NotSupported(f"{self.name} has no GPUs")
         if spec.egress_socket and Capability.EGRESS_PROXY not in self.capabilities:
