@@ -40,7 +40,9 @@ def manager_page(browser_page):
     context.close()
 
 
-def test_manager_previews_launches_and_revises(asgi_server, manager_page, manager):
+def test_manager_previews_launches_and_revises(
+    asgi_server, manager_page, manager, reviewer, admin_user
+):
     page, base = manager_page, asgi_server
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -150,4 +152,15 @@ def test_manager_previews_launches_and_revises(asgi_server, manager_page, manage
     assert "exit 1" in page.inner_text("tr.failing-step [data-testid=command-exit]")
     assert "UTC" not in page.inner_text("[data-testid=commands] time >> nth=0")  # local time
     _axe_both_widths(page, "sandbox")
+
+    # an admin searches the sandbox list; a reviewer's home counts the changes waiting
+    login(page, base, admin_user)
+    page.goto(f"{base}/sandboxes/?all=1")
+    page.fill("#sandbox-q", str(failed.sandbox_id))
+    page.wait_for_selector(f"[data-testid=sandbox-row] a:text-is('{failed.sandbox_id}')")
+    _axe_both_widths(page, "sandbox-list")
+    login(page, base, reviewer)
+    page.goto(f"{base}/")
+    assert int(page.inner_text("[data-testid=queue-total]")) == 3
+    _axe_both_widths(page, "home-reviewer")
     assert not errors, errors
