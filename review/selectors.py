@@ -141,14 +141,15 @@ def decision_latest(*, run: RepoRun, actor) -> Decision | None:
     )
 
 
-def decision_get(*, campaign: Campaign, pk: int | str) -> Decision:
-    """A decision on a run of this campaign, with its run (404 otherwise)."""
+def decision_get(*, campaign: Campaign, pk: int | str, required: bool = True) -> Decision | None:
+    """A decision on a run of this campaign, with its run (404 otherwise, or None when not
+    `required`)."""
     decision = (
         Decision.objects.filter(pk=pk, run__campaign=campaign)
         .select_related("run", "run__repository", "run__campaign")
         .first()
     )
-    if decision is None:
+    if decision is None and required:
         raise NotFound("No such decision in this campaign.")
     return decision
 

@@ -63,7 +63,7 @@ def _undo(request, campaign):
     pk = _int(request.GET.get("decided"))
     if pk is None:
         return None
-    decision = selectors.decision_get(campaign=campaign, pk=pk)
+    decision = selectors.decision_get(campaign=campaign, pk=pk, required=False)
     return decision if decision_undoable(decision=decision, user=request.user) else None
 
 
