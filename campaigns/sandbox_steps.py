@@ -18,7 +18,7 @@ from django.template.loader import render_to_string
 
 from campaigns.models import Campaign, RepoRun, Variant
 from sandboxes.models import Sandbox, SandboxCommand, SandboxState
-from sandboxes.page_socket import sandbox_page_group
+from sandboxes.page_socket import sandbox_page_group, sandbox_page_watched
 from sandboxes.selectors import sandbox_commands
 
 logger = logging.getLogger(__name__)
@@ -97,6 +97,8 @@ def sandbox_command_rows(*, sandbox, commands: list) -> list[dict]:
 
 def sandbox_commands_push(*, sandbox_id: int) -> None:
     """Send the sandbox page's command table, as it is now, to whoever has the page open."""
+    if not sandbox_page_watched(sandbox_id=sandbox_id):
+        return  # nobody has the page open: nothing to render (one Redis GET per command)
     sandbox = Sandbox.objects.filter(pk=sandbox_id).first()
     if sandbox is None:
         return

@@ -28,10 +28,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 # Measured before the per-phase batching (issue 20); the assertion below holds the new figure.
 # Before issue 20's changes this run took 236 statements (measured with this test at the
-# commit before them). It now takes 155-160, depending on how the commands' output falls into
-# log batches; the budget leaves that much room and no more.
+# commit before them). It now takes 155-165: how the commands' output falls into log batches
+# (each one statement) depends on timing. The budget leaves that much room and no more.
 STATEMENTS_BEFORE = 236
-STATEMENTS_MAX = 165
+STATEMENTS_MAX = 170
 
 
 class _AllThreadsQueries:
