@@ -151,6 +151,7 @@ def _agent_env(*, style: str, name: str) -> dict:
         "MSWEA_CONFIGURED": "true",  # no first-run setup prompt
         "MSWEA_COST_TRACKING": "ignore_errors",  # Convoy counts the cost
         "AIDER_MODEL": routed,  # aider
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # litellm: no fetch of its price list
     }
     if style == "anthropic":
         env["ANTHROPIC_MODEL"] = name  # Claude Code

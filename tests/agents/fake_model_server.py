@@ -25,11 +25,24 @@ def default_script(request: dict) -> str:
     return "DONE" if "applied" in str(last) else json.dumps(EDIT)
 
 
+MINI_STEPS = (
+    "sed -i 's/assertEquals(/assertEqual(/' test_calc.py",
+    "echo COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT",
+)
+
+
+def mini_script(request: dict) -> dict:
+    """For mini-swe-agent (v2, a bash tool): the sed that makes the known change, then the
+    command that ends its run. Returns a tool call, not text."""
+    done = sum(1 for m in request.get("messages") or [] if m.get("role") == "tool")
+    return {"tool_call": MINI_STEPS[min(done, len(MINI_STEPS) - 1)]}
+
+
 class FakeModelServer:
     def __init__(
         self,
         *,
-        script: Callable[[dict], str] = default_script,
+        script: Callable[[dict], str | dict] = default_script,
         chunk_delay_s: float = 0.0,
         first_token_delay_s: float = 0.0,
     ) -> None:
@@ -64,7 +77,7 @@ class FakeModelServer:
                 else:
                     self._json(text, anthropic)
 
-            def _json(self, text, anthropic):
+            def _json(self, text, anthropic):  # text: a str, or {"tool_call": command}
                 if anthropic:
                     data = {
                         "id": "msg_fake",
@@ -74,17 +87,35 @@ class FakeModelServer:
                         "usage": {"input_tokens": 120, "output_tokens": 30},
                     }
                 else:
+                    message = {"role": "assistant", "content": text}
+                    if isinstance(text, dict):  # a tool call (the bash tool's command)
+                        arguments = json.dumps({"command": text["tool_call"]})
+                        message = {
+                            "role": "assistant",
+                            "content": "Running a command.",
+                            "tool_calls": [
+                                {
+                                    "id": f"call_{len(server.requests)}",
+                                    "type": "function",
+                                    "function": {"name": "bash", "arguments": arguments},
+                                }
+                            ],
+                        }
                     data = {
                         "id": "chatcmpl-fake",
                         "object": "chat.completion",
+                        "created": int(time.time()),
+                        "model": "fake-model",
                         "choices": [
                             {
                                 "index": 0,
-                                "message": {"role": "assistant", "content": text},
-                                "finish_reason": "stop",
+                                "message": message,
+                                "finish_reason": "tool_calls"
+                                if "tool_calls" in message
+                                else "stop",
                             }
                         ],
-                        "usage": USAGE,
+                        "usage": {**USAGE, "total_tokens": 150},
                     }
                 out = json.dumps(data).encode()
                 self.send_response(200)
