@@ -210,7 +210,7 @@ class EgressProxy:
             self._routes.pop((normalise_host(name), port), None)
 
     def sandbox_keys(self) -> list[str]:
-        return list(self._sandboxes)
+        return list(self._sandboxes.copy())  # copy() is atomic; the loop may be changing it
 
     def sandbox_stats(self, sandbox_key: str) -> EgressStats | None:
         sb = self._sandboxes.get(sandbox_key)
