@@ -7,6 +7,8 @@ import json
 import zlib
 from collections.abc import Iterable
 
+from core.secret_forms import SecretScanner
+
 TRANSCRIPT_CAP = 2 * 1024 * 1024  # bytes of response kept per call; the rest is counted only
 MASK = "[masked]"
 
@@ -106,13 +108,12 @@ def transcript_pack(
 
 
 def masks_apply(text: str, masks: Iterable[str]) -> str:
-    for value in sorted({m for m in masks if m and len(m) >= 4}, key=len, reverse=True):
-        text = text.replace(value, MASK)
-        # The same value inside JSON strings may appear escaped.
-        escaped = json.dumps(value)[1:-1]
-        if escaped != value:
-            text = text.replace(escaped, MASK)
-    return text
+    """Each value masked as MASK, also JSON-escaped and in its encoded forms (base64, hex,
+    URL-encoded, reversed: core.secret_forms)."""
+    values = {m for m in masks if m and len(m) >= 4}
+    # The same value inside JSON strings may appear escaped.
+    values |= {json.dumps(value)[1:-1] for value in values}
+    return SecretScanner(sorted(values)).mask(text)
 
 
 def transcript_unpack(blob: bytes) -> dict:

@@ -208,3 +208,12 @@ def test_argv_is_stored_and_audited_with_secrets_masked(db):
     assert command.argv[2].startswith("[secret API_TOKEN, base64]")  # padding may remain
     bodies = " ".join(AuditEvent.objects.values_list("body", flat=True))
     assert VALUE not in bodies and encoded not in bodies
+
+
+def test_model_transcripts_mask_encoded_forms_too():
+    from agents.usage import masks_apply
+
+    text = json.dumps({"content": f"key {base64.b64encode(VALUE.encode()).decode()} {VALUE[::-1]}"})
+    masked = masks_apply(text, [VALUE])
+    assert VALUE[::-1] not in masked and "[masked]" in masked
+    assert base64.b64encode(VALUE.encode()).decode()[:-4] not in masked
