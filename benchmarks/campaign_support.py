@@ -104,6 +104,21 @@ def worker_start(
     return proc
 
 
+def worker_ready(proc: subprocess.Popen, *, timeout: float = 120) -> float:
+    """Wait until the worker answers a ping over the broker (its pool is up); return the
+    seconds waited. A fixed sleep was too short on a loaded machine, and the first runs'
+    queue wait then measured the worker's start, not Convoy."""
+    from config.celery import app
+
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the worker exited with {proc.returncode}")
+        if app.control.ping(timeout=0.5):
+            return time.perf_counter() - started
+    raise RuntimeError("the worker did not answer a ping")
+
+
 def worker_stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.terminate()

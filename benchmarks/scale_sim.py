@@ -20,7 +20,15 @@ import threading
 import time
 from pathlib import Path
 
-from campaign_support import _tree, convoy, cpu_s, postgres_cpu_s, worker_start, worker_stop
+from campaign_support import (
+    _tree,
+    convoy,
+    cpu_s,
+    postgres_cpu_s,
+    worker_ready,
+    worker_start,
+    worker_stop,
+)
 
 SPEC = """\
 name: scale-sim
@@ -150,7 +158,7 @@ def main() -> None:
         sealer = _Sealer()
         samples = []  # (elapsed s, runs final, worker RSS MiB)
         try:
-            time.sleep(3)  # the worker connects before the clock starts
+            worker_ready(worker)  # the clock starts once the worker's pool is up
             sealer.start()
             pg_before = postgres_cpu_s()
             started = time.perf_counter()
