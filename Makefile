@@ -11,7 +11,7 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 PYTEST_ARGS ?=
 
 RUN_PACKAGES := runsc bubblewrap libseccomp2 git mmdebstrap skopeo umoci
-TEST_PACKAGES := $(RUN_PACKAGES) chromium docker-registry nodejs npm
+TEST_PACKAGES := $(RUN_PACKAGES) chromium docker-registry nodejs
 # axe-core for the browser tests' accessibility checks, pinned by tests/browser/package-lock.json.
 AXE := tests/browser/node_modules/axe-core/axe.min.js
 
@@ -33,6 +33,7 @@ system-deps-test:
 	@bash scripts/system-deps.sh $(TEST_PACKAGES)
 
 $(AXE): tests/browser/package.json tests/browser/package-lock.json
+	@command -v npm >/dev/null || bash scripts/system-deps.sh npm  # Debian's nodejs comes without it
 	npm ci --prefix tests/browser --no-audit --no-fund
 	touch $@
 
