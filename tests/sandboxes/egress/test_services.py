@@ -118,6 +118,15 @@ def test_create_opens_the_socket_connections_are_audited_terminate_closes_it(
     assert f"only <code>api.test:{port}</code>" in page
     assert "egress: 3 connections to 3 hosts, 2 refused" in page
     assert f"q=action:sandbox.egress.refused%20sandbox:{sandbox.pk}" in page
+    found = client.get(
+        reverse("audit:events"), {"q": f"action:sandbox.egress.refused sandbox:{sandbox.pk}"}
+    ).content.decode()
+    assert found.count('data-testid="audit-row"') == 2
+    event = AuditEvent.objects.get(
+        sandbox_id=sandbox.pk, action=ACTION_REFUSED, body__contains="5432"
+    )
+    detail = client.get(reverse("audit:event", args=[event.event_id])).content.decode()
+    assert "loopback" in detail and "127.0.0.1" in detail
 
     socket_path = Path(proxy.root) / next(p.name for p in Path(proxy.root).iterdir())
     sandbox_terminate(sandbox=sandbox, reason="done")
