@@ -82,10 +82,10 @@ class SandboxPageConsumer(AsyncWebsocketConsumer):
         except ConvoyError:  # no such sandbox, or not one this user may read: same answer
             await self.close(code=CLOSE_FORBIDDEN)
             return
-        self.group = sandbox_page_group(sandbox_id)
-        await self.channel_layer.group_add(self.group, self.channel_name)
         self.sandbox_id = int(sandbox_id)
         await database_sync_to_async(sandbox_page_watch)(sandbox_id=self.sandbox_id, delta=1)
+        self.group = sandbox_page_group(sandbox_id)  # from here disconnect undoes the watch
+        await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
 
     async def disconnect(self, code):
