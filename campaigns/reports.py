@@ -12,7 +12,15 @@ from collections import Counter
 
 from django.db.models import Q
 
-from campaigns.models import Campaign, RepoRun, RunState, Validation, Variant, VariantState
+from campaigns.models import (
+    Campaign,
+    Outcome,
+    RepoRun,
+    RunState,
+    Validation,
+    Variant,
+    VariantState,
+)
 from sandboxes.models import Sandbox
 
 TAIL_LINES = 10
@@ -98,6 +106,8 @@ def _variant_row(run: RepoRun, variant) -> dict:
         "state": variant.state,
         "outcome": outcome,
         "validation": variant.validation,
+        # Against the run's baseline: passes, fixes, still_failing, regresses, fails or "".
+        "against_baseline": Outcome.of(baseline=run.baseline, validation=variant.validation),
         "duration_s": (variant.duration_ms / 1000 if variant.duration_ms is not None else None),
         "files_changed": variant.files_changed,
         "insertions": variant.insertions,
@@ -127,6 +137,7 @@ def run_report(run: RepoRun) -> dict:
         "state": run.state,
         "outcome": _run_outcome(run) if run.state != RunState.SUCCEEDED else "succeeded",
         "attempt": run.attempt,
+        "baseline": run.baseline,
         "duration_s": _duration_s(run.started_at, run.finished_at),
         "error": run.error_summary,
         "failing_step": (failed["step"] if failed else "run") if run.error else None,

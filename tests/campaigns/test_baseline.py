@@ -8,6 +8,7 @@ import pytest
 from django.urls import reverse
 
 from campaigns.models import Outcome, Validation
+from campaigns.reports import run_report
 from campaigns.spec import spec_validate
 from tests.factories import campaign_make, patch_for, run_make, variant_make
 
@@ -57,3 +58,6 @@ def test_run_and_compare_pages_show_the_baseline_and_outcome(client, manager):
     assert 'data-testid="outcome"' in compare and "still failing" in compare
     body = client.get(f"/api/v1/campaigns/{campaign.pk}/runs/{run.pk}").json()
     assert body["baseline"] == "failed" and body["variants"][0]["outcome"] == "still_failing"
+    report = run_report(run)  # what `campaign status --json` prints per repository
+    assert report["baseline"] == "failed"
+    assert report["variants"][0]["against_baseline"] == "still_failing"
