@@ -18,6 +18,7 @@ from core.crypto import secrets_fernet
 from core.errors import Conflict, Invalid, NotFound
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,99}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 CAPABILITY = "secret_manage"  # providers hold keys: the same people who manage secrets
 
 
@@ -51,6 +52,10 @@ def provider_set(
         raise Invalid("use lowercase letters, digits and '-'", field="name")
     if api_style not in ApiStyle.values:
         raise Invalid(f"must be one of {', '.join(ApiStyle.values)}", field="api_style")
+    if _CONTROL.search(base_url or ""):
+        raise Invalid("control characters are not allowed", field="base_url")
+    if any(not isinstance(m, str) or _CONTROL.search(m) for m in allowed_models or []):
+        raise Invalid("model names are text without control characters", field="allowed_models")
     url = urlsplit(base_url or "")
     if url.scheme not in ("http", "https") or not url.hostname:
         raise Invalid("an http(s) URL such as https://api.openai.com/v1", field="base_url")
