@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 from django.conf import settings
+from django.urls import reverse
 
 from agents.models import CallOutcome, ModelCall, ModelGrant
 from agents.providers import provider_set
@@ -18,7 +19,7 @@ from campaigns.models import RepoRun, Variant, VariantState
 from campaigns.services import campaign_create, campaign_launch
 from sandboxes.models import Sandbox, SandboxCommand
 from tests.agents.fake_model_server import FakeModelServer
-from tests.factories import repos_make, runs_final
+from tests.factories import PASSWORD, repos_make, runs_final
 from tests.support import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -153,12 +154,26 @@ def _assert_agent_campaign(fake, campaign, backend: str) -> None:
     assert _files_with(REAL_KEY.encode(), Path(settings.DATA_DIR)) == []
 
 
+def _assert_pages(client, reviewer, campaign) -> None:
+    """A reviewer sees tokens and cost per variant beside its diff, and each transcript."""
+    assert client.login(username=reviewer.username, password=PASSWORD)
+    run = RepoRun.objects.filter(campaign=campaign).first()
+    page = client.get(reverse("review-compare", args=[campaign.pk, run.pk])).content.decode()
+    assert page.count('data-testid="model-cost"') == 3
+    for variant in run.variants.all():
+        transcript = client.get(reverse("agents-transcript", args=[variant.pk])).content.decode()
+        calls = ModelCall.objects.filter(variant_id=variant.pk).count()
+        assert transcript.count('data-testid="transcript-call"') == calls
+        assert REAL_KEY not in transcript
+
+
 @pytest.mark.shapes("embedded", "production")
-def test_agent_campaign_on_bwrap(secrets_key, celery_worker, admin_user, manager):
+def test_agent_campaign_on_bwrap(secrets_key, celery_worker, admin_user, manager, reviewer, client):
     fake, campaign = _agent_campaign(admin_user, manager, "bwrap")
     try:
         runs_final(campaign, timeout=240)
         _assert_agent_campaign(fake, campaign, "bwrap")
+        _assert_pages(client, reviewer, campaign)
     finally:
         fake.__exit__()
 
