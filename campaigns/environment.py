@@ -63,8 +63,11 @@ def run_image(*, run: RepoRun, spec: dict, actor) -> Image | None:
         image = image_ensure(spec=image_spec, actor=actor, creds=creds, on_output=logger.debug)
     except Invalid as exc:
         log = Image.objects.filter(key=key).values_list("build_log_path", flat=True).first()
-        where = f" (build log: {log})" if key and log else ""
-        raise RunFailed(f"image build failed: {exc.field}: {exc.message}{where}") from None
+        # The log's host path means nothing to a manager: name where the page shows it.
+        where = f" (build log: Images page, image {key[:12]})" if key and log else ""
+        field = exc.field or "image"
+        text = exc.message if exc.message.startswith(f"{field}:") else f"{field}: {exc.message}"
+        raise RunFailed(f"image build failed: {text}{where}") from None
     except Unavailable as exc:
         raise SandboxError(f"image: {exc.message}", transient=True) from None
     RepoRun.objects.filter(pk=run.pk).update(image_key=image.key)
