@@ -102,6 +102,12 @@ def test_every_page_has_no_axe_violation_at_desktop_and_phone_widths(
     admin = user_make(role="admin", username=f"adm{uuid.uuid4().hex[:4]}")
     campaign, run, failed, sandbox = _campaign(manager, reviewer)
     failures: list[str] = []
+    errors: list[str] = []  # uncaught exceptions and console errors (CSP refusals among them)
+    page.on("pageerror", lambda exc: errors.append(f"{page.url}: {exc}"))
+    page.on(
+        "console",
+        lambda msg: errors.append(f"{page.url}: {msg.text}") if msg.type == "error" else None,
+    )
     page.goto(f"{base}/login/")
     _check(page, "login", failures)
     login(page, base, admin)
@@ -114,6 +120,9 @@ def test_every_page_has_no_axe_violation_at_desktop_and_phone_widths(
     assert page.is_visible("[data-testid=error-page]")
     _check(page, "forbidden", failures)
     assert not failures, "\n\n".join(failures)
+    # The 404 and 403 pages log their status in the console; anything else is a fault.
+    errors = [e for e in errors if "status of 403" not in e and "status of 404" not in e]
+    assert not errors, "\n".join(errors)
 
 
 def test_the_navigation_collapses_behind_a_menu_on_a_phone(asgi_server, browser_page, reviewer):
