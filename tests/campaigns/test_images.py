@@ -21,7 +21,7 @@ from campaigns.models import Outcome, RepoRun, RunState, Validation, VariantStat
 from campaigns.services import campaign_create, campaign_launch, repositories_register
 from sandboxes.images.build import image_dir
 from sandboxes.models import Image, ImageState, Sandbox
-from tests.factories import campaign_completed, git
+from tests.factories import campaign_completed, campaign_make, git, run_make
 from tests.sandboxes.images.conftest import oci_registry  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -174,8 +174,6 @@ validate:
 def test_prune_spares_images_in_use_and_removes_the_rest(manager, settings, tmp_path):
     """An image a running campaign's run names is kept; once its campaign is finished and no
     sandbox uses it, prune removes it (row and files)."""
-    from tests.factories import campaign_make, run_make
-
     settings.DATA_DIR = tmp_path
     used, unused = "a" * 64, "b" * 64
     for key in (used, unused):
