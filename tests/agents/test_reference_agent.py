@@ -32,9 +32,9 @@ def secrets_key(monkeypatch, settings):
     settings.SECRETS_KEY = key
 
 
-def _index_reachable() -> str:
+def _index_reachable(where) -> str:
     probe = subprocess.run(
-        [PYTHON, "-m", "pip", "download", "--no-deps", "-q", "-d", "/tmp/convoy-mini-probe", MINI],
+        [PYTHON, "-m", "pip", "download", "--no-deps", "-q", "-d", str(where), MINI],
         capture_output=True,
         text=True,
         timeout=120,
@@ -44,8 +44,8 @@ def _index_reachable() -> str:
 
 
 @pytest.mark.shapes("embedded", "production")
-def test_mini_swe_agent_in_a_sandbox(secrets_key, celery_worker, admin_user, manager):
-    why = _index_reachable()
+def test_mini_swe_agent_in_a_sandbox(secrets_key, celery_worker, admin_user, manager, tmp_path):
+    why = _index_reachable(tmp_path)
     if why:
         pytest.skip(f"the package index is not reachable from this host: {why}")
     tag, _paths = repos_make(1)
