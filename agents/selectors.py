@@ -126,8 +126,15 @@ def call_as_dict(call: ModelCall, *, transcript: bool) -> dict:
     return record
 
 
+DISPLAY_CHARS = 20_000  # per request or response on the page; the download has everything
+
+
 def _text(value) -> str:
-    return value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False)
+    text = value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False)
+    if len(text) > DISPLAY_CHARS:
+        more = len(text) - DISPLAY_CHARS
+        text = f"{text[:DISPLAY_CHARS]}\n… {more:,} more characters in the JSON Lines download"
+    return text
 
 
 def variant_transcript(*, variant_id: int) -> list[dict]:
