@@ -415,12 +415,24 @@ def gateway_root() -> Path:
     return Path(settings.DATA_DIR) / "gateway" / str(os.getpid())
 
 
+def _stale_roots_remove() -> None:
+    """Socket directories of worker processes that are gone (a crash leaves them behind)."""
+    for entry in (Path(settings.DATA_DIR) / "gateway").glob("[0-9]*"):
+        try:
+            os.kill(int(entry.name), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+        except (PermissionError, ValueError):
+            continue
+
+
 def model_gateway() -> ModelGateway:
     """This process's running gateway (started on first use; fresh after a fork), routed from
     the egress proxy as gateway.convoy.internal:80."""
     global _gateway, _pid
     with _glock:
         if _gateway is None or _pid != os.getpid():
+            _stale_roots_remove()
             _gateway = ModelGateway(gateway_root())
             _pid = os.getpid()
         gateway = _gateway.start()
