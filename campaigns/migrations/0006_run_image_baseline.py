@@ -4,25 +4,34 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('campaigns', '0005_secret_grants_and_leaks'),
+        ("campaigns", "0005_secret_grants_and_leaks"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='reporun',
-            name='baseline',
-            field=models.CharField(blank=True, choices=[('', 'not run'), ('passed', 'Passed'), ('failed', 'Failed'), ('skipped', 'no validate steps')], db_default='', max_length=8),
+            model_name="reporun",
+            name="baseline",
+            field=models.CharField(
+                blank=True,
+                choices=[
+                    ("", "not run"),
+                    ("passed", "Passed"),
+                    ("failed", "Failed"),
+                    ("skipped", "no validate steps"),
+                ],
+                db_default="",
+                max_length=8,
+            ),
         ),
         migrations.AddField(
-            model_name='reporun',
-            name='baseline_error',
-            field=models.TextField(blank=True, db_default=''),
+            model_name="reporun",
+            name="baseline_error",
+            field=models.TextField(blank=True, db_default=""),
         ),
         migrations.AddField(
-            model_name='reporun',
-            name='image_key',
-            field=models.CharField(blank=True, db_default='', db_index=True, max_length=64),
+            model_name="reporun",
+            name="image_key",
+            field=models.CharField(blank=True, db_default="", db_index=True, max_length=64),
         ),
     ]
