@@ -178,9 +178,12 @@ def secrets_key(monkeypatch, settings):
 def test_secrets_reach_only_their_campaigns_sandboxes_and_are_masked(
     secrets_key, celery_worker, manager, admin_user
 ):
+    from campaigns.secret_grants import secret_grant
     from campaigns.secrets import secret_set
 
     secret_set(name="API_KEY", value="tok-5f3a9c", actor=admin_user)
+    # Granted to the manager: only a campaign that names it receives it.
+    secret_grant(name="API_KEY", manager=manager, actor=admin_user)
     digest = hashlib.sha256(b"tok-5f3a9c").hexdigest()[:16]
     tag, _ = repos_make(1)
     uses = campaign_create(
