@@ -28,10 +28,12 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 # Measured before the per-phase batching (issue 20); the assertion below holds the new figure.
 # Before issue 20's changes this run took 236 statements (measured with this test at the
-# commit before them). It now takes 155-165: how the commands' output falls into log batches
-# (each one statement) depends on timing. The budget leaves that much room and no more.
+# commit before them). It now takes 155-165. Two parts depend on timing: how the commands'
+# output falls into log batches (one statement each) and how often the executor asks whether
+# the run was cancelled (at most once a second, so more on a loaded machine). The budget leaves
+# room for that and no more.
 STATEMENTS_BEFORE = 236
-STATEMENTS_MAX = 170
+STATEMENTS_MAX = 175
 
 
 class _AllThreadsQueries:
