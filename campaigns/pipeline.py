@@ -190,6 +190,7 @@ def _tail(ctx: _Context, data: bytes) -> str:
 
 def _step_failure(label: str, step: dict, command, output: str) -> str:
     why = "timed out" if command.timed_out else f"exited with {command.exit_code}"
+    why += f" ({command.limit_hit})" if command.limit_hit else ""
     return f"{label} `{step['run'][:200]}` {why}\n{output}".rstrip()
 
 

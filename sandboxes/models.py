@@ -76,6 +76,8 @@ class SandboxCommand(models.Model):
     bytes_out = models.BigIntegerField(default=0)
     duration_ms = models.IntegerField(null=True, blank=True)
     output_sha256 = models.CharField(max_length=64, blank=True)
+    # Which sandbox limit stopped the command ("process limit reached (pids_max=256)"), if any.
+    limit_hit = models.CharField(max_length=120, blank=True, db_default="")
 
     class Meta:
         ordering = ["id"]

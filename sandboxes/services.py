@@ -37,7 +37,7 @@ from sandboxes.backends.base import (
 )
 from sandboxes.backends.local import install_id
 from sandboxes.egress.sandbox import egress_attach, egress_release, egress_wanted
-from sandboxes.logs import log_capture_open
+from sandboxes.logs import log_capture_open, log_system_line
 from sandboxes.models import Sandbox, SandboxCommand, SandboxSnapshot, SandboxState
 
 LIVE_STATES = (SandboxState.CREATING, SandboxState.RUNNING)
@@ -266,6 +266,8 @@ def sandbox_exec(
                 "argv": shown,
                 "cwd": cwd or "",
                 "env_names": command.env_names,
+                # The granted secrets this sandbox receives: their use, per sandbox and command.
+                "secret_names": sorted(secrets),
             },
         )
     # Committed (or the caller's transaction holds it): only now may the command run.
@@ -310,6 +312,7 @@ def _exec_done(sandbox, command, result: ExecResult | None, digest, *, error=Non
         command.truncated = result.truncated
         command.bytes_out = result.bytes_out
         command.duration_ms = result.duration_ms
+        command.limit_hit = result.limit_hit or ""
     else:
         command.duration_ms = int((command.finished_at - command.started_at).total_seconds() * 1e3)
     command.output_sha256 = digest.hexdigest()
@@ -333,8 +336,11 @@ def _exec_done(sandbox, command, result: ExecResult | None, digest, *, error=Non
                 "bytes_out": command.bytes_out,
                 "timed_out": command.timed_out,
                 "truncated": command.truncated,
+                "limit_hit": command.limit_hit,
             },
         )
+    if command.limit_hit:  # the one clear line, beside the output it cut short
+        log_system_line(sandbox=sandbox, text=f"stopped: {command.limit_hit}")
 
 
 # --- files --------------------------------------------------------------------------------------

@@ -72,6 +72,9 @@ def test_exec_records_the_command_and_its_audit_trail(db, manager, engines_clean
     assert {(e.actor_type, e.on_behalf_of, e.campaign_id) for e in events} == {("agent", "mia", 7)}
     completed = json.loads(events.get(action="sandbox.exec.completed").body)["payload"]
     assert completed["exit_code"] == 5 and completed["output_sha256"] == command.output_sha256
+    # The secret's use is on the record per sandbox and command, by name only.
+    started = json.loads(events.get(action="sandbox.exec.started").body)["payload"]
+    assert started["secret_names"] == ["API_TOKEN"]
     assert all("s3cret-value" not in e.body for e in events)
     assert "s3cret-value" not in json.dumps([command.argv, command.env_names])
 
