@@ -146,8 +146,9 @@ def _exec(
     cap=None,
     argv=None,
     last=False,
+    log_stop_at=None,
 ):
-    """Run a shell script in the sandbox's repository.
+    """Run a shell script in the sandbox's repository (its log shows `script`, not a wrapper).
 
     Returns (command, output): the tail of both streams in order, or with `cap` every byte,
     as a (stdout, stderr) pair so that parsed stdout never mixes with stderr. `last`: the
@@ -178,6 +179,8 @@ def _exec(
         secrets=ctx.secrets or None,
         on_output=on_output,
         last=last,
+        shown=script,
+        log_stop_at=log_stop_at,
     )
     if keep_all:
         return command, (b"".join(streams["stdout"]), b"".join(streams["stderr"]))
@@ -286,6 +289,7 @@ def _transform_and_diff(
         cap=diff_cap_bytes(ctx.spec),  # past it, the diff is over limits.max_diff_mb
         argv=["bash", "-c", wrapper, "convoy-step", step["run"]],
         last=last,
+        log_stop_at=f"\n{done}\n".encode(),  # the log keeps the step's output, not the diff
     )
     stdout, stderr = out
     step_out, sep, rest = stdout.partition(f"\n{done}\n".encode())

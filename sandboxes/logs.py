@@ -140,6 +140,7 @@ class LogCapture:
         secrets: Iterable[str] | Mapping[str, str] = (),
         cap_bytes: int = COMMAND_CAP_BYTES,
         threaded: bool | None = None,
+        header: str | None = None,
     ) -> None:
         self.sandbox_id = sandbox_id
         self.command_id = command_id
@@ -169,8 +170,8 @@ class LogCapture:
         self._written = threading.Event()  # the writer loop has stored everything and ended
         if threaded:
             _writer_pool.submit(self._writer)
-        if argv is not None:
-            self.system(f"$ {shlex.join(argv)}")
+        if argv is not None or header is not None:
+            self.system(f"$ {header if header is not None else shlex.join(argv or ())}")
             with self._lock:
                 self._oldest += HEADER_HOLD_S - BATCH_MAX_DELAY_S
                 self._header_held = True
@@ -506,6 +507,7 @@ def log_capture_open(
     sandbox: Sandbox,
     command_id: int | None = None,
     argv: Sequence[str] | None = None,
+    header: str | None = None,
     secrets: Iterable[str] | Mapping[str, str] = (),
     cap_bytes: int = COMMAND_CAP_BYTES,
 ) -> LogCapture:
@@ -514,6 +516,7 @@ def log_capture_open(
         sandbox_id=sandbox.pk,
         command_id=command_id,
         argv=argv,
+        header=header,
         secrets=secrets,
         cap_bytes=cap_bytes,
     )

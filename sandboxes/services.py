@@ -240,20 +240,25 @@ def sandbox_exec(
     secrets: dict[str, str] | None = None,
     on_output: Callable[[ExecOutput], None] | None = None,
     last: bool = False,
+    shown: str | None = None,
+    log_stop_at: bytes | None = None,
 ) -> SandboxCommand:
     """Run argv in the sandbox, streaming output; the command row holds the result.
 
-    `last`: nothing more runs in this sandbox before it is terminated (see the backend's exec)."""
+    `last`: nothing more runs in this sandbox before it is terminated (see the backend's exec).
+    `shown`: the log's `$ …` line instead of argv (the user's step inside a caller's wrapper).
+    `log_stop_at`: the live log stops at this stdout marker (what follows is the caller's own
+    output, e.g. a diff); the caller, the record and the digest still get every byte."""
     if not argv or not all(isinstance(a, str) for a in argv):
         raise SandboxError("argv must be a non-empty list of strings")
     _live(sandbox)
     secrets = secrets or {}
     env = dict(env or {})
     # The command row and the audit trail keep argv with secret values masked (every form).
-    shown = list(map(SecretScanner(secrets).mask, argv)) if secrets else list(argv)
+    argv_masked = list(map(SecretScanner(secrets).mask, argv)) if secrets else list(argv)
     with transaction.atomic():
         command = SandboxCommand.objects.create(
-            sandbox=sandbox, argv=shown, cwd=cwd or "", env_names=sorted({*env, *secrets})
+            sandbox=sandbox, argv=argv_masked, cwd=cwd or "", env_names=sorted({*env, *secrets})
         )
         audit_record(
             action="sandbox.exec.started",
@@ -263,7 +268,7 @@ def sandbox_exec(
             context=_ctx(sandbox),
             payload={
                 "command_id": command.pk,
-                "argv": shown,
+                "argv": argv_masked,
                 "cwd": cwd or "",
                 "env_names": command.env_names,
                 # The granted secrets this sandbox receives: their use, per sandbox and command.
@@ -274,9 +279,11 @@ def sandbox_exec(
     digest = hashlib.sha256()
     result: ExecResult | None = None
     # Besides the caller, the output goes to the live log (masked, stored, pushed).
+    header = SecretScanner(secrets).mask(shown) if secrets and shown else shown
     capture = log_capture_open(
-        sandbox=sandbox, command_id=command.pk, argv=command.argv, secrets=secrets
+        sandbox=sandbox, command_id=command.pk, argv=command.argv, header=header, secrets=secrets
     )
+    to_log = _LogUntil(capture, log_stop_at)
     try:
         events = backend_get(sandbox.backend).exec(
             sandbox_handle(sandbox),
@@ -292,7 +299,7 @@ def sandbox_exec(
                 result = event
                 continue
             digest.update(event.data)
-            capture.feed(event.stream, event.data)
+            to_log.feed(event.stream, event.data)
             if on_output is not None:
                 on_output(event)
     except Exception as exc:
@@ -302,6 +309,34 @@ def sandbox_exec(
         capture.close()
     _exec_done(sandbox, command, result, digest)
     return command
+
+
+class _LogUntil:
+    """Feeds a log capture until a marker appears on stdout (the marker and the rest not)."""
+
+    def __init__(self, capture, marker: bytes | None) -> None:
+        self.capture, self.marker, self.held, self.open = capture, marker, b"", True
+
+    def feed(self, stream: str, data: bytes) -> None:
+        if not self.open:
+            return
+        if not self.marker or stream != "stdout":
+            self.capture.feed(stream, data)
+            return
+        window = self.held + data
+        at = window.find(self.marker)
+        if at >= 0:
+            self.open = False
+            window = window[:at]
+        else:  # a marker split across chunks: hold back what could be its beginning
+            cut = max(0, len(window) - len(self.marker) + 1)
+            window, self.held = window[:cut], window[cut:]
+        if window:
+            self.capture.feed(stream, window)
+
+    def close(self) -> None:
+        if self.open and self.held:
+            self.capture.feed("stdout", self.held)
 
 
 def _exec_done(sandbox, command, result: ExecResult | None, digest, *, error=None) -> None:
