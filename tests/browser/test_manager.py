@@ -148,6 +148,9 @@ def test_manager_previews_launches_and_revises(
     assert "python3 $CONVOY_FILES/fix.py --style $STYLE" in shown
     assert not any("__convoy_step" in text or "convoy-step-done" in text for text in shown)
     assert "validate[0]" in page.locator("[data-testid=command-step]").all_inner_texts()
+    log = page.inner_text("[data-testid=log-lines]")  # the live log reads the same way
+    assert "$ python3 $CONVOY_FILES/fix.py --style $STYLE" in log
+    assert not any(s in log for s in ("__convoy_step", "convoy-step-done", "diff --git"))
     assert page.locator("[data-testid=failing-step]").count() == 1
     assert "exit 1" in page.inner_text("tr.failing-step [data-testid=command-exit]")
     assert "UTC" not in page.inner_text("[data-testid=commands] time >> nth=0")  # local time
