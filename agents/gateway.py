@@ -41,6 +41,7 @@ from agents.providers import provider_key
 from agents.usage import UsageReader, transcript_pack
 from sandboxes.egress import worker as egress_worker
 from sandboxes.egress.policy import AllowRule
+from sandboxes.egress.routes import IDENTITY_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +180,8 @@ class ModelGateway:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            method, path, headers, body = await self._request_read(reader)
-            await self._call(method, path, headers, body, writer)
+            method, path, headers, body, caller = await self._request_read(reader)
+            await self._call(method, path, headers, body, writer, caller=caller)
         except _BadRequest as e:
             await self._answer(writer, 400, _error_body("bad_request", f"Convoy gateway: {e}"))
         except Refusal as r:
@@ -203,6 +204,10 @@ class ModelGateway:
         except asyncio.LimitOverrunError as e:
             raise _BadRequest("request head too large") from e
         lines = raw.decode("latin-1").split("\r\n")
+        # The egress proxy's line naming the calling sandbox, before any byte of the sandbox's.
+        caller = (
+            lines.pop(0)[len(IDENTITY_PREFIX) :] if lines[0].startswith(IDENTITY_PREFIX) else None
+        )
         try:
             method, target, _version = lines[0].split(" ", 2)
         except ValueError:
@@ -227,7 +232,7 @@ class ModelGateway:
             body = await asyncio.wait_for(reader.readexactly(length), 120)
         # Through the host's proxy chain the target may be in absolute form.
         path = urlsplit(target).path if target.startswith("http") else target.split("?")[0]
-        return method, path, headers, body
+        return method, path, headers, body, caller
 
     async def _chunked_read(self, reader) -> bytes:
         body = bytearray()
@@ -251,7 +256,9 @@ class ModelGateway:
         )
         await writer.drain()
 
-    async def _call(self, method: str, path: str, headers, body: bytes, writer) -> None:
+    async def _call(
+        self, method: str, path: str, headers, body: bytes, writer, *, caller: str | None
+    ) -> None:
         began = time.monotonic()
         started_at = timezone.now()
         lower = {k.lower(): v for k, v in headers}
@@ -271,7 +278,12 @@ class ModelGateway:
             await asyncio.wait([previous])
         try:
             admission: Admission = await self._orm(
-                call_admit, pool=self._admit, token=token, model=model, fast_commit=True
+                call_admit,
+                pool=self._admit,
+                token=token,
+                model=model,
+                fast_commit=True,
+                caller=caller,
             )
         except Refusal as r:
             if r.grant is not None:
@@ -436,7 +448,10 @@ def model_gateway() -> ModelGateway:
             _gateway = ModelGateway(gateway_root())
             _pid = os.getpid()
         gateway = _gateway.start()
-    egress_worker.egress_route_add(GATEWAY_HOST, GATEWAY_PORT, str(gateway.socket_path))
+    # identify: the proxy tells the gateway which sandbox calls (a token works only there).
+    egress_worker.egress_route_add(
+        GATEWAY_HOST, GATEWAY_PORT, str(gateway.socket_path), identify=True
+    )
     return gateway
 
 

@@ -22,6 +22,7 @@ from agents.prices import call_cost
 from agents.providers import provider_get
 from audit.record import audit_hmac, audit_record
 from core.errors import Invalid
+from sandboxes.egress.sandbox import sandbox_key_for
 
 TOKEN_PREFIX = "convoy-gw-"  # noqa: S105 - a prefix, so scanners and people recognise one
 
@@ -212,8 +213,13 @@ def _count_without_flush() -> None:
         _async_commit.raw = connection.connection
 
 
-def call_admit(*, token: str, model: str | None, fast_commit: bool = False) -> Admission:
-    """Check the token, the model and the budgets; count the call. Raises Refusal.
+def call_admit(
+    *, token: str, model: str | None, fast_commit: bool = False, caller: str | None = None
+) -> Admission:
+    """Check the token, the caller, the model and the budgets; count the call. Raises Refusal.
+
+    `caller`: the calling sandbox's key as the egress proxy named it (None when the call did
+    not come through the proxy); a token given to a sandbox works only from that sandbox.
 
     `fast_commit`: the caller's thread only admits calls (the gateway's admission pool)."""
     if not token:
@@ -223,6 +229,10 @@ def call_admit(*, token: str, model: str | None, fast_commit: bool = False) -> A
         raise Refusal(401, "invalid_token", "Convoy gateway: this API key (token) is not valid")
     if grant.revoked_at is not None or grant.expires_at <= timezone.now():
         raise Refusal(401, "revoked_token", "Convoy gateway: this token ended with its sandbox")
+    if grant.sandbox_id is not None and caller != sandbox_key_for(grant.sandbox_id):
+        raise Refusal(
+            403, "wrong_sandbox", "Convoy gateway: this token belongs to another sandbox", grant
+        )
     provider = grant.provider
     if model != grant.model and model not in (provider.allowed_models or []):
         raise Refusal(

@@ -197,11 +197,11 @@ class EgressProxy:
         if self.running:
             self._call(self._close(sandbox_key))
 
-    def route_add(self, name: str, port: int, target: str | os.PathLike | int) -> None:
+    def route_add(self, name: str, port: int, target: str | os.PathLike | int, **kw) -> None:
         """Send `name:port` to an internal service: a host UNIX socket path or a port on
-        127.0.0.1 (sandboxes.egress.routes); only sandboxes whose policy allows `name:port`
-        reach it, and only by that name. Replaces an earlier route for `name:port`."""
-        route = route_make(name, port, target)
+        127.0.0.1 (sandboxes.egress.routes, `identify=`); only sandboxes whose policy allows
+        `name:port` reach it, and only by that name. Replaces an earlier route for it."""
+        route = route_make(name, port, target, **kw)
         with self._lock:
             self._routes[(route.name, route.port)] = route
 
@@ -478,7 +478,7 @@ class EgressProxy:
         addresses = await self._admit(sb, host, port, event)
         timeout = sb.limits.connect_timeout_s
         if isinstance(addresses, Route):
-            return await self._connect_route(addresses, event, timeout)
+            return await self._connect_route(sb, addresses, event, timeout)
         upstream = self.upstream.for_target(host, tunnel=tunnel)
         if upstream is not None:
             event.via = f"proxy {upstream.host}:{upstream.port}"
@@ -497,10 +497,10 @@ class EgressProxy:
             return r, w
         raise _Refused("connect_failed", "; ".join(errors), status=502, allowed=True)
 
-    async def _connect_route(self, route: Route, event, timeout: float):
+    async def _connect_route(self, sb, route: Route, event, timeout: float):
         event.via = str(route)
         try:
-            r, w = await route_open(route, timeout)
+            r, w = await route_open(route, timeout, caller=sb.key)
         except (OSError, TimeoutError) as e:
             raise _Refused(
                 "connect_failed", f"{route.name} is not answering: {e}", status=502, allowed=True

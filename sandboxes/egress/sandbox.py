@@ -71,7 +71,12 @@ def allowed_domains(rules) -> list[str]:
 
 
 def sandbox_key(sandbox: Sandbox) -> str:
-    return f"sandbox-{sandbox.pk}"
+    return sandbox_key_for(sandbox.pk)
+
+
+def sandbox_key_for(sandbox_id: int) -> str:
+    """The proxy's key of a sandbox: its socket's name, and who is calling on identified routes."""
+    return f"sandbox-{sandbox_id}"
 
 
 def egress_wanted(spec: SandboxSpec) -> bool:

@@ -20,7 +20,7 @@ from django.core.exceptions import ImproperlyConfigured
 from sandboxes.egress.addresses import index_ranges_parse
 from sandboxes.egress.policy import normalise_host
 from sandboxes.egress.proxy import EgressProxy
-from sandboxes.egress.routes import route_make, test_hosts_parse
+from sandboxes.egress.routes import Route, route_make, test_hosts_parse
 
 TEST_HOSTS_VAR = "CONVOY_EGRESS_TEST_HOSTS"
 INDEX_ADDRESSES_VAR = "CONVOY_EGRESS_INDEX_ADDRESSES"
@@ -28,7 +28,7 @@ INDEX_ADDRESSES_VAR = "CONVOY_EGRESS_INDEX_ADDRESSES"
 _lock = threading.Lock()
 _proxy: EgressProxy | None = None
 _pid = 0
-_routes: dict[tuple[str, int], str | int] = {}
+_routes: dict[tuple[str, int], Route] = {}
 
 
 def test_hosts_from_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -64,8 +64,8 @@ def egress_proxy() -> EgressProxy:
                 test_hosts=test_hosts_from_env(),
                 index_ranges=index_ranges_from_settings(),
             )
-            for (name, port), target in _routes.items():
-                _proxy.route_add(name, port, target)
+            for route in _routes.values():
+                _proxy.route_add(route.name, route.port, route.target, identify=route.identify)
             _pid = os.getpid()
         return _proxy.start()
 
@@ -78,16 +78,18 @@ def egress_proxy_if_running() -> EgressProxy | None:
     return None
 
 
-def egress_route_add(name: str, port: int, target: str | os.PathLike | int) -> None:
+def egress_route_add(
+    name: str, port: int, target: str | os.PathLike | int, *, identify: bool = False
+) -> None:
     """Route `name:port` to an internal service of this host (a UNIX socket path or a port on
     127.0.0.1) in this process's proxy, now and after a fork. Sandboxes reach it only when
     their policy allows `name:port` (e.g. `allowed_domains=[f"{name}:{port}"]`)."""
-    route = route_make(name, port, target)
+    route = route_make(name, port, target, identify=identify)
     with _lock:
-        _routes[(route.name, route.port)] = route.target
+        _routes[(route.name, route.port)] = route
         proxy = _proxy if _pid == os.getpid() else None
     if proxy is not None:
-        proxy.route_add(route.name, route.port, route.target)
+        proxy.route_add(route.name, route.port, route.target, identify=route.identify)
 
 
 def egress_route_remove(name: str, port: int) -> None:

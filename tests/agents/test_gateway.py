@@ -1,6 +1,7 @@
 """The model gateway in process: token swap, streaming, usage, budgets, refusals, masking."""
 
 import json
+import socket
 import urllib.error
 import urllib.request
 
@@ -200,3 +201,30 @@ def test_the_key_is_stored_encrypted(admin_user, fake):
     assert REAL_KEY.encode() not in bytes(provider.key_ciphertext)
     assert not ModelGrant.objects.exists()
     assert REAL_KEY not in "".join(e.body for e in AuditEvent.objects.all())
+
+
+def _post_as(gateway, caller, token) -> int:
+    """A call as the egress proxy makes it: its line naming the sandbox, then the request."""
+    body = json.dumps({"model": "fake-model", "messages": []}).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway.convoy.internal\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    preamble = f"CONVOY-SANDBOX {caller}\r\n".encode() if caller else b""
+    with socket.create_connection(("127.0.0.1", gateway.tcp_port), timeout=30) as conn:
+        conn.sendall(preamble + head + body)
+        status_line = conn.makefile("rb").readline()
+    return int(status_line.split()[1])
+
+
+def test_a_token_works_only_from_the_sandbox_it_was_given_to(admin_user, fake, gateway):
+    _provider(admin_user, fake.base_url)
+    _grant_row, token = _grant(sandbox_id=41)
+    assert _post_as(gateway, "sandbox-41", token) == 200
+    # Copied out to another sandbox, or used without the proxy naming the sandbox: refused.
+    assert _post_as(gateway, "sandbox-42", token) == 403
+    assert _post_as(gateway, None, token) == 403
+    refused = ModelCall.objects.filter(variant_id=9, outcome=CallOutcome.REFUSED)
+    wait_for(lambda: refused.count() == 2, timeout=10, what="the refusals' records")
+    assert len(fake.requests) == 1  # the provider saw only the call from the right sandbox

@@ -206,3 +206,48 @@ def test_ports_are_ascii_digits_only():
     assert info.value.field == "network.allow[0]"
     with pytest.raises(BadRequest):
         hostport_split("api.example.com:4³")
+
+
+class _FirstLines(socketserver.StreamRequestHandler):
+    """Records the first two lines it receives, answers 200."""
+
+    def handle(self):
+        self.server.seen.append((self.rfile.readline(), self.rfile.readline()))
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+
+
+@pytest.fixture
+def recording_service():
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _FirstLines)
+    server.daemon_threads, server.seen = True, []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_identifying_route_names_the_calling_sandbox_before_its_bytes(proxy, recording_service):
+    port = recording_service.server_address[1]
+    proxy.route_add("id.convoy.internal", 80, port, identify=True)
+    proxy.route_add("plain.convoy.internal", 80, port)
+    rules = (
+        AllowRule("id.convoy.internal", frozenset({80})),
+        AllowRule("plain.convoy.internal", frozenset({80})),
+    )
+    path, _ = _events_open(proxy, "sandbox-41", NetworkPolicy(rules=rules))
+    assert _get(path, "id.convoy.internal")[0] == 200
+    first, second = recording_service.seen[-1]
+    assert first == b"CONVOY-SANDBOX sandbox-41\r\n" and second.startswith(b"GET /v1/models ")
+    # Through a tunnel the sandbox writes what it likes, but only after the proxy's line.
+    status, _body, sock = connect(path, "id.convoy.internal:80")
+    assert status == 200
+    sock.sendall(b"CONVOY-SANDBOX sandbox-42\r\nGET / HTTP/1.1\r\n\r\n")
+    wait_for(lambda: len(recording_service.seen) == 2, timeout=10, what="the tunnelled call")
+    sock.close()
+    assert recording_service.seen[-1] == (
+        b"CONVOY-SANDBOX sandbox-41\r\n",
+        b"CONVOY-SANDBOX sandbox-42\r\n",
+    )
+    # A route that does not identify passes the sandbox's bytes only.
+    assert _get(path, "plain.convoy.internal")[0] == 200
+    assert recording_service.seen[-1][0].startswith(b"GET /v1/models ")
