@@ -136,7 +136,7 @@ _NEVER_TRUSTED = (
 
 
 def index_ranges_parse(text: str) -> tuple[IPv4Network | IPv6Network, ...]:
-    """`CONVOY_EGRESS_INDEX_ADDRESSES` ("203.0.113.80/32,10.20.0.0/16") → networks.
+    """`CONVOY_EGRESS_INDEX_ADDRESSES` ("198.51.100.10/32,10.20.0.0/16") → networks.
 
     The ranges the host's own package indexes are served from when those are not public (a
     mirror on the LAN, a routed test range): names from `package_indexes: true` may resolve

@@ -99,12 +99,12 @@ def test_daytona_fake_network_policy_maps_to_daytona(backend):
     backend.create(
         SandboxSpec(
             network=NetworkPolicy.ALLOWLIST,
-            allowed_domains=["pypi.org", "*.example.org", "10.1.0.0/16", "1.2.3.4"],
+            allowed_domains=["pkgs.example.com", "*.example.org", "10.1.0.0/16", "1.2.3.4"],
         )
     )
     open_, allow = (c["params"] for c in backend.fake.called("Daytona.create"))
     assert not open_.network_block_all and open_.domain_allow_list is None
-    assert allow.domain_allow_list == "*.example.org,pypi.org"
+    assert allow.domain_allow_list == "*.example.org,pkgs.example.com"
     assert allow.network_allow_list == "1.2.3.4/32,10.1.0.0/16"
     assert not allow.network_block_all
 

@@ -108,7 +108,7 @@ def test_e2b_fake_network_policy_maps_to_e2b(backend):
     backend.create(
         SandboxSpec(
             network=NetworkPolicy.ALLOWLIST,
-            allowed_domains=["pypi.org", "*.example.org", "api.example.com:443"],
+            allowed_domains=["pkgs.example.com", "*.example.org", "api.example.com:443"],
         )
     )
     backend.create(SandboxSpec(network=NetworkPolicy.ALLOWLIST, allowed_domains=[]))
@@ -116,7 +116,7 @@ def test_e2b_fake_network_policy_maps_to_e2b(backend):
     assert open_["allow_internet_access"] is True and "network" not in open_
     assert allow["network"] == {
         "deny_out": ["0.0.0.0/0"],
-        "allow_out": ["*.example.org", "api.example.com", "pypi.org"],
+        "allow_out": ["*.example.org", "api.example.com", "pkgs.example.com"],
     }
     assert "allow_internet_access" not in allow
     assert empty["allow_internet_access"] is False

@@ -193,7 +193,7 @@ def test_index_ranges_refuse_what_a_sandbox_may_never_reach(text):
 
 
 def test_index_ranges_setting_is_checked(settings):
-    assert index_ranges_parse("203.0.113.80/32, 10.20.0.0/16")[1].prefixlen == 16
+    assert index_ranges_parse("198.51.100.10/32, 10.20.0.0/16")[1].prefixlen == 16
     settings.EGRESS_INDEX_ADDRESSES = "169.254.0.0/16"
     with pytest.raises(ImproperlyConfigured):
         worker.index_ranges_from_settings()

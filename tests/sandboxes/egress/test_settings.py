@@ -38,10 +38,10 @@ def test_a_worker_of_the_test_suite_gets_the_mapping_and_the_ranges():
     done = _load(
         Path(settings.DATA_DIR),  # var/test-<pid>, which the suite's workers run on
         CONVOY_EGRESS_TEST_HOSTS="api.test=127.0.0.1",
-        CONVOY_EGRESS_INDEX_ADDRESSES="203.0.113.80/32",
+        CONVOY_EGRESS_INDEX_ADDRESSES="198.51.100.10/32",
     )
     assert done.returncode == 0, done.stderr
-    assert "['api.test'] (IPv4Network('203.0.113.80/32'),)" in done.stdout
+    assert "['api.test'] (IPv4Network('198.51.100.10/32'),)" in done.stdout
 
 
 def test_index_ranges_with_loopback_or_metadata_stop_the_worker(tmp_path):
