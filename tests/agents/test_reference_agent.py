@@ -43,9 +43,7 @@ def _index_reachable(where) -> str:
     return "" if probe.returncode == 0 else probe.stderr[-300:]
 
 
-# Production shape only: in the embedded shape (SQLite in the test process) the process died
-# of SIGBUS inside SQLite right after this test in two full runs (not alone); see the session
-# note. The agent, image and gateway paths are the same in both shapes.
+@pytest.mark.shapes("embedded", "production")
 def test_mini_swe_agent_in_a_sandbox(secrets_key, celery_worker, admin_user, manager, tmp_path):
     why = _index_reachable(tmp_path)
     if why:
