@@ -68,10 +68,13 @@ def test_sqlite_triggers_refuse_raw_update_and_delete_from_another_client(sealed
     raw = sqlite3.connect(path, timeout=30)
     try:
         for sql in (
-            "UPDATE audit_auditevent SET body = '{}' WHERE id = 1",
-            "UPDATE audit_auditlink SET chain_hash = x'00' WHERE seq = 10",
+            # Rows that exist whatever ran before (ids and seqs are not reset between tests).
+            "UPDATE audit_auditevent SET body = '{}'"
+            " WHERE id = (SELECT min(id) FROM audit_auditevent)",
+            "UPDATE audit_auditlink SET chain_hash = x'00'"
+            " WHERE seq = (SELECT max(seq) FROM audit_auditlink)",
             "DELETE FROM audit_auditevent WHERE id = (SELECT max(id) FROM audit_auditevent)",
-            "DELETE FROM audit_auditlink WHERE seq = 10",
+            "DELETE FROM audit_auditlink WHERE seq = (SELECT max(seq) FROM audit_auditlink)",
             "DELETE FROM audit_auditcheckpoint",
         ):
             with pytest.raises(sqlite3.DatabaseError):
