@@ -306,6 +306,7 @@ def sandbox_exec(
         _exec_done(sandbox, command, None, digest, error=exc)
         raise
     finally:
+        to_log.close()  # what was held back for a marker that never came
         capture.close()
     _exec_done(sandbox, command, result, digest)
     return command

@@ -60,3 +60,16 @@ def test_the_sandbox_log_shows_the_users_step_and_not_what_follows_the_marker(db
     assert "$ echo user-output" in lines
     assert "user-output" in lines
     assert not any("internal-diff" in t or "convoy-step" in t or "eval" in t for t in lines)
+
+
+@pytest.mark.shapes("embedded", "production")
+def test_a_step_that_fails_before_the_marker_keeps_its_last_output_in_the_log(db, engines_clean):
+    sandbox = sandbox_create(spec=SandboxSpec(timeout_s=120), backend="bwrap")
+    sandbox_exec(
+        sandbox=sandbox,
+        argv=["bash", "-c", "printf 'last words without a newline'; exit 3"],
+        shown="fail",
+        log_stop_at=MARKER,
+    )
+    lines = LogLine.objects.filter(sandbox=sandbox).values_list("text", flat=True)
+    assert any("last words without a newline" in t for t in lines)
