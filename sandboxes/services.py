@@ -255,7 +255,8 @@ def sandbox_exec(
     secrets = secrets or {}
     env = dict(env or {})
     # The command row and the audit trail keep argv with secret values masked (every form).
-    argv_masked = list(map(SecretScanner(secrets).mask, argv)) if secrets else list(argv)
+    mask = SecretScanner(secrets).mask if secrets else str  # built once: it compiles every form
+    argv_masked = list(map(mask, argv))
     with transaction.atomic():
         command = SandboxCommand.objects.create(
             sandbox=sandbox, argv=argv_masked, cwd=cwd or "", env_names=sorted({*env, *secrets})
@@ -279,7 +280,7 @@ def sandbox_exec(
     digest = hashlib.sha256()
     result: ExecResult | None = None
     # Besides the caller, the output goes to the live log (masked, stored, pushed).
-    header = SecretScanner(secrets).mask(shown) if secrets and shown else shown
+    header = mask(shown) if shown else shown
     capture = log_capture_open(
         sandbox=sandbox, command_id=command.pk, argv=command.argv, header=header, secrets=secrets
     )
