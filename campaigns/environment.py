@@ -1,5 +1,7 @@
 """A run's environment: the campaign image (ensured once, shared), the tools area, the
-checkout's git excludes and the diff size limit (docs/images.md).
+checkout's git excludes and the diff size limit (docs/images.md). Backends that build images
+themselves (Capability.IMAGE_SPEC: Modal, Daytona, E2B) get the normalised spec instead of a
+local build.
 
 The pipeline calls `run_environment_prepare` once per run, `run_excludes_write` after each
 checkout and `diff_limit_check` on each diff; `image_keys_in_use` is what prune keeps.
@@ -18,7 +20,7 @@ from sandboxes.backends.base import Capability, SandboxError, SandboxSpec
 from sandboxes.backends.images import HOME_DIR, HOME_IN_WORKSPACE
 from sandboxes.images.mounts import image_env, image_rootfs
 from sandboxes.images.services import image_ensure, image_prune, image_remove, image_resolve
-from sandboxes.images.spec import ImageSpec, image_spec_parse
+from sandboxes.images.spec import ImageSpec, image_key, image_spec_parse
 from sandboxes.models import Image, ImageState, Sandbox, SandboxState
 from sandboxes.services import sandbox_write_file
 
@@ -74,15 +76,47 @@ def run_image(*, run: RepoRun, spec: dict, actor) -> Image | None:
     return image
 
 
+def engine_image_key(image_spec: ImageSpec, *, backend: str) -> str:
+    """The key of an image a cloud engine builds: the normalised spec and the engine (nothing
+    is resolved on this host; the engine pins what it pulls)."""
+    return image_key(image_spec, resolved_base={"built_by": backend})
+
+
+def _engine_image_prepare(ctx) -> SandboxSpec:
+    """The spec for an engine that builds the image itself: the normalised `image:` value,
+    its key (kept on the run, as for local images) and the registry login, if any."""
+    try:
+        image_spec = image_spec_parse(ctx.spec["image"])
+    except Invalid as exc:  # the campaign spec was checked at launch: an altered row
+        raise RunFailed(f"{exc.field or 'image'}: {exc.message}") from None
+    creds = _creds(image_spec, campaign_id=ctx.run.campaign_id)
+    key = engine_image_key(image_spec, backend=ctx.backend.name)
+    RepoRun.objects.filter(pk=ctx.run.pk).update(image_key=key)
+    ctx.home = HOME_DIR
+    canonical = {k: v for k, v in image_spec.canonical().items() if k != "kind"}
+    return dataclasses.replace(
+        ctx.sandbox_spec,
+        image_spec=canonical,
+        image_key=key,
+        image_credentials=creds,
+        tools_home=True,
+    )
+
+
 def run_environment_prepare(*, ctx) -> SandboxSpec:
     """The run's sandbox spec on its campaign's image, with the tools area (`ctx` is the
     pipeline's run context; sets `ctx.home`, the $HOME of every step). Without `image:` the
-    spec is unchanged: the host's /usr, HOME=/tmp."""
+    spec is unchanged: the host's /usr (or the engine's default image), HOME=/tmp."""
     ctx.home = "/tmp"  # noqa: S108 - the sandbox's own tmpfs
     if not ctx.spec.get("image"):
         return ctx.sandbox_spec
+    if Capability.IMAGE_SPEC in ctx.backend.capabilities:
+        return _engine_image_prepare(ctx)
     if Capability.IMAGES not in ctx.backend.capabilities:
-        raise RunFailed(f"the {ctx.backend.name} backend cannot run campaign images yet")
+        raise RunFailed(
+            f"image: the {ctx.backend.name} backend cannot run campaign images; the local "
+            "(bubblewrap, gvisor), modal and daytona backends can"
+        )
     actor = ctx.campaign.launched_by or ctx.campaign.owner
     image = run_image(run=ctx.run, spec=ctx.spec, actor=actor)
     try:

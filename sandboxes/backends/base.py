@@ -29,6 +29,9 @@ class Capability(enum.Flag):
     EGRESS_PROXY = enum.auto()
     # Honours SandboxSpec.image_root (a campaign image as `/`) and tools_home (/convoy/home).
     IMAGES = enum.auto()
+    # Builds a campaign image itself from SandboxSpec.image_spec (in the provider's cloud) and
+    # makes the tools area (/convoy/home) with SandboxSpec.tools_home.
+    IMAGE_SPEC = enum.auto()
     # A simulation (sandboxes/backends/sim.py): nothing runs; checkouts ask it for a commit.
     SIMULATED = enum.auto()
 
@@ -90,6 +93,11 @@ class SandboxSpec:
     # The tools area: /convoy/home ($HOME), writable, carried by snapshots and forks, never in
     # the diff (it lives at /workspace/.convoy-home, which the checkout's git excludes).
     tools_home: bool = False
+    # A campaign image for engines with Capability.IMAGE_SPEC: the normalised `image:` value
+    # (re-parsable by sandboxes.images.spec), with image_key naming it; the engine builds it.
+    # For an OCI image behind a login, `user:password` (never stored, never shown).
+    image_spec: Mapping[str, object] | None = None
+    image_credentials: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for name, content in self.files.items():
@@ -103,6 +111,8 @@ class SandboxSpec:
             raise SandboxError("egress_env and egress_files need an egress_socket")
         if self.image_root is not None and not (self.image_root.startswith("/") and self.image_key):
             raise SandboxError("image_root must be an absolute host path, with its image_key")
+        if self.image_spec is not None and not self.image_key:
+            raise SandboxError("image_spec needs its image_key")
         for path in self.egress_files:
             if not path.startswith("/") or path.startswith(("/workspace", "/convoy", "/tmp")):  # noqa: S108
                 raise SandboxError(f"egress_files: {path!r} must be an absolute host path")

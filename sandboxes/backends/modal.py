@@ -1,12 +1,15 @@
 """The Modal backend: sandboxes in Modal's cloud through the `modal` SDK (synchronous API).
 
 Creates are paced by a token bucket shared by every worker (Modal rate-limits creation). A
-filesystem snapshot is a Modal image kept without expiry; a fork is N creates from it.
+filesystem snapshot is a Modal image kept without expiry; a fork is N creates from it. A
+campaign image (`SandboxSpec.image_spec`) becomes a `modal.Image` chain that Modal builds in
+its cloud and caches by layer (sandboxes/images/modal_image.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import os
@@ -21,6 +24,7 @@ from contextlib import contextmanager
 
 from django.conf import settings
 
+from core.errors import Invalid
 from sandboxes.backends.base import (
     FILES_DIR,
     Capability,
@@ -34,6 +38,9 @@ from sandboxes.backends.base import (
     SandboxSpec,
     SnapshotHandle,
 )
+from sandboxes.backends.images import HOME_DIR
+from sandboxes.images.modal_image import modal_image_from_spec
+from sandboxes.images.spec import image_spec_parse
 from sandboxes.pacing import TokenBucket, bucket_get
 
 logger = logging.getLogger(__name__)
@@ -80,8 +87,9 @@ class ModalBackend(SandboxBackend):
         | Capability.SNAPSHOT
         | Capability.GPU
         | Capability.NETWORK_ALLOWLIST
+        | Capability.IMAGE_SPEC
     )
-    isolation = "Modal cloud sandbox (gVisor); the spec's registry image"
+    isolation = "Modal cloud sandbox (gVisor); the spec's registry image or campaign image"
     credentials = ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET")  # or Modal's own config file
 
     @classmethod
@@ -110,6 +118,10 @@ class ModalBackend(SandboxBackend):
         self._app = None
         self._sandboxes: dict[str, object] = {}
         self._images: dict[str, object] = {}
+        # Campaign images by key (and credentials): one `modal.Image` chain per spec, not one
+        # per run; Modal builds each layer once and caches it in its cloud.
+        self._spec_images: dict[tuple[str, str], object] = {}
+        self._spec_images_lock = threading.Lock()
 
     # --- plumbing -------------------------------------------------------------------------------
     @property
@@ -176,8 +188,36 @@ class ModalBackend(SandboxBackend):
 
     # --- lifecycle --------------------------------------------------------------------------------
     def create(self, spec: SandboxSpec) -> SandboxHandle:
-        image = self.sdk.Image.from_registry(spec.image)
+        if spec.image_spec is not None:
+            image = self._spec_image(spec)
+        else:
+            image = self.sdk.Image.from_registry(spec.image)
         return self._create(spec, image)
+
+    def _spec_image(self, spec: SandboxSpec):
+        """The campaign image's `modal.Image` (built by Modal at the first create that uses it).
+        An OCI image behind a login pulls with a `modal.Secret` of REGISTRY_USERNAME and
+        REGISTRY_PASSWORD, Modal's names for registry credentials."""
+        creds = spec.image_credentials or ""
+        cache_key = (spec.image_key, hashlib.sha256(creds.encode()).hexdigest())
+        with self._spec_images_lock:
+            image = self._spec_images.get(cache_key)
+            if image is not None:
+                return image
+            try:
+                image_spec = image_spec_parse(dict(spec.image_spec or {}))
+            except Invalid as exc:  # the campaign spec was checked: a stale or altered spec
+                raise SandboxError(f"{exc.field or 'image'}: {exc.message}") from exc
+            with self._errors("image"):
+                secret = None
+                if creds:
+                    user, _, password = creds.partition(":")
+                    secret = self.sdk.Secret.from_dict(
+                        {"REGISTRY_USERNAME": user, "REGISTRY_PASSWORD": password}
+                    )
+                image = modal_image_from_spec(image_spec, image_api=self.sdk.Image, secret=secret)
+            self._spec_images[cache_key] = image
+            return image
 
     def _create_kwargs(self, spec: SandboxSpec, image) -> dict:
         kwargs = {
@@ -211,13 +251,16 @@ class ModalBackend(SandboxBackend):
         handle = SandboxHandle(
             backend=self.name, external_id=sb.object_id, labels=dict(spec.labels)
         )
-        if spec.files:
-            try:
+        try:
+            if spec.files:
                 self._files_put(sb, spec.files, from_snapshot=from_snapshot)
-            except BaseException:
-                with contextlib.suppress(SandboxError):  # else the reaper finds it by label
-                    self.terminate(handle)
-                raise
+            if spec.tools_home and not from_snapshot:  # a snapshot carries its tools area
+                with self._errors(f"make {HOME_DIR}"):
+                    sb.filesystem.make_directory(HOME_DIR)
+        except BaseException:
+            with contextlib.suppress(SandboxError):  # else the reaper finds it by label
+                self.terminate(handle)
+            raise
         return handle
 
     def _files_put(self, sb, files: Mapping[str, bytes], *, from_snapshot: bool) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 
 import modal
 import modal.exception
+from modal.sandbox.sandbox import SandboxFilesystem
 
 BWRAP = shutil.which("bwrap")
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -51,12 +52,62 @@ class FakeApp:
 
 class FakeImage:
     def __init__(
-        self, object_id: str, *, tag: str = "", files: Path | None = None, extra: Path | None = None
+        self,
+        object_id: str,
+        *,
+        tag: str = "",
+        files: Path | None = None,
+        extra: Path | None = None,
+        chain: tuple = (),
+        fake: FakeModal | None = None,
     ) -> None:
         self.object_id = object_id
         self.tag = tag
         self.files = files  # a snapshot's copy of the workspace
         self.extra = extra  # and of the directories made outside it (see FakeSandbox.extra)
+        # A declared image: its builder calls in order, (name, args, kwargs), first the start
+        # (debian_slim, from_registry); Modal builds it at the first create that uses it.
+        self.chain = chain
+        self._fake = fake
+
+    @property
+    def steps(self) -> list[str]:
+        return [name for name, _, _ in self.chain]
+
+    @property
+    def env_vars(self) -> dict[str, str]:
+        """What the image's `env` layers set (a sandbox on it starts with these)."""
+        env: dict[str, str] = {}
+        for name, args, kwargs in self.chain:
+            if name == "env":
+                env.update(args[0] if args else kwargs["vars"])
+        return env
+
+    def _then(self, name: str, real: Callable, args: tuple, kwargs: dict) -> FakeImage:
+        _bind(real, args, kwargs, method=True)
+        return FakeImage(
+            self._fake._new_id("im"),
+            tag=self.tag,
+            chain=(*self.chain, (name, args, kwargs)),
+            fake=self._fake,
+        )
+
+    def apt_install(self, *args, **kwargs) -> FakeImage:
+        return self._then("apt_install", modal.Image.apt_install, args, kwargs)
+
+    def pip_install(self, *args, **kwargs) -> FakeImage:
+        return self._then("pip_install", modal.Image.pip_install, args, kwargs)
+
+    def run_commands(self, *args, **kwargs) -> FakeImage:
+        return self._then("run_commands", modal.Image.run_commands, args, kwargs)
+
+    def env(self, *args, **kwargs) -> FakeImage:
+        return self._then("env", modal.Image.env, args, kwargs)
+
+
+class FakeSecret:
+    def __init__(self, env_dict: dict[str, str]) -> None:
+        self.env_dict = dict(env_dict)
 
 
 class FakeStreamReader:
@@ -165,6 +216,14 @@ class FakeFilesystem:
         local.parent.mkdir(parents=True, exist_ok=True)
         local.write_bytes(bytes(data))
 
+    def make_directory(self, *args, **kwargs) -> None:
+        _bind(SandboxFilesystem.make_directory, args, kwargs, method=True)
+        self._sandbox._check_running()
+        remote_path = args[0] if args else kwargs["remote_path"]
+        self._local(remote_path, "make_directory").mkdir(
+            parents=kwargs.get("create_parents", True), exist_ok=True
+        )
+
     def read_bytes(self, remote_path: str) -> bytes:
         self._sandbox._check_running()
         local = self._local(remote_path, "read_bytes")
@@ -182,7 +241,9 @@ class FakeSandbox:
         self.app_id = kwargs["app"].app_id
         self.workdir = kwargs.get("workdir") or "/"
         self.tags = dict(kwargs.get("tags") or {})
-        self.env = {k: v for k, v in (kwargs.get("env") or {}).items() if v is not None}
+        # A declared image's `env` layers, as Modal sets them in the container (snapshots: none).
+        env = {**getattr(kwargs.get("image"), "env_vars", {}), **(kwargs.get("env") or {})}
+        self.env = {k: v for k, v in env.items() if v is not None}
         self.block_network = kwargs.get("block_network", False)
         self.files = fake.root / object_id / "files"
         # Top-level directories the host lacks (e.g. /convoy), bound writable as in a container.
@@ -321,13 +382,31 @@ class _FakeImageAPI:
 
     def from_registry(self, *args, **kwargs) -> FakeImage:
         _bind(modal.Image.from_registry, args, kwargs)
-        return FakeImage(self._fake._new_id("im"), tag=args[0] if args else kwargs["tag"])
+        tag = args[0] if args else kwargs["tag"]
+        chain = (("from_registry", args, kwargs),)
+        return FakeImage(self._fake._new_id("im"), tag=tag, chain=chain, fake=self._fake)
+
+    def debian_slim(self, *args, **kwargs) -> FakeImage:
+        _bind(modal.Image.debian_slim, args, kwargs)
+        chain = (("debian_slim", args, kwargs),)
+        return FakeImage(self._fake._new_id("im"), chain=chain, fake=self._fake)
 
     def from_id(self, image_id: str, client=None) -> FakeImage:
         try:
             return self._fake.images[image_id]
         except KeyError:
             raise modal.exception.NotFoundError(f"Image {image_id} not found") from None
+
+
+class _FakeSecretAPI:
+    def __init__(self, fake: FakeModal) -> None:
+        self._fake = fake
+
+    def from_dict(self, *args, **kwargs) -> FakeSecret:
+        _bind(modal.Secret.from_dict, args, kwargs)
+        secret = FakeSecret(args[0] if args else kwargs.get("env_dict", {}))
+        self._fake.secrets.append(secret)
+        return secret
 
 
 class _FakeSandboxAPI:
@@ -386,6 +465,8 @@ class FakeModal:
         self.App = _FakeAppAPI(self)
         self.Image = _FakeImageAPI(self)
         self.Sandbox = _FakeSandboxAPI(self)
+        self.Secret = _FakeSecretAPI(self)
+        self.secrets: list[FakeSecret] = []
 
     def _new_id(self, prefix: str) -> str:
         with self._ids_lock:
