@@ -31,6 +31,7 @@ from campaigns.spec_fields import (
     check_model,
     check_network,
     check_repos,
+    check_review,
     check_variants,
 )
 from campaigns.spec_yaml import spec_load
@@ -72,7 +73,6 @@ TOP_KEYS = {
 }
 REQUIRED_KEYS = ("name", "repos", "transform")
 CHANGESET_KEYS = {"branch", "title", "body", "commit_message", "author"}
-REVIEW_KEYS = {"four_eyes"}
 
 
 @dataclass
@@ -169,14 +169,7 @@ def spec_validate(raw: Any, *, lines: dict[str, int] | None = None) -> dict:
                 spec["changeset"][key] = c.string(
                     value, field_path("changeset", key), allow_empty=True
                 )
-    spec["review"] = {"four_eyes": True}
-    if "review" in raw:
-        review = c.mapping(raw["review"], "review", REVIEW_KEYS)
-        if review and "four_eyes" in review:
-            if not isinstance(review["four_eyes"], bool):
-                c.fail("review.four_eyes", "must be true or false")
-            else:
-                spec["review"]["four_eyes"] = review["four_eyes"]
+    spec["review"] = check_review(c, raw, validated=bool(spec["validate"]))
     check_environment(c, raw, spec)
     spec["model"] = check_model(c, raw["model"], "model") if raw.get("model") else None
     for where, message in model_spec_errors(spec):

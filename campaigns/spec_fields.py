@@ -23,6 +23,9 @@ LIMIT_KEYS = {"timeout_s", "cpu", "memory_mb", "network", "max_diff_mb", "gpu", 
 VARIANT_KEYS = {"name", "description", "env", "transform", "model"}
 REPO_KEYS = {"url", "ref"}
 DEFAULT_MAX_DIFF_MB = 5
+REVIEW_KEYS = {"four_eyes", "require"}
+# Which validation outcomes bulk approval accepts (review.require); see README, "Review".
+REVIEW_REQUIRE = ("passes_or_fixes", "passes", "any")
 DEFAULT_LIMITS = {"timeout_s": 900, "cpu": 1.0, "memory_mb": 1024, "egress_mb": 1024}
 
 
@@ -212,3 +215,30 @@ def check_environment(c: SpecChecker, raw: dict, spec: dict) -> None:
     if isinstance(limits, dict) and "max_diff_mb" in limits:
         most = c.integer(limits["max_diff_mb"], "limits.max_diff_mb", low=1, high=100)
         spec["diff"]["max_mb"] = most or DEFAULT_MAX_DIFF_MB
+
+
+def check_review(c: SpecChecker, raw: dict, *, validated: bool) -> dict:
+    """`review:` the four-eyes rule and `require`, the outcomes bulk approval accepts."""
+    review = {"four_eyes": True, "require": REVIEW_REQUIRE[0]}
+    given = c.mapping(raw["review"], "review", REVIEW_KEYS) if "review" in raw else None
+    if not given:
+        return review
+    if "four_eyes" in given:
+        if not isinstance(given["four_eyes"], bool):
+            c.fail("review.four_eyes", "must be true or false")
+        else:
+            review["four_eyes"] = given["four_eyes"]
+    if "require" in given:
+        require = given["require"]
+        if require not in REVIEW_REQUIRE:
+            got = repr(require) if isinstance(require, str) else kind_name(require)
+            c.fail("review.require", f"must be one of {', '.join(REVIEW_REQUIRE)}, got {got}")
+        elif require == "passes" and not validated:
+            c.fail(
+                "review.require",
+                "passes needs validate steps: without them no variant passes, so bulk approval "
+                "would hold every change back (use passes_or_fixes or any)",
+            )
+        else:
+            review["require"] = require
+    return review

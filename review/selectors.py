@@ -49,6 +49,7 @@ from review.models import (
     RunReview,
     VariantDigest,
 )
+from review.require import bulk_candidates, campaign_require, require_q
 
 PAGE_SIZE = 50
 # Columns of a variant a list needs; `patch` stays in the database until a diff is shown.
@@ -266,28 +267,14 @@ def bulk_groups(
 ) -> list[BulkGroup]:
     """Runs whose `variant_name` diffs make the same change, largest group first.
 
-    Only completed variants that passed (or had no) validation, in runs that still need a
-    decision, are grouped. Groups changing the same files with a few differing lines are
-    linked to each other as near-identical (from stored digests; no diff is parsed here).
+    Only completed variants whose outcome the campaign's `review.require` accepts
+    (review.require), in runs that still need a decision, are grouped. Groups changing the same
+    files with a few differing lines are linked to each other as near-identical (from stored
+    digests; no diff is parsed here).
     """
-    eligible = (
-        VariantDigest.objects.filter(
-            campaign=campaign,
-            variant__name=variant_name,
-            variant__state=VariantState.COMPLETED,
-            variant__validation__in=[Validation.PASSED, Validation.SKIPPED],
-            diff_sha256=F("variant__diff_sha256"),
-        )
-        .filter(
-            Q(variant__run__review__isnull=True)
-            | Q(
-                variant__run__review__state__in=[
-                    ReviewState.UNREVIEWED,
-                    ReviewState.PICKED,
-                ]
-            )
-        )
-        .exclude(group_key="")
+    require = campaign_require(campaign)
+    eligible = bulk_candidates(campaign=campaign, variant_name=variant_name).filter(
+        require_q(require, prefix="variant__")
     )
     top = list(
         eligible.values("group_key")

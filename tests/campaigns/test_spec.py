@@ -49,7 +49,7 @@ def test_valid_spec_is_normalised(good):
     assert spec["transform"] == [{"run": "sed -i s/a/b/ x.py"}]
     assert spec["network"] == "none"
     assert spec["limits"]["egress_mb"] == 1024
-    assert spec["review"] == {"four_eyes": True}
+    assert spec["review"] == {"four_eyes": True, "require": "passes_or_fixes"}
 
 
 def test_missing_fields(manager):

@@ -1,0 +1,170 @@
+"""`review.require`: which validation outcomes bulk approval accepts.
+
+One look at one diff approves many repositories in bulk, so a variant whose validation tells
+against it is held back from that and reviewed one by one (a single approval stays possible,
+behind a confirmation naming the outcome). The outcome is the variant's validation read
+against its run's baseline (campaigns.models.Outcome):
+
+- `passes_or_fixes` (default): validation passed (whatever the baseline: passes or fixes), or
+  the spec has no validate steps. Held back: regresses, still failing, and, with
+  `baseline: false`, fails.
+- `passes`: validation passed and the baseline did not fail (it passed, or there was none).
+  Held back as well: fixes (the tests were red before; a fix deserves its own look).
+- `any`: nothing is held back.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from django.db.models import Count, F, Q, QuerySet
+
+from campaigns.models import Campaign, Outcome, RepoRun, Validation, VariantState
+from campaigns.spec_fields import REVIEW_REQUIRE
+from review.models import ReviewState, VariantDigest
+
+REQUIRE_DEFAULT = REVIEW_REQUIRE[0]
+HELD_BACK_LIMIT = 200  # held-back runs listed for one group; the count covers them all
+
+
+def campaign_require(campaign: Campaign) -> str:
+    """The campaign's `review.require` (specs older than the field mean the default)."""
+    require = ((campaign.spec or {}).get("review") or {}).get("require")
+    return require if require in REVIEW_REQUIRE else REQUIRE_DEFAULT
+
+
+def require_q(require: str, *, prefix: str = "") -> Q:
+    """The variants (fields under `prefix`) that `require` lets bulk approval take."""
+    if require == "passes_or_fixes":
+        return Q(**{f"{prefix}validation__in": [Validation.PASSED, Validation.SKIPPED]})
+    if require == "passes":
+        return Q(**{f"{prefix}validation": Validation.PASSED}) & ~Q(
+            **{f"{prefix}run__baseline": Validation.FAILED}
+        )
+    return Q()
+
+
+def require_allows(*, require: str, validation: str, baseline: str) -> bool:
+    """The same rule as `require_q`, for one variant already loaded."""
+    if require == "passes_or_fixes":
+        return validation in (Validation.PASSED, Validation.SKIPPED)
+    if require == "passes":
+        return validation == Validation.PASSED and baseline != Validation.FAILED
+    return True
+
+
+def held_reason(*, validation: str, baseline: str) -> str:
+    """What a held-back variant did, in the words the pages use: regresses, fixes, …"""
+    outcome = Outcome.of(baseline=baseline, validation=validation)
+    return outcome.value.replace("_", " ") if outcome else "not validated"
+
+
+def approve_warning(*, campaign: Campaign, variant) -> str:
+    """The confirmation a single approval of a held-back variant asks for; "" when allowed."""
+    if variant is None:
+        return ""
+    require, baseline = campaign_require(campaign), variant.run.baseline
+    if require_allows(require=require, validation=variant.validation, baseline=baseline):
+        return ""
+    reason = held_reason(validation=variant.validation, baseline=baseline)
+    return (
+        f"“{variant.name}” {reason} against the baseline, so review.require ({require}) keeps "
+        "it out of bulk approval. Approve this change anyway?"
+    )
+
+
+def bulk_candidates(*, campaign: Campaign, variant_name: str) -> QuerySet[VariantDigest]:
+    """Digests of completed `variant_name` variants whose run still needs a decision, whatever
+    their validation (`require_q` narrows them to what bulk approval may take)."""
+    return (
+        VariantDigest.objects.filter(
+            campaign=campaign,
+            variant__name=variant_name,
+            variant__state=VariantState.COMPLETED,
+            diff_sha256=F("variant__diff_sha256"),
+        )
+        .filter(
+            Q(variant__run__review__isnull=True)
+            | Q(variant__run__review__state__in=[ReviewState.UNREVIEWED, ReviewState.PICKED])
+        )
+        .exclude(group_key="")
+    )
+
+
+@dataclass
+class HeldBackSummary:
+    """Runs waiting for a decision that bulk approval leaves out, by reason, overall and per
+    group of identical diffs."""
+
+    require: str
+    by_reason: Counter = field(default_factory=Counter)
+    by_group: dict[str, Counter] = field(default_factory=dict)
+
+    @property
+    def count(self) -> int:
+        return sum(self.by_reason.values())
+
+    def text(self, reasons: Counter | None = None) -> str:
+        """ "3 regress, 1 still failing" """
+        reasons = self.by_reason if reasons is None else reasons
+        return ", ".join(f"{n} {_verb(reason, n)}" for reason, n in reasons.most_common())
+
+
+def _verb(reason: str, n: int) -> str:
+    # "1 regresses", "3 regress"; labels that are not verbs read the same either way.
+    if n != 1 and reason in ("regresses", "fixes"):
+        return reason[:-2]
+    if n != 1 and reason == "fails":
+        return "fail"
+    return reason
+
+
+def bulk_held_back(
+    *, campaign: Campaign, variant_name: str, require: str | None = None, group_key: str = ""
+) -> HeldBackSummary:
+    """What `review.require` keeps out of bulk approval for `variant_name` (one query), in one
+    group when `group_key` is given."""
+    require = require or campaign_require(campaign)
+    summary = HeldBackSummary(require=require)
+    if require == "any":
+        return summary
+    held = bulk_candidates(campaign=campaign, variant_name=variant_name).exclude(
+        require_q(require, prefix="variant__")
+    )
+    if group_key:
+        held = held.filter(group_key=group_key)
+    rows = held.values("group_key", "variant__validation", "variant__run__baseline").annotate(
+        n=Count("pk")
+    )
+    for row in rows:
+        reason = held_reason(
+            validation=row["variant__validation"], baseline=row["variant__run__baseline"]
+        )
+        summary.by_reason[reason] += row["n"]
+        summary.by_group.setdefault(row["group_key"], Counter())[reason] += row["n"]
+    return summary
+
+
+def bulk_held_back_runs(
+    *, campaign: Campaign, variant_name: str, group_key: str, require: str | None = None
+) -> list[tuple[RepoRun, str]]:
+    """The runs of one group that `review.require` holds back, each with its reason."""
+    require = require or campaign_require(campaign)
+    if require == "any":
+        return []
+    held = (
+        bulk_candidates(campaign=campaign, variant_name=variant_name)
+        .filter(group_key=group_key)
+        .exclude(require_q(require, prefix="variant__"))
+        .select_related("variant__run__repository")
+        .defer("changes", "variant__patch", "variant__output_tail", "variant__diffstat")
+        .order_by("variant__run_id")[:HELD_BACK_LIMIT]
+    )
+    return [
+        (
+            d.variant.run,
+            held_reason(validation=d.variant.validation, baseline=d.variant.run.baseline),
+        )
+        for d in held
+    ]
