@@ -1,6 +1,7 @@
 """The Daytona backend: sandboxes in Daytona's cloud through the `daytona` SDK (synchronous API).
 
-Daytona builds (and caches) a snapshot from the spec's registry image itself. Commands run in
+Daytona builds (and caches) a snapshot from the spec's registry image itself, or from a campaign
+image declared as a `daytona.Image` (sandboxes/images/cloud_image.py). Commands run in
 a session so that their output streams; a filesystem snapshot is a named Daytona snapshot and
 a fork is N creates from it. Sandboxes are ephemeral (deleted when they stop) and carry a TTL,
 and Convoy's labels are Daytona labels, by which the reaper lists and deletes orphans.
@@ -19,6 +20,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
+from core.errors import Invalid
 from sandboxes.backends.base import (
     FILES_DIR,
     Capability,
@@ -45,6 +47,9 @@ from sandboxes.backends.cloud import (
     labels_stamped,
     workspace_path,
 )
+from sandboxes.backends.images import HOME_DIR
+from sandboxes.images.cloud_image import daytona_image_from_spec
+from sandboxes.images.spec import image_spec_parse
 
 CREATE_TIMEOUT_S = 600  # the first create from an image builds Daytona's snapshot of it
 SNAPSHOT_TIMEOUT_S = 600
@@ -55,6 +60,10 @@ GONE_STATES = {"destroyed", "destroying", "error", "build_failed"}
 PREPARE = (
     f"mkdir -p {WORKSPACE} 2>/dev/null || "
     f'sudo -n sh -c "mkdir -p {WORKSPACE} && chmod 777 {WORKSPACE}"'
+)
+HOME_MAKE = (
+    f"mkdir -p {HOME_DIR} 2>/dev/null || "
+    f'sudo -n sh -c "mkdir -p {HOME_DIR} && chmod 777 {HOME_DIR}"'
 )
 
 
@@ -70,8 +79,12 @@ class DaytonaBackend(SandboxBackend):
         | Capability.SNAPSHOT
         | Capability.GPU
         | Capability.NETWORK_ALLOWLIST
+        | Capability.IMAGE_SPEC
     )
-    isolation = "Daytona cloud sandbox (container or microVM by sandbox class); the spec's image"
+    isolation = (
+        "Daytona cloud sandbox (container or microVM by sandbox class); the spec's image or "
+        "campaign image"
+    )
     # Operator settings or environment, never in a sandbox; the URL and target are optional.
     credentials = ("DAYTONA_API_KEY", "DAYTONA_API_URL", "DAYTONA_TARGET")
 
@@ -225,10 +238,26 @@ class DaytonaBackend(SandboxBackend):
 
     # --- lifecycle --------------------------------------------------------------------------------
     def create(self, spec: SandboxSpec) -> SandboxHandle:
+        image = self._spec_image(spec) if spec.image_spec is not None else spec.image
         params = self.sdk.CreateSandboxFromImageParams(
-            image=spec.image, resources=self._resources(spec), **self._base_kwargs(spec)
+            image=image, resources=self._resources(spec), **self._base_kwargs(spec)
         )
         return self._create(spec, params)
+
+    def _spec_image(self, spec: SandboxSpec):
+        """The campaign image as a `daytona.Image`: Daytona builds it at the first create and
+        reuses the build for 24 hours."""
+        if spec.image_credentials:
+            raise SandboxError(
+                "image.credentials_secret: Daytona pulls private images with the registries "
+                "set up in Daytona itself; remove credentials_secret and add the registry "
+                "there, or use the modal or local backends"
+            )
+        try:
+            image_spec = image_spec_parse(dict(spec.image_spec or {}))
+        except Invalid as exc:  # the campaign spec was checked: a stale or altered spec
+            raise SandboxError(f"{exc.field or 'image'}: {exc.message}") from exc
+        return daytona_image_from_spec(image_spec, image_api=self.sdk.Image)
 
     def _create(self, spec: SandboxSpec, params, *, from_snapshot: bool = False) -> SandboxHandle:
         client = self._daytona()
@@ -242,6 +271,9 @@ class DaytonaBackend(SandboxBackend):
                     raise SandboxError(f"cannot make {WORKSPACE}")
                 if spec.files or from_snapshot:
                     self._files_put(sb, spec.files, from_snapshot=from_snapshot)
+                # The tools area ($HOME of every step); a snapshot carries it.
+                if spec.tools_home and not from_snapshot and self._run(sb, HOME_MAKE) != 0:
+                    raise SandboxError(f"cannot make {HOME_DIR}")
         except BaseException:
             with contextlib.suppress(SandboxError):  # else the reaper finds it by label
                 self.terminate(handle)

@@ -144,6 +144,12 @@ class E2BBackend(SandboxBackend):
 
     # --- spec → E2B -------------------------------------------------------------------------------
     def _refuse(self, spec: SandboxSpec) -> None:
+        if getattr(spec, "image_spec", None) is not None:
+            # E2B templates are built ahead of time; campaign images are not mapped onto them.
+            raise SandboxError(
+                "image: the e2b backend cannot run campaign images; use the local (bubblewrap, "
+                "gvisor), modal or daytona backends, or build an E2B template and name it"
+            )
         gpu = getattr(spec, "gpu", None)
         if gpu:
             raise SandboxError(

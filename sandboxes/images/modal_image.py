@@ -12,10 +12,9 @@ where the local builder uses /opt/convoy-venv.
 
 from __future__ import annotations
 
-import shlex
 from typing import Any
 
-from sandboxes.images.build import NPM_PREFIX, SYSTEM_PATH, VENV
+from sandboxes.images.cloud_image import image_env_vars, npm_commands, pip_venv_commands
 from sandboxes.images.spec import ImageSpec
 
 # The suite of Modal's debian_slim images (its image builder version 2024.10 and later).
@@ -42,17 +41,9 @@ def modal_image_from_spec(spec: ImageSpec, *, image_api: Any, secret: Any = None
             image = image.pip_install(*spec.pip)
         else:
             # No Modal-managed Python here: the same virtualenv the local builder makes.
-            quoted = " ".join(shlex.quote(p) for p in spec.pip)
-            image = image.run_commands(
-                f"test -x {VENV}/bin/python || python3 -m venv {VENV}",
-                f"{VENV}/bin/pip install {quoted}",
-            )
+            image = image.run_commands(*pip_venv_commands(spec))
     if spec.npm:
-        quoted = " ".join(shlex.quote(p) for p in spec.npm)
-        image = image.run_commands(f"npm install --global --prefix {NPM_PREFIX} {quoted}")
+        image = image.run_commands(*npm_commands(spec))
     if spec.run:
         image = image.run_commands(*spec.run)
-    env = dict(spec.env)
-    base_path = env.get("PATH", SYSTEM_PATH)
-    env["PATH"] = f"{VENV}/bin:{NPM_PREFIX}/bin:{base_path}"
-    return image.env(env)
+    return image.env(image_env_vars(spec))

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import inspect
 import queue
+import shlex
 import threading
 from pathlib import Path
 
@@ -128,6 +129,19 @@ class FakeFs:
             ) from None
 
 
+def _image_env(image) -> dict[str, str]:
+    """The variables a declared `daytona.Image` sets (its Dockerfile's ENV lines), as Daytona
+    sets them in a sandbox built from it; nothing for a registry image name."""
+    if not isinstance(image, daytona.Image):
+        return {}
+    env = {}
+    for line in image.dockerfile().splitlines():
+        if line.startswith("ENV "):
+            name, _, value = line[4:].partition("=")
+            env[name] = shlex.split(value)[0] if value else ""
+    return env
+
+
 class FakeDaytonaSandbox:
     def __init__(self, fake: FakeDaytona, sandbox_id: str, params, image) -> None:
         self.fake = fake
@@ -144,7 +158,7 @@ class FakeDaytonaSandbox:
             {
                 "app": fake.app,
                 "workdir": "/workspace",
-                "env": params.env_vars or {},
+                "env": {**_image_env(getattr(params, "image", None)), **(params.env_vars or {})},
                 "block_network": blocked,
                 "image": image,
             },
