@@ -41,6 +41,9 @@ class RunSkippedOut(Schema):
 class BulkApproveOut(Schema):
     approved: list[int]
     skipped: list[RunSkippedOut]
+    # Runs of the group that review.require kept out of bulk approval, and why (regresses, …).
+    held_back: int
+    held_back_by: dict[str, int]
 
 
 class PublishApprovedOut(Schema):

@@ -35,6 +35,7 @@ from review.models import (
     VariantDigest,
 )
 from review.publish import PublishError, change_push
+from review.require import bulk_held_back, campaign_require, held_reason, require_allows
 from review.selectors import review_is_approved
 
 logger = logging.getLogger(__name__)
@@ -74,10 +75,19 @@ class RunSkipped:
 
 @dataclass
 class BulkApproval:
-    """What a bulk approval did: runs approved, runs left alone and why."""
+    """What a bulk approval did: runs approved, runs left alone and why, and how many runs of
+    the group `review.require` held back (for one-by-one review)."""
 
     approved: list[int] = field(default_factory=list)
     skipped: list[RunSkipped] = field(default_factory=list)
+    held_back: int = 0
+    held_back_by: dict[str, int] = field(default_factory=dict)
+
+
+class HeldBackRefused(Invalid):
+    """A bulk approval named runs whose outcome `review.require` keeps out of bulk approval."""
+
+    code = "held_back"
 
 
 @dataclass
@@ -316,7 +326,9 @@ def changes_bulk_approve(
     Runs whose diff left the group since the page was drawn, whose diff is no longer the one
     in `diff_hashes` (when given: the hash each run was shown with), or that are already
     approved, are skipped and reported, never approved unseen. One decision per run, each on
-    that run's own diff hash.
+    that run's own diff hash. A run whose outcome the campaign's `review.require` does not
+    accept refuses the whole request (`HeldBackRefused`): those are approved one by one. The
+    bulk event records how many runs of the group were held back.
     """
     if not group_key:
         raise Invalid("group_key: required", field="group_key")
@@ -335,7 +347,12 @@ def changes_bulk_approve(
             run__campaign=campaign, run_id__in=run_ids, name=variant_name
         ).select_related("digest", "run", "run__campaign")
     }
-    result = BulkApproval()
+    require = campaign_require(campaign)
+    _held_back_refuse(variants=[variants[i] for i in run_ids if i in variants], require=require)
+    held = bulk_held_back(
+        campaign=campaign, variant_name=variant_name, require=require, group_key=group_key
+    )
+    result = BulkApproval(held_back=held.count, held_back_by=dict(held.by_reason))
     for run_id in run_ids:
         v = variants.get(run_id)
         digest = getattr(v, "digest", None) if v else None
@@ -359,7 +376,41 @@ def changes_bulk_approve(
             result.skipped.append(RunSkipped(run_id, exc.message))
         else:
             result.approved.append(run_id)
+    with transaction.atomic():
+        audit_record(
+            action="review.changes.bulk_approved",
+            actor=actor,
+            target=campaign,
+            context={"campaign_id": campaign.pk},
+            payload={
+                "variant": variant_name,
+                "group_key": group_key,
+                "require": require,
+                "approved": len(result.approved),
+                "skipped": len(result.skipped),
+                "held_back": result.held_back,
+                "held_back_by": result.held_back_by,
+            },
+            reason=comment,
+        )
     return result
+
+
+def _held_back_refuse(*, variants: list[Variant], require: str) -> None:
+    """Refuse a bulk approval naming a run whose outcome `review.require` does not accept."""
+    held = [
+        (v, held_reason(validation=v.validation, baseline=v.run.baseline))
+        for v in variants
+        if not require_allows(require=require, validation=v.validation, baseline=v.run.baseline)
+    ]
+    if held:
+        shown = ", ".join(f"run {v.run_id} {reason}" for v, reason in held[:10])
+        more = f" and {len(held) - 10} more" if len(held) > 10 else ""
+        raise HeldBackRefused(
+            f"run_ids: {len(held)} of these runs are held back by review.require ({require}): "
+            f"{shown}{more}. Review them one by one.",
+            field="run_ids",
+        )
 
 
 def change_publish(*, run: RepoRun, actor) -> Changeset:

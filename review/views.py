@@ -30,6 +30,7 @@ from review.permissions import (
     review_campaign_get_for_user,
     review_run_get_for_user,
 )
+from review.require import approve_warning, bulk_held_back, bulk_held_back_runs
 from review.undo import decision_undoable, decision_withdraw
 
 COMPARE = "review/compare.html"
@@ -85,6 +86,7 @@ def _compare_context(request, run) -> dict:
         "data": data,
         "chosen": chosen,
         "approved": selectors.review_is_approved(data.review, data.review and data.review.variant),
+        "approve_warning": approve_warning(campaign=campaign, variant=chosen),
         "mode": mode,
         "whitespace": whitespace,
         "files": diff_view(
@@ -231,6 +233,12 @@ def bulk_review(request, pk):
         "variant_name": name,
         "groups": groups,
         "shown": shown,
+        "held": bulk_held_back(campaign=campaign, variant_name=name),
+        "held_runs": bulk_held_back_runs(
+            campaign=campaign, variant_name=name, group_key=shown.group_key
+        )
+        if shown
+        else [],
         "files": diff_view(
             variant_patch_for_display(variant=shown.sample),
             differing=selectors.bulk_group_differing(shown),
@@ -260,6 +268,8 @@ def bulk_approve(request, pk):
     msg = f"Approved {len(result.approved)} change(s)."
     if result.skipped:
         msg += f" Skipped {len(result.skipped)}: their diff differs or changed."
+    if result.held_back:
+        msg += f" Held back by review.require: {result.held_back}; review them one by one."
     messages.success(request, msg)
     url = reverse("review-bulk", args=[campaign.pk])
     return redirect(f"{url}?{urlencode({'variant': request.POST.get('variant_name', '')})}")
