@@ -17,12 +17,13 @@ from campaigns.models import RepoRun, RunState, Variant
 from campaigns.secret_grants import secret_grant
 from campaigns.secrets import secret_set
 from campaigns.services import campaign_create, campaign_launch
-from sandboxes.backends.base import SandboxSpec
+from sandboxes.backends.base import SandboxError, SandboxSpec
 from sandboxes.images.spec import image_spec_parse
 from sandboxes.models import Sandbox
 from tests.campaigns.test_backend_choice import demo_spec_on
 from tests.factories import campaign_completed, repos_make
 from tests.sandboxes.fake_cloud import cloud_fake_installed, fake_running
+from tests.sandboxes.fake_daytona import daytona_fake_backend
 from tests.sandboxes.fake_modal import modal_fake_backend
 
 pytestmark = [pytest.mark.shapes("embedded", "production"), pytest.mark.slow]
@@ -165,4 +166,35 @@ def test_daytona_campaign_runs_on_its_image_built_by_daytona(
         assert "GREETING" in dockerfile
         key = engine_image_key(image_spec_parse(campaign.spec["image"]), backend="daytona")
         assert [run.image_key for run in runs] == [key]
+        assert not fake_running(engine)
+
+
+def test_daytona_refuses_registry_credentials_naming_the_field(tmp_path):
+    value = {"oci": "127.0.0.1:5000/team/python:3.12", "credentials_secret": "REGISTRY_LOGIN"}
+    spec = SandboxSpec(
+        image_spec=value,
+        image_key=engine_image_key(image_spec_parse(value), backend="daytona"),
+        image_credentials="robot:s3cret-pass",
+    )
+    with daytona_fake_backend(tmp_path / "daytona") as backend:
+        with pytest.raises(SandboxError) as info:
+            backend.create(spec)
+        assert str(info.value).startswith("image.credentials_secret: ")
+        assert "s3cret-pass" not in str(info.value)
+        assert not backend.fake.called("Daytona.create")
+
+
+def test_e2b_campaign_with_an_image_fails_its_runs_naming_image(
+    tmp_path, monkeypatch, manager, worker_in_process
+):
+    with cloud_fake_installed("e2b", tmp_path / "e2b", monkeypatch) as engine:
+        repos_make(1, tag=DEMO_TAG)
+        campaign = campaign_create(actor=manager, source=_spec_with_image("e2b"))
+        campaign_launch(campaign=campaign, actor=manager)
+        campaign_completed(campaign, timeout=240)
+
+        [run] = RepoRun.objects.filter(campaign=campaign)
+        assert run.state == RunState.FAILED
+        assert "image: the e2b backend cannot run campaign images" in run.error
+        assert "modal" in run.error and "daytona" in run.error
         assert not fake_running(engine)
