@@ -36,6 +36,8 @@ CAPABILITY_WORDS = (
     (Capability.NETWORK_ALLOWLIST, "domain allowlist"),
     (Capability.EGRESS_PROXY, "egress through Convoy's proxy"),
     (Capability.READONLY_FILES, "read-only spec files"),
+    (Capability.IMAGES, "campaign images (built on this host)"),
+    (Capability.IMAGE_SPEC, "campaign images (built by the provider)"),
 )
 
 # What each backend enforces, in the words of docs/backends.md (kept true there).

@@ -198,3 +198,18 @@ def test_e2b_campaign_with_an_image_fails_its_runs_naming_image(
         assert "image: the e2b backend cannot run campaign images" in run.error
         assert "modal" in run.error and "daytona" in run.error
         assert not fake_running(engine)
+
+
+def test_backends_page_says_who_builds_campaign_images(client, admin_user, settings):
+    settings.SANDBOX_BACKENDS = ("bwrap", "modal", "e2b", "daytona")
+    settings.SANDBOX_BACKEND = "bwrap"
+    client.force_login(admin_user)
+    page = client.get("/sandboxes/backends/").content.decode()
+
+    def card(name: str) -> str:
+        return page.split(f'id="backend-{name}"')[1].split("</section>")[0]
+
+    assert "campaign images (built on this host)" in card("bwrap")
+    for name in ("modal", "daytona"):
+        assert "campaign images (built by the provider)" in card(name)
+    assert "campaign images" not in card("e2b")
