@@ -19,6 +19,7 @@ from core.errors import Conflict, Invalid, PermissionDenied, Unavailable
 from sandboxes.backends.base import Capability, SandboxError, SandboxSpec
 from sandboxes.backends.images import HOME_DIR, HOME_IN_WORKSPACE
 from sandboxes.images.mounts import image_env, image_rootfs
+from sandboxes.images.proxy_network import network_allow
 from sandboxes.images.services import image_ensure, image_prune, image_remove, image_resolve
 from sandboxes.images.spec import ImageSpec, image_key, image_spec_parse
 from sandboxes.models import Image, ImageState, Sandbox, SandboxState
@@ -62,7 +63,11 @@ def run_image(*, run: RepoRun, spec: dict, actor) -> Image | None:
             and (failed.heartbeat_at or launched) >= launched
         ):
             raise Invalid(failed.error, field=failed.error_field or "image")
-        image = image_ensure(spec=image_spec, actor=actor, creds=creds, on_output=logger.debug)
+        image = image_ensure(
+            spec=image_spec, actor=actor, creds=creds, on_output=logger.debug,
+            network_allow=network_allow(spec.get("network", "none")),
+            audit_context={"campaign_id": run.campaign_id, "run_id": run.pk},
+        )  # fmt: skip
     except Invalid as exc:
         log = Image.objects.filter(key=key).values_list("build_log_path", flat=True).first()
         # The log's host path means nothing to a manager: name where the page shows it.

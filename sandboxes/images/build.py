@@ -26,7 +26,7 @@ from pathlib import Path
 from django.conf import settings
 
 from sandboxes.images.hostconfig import package_client_config
-from sandboxes.images.network import BuildNetwork, NetworkAttachment, host_network
+from sandboxes.images.network import BuildNetwork, NetworkAttachment
 from sandboxes.images.oci import OciError, oci_pull
 from sandboxes.images.spec import ImageSpec, field_for_package
 
@@ -229,13 +229,43 @@ def _dpkg_versions(rootfs: Path) -> dict[str, str]:
     return versions
 
 
+def _steps_run(spec, key, rootfs, steps, log: BuildLog, network: BuildNetwork) -> None:
+    """Run the pip, npm and run steps inside the image, on the build's network."""
+    carried = package_client_config()
+    with network(key) as net:
+        _root_files(rootfs, net)
+        env = _build_env(spec, net, carried.env)
+        for name, where, argv in steps:
+            _step_hook(name)
+            status = log.run(_bwrap(rootfs, net, carried.binds, argv), env=env)
+            notes = net.after_step(status != 0)
+            for line in notes:
+                log.line(line)
+            if status != 0:
+                step = name.split("[")[0]
+                patterns = {"pip": (_PIP_MISSING,), "npm": (_NPM_MISSING,)}.get(step, ())
+                missing = _missing(log, patterns, spec, step)
+                last = notes[-1] if notes else (log.tail or [""])[-1]
+                raise missing or ImageBuildError(
+                    f"{where} failed with exit status {status}: {last[:300]}", field=where
+                )
+
+
+def _root_files(rootfs: Path, net: NetworkAttachment) -> None:
+    """The network's files (apt's proxy), where the image has their directory."""
+    for inside, text in net.root_files.items():
+        path = rootfs / inside.lstrip("/")
+        if path.parent.is_dir() and not path.parent.is_symlink() and not path.is_symlink():
+            path.write_text(text)
+
+
 def rootfs_build(
     *,
     spec: ImageSpec,
     key: str,
     resolved_base: dict,
     log: BuildLog,
-    network: BuildNetwork = host_network,
+    network: BuildNetwork,
     creds: str | None = None,
 ) -> BuildResult:
     """Build the image for `key` and rename it into place; raise ImageBuildError on failure
@@ -249,30 +279,18 @@ def rootfs_build(
     try:
         _step_hook("base")
         oci_config = _base(spec, rootfs, work, log, creds)
-        carried = package_client_config()
-        with network(key[:12]) as net:
-            env = _build_env(spec, net, carried.env)
-            steps: list[tuple[str, str, list[str]]] = []
-            if spec.pip:
-                venv = f"test -x {VENV}/bin/python || python3 -m venv {VENV}"
-                steps.append(("pip", "image.pip", ["/bin/sh", "-c", venv]))
-                steps.append(("pip", "image.pip", [f"{VENV}/bin/pip", "install", *spec.pip]))
-            if spec.npm:
-                npm = ["npm", "install", "--global", "--prefix", NPM_PREFIX, *spec.npm]
-                steps.append(("npm", "image.npm", npm))
-            for i, command in enumerate(spec.run):
-                steps.append((f"run[{i}]", f"image.run[{i}]", ["/bin/sh", "-c", command]))
-            for name, where, argv in steps:
-                _step_hook(name)
-                status = log.run(_bwrap(rootfs, net, carried.binds, argv), env=env)
-                if status != 0:
-                    step = name.split("[")[0]
-                    patterns = {"pip": (_PIP_MISSING,), "npm": (_NPM_MISSING,)}.get(step, ())
-                    missing = _missing(log, patterns, spec, step)
-                    raise missing or ImageBuildError(
-                        f"{where} failed with exit status {status}: {(log.tail or [''])[-1][:300]}",
-                        field=where,
-                    )
+        steps: list[tuple[str, str, list[str]]] = []
+        if spec.pip:
+            venv = f"test -x {VENV}/bin/python || python3 -m venv {VENV}"
+            steps.append(("pip", "image.pip", ["/bin/sh", "-c", venv]))
+            steps.append(("pip", "image.pip", [f"{VENV}/bin/pip", "install", *spec.pip]))
+        if spec.npm:
+            npm = ["npm", "install", "--global", "--prefix", NPM_PREFIX, *spec.npm]
+            steps.append(("npm", "image.npm", npm))
+        for i, command in enumerate(spec.run):
+            steps.append((f"run[{i}]", f"image.run[{i}]", ["/bin/sh", "-c", command]))
+        if steps:
+            _steps_run(spec, key, rootfs, steps, log, network)
         _step_hook("finish")
         _mountpoints(rootfs)
         size = disk_usage(rootfs)

@@ -14,7 +14,7 @@ import secrets
 import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 
 from django.db import transaction
@@ -33,8 +33,9 @@ from sandboxes.images.build import (
     rootfs_build,
 )
 from sandboxes.images.hostconfig import apt_sources_digest, host_architecture
-from sandboxes.images.network import BuildNetwork, host_network
+from sandboxes.images.network import BuildNetwork
 from sandboxes.images.oci import OciError, oci_digest
+from sandboxes.images.proxy_network import proxy_network
 from sandboxes.images.spec import ImageSpec, image_key, image_spec_parse
 from sandboxes.models import Image, ImageState
 
@@ -116,14 +117,23 @@ def image_ensure(
     actor,
     on_output: Callable[[str], None] | None = None,
     creds: str | None = None,
-    network: BuildNetwork = host_network,
+    network: BuildNetwork | None = None,
+    network_allow: Sequence[str] = (),
+    audit_context: Mapping[str, int] | None = None,
     timeout_s: float = 3600.0,
 ) -> Image:
     """The ready image for `spec`: the cached one, one built now, or one another process is
     building (waited for). Raises Invalid naming the spec field for a spec that cannot build,
-    Unavailable for a host or network failure or a wait past `timeout_s`."""
+    Unavailable for a host or network failure or a wait past `timeout_s`.
+
+    A build's steps reach the network through the egress proxy: the host's package indexes
+    plus `network_allow` (the allow list of the campaign whose run triggers the build);
+    `audit_context` (campaign_id, run_id) goes on the audit events of its connections.
+    `network` replaces that (tests pass `host_network`)."""
     if not isinstance(spec, ImageSpec):
         spec = image_spec_parse(spec)
+    if network is None:
+        network = proxy_network(allow=network_allow, actor=actor, context=audit_context)
     key, resolved = image_resolve(spec=spec, creds=creds)
     me = f"{HOST}:{os.getpid()}:{secrets.token_hex(4)}"
     deadline = time.monotonic() + timeout_s
