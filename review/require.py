@@ -94,21 +94,20 @@ def bulk_candidates(*, campaign: Campaign, variant_name: str) -> QuerySet[Varian
 
 @dataclass
 class HeldBackSummary:
-    """Runs waiting for a decision that bulk approval leaves out, by reason, overall and per
-    group of identical diffs."""
+    """Runs waiting for a decision that bulk approval leaves out, by reason."""
 
     require: str
     by_reason: Counter = field(default_factory=Counter)
-    by_group: dict[str, Counter] = field(default_factory=dict)
 
     @property
     def count(self) -> int:
         return sum(self.by_reason.values())
 
     def text(self, reasons: Counter | None = None) -> str:
-        """ "3 regress, 1 still failing" """
+        """The reasons as a phrase, most frequent first: "3 regress, 1 still failing"."""
         reasons = self.by_reason if reasons is None else reasons
-        return ", ".join(f"{n} {_verb(reason, n)}" for reason, n in reasons.most_common())
+        ordered = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
+        return ", ".join(f"{n} {_verb(reason, n)}" for reason, n in ordered)
 
 
 def _verb(reason: str, n: int) -> str:
@@ -134,15 +133,16 @@ def bulk_held_back(
     )
     if group_key:
         held = held.filter(group_key=group_key)
-    rows = held.values("group_key", "variant__validation", "variant__run__baseline").annotate(
-        n=Count("pk")
+    rows = (
+        held.values("variant__validation", "variant__run__baseline")
+        .annotate(n=Count("pk"))
+        .order_by()
     )
     for row in rows:
         reason = held_reason(
             validation=row["variant__validation"], baseline=row["variant__run__baseline"]
         )
         summary.by_reason[reason] += row["n"]
-        summary.by_group.setdefault(row["group_key"], Counter())[reason] += row["n"]
     return summary
 
 
