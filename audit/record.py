@@ -70,7 +70,7 @@ def _target(target) -> dict:
     raise TypeError(f"audit target must be a model instance or a dict, got {type(target)!r}")
 
 
-def audit_record(
+def audit_event_build(
     *,
     action: str,
     actor=None,
@@ -83,7 +83,7 @@ def audit_record(
     reason: str = "",
     on_behalf_of=None,
 ) -> AuditEvent:
-    """Write one event in the caller's transaction; raise AuditWriteError if it cannot be."""
+    """One complete event, not yet written: its canonical body is final."""
     if outcome not in OUTCOMES:
         raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
     if actor_type is not None and actor_type not in ACTOR_TYPES:
@@ -127,57 +127,137 @@ def audit_record(
         sandbox_id=context.get("sandbox_id"),
         body=canonical_json(body),
     )
+    return event
+
+
+def audit_record(**event) -> AuditEvent:
+    """Write one event (audit_event_build's keywords) in the caller's transaction; raise
+    AuditWriteError if it cannot be."""
+    built = audit_event_build(**event)
     try:
         # No savepoint: if the insert fails, the caller's whole transaction must roll back.
         with transaction.atomic(savepoint=False):
-            _event_insert(event)
+            _event_insert(built)
             if connection.vendor == "sqlite":
                 # SQLite serialises writers, so this transaction already holds the only write
                 # lock: link the event right here (rolled back with it, if it is). Signing is
                 # left to the periodic task, so a key problem never blocks a change.
                 seal_batch(limit=1000, checkpoints=False)
     except Exception as exc:
-        raise AuditWriteError(f"could not record {action}: {exc}") from exc
-    return event
+        raise AuditWriteError(f"could not record {built.action}: {exc}") from exc
+    return built
 
 
-_INSERT = (
-    "INSERT INTO audit_auditevent (event_id, occurred_at, action, outcome, actor_type, actor_id, "
-    "actor_display, on_behalf_of, target_type, target_id, campaign_id, run_id, variant_id, "
-    "sandbox_id, body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-    "RETURNING id"
+_COLUMNS = (
+    "event_id, occurred_at, action, outcome, actor_type, actor_id, actor_display, on_behalf_of, "
+    "target_type, target_id, campaign_id, run_id, variant_id, sandbox_id, body"
 )
+_VALUES = ", ".join(["%s"] * 15)
+_INSERT = f"INSERT INTO audit_auditevent ({_COLUMNS}) VALUES ({_VALUES}) RETURNING id"  # noqa: S608
+
+
+def _event_params(event: AuditEvent) -> list:
+    """The 15 values of _COLUMNS, in order, adapted for this database."""
+    event_id = event.event_id if connection.features.has_native_uuid_field else event.event_id.hex
+    return [
+        event_id,
+        connection.ops.adapt_datetimefield_value(event.occurred_at),
+        event.action,
+        event.outcome,
+        event.actor_type,
+        event.actor_id,
+        event.actor_display,
+        event.on_behalf_of,
+        event.target_type,
+        event.target_id,
+        event.campaign_id,
+        event.run_id,
+        event.variant_id,
+        event.sandbox_id,
+        event.body,
+    ]
 
 
 def _event_insert(event: AuditEvent) -> None:
     """One plain INSERT (the ORM's save costs several times more per event; this is the path
     every audited change takes)."""
-    ops = connection.ops
-    event_id = event.event_id if connection.features.has_native_uuid_field else event.event_id.hex
     with connection.cursor() as cursor:
-        cursor.execute(
-            _INSERT,
-            [
-                event_id,
-                ops.adapt_datetimefield_value(event.occurred_at),
-                event.action,
-                event.outcome,
-                event.actor_type,
-                event.actor_id,
-                event.actor_display,
-                event.on_behalf_of,
-                event.target_type,
-                event.target_id,
-                event.campaign_id,
-                event.run_id,
-                event.variant_id,
-                event.sandbox_id,
-                event.body,
-            ],
-        )
+        cursor.execute(_INSERT, _event_params(event))
         event.pk = cursor.fetchone()[0]
+    _event_saved(event)
+
+
+def _event_saved(event: AuditEvent) -> None:
     event._state.adding = False
     event._state.db = connection.alias
+
+
+# --- A change and its event in one statement ----------------------------------------------------
+_ID_SENTINEL = -7_031_985_224_117_365_001  # stands for the changed row's id while the body is built
+
+
+def audit_record_change(
+    *, sql: str, params: list, always: bool = False, id_key: str | None = None, **event
+) -> int | None:
+    """Run `sql`, one INSERT or UPDATE of a single row ending in `RETURNING id`, and record the
+    event (audit_record's keywords) with it: both are written or neither (fail closed).
+
+    Returns the row's id, or None if the statement matched no row (a transition that lost),
+    in which case the event is written only with `always`. `id_key`: the payload key that
+    takes the row's id (a row being inserted, e.g. a command's `command_id`).
+
+    In PostgreSQL this is one statement, a data-modifying CTE, so in autocommit it costs one
+    round trip instead of BEGIN, two statements and COMMIT (a run makes dozens of these).
+    Elsewhere it is the same two statements in one transaction."""
+    if always and id_key:
+        raise ValueError("always and id_key exclude each other: with no row there is no id")
+    if connection.vendor != "postgresql":
+        with transaction.atomic(savepoint=False):
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                row = cursor.fetchone()
+            if row is None and not always:
+                return None
+            if id_key:
+                event["payload"] = {**(event.get("payload") or {}), id_key: row[0]}
+            audit_record(**event)
+        return row[0] if row else None
+    action = event["action"]
+    built = audit_event_build(
+        **{**event, "payload": {**(event.get("payload") or {}), id_key: _ID_SENTINEL}}
+        if id_key
+        else event
+    )
+    values = _event_params(built)
+    body = "%s"
+    if id_key:  # the body's bytes around the id, joined to it by the statement
+        marker = f"{canonical_json(id_key)}:{_ID_SENTINEL}"
+        before, sep, after = built.body.partition(marker)
+        if not sep or marker in after:
+            raise AuditWriteError(f"could not record {action}: {id_key} not once in the payload")
+        body = "%s || CAST(change.id AS text) || %s"
+        values[-1:] = [before + marker.removesuffix(str(_ID_SENTINEL)), after]
+    placeholders = ", ".join(["%s"] * 14 + [body])
+    # Only constants and the caller's own statement are formatted in; every value is a parameter.
+    if always:
+        statement = (
+            f"WITH change AS ({sql}), event AS (INSERT INTO audit_auditevent ({_COLUMNS}) "  # noqa: S608
+            f"VALUES ({placeholders}) RETURNING id) "
+            "SELECT (SELECT id FROM change), event.id FROM event"
+        )
+    else:
+        statement = (
+            f"WITH change AS ({sql}), event AS (INSERT INTO audit_auditevent ({_COLUMNS}) "  # noqa: S608
+            f"SELECT {placeholders} FROM change RETURNING id) "
+            "SELECT change.id, event.id FROM change CROSS JOIN event"
+        )
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(statement, [*params, *values])
+            row = cursor.fetchone()
+    except Exception as exc:
+        raise AuditWriteError(f"could not record {action}: {exc}") from exc
+    return row[0] if row else None
 
 
 def audit_denied(*, actor, capability: str, target=None, path: str = "") -> None:

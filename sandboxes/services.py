@@ -39,8 +39,15 @@ from sandboxes.backends.local import install_id
 from sandboxes.egress.sandbox import egress_attach, egress_release, egress_wanted
 from sandboxes.logs import log_capture_open, log_system_line
 from sandboxes.models import Sandbox, SandboxCommand, SandboxSnapshot, SandboxState
+from sandboxes.records import (
+    LIVE_STATES,
+    command_finished_record,
+    command_started_record,
+    sandbox_context,
+    sandbox_started_record,
+    sandbox_terminated_record,
+)
 
-LIVE_STATES = (SandboxState.CREATING, SandboxState.RUNNING)
 _backends: dict[str, SandboxBackend] = {}
 
 
@@ -72,27 +79,9 @@ def sandbox_handle(sandbox: Sandbox) -> SandboxHandle:
     return SandboxHandle(sandbox.backend, sandbox.external_id, sandbox.labels)
 
 
-def _ctx(sandbox: Sandbox) -> dict:
-    return {
-        "sandbox_id": sandbox.pk,
-        "campaign_id": sandbox.campaign_id,
-        "run_id": sandbox.run_id,
-        "variant_id": sandbox.variant_id,
-    }
-
-
 def _who(actor) -> dict:
     """Sandboxes act for a person (on_behalf_of) or the system; a user acting is a human."""
     return {"actor": actor} if actor is not None else {"actor_type": "agent"}
-
-
-def _transition(sandbox: Sandbox, *, expected, **fields) -> bool:
-    """Move state only from `expected` (UPDATE … WHERE state IN expected); False if it lost."""
-    updated = Sandbox.objects.filter(pk=sandbox.pk, state__in=expected).update(**fields)
-    if updated:
-        for key, value in fields.items():
-            setattr(sandbox, key, value)
-    return bool(updated)
 
 
 # --- create -------------------------------------------------------------------------------------
@@ -146,42 +135,7 @@ def _egress_limits(spec: SandboxSpec) -> dict:
 
 def _started(sandbox: Sandbox, handle: SandboxHandle | None, error: Exception | None, actor):
     """Record the outcome of an engine create: running + created event, or failed."""
-    with transaction.atomic():
-        if handle is not None:
-            _transition(
-                sandbox,
-                expected=[SandboxState.CREATING],
-                state=SandboxState.RUNNING,
-                external_id=handle.external_id,
-                labels=dict(handle.labels),
-            )
-        else:
-            _transition(
-                sandbox,
-                expected=[SandboxState.CREATING],
-                state=SandboxState.FAILED,
-                terminated_at=timezone.now(),
-                terminated_reason=f"create failed: {error}"[:200],
-            )
-        forked = sandbox.from_snapshot_id is not None
-        audit_record(
-            action="sandbox.fork.created" if forked else "sandbox.sandbox.created",
-            **_who(actor),
-            on_behalf_of=sandbox.on_behalf_of,
-            target=sandbox,
-            outcome="success" if handle is not None else "error",
-            context=_ctx(sandbox),
-            reason="" if handle is not None else str(error)[:500],
-            payload={
-                "backend": sandbox.backend,
-                "external_id": sandbox.external_id,
-                "image": sandbox.image,
-                "limits": sandbox.limits,
-                "network": sandbox.network,
-                "unsafe": sandbox.unsafe,
-                "from_snapshot": sandbox.from_snapshot_id,
-            },
-        )
+    sandbox_started_record(sandbox, handle, error, _who(actor))
 
 
 def sandbox_create(
@@ -251,31 +205,20 @@ def sandbox_exec(
     output, e.g. a diff); the caller, the record and the digest still get every byte."""
     if not argv or not all(isinstance(a, str) for a in argv):
         raise SandboxError("argv must be a non-empty list of strings")
-    _live(sandbox)
+    if not sandbox.external_id:  # an instance older than its engine create
+        _live(sandbox)
     secrets = secrets or {}
     env = dict(env or {})
     # The command row and the audit trail keep argv with secret values masked (every form).
     mask = SecretScanner(secrets).mask if secrets else str  # built once: it compiles every form
     argv_masked = list(map(mask, argv))
-    with transaction.atomic():
-        command = SandboxCommand.objects.create(
-            sandbox=sandbox, argv=argv_masked, cwd=cwd or "", env_names=sorted({*env, *secrets})
-        )
-        audit_record(
-            action="sandbox.exec.started",
-            actor_type="agent",
-            on_behalf_of=sandbox.on_behalf_of,
-            target=sandbox,
-            context=_ctx(sandbox),
-            payload={
-                "command_id": command.pk,
-                "argv": argv_masked,
-                "cwd": cwd or "",
-                "env_names": command.env_names,
-                # The granted secrets this sandbox receives: their use, per sandbox and command.
-                "secret_names": sorted(secrets),
-            },
-        )
+    command = command_started_record(  # refused unless the sandbox's row says running
+        sandbox,
+        argv=argv_masked,
+        cwd=cwd or "",
+        env_names=sorted({*env, *secrets}),
+        secret_names=sorted(secrets),
+    )
     # Committed (or the caller's transaction holds it): only now may the command run.
     digest = hashlib.sha256()
     result: ExecResult | None = None
@@ -353,29 +296,7 @@ def _exec_done(sandbox, command, result: ExecResult | None, digest, *, error=Non
     else:
         command.duration_ms = int((command.finished_at - command.started_at).total_seconds() * 1e3)
     command.output_sha256 = digest.hexdigest()
-    with transaction.atomic():
-        command.save()
-        audit_record(
-            action="sandbox.exec.completed",
-            actor_type="agent",
-            on_behalf_of=sandbox.on_behalf_of,
-            target=sandbox,
-            outcome="success" if error is None else "error",
-            reason=str(error)[:500] if error else "",
-            context=_ctx(sandbox),
-            payload={
-                "command_id": command.pk,
-                "argv": command.argv,
-                "cwd": command.cwd,
-                "exit_code": command.exit_code,
-                "duration_ms": command.duration_ms,
-                "output_sha256": command.output_sha256,
-                "bytes_out": command.bytes_out,
-                "timed_out": command.timed_out,
-                "truncated": command.truncated,
-                "limit_hit": command.limit_hit,
-            },
-        )
+    command_finished_record(sandbox, command, error)
     if command.limit_hit:  # the one clear line, beside the output it cut short
         log_system_line(sandbox=sandbox, text=f"stopped: {command.limit_hit}")
 
@@ -419,7 +340,7 @@ def _snapshot_record(sandbox, engine, handle, owner_kind, owner_id, started, kin
             actor_type="agent",
             on_behalf_of=sandbox.on_behalf_of,
             target=snap,
-            context=_ctx(sandbox),
+            context=sandbox_context(sandbox),
             payload={
                 "external_id": handle.external_id,
                 "kind": kind,
@@ -536,25 +457,7 @@ def sandbox_terminate(*, sandbox: Sandbox, reason: str, actor=None) -> Sandbox:
         except SandboxError as exc:
             raise SandboxUnavailable(f"Could not terminate sandbox {sandbox.pk}: {exc}") from exc
     egress_release(sandbox)
-    with transaction.atomic():
-        won = _transition(
-            sandbox,
-            expected=LIVE_STATES,
-            state=SandboxState.TERMINATED,
-            terminated_at=timezone.now(),
-            terminated_reason=reason[:200],
-            terminated_by=actor,
-        )
-        if won:
-            audit_record(
-                action="sandbox.sandbox.terminated",
-                **({"actor": actor} if actor is not None else {"actor_type": "system"}),
-                on_behalf_of=sandbox.on_behalf_of,
-                target=sandbox,
-                context=_ctx(sandbox),
-                reason=reason[:500],
-                payload={"backend": sandbox.backend, "external_id": sandbox.external_id},
-            )
+    sandbox_terminated_record(sandbox, reason=reason, actor=actor)
     return sandbox
 
 

@@ -5,9 +5,11 @@ import json
 from datetime import timedelta
 
 import pytest
+from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 
+from audit.chain import canonical_json
 from audit.models import AuditEvent
 from audit.record import AuditWriteError
 from campaigns.models import Campaign
@@ -73,28 +75,46 @@ def test_exec_records_the_command_and_its_audit_trail(db, manager, engines_clean
     completed = json.loads(events.get(action="sandbox.exec.completed").body)["payload"]
     assert completed["exit_code"] == 5 and completed["output_sha256"] == command.output_sha256
     # The secret's use is on the record per sandbox and command, by name only.
-    started = json.loads(events.get(action="sandbox.exec.started").body)["payload"]
+    body = events.get(action="sandbox.exec.started").body
+    assert canonical_json(json.loads(body)) == body  # written by one statement, still canonical
+    started = json.loads(body)["payload"]
     assert started["secret_names"] == ["API_TOKEN"]
+    assert started["command_id"] == completed["command_id"] == command.pk
     assert all("s3cret-value" not in e.body for e in events)
     assert "s3cret-value" not in json.dumps([command.argv, command.env_names])
 
 
+def _events_refused(action: str) -> None:
+    """The event table refuses `action`'s events for this test only (DDL is transactional, so
+    the test's rollback removes it): a real database failure, nothing mocked."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "CREATE FUNCTION pg_temp.refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'audit store unavailable'; END $$"
+            )
+            cursor.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON audit_auditevent FOR EACH ROW "
+                f"WHEN (NEW.action = '{action}') EXECUTE FUNCTION pg_temp.refuse()"
+            )
+        else:
+            cursor.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON audit_auditevent "
+                f"WHEN NEW.action = '{action}' "
+                "BEGIN SELECT RAISE(ABORT, 'audit store unavailable'); END"
+            )
+
+
 @both_shapes
-def test_a_command_whose_start_cannot_be_audited_never_runs(db, monkeypatch, engines_clean):
+def test_a_command_whose_start_cannot_be_audited_never_runs(db, engines_clean):
     sandbox = sandbox_create(spec=SPEC, backend="bwrap")
-    real = services.audit_record
-
-    def failing(**kwargs):
-        if kwargs["action"] == "sandbox.exec.started":
-            raise AuditWriteError("audit store unavailable")
-        return real(**kwargs)
-
-    monkeypatch.setattr(services, "audit_record", failing)
-    with pytest.raises(AuditWriteError):
+    _events_refused("sandbox.exec.started")
+    # The savepoint stands for the worker's autocommit: the test's transaction goes on after.
+    with pytest.raises(AuditWriteError, match="audit store unavailable"), transaction.atomic():
         sandbox_exec(sandbox=sandbox, argv=["sh", "-c", "echo ran > ran.txt"])
     with pytest.raises(SandboxError):
         sandbox_read_file(sandbox=sandbox, path="ran.txt")
-    assert not sandbox.commands.exists()
+    assert not sandbox.commands.exists()  # the command's row went with its event
 
 
 @both_shapes
