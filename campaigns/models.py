@@ -327,3 +327,44 @@ class SecretLeak(models.Model):
 
     def __str__(self) -> str:
         return f"leak in variant {self.variant_id}: {', '.join(self.names)}"
+
+
+COUNT_COLUMNS = (
+    "pending",
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "todo",
+    "approved",
+    "rejected",
+    "published",
+)
+
+
+class CountDelta(models.Model):
+    """A change to one campaign's counts: runs by state, and the review queue's buckets.
+
+    Rows are written by database triggers in the transaction that changes the counted rows
+    (this app's migration 0007 for run states, review's 0004 for the buckets), so every write
+    path is counted, bulk inserts and QuerySet.update included. A campaign's counts are the sum
+    of its rows; campaigns.counters reads and compacts them. Insert-only: no shared row is
+    locked, so concurrent workers neither wait on each other nor deadlock. No foreign key: a
+    campaign's deletion may fire triggers after its row is gone.
+    """
+
+    campaign_id = models.BigIntegerField(db_index=True)
+    pending = models.IntegerField(db_default=0)
+    queued = models.IntegerField(db_default=0)
+    running = models.IntegerField(db_default=0)
+    succeeded = models.IntegerField(db_default=0)
+    failed = models.IntegerField(db_default=0)
+    cancelled = models.IntegerField(db_default=0)
+    todo = models.IntegerField(db_default=0)
+    approved = models.IntegerField(db_default=0)
+    rejected = models.IntegerField(db_default=0)
+    published = models.IntegerField(db_default=0)
+
+    def __str__(self) -> str:
+        return f"counts delta {self.pk} of campaign {self.campaign_id}"

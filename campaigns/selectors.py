@@ -15,6 +15,7 @@ from django.db import connection
 from django.db.models import Count, Max, QuerySet
 
 from accounts.roles import user_can, user_role
+from campaigns.counters import counts_get
 from campaigns.models import Campaign, RepoRun, Repository, RunState, Secret, Variant, VariantState
 from core.errors import NotFound, PermissionDenied
 from core.ids import id_parse
@@ -110,10 +111,8 @@ def campaign_list(*, user) -> QuerySet[Campaign]:
 
 def campaign_counts(*, campaign: Campaign) -> dict:
     """Runs by state (every state present, zero when none), variants by state and outcome."""
-    runs = dict.fromkeys(RunState.values, 0)
-    runs.update(
-        RepoRun.objects.filter(campaign=campaign).values_list("state").annotate(n=Count("id"))
-    )
+    kept = counts_get(campaign_ids=[campaign.pk])[campaign.pk]
+    runs = {s: kept[s] for s in RunState.values}
     variants = dict.fromkeys(VariantState.values, 0)
     validation = {"passed": 0, "failed": 0}
     for state, outcome, n in (
@@ -137,17 +136,11 @@ def campaign_counts(*, campaign: Campaign) -> dict:
 
 
 def campaigns_counts(*, campaign_ids: list[int]) -> dict[int, dict[str, int]]:
-    """Runs by state for many campaigns in one query (the list page)."""
-    out: dict[int, dict[str, int]] = {
-        cid: dict.fromkeys(RunState.values, 0) for cid in campaign_ids
+    """Runs by state for many campaigns in one query (the list page), from the kept counts."""
+    return {
+        cid: {s: kept[s] for s in RunState.values}
+        for cid, kept in counts_get(campaign_ids=campaign_ids).items()
     }
-    for cid, state, n in (
-        RepoRun.objects.filter(campaign_id__in=campaign_ids)
-        .values_list("campaign_id", "state")
-        .annotate(n=Count("id"))
-    ):
-        out[cid][state] = n
-    return out
 
 
 def runs_filter(

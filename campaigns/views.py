@@ -20,7 +20,7 @@ from campaigns.preview import campaign_preview, preview_runs
 from campaigns.reports import report_summary, run_report, run_rows
 from campaigns.secrets import secret_set
 from campaigns.steps import run_page_context
-from review.selectors import review_counts
+from review.counts import review_counts
 
 HOME = "home.html"
 LIST = "campaigns/list.html"

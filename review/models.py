@@ -153,3 +153,20 @@ class Changeset(models.Model):
 
     def __str__(self) -> str:
         return f"{self.branch} ({self.state})"
+
+
+class QueueFlags(models.Model):
+    """Which review buckets one run is counted in (bits: 1 todo, 2 approved, 4 rejected,
+    8 published), kept by database triggers (migration 0004) so that a change to a run, its
+    variants, its review or its changeset adds the difference to campaigns.CountDelta.
+
+    Plain ids rather than foreign keys: triggers may touch this table while Django deletes a
+    campaign's rows in an order of its choosing.
+    """
+
+    run_id = models.BigIntegerField(primary_key=True)
+    campaign_id = models.BigIntegerField(db_index=True)
+    flags = models.SmallIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"queue flags of run {self.run_id}: {self.flags}"

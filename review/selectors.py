@@ -116,7 +116,7 @@ def review_queue(
     """
     paginator = Paginator(_queue_runs(campaign=campaign, which=which), PAGE_SIZE)
     if count is not None:
-        # The caller counted this bucket already (review_counts): skip a second count query.
+        # The caller has the bucket's count (review.counts): skip a count query.
         paginator.count = count
     return paginator.get_page(page)
 
@@ -155,60 +155,45 @@ def decision_get(*, campaign: Campaign, pk: int | str, required: bool = True) ->
     return decision
 
 
-def _queue_runs(*, campaign: Campaign, which: str) -> QuerySet[RepoRun]:
-    runs = (
-        RepoRun.objects.filter(campaign=campaign, state=RunState.SUCCEEDED)
-        .select_related("repository", "review", "review__variant", "changeset")
-        .prefetch_related(_list_variants())
-        .order_by("id")
-    )
+def queue_bucket_q(which: str) -> Q:
+    """The runs of a queue filter, among a campaign's succeeded runs ("all" is every one).
+
+    "todo" holds runs never decided, picked but not approved, and approved runs whose diff
+    changed since (those need approval again), when they changed something. The counts the
+    pages show are kept by triggers from the same definition (review migration 0004).
+    """
     stale = Q(review__state=ReviewState.APPROVED) & ~Q(
         review__approved_hash=F("review__variant__diff_sha256")
     )
     if which == "todo":
-        runs = runs.filter(
+        return (
             Q(review__isnull=True)
             | Q(review__state__in=[ReviewState.UNREVIEWED, ReviewState.PICKED])
             | stale
-        ).filter(_has_change())
-    elif which == "approved":
-        runs = runs.filter(review__state=ReviewState.APPROVED, changeset__isnull=True).exclude(
-            stale
-        )
-    elif which == "rejected":
-        runs = runs.filter(review__state=ReviewState.REJECTED)
-    elif which == "published":
-        runs = runs.filter(changeset__isnull=False)
+        ) & _has_change()
+    if which == "approved":
+        return Q(review__state=ReviewState.APPROVED, changeset__isnull=True) & ~stale
+    if which == "rejected":
+        return Q(review__state=ReviewState.REJECTED)
+    if which == "published":
+        return Q(changeset__isnull=False)
+    return Q()
+
+
+def _queue_runs(*, campaign: Campaign, which: str) -> QuerySet[RepoRun]:
     # Variants are deferred with only(); review__variant needs its hash only.
-    runs = runs.defer(
-        "review__variant__patch",
-        "review__variant__output_tail",
-        "review__variant__error",
-        "review__variant__diffstat",
-    )
-    return runs
-
-
-def review_counts(*, campaign: Campaign) -> dict[str, int]:
-    """How many finished runs are in each review bucket (one query)."""
-    stale = Q(review__state=ReviewState.APPROVED) & ~Q(
-        review__approved_hash=F("review__variant__diff_sha256")
-    )
-    return RepoRun.objects.filter(campaign=campaign, state=RunState.SUCCEEDED).aggregate(
-        todo=Count(
-            "id",
-            filter=(
-                Q(review__isnull=True)
-                | Q(review__state__in=[ReviewState.UNREVIEWED, ReviewState.PICKED])
-                | stale
-            )
-            & _has_change(),
-        ),
-        approved=Count(
-            "id", filter=Q(review__state=ReviewState.APPROVED, changeset__isnull=True) & ~stale
-        ),
-        rejected=Count("id", filter=Q(review__state=ReviewState.REJECTED)),
-        published=Count("id", filter=Q(changeset__isnull=False)),
+    return (
+        RepoRun.objects.filter(campaign=campaign, state=RunState.SUCCEEDED)
+        .filter(queue_bucket_q(which))
+        .select_related("repository", "review", "review__variant", "changeset")
+        .prefetch_related(_list_variants())
+        .order_by("id")
+        .defer(
+            "review__variant__patch",
+            "review__variant__output_tail",
+            "review__variant__error",
+            "review__variant__diffstat",
+        )
     )
 
 
@@ -381,22 +366,6 @@ def burndown(
         series.append((at, remaining))
     cache.set(key, series, timeout=600)
     return series
-
-
-def run_state_counts(*, campaign: Campaign) -> dict:
-    """Runs by state (every state present), how many finished, and the percentage."""
-    runs = dict.fromkeys(RunState.values, 0)
-    runs.update(
-        RepoRun.objects.filter(campaign=campaign).values_list("state").annotate(n=Count("id"))
-    )
-    total = sum(runs.values())
-    final = sum(runs[s] for s in RUN_FINAL_STATES)
-    return {
-        "runs": runs,
-        "total": total,
-        "final": final,
-        "percent": int(100 * final / total) if total else 0,
-    }
 
 
 def changesets_for(*, campaign: Campaign, page: int | str = 1) -> Page:

@@ -21,7 +21,7 @@ from accounts.roles import user_can
 from campaigns.secret_grants import variant_patch_for_display
 from campaigns.selectors import campaign_get_for_user, error_clusters
 from campaigns.services import campaign_retry
-from review import selectors, services
+from review import counts, selectors, services
 from review.charts import burndown_svg
 from review.diffs import FILES_SHOWN, diff_compare, diff_view
 from review.permissions import (
@@ -204,9 +204,12 @@ def review_queue(request, pk):
     which = request.GET.get("which", "todo")
     if which not in selectors.QUEUE_FILTERS:
         which = "todo"
-    counts = selectors.review_counts(campaign=campaign)
+    bucket_counts = counts.review_counts(campaign=campaign)
     page = selectors.review_queue(
-        campaign=campaign, which=which, page=request.GET.get("page", 1), count=counts.get(which)
+        campaign=campaign,
+        which=which,
+        page=request.GET.get("page", 1),
+        count=bucket_counts[which],
     )
     context = {
         "campaign": campaign,
@@ -214,7 +217,7 @@ def review_queue(request, pk):
         "rows": selectors.queue_rows(page.object_list),
         "which": which,
         "undo": _undo(request, campaign),
-        "filters": [(k, v, counts.get(k)) for k, v in selectors.QUEUE_FILTERS.items()],
+        "filters": [(k, v, bucket_counts[k]) for k, v in selectors.QUEUE_FILTERS.items()],
         "can_review": user_can(request.user, "change_review"),
     }
     return render(request, _partial(request, QUEUE, {"queue": "queue"}), context)
@@ -285,25 +288,25 @@ def publish_approved(request, pk):
 
 
 def _dashboard_context(request, campaign) -> dict:
-    counts = selectors.run_state_counts(campaign=campaign)
-    total, runs = counts["total"] or 1, counts["runs"]
+    state_counts = counts.run_state_counts(campaign=campaign)
+    total, runs = state_counts["total"] or 1, state_counts["runs"]
     can_review = user_can(request.user, "change_review")
     return {
         "campaign": campaign,
-        "counts": counts,
+        "counts": state_counts,
         "bar": {
             "succeeded": 100 * runs["succeeded"] / total,
             "failed": 100 * (runs["failed"] + runs["cancelled"]) / total,
             "active": 100 * (runs["queued"] + runs["running"]) / total,
             "done_failed": 100 * (runs["succeeded"] + runs["failed"] + runs["cancelled"]) / total,
         },
-        "review_counts": selectors.review_counts(campaign=campaign),
+        "review_counts": counts.review_counts(campaign=campaign),
         "next_up": selectors.queue_rows(selectors.review_next(campaign=campaign))
         if can_review
         else [],
         "changeset_counts": selectors.changeset_counts(campaign=campaign),
         "clusters": error_clusters(campaign=campaign)[:20],
-        "chart": burndown_svg(selectors.burndown(campaign=campaign, total=counts["total"])),
+        "chart": burndown_svg(selectors.burndown(campaign=campaign, total=state_counts["total"])),
         "can_manage": user_can(request.user, "campaign_manage"),
         "can_review": can_review,
     }
