@@ -10,7 +10,9 @@ checkout and `diff_limit_check` on each diff; `image_keys_in_use` is what prune 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import time
 
 from campaigns.models import Campaign, CampaignState, RepoRun, RunState
 from campaigns.secret_grants import secret_value_for_campaign
@@ -18,6 +20,7 @@ from campaigns.states import RunFailed
 from core.errors import Conflict, Invalid, PermissionDenied, Unavailable
 from sandboxes.backends.base import Capability, SandboxError, SandboxSpec
 from sandboxes.backends.images import HOME_DIR, HOME_IN_WORKSPACE
+from sandboxes.images.build import manifest_read
 from sandboxes.images.mounts import image_env, image_rootfs
 from sandboxes.images.proxy_network import network_allow
 from sandboxes.images.services import image_ensure, image_prune, image_remove, image_resolve
@@ -42,6 +45,15 @@ def _creds(image_spec: ImageSpec, *, campaign_id: int) -> str | None:
         raise RunFailed(f"image.credentials_secret: {exc}") from None
 
 
+# Ready Debian images this worker process found, by normalised spec: (when, image). Their key
+# depends only on the spec and the host's architecture and apt sources, so the next runs skip
+# the resolve (two dpkg processes), the ensure's queries and its last_used_at write for a
+# while (a reuse checks the image's files are still there: a prune in between is caught).
+# OCI images are resolved each run: a tag can move and registry credentials are audited per use.
+_READY: dict[str, tuple[float, Image]] = {}
+READY_REUSE_S = 60.0
+
+
 def run_image(*, run: RepoRun, spec: dict, actor) -> Image | None:
     """The ready image of the run's campaign (built here by the first run that needs it; later
     runs and campaigns asking for the same spec find it). A build that failed for this campaign
@@ -50,6 +62,12 @@ def run_image(*, run: RepoRun, spec: dict, actor) -> Image | None:
     if not spec.get("image"):
         return None
     image_spec = image_spec_parse(spec["image"])
+    cache_key = json.dumps(image_spec.canonical(), sort_keys=True)
+    cached = _READY.pop(cache_key, None) if image_spec.kind != "oci" else None
+    if cached and time.monotonic() - cached[0] < READY_REUSE_S and manifest_read(cached[1].key):
+        _READY[cache_key] = cached
+        RepoRun.objects.filter(pk=run.pk).update(image_key=cached[1].key)
+        return cached[1]
     creds = _creds(image_spec, campaign_id=run.campaign_id)
     key = ""
     try:
@@ -78,6 +96,8 @@ def run_image(*, run: RepoRun, spec: dict, actor) -> Image | None:
     except Unavailable as exc:
         raise SandboxError(f"image: {exc.message}", transient=True) from None
     RepoRun.objects.filter(pk=run.pk).update(image_key=image.key)
+    if image_spec.kind != "oci":
+        _READY[cache_key] = (time.monotonic(), image)
     return image
 
 
