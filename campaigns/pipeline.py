@@ -51,6 +51,8 @@ from campaigns.states import (
     run_transition,
     variant_transition,
 )
+from campaigns.teardown import sandbox_terminate_logged as _terminate
+from campaigns.teardown import sandbox_terminate_soon, teardowns_wait
 from core.secret_forms import SecretScanner
 from sandboxes.backends.base import Capability, SandboxError, SandboxSpec
 from sandboxes.egress.sandbox import spec_network_fields
@@ -62,7 +64,6 @@ from sandboxes.services import (
     sandbox_exec,
     sandbox_fork,
     sandbox_snapshot,
-    sandbox_terminate,
     sandboxes_orphans_terminate,
 )
 
@@ -239,14 +240,6 @@ def _prepare(ctx: _Context, owner_kind: str, owner_id: int, *, variant_id: int |
     return sandbox
 
 
-def _terminate(sandbox, reason: str) -> None:
-
-    try:
-        sandbox_terminate(sandbox=sandbox, reason=reason)
-    except Exception:
-        logger.exception("could not terminate sandbox %s", sandbox.pk)
-
-
 _NUMSTAT_RE = re.compile(r"^(-|\d+)\t(-|\d+)\t(.*)$")
 
 
@@ -406,8 +399,8 @@ def _variant_run(ctx: _Context, variant: Variant, snapshot, sandbox=None) -> Non
                 raise
             result = {"state": VariantState.FAILED, "error": f"sandbox error: {exc}"}
     finally:
-        if sandbox is not None:
-            _terminate(sandbox, "variant finished")
+        if sandbox is not None:  # in the background: the variant's result need not wait
+            sandbox_terminate_soon(sandbox, "variant finished")
     if ctx.models:  # without a model variant there is no grant to revoke or explain
         result = agent_models.variant_model_finish(variant_id=variant.pk, result=result)
     if result:
@@ -586,6 +579,8 @@ def _run_carry(run: RepoRun, worker: str) -> tuple[str, int | None]:
         run_cleanup(run, final=final)  # known final: its state need not be read back
         if any(model_for_variant(run.campaign.spec, v) for v in run.campaign.spec["variants"]):
             agent_models.run_models_close(run_id=run.pk)  # no model variant: no grant
+    if next_id is None:  # this worker's last run for now: its sandboxes go before the campaign
+        teardowns_wait()
     if outcome != "requeued" and next_id is None:
         campaign_finish_if_done(campaign_id=run.campaign_id)
         runs_dispatch()

@@ -1,0 +1,78 @@
+"""Sandbox teardown off a run's critical path: a finished variant's sandbox is terminated by one
+background thread per worker process while the run records its result and the next run starts.
+
+The run's final state does not wait for the teardown; the campaign's does: the last run a worker
+carries waits for its process's teardowns before the campaign may complete. A worker that dies
+with a teardown pending leaves a live sandbox whose owner is final: the reaper terminates it
+(`sandboxes.reaper`), and the engine's orphan sweep clears what no record names.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+
+from django.db import connection
+
+from sandboxes.services import sandbox_terminate
+
+logger = logging.getLogger(__name__)
+
+IDLE_CLOSE_S = 1.0  # an idle thread closes its database connection (it holds no lock)
+
+
+def sandbox_terminate_logged(sandbox, reason: str) -> None:
+    """Terminate now; a failure is logged, not raised (the reaper retries it)."""
+    try:
+        sandbox_terminate(sandbox=sandbox, reason=reason)
+    except Exception:
+        logger.exception("could not terminate sandbox %s", sandbox.pk)
+
+
+class _Teardowns:
+    """One daemon thread and its queue, made on first use in each process (a prefork pool
+    forks after import: threads do not survive a fork)."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.jobs: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._loop, name="convoy-teardown", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                sandbox, reason = self.jobs.get(timeout=IDLE_CLOSE_S)
+            except queue.Empty:
+                connection.close()
+                sandbox, reason = self.jobs.get()
+            try:
+                sandbox_terminate_logged(sandbox, reason)
+            finally:
+                self.jobs.task_done()
+
+
+_teardowns: _Teardowns | None = None
+_lock = threading.Lock()
+
+
+def _current() -> _Teardowns:
+    global _teardowns
+    with _lock:
+        if _teardowns is None or _teardowns.pid != os.getpid():
+            _teardowns = _Teardowns()
+        return _teardowns
+
+
+def sandbox_terminate_soon(sandbox, reason: str) -> None:
+    """Terminate in the background (the `sandbox.terminated` event is written then, as ever)."""
+    _current().jobs.put((sandbox, reason))
+
+
+def teardowns_wait() -> None:
+    """Return once every teardown this process queued is done."""
+    current = _teardowns
+    if current is not None and current.pid == os.getpid():
+        current.jobs.join()
