@@ -1,0 +1,42 @@
+"""Sandboxes of finished variants are terminated off the run's path (campaigns/teardown.py):
+once the worker's last run returns, every sandbox is terminated, recorded and its workspace
+gone, before the campaign completes."""
+
+import pytest
+
+from audit.models import AuditEvent
+from campaigns.models import CampaignState, RepoRun, RunState
+from campaigns.pipeline import run_execute
+from campaigns.services import campaign_create, campaign_launch
+from sandboxes.models import Sandbox, SandboxState
+from sandboxes.services import backend_get, sandbox_handle
+from tests.factories import repos_make, spec_for
+
+pytestmark = pytest.mark.shapes("embedded", "production")
+
+
+def test_a_chain_of_runs_leaves_every_sandbox_terminated_before_the_campaign_completes(
+    transactional_db, manager
+):
+    tag, _ = repos_make(3)
+    spec = spec_for(tag, name="teardown-chain", backend="bwrap", max_parallel=1)
+    campaign = campaign_launch(campaign=campaign_create(actor=manager, source=spec), actor=manager)
+    first = RepoRun.objects.filter(campaign=campaign, state=RunState.QUEUED).get()
+
+    # One call carries the three runs (each hands its slot to the next).
+    assert run_execute(run_id=first.pk) == "succeeded"
+
+    runs = RepoRun.objects.filter(campaign=campaign)
+    assert sorted(runs.values_list("state", flat=True)) == [RunState.SUCCEEDED] * 3
+    campaign.refresh_from_db()
+    assert campaign.state == CampaignState.COMPLETED
+    sandboxes = list(Sandbox.objects.filter(campaign_id=campaign.pk))
+    assert sandboxes and all(s.state == SandboxState.TERMINATED for s in sandboxes)
+    engine = backend_get("bwrap")
+    for sandbox in sandboxes:
+        assert not engine.workspace_path(sandbox_handle(sandbox)).exists()
+        events = AuditEvent.objects.filter(
+            action="sandbox.sandbox.terminated", target_id=str(sandbox.pk)
+        )
+        assert events.count() == 1
+        assert sandbox.terminated_at <= campaign.finished_at
