@@ -23,7 +23,6 @@ from audit.models import AuditEvent
 from campaigns.environment import run_image
 from campaigns.states import RunFailed
 from core.errors import Invalid
-from sandboxes.egress.addresses import address_refusal
 from sandboxes.egress.packages import package_index_rules, package_indexes_read
 from sandboxes.egress.sandbox import ACTION_ALLOWED, ACTION_REFUSED
 from sandboxes.egress.worker import egress_proxy_stop
@@ -32,34 +31,7 @@ from sandboxes.images.proxy_network import APT_PROXY_FILE
 from sandboxes.images.services import image_ensure
 from sandboxes.models import Image, ImageState
 from tests.factories import campaign_make, run_make
-
-NEVER_TRUSTED = ("loopback", "link-local", "link-local (cloud metadata)", "unspecified")
-
-
-def _host_index_addresses() -> str:
-    """What this host's operator sets: the non-public addresses its own package indexes resolve
-    to (empty when public). Skips when none of them answers (offline)."""
-    trusted, reached = set(), False
-    for rule in package_index_rules(package_indexes_read()):
-        try:
-            infos = socket.getaddrinfo(rule.pattern, 443, proto=socket.IPPROTO_TCP)
-        except OSError:
-            continue
-        for address in {i[4][0] for i in infos}:
-            why = address_refusal(address)
-            if why in NEVER_TRUSTED:
-                pytest.skip(f"{rule.pattern} resolves to {address} ({why}) on this host")
-            if why:
-                trusted.add(f"{address}/{128 if ':' in address else 32}")
-            if not reached:
-                try:
-                    socket.create_connection((address, 443), timeout=5).close()
-                    reached = True
-                except OSError:
-                    pass
-    if not reached:
-        pytest.skip("this host reaches none of its own package indexes (offline?)")
-    return ",".join(sorted(trusted))
+from tests.sandboxes.images.conftest import host_index_addresses
 
 
 @pytest.fixture
@@ -68,7 +40,9 @@ def build_proxy(settings, monkeypatch, tmp_path):
     index ranges and the test-only names (stopped again after)."""
     settings.DATA_DIR = tmp_path / "data"
     settings.DATA_DIR.mkdir()
-    settings.EGRESS_INDEX_ADDRESSES = _host_index_addresses()
+    settings.EGRESS_INDEX_ADDRESSES, reached = host_index_addresses()
+    if not reached:
+        pytest.skip("this host reaches none of its own package indexes (offline?)")
     monkeypatch.setenv("CONVOY_EGRESS_TEST_HOSTS", "api.test=127.0.0.1,forbidden.test=127.0.0.1")
     egress_proxy_stop()
     yield
@@ -117,6 +91,7 @@ def test_pip_installs_through_the_proxy_and_its_connections_are_audited(db, buil
     assert list((rootfs / "opt/convoy-venv/lib").glob("python3*/site-packages/six.py"))
     allowed = _events(image, ACTION_ALLOWED)
     assert allowed, "no connection of the build was audited"
+    assert not _events(image, ACTION_REFUSED)  # the index names are admitted at their ranges
     indexes = {rule.pattern for rule in package_index_rules(package_indexes_read())}
     for event in allowed:
         payload = event["payload"]
