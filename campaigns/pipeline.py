@@ -57,7 +57,7 @@ from core.secret_forms import SecretScanner
 from sandboxes.backends.base import Capability, SandboxError, SandboxSpec
 from sandboxes.egress.sandbox import spec_network_fields
 from sandboxes.models import SandboxSnapshot
-from sandboxes.repos import RepoUrlError, sandbox_repo_checkout
+from sandboxes.repos import RepoUrlError, checkout_ahead, checkout_discard, sandbox_repo_checkout
 from sandboxes.services import (
     backend_get,
     sandbox_create,
@@ -78,9 +78,10 @@ MAX_TRANSIENT_RETRIES = 4
 class _Context:
     """Everything one run's steps need, loaded once."""
 
-    def __init__(self, run: RepoRun, heartbeat: RunHeartbeat) -> None:
+    def __init__(self, run: RepoRun, heartbeat: RunHeartbeat, ahead=None) -> None:
 
         self.run = run
+        self.ahead = ahead  # the first checkout, made while this loads (repos.checkout_ahead)
         self.campaign = run.campaign
         self.spec = self.campaign.spec
         self.heartbeat = heartbeat
@@ -214,11 +215,13 @@ def _prepare(ctx: _Context, owner_kind: str, owner_id: int, *, variant_id: int |
             # Fetches the host-side mirror (once per attempt: its variants share a fetch made
             # since the run started; a retry fetches again), then clones the commit in.
             started = run.started_at
+            ahead, ctx.ahead = ctx.ahead, None
             commit = sandbox_repo_checkout(
                 sandbox=sandbox,
                 url=run.repository.url,
                 ref=run.ref,
                 fresh_after=started.timestamp() if started else None,
+                ahead=ahead,
             )
         except RepoUrlError as exc:
             raise RunFailed(f"checkout of {run.ref} failed: {exc.message}") from None
@@ -532,8 +535,15 @@ def _run_carry(run: RepoRun, worker: str) -> tuple[str, int | None]:
     outcome = "succeeded"
     next_id = None  # the campaign's next run, which the freed slot went to
     final = False  # this call moved the run to a final state
+    started = run.started_at
+    ahead = checkout_ahead(
+        backend=run.campaign.backend,
+        url=run.repository.url,
+        ref=run.ref,
+        fresh_after=started.timestamp() if started else None,
+    )
     try:
-        ctx = _Context(run, heartbeat)
+        ctx = _Context(run, heartbeat, ahead)
         _run_pipeline(ctx)
         with transaction.atomic():
             if run_transition(
@@ -575,6 +585,7 @@ def _run_carry(run: RepoRun, worker: str) -> tuple[str, int | None]:
         message = f"internal error: {type(exc).__name__}: {exc}"
         next_id = run_fail(run, message, launcher, worker)
     finally:
+        checkout_discard(ahead)  # unused when the run stopped before its first checkout
         heartbeat.stop()
         run_cleanup(run, final=final)  # known final: its state need not be read back
         if any(model_for_variant(run.campaign.spec, v) for v in run.campaign.spec["variants"]):

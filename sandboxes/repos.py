@@ -14,13 +14,19 @@ git connects, pinned to the vetted addresses; URLs carrying credentials are refu
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import ipaddress
+import os
 import re
+import secrets
 import shutil
 import socket
 import tempfile
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -309,24 +315,138 @@ def clone_at(*, mirror: Path, sha: str, dest: Path) -> None:
     )
     (gitdir / "HEAD").write_text("ref: refs/heads/main\n")
     with _locked(mirror, shared=True):  # no fetch (and its repacking) while the files copy
-        shutil.copytree(
-            mirror / "objects",
-            gitdir / "objects",
-            symlinks=True,
-            ignore=shutil.ignore_patterns("alternates", "tmp_*", "*.lock"),
-        )
+        _objects_copy(mirror / "objects", gitdir / "objects")
     git("-C", str(dest), "checkout", "--quiet", "--detach", sha)
 
 
+def _objects_copy(src: Path, dst: Path) -> None:
+    """Copy an objects directory: file contents only (git needs no modes or times, and
+    `shutil.copytree`'s per-file stat, chmod, utime and xattr calls were most of a small
+    repository's checkout); symlinks stay symlinks; alternates and temporary files are left."""
+    os.mkdir(dst)
+    with os.scandir(src) as entries:
+        for entry in entries:
+            name = entry.name
+            if name == "alternates" or name.startswith("tmp_") or name.endswith(".lock"):
+                continue
+            target = os.path.join(dst, name)
+            if entry.is_symlink():
+                os.symlink(os.readlink(entry.path), target)
+            elif entry.is_dir():
+                _objects_copy(Path(entry.path), Path(target))
+            else:
+                shutil.copyfile(entry.path, target, follow_symlinks=False)
+
+
+# --- checkouts made ahead of their sandbox ------------------------------------------------------
+# A run's first checkout (mirror fetch, objects copy, `git checkout`) is made in a background
+# thread while the run loads its context and its sandbox is created, in a staging directory
+# beside the workspaces (hidden from the engines' listings); once the sandbox exists its entries
+# are renamed into the empty workspace. No sandbox sees the staging directory.
+STAGING = ".checkouts"
+STAGING_STALE_S = 3600.0
+_ahead_pool: ThreadPoolExecutor | None = None
+_ahead_pid = 0
+_ahead_lock = threading.Lock()
+
+
+def _staging_root() -> Path:
+    return Path(settings.DATA_DIR) / "sandboxes" / STAGING
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _ahead_pool, _ahead_pid
+    with _ahead_lock:
+        if _ahead_pool is None or _ahead_pid != os.getpid():  # threads do not survive a fork
+            _ahead_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="convoy-checkout")
+            _ahead_pid = os.getpid()
+            _ahead_pool.submit(_staging_sweep)  # what a dead worker left
+        return _ahead_pool
+
+
+def _staging_sweep() -> None:
+    with contextlib.suppress(FileNotFoundError):
+        for path in _staging_root().iterdir():
+            with contextlib.suppress(OSError):
+                if time.time() - path.lstat().st_mtime > STAGING_STALE_S:
+                    shutil.rmtree(path, ignore_errors=True)
+
+
+def _staged(url: str, ref: str, fresh_after: float | None) -> tuple[str, Path]:
+    mirror = mirror_fetch(url=url, fresh_after=fresh_after)
+    sha = commit_resolve(mirror=mirror, ref=ref)
+    root = _staging_root()
+    root.mkdir(parents=True, exist_ok=True)
+    dest = root / secrets.token_hex(8)
+    dest.mkdir(mode=0o700)
+    try:
+        clone_at(mirror=mirror, sha=sha, dest=dest)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    return sha, dest
+
+
+def checkout_ahead(*, backend: str, url: str, ref: str, fresh_after: float | None) -> Future | None:
+    """Start the checkout `sandbox_repo_checkout(ahead=…)` will move into a sandbox of a local
+    engine; None where the engine is not local (nothing to stage). Errors (RepoUrlError,
+    SandboxError) come out of `sandbox_repo_checkout`. Give it to `checkout_discard` if it may
+    go unused."""
+    try:
+        engine = backend_get(backend)
+    except SandboxError:  # said again, in its place, by the sandbox's create
+        return None
+    if Capability.SIMULATED in engine.capabilities or not hasattr(engine, "workspace_path"):
+        return None
+    return _pool().submit(_staged, url, ref, fresh_after)
+
+
+def checkout_discard(ahead: Future | None) -> None:
+    """Remove a staged checkout that was not moved into a sandbox (now, or when it is made)."""
+
+    def remove(done: Future) -> None:
+        if not done.cancelled() and done.exception() is None:
+            shutil.rmtree(done.result()[1], ignore_errors=True)
+
+    if ahead is not None:
+        ahead.add_done_callback(remove)
+
+
+def _staged_move(staged: Path, dest: Path) -> None:
+    try:
+        for entry in os.listdir(staged):
+            try:
+                os.rename(staged / entry, dest / entry)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                shutil.move(staged / entry, dest / entry)  # the workspace is another mount
+        staged.rmdir()
+    except OSError as exc:
+        raise SandboxError(f"could not move the checkout into the workspace: {exc}") from None
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+
+
 def sandbox_repo_checkout(
-    *, sandbox: Sandbox, url: str, ref: str, fresh_after: float | None = None
+    *,
+    sandbox: Sandbox,
+    url: str,
+    ref: str,
+    fresh_after: float | None = None,
+    ahead: Future | None = None,
 ) -> str:
     """Put a clone of `url` at `ref` in the sandbox's /workspace; return the commit sha.
 
-    `fresh_after`: see `mirror_fetch`."""
+    `fresh_after`: see `mirror_fetch`. `ahead`: a `checkout_ahead` of the same url and ref,
+    moved in instead of checking out now."""
     engine = backend_get(sandbox.backend)
     if Capability.SIMULATED in engine.capabilities:  # the scale benchmark: no git at all
         return engine.simulated_commit(url, ref)
+    if ahead is not None and hasattr(engine, "workspace_path"):
+        sha, staged = ahead.result()
+        _staged_move(staged, engine.workspace_path(sandbox_handle(sandbox)))
+        return sha
     mirror = mirror_fetch(url=url, fresh_after=fresh_after)
     sha = commit_resolve(mirror=mirror, ref=ref)
     if hasattr(engine, "workspace_path"):  # a local engine: clone straight into the directory
