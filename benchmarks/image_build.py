@@ -1,11 +1,14 @@
 """First build of the example Python image (`apt: [python3-venv], pip: [pytest]`) through
 image_ensure, against the baseline of the same by hand in the same run: mmdebstrap, then
-`python3 -m venv` and `pip install pytest` under bubblewrap with the host's pip configuration.
-Also the cached ensure (the second campaign asking for the image).
+`python3 -m venv` and `pip install pytest` under bubblewrap with the host's pip configuration
+and the host's network. image_ensure's steps go through the egress proxy (its default), as in
+production. Also the cached ensure (the second campaign asking for the image).
 
     .venv/bin/python benchmarks/image_build.py
 
-Reaches the Debian mirror of the host's apt sources and the host's pip indexes. Uses a scratch
+Reaches the Debian mirror of the host's apt sources and the host's pip indexes; where those
+resolve to non-public addresses, set CONVOY_EGRESS_INDEX_ADDRESSES as the operator would
+(otherwise pip's index is refused by the proxy and only local indexes serve). Uses a scratch
 PostgreSQL database (BENCH_DATABASE_URL's server) and a temporary data dir, removed at the end.
 """
 
@@ -73,9 +76,15 @@ def main() -> None:
         started = time.monotonic()
         image_ensure(spec=SPEC, actor=None)
         cached = time.monotonic() - started
+        from audit.models import AuditEvent
+
+        events = AuditEvent.objects.filter(target_type="sandboxes.image", target_id=str(image.pk))
+        allowed = events.filter(action="sandbox.egress.allowed").count()
+        refused = events.filter(action="sandbox.egress.refused").count()
         print(f"image size: {image.size_bytes / 2**20:.0f} MB (key {image.key[:12]})")
+        print(f"build connections through the egress proxy: {allowed} allowed, {refused} refused")
         print(f"by hand (mmdebstrap + venv + pip install pytest): {hand:6.1f} s")
-        print(f"image_ensure, first build:                        {convoy:6.1f} s")
+        print(f"image_ensure, first build (via the proxy):        {convoy:6.1f} s")
         print(f"ratio first build / by hand:                      {convoy / hand:6.2f}x")
         print(f"image_ensure, cached (second campaign):           {cached * 1000:6.1f} ms")
     finally:
