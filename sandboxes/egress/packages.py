@@ -199,6 +199,11 @@ def _npm_registries(*, env: Mapping[str, str], home: Path) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def apt_uris_read(apt_dir: Path) -> list[str]:
+    """The enabled source URIs of an apt configuration directory (a host's, or an image's)."""
+    return _apt_uris(apt_dir)
+
+
 _DEB_LINE = re.compile(r"^\s*deb(?:-src)?\s+(?:\[[^\]]*\]\s+)?(\S+)")
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from sandboxes.egress.packages import apt_uris_read
 from sandboxes.images.hostconfig import package_client_config
 from sandboxes.images.network import BuildNetwork, NetworkAttachment
 from sandboxes.images.oci import OciError, oci_pull
@@ -232,7 +233,8 @@ def _dpkg_versions(rootfs: Path) -> dict[str, str]:
 def _steps_run(spec, key, rootfs, steps, log: BuildLog, network: BuildNetwork) -> None:
     """Run the pip, npm and run steps inside the image, on the build's network."""
     carried = package_client_config()
-    with network(key) as net:
+    index_urls = [] if spec.kind == "oci" else apt_uris_read(rootfs / "etc" / "apt")
+    with network(key, index_urls=index_urls) as net:
         _root_files(rootfs, net)
         env = _build_env(spec, net, carried.env)
         for name, where, argv in steps:

@@ -1,7 +1,8 @@
 """The network seam of image builds: how a build step's sandbox reaches package indexes.
 
-A `BuildNetwork` is a callable taking the image key and returning a context manager that
-yields a `NetworkAttachment` for the duration of one build. Builds use the egress proxy
+A `BuildNetwork` is a callable taking the image key (and `index_urls`, the apt sources the
+base wrote into a Debian image) and returning a context manager that yields a
+`NetworkAttachment` for the duration of one build. Builds use the egress proxy
 (`sandboxes.images.proxy_network`, the default of `image_ensure`): no network but loopback,
 the proxy's socket and the relay bound in, each step's argv wrapped by the relay launcher,
 HTTP(S)_PROXY set. `host_network` shares the host's network; only tests pass it.
@@ -10,7 +11,7 @@ HTTP(S)_PROXY set. `host_network` shares the host's network; only tests pass it.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
@@ -35,11 +36,11 @@ class NetworkAttachment:
     after_step: Callable[[bool], list[str]] = _no_notes
 
 
-BuildNetwork = Callable[[str], AbstractContextManager[NetworkAttachment]]
+BuildNetwork = Callable[..., AbstractContextManager[NetworkAttachment]]
 
 
 @contextlib.contextmanager
-def host_network(key: str) -> Iterator[NetworkAttachment]:
+def host_network(key: str, *, index_urls: Sequence[str] = ()) -> Iterator[NetworkAttachment]:
     """The host's network and resolver, as the host's own package clients see them (tests)."""
     yield NetworkAttachment(
         bwrap_args=("--share-net", "--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf")

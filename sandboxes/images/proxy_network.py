@@ -1,8 +1,9 @@
 """Image builds through the egress proxy: the `BuildNetwork` every build uses (docs/images.md).
 
 Each build gets its own socket of this process's egress proxy, keyed `image-<key>-<token>`,
-with the policy: the host's package indexes, plus the allow list of the campaign whose run
-triggered the build (none for `manage.py image build`). Build steps run with no network but
+with the policy: the host's package indexes (and a Debian image's own apt sources), plus the
+allow list of the campaign whose run triggered the build (none for `manage.py image build`).
+Build steps run with no network but
 loopback; the relay inside turns the socket into 127.0.0.1:3128 and the proxy variables point
 pip, npm, curl and git there; apt gets the same proxy through `/etc/apt/apt.conf.d/`. Every
 connection is an audit event attributed to the image (target `sandboxes.image`, payload
@@ -24,6 +25,7 @@ from audit.record import audit_record
 from sandboxes.backends.egress import EGRESS_EXEC, egress_wrapped
 from sandboxes.egress.events import EgressEvent
 from sandboxes.egress.packages import (
+    PackageIndexes,
     apt_proxy_conf,
     package_index_rules,
     package_indexes_read,
@@ -62,15 +64,20 @@ def proxy_network(
     build is for and `context` (campaign_id, run_id) when a campaign's run triggered it."""
     policy = network_parse({"allow": list(allow)}, field_name="network")
 
-    def network(key: str):
-        return _attached(key, policy, actor, dict(context or {}))
+    def network(key: str, *, index_urls: Sequence[str] = ()):
+        return _attached(key, policy, actor, dict(context or {}), index_urls)
 
     return network
 
 
 @contextlib.contextmanager
-def _attached(key: str, policy: NetworkPolicy, actor, context: dict) -> Iterator[NetworkAttachment]:
+def _attached(
+    key: str, policy: NetworkPolicy, actor, context: dict, index_urls: Sequence[str]
+) -> Iterator[NetworkAttachment]:
     policy = policy.with_rules(package_index_rules(package_indexes_read()))
+    # The apt sources the base wrote into a Debian image (mmdebstrap's mirrors for the suite):
+    # chosen by the builder, not the spec, so they count as package indexes too.
+    policy = policy.with_rules(package_index_rules(PackageIndexes(apt_uris=list(index_urls))))
     relay = relay_binary()
     proxy = egress_proxy()
     proxy_key = f"image-{key[:16]}-{secrets.token_hex(4)}"

@@ -23,7 +23,7 @@ from audit.models import AuditEvent
 from campaigns.environment import run_image
 from campaigns.states import RunFailed
 from core.errors import Invalid
-from sandboxes.egress.packages import package_index_rules, package_indexes_read
+from sandboxes.egress.packages import apt_uris_read, package_index_rules, package_indexes_read
 from sandboxes.egress.sandbox import ACTION_ALLOWED, ACTION_REFUSED
 from sandboxes.egress.worker import egress_proxy_stop
 from sandboxes.images.build import image_dir
@@ -83,7 +83,10 @@ def _events(image: Image, action: str) -> list[dict]:
 def test_pip_installs_through_the_proxy_and_its_connections_are_audited(db, build_proxy):
     image = image_ensure(
         spec={"apt": ["python3-venv"], "pip": ["six"],
-              "run": ["/opt/convoy-venv/bin/python -c 'import six; print(six.__version__)'"]},
+              "run": ["/opt/convoy-venv/bin/python -c 'import six; print(six.__version__)'",
+                      # apt in a step: its proxy comes from the file the build wrote
+                      "env -u http_proxy -u HTTP_PROXY apt-get -q -o APT::Sandbox::User=root "
+                      "update"]},
         actor=None,
     )  # fmt: skip
     assert image.state == ImageState.READY
@@ -92,7 +95,10 @@ def test_pip_installs_through_the_proxy_and_its_connections_are_audited(db, buil
     allowed = _events(image, ACTION_ALLOWED)
     assert allowed, "no connection of the build was audited"
     assert not _events(image, ACTION_REFUSED)  # the index names are admitted at their ranges
-    indexes = {rule.pattern for rule in package_index_rules(package_indexes_read())}
+    # The host's indexes, and the apt sources the base wrote into the image (which apt uses).
+    image_apt = {urlsplit(u).hostname for u in apt_uris_read(rootfs / "etc/apt")}
+    indexes = {rule.pattern for rule in package_index_rules(package_indexes_read())} | image_apt
+    assert image_apt & {e["payload"]["host"] for e in allowed}, "apt did not use the proxy"
     for event in allowed:
         payload = event["payload"]
         assert payload["image_key"] == image.key and payload["host"] in indexes
