@@ -1,10 +1,14 @@
-"""PostgreSQL: the queue-flag triggers that bulk writes fire become statement triggers.
+"""PostgreSQL: the queue-flag triggers that bulk writes fire become statement triggers, and
+every flag refresh is planned when it runs.
 
 Row triggers made bulk inserts of variants (and a revision moving a whole campaign's runs out
-of "succeeded") run the flag refresh once per row: 270,000 variants took minutes. Statement
-triggers over the transition tables refresh the affected runs in one set per statement. A
-variant's update (one row at a time, in the pipeline; transition tables would copy its patch),
-reviews and changesets keep their row triggers. SQLite keeps row triggers (one writer, small).
+of "succeeded") run the flag refresh once per row; worse, PL/pgSQL kept the plan made when the
+tables were empty (a sequential scan of the variants per run), so 270,000 bulk-inserted
+variants took more than ten minutes. Statement triggers over the transition tables refresh the
+affected runs as one set per statement, and the refresh runs through EXECUTE, so it is planned
+for the tables as they are. A variant's update (one row at a time, in the pipeline; transition
+tables would copy its patch), reviews and changesets keep row triggers. SQLite keeps 0004's row
+triggers (one writer; its planner has no such cache).
 """
 
 # ruff: noqa: S608 - the SQL is built from constants below, never from input
@@ -34,8 +38,17 @@ DIFFERENCE = ", ".join(
 GONE = ", ".join(f"-sum((flags >> {bit}) & 1)" for bit in range(4))
 
 
-def _refresh(runs: str) -> str:
-    """One statement that brings the flags of the runs whose ids `runs` selects up to date."""
+def _refresh(runs: str, using: str = "") -> str:
+    """PL/pgSQL running one statement, planned each time, that brings the flags of the runs
+    whose ids `runs` selects up to date (`$1` in `runs` is `using`, a row's run id)."""
+    return f" EXECUTE {_quoted(_refresh_sql(runs))}{f' USING {using}' if using else ''};"
+
+
+def _quoted(sql: str) -> str:
+    return "'" + sql.replace("'", "''") + "'"
+
+
+def _refresh_sql(runs: str) -> str:
     return f"""
         WITH changed AS (
             SELECT * FROM (
@@ -49,7 +62,7 @@ def _refresh(runs: str) -> str:
             SELECT id, campaign_id, flags_now FROM changed
             ON CONFLICT (run_id) DO UPDATE SET flags = excluded.flags
         )
-        {HEAD} SELECT campaign_id, {DIFFERENCE} FROM changed GROUP BY campaign_id;"""
+        {HEAD} SELECT campaign_id, {DIFFERENCE} FROM changed GROUP BY campaign_id"""
 
 
 MOVED = (
@@ -105,6 +118,24 @@ STATEMENT_TRIGGERS = [
         ),
     ),
 ]
+# 0004's row trigger functions, now planned when they run: (name, run id, lock the run first).
+ROW_FUNCTIONS = [
+    ("review_flags_variant_update", "NEW.run_id", False),
+    ("review_flags_review_insert", "NEW.run_id", True),
+    ("review_flags_review_update", "NEW.run_id", True),
+    ("review_flags_review_delete", "OLD.run_id", True),
+    ("review_flags_changeset_insert", "NEW.run_id", True),
+    ("review_flags_changeset_delete", "OLD.run_id", True),
+]
+SUCCEEDED_RUN = "SELECT id FROM campaigns_reporun WHERE id = $1 AND state = 'succeeded'"
+
+
+def _row_body(run: str, lock: bool) -> str:
+    # The run row is locked first so that a concurrent move of the run is seen (0004).
+    first = f"PERFORM 1 FROM campaigns_reporun WHERE id = {run} FOR UPDATE;" if lock else ""
+    return first + _refresh("SELECT $1" if lock else SUCCEEDED_RUN, using=run)
+
+
 # The row triggers of 0004 these replace (name, table).
 REPLACED = [
     ("review_flags_run_insert", "campaigns_reporun"),
@@ -121,6 +152,11 @@ def statement_triggers(apps, schema_editor):
     for name, table in REPLACED:
         schema_editor.execute(f"DROP TRIGGER IF EXISTS {name} ON {table}")
         schema_editor.execute(f"DROP FUNCTION IF EXISTS {name}()")
+    for name, run, lock in ROW_FUNCTIONS:
+        schema_editor.execute(
+            f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$\n"
+            f"BEGIN\n{_row_body(run, lock)}\nRETURN NULL;\nEND $$"
+        )
     for name, table, event, tables, body in STATEMENT_TRIGGERS:
         schema_editor.execute(
             f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$\n"
@@ -133,7 +169,8 @@ def statement_triggers(apps, schema_editor):
 
 
 def statement_triggers_drop(apps, schema_editor):
-    """Back to 0004's row triggers: unapply 0004 and apply it again."""
+    """Back to 0004's row triggers: unapply 0004 and apply it again (this drops the triggers
+    that replaced them; 0004's unapply drops the row functions changed here)."""
     if schema_editor.connection.vendor != "postgresql":
         return
     for name, table, *_ in STATEMENT_TRIGGERS:
