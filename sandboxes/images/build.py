@@ -256,8 +256,8 @@ def _steps_run(spec, key, rootfs, steps, log: BuildLog, network: BuildNetwork) -
 def _root_files(rootfs: Path, net: NetworkAttachment) -> None:
     """The network's files (apt's proxy), where the image has their directory."""
     for inside, text in net.root_files.items():
-        path = rootfs / inside.lstrip("/")
-        if path.parent.is_dir() and not path.parent.is_symlink() and not path.is_symlink():
+        path = _in_image(rootfs, inside)
+        if path is not None and path.parent.is_dir() and not path.is_symlink():
             path.write_text(text)
 
 
@@ -322,28 +322,47 @@ def rootfs_build(
         raise
 
 
+def _in_image(rootfs: Path, inside: str) -> Path | None:
+    """`inside` as a host path within the image's rootfs, its parent's links resolved; None when
+    a link leads out of the rootfs. The builder writes here as root on the host, after steps
+    that could make `/etc` a link to the host's `/etc`: never follow one out."""
+    root = rootfs.resolve()
+    path = root / inside.lstrip("/")
+    parent = path.parent.resolve()
+    if parent != root and not parent.is_relative_to(root):
+        return None
+    return parent / path.name
+
+
 def _mountpoints(rootfs: Path) -> None:
-    """Directories and files backends mount over: a read-only rootfs cannot grow them later."""
+    """Directories and files backends mount over: a read-only rootfs cannot grow them later.
+    Nothing is written through a link: a link an image made stays as it is."""
     for directory in MOUNTPOINT_DIRS:
-        (rootfs / directory.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        parts = directory.strip("/").split("/")
+        for depth in range(1, len(parts) + 1):
+            path = _in_image(rootfs, "/".join(parts[:depth]))
+            if path is None or path.is_symlink():
+                break
+            path.mkdir(exist_ok=True)
     for name in MOUNTPOINT_FILES:
-        path = rootfs / name.lstrip("/")
-        if not path.exists() and not path.is_symlink():
+        path = _in_image(rootfs, name)
+        if path is not None and not path.exists() and not path.is_symlink():
             path.touch()
-    etc = rootfs / "etc"
     for name, line, owned in (
         ("passwd", SANDBOX_USER, ":1000:1000:"),
         ("group", SANDBOX_GROUP, ":1000:"),
     ):
-        path = etc / name
-        if path.is_symlink():
-            continue  # never write through a link an image made
+        path = _in_image(rootfs, f"/etc/{name}")
+        if path is None or path.is_symlink() or not path.parent.is_dir():
+            continue
         text = path.read_text() if path.exists() else ""
         if owned not in text:
             path.write_text(text + ("" if not text or text.endswith("\n") else "\n") + line + "\n")
     for name, text in (("hosts", SANDBOX_HOSTS), ("gitconfig", SANDBOX_GITCONFIG)):
-        path = etc / name
-        if not path.is_symlink() and (not path.exists() or not path.read_text().strip()):
+        path = _in_image(rootfs, f"/etc/{name}")
+        if path is None or path.is_symlink() or not path.parent.is_dir():
+            continue
+        if not path.exists() or not path.read_text().strip():
             path.write_text(text)
 
 

@@ -184,3 +184,24 @@ def test_api_lists_images(client, manager, fresh_image_data, oci_registry):
     assert [item["key"] for item in body["items"]] == [image.key]
     assert client.get(f"/api/v1/images/{image.key[:8]}").json()["state"] == "ready"
     assert "skopeo" in client.get(f"/api/v1/images/{image.key}/log").json()["text"]
+
+
+def test_the_builder_never_writes_through_an_images_links(
+    db, fresh_image_data, oci_registry, tmp_path
+):
+    """An image whose /etc and /convoy are links to host paths: the builder writes its passwd,
+    group, hosts and mount points into the image only, never through the links (it runs as
+    root on the host; a `run` step could make the same links)."""
+    outside = tmp_path / "host-etc"
+    outside.mkdir()
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "etc").symlink_to(outside)
+    (tree / "convoy").symlink_to(outside)
+    (tree / "marker").write_text("x")
+    ref = oci_registry.push_tree("team/links", tree, tag="1")
+    image = image_ensure(spec={"oci": ref}, actor=None)
+    assert image.state == ImageState.READY
+    assert list(outside.iterdir()) == []
+    rootfs = image_dir(image.key) / "rootfs"
+    assert (rootfs / "etc").is_symlink() and (rootfs / "workspace").is_dir()
