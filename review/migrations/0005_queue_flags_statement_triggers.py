@@ -5,8 +5,8 @@ Row triggers made bulk inserts of variants (and a revision moving a whole campai
 of "succeeded") run the flag refresh once per row; worse, PL/pgSQL kept the plan made when the
 tables were empty (a sequential scan of the variants per run), so 270,000 bulk-inserted
 variants took more than ten minutes. Statement triggers over the transition tables refresh the
-affected runs as one set per statement, and the refresh runs through EXECUTE, so it is planned
-for the tables as they are. A variant's update (one row at a time, in the pipeline; transition
+affected runs as one set per statement; for inserts and deletes (bulk by nature) the refresh
+runs through EXECUTE, so it is planned for the tables as they are. A variant's update (one row at a time, in the pipeline; transition
 tables would copy its patch), reviews and changesets keep row triggers. SQLite keeps 0004's row
 triggers (one writer; its planner has no such cache).
 """
@@ -38,10 +38,14 @@ DIFFERENCE = ", ".join(
 GONE = ", ".join(f"-sum((flags >> {bit}) & 1)" for bit in range(4))
 
 
-def _refresh(runs: str, using: str = "") -> str:
-    """PL/pgSQL running one statement, planned each time, that brings the flags of the runs
-    whose ids `runs` selects up to date (`$1` in `runs` is `using`, a row's run id)."""
-    return f" EXECUTE {_quoted(_refresh_sql(runs))}{f' USING {using}' if using else ''};"
+def _refresh(runs: str, *, planned_each_time: bool = True) -> str:
+    """PL/pgSQL running one statement that brings the flags of the runs whose ids `runs`
+    selects up to date: through EXECUTE (planned for the tables as they are, worth it for a
+    bulk write), or as a static statement whose plan PL/pgSQL keeps (a run or two at a time,
+    where planning this statement would cost more than running it)."""
+    if planned_each_time:
+        return f" EXECUTE {_quoted(_refresh_sql(runs))};"
+    return f" {_refresh_sql(runs)};"
 
 
 def _quoted(sql: str) -> str:
@@ -85,7 +89,9 @@ STATEMENT_TRIGGERS = [
         "campaigns_reporun",
         "UPDATE",
         "OLD TABLE AS old_rows NEW TABLE AS new_rows",
-        f"IF EXISTS ({MOVED}) THEN" + _refresh(MOVED) + " END IF;",
+        # Mostly one run finishing: a kept plan (a revision of a whole campaign reuses it too;
+        # it looks runs up by id).
+        f"IF EXISTS ({MOVED}) THEN" + _refresh(MOVED, planned_each_time=False) + " END IF;",
     ),
     (
         "review_flags_runs_delete",
@@ -118,7 +124,8 @@ STATEMENT_TRIGGERS = [
         ),
     ),
 ]
-# 0004's row trigger functions, now planned when they run: (name, run id, lock the run first).
+# 0004's row trigger functions, rewritten with the one-statement refresh: (name, run id, lock
+# the run first).
 ROW_FUNCTIONS = [
     ("review_flags_variant_update", "NEW.run_id", False),
     ("review_flags_review_insert", "NEW.run_id", True),
@@ -127,13 +134,15 @@ ROW_FUNCTIONS = [
     ("review_flags_changeset_insert", "NEW.run_id", True),
     ("review_flags_changeset_delete", "OLD.run_id", True),
 ]
-SUCCEEDED_RUN = "SELECT id FROM campaigns_reporun WHERE id = $1 AND state = 'succeeded'"
 
 
 def _row_body(run: str, lock: bool) -> str:
     # The run row is locked first so that a concurrent move of the run is seen (0004).
-    first = f"PERFORM 1 FROM campaigns_reporun WHERE id = {run} FOR UPDATE;" if lock else ""
-    return first + _refresh("SELECT $1" if lock else SUCCEEDED_RUN, using=run)
+    if lock:
+        first = f"PERFORM 1 FROM campaigns_reporun WHERE id = {run} FOR UPDATE;"
+        return first + _refresh(run, planned_each_time=False)
+    succeeded = f"SELECT id FROM campaigns_reporun WHERE id = {run} AND state = 'succeeded'"
+    return _refresh(succeeded, planned_each_time=False)
 
 
 # The row triggers of 0004 these replace (name, table).
