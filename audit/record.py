@@ -130,10 +130,32 @@ def audit_event_build(
     return event
 
 
-def audit_record(**event) -> AuditEvent:
-    """Write one event (audit_event_build's keywords) in the caller's transaction; raise
-    AuditWriteError if it cannot be."""
-    built = audit_event_build(**event)
+def audit_record(
+    *,
+    action: str,
+    actor=None,
+    actor_type: str | None = None,
+    target=None,
+    outcome: str = "success",
+    context: dict | None = None,
+    payload: dict | None = None,
+    changes: dict | None = None,
+    reason: str = "",
+    on_behalf_of=None,
+) -> AuditEvent:
+    """Write one event in the caller's transaction; raise AuditWriteError if it cannot be."""
+    built = audit_event_build(
+        action=action,
+        actor=actor,
+        actor_type=actor_type,
+        target=target,
+        outcome=outcome,
+        context=context,
+        payload=payload,
+        changes=changes,
+        reason=reason,
+        on_behalf_of=on_behalf_of,
+    )
     try:
         # No savepoint: if the insert fails, the caller's whole transaction must roll back.
         with transaction.atomic(savepoint=False):
@@ -223,11 +245,9 @@ def audit_record_change(
             audit_record(**event)
         return row[0] if row else None
     action = event["action"]
-    built = audit_event_build(
-        **{**event, "payload": {**(event.get("payload") or {}), id_key: _ID_SENTINEL}}
-        if id_key
-        else event
-    )
+    if id_key:
+        event = {**event, "payload": {**(event.get("payload") or {}), id_key: _ID_SENTINEL}}
+    built = audit_event_build(**event)
     values = _event_params(built)
     body = "%s"
     if id_key:  # the body's bytes around the id, joined to it by the statement
