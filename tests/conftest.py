@@ -275,3 +275,16 @@ def pytest_sessionfinish(session, exitstatus):
         for start in range(0, len(keys), 1000):
             client.delete(*keys[start : start + 1000])
         client.close()
+
+
+@pytest.fixture
+def package_index_env(monkeypatch) -> str:
+    """CONVOY_EGRESS_INDEX_ADDRESSES as this host's operator would set it (for a worker started
+    after this fixture: it inherits the environment), so image builds reach the host's package
+    indexes through the proxy instead of retrying refused connections."""
+    from tests.package_indexes import host_index_addresses
+
+    value = host_index_addresses()[0]
+    if value:
+        monkeypatch.setenv("CONVOY_EGRESS_INDEX_ADDRESSES", value)
+    return value

@@ -7,7 +7,6 @@ in the audit trail and the sandbox's log with their reasons."""
 import json
 import re
 import shutil
-import socket
 
 import pytest
 from django.conf import settings
@@ -15,21 +14,14 @@ from django.conf import settings
 from audit.models import AuditEvent
 from campaigns.models import Variant, VariantState
 from campaigns.services import campaign_create, campaign_launch
-from sandboxes.egress.addresses import address_refusal
 from sandboxes.egress.packages import package_index_rules, package_indexes_read
 from sandboxes.egress.sandbox import ACTION_ALLOWED, ACTION_REFUSED
 from sandboxes.models import LogLine, Sandbox
 from tests.factories import repos_make, runs_final
+from tests.package_indexes import host_index_addresses
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
-NEVER_TRUSTED = (
-    "loopback",
-    "link-local",
-    "link-local (cloud metadata)",
-    "unspecified",
-    "multicast",
-)
 
 # Run inside the sandbox: each target directly, then through the proxy (CONNECT).
 PROBE = """\
@@ -51,35 +43,14 @@ for target in sys.argv[1:]:
 
 
 def _host_index_addresses() -> str:
-    """What this host's operator would set: the non-public addresses its own package indexes
-    (pip's default index and npm's registry, from their configuration) resolve to. Empty when
-    they are public. Skips when an index is on loopback or link-local (never admissible)."""
+    """What this host's operator would set (tests/package_indexes.py). Skips without npm and
+    the system pip (what a sandbox on the host's /usr runs) or when no index answers."""
     if not shutil.which("npm") or not shutil.which("pip", path="/usr/bin"):
         pytest.skip("needs npm and the system pip (what a sandbox on the host's /usr runs)")
-    trusted, reached = set(), False
-    for rule in package_index_rules(package_indexes_read()):
-        try:
-            infos = socket.getaddrinfo(rule.pattern, 443, proto=socket.IPPROTO_TCP)
-        except OSError:
-            continue  # an apt mirror this host does not resolve: not needed here
-        for address in {i[4][0] for i in infos}:
-            why = address_refusal(address)
-            if why in NEVER_TRUSTED:
-                pytest.skip(f"{rule.pattern} resolves to {address} ({why}) on this host")
-            if why:
-                trusted.add(f"{address}/{128 if ':' in address else 32}")
-        reached = reached or _reachable(rule.pattern)
+    trusted, reached = host_index_addresses()
     if not reached:
         pytest.skip("this host reaches none of its own package indexes (offline?)")
-    return ",".join(sorted(trusted))
-
-
-def _reachable(host: str) -> bool:
-    try:
-        socket.create_connection((host, 443), timeout=5).close()
-    except OSError:
-        return False
-    return True
+    return trusted
 
 
 @pytest.fixture

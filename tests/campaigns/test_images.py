@@ -107,7 +107,7 @@ PY_IMAGE = "{apt: [python3-venv], pip: [pytest]}"
 
 
 @pytest.mark.slow
-def test_python_campaigns_on_an_image_bwrap(celery_worker, manager):
+def test_python_campaigns_on_an_image_bwrap(package_index_env, celery_worker, manager):
     tag = "imgbw"
     paths = _python_repos(3, broken=2, tag=tag)
     first = _launch(manager, _spec(tag, "bwrap", name="img-first", image=PY_IMAGE, huge=True))
@@ -126,7 +126,7 @@ def test_python_campaigns_on_an_image_bwrap(celery_worker, manager):
 
 
 @pytest.mark.slow
-def test_python_campaign_on_an_image_gvisor(celery_worker, manager):
+def test_python_campaign_on_an_image_gvisor(package_index_env, celery_worker, manager):
     tag = "imggv"
     paths = _python_repos(2, broken=1, tag=tag)
     campaign = _launch(manager, _spec(tag, "gvisor", name="img-gvisor", image=PY_IMAGE))
@@ -135,7 +135,12 @@ def test_python_campaign_on_an_image_gvisor(celery_worker, manager):
 
 
 @pytest.mark.slow
-def test_campaign_on_an_oci_image_from_a_local_registry(celery_worker, manager, oci_registry):  # noqa: F811
+def test_campaign_on_an_oci_image_from_a_local_registry(
+    package_index_env,
+    celery_worker,
+    manager,
+    oci_registry,  # noqa: F811
+):
     """The test pushes an image (a Debian root filesystem with python3 and git, made by
     mmdebstrap) to its registry; the campaign pulls it with skopeo and umoci and runs on it."""
     rootfs = oci_registry.root / "rootfs"

@@ -15,41 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from sandboxes.egress.addresses import address_refusal
-from sandboxes.egress.packages import package_index_rules, package_indexes_read
 from sandboxes.egress.worker import egress_proxy_stop
 from sandboxes.images import build
+from tests.package_indexes import host_index_addresses
 
 
 @pytest.fixture(scope="session")
 def images_data_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("convoy-images-data")
-
-
-NEVER_TRUSTED = ("loopback", "link-local", "link-local (cloud metadata)", "unspecified")
-
-
-def host_index_addresses() -> tuple[str, bool]:
-    """What this host's operator sets in CONVOY_EGRESS_INDEX_ADDRESSES: the non-public
-    addresses its own package indexes resolve to ("" when public); and whether any of them
-    answers. Skips when an index resolves to an address no sandbox may ever reach."""
-    trusted, reached = set(), False
-    for rule in package_index_rules(package_indexes_read()):
-        try:
-            infos = socket.getaddrinfo(rule.pattern, 443, proto=socket.IPPROTO_TCP)
-        except OSError:
-            continue  # a mirror this host does not resolve: not needed here
-        for address in {i[4][0] for i in infos}:
-            why = address_refusal(address)
-            if why in NEVER_TRUSTED:
-                pytest.skip(f"{rule.pattern} resolves to {address} ({why}) on this host")
-            if why:
-                trusted.add(f"{address}/{128 if ':' in address else 32}")
-            if not reached:
-                with contextlib.suppress(OSError):
-                    socket.create_connection((address, 443), timeout=5).close()
-                    reached = True
-    return ",".join(sorted(trusted)), reached
 
 
 @pytest.fixture
