@@ -31,7 +31,7 @@ from tests.factories import repos_make, spec_for
 pytestmark = pytest.mark.django_db(transaction=True)
 
 # Before issue 20's changes this run took 236 statements (measured with this test at the
-# commit before them); the acceptance point is at most half of that. It now takes 90-93: each
+# commit before them); the acceptance point is at most half of that. It now takes 90-98: each
 # sandbox state change and each command's start and finish is one statement together with its
 # audit event (no BEGIN/COMMIT around two statements), see docs/benchmarks.md. Two parts depend
 # on timing: how the commands' output falls into log batches (one statement each, at least one
