@@ -9,9 +9,9 @@ from django.db import transaction
 
 from audit.models import AuditEvent
 from core.errors import Invalid
+from review.counts import review_counts
 from review.digests import variant_digests_refresh
 from review.models import Changeset, Decision, ReviewState, RunReview, VariantDigest
-from review.counts import review_counts
 from review.selectors import bulk_groups, review_queue
 from review.services import (
     FourEyesRefused,
