@@ -8,13 +8,17 @@ from django.conf import settings
 
 from sandboxes.backends.base import SandboxSpec
 from sandboxes.repos import (
+    STAGING,
     RepoUrlError,
+    checkout_ahead,
+    checkout_discard,
     commit_resolve,
     mirror_fetch,
     repo_url_validate,
     sandbox_repo_checkout,
 )
 from sandboxes.services import sandbox_create, sandbox_exec, sandbox_read_file
+from tests.support import wait_for
 
 both_shapes = pytest.mark.shapes("embedded", "production")
 
@@ -104,6 +108,28 @@ def test_checkout_puts_the_requested_commit_in_the_sandbox(db, origin, engines_c
     seen.clear()
     sandbox_exec(sandbox=sandbox, argv=["git", "remote"], on_output=seen.append)
     assert seen == []
+
+
+@both_shapes
+def test_a_checkout_made_ahead_is_moved_into_the_sandbox_and_an_unused_one_is_removed(
+    db, origin, engines_clean
+):
+    url = f"file://{origin}"
+    staging = Path(settings.DATA_DIR) / "sandboxes" / STAGING
+    ahead = checkout_ahead(backend="bwrap", url=url, ref="main", fresh_after=None)
+    sandbox = sandbox_create(spec=SandboxSpec(timeout_s=300), backend="bwrap")
+    assert sandbox_repo_checkout(sandbox=sandbox, url=url, ref="main", ahead=ahead) == _sha(
+        origin, "main"
+    )
+    assert sandbox_read_file(sandbox=sandbox, path="VERSION") == b"2\n"
+    seen = []
+    sandbox_exec(sandbox=sandbox, argv=["git", "status", "--porcelain"], on_output=seen.append)
+    assert seen == []  # a clean checkout of the commit, nothing left behind
+    assert list(staging.iterdir()) == []
+
+    unused = checkout_ahead(backend="bwrap", url=url, ref="main", fresh_after=None)
+    checkout_discard(unused)  # removed once made (the thread making it removes it)
+    wait_for(lambda: not list(staging.iterdir()), timeout=60, what="the unused checkout gone")
 
 
 @both_shapes
