@@ -25,6 +25,32 @@ from campaign_support import ROOT, convoy
 IMAGE = {"apt": ["git"]}
 
 
+def _run_image_cost(manager, calls: int) -> str:
+    """What finding the campaign's image costs a run: `run_image` with the worker process's
+    reuse emptied before each call (resolve + ensure, as every run paid before) against a reuse,
+    alternating, on one run of a launched image campaign (no worker: its runs stay queued)."""
+    from campaigns import environment
+    from campaigns.models import RepoRun
+    from campaigns.services import campaign_create, campaign_launch
+
+    source = "name: image-cost\nbackend: bwrap\nrepos: {tag: bench}\ntransform: {run: 'true'}\n"
+    campaign = campaign_create(actor=manager, source=source + "image: {apt: [git]}\n")
+    campaign_launch(campaign=campaign, actor=manager)
+    run = RepoRun.objects.filter(campaign=campaign).first()
+    resolved, reused = [], []
+    for _ in range(calls):
+        environment._READY.clear()
+        for times in (resolved, reused):
+            started = time.perf_counter()
+            environment.run_image(run=run, spec=campaign.spec, actor=manager)
+            times.append(time.perf_counter() - started)
+    return (
+        f"run_image per run ({calls} alternating calls): resolved and ensured "
+        f"p50 {statistics.median(resolved) * 1000:.1f} ms, reused in the worker process "
+        f"p50 {statistics.median(reused) * 1000:.1f} ms"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repos", type=int, default=200)
@@ -32,6 +58,7 @@ def main() -> None:
     parser.add_argument("--backend", default="bwrap")
     parser.add_argument("--pool", default="prefork")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--image-calls", type=int, default=60, help="run_image calls timed")
     args = parser.parse_args()
     host_spec = campaign_sed.SPEC
     image_spec = (
@@ -73,6 +100,10 @@ def main() -> None:
                 f"host /usr {result['host']:.1f} s, image {result['image']:.1f} s",
                 flush=True,
             )
+        cost = _run_image_cost(manager, args.image_calls)
+    print(cost)
+    if not rounds:
+        return
     med = {k: statistics.median(r[k] for r in rounds) for k in ("baseline", "host", "image")}
     print(
         f"repositories: {args.repos}; -j {args.jobs}; backend {args.backend}; "
