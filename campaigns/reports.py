@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from django.db.models import Q
+from django.db.models import Count, Q
 
 from campaigns.models import (
     Campaign,
@@ -187,6 +187,55 @@ def report_summary(runs: list[dict]) -> dict:
         "ok": all(name in OK_OUTCOMES for name in outcomes),
         "final": not any(name in ACTIVE_OUTCOMES for name in outcomes),
     }
+
+
+# Against the baseline, in the order the dashboard and `campaign status` list them; "fails"
+# (validation failed, no baseline result to read it against) only when there are some.
+BASELINE_OUTCOMES = (Outcome.PASSES, Outcome.FIXES, Outcome.STILL_FAILING, Outcome.REGRESSES)
+
+
+def baseline_compared(spec: dict) -> bool:
+    """Whether a campaign's variants read against a baseline: validate steps, baseline on."""
+    return bool(spec.get("validate")) and spec.get("baseline", True) is not False
+
+
+def _baseline_rows(counts: Counter) -> list[dict]:
+    rows = [
+        {"outcome": o.value, "label": o.value.replace("_", " "), "count": counts[o]}
+        for o in BASELINE_OUTCOMES
+    ]
+    if counts[Outcome.FAILS]:
+        rows.append({"outcome": "fails", "label": "fails (no baseline)", "count": counts["fails"]})
+    return rows
+
+
+def baseline_outcomes(*, campaign: Campaign) -> list[dict] | None:
+    """Variants by outcome against their run's baseline ({outcome, label, count}, zeros
+    included), in one GROUP BY; None when the campaign has no baseline to read against."""
+    if not baseline_compared(campaign.spec):
+        return None
+    counts: Counter = Counter()
+    for baseline, validation, n in (
+        Variant.objects.filter(
+            run__campaign=campaign, validation__in=(Validation.PASSED, Validation.FAILED)
+        )
+        .order_by()
+        .values_list("run__baseline", "validation")
+        .annotate(n=Count("id"))
+    ):
+        counts[Outcome.of(baseline=baseline, validation=validation)] += n
+    return _baseline_rows(counts)
+
+
+def baseline_outcomes_of(runs: list[dict]) -> list[dict]:
+    """The same counts from run reports (`campaign_runs_report`): no further query."""
+    counts = Counter(v["against_baseline"] for run in runs for v in run["variants"])
+    return _baseline_rows(counts)
+
+
+def baseline_line(rows: list[dict]) -> str:
+    """One line of text: "against the baseline: passes 3, fixes 1, still failing 0, …"."""
+    return "against the baseline: " + ", ".join(f"{r['label']} {r['count']}" for r in rows)
 
 
 def variant_patches(*, run_ids: list[int]) -> dict[tuple[int, str], str]:

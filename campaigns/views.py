@@ -17,7 +17,7 @@ from campaigns import listing, revisions, selectors, services
 from campaigns.comparison import backend_comparison
 from campaigns.forms import STARTER_SPEC, CampaignSpecForm, PreviewForm, SecretForm
 from campaigns.preview import campaign_preview, preview_runs
-from campaigns.reports import report_summary, run_report, run_rows
+from campaigns.reports import baseline_outcomes, report_summary, run_report, run_rows
 from campaigns.secrets import secret_set
 from campaigns.steps import run_page_context
 from review.counts import review_counts
@@ -96,6 +96,7 @@ def campaign_detail(request, pk):
         "preview": _preview_context(campaign),
         "preview_form": PreviewForm(),
         "counts": selectors.campaign_counts(campaign=campaign),
+        "against_baseline": baseline_outcomes(campaign=campaign),
         "comparison": backend_comparison(campaign=campaign),
         "clusters": selectors.error_clusters(campaign=campaign),
         "page": page,

@@ -27,6 +27,9 @@ from campaigns.models import Campaign, CampaignState
 from campaigns.preview import PREVIEW_SAMPLE, campaign_preview
 from campaigns.reports import (
     ACTIVE_OUTCOMES,
+    baseline_compared,
+    baseline_line,
+    baseline_outcomes_of,
     campaign_runs_report,
     report_summary,
     run_sandboxes,
@@ -289,6 +292,8 @@ class Command(BaseCommand):
             raise NotFound(f"campaign {campaign.name} has no repository {options['repo']!r}")
         summary = report_summary(runs)
         counts = campaign_counts(campaign=campaign)["runs"]
+        # each variant against its run's baseline, over the runs listed (one repository's with repo)
+        against = baseline_outcomes_of(runs) if baseline_compared(campaign.spec) else None
         models = campaign_model_budget(  # None unless agent variants call models
             campaign_id=campaign.pk,
             spec=campaign.spec,
@@ -302,6 +307,7 @@ class Command(BaseCommand):
                     "backend": campaign.backend,
                     "counts": counts,
                     "summary": summary,
+                    "against_baseline": {r["outcome"]: r["count"] for r in against or []},
                     "runs": runs,
                     "models": models,
                 }
@@ -311,6 +317,8 @@ class Command(BaseCommand):
         self.stdout.write(f"{campaign.name}: {campaign.state} on {campaign.backend} ({line})")
         if models:
             self.stdout.write(f"  {campaign_model_line(models)}")
+        if against:
+            self.stdout.write(f"  {baseline_line(against)}")
         for run in runs:
             took = f"{run['duration_s']:.1f}s" if run["duration_s"] is not None else "-"
             self.stdout.write(f"  {run['repository']:<30} {run['state']:<10} {took:>8}")
