@@ -17,10 +17,16 @@ from campaigns.environment import (
 )
 from campaigns.listing import ListQuery
 from campaigns.sandbox_steps import sandbox_command_rows
+from core.errors import Invalid
 from sandboxes.backend_status import backend_connection_test, backends_status
 from sandboxes.backends import LOCAL_BACKENDS
 from sandboxes.egress.sandbox import sandbox_egress_stats
-from sandboxes.images.selectors import image_get, image_log_tail, image_require_view, images_list
+from sandboxes.images.selectors import (
+    image_get,
+    image_log_since,
+    image_require_view,
+    images_list,
+)
 from sandboxes.models import ImageState, Sandbox, SandboxState
 from sandboxes.selectors import (
     backend_isolation,
@@ -167,11 +173,25 @@ def images_page(request):
     return render(request, "sandboxes/images.html", context)
 
 
+def _log_offset(raw: str | None) -> int | None:
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit()):
+        raise Invalid("offset: a byte position in the log, 0 or more", field="offset")
+    return int(raw)
+
+
 @login_required
 def image_log_page(request, key: str):
+    """The build log; while the image builds, the page polls with the byte offset it has
+    and gets back only the lines written since (so a reload or a dropped poll resumes)."""
     image_require_view(user=request.user)
     image = image_get(key=key)
-    context = {"image": image, "log": image_log_tail(image=image)}
+    offset = _log_offset(request.GET.get("offset"))
+    log, next_offset = image_log_since(image=image, offset=offset)
+    context = {"image": image, "log": log, "offset": next_offset}
+    if request.htmx:
+        return render(request, "sandboxes/images_log.html#log-update", context)
     return render(request, "sandboxes/images_log.html", context)
 
 

@@ -7,7 +7,7 @@ import os
 from django.db.models import QuerySet
 
 from accounts.roles import user_can
-from core.errors import NotFound, PermissionDenied
+from core.errors import Invalid, NotFound, PermissionDenied
 from sandboxes.models import Image
 
 
@@ -43,3 +43,28 @@ def image_log_tail(*, image: Image, max_bytes: int = 200_000) -> str:
             return f.read().decode("utf-8", "replace")
     except (OSError, ValueError):
         return ""
+
+
+def image_log_since(
+    *, image: Image, offset: int | None, max_bytes: int = 200_000
+) -> tuple[str, int]:
+    """The log's text after byte `offset` (its tail when None) and the offset to ask from next.
+    Text stops at the last complete line, so a line being written (or a character split across
+    writes) comes whole in the next read."""
+    if offset is not None and offset < 0:
+        raise Invalid("offset: a byte position in the log, 0 or more", field="offset")
+    try:
+        with open(image.build_log_path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            if offset is not None and offset > size:
+                raise Invalid(f"offset: past the end of the log ({size} bytes)", field="offset")
+            start = max(0, size - max_bytes) if offset is None else offset
+            f.seek(start)
+            chunk = f.read(max_bytes)
+    except (OSError, ValueError):
+        return "", offset or 0
+    end = chunk.rfind(b"\n") + 1
+    if end == 0 and len(chunk) < max_bytes:
+        return "", start  # only a partial line so far
+    chunk = chunk[:end] if end else chunk
+    return chunk.decode("utf-8", "replace"), start + len(chunk)
