@@ -9,6 +9,7 @@ from django.core.management import call_command
 from django.urls import reverse
 
 from campaigns.models import Validation
+from tests.browser.support import WIDTHS, axe_report, axe_violations, login, page_overflows
 from tests.factories import campaign_make, patch_for, run_make, variant_make
 
 pytestmark = pytest.mark.shapes("embedded", "production")
@@ -105,3 +106,36 @@ def test_no_summary_without_validate_steps_or_with_baseline_off(client, manager,
     text = _status(campaign)
     assert "repo-" in text and "against the baseline" not in text
     assert json.loads(_status(campaign, "--json"))["against_baseline"] == {}
+
+
+def test_a_large_campaign_counts_them_when_asked(client, manager, monkeypatch):
+    monkeypatch.setattr("campaigns.views.BASELINE_INLINE_RUNS", 4)  # this campaign has 5 runs
+    campaign = _campaign(manager)
+    client.force_login(manager)
+    url = reverse("campaign-detail", args=[campaign.pk])
+    page = client.get(url).content.decode()
+    assert 'data-testid="baseline-show"' in page and "Show outcomes against the baseline" in page
+    assert 'data-testid="baseline-outcomes"' not in page  # not counted on every poll
+    live = client.get(url, headers={"HX-Request": "true", "HX-Target": "campaign-live"})
+    assert "baseline-" not in live.content.decode()
+    shown = client.get(url, headers={"HX-Request": "true", "HX-Target": "baseline-outcomes"})
+    html = shown.content.decode()
+    assert "<html" not in html and 'id="baseline-outcomes"' in html
+    for outcome, n in EXPECTED.items():
+        assert f'data-testid="baseline-{outcome}">{n}<' in html
+    assert "Count again" in html
+
+
+def test_the_counts_have_no_axe_violation(asgi_server, browser_page, manager):
+    campaign = _campaign(manager)
+    page, base = browser_page, asgi_server
+    login(page, base, manager)
+    page.goto(f"{base}/campaigns/{campaign.pk}/")
+    page.wait_for_selector("[data-testid=baseline-outcomes]")
+    for width, (w, h) in WIDTHS.items():
+        page.set_viewport_size({"width": w, "height": h})
+        page.wait_for_selector(f"html[data-tables-width='{w}']", state="attached")
+        violations = axe_violations(page)
+        assert not violations, axe_report(violations)
+        assert not (page_overflows(page) if width == "phone" else [])
+    assert page.inner_text("[data-testid=baseline-regresses]") == "4"
