@@ -165,6 +165,9 @@ def slot_handoff(*, campaign_id: int, worker: str) -> int | None:
             campaign__state__in=DISPATCH_STATES,
         )
         .order_by("id")
+        # Runs finishing together would all pick the same lowest id and wait on each other's
+        # lock; each takes the first one no other hand-off holds (PostgreSQL; no-op on SQLite).
+        .select_for_update(skip_locked=True, of=("self",))
         .values_list("pk", flat=True)[:1]
     )
     if not next_ids:
