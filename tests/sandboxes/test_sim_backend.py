@@ -42,7 +42,13 @@ def _registered(**env) -> str:
     clean = {k: v for k, v in os.environ.items() if k != "CONVOY_SANDBOX_SIM"}
     out = subprocess.run(
         [sys.executable, "-c", code],
-        env={**clean, "DJANGO_SETTINGS_MODULE": "config.settings", **env},
+        # This run's data dir: a child left to pick its own would leave var/test-<pid> behind.
+        env={
+            **clean,
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            "CONVOY_DATA_DIR": str(settings.DATA_DIR),
+            **env,
+        },
         cwd=settings.BASE_DIR,
         capture_output=True,
         text=True,
