@@ -278,13 +278,18 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 @pytest.fixture
-def package_index_env(monkeypatch) -> str:
-    """CONVOY_EGRESS_INDEX_ADDRESSES as this host's operator would set it (for a worker started
-    after this fixture: it inherits the environment), so image builds reach the host's package
-    indexes through the proxy instead of retrying refused connections."""
+def package_index_env(monkeypatch, settings):
+    """CONVOY_EGRESS_INDEX_ADDRESSES as this host's operator would set it, so image builds reach
+    the host's package indexes through the proxy: in the environment (a worker process started
+    after this fixture inherits it) and in this process's settings, with its egress proxy
+    made afresh (the embedded shape's in-process worker)."""
+    from sandboxes.egress.worker import egress_proxy_stop
     from tests.package_indexes import host_index_addresses
 
     value = host_index_addresses()[0]
     if value:
         monkeypatch.setenv("CONVOY_EGRESS_INDEX_ADDRESSES", value)
-    return value
+        settings.EGRESS_INDEX_ADDRESSES = value
+    egress_proxy_stop()
+    yield value
+    egress_proxy_stop()

@@ -44,7 +44,9 @@ def _index_reachable(where) -> str:
 
 
 @pytest.mark.shapes("embedded", "production")
-def test_mini_swe_agent_in_a_sandbox(secrets_key, celery_worker, admin_user, manager, tmp_path):
+def test_mini_swe_agent_in_a_sandbox(
+    secrets_key, package_index_env, celery_worker, admin_user, manager, tmp_path
+):
     why = _index_reachable(tmp_path)
     if why:
         pytest.skip(f"the package index is not reachable from this host: {why}")
