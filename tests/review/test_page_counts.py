@@ -19,6 +19,7 @@ from review.models import QueueFlags, ReviewState, RunReview
 from review.selectors import decision_latest
 from review.services import change_approve, change_publish, change_reject, variant_pick
 from review.undo import decision_withdraw
+from tests.campaigns.test_lifecycle import SPEC  # its campaign: setup fails where asked
 from tests.factories import (
     PASSWORD,
     campaign_bulk_make,
@@ -137,16 +138,6 @@ def test_pages_show_the_kept_counts_with_as_many_queries_at_10_and_200_runs(
 
 
 # --- a real campaign (bubblewrap): runs, failures, retry, cancel ------------------------------
-
-SPEC = """\
-name: {name}
-backend: bwrap
-repos: {{tag: {tag}}}
-max_parallel: {parallel}
-setup:
-  - run: {setup}
-transform: {{run: "sed -i 's/assertEquals(/assertEqual(/' test_calc.py"}}
-"""
 
 
 def _git(path, *args):
