@@ -26,6 +26,7 @@ from campaigns.models import (
     CampaignState,
     RepoRun,
     RunState,
+    RunTransition,
 )
 from campaigns.states import runs_transition
 from sandboxes.backends import LOCAL_BACKENDS
@@ -158,6 +159,8 @@ def slot_handoff(*, campaign_id: int, worker: str) -> int | None:
     same task carries it on. Should the worker die first, the run is running with a fresh
     heartbeat, and the tick requeues it once that lease runs out, as for any run.
     """
+    if connection.vendor == "postgresql":
+        return _handoff_one_statement(campaign_id=campaign_id, worker=worker)
     next_ids = list(
         RepoRun.objects.filter(
             campaign_id=campaign_id,
@@ -187,6 +190,40 @@ def slot_handoff(*, campaign_id: int, worker: str) -> int | None:
         started_at=now,
     )
     return next_ids[0]
+
+
+def _handoff_one_statement(*, campaign_id: int, worker: str) -> int | None:
+    """`slot_handoff` on PostgreSQL in one statement: the locking pick of the next pending run
+    (skipping runs other hand-offs hold), its move to running and both transition rows
+    (pending → queued, queued → running), instead of seven."""
+    now = timezone.now()
+    runs, campaigns = RepoRun._meta.db_table, Campaign._meta.db_table
+    transitions = RunTransition._meta.db_table
+    sql = f"""
+        WITH next AS (
+            SELECT r.id FROM {runs} r JOIN {campaigns} c ON c.id = r.campaign_id
+            WHERE r.campaign_id = %s AND r.state = %s AND c.state = ANY(%s)
+            ORDER BY r.id LIMIT 1 FOR UPDATE OF r SKIP LOCKED
+        ), moved AS (
+            UPDATE {runs} SET state = %s, queued_at = %s, worker = %s, heartbeat_at = %s,
+                started_at = %s
+            FROM next WHERE {runs}.id = next.id AND {runs}.state = %s
+            RETURNING {runs}.id, {runs}.campaign_id
+        ), noted AS (
+            INSERT INTO {transitions} (run_id, campaign_id, from_state, to_state, at)
+            SELECT id, campaign_id, %s, %s, %s FROM moved
+            UNION ALL SELECT id, campaign_id, %s, %s, %s FROM moved
+        )
+        SELECT id FROM moved
+    """  # noqa: S608 (our table names only; values are parameters)
+    pending, queued, running = RunState.PENDING, RunState.QUEUED, RunState.RUNNING
+    dispatching = [str(state) for state in DISPATCH_STATES]
+    params = [campaign_id, pending, dispatching, running, now, worker, now, now, pending]
+    params += [pending, queued, now, queued, running, now]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    return row[0] if row else None
 
 
 def campaign_finish_if_done(*, campaign_id: int) -> bool:

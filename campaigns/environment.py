@@ -3,8 +3,9 @@ checkout's git excludes and the diff size limit (docs/images.md). Backends that 
 themselves (Capability.IMAGE_SPEC: Modal, Daytona, E2B) get the normalised spec instead of a
 local build.
 
-The pipeline calls `run_environment_prepare` once per run, `run_excludes_write` after each
-checkout and `diff_limit_check` on each diff; `image_keys_in_use` is what prune keeps.
+The pipeline calls `run_environment_prepare` once per run, gives `run_excludes_text` to each
+checkout (written as the checkout's `.git/info/exclude`) and calls `diff_limit_check` on each
+diff; `image_keys_in_use` is what prune keeps.
 """
 
 from __future__ import annotations
@@ -26,13 +27,11 @@ from sandboxes.images.proxy_network import network_allow
 from sandboxes.images.services import image_ensure, image_prune, image_remove, image_resolve
 from sandboxes.images.spec import ImageSpec, image_key, image_spec_parse
 from sandboxes.models import Image, ImageState, Sandbox, SandboxState
-from sandboxes.services import sandbox_write_file
 
 logger = logging.getLogger(__name__)
 
 MB = 1024 * 1024
 STEP_OUTPUT_ROOM = 8 * MB  # what the last transform step may print besides the patch
-EXCLUDE_PATH = ".git/info/exclude"
 
 
 def _creds(image_spec: ImageSpec, *, campaign_id: int) -> str | None:
@@ -158,12 +157,11 @@ def run_environment_prepare(*, ctx) -> SandboxSpec:
     )
 
 
-def run_excludes_write(*, ctx, sandbox: Sandbox) -> None:
+def run_excludes_text(spec: dict) -> str:
     """`.git/info/exclude` of a fresh checkout: the tools area and the spec's `diff.exclude`
     patterns, so `git add -A` (the diff) never takes them."""
-    patterns = [f"/{HOME_IN_WORKSPACE}/", *ctx.spec.get("diff", {}).get("exclude", [])]
-    text = "# written by Convoy: never part of a variant's diff\n" + "\n".join(patterns) + "\n"
-    sandbox_write_file(sandbox=sandbox, path=EXCLUDE_PATH, data=text.encode())
+    patterns = [f"/{HOME_IN_WORKSPACE}/", *spec.get("diff", {}).get("exclude", [])]
+    return "# written by Convoy: never part of a variant's diff\n" + "\n".join(patterns) + "\n"
 
 
 def diff_max_bytes(spec: dict) -> int:

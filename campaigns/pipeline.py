@@ -31,7 +31,7 @@ from campaigns.environment import (
     diff_cap_bytes,
     diff_limit_check,
     run_environment_prepare,
-    run_excludes_write,
+    run_excludes_text,
 )
 from campaigns.heartbeat import RunHeartbeat
 from campaigns.models import (
@@ -52,7 +52,7 @@ from campaigns.states import (
     variant_transition,
 )
 from campaigns.teardown import sandbox_terminate_logged as _terminate
-from campaigns.teardown import sandbox_terminate_soon, teardowns_wait
+from campaigns.teardown import sandbox_terminate_soon, teardowns_pending, teardowns_wait
 from core.secret_forms import SecretScanner
 from sandboxes.backends.base import Capability, SandboxError, SandboxSpec
 from sandboxes.egress.sandbox import spec_network_fields
@@ -222,6 +222,7 @@ def _prepare(ctx: _Context, owner_kind: str, owner_id: int, *, variant_id: int |
                 ref=run.ref,
                 fresh_after=started.timestamp() if started else None,
                 ahead=ahead,
+                exclude=run_excludes_text(ctx.spec),  # the tools area and diff.exclude
             )
         except RepoUrlError as exc:
             raise RunFailed(f"checkout of {run.ref} failed: {exc.message}") from None
@@ -231,7 +232,6 @@ def _prepare(ctx: _Context, owner_kind: str, owner_id: int, *, variant_id: int |
             run.base_commit = commit
             step = "checked_out" if ctx.spec["setup"] else "prepared"
             RepoRun.objects.filter(pk=run.pk).update(base_commit=commit, step=step)
-        run_excludes_write(ctx=ctx, sandbox=sandbox)  # the tools area and diff.exclude
         for i, step in enumerate(ctx.spec["setup"]):
             ctx.check()
             command, out = _exec(ctx, sandbox, step["run"], timeout_s=step.get("timeout_s"))
@@ -424,6 +424,7 @@ def _variant_run(ctx: _Context, variant: Variant, snapshot, sandbox=None) -> Non
                     campaign_id=ctx.run.campaign_id,
                     patch=bytes(result["patch"]),
                     diff_sha256=result["diff_sha256"],
+                    secret_names=ctx.spec["secrets"],  # a launched spec never changes
                 )
 
 
@@ -541,6 +542,7 @@ def _run_carry(run: RepoRun, worker: str) -> tuple[str, int | None]:
         url=run.repository.url,
         ref=run.ref,
         fresh_after=started.timestamp() if started else None,
+        exclude=run_excludes_text(run.campaign.spec),
     )
     try:
         ctx = _Context(run, heartbeat, ahead)
@@ -587,7 +589,9 @@ def _run_carry(run: RepoRun, worker: str) -> tuple[str, int | None]:
     finally:
         checkout_discard(ahead)  # unused when the run stopped before its first checkout
         heartbeat.stop()
-        run_cleanup(run, final=final)  # known final: its state need not be read back
+        # Known final: its state need not be read back. Sandboxes queued for the teardown
+        # thread are left to it (terminating them here would put teardown back on the path).
+        run_cleanup(run, final=final, handed_off=teardowns_pending())
         if any(model_for_variant(run.campaign.spec, v) for v in run.campaign.spec["variants"]):
             agent_models.run_models_close(run_id=run.pk)  # no model variant: no grant
     if next_id is None:  # this worker's last run for now: its sandboxes go before the campaign

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 
@@ -27,6 +28,7 @@ from campaigns.states import (
     run_transition,
     runs_transition,
 )
+from campaigns.teardown import after_teardowns
 from sandboxes.models import SandboxSnapshot
 from sandboxes.services import snapshot_delete
 
@@ -117,17 +119,26 @@ def run_fail(run: RepoRun, message: str, launcher, worker: str) -> int | None:
     return None
 
 
-def run_cleanup(run: RepoRun, *, final: bool = False) -> None:
-    """End the run's sandboxes; delete its snapshot once the run is final (`final`: the caller
-    knows it is, else the state is read)."""
-    sandboxes_terminate_live(reason="run finished", run_id=run.pk)
+def run_cleanup(run: RepoRun, *, final: bool = False, handed_off: set[int] = frozenset()) -> None:
+    """End the run's sandboxes, but for those `handed_off` to the teardown thread (it ends
+    them); delete its snapshot once the run is final (`final`: the caller knows it is, else
+    the state is read), after those teardowns when there are any (a snapshot with live forks
+    cannot be deleted)."""
+    sandboxes_terminate_live(reason="run finished", run_id=run.pk, skip=handed_off)
     if not (run.snapshot_id or run.resumed or run.snapshotting):
         return  # this claim made no snapshot, and no earlier one of this attempt ran
     if final or RepoRun.objects.filter(pk=run.pk, state__in=RUN_FINAL_STATES).exists():
-        for snapshot in SandboxSnapshot.objects.filter(
-            owner_kind="run", owner_id=run.pk, deleted_at=None
-        ):
-            try:
-                snapshot_delete(snapshot=snapshot)
-            except Exception:
-                logger.exception("could not delete snapshot %s", snapshot.pk)
+        if handed_off:
+            after_teardowns(functools.partial(_snapshots_delete, run.pk))
+        else:
+            _snapshots_delete(run.pk)
+
+
+def _snapshots_delete(run_id: int) -> None:
+    for snapshot in SandboxSnapshot.objects.filter(
+        owner_kind="run", owner_id=run_id, deleted_at=None
+    ):
+        try:
+            snapshot_delete(snapshot=snapshot)
+        except Exception:
+            logger.exception("could not delete snapshot %s", snapshot.pk)

@@ -148,11 +148,15 @@ def secret_value_for_campaign(*, campaign_id: int, name: str) -> str:
 # --- secrets in diffs --------------------------------------------------------------------------
 
 
-def variant_secret_scan(*, variant_id: int, campaign_id: int, patch: bytes) -> SecretLeak | None:
+def variant_secret_scan(
+    *, variant_id: int, campaign_id: int, patch: bytes, names: list[str] | None = None
+) -> SecretLeak | None:
     """Look for the campaign's secrets (every form) in a variant's new diff; record a leak.
-    Called in the transaction that stores the diff."""
-    spec = Campaign.objects.filter(pk=campaign_id).values_list("spec", flat=True).first()
-    names = (spec or {}).get("secrets") or []
+    Called in the transaction that stores the diff. `names`: the spec's `secrets:` when the
+    caller has the spec (else it is read)."""
+    if names is None:
+        spec = Campaign.objects.filter(pk=campaign_id).values_list("spec", flat=True).first()
+        names = (spec or {}).get("secrets") or []
     if not names:
         return None
     scanner = SecretScanner(secret_decrypt(names=names, missing_ok=True))
@@ -222,10 +226,12 @@ def variant_diff_masked(*, variant: Variant, text: str) -> str:
 
 
 def variant_secret_on_diff_stored(
-    sender, *, variant_id: int, campaign_id: int, patch: bytes, **kwargs
+    sender, *, variant_id: int, campaign_id: int, patch: bytes, secret_names=None, **kwargs
 ) -> None:
     """`campaigns.signals.variant_diff_stored` receiver: scan each new diff for secrets."""
-    variant_secret_scan(variant_id=variant_id, campaign_id=campaign_id, patch=patch)
+    variant_secret_scan(
+        variant_id=variant_id, campaign_id=campaign_id, patch=patch, names=secret_names
+    )
 
 
 def variant_patch_for_display(*, variant: Variant) -> bytes:

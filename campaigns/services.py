@@ -276,9 +276,11 @@ def _live_sandboxes(**filters) -> QuerySet:
     )
 
 
-def sandboxes_terminate_live(*, reason: str, actor=None, **filters) -> int:
+def sandboxes_terminate_live(*, reason: str, actor=None, skip=frozenset(), **filters) -> int:
+    """Terminate the live sandboxes matching `filters`, but those whose id is in `skip`."""
     count = 0
-    for sandbox in _live_sandboxes(**filters):
+    live = _live_sandboxes(**filters)
+    for sandbox in live.exclude(pk__in=skip) if skip else live:
         try:
             sandbox_terminate(sandbox=sandbox, reason=reason, actor=actor)
             count += 1

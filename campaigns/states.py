@@ -6,8 +6,9 @@ import hashlib
 import re
 from collections.abc import Iterable
 
-from django.db import transaction
+from django.db import connections, transaction
 from django.db.models import QuerySet
+from django.db.models.sql import UpdateQuery
 from django.utils import timezone
 
 from campaigns.models import (
@@ -48,6 +49,8 @@ def runs_transition(
         if to_state not in RUN_TRANSITIONS[RunState(state)]:
             raise ValueError(f"illegal run transition {state} -> {to_state}")
     now = timezone.now()
+    if len(from_states) == 1 and connections[runs.db].vendor == "postgresql":
+        return _runs_move(runs, from_states[0], to_state, now, fields)
     # No savepoint when called inside a transaction (it is, at a run's end): nothing here is
     # caught and retried inside it, and a savepoint is two more round trips.
     with transaction.atomic(savepoint=False):
@@ -76,6 +79,31 @@ def runs_transition(
             batch_size=2000,
         )
     return ids
+
+
+def _runs_move(runs: QuerySet, from_state: str, to_state: str, now, fields: dict) -> list[int]:
+    """`runs_transition` from one state, on PostgreSQL: one statement, the update and its
+    transition rows (a data-modifying CTE). The row lock the UPDATE takes and its re-check of
+    the state under that lock give the same guarantee as the locking read: a run two workers
+    race for moves once, and only the winner gets its id back. One statement commits as a
+    whole, so no transaction is needed around it (five round trips become one)."""
+    query = runs.filter(state=from_state).query.chain(UpdateQuery)
+    query.add_update_values({"state": to_state, **fields})
+    compiler = query.get_compiler(runs.db)
+    compiler.pre_sql_setup()  # a filter across a join becomes `id IN (subquery)`
+    update_sql, params = compiler.as_sql()
+    db = connections[runs.db]
+    run_table = db.ops.quote_name(RepoRun._meta.db_table)
+    # Only our table names and Django's compiled UPDATE are formatted in; values are parameters.
+    transitions = db.ops.quote_name(RunTransition._meta.db_table)
+    sql = (
+        f"WITH moved AS ({update_sql} RETURNING {run_table}.id, {run_table}.campaign_id) "  # noqa: S608
+        f"INSERT INTO {transitions} (run_id, campaign_id, from_state, to_state, at) "
+        "SELECT id, campaign_id, %s, %s, %s FROM moved RETURNING run_id"
+    )
+    with db.cursor() as cursor:
+        cursor.execute(sql, (*params, from_state, to_state, now))
+        return sorted(row[0] for row in cursor.fetchall())
 
 
 def run_transition(*, run_id: int, from_state: str, to_state: str, **fields) -> bool:

@@ -9,10 +9,12 @@ with a teardown pending leaves a live sandbox whose owner is final: the reaper t
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
 import threading
+from collections.abc import Callable
 
 from django.db import connection
 
@@ -38,19 +40,25 @@ class _Teardowns:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.jobs: queue.Queue = queue.Queue()
+        self.pending: set[int] = set()  # sandboxes queued or being terminated
+        self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._loop, name="convoy-teardown", daemon=True)
         self.thread.start()
 
     def _loop(self) -> None:
         while True:
             try:
-                sandbox, reason = self.jobs.get(timeout=IDLE_CLOSE_S)
+                pk, job = self.jobs.get(timeout=IDLE_CLOSE_S)
             except queue.Empty:
                 connection.close()
-                sandbox, reason = self.jobs.get()
+                pk, job = self.jobs.get()
             try:
-                sandbox_terminate_logged(sandbox, reason)
+                job()
+            except Exception:
+                logger.exception("teardown job %s failed", job)
             finally:
+                with self.lock:
+                    self.pending.discard(pk)
                 self.jobs.task_done()
 
 
@@ -68,7 +76,26 @@ def _current() -> _Teardowns:
 
 def sandbox_terminate_soon(sandbox, reason: str) -> None:
     """Terminate in the background (the `sandbox.terminated` event is written then, as ever)."""
-    _current().jobs.put((sandbox, reason))
+    current = _current()
+    with current.lock:
+        current.pending.add(sandbox.pk)
+    current.jobs.put((sandbox.pk, functools.partial(sandbox_terminate_logged, sandbox, reason)))
+
+
+def after_teardowns(job: Callable[[], None]) -> None:
+    """Call `job` on the teardown thread once the teardowns queued before it are done (a
+    snapshot is deleted after the forks made from it are terminated)."""
+    _current().jobs.put((None, job))
+
+
+def teardowns_pending() -> set[int]:
+    """Ids of the sandboxes this process's teardown thread has yet to terminate: a run's
+    cleanup leaves them to it rather than terminating them again on the run's path."""
+    current = _teardowns
+    if current is None or current.pid != os.getpid():
+        return set()
+    with current.lock:
+        return set(current.pending)
 
 
 def teardowns_wait() -> None:

@@ -43,6 +43,7 @@ from core.git import (
 )
 from sandboxes.backends.base import Capability, SandboxError
 from sandboxes.egress.addresses import address_refusal
+from sandboxes.fsplace import subdirs_spread
 from sandboxes.models import Sandbox
 from sandboxes.services import backend_get, sandbox_exec, sandbox_handle, sandbox_write_file
 
@@ -191,6 +192,19 @@ def git(
         raise SandboxError(str(exc)) from None
 
 
+_spread: set[Path] = set()
+
+
+def _spread_once(path: Path) -> None:
+    """Make `path`; the first time in this process, place its subdirectories apart (each
+    mirror or staged checkout in a block group of its own: `fsplace.subdirs_spread`)."""
+    if path in _spread:
+        path.mkdir(parents=True, exist_ok=True)
+        return
+    subdirs_spread(path)
+    _spread.add(path)
+
+
 def mirror_path(url: str) -> Path:
     digest = hashlib.sha256(url.encode()).hexdigest()[:20]
     return Path(settings.DATA_DIR) / "mirrors" / f"{digest}.git"
@@ -199,7 +213,7 @@ def mirror_path(url: str) -> Path:
 @contextlib.contextmanager
 def _locked(path: Path, *, shared: bool = False):
     """Fetches hold the mirror's lock alone; copies out of it share it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _spread_once(path.parent)
     with open(path.with_suffix(".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
@@ -298,12 +312,12 @@ def commit_resolve(*, mirror: Path, ref: str) -> str:
         raise RepoUrlError(f"The repository has no commit {ref!r}.", field="ref") from None
 
 
-def clone_at(*, mirror: Path, sha: str, dest: Path) -> None:
+def clone_at(*, mirror: Path, sha: str, dest: Path, exclude: str = "") -> None:
     """A standalone repository (own objects: a sandbox can't reach the mirror) checked out at sha.
 
     What `git clone --no-checkout` + `checkout` + `remote remove` made, with one git process:
     a fresh `.git` (no remote, no refs, no hooks) gets a copy of the mirror's object files,
-    then `checkout --detach` writes the commit's files.
+    then `checkout --detach` writes the commit's files. `exclude`: its `.git/info/exclude`.
     """
     gitdir = dest / ".git"
     (gitdir / "refs" / "heads").mkdir(parents=True)
@@ -314,6 +328,9 @@ def clone_at(*, mirror: Path, sha: str, dest: Path) -> None:
         "\tfilemode = true\n\tbare = false\n\tlogallrefupdates = true\n"
     )
     (gitdir / "HEAD").write_text("ref: refs/heads/main\n")
+    if exclude:
+        (gitdir / "info").mkdir()
+        (gitdir / "info" / "exclude").write_text(exclude)
     with _locked(mirror, shared=True):  # no fetch (and its repacking) while the files copy
         _objects_copy(mirror / "objects", gitdir / "objects")
     git("-C", str(dest), "checkout", "--quiet", "--detach", sha)
@@ -372,22 +389,24 @@ def _staging_sweep() -> None:
                     shutil.rmtree(path, ignore_errors=True)
 
 
-def _staged(url: str, ref: str, fresh_after: float | None) -> tuple[str, Path]:
+def _staged(url: str, ref: str, fresh_after: float | None, exclude: str) -> tuple[str, Path]:
     mirror = mirror_fetch(url=url, fresh_after=fresh_after)
     sha = commit_resolve(mirror=mirror, ref=ref)
     root = _staging_root()
-    root.mkdir(parents=True, exist_ok=True)
+    _spread_once(root)
     dest = root / secrets.token_hex(8)
     dest.mkdir(mode=0o700)
     try:
-        clone_at(mirror=mirror, sha=sha, dest=dest)
+        clone_at(mirror=mirror, sha=sha, dest=dest, exclude=exclude)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
     return sha, dest
 
 
-def checkout_ahead(*, backend: str, url: str, ref: str, fresh_after: float | None) -> Future | None:
+def checkout_ahead(
+    *, backend: str, url: str, ref: str, fresh_after: float | None, exclude: str = ""
+) -> Future | None:
     """Start the checkout `sandbox_repo_checkout(ahead=…)` will move into a sandbox of a local
     engine; None where the engine is not local (nothing to stage). Errors (RepoUrlError,
     SandboxError) come out of `sandbox_repo_checkout`. Give it to `checkout_discard` if it may
@@ -398,7 +417,7 @@ def checkout_ahead(*, backend: str, url: str, ref: str, fresh_after: float | Non
         return None
     if Capability.SIMULATED in engine.capabilities or not hasattr(engine, "workspace_path"):
         return None
-    return _pool().submit(_staged, url, ref, fresh_after)
+    return _pool().submit(_staged, url, ref, fresh_after, exclude)
 
 
 def checkout_discard(ahead: Future | None) -> None:
@@ -435,11 +454,13 @@ def sandbox_repo_checkout(
     ref: str,
     fresh_after: float | None = None,
     ahead: Future | None = None,
+    exclude: str = "",
 ) -> str:
     """Put a clone of `url` at `ref` in the sandbox's /workspace; return the commit sha.
 
-    `fresh_after`: see `mirror_fetch`. `ahead`: a `checkout_ahead` of the same url and ref,
-    moved in instead of checking out now."""
+    `fresh_after`: see `mirror_fetch`. `ahead`: a `checkout_ahead` of the same url, ref and
+    exclude, moved in instead of checking out now. `exclude`: the clone's `.git/info/exclude`
+    (patterns `git add -A` leaves out)."""
     engine = backend_get(sandbox.backend)
     if Capability.SIMULATED in engine.capabilities:  # the scale benchmark: no git at all
         return engine.simulated_commit(url, ref)
@@ -450,7 +471,8 @@ def sandbox_repo_checkout(
     mirror = mirror_fetch(url=url, fresh_after=fresh_after)
     sha = commit_resolve(mirror=mirror, ref=ref)
     if hasattr(engine, "workspace_path"):  # a local engine: clone straight into the directory
-        clone_at(mirror=mirror, sha=sha, dest=engine.workspace_path(sandbox_handle(sandbox)))
+        dest = engine.workspace_path(sandbox_handle(sandbox))
+        clone_at(mirror=mirror, sha=sha, dest=dest, exclude=exclude)
         return sha
     # A remote engine: ship a bundle of the commit and unpack it inside the sandbox.
     with tempfile.TemporaryDirectory(prefix="convoy-bundle-") as tmp:
@@ -469,4 +491,6 @@ def sandbox_repo_checkout(
         raise SandboxError(
             f"unpacking the repository in the sandbox failed (exit {command.exit_code})"
         )
+    if exclude:
+        sandbox_write_file(sandbox=sandbox, path=".git/info/exclude", data=exclude.encode())
     return sha

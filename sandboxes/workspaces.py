@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from sandboxes.backends.base import SandboxError
+from sandboxes.fsplace import subdirs_spread
 
 WORKSPACE = PurePosixPath("/workspace")
 # Host directories a local sandbox sees read-only (Debian merges /bin, /lib… into /usr).
@@ -66,12 +67,21 @@ class Workspaces:
         self._overlay_ok: bool | None = None
         self._spares: list[Path] = []  # made by this process, claimed by its next creates
         self._etc_ready = False
+        self._root_ready = False
         # meta.json as last read or written here, by sandbox, with the (inode, size, mtime) it
         # had: a read that finds the file unchanged skips the parse. Every write renames a new
         # file over it, so a write by another process always changes the inode.
         self._metas: dict[str, tuple[tuple[int, int, int], Meta]] = {}
 
     # --- sandboxes ------------------------------------------------------------------------
+    def root_make(self) -> None:
+        """The root, with each sandbox's directory placed apart (`fsplace.subdirs_spread`)."""
+        if self._root_ready:
+            self.root.mkdir(parents=True, exist_ok=True)
+            return
+        subdirs_spread(self.root)
+        self._root_ready = True
+
     def new_id(self, prefix: str) -> str:
         return f"{prefix}-{secrets.token_hex(6)}"
 
@@ -92,7 +102,7 @@ class Workspaces:
         """
         base = self.dir(meta.external_id)
         if not self._spare_claim(base):
-            self.root.mkdir(parents=True, exist_ok=True)
+            self.root_make()
             base.mkdir(mode=0o700)
             (base / "workspace").mkdir()
         workspace = base / "workspace"
@@ -292,7 +302,7 @@ class Workspaces:
             with contextlib.suppress(OSError):
                 self._overlay_ok = remembered.read_text() == "yes"
         if self._overlay_ok is None:
-            self.root.mkdir(parents=True, exist_ok=True)
+            self.root_make()
             probe = self.root / f".probe-{os.getpid()}"
             try:
                 for d in ("lower", "upper", "work", "merged"):

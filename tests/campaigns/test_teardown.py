@@ -8,7 +8,7 @@ from audit.models import AuditEvent
 from campaigns.models import CampaignState, RepoRun, RunState
 from campaigns.pipeline import run_execute
 from campaigns.services import campaign_create, campaign_launch
-from sandboxes.models import Sandbox, SandboxState
+from sandboxes.models import Sandbox, SandboxSnapshot, SandboxState
 from sandboxes.services import backend_get, sandbox_handle
 from tests.factories import repos_make, spec_for
 
@@ -40,3 +40,27 @@ def test_a_chain_of_runs_leaves_every_sandbox_terminated_before_the_campaign_com
         )
         assert events.count() == 1
         assert sandbox.terminated_at <= campaign.finished_at
+
+
+def test_a_finished_variants_sandbox_is_left_to_the_teardown_thread(transactional_db, manager):
+    """The run's own cleanup does not terminate again, on the run's path, a sandbox already
+    queued for the teardown thread: each variant's sandbox ends as "variant finished"."""
+    tag, _ = repos_make(4)
+    spec = spec_for(tag, name="teardown-left", backend="bwrap", max_parallel=1)
+    campaign = campaign_launch(campaign=campaign_create(actor=manager, source=spec), actor=manager)
+    first = RepoRun.objects.filter(campaign=campaign, state=RunState.QUEUED).get()
+
+    assert run_execute(run_id=first.pk) == "succeeded"
+
+    variant_sandboxes = Sandbox.objects.filter(campaign_id=campaign.pk, owner_kind="variant")
+    assert variant_sandboxes.count() == 4 * len(campaign.spec["variants"])
+    reasons = set(variant_sandboxes.values_list("terminated_reason", flat=True))
+    assert reasons == {"variant finished"}
+    # Each run's snapshot goes once its forks are terminated (the teardown thread does both).
+    snapshots = SandboxSnapshot.objects.filter(owner_kind="run", owner_id__in=runs_ids(campaign))
+    assert snapshots.count() == 4
+    assert not snapshots.filter(deleted_at=None).exists()
+
+
+def runs_ids(campaign) -> list[int]:
+    return list(RepoRun.objects.filter(campaign=campaign).values_list("pk", flat=True))

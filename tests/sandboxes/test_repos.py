@@ -7,6 +7,7 @@ import pytest
 from django.conf import settings
 
 from sandboxes.backends.base import SandboxSpec
+from sandboxes.fsplace import subdirs_spread, subdirs_spread_flag
 from sandboxes.repos import (
     STAGING,
     RepoUrlError,
@@ -130,6 +131,43 @@ def test_a_checkout_made_ahead_is_moved_into_the_sandbox_and_an_unused_one_is_re
     unused = checkout_ahead(backend="bwrap", url=url, ref="main", fresh_after=None)
     checkout_discard(unused)  # removed once made (the thread making it removes it)
     wait_for(lambda: not list(staging.iterdir()), timeout=60, what="the unused checkout gone")
+
+
+@both_shapes
+@pytest.mark.parametrize("made_ahead", [True, False])
+def test_a_checkout_carries_its_git_excludes(db, origin, engines_clean, made_ahead):
+    """The run's excludes (the tools area, diff.exclude) are in the checkout before any command
+    runs in the sandbox: an excluded file is never staged."""
+    url, exclude = f"file://{origin}", "# by the test\n/.convoy-home/\n*.log\n"
+    ahead = None
+    if made_ahead:
+        ahead = checkout_ahead(
+            backend="bwrap", url=url, ref="main", fresh_after=None, exclude=exclude
+        )
+    sandbox = sandbox_create(spec=SandboxSpec(timeout_s=300), backend="bwrap")
+    sandbox_repo_checkout(sandbox=sandbox, url=url, ref="main", ahead=ahead, exclude=exclude)
+    assert sandbox_read_file(sandbox=sandbox, path=".git/info/exclude") == exclude.encode()
+    seen = []
+    script = "touch build.log new.txt && git add -A . && git diff --cached --name-only"
+    sandbox_exec(sandbox=sandbox, argv=["sh", "-c", script], on_output=seen.append)
+    assert b"".join(e.data for e in seen).decode().split() == ["new.txt"]
+
+
+@both_shapes
+def test_sandboxes_checkouts_and_mirrors_are_placed_apart_on_disk(db, origin, engines_clean):
+    """Each sandbox, staged checkout and mirror directory is placed as a top-level directory
+    (ext4's `chattr +T`), so making files does not slow down after many were removed on a
+    journal-less ext4 (sandboxes/fsplace.py). Skipped where the filesystem has no such flag."""
+    probe = Path(settings.DATA_DIR) / "fsplace-probe"
+    if not subdirs_spread(probe):
+        pytest.skip("this filesystem has no top-directory flag")
+    url = f"file://{origin}"
+    ahead = checkout_ahead(backend="bwrap", url=url, ref="main", fresh_after=None)
+    sandbox = sandbox_create(spec=SandboxSpec(timeout_s=300), backend="bwrap")
+    sandbox_repo_checkout(sandbox=sandbox, url=url, ref="main", ahead=ahead)
+    data = Path(settings.DATA_DIR)
+    for path in (data / "sandboxes", data / "sandboxes" / STAGING, data / "mirrors"):
+        assert subdirs_spread_flag(path), path
 
 
 @both_shapes
