@@ -20,7 +20,7 @@ from campaigns.states import RunFailed
 from core.errors import ConvoyError
 from sandboxes.backends.base import Capability, NetworkPolicy, SandboxError, SandboxSpec
 from sandboxes.egress.sandbox import allowed_domains
-from sandboxes.repos import git, mirror_path
+from sandboxes.repos import RepoUrlError, git, mirror_fetch
 
 
 def _campaign_budget(spec: dict) -> float | None:
@@ -72,12 +72,14 @@ _LANGUAGES = {
 
 def _language(run) -> str:
     """The repository's main language, by its files' extensions at the run's commit."""
+    started = run.started_at.timestamp() if run.started_at else None
     try:
+        # A local repository's checkout is cloned straight from it: its mirror may not exist.
+        mirror = mirror_fetch(url=run.repository.url, fresh_after=started)
         names = git(
-            "-C", str(mirror_path(run.repository.url)), "ls-tree", "-r", "--name-only",
-            run.base_commit or run.ref,
+            "-C", str(mirror), "ls-tree", "-r", "--name-only", run.base_commit or run.ref,
         ).splitlines()  # fmt: skip
-    except SandboxError:
+    except (SandboxError, RepoUrlError):
         return "unknown"
     counts = Counter(_LANGUAGES.get(Path(n).suffix.lower()) for n in names)
     counts.pop(None, None)

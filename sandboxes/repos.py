@@ -44,6 +44,7 @@ from core.git import (
 from sandboxes.backends.base import Capability, SandboxError
 from sandboxes.egress.addresses import address_refusal
 from sandboxes.fsplace import subdirs_spread
+from sandboxes.local_clone import clone_local, git_config_text, local_source
 from sandboxes.models import Sandbox
 from sandboxes.services import backend_get, sandbox_exec, sandbox_handle, sandbox_write_file
 
@@ -322,11 +323,7 @@ def clone_at(*, mirror: Path, sha: str, dest: Path, exclude: str = "") -> None:
     gitdir = dest / ".git"
     (gitdir / "refs" / "heads").mkdir(parents=True)
     (gitdir / "refs" / "tags").mkdir()
-    version = "1\n[extensions]\n\tobjectformat = sha256" if len(sha) == 64 else "0"
-    (gitdir / "config").write_text(
-        f"[core]\n\trepositoryformatversion = {version}\n"
-        "\tfilemode = true\n\tbare = false\n\tlogallrefupdates = true\n"
-    )
+    (gitdir / "config").write_text(git_config_text(sha))
     (gitdir / "HEAD").write_text("ref: refs/heads/main\n")
     if exclude:
         (gitdir / "info").mkdir()
@@ -389,15 +386,32 @@ def _staging_sweep() -> None:
                     shutil.rmtree(path, ignore_errors=True)
 
 
-def _staged(url: str, ref: str, fresh_after: float | None, exclude: str) -> tuple[str, Path]:
+def _checkout_into(
+    dest: Path, *, url: str, ref: str, fresh_after: float | None, exclude: str
+) -> str:
+    """Check `url` at `ref` out into the empty directory `dest`; the commit id. A local
+    repository's branch or tag is cloned straight from it (`local_clone`: one git process);
+    anything else goes through the mirror (`mirror_fetch`, `commit_resolve`, `clone_at`)."""
+    url = repo_url_validate(url)
+    source = local_source(url)
+    plain = PLAIN_NAME.match(ref) and not SHA.match(ref) and ".." not in ref
+    if source is not None and plain:
+        sha = clone_local(git=git, source=source, ref=ref, dest=dest, exclude=exclude)
+        if sha is not None:
+            return sha
     mirror = mirror_fetch(url=url, fresh_after=fresh_after)
     sha = commit_resolve(mirror=mirror, ref=ref)
+    clone_at(mirror=mirror, sha=sha, dest=dest, exclude=exclude)
+    return sha
+
+
+def _staged(url: str, ref: str, fresh_after: float | None, exclude: str) -> tuple[str, Path]:
     root = _staging_root()
     _spread_once(root)
     dest = root / secrets.token_hex(8)
     dest.mkdir(mode=0o700)
     try:
-        clone_at(mirror=mirror, sha=sha, dest=dest, exclude=exclude)
+        sha = _checkout_into(dest, url=url, ref=ref, fresh_after=fresh_after, exclude=exclude)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
@@ -468,12 +482,11 @@ def sandbox_repo_checkout(
         sha, staged = ahead.result()
         _staged_move(staged, engine.workspace_path(sandbox_handle(sandbox)))
         return sha
-    mirror = mirror_fetch(url=url, fresh_after=fresh_after)
-    sha = commit_resolve(mirror=mirror, ref=ref)
     if hasattr(engine, "workspace_path"):  # a local engine: clone straight into the directory
         dest = engine.workspace_path(sandbox_handle(sandbox))
-        clone_at(mirror=mirror, sha=sha, dest=dest, exclude=exclude)
-        return sha
+        return _checkout_into(dest, url=url, ref=ref, fresh_after=fresh_after, exclude=exclude)
+    mirror = mirror_fetch(url=url, fresh_after=fresh_after)
+    sha = commit_resolve(mirror=mirror, ref=ref)
     # A remote engine: ship a bundle of the commit and unpack it inside the sandbox.
     with tempfile.TemporaryDirectory(prefix="convoy-bundle-") as tmp:
         clone_at(mirror=mirror, sha=sha, dest=Path(tmp) / "repo")

@@ -1,5 +1,6 @@
 """Repository URLs Convoy refuses, and mirrors that put a commit in a sandbox without network."""
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from sandboxes.repos import (
     checkout_discard,
     commit_resolve,
     mirror_fetch,
+    mirror_path,
     repo_url_validate,
     sandbox_repo_checkout,
 )
@@ -109,6 +111,77 @@ def test_checkout_puts_the_requested_commit_in_the_sandbox(db, origin, engines_c
     seen.clear()
     sandbox_exec(sandbox=sandbox, argv=["git", "remote"], on_output=seen.append)
     assert seen == []
+
+
+def _sandbox_says(sandbox, script: str) -> str:
+    seen = []
+    command = sandbox_exec(sandbox=sandbox, argv=["sh", "-c", script], on_output=seen.append)
+    assert command.exit_code == 0, b"".join(e.data for e in seen)
+    return b"".join(e.data for e in seen).decode()
+
+
+@both_shapes
+@pytest.mark.parametrize("made_ahead", [True, False])
+def test_a_local_branch_is_cloned_straight_in_with_nothing_pointing_back_at_the_host(
+    db, origin, engines_clean, made_ahead
+):
+    """A `file://` repository's branch is cloned straight from it (no mirror is made): the
+    clone has copies of its objects (never hard links: the sandbox could write the host
+    repository's objects through them), a detached HEAD at the branch's commit, no remote,
+    refs or reflog (the reflog names the host path), and the run's excludes."""
+    url, exclude = f"file://{origin}", "# by the test\n*.log\n"
+    shutil.rmtree(mirror_path(url), ignore_errors=True)  # another test's
+    ahead = None
+    if made_ahead:
+        ahead = checkout_ahead(
+            backend="bwrap", url=url, ref="main", fresh_after=None, exclude=exclude
+        )
+    sandbox = sandbox_create(spec=SandboxSpec(timeout_s=300), backend="bwrap")
+    sha = sandbox_repo_checkout(sandbox=sandbox, url=url, ref="main", ahead=ahead, exclude=exclude)
+    assert sha == _sha(origin, "main")
+    assert not mirror_path(url).exists()
+    said = _sandbox_says(
+        sandbox,
+        "git rev-parse HEAD; git symbolic-ref -q HEAD || echo detached; git remote; "
+        "git for-each-ref; ls .git/logs 2>/dev/null; cat .git/config; git status --porcelain",
+    )
+    assert said.split("\n")[:2] == [sha, "detached"]
+    assert str(origin) not in said and "[remote" not in said and "refs/" not in said
+    assert sandbox_read_file(sandbox=sandbox, path=".git/info/exclude") == exclude.encode()
+    objects = [p for p in (origin / ".git" / "objects").rglob("*") if p.is_file()]
+    assert objects and all(p.stat().st_nlink == 1 for p in objects)
+
+
+@both_shapes
+def test_a_name_that_is_both_a_tag_and_a_branch_is_read_as_git_reads_it(db, origin, engines_clean):
+    """`git clone --branch` would take the branch; git itself takes the tag, and so does
+    Convoy (such a name goes through the mirror)."""
+    _git("tag", "v", "main~1", cwd=origin)
+    _git("branch", "v", "main", cwd=origin)
+    sandbox = sandbox_create(spec=SandboxSpec(timeout_s=300), backend="bwrap")
+    sha = sandbox_repo_checkout(sandbox=sandbox, url=f"file://{origin}", ref="v")
+    assert sha == _sha(origin, "refs/tags/v") == _sha(origin, "main~1")
+    assert sandbox_read_file(sandbox=sandbox, path="VERSION") == b"1\n"
+
+
+@both_shapes
+def test_a_repository_that_borrows_objects_is_checked_out_through_the_mirror(
+    db, origin, engines_clean
+):
+    """A repository with `objects/info/alternates` (a `git clone --shared`) would give the
+    sandbox a clone pointing at a host path: its checkout goes through the mirror instead."""
+    shared = origin.parent / "shared"
+    subprocess.run(["git", "clone", "-q", "--shared", str(origin), str(shared)], check=True)
+    try:
+        sandbox = sandbox_create(spec=SandboxSpec(timeout_s=300), backend="bwrap")
+        url = f"file://{shared}"
+        shutil.rmtree(mirror_path(url), ignore_errors=True)  # another test's
+        assert sandbox_repo_checkout(sandbox=sandbox, url=url, ref="main") == _sha(origin, "main")
+        assert mirror_path(url).exists()
+        said = _sandbox_says(sandbox, "ls .git/objects/info; git log --oneline | wc -l")
+        assert "alternates" not in said and said.split()[-1] == "2"
+    finally:
+        subprocess.run(["rm", "-rf", str(shared)], check=True)
 
 
 @both_shapes
