@@ -99,8 +99,12 @@ def _floor(backend_name: str, repos: list[Path], work: Path, jobs: int) -> float
 
     from sandboxes.backends.bubblewrap import BubblewrapBackend, bwrap_argv
     from sandboxes.backends.gvisor import GVisorBackend
+    from sandboxes.fsplace import subdirs_spread
 
     work.mkdir(parents=True)
+    # Placed as Convoy places its sandboxes (sandboxes/fsplace.py): without it, on a journal-less
+    # ext4 each round's clones pay for the files the rounds before removed, and the floor grows.
+    subdirs_spread(work)
     # Convoy's steps: the sed, then the diff read in the same sandbox command (git add -A and
     # git diff --cached --numstat --binary -p, as campaigns.pipeline._transform_and_diff does).
     step = [
