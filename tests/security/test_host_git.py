@@ -12,7 +12,9 @@ import pytest
 from django.test import override_settings
 
 from review.publish import change_push
+from sandboxes.local_clone import clone_local
 from sandboxes.repos import clone_at, commit_resolve, mirror_fetch
+from sandboxes.repos import git as repos_git
 from tests.factories import git, remote_with_change
 
 pytestmark = pytest.mark.shapes("embedded", "production")
@@ -123,6 +125,29 @@ def test_mirroring_and_checking_out_an_armed_repository_runs_none_of_its_code(
         sha = commit_resolve(mirror=mirror, ref="main")
         dest = tmp_path / "checkout"
         clone_at(mirror=mirror, sha=sha, dest=dest)
+    assert (dest / "app.py").read_text() == "x = 1\n"
+    assert not canary.exists(), canary.read_text()
+
+
+def test_cloning_an_armed_local_repository_straight_in_runs_none_of_its_code(
+    armed, tmp_path, monkeypatch
+):
+    """A run's checkout of a local repository's branch is one `git clone` straight from it
+    (sandboxes/local_clone.py). The repository's `.gitattributes` names a `trap` filter and
+    the worker's own environment defines it and a hooks directory: plain git would run them
+    while checking out (the clone's config is git's own); `git_run` reads none of it."""
+    bare, _base, _patch, canary = armed
+    trap = tmp_path / "trap.sh"
+    trap.write_text(f"#!/bin/sh\necho smudge >> {canary}\ncat\n")
+    trap.chmod(0o755)
+    monkeypatch.setenv(
+        "GIT_CONFIG_PARAMETERS",
+        f"'filter.trap.smudge'='{trap}' 'core.hookspath'='{bare / 'hooks'}'",
+    )
+    dest = tmp_path / "checkout"
+    dest.mkdir()
+    sha = clone_local(git=repos_git, source=bare, ref="main", dest=dest)
+    assert sha is not None  # the direct clone was made, not the mirror's path
     assert (dest / "app.py").read_text() == "x = 1\n"
     assert not canary.exists(), canary.read_text()
 
