@@ -32,36 +32,34 @@ def subdirs_spread(path: Path) -> bool:
     """Set the top-directory flag on `path` (made if missing); False where not supported."""
     path.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    except OSError:
-        return False
-    try:
-        buf = bytearray(8)
-        fcntl.ioctl(fd, FS_IOC_GETFLAGS, buf, True)
-        (flags,) = struct.unpack_from("i", buf)
-        if flags & FS_TOPDIR_FL:
-            return True
-        struct.pack_into("i", buf, 0, flags | FS_TOPDIR_FL)
-        fcntl.ioctl(fd, FS_IOC_SETFLAGS, buf)
+        with _opened(path) as fd:
+            flags = _flags(fd)
+            if not flags & FS_TOPDIR_FL:
+                fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("i", flags | FS_TOPDIR_FL) + bytes(4))
         return True
     except OSError:  # ENOTTY, EOPNOTSUPP, EPERM…: this filesystem places directories itself
         return False
-    finally:
-        with contextlib.suppress(OSError):
-            os.close(fd)
 
 
 def subdirs_spread_flag(path: Path) -> bool:
     """Whether `path` has the flag."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        with _opened(path) as fd:
+            return bool(_flags(fd) & FS_TOPDIR_FL)
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def _opened(path: Path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
-        buf = bytearray(8)
-        fcntl.ioctl(fd, FS_IOC_GETFLAGS, buf, True)
-        return bool(struct.unpack_from("i", buf)[0] & FS_TOPDIR_FL)
-    except OSError:
-        return False
+        yield fd
     finally:
         os.close(fd)
+
+
+def _flags(fd: int) -> int:
+    buf = bytearray(8)
+    fcntl.ioctl(fd, FS_IOC_GETFLAGS, buf, True)
+    return struct.unpack_from("i", buf)[0]

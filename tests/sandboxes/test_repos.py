@@ -238,6 +238,7 @@ def test_sandboxes_checkouts_and_mirrors_are_placed_apart_on_disk(db, origin, en
     ahead = checkout_ahead(backend="bwrap", url=url, ref="main", fresh_after=None)
     sandbox = sandbox_create(spec=SandboxSpec(timeout_s=300), backend="bwrap")
     sandbox_repo_checkout(sandbox=sandbox, url=url, ref="main", ahead=ahead)
+    mirror_fetch(url=url)  # a local branch's checkout makes no mirror: other refs do
     data = Path(settings.DATA_DIR)
     for path in (data / "sandboxes", data / "sandboxes" / STAGING, data / "mirrors"):
         assert subdirs_spread_flag(path), path
