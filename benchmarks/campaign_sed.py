@@ -2,13 +2,15 @@
 
 Baseline: `all-repos-clone` then `all-repos-sed` (unsandboxed, readonly push) with the same
 parallelism, on the same 200 repositories, in the same run. Convoy: launch → every run final
-(mirror fetch, sandbox, checkout, sed in the sandbox, diff captured and stored, sandbox gone),
-once on bubblewrap and once on gVisor, each with cold mirrors. The breakdown comes from the
+(sandbox, checkout, sed in the sandbox, diff captured and stored, sandbox gone), once on
+bubblewrap and once on gVisor, each with cold mirrors (a local repository's branch is cloned
+straight from it now, so none is made). The breakdown comes from the
 stored run transitions and sandbox command rows.
 
 Engine floor, also in every round: for each repository a host `git clone`, then the bare
 engine (the same bwrap flags, or `runsc run` of the same bundle as Convoy's sandboxes) running
-only the sed, with the same parallelism: no diff, no records, no Convoy. It shows what the
+only the sed, with the same parallelism: no diff, no records, no Convoy. Its clones go to a
+directory placed as Convoy places its sandboxes (`sandboxes/fsplace.py`). It shows what the
 engine alone costs on this machine, against the same baseline.
 
     .venv/bin/python benchmarks/campaign_sed.py [--repos 200] [--jobs 4]
