@@ -41,6 +41,18 @@ def subdirs_spread(path: Path) -> bool:
         return False
 
 
+_spread: set[Path] = set()
+
+
+def subdirs_spread_made(path: Path) -> None:
+    """Make `path`; the first time in this process, also set the flag (`subdirs_spread`)."""
+    if path in _spread:
+        path.mkdir(parents=True, exist_ok=True)
+        return
+    subdirs_spread(path)
+    _spread.add(path)
+
+
 def subdirs_spread_flag(path: Path) -> bool:
     """Whether `path` has the flag."""
     try:

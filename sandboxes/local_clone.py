@@ -34,6 +34,13 @@ def git_config_text(sha: str) -> str:
     )
 
 
+def exclude_write(gitdir: Path, exclude: str) -> None:
+    """The clone's `.git/info/exclude` (the run's excludes), if there are any."""
+    if exclude:
+        (gitdir / "info").mkdir(exist_ok=True)
+        (gitdir / "info" / "exclude").write_text(exclude)
+
+
 def local_source(url: str) -> Path | None:
     """The repository path of a validated `file://` URL; None for any other URL."""
     if not url.startswith("file://"):
@@ -80,9 +87,7 @@ def _gitdir_reset(gitdir: Path, exclude: str) -> str | None:
     (gitdir / "refs" / "tags").mkdir()
     (gitdir / "config").write_text(git_config_text(sha))
     (gitdir / "HEAD").write_text(sha + "\n")
-    if exclude:
-        (gitdir / "info").mkdir(exist_ok=True)
-        (gitdir / "info" / "exclude").write_text(exclude)
+    exclude_write(gitdir, exclude)
     return sha
 
 

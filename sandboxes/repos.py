@@ -43,8 +43,8 @@ from core.git import (
 )
 from sandboxes.backends.base import Capability, SandboxError
 from sandboxes.egress.addresses import address_refusal
-from sandboxes.fsplace import subdirs_spread
-from sandboxes.local_clone import clone_local, git_config_text, local_source
+from sandboxes.fsplace import subdirs_spread_made
+from sandboxes.local_clone import clone_local, exclude_write, git_config_text, local_source
 from sandboxes.models import Sandbox
 from sandboxes.services import backend_get, sandbox_exec, sandbox_handle, sandbox_write_file
 
@@ -193,19 +193,6 @@ def git(
         raise SandboxError(str(exc)) from None
 
 
-_spread: set[Path] = set()
-
-
-def _spread_once(path: Path) -> None:
-    """Make `path`; the first time in this process, place its subdirectories apart (each
-    mirror or staged checkout in a block group of its own: `fsplace.subdirs_spread`)."""
-    if path in _spread:
-        path.mkdir(parents=True, exist_ok=True)
-        return
-    subdirs_spread(path)
-    _spread.add(path)
-
-
 def mirror_path(url: str) -> Path:
     digest = hashlib.sha256(url.encode()).hexdigest()[:20]
     return Path(settings.DATA_DIR) / "mirrors" / f"{digest}.git"
@@ -214,7 +201,7 @@ def mirror_path(url: str) -> Path:
 @contextlib.contextmanager
 def _locked(path: Path, *, shared: bool = False):
     """Fetches hold the mirror's lock alone; copies out of it share it."""
-    _spread_once(path.parent)
+    subdirs_spread_made(path.parent)
     with open(path.with_suffix(".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
@@ -250,7 +237,7 @@ def mirror_fetch(*, url: str, fresh_after: float | None = None) -> Path:
                 # A repository under CONVOY_REPO_ROOTS: git copies (hard-links) its object files
                 # instead of packing them through upload-pack and index-pack (one git process,
                 # not six). Git refuses symlinks among them; later fetches use the transport.
-                source, local = unquote(urlsplit(url).path), ["--local"]
+                source, local = str(local_source(url)), ["--local"]
             git(
                 "clone",
                 "--mirror",
@@ -325,9 +312,7 @@ def clone_at(*, mirror: Path, sha: str, dest: Path, exclude: str = "") -> None:
     (gitdir / "refs" / "tags").mkdir()
     (gitdir / "config").write_text(git_config_text(sha))
     (gitdir / "HEAD").write_text("ref: refs/heads/main\n")
-    if exclude:
-        (gitdir / "info").mkdir()
-        (gitdir / "info" / "exclude").write_text(exclude)
+    exclude_write(gitdir, exclude)
     with _locked(mirror, shared=True):  # no fetch (and its repacking) while the files copy
         _objects_copy(mirror / "objects", gitdir / "objects")
     git("-C", str(dest), "checkout", "--quiet", "--detach", sha)
@@ -407,7 +392,7 @@ def _checkout_into(
 
 def _staged(url: str, ref: str, fresh_after: float | None, exclude: str) -> tuple[str, Path]:
     root = _staging_root()
-    _spread_once(root)
+    subdirs_spread_made(root)
     dest = root / secrets.token_hex(8)
     dest.mkdir(mode=0o700)
     try:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from sandboxes.backends.base import SandboxError
-from sandboxes.fsplace import subdirs_spread
+from sandboxes.fsplace import subdirs_spread_made
 
 WORKSPACE = PurePosixPath("/workspace")
 # Host directories a local sandbox sees read-only (Debian merges /bin, /lib… into /usr).
@@ -67,7 +67,6 @@ class Workspaces:
         self._overlay_ok: bool | None = None
         self._spares: list[Path] = []  # made by this process, claimed by its next creates
         self._etc_ready = False
-        self._root_ready = False
         # meta.json as last read or written here, by sandbox, with the (inode, size, mtime) it
         # had: a read that finds the file unchanged skips the parse. Every write renames a new
         # file over it, so a write by another process always changes the inode.
@@ -76,11 +75,7 @@ class Workspaces:
     # --- sandboxes ------------------------------------------------------------------------
     def root_make(self) -> None:
         """The root, with each sandbox's directory placed apart (`fsplace.subdirs_spread`)."""
-        if self._root_ready:
-            self.root.mkdir(parents=True, exist_ok=True)
-            return
-        subdirs_spread(self.root)
-        self._root_ready = True
+        subdirs_spread_made(self.root)
 
     def new_id(self, prefix: str) -> str:
         return f"{prefix}-{secrets.token_hex(6)}"
