@@ -28,7 +28,7 @@ from campaigns.models import (
     RunState,
     RunTransition,
 )
-from campaigns.states import runs_transition
+from campaigns.states import run_transition, runs_transition
 from sandboxes.backends import LOCAL_BACKENDS
 
 logger = logging.getLogger(__name__)
@@ -192,17 +192,17 @@ def slot_handoff(*, campaign_id: int, worker: str) -> int | None:
     return next_ids[0]
 
 
-def _handoff_one_statement(*, campaign_id: int, worker: str) -> int | None:
-    """`slot_handoff` on PostgreSQL in one statement: the locking pick of the next pending run
-    (skipping runs other hand-offs hold), its move to running and both transition rows
-    (pending → queued, queued → running), instead of seven."""
-    now = timezone.now()
+def _handoff_ctes(also: str = "") -> str:
+    """The CTEs of a hand-off on PostgreSQL: `next`, the locking pick of the campaign's next
+    pending run (skipping runs other hand-offs hold; `also`: one more condition), `moved`, its
+    move to running, and `noted`, both transition rows (pending → queued, queued → running).
+    Parameters: `_handoff_params`."""
     runs, campaigns = RepoRun._meta.db_table, Campaign._meta.db_table
     transitions = RunTransition._meta.db_table
-    sql = f"""
-        WITH next AS (
+    return f"""
+        next AS (
             SELECT r.id FROM {runs} r JOIN {campaigns} c ON c.id = r.campaign_id
-            WHERE r.campaign_id = %s AND r.state = %s AND c.state = ANY(%s)
+            WHERE r.campaign_id = %s AND r.state = %s AND c.state = ANY(%s) {also}
             ORDER BY r.id LIMIT 1 FOR UPDATE OF r SKIP LOCKED
         ), moved AS (
             UPDATE {runs} SET state = %s, queued_at = %s, worker = %s, heartbeat_at = %s,
@@ -213,17 +213,61 @@ def _handoff_one_statement(*, campaign_id: int, worker: str) -> int | None:
             INSERT INTO {transitions} (run_id, campaign_id, from_state, to_state, at)
             SELECT id, campaign_id, %s, %s, %s FROM moved
             UNION ALL SELECT id, campaign_id, %s, %s, %s FROM moved
-        )
-        SELECT id FROM moved
-    """  # noqa: S608 (our table names only; values are parameters)
+        )"""  # noqa: S608 (our table names only; values are parameters)
+
+
+def _handoff_params(campaign_id: int, worker: str, now) -> list:
     pending, queued, running = RunState.PENDING, RunState.QUEUED, RunState.RUNNING
     dispatching = [str(state) for state in DISPATCH_STATES]
     params = [campaign_id, pending, dispatching, running, now, worker, now, now, pending]
-    params += [pending, queued, now, queued, running, now]
+    return [*params, pending, queued, now, queued, running, now]
+
+
+def _handoff_one_statement(*, campaign_id: int, worker: str) -> int | None:
+    """`slot_handoff` on PostgreSQL in one statement instead of seven."""
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(
+            f"WITH {_handoff_ctes()} SELECT id FROM moved",  # noqa: S608 (see _handoff_ctes)
+            _handoff_params(campaign_id, worker, timezone.now()),
+        )
         row = cursor.fetchone()
     return row[0] if row else None
+
+
+def run_succeed(*, run_id: int, campaign_id: int, worker: str) -> tuple[bool, int | None]:
+    """Move the run from running to succeeded and hand the slot it frees on (`slot_handoff`),
+    together: (whether this call moved it, the run the slot went to, if any).
+
+    On PostgreSQL one statement does both moves and their transition rows (the hand-off only
+    if the run moved: the row lock its UPDATE takes and its re-check of the state let one
+    caller through); elsewhere one transaction does (`run_transition`, then `slot_handoff`).
+    """
+    now = timezone.now()
+    done = {"finished_at": now, "step": "done"}
+    if connection.vendor != "postgresql":
+        with transaction.atomic():
+            if not run_transition(
+                run_id=run_id, from_state=RunState.RUNNING, to_state=RunState.SUCCEEDED, **done
+            ):
+                return False, None
+            return True, slot_handoff(campaign_id=campaign_id, worker=worker)
+    runs, transitions = RepoRun._meta.db_table, RunTransition._meta.db_table
+    sql = f"""
+        WITH done AS (
+            UPDATE {runs} SET state = %s, finished_at = %s, step = %s
+            WHERE id = %s AND state = %s RETURNING id, campaign_id
+        ), done_noted AS (
+            INSERT INTO {transitions} (run_id, campaign_id, from_state, to_state, at)
+            SELECT id, campaign_id, %s, %s, %s FROM done
+        ), {_handoff_ctes(also="AND EXISTS (SELECT 1 FROM done)")}
+        SELECT (SELECT count(*) FROM done), (SELECT id FROM moved)
+    """  # noqa: S608 (our table names only; values are parameters)
+    running, succeeded = RunState.RUNNING, RunState.SUCCEEDED
+    params = [succeeded, now, "done", run_id, running, running, succeeded, now]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, *_handoff_params(campaign_id, worker, now)])
+        moved, next_id = cursor.fetchone()
+    return bool(moved), next_id
 
 
 def campaign_finish_if_done(*, campaign_id: int) -> bool:

@@ -22,9 +22,9 @@ from campaigns.baseline import baseline_run, baseline_wanted
 from campaigns.dispatch import (
     campaign_finish_if_done,
     run_sandbox_slots,
+    run_succeed,
     runs_dispatch,
     runs_enqueue,
-    slot_handoff,
     worker_name,
 )
 from campaigns.environment import (
@@ -109,7 +109,9 @@ class _Context:
         self.models = any(model_for_variant(self.spec, v) for v in self.spec["variants"])
         self.sandbox_spec = run_environment_prepare(ctx=self)  # image, tools area, self.home
         self.launcher = self.campaign.launched_by or self.campaign.owner
-        self._checked_at = -CHECK_EVERY_S  # the first check asks the database
+        # The claim (or the hand-off) that gave us the run read its state a moment ago: the
+        # first check asks the database a CHECK_EVERY_S later, as every other one does.
+        self._checked_at = time.monotonic()
 
     def check(self) -> None:
         """Stop if the run was cancelled or taken away. The database is asked at most every
@@ -435,10 +437,15 @@ def _variants_ensure(run: RepoRun) -> list[Variant]:
         for i, v in enumerate(run.campaign.spec["variants"])
     ]
     if run.attempt == 1 and not run.resumed:  # none can exist yet: the insert returns them
-        with contextlib.suppress(IntegrityError), transaction.atomic():
-            made = Variant.objects.bulk_create(wanted)
-            if all(v.pk for v in made):
-                return made
+        if len(wanted) == 1:  # one INSERT; bulk_create would add BEGIN and COMMIT around it
+            with contextlib.suppress(IntegrityError):
+                wanted[0].save(force_insert=True)
+                return wanted
+        else:
+            with contextlib.suppress(IntegrityError), transaction.atomic():
+                made = Variant.objects.bulk_create(wanted)
+                if all(v.pk for v in made):
+                    return made
     Variant.objects.bulk_create(wanted, ignore_conflicts=True)
     return list(run.variants.order_by("position"))
 
@@ -547,16 +554,7 @@ def _run_carry(run: RepoRun, worker: str) -> tuple[str, int | None]:
     try:
         ctx = _Context(run, heartbeat, ahead)
         _run_pipeline(ctx)
-        with transaction.atomic():
-            if run_transition(
-                run_id=run.pk,
-                from_state=RunState.RUNNING,
-                to_state=RunState.SUCCEEDED,
-                finished_at=timezone.now(),
-                step="done",
-            ):
-                final = True
-                next_id = slot_handoff(campaign_id=run.campaign_id, worker=worker)
+        final, next_id = run_succeed(run_id=run.pk, campaign_id=run.campaign_id, worker=worker)
     except RunStopped as exc:
         outcome = f"stopped: {exc}"
     except RunFailed as exc:

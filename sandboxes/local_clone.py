@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from sandboxes.backends.base import SandboxError
+from sandboxes.trash import tree_remove
 
 
 def git_config_text(sha: str) -> str:
@@ -48,10 +50,13 @@ def local_source(url: str) -> Path | None:
     return Path(unquote(urlsplit(url).path))
 
 
-def clone_local(*, git, source: Path, ref: str, dest: Path, exclude: str = "") -> str | None:
+def clone_local(
+    *, git, source: Path, ref: str, dest: Path, exclude: str = "", discard=tree_remove
+) -> str | None:
     """Clone `source` at branch or tag `ref` into the empty directory `dest` with `git` (the
     host-side git of `sandboxes.repos`: `core.git.git_run`); the commit id, or None (with
-    `dest` emptied again) when the mirror's path must do it."""
+    `dest` emptied again) when the mirror's path must do it. `discard(path)` removes the
+    directory of files the clone wrote that `clone_at` would not have (`trash.trash_put`)."""
     if _tag_and_branch(source, ref):
         return None  # git resolves such a name to the tag; `clone --branch` to the branch
     try:
@@ -59,7 +64,7 @@ def clone_local(*, git, source: Path, ref: str, dest: Path, exclude: str = "") -
             "clone", "--quiet", "--no-hardlinks", "--template=", "--single-branch",
             "--no-tags", "--branch", ref, "--", str(source), str(dest),
         )  # fmt: skip
-        sha = _gitdir_reset(dest / ".git", exclude)
+        sha = _gitdir_reset(dest / ".git", exclude, discard)
     except (SandboxError, OSError, ValueError):
         sha = None
     if sha is None:
@@ -67,8 +72,10 @@ def clone_local(*, git, source: Path, ref: str, dest: Path, exclude: str = "") -
     return sha
 
 
-def _gitdir_reset(gitdir: Path, exclude: str) -> str | None:
-    """Make the fresh clone's `.git` what `clone_at` makes; its commit, or None."""
+def _gitdir_reset(gitdir: Path, exclude: str, discard) -> str | None:
+    """Make the fresh clone's `.git` what `clone_at` makes; its commit, or None. What goes
+    is renamed into one directory for `discard`: removing it here (freeing blocks) cost more
+    than the rest of this function."""
     if (gitdir / "objects" / "info" / "alternates").exists():
         return None  # it borrows objects from elsewhere: the mirror's path copies them
     head = (gitdir / "HEAD").read_text().strip()
@@ -76,13 +83,12 @@ def _gitdir_reset(gitdir: Path, exclude: str) -> str | None:
     sha = _ref_read(gitdir, head[5:]) if head.startswith("ref: ") else head
     if sha is None or len(sha) not in (40, 64) or not all(c in "0123456789abcdef" for c in sha):
         return None
-    for name in ("packed-refs", "logs", "FETCH_HEAD", "ORIG_HEAD", "refs"):
-        path = gitdir / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+    old = gitdir / f"old-{secrets.token_hex(4)}"
+    old.mkdir()
+    for name in ("packed-refs", "logs", "FETCH_HEAD", "ORIG_HEAD", "refs", "HEAD", "config"):
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(gitdir / name, old / name)
+    discard(old)
     (gitdir / "refs" / "heads").mkdir(parents=True)
     (gitdir / "refs" / "tags").mkdir()
     (gitdir / "config").write_text(git_config_text(sha))

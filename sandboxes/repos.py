@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import ipaddress
 import os
@@ -47,6 +48,7 @@ from sandboxes.fsplace import subdirs_spread_made
 from sandboxes.local_clone import clone_local, exclude_write, git_config_text, local_source
 from sandboxes.models import Sandbox
 from sandboxes.services import backend_get, sandbox_exec, sandbox_handle, sandbox_write_file
+from sandboxes.trash import trash_put
 
 SCP_LIKE = re.compile(r"^(?:(?P<user>[A-Za-z0-9._~-]+)@)?(?P<host>[A-Za-z0-9.-]+):(?P<path>.+)$")
 HOST = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
@@ -381,7 +383,14 @@ def _checkout_into(
     source = local_source(url)
     plain = PLAIN_NAME.match(ref) and not SHA.match(ref) and ".." not in ref
     if source is not None and plain:
-        sha = clone_local(git=git, source=source, ref=ref, dest=dest, exclude=exclude)
+        sha = clone_local(
+            git=git,
+            source=source,
+            ref=ref,
+            dest=dest,
+            exclude=exclude,
+            discard=functools.partial(trash_put, root=_staging_root().parent),
+        )
         if sha is not None:
             return sha
     mirror = mirror_fetch(url=url, fresh_after=fresh_after)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import secrets
@@ -28,6 +29,7 @@ from pathlib import Path, PurePosixPath
 
 from sandboxes.backends.base import SandboxError
 from sandboxes.fsplace import subdirs_spread_made
+from sandboxes.trash import trash_put, trash_sweep, tree_remove
 
 WORKSPACE = PurePosixPath("/workspace")
 # Host directories a local sandbox sees read-only (Debian merges /bin, /lib… into /usr).
@@ -185,7 +187,7 @@ class Workspaces:
         base = self.dir(external_id)
         self._metas.pop(external_id, None)
         self.unmount(base / "workspace")
-        _rmtree(base)
+        trash_put(base, root=self.root)  # its files go at idle priority (sandboxes.trash)
         self._spare_make()
 
     # --- spares: a new sandbox's directory, made while nothing waits for it ---------------
@@ -233,6 +235,10 @@ class Workspaces:
 
     def spare_remove(self, path: Path) -> None:
         _rmtree(path)
+
+    def trash_sweep(self, *, older_than_s: float) -> list[str]:
+        """Entries a dead worker's remover left in the trash (`sandboxes.trash`), removed."""
+        return trash_sweep(self.root, older_than_s=older_than_s)
 
     @staticmethod
     def unmount(path: Path) -> None:
@@ -328,6 +334,17 @@ class Workspaces:
         if marker.exists():
             self._etc_ready = True
             return self.etc_dir
+        # One process builds it (about 900 files and links) while the others wait: every pool
+        # process of a new worker gets here with its first sandbox.
+        self.root_make()
+        with open(self.root / ".etc.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not marker.exists():
+                self._etc_build(marker)
+        self._etc_ready = True
+        return self.etc_dir
+
+    def _etc_build(self, marker: Path) -> None:
         tmp = self.root / f".etc-{secrets.token_hex(4)}"
         tmp.mkdir(parents=True)
         (tmp / "passwd").write_text(
@@ -349,13 +366,11 @@ class Workspaces:
                 shutil.copy2(src, tmp / name, follow_symlinks=True)
         try:
             tmp.rename(self.etc_dir)
-        except OSError as exc:  # another worker made it first
+        except OSError as exc:  # left by a process killed before its marker
             if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
             _rmtree(tmp)
         marker.touch()
-        self._etc_ready = True
-        return self.etc_dir
 
 
 # --- files inside a workspace, refusing `..` and symlinks that leave it ----------------------
@@ -445,14 +460,4 @@ def _copy_tree(src: Path, dst: Path) -> None:
         raise SandboxError(f"copying the workspace failed: {run.stderr.strip()}")
 
 
-def _rmtree(path: Path) -> None:
-    if not os.path.lexists(path):
-        return
-    for _ in range(3):
-        with contextlib.suppress(OSError):
-            os.chmod(path, 0o700)
-        shutil.rmtree(path, ignore_errors=True)
-        if not os.path.lexists(path):
-            return
-        time.sleep(0.05)
-    subprocess.run(["rm", "-rf", "--one-file-system", str(path)], capture_output=True)
+_rmtree = tree_remove

@@ -581,4 +581,5 @@ class LocalBackend(SandboxBackend):
                 removed.append(ext)
         for spare in self.ws.spares_stale(older_than_s=grace_s):  # left by a dead worker
             self.ws.spare_remove(spare)
+        self.ws.trash_sweep(older_than_s=grace_s)  # left by a dead worker's remover
         return removed

@@ -1,0 +1,125 @@
+"""A terminated sandbox's files are removed at idle priority by a remover process, never on the
+run's path; the remover removes only entries of its own trash directory; a remover too far
+behind (or gone) means removal in place; what a dead remover left is swept."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sandboxes import trash
+from sandboxes.backends.base import SandboxSpec
+from sandboxes.backends.bubblewrap import BubblewrapBackend
+from tests.sandboxes.conftest import local_cleanup
+
+pytestmark = pytest.mark.shapes("embedded", "production")
+
+
+@pytest.fixture
+def removers():
+    yield
+    trash.removers_close()
+
+
+def _filled(root: Path, name: str, files: int = 3) -> Path:
+    path = root / name
+    (path / "sub").mkdir(parents=True)
+    for i in range(files):
+        (path / "sub" / f"f{i}").write_text("x" * 100)
+    (path / "sub").chmod(0o500)  # read-only directories are removed too
+    return path
+
+
+def _until(check, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def _trash_empty(root: Path) -> bool:
+    return not any((root / trash.TRASH).iterdir())
+
+
+def test_a_terminated_sandbox_leaves_its_place_at_once_and_its_files_go_at_idle_priority(
+    tmp_path, removers
+):
+    backend = BubblewrapBackend(tmp_path)
+    try:
+        handle = backend.create(SandboxSpec(timeout_s=60))
+        backend.write_file(handle, "big.txt", b"y" * 100_000)
+        place = backend.ws.dir(handle.external_id)
+        root = backend.ws.root
+        backend.terminate(handle)
+
+        assert not place.exists()  # gone from the sandboxes' directory when terminate returns
+        assert handle.external_id not in backend.ws.ids()
+        remover = trash._removers[root / trash.TRASH]
+        _until(lambda: _trash_empty(root), "the remover to empty the trash")
+        sched = Path(f"/proc/{remover.proc.pid}/sched").read_text()  # set before it reads
+        policy = next(line for line in sched.splitlines() if line.startswith("policy"))
+        assert policy.split(":")[1].strip() == str(os.SCHED_IDLE), policy
+    finally:
+        local_cleanup(backend)
+
+
+def test_the_remover_removes_only_entries_of_its_own_trash(tmp_path):
+    root = tmp_path / "sandboxes"
+    (root / trash.TRASH).mkdir(parents=True)
+    victim = _filled(tmp_path, "victim")  # beside the root: reachable as ../../victim
+    _filled(root / trash.TRASH, "mine")
+    remover = subprocess.Popen(
+        [sys.executable, "-I", "-S", trash.__file__, str(root / trash.TRASH)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    names = ["../../victim", str(victim), "..", ".", "../..", "mine"]
+    out, _ = remover.communicate("".join(f"{n}\n" for n in names).encode(), timeout=30)
+
+    assert out == b"." * len(names)  # each name answered, refused or removed
+    assert (victim / "sub" / "f0").read_text() == "x" * 100
+    assert not (root / trash.TRASH / "mine").exists()
+    assert (root / trash.TRASH).is_dir()
+
+
+def test_past_its_backlog_or_without_a_remover_a_directory_is_removed_in_place(
+    tmp_path, removers, monkeypatch
+):
+    root = tmp_path / "sandboxes"
+    root.mkdir()
+    monkeypatch.setattr(trash, "BACKLOG_MAX", 2)
+    trash.trash_put(_filled(root, "first"), root=root)
+    remover = trash._removers[root / trash.TRASH]
+    _until(lambda: _trash_empty(root), "the first removal")
+    os.kill(remover.proc.pid, signal.SIGSTOP)  # a remover that gets no CPU time
+    try:
+        for name in ("a", "b", "c", "d"):
+            trash.trash_put(_filled(root, name), root=root)
+            assert not (root / name).exists()
+        # Two wait in the trash for the stopped remover; the others were removed in place.
+        assert len(list((root / trash.TRASH).iterdir())) == 2
+    finally:
+        os.kill(remover.proc.pid, signal.SIGCONT)
+    _until(lambda: _trash_empty(root), "the remover to catch up")
+
+    remover.proc.kill()
+    remover.proc.wait()
+    trash.trash_put(_filled(root, "e"), root=root)  # a new remover is started
+    _until(lambda: _trash_empty(root), "the new remover")
+    assert trash._removers[root / trash.TRASH].proc.pid != remover.proc.pid
+
+
+def test_the_sweep_removes_what_a_dead_remover_left(tmp_path):
+    root = tmp_path / "sandboxes"
+    left = _filled(root / trash.TRASH, "left-by-a-dead-worker")
+    assert trash.trash_sweep(root, older_than_s=3600) == []  # too recent: maybe still given
+    assert left.exists()
+    assert trash.trash_sweep(root, older_than_s=0) == ["left-by-a-dead-worker"]
+    assert _trash_empty(root)
