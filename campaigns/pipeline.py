@@ -450,7 +450,9 @@ def _variants_ensure(run: RepoRun) -> list[Variant]:
     return list(run.variants.order_by("position"))
 
 
-def _run_pipeline(ctx: _Context) -> None:
+def _run_pipeline(ctx: _Context) -> bool:
+    """The run's steps; True when every sandbox they made is known to be ended or handed to
+    the teardown thread (the run's cleanup then need not look for live ones)."""
 
     run = ctx.run
     if run.resumed:
@@ -468,7 +470,7 @@ def _run_pipeline(ctx: _Context) -> None:
         )
     pending = [v for v in _variants_ensure(run) if v.state == VariantState.PENDING]
     if not pending:
-        return
+        return False
     can_snapshot = Capability.SNAPSHOT in ctx.backend.capabilities
     snapshot = None
     if run.snapshot_id and can_snapshot:
@@ -506,7 +508,9 @@ def _run_pipeline(ctx: _Context) -> None:
 
     if len(jobs) == 1:
         _variant_run(ctx, jobs[0][0], snapshot, jobs[0][1])
-        return
+        # Its one sandbox (this claim's only one) was terminated or handed to the teardown
+        # thread before `_variant_run` returned, whatever its outcome.
+        return snapshot is None and not baseline_wanted(ctx) and not run.resumed
     at_once = run_sandbox_slots(
         variants=len(jobs), max_parallel=ctx.campaign.max_parallel, backend=ctx.backend.name
     )
@@ -515,6 +519,7 @@ def _run_pipeline(ctx: _Context) -> None:
     errors = [f.exception() for f in futures if f.exception() is not None]
     if errors:
         raise errors[0]
+    return False
 
 
 def run_execute(*, run_id: int) -> str:
@@ -541,6 +546,7 @@ def _run_carry(run: RepoRun, worker: str) -> tuple[str, int | None]:
     heartbeat.start()
     launcher = run.campaign.launched_by or run.campaign.owner
     outcome = "succeeded"
+    accounted = False  # every sandbox the run made is ended or queued for teardown
     next_id = None  # the campaign's next run, which the freed slot went to
     final = False  # this call moved the run to a final state
     started = run.started_at
@@ -553,7 +559,7 @@ def _run_carry(run: RepoRun, worker: str) -> tuple[str, int | None]:
     )
     try:
         ctx = _Context(run, heartbeat, ahead)
-        _run_pipeline(ctx)
+        accounted = _run_pipeline(ctx)
         final, next_id = run_succeed(run_id=run.pk, campaign_id=run.campaign_id, worker=worker)
     except RunStopped as exc:
         outcome = f"stopped: {exc}"
@@ -589,7 +595,8 @@ def _run_carry(run: RepoRun, worker: str) -> tuple[str, int | None]:
         heartbeat.stop()
         # Known final: its state need not be read back. Sandboxes queued for the teardown
         # thread are left to it (terminating them here would put teardown back on the path).
-        run_cleanup(run, final=final, handed_off=teardowns_pending())
+        if not (final and accounted):  # else no sandbox of this run can be live but queued
+            run_cleanup(run, final=final, handed_off=teardowns_pending())
         if any(model_for_variant(run.campaign.spec, v) for v in run.campaign.spec["variants"]):
             agent_models.run_models_close(run_id=run.pk)  # no model variant: no grant
     if next_id is None:  # this worker's last run for now: its sandboxes go before the campaign
