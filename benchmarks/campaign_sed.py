@@ -11,7 +11,9 @@ Engine floor, also in every round: for each repository a host `git clone`, then 
 engine (the same bwrap flags, or `runsc run` of the same bundle as Convoy's sandboxes) running
 only the sed, with the same parallelism: no diff, no records, no Convoy. Its clones go to a
 directory placed as Convoy places its sandboxes (`sandboxes/fsplace.py`). It shows what the
-engine alone costs on this machine, against the same baseline.
+engine alone costs on this machine, against the same baseline. On bwrap it is measured twice:
+bare (bwrap's flags only), and started as Convoy starts it (the same seccomp filter, a cgroup of
+its own with the spec's limits, rlimits), which gVisor's floor has always had (Convoy's bundle).
 
     .venv/bin/python benchmarks/campaign_sed.py [--repos 200] [--jobs 4]
 """
@@ -93,14 +95,25 @@ def _all_repos(repos: list[Path], work: Path, jobs: int) -> tuple[float, float, 
     return cloned - started, done - cloned, cpu
 
 
-def _floor(backend_name: str, repos: list[Path], work: Path, jobs: int) -> float:
-    """Seconds for: clone each repository on the host, then run the sed in the bare engine."""
+def _floor(
+    backend_name: str, repos: list[Path], work: Path, jobs: int, *, limits: bool = False
+) -> float:
+    """Seconds for: clone each repository on the host, then run the sed in the bare engine.
+
+    `limits` (bwrap): the engine started as Convoy starts it, with the same seccomp filter and
+    in a cgroup of its own with the spec's limits (made before and removed after each run,
+    as a plain `systemd-run --scope` would), its rlimits set through bwrap's info and block
+    fds. gVisor's floor always has them: it runs Convoy's bundle, cgroup resources included."""
     from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
 
     from sandbox_start import runsc_bundle
 
-    from sandboxes.backends.bubblewrap import BubblewrapBackend, bwrap_argv
+    from sandboxes.backends import cgroups
+    from sandboxes.backends.base import SandboxSpec
+    from sandboxes.backends.bubblewrap import BubblewrapBackend, _cgroup_limits, bwrap_argv
     from sandboxes.backends.gvisor import GVisorBackend
+    from sandboxes.backends.local import limits_of
     from sandboxes.fsplace import subdirs_spread
 
     work.mkdir(parents=True)
@@ -131,9 +144,32 @@ def _floor(backend_name: str, repos: list[Path], work: Path, jobs: int) -> float
             argv = bwrap_argv(
                 etc=str(backend.ws.etc()), workspace=str(dest), network="none", cwd="/workspace"
             )
-            subprocess.run(
-                [*argv, *step], check=True, env={"PATH": "/usr/bin:/bin"}, capture_output=True
+            if not limits:
+                subprocess.run(
+                    [*argv, *step], check=True, env={"PATH": "/usr/bin:/bin"}, capture_output=True
+                )
+                return
+            spec_limits = limits_of(SandboxSpec())
+            paths = cgroups.cgroup_create(
+                f"floor-{index}", owner="floorbench", **_cgroup_limits(spec_limits)
             )
+            try:
+                proc = BubblewrapBackend._popen_handshake(
+                    SimpleNamespace(cgroups=paths, limits=spec_limits),
+                    argv,  # ends with "--", which the handshake puts after its fds
+                    step,
+                    {
+                        "stdin": subprocess.DEVNULL,
+                        "stdout": subprocess.PIPE,
+                        "stderr": subprocess.PIPE,
+                        "env": {"PATH": "/usr/bin:/bin"},
+                        "start_new_session": True,
+                    },
+                )
+                proc.communicate()
+                assert proc.returncode == 0, proc.returncode
+            finally:
+                cgroups.cgroup_remove(paths)
             return
         bundle = work / f"b{index}"
         bundle.mkdir()
@@ -377,6 +413,10 @@ def main() -> None:
                 result[backend] = _convoy(backend, slots, manager, env, args.pool, threads, round_)
                 floor_dir = Path(settings.DATA_DIR) / f"floor-{backend}-{round_}"
                 result[f"floor-{backend}"] = _floor(backend, repos, floor_dir, args.jobs)
+                if backend == "bwrap":  # the same engine start with Convoy's limits
+                    result["floor-bwrap-limits"] = _floor(
+                        backend, repos, floor_dir, args.jobs, limits=True
+                    )
             rounds.append(result)
             line = ", ".join(
                 f"{b} {result[b]['elapsed']:.1f} s "
@@ -420,6 +460,16 @@ def main() -> None:
             f"Convoy / floor {elapsed / floor:.2f}x (target <= {floor_targets[backend]:.1f}x; "
             f"rounds {per_round})"
         )
+        if backend == "bwrap":
+            limited = statistics.median(r["floor-bwrap-limits"] for r in rounds)
+            per_round = ", ".join(
+                f"{r[backend]['elapsed'] / r['floor-bwrap-limits']:.2f}x" for r in rounds
+            )
+            print(
+                f"    engine floor on bwrap with Convoy's limits (the same, plus its seccomp "
+                f"filter, a cgroup with the spec's limits and rlimits): {limited:.2f} s; "
+                f"Convoy / that floor {elapsed / limited:.2f}x (rounds {per_round})"
+            )
         r = sorted((r[backend] for r in rounds), key=lambda x: x["elapsed"])[len(rounds) // 2]
         print(
             f"    where the time goes (median round; summed over runs, {slots} in parallel): "

@@ -257,6 +257,9 @@ def pytest_sessionfinish(session, exitstatus):
     """Remove this run's data dir and Redis keys (sandboxes were cleaned up by their fixtures)."""
     import shutil
 
+    from sandboxes.trash import removers_close
+
+    removers_close()  # this process's idle-priority removers: they finish, then exit
     data_dir = Path(settings.DATA_DIR)
     if settings.TESTING and data_dir.name.startswith("test-") and not settings.DEBUG:
         # Overlay mounts a killed worker left mid-fork (its sandbox is swept only after a
