@@ -95,6 +95,9 @@ def _all_repos(repos: list[Path], work: Path, jobs: int) -> tuple[float, float, 
     return cloned - started, done - cloned, cpu
 
 
+_floor_cpu: dict[tuple[str, bool], float] = {}  # the last floor's CPU seconds (its processes)
+
+
 def _floor(
     backend_name: str, repos: list[Path], work: Path, jobs: int, *, limits: bool = False
 ) -> float:
@@ -183,10 +186,15 @@ def _floor(
             [*runsc, "run", f"--bundle={bundle}", f"floor-{index}"], check=True, capture_output=True
         )
 
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         list(pool.map(one, range(len(repos))))
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    _floor_cpu[(backend_name, limits)] = (
+        after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime
+    )
     assert "assertEqual(" in (work / "r0" / "test_calc.py").read_text()
     shutil.rmtree(work, ignore_errors=True)
     return elapsed
@@ -413,6 +421,7 @@ def main() -> None:
                 result[backend] = _convoy(backend, slots, manager, env, args.pool, threads, round_)
                 floor_dir = Path(settings.DATA_DIR) / f"floor-{backend}-{round_}"
                 result[f"floor-{backend}"] = _floor(backend, repos, floor_dir, args.jobs)
+                result[f"floor-{backend}-cpu"] = _floor_cpu[(backend, False)]
                 if backend == "bwrap":  # the same engine start with Convoy's limits
                     result["floor-bwrap-limits"] = _floor(
                         backend, repos, floor_dir, args.jobs, limits=True
@@ -458,7 +467,8 @@ def main() -> None:
             f"    engine floor on {backend} (host clone, then the bare engine running the sed and "
             f"the diff read): {floor:.2f} s  ratio {floor / baseline:.2f}x; "
             f"Convoy / floor {elapsed / floor:.2f}x (target <= {floor_targets[backend]:.1f}x; "
-            f"rounds {per_round})"
+            f"rounds {per_round}); CPU of its processes "
+            f"{statistics.median(r[f'floor-{backend}-cpu'] for r in rounds):.1f} s"
         )
         if backend == "bwrap":
             limited = statistics.median(r["floor-bwrap-limits"] for r in rounds)

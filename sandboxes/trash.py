@@ -1,4 +1,4 @@
-"""Directories removed at idle priority, off every run's path.
+"""Directories removed at the lowest priority, off every run's path.
 
 Removing a sandbox's files was a third of its teardown's CPU, and a teardown runs in the worker
 beside the next runs: on a busy worker it took CPU (and the interpreter's lock) from them. On
@@ -6,9 +6,12 @@ ext4 mounted with `discard` and without a journal, each freed block is also disc
 spot (about 0.1 ms per file that held data, against 0.01 ms for an empty one).
 
 `trash_put` renames a directory into `.trash` under its root (one rename: same filesystem) and
-hands the entry's name to this process's remover: a child process in the `SCHED_IDLE`
-scheduling class, which the kernel runs only on CPU time nothing else wants. The directory is
-gone from where it was at once; its files go when the machine has a moment.
+hands the entry's name to this process's remover: a child process at the lowest CPU priority
+(nice 19), which gets little CPU time while runs want it. The directory is gone from where it
+was at once; its files go when the machine has a moment. Not `SCHED_IDLE`: a removal sleeps
+for its disk (a freed block is discarded on the spot on some disks) while holding the trash
+directory's lock, and a task that gets CPU time only when nothing else wants it can then
+keep a worker's rename into that directory waiting for as long as the machine is busy.
 
 Bounds:
 - At most `BACKLOG_MAX` entries handed over and not yet removed, per worker process; past that,
@@ -106,8 +109,8 @@ def _remover(trash_dir: Path) -> _Remover | None:
 
 
 def trash_put(path: Path, *, root: Path) -> None:
-    """Remove the directory `path` (under `root`, on its filesystem) at idle priority; in place
-    when that cannot be done (another filesystem, a remover gone or too far behind)."""
+    """Remove the directory `path` (under `root`, on its filesystem) at the lowest priority; in
+    place when that cannot be done (another filesystem, a remover gone or too far behind)."""
     trash_dir = root / TRASH
     name = f"{path.name[:40]}-{secrets.token_hex(6)}"
     try:
@@ -161,8 +164,8 @@ def trash_sweep(root: Path, *, older_than_s: float) -> list[str]:
 def _serve(trash_dir: Path) -> None:
     """The remover: each name read from stdin is removed from `trash_dir`, then a byte is
     written to stdout. Exits when stdin closes."""
-    with contextlib.suppress(OSError, AttributeError):
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, 19)
     for line in sys.stdin.buffer:
         name = line.rstrip(b"\n").decode(errors="replace")
         if name and "/" not in name and name not in (".", "..") and "\0" not in name:

@@ -187,7 +187,7 @@ class Workspaces:
         base = self.dir(external_id)
         self._metas.pop(external_id, None)
         self.unmount(base / "workspace")
-        trash_put(base, root=self.root)  # its files go at idle priority (sandboxes.trash)
+        trash_put(base, root=self.root)  # its files go at the lowest priority (sandboxes.trash)
         self._spare_make()
 
     # --- spares: a new sandbox's directory, made while nothing waits for it ---------------
