@@ -224,7 +224,8 @@ else:
     if envbool("CONVOY_DB_PREPARED", True):
         # Parameters bound by the server, and a statement run five times on a connection is
         # prepared: a worker sends the same few statements for every run, so PostgreSQL parses
-        # and plans each once per connection (PostgreSQL CPU per sed run: 12.3 -> 10.1 ms).
+        # and plans each once per connection (PostgreSQL CPU per sed run 10.0 -> 7.9 ms:
+        # `benchmarks/run_cost.py --ab prepared`, docs/benchmarks.md).
         # Off for a pooler in transaction mode (PgBouncer), which cannot keep prepared
         # statements.
         _db["OPTIONS"] = {"server_side_binding": True, "prepare_threshold": 5}
