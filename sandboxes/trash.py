@@ -64,6 +64,7 @@ class _Remover:
         self.trash_dir = trash_dir
         self.sent = 0
         self.done = 0
+        self.lock = threading.Lock()  # the teardown thread and checkout threads share it
         self.proc = subprocess.Popen(
             [sys.executable, "-I", "-S", __file__, str(trash_dir)],
             stdin=subprocess.PIPE,
@@ -80,15 +81,16 @@ class _Remover:
 
     def give(self, name: str) -> bool:
         """Hand `name` over; False if the remover is gone or too far behind."""
-        if self.proc.poll() is not None or self.backlog() >= BACKLOG_MAX:
-            return False
-        try:
-            self.proc.stdin.write(name.encode() + b"\n")
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError, ValueError):
-            return False
-        self.sent += 1
-        return True
+        with self.lock:
+            if self.proc.poll() is not None or self.backlog() >= BACKLOG_MAX:
+                return False
+            try:
+                self.proc.stdin.write(name.encode() + b"\n")
+                self.proc.stdin.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                return False
+            self.sent += 1
+            return True
 
 
 _removers: dict[Path, _Remover] = {}
