@@ -95,13 +95,11 @@ def _all_repos(repos: list[Path], work: Path, jobs: int) -> tuple[float, float, 
     return cloned - started, done - cloned, cpu
 
 
-_floor_cpu: dict[tuple[str, bool], float] = {}  # the last floor's CPU seconds (its processes)
-
-
 def _floor(
     backend_name: str, repos: list[Path], work: Path, jobs: int, *, limits: bool = False
-) -> float:
-    """Seconds for: clone each repository on the host, then run the sed in the bare engine.
+) -> tuple[float, float]:
+    """Seconds for: clone each repository on the host, then run the sed in the bare engine; and
+    the CPU seconds its processes used.
 
     `limits` (bwrap): the engine started as Convoy starts it, with the same seccomp filter and
     in a cgroup of its own with the spec's limits (made before and removed after each run,
@@ -192,12 +190,10 @@ def _floor(
         list(pool.map(one, range(len(repos))))
     elapsed = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    _floor_cpu[(backend_name, limits)] = (
-        after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime
-    )
+    cpu = after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime
     assert "assertEqual(" in (work / "r0" / "test_calc.py").read_text()
     shutil.rmtree(work, ignore_errors=True)
-    return elapsed
+    return elapsed, cpu
 
 
 def _convoy(
@@ -420,10 +416,10 @@ def main() -> None:
             for backend in args.backends.split(","):
                 result[backend] = _convoy(backend, slots, manager, env, args.pool, threads, round_)
                 floor_dir = Path(settings.DATA_DIR) / f"floor-{backend}-{round_}"
-                result[f"floor-{backend}"] = _floor(backend, repos, floor_dir, args.jobs)
-                result[f"floor-{backend}-cpu"] = _floor_cpu[(backend, False)]
+                floor, floor_cpu = _floor(backend, repos, floor_dir, args.jobs)
+                result[f"floor-{backend}"], result[f"floor-{backend}-cpu"] = floor, floor_cpu
                 if backend == "bwrap":  # the same engine start with Convoy's limits
-                    result["floor-bwrap-limits"] = _floor(
+                    result["floor-bwrap-limits"], _ = _floor(
                         backend, repos, floor_dir, args.jobs, limits=True
                     )
             rounds.append(result)

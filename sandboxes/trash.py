@@ -75,8 +75,8 @@ class _Remover:
         os.set_blocking(self.proc.stdout.fileno(), False)
 
     def backlog(self) -> int:
-        with contextlib.suppress(BlockingIOError, OSError, TypeError):
-            self.done += len(os.read(self.proc.stdout.fileno(), 65536) or b"")
+        with contextlib.suppress(OSError):  # BlockingIOError: nothing new
+            self.done += len(os.read(self.proc.stdout.fileno(), 65536))
         return self.sent - self.done
 
     def give(self, name: str) -> bool:

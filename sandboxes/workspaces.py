@@ -205,7 +205,7 @@ class Workspaces:
             (spare / "workspace").mkdir()
             (spare / "meta.tmp").touch()
         except OSError:
-            _rmtree(spare)
+            tree_remove(spare)
             return
         self._spares.append(spare)
 
@@ -234,7 +234,7 @@ class Workspaces:
         return found
 
     def spare_remove(self, path: Path) -> None:
-        _rmtree(path)
+        tree_remove(path)
 
     def trash_sweep(self, *, older_than_s: float) -> list[str]:
         """Entries a dead worker's remover left in the trash (`sandboxes.trash`), removed."""
@@ -261,7 +261,7 @@ class Workspaces:
             if meta.layers and not meta.copied:
                 self.unmount(base / "workspace")
                 os.rename(base / "upper", target)
-                _rmtree(base / "work")
+                tree_remove(base / "work")
                 meta.layers = [layer, *meta.layers]
             else:
                 os.rename(base / "workspace", target)
@@ -280,7 +280,7 @@ class Workspaces:
             raise SandboxError(f"no snapshot {layer}") from None
 
     def snapshot_remove(self, layer: str) -> None:
-        _rmtree(self.layers_dir / layer)
+        tree_remove(self.layers_dir / layer)
         with contextlib.suppress(FileNotFoundError):
             (self.layers_dir / f"{layer}.layers").unlink()
 
@@ -321,7 +321,7 @@ class Workspaces:
             except OSError:
                 self._overlay_ok = False
             finally:
-                _rmtree(probe)
+                tree_remove(probe)
             (self.root / ".overlay").write_text("yes" if self._overlay_ok else "no")
         return self._overlay_ok
 
@@ -369,7 +369,7 @@ class Workspaces:
         except OSError as exc:  # left by a process killed before its marker
             if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
-            _rmtree(tmp)
+            tree_remove(tmp)
         marker.touch()
 
 
@@ -458,6 +458,3 @@ def _copy_tree(src: Path, dst: Path) -> None:
     run = subprocess.run(["cp", "-a", f"{src}/.", str(dst)], capture_output=True, text=True)
     if run.returncode != 0:
         raise SandboxError(f"copying the workspace failed: {run.stderr.strip()}")
-
-
-_rmtree = tree_remove
