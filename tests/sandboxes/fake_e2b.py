@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import queue
 import threading
 from pathlib import Path
 
@@ -38,20 +37,16 @@ class FakeCommandHandle:
 
     def __init__(self, process) -> None:
         self._process = process
-        self._items: queue.Queue = queue.Queue()
         self._done = False
-        for stream, reader in (("stdout", process.stdout), ("stderr", process.stderr)):
-            threading.Thread(target=self._pump, args=(stream, reader), daemon=True).start()
-
-    def _pump(self, stream: str, reader) -> None:
-        for chunk in reader:
-            self._items.put((stream, chunk))
-        self._items.put((stream, None))
 
     def __iter__(self):
+        # E2B sends a command's output as one ordered stream of events: read the fake machine's
+        # chunks in the order they arrived, not from one thread per pipe.
+        readers = {"stdout": self._process.stdout, "stderr": self._process.stderr}
         open_streams = 0 if self._done else 2
         while open_streams:
-            stream, chunk = self._items.get()
+            stream = self._process.arrivals.get()
+            chunk = readers[stream].next_chunk()
             if chunk is None:
                 open_streams -= 1
                 continue

@@ -18,6 +18,7 @@ import inspect
 import itertools
 import os
 import queue
+import selectors
 import shutil
 import signal
 import subprocess
@@ -113,21 +114,15 @@ class FakeSecret:
 class FakeStreamReader:
     """One output stream. Like Modal, output is buffered until read, so a writer never blocks."""
 
-    def __init__(self, pipe, text: bool, fail: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, text: bool, fail: Callable[[], None] = lambda: None) -> None:
         self._text = text
         self._fail = fail
         self._chunks: queue.Queue = queue.Queue()
         self._eof = False
-        self._drain = threading.Thread(target=self._pump, args=(pipe,), daemon=True)
-        self._drain.start()
 
-    def _pump(self, pipe) -> None:
-        try:
-            while chunk := os.read(pipe.fileno(), 65536):
-                self._chunks.put(chunk)
-        finally:
-            pipe.close()
-            self._chunks.put(None)
+    def next_chunk(self) -> bytes | None:
+        """The next chunk as bytes, None at the end (FakeE2B reads chunks in arrival order)."""
+        return self._chunks.get()
 
     def __iter__(self) -> Iterator:
         self._fail()
@@ -150,10 +145,35 @@ class FakeContainerProcess:
         self._popen = popen
         self._timed_out = False
         self._returncode: int | None = None
-        self.stdout = FakeStreamReader(popen.stdout, text, fail)
-        self.stderr = FakeStreamReader(popen.stderr, text, fail)
+        self.stdout = FakeStreamReader(text, fail)
+        self.stderr = FakeStreamReader(text, fail)
+        # The stream name of every chunk (and of each end), in the order the output arrived.
+        self.arrivals: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._drain, daemon=True).start()
         self._watchdog = threading.Thread(target=self._watch, args=(timeout,), daemon=True)
         self._watchdog.start()
+
+    def _drain(self) -> None:
+        """Both pipes in one thread: epoll reports ready pipes in the order they became ready."""
+        streams = {
+            "stdout": (self._popen.stdout, self.stdout),
+            "stderr": (self._popen.stderr, self.stderr),
+        }
+        with selectors.DefaultSelector() as selector:
+            for name, (pipe, _) in streams.items():
+                selector.register(pipe, selectors.EVENT_READ, name)
+            while selector.get_map():
+                for key, _ in selector.select():
+                    pipe, reader = streams[key.data]
+                    try:
+                        chunk = os.read(key.fd, 65536)
+                    except OSError:
+                        chunk = b""
+                    if not chunk:
+                        selector.unregister(pipe)
+                        pipe.close()
+                    reader._chunks.put(chunk or None)
+                    self.arrivals.put(key.data)
 
     def _watch(self, timeout: int | None) -> None:
         try:
