@@ -201,8 +201,18 @@ def _step_failure(label: str, step: dict, command, output: str) -> str:
     return f"{label} `{step['run'][:200]}` {why}\n{output}".rstrip()
 
 
-def _prepare(ctx: _Context, owner_kind: str, owner_id: int, *, variant_id: int | None = None):
-    """A fresh sandbox (with the spec's files) with the repository checked out and setup done."""
+def _prepare(
+    ctx: _Context,
+    owner_kind: str,
+    owner_id: int,
+    *,
+    variant_id: int | None = None,
+    starts: Variant | None = None,
+):
+    """A fresh sandbox (with the spec's files) with the repository checked out and setup done.
+
+    `starts`: the variant this sandbox serves, started (pending → running) as soon as its
+    sandbox exists, while the checkout is still under way; None if it was already handled."""
 
     run = ctx.run
     sandbox = sandbox_create(
@@ -212,6 +222,9 @@ def _prepare(ctx: _Context, owner_kind: str, owner_id: int, *, variant_id: int |
         **ctx.owner(owner_kind, owner_id),
     )
     try:
+        if starts is not None and not _variant_start(starts, sandbox):
+            _terminate(sandbox, "variant already handled")
+            return None
         ctx.check()
         try:
             # Fetches the host-side mirror (once per attempt: its variants share a fetch made
@@ -321,21 +334,27 @@ def _transform_and_diff(
     }
 
 
-def _variant_run(ctx: _Context, variant: Variant, snapshot, sandbox=None) -> None:
-    """Fork (or prepare), transform, capture the diff, validate. Runs at most once per claim."""
-
-    started = timezone.now()
-    if not variant_transition(
+def _variant_start(variant: Variant, sandbox=None) -> bool:
+    """Pending → running (with its sandbox, when it has one already); False if another claim
+    handled it. Each variant runs at most once per claim."""
+    variant.started_at = timezone.now()
+    return variant_transition(
         variant_id=variant.pk,
         from_state=VariantState.PENDING,
         to_state=VariantState.RUNNING,
         attempt=F("attempt") + 1,
-        started_at=started,
+        started_at=variant.started_at,
         **({"sandbox_id": sandbox.pk} if sandbox is not None else {}),
-    ):
-        if sandbox is not None:
-            _terminate(sandbox, "variant already handled")
+    )
+
+
+def _variant_run(ctx: _Context, variant: Variant, snapshot, sandbox=None) -> None:
+    """Fork (or prepare), transform, capture the diff, validate. A given `sandbox` was
+    prepared for this variant, which `_prepare` started."""
+
+    if sandbox is None and not _variant_start(variant):
         return
+    started = variant.started_at
     spec_variant = next(v for v in ctx.spec["variants"] if v["name"] == variant.name)
     given = sandbox
     result: dict = {}
@@ -481,8 +500,12 @@ def _run_pipeline(ctx: _Context) -> bool:
         snapshotting = can_snapshot and len(pending) + baseline_wanted(ctx) > 1
         if snapshotting:
             base = _prepare(ctx, "run", run.pk)
-        else:  # no fork: this sandbox serves the first variant
-            base = _prepare(ctx, "variant", pending[0].pk, variant_id=pending[0].pk)
+        else:  # no fork: this sandbox serves the first variant, started with it
+            base = _prepare(
+                ctx, "variant", pending[0].pk, variant_id=pending[0].pk, starts=pending[0]
+            )
+            if base is None:  # another claim handled it
+                pending = pending[1:]
         if ctx.spec["setup"] and not snapshotting:  # else "snapshotted" follows at once
             RepoRun.objects.filter(pk=run.pk).update(step="prepared")
         if snapshotting:
@@ -499,6 +522,8 @@ def _run_pipeline(ctx: _Context) -> bool:
     # sandboxes with setup rerun.
     baseline_run(ctx, snapshot, prepare=_prepare, run_step=_exec)  # once, on the untouched repo
     jobs = [(v, base if i == 0 else None) for i, v in enumerate(pending)]
+    if not jobs:
+        return False
 
     def one(job):
         try:

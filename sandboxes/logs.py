@@ -167,7 +167,9 @@ class LogCapture:
         if threaded is None:
             threaded = not connection.in_atomic_block
         self._threaded = threaded
-        self._written = threading.Event()  # the writer loop has stored everything and ended
+        # Everything fed is stored: close() returns then, before the last batch is published
+        # (live viewers resync from storage; the command's end need not wait for them).
+        self._stored = threading.Event()
         if threaded:
             _writer_pool.submit(self._writer)
         if argv is not None or header is not None:
@@ -251,7 +253,7 @@ class LogCapture:
             self._closed = True
             self._wake.notify()
         if self._threaded:
-            self._written.wait()
+            self._stored.wait()
         else:
             while batch := self._take():
                 self._write(batch)
@@ -316,9 +318,11 @@ class LogCapture:
                         self._flush_due_partials()
                     closed = self._closed
                 batch = self._take()
+                with self._lock:
+                    last = closed and not self._pending  # nothing can be fed after close
                 if batch:
-                    self._write(batch)
-                elif closed:
+                    self._write(batch, stored=self._stored.set if last else None)
+                if last:
                     return
         except Exception as exc:
             logger.exception("log writer for sandbox %s failed", self.sandbox_id)
@@ -326,7 +330,7 @@ class LogCapture:
             with self._lock:
                 self._pending = []
         finally:
-            self._written.set()
+            self._stored.set()
 
     def _flush_due_partials(self) -> None:
         # Called with the lock held; the splitters are shared with the feeding thread, so only
@@ -342,7 +346,7 @@ class LogCapture:
                     self._pending.extend((name, t, stamp) for t in texts)
                     self._pending_chars += sum(map(len, texts))
 
-    def _write(self, batch: list[tuple[str, str, datetime]]) -> None:
+    def _write(self, batch: list[tuple[str, str, datetime]], stored=None) -> None:
         if not batch:
             return
         first = log_lines_store(sandbox_id=self.sandbox_id, command_id=self.command_id, rows=batch)
@@ -351,6 +355,8 @@ class LogCapture:
         self.last_seq = last
         self.lines_written += len(batch)
         self.batches_written += 1
+        if stored is not None:
+            stored()
         self._publish(first, last, _batch_html(first, batch, self.command_id))
 
     def _publish(self, first: int, last: int, rendered: list[str]) -> None:
