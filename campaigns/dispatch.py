@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Sequence
 from datetime import timedelta
 
 from celery import current_app
@@ -27,7 +28,10 @@ from campaigns.models import (
     RepoRun,
     RunState,
     RunTransition,
+    Variant,
+    VariantState,
 )
+from campaigns.signals import DiffRow
 from campaigns.states import run_transition, runs_transition
 from sandboxes.backends import LOCAL_BACKENDS
 
@@ -234,17 +238,29 @@ def _handoff_one_statement(*, campaign_id: int, worker: str) -> int | None:
     return row[0] if row else None
 
 
-def run_succeed(*, run_id: int, campaign_id: int, worker: str) -> tuple[bool, int | None]:
+def run_succeed(
+    *,
+    run_id: int,
+    campaign_id: int,
+    worker: str,
+    variant: tuple[int, dict] | None = None,
+    rows: Sequence[DiffRow] = (),
+    run_fields: dict | None = None,
+) -> tuple[bool, int | None]:
     """Move the run from running to succeeded and hand the slot it frees on (`slot_handoff`),
     together: (whether this call moved it, the run the slot went to, if any).
 
     On PostgreSQL one statement does both moves and their transition rows (the hand-off only
     if the run moved: the row lock its UPDATE takes and its re-check of the state let one
     caller through); elsewhere one transaction does (`run_transition`, then `slot_handoff`).
+    PostgreSQL only: `variant` (id, final fields), its lone variant's end from running, with
+    `rows` (`campaigns.signals.variant_diff_rows`), written only if the variant moved; and
+    `run_fields`, more of the run's own fields (its base commit).
     """
     now = timezone.now()
     done = {"finished_at": now, "step": "done"}
     if connection.vendor != "postgresql":
+        assert variant is None and not run_fields, "one statement: PostgreSQL only"
         with transaction.atomic():
             if not run_transition(
                 run_id=run_id, from_state=RunState.RUNNING, to_state=RunState.SUCCEEDED, **done
@@ -252,22 +268,67 @@ def run_succeed(*, run_id: int, campaign_id: int, worker: str) -> tuple[bool, in
                 return False, None
             return True, slot_handoff(campaign_id=campaign_id, worker=worker)
     runs, transitions = RepoRun._meta.db_table, RunTransition._meta.db_table
-    sql = f"""
-        WITH done AS (
-            UPDATE {runs} SET state = %s, finished_at = %s, step = %s
-            WHERE id = %s AND state = %s RETURNING id, campaign_id
-        ), done_noted AS (
-            INSERT INTO {transitions} (run_id, campaign_id, from_state, to_state, at)
-            SELECT id, campaign_id, %s, %s, %s FROM done
-        ), {_handoff_ctes(also="AND EXISTS (SELECT 1 FROM done)")}
-        SELECT (SELECT count(*) FROM done), (SELECT id FROM moved)
-    """  # noqa: S608 (our table names only; values are parameters)
     running, succeeded = RunState.RUNNING, RunState.SUCCEEDED
-    params = [succeeded, now, "done", run_id, running, running, succeeded, now]
+    # Our table and column names only (S608); every value is a parameter.
+    ctes, params = [], []
+    if variant is not None:
+        variant_id, fields = variant
+        sets, values = _assignments(Variant, fields)
+        table = Variant._meta.db_table
+        update = f"UPDATE {table} SET {sets} WHERE id = %s AND state = %s RETURNING id"  # noqa: S608
+        ctes.append(f"vmoved AS ({update})")
+        params += [*values, variant_id, VariantState.RUNNING]
+        for i, row in enumerate(rows):
+            sql, values = _diff_row_sql(row, when="EXISTS (SELECT 1 FROM vmoved)")
+            ctes.append(f"row{i} AS ({sql})")
+            params += values
+    more, more_values = _assignments(RepoRun, {**(run_fields or {}), **done})
+    update = f"UPDATE {runs} SET state = %s, {more} WHERE id = %s AND state = %s"  # noqa: S608
+    ctes.append(f"done AS ({update} RETURNING id, campaign_id)")
+    params += [succeeded, *more_values, run_id, running]
+    noted = f"INSERT INTO {transitions} (run_id, campaign_id, from_state, to_state, at)"
+    ctes.append(f"done_noted AS ({noted} SELECT id, campaign_id, %s, %s, %s FROM done)")  # noqa: S608
+    params += [running, succeeded, now]
+    handoff = _handoff_ctes(also="AND EXISTS (SELECT 1 FROM done)")
+    result = "SELECT (SELECT count(*) FROM done), (SELECT id FROM moved)"
+    sql = f"WITH {', '.join(ctes)}, {handoff} {result}"
     with connection.cursor() as cursor:
         cursor.execute(sql, [*params, *_handoff_params(campaign_id, worker, now)])
         moved, next_id = cursor.fetchone()
     return bool(moved), next_id
+
+
+def _assignments(model, fields: dict) -> tuple[str, list]:
+    """`col = %s, ...` and its values for a raw UPDATE of `model` (values prepared by fields)."""
+    sets, values = [], []
+    for name, value in fields.items():
+        field = model._meta.get_field(name)
+        sets.append(f"{connection.ops.quote_name(field.column)} = %s")
+        values.append(field.get_db_prep_save(value, connection))
+    return ", ".join(sets), values
+
+
+def _diff_row_sql(row: DiffRow, *, when: str) -> tuple[str, list]:
+    """An upsert (or a delete) of a receiver's `DiffRow`, done only `when`."""
+    meta, quote = row.model._meta, connection.ops.quote_name
+    key = meta.get_field(row.key)
+    if row.values is None:
+        sql = f"DELETE FROM {meta.db_table} WHERE {quote(key.column)} = %s AND {when}"  # noqa: S608
+        return sql, [key.get_db_prep_save(row.key_value, connection)]
+    fields = [meta.get_field(name) for name in row.values]
+    columns = ", ".join(quote(f.column) for f in fields)
+    marks = ", ".join(f"%s::{f.cast_db_type(connection)}" for f in fields)
+    updates = ", ".join(
+        f"{quote(f.column)} = EXCLUDED.{quote(f.column)}" for f in fields if f.column != key.column
+    )
+    sql = (
+        f"INSERT INTO {meta.db_table} ({columns}) SELECT {marks} WHERE {when} "
+        f"ON CONFLICT ({quote(key.column)}) DO UPDATE SET {updates}"
+    )
+    values = [
+        f.get_db_prep_save(v, connection) for f, v in zip(fields, row.values.values(), strict=True)
+    ]
+    return sql, values
 
 
 def campaign_finish_if_done(*, campaign_id: int) -> bool:

@@ -44,7 +44,7 @@ from campaigns.models import (
 from campaigns.runs import run_claim, run_cleanup, run_fail, run_load
 from campaigns.secret_grants import secret_values_for_run
 from campaigns.services import sandboxes_terminate_live
-from campaigns.signals import variant_diff_stored
+from campaigns.signals import variant_diff_rows, variant_diff_stored
 from campaigns.states import (
     RunFailed,
     RunStopped,
@@ -112,6 +112,13 @@ class _Context:
         # The claim (or the hand-off) that gave us the run read its state a moment ago: the
         # first check asks the database a CHECK_EVERY_S later, as every other one does.
         self._checked_at = time.monotonic()
+        # PostgreSQL, no secrets: the lone variant's end, its diff's rows and the run's base
+        # commit are written by the run's end (`run_succeed`), in one statement.
+        self.one_statement = connection.vendor == "postgresql" and not self.spec["secrets"]
+        self.variant_final: tuple | None = None  # (variant id, fields), with `diff_rows`
+        self.diff_rows: list = []
+        self.run_fields: dict = {}
+        self.lone = False  # one variant, no snapshot and no baseline: one sandbox in all
 
     def check(self) -> None:
         """Stop if the run was cancelled or taken away. The database is asked at most every
@@ -246,7 +253,11 @@ def _prepare(
         if not run.base_commit:
             run.base_commit = commit
             step = "checked_out" if ctx.spec["setup"] else "prepared"
-            RepoRun.objects.filter(pk=run.pk).update(base_commit=commit, step=step)
+            if ctx.one_statement and ctx.lone and not ctx.spec["setup"]:
+                # Kept by the run's end: a run that ends otherwise checks out afresh.
+                ctx.run_fields = {"base_commit": commit}
+            else:
+                RepoRun.objects.filter(pk=run.pk).update(base_commit=commit, step=step)
         for i, step in enumerate(ctx.spec["setup"]):
             ctx.check()
             command, out = _exec(ctx, sandbox, step["run"], timeout_s=step.get("timeout_s"))
@@ -348,9 +359,12 @@ def _variant_start(variant: Variant, sandbox=None) -> bool:
     )
 
 
-def _variant_run(ctx: _Context, variant: Variant, snapshot, sandbox=None) -> None:
+def _variant_run(
+    ctx: _Context, variant: Variant, snapshot, sandbox=None, *, lone: bool = False
+) -> None:
     """Fork (or prepare), transform, capture the diff, validate. A given `sandbox` was
-    prepared for this variant, which `_prepare` started."""
+    prepared for this variant, which `_prepare` started. `lone`: the run's only variant, whose
+    end the run's end may write (`_Context.one_statement`)."""
 
     if sandbox is None and not _variant_start(variant):
         return
@@ -427,26 +441,35 @@ def _variant_run(ctx: _Context, variant: Variant, snapshot, sandbox=None) -> Non
             sandbox_terminate_soon(sandbox, "variant finished")
     if ctx.models:  # without a model variant there is no grant to revoke or explain
         result = agent_models.variant_model_finish(variant_id=variant.pk, result=result)
-    if result:
-        finished = timezone.now()
-        with transaction.atomic():
-            moved = variant_transition(
-                variant_id=variant.pk,
-                from_state=VariantState.RUNNING,
-                to_state=result.pop("state"),
-                finished_at=finished,
-                duration_ms=int((finished - started).total_seconds() * 1000),
-                **result,
-            )
-            if moved and "patch" in result:
-                variant_diff_stored.send(
-                    sender=Variant,
-                    variant_id=variant.pk,
-                    campaign_id=ctx.run.campaign_id,
-                    patch=bytes(result["patch"]),
-                    diff_sha256=result["diff_sha256"],
-                    secret_names=ctx.spec["secrets"],  # a launched spec never changes
-                )
+    if not result:
+        return
+    finished = timezone.now()
+    state = result.pop("state")
+    result |= {
+        "finished_at": finished,
+        "duration_ms": int((finished - started).total_seconds() * 1000),
+    }
+    diff = {}
+    if "patch" in result:
+        diff = {
+            "variant_id": variant.pk,
+            "campaign_id": ctx.run.campaign_id,
+            "patch": bytes(result["patch"]),
+            "diff_sha256": result["diff_sha256"],
+            "secret_names": ctx.spec["secrets"],  # a launched spec never changes
+        }
+    if lone and ctx.one_statement:
+        ctx.variant_final = (variant.pk, {"state": state, **result})
+        if diff:
+            answers = variant_diff_rows.send(sender=Variant, **diff)
+            ctx.diff_rows = [row for _, rows in answers for row in rows or ()]
+        return
+    with transaction.atomic():
+        moved = variant_transition(
+            variant_id=variant.pk, from_state=VariantState.RUNNING, to_state=state, **result
+        )
+        if moved and diff:
+            variant_diff_stored.send(sender=Variant, **diff)
 
 
 def _variants_ensure(run: RepoRun) -> list[Variant]:
@@ -498,6 +521,7 @@ def _run_pipeline(ctx: _Context) -> bool:
     if snapshot is None:
         ctx.check()
         snapshotting = can_snapshot and len(pending) + baseline_wanted(ctx) > 1
+        ctx.lone = len(pending) == 1 and not baseline_wanted(ctx)
         if snapshotting:
             base = _prepare(ctx, "run", run.pk)
         else:  # no fork: this sandbox serves the first variant, started with it
@@ -532,7 +556,7 @@ def _run_pipeline(ctx: _Context) -> bool:
             connection.close()
 
     if len(jobs) == 1:
-        _variant_run(ctx, jobs[0][0], snapshot, jobs[0][1])
+        _variant_run(ctx, jobs[0][0], snapshot, jobs[0][1], lone=ctx.lone)
         # Its one sandbox (this claim's only one) was terminated or handed to the teardown
         # thread before `_variant_run` returned, whatever its outcome.
         return snapshot is None and not baseline_wanted(ctx) and not run.resumed
@@ -585,7 +609,14 @@ def _run_carry(run: RepoRun, worker: str) -> tuple[str, int | None]:
     try:
         ctx = _Context(run, heartbeat, ahead)
         accounted = _run_pipeline(ctx)
-        final, next_id = run_succeed(run_id=run.pk, campaign_id=run.campaign_id, worker=worker)
+        final, next_id = run_succeed(
+            run_id=run.pk,
+            campaign_id=run.campaign_id,
+            worker=worker,
+            variant=ctx.variant_final,
+            rows=ctx.diff_rows,
+            run_fields=ctx.run_fields,
+        )
     except RunStopped as exc:
         outcome = f"stopped: {exc}"
     except RunFailed as exc:

@@ -2,7 +2,7 @@
 
 from django.apps import AppConfig
 
-from campaigns.signals import variant_diff_stored
+from campaigns.signals import variant_diff_rows, variant_diff_stored
 
 
 class ReviewConfig(AppConfig):
@@ -12,8 +12,11 @@ class ReviewConfig(AppConfig):
     def ready(self) -> None:
         # Imported here, not at the top: the receiver's service needs the models, which Django
         # loads only after every app config.
-        from review.receivers import variant_digest_on_diff_stored
+        from review.receivers import variant_digest_on_diff_stored, variant_digest_rows_on_diff
 
         variant_diff_stored.connect(
             variant_digest_on_diff_stored, dispatch_uid="review.variant_digest"
+        )
+        variant_diff_rows.connect(
+            variant_digest_rows_on_diff, dispatch_uid="review.variant_digest_rows"
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from django.db.models import F, Q
 
 from campaigns.models import Campaign, Variant, VariantState
+from campaigns.signals import DiffRow
 from review.diffs import CHANGE_LINES_KEPT, diff_changes, diff_group_key
 from review.groups import change_files, change_summary
 from review.models import VariantDigest
@@ -26,24 +27,39 @@ def digest_fields(patch: bytes) -> dict:
     }
 
 
+def variant_digest_row(
+    *, variant_id: int, campaign_id: int, patch: bytes, diff_sha256: str
+) -> DiffRow:
+    """The digest row a variant's new diff gets: a variant that changed nothing has none (so it
+    is in no group), and a rerun's diff replaces the earlier one's."""
+    if not diff_sha256:
+        return DiffRow(model=VariantDigest, key="variant", key_value=variant_id)
+    fields = {"campaign_id": campaign_id, "diff_sha256": diff_sha256, **digest_fields(patch)}
+    return DiffRow(
+        model=VariantDigest,
+        key="variant",
+        key_value=variant_id,
+        values={"variant_id": variant_id, **fields},
+    )
+
+
 def variant_digest_store(
     *, variant_id: int, campaign_id: int, patch: bytes, diff_sha256: str
 ) -> None:
-    """Keep the digest of a variant's new diff (in the caller's transaction).
-
-    A variant that changed nothing has no digest, so it is in no group.
-    """
-    if not diff_sha256:
+    """Keep the digest of a variant's new diff (in the caller's transaction)."""
+    row = variant_digest_row(
+        variant_id=variant_id, campaign_id=campaign_id, patch=patch, diff_sha256=diff_sha256
+    )
+    if row.values is None:
         VariantDigest.objects.filter(variant_id=variant_id).delete()
         return
-    fields = {"campaign_id": campaign_id, "diff_sha256": diff_sha256, **digest_fields(patch)}
     # One upsert (INSERT ... ON CONFLICT) where update_or_create took two savepoints, a locking
     # read and a write: this runs once per stored diff.
     VariantDigest.objects.bulk_create(
-        [VariantDigest(variant_id=variant_id, **fields)],
+        [VariantDigest(**row.values)],
         update_conflicts=True,
         unique_fields=["variant"],
-        update_fields=list(fields),
+        update_fields=[name for name in row.values if name != "variant_id"],
     )
 
 

@@ -1,0 +1,95 @@
+"""A lone variant's end in its run's end (PostgreSQL, a campaign without secrets): the variant's
+result, its diff's review digest and the run's base commit are written by the statement that
+ends the run, and exactly as the transaction would have written them."""
+
+import subprocess
+
+import pytest
+from django.db import connection
+
+from campaigns.dispatch import run_succeed
+from campaigns.models import RepoRun, RunState, Variant, VariantState
+from campaigns.pipeline import run_execute
+from campaigns.services import campaign_create, campaign_launch
+from campaigns.signals import DiffRow
+from review.digests import digest_fields
+from review.models import VariantDigest
+from tests.campaigns.test_run_queries import SED_SPEC
+from tests.factories import campaign_make, patch_for, repos_make, run_make
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_the_run_end_stores_the_variant_its_digest_and_the_base_commit(manager):
+    assert connection.vendor == "postgresql"
+    tag, paths = repos_make(1)
+    campaign = campaign_create(actor=manager, source=SED_SPEC.format(tag=tag))
+    campaign = campaign_launch(campaign=campaign, actor=manager)
+    run = RepoRun.objects.get(campaign=campaign)
+
+    assert run_execute(run_id=run.pk) == "succeeded"
+
+    run.refresh_from_db()
+    head = subprocess.run(
+        ["git", "-C", str(paths[0]), "rev-parse", "main"], capture_output=True, text=True
+    ).stdout.strip()
+    assert (run.state, run.step, run.base_commit) == (RunState.SUCCEEDED, "done", head)
+    variant = run.variants.get()
+    assert variant.state == VariantState.COMPLETED
+    assert (variant.files_changed, variant.insertions) == (1, 2)
+    assert variant.finished_at and variant.duration_ms is not None
+    digest = VariantDigest.objects.get(variant=variant)
+    assert digest.campaign_id == campaign.pk
+    assert digest.diff_sha256 == variant.diff_sha256
+    expected = digest_fields(bytes(variant.patch))
+    assert {k: getattr(digest, k) for k in expected} == expected
+
+
+def _running(manager):
+    campaign = campaign_make(owner=manager, variants=("a",))
+    run = run_make(campaign=campaign, state=RunState.RUNNING)
+    RepoRun.objects.filter(pk=run.pk).update(worker="w1")
+    variant = Variant.objects.create(run=run, name="a", state=VariantState.RUNNING)
+    return campaign, run, variant
+
+
+def test_the_digest_is_written_only_if_the_variant_moved(manager):
+    patch = patch_for("a.py", "x", "y")
+    campaign, run, variant = _running(manager)
+    Variant.objects.filter(pk=variant.pk).update(state=VariantState.CANCELLED)  # a cancel won
+    row = DiffRow(
+        model=VariantDigest,
+        key="variant",
+        key_value=variant.pk,
+        values={
+            "variant_id": variant.pk,
+            "campaign_id": campaign.pk,
+            "diff_sha256": "a" * 64,
+            **digest_fields(patch),
+        },
+    )
+    final = {"state": VariantState.COMPLETED, "patch": patch, "diff_sha256": "a" * 64}
+
+    moved, _ = run_succeed(
+        run_id=run.pk, campaign_id=campaign.pk, worker="w1", variant=(variant.pk, final), rows=[row]
+    )
+
+    assert moved  # the run's own end does not depend on its variant's
+    assert Variant.objects.get(pk=variant.pk).state == VariantState.CANCELLED
+    assert not VariantDigest.objects.filter(variant=variant).exists()
+
+
+def test_a_rerun_without_changes_drops_the_earlier_digest(manager):
+    campaign, run, variant = _running(manager)
+    VariantDigest.objects.create(
+        variant=variant, campaign=campaign, diff_sha256="b" * 64, group_key="g", summary="old"
+    )
+    final = {"state": VariantState.COMPLETED, "patch": b"", "diff_sha256": ""}
+    row = DiffRow(model=VariantDigest, key="variant", key_value=variant.pk)
+
+    run_succeed(
+        run_id=run.pk, campaign_id=campaign.pk, worker="w1", variant=(variant.pk, final), rows=[row]
+    )
+
+    assert Variant.objects.get(pk=variant.pk).state == VariantState.COMPLETED
+    assert not VariantDigest.objects.filter(variant=variant).exists()
