@@ -26,6 +26,7 @@ from campaigns.models import (
     Campaign,
     CampaignState,
     RepoRun,
+    Repository,
     RunState,
     RunTransition,
     Variant,
@@ -212,7 +213,7 @@ def _handoff_ctes(also: str = "") -> str:
             UPDATE {runs} SET state = %s, queued_at = %s, worker = %s, heartbeat_at = %s,
                 started_at = %s
             FROM next WHERE {runs}.id = next.id AND {runs}.state = %s
-            RETURNING {runs}.id, {runs}.campaign_id
+            RETURNING {runs}.*
         ), noted AS (
             INSERT INTO {transitions} (run_id, campaign_id, from_state, to_state, at)
             SELECT id, campaign_id, %s, %s, %s FROM moved
@@ -246,9 +247,11 @@ def run_succeed(
     variant: tuple[int, dict] | None = None,
     rows: Sequence[DiffRow] = (),
     run_fields: dict | None = None,
-) -> tuple[bool, int | None]:
+) -> tuple[bool, int | None, RepoRun | None]:
     """Move the run from running to succeeded and hand the slot it frees on (`slot_handoff`),
-    together: (whether this call moved it, the run the slot went to, if any).
+    together: (whether this call moved it, the id of the run the slot went to, if any, and on
+    PostgreSQL that run loaded, with its repository and `campaign_launched_at`, as
+    `runs.run_load` needs it).
 
     On PostgreSQL one statement does both moves and their transition rows (the hand-off only
     if the run moved: the row lock its UPDATE takes and its re-check of the state let one
@@ -265,8 +268,8 @@ def run_succeed(
             if not run_transition(
                 run_id=run_id, from_state=RunState.RUNNING, to_state=RunState.SUCCEEDED, **done
             ):
-                return False, None
-            return True, slot_handoff(campaign_id=campaign_id, worker=worker)
+                return False, None, None
+            return True, slot_handoff(campaign_id=campaign_id, worker=worker), None
     runs, transitions = RepoRun._meta.db_table, RunTransition._meta.db_table
     running, succeeded = RunState.RUNNING, RunState.SUCCEEDED
     # Our table and column names only (S608); every value is a parameter.
@@ -290,12 +293,44 @@ def run_succeed(
     ctes.append(f"done_noted AS ({noted} SELECT id, campaign_id, %s, %s, %s FROM done)")  # noqa: S608
     params += [running, succeeded, now]
     handoff = _handoff_ctes(also="AND EXISTS (SELECT 1 FROM done)")
-    result = "SELECT (SELECT count(*) FROM done), (SELECT id FROM moved)"
+    # The run the slot went to, as `runs.run_load` loads it: its row as the hand-off left it,
+    # its repository, its campaign's launch time.
+    run_columns, repo_columns = RepoRun._meta.concrete_fields, Repository._meta.concrete_fields
+    quote = connection.ops.quote_name
+    columns = ", ".join(
+        [f"m.{quote(f.column)}" for f in run_columns]
+        + [f"p.{quote(f.column)}" for f in repo_columns]
+        + ["c.launched_at"]
+    )
+    repos, campaigns = Repository._meta.db_table, Campaign._meta.db_table
+    result = (
+        f"SELECT (SELECT count(*) FROM done), {columns} FROM (SELECT 1) AS one "  # noqa: S608
+        f"LEFT JOIN moved m ON true LEFT JOIN {repos} p ON p.id = m.repository_id "
+        f"LEFT JOIN {campaigns} c ON c.id = m.campaign_id"
+    )
     sql = f"WITH {', '.join(ctes)}, {handoff} {result}"
     with connection.cursor() as cursor:
         cursor.execute(sql, [*params, *_handoff_params(campaign_id, worker, now)])
-        moved, next_id = cursor.fetchone()
-    return bool(moved), next_id
+        moved, *row = cursor.fetchone()
+    if row[0] is None:
+        return bool(moved), None, None
+    run = _from_row(RepoRun, run_columns, row[: len(run_columns)], alias="m")
+    run.repository = _from_row(Repository, repo_columns, row[len(run_columns) : -1], alias="p")
+    run.campaign_launched_at = row[-1]
+    return bool(moved), run.pk, run
+
+
+def _from_row(model, fields, values, *, alias: str):
+    """A model instance from raw column values, converted as the ORM converts its own."""
+    converted = []
+    for field, value in zip(fields, values, strict=True):
+        column = field.get_col(alias)
+        for converter in connection.ops.get_db_converters(column) + field.get_db_converters(
+            connection
+        ):
+            value = converter(value, column, connection)
+        converted.append(value)
+    return model.from_db(connection.alias, [f.attname for f in fields], converted)
 
 
 def _assignments(model, fields: dict) -> tuple[str, list]:

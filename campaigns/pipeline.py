@@ -41,7 +41,7 @@ from campaigns.models import (
     Variant,
     VariantState,
 )
-from campaigns.runs import run_claim, run_cleanup, run_fail, run_load
+from campaigns.runs import run_claim, run_cleanup, run_fail, run_load, run_loaded
 from campaigns.secret_grants import secret_values_for_run
 from campaigns.services import sandboxes_terminate_live
 from campaigns.signals import variant_diff_rows, variant_diff_stored
@@ -582,14 +582,16 @@ def run_execute(*, run_id: int) -> str:
     run = run_claim(run_id, worker)
     if run is None:
         return "not queued"
-    outcome, next_id = _run_carry(run, worker)
+    outcome, next_id, handed = _run_carry(run, worker)
     while next_id is not None:
-        _, next_id = _run_carry(run_load(next_id, resumed=False), worker)
+        run = run_loaded(handed) if handed is not None else run_load(next_id, resumed=False)
+        _, next_id, handed = _run_carry(run, worker)
     return outcome
 
 
-def _run_carry(run: RepoRun, worker: str) -> tuple[str, int | None]:
-    """One claimed run, start to end: (how it ended, the run it handed its slot to)."""
+def _run_carry(run: RepoRun, worker: str) -> tuple[str, int | None, RepoRun | None]:
+    """One claimed run, start to end: (how it ended, the run it handed its slot to, that run
+    loaded if the hand-off loaded it)."""
 
     heartbeat = RunHeartbeat(run.pk, worker)
     heartbeat.start()
@@ -597,6 +599,7 @@ def _run_carry(run: RepoRun, worker: str) -> tuple[str, int | None]:
     outcome = "succeeded"
     accounted = False  # every sandbox the run made is ended or queued for teardown
     next_id = None  # the campaign's next run, which the freed slot went to
+    handed = None  # that run, loaded by the statement that handed it the slot
     final = False  # this call moved the run to a final state
     started = run.started_at
     ahead = checkout_ahead(
@@ -609,7 +612,7 @@ def _run_carry(run: RepoRun, worker: str) -> tuple[str, int | None]:
     try:
         ctx = _Context(run, heartbeat, ahead)
         accounted = _run_pipeline(ctx)
-        final, next_id = run_succeed(
+        final, next_id, handed = run_succeed(
             run_id=run.pk,
             campaign_id=run.campaign_id,
             worker=worker,
@@ -660,4 +663,4 @@ def _run_carry(run: RepoRun, worker: str) -> tuple[str, int | None]:
     if outcome != "requeued" and next_id is None:
         campaign_finish_if_done(campaign_id=run.campaign_id)
         runs_dispatch()
-    return outcome, next_id
+    return outcome, next_id, handed

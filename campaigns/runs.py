@@ -61,6 +61,12 @@ def run_load(run_id: int, *, resumed: bool) -> RepoRun:
         .annotate(campaign_launched_at=F("campaign__launched_at"))
         .get(pk=run_id)
     )
+    return run_loaded(run, resumed=resumed)
+
+
+def run_loaded(run: RepoRun, *, resumed: bool = False) -> RepoRun:
+    """A run read with its repository and `campaign_launched_at` (here, or by the statement
+    that handed it a slot: `dispatch.run_succeed`), made ready for the pipeline."""
     run.campaign = _campaign_launched(run.campaign_id, run.campaign_launched_at)
     run.resumed = resumed  # an earlier claim of this attempt may have left work behind
     run.snapshotting = False  # set once this claim starts a snapshot

@@ -10,6 +10,7 @@ from django.db import connection
 from campaigns.dispatch import run_succeed
 from campaigns.models import RepoRun, RunState, Variant, VariantState
 from campaigns.pipeline import run_execute
+from campaigns.runs import run_load
 from campaigns.services import campaign_create, campaign_launch
 from campaigns.signals import DiffRow
 from review.digests import digest_fields
@@ -70,7 +71,7 @@ def test_the_digest_is_written_only_if_the_variant_moved(manager):
     )
     final = {"state": VariantState.COMPLETED, "patch": patch, "diff_sha256": "a" * 64}
 
-    moved, _ = run_succeed(
+    moved, _, _ = run_succeed(
         run_id=run.pk, campaign_id=campaign.pk, worker="w1", variant=(variant.pk, final), rows=[row]
     )
 
@@ -93,3 +94,21 @@ def test_a_rerun_without_changes_drops_the_earlier_digest(manager):
 
     assert Variant.objects.get(pk=variant.pk).state == VariantState.COMPLETED
     assert not VariantDigest.objects.filter(variant=variant).exists()
+
+
+def test_the_run_handed_the_slot_comes_back_loaded_as_run_load_loads_it(manager):
+    campaign, run, _ = _running(manager)
+    pending = run_make(campaign=campaign, state=RunState.PENDING)
+    RepoRun.objects.filter(pk=pending.pk).update(step="")
+
+    moved, next_id, handed = run_succeed(run_id=run.pk, campaign_id=campaign.pk, worker="w1")
+
+    assert moved and next_id == pending.pk
+    loaded = run_load(next_id, resumed=False)
+    assert handed is not None and handed.pk == loaded.pk
+    fields = [f.attname for f in RepoRun._meta.concrete_fields]
+    assert {f: getattr(handed, f) for f in fields} == {f: getattr(loaded, f) for f in fields}
+    assert (handed.state, handed.worker) == (RunState.RUNNING, "w1")
+    assert handed.repository.url == loaded.repository.url
+    assert handed.repository.tags == loaded.repository.tags
+    assert handed.campaign_launched_at == loaded.campaign_launched_at == campaign.launched_at

@@ -160,9 +160,10 @@ def test_one_run_with_two_variants_on_bwrap_stays_within_its_statement_budget(
 # of the state serves as the first cancellation check, the run's success and the hand-off of its
 # slot to the campaign's next run are one statement (were BEGIN, two, COMMIT), and a run whose
 # one sandbox went to the teardown thread does not look for live ones at its end. Since then
-# (about 11.7 a run): on PostgreSQL, for a campaign without secrets, the lone variant's end, its
+# (about 11 a run): on PostgreSQL, for a campaign without secrets, the lone variant's end, its
 # diff's review digest and the run's base commit go into that statement too (were BEGIN, the
-# variant, the digest, COMMIT, and the base commit's own UPDATE after the checkout).
+# variant, the digest, COMMIT, and the base commit's own UPDATE after the checkout), and it
+# returns the next run loaded (was a SELECT).
 SED_SPEC = """\
 name: sed-queries
 backend: bwrap
