@@ -191,6 +191,34 @@ def test_a_diff_holding_a_secret_is_flagged_masked_and_held_back(
         change_publish(run=run, actor=reviewer)
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_run_that_writes_a_secret_into_its_diff_has_it_flagged(stored, manager, admin_user):
+    """Through the executor: the lone variant's diff and its scan are stored together (a
+    campaign with secrets never takes the one-statement end, which has no scan)."""
+    from campaigns.models import RepoRun
+    from campaigns.pipeline import run_execute
+    from campaigns.services import campaign_launch
+
+    secret_grant(name="API_TOKEN", manager=manager, actor=admin_user)
+    tag, _ = repos_make(1)
+    source = (
+        f"name: leaks\nbackend: bwrap\nrepos: {{tag: {tag}}}\nsecrets: [API_TOKEN]\n"
+        'transform: {run: "printf \'token: %s\\\\n\' \\"$API_TOKEN\\" > ci.yml"}\n'
+    )
+    campaign = campaign_launch(
+        campaign=campaign_create(actor=manager, source=source), actor=manager
+    )
+    run = RepoRun.objects.get(campaign=campaign)
+
+    assert run_execute(run_id=run.pk) == "succeeded"
+
+    variant = run.variants.get()
+    assert variant.state == "completed" and variant.files_changed == 1, variant.error
+    leak = SecretLeak.objects.get(variant=variant)
+    assert leak.names == ["API_TOKEN"] and leak.forms == ["plain"]
+    assert AuditEvent.objects.filter(action="secret.leak.found").count() == 1
+
+
 def test_argv_is_stored_and_audited_with_secrets_masked(db):
     from sandboxes.backends.base import SandboxSpec
     from sandboxes.services import sandbox_create, sandbox_exec, sandbox_terminate
