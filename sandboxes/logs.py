@@ -36,10 +36,10 @@ COMMAND_CAP_BYTES = 8 * 1024 * 1024  # per command; past it a marker line says w
 BATCH_MAX_LINES = 2000
 BATCH_MAX_CHARS = 512 * 1024
 BATCH_MAX_DELAY_S = 0.015  # latency budget of a quiet command's line before it is written
-# A command's header line ("$ argv") waits this long for the command's first output, so that a
-# quick command's header and output are one batch (one transaction), not two. The command
-# itself shows on the sandbox page from its row, written before it starts.
-HEADER_HOLD_S = 0.2
+# A command's header line ("$ argv") is written like any other line, BATCH_MAX_DELAY_S after
+# the command starts or with its first output if that comes sooner. It used to wait up to 0.2 s
+# for that output (one batch instead of two), but then a command that printed nothing, like a
+# codemod, ended with the header's write on its path: close() waits until everything is stored.
 SMALL_BATCH_LINES = 200  # up to this many lines a batch is one statement; past it, COPY
 
 
@@ -161,7 +161,6 @@ class LogCapture:
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self._closed = False
-        self._header_held = False
         self._error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         if threaded is None:
@@ -174,9 +173,6 @@ class LogCapture:
             _writer_pool.submit(self._writer)
         if argv is not None or header is not None:
             self.system(f"$ {header if header is not None else shlex.join(argv or ())}")
-            with self._lock:
-                self._oldest += HEADER_HOLD_S - BATCH_MAX_DELAY_S
-                self._header_held = True
 
     # -- feeding (the command's thread) --
     def feed(self, stream: str, data: bytes) -> None:
@@ -225,11 +221,6 @@ class LogCapture:
             was_empty = not self._pending
             if was_empty:
                 self._oldest = now
-                self._header_held = False
-            elif self._header_held:  # output came: the held header goes with it, on time
-                self._header_held = False
-                self._oldest = min(self._oldest, now)
-                was_empty = True  # wake the writer to its normal deadline
             self._pending.extend(zip(repeat(stream), texts, repeat(stamp)))
             self._pending_chars += sum(map(len, texts))
             full = len(self._pending) >= BATCH_MAX_LINES or self._pending_chars >= BATCH_MAX_CHARS

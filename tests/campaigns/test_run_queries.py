@@ -31,7 +31,8 @@ from tests.factories import repos_make, spec_for
 pytestmark = pytest.mark.django_db(transaction=True)
 
 # Before issue 20's changes this run took 236 statements (measured with this test at the
-# commit before them); the acceptance point is at most half of that. It now takes 77-86: each
+# commit before them); the acceptance point is at most half of that. It now takes about 82 (a
+# command's header is its own log batch when its output comes later than 15 ms): each
 # sandbox state change and each command's start and finish is one statement together with its
 # audit event (no BEGIN/COMMIT around two statements), and so is each run transition with its
 # transition row (docs/benchmarks.md). Two parts depend
