@@ -10,10 +10,11 @@ sends it to the page's socket (sandboxes.page_socket), after the row is committe
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.db import transaction
+from django.db import connection, transaction
 from django.template.loader import render_to_string
 
 from campaigns.models import Campaign, RepoRun, Variant
@@ -111,14 +112,23 @@ def sandbox_commands_push(*, sandbox_id: int) -> None:
     )
 
 
+# Pushes leave the command's path: one thread per process sends them, in order (each renders
+# the table as it is when sent, so a late one is never older than the one before it).
+_pusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convoy-push")
+
+
 def sandbox_command_saved(sender, instance, **kwargs) -> None:
-    """post_save of a SandboxCommand (started or finished): push once it is committed. A push
-    that fails is logged; it never disturbs the command."""
+    """post_save of a SandboxCommand (started or finished): push once it is committed, from
+    the push thread (even asking whether anyone watches is a Redis round trip). A push that
+    fails is logged; it never disturbs the command."""
+    sandbox_id = instance.sandbox_id
 
     def push() -> None:
         try:
-            sandbox_commands_push(sandbox_id=instance.sandbox_id)
+            sandbox_commands_push(sandbox_id=sandbox_id)
         except Exception:
-            logger.exception("could not push the commands of sandbox %s", instance.sandbox_id)
+            logger.exception("could not push the commands of sandbox %s", sandbox_id)
+        finally:
+            connection.close()  # a render reads the database: no connection kept between
 
-    transaction.on_commit(push)
+    transaction.on_commit(lambda: _pusher.submit(push))
