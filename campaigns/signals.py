@@ -9,9 +9,9 @@ back with it.
 run's end are one statement: `campaigns.dispatch.run_succeed`): sent with the same arguments
 before the diff is stored, a receiver returns the rows it would have written (`DiffRow`s), and
 they are written in that statement, only if the variant's diff is. A receiver of
-`variant_diff_stored` that writes must answer it with the same rows (the receivers' test checks
-both give the same result); campaigns' own secret scan is not a receiver of either here: a
-campaign with secrets always takes the transaction.
+`variant_diff_stored` that writes must answer it with the same rows (review's digest does:
+`tests/campaigns/test_run_end_statement.py`). Campaigns' own secret scan answers only the
+first: a campaign with secrets always takes the transaction.
 """
 
 from __future__ import annotations
