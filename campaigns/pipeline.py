@@ -359,12 +359,10 @@ def _variant_start(variant: Variant, sandbox=None) -> bool:
     )
 
 
-def _variant_run(
-    ctx: _Context, variant: Variant, snapshot, sandbox=None, *, lone: bool = False
-) -> None:
+def _variant_run(ctx: _Context, variant: Variant, snapshot, sandbox=None) -> None:
     """Fork (or prepare), transform, capture the diff, validate. A given `sandbox` was
-    prepared for this variant, which `_prepare` started. `lone`: the run's only variant, whose
-    end the run's end may write (`_Context.one_statement`)."""
+    prepared for this variant, which `_prepare` started. The run's lone variant (`ctx.lone`)
+    leaves its end to the run's end where it can (`_Context.one_statement`)."""
 
     if sandbox is None and not _variant_start(variant):
         return
@@ -458,7 +456,7 @@ def _variant_run(
             "diff_sha256": result["diff_sha256"],
             "secret_names": ctx.spec["secrets"],  # a launched spec never changes
         }
-    if lone and ctx.one_statement:
+    if ctx.lone and ctx.one_statement:
         ctx.variant_final = (variant.pk, {"state": state, **result})
         if diff:
             answers = variant_diff_rows.send(sender=Variant, **diff)
@@ -556,7 +554,7 @@ def _run_pipeline(ctx: _Context) -> bool:
             connection.close()
 
     if len(jobs) == 1:
-        _variant_run(ctx, jobs[0][0], snapshot, jobs[0][1], lone=ctx.lone)
+        _variant_run(ctx, jobs[0][0], snapshot, jobs[0][1])
         # Its one sandbox (this claim's only one) was terminated or handed to the teardown
         # thread before `_variant_run` returned, whatever its outcome.
         return snapshot is None and not baseline_wanted(ctx) and not run.resumed
