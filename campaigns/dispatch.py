@@ -204,11 +204,17 @@ def _handoff_ctes(also: str = "") -> str:
     Parameters: `_handoff_params`."""
     runs, campaigns = RepoRun._meta.db_table, Campaign._meta.db_table
     transitions = RunTransition._meta.db_table
+    # The pick probes the partial index `run_pending_handoff` (models.RepoRun): ordered by
+    # `id + 0`, which only that index provides, and with `pending` written into the statement,
+    # not bound, so that a prepared statement's generic plan can use the partial index too.
+    # By id, the planner chose the primary key and walked past every finished run: the
+    # hand-off grew slower with each run the campaign finished.
+    pending = RunState.PENDING.value  # a literal of our own: safe in the statement's text
     return f"""
         next AS (
             SELECT r.id FROM {runs} r JOIN {campaigns} c ON c.id = r.campaign_id
-            WHERE r.campaign_id = %s AND r.state = %s AND c.state = ANY(%s) {also}
-            ORDER BY r.id LIMIT 1 FOR UPDATE OF r SKIP LOCKED
+            WHERE r.campaign_id = %s AND r.state = '{pending}' AND c.state = ANY(%s) {also}
+            ORDER BY r.id + 0 LIMIT 1 FOR UPDATE OF r SKIP LOCKED
         ), moved AS (
             UPDATE {runs} SET state = %s, queued_at = %s, worker = %s, heartbeat_at = %s,
                 started_at = %s
@@ -224,7 +230,7 @@ def _handoff_ctes(also: str = "") -> str:
 def _handoff_params(campaign_id: int, worker: str, now) -> list:
     pending, queued, running = RunState.PENDING, RunState.QUEUED, RunState.RUNNING
     dispatching = [str(state) for state in DISPATCH_STATES]
-    params = [campaign_id, pending, dispatching, running, now, worker, now, now, pending]
+    params = [campaign_id, dispatching, running, now, worker, now, now, pending]
     return [*params, pending, queued, now, queued, running, now]
 
 

@@ -165,6 +165,17 @@ class RepoRun(models.Model):
                 condition=models.Q(state="pending"),
                 name="run_pending_by_campaign",
             ),
+            # The same for the run end's hand-off (`dispatch._handoff_ctes`), ordered by
+            # `id + 0` so that no other index can serve its ORDER BY. By id, PostgreSQL's
+            # planner still chose the primary key while many runs were pending, and walked
+            # past every finished one: its run-end statement went from 6 to 41 ms over a
+            # 10,000-run campaign (docs/benchmarks.md).
+            models.Index(
+                models.F("campaign"),
+                models.F("id") + 0,
+                condition=models.Q(state="pending"),
+                name="run_pending_handoff",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -221,6 +221,8 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
 else:
     # One database per test run, so parallel runs on one machine never collide.
     _db["TEST"] = {"NAME": f"test_convoy_{os.getpid()}"}
+    # Django's backend, whose connections make their cached plans again as tables grow.
+    _db["ENGINE"] = "core.postgres"
     if envbool("CONVOY_DB_PREPARED", True):
         # Parameters bound by the server, and a statement run five times on a connection is
         # prepared: a worker sends the same few statements for every run, so PostgreSQL parses

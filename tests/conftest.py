@@ -21,7 +21,7 @@ ARTIFACTS = ROOT / "test-artifacts"
 
 def pytest_report_header(config):
     db = settings.DATABASES["default"]
-    engine = "PostgreSQL" if "postgresql" in db["ENGINE"] else "SQLite"
+    engine = "SQLite" if db["ENGINE"].endswith("sqlite3") else "PostgreSQL"
     redis = (
         f"Redis {settings.REDIS_URL} prefix {settings.REDIS_PREFIX}"
         if settings.REDIS_URL

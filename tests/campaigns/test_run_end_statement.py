@@ -112,3 +112,28 @@ def test_the_run_handed_the_slot_comes_back_loaded_as_run_load_loads_it(manager)
     assert handed.repository.url == loaded.repository.url
     assert handed.repository.tags == loaded.repository.tags
     assert handed.campaign_launched_at == loaded.campaign_launched_at == campaign.launched_at
+
+
+def test_the_hand_off_probes_the_pending_runs_index_however_many_runs_finished(manager):
+    """The slot goes to the lowest pending id, found in the partial index of pending runs: not
+    by walking the primary key past every finished run (that walk grew with the campaign)."""
+    from campaigns.dispatch import _handoff_ctes, _handoff_params, slot_handoff
+    from campaigns.models import Repository
+
+    campaign = campaign_make(owner=manager, variants=("a",))
+    repos = Repository.objects.bulk_create(
+        Repository(url=f"file:///srv/git/many-{i}.git", name=f"many-{i}") for i in range(2000)
+    )
+    states = [RunState.SUCCEEDED] * 1900 + [RunState.PENDING] * 100  # finished first, as runs go
+    runs = RepoRun.objects.bulk_create(
+        RepoRun(campaign=campaign, repository=repo, ref="main", state=state)
+        for repo, state in zip(repos, states, strict=True)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {RepoRun._meta.db_table}")
+        sql = f"WITH {_handoff_ctes()} SELECT id FROM moved"  # noqa: S608 (our own statement)
+        cursor.execute(f"EXPLAIN {sql}", _handoff_params(campaign.pk, "w1", campaign.launched_at))
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+
+    assert "run_pending_handoff" in plan, plan
+    assert slot_handoff(campaign_id=campaign.pk, worker="w1") == runs[1900].pk
