@@ -26,9 +26,10 @@ IDLE_CLOSE_S = 1.0  # an idle thread closes its database connection (it holds no
 
 
 def sandbox_terminate_logged(sandbox, reason: str) -> None:
-    """Terminate now; a failure is logged, not raised (the reaper retries it)."""
+    """Terminate now; a failure is logged, not raised (the reaper retries it). The instance is
+    the run's own (`fresh`): its record is not read again first."""
     try:
-        sandbox_terminate(sandbox=sandbox, reason=reason)
+        sandbox_terminate(sandbox=sandbox, reason=reason, fresh=True)
     except Exception:
         logger.exception("could not terminate sandbox %s", sandbox.pk)
 

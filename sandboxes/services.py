@@ -74,6 +74,20 @@ def backend_get(name: str | None = None) -> SandboxBackend:
     return _backends[name]
 
 
+def backends_warm() -> list[str]:
+    """Make the local engines installed here (their modules, bwrap's seccomp filter, runsc's
+    platforms) before a worker process takes its first run; the names made. One that cannot
+    be made is skipped: the runs that ask for it say why."""
+    made = []
+    for name in ("bwrap", "gvisor"):
+        try:
+            backend_get(name)
+        except SandboxError:
+            continue
+        made.append(name)
+    return made
+
+
 def sandbox_handle(sandbox: Sandbox) -> SandboxHandle:
     """What the engine knows the sandbox by."""
     return SandboxHandle(sandbox.backend, sandbox.external_id, sandbox.labels)
@@ -446,15 +460,25 @@ def snapshot_delete(*, snapshot: SandboxSnapshot) -> None:
 
 
 # --- terminate and reap -------------------------------------------------------------------------
-def sandbox_terminate(*, sandbox: Sandbox, reason: str, actor=None) -> Sandbox:
-    """Stop the sandbox and free its workspace; a second call changes nothing."""
-    sandbox.refresh_from_db(fields=["state", "external_id"])
+def sandbox_terminate(*, sandbox: Sandbox, reason: str, actor=None, fresh: bool = False) -> Sandbox:
+    """Stop the sandbox and free its workspace; a second call changes nothing.
+
+    `fresh`: the caller's instance is the one its run created and ran commands in, so its
+    state and engine id need no SELECT first (the teardown of a finished variant). If a person
+    or the reaper ended it meanwhile, the engine's terminate is repeated (the engines' is
+    idempotent) and the record's update, conditional on a live state, writes nothing."""
+    if not fresh:
+        sandbox.refresh_from_db(fields=["state", "external_id"])
     if sandbox.state not in LIVE_STATES:
         return sandbox
     if sandbox.external_id:
         try:
             backend_get(sandbox.backend).terminate(sandbox_handle(sandbox))
         except SandboxError as exc:
+            if fresh:  # ended elsewhere meanwhile? then there is nothing left to do
+                sandbox.refresh_from_db(fields=["state", "external_id"])
+                if sandbox.state not in LIVE_STATES:
+                    return sandbox
             raise SandboxUnavailable(f"Could not terminate sandbox {sandbox.pk}: {exc}") from exc
     egress_release(sandbox)
     sandbox_terminated_record(sandbox, reason=reason, actor=actor)

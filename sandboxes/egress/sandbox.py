@@ -115,7 +115,10 @@ def egress_attach(spec: SandboxSpec, engine: SandboxBackend, *, sandbox: Sandbox
 
 def egress_release(sandbox: Sandbox) -> None:
     """Close the sandbox's socket (its open connections end and are reported), wait for their
-    audit events, and remove its socket directory wherever a worker made it; idempotent."""
+    audit events, and remove its socket directory wherever a worker made it; idempotent. A
+    sandbox made without an allowlist never had either."""
+    if sandbox.network != NetworkPolicy.ALLOWLIST:
+        return
     key = sandbox_key(sandbox)
     proxy = egress_proxy_if_running()
     if proxy is not None and key in proxy.sandbox_keys():

@@ -2,6 +2,8 @@
 once the worker's last run returns, every sandbox is terminated, recorded and its workspace
 gone, before the campaign completes."""
 
+import json
+
 import pytest
 
 from audit.models import AuditEvent
@@ -64,3 +66,28 @@ def test_a_finished_variants_sandbox_is_left_to_the_teardown_thread(transactiona
 
 def runs_ids(campaign) -> list[int]:
     return list(RepoRun.objects.filter(campaign=campaign).values_list("pk", flat=True))
+
+
+def test_a_sandbox_a_person_ended_before_its_teardown_keeps_their_record(db, manager):
+    """The teardown thread does not read the run's sandbox again (`fresh`): one a person
+    terminated meanwhile is left as they ended it, with one `terminated` event, theirs."""
+    from campaigns.teardown import sandbox_terminate_logged
+    from sandboxes.backends.base import SandboxSpec
+    from sandboxes.services import sandbox_create, sandbox_terminate
+
+    run_copy = sandbox_create(spec=SandboxSpec(), backend="bwrap")
+    sandbox_terminate(
+        sandbox=Sandbox.objects.get(pk=run_copy.pk), reason="stopped by hand", actor=manager
+    )
+    assert run_copy.state == SandboxState.RUNNING  # what the run still holds
+
+    sandbox_terminate_logged(run_copy, "variant finished")
+
+    record = Sandbox.objects.get(pk=run_copy.pk)
+    assert (record.state, record.terminated_reason) == (SandboxState.TERMINATED, "stopped by hand")
+    assert record.terminated_by == manager
+    events = AuditEvent.objects.filter(
+        action="sandbox.sandbox.terminated", target_id=str(run_copy.pk)
+    )
+    assert [json.loads(e.body)["reason"] for e in events] == ["stopped by hand"]
+    assert not backend_get("bwrap").workspace_path(sandbox_handle(run_copy)).exists()
