@@ -129,15 +129,8 @@ def runs_dispatch() -> int:
             free = min(free_global, sandboxes_free // slots[cid])
             if free <= 0:
                 continue
-            pending = RepoRun.objects.filter(
-                pk__in=list(
-                    RepoRun.objects.filter(campaign_id=cid, state=RunState.PENDING)
-                    .order_by("id")
-                    .values_list("pk", flat=True)[:free]
-                )
-            )
             ids = runs_transition(
-                runs=pending,
+                runs=RepoRun.objects.filter(pk__in=_pending_first(cid, free)),
                 from_states=[RunState.PENDING],
                 to_state=RunState.QUEUED,
                 queued_at=now,
@@ -151,6 +144,31 @@ def runs_dispatch() -> int:
             if free_global <= 0:
                 break
     return queued_total
+
+
+def _pending_pick_sql() -> str:
+    """PostgreSQL: the campaign's first pending runs, probed in the partial index
+    `run_pending_handoff` as the hand-off's pick is (see `_handoff_ctes`); by id with the state
+    bound, both the planner's custom and generic plans walked the primary key past every
+    finished run (3,400 rows filtered out 3,000 runs into a campaign, and growing).
+    Parameters: campaign id, how many."""
+    pending = RunState.PENDING.value  # a literal of our own: safe in the statement's text
+    return (
+        f"SELECT id FROM {RepoRun._meta.db_table} WHERE campaign_id = %s "  # noqa: S608
+        f"AND state = '{pending}' ORDER BY id + 0 LIMIT %s"
+    )
+
+
+def _pending_first(campaign_id: int, n: int) -> list[int]:
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(_pending_pick_sql(), [campaign_id, n])
+            return [row[0] for row in cursor.fetchall()]
+    return list(
+        RepoRun.objects.filter(campaign_id=campaign_id, state=RunState.PENDING)
+        .order_by("id")
+        .values_list("pk", flat=True)[:n]
+    )
 
 
 def slot_handoff(*, campaign_id: int, worker: str) -> int | None:

@@ -137,3 +137,35 @@ def test_the_hand_off_probes_the_pending_runs_index_however_many_runs_finished(m
 
     assert "run_pending_handoff" in plan, plan
     assert slot_handoff(campaign_id=campaign.pk, worker="w1") == runs[1900].pk
+
+
+def test_the_dispatch_pick_probes_the_pending_runs_index_even_in_a_generic_plan(manager):
+    """The dispatcher's pick of a campaign's first pending runs: the lowest pending ids, found
+    in the partial index of pending runs even by a prepared statement's generic plan (by id
+    with the state bound, PostgreSQL walked the primary key past every finished run)."""
+    from campaigns.dispatch import _pending_first, _pending_pick_sql
+    from campaigns.models import Repository
+
+    campaign = campaign_make(owner=manager, variants=("a",))
+    repos = Repository.objects.bulk_create(
+        Repository(url=f"file:///srv/git/pick-{i}.git", name=f"pick-{i}") for i in range(2000)
+    )
+    states = [RunState.SUCCEEDED] * 1900 + [RunState.PENDING] * 100
+    runs = RepoRun.objects.bulk_create(
+        RepoRun(campaign=campaign, repository=repo, ref="main", state=state)
+        for repo, state in zip(repos, states, strict=True)
+    )
+    sql = _pending_pick_sql().replace("%s", "$1", 1).replace("%s", "$2", 1)
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {RepoRun._meta.db_table}")
+        cursor.execute("SET plan_cache_mode = force_generic_plan")
+        try:
+            cursor.execute(f"PREPARE convoy_pick(bigint, bigint) AS {sql}")
+            cursor.execute(f"EXPLAIN EXECUTE convoy_pick({campaign.pk}, 8)")
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+            cursor.execute("DEALLOCATE convoy_pick")
+        finally:
+            cursor.execute("RESET plan_cache_mode")
+
+    assert "run_pending_handoff" in plan, plan
+    assert _pending_first(campaign.pk, 3) == [r.pk for r in runs[1900:1903]]
