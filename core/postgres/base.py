@@ -11,6 +11,12 @@ again too, but only once a table has changed by a tenth, and not at all where it
 So a connection drops its plans (`DISCARD PLANS`: each is made again at its next use, for the
 tables as they are then; prepared statements stay prepared) once they are `PLANS_MAX_AGE_S`
 old, before the next query that finds them so.
+
+With server-side binding (`CONVOY_DB_PREPARED`, on by default) a statement carries at most
+65,535 parameters, the protocol's limit, and Django makes one per value of an `IN` list: a
+revision of a 100,000-run campaign or a campaign listing 70,000 repositories failed. Such a
+statement is sent with its values merged in by psycopg's client-side binding (Django's default
+way), unprepared; every other statement is bound by the server as before.
 """
 
 from __future__ import annotations
@@ -18,13 +24,31 @@ from __future__ import annotations
 import time
 
 from django.db.backends.postgresql import base
-from psycopg import pq
+from psycopg import ClientCursor, pq
 
 PLANS_MAX_AGE_S = 10.0
+MAX_BOUND_PARAMS = 65535  # the most parameters one statement can carry (a 16-bit count)
+
+
+class BindingCursor(base.ServerBindingCursor):
+    """Server-side binding, but a statement with more parameters than the protocol carries
+    goes with its values merged in (client-side binding, Django's default)."""
+
+    def execute(self, query, params=None, *, prepare=None, binary=None):
+        if params is not None and len(params) > MAX_BOUND_PARAMS:
+            query, params = ClientCursor(self.connection).mogrify(query, params), None
+            prepare = False
+        return super().execute(query, params, prepare=prepare, binary=binary)
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
     plans_discard_at = 0.0
+
+    def get_connection_params(self):
+        params = super().get_connection_params()
+        if params.get("cursor_factory") is base.ServerBindingCursor:
+            params["cursor_factory"] = BindingCursor
+        return params
 
     def get_new_connection(self, conn_params):
         connection = super().get_new_connection(conn_params)
