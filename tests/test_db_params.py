@@ -3,6 +3,7 @@ runs: an `IN` over 70,000 values, as a revision of a large campaign or a long re
 makes, finds exactly the rows it names (with server-side binding it failed outright)."""
 
 import pytest
+
 from campaigns.models import Repository
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.shapes("embedded", "production")]
