@@ -13,8 +13,9 @@ tables as they are then; prepared statements stay prepared) once they are `PLANS
 old, before the next query that finds them so.
 
 With server-side binding (`CONVOY_DB_PREPARED`, on by default) a statement carries at most
-65,535 parameters, the protocol's limit, and Django makes one per value of an `IN` list: a
-revision of a 100,000-run campaign or a campaign listing 70,000 repositories failed. Such a
+65,535 parameters, the protocol's limit, and Django makes one per value of an `IN` list, so a
+longer list failed (OperationalError; `tests/test_db_params.py`). Revisions, recounts and
+repository registration build `IN` lists as long as a campaign's runs or repositories. Such a
 statement is sent with its values merged in by psycopg's client-side binding (Django's default
 way), unprepared; every other statement is bound by the server as before.
 """
