@@ -12,6 +12,7 @@ import os
 import socket
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import NamedTuple
 
 from celery import current_app
 from django.conf import settings
@@ -171,7 +172,7 @@ def _pending_first(campaign_id: int, n: int) -> list[int]:
     )
 
 
-def slot_handoff(*, campaign_id: int, worker: str) -> int | None:
+def slot_handoff(*, campaign_id: int, worker: str, mine: int | None = None) -> int | None:
     """Give the slot a finishing run frees to its campaign's next pending run, claimed for this
     worker (pending → queued → running); None if the campaign has none pending.
 
@@ -181,9 +182,12 @@ def slot_handoff(*, campaign_id: int, worker: str) -> int | None:
     in id order), without a dispatch's lock and counts, and without a broker round trip: the
     same task carries it on. Should the worker die first, the run is running with a fresh
     heartbeat, and the tick requeues it once that lease runs out, as for any run.
+
+    `mine`: the pending run this worker earmarked (`run_succeed`), taken first if it is still
+    pending; on PostgreSQL, runs other workers earmarked come after unmarked ones.
     """
     if connection.vendor == "postgresql":
-        return _handoff_one_statement(campaign_id=campaign_id, worker=worker)
+        return _handoff_one_statement(campaign_id=campaign_id, worker=worker, mine=mine)
     next_ids = list(
         RepoRun.objects.filter(
             campaign_id=campaign_id,
@@ -215,24 +219,50 @@ def slot_handoff(*, campaign_id: int, worker: str) -> int | None:
     return next_ids[0]
 
 
+def _pending_sql(also: str) -> str:
+    """The campaign's first pending run meeting `also`, locked unless another hand-off holds
+    it. It probes the partial index `run_pending_handoff` (models.RepoRun): ordered by `id + 0`,
+    which only that index provides, and with `pending` written into the statement, not bound,
+    so that a prepared statement's generic plan can use the partial index too. By id, the
+    planner chose the primary key and walked past every finished run: the hand-off grew slower
+    with each run the campaign finished. Parameter: the campaign id."""
+    pending = RunState.PENDING.value  # a literal of our own: safe in the statement's text
+    return (
+        f"SELECT r.id FROM {RepoRun._meta.db_table} r "  # noqa: S608 (our names only)
+        f"WHERE r.campaign_id = %s AND r.state = '{pending}' {also} "
+        "ORDER BY r.id + 0 LIMIT 1 FOR UPDATE OF r SKIP LOCKED"
+    )
+
+
 def _handoff_ctes(also: str = "") -> str:
     """The CTEs of a hand-off on PostgreSQL: `next`, the locking pick of the campaign's next
     pending run (skipping runs other hand-offs hold; `also`: one more condition), `moved`, its
     move to running, and `noted`, both transition rows (pending → queued, queued → running).
-    Parameters: `_handoff_params`."""
+    Parameters: `_handoff_params`.
+
+    The pick, in order: the run this worker earmarked (`mine`, see `run_succeed`) if it is
+    still pending; else the first pending run no worker earmarked; else the first pending run
+    (another worker's earmark is a hint, never a hold: a worker that died leaves its mark)."""
     runs, campaigns = RepoRun._meta.db_table, Campaign._meta.db_table
     transitions = RunTransition._meta.db_table
-    # The pick probes the partial index `run_pending_handoff` (models.RepoRun): ordered by
-    # `id + 0`, which only that index provides, and with `pending` written into the statement,
-    # not bound, so that a prepared statement's generic plan can use the partial index too.
-    # By id, the planner chose the primary key and walked past every finished run: the
-    # hand-off grew slower with each run the campaign finished.
     pending = RunState.PENDING.value  # a literal of our own: safe in the statement's text
+    is_open = "AND EXISTS (SELECT 1 FROM open)"
+    unmarked = _pending_sql("AND r.worker = '' AND NOT EXISTS (SELECT 1 FROM mine) " + is_open)  # noqa: S608
+    taken = "SELECT 1 FROM mine UNION ALL SELECT 1 FROM unmarked"
+    marked = _pending_sql(is_open + " AND NOT EXISTS (" + taken + ")")
     return f"""
-        next AS (
-            SELECT r.id FROM {runs} r JOIN {campaigns} c ON c.id = r.campaign_id
-            WHERE r.campaign_id = %s AND r.state = '{pending}' AND c.state = ANY(%s) {also}
-            ORDER BY r.id + 0 LIMIT 1 FOR UPDATE OF r SKIP LOCKED
+        open AS (
+            SELECT 1 FROM {campaigns} c WHERE c.id = %s AND c.state = ANY(%s) {also}
+        ), mine AS (
+            SELECT r.id FROM {runs} r WHERE r.id = %s AND r.campaign_id = %s
+                AND r.state = '{pending}' {is_open}
+            FOR UPDATE OF r SKIP LOCKED
+        ), unmarked AS (
+            {unmarked}
+        ), marked AS (
+            {marked}
+        ), next AS (
+            SELECT id FROM mine UNION ALL SELECT id FROM unmarked UNION ALL SELECT id FROM marked
         ), moved AS (
             UPDATE {runs} SET state = %s, queued_at = %s, worker = %s, heartbeat_at = %s,
                 started_at = %s
@@ -245,22 +275,43 @@ def _handoff_ctes(also: str = "") -> str:
         )"""  # noqa: S608 (our table names only; values are parameters)
 
 
-def _handoff_params(campaign_id: int, worker: str, now) -> list:
+def _handoff_params(campaign_id: int, worker: str, now, mine: int | None = None) -> list:
     pending, queued, running = RunState.PENDING, RunState.QUEUED, RunState.RUNNING
     dispatching = [str(state) for state in DISPATCH_STATES]
-    params = [campaign_id, dispatching, running, now, worker, now, now, pending]
+    picks = [campaign_id, dispatching, mine, campaign_id, campaign_id, campaign_id]
+    params = [*picks, running, now, worker, now, now, pending]
     return [*params, pending, queued, now, queued, running, now]
 
 
-def _handoff_one_statement(*, campaign_id: int, worker: str) -> int | None:
+def _handoff_one_statement(*, campaign_id: int, worker: str, mine: int | None) -> int | None:
     """`slot_handoff` on PostgreSQL in one statement instead of seven."""
     with connection.cursor() as cursor:
         cursor.execute(
             f"WITH {_handoff_ctes()} SELECT id FROM moved",  # noqa: S608 (see _handoff_ctes)
-            _handoff_params(campaign_id, worker, timezone.now()),
+            _handoff_params(campaign_id, worker, timezone.now(), mine),
         )
         row = cursor.fetchone()
     return row[0] if row else None
+
+
+class RunEnd(NamedTuple):
+    """What `run_succeed` did: whether it moved the run, the run its slot went to (its id, and
+    on PostgreSQL that run loaded), and the pending run it earmarked for this worker next."""
+
+    moved: bool
+    next_id: int | None = None
+    handed: RepoRun | None = None
+    earmarked: Earmark | None = None
+
+
+class Earmark(NamedTuple):
+    """A pending run a worker marked as the one it takes after the run it was handed
+    (`RepoRun.worker` names that worker while the run is pending), so that it can check the
+    repository out ahead, while it carries the run before."""
+
+    run_id: int
+    url: str
+    ref: str
 
 
 def run_succeed(
@@ -271,18 +322,21 @@ def run_succeed(
     variant: tuple[int, dict] | None = None,
     rows: Sequence[DiffRow] = (),
     run_fields: dict | None = None,
-) -> tuple[bool, int | None, RepoRun | None]:
-    """Move the run from running to succeeded and hand the slot it frees on (`slot_handoff`),
-    together: (whether this call moved it, the id of the run the slot went to, if any, and on
-    PostgreSQL that run loaded, with its repository and `campaign_launched_at`, as
-    `runs.run_load` needs it).
+    mine: int | None = None,
+    earmark: bool = False,
+) -> RunEnd:
+    """Move the run from running to succeeded and hand the slot it frees on (`slot_handoff`,
+    `mine` first), together.
 
     On PostgreSQL one statement does both moves and their transition rows (the hand-off only
     if the run moved: the row lock its UPDATE takes and its re-check of the state let one
     caller through); elsewhere one transaction does (`run_transition`, then `slot_handoff`).
     PostgreSQL only: `variant` (id, final fields), its lone variant's end from running, with
-    `rows` (`campaigns.signals.variant_diff_rows`), written only if the variant moved; and
-    `run_fields`, more of the run's own fields (its base commit).
+    `rows` (`campaigns.signals.variant_diff_rows`), written only if the variant moved;
+    `run_fields`, more of the run's own fields (its base commit); and with `earmark`, when the
+    slot went on, the campaign's first pending run no worker earmarked is marked for this
+    worker (`Earmark`). The handed run comes back loaded, with its repository and
+    `campaign_launched_at`, as `runs.run_load` needs it.
     """
     now = timezone.now()
     done = {"finished_at": now, "step": "done"}
@@ -292,8 +346,8 @@ def run_succeed(
             if not run_transition(
                 run_id=run_id, from_state=RunState.RUNNING, to_state=RunState.SUCCEEDED, **done
             ):
-                return False, None, None
-            return True, slot_handoff(campaign_id=campaign_id, worker=worker), None
+                return RunEnd(False)
+            return RunEnd(True, slot_handoff(campaign_id=campaign_id, worker=worker, mine=mine))
     runs, transitions = RepoRun._meta.db_table, RunTransition._meta.db_table
     running, succeeded = RunState.RUNNING, RunState.SUCCEEDED
     # Our table and column names only (S608); every value is a parameter.
@@ -317,31 +371,48 @@ def run_succeed(
     ctes.append(f"done_noted AS ({noted} SELECT id, campaign_id, %s, %s, %s FROM done)")  # noqa: S608
     params += [running, succeeded, now]
     handoff = _handoff_ctes(also="AND EXISTS (SELECT 1 FROM done)")
+    params += _handoff_params(campaign_id, worker, now, mine)
+    repos, campaigns = Repository._meta.db_table, Campaign._meta.db_table
+    mark = "SELECT NULL::bigint AS id, NULL::bigint AS repository_id, NULL AS ref WHERE false"
+    if earmark:
+        # The campaign's first pending run no worker earmarked, other than the one handed:
+        # marked for this worker, which starts its checkout now (`pipeline._run_carry`).
+        first = _pending_sql(
+            "AND r.worker = '' AND EXISTS (SELECT 1 FROM moved) "
+            "AND r.id NOT IN (SELECT id FROM next)"
+        )
+        mark = (
+            f"UPDATE {runs} SET worker = %s FROM ({first}) AS k "  # noqa: S608
+            f"WHERE {runs}.id = k.id RETURNING {runs}.id, {runs}.repository_id, {runs}.ref"
+        )
+        params += [worker, campaign_id]
     # The run the slot went to, as `runs.run_load` loads it: its row as the hand-off left it,
-    # its repository, its campaign's launch time.
+    # its repository, its campaign's launch time; then the earmarked run, if any.
     run_columns, repo_columns = RepoRun._meta.concrete_fields, Repository._meta.concrete_fields
     quote = connection.ops.quote_name
     columns = ", ".join(
         [f"m.{quote(f.column)}" for f in run_columns]
         + [f"p.{quote(f.column)}" for f in repo_columns]
-        + ["c.launched_at"]
+        + ["c.launched_at", "k.id", "kp.url", "k.ref"]
     )
-    repos, campaigns = Repository._meta.db_table, Campaign._meta.db_table
     result = (
         f"SELECT (SELECT count(*) FROM done), {columns} FROM (SELECT 1) AS one "  # noqa: S608
         f"LEFT JOIN moved m ON true LEFT JOIN {repos} p ON p.id = m.repository_id "
-        f"LEFT JOIN {campaigns} c ON c.id = m.campaign_id"
+        f"LEFT JOIN {campaigns} c ON c.id = m.campaign_id "
+        f"LEFT JOIN mark k ON true LEFT JOIN {repos} kp ON kp.id = k.repository_id"
     )
-    sql = f"WITH {', '.join(ctes)}, {handoff} {result}"
+    sql = f"WITH {', '.join(ctes)}, {handoff}, mark AS ({mark}) {result}"
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, *_handoff_params(campaign_id, worker, now)])
+        cursor.execute(sql, params)
         moved, *row = cursor.fetchone()
+    row, (mark_id, mark_url, mark_ref) = row[:-3], row[-3:]
     if row[0] is None:
-        return bool(moved), None, None
+        return RunEnd(bool(moved))
     run = _from_row(RepoRun, run_columns, row[: len(run_columns)], alias="m")
     run.repository = _from_row(Repository, repo_columns, row[len(run_columns) : -1], alias="p")
     run.campaign_launched_at = row[-1]
-    return bool(moved), run.pk, run
+    earmarked = Earmark(mark_id, mark_url, mark_ref) if mark_id is not None else None
+    return RunEnd(bool(moved), run.pk, run, earmarked)
 
 
 def _from_row(model, fields, values, *, alias: str):

@@ -142,6 +142,7 @@ class RepoRun(models.Model):
     baseline_error = models.TextField(blank=True, db_default="")
     error_signature = models.CharField(max_length=16, blank=True, db_index=True)
     error_summary = models.CharField(max_length=300, blank=True)
+    # On a pending run: the worker that earmarked it to take next, a hint (dispatch.Earmark).
     worker = models.CharField(max_length=200, blank=True, help_text="host:pid holding the lease")
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

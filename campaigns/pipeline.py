@@ -9,7 +9,7 @@ import re
 import secrets as pysecrets
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 
 from django.db import IntegrityError, connection, transaction
@@ -575,21 +575,33 @@ def run_execute(*, run_id: int) -> str:
 
     A run that ends with its campaign's next run pending hands its slot on (`slot_handoff`),
     and this call carries that run too, and so on, as long as its campaign has pending runs.
+    While it carries one, the repository of the run it earmarked to take after it is checked
+    out ahead (`dispatch.Earmark`).
     """
     worker = worker_name()
     run = run_claim(run_id, worker)
     if run is None:
         return "not queued"
-    outcome, next_id, handed = _run_carry(run, worker)
+    staged: dict[int, Future] = {}  # checkouts made ahead, by earmarked run
+    outcome, next_id, handed = _run_carry(run, worker, staged)
     while next_id is not None:
         run = run_loaded(handed) if handed is not None else run_load(next_id, resumed=False)
-        _, next_id, handed = _run_carry(run, worker)
+        _, next_id, handed = _run_carry(run, worker, staged)
+    for checkout in staged.values():
+        checkout_discard(checkout)
     return outcome
 
 
-def _run_carry(run: RepoRun, worker: str) -> tuple[str, int | None, RepoRun | None]:
+def _run_carry(
+    run: RepoRun, worker: str, staged: dict[int, Future]
+) -> tuple[str, int | None, RepoRun | None]:
     """One claimed run, start to end: (how it ended, the run it handed its slot to, that run
-    loaded if the hand-off loaded it)."""
+    loaded if the hand-off loaded it).
+
+    `staged`: the checkouts under way for runs this worker earmarked (`dispatch.Earmark`), by
+    run id, kept up to date here: this run's is used; the run's end hands the slot to the
+    earmarked run if it is still pending, and earmarks the next one, whose checkout starts
+    then and is made while the handed run is carried."""
 
     heartbeat = RunHeartbeat(run.pk, worker)
     heartbeat.start()
@@ -600,29 +612,37 @@ def _run_carry(run: RepoRun, worker: str) -> tuple[str, int | None, RepoRun | No
     handed = None  # that run, loaded by the statement that handed it the slot
     final = False  # this call moved the run to a final state
     started = run.started_at
-    ahead = checkout_ahead(
-        backend=run.campaign.backend,
-        url=run.repository.url,
-        ref=run.ref,
-        fresh_after=started.timestamp() if started else None,
-        exclude=run_excludes_text(run.campaign.spec),
-    )
+    ahead = staged.pop(run.pk, None)  # checked out while the run before was carried
+    if ahead is None:
+        ahead = checkout_ahead(
+            backend=run.campaign.backend,
+            url=run.repository.url,
+            ref=run.ref,
+            fresh_after=started.timestamp() if started else None,
+            exclude=run_excludes_text(run.campaign.spec),
+        )
+    mine = min(staged, default=None)  # the run this worker earmarked, if any
     try:
         ctx = _Context(run, heartbeat, ahead)
         accounted = _run_pipeline(ctx)
-        final, next_id, handed = run_succeed(
+        end = run_succeed(
             run_id=run.pk,
             campaign_id=run.campaign_id,
             worker=worker,
             variant=ctx.variant_final,
             rows=ctx.diff_rows,
             run_fields=ctx.run_fields,
+            mine=mine,
+            earmark=ahead is not None,  # a local engine: its checkouts can be made ahead
         )
+        final, next_id, handed = end.moved, end.next_id, end.handed
+        if end.earmarked is not None:
+            staged[end.earmarked.run_id] = _ahead_for(run, end.earmarked)
     except RunStopped as exc:
         outcome = f"stopped: {exc}"
     except RunFailed as exc:
         outcome = "failed"
-        next_id = run_fail(run, str(exc), launcher, worker)
+        next_id = run_fail(run, str(exc), launcher, worker, mine=mine)
     except SandboxError as exc:
         if exc.transient and run.transient_retries < MAX_TRANSIENT_RETRIES:
             outcome = "requeued"
@@ -641,12 +661,12 @@ def _run_carry(run: RepoRun, worker: str) -> tuple[str, int | None, RepoRun | No
                 runs_enqueue([run.pk], countdown=delay)
         else:
             outcome = "failed"
-            next_id = run_fail(run, f"sandbox error: {exc}", launcher, worker)
+            next_id = run_fail(run, f"sandbox error: {exc}", launcher, worker, mine=mine)
     except Exception as exc:
         logger.exception("run %s failed unexpectedly", run.pk)
         outcome = "failed"
         message = f"internal error: {type(exc).__name__}: {exc}"
-        next_id = run_fail(run, message, launcher, worker)
+        next_id = run_fail(run, message, launcher, worker, mine=mine)
     finally:
         checkout_discard(ahead)  # unused when the run stopped before its first checkout
         heartbeat.stop()
@@ -661,4 +681,20 @@ def _run_carry(run: RepoRun, worker: str) -> tuple[str, int | None, RepoRun | No
     if outcome != "requeued" and next_id is None:
         campaign_finish_if_done(campaign_id=run.campaign_id)
         runs_dispatch()
+    if mine is not None and next_id != mine:
+        # The earmarked run was no longer pending (cancelled, or another worker took it,
+        # as an earmark allows): its checkout will not be used.
+        checkout_discard(staged.pop(mine))
     return outcome, next_id, handed
+
+
+def _ahead_for(run: RepoRun, earmarked) -> Future | None:
+    """The checkout of the earmarked run (same campaign as `run`), started now; its mirror
+    counts as fresh from now, as it would from that run's start."""
+    return checkout_ahead(
+        backend=run.campaign.backend,
+        url=earmarked.url,
+        ref=earmarked.ref,
+        fresh_after=time.time(),
+        exclude=run_excludes_text(run.campaign.spec),
+    )

@@ -95,9 +95,11 @@ def _campaign_launched(campaign_id: int, launched_at) -> Campaign:
     return campaign
 
 
-def run_fail(run: RepoRun, message: str, launcher, worker: str) -> int | None:
+def run_fail(
+    run: RepoRun, message: str, launcher, worker: str, *, mine: int | None = None
+) -> int | None:
     """Fail the run; the id of the campaign's next run if its slot went to it (see
-    slot_handoff)."""
+    slot_handoff: `mine`, the run this worker earmarked, first)."""
     signature, summary = error_signature(message)
     with transaction.atomic():
         if run_transition(
@@ -121,7 +123,7 @@ def run_fail(run: RepoRun, message: str, launcher, worker: str) -> int | None:
                 context={"campaign_id": run.campaign_id, "run_id": run.pk},
                 payload={"signature": signature, "summary": summary},
             )
-            return slot_handoff(campaign_id=run.campaign_id, worker=worker)
+            return slot_handoff(campaign_id=run.campaign_id, worker=worker, mine=mine)
     return None
 
 

@@ -71,7 +71,7 @@ def test_the_digest_is_written_only_if_the_variant_moved(manager):
     )
     final = {"state": VariantState.COMPLETED, "patch": patch, "diff_sha256": "a" * 64}
 
-    moved, _, _ = run_succeed(
+    moved, *_ = run_succeed(
         run_id=run.pk, campaign_id=campaign.pk, worker="w1", variant=(variant.pk, final), rows=[row]
     )
 
@@ -101,7 +101,7 @@ def test_the_run_handed_the_slot_comes_back_loaded_as_run_load_loads_it(manager)
     pending = run_make(campaign=campaign, state=RunState.PENDING)
     RepoRun.objects.filter(pk=pending.pk).update(step="")
 
-    moved, next_id, handed = run_succeed(run_id=run.pk, campaign_id=campaign.pk, worker="w1")
+    moved, next_id, handed, _ = run_succeed(run_id=run.pk, campaign_id=campaign.pk, worker="w1")
 
     assert moved and next_id == pending.pk
     loaded = run_load(next_id, resumed=False)
