@@ -3,6 +3,7 @@
 from celery import shared_task
 
 from campaigns import dispatch, pipeline
+from core.postgres.statistics import tables_analyze_stale
 
 
 @shared_task(name="campaigns.run_execute", acks_late=True, ignore_result=True)
@@ -13,3 +14,8 @@ def run_execute_task(run_id: int) -> str:
 @shared_task(name="campaigns.tick", ignore_result=True)
 def campaigns_tick_task() -> None:
     dispatch.campaigns_tick()
+
+
+@shared_task(name="campaigns.statistics", ignore_result=True)
+def statistics_refresh_task() -> None:
+    tables_analyze_stale()

@@ -259,6 +259,9 @@ CELERY_BEAT_SCHEDULE: dict = {
 }
 # Terminate sandboxes past their deadline or whose owner is gone; clear engine orphans.
 CELERY_BEAT_SCHEDULE["sandboxes-reap"] = {"task": "sandboxes.reap", "schedule": 60.0}
+# PostgreSQL: ANALYZE the tables whose rows changed since their statistics, where autovacuum
+# has not (core/postgres/statistics.py).
+CELERY_BEAT_SCHEDULE["campaigns-statistics"] = {"task": "campaigns.statistics", "schedule": 60.0}
 # Review: pull request states and checks come from their code host every few minutes.
 CELERY_BEAT_SCHEDULE["review-changesets-refresh"] = {
     "task": "review.changesets_refresh",
