@@ -179,9 +179,10 @@ def slot_handoff(*, campaign_id: int, worker: str, mine: int | None = None) -> i
     Called in the transaction that moves the finishing run out of running, so the number of
     active runs never drops and rises again: no dispatcher can count the slot free in between.
     It is the run the dispatcher would pick (a campaign under its max_parallel keeps its slots,
-    in id order), without a dispatch's lock and counts, and without a broker round trip: the
-    same task carries it on. Should the worker die first, the run is running with a fresh
-    heartbeat, and the tick requeues it once that lease runs out, as for any run.
+    in id order, but for earmarks: see `mine`), without a dispatch's lock and counts, and
+    without a broker round trip: the same task carries it on. Should the worker die first, the
+    run is running with a fresh heartbeat, and the tick requeues it once that lease runs out,
+    as for any run.
 
     `mine`: the pending run this worker earmarked (`run_succeed`), taken first if it is still
     pending; on PostgreSQL, runs other workers earmarked come after unmarked ones.
