@@ -147,17 +147,26 @@ def runs_dispatch() -> int:
     return queued_total
 
 
-def _pending_pick_sql() -> str:
-    """PostgreSQL: the campaign's first pending runs, probed in the partial index
-    `run_pending_handoff` as the hand-off's pick is (see `_handoff_ctes`); by id with the state
-    bound, both the planner's custom and generic plans walked the primary key past every
-    finished run (3,400 rows filtered out 3,000 runs into a campaign, and growing).
-    Parameters: campaign id, how many."""
+def _pending_sql(also: str = "", *, limit: str = "1", lock: bool = True) -> str:
+    """PostgreSQL: the campaign's first pending runs meeting `also` (at most `limit`), locked
+    unless another hand-off holds them (`lock`). It probes the partial index
+    `run_pending_handoff` (models.RepoRun): ordered by `id + 0`, which only that index provides,
+    and with `pending` written into the statement, not bound, so that a prepared statement's
+    generic plan can use the partial index too. By id with the state bound, both the
+    planner's custom and generic plans walked the primary key past every finished run (3,400
+    rows filtered out 3,000 runs into a campaign, and growing). Parameter: the campaign id."""
     pending = RunState.PENDING.value  # a literal of our own: safe in the statement's text
     return (
-        f"SELECT id FROM {RepoRun._meta.db_table} WHERE campaign_id = %s "  # noqa: S608
-        f"AND state = '{pending}' ORDER BY id + 0 LIMIT %s"
+        f"SELECT r.id FROM {RepoRun._meta.db_table} r "  # noqa: S608 (our names only)
+        f"WHERE r.campaign_id = %s AND r.state = '{pending}' {also} "
+        f"ORDER BY r.id + 0 LIMIT {limit}" + (" FOR UPDATE OF r SKIP LOCKED" if lock else "")
     )
+
+
+def _pending_pick_sql() -> str:
+    """The dispatcher's pick: `_pending_sql` without a lock. Parameters: campaign id, how
+    many."""
+    return _pending_sql(limit="%s", lock=False)
 
 
 def _pending_first(campaign_id: int, n: int) -> list[int]:
@@ -218,21 +227,6 @@ def slot_handoff(*, campaign_id: int, worker: str, mine: int | None = None) -> i
         started_at=now,
     )
     return next_ids[0]
-
-
-def _pending_sql(also: str) -> str:
-    """The campaign's first pending run meeting `also`, locked unless another hand-off holds
-    it. It probes the partial index `run_pending_handoff` (models.RepoRun): ordered by `id + 0`,
-    which only that index provides, and with `pending` written into the statement, not bound,
-    so that a prepared statement's generic plan can use the partial index too. By id, the
-    planner chose the primary key and walked past every finished run: the hand-off grew slower
-    with each run the campaign finished. Parameter: the campaign id."""
-    pending = RunState.PENDING.value  # a literal of our own: safe in the statement's text
-    return (
-        f"SELECT r.id FROM {RepoRun._meta.db_table} r "  # noqa: S608 (our names only)
-        f"WHERE r.campaign_id = %s AND r.state = '{pending}' {also} "
-        "ORDER BY r.id + 0 LIMIT 1 FOR UPDATE OF r SKIP LOCKED"
-    )
 
 
 def _handoff_ctes(also: str = "") -> str:
