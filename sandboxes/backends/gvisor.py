@@ -52,6 +52,7 @@ from sandboxes.backends.images import gvisor_root, gvisor_system_mounts
 from sandboxes.backends.local import (
     LocalBackend,
     processes_kill,
+    seconds_since_boot,
     wait_exact,
 )
 from sandboxes.workspaces import SYSTEM_SYMLINKS, Meta
@@ -558,28 +559,37 @@ class GVisorBackend(LocalBackend):
         super().delete_snapshot(snapshot)
 
     # --- reaping ----------------------------------------------------------------------------
-    def _strays_kill(self, containers: set[str] | None = None) -> list[int]:
-        """Kill runsc processes under our --root whose container is `containers` (or not live)."""
-        return processes_kill(all_of=[f"--root={self.state_root}"], any_of=containers)
+    def _strays_kill(
+        self, containers: set[str] | None = None, *, started_before: float | None = None
+    ) -> list[int]:
+        """Kill runsc processes under our --root whose container is `containers` (or any),
+        and that started before `started_before` (seconds since boot) when given."""
+        return processes_kill(
+            all_of=[f"--root={self.state_root}"], any_of=containers, started_before=started_before
+        )
 
     def sweep(self, live: set[str], *, grace_s: float = 120) -> list[str]:
         removed = super().sweep(live, grace_s=grace_s)
         self.wait_deletes()
         # Containers (and their `runsc-sandbox boot` processes) that no live workspace owns.
+        # Listed before the workspaces: a sandbox's workspace is made before its container,
+        # so a container another worker starts meanwhile has its workspace listed below.
+        since = seconds_since_boot()
+        listed = subprocess.run(
+            [*self._runsc(), "list", "--quiet"], capture_output=True, text=True, timeout=30
+        ).stdout.split()
         owned = set()
         for ext in self.ws.ids():
             with contextlib.suppress(SandboxError, ValueError, TypeError):
                 owned.add(self._container(self.ws.meta_read(ext)))
-        listed = subprocess.run(
-            [*self._runsc(), "list", "--quiet"], capture_output=True, text=True, timeout=30
-        ).stdout.split()
         for container in set(listed) - owned:
             subprocess.run(
                 [*self._runsc(), "delete", "-force", container], capture_output=True, timeout=30
             )
             removed.append(container)
-        if not owned:
-            self._strays_kill()
+        if not owned:  # nothing of ours is live: any runsc process under our root is a stray,
+            # unless it started since the sweep did (another worker's sandbox, just begun)
+            self._strays_kill(started_before=since)
         return removed
 
 

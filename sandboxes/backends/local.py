@@ -190,10 +190,28 @@ def wait_exact(proc: subprocess.Popen, timeout: float) -> int:
     return proc.wait()
 
 
-def processes_kill(*, all_of: Sequence[str], any_of: Collection[str] | None = None) -> list[int]:
+def seconds_since_boot() -> float:
+    """The clock of a process's start time in /proc (the boot-time clock)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def _started_at(pid: str) -> float:
+    """When the process started, in seconds since boot (field 22 of its stat)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def processes_kill(
+    *,
+    all_of: Sequence[str],
+    any_of: Collection[str] | None = None,
+    started_before: float | None = None,
+) -> list[int]:
     """SIGKILL every host process whose argv holds each of `all_of` (and, when given, one of
-    `any_of`); return their pids. The last resort for engine processes no cgroup or process
-    group reaches, such as those of a worker that died while starting them."""
+    `any_of`, and that started before `started_before`, in `seconds_since_boot`); return their
+    pids. The last resort for engine processes no cgroup or process group reaches, such as
+    those of a worker that died while starting them."""
     want = {a.encode() for a in all_of}
     some = None if any_of is None else {a.encode() for a in any_of}
     killed = []
@@ -203,6 +221,12 @@ def processes_kill(*, all_of: Sequence[str], any_of: Collection[str] | None = No
         try:
             with open(f"/proc/{entry.name}/cmdline", "rb") as f:
                 args = set(f.read().split(b"\0"))
+            if (
+                started_before is not None
+                and want <= args
+                and _started_at(entry.name) >= started_before
+            ):
+                continue  # started since the caller looked: not its to kill
         except OSError:
             continue
         if want <= args and (some is None or some & args):
@@ -574,9 +598,14 @@ class LocalBackend(SandboxBackend):
                 continue
             self.terminate(SandboxHandle(self.name, ext, dict(meta.labels)))
             removed.append(ext)
-        remaining = set(self.ws.ids())
         cgroups.spares_reap(self.install)  # kept for a process that is gone
-        for path in cgroups.cgroups_owned(self.install):  # cgroups whose sandbox is gone
+        # Cgroups whose sandbox is gone. Listed before the directories: a sandbox's directory
+        # is made before its cgroups, so any cgroup listed here whose sandbox is live has its
+        # directory listed below, even if another worker made it a moment ago (listed the
+        # other way round, such a sandbox's cgroups were removed, its commands killed).
+        owned = cgroups.cgroups_owned(self.install)
+        remaining = set(self.ws.ids())
+        for path in owned:
             if cgroups.spare_pid(path, self.install):
                 continue  # a spare of a live process, for its next sandbox
             if path.rsplit(f"-{self.install}-", 1)[-1] not in remaining:
