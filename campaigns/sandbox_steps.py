@@ -9,10 +9,14 @@ sends it to the page's socket (sandboxes.page_socket), after the row is committe
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import os
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import connection, transaction
 from django.template.loader import render_to_string
@@ -96,8 +100,9 @@ def sandbox_command_rows(*, sandbox, commands: list) -> list[dict]:
     return rows
 
 
-def sandbox_commands_push(*, sandbox_id: int) -> None:
-    """Send the sandbox page's command table, as it is now, to whoever has the page open."""
+def sandbox_commands_push(*, sandbox_id: int, loop: asyncio.AbstractEventLoop) -> None:
+    """Send the sandbox page's command table, as it is now, to whoever has the page open
+    (through the channel layer, on `loop`: the push thread's own)."""
     if not sandbox_page_watched(sandbox_id=sandbox_id):
         return  # nobody has the page open: nothing to render (one Redis GET per command)
     sandbox = Sandbox.objects.filter(pk=sandbox_id).first()
@@ -107,14 +112,67 @@ def sandbox_commands_push(*, sandbox_id: int) -> None:
     live = sandbox.state in (SandboxState.CREATING, SandboxState.RUNNING)
     context = {"sandbox": sandbox, "commands": rows, "live": live, "oob": True}
     html = render_to_string("sandboxes/detail.html#commands", context)
-    async_to_sync(get_channel_layer().group_send)(
-        sandbox_page_group(sandbox_id), {"type": "page.html", "html": html}
+    loop.run_until_complete(
+        get_channel_layer().group_send(
+            sandbox_page_group(sandbox_id), {"type": "page.html", "html": html}
+        )
     )
 
 
-# Pushes leave the command's path: one thread per process sends them, in order (each renders
-# the table as it is when sent, so a late one is never older than the one before it).
-_pusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convoy-push")
+class _Pusher:
+    """Pushes leave the command's path: one thread per process sends them, in order (each
+    renders the table as it is when sent, so a late one is never older than the one before).
+
+    The thread keeps its database connection and its event loop (with it, the channel layer's
+    Redis connection) while pushes keep coming, and ends, closing them, after `IDLE_S` without
+    one; the next push starts a new thread. Opening both for each push cost a PostgreSQL
+    backend and a Redis connection per command start and finish while a page was open."""
+
+    IDLE_S = 30.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, job: Callable[[asyncio.AbstractEventLoop], None]) -> Future:
+        """Run `job(loop)` on the push thread after the jobs before it."""
+        done: Future = Future()
+        with self._lock:
+            self._jobs.put((job, done))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name="convoy-push", daemon=True)
+                self._thread.start()
+        return done
+
+    def _serve(self) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            while True:
+                try:
+                    job, done = self._jobs.get(timeout=self.IDLE_S)
+                except queue.Empty:
+                    with self._lock:
+                        if self._jobs.empty():  # else a job came in meanwhile: serve it
+                            self._thread = None
+                            return
+                    continue
+                try:
+                    done.set_result(job(loop))
+                except BaseException as exc:
+                    done.set_exception(exc)
+        finally:
+            loop.close()
+            connection.close()
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs = queue.SimpleQueue()
+        self._thread = None  # the parent's thread does not exist in the child
+
+
+_pusher = _Pusher()
+os.register_at_fork(after_in_child=_pusher._after_fork)
 
 
 def sandbox_command_saved(sender, instance, **kwargs) -> None:
@@ -123,12 +181,11 @@ def sandbox_command_saved(sender, instance, **kwargs) -> None:
     fails is logged; it never disturbs the command."""
     sandbox_id = instance.sandbox_id
 
-    def push() -> None:
+    def push(loop: asyncio.AbstractEventLoop) -> None:
         try:
-            sandbox_commands_push(sandbox_id=sandbox_id)
+            sandbox_commands_push(sandbox_id=sandbox_id, loop=loop)
         except Exception:
             logger.exception("could not push the commands of sandbox %s", sandbox_id)
-        finally:
-            connection.close()  # a render reads the database: no connection kept between
+            connection.close()  # a connection that failed is not kept for the next push
 
     transaction.on_commit(lambda: _pusher.submit(push))

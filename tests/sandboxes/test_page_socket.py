@@ -65,5 +65,49 @@ async def test_a_page_nobody_watches_renders_nothing(sandbox, monkeypatch):
     await asyncio.to_thread(_exec, sandbox, "true")
     # Both pushes went to the push thread, which runs in order: once a later job has run,
     # they have, and nothing was rendered.
-    await asyncio.wait_for(asyncio.wrap_future(sandbox_steps._pusher.submit(lambda: None)), 30)
+    await asyncio.wait_for(asyncio.wrap_future(sandbox_steps._pusher.submit(lambda loop: None)), 30)
     assert rendered == []
+
+
+def _database_sessions() -> int:
+    """Sessions PostgreSQL has opened on this test run's database so far."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+        return cursor.fetchone()[0]
+
+
+def _redis_connections() -> int:
+    import redis
+    from django.conf import settings
+
+    return redis.Redis.from_url(settings.REDIS_URL).info("stats")["total_connections_received"]
+
+
+@pytest.mark.shapes("production")
+async def test_pushes_to_an_open_page_reuse_their_connections(sandbox, admin_user):
+    """While a page is open, every command's start and finish is pushed: the push thread keeps
+    its database and Redis connections between pushes instead of opening new ones for each."""
+    comm = WebsocketCommunicator(
+        URLRouter(websocket_urlpatterns), f"/ws/sandboxes/{sandbox.pk}/page/"
+    )
+    comm.scope["user"] = admin_user
+    assert (await comm.connect())[0]
+    await asyncio.to_thread(_exec, sandbox, "echo warm-up")  # the push thread connects once
+    while "warm-up" not in (table := await comm.receive_from(timeout=30)) or "exit 0" not in table:
+        pass
+    sessions, connections_made = (
+        await database_sync_to_async(_database_sessions)(),
+        await asyncio.to_thread(_redis_connections),
+    )
+    commands = 8
+    for i in range(commands):
+        await asyncio.to_thread(_exec, sandbox, f"echo push-{i}")
+    while "push-7" not in (table := await comm.receive_from(timeout=30)) or "exit 0" not in table:
+        pass
+    opened = await database_sync_to_async(_database_sessions)() - sessions
+    redis_opened = await asyncio.to_thread(_redis_connections) - connections_made
+    await comm.disconnect()
+    # Each command is one database session of its own here (`_exec` closes its connection),
+    # plus the reads above; the 16 pushes add none. Before, each push opened one of each.
+    assert opened <= commands + 2, f"{opened} database sessions for {commands} commands"
+    assert redis_opened <= 4, f"{redis_opened} Redis connections for {2 * commands} pushes"
