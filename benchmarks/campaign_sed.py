@@ -493,6 +493,16 @@ def main() -> None:
             f"its git/bwrap/runsc children {r['children_cpu']:.1f} s + "
             f"PostgreSQL {r['pg_cpu']:.1f} s"
         )
+        # The budget the ratio depends on when the runs outnumber the cores: CPU per run.
+        runs = r["runs"]
+        floor_cpu = statistics.median(x[f"floor-{backend}-cpu"] for x in rounds)
+        own = (r["worker_cpu"] + r["pg_cpu"]) / runs * 1000
+        print(
+            f"    CPU per run (median round): Convoy's own {own:.1f} ms (worker processes "
+            f"{r['worker_cpu'] / runs * 1000:.1f} + PostgreSQL {r['pg_cpu'] / runs * 1000:.1f}), "
+            f"its engine children {r['children_cpu'] / runs * 1000:.1f} ms; the floor's "
+            f"processes {floor_cpu / args.repos * 1000:.1f} ms; {os.cpu_count()} CPUs"
+        )
         print("    phases (median round; share of summed run time, p50/p95 per run):")
         for line in _phase_lines(r["phases"]):
             print(line)
