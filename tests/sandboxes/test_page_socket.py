@@ -77,10 +77,20 @@ def _database_sessions() -> int:
 
 
 def _redis_connections() -> int:
+    """Connections the Redis server has accepted so far (this call's own included)."""
     import redis
     from django.conf import settings
 
-    return redis.Redis.from_url(settings.REDIS_URL).info("stats")["total_connections_received"]
+    with redis.Redis.from_url(settings.REDIS_URL) as client:
+        return client.info("stats")["total_connections_received"]
+
+
+async def _table_with_all_done(comm, last: str) -> None:
+    """Read pushed tables until one shows `last` and no command still running."""
+    while True:
+        table = await comm.receive_from(timeout=30)
+        if last in table and "state-running" not in table:
+            return
 
 
 @pytest.mark.shapes("production")
@@ -93,8 +103,7 @@ async def test_pushes_to_an_open_page_reuse_their_connections(sandbox, admin_use
     comm.scope["user"] = admin_user
     assert (await comm.connect())[0]
     await asyncio.to_thread(_exec, sandbox, "echo warm-up")  # the push thread connects once
-    while "warm-up" not in (table := await comm.receive_from(timeout=30)) or "exit 0" not in table:
-        pass
+    await _table_with_all_done(comm, "warm-up")
     sessions, connections_made = (
         await database_sync_to_async(_database_sessions)(),
         await asyncio.to_thread(_redis_connections),
@@ -102,8 +111,7 @@ async def test_pushes_to_an_open_page_reuse_their_connections(sandbox, admin_use
     commands = 8
     for i in range(commands):
         await asyncio.to_thread(_exec, sandbox, f"echo push-{i}")
-    while "push-7" not in (table := await comm.receive_from(timeout=30)) or "exit 0" not in table:
-        pass
+    await _table_with_all_done(comm, f"push-{commands - 1}")
     opened = await database_sync_to_async(_database_sessions)() - sessions
     redis_opened = await asyncio.to_thread(_redis_connections) - connections_made
     await comm.disconnect()
