@@ -379,7 +379,8 @@ GITHUB_TOKEN = envstr("CONVOY_GITHUB_TOKEN")
 
 # --- Static files, i18n ---------------------------------------------------------------------
 STATIC_URL = "/static/"
-STATIC_ROOT = DATA_DIR / "static"
+STATIC_ROOT = DATA_DIR / "static"  # for `collectstatic`; made here, or whitenoise warns at start
+STATIC_ROOT.mkdir(exist_ok=True)
 STATICFILES_DIRS = [BASE_DIR / "static"]
 WHITENOISE_USE_FINDERS = True  # serve straight from the apps; no collectstatic step needed
 WHITENOISE_AUTOREFRESH = DEBUG

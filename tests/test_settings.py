@@ -95,6 +95,32 @@ def test_debug_is_off_by_default_in_every_shape_and_convoy_debug_turns_it_on(sha
     assert _debug_of(CONVOY_DATA_DIR=str(tmp_path), CONVOY_DEBUG="1", **shape) == "True"
 
 
+def test_the_web_app_starts_on_a_fresh_data_directory_without_warnings(tmp_path):
+    """`make run` on a new machine: loading the web app's middleware warns about nothing (it
+    warned that the static files' directory did not exist, which looked like a fault)."""
+    import os
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTEST_VERSION", "DATABASE_URL", "REDIS_URL", "DEBUG", "CONVOY_DEBUG")
+    }
+    env.update(CONVOY_DATA_DIR=str(tmp_path / "fresh"), DJANGO_SETTINGS_MODULE="config.settings")
+    load = (
+        "import django; django.setup(); "
+        "from django.core.handlers.wsgi import WSGIHandler; WSGIHandler()"
+    )
+    done = subprocess.run(
+        [PYTHON, "-W", "error::UserWarning", "-c", load],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def _boom(request):
     raise RuntimeError("secret-internal-detail")
 
