@@ -60,7 +60,8 @@ def test_good_configuration_passes(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
-def _debug_of(**env_changes) -> str:
+def _outside_tests(**env_changes) -> dict[str, str]:
+    """This environment as a Convoy process outside the test run sees it, with the changes."""
     import os
 
     env = {
@@ -68,7 +69,10 @@ def _debug_of(**env_changes) -> str:
         for k, v in os.environ.items()
         if k not in ("PYTEST_VERSION", "DATABASE_URL", "REDIS_URL", "DEBUG", "CONVOY_DEBUG")
     }
-    env.update(env_changes)
+    return {**env, **env_changes}
+
+
+def _debug_of(**env_changes) -> str:
     done = subprocess.run(
         [
             PYTHON,
@@ -78,7 +82,7 @@ def _debug_of(**env_changes) -> str:
             "from django.conf import settings; print(settings.DEBUG)",
         ],
         cwd=ROOT,
-        env=env,
+        env=_outside_tests(**env_changes),
         capture_output=True,
         text=True,
         timeout=60,
@@ -98,14 +102,9 @@ def test_debug_is_off_by_default_in_every_shape_and_convoy_debug_turns_it_on(sha
 def test_the_web_app_starts_on_a_fresh_data_directory_without_warnings(tmp_path):
     """`make run` on a new machine: loading the web app's middleware warns about nothing (it
     warned that the static files' directory did not exist, which looked like a fault)."""
-    import os
-
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("PYTEST_VERSION", "DATABASE_URL", "REDIS_URL", "DEBUG", "CONVOY_DEBUG")
-    }
-    env.update(CONVOY_DATA_DIR=str(tmp_path / "fresh"), DJANGO_SETTINGS_MODULE="config.settings")
+    env = _outside_tests(
+        CONVOY_DATA_DIR=str(tmp_path / "fresh"), DJANGO_SETTINGS_MODULE="config.settings"
+    )
     load = (
         "import django; django.setup(); "
         "from django.core.handlers.wsgi import WSGIHandler; WSGIHandler()"
