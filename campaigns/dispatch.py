@@ -319,6 +319,8 @@ def run_succeed(
     run_fields: dict | None = None,
     mine: int | None = None,
     earmark: bool = False,
+    variants: Sequence[str] = (),
+    launched_at=None,
 ) -> RunEnd:
     """Move the run from running to succeeded and hand the slot it frees on (`slot_handoff`,
     `mine` first), together.
@@ -331,7 +333,10 @@ def run_succeed(
     `run_fields`, more of the run's own fields (its base commit); and with `earmark`, when the
     slot went on, the campaign's first pending run no worker earmarked is marked for this
     worker (`Earmark`). The handed run comes back loaded, with its repository and
-    `campaign_launched_at`, as `runs.run_load` needs it.
+    `campaign_launched_at`, as `runs.run_load` needs it; with `variants` (the spec's variant
+    names, of the campaign as launched at `launched_at`), its variant rows are made too, pending,
+    if it is on its first attempt and the campaign was not revised since (`variants_new`, None
+    if they were not made here: the pipeline then makes or reads them).
     """
     now = timezone.now()
     done = {"finished_at": now, "step": "done"}
@@ -381,6 +386,8 @@ def run_succeed(
             f"WHERE {runs}.id = k.id RETURNING {runs}.id, {runs}.repository_id, {runs}.ref"
         )
         params += [worker, campaign_id]
+    made, made_values = _variants_new_sql(variants, launched_at)
+    params += made_values
     # The run the slot went to, as `runs.run_load` loads it: its row as the hand-off left it,
     # its repository, its campaign's launch time; then the earmarked run, if any.
     run_columns, repo_columns = RepoRun._meta.concrete_fields, Repository._meta.concrete_fields
@@ -391,23 +398,65 @@ def run_succeed(
         + ["c.launched_at", "k.id", "kp.url", "k.ref"]
     )
     result = (
-        f"SELECT (SELECT count(*) FROM done), {columns} FROM (SELECT 1) AS one "  # noqa: S608
+        f"SELECT (SELECT count(*) FROM done), (SELECT array_agg(id ORDER BY position) "  # noqa: S608
+        f"FROM made), {columns} FROM (SELECT 1) AS one "
         f"LEFT JOIN moved m ON true LEFT JOIN {repos} p ON p.id = m.repository_id "
         f"LEFT JOIN {campaigns} c ON c.id = m.campaign_id "
         f"LEFT JOIN mark k ON true LEFT JOIN {repos} kp ON kp.id = k.repository_id"
     )
-    sql = f"WITH {', '.join(ctes)}, {handoff}, mark AS ({mark}) {result}"
+    sql = f"WITH {', '.join(ctes)}, {handoff}, mark AS ({mark}), made AS ({made}) {result}"
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        moved, *row = cursor.fetchone()
+        moved, made_ids, *row = cursor.fetchone()
     row, (mark_id, mark_url, mark_ref) = row[:-3], row[-3:]
     if row[0] is None:
         return RunEnd(bool(moved))
     run = _from_row(RepoRun, run_columns, row[: len(run_columns)], alias="m")
     run.repository = _from_row(Repository, repo_columns, row[len(run_columns) : -1], alias="p")
     run.campaign_launched_at = row[-1]
+    run.variants_new = None
+    if variants and made_ids is not None and len(made_ids) == len(variants):
+        run.variants_new = [
+            _loaded(Variant(pk=pk, run=run, name=name, position=i))
+            for i, (pk, name) in enumerate(zip(made_ids, variants, strict=True))
+        ]
     earmarked = Earmark(mark_id, mark_url, mark_ref) if mark_id is not None else None
     return RunEnd(bool(moved), run.pk, run, earmarked)
+
+
+def _variants_new_sql(names: Sequence[str], launched_at) -> tuple[str, list]:
+    """The `made` CTE of `run_succeed`: the handed run's variant rows, pending, as
+    `pipeline._variants_ensure` would insert them on a first attempt; nothing (and no row
+    returned) without names, if the run was claimed before (its rows may exist: those that
+    conflict are skipped, and the pipeline reads them), or if the campaign was revised since
+    `launched_at` (its variants may have changed)."""
+    if not names:
+        return "SELECT NULL::bigint AS id, 0 AS position WHERE false", []
+    meta, quote = Variant._meta, connection.ops.quote_name
+    blank = Variant(name="", position=0)  # every other column as a new row has it
+    fields = [f for f in meta.concrete_fields if f.name not in ("id", "run", "name", "position")]
+    named = [meta.get_field(name) for name in ("run", "name", "position")]
+    columns = ", ".join(quote(f.column) for f in [*named, *fields])
+    marks = ", ".join(f"%s::{f.cast_db_type(connection)}" for f in fields)
+    rows = ", ".join(["(%s::varchar, %s::integer)"] * len(names))
+    campaigns = Campaign._meta.db_table
+    sql = (
+        f"INSERT INTO {meta.db_table} ({columns}) SELECT m.id, v.name, v.position, {marks} "  # noqa: S608
+        f"FROM moved m JOIN {campaigns} c ON c.id = m.campaign_id AND c.launched_at = %s "
+        f"CROSS JOIN (VALUES {rows}) AS v (name, position) WHERE m.attempt = 1 "
+        "ON CONFLICT DO NOTHING RETURNING id, position"
+    )
+    values = [f.get_db_prep_save(f.pre_save(blank, add=True), connection) for f in fields]
+    values.append(launched_at)
+    for i, name in enumerate(names):
+        values += [name, i]
+    return sql, values
+
+
+def _loaded(instance):
+    """An instance of a row just written by raw SQL, marked as stored."""
+    instance._state.adding, instance._state.db = False, connection.alias
+    return instance
 
 
 def _from_row(model, fields, values, *, alias: str):

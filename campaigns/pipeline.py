@@ -471,7 +471,11 @@ def _variant_run(ctx: _Context, variant: Variant, snapshot, sandbox=None) -> Non
 
 
 def _variants_ensure(run: RepoRun) -> list[Variant]:
-    """The run's variant rows, made on its first attempt's first claim."""
+    """The run's variant rows, made on its first attempt's first claim (by the hand-off that
+    gave it its slot, if that made them: `dispatch.run_succeed`)."""
+    made = getattr(run, "variants_new", None)
+    if made is not None and not run.resumed:
+        return made
     wanted = [
         Variant(run=run, name=v["name"], position=i)
         for i, v in enumerate(run.campaign.spec["variants"])
@@ -634,6 +638,8 @@ def _run_carry(
             run_fields=ctx.run_fields,
             mine=mine,
             earmark=ahead is not None,  # a local engine: its checkouts can be made ahead
+            variants=[v["name"] for v in run.campaign.spec["variants"]],
+            launched_at=run.campaign.launched_at,
         )
         final, next_id, handed = end.moved, end.next_id, end.handed
         if end.earmarked is not None:

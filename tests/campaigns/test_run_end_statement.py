@@ -3,6 +3,7 @@ result, its diff's review digest and the run's base commit are written by the st
 ends the run, and exactly as the transaction would have written them."""
 
 import subprocess
+from datetime import timedelta
 
 import pytest
 from django.db import connection
@@ -112,6 +113,49 @@ def test_the_run_handed_the_slot_comes_back_loaded_as_run_load_loads_it(manager)
     assert handed.repository.url == loaded.repository.url
     assert handed.repository.tags == loaded.repository.tags
     assert handed.campaign_launched_at == loaded.campaign_launched_at == campaign.launched_at
+
+
+@pytest.mark.parametrize("case", ["first attempt", "revised since", "second attempt"])
+def test_the_hand_off_makes_the_handed_runs_variants_only_where_they_are_known(manager, case):
+    """Its variant rows are made with the hand-off, as the pipeline would make them, but only
+    for a first attempt of the campaign as launched: a revision may have changed the variants,
+    and an earlier attempt left its own rows (the pipeline reads those)."""
+    campaign = campaign_make(owner=manager, variants=("a", "b"))
+    run = run_make(campaign=campaign, state=RunState.RUNNING)
+    RepoRun.objects.filter(pk=run.pk).update(worker="w1")
+    pending = run_make(campaign=campaign, state=RunState.PENDING)
+    launched_at = campaign.launched_at
+    if case == "revised since":
+        launched_at -= timedelta(seconds=1)
+    if case == "second attempt":
+        RepoRun.objects.filter(pk=pending.pk).update(attempt=2)
+        Variant.objects.create(run=pending, name="a", position=0, state=VariantState.FAILED)
+
+    end = run_succeed(
+        run_id=run.pk,
+        campaign_id=campaign.pk,
+        worker="w1",
+        variants=["a", "b"],
+        launched_at=launched_at,
+    )
+
+    assert end.next_id == pending.pk
+    stored = list(Variant.objects.filter(run=pending).order_by("position"))
+    if case == "first attempt":
+        made = end.handed.variants_new
+        assert [(v.pk, v.name, v.position) for v in made] == [
+            (v.pk, v.name, v.position) for v in stored
+        ]
+        fields = [f.attname for f in Variant._meta.concrete_fields]
+        fresh = Variant(run=pending, name="a", position=0)
+        assert {f: getattr(stored[0], f) for f in fields if f != "id"} == {
+            f: getattr(fresh, f) for f in fields if f != "id"
+        }
+        assert not made[0]._state.adding
+    else:
+        assert end.handed.variants_new is None
+        expected = [] if case == "revised since" else [("a", VariantState.FAILED)]
+        assert [(v.name, v.state) for v in stored] == expected
 
 
 def test_the_hand_off_probes_the_pending_runs_index_however_many_runs_finished(manager):
