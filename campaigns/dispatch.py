@@ -12,6 +12,7 @@ import os
 import socket
 from collections.abc import Sequence
 from datetime import timedelta
+from functools import lru_cache
 from typing import NamedTuple
 
 from celery import current_app
@@ -35,6 +36,7 @@ from campaigns.models import (
 )
 from campaigns.signals import DiffRow
 from campaigns.states import run_transition, runs_transition
+from core.rows import columns_prepared, row_from_db, row_stored
 from sandboxes.backends import LOCAL_BACKENDS
 
 logger = logging.getLogger(__name__)
@@ -411,13 +413,13 @@ def run_succeed(
     row, (mark_id, mark_url, mark_ref) = row[:-3], row[-3:]
     if row[0] is None:
         return RunEnd(bool(moved))
-    run = _from_row(RepoRun, run_columns, row[: len(run_columns)], alias="m")
-    run.repository = _from_row(Repository, repo_columns, row[len(run_columns) : -1], alias="p")
+    run = row_from_db(RepoRun, run_columns, row[: len(run_columns)], alias="m")
+    run.repository = row_from_db(Repository, repo_columns, row[len(run_columns) : -1], alias="p")
     run.campaign_launched_at = row[-1]
     run.variants_new = None
     if variants and made_ids is not None and len(made_ids) == len(variants):
         run.variants_new = [
-            _loaded(Variant(pk=pk, run=run, name=name, position=i))
+            row_stored(Variant(pk=pk, run=run, name=name, position=i))
             for i, (pk, name) in enumerate(zip(made_ids, variants, strict=True))
         ]
     earmarked = Earmark(mark_id, mark_url, mark_ref) if mark_id is not None else None
@@ -432,13 +434,24 @@ def _variants_new_sql(names: Sequence[str], launched_at) -> tuple[str, list]:
     `launched_at` (its variants may have changed)."""
     if not names:
         return "SELECT NULL::bigint AS id, 0 AS position WHERE false", []
+    sql, blank = _variants_new_statement(len(names))
+    values = [*blank, launched_at]
+    for i, name in enumerate(names):
+        values += [name, i]
+    return sql, values
+
+
+@lru_cache(maxsize=8)
+def _variants_new_statement(count: int) -> tuple[str, tuple]:
+    """`_variants_new_sql`'s statement for `count` variants, and its first values: the columns
+    other than run, name and position, as a new row has them."""
     meta, quote = Variant._meta, connection.ops.quote_name
-    blank = Variant(name="", position=0)  # every other column as a new row has it
+    blank = Variant(name="", position=0)
     fields = [f for f in meta.concrete_fields if f.name not in ("id", "run", "name", "position")]
     named = [meta.get_field(name) for name in ("run", "name", "position")]
     columns = ", ".join(quote(f.column) for f in [*named, *fields])
     marks = ", ".join(f"%s::{f.cast_db_type(connection)}" for f in fields)
-    rows = ", ".join(["(%s::varchar, %s::integer)"] * len(names))
+    rows = ", ".join(["(%s::varchar, %s::integer)"] * count)
     campaigns = Campaign._meta.db_table
     sql = (
         f"INSERT INTO {meta.db_table} ({columns}) SELECT m.id, v.name, v.position, {marks} "  # noqa: S608
@@ -446,40 +459,13 @@ def _variants_new_sql(names: Sequence[str], launched_at) -> tuple[str, list]:
         f"CROSS JOIN (VALUES {rows}) AS v (name, position) WHERE m.attempt = 1 "
         "ON CONFLICT DO NOTHING RETURNING id, position"
     )
-    values = [f.get_db_prep_save(f.pre_save(blank, add=True), connection) for f in fields]
-    values.append(launched_at)
-    for i, name in enumerate(names):
-        values += [name, i]
-    return sql, values
-
-
-def _loaded(instance):
-    """An instance of a row just written by raw SQL, marked as stored."""
-    instance._state.adding, instance._state.db = False, connection.alias
-    return instance
-
-
-def _from_row(model, fields, values, *, alias: str):
-    """A model instance from raw column values, converted as the ORM converts its own."""
-    converted = []
-    for field, value in zip(fields, values, strict=True):
-        column = field.get_col(alias)
-        for converter in connection.ops.get_db_converters(column) + field.get_db_converters(
-            connection
-        ):
-            value = converter(value, column, connection)
-        converted.append(value)
-    return model.from_db(connection.alias, [f.attname for f in fields], converted)
+    return sql, tuple(f.get_db_prep_save(f.pre_save(blank, add=True), connection) for f in fields)
 
 
 def _assignments(model, fields: dict) -> tuple[str, list]:
     """`col = %s, ...` and its values for a raw UPDATE of `model` (values prepared by fields)."""
-    sets, values = [], []
-    for name, value in fields.items():
-        field = model._meta.get_field(name)
-        sets.append(f"{connection.ops.quote_name(field.column)} = %s")
-        values.append(field.get_db_prep_save(value, connection))
-    return ", ".join(sets), values
+    columns, values = columns_prepared(model, fields)
+    return ", ".join(f"{column} = %s" for column in columns), values
 
 
 def _diff_row_sql(row: DiffRow, *, when: str) -> tuple[str, list]:

@@ -49,10 +49,12 @@ from campaigns.states import (
     RunFailed,
     RunStopped,
     run_transition,
+    variant_start,
     variant_transition,
 )
 from campaigns.teardown import sandbox_terminate_logged as _terminate
 from campaigns.teardown import sandbox_terminate_soon, teardowns_pending, teardowns_wait
+from core.rows import row_insert
 from core.secret_forms import SecretScanner
 from sandboxes.backends.base import Capability, SandboxError, SandboxSpec
 from sandboxes.egress.sandbox import spec_network_fields
@@ -349,13 +351,10 @@ def _variant_start(variant: Variant, sandbox=None) -> bool:
     """Pending → running (with its sandbox, when it has one already); False if another claim
     handled it. Each variant runs at most once per claim."""
     variant.started_at = timezone.now()
-    return variant_transition(
+    return variant_start(
         variant_id=variant.pk,
-        from_state=VariantState.PENDING,
-        to_state=VariantState.RUNNING,
-        attempt=F("attempt") + 1,
         started_at=variant.started_at,
-        **({"sandbox_id": sandbox.pk} if sandbox is not None else {}),
+        sandbox_id=sandbox.pk if sandbox is not None else None,
     )
 
 
@@ -483,8 +482,7 @@ def _variants_ensure(run: RepoRun) -> list[Variant]:
     if run.attempt == 1 and not run.resumed:  # none can exist yet: the insert returns them
         if len(wanted) == 1:  # one INSERT; bulk_create would add BEGIN and COMMIT around it
             with contextlib.suppress(IntegrityError):
-                wanted[0].save(force_insert=True)
-                return wanted
+                return [row_insert(wanted[0])]
         else:
             with contextlib.suppress(IntegrityError), transaction.atomic():
                 made = Variant.objects.bulk_create(wanted)

@@ -13,6 +13,7 @@ from django.db.models.signals import post_save
 from django.utils import timezone
 
 from audit.record import audit_record_change
+from core.rows import columns_prepared
 from sandboxes.backends.base import SandboxError, SandboxHandle
 from sandboxes.models import Sandbox, SandboxCommand, SandboxState
 
@@ -29,18 +30,8 @@ def sandbox_context(sandbox: Sandbox) -> dict:
     }
 
 
-def _columns(model, values: dict) -> tuple[list[str], list]:
-    """Quoted column names and values adapted by the model's fields, for this database."""
-    names, params = [], []
-    for name, value in values.items():
-        field = model._meta.get_field(name)
-        names.append(connection.ops.quote_name(field.column))
-        params.append(field.get_db_prep_save(value, connection))
-    return names, params
-
-
 def _update_sql(model, values: dict, where: str) -> tuple[str, list]:
-    names, params = _columns(model, values)
+    names, params = columns_prepared(model, values)
     assignments = ", ".join(f"{name} = %s" for name in names)
     table = connection.ops.quote_name(model._meta.db_table)
     return f"UPDATE {table} SET {assignments} WHERE {where} RETURNING id", params  # noqa: S608
@@ -140,7 +131,7 @@ def command_started_record(
         "output_sha256": "",
         "limit_hit": "",
     }
-    names, params = _columns(SandboxCommand, fields)
+    names, params = columns_prepared(SandboxCommand, fields)
     quote = connection.ops.quote_name
     sql = (
         f"INSERT INTO {quote(SandboxCommand._meta.db_table)} (sandbox_id, {', '.join(names)}) "  # noqa: S608

@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from audit.record import audit_record
 from core.errors import Unavailable
+from core.rows import row_insert
 from core.secret_forms import SecretScanner
 from sandboxes.backends import BACKENDS
 from sandboxes.backends.base import (
@@ -109,30 +110,32 @@ def _spec_labels(spec: SandboxSpec, **ids) -> SandboxSpec:
 def _row_new(
     *, spec, backend, owner_kind, owner_id, campaign_id, run_id, variant_id, on_behalf_of, snap
 ) -> Sandbox:
-    return Sandbox.objects.create(
-        backend=backend.name,
-        unsafe=backend.unsafe,
-        image=spec.image_key or spec.image,  # a campaign image by key (sandboxes/images)
-        network=str(spec.network),
-        limits={
-            "cpu": spec.cpu,
-            "memory_mb": spec.memory_mb,
-            "gpu": spec.gpu,
-            "pids_max": spec.pids_max,
-            "disk_mb": spec.disk_mb,
-            "timeout_s": spec.timeout_s,
-            "idle_timeout_s": spec.idle_timeout_s,
-            **_egress_limits(spec),
-        },
-        labels=dict(spec.labels),
-        owner_kind=owner_kind,
-        owner_id=owner_id,
-        campaign_id=campaign_id,
-        run_id=run_id,
-        variant_id=variant_id,
-        on_behalf_of=on_behalf_of,
-        from_snapshot=snap,
-        deadline_at=timezone.now() + timedelta(seconds=spec.timeout_s),
+    return row_insert(  # on every run's path: one plain INSERT (core.rows)
+        Sandbox(
+            backend=backend.name,
+            unsafe=backend.unsafe,
+            image=spec.image_key or spec.image,  # a campaign image by key (sandboxes/images)
+            network=str(spec.network),
+            limits={
+                "cpu": spec.cpu,
+                "memory_mb": spec.memory_mb,
+                "gpu": spec.gpu,
+                "pids_max": spec.pids_max,
+                "disk_mb": spec.disk_mb,
+                "timeout_s": spec.timeout_s,
+                "idle_timeout_s": spec.idle_timeout_s,
+                **_egress_limits(spec),
+            },
+            labels=dict(spec.labels),
+            owner_kind=owner_kind,
+            owner_id=owner_id,
+            campaign_id=campaign_id,
+            run_id=run_id,
+            variant_id=variant_id,
+            on_behalf_of=on_behalf_of,
+            from_snapshot=snap,
+            deadline_at=timezone.now() + timedelta(seconds=spec.timeout_s),
+        )
     )
 
 
