@@ -13,6 +13,7 @@ from audit.chain import canonical_json
 from audit.context import current_request
 from audit.models import AuditEvent
 from audit.seal import seal_batch
+from core.rows import row_stored
 
 logger = logging.getLogger(__name__)
 
@@ -206,12 +207,7 @@ def _event_insert(event: AuditEvent) -> None:
     with connection.cursor() as cursor:
         cursor.execute(_INSERT, _event_params(event))
         event.pk = cursor.fetchone()[0]
-    _event_saved(event)
-
-
-def _event_saved(event: AuditEvent) -> None:
-    event._state.adding = False
-    event._state.db = connection.alias
+    row_stored(event)
 
 
 # --- A change and its event in one statement ----------------------------------------------------

@@ -36,7 +36,7 @@ from campaigns.models import (
 )
 from campaigns.signals import DiffRow
 from campaigns.states import run_transition, runs_transition
-from core.rows import columns_prepared, row_from_db, row_stored
+from core.rows import assignments_prepared, row_from_db, row_stored
 from sandboxes.backends import LOCAL_BACKENDS
 
 logger = logging.getLogger(__name__)
@@ -356,7 +356,7 @@ def run_succeed(
     ctes, params = [], []
     if variant is not None:
         variant_id, fields = variant
-        sets, values = _assignments(Variant, fields)
+        sets, values = assignments_prepared(Variant, fields)
         table = Variant._meta.db_table
         update = f"UPDATE {table} SET {sets} WHERE id = %s AND state = %s RETURNING id"  # noqa: S608
         ctes.append(f"vmoved AS ({update})")
@@ -365,7 +365,7 @@ def run_succeed(
             sql, values = _diff_row_sql(row, when="EXISTS (SELECT 1 FROM vmoved)")
             ctes.append(f"row{i} AS ({sql})")
             params += values
-    more, more_values = _assignments(RepoRun, {**(run_fields or {}), **done})
+    more, more_values = assignments_prepared(RepoRun, {**(run_fields or {}), **done})
     update = f"UPDATE {runs} SET state = %s, {more} WHERE id = %s AND state = %s"  # noqa: S608
     ctes.append(f"done AS ({update} RETURNING id, campaign_id)")
     params += [succeeded, *more_values, run_id, running]
@@ -460,12 +460,6 @@ def _variants_new_statement(count: int) -> tuple[str, tuple]:
         "ON CONFLICT DO NOTHING RETURNING id, position"
     )
     return sql, tuple(f.get_db_prep_save(f.pre_save(blank, add=True), connection) for f in fields)
-
-
-def _assignments(model, fields: dict) -> tuple[str, list]:
-    """`col = %s, ...` and its values for a raw UPDATE of `model` (values prepared by fields)."""
-    columns, values = columns_prepared(model, fields)
-    return ", ".join(f"{column} = %s" for column in columns), values
 
 
 def _diff_row_sql(row: DiffRow, *, when: str) -> tuple[str, list]:

@@ -20,7 +20,7 @@ from campaigns.models import (
     VariantState,
 )
 from core.errors import Conflict
-from core.rows import columns_prepared
+from core.rows import assignments_prepared
 
 
 class CampaignStateError(Conflict):
@@ -131,12 +131,11 @@ def variant_start(*, variant_id: int, started_at, sandbox_id: int | None = None)
     values = {"state": VariantState.RUNNING, "started_at": started_at}
     if sandbox_id is not None:
         values["sandbox_id"] = sandbox_id
-    columns, params = columns_prepared(Variant, values)
-    sets = ", ".join([*(f"{column} = %s" for column in columns), "attempt = attempt + 1"])
+    sets, params = assignments_prepared(Variant, values)
     table = connection.ops.quote_name(Variant._meta.db_table)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {table} SET {sets} WHERE id = %s AND state = %s",  # noqa: S608 (our names)
+            f"UPDATE {table} SET {sets}, attempt = attempt + 1 WHERE id = %s AND state = %s",  # noqa: S608
             [*params, variant_id, VariantState.PENDING.value],
         )
         return cursor.rowcount == 1

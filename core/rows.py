@@ -74,6 +74,12 @@ def columns_prepared(model, values: dict) -> tuple[tuple[str, ...], list]:
     return columns, params
 
 
+def assignments_prepared(model, values: dict) -> tuple[str, list]:
+    """`col = %s, ...` for an UPDATE of `values`' fields, and the values prepared for it."""
+    columns, params = columns_prepared(model, values)
+    return ", ".join(f"{column} = %s" for column in columns), params
+
+
 @lru_cache(maxsize=64)
 def _converters(model, fields: tuple, alias: str, vendor: str) -> tuple:
     out = []

@@ -13,7 +13,7 @@ from django.db.models.signals import post_save
 from django.utils import timezone
 
 from audit.record import audit_record_change
-from core.rows import columns_prepared
+from core.rows import assignments_prepared, columns_prepared, row_stored
 from sandboxes.backends.base import SandboxError, SandboxHandle
 from sandboxes.models import Sandbox, SandboxCommand, SandboxState
 
@@ -31,8 +31,7 @@ def sandbox_context(sandbox: Sandbox) -> dict:
 
 
 def _update_sql(model, values: dict, where: str) -> tuple[str, list]:
-    names, params = columns_prepared(model, values)
-    assignments = ", ".join(f"{name} = %s" for name in names)
+    assignments, params = assignments_prepared(model, values)
     table = connection.ops.quote_name(model._meta.db_table)
     return f"UPDATE {table} SET {assignments} WHERE {where} RETURNING id", params  # noqa: S608
 
@@ -160,7 +159,7 @@ def command_started_record(
         raise SandboxError(f"sandbox {sandbox.pk} is {sandbox.state}, not running")
     sandbox.state = SandboxState.RUNNING
     command = SandboxCommand(pk=command_id, sandbox=sandbox, **fields)
-    command._state.adding, command._state.db = False, connection.alias
+    row_stored(command)
     post_save.send(
         sender=SandboxCommand, instance=command, created=True, raw=False, using=connection.alias
     )
