@@ -36,6 +36,8 @@ from campaign_support import (
     convoy,
     cpu_s,
     host_tuning,
+    machine_cpu_s,
+    machine_cpu_since,
     postgres_cpu_s,
     rss_mb,
     worker_ready,
@@ -97,9 +99,9 @@ def _all_repos(repos: list[Path], work: Path, jobs: int) -> tuple[float, float, 
 
 def _floor(
     backend_name: str, repos: list[Path], work: Path, jobs: int, *, limits: bool = False
-) -> tuple[float, float]:
-    """Seconds for: clone each repository on the host, then run the sed in the bare engine; and
-    the CPU seconds its processes used.
+) -> tuple[float, float, dict]:
+    """Seconds for: clone each repository on the host, then run the sed in the bare engine; the
+    CPU seconds its processes used; the whole machine's CPU meanwhile (`machine_cpu_s`).
 
     `limits` (bwrap): the engine started as Convoy starts it, with the same seccomp filter and
     in a cgroup of its own with the spec's limits (made before and removed after each run,
@@ -185,15 +187,17 @@ def _floor(
         )
 
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    machine = machine_cpu_s()
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         list(pool.map(one, range(len(repos))))
     elapsed = time.perf_counter() - started
+    machine = machine_cpu_since(machine)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime
     assert "assertEqual(" in (work / "r0" / "test_calc.py").read_text()
     shutil.rmtree(work, ignore_errors=True)
-    return elapsed, cpu
+    return elapsed, cpu, machine
 
 
 def _convoy(
@@ -218,6 +222,7 @@ def _convoy(
         boot_cpu, _ = cpu_s(worker.pid)
         started = time.perf_counter()
         pg_before = postgres_cpu_s()
+        machine = machine_cpu_s()
         campaign_launch(campaign=campaign, actor=manager)
         runs = RepoRun.objects.filter(campaign=campaign)
         while runs.exclude(state__in=["succeeded", "failed", "cancelled"]).exists():
@@ -225,6 +230,7 @@ def _convoy(
                 raise RuntimeError("timed out")
             time.sleep(0.05)
         elapsed = time.perf_counter() - started
+        machine = machine_cpu_since(machine)
         pg_cpu = postgres_cpu_s() - pg_before  # includes this script's polling queries
         worker_rss = rss_mb(worker.pid)
         worker_cpu, children_cpu = cpu_s(worker.pid)
@@ -268,6 +274,7 @@ def _convoy(
         "worker_cpu": worker_cpu,
         "children_cpu": children_cpu,
         "pg_cpu": pg_cpu,
+        "machine": machine,
         "phases": phases,
     }
 
@@ -419,10 +426,11 @@ def main() -> None:
             for backend in args.backends.split(","):
                 result[backend] = _convoy(backend, slots, manager, env, args.pool, threads, round_)
                 floor_dir = Path(settings.DATA_DIR) / f"floor-{backend}-{round_}"
-                floor, floor_cpu = _floor(backend, repos, floor_dir, args.jobs)
+                floor, floor_cpu, machine = _floor(backend, repos, floor_dir, args.jobs)
                 result[f"floor-{backend}"], result[f"floor-{backend}-cpu"] = floor, floor_cpu
+                result[f"floor-{backend}-machine"] = machine
                 if backend == "bwrap":  # the same engine start with Convoy's limits
-                    result["floor-bwrap-limits"], _ = _floor(
+                    result["floor-bwrap-limits"], _, _ = _floor(
                         backend, repos, floor_dir, args.jobs, limits=True
                     )
             rounds.append(result)
@@ -503,9 +511,37 @@ def main() -> None:
             f"its engine children {r['children_cpu'] / runs * 1000:.1f} ms; the floor's "
             f"processes {floor_cpu / args.repos * 1000:.1f} ms; {os.cpu_count()} CPUs"
         )
+        print(_machine_line(r, rounds, backend, args.repos))
         print("    phases (median round; share of summed run time, p50/p95 per run):")
         for line in _phase_lines(r["phases"]):
             print(line)
+
+
+def _machine_line(r: dict, rounds: list[dict], backend: str, repos: int) -> str:
+    """The whole machine's CPU per run while Convoy ran (median round) and while the floor ran
+    (its median), with how busy the CPUs were: where both keep every CPU busy, Convoy / floor in
+    time is Convoy / floor in CPU a run, kernel work included."""
+    cpus = os.cpu_count() or 1
+
+    def figures(machine: dict, elapsed: float, runs: int) -> tuple[float, float, float]:
+        capacity = elapsed * cpus
+        return (
+            machine["busy"] / runs * 1000,
+            machine["busy"] / capacity,
+            machine["steal"] / capacity,
+        )
+
+    convoy_ms, convoy_busy, convoy_steal = figures(r["machine"], r["elapsed"], r["runs"])
+    floor_round = sorted(rounds, key=lambda x: x[f"floor-{backend}"])[len(rounds) // 2]
+    floor_ms, floor_busy, floor_steal = figures(
+        floor_round[f"floor-{backend}-machine"], floor_round[f"floor-{backend}"], repos
+    )
+    return (
+        f"    whole machine (/proc/stat: every process and the kernel): Convoy {convoy_ms:.1f} ms "
+        f"of CPU a run, CPUs {convoy_busy:.0%} busy, {convoy_steal:.0%} stolen; floor "
+        f"{floor_ms:.1f} ms a run, {floor_busy:.0%} busy, {floor_steal:.0%} stolen; "
+        f"Convoy / floor in CPU a run {convoy_ms / floor_ms:.2f}x"
+    )
 
 
 if __name__ == "__main__":
