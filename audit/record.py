@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, datetime
 
 from django.conf import settings
-from django.db import connection, models, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, models, transaction
 
 from audit.chain import canonical_json
 from audit.context import current_request
@@ -179,12 +179,12 @@ _VALUES = ", ".join(["%s"] * 15)
 _INSERT = f"INSERT INTO audit_auditevent ({_COLUMNS}) VALUES ({_VALUES}) RETURNING id"  # noqa: S608
 
 
-def _event_params(event: AuditEvent) -> list:
-    """The 15 values of _COLUMNS, in order, adapted for this database."""
-    event_id = event.event_id if connection.features.has_native_uuid_field else event.event_id.hex
+def _event_params(event: AuditEvent, db) -> list:
+    """The 15 values of _COLUMNS, in order, adapted for this database (`db`, a connection)."""
+    event_id = event.event_id if db.features.has_native_uuid_field else event.event_id.hex
     return [
         event_id,
-        connection.ops.adapt_datetimefield_value(event.occurred_at),
+        db.ops.adapt_datetimefield_value(event.occurred_at),
         event.action,
         event.outcome,
         event.actor_type,
@@ -204,8 +204,9 @@ def _event_params(event: AuditEvent) -> list:
 def _event_insert(event: AuditEvent) -> None:
     """One plain INSERT (the ORM's save costs several times more per event; this is the path
     every audited change takes)."""
-    with connection.cursor() as cursor:
-        cursor.execute(_INSERT, _event_params(event))
+    db = connections[DEFAULT_DB_ALIAS]
+    with db.cursor() as cursor:
+        cursor.execute(_INSERT, _event_params(event, db))
         event.pk = cursor.fetchone()[0]
     row_stored(event)
 
@@ -229,9 +230,10 @@ def audit_record_change(
     Elsewhere it is the same two statements in one transaction."""
     if always and id_key:
         raise ValueError("always and id_key exclude each other: with no row there is no id")
-    if connection.vendor != "postgresql":
+    db = connections[DEFAULT_DB_ALIAS]  # looked up once (see core.rows)
+    if db.vendor != "postgresql":
         with transaction.atomic(savepoint=False):
-            with connection.cursor() as cursor:
+            with db.cursor() as cursor:
                 cursor.execute(sql, params)
                 row = cursor.fetchone()
             if row is None and not always:
@@ -244,7 +246,7 @@ def audit_record_change(
     if id_key:
         event = {**event, "payload": {**(event.get("payload") or {}), id_key: _ID_SENTINEL}}
     built = audit_event_build(**event)
-    values = _event_params(built)
+    values = _event_params(built, db)
     body = "%s"
     if id_key:  # the body's bytes around the id, joined to it by the statement
         marker = f"{canonical_json(id_key)}:{_ID_SENTINEL}"
@@ -268,7 +270,7 @@ def audit_record_change(
             "SELECT change.id, event.id FROM change CROSS JOIN event"
         )
     try:
-        with connection.cursor() as cursor:
+        with db.cursor() as cursor:
             cursor.execute(statement, [*params, *values])
             row = cursor.fetchone()
     except Exception as exc:

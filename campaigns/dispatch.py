@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from celery import current_app
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
@@ -342,7 +342,8 @@ def run_succeed(
     """
     now = timezone.now()
     done = {"finished_at": now, "step": "done"}
-    if connection.vendor != "postgresql":
+    db = connections[DEFAULT_DB_ALIAS]  # looked up once (see core.rows)
+    if db.vendor != "postgresql":
         assert variant is None and not run_fields, "one statement: PostgreSQL only"
         with transaction.atomic():
             if not run_transition(
@@ -393,7 +394,7 @@ def run_succeed(
     # The run the slot went to, as `runs.run_load` loads it: its row as the hand-off left it,
     # its repository, its campaign's launch time; then the earmarked run, if any.
     run_columns, repo_columns = RepoRun._meta.concrete_fields, Repository._meta.concrete_fields
-    quote = connection.ops.quote_name
+    quote = db.ops.quote_name
     columns = ", ".join(
         [f"m.{quote(f.column)}" for f in run_columns]
         + [f"p.{quote(f.column)}" for f in repo_columns]
@@ -407,7 +408,7 @@ def run_succeed(
         f"LEFT JOIN mark k ON true LEFT JOIN {repos} kp ON kp.id = k.repository_id"
     )
     sql = f"WITH {', '.join(ctes)}, {handoff}, mark AS ({mark}), made AS ({made}) {result}"
-    with connection.cursor() as cursor:
+    with db.cursor() as cursor:
         cursor.execute(sql, params)
         moved, made_ids, *row = cursor.fetchone()
     row, (mark_id, mark_url, mark_ref) = row[:-3], row[-3:]
@@ -464,14 +465,15 @@ def _variants_new_statement(count: int) -> tuple[str, tuple]:
 
 def _diff_row_sql(row: DiffRow, *, when: str) -> tuple[str, list]:
     """An upsert (or a delete) of a receiver's `DiffRow`, done only `when`."""
-    meta, quote = row.model._meta, connection.ops.quote_name
+    db = connections[DEFAULT_DB_ALIAS]  # looked up once (see core.rows)
+    meta, quote = row.model._meta, db.ops.quote_name
     key = meta.get_field(row.key)
     if row.values is None:
         sql = f"DELETE FROM {meta.db_table} WHERE {quote(key.column)} = %s AND {when}"  # noqa: S608
-        return sql, [key.get_db_prep_save(row.key_value, connection)]
+        return sql, [key.get_db_prep_save(row.key_value, db)]
     fields = [meta.get_field(name) for name in row.values]
     columns = ", ".join(quote(f.column) for f in fields)
-    marks = ", ".join(f"%s::{f.cast_db_type(connection)}" for f in fields)
+    marks = ", ".join(f"%s::{f.cast_db_type(db)}" for f in fields)
     updates = ", ".join(
         f"{quote(f.column)} = EXCLUDED.{quote(f.column)}" for f in fields if f.column != key.column
     )
@@ -479,9 +481,7 @@ def _diff_row_sql(row: DiffRow, *, when: str) -> tuple[str, list]:
         f"INSERT INTO {meta.db_table} ({columns}) SELECT {marks} WHERE {when} "
         f"ON CONFLICT ({quote(key.column)}) DO UPDATE SET {updates}"
     )
-    values = [
-        f.get_db_prep_save(v, connection) for f, v in zip(fields, row.values.values(), strict=True)
-    ]
+    values = [f.get_db_prep_save(v, db) for f, v in zip(fields, row.values.values(), strict=True)]
     return sql, values
 
 

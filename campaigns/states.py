@@ -6,7 +6,7 @@ import hashlib
 import re
 from collections.abc import Iterable
 
-from django.db import connection, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.models import QuerySet
 from django.db.models.sql import UpdateQuery
 from django.utils import timezone
@@ -132,8 +132,9 @@ def variant_start(*, variant_id: int, started_at, sandbox_id: int | None = None)
     if sandbox_id is not None:
         values["sandbox_id"] = sandbox_id
     sets, params = assignments_prepared(Variant, values)
-    table = connection.ops.quote_name(Variant._meta.db_table)
-    with connection.cursor() as cursor:
+    db = connections[DEFAULT_DB_ALIAS]  # looked up once (see core.rows)
+    with db.cursor() as cursor:
+        table = db.ops.quote_name(Variant._meta.db_table)
         cursor.execute(
             f"UPDATE {table} SET {sets}, attempt = attempt + 1 WHERE id = %s AND state = %s",  # noqa: S608
             [*params, variant_id, VariantState.PENDING.value],

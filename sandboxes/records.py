@@ -8,7 +8,7 @@ the models' own fields, and post_save is sent as the ORM would (the sandbox page
 
 from __future__ import annotations
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.models.signals import post_save
 from django.utils import timezone
 
@@ -32,7 +32,7 @@ def sandbox_context(sandbox: Sandbox) -> dict:
 
 def _update_sql(model, values: dict, where: str) -> tuple[str, list]:
     assignments, params = assignments_prepared(model, values)
-    table = connection.ops.quote_name(model._meta.db_table)
+    table = connections[DEFAULT_DB_ALIAS].ops.quote_name(model._meta.db_table)
     return f"UPDATE {table} SET {assignments} WHERE {where} RETURNING id", params  # noqa: S608
 
 
@@ -161,7 +161,7 @@ def command_started_record(
     command = SandboxCommand(pk=command_id, sandbox=sandbox, **fields)
     row_stored(command)
     post_save.send(
-        sender=SandboxCommand, instance=command, created=True, raw=False, using=connection.alias
+        sender=SandboxCommand, instance=command, created=True, raw=False, using=DEFAULT_DB_ALIAS
     )
     return command
 
@@ -206,5 +206,5 @@ def command_finished_record(sandbox: Sandbox, command: SandboxCommand, error=Non
         },
     )
     post_save.send(
-        sender=SandboxCommand, instance=command, created=False, raw=False, using=connection.alias
+        sender=SandboxCommand, instance=command, created=False, raw=False, using=DEFAULT_DB_ALIAS
     )
