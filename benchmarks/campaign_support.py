@@ -163,18 +163,14 @@ def cpu_s(pid: int) -> tuple[float, float]:
 
 def machine_cpu_s() -> dict[str, float]:
     """CPU seconds of the whole machine so far, from the first line of /proc/stat: `busy`
-    (every process and the kernel's own work: user, nice, system, irq, softirq), `idle` (with
-    iowait) and `steal` (time the hypervisor gave the machine's CPUs to others). Per-process
-    figures miss the kernel work done outside a process (namespace and mount teardown in
-    kernel threads, interrupts), which bwrap's starts and ends cause a lot of."""
+    (every process and the kernel's own work: user, nice, system, irq, softirq) and `steal`
+    (time the hypervisor gave the machine's CPUs to others). Per-process figures miss the
+    kernel work done outside a process (namespace and mount teardown in kernel threads,
+    interrupts), which bwrap's starts and ends cause a lot of."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    user, nice, system, idle, iowait, irq, softirq, steal = fields
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
     tick = os.sysconf("SC_CLK_TCK")
-    return {
-        "busy": (user + nice + system + irq + softirq) / tick,
-        "idle": (idle + iowait) / tick,
-        "steal": steal / tick,
-    }
+    return {"busy": (user + nice + system + irq + softirq) / tick, "steal": steal / tick}
 
 
 def machine_cpu_since(before: dict[str, float]) -> dict[str, float]:
