@@ -42,7 +42,13 @@ from sandboxes.workspaces import Meta, Workspaces, workspace_read, workspace_wri
 
 TIMEOUT_EXIT = 124  # what `timeout(1)` returns; every backend reports a timeout with it
 KILL_GRACE_S = 5.0  # after a kill, how long to wait for the pipes to close
-WATCH_EVERY_S = 0.25  # how often a running command's workspace size is checked
+WATCH_EVERY_S = 0.25  # how often a running command's workspace size is checked, at most
+# The walks that measure a workspace may take at most this share of the time: where one walk
+# takes longer than WATCH_EVERY_S * WALK_SHARE_MAX (a large repository), the next waits for
+# 1 / WALK_SHARE_MAX times its cost. A 50,000-file checkout takes about 0.2 s to walk, which
+# every WATCH_EVERY_S kept a CPU 70% busy for as long as a command ran (docs/benchmarks.md).
+WALK_SHARE_MAX = 0.05
+WALKS_KEPT = 256  # sandboxes whose last walk a backend remembers (the oldest is forgotten)
 SIGXFSZ_EXIT = 128 + signal.SIGXFSZ  # a write past RLIMIT_FSIZE (the disk limit) killed it
 # What shells, git, make, Go and Python's subprocess print when fork fails with EAGAIN: the only
 # sign of the process limit where the engine keeps no counter (gVisor's RLIMIT_NPROC).
@@ -259,6 +265,14 @@ def disk_usage(path: Path, *, stop_after: int) -> int:
     return total
 
 
+@dataclasses.dataclass
+class WalkCost:
+    """A sandbox's last workspace walk: how long it took and when it ended (monotonic)."""
+
+    cost_s: float = 0.0
+    ended_at: float = float("-inf")
+
+
 def rlimits_for(limits: Mapping, *, address_space: bool) -> list[tuple[int, int]]:
     """Limits that hold even where cgroups are missing: file size, CPU time, processes…"""
     cpu_s = int(limits.get("timeout_s", 3600)) + 5
@@ -314,6 +328,7 @@ class LocalBackend(SandboxBackend):
         self.data_dir = Path(data_dir)
         self.ws = Workspaces(self.data_dir / "sandboxes")
         self.install = install_id(self.data_dir)
+        self._walks: dict[str, WalkCost] = {}  # per sandbox: its disk watch's last walk
 
     # --- engine hooks -----------------------------------------------------------------------
     def _start(self, meta: Meta) -> None:
@@ -405,6 +420,7 @@ class LocalBackend(SandboxBackend):
         return found
 
     def terminate(self, handle: SandboxHandle) -> None:
+        self._walks.pop(handle.external_id, None)
         try:
             meta = self.ws.meta_read(handle.external_id)
         except SandboxError:
@@ -460,8 +476,8 @@ class LocalBackend(SandboxBackend):
         disk_watch = self._disk_watch(meta)
         disk_hit: list[str] = []
 
-        def watch() -> str:
-            why = disk_watch()
+        def watch(*, force: bool = False) -> str:
+            why = disk_watch(force=force)
             if why:
                 disk_hit.append(why)
             return why
@@ -476,7 +492,7 @@ class LocalBackend(SandboxBackend):
             started=started,
             watch=watch,
         )
-        return self._engine_checked(proc, self._limits_noted(meta, before, events, disk_hit))
+        return self._engine_checked(proc, self._limits_noted(meta, before, events, disk_hit, watch))
 
     # --- limits: which one a failed command ran into ------------------------------------------
     def _limit_counters(self, meta: Meta) -> dict[str, int]:
@@ -490,9 +506,11 @@ class LocalBackend(SandboxBackend):
         before: dict[str, int],
         events: Generator[ExecEvent, None, None],
         disk_hit: list[str],
+        watch: Callable[..., str],
     ) -> Generator[ExecEvent, None, None]:
         """The events, with the result of a failed command saying which limit it hit: without
-        it a fork bomb ends as a bare exit 2 and the log cannot say why."""
+        it a fork bomb ends as a bare exit 2 and the log cannot say why. A failed command's
+        workspace is measured once more, even where its last walk was too recent to repeat."""
         tail = b""
         fork_failed = False
         try:
@@ -502,6 +520,8 @@ class LocalBackend(SandboxBackend):
                     fork_failed = bool(FORK_FAILED.search(window))
                     tail = window[-256:]
                 elif isinstance(event, ExecResult) and event.exit_code != 0:
+                    if not disk_hit:
+                        watch(force=True)
                     hit = self._limit_hit(
                         meta, before, event, disk=bool(disk_hit), fork_failed=fork_failed
                     )
@@ -553,15 +573,31 @@ class LocalBackend(SandboxBackend):
         """Why the engine, not the command, produced `result` ("" when the command ran)."""
         return ""
 
-    def _disk_watch(self, meta: Meta) -> Callable[[], str]:
+    def _disk_watch(self, meta: Meta) -> Callable[..., str]:
         """The workspace's own writes (the overlay's upper layer, or the whole directory) may
-        not pass the disk limit; RLIMIT_FSIZE alone only stops one big file."""
+        not pass the disk limit; RLIMIT_FSIZE alone only stops one big file.
+
+        The returned watch walks the workspace unless its last walk (this command's or an
+        earlier one's in the same sandbox) ended less than 1 / WALK_SHARE_MAX times that walk's
+        cost ago; `force` walks regardless. A small workspace is walked at every call, as
+        before; a large one at most WALK_SHARE_MAX of the time."""
         base = self.ws.dir(meta.external_id)
         own = base / ("upper" if meta.layers and not meta.copied else "workspace")
         limit = int(meta.limits.get("disk_mb", 2048)) * 1024 * 1024
+        last = self._walks.get(meta.external_id)
+        if last is None:
+            if len(self._walks) >= WALKS_KEPT:  # a sandbox another process terminated
+                del self._walks[next(iter(self._walks))]
+            last = self._walks[meta.external_id] = WalkCost()
 
-        def watch() -> str:
-            if disk_usage(own, stop_after=limit) > limit:
+        def watch(*, force: bool = False) -> str:
+            started = time.monotonic()
+            if not force and started - last.ended_at < last.cost_s / WALK_SHARE_MAX:
+                return ""
+            size = disk_usage(own, stop_after=limit)
+            last.ended_at = time.monotonic()
+            last.cost_s = last.ended_at - started
+            if size > limit:
                 return f"the workspace passed its {limit // (1024 * 1024)} MB disk limit"
             return ""
 

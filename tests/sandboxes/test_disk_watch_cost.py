@@ -1,0 +1,70 @@
+"""The disk watch of a large workspace costs the worker a bounded share of a command's time, on
+each local engine for real, and still names the disk limit when a command fails past it.
+
+The watch measures the workspace by walking it (`sandboxes.backends.local.disk_usage`). A
+walk of a large checkout takes a good part of WATCH_EVERY_S; repeated at that pace it kept a
+worker's CPU busy for as long as a command ran. The walks now take at most WALK_SHARE_MAX of
+the time, as measured by the walks themselves.
+"""
+
+import time
+
+import pytest
+
+from sandboxes.backends.base import ExecResult, SandboxSpec
+from sandboxes.backends.local import WALK_SHARE_MAX, WATCH_EVERY_S, disk_usage
+
+SPEC = SandboxSpec(timeout_s=120, disk_mb=256)
+FILES = 20_000  # about 80 MB allocated: a walk takes several times WATCH_EVERY_S * WALK_SHARE_MAX
+
+
+def _large_workspace(backend, handle) -> float:
+    """Fill the workspace with FILES small files; return one walk's CPU seconds."""
+    root = backend.workspace_path(handle)
+    for d in range(FILES // 100):
+        sub = root / f"d{d}"
+        sub.mkdir()
+        for f in range(100):
+            (sub / f"f{f}.py").write_bytes(b"x = 1\n")
+    started = time.thread_time()
+    disk_usage(root, stop_after=1 << 40)
+    walk = time.thread_time() - started
+    assert walk > WATCH_EVERY_S * WALK_SHARE_MAX, "the workspace is too small to test this"
+    return walk
+
+
+def _run(backend, handle, script: str) -> tuple[ExecResult, float]:
+    """Run `script`; return its result and the CPU seconds this thread spent pumping it."""
+    started = time.thread_time()
+    events = list(backend.exec(handle, ["sh", "-c", script], timeout_s=60))
+    cpu = time.thread_time() - started
+    result = events[-1]
+    assert isinstance(result, ExecResult)
+    return result, cpu
+
+
+def test_a_long_command_in_a_large_workspace_does_not_keep_the_worker_walking_it(local_backend):
+    handle = local_backend.create(SPEC)
+    walk = _large_workspace(local_backend, handle)
+
+    result, cpu = _run(local_backend, handle, "sleep 2")
+
+    assert result.exit_code == 0
+    # Every WATCH_EVERY_S, that is 8 walks or more; at most WALK_SHARE_MAX of the time, 2 or 3.
+    assert cpu < 4 * walk + 0.05, f"pumping took {cpu:.3f} s of CPU; one walk {walk:.3f} s"
+
+
+def test_a_failed_command_past_the_disk_limit_is_blamed_on_it_however_recent_the_last_walk(
+    local_backend,
+):
+    handle = local_backend.create(SPEC)
+    _large_workspace(local_backend, handle)
+    result, _ = _run(local_backend, handle, "sleep 0.5")  # walked at its end: recent
+    assert result.exit_code == 0
+
+    # Four files under the per-file limit, together past the workspace's 256 MB.
+    filler = "for i in 1 2 3 4; do head -c 60000000 /dev/zero > big$i || exit 1; done; exit 1"
+    result, _ = _run(local_backend, handle, filler)
+
+    assert result.exit_code != 0 and not result.timed_out
+    assert result.limit_hit == "disk limit reached (disk_mb=256)"
