@@ -267,10 +267,22 @@ def disk_usage(path: Path, *, stop_after: int) -> int:
 
 @dataclasses.dataclass
 class WalkCost:
-    """A sandbox's last workspace walk: how long it took and when it ended (monotonic)."""
+    """A sandbox's last workspace walk: how long it took, when it ended (monotonic), the size
+    it found and the file system's free bytes just before it."""
 
     cost_s: float = 0.0
     ended_at: float = float("-inf")
+    size: int = 0
+    free: float = float("inf")
+
+
+def free_bytes(path: Path) -> float:
+    """Bytes an unprivileged writer may still use on `path`'s file system (inf if unknown)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return float("inf")
+    return st.f_bavail * st.f_frsize
 
 
 def rlimits_for(limits: Mapping, *, address_space: bool) -> list[tuple[int, int]]:
@@ -580,7 +592,9 @@ class LocalBackend(SandboxBackend):
         The returned watch walks the workspace unless its last walk (this command's or an
         earlier one's in the same sandbox) ended less than 1 / WALK_SHARE_MAX times that walk's
         cost ago; `force` walks regardless. A small workspace is walked at every call, as
-        before; a large one at most WALK_SHARE_MAX of the time."""
+        before; a large one at most WALK_SHARE_MAX of the time, or sooner when the file system
+        has lost more free space since the last walk than the workspace had left below its
+        limit (one `statvfs`): whatever wrote it, this workspace may have passed its limit."""
         base = self.ws.dir(meta.external_id)
         own = base / ("upper" if meta.layers and not meta.copied else "workspace")
         limit = int(meta.limits.get("disk_mb", 2048)) * 1024 * 1024
@@ -592,11 +606,16 @@ class LocalBackend(SandboxBackend):
 
         def watch(*, force: bool = False) -> str:
             started = time.monotonic()
-            if not force and started - last.ended_at < last.cost_s / WALK_SHARE_MAX:
+            free = free_bytes(own)
+            if (
+                not force
+                and started - last.ended_at < last.cost_s / WALK_SHARE_MAX
+                and free >= last.free - (limit - last.size)
+            ):
                 return ""
             size = disk_usage(own, stop_after=limit)
             last.ended_at = time.monotonic()
-            last.cost_s = last.ended_at - started
+            last.cost_s, last.size, last.free = last.ended_at - started, size, free
             if size > limit:
                 return f"the workspace passed its {limit // (1024 * 1024)} MB disk limit"
             return ""

@@ -9,23 +9,21 @@ the time, as measured by the walks themselves.
 
 import time
 
-import pytest
-
-from sandboxes.backends.base import ExecResult, SandboxSpec
+from sandboxes.backends.base import ExecOutput, ExecResult, SandboxSpec
 from sandboxes.backends.local import WALK_SHARE_MAX, WATCH_EVERY_S, disk_usage
 
 SPEC = SandboxSpec(timeout_s=120, disk_mb=256)
 FILES = 20_000  # about 80 MB allocated: a walk takes several times WATCH_EVERY_S * WALK_SHARE_MAX
 
 
-def _large_workspace(backend, handle) -> float:
-    """Fill the workspace with FILES small files; return one walk's CPU seconds."""
+def _large_workspace(backend, handle, *, files: int = FILES, content: bytes = b"x = 1\n") -> float:
+    """Fill the workspace with `files` small files; return one walk's CPU seconds."""
     root = backend.workspace_path(handle)
-    for d in range(FILES // 100):
+    for d in range(files // 100):
         sub = root / f"d{d}"
         sub.mkdir()
         for f in range(100):
-            (sub / f"f{f}.py").write_bytes(b"x = 1\n")
+            (sub / f"f{f}.py").write_bytes(content)
     started = time.thread_time()
     disk_usage(root, stop_after=1 << 40)
     walk = time.thread_time() - started
@@ -68,3 +66,31 @@ def test_a_failed_command_past_the_disk_limit_is_blamed_on_it_however_recent_the
 
     assert result.exit_code != 0 and not result.timed_out
     assert result.limit_hit == "disk limit reached (disk_mb=256)"
+
+
+def test_a_command_filling_the_disk_is_stopped_before_the_next_walk_is_due(local_backend):
+    """The disk losing more free space than the workspace had left below its limit triggers a
+    walk at once: the limit holds about as tightly as when every tick walked."""
+    handle = local_backend.create(SandboxSpec(timeout_s=120, disk_mb=32))
+    # Empty files: a long walk (one stat each) in a workspace of a few MB.
+    walk = _large_workspace(local_backend, handle, files=3 * FILES, content=b"")
+    result, _ = _run(local_backend, handle, "sleep 0.5")  # walked at its end: the next is due
+    assert result.exit_code == 0  # in 1 / WALK_SHARE_MAX walks' time, 20 * walk from now
+
+    filler = (
+        "for i in 1 2 3 4; do head -c 10000000 /dev/zero > big$i || exit 1; done; "
+        "echo filled; sleep 60"
+    )
+    filled_at = None
+    for event in local_backend.exec(handle, ["sh", "-c", filler], timeout_s=60):
+        if isinstance(event, ExecOutput) and b"filled" in event.data and filled_at is None:
+            filled_at = time.monotonic()
+        result = event
+    stopped_at = time.monotonic()
+
+    assert isinstance(result, ExecResult)
+    assert result.exit_code != 0 and not result.timed_out
+    assert result.limit_hit == "disk limit reached (disk_mb=32)"
+    if filled_at is not None:  # else stopped before it said so: sooner still
+        took = stopped_at - filled_at
+        assert took < 10 * walk, f"stopped {took:.2f} s after the writes; one walk {walk:.3f} s"
