@@ -486,10 +486,7 @@ def main() -> None:
         elapsed = statistics.median(r[backend]["elapsed"] for r in rounds)
         target = f" (target <= {targets[backend]:.1f}x)" if backend in targets else ""
         print(f"convoy on {backend:<6}: {elapsed:7.2f} s  ratio {elapsed / baseline:.2f}x{target}")
-        floor = statistics.median(r[f"floor-{backend}"] for r in rounds)
-        per_round = ", ".join(
-            f"{r[backend]['elapsed'] / r[f'floor-{backend}']:.2f}x" for r in rounds
-        )
+        floor, per_round = _floor_against(rounds, backend, f"floor-{backend}")
         print(
             f"    engine floor on {backend} (host clone, then the bare engine running the sed and "
             f"the diff read, in the environment Convoy's commands get): {floor:.2f} s  "
@@ -499,19 +496,13 @@ def main() -> None:
             f"{statistics.median(r[f'floor-{backend}-cpu'] for r in rounds):.1f} s"
         )
         if backend == "bwrap":
-            limited = statistics.median(r["floor-bwrap-limits"] for r in rounds)
-            per_round = ", ".join(
-                f"{r[backend]['elapsed'] / r['floor-bwrap-limits']:.2f}x" for r in rounds
-            )
+            limited, per_round = _floor_against(rounds, backend, "floor-bwrap-limits")
             print(
                 f"    engine floor on bwrap with Convoy's limits (the same, plus its seccomp "
                 f"filter, a cgroup with the spec's limits and rlimits): {limited:.2f} s; "
                 f"Convoy / that floor {elapsed / limited:.2f}x (rounds {per_round})"
             )
-        minimal = statistics.median(r[f"floor-{backend}-minimal"] for r in rounds)
-        per_round = ", ".join(
-            f"{r[backend]['elapsed'] / r[f'floor-{backend}-minimal']:.2f}x" for r in rounds
-        )
+        minimal, per_round = _floor_against(rounds, backend, f"floor-{backend}-minimal")
         print(
             f"    engine floor on {backend} with a minimal environment (PATH=/usr/bin:/bin, "
             f"HOME=/tmp: the floor before session 17): {minimal:.2f} s; Convoy / that floor "
@@ -545,6 +536,12 @@ def main() -> None:
         print("    phases (median round; share of summed run time, p50/p95 per run):")
         for line in _phase_lines(r["phases"]):
             print(line)
+
+
+def _floor_against(rounds: list[dict], backend: str, key: str) -> tuple[float, str]:
+    """The floor `key`'s median seconds, and Convoy / that floor in each round."""
+    per_round = ", ".join(f"{r[backend]['elapsed'] / r[key]:.2f}x" for r in rounds)
+    return statistics.median(r[key] for r in rounds), per_round
 
 
 def _machine_line(r: dict, rounds: list[dict], backend: str, repos: int) -> str:
