@@ -17,6 +17,7 @@ import resource
 import selectors
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Collection, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -46,7 +47,7 @@ WATCH_EVERY_S = 0.25  # how often a running command's workspace size is checked,
 # The walks that measure a workspace may take at most this share of the time: where one walk
 # takes longer than WATCH_EVERY_S * WALK_SHARE_MAX (a large repository), the next waits for
 # 1 / WALK_SHARE_MAX times its cost. A 50,000-file checkout takes about 0.2 s to walk, which
-# every WATCH_EVERY_S kept a CPU 70% busy for as long as a command ran (docs/benchmarks.md).
+# every WATCH_EVERY_S kept a CPU 42-48% busy for as long as a command ran (docs/benchmarks.md).
 WALK_SHARE_MAX = 0.05
 WALKS_KEPT = 256  # sandboxes whose last walk a backend remembers (the oldest is forgotten)
 SIGXFSZ_EXIT = 128 + signal.SIGXFSZ  # a write past RLIMIT_FSIZE (the disk limit) killed it
@@ -341,6 +342,7 @@ class LocalBackend(SandboxBackend):
         self.ws = Workspaces(self.data_dir / "sandboxes")
         self.install = install_id(self.data_dir)
         self._walks: dict[str, WalkCost] = {}  # per sandbox: its disk watch's last walk
+        self._walks_lock = threading.Lock()  # variants' threads start commands side by side
 
     # --- engine hooks -----------------------------------------------------------------------
     def _start(self, meta: Meta) -> None:
@@ -432,7 +434,8 @@ class LocalBackend(SandboxBackend):
         return found
 
     def terminate(self, handle: SandboxHandle) -> None:
-        self._walks.pop(handle.external_id, None)
+        with self._walks_lock:
+            self._walks.pop(handle.external_id, None)
         try:
             meta = self.ws.meta_read(handle.external_id)
         except SandboxError:
@@ -598,11 +601,12 @@ class LocalBackend(SandboxBackend):
         base = self.ws.dir(meta.external_id)
         own = base / ("upper" if meta.layers and not meta.copied else "workspace")
         limit = int(meta.limits.get("disk_mb", 2048)) * 1024 * 1024
-        last = self._walks.get(meta.external_id)
-        if last is None:
-            if len(self._walks) >= WALKS_KEPT:  # a sandbox another process terminated
-                del self._walks[next(iter(self._walks))]
-            last = self._walks[meta.external_id] = WalkCost()
+        with self._walks_lock:
+            last = self._walks.get(meta.external_id)
+            if last is None:
+                if len(self._walks) >= WALKS_KEPT:  # a sandbox another process terminated
+                    del self._walks[next(iter(self._walks))]
+                last = self._walks[meta.external_id] = WalkCost()
 
         def watch(*, force: bool = False) -> str:
             started = time.monotonic()
