@@ -1,5 +1,6 @@
 """The disk watch of a large workspace costs the worker a bounded share of a command's time, on
-each local engine for real, and still names the disk limit when a command fails past it.
+each local engine for real; it still names the disk limit when a command fails past it, and
+still stops a filler as soon as the disk's free space says the limit may be passed.
 
 The watch measures the workspace by walking it (`sandboxes.backends.local.disk_usage`). A
 walk of a large checkout takes a good part of WATCH_EVERY_S; repeated at that pace it kept a
