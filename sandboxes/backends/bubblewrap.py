@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from sandboxes.backends import cgroups, seccomp
 from sandboxes.backends.base import FILES_DIR, Capability, SandboxError
 from sandboxes.backends.egress import EGRESS_EXEC, egress_binds, egress_wrapped
-from sandboxes.backends.images import bwrap_image_args, tools_home_bind
+from sandboxes.backends.images import HOME_DIR, bwrap_image_args, tools_home_fd
 from sandboxes.backends.local import (
     LocalBackend,
     processes_kill,
@@ -43,8 +43,11 @@ def bwrap_argv(
     files: str | None = None,
     egress: dict | None = None,
     image: dict | None = None,
+    home_fd: int | None = None,
 ) -> list[str]:
-    """`image`: the sandbox's meta.extra, for its campaign image and tools area."""
+    """`image`: the sandbox's meta.extra, for its campaign image. `home_fd`: the tools area,
+    a descriptor from `images.tools_home_fd` (never its path: a command may have put a symlink
+    there, which bwrap would follow on the host), passed to bwrap with it."""
     root = bwrap_image_args(image or {}, etc=etc)
     argv = [
         "bwrap",
@@ -73,8 +76,8 @@ def bwrap_argv(
                 argv += ["--symlink", target, f"/{name}"]
         argv += ["--ro-bind", etc, "/etc"]
     argv += ["--bind", workspace, "/workspace"]
-    for source, target in tools_home_bind(image or {}, workspace):
-        argv += ["--bind", source, target]
+    if home_fd is not None:
+        argv += ["--bind-fd", str(home_fd), HOME_DIR]
     if files:
         argv += ["--ro-bind", files, FILES_DIR]
     # The network stays unshared with egress: the relay's socket is the only way out.
@@ -166,16 +169,28 @@ class BubblewrapBackend(LocalBackend):
         self, meta: Meta, argv: Sequence[str], cwd: str, env: dict[str, str], *, last: bool = False
     ) -> tuple[subprocess.Popen, Callable[[], None]]:
         # Every command is its own bwrap (its namespaces end with it): `last` changes nothing.
-        full = bwrap_argv(
-            etc=str(self.ws.etc()),
-            workspace=str(self.ws.workspace(meta.external_id)),
-            network=meta.network,
-            cwd=cwd,
-            tmp_mb=int(meta.limits.get("disk_mb", 2048)),
-            files=str(self.files_path(meta.external_id)) if meta.extra.get("files") else None,
-            egress=meta.extra if meta.extra.get("egress_dir") else None,
-            image=meta.extra,
-        )
+        workspace = str(self.ws.workspace(meta.external_id))
+        home_fd = tools_home_fd(workspace) if meta.extra.get("tools_home") else None
+        try:
+            full = bwrap_argv(
+                etc=str(self.ws.etc()),
+                workspace=workspace,
+                network=meta.network,
+                cwd=cwd,
+                tmp_mb=int(meta.limits.get("disk_mb", 2048)),
+                files=str(self.files_path(meta.external_id)) if meta.extra.get("files") else None,
+                egress=meta.extra if meta.extra.get("egress_dir") else None,
+                image=meta.extra,
+                home_fd=home_fd,
+            )
+            return self._popen_bwrap(meta, full, argv, env, home_fd)
+        finally:
+            if home_fd is not None:
+                os.close(home_fd)
+
+    def _popen_bwrap(
+        self, meta: Meta, full: list[str], argv: Sequence[str], env: dict[str, str], home_fd
+    ) -> tuple[subprocess.Popen, Callable[[], None]]:
         if meta.extra.get("egress_dir"):  # this command's own relay, started before it
             argv = egress_wrapped(EGRESS_EXEC, argv)
         popen = {
@@ -185,7 +200,7 @@ class BubblewrapBackend(LocalBackend):
             "env": env,
             "start_new_session": True,
         }
-        proc = self._popen_handshake(meta, full, argv, popen)
+        proc = self._popen_handshake(meta, full, argv, popen, keep=home_fd)
 
         def kill() -> None:
             # bwrap's pid namespace dies with its init, which dies with bwrap (--die-with-parent):
@@ -196,7 +211,9 @@ class BubblewrapBackend(LocalBackend):
         return proc, kill
 
     @staticmethod
-    def _popen_handshake(meta: Meta, full: list[str], argv, popen: dict) -> subprocess.Popen:
+    def _popen_handshake(
+        meta: Meta, full: list[str], argv, popen: dict, keep: int | None = None
+    ) -> subprocess.Popen:
         """bwrap reports its sandbox's first process on --info-fd, then, once its namespaces
         and mounts are ready, waits on --block-fd before running the command: that process
         gets its rlimits (and its cgroups, where it was not born in them) in the gap, so
@@ -206,7 +223,9 @@ class BubblewrapBackend(LocalBackend):
         (`cgroups.spawn_inside`): bwrap and all it starts are born there, and nothing waits for
         the host-wide cgroup lock. On a cgroup v2 host the sandbox's first process is moved in
         by pid once bwrap reports it (after a quiet spell that move waits for an RCU grace
-        period unless the host mounts cgroup2 with `favordynmods`: `make host-tune`)."""
+        period unless the host mounts cgroup2 with `favordynmods`: `make host-tune`).
+
+        `keep`: one more descriptor for bwrap (it closes it once used), the caller's to close."""
         info_r, info_w = os.pipe()
         block_r, block_w = os.pipe()
         filter_r = seccomp.filter_fd()
@@ -221,7 +240,7 @@ class BubblewrapBackend(LocalBackend):
             try:
                 return subprocess.Popen(
                     [*full[:-1], *fds, "--", *argv],
-                    pass_fds=(info_w, block_r, filter_r),
+                    pass_fds=(info_w, block_r, filter_r, *(() if keep is None else (keep,))),
                     **popen,
                 )
             finally:

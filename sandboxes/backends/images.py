@@ -6,10 +6,17 @@ top (the image's /etc already has the sandbox user, hosts and git's safe.directo
 `SandboxSpec.tools_home`, `<workspace>/.convoy-home` is bound at /convoy/home and is $HOME:
 being inside the workspace's layer it is carried by snapshots and forks, and the checkout's
 `.git/info/exclude` keeps it out of every diff.
+
+The sandbox's commands can replace `.convoy-home` with anything, a symlink to a host directory
+included, and a bind follows symlinks on the host. So the tools area is opened without
+following any (`tools_home_fd`; bubblewrap binds that descriptor) or checked just before a
+gVisor container is made from it (`tools_home_checked`: no process of the sandbox runs then);
+what is not a directory is replaced by a fresh, empty one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -55,10 +62,33 @@ def bwrap_image_args(extra: dict, *, etc: str) -> list[str] | None:
     return ["--ro-bind", root, "/"]
 
 
-def tools_home_bind(extra: dict, workspace: str) -> list[tuple[str, str]]:
-    """(host path, sandbox path) of the tools area; [] without one."""
+def tools_home_fd(workspace: str) -> int:
+    """An `O_PATH` descriptor of the workspace's tools area, opened without following a
+    symlink; the caller closes it. Whatever a command left there that is not a directory (a
+    symlink, a file) is removed and a fresh, empty directory made."""
+    flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    parent = os.open(workspace, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)  # Convoy's own path
+    try:
+        try:
+            return os.open(HOME_IN_WORKSPACE, flags, dir_fd=parent)
+        except (FileNotFoundError, NotADirectoryError):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(HOME_IN_WORKSPACE, dir_fd=parent)  # never follows a symlink
+            os.mkdir(HOME_IN_WORKSPACE, 0o755, dir_fd=parent)
+            return os.open(HOME_IN_WORKSPACE, flags, dir_fd=parent)
+    except OSError as exc:
+        raise SandboxError(f"the tools area {HOME_DIR} could not be opened: {exc}") from None
+    finally:
+        os.close(parent)
+
+
+def tools_home_checked(extra: dict, workspace: str) -> list[tuple[str, str]]:
+    """(host path, sandbox path) of the tools area, [] without one, for an engine that binds it
+    by path when no process of the sandbox runs: the path is a directory (made again if a
+    command left anything else there) until the sandbox's next command."""
     if not extra.get("tools_home"):
         return []
+    os.close(tools_home_fd(workspace))
     return [(os.path.join(workspace, HOME_IN_WORKSPACE), HOME_DIR)]
 
 
@@ -70,11 +100,12 @@ def gvisor_root(extra: dict, skeleton: Path) -> dict:
 
 def gvisor_system_mounts(extra: dict, *, etc: str, workspace: str) -> list[dict]:
     """The bundle's system mounts: the host's /usr and the installation's /etc (none on an
-    image: it has its own); then the tools area."""
+    image: it has its own); then the tools area (called as the container is made, when no
+    process of the sandbox runs: a container's mounts are fixed at its start)."""
     root = extra.get("image_root")
     home = [
         {"destination": inside, "type": "bind", "source": host, "options": ["rbind", "rw"]}
-        for host, inside in tools_home_bind(extra, workspace)
+        for host, inside in tools_home_checked(extra, workspace)
     ]
     if not root:
         return [

@@ -5,6 +5,7 @@ the host's loopback network, and the host's health under a fork bomb, a memory h
 filler; and escapes from the workspace through `..` or symbolic links.
 """
 
+import dataclasses
 import os
 import secrets
 import socket
@@ -161,6 +162,38 @@ def test_dotdot_and_symlink_escapes_from_the_workspace_fail(local_backend, canar
     with pytest.raises(SandboxError):
         local_backend.write_file(handle, "dirlink/planted", b"x")
     assert not Path("/root/planted").exists()
+
+
+def test_the_tools_area_cannot_be_made_a_host_directory(local_backend, canaries):
+    """The tools area is a directory of the workspace, bound at /convoy/home. A command that
+    replaces it with a symlink to a host directory must not get that directory bound in its
+    place: not for the sandbox's next command, not in a fork of its snapshot (on gVisor a new
+    container, whose mounts are made then). The next ones find a fresh, empty tools area."""
+    token, paths = canaries
+    spec = dataclasses.replace(SPEC, tools_home=True)
+    handle = local_backend.create(spec)
+    fork = None
+    try:
+        out, result = run(
+            local_backend,
+            handle,
+            ["sh", "-c", "cd /workspace && rm -rf .convoy-home && ln -s /root .convoy-home"],
+        )
+        assert result.exit_code == 0, out
+        assert os.path.islink(local_backend.workspace_path(handle) / ".convoy-home")
+        fork = local_backend.create_from_snapshot(local_backend.snapshot(handle), spec)
+        probe = f"cat /convoy/home/{paths[0].name}; echo mine > /convoy/home/planted"
+        for sandbox in (handle, fork):
+            out, _ = run(local_backend, sandbox, ["sh", "-c", probe])
+            assert f"CANARY-{token}" not in out
+            assert not Path("/root/planted").exists()
+        out, result = run(local_backend, fork, ["cat", "/workspace/.convoy-home/planted"])
+        assert (result.exit_code, out) == (0, "mine\n")
+    finally:
+        Path("/root/planted").unlink(missing_ok=True)
+        for sandbox in (handle, fork):
+            if sandbox is not None:
+                local_backend.terminate(sandbox)
 
 
 def test_a_sandbox_made_where_another_was_removed_starts_empty_and_limited(local_backend):
