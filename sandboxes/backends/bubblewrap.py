@@ -146,9 +146,11 @@ class BubblewrapBackend(LocalBackend):
         meta.cgroups = claimed
 
     def _stop(self, meta: Meta) -> None:
-        cgroups.cgroup_kill(meta.cgroups)
-        if meta.external_id in self._made_here:  # its commands' bwraps ran here, and ended
+        if meta.external_id in self._made_here:
+            # Its commands' bwraps ran here, and ended; `_cgroups_release`, which always comes
+            # next, kills whatever is left in its cgroups (under the launch lock, to recycle).
             return
+        cgroups.cgroup_kill(meta.cgroups)
         # A worker killed while bwrap was starting leaves bwrap's sandbox-side process
         # waiting forever for its dead parent. Where it was not born in the cgroups (cgroup
         # v2) it never reached them: it is found by the workspace it binds (a /proc scan, so

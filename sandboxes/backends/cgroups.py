@@ -150,8 +150,7 @@ def cgroup_recycle(paths: list[str], *, owner: str, limits: dict | None = None) 
 
 
 def _recycle(paths: list[str], *, owner: str, limits: dict, spares: list) -> None:
-    cgroup_kill(paths)
-    if cgroup_pids(paths):  # something would not die: never hand it to another sandbox
+    if cgroup_kill(paths):  # something would not die: never hand it to another sandbox
         cgroup_remove(paths)
         return
     leaf = f"{PREFIX}{owner}-spare-{os.getpid()}-{secrets.token_hex(4)}"
@@ -370,9 +369,19 @@ def cgroup_pids(paths: list[str]) -> set[int]:
     pids: set[int] = set()
     for path in paths:
         with contextlib.suppress(OSError):
-            listed = {int(p) for p in Path(path, "cgroup.procs").read_text().split()}
+            listed = {int(p) for p in _small_read(os.path.join(path, "cgroup.procs")).split()}
             pids.update(p for p in listed if _v2() or _leader_in(p, path))
     return pids
+
+
+def _small_read(path: str) -> bytes:
+    """A small kernel file's bytes in three system calls (`open()`'s buffered file adds five:
+    the teardown thread reads these while the worker's next run wants the interpreter)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 1 << 16)
+    finally:
+        os.close(fd)
 
 
 def _leader_in(pid: int, path: str) -> bool:
@@ -427,13 +436,14 @@ def engine_cgroups(name: str) -> list[str]:
     return found
 
 
-def cgroup_kill(paths: list[str], *, timeout: float = 5.0) -> None:
-    """SIGKILL every process in the cgroups until they are empty (forks race the killer)."""
+def cgroup_kill(paths: list[str], *, timeout: float = 5.0) -> set[int]:
+    """SIGKILL every process in the cgroups until they are empty (forks race the killer); the
+    processes still there at the deadline (none when they emptied)."""
     deadline = time.monotonic() + timeout
     while True:
         pids = cgroup_pids(paths)
         if not pids or time.monotonic() > deadline:
-            return
+            return pids
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
