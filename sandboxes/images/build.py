@@ -11,12 +11,16 @@ No database here: `sandboxes.images.services` decides who builds and records the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import secrets
 import shutil
+import signal
+import stat
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +47,12 @@ MOUNTPOINT_DIRS = ("/workspace", "/convoy/files", "/convoy/home", "/convoy/egres
 MOUNTPOINT_FILES = ("/etc/resolv.conf", "/convoy/bin/relay")
 # What the installation's minimal /etc gives a host-/usr sandbox, written into the image at the
 # end of its build (not bound at each start: every mount costs start time, gVisor's most).
+# The image's own files the builder reads (dpkg's status file of a large image is a few MB).
+FILE_READ_MAX = 64 * 1024 * 1024
+# A build command (skopeo, umoci, mmdebstrap, a pip, npm or run step) still running after this
+# is stopped and fails the build: a step waiting forever would hold the image's build claim.
+COMMAND_TIMEOUT_S = 3600.0
+
 SANDBOX_USER = "sandbox:x:1000:1000:sandbox:/convoy/home:/bin/sh"
 SANDBOX_GROUP = "sandbox:x:1000:"
 SANDBOX_HOSTS = "127.0.0.1 localhost sandbox\n::1 localhost\n"
@@ -124,21 +134,36 @@ class BuildLog:
             self._on_output(text)
 
     def run(self, argv: list[str], *, env: dict[str, str] | None = None) -> int:
-        """Run a command, streaming its merged output line by line; its exit status."""
+        """Run a command, streaming its merged output line by line; its exit status. Past
+        COMMAND_TIMEOUT_S its process group is killed (a step's processes included)."""
         self.line("$ " + " ".join(argv))
         proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=env, start_new_session=True,
         )  # fmt: skip
+        stopped = threading.Event()
+
+        def stop() -> None:
+            stopped.set()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+        timer = threading.Timer(COMMAND_TIMEOUT_S, stop)
+        timer.daemon = True
+        timer.start()
         try:
             assert proc.stdout is not None
             for raw in proc.stdout:
                 self.line(raw.decode("utf-8", "replace").rstrip("\n"))
-            return proc.wait()
+            status = proc.wait()
         finally:
+            timer.cancel()
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+        if stopped.is_set():
+            self.line(f"[convoy: stopped after {COMMAND_TIMEOUT_S:.0f} s]")
+        return status
 
     def close(self) -> None:
         self._file.close()
@@ -216,9 +241,8 @@ def _base(spec: ImageSpec, rootfs: Path, workdir: Path, log: BuildLog, creds) ->
 
 
 def _dpkg_versions(rootfs: Path) -> dict[str, str]:
-    try:
-        text = (rootfs / "var/lib/dpkg/status").read_text(errors="replace")
-    except OSError:
+    text = _image_file_read(rootfs, "/var/lib/dpkg/status")
+    if not text:
         return {}
     versions = {}
     for stanza in text.split("\n\n"):
@@ -256,9 +280,7 @@ def _steps_run(spec, key, rootfs, steps, log: BuildLog, network: BuildNetwork) -
 def _root_files(rootfs: Path, net: NetworkAttachment) -> None:
     """The network's files (apt's proxy), where the image has their directory."""
     for inside, text in net.root_files.items():
-        path = _in_image(rootfs, inside)
-        if path is not None and path.parent.is_dir() and not path.is_symlink():
-            path.write_text(text)
+        _image_file_write(rootfs, inside, text)
 
 
 def rootfs_build(
@@ -334,6 +356,48 @@ def _in_image(rootfs: Path, inside: str) -> Path | None:
     return parent / path.name
 
 
+def _image_file_read(rootfs: Path, inside: str) -> str | None:
+    """The text of the image's file `inside`: "" when there is none; None when it is not a
+    regular file (a link, a FIFO whose open would stall the build, a device), is reached
+    through a link out of the image, or is over FILE_READ_MAX. The builder reads as root on
+    the host, after its steps (the image's or a `run` step's files) have ended."""
+    path = _in_image(rootfs, inside)
+    if path is None:
+        return None
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return ""
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode) or found.st_size > FILE_READ_MAX:
+            return None
+        return f.read(FILE_READ_MAX).decode("utf-8", "replace")
+
+
+def _image_file_write(rootfs: Path, inside: str, text: str) -> bool:
+    """Write the image's file `inside` where its directory exists and nothing but a regular
+    file is there (never through a link, into a FIFO or a device); whether it was written."""
+    path = _in_image(rootfs, inside)
+    if path is None or not path.parent.is_dir() or _image_file_read(rootfs, inside) is None:
+        return False
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError:
+        return False
+    with os.fdopen(fd, "wb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        f.truncate(0)
+        f.write(text.encode())
+    return True
+
+
 def _mountpoints(rootfs: Path) -> None:
     """Directories and files backends mount over: a read-only rootfs cannot grow them later.
     Nothing is written through a link: a link an image made stays as it is."""
@@ -352,18 +416,14 @@ def _mountpoints(rootfs: Path) -> None:
         ("passwd", SANDBOX_USER, ":1000:1000:"),
         ("group", SANDBOX_GROUP, ":1000:"),
     ):
-        path = _in_image(rootfs, f"/etc/{name}")
-        if path is None or path.is_symlink() or not path.parent.is_dir():
-            continue
-        text = path.read_text() if path.exists() else ""
-        if owned not in text:
-            path.write_text(text + ("" if not text or text.endswith("\n") else "\n") + line + "\n")
+        text = _image_file_read(rootfs, f"/etc/{name}")
+        if text is not None and owned not in text:
+            ending = "" if not text or text.endswith("\n") else "\n"
+            _image_file_write(rootfs, f"/etc/{name}", text + ending + line + "\n")
     for name, text in (("hosts", SANDBOX_HOSTS), ("gitconfig", SANDBOX_GITCONFIG)):
-        path = _in_image(rootfs, f"/etc/{name}")
-        if path is None or path.is_symlink() or not path.parent.is_dir():
-            continue
-        if not path.exists() or not path.read_text().strip():
-            path.write_text(text)
+        found = _image_file_read(rootfs, f"/etc/{name}")
+        if found is not None and not found.strip():
+            _image_file_write(rootfs, f"/etc/{name}", text)
 
 
 def _image_env(spec: ImageSpec, oci_env: list[str]) -> dict[str, str]:

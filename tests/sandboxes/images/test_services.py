@@ -205,3 +205,117 @@ def test_the_builder_never_writes_through_an_images_links(
     assert list(outside.iterdir()) == []
     rootfs = image_dir(image.key) / "rootfs"
     assert (rootfs / "etc").is_symlink() and (rootfs / "workspace").is_dir()
+
+
+def test_the_builder_never_reads_through_an_images_links(
+    db, fresh_image_data, oci_registry, tmp_path
+):
+    """An image whose dpkg status file is a link to a host file: the builder (root on the
+    host) lists the image's packages from its own files only, never the host file's."""
+    host_file = tmp_path / "host-status"
+    host_file.write_text("Package: host-only\nStatus: install ok installed\nVersion: 1\n")
+    tree = tmp_path / "tree"
+    (tree / "var/lib/dpkg").mkdir(parents=True)
+    (tree / "var/lib/dpkg/status").symlink_to(host_file)
+    image = image_ensure(spec={"oci": oci_registry.push_tree("team/s", tree, tag="1")}, actor=None)
+    assert image.state == ImageState.READY
+    manifest = json.loads((image_dir(image.key) / "manifest.json").read_text())
+    assert "host-only" not in json.dumps(manifest)
+
+
+def _shell_tree(tree: Path, programs: tuple[str, ...]) -> None:
+    """A root filesystem holding the host's `sh` and `programs` with the libraries they load
+    (Debian's merged /usr: /bin, /lib and /lib64 are links into /usr)."""
+    for name in ("bin", "lib", "lib64"):
+        (tree / "usr" / name).mkdir(parents=True, exist_ok=True)
+        (tree / name).symlink_to(f"usr/{name}")
+    for program in ("/usr/bin/sh", *programs):
+        listed = subprocess.run(["ldd", program], capture_output=True, text=True).stdout
+        libraries = [w for w in listed.split() if w.startswith("/")]
+        for path in (program, *libraries):
+            target = tree / path.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(Path(path).read_bytes())
+            target.chmod(0o755)
+    (tree / "etc").mkdir()
+    (tree / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+
+
+def _build_in_thread(spec: dict, key: str) -> tuple[threading.Thread, list]:
+    from sandboxes.images.build import BuildLog, rootfs_build
+    from sandboxes.images.network import host_network
+
+    outcome: list = []
+    log = BuildLog(images_root() / f"{key}.log", None)
+
+    def build() -> None:
+        try:
+            outcome.append(
+                rootfs_build(
+                    spec=image_spec_parse(spec),
+                    key=key,
+                    resolved_base={},
+                    log=log,
+                    network=host_network,
+                )
+            )
+        except Exception as exc:
+            outcome.append(exc)
+        finally:
+            log.close()
+
+    thread = threading.Thread(target=build, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def _fifos_release() -> None:
+    """Let a builder stuck opening a FIFO of a rootfs go on (a failed test's cleanup)."""
+    import os
+
+    for fifo in images_root().glob(".building-*/rootfs/**/*"):
+        if fifo.is_fifo():
+            os.close(os.open(fifo, os.O_RDWR | os.O_NONBLOCK))
+
+
+def test_a_fifo_a_step_leaves_does_not_stall_the_build(fresh_image_data, oci_registry, tmp_path):
+    """A `run` step that leaves FIFOs where the builder reads and writes (/etc/passwd, hosts,
+    dpkg's status file): opening one would wait forever, holding the image's build claim. The
+    builder passes them by (the image gets no sandbox user) and the build ends."""
+    tree = tmp_path / "tree"
+    _shell_tree(tree, ("/usr/bin/mkfifo", "/usr/bin/rm"))
+    (tree / "var/lib/dpkg").mkdir(parents=True)
+    ref = oci_registry.push_tree("team/fifo", tree, tag="1")
+    fifos = "/etc/passwd /etc/hosts /etc/gitconfig /var/lib/dpkg/status"
+    thread, outcome = _build_in_thread(
+        {"oci": ref, "run": [f"rm -f {fifos} && mkfifo {fifos}"]}, "f" * 64
+    )
+    try:
+        thread.join(60)
+        assert not thread.is_alive(), "the build is stuck on a FIFO"
+    finally:
+        while thread.is_alive():
+            _fifos_release()
+            thread.join(0.5)
+    assert len(outcome) == 1 and not isinstance(outcome[0], Exception), outcome
+    assert outcome[0].manifest["packages"] == {}
+    assert (image_dir("f" * 64) / "rootfs/etc/passwd").is_fifo()
+
+
+def test_a_build_step_that_never_ends_is_stopped(
+    fresh_image_data, oci_registry, tmp_path, monkeypatch
+):
+    from sandboxes.images import build
+
+    monkeypatch.setattr(build, "COMMAND_TIMEOUT_S", 2.0)
+    tree = tmp_path / "tree"
+    _shell_tree(tree, ("/usr/bin/sleep",))
+    ref = oci_registry.push_tree("team/sleep", tree, tag="1")
+    thread, outcome = _build_in_thread({"oci": ref, "run": ["sleep 600"]}, "e" * 64)
+    thread.join(60)
+    assert not thread.is_alive()
+    assert isinstance(outcome[0], build.ImageBuildError)
+    assert outcome[0].field == "image.run[0]"
+    log = (images_root() / f"{'e' * 64}.log").read_text()
+    assert "[convoy: stopped after 2 s]" in log
+    assert not list(images_root().glob(".building-*"))
