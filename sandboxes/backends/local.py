@@ -16,6 +16,7 @@ import re
 import resource
 import selectors
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -244,25 +245,43 @@ def processes_kill(
 
 
 def disk_usage(path: Path, *, stop_after: int) -> int:
-    """Bytes allocated under `path` (not following links), counting stops past `stop_after`."""
+    """Bytes allocated under `path` (not following links), counting stops past `stop_after`.
+
+    The command is running meanwhile: between its parent's listing and its own, a directory can
+    become a link to a host directory, and the host (root, perhaps) must not list or size what
+    the link names. So a directory is listed through a descriptor, and only when it is the
+    very inode (device and number) its parent listed; one that changed is left out of this
+    walk (the next walk sees it)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        top = os.lstat(path)
+    except OSError:
+        return 0
     total = 0
-    stack = [str(path)]
+    stack = [(str(path), top.st_dev, top.st_ino)]
     while stack:
+        where, dev, ino = stack.pop()
         try:
-            entries = os.scandir(stack.pop())
+            fd = os.open(where, flags)
         except OSError:
             continue
-        with entries:
-            for entry in entries:
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                total += st.st_blocks * 512
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
-                if total > stop_after:
-                    return total
+        try:
+            opened = os.fstat(fd)
+            if opened.st_ino != ino or opened.st_dev != dev:
+                continue
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    total += st.st_blocks * 512
+                    if stat.S_ISDIR(st.st_mode):
+                        stack.append((f"{where}/{entry.name}", st.st_dev, st.st_ino))
+                    if total > stop_after:
+                        return total
+        finally:
+            os.close(fd)
     return total
 
 

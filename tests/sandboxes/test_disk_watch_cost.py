@@ -95,3 +95,49 @@ def test_a_command_filling_the_disk_is_stopped_before_the_next_walk_is_due(local
     if filled_at is not None:  # else stopped before it said so: sooner still
         took = stopped_at - filled_at
         assert took < 10 * walk, f"stopped {took:.2f} s after the writes; one walk {walk:.3f} s"
+
+
+def test_the_walk_never_lists_a_host_directory_a_link_swapped_in(tmp_path, monkeypatch):
+    """A running command can swap a directory of its workspace for a link to a host directory
+    between the walk's listing of the parent and its listing of the directory (a real command
+    won that race within seconds on bubblewrap, and learned from the limit whether 64 MB sat in
+    a host directory it cannot see). Here the swap is made at exactly that moment: the walk
+    sizes the workspace, never the host directory."""
+    import os
+
+    from sandboxes.backends import local
+
+    host = tmp_path / "host"
+    host.mkdir()
+    with open(host / "big", "wb") as f:
+        f.write(os.urandom(1 << 20) * 8)  # 8 MB allocated
+    workspace = tmp_path / "workspace"
+    (workspace / "d").mkdir(parents=True)
+    (workspace / "d" / "small").write_text("x")
+    scandir, calls = os.scandir, []
+
+    def swap_after_the_top_listing(target):
+        calls.append(target)
+        listing = scandir(target)
+        if len(calls) == 1:  # the workspace itself: once it is listed, `d` becomes a link
+            entries = list(listing)
+            listing.close()
+            os.rename(workspace / "d", workspace / "moved")
+            os.symlink(host, workspace / "d")
+            return _Listing(entries)
+        return listing
+
+    monkeypatch.setattr(local.os, "scandir", swap_after_the_top_listing)
+    assert local.disk_usage(workspace, stop_after=1 << 40) < 1 << 20
+    assert len(calls) == 1  # nothing below the swapped name was listed
+
+
+class _Listing(list):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def close(self):
+        pass
