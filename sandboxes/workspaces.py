@@ -413,11 +413,15 @@ def workspace_write(root: Path, path: str, data: bytes, mode: int = 0o644) -> No
     try:
         parent = _open_parent(root, parts, create=True)
         try:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+            # Not blocking: opening a FIFO a command left there would wait for a reader forever.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
             fd = os.open(parts[-1], flags, mode, dir_fd=parent)
         finally:
             os.close(parent)
         with os.fdopen(fd, "wb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise SandboxError(f"{path} is not a regular file")
+            f.truncate(0)
             f.write(data)
             os.fchmod(f.fileno(), mode)
     except OSError as exc:
@@ -429,7 +433,8 @@ def workspace_read(root: Path, path: str) -> bytes:
     try:
         parent = _open_parent(root, parts, create=False)
         try:
-            fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW, dir_fd=parent)
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a FIFO: no wait
+            fd = os.open(parts[-1], flags, dir_fd=parent)
         finally:
             os.close(parent)
         with os.fdopen(fd, "rb") as f:

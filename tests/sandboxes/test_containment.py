@@ -196,6 +196,47 @@ def test_the_tools_area_cannot_be_made_a_host_directory(local_backend, canaries)
                 local_backend.terminate(sandbox)
 
 
+def test_a_fifo_in_the_workspace_does_not_stall_file_reads_and_writes(local_backend):
+    """The host reads and writes workspace files for the services (`sandbox_read_file`,
+    `sandbox_write_file`); a FIFO a command left at that name must be refused at once, not
+    wait forever for a writer or a reader (a worker thread lost)."""
+    import threading
+
+    handle = local_backend.create(SPEC)
+    _, result = run(local_backend, handle, ["mkfifo", "/workspace/report.json"])
+    assert result.exit_code == 0
+    if not (local_backend.workspace_path(handle) / "report.json").is_fifo():
+        local_backend.terminate(handle)
+        pytest.skip("this engine keeps a command's FIFOs in its own kernel, not on the host")
+    errors: list = []
+
+    def attempt(call) -> None:
+        try:
+            call()
+        except SandboxError as exc:
+            errors.append(str(exc))
+
+    calls = (
+        lambda: local_backend.read_file(handle, "report.json"),
+        lambda: local_backend.write_file(handle, "report.json", b"x"),
+    )
+    threads = [threading.Thread(target=attempt, args=(c,), daemon=True) for c in calls]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            thread.join(10)
+        assert not any(t.is_alive() for t in threads), "a file call waits on the FIFO"
+        assert len(errors) == 2, errors
+    finally:
+        fifo = local_backend.workspace_path(handle) / "report.json"
+        while any(t.is_alive() for t in threads) and fifo.is_fifo():
+            os.close(os.open(fifo, os.O_RDWR | os.O_NONBLOCK))  # let a stuck call go on
+            for thread in threads:
+                thread.join(0.2)
+        local_backend.terminate(handle)
+
+
 def test_a_sandbox_made_where_another_was_removed_starts_empty_and_limited(local_backend):
     first = local_backend.create(SPEC)
     local_backend.write_file(first, "/workspace/left-behind", b"the first sandbox's file")
