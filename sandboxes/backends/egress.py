@@ -82,12 +82,13 @@ def egress_env(spec: SandboxSpec) -> dict[str, str]:
 
 def egress_binds(extra: dict) -> list[tuple[str, str, bool]]:
     """(host path, sandbox path, writable) to mount for a sandbox's meta.extra: the proxy's
-    socket directory (rw: the relay connects to the socket), the relay, the CA files that
-    exist; [] without egress."""
+    socket directory, the relay, the CA files that exist; [] without egress. All read-only:
+    connecting to a socket needs no writable mount, and the socket's directory is on the
+    host's data disk, outside the workspace and its `disk_mb` (writable, a command filled it)."""
     if not extra.get("egress_dir"):
         return []
     return [
-        (extra["egress_dir"], SANDBOX_SOCKET_DIR, True),
+        (extra["egress_dir"], SANDBOX_SOCKET_DIR, False),
         (extra["egress_relay"], SANDBOX_RELAY_PATH, False),
         *((p, p, False) for p in extra.get("egress_files", ()) if os.path.exists(p)),
     ]

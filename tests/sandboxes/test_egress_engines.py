@@ -195,6 +195,25 @@ def test_a_last_command_starts_its_own_relay(
     local_backend.terminate(handle)
 
 
+def test_the_proxys_socket_directory_takes_no_files(local_backend, egress_socket, tls_files):
+    """The proxy's socket directory is on the host's data disk, outside the workspace and its
+    `disk_mb`: mounted writable, a command filled it without limit. It is read-only; the
+    relay still connects (the test above)."""
+    path, _ = egress_socket
+    handle = local_backend.create(_spec(tls_files, egress_socket=str(path)))
+    try:
+        events = list(
+            local_backend.exec(
+                handle, ["sh", "-c", "head -c 1000000 /dev/zero > /convoy/egress/filler"]
+            )
+        )
+        result = events[-1]
+        assert isinstance(result, ExecResult) and result.exit_code != 0
+        assert sorted(p.name for p in path.parent.iterdir()) == ["proxy.sock"]
+    finally:
+        local_backend.terminate(handle)
+
+
 def test_without_egress_socket_nothing_is_reachable(
     local_backend,
     https_upstream,
