@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -74,6 +75,25 @@ _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden"
 
 class _BadRequest(Exception):
     pass
+
+
+# A request's path, appended to the provider's base URL: it must start with one `/` and hold
+# only path characters. `@host/…` after a base URL without a path (`http://models.internal`)
+# would have made the provider's host a user name and sent the key to `host`.
+_PATH = re.compile(r"/(?!/)[A-Za-z0-9._~%!$&'()*+,;=:@/-]*\Z")
+
+
+def _upstream_url(base_url: str, path: str) -> str:
+    """The provider's URL for the sandbox's request `path` (its /v1 prefix dropped: the base
+    URL has it); _BadRequest unless it stays on the base URL's scheme, host and port."""
+    if not _PATH.match(path):
+        raise _BadRequest("the request's path must be an absolute path such as /v1/messages")
+    url = base_url + (path[3:] if path.startswith("/v1/") else path)
+    base, made = urlsplit(base_url), urlsplit(url)
+    same = (made.scheme, made.hostname, made.port) == (base.scheme, base.hostname, base.port)
+    if not same or made.username is not None or made.password is not None:
+        raise _BadRequest("the request's path leaves the provider's address")
+    return url
 
 
 def _error_body(kind: str, message: str) -> bytes:
@@ -311,8 +331,7 @@ class ModelGateway:
                 options["include_usage"] = True
                 payload["stream_options"] = options
                 body = json.dumps(payload).encode()
-        sub = path[3:] if path.startswith("/v1/") else path
-        url = provider.base_url + sub
+        url = _upstream_url(provider.base_url, path)
         out_headers = [(k, v) for k, v in headers if k.lower() not in _DROP_REQUEST]
         out_headers.append(("Accept-Encoding", "identity"))  # usage is read from plain bytes
         if provider.api_style == ApiStyle.ANTHROPIC:

@@ -228,3 +228,34 @@ def test_a_token_works_only_from_the_sandbox_it_was_given_to(admin_user, fake, g
     refused = ModelCall.objects.filter(variant_id=9, outcome=CallOutcome.REFUSED)
     wait_for(lambda: refused.count() == 2, timeout=10, what="the refusals' records")
     assert len(fake.requests) == 1  # the provider saw only the call from the right sandbox
+
+
+@pytest.mark.parametrize("target", ["@{addr}/messages", ".{addr}/messages", "//{addr}/messages"])
+def test_a_request_path_cannot_send_the_key_to_another_host(admin_user, fake, gateway, target):
+    """The gateway appends the request's path to the provider's base URL. With a base URL
+    without a path (a provider at its server's root), a path such as `@host:port/messages`
+    made the provider's address a user name and sent the real key to `host:port`. Such a
+    path is refused (400) and nothing reaches the other host."""
+    root = fake.base_url.rsplit("/v1", 1)[0]
+    _provider(admin_user, root + "/", api_style="anthropic")
+    _grant_row, token = _grant()
+    other = socket.socket()
+    other.bind(("127.0.0.1", 0))
+    other.listen(1)
+    other.setblocking(False)
+    addr = f"127.0.0.1:{other.getsockname()[1]}"
+    body = json.dumps({"model": "fake-model", "messages": []}).encode()
+    head = (
+        f"POST {target.format(addr=addr)} HTTP/1.1\r\nHost: x\r\nx-api-key: {token}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    try:
+        with socket.create_connection(("127.0.0.1", gateway.tcp_port), timeout=15) as s:
+            s.sendall(head.encode() + body)
+            answer = s.recv(65536).decode()
+        assert answer.startswith("HTTP/1.1 400"), answer
+        # An upstream call comes before the answer: a connection would be in the backlog.
+        with pytest.raises(BlockingIOError):
+            other.accept()
+    finally:
+        other.close()
