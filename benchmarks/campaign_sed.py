@@ -427,7 +427,9 @@ def main() -> None:
         root = Path(settings.REPO_ROOTS[0]) / "bench"
         repos = demo_repos_create(root, args.repos, prefix="repo")
         repositories_register(
-            entries=[{"url": f"file://{p}", "ref": "main"} for p in repos], tags=["bench"]
+            entries=[{"url": f"file://{p}", "ref": "main"} for p in repos],
+            tags=["bench"],
+            actor=None,
         )
         # The machine is shared: baseline and Convoy alternate, round after round, and the
         # medians are compared, so a burst of load hurts both sides alike.

@@ -80,7 +80,9 @@ def main() -> None:
         root = Path(settings.REPO_ROOTS[0]) / "bench"
         repos = demo_repos_create(root, args.repos, prefix="repo")
         repositories_register(
-            entries=[{"url": f"file://{p}", "ref": "main"} for p in repos], tags=["bench"]
+            entries=[{"url": f"file://{p}", "ref": "main"} for p in repos],
+            tags=["bench"],
+            actor=None,
         )
         rounds = []
         for round_ in range(args.rounds):

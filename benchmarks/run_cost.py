@@ -92,7 +92,9 @@ def main() -> None:
         manager = user_create(username="bench-manager", role="manager", password="x" * 20)
         repos = demo_repos_create(Path(settings.REPO_ROOTS[0]) / "bench", args.repos, prefix="repo")
         repositories_register(
-            entries=[{"url": f"file://{p}", "ref": "main"} for p in repos], tags=["bench"]
+            entries=[{"url": f"file://{p}", "ref": "main"} for p in repos],
+            tags=["bench"],
+            actor=None,
         )
         _campaign(0, manager, args.repos)  # warm-up, not counted
         sides: dict[str, list[dict]] = {}

@@ -24,6 +24,7 @@ from campaigns.schemas import (
     SecretOut,
 )
 from campaigns.secret_api import ROUTERS as secret_grant_routers
+from campaigns.secret_grants import variant_diffs_for_display
 from campaigns.secrets import secret_set
 from core.errors import Invalid
 from core.schemas import errors_for
@@ -135,7 +136,8 @@ def campaign_run(request, campaign_id: str, run_id: int):
     """One run with its error and each variant's diff."""
     campaign = selectors.campaign_get_for_user(user=request.auth, pk=campaign_id)
     run = selectors.run_get_for_user(user=request.auth, pk=run_id, campaign=campaign)
-    return RunDetailOut.build(run, selectors.run_variants(run=run))
+    variants = selectors.run_variants(run=run)
+    return RunDetailOut.build(run, variants, variant_diffs_for_display(variants=variants))
 
 
 # --- repositories ---------------------------------------------------------------------------
@@ -157,7 +159,7 @@ def repository_register(request, data: RepositoryIn):
     """Register a repository by URL (idempotent: a known URL answers its row)."""
     selectors.campaign_manage_check(user=request.auth)
     (repo,) = services.repositories_register(
-        entries=[{"url": data.url, "ref": data.ref}], tags=data.tags
+        entries=[{"url": data.url, "ref": data.ref}], tags=data.tags, actor=request.auth
     )
     return Status(201, repo)
 

@@ -131,7 +131,7 @@ def demo_campaign_seed() -> list[str]:
     root = Path(settings.DATA_DIR) / "repos" / "demo"
     paths = demo_repos_create(root, DEMO_REPO_COUNT, legacy={DEMO_REPO_COUNT - 1})
     repos = repositories_register(
-        entries=[{"url": f"file://{p}", "ref": "main"} for p in paths], tags=[DEMO_TAG]
+        entries=[{"url": f"file://{p}", "ref": "main"} for p in paths], tags=[DEMO_TAG], actor=None
     )
     lines = [f"Demo repositories: {len(repos)} under {root}"]
     campaign = Campaign.objects.filter(name=DEMO_CAMPAIGN).first()

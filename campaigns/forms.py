@@ -36,9 +36,10 @@ class CampaignSpecForm(forms.Form):
         label="Campaign spec (YAML)",
     )
 
-    def __init__(self, *args, campaign=None, **kwargs) -> None:
+    def __init__(self, *args, campaign=None, actor=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.campaign = campaign
+        self.actor = actor
 
     def clean_spec(self) -> str:
         """Every problem beside the field, each as `path: message (line N)`. The service checks
@@ -48,7 +49,7 @@ class CampaignSpecForm(forms.Form):
         campaign = self.campaign
         try:
             if campaign is not None and campaign.state not in ("draft", "previewing"):
-                revision_plan(campaign=campaign, source=text)
+                revision_plan(campaign=campaign, source=text, actor=self.actor)
             else:
                 campaign_spec_check(source=text, exclude_pk=campaign.pk if campaign else None)
         except CampaignSpecError as exc:

@@ -275,6 +275,8 @@ class Variant(models.Model):
 
     @property
     def diff(self) -> str:
+        """The stored patch as text, secrets and all: pages, the API and reports show
+        `secret_grants.variant_diffs_for_display` (masked where the diff was flagged)."""
         return bytes(self.patch).decode("utf-8", errors="replace")
 
 

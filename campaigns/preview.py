@@ -23,7 +23,7 @@ PREVIEW_SAMPLE = 3
 PREVIEW_SAMPLE_MAX = 20
 
 
-def _sample(campaign: Campaign, size: int) -> list[tuple[int, str]]:
+def _sample(campaign: Campaign, size: int, actor) -> list[tuple[int, str]]:
     """(repository id, ref) of the first `size` repositories the spec names, in its order."""
     repos = campaign.spec["repos"]
     if isinstance(repos, dict):
@@ -31,7 +31,7 @@ def _sample(campaign: Campaign, size: int) -> list[tuple[int, str]]:
         refs = dict(Repository.objects.filter(pk__in=ids).values_list("pk", "default_ref"))
         return [(pk, repos.get("ref") or refs[pk]) for pk in ids]
     entries = repos[:size]
-    registered = repositories_register(entries=entries)
+    registered = repositories_register(entries=entries, actor=actor)
     return [(r.pk, e.get("ref") or r.default_ref) for r, e in zip(registered, entries, strict=True)]
 
 
@@ -48,7 +48,7 @@ def campaign_preview(*, campaign: Campaign, actor, sample: int = PREVIEW_SAMPLE)
         if not moved:
             campaign.refresh_from_db()
             raise CampaignStateError(f"campaign is {campaign.state}; only drafts can be previewed")
-        plan = _sample(campaign, sample)
+        plan = _sample(campaign, sample, actor)
         if not plan:
             raise CampaignStateError("the campaign matches no repositories")
         RepoRun.objects.bulk_create(

@@ -21,6 +21,7 @@ from campaigns.models import (
     Variant,
     VariantState,
 )
+from campaigns.secret_grants import variant_diffs_for_display
 from sandboxes.models import Sandbox
 
 TAIL_LINES = 10
@@ -240,8 +241,13 @@ def baseline_line(rows: list[dict]) -> str:
 
 def variant_patches(*, run_ids: list[int]) -> dict[tuple[int, str], str]:
     """{(run id, variant name): the diff as text} for these runs' variants that have one."""
-    rows = Variant.objects.filter(run_id__in=run_ids).exclude(diff_sha256="")
-    return {(v.run_id, v.name): v.diff for v in rows.only("run_id", "name", "patch")}
+    rows = list(
+        Variant.objects.filter(run_id__in=run_ids)
+        .exclude(diff_sha256="")
+        .only("run_id", "name", "patch")
+    )
+    shown = variant_diffs_for_display(variants=rows)  # masked where flagged
+    return {(v.run_id, v.name): shown[v.pk] for v in rows}
 
 
 def run_sandboxes(*, run_ids: list[int], variant: str | None = None) -> list[dict]:

@@ -101,10 +101,11 @@ def _variant_changes(old: dict, new: dict) -> tuple[list[str], list[str], list[s
     return changed, added, removed
 
 
-def revision_plan(*, campaign: Campaign, source: str | bytes) -> dict:
-    """What applying `source` to a launched campaign would change; nothing is written."""
+def revision_plan(*, campaign: Campaign, source: str | bytes, actor) -> dict:
+    """What applying `source` to a launched campaign would change (`actor` applying it);
+    nothing is written."""
     parsed = spec_parse(source)
-    spec_db_check(parsed, exclude_pk=campaign.pk, owner_id=campaign.owner_id)
+    spec_db_check(parsed, exclude_pk=campaign.pk, owner_id=campaign.owner_id, editor=actor)
     new, old = parsed.data, campaign.spec
     if new["name"] != campaign.name:
         raise CampaignSpecError(
@@ -169,7 +170,7 @@ def _current_number(campaign: Campaign) -> int:
 
 def campaign_revise(*, campaign: Campaign, actor, source: str | bytes) -> CampaignRevision:
     """Apply an edited spec to a running or finished campaign as its next revision."""
-    plan = revision_plan(campaign=campaign, source=source)
+    plan = revision_plan(campaign=campaign, source=source, actor=actor)
     if plan["unchanged"]:
         raise CampaignStateError("the spec is unchanged; there is nothing to apply")
     new = spec_parse(source).data
@@ -207,7 +208,7 @@ def campaign_revise(*, campaign: Campaign, actor, source: str | bytes) -> Campai
         locked.launched_at = now
         locked.save()
         rerun = _rerun(locked, plan, now)
-        added = runs_create(locked)
+        added = runs_create(locked, actor=actor)
         if rerun or added:
             Campaign.objects.filter(pk=locked.pk).update(
                 state=CampaignState.RUNNING, finished_at=None

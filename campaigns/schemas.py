@@ -178,12 +178,20 @@ class RunDetailOut(RunOut):
     variants_detail: list[VariantDetailOut]
 
     @classmethod
-    def build(cls, run: RepoRun, variants: list[Variant]) -> RunDetailOut:
-        """The run with its error and every variant's diff."""
+    def build(cls, run: RepoRun, variants: list[Variant], diffs: dict[int, str]) -> RunDetailOut:
+        """The run with its error and every variant's diff, as `diffs` has it (by variant id:
+        `secret_grants.variant_diffs_for_display`, masked where flagged)."""
         return cls(
             **cls.fields_of(run, variants),
             error=run.error,
-            variants_detail=[VariantDetailOut.model_validate(v) for v in variants],
+            variants_detail=[
+                VariantDetailOut(
+                    **VariantOut.model_validate(v).model_dump(),
+                    diff=diffs[v.pk],
+                    patch_truncated=v.patch_truncated,
+                )
+                for v in variants
+            ],
         )
 
 

@@ -244,6 +244,25 @@ def variant_patch_for_display(*, variant: Variant) -> bytes:
     return text.encode()
 
 
+def variant_diffs_for_display(*, variants: Iterable[Variant]) -> dict[int, str]:
+    """{variant id: its diff as text} as the run page, the preview, the API and reports show
+    it: with the campaign's secrets masked where the diff was flagged (one query for all).
+    `Variant.diff` is the stored text, unmasked: for the pipeline and publishing only."""
+    variants = list(variants)
+    flagged = set(
+        SecretLeak.objects.filter(variant_id__in=[v.pk for v in variants]).values_list(
+            "variant_id", flat=True
+        )
+    )
+    shown = {}
+    for variant in variants:
+        text = bytes(variant.patch).decode("utf-8", "replace")
+        shown[variant.pk] = (
+            variant_diff_masked(variant=variant, text=text) if variant.pk in flagged else text
+        )
+    return shown
+
+
 def secret_leaks_open() -> QuerySet[SecretLeak]:
     """Flagged diffs no admin has overridden, newest first, for the secrets page."""
     return (

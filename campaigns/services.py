@@ -18,6 +18,7 @@ from django.db import connection, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
+from accounts.roles import ADMIN, user_role
 from audit.record import audit_record
 from campaigns.dispatch import runs_dispatch
 from campaigns.models import (
@@ -50,11 +51,17 @@ def _spec_from(*, source: str | bytes | None, data: dict | None) -> ParsedSpec:
 
 
 def spec_db_check(
-    parsed: ParsedSpec, *, exclude_pk: int | None = None, owner_id: int | None = None
+    parsed: ParsedSpec,
+    *,
+    exclude_pk: int | None = None,
+    owner_id: int | None = None,
+    editor=None,
 ) -> None:
     """Checks that need the database. With `owner_id`, each secret must also be granted to the
     campaign (`exclude_pk`) or to its owner (without it, the form's early check, only that it
-    is stored)."""
+    is stored). A grant to the owner counts only when `editor` (who saves the spec) is the owner
+    or an admin: any manager may edit a campaign, but not hand its owner's secrets to code they
+    wrote (a grant to the campaign itself counts for every editor)."""
     errors = []
     spec = parsed.data
     if Campaign.objects.filter(name=spec["name"]).exclude(pk=exclude_pk).exists():
@@ -64,15 +71,25 @@ def spec_db_check(
             )
         )
     stored = set(Secret.objects.filter(name__in=spec["secrets"]).values_list("name", flat=True))
-    granted = (
-        secret_names_granted(campaign_id=exclude_pk, owner_id=owner_id) if owner_id else stored
-    )
+    granted, owners = stored, set()
+    if owner_id:
+        owner_counts = editor is not None and (editor.pk == owner_id or user_role(editor) == ADMIN)
+        owners = secret_names_granted(campaign_id=None, owner_id=owner_id)
+        granted = secret_names_granted(
+            campaign_id=exclude_pk, owner_id=owner_id if owner_counts else None
+        )
     for i, name in enumerate(spec["secrets"]):
         path = f"secrets[{i}]"
         if name not in stored:
             errors.append(
                 FieldError(path, f"no stored secret named {name!r}", parsed.lines.get(path))
             )
+        elif name not in granted and name in owners:
+            message = (
+                f"the secret {name!r} is granted to the campaign's owner, not to this campaign: "
+                "only they or an admin may save a spec that names it"
+            )
+            errors.append(FieldError(path, message, parsed.lines.get(path)))
         elif name not in granted:
             message = f"the secret {name!r} is not granted to this campaign (ask an admin)"
             errors.append(FieldError(path, message, parsed.lines.get(path)))
@@ -112,7 +129,7 @@ def campaign_create(
 ) -> Campaign:
     """Validate a spec (YAML/JSON text or already-loaded data) and store a draft campaign."""
     parsed = _spec_from(source=source, data=data)
-    spec_db_check(parsed, owner_id=actor.pk)
+    spec_db_check(parsed, owner_id=actor.pk, editor=actor)
     with transaction.atomic():
         campaign = Campaign.objects.create(
             **campaign_fields(parsed.data), spec_source=parsed.source, owner=actor
@@ -133,7 +150,7 @@ def campaign_update(
     """Replace a draft campaign's spec. A campaign whose preview has finished goes back to
     draft with a changed spec: its preview runs were made with the old one and are deleted."""
     parsed = _spec_from(source=source, data=data)
-    spec_db_check(parsed, exclude_pk=campaign.pk, owner_id=campaign.owner_id)
+    spec_db_check(parsed, exclude_pk=campaign.pk, owner_id=campaign.owner_id, editor=actor)
     fields = campaign_fields(parsed.data)
     with transaction.atomic():
         locked = Campaign.objects.select_for_update().get(pk=campaign.pk)
@@ -175,27 +192,39 @@ def _repo_name(url: str) -> str:
     return (tail[:-4] if tail.endswith(".git") else tail) or url[-200:]
 
 
-def repositories_register(*, entries: list[dict], tags: Iterable[str] = ()) -> list[Repository]:
-    """Register repositories by URL (idempotent); new ones get `tags`."""
+def repositories_register(
+    *, entries: list[dict], actor, tags: Iterable[str] = ()
+) -> list[Repository]:
+    """Register repositories by URL (idempotent); new ones get `tags`. The URLs it added are
+    one `campaign.repository.registered` event (`actor` None: the demo seed, a benchmark)."""
     urls = [repo_url_validate(e["url"]) for e in entries]
-    Repository.objects.bulk_create(
-        [
-            Repository(
-                url=url,
-                name=_repo_name(url),
-                default_ref=e.get("ref") or "HEAD",
-                tags=list(tags),
+    with transaction.atomic():
+        known = set(Repository.objects.filter(url__in=urls).values_list("url", flat=True))
+        Repository.objects.bulk_create(
+            [
+                Repository(
+                    url=url,
+                    name=_repo_name(url),
+                    default_ref=e.get("ref") or "HEAD",
+                    tags=list(tags),
+                )
+                for url, e in zip(urls, entries, strict=True)
+            ],
+            ignore_conflicts=True,
+            batch_size=2000,
+        )
+        by_url = {r.url: r for r in Repository.objects.filter(url__in=urls)}
+        added = list(dict.fromkeys(u for u in urls if u not in known))
+        if added:
+            audit_record(
+                action="campaign.repository.registered",
+                actor=actor,
+                payload={"urls": added, "tags": sorted(set(tags))},
             )
-            for url, e in zip(urls, entries, strict=True)
-        ],
-        ignore_conflicts=True,
-        batch_size=2000,
-    )
-    by_url = {r.url: r for r in Repository.objects.filter(url__in=urls)}
     return [by_url[u] for u in urls]
 
 
-def runs_create(campaign: Campaign) -> int:
+def runs_create(campaign: Campaign, *, actor) -> int:
     """One pending run per matched repository that has none yet (a preview's or an earlier
     revision's runs are kept), written in bulk; memory does not grow with the repository count
     (INSERT … SELECT on PostgreSQL, batches elsewhere). Returns the runs added."""
@@ -220,7 +249,7 @@ def runs_create(campaign: Campaign) -> int:
         pairs = Repository.objects.filter(pk__in=ids).values_list("pk", "default_ref")
         plan = ((pk, ref or default) for pk, default in pairs.order_by("pk").iterator(2000))
     else:
-        registered = repositories_register(entries=repos)
+        registered = repositories_register(entries=repos, actor=actor)
         plan = (
             (r.pk, e.get("ref") or r.default_ref) for r, e in zip(registered, repos, strict=True)
         )
@@ -254,7 +283,7 @@ def campaign_launch(*, campaign: Campaign, actor) -> Campaign:
             campaign.refresh_from_db()
             raise CampaignStateError(f"campaign is {campaign.state}; only drafts can be launched")
         previewed = RepoRun.objects.filter(campaign=campaign).count()
-        count = runs_create(campaign) + previewed
+        count = runs_create(campaign, actor=actor) + previewed
         if not count:
             raise CampaignStateError("the campaign matches no repositories")
         audit_record(

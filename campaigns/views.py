@@ -24,6 +24,7 @@ from campaigns.reports import (
     run_report,
     run_rows,
 )
+from campaigns.secret_grants import variant_diffs_for_display
 from campaigns.secrets import secret_set
 from campaigns.steps import run_page_context
 from review.counts import review_counts
@@ -87,7 +88,7 @@ def campaign_validate(request):
     if request.POST.get("campaign"):  # the edit page checks a revision as it would be applied
         pk = request.POST["campaign"]
         campaign = selectors.campaign_get_for_user(user=request.user, pk=pk, action="manage")
-    form = CampaignSpecForm(request.POST, campaign=campaign)
+    form = CampaignSpecForm(request.POST, campaign=campaign, actor=request.user)
     ok = form.is_valid()
     return render(request, SPEC_ERRORS, {"errors": form.errors.get("spec", []), "ok": ok})
 
@@ -149,6 +150,12 @@ def _preview_context(campaign) -> dict | None:
     if campaign.state != "previewing":
         return None
     runs = [(run, run_report(run)) for run in preview_runs(campaign=campaign)]
+    variants = [v for run, _ in runs for v in run.variants.all() if v.diff_sha256]
+    shown = variant_diffs_for_display(variants=variants)  # masked where flagged
+    by_name = {(v.run_id, v.name): shown[v.pk] for v in variants}
+    for run, report in runs:
+        for row in report["variants"]:
+            row["diff_shown"] = by_name.get((run.pk, row["name"]), "")
     return {"runs": runs, "summary": report_summary([r for _, r in runs])}
 
 
@@ -158,7 +165,9 @@ def campaign_edit(request, pk):
     as a spec diff and a plan before the manager confirms it."""
     campaign = selectors.campaign_get_for_user(user=request.user, pk=pk, action="manage")
     source = revisions.revision_source(campaign)
-    form = CampaignSpecForm(request.POST or None, initial={"spec": source}, campaign=campaign)
+    form = CampaignSpecForm(
+        request.POST or None, initial={"spec": source}, campaign=campaign, actor=request.user
+    )
     plan = None
     if request.method == "POST" and form.is_valid():
         text = form.cleaned_data["spec"]
@@ -170,7 +179,7 @@ def campaign_edit(request, pk):
             revision = revisions.campaign_revise(campaign=campaign, actor=request.user, source=text)
             messages.success(request, f"Revision {revision.number} applied.")
             return redirect("campaign-detail", pk=campaign.pk)
-        plan = revisions.revision_plan(campaign=campaign, source=text)
+        plan = revisions.revision_plan(campaign=campaign, source=text, actor=request.user)
     return render(request, EDIT, {"campaign": campaign, "form": form, "plan": plan})
 
 
@@ -179,6 +188,9 @@ def run_detail(request, pk, run_id):
     campaign = selectors.campaign_get_for_user(user=request.user, pk=pk)
     run = selectors.run_get_for_user(user=request.user, pk=run_id, campaign=campaign)
     variants = selectors.run_variants(run=run)
+    shown = variant_diffs_for_display(variants=variants)  # masked where flagged
+    for variant in variants:
+        variant.diff_shown = shown[variant.pk]
     context = {"campaign": campaign, "run": run, "variants": variants}
     context.update(run_page_context(run=run, variants=variants))
     return render(request, _partial(request, RUN, {"run-live": "run-live"}), context)

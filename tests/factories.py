@@ -53,7 +53,7 @@ def repos_make(count: int, *, tag: str | None = None) -> tuple[str, list[Path]]:
     root = Path(settings.REPO_ROOTS[0]) / tag
     paths = demo_repos_create(root, count)
     repositories_register(
-        entries=[{"url": f"file://{p}", "ref": "main"} for p in paths], tags=[tag]
+        entries=[{"url": f"file://{p}", "ref": "main"} for p in paths], tags=[tag], actor=None
     )
     return tag, paths
 

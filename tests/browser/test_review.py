@@ -48,7 +48,7 @@ def _repos(tag: str, count: int) -> list[Path]:
         demo_git("commit", "--quiet", "-m", "Initial commit", cwd=path)
         paths.append(path)
     repositories_register(
-        entries=[{"url": f"file://{p}", "ref": "main"} for p in paths], tags=[tag]
+        entries=[{"url": f"file://{p}", "ref": "main"} for p in paths], tags=[tag], actor=None
     )
     return paths
 

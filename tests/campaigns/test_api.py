@@ -190,3 +190,25 @@ def test_retry_takes_the_signature_from_a_json_body_the_query_or_neither(client,
     assert rest.status_code == 200 and rest.json()["retried"] == 1
     bad = client.post(url, "not json", content_type="application/json", headers=headers)
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "body"
+
+
+def test_registering_a_repository_is_audited_once(client, manager, settings):
+    """A registration is a state change like any other: the URLs it added are one event with
+    who added them (a known URL adds nothing, and records nothing)."""
+    import json
+    import uuid
+    from pathlib import Path
+
+    from campaigns.demo import demo_repos_create
+
+    (repo,) = demo_repos_create(Path(settings.REPO_ROOTS[0]) / uuid.uuid4().hex[:8], 1)
+    body = {"url": f"file://{repo}", "tags": ["infra"]}
+    for _ in range(2):
+        response = client.post(
+            "/api/v1/repositories", body, content_type="application/json", headers=_bearer(manager)
+        )
+        assert response.status_code == 201, response.content
+    (event,) = AuditEvent.objects.filter(action="campaign.repository.registered")
+    assert event.actor_id == str(manager.pk)
+    assert json.loads(event.body)["payload"] == {"urls": [f"file://{repo}"], "tags": ["infra"]}
+    assert Repository.objects.filter(url=f"file://{repo}").count() == 1

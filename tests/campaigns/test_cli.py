@@ -37,7 +37,7 @@ def repos_with_legacy(count: int, legacy: set[int]) -> str:
     tag = f"t{uuid.uuid4().hex[:8]}"
     paths = demo_repos_create(Path(settings.REPO_ROOTS[0]) / tag, count, legacy=legacy)
     repositories_register(
-        entries=[{"url": f"file://{p}", "ref": "main"} for p in paths], tags=[tag]
+        entries=[{"url": f"file://{p}", "ref": "main"} for p in paths], tags=[tag], actor=None
     )
     return tag
 

@@ -37,7 +37,7 @@ def _python_repos(count: int, *, broken: int, tag: str) -> list[Path]:
     git(paths[broken], "add", "test_broken.py")
     git(paths[broken], "-c", "user.name=T", "-c", "user.email=t@x", "commit", "-qm", "broken")
     repositories_register(
-        entries=[{"url": f"file://{p}", "ref": "main"} for p in paths], tags=[tag]
+        entries=[{"url": f"file://{p}", "ref": "main"} for p in paths], tags=[tag], actor=None
     )
     return paths
 

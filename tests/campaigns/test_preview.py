@@ -91,7 +91,7 @@ def test_max_parallel_counts_sandboxes_and_the_host_cap_applies(manager, setting
     settings.MAX_PARALLEL_REPOS = 100
     campaign = campaign_create(actor=manager, source=spec_for(tag, name="slots", max_parallel="6"))
     Campaign.objects.filter(pk=campaign.pk).update(state=CampaignState.RUNNING)
-    runs_create(campaign)
+    runs_create(campaign, actor=None)
     runs_dispatch()
     active = RepoRun.objects.filter(campaign=campaign, state=RunState.QUEUED).count()
     per_run = run_sandbox_slots(variants=3, max_parallel=6, backend=campaign.backend)

@@ -135,7 +135,9 @@ def _repos_make(tag: str, trees: dict[str, dict[str, str]]) -> dict[str, Path]:
         git(path, "-c", "user.name=T", "-c", "user.email=t@x", "commit", "-qm", "Initial")
         paths[name] = path
     repositories_register(
-        entries=[{"url": f"file://{p}", "ref": "main"} for p in paths.values()], tags=[tag]
+        entries=[{"url": f"file://{p}", "ref": "main"} for p in paths.values()],
+        tags=[tag],
+        actor=None,
     )
     return paths
 

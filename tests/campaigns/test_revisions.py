@@ -52,7 +52,7 @@ def test_a_revision_reruns_only_the_changed_variant_and_adds_new_repositories(
         "{name: aggressive, env: {STYLE: aggressive}}",
         "{name: aggressive, env: {STYLE: aggressive, EXTRA: '1'}}",
     )
-    plan = revision_plan(campaign=campaign, source=edited)
+    plan = revision_plan(campaign=campaign, source=edited, actor=manager)
     assert plan["changed_variants"] == ["aggressive"] and not plan["rerun_all"]
     assert plan["new_repositories"] == ["service-02"] and plan["runs_to_rerun"] == 2
     assert "+  - {name: aggressive, env: {STYLE: aggressive, EXTRA: '1'}}" in plan["spec_diff"]
@@ -91,11 +91,13 @@ def test_a_revision_refuses_drafts_renames_and_no_change(manager):
         campaign_revise(campaign=campaign, actor=manager, source=source + "\n# edited\n")
     Campaign.objects.filter(pk=campaign.pk).update(state=CampaignState.COMPLETED)
     campaign.refresh_from_db()
-    runs_create(campaign)  # as its launch made them
+    runs_create(campaign, actor=None)  # as its launch made them
     with pytest.raises(CampaignStateError, match="unchanged"):
         campaign_revise(campaign=campaign, actor=manager, source=source)
     with pytest.raises(CampaignSpecError, match="keeps the campaign's name"):
-        revision_plan(campaign=campaign, source=source.replace("name: fixed", "name: other"))
+        revision_plan(
+            campaign=campaign, source=source.replace("name: fixed", "name: other"), actor=manager
+        )
     with pytest.raises(CampaignStateError, match="new revision"):
         campaign_update(campaign=campaign, actor=manager, source=source)
 
@@ -107,7 +109,9 @@ def test_a_shared_change_reruns_every_variant(manager):
     Campaign.objects.filter(pk=campaign.pk).update(state=CampaignState.COMPLETED)
     campaign.refresh_from_db()
     plan = revision_plan(
-        campaign=campaign, source=source.replace("run: test -f calc.py", "run: test -f README.md")
+        campaign=campaign,
+        source=source.replace("run: test -f calc.py", "run: test -f README.md"),
+        actor=manager,
     )
     assert plan["rerun_all"] and plan["shared_changes"] == ["setup"]
     assert plan["changed_variants"] == ["aggressive", "conservative", "standard"]

@@ -268,7 +268,7 @@ def test_changing_review_require_in_a_revision_reruns_nothing(manager, reviewer)
     assert bulk_groups(campaign=campaign, variant_name=names[0]) == []  # all regress
 
     edited = source + "\nreview: {require: any}\n"
-    plan = revision_plan(campaign=campaign, source=edited)
+    plan = revision_plan(campaign=campaign, source=edited, actor=manager)
     assert not plan["rerun_all"] and plan["changed_variants"] == []
     assert plan["runs_to_rerun"] == 0 and "+review: {require: any}" in plan["spec_diff"]
     campaign_revise(campaign=campaign, actor=manager, source=edited)

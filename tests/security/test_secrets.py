@@ -31,6 +31,7 @@ from tests.factories import (
     repos_make,
     run_make,
     spec_for,
+    user_make,
     variant_make,
     variant_rerun,
 )
@@ -189,6 +190,76 @@ def test_a_diff_holding_a_secret_is_flagged_masked_and_held_back(
     SecretLeak.objects.create(variant=clean, names=["API_TOKEN"], forms=["plain"])
     with pytest.raises(Conflict, match="API_TOKEN"):
         change_publish(run=run, actor=reviewer)
+
+
+def test_another_manager_cannot_hand_the_owners_secret_to_their_own_code(
+    stored, client, manager, admin_user
+):
+    """Any manager may edit a campaign, and a secret granted to its owner reaches every
+    campaign the owner owns: another manager rewrote the owner's draft to name that secret
+    and ran their own command with it. Now a grant to the owner counts only when the owner (or
+    an admin) saves the spec; a grant to the campaign itself counts for every editor."""
+    from campaigns.revisions import campaign_revise
+    from campaigns.secret_grants import secret_grant
+
+    secret_grant(name="API_TOKEN", manager=manager, actor=admin_user)
+    bob = user_make(role="manager", username="bob")
+    tag, _ = repos_make(1)
+    draft = campaign_create(actor=manager, source=spec_for(tag, name="mine"))
+    taking = spec_for(tag, name="mine", extra="\nsecrets: [API_TOKEN]\n").replace(
+        "python3 $CONVOY_FILES/fix.py --style $STYLE", 'echo "$API_TOKEN" > leak.txt'
+    )
+    with pytest.raises(CampaignSpecError, match="granted to the campaign's owner"):
+        campaign_update(campaign=draft, actor=bob, source=taking)
+    client.force_login(bob)
+    page = client.post(f"/campaigns/{draft.pk}/edit/", {"spec": taking})
+    assert page.status_code in (200, 422) and "granted to the campaign&#x27;s owner" in (
+        page.content.decode()
+    )
+    draft.refresh_from_db()
+    assert draft.spec["secrets"] == []
+    # A launched campaign's revision is checked the same way.
+    Campaign.objects.filter(pk=draft.pk).update(state="completed")
+    draft.refresh_from_db()
+    with pytest.raises(CampaignSpecError, match="granted to the campaign's owner"):
+        campaign_revise(campaign=draft, actor=bob, source=taking)
+    # The owner and an admin may name it; a grant to the campaign lets anyone who edits it.
+    Campaign.objects.filter(pk=draft.pk).update(state="draft")
+    draft.refresh_from_db()
+    assert campaign_update(campaign=draft, actor=manager, source=taking).spec["secrets"]
+    assert campaign_update(campaign=draft, actor=admin_user, source=taking).spec["secrets"]
+    secret_grant(name="API_TOKEN", campaign=draft, actor=admin_user)
+    assert campaign_update(campaign=draft, actor=bob, source=taking).spec["secrets"]
+
+
+def test_a_flagged_diff_is_masked_on_every_page_and_in_the_api(
+    stored, client, manager, reviewer, admin_user
+):
+    """Not only the review pages: the run page, the preview, the run's API and the `campaign`
+    command's patches show a flagged diff masked (they showed the value to any manager)."""
+    from campaigns.reports import variant_patches
+
+    campaign = campaign_make(owner=admin_user)
+    spec = dict(campaign.spec, secrets=["API_TOKEN"])
+    Campaign.objects.filter(pk=campaign.pk).update(spec=spec, state="previewing")
+    run = run_make(campaign=campaign)
+    variant = variant_make(run=run, name="a", patch=patch_for("ci.yml", "x", f"token: {VALUE}"))
+    assert SecretLeak.objects.filter(variant=variant).exists()
+    for user in (manager, reviewer):
+        _, raw = token_create(user=user, name=f"t-{user.username}")
+        api = client.get(
+            f"/api/v1/campaigns/{campaign.pk}/runs/{run.pk}", HTTP_AUTHORIZATION=f"Bearer {raw}"
+        )
+        assert api.status_code == 200
+        diff = api.json()["variants_detail"][0]["diff"]
+        assert VALUE not in diff and "[secret API_TOKEN" in diff
+        client.force_login(user)
+        for url in (f"/campaigns/{campaign.pk}/runs/{run.pk}/", f"/campaigns/{campaign.pk}/"):
+            page = client.get(url).content.decode()
+            assert VALUE not in page and "[secret API_TOKEN" in page, url
+    patches = variant_patches(run_ids=[run.pk])
+    assert VALUE not in patches[(run.pk, "a")] and "[secret API_TOKEN" in patches[(run.pk, "a")]
+    assert VALUE in variant.diff  # stored as it is: what an overridden publish pushes
 
 
 @pytest.mark.django_db(transaction=True)

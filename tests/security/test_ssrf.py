@@ -97,7 +97,7 @@ def test_the_host_never_connects_to_a_loopback_listener(db, listener, tmp_path):
     port, seen = listener
     url = f"https://127.0.0.1:{port}/r.git"
     with pytest.raises(RepoUrlError):
-        repositories_register(entries=[{"url": url}])
+        repositories_register(entries=[{"url": url}], actor=None)
     with pytest.raises(RepoUrlError):
         mirror_fetch(url=url)
     with pytest.raises(PublishError, match="loopback"):

@@ -167,7 +167,7 @@ class Command(BaseCommand):
             return campaign_update(campaign=existing, actor=actor, source=text), "updated"
         if existing.state == CampaignState.CANCELLED:
             raise Conflict(f"campaign {name} is cancelled; it takes no more changes")
-        plan = revision_plan(campaign=existing, source=text)
+        plan = revision_plan(campaign=existing, source=text, actor=actor)
         if plan["unchanged"]:
             return existing, "unchanged"
         if not confirm:
