@@ -13,7 +13,7 @@ from campaigns.spec_check import SpecChecker, field_path, kind_name
 from core.errors import Invalid
 from sandboxes.backends import BACKENDS
 from sandboxes.backends.base import Capability
-from sandboxes.egress.policy import network_parse
+from sandboxes.egress.policy import network_parse, reserved_refuse
 from sandboxes.images.spec import image_spec_parse
 from sandboxes.repos import RepoUrlError, repo_url_validate
 
@@ -135,7 +135,9 @@ def check_network(c: SpecChecker, raw: dict) -> str | dict:
     if raw.get("network") is None:
         return "none"
     try:
-        return network_parse(raw["network"], field_name="network").as_spec()
+        policy = network_parse(raw["network"], field_name="network")
+        reserved_refuse(policy, field_name="network")
+        return policy.as_spec()
     except Invalid as exc:
         c.fail(exc.field or "network", exc.message)
         return "none"

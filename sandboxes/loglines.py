@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import html
 import logging
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -119,11 +120,17 @@ class Line:
 _ansi = threading.local()
 
 
+# Operating-system commands (ESC ] … BEL or ESC \\): ansi2html turns OSC 8 into a link, so a
+# command could print a clickable "sign in again" pointing anywhere, inside Convoy's page.
+# Only colours become markup; these go.
+_OSC = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\|\Z)")
+
+
 def _ansi_to_html(text: str) -> str:
     converter = getattr(_ansi, "converter", None)
     if converter is None:
         converter = _ansi.converter = Ansi2HTMLConverter(inline=True, dark_bg=True)
-    return converter.convert(text, full=False, ensure_trailing_newline=False)
+    return converter.convert(_OSC.sub("", text), full=False, ensure_trailing_newline=False)
 
 
 def log_line_html(line: Line | LogLine) -> str:

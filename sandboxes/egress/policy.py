@@ -17,7 +17,10 @@ from core.errors import Invalid
 
 DEFAULT_PORTS = frozenset({443, 80})
 # RFC 1123 labels; an underscore is tolerated because real service names (SRV-style) use it.
-_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)\Z")
+# Names the proxy routes to Convoy's own services (the model gateway, gateway.convoy.internal),
+# or that mean this host: a campaign's network.allow may not name them or their subdomains.
+RESERVED_NAMES = ("convoy.internal", "localhost")
 _EXAMPLE = 'network: {allow: [api.example.com, "*.example.org", "git.example.com:22"]}'
 
 
@@ -186,6 +189,19 @@ def allow_entry_parse(entry: object, *, field_name: str) -> tuple[str, frozenset
     if not all(_LABEL.match(label) for label in labels):
         raise Invalid(f"{raw!r} is not a valid host name", field=field_name)
     return host, ports
+
+
+def reserved_refuse(policy: NetworkPolicy, *, field_name: str = "network") -> None:
+    """Invalid if a campaign's `network.allow` names one of Convoy's own names (its routes to
+    the model gateway, which a model variant's grant opens) or this host."""
+    for i, rule in enumerate(policy.rules):
+        name = rule.pattern.removeprefix("*.")
+        if any(name == kept or name.endswith("." + kept) for kept in RESERVED_NAMES):
+            raise Invalid(
+                f"{rule.pattern!r} is a name Convoy keeps for itself (this host, or its model "
+                "gateway, which a model variant's grant opens, never network.allow)",
+                field=f"{field_name}.allow[{i}]",
+            )
 
 
 def _is_ip(host: str) -> bool:

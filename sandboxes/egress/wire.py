@@ -6,7 +6,9 @@ Kept apart from the server so each can be tested on plain bytes.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import os
+import re
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,10 +51,33 @@ def request_head_parse(raw: bytes) -> RequestHead:
     return RequestHead(parts[0].upper(), parts[1], parts[2], headers)
 
 
+# A host name as DNS has it: ASCII labels of letters, digits, `_` and `-`. Anything else (a NUL,
+# which ends the name the resolver sees; spaces, `%`, Latin-1 bytes) would let the name the
+# policy matched differ from the name looked up and connected to.
+_NAME_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)\Z")
+
+
+def _host_checked(host: str, text: str, *, bracketed: bool) -> str:
+    """The host lower-cased, a trailing dot dropped; BadRequest unless it is a DNS name (or,
+    in brackets, an IPv6 address)."""
+    if bracketed:
+        try:
+            return str(ipaddress.IPv6Address(host))
+        except ValueError:
+            raise BadRequest(f"bad address {text!r}") from None
+    name = host.lower().rstrip(".")
+    labels = name.split(".")
+    if not name or len(name) > 253 or not all(_NAME_LABEL.match(label) for label in labels):
+        raise BadRequest(f"bad host name in {text!r}")
+    return name
+
+
 def hostport_split(text: str, *, default_port: int | None = None) -> tuple[str, int]:
-    """`host:port` or `[v6]:port` → (host, port); the host lower-cased, brackets removed."""
+    """`host:port` or `[v6]:port` → (host, port); the host lower-cased, brackets removed, and
+    only a DNS name or a bracketed IPv6 address."""
     host, port_text = text, ""
-    if text.startswith("["):
+    bracketed = text.startswith("[")
+    if bracketed:
         end = text.find("]")
         if end < 0:
             raise BadRequest(f"bad address {text!r}")
@@ -67,12 +92,12 @@ def hostport_split(text: str, *, default_port: int | None = None) -> tuple[str, 
     if not port_text:
         if default_port is None:
             raise BadRequest(f"{text!r} has no port")
-        return host.lower().rstrip("."), default_port
+        return _host_checked(host, text, bracketed=bracketed), default_port
     if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise BadRequest(f"bad port in {text!r}")
     if not host:
         raise BadRequest(f"{text!r} has no host")
-    return host.lower().rstrip("."), int(port_text)
+    return _host_checked(host, text, bracketed=bracketed), int(port_text)
 
 
 def tls_client_hello_sni(data: bytes) -> tuple[bool, str | None, int]:

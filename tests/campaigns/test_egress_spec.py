@@ -66,6 +66,11 @@ def test_allowlist_and_package_indexes_are_normalised(base):
         ("network: {allow: [https://x.example.com/]}\n", "network.allow[0]", ["URL"]),
         ("network: {allow: [ok.example.com], everything: true}\n", "network.everything", []),
         ("network: none\nlimits: {network: none, egress_mb: 0}\n", "limits.egress_mb", []),
+        (
+            "network: {allow: [pypi.org, 'gateway.convoy.internal:80']}\n",
+            "network.allow[1]",
+            ["keeps for itself", "grant"],
+        ),
     ],
 )
 def test_refusals_name_the_field_and_say_what_to_write(base, snippet, path, words):

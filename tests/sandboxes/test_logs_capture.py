@@ -139,6 +139,15 @@ def test_html_and_ansi_colours_render_as_escaped_markup():
     assert "<span" in html and "red</span>" in html and "\x1b" not in html
 
 
+def test_a_terminal_link_in_the_output_is_shown_as_text_not_a_link():
+    """A command's OSC 8 hyperlink (ESC ] 8 ;; URL BEL text ESC ] 8 ;; BEL) would be a clickable
+    link inside Convoy's page ("session expired, sign in again"); only its text is shown."""
+    lure = "\x1b]8;;https://evil.example/phish\x07Session expired: sign in\x1b]8;;\x07 \x1b[31mx"
+    html = log_line_html(LogLine(seq=1, stream="stdout", text=lure))
+    assert "<a" not in html and "evil.example" not in html
+    assert "Session expired: sign in" in html and "<span" in html
+
+
 def test_noisy_command_costs_a_handful_of_transactions(transactional_db):
     sandbox = Sandbox.objects.create(backend="bwrap")
     body = b"".join(b"line %d\n" % i for i in range(20_000))

@@ -111,3 +111,18 @@ def test_modal_translation():
     assert modal_network_kwargs(policy) == {
         "outbound_domain_allowlist": ["api.example.com", "*.example.org", "git.example.com"]
     }
+
+
+@pytest.mark.parametrize(
+    "entry", ["gateway.convoy.internal:80", "*.convoy.internal:80", "localhost:5432", "a.localhost"]
+)
+def test_a_campaign_may_not_allow_convoys_own_names(entry):
+    """The proxy routes gateway.convoy.internal to the model gateway on the host; a model
+    variant's grant adds it to that variant's sandbox. A campaign's own `network.allow` naming
+    it (or this host) reached the gateway without a grant."""
+    from sandboxes.egress.policy import reserved_refuse
+
+    with pytest.raises(Invalid) as e:
+        reserved_refuse(network_parse({"allow": ["pypi.org", entry]}))
+    assert e.value.field == "network.allow[1]"
+    assert "keeps for itself" in e.value.message

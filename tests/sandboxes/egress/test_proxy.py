@@ -338,3 +338,22 @@ def test_paths_are_short_and_per_sandbox(proxy):
     path = proxy.sandbox_open("run-42.variant-7", network_parse("none"))
     assert path.name == "proxy.sock" and isinstance(path, Path)
     assert path.parent.parent == proxy.root
+
+
+@pytest.mark.parametrize("form", ["connect", "absolute"])
+def test_a_host_name_that_is_not_a_dns_name_is_refused(proxy, https_upstream, form):
+    """`localhost\\0.api.test` matches `*.api.test`, but the resolver stops at the NUL and looks
+    up `localhost`: the proxy would check, and connect to, a name the campaign never allowed
+    (a public host, for a real wildcard). A host name must be a DNS name: 400, no lookup."""
+    port = https_upstream.port
+    path, _ = _open(proxy, https_upstream, allow=[f"*.api.test:{port}"])
+    host = f"localhost\x00.api.test:{port}"
+    if form == "connect":
+        status, body, sock = connect(path, host)
+    else:
+        status, body, sock = proxy_request(
+            path, f"GET http://{host}/hello HTTP/1.1\r\nHost: {host}\r\n\r\n"
+        )
+    sock.close()
+    assert status == 400, body
+    assert b"bad host name" in body
