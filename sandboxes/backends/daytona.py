@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import math
 import queue
+import re
 import secrets
 import shlex
 import threading
@@ -70,6 +71,17 @@ HOME_MAKE = (
 def _state(sb) -> str:
     state = getattr(sb, "state", None)
     return str(getattr(state, "value", state) or "")
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def env_text(env: Mapping[str, str]) -> str:
+    """`export NAME='value'` lines for a shell to read (names checked, values quoted)."""
+    bad = [k for k in env if not _ENV_NAME.match(k)]
+    if bad:
+        raise SandboxError(f"not an environment variable name: {bad[0]!r}")
+    return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
 
 
 class DaytonaBackend(SandboxBackend):
@@ -358,19 +370,17 @@ class DaytonaBackend(SandboxBackend):
         started = time.monotonic()
         exec_id = secrets.token_hex(8)
         session = f"convoy-{exec_id}"
-        # A session command takes one shell line: no cwd or env of its own, so the line sets both.
+        # A session command takes one shell line: no cwd or env of its own. The line sets the
+        # directory; the environment (secrets among it) goes in a file the line reads and
+        # removes, never in the line, which Daytona keeps as the command's record.
+        env_file = f"/tmp/.convoy-env-{exec_id}"  # noqa: S108 - the sandbox's own /tmp
         line = f"cd {shlex.quote(workspace_path(cwd or '.'))} && exec " + shlex.join(
-            [
-                "env",
-                *(f"{k}={v}" for k, v in (env or {}).items()),
-                "sh",
-                "-c",
-                EXEC_WRAPPER,
-                exec_id,
-                *argv,
-            ]
+            ["sh", "-c", EXEC_WRAPPER, exec_id, *argv]
         )
         with self._errors("exec"):
+            if env:
+                sb.fs.upload_file(env_text(env).encode(), env_file)
+                line = f". {env_file}; read_env=$?; rm -f {env_file}; [ $read_env = 0 ] && {line}"
             sb.process.create_session(session)
             started_cmd = sb.process.execute_session_command(
                 session, self.sdk.SessionExecuteRequest(command=line, run_async=True)

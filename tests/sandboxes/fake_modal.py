@@ -223,10 +223,12 @@ class FakeFilesystem:
         workdir = PurePosixPath(self._sandbox.workdir)
         if path.is_relative_to(workdir):
             return self._sandbox.files / path.relative_to(workdir)
+        if path.is_relative_to("/tmp") and len(path.parts) > 2:  # its execs' shared /tmp
+            return self._sandbox.tmp / path.relative_to("/tmp")
         if len(path.parts) > 2 and not os.path.lexists(f"/{path.parts[1]}"):
             return self._sandbox.extra / path.relative_to("/")
         raise modal.exception.SandboxFilesystemPermissionError(
-            f"FakeModal keeps files only under the workdir {workdir} or in a top-level "
+            f"FakeModal keeps files only under the workdir {workdir}, /tmp or a top-level "
             f"directory the host lacks, not {remote_path}"
         )
 

@@ -133,23 +133,35 @@ def test_daytona_fake_refuses_a_gpu_it_does_not_offer_naming_what_it_does(backen
 def test_daytona_fake_exec_streams_through_a_session(backend):
     handle = backend.create(SandboxSpec())
     backend.write_file(handle, "sub/.keep", b"")
+    secret = "s3cr3t 'value'"
     events, result = run(
-        backend, handle, ["sh", "-c", "echo out; echo err >&2; exit 3"], cwd="sub", env={"A": "1 2"}
+        backend,
+        handle,
+        ["sh", "-c", 'echo "out $A|$B"; echo err >&2; exit 3'],
+        cwd="sub",
+        env={"A": "1 2", "B": secret},
     )
     [session] = backend.fake.called("process.create_session")
     [call] = backend.fake.called("process.execute_session_command")
     assert call["session_id"] == session["session_id"]
     assert call["req"].run_async is True
-    assert call["req"].command.startswith("cd /workspace/sub && exec env 'A=1 2' sh -c ")
+    # The environment (a secret among it) never rides in the line Daytona keeps: it goes in a
+    # file the line reads and removes.
+    assert "1 2" not in call["req"].command and "s3cr3t" not in call["req"].command
+    assert "cd /workspace/sub && exec sh -c " in call["req"].command
+    uploads = [c["remote_path"] for c in backend.fake.called("fs.upload_file")]
+    assert [p for p in uploads if p.startswith("/tmp/.convoy-env-")]
     [logs] = backend.fake.called("process.get_session_command_logs_async")
     assert logs["session_id"] == session["session_id"]
     assert backend.fake.called("process.delete_session") == [session]
     # Two streams: each arrives whole and in order; how they interleave is not promised.
     assert sorted((e.stream, e.data) for e in events) == [
         ("stderr", b"err\n"),
-        ("stdout", b"out\n"),
+        ("stdout", f"out 1 2|{secret}\n".encode()),
     ]
     assert (result.exit_code, result.timed_out) == (3, False)
+    listing, _ = run(backend, handle, ["ls", "-a", "/tmp"])  # the file went before the command
+    assert b"convoy-env" not in b"".join(e.data for e in listing)
 
 
 def test_daytona_fake_exec_deadline_kills_the_tree(backend):
