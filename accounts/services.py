@@ -65,11 +65,22 @@ def _other_active_admins(user: User) -> bool:
     return others.filter(is_superuser=True).exists() or others.filter(groups__name=ADMIN).exists()
 
 
+def _admins_lock() -> None:
+    """Serialise the changes that can take an admin away: two admins demoting (or stopping)
+    each other at once each saw the other still there, and both went."""
+    Group.objects.select_for_update().get(name=ADMIN)
+
+
 @transaction.atomic
 def user_role_set(*, user: User, role: str, actor: User | None = None) -> User:
     if role not in ROLES:
         raise AccountError("role", f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+    if user.is_superuser and role != ADMIN:
+        raise AccountError(
+            "role", f"{user.username} is a superuser, always an admin; that is set on the host"
+        )
     roles_ensure()
+    _admins_lock()
     old = [g.name for g in user.groups.filter(name__in=ROLES)]
     if ADMIN in old and role != ADMIN and user.is_active and not _other_active_admins(user):
         raise AccountError("role", f"{user.username} is the last admin; make another admin first")
@@ -95,6 +106,9 @@ def user_active_set(*, user: User, active: bool, actor: User) -> User:
         return user
     if not active and user.pk == actor.pk:
         raise AccountError("active", "you cannot deactivate yourself")
+    roles_ensure()
+    _admins_lock()
+    user.__dict__.pop("_convoy_role", None)
     if not active and user_role(user) == ADMIN and not _other_active_admins(user):
         raise AccountError("active", f"{user.username} is the last admin; make another admin first")
     User.objects.filter(pk=user.pk).update(is_active=active)

@@ -1,6 +1,8 @@
 """The People page: admins add people, set roles, deactivate and reactivate them, audited; no
 one else may, and nobody can lock the installation out of its last admin."""
 
+import contextlib
+
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
@@ -129,3 +131,61 @@ def test_the_last_admin_can_be_neither_demoted_nor_deactivated(admin_client, adm
 
 def test_changing_someone_who_does_not_exist_is_a_404(admin_client):
     assert admin_client.post("/people/999999/", {"role": "manager"}).status_code == 404
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_admins_demoting_each_other_at_once_leave_one(monkeypatch):
+    """Each demotion checks that another admin remains. Two at once each saw the other still
+    there, and both went: nobody could manage people any more. The check now waits for the
+    other change; here each waits up to 2 s for the other to reach it."""
+    import threading
+
+    from django.db import connection
+
+    from accounts import services
+    from accounts.services import AccountError, user_role_set
+    from tests.factories import user_make
+
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite lets one writer at a time in: the race needs two")
+    a, b = user_make(role="admin", username="a1"), user_make(role="admin", username="b1")
+    both_checked = threading.Barrier(2, timeout=2)
+    check = services._other_active_admins
+
+    def checked_together(user):
+        found = check(user)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_checked.wait()  # without the lock, both checks are done before either commits
+        return found
+
+    monkeypatch.setattr(services, "_other_active_admins", checked_together)
+    refused: list = []
+
+    def demote(target, actor) -> None:
+        try:
+            user_role_set(user=User.objects.get(pk=target.pk), role="reviewer", actor=actor)
+        except AccountError as exc:
+            refused.append(exc)
+        finally:
+            connection.close()
+
+    threads = [
+        threading.Thread(target=demote, args=(b, a)),
+        threading.Thread(target=demote, args=(a, b)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    roles = sorted(user_role(User.objects.get(pk=u.pk)) for u in (a, b))
+    assert roles == ["admin", "reviewer"] and len(refused) == 1
+
+
+def test_a_superusers_role_is_not_changed_in_the_app(admin_user):
+    """A superuser is an admin whatever their groups: a "demotion" was audited and changed
+    nothing. It is refused, naming the field."""
+    from accounts.services import AccountError, user_role_set
+
+    boss = User.objects.create_superuser("boss", password=PASSWORD)
+    with pytest.raises(AccountError, match="superuser"):
+        user_role_set(user=boss, role="reviewer", actor=admin_user)
