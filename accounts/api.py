@@ -7,6 +7,7 @@ from accounts.roles import ALL_CAPABILITIES, user_can, user_role
 from accounts.schemas import MeOut, TokenCreatedOut, TokenIn, TokenOut
 from accounts.selectors import token_get_for_user, tokens_for_user
 from accounts.services import token_create, token_revoke
+from core.errors import PermissionDenied
 from core.schemas import errors_for
 
 router = Router(tags=["people"])
@@ -41,9 +42,13 @@ def tokens_list(request):
     return [_token_out(t) for t in tokens_for_user(user=request.auth)]
 
 
-@router.post("/tokens", response={201: TokenCreatedOut, **errors_for(422)})
+@router.post("/tokens", response={201: TokenCreatedOut, **errors_for(403, 422)})
 def tokens_create(request, data: TokenIn):
-    """A new token for the caller; its value is in this answer and nowhere else, ever."""
+    """A new token for the caller; its value is in this answer and nowhere else, ever. Only
+    from a signed-in session: a token minting tokens would outlive its own revocation (a
+    leaked token's children kept working)."""
+    if hasattr(request.auth, "_convoy_api_token"):
+        raise PermissionDenied("create API tokens from a signed-in session, not with a token")
     token, raw = token_create(user=request.auth, name=data.name, actor=request.auth)
     return Status(201, {**_token_out(token), "token": raw})
 

@@ -37,8 +37,12 @@ def client_ip(request: HttpRequest) -> str:
 
 
 def request_context(request: HttpRequest) -> RequestContext:
+    """Who asked, from where. A request id in `X-Request-ID` is taken only from our own proxies
+    (`TRUSTED_PROXY_HOPS` > 0): from anyone else it would let a client make its events share
+    another request's id; they get a fresh one."""
+    given = request.META.get("HTTP_X_REQUEST_ID", "")[:64] if settings.TRUSTED_PROXY_HOPS else ""
     return RequestContext(
-        request_id=request.META.get("HTTP_X_REQUEST_ID", "")[:64] or uuid.uuid4().hex,
+        request_id=given or uuid.uuid4().hex,
         ip=client_ip(request),
         user_agent=request.META.get("HTTP_USER_AGENT", "")[:300],
     )

@@ -43,7 +43,7 @@ def _actor(actor, actor_type: str | None, on_behalf_of, ctx) -> dict:
         kind = actor_type or ("api_token" if token is not None else "human")
         ident, display = str(actor.pk), actor.get_username()
     behalf = on_behalf_of.get_username() if hasattr(on_behalf_of, "get_username") else on_behalf_of
-    return {
+    found = {
         "type": kind,
         "id": ident,
         "display": display,
@@ -51,6 +51,9 @@ def _actor(actor, actor_type: str | None, on_behalf_of, ctx) -> dict:
         "user_agent": ctx.user_agent if ctx else "",
         "on_behalf_of": behalf or "",
     }
+    if kind == "api_token" and token is not None:
+        found["token"] = f"{token.pk}:{token.prefix}"  # which of the user's tokens acted
+    return found
 
 
 def _target(target) -> dict:

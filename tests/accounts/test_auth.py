@@ -116,3 +116,21 @@ def test_token_created_through_api_works_and_can_be_revoked(client, manager):
         )
     )
     assert actions == ["people.token.created", "people.token.revoked"]
+
+
+def test_a_token_cannot_mint_tokens_and_its_actions_name_it(client, manager):
+    """A leaked token that could mint tokens left working children once it was revoked: tokens
+    are made from a signed-in session only. Events made with a token name that token, so an
+    admin can trace what a leaked one did."""
+    import json
+
+    token, raw = token_create(user=manager, name="ci")
+    auth = {"Authorization": f"Bearer {raw}"}
+    minted = client.post(
+        "/api/v1/tokens", {"name": "child"}, content_type="application/json", headers=auth
+    )
+    assert minted.status_code == 403, minted.content
+    assert "signed-in session" in minted.json()["detail"]
+    assert list(ApiToken.objects.values_list("name", flat=True)) == ["ci"]
+    denied = AuditEvent.objects.filter(action="people.permission.denied").latest("id")
+    assert json.loads(denied.body)["actor"]["token"] == f"{token.pk}:{token.prefix}"

@@ -106,6 +106,22 @@ def test_forwarded_for_is_believed_only_as_far_as_the_trusted_hops(client, manag
     assert ip == "203.0.113.9"  # what our proxy saw; the client-supplied 6.6.6.6 is ignored
 
 
+@BOTH
+def test_a_client_chosen_request_id_is_believed_only_through_trusted_proxies(manager, settings):
+    """Events carry the request's id; taken from `X-Request-ID` only when our own proxies set
+    it: a client could otherwise give its events another request's id."""
+
+    def login_request_id(**meta) -> str:
+        Client().post("/login/", {"username": "mia", "password": PASSWORD}, **meta)
+        body = AuditEvent.objects.filter(action="people.login.succeeded").latest("id").body
+        return json.loads(body)["context"]["request_id"]
+
+    settings.TRUSTED_PROXY_HOPS = 0
+    assert login_request_id(HTTP_X_REQUEST_ID="req-of-someone-else") != "req-of-someone-else"
+    settings.TRUSTED_PROXY_HOPS = 1
+    assert login_request_id(HTTP_X_REQUEST_ID="req-from-our-proxy") == "req-from-our-proxy"
+
+
 @pytest.fixture
 def audit_insert_fails(db):
     """Make the event table refuse inserts for this test only (DDL is transactional, so the
@@ -128,7 +144,8 @@ def test_audit_write_failure_rolls_the_change_back(manager, audit_insert_fails):
 
 
 def test_api_caller_sees_an_error_and_no_token_when_audit_fails(client, manager):
-    _token, raw = token_create(user=manager, name="first")
+    token_create(user=manager, name="first")
+    client.force_login(manager)  # tokens are made from a signed-in session
     with connection.cursor() as cursor:
         cursor.execute(
             "CREATE FUNCTION pg_temp.refuse() RETURNS trigger LANGUAGE plpgsql AS "
@@ -138,12 +155,7 @@ def test_api_caller_sees_an_error_and_no_token_when_audit_fails(client, manager)
             "CREATE TRIGGER refuse BEFORE INSERT ON audit_auditevent "
             "FOR EACH ROW EXECUTE FUNCTION pg_temp.refuse()"
         )
-    response = client.post(
-        "/api/v1/tokens",
-        {"name": "second"},
-        content_type="application/json",
-        headers={"Authorization": f"Bearer {raw}"},
-    )
+    response = client.post("/api/v1/tokens", {"name": "second"}, content_type="application/json")
     assert response.status_code == 503
     assert "audit trail could not record it" in response.json()["detail"]
     assert list(ApiToken.objects.filter(user=manager).values_list("name", flat=True)) == ["first"]
