@@ -67,8 +67,9 @@ def _other_active_admins(user: User) -> bool:
 
 def _admins_lock() -> None:
     """Serialise the changes that can take an admin away: two admins demoting (or stopping)
-    each other at once each saw the other still there, and both went."""
-    Group.objects.select_for_update().get(name=ADMIN)
+    each other at once each saw the other still there, and both went. (No admin group yet:
+    nobody holds the role by group, and nothing to serialise.)"""
+    list(Group.objects.select_for_update().filter(name=ADMIN))
 
 
 @transaction.atomic
@@ -106,7 +107,6 @@ def user_active_set(*, user: User, active: bool, actor: User) -> User:
         return user
     if not active and user.pk == actor.pk:
         raise AccountError("active", "you cannot deactivate yourself")
-    roles_ensure()
     _admins_lock()
     user.__dict__.pop("_convoy_role", None)
     if not active and user_role(user) == ADMIN and not _other_active_admins(user):

@@ -249,17 +249,18 @@ def variant_diffs_for_display(*, variants: Iterable[Variant]) -> dict[int, str]:
     it: with the campaign's secrets masked where the diff was flagged (one query for all).
     `Variant.diff` is the stored text, unmasked: for the pipeline and publishing only."""
     variants = list(variants)
-    flagged = set(
+    leaks = dict(
         SecretLeak.objects.filter(variant_id__in=[v.pk for v in variants]).values_list(
-            "variant_id", flat=True
+            "variant_id", "names"
         )
     )
     shown = {}
     for variant in variants:
         text = bytes(variant.patch).decode("utf-8", "replace")
-        shown[variant.pk] = (
-            variant_diff_masked(variant=variant, text=text) if variant.pk in flagged else text
-        )
+        names = leaks.get(variant.pk)
+        if names is not None:
+            text = SecretScanner(secret_decrypt(names=names, missing_ok=True)).mask(text)
+        shown[variant.pk] = text
     return shown
 
 

@@ -83,10 +83,11 @@ def spec_db_check(
     granted, owners = stored, set()
     if owner_id:
         owner_counts = editor is not None and (editor.pk == owner_id or user_role(editor) == ADMIN)
-        owners = secret_names_granted(campaign_id=None, owner_id=owner_id)
         granted = secret_names_granted(
             campaign_id=exclude_pk, owner_id=owner_id if owner_counts else None
         )
+        if not owner_counts and set(spec["secrets"]) - granted:  # say why, if it is the owner's
+            owners = secret_names_granted(campaign_id=None, owner_id=owner_id)
     for i, name in enumerate(spec["secrets"]):
         path = f"secrets[{i}]"
         if name not in stored:

@@ -383,7 +383,14 @@ def _image_file_write(rootfs: Path, inside: str, text: str) -> bool:
     """Write the image's file `inside` where its directory exists and nothing but a regular
     file is there (never through a link, into a FIFO or a device); whether it was written."""
     path = _in_image(rootfs, inside)
-    if path is None or not path.parent.is_dir() or _image_file_read(rootfs, inside) is None:
+    if path is None or not path.parent.is_dir():
+        return False
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return False  # a link, a FIFO or a device: not opened at all
+    except FileNotFoundError:
+        pass
+    except OSError:
         return False
     flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
