@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from campaign_support import ROOT, convoy, postgres_cpu_s
+from campaign_support import ROOT, convoy, machine_cpu_s, machine_cpu_since, postgres_cpu_s
 
 SPEC = """\
 name: run-cost-{i}
@@ -47,7 +47,7 @@ def _campaign(i: int, manager, repos: int) -> dict:
         campaign=campaign_create(actor=manager, source=SPEC.format(i=i)), actor=manager
     )
     first = RepoRun.objects.filter(campaign=campaign, state="queued").order_by("id").first()
-    children, pg = _children_s(), postgres_cpu_s()
+    children, pg, machine = _children_s(), postgres_cpu_s(), machine_cpu_s()
     wall, own = time.perf_counter(), time.process_time()
     run_execute(run_id=first.pk)  # carries every run: each hands its slot to the next
     teardowns_wait()
@@ -56,6 +56,7 @@ def _campaign(i: int, manager, repos: int) -> dict:
         "process": (time.process_time() - own) * 1000 / repos,
         "children": (_children_s() - children) * 1000 / repos,
         "postgres": (postgres_cpu_s() - pg) * 1000 / repos,
+        "machine": machine_cpu_since(machine)["busy"] * 1000 / repos,
     }
     states = set(RepoRun.objects.filter(campaign=campaign).values_list("state", flat=True))
     if states != {"succeeded"}:
@@ -108,7 +109,8 @@ def main() -> None:
             print(
                 f"campaign {i} ({side}): per run wall {figures['wall']:.1f} ms, CPU: process "
                 f"{figures['process']:.1f} ms, children {figures['children']:.1f} ms, "
-                f"PostgreSQL {figures['postgres']:.1f} ms",
+                f"PostgreSQL {figures['postgres']:.1f} ms; "
+                f"whole machine {figures['machine']:.1f} ms",
                 flush=True,
             )
     print(f"{args.repos} one-variant sed runs per campaign, carried one after another")
@@ -117,7 +119,7 @@ def main() -> None:
         print(
             f"{side:>13} (mean of {len(rows)}): per run wall {mean['wall']:.1f} ms, CPU: process "
             f"{mean['process']:.1f} ms, children {mean['children']:.1f} ms, "
-            f"PostgreSQL {mean['postgres']:.1f} ms"
+            f"PostgreSQL {mean['postgres']:.1f} ms; whole machine {mean['machine']:.1f} ms"
         )
 
 

@@ -61,6 +61,7 @@ class _WriterPool:
     """
 
     IDLE_S = 60.0
+    RECHECK_S = 1.0  # a connection is checked (and recycled if old or broken) at most this often
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -76,12 +77,18 @@ class _WriterPool:
 
     def _serve(self, job) -> None:
         inbox: queue.SimpleQueue = queue.SimpleQueue()
+        checked = -self.RECHECK_S
         try:
             while True:
-                try:
-                    close_old_connections()  # one that broke or aged out while idle
-                except Exception:  # the job reports the database's state itself
-                    logger.warning("could not recycle a log writer's connection", exc_info=True)
+                # A connection that broke or aged out while idle is replaced. Checking costs a
+                # round trip (`SELECT 1`), so a thread that is kept busy checks once a second,
+                # not before every command's log.
+                if time.monotonic() - checked >= self.RECHECK_S:
+                    try:
+                        close_old_connections()
+                    except Exception:  # the job reports the database's state itself
+                        logger.warning("could not recycle a log writer's connection", exc_info=True)
+                    checked = time.monotonic()
                 job()
                 with self._lock:
                     self._idle.append(inbox)
