@@ -23,7 +23,13 @@ from itertools import repeat
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.db import close_old_connections, connection, transaction
+from django.db import (
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connection,
+    transaction,
+)
 from django.utils import timezone
 
 from sandboxes.loglines import PARTIAL_FLUSH_S, SecretMasker, _batch_html, _StreamSplitter
@@ -347,7 +353,7 @@ class LogCapture:
     def _write(self, batch: list[tuple[str, str, datetime]], stored=None) -> None:
         if not batch:
             return
-        first = log_lines_store(sandbox_id=self.sandbox_id, command_id=self.command_id, rows=batch)
+        first = self._store(batch)
         last = first + len(batch) - 1
         self.first_seq = self.first_seq or first
         self.last_seq = last
@@ -356,6 +362,22 @@ class LogCapture:
         if stored is not None:
             stored()
         self._publish(first, last, _batch_html(first, batch, self.command_id))
+
+    def _store(self, batch: list[tuple[str, str, datetime]]) -> int:
+        try:
+            return log_lines_store(
+                sandbox_id=self.sandbox_id, command_id=self.command_id, rows=batch
+            )
+        except (InterfaceError, OperationalError):
+            if not self._threaded or connection.in_atomic_block:
+                raise
+            # The writer thread's connection broke since it was last checked (at most a
+            # second ago, `_WriterPool.RECHECK_S`): once more on a new one.
+            logger.warning("log writer for sandbox %s reconnects", self.sandbox_id, exc_info=True)
+            connection.close()
+            return log_lines_store(
+                sandbox_id=self.sandbox_id, command_id=self.command_id, rows=batch
+            )
 
     def _publish(self, first: int, last: int, rendered: list[str]) -> None:
         layer = get_channel_layer()

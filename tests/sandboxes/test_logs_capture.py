@@ -235,3 +235,27 @@ def test_the_truncation_marker_follows_the_last_stored_line(sandbox):
     run(sandbox, [("stdout", b"first\nsecond\nthird and more")], cap_bytes=20)
     assert stored(sandbox)[:3] == [("stdout", "first"), ("stdout", "second"), ("stdout", "third a")]
     assert "output truncated" in stored(sandbox)[3][1]
+
+
+@pytest.mark.shapes("production")
+def test_a_writer_whose_connection_broke_stores_the_next_command_all_the_same(transactional_db):
+    # A busy log writer checks its connection at most once a second (a `SELECT 1` before every
+    # command was a round trip a run); a connection that broke in between must not cost the
+    # next command its log.
+    from django.db import connection
+
+    from sandboxes import logs
+
+    sandbox = Sandbox.objects.create(backend="bwrap")
+    run(sandbox, [("stdout", b"first\n")])
+    # The writer that stored it is back in the pool, so the next command's log goes to it.
+    wait_for(lambda: logs._writer_pool._idle, timeout=5, what="the log writer to fall idle")
+    with connection.cursor() as cursor:  # every other connection of this database: the writer's
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        assert cursor.fetchall(), "the log writer's connection was not found"
+    capture = run(sandbox, [("stdout", b"second\n")])
+    assert capture.error is None
+    assert stored(sandbox) == [("stdout", "first"), ("stdout", "second")]
