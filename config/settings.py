@@ -107,6 +107,8 @@ if envstr("CONVOY_EGRESS_TEST_HOSTS") and not EGRESS_TEST_HOSTS_ALLOWED:
     _fail("CONVOY_EGRESS_TEST_HOSTS", "a test-only name mapping, refused outside the test suite")
 # Ranges the host's own package indexes are served from when not public (checked by the proxy).
 EGRESS_INDEX_ADDRESSES = envstr("CONVOY_EGRESS_INDEX_ADDRESSES")
+# Through the host's proxy (HTTPS_PROXY), ask it for the name instead of the checked address.
+EGRESS_HOST_PROXY_BY_NAME = envbool("CONVOY_EGRESS_HOST_PROXY_BY_NAME", False)
 
 DATABASE_URL = envstr("DATABASE_URL")
 REDIS_URL = envstr("REDIS_URL")

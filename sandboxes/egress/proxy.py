@@ -107,6 +107,7 @@ class EgressProxy:
         *,
         upstream: UpstreamConfig | None = None,
         upstream_resolves_names: bool = False,
+        host_proxy_by_name: bool = False,
         test_hosts: Mapping[str, str] | None = None,
         check_sni: bool = True,
         sni_ports: frozenset[int] = frozenset({443}),
@@ -123,6 +124,12 @@ class EgressProxy:
         # With a host proxy in front, local DNS may not know public names: then the host's
         # proxy resolves them (its own policy applies). Off by default.
         self.upstream_resolves_names = upstream_resolves_names
+        # The host's proxy is asked for the address this proxy checked, not the name: it would
+        # resolve the name again, and a DNS answer that changed in between (rebinding) would
+        # take the connection wherever the host's proxy can reach (its own loopback, the
+        # Convoy host). By name only for host proxies that filter by name (the operator's
+        # CONVOY_EGRESS_HOST_PROXY_BY_NAME), whose own rules must then refuse such addresses.
+        self.host_proxy_by_name = host_proxy_by_name
         self.test_hosts = {normalise_host(k): v for k, v in (test_hosts or {}).items()}
         self.check_sni = check_sni
         # Only ports where the client speaks first with TLS: server-speaks-first protocols
@@ -403,9 +410,17 @@ class EgressProxy:
         )
         try:
             path = url.path or "/"
-            target = head.target if upstream else path + (f"?{url.query}" if url.query else "")
+            query = f"?{url.query}" if url.query else ""
+            target = path + query
+            if upstream and event.address:  # the checked address, as CONNECT asks for it
+                name = f"[{event.address}]" if ":" in event.address else event.address
+                target = f"http://{name}:{port}{target}"
+            elif upstream:  # the host's proxy resolves the name (see `host_proxy_by_name`)
+                target = head.target
             lines = [f"{head.method} {target} {head.version}"]
             lines += [f"{k}: {v}" for k, v in head.headers if k.lower() not in _DROP_HEADERS]
+            if upstream and given is None:  # the name now travels in Host alone
+                lines.append(f"Host: {url.netloc.rpartition('@')[2]}")
             if upstream and upstream.authorization:
                 lines.append(f"Proxy-Authorization: {upstream.authorization}")
             # One request per connection: a second request on a kept-alive connection would
@@ -482,7 +497,20 @@ class EgressProxy:
         upstream = self.upstream.for_target(host, tunnel=tunnel)
         if upstream is not None:
             event.via = f"proxy {upstream.host}:{upstream.port}"
-            return await self._connect_upstream(upstream, host, port, timeout, tunnel=tunnel)
+            if self.host_proxy_by_name or not addresses:  # [] : the host's proxy resolves it
+                return await self._connect_upstream(upstream, host, port, timeout, tunnel=tunnel)
+            refused = None
+            for address in addresses if tunnel else addresses[:1]:
+                try:
+                    up = await self._connect_upstream(
+                        upstream, address, port, timeout, tunnel=tunnel
+                    )
+                except _Refused as e:
+                    refused = e
+                    continue
+                event.address = address  # what the host's proxy was asked for
+                return up
+            raise refused
         errors = []
         for address in addresses:
             try:

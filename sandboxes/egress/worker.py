@@ -63,6 +63,7 @@ def egress_proxy() -> EgressProxy:
                 egress_root(),
                 test_hosts=test_hosts_from_env(),
                 index_ranges=index_ranges_from_settings(),
+                host_proxy_by_name=settings.EGRESS_HOST_PROXY_BY_NAME,
             )
             for route in _routes.values():
                 _proxy.route_add(route.name, route.port, route.target, identify=route.identify)

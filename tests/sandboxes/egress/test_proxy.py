@@ -251,6 +251,10 @@ class FakeHostProxy:
         while b"\r\n\r\n" not in head:
             head += client.recv(4096)
         self.seen.append(head.decode())
+        if not self.answer:  # a plain-HTTP request: recorded, answered, done
+            client.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+            client.close()
+            return
         client.sendall(self.answer)
         if not self.answer.startswith(b"HTTP/1.1 200"):
             client.close()
@@ -258,9 +262,12 @@ class FakeHostProxy:
         upstream = socket.create_connection(("127.0.0.1", self.target_port))
 
         def pump(src, dst):
-            while data := src.recv(65536):
-                dst.sendall(data)
-            dst.shutdown(socket.SHUT_WR)
+            try:
+                while data := src.recv(65536):
+                    dst.sendall(data)
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:  # the test closed its end early
+                dst.close()
 
         threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
         pump(client, upstream)
@@ -269,9 +276,12 @@ class FakeHostProxy:
         self.server.close()
 
 
-def _chained(short_tmp, name, host_proxy):
-    config = UpstreamConfig(https=UpstreamProxy("127.0.0.1", host_proxy.port, "Basic dTpw"))
-    return EgressProxy(short_tmp / name, upstream=config, test_hosts=TEST_HOSTS).start()
+def _chained(short_tmp, name, host_proxy, **options):
+    config = UpstreamConfig(
+        https=UpstreamProxy("127.0.0.1", host_proxy.port, "Basic dTpw"),
+        http=UpstreamProxy("127.0.0.1", host_proxy.port),
+    )
+    return EgressProxy(short_tmp / name, upstream=config, test_hosts=TEST_HOSTS, **options).start()
 
 
 def test_chains_to_the_hosts_proxy_with_connect(short_tmp, https_upstream):
@@ -285,13 +295,72 @@ def test_chains_to_the_hosts_proxy_with_connect(short_tmp, https_upstream):
         status, _, sock = connect(path, f"api.test:{https_upstream.port}")
         assert status == 200
         assert b"hello from upstream" in tls_get(sock, https_upstream.cert, "api.test")
-        assert host_proxy.seen[0].startswith(f"CONNECT api.test:{https_upstream.port} HTTP/1.1")
+        # The address the proxy checked (api.test maps to 127.0.0.1 in tests), not the name,
+        # which the host's proxy would resolve again (see the rebinding test below).
+        assert host_proxy.seen[0].startswith(f"CONNECT 127.0.0.1:{https_upstream.port} HTTP/1.1")
         assert "Proxy-Authorization: Basic dTpw" in host_proxy.seen[0]
         event = events.wait()
         assert event.allowed and event.via == f"proxy 127.0.0.1:{host_proxy.port}"
         # Our own checks still come first: the host's proxy never sees a refused target.
         assert connect(path, "169.254.169.254:80")[0] == 403
         assert len(host_proxy.seen) == 1
+    finally:
+        p.stop()
+        host_proxy.close()
+
+
+def test_the_host_proxy_is_asked_for_the_checked_address_not_the_name(
+    short_tmp, https_upstream, http_upstream
+):
+    """A name checked here and then resolved again by the host's proxy could answer a private
+    or loopback address the second time (DNS rebinding), and the host's proxy would connect
+    there: to its own loopback services, or the Convoy host's. So the host's proxy is asked
+    for the address this proxy checked, for tunnels and for plain HTTP, and the name travels
+    only inside (the TLS server name, the Host header)."""
+    host_proxy = FakeHostProxy(https_upstream.port)
+    plain_proxy = FakeHostProxy(http_upstream.port, answer=b"")
+    p = _chained(short_tmp, "addr", host_proxy)
+    config = UpstreamConfig(http=UpstreamProxy("127.0.0.1", plain_proxy.port))
+    plain = EgressProxy(short_tmp / "addr-http", upstream=config, test_hosts=TEST_HOSTS).start()
+    try:
+        allow = {"allow": [f"api.test:{https_upstream.port}", f"api.test:{http_upstream.port}"]}
+        path = p.sandbox_open("x", network_parse(allow), None, Events().append)
+        status, _, sock = connect(path, f"api.test:{https_upstream.port}")
+        assert status == 200
+        assert b"hello from upstream" in tls_get(sock, https_upstream.cert, "api.test")
+        assert host_proxy.seen[0].split("\r\n")[0] == (
+            f"CONNECT 127.0.0.1:{https_upstream.port} HTTP/1.1"
+        )
+
+        path = plain.sandbox_open("y", network_parse(allow), None, Events().append)
+        host = f"api.test:{http_upstream.port}"
+        proxy_request(path, f"GET http://{host}/hello?a=1 HTTP/1.1\r\n\r\n")
+        wait_for(lambda: plain_proxy.seen, timeout=10, what="the host proxy to get the request")
+        head = plain_proxy.seen[0].split("\r\n")
+        assert head[0] == f"GET http://127.0.0.1:{http_upstream.port}/hello?a=1 HTTP/1.1"
+        assert f"Host: {host}" in head
+    finally:
+        p.stop()
+        plain.stop()
+        host_proxy.close()
+        plain_proxy.close()
+
+
+def test_an_operator_may_have_the_host_proxy_resolve_names(short_tmp, https_upstream):
+    # CONVOY_EGRESS_HOST_PROXY_BY_NAME: for host proxies that filter by name.
+    host_proxy = FakeHostProxy(https_upstream.port)
+    p = _chained(short_tmp, "byname", host_proxy, host_proxy_by_name=True)
+    try:
+        path = p.sandbox_open(
+            "x",
+            network_parse({"allow": [f"api.test:{https_upstream.port}"]}),
+            None,
+            Events().append,
+        )
+        status, _, sock = connect(path, f"api.test:{https_upstream.port}")
+        sock.close()
+        assert status == 200
+        assert host_proxy.seen[0].startswith(f"CONNECT api.test:{https_upstream.port} HTTP/1.1")
     finally:
         p.stop()
         host_proxy.close()
