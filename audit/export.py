@@ -10,13 +10,29 @@ from datetime import UTC, datetime
 
 from django.db.models import QuerySet
 
-from audit.keys import key_id, public_key_load, public_key_pem, public_key_raw, verifying_key
+from audit.keys import (
+    AuditKeyError,
+    key_id,
+    public_key_load,
+    public_key_pem,
+    public_key_raw,
+    verifying_key,
+)
 from audit.record import audit_record, canonical_json
 from audit.seal import BUNDLE_SCHEMA
 from audit.verify import checkpoint_rows, links_stream
-from audit.walk import CheckpointRow, Report, batched, chain_walk, checkpoints_check
+from audit.walk import (
+    CheckpointRow,
+    Finding,
+    Report,
+    batched,
+    chain_walk,
+    checkpoints_check,
+)
 
 logger = logging.getLogger(__name__)
+
+OTHER_KEY = "other key"  # a bundle's header names another key than the one trusted
 
 
 # --- Export -----------------------------------------------------------------------------------
@@ -76,8 +92,10 @@ def bundle_lines() -> Iterator[str]:
 
 
 def audit_verify_bundle(*, lines, public_key=None) -> Report:
-    """Verify an exported bundle offline. Pass the auditor's own copy of the public key: the
-    one inside the bundle only proves the bundle is self-consistent."""
+    """Verify an exported bundle offline against `public_key`, the auditor's own copy of the
+    exporting installation's key. None trusts the key inside the bundle, which proves only
+    that the bundle is self-consistent: anyone can re-sign a bundle with a key of their own.
+    A bundle naming another key than the trusted one is a finding of its own."""
     header, rows, events = None, [], []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -116,9 +134,21 @@ def audit_verify_bundle(*, lines, public_key=None) -> Report:
             raise ValueError(f"bundle line {number}: not a bundle record ({exc})") from exc
     if header is None:
         raise ValueError("bundle: no header line (is this an audit bundle?)")
-    if public_key is None:
-        public_key = public_key_load(header["public_key"].encode())
-    report = Report(key_id=key_id(public_key))
+    try:
+        named = public_key_load(str(header.get("public_key", "")).encode())
+    except AuditKeyError as exc:
+        raise ValueError(f"bundle header: public_key: {exc}") from exc
+    report = Report(key_id=key_id(public_key or named))
+    if public_key is not None and public_key_raw(named) != public_key_raw(public_key):
+        report.findings.append(
+            Finding(
+                OTHER_KEY,
+                None,
+                "",
+                f"the bundle names key {key_id(named)}, not the trusted key {key_id(public_key)}",
+            )
+        )
+    public_key = public_key or named
     signed = checkpoints_check(rows, public_key, report)
     chain_walk(batched(events), signed, report)
     return report

@@ -86,3 +86,11 @@ def signing_key() -> Ed25519PrivateKey:
 
 def verifying_key() -> Ed25519PublicKey:
     return signing_key().public_key()
+
+
+def installation_verifying_key() -> Ed25519PublicKey | None:
+    """This installation's public key, or None where it has none yet (verifying must not make
+    one: a new key would vouch for nothing)."""
+    if not Path(settings.AUDIT_SIGNING_KEY).exists():
+        return None
+    return verifying_key()

@@ -12,6 +12,7 @@ from django.views.decorators.http import require_http_methods
 from accounts.roles import capability_require
 from audit.export import audit_export_record, bundle_lines, csv_lines
 from audit.forms import AuditFilterForm
+from audit.keys import key_id, public_key_pem, verifying_key
 from audit.record import audit_view_record
 from audit.selectors import audit_event_get, audit_events_page, audit_seal_status, event_seq
 from audit.verify import audit_verify, audit_verify_record
@@ -101,7 +102,13 @@ def verify(request):
         audit_verify_record(report=report, actor=request.user)
     else:
         audit_view_record(actor=request.user, what="verification status")
-    context = {"report": report, **audit_seal_status()}
+    key = verifying_key()
+    context = {
+        "report": report,
+        "key_id": key_id(key),
+        "public_key_pem": public_key_pem(key),  # for auditors checking exports elsewhere
+        **audit_seal_status(),
+    }
     template = "audit/verify.html#status" if request.htmx else "audit/verify.html"
     return render(request, template, context)
 

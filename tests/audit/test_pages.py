@@ -2,8 +2,10 @@
 them: filters, histories, detail, verification, exports, and refusals that are recorded."""
 
 import csv
+import html
 import io
 import json
+import re
 
 import pytest
 from django.core.management import call_command
@@ -136,6 +138,26 @@ def test_verify_page_reports_an_intact_trail_and_records_the_check(admin_client,
     response = admin_client.post("/audit/verify/")
     assert 'data-testid="verify-ok"' in response.content.decode()
     assert AuditEvent.objects.filter(action="audit.chain.verified", outcome="success").count() == 1
+
+
+def test_the_key_the_verify_page_shows_checks_an_export_elsewhere(admin_client, events, tmp_path):
+    # The auditor's trusted copy of the key comes from the installation, not from the bundle.
+    audit_seal()
+    page = admin_client.get("/audit/verify/").content.decode()
+    pem = html.unescape(re.search(r"<pre>(-----BEGIN PUBLIC KEY-----.*?)</pre>", page, re.S)[1])
+    (tmp_path / "key.pem").write_text(pem)
+    response = admin_client.get("/audit/export.ndjson")
+    (tmp_path / "b.ndjson").write_bytes(b"".join(response.streaming_content))
+    out = io.StringIO()
+    call_command(
+        "audit_verify",
+        "--bundle",
+        str(tmp_path / "b.ndjson"),
+        "--public-key",
+        str(tmp_path / "key.pem"),
+        stdout=out,
+    )
+    assert out.getvalue().startswith("OK: ")
 
 
 def test_csv_export_follows_the_filter_and_defuses_formulas(admin_client, events):

@@ -250,6 +250,55 @@ def test_parallel_walk_agrees_with_the_serial_one(long_trail, monkeypatch):
     ]
 
 
+def _resigned(lines: list[str]) -> list[str]:
+    """The bundle re-signed with a key of someone else's: its header and every checkpoint."""
+    other = Ed25519PrivateKey.generate()
+    raw = other.public_key().public_bytes_raw()
+    other_id = hashlib.sha256(raw).hexdigest()[:16]
+    out, prev = [], "0" * 64
+    for line in lines:
+        item = json.loads(line)
+        if item["type"] == "header":
+            item |= {"public_key": raw.hex(), "key_id": other_id}
+            item.pop("public_key_pem", None)
+        elif item["type"] == "checkpoint":
+            statement = json.loads(item["body"]) | {"key_id": other_id, "prev": prev}
+            item["body"] = canonical_json(statement)
+            item["signature"] = other.sign(item["body"].encode()).hex()
+            prev = hashlib.sha256(item["body"].encode()).hexdigest()
+        out.append(json.dumps(item))
+    return out
+
+
+def test_a_bundle_re_signed_with_another_key_fails_against_this_installations_key(trail, tmp_path):
+    # The key inside a bundle proves only that the bundle agrees with itself: whoever edits
+    # a bundle can re-sign it. Without --public-key the installation's own key is trusted.
+    bundle = tmp_path / "trail.ndjson"
+    bundle.write_text("\n".join(_resigned(list(bundle_lines()))) + "\n")
+    out = io.StringIO()
+    with pytest.raises(SystemExit):
+        call_command("audit_verify", "--bundle", str(bundle), stdout=out)
+    assert "kind=other key: the bundle names key" in out.getvalue()
+    assert "checkpoint 2: signature does not verify signed by key" in out.getvalue()
+
+    # Checking self-consistency only is an explicit choice, and the summary says what it is.
+    out = io.StringIO()
+    call_command("audit_verify", "--bundle", str(bundle), "--trust-bundle-key", stdout=out)
+    assert out.getvalue().startswith("OK: 10 links checked")
+    assert "self-consistent only, not proof of origin" in out.getvalue()
+
+
+def test_a_bundle_needs_a_key_to_trust_where_the_installation_has_none(trail, tmp_path, settings):
+    bundle = tmp_path / "trail.ndjson"
+    bundle.write_text("".join(bundle_lines()))
+    settings.AUDIT_SIGNING_KEY = str(tmp_path / "no-key-here.pem")
+    with pytest.raises(CommandError, match="--public-key: required"):
+        call_command("audit_verify", "--bundle", str(bundle))
+    assert not (tmp_path / "no-key-here.pem").exists()  # verifying made no key
+    with pytest.raises(CommandError, match="--trust-bundle-key: only with --bundle"):
+        call_command("audit_verify", "--trust-bundle-key")
+
+
 def test_a_malformed_bundle_is_named_not_a_traceback(tmp_path):
     bundle = tmp_path / "bad.ndjson"
     bundle.write_text('{"type":"header","public_key":"00"}\n{"type":"event","seq":"x"}\n')
