@@ -29,6 +29,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from sandboxes.backends import seccomp
 from sandboxes.egress.packages import apt_uris_read
 from sandboxes.images.hostconfig import package_client_config
 from sandboxes.images.network import BuildNetwork, NetworkAttachment
@@ -133,14 +134,21 @@ class BuildLog:
         if self._on_output is not None:
             self._on_output(text)
 
-    def run(self, argv: list[str], *, env: dict[str, str] | None = None) -> int:
+    def run(
+        self, argv: list[str], *, env: dict[str, str] | None = None, pass_fds: tuple = ()
+    ) -> int:
         """Run a command, streaming its merged output line by line; its exit status. Past
-        COMMAND_TIMEOUT_S its process group is killed (a step's processes included)."""
+        COMMAND_TIMEOUT_S its process group is killed (a step's processes included).
+        `pass_fds` are handed to it and closed here once it has them."""
         self.line("$ " + " ".join(argv))
-        proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, start_new_session=True,
-        )  # fmt: skip
+        try:
+            proc = subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=env, start_new_session=True, pass_fds=pass_fds,
+            )  # fmt: skip
+        finally:
+            for fd in pass_fds:
+                os.close(fd)
         stopped = threading.Event()
 
         def stop() -> None:
@@ -195,10 +203,35 @@ def _build_env(spec: ImageSpec, net: NetworkAttachment, carried: dict[str, str])
     return env
 
 
-def _bwrap(rootfs: Path, net: NetworkAttachment, binds: list[tuple[str, str]], argv: list[str]):
-    """Run argv as root inside the image being built: its rootfs, writable, as `/`."""
+# What a build step keeps of root's capabilities, in its own user namespace: what package
+# managers and their install scripts use (owners, modes, setuid bits, dropping to a user,
+# device nodes), as container engines grant by default, less raw sockets. Not CAP_SYS_ADMIN
+# (mounts), nor anything else that reaches past the step's own files and processes.
+STEP_CAPABILITIES = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_MKNOD",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT", "CAP_AUDIT_WRITE",
+)  # fmt: skip
+
+
+def _bwrap(
+    rootfs: Path,
+    net: NetworkAttachment,
+    binds: list[tuple[str, str]],
+    argv: list[str],
+    *,
+    seccomp_fd: int,
+):
+    """Run argv as root inside the image being built: its rootfs, writable, as `/`; in a user
+    namespace of its own that may not make more, with STEP_CAPABILITIES only and the
+    sandboxes' seccomp filter (`seccomp_fd`): a step runs code from package indexes, as root."""
     out = ["bwrap", "--bind", str(rootfs), "/", "--proc", "/proc", "--dev", "/dev",
-           "--tmpfs", "/tmp", "--unshare-all", "--die-with-parent", "--new-session"]  # noqa: S108  # fmt: skip
+           "--tmpfs", "/tmp",  # noqa: S108
+           "--unshare-all", "--unshare-user", "--disable-userns",
+           "--die-with-parent", "--new-session", "--cap-drop", "ALL"]  # fmt: skip
+    for capability in STEP_CAPABILITIES:
+        out += ["--cap-add", capability]
+    out += ["--seccomp", str(seccomp_fd)]
     out += net.bwrap_args
     for host, inside in binds:
         out += ["--ro-bind", host, inside]
@@ -263,7 +296,12 @@ def _steps_run(spec, key, rootfs, steps, log: BuildLog, network: BuildNetwork) -
         env = _build_env(spec, net, carried.env)
         for name, where, argv in steps:
             _step_hook(name)
-            status = log.run(_bwrap(rootfs, net, carried.binds, argv), env=env)
+            seccomp_fd = seccomp.filter_fd()
+            status = log.run(
+                _bwrap(rootfs, net, carried.binds, argv, seccomp_fd=seccomp_fd),
+                env=env,
+                pass_fds=(seccomp_fd,),
+            )
             notes = net.after_step(status != 0)
             for line in notes:
                 log.line(line)

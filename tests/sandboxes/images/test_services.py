@@ -319,3 +319,32 @@ def test_a_build_step_that_never_ends_is_stopped(
     log = (images_root() / f"{'e' * 64}.log").read_text()
     assert "[convoy: stopped after 2 s]" in log
     assert not list(images_root().glob(".building-*"))
+
+
+def test_a_build_step_runs_without_mounts_new_namespaces_or_most_of_roots_powers(
+    fresh_image_data, oci_registry, tmp_path
+):
+    """A step runs code from package indexes (install scripts) as root: in its own user
+    namespace it had every capability there, could make more namespaces and mount, and had
+    no seccomp filter. Now: the sandboxes' filter, no new user namespaces, and only the
+    capabilities package installs use."""
+    tree = tmp_path / "tree"
+    _shell_tree(tree, ("/usr/bin/unshare", "/usr/bin/mount", "/usr/bin/mkdir"))
+    ref = oci_registry.push_tree("team/probe", tree, tag="1")
+    probe = (
+        "{ unshare -U true && echo userns=yes || echo userns=no;"
+        " mkdir -p /mnt; mount -t tmpfs none /mnt && echo mount=yes || echo mount=no;"
+        ' while read -r key value; do [ "$key" = CapEff: ] && echo "caps=$value"; done'
+        " < /proc/self/status; true; } > /probe 2>/dev/null"
+    )
+    thread, outcome = _build_in_thread({"oci": ref, "run": [probe]}, "d" * 64)
+    thread.join(120)
+    assert not thread.is_alive()
+    assert len(outcome) == 1 and not isinstance(outcome[0], Exception), outcome
+    found = dict(
+        line.split("=", 1) for line in (image_dir("d" * 64) / "rootfs/probe").read_text().split()
+    )
+    # CHOWN 0, DAC_OVERRIDE 1, FOWNER 3, FSETID 4, KILL 5, SETGID 6, SETUID 7, SETPCAP 8,
+    # NET_BIND_SERVICE 10, SYS_CHROOT 18, MKNOD 27, AUDIT_WRITE 29, SETFCAP 31.
+    wanted = sum(1 << bit for bit in (0, 1, 3, 4, 5, 6, 7, 8, 10, 18, 27, 29, 31))
+    assert found == {"userns": "no", "mount": "no", "caps": f"{wanted:016x}"}
