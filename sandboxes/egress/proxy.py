@@ -412,7 +412,8 @@ class EgressProxy:
             path = url.path or "/"
             query = f"?{url.query}" if url.query else ""
             target = path + query
-            if upstream and event.address:  # the checked address, as CONNECT asks for it
+            by_address = upstream and event.address and not self.host_proxy_by_name
+            if by_address:  # the checked address, as CONNECT asks for it
                 name = f"[{event.address}]" if ":" in event.address else event.address
                 target = f"http://{name}:{port}{target}"
             elif upstream:  # the host's proxy resolves the name (see `host_proxy_by_name`)

@@ -346,24 +346,35 @@ def test_the_host_proxy_is_asked_for_the_checked_address_not_the_name(
         plain_proxy.close()
 
 
-def test_an_operator_may_have_the_host_proxy_resolve_names(short_tmp, https_upstream):
+def test_an_operator_may_have_the_host_proxy_resolve_names(
+    short_tmp, https_upstream, http_upstream
+):
     # CONVOY_EGRESS_HOST_PROXY_BY_NAME: for host proxies that filter by name.
     host_proxy = FakeHostProxy(https_upstream.port)
+    plain_proxy = FakeHostProxy(http_upstream.port, answer=b"")
     p = _chained(short_tmp, "byname", host_proxy, host_proxy_by_name=True)
+    config = UpstreamConfig(http=UpstreamProxy("127.0.0.1", plain_proxy.port))
+    plain = EgressProxy(
+        short_tmp / "byname-http", upstream=config, test_hosts=TEST_HOSTS, host_proxy_by_name=True
+    ).start()
     try:
-        path = p.sandbox_open(
-            "x",
-            network_parse({"allow": [f"api.test:{https_upstream.port}"]}),
-            None,
-            Events().append,
-        )
+        allow = {"allow": [f"api.test:{https_upstream.port}", f"api.test:{http_upstream.port}"]}
+        path = p.sandbox_open("x", network_parse(allow), None, Events().append)
         status, _, sock = connect(path, f"api.test:{https_upstream.port}")
         sock.close()
         assert status == 200
         assert host_proxy.seen[0].startswith(f"CONNECT api.test:{https_upstream.port} HTTP/1.1")
+
+        path = plain.sandbox_open("y", network_parse(allow), None, Events().append)
+        url = f"http://api.test:{http_upstream.port}/hello"
+        proxy_request(path, f"GET {url} HTTP/1.1\r\n\r\n")
+        wait_for(lambda: plain_proxy.seen, timeout=10, what="the host proxy to get the request")
+        assert plain_proxy.seen[0].startswith(f"GET {url} HTTP/1.1")
     finally:
         p.stop()
+        plain.stop()
         host_proxy.close()
+        plain_proxy.close()
 
 
 def test_a_refusing_host_proxy_is_reported(short_tmp, https_upstream):
