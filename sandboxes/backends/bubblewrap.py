@@ -32,6 +32,26 @@ log = logging.getLogger(__name__)
 
 SANDBOX_UID = 1000  # inside the user namespace; maps to the worker's own uid outside
 
+# Parts of /proc that act on the whole host, made read-only (and the few that only tell about
+# it hidden). The kernel lets a process whose user id is root outside write /proc/sys by its
+# user id alone, capabilities aside, and the worker runs as root: a command could set
+# `kernel.core_pattern` to a program of its workspace, which the kernel then runs as root on
+# the host at the next crash. bubblewrap's own cover skips /proc/sys (it asks whether the
+# directory is writable, and it is not: its files are). As container engines do.
+PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
+PROC_HIDDEN = ("kcore", "keys", "timer_list", "sched_debug", "latency_stats")
+
+
+def proc_args() -> list[str]:
+    """`--proc /proc` with PROC_READ_ONLY bound read-only and PROC_HIDDEN covered."""
+    argv = ["--proc", "/proc"]
+    for name in PROC_READ_ONLY:
+        argv += ["--ro-bind-try", f"/proc/{name}", f"/proc/{name}"]
+    for name in PROC_HIDDEN:
+        if os.path.exists(f"/proc/{name}"):
+            argv += ["--ro-bind", "/dev/null", f"/proc/{name}"]
+    return argv
+
 
 def bwrap_argv(
     *,
@@ -84,7 +104,7 @@ def bwrap_argv(
     for source, target, writable in egress_binds(egress or {}):
         argv += ["--bind" if writable else "--ro-bind", source, target]
     argv += ["--size", str(tmp_mb * 1024 * 1024), "--tmpfs", "/tmp"]  # noqa: S108 (its own)
-    argv += ["--proc", "/proc", "--dev", "/dev"]
+    argv += [*proc_args(), "--dev", "/dev"]
     if network == "open":
         argv += ["--share-net", "--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"]
     argv += ["--chdir", cwd, "--"]

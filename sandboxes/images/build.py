@@ -30,6 +30,7 @@ from pathlib import Path
 from django.conf import settings
 
 from sandboxes.backends import seccomp
+from sandboxes.backends.bubblewrap import proc_args
 from sandboxes.egress.packages import apt_uris_read
 from sandboxes.images.hostconfig import package_client_config
 from sandboxes.images.network import BuildNetwork, NetworkAttachment
@@ -225,7 +226,7 @@ def _bwrap(
     """Run argv as root inside the image being built: its rootfs, writable, as `/`; in a user
     namespace of its own that may not make more, with STEP_CAPABILITIES only and the
     sandboxes' seccomp filter (`seccomp_fd`): a step runs code from package indexes, as root."""
-    out = ["bwrap", "--bind", str(rootfs), "/", "--proc", "/proc", "--dev", "/dev",
+    out = ["bwrap", "--bind", str(rootfs), "/", *proc_args(), "--dev", "/dev",
            "--tmpfs", "/tmp",  # noqa: S108
            "--unshare-all", "--unshare-user", "--disable-userns",
            "--die-with-parent", "--new-session", "--cap-drop", "ALL"]  # fmt: skip

@@ -67,6 +67,29 @@ def test_the_apps_environment_is_not_visible(local_backend, monkeypatch):
         assert leaked not in out
 
 
+def test_the_hosts_kernel_settings_cannot_be_changed(local_backend):
+    """The worker runs as root, so a bwrap sandbox's user is root outside its namespace, and
+    the kernel let such a process write /proc/sys whatever its capabilities: a command could
+    set `kernel.core_pattern` to a program of its workspace, run as root at the next crash.
+    Tried with a harmless setting, put back if the sandbox got through."""
+    setting = Path("/proc/sys/fs/lease-break-time")
+    before = setting.read_text()
+    wanted = str(int(before) + 1)
+    handle = local_backend.create(SPEC)
+    try:
+        out, _ = run(
+            local_backend,
+            handle,
+            ["sh", "-c", f"echo {wanted} > {setting}; cat /proc/sys/kernel/core_pattern"],
+        )
+        assert setting.read_text() == before
+    finally:
+        setting.write_text(before)
+    # And what bwrap hides of the host's /proc (gVisor shows its own).
+    out, _ = run(local_backend, handle, ["sh", "-c", "cat /proc/keys /proc/timer_list; true"])
+    assert "jiffies" not in out
+
+
 def test_a_server_on_the_hosts_loopback_cannot_be_reached(local_backend):
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))

@@ -331,14 +331,21 @@ def test_a_build_step_runs_without_mounts_new_namespaces_or_most_of_roots_powers
     tree = tmp_path / "tree"
     _shell_tree(tree, ("/usr/bin/unshare", "/usr/bin/mount", "/usr/bin/mkdir"))
     ref = oci_registry.push_tree("team/probe", tree, tag="1")
+    setting = Path("/proc/sys/fs/lease-break-time")  # a harmless host-wide kernel setting
+    before = setting.read_text()
     probe = (
-        "{ unshare -U true && echo userns=yes || echo userns=no;"
+        f"{{ echo {int(before) + 1} > {setting};"
+        " unshare -U true && echo userns=yes || echo userns=no;"
         " mkdir -p /mnt; mount -t tmpfs none /mnt && echo mount=yes || echo mount=no;"
         ' while read -r key value; do [ "$key" = CapEff: ] && echo "caps=$value"; done'
         " < /proc/self/status; true; } > /probe 2>/dev/null"
     )
     thread, outcome = _build_in_thread({"oci": ref, "run": [probe]}, "d" * 64)
     thread.join(120)
+    try:
+        assert setting.read_text() == before  # /proc/sys is read-only in a step
+    finally:
+        setting.write_text(before)
     assert not thread.is_alive()
     assert len(outcome) == 1 and not isinstance(outcome[0], Exception), outcome
     found = dict(
