@@ -65,7 +65,8 @@ class Workspaces:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.layers_dir = root / "layers"
-        self.etc_dir = root / "etc"
+        # "etc2": the first version ("etc") copied root-only files too (/etc/ssl/private).
+        self.etc_dir = root / "etc2"
         self._overlay_ok: bool | None = None
         self._spares: list[Path] = []  # made by this process, claimed by its next creates
         self._etc_ready = False
@@ -178,7 +179,7 @@ class Workspaces:
         return sorted(
             p.name
             for p in self.root.iterdir()
-            if p.name not in ("layers", "etc", "rootfs", "runsc", "checkpoints")
+            if p.name not in ("layers", "etc", "etc2", "rootfs", "runsc", "checkpoints")
             and not p.name.startswith(".")
             and p.is_dir()
         )
@@ -360,9 +361,9 @@ class Workspaces:
         (tmp / "gitconfig").write_text("[safe]\n\tdirectory = *\n[init]\n\tdefaultBranch = main\n")
         for name in ETC_FROM_HOST:
             src = Path("/etc") / name
-            if src.is_dir():
-                shutil.copytree(src, tmp / name, symlinks=True)
-            elif src.exists():
+            if src.is_dir() and _world_readable(src):
+                shutil.copytree(src, tmp / name, symlinks=True, ignore=_private_names)
+            elif src.exists() and _world_readable(src.resolve()):
                 shutil.copy2(src, tmp / name, follow_symlinks=True)
         try:
             tmp.rename(self.etc_dir)
@@ -371,6 +372,24 @@ class Workspaces:
                 raise
             tree_remove(tmp)
         marker.touch()
+        if (self.root / "etc").is_dir():  # the first version's, with root-only files
+            trash_put(self.root / "etc", root=self.root)
+
+
+def _world_readable(path: Path) -> bool:
+    """Whether any user of the host may read `path` (a directory: also enter it). A file only
+    root may read (a TLS private key under /etc/ssl/private) has no place in a sandbox, whose
+    user is root outside its namespace and so could read it there."""
+    mode = path.lstat().st_mode
+    if stat.S_ISLNK(mode):
+        return True  # copied as a link: it resolves inside the sandbox's own /etc
+    need = stat.S_IROTH | (stat.S_IXOTH if stat.S_ISDIR(mode) else 0)
+    return mode & need == need
+
+
+def _private_names(directory: str, names: list[str]) -> set[str]:
+    """copytree's `ignore`: the entries of `directory` not every user may read."""
+    return {name for name in names if not _world_readable(Path(directory) / name)}
 
 
 # --- files inside a workspace, refusing `..` and symlinks that leave it ----------------------

@@ -58,6 +58,24 @@ def test_host_files_and_other_workspaces_cannot_be_read(local_backend, canaries)
     assert "/usr" in out.split() and "/home" not in out.split()
 
 
+def test_the_hosts_root_only_files_under_etc_are_not_copied_in(local_backend):
+    # A sandbox without an image gets a minimal /etc copied from the host's: it took
+    # /etc/ssl/private (TLS private keys), which a sandbox's user (root outside) could read.
+    handle = local_backend.create(SPEC)
+    out, _ = run(
+        local_backend,
+        handle,
+        [
+            "sh",
+            "-c",
+            "test -d /etc/ssl/certs && echo CERTS-THERE;"
+            " test -e /etc/ssl/private && echo PRIVATE-THERE; true",
+        ],
+    )
+    assert "CERTS-THERE" in out  # what programs need is there
+    assert "PRIVATE-THERE" not in out
+
+
 def test_the_apps_environment_is_not_visible(local_backend, monkeypatch):
     monkeypatch.setenv("CONVOY_TEST_CANARY_ENV", "env-canary-value")
     handle = local_backend.create(SandboxSpec(timeout_s=60, env={"GIVEN": "yes"}))
