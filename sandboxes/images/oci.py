@@ -7,11 +7,14 @@ stored secret (this module never sees secret names).
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from sandboxes.images.spec import ImageSpec
@@ -27,16 +30,37 @@ def _tls(spec: ImageSpec, flag: str) -> list[str]:
     return [f"--{flag}=false"] if spec.oci_is_local else []
 
 
-def _creds(creds: str | None, flag: str) -> list[str]:
-    return [f"--{flag}", creds] if creds else []
+def _registry(reference: str) -> str:
+    """The registry host of an image reference, as containers' auth files name it."""
+    first, slash, _ = reference.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "docker.io"
+
+
+@contextlib.contextmanager
+def _creds(spec: ImageSpec, creds: str | None, flag: str) -> Iterator[list[str]]:
+    """`--<flag> FILE`: the login in a private auth file for the time of one skopeo call, not
+    on its command line, which the build log shows (and every host user may read)."""
+    if not creds:
+        yield []
+        return
+    with tempfile.TemporaryDirectory(prefix="convoy-auth-") as home:  # mode 0700
+        path = Path(home) / "auth.json"
+        token = base64.b64encode(creds.encode()).decode()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            json.dump({"auths": {_registry(spec.oci): {"auth": token}}}, file)
+        yield [f"--{flag}", str(path)]
 
 
 def oci_digest(spec: ImageSpec, *, creds: str | None = None) -> str:
     """The manifest digest the reference points at now (part of the image key: a moved tag is a
     new image)."""
-    argv = ["skopeo", "inspect", *_tls(spec, "tls-verify"), *_creds(creds, "creds"),
-            "--format", "{{.Digest}}", f"docker://{spec.oci}"]  # fmt: skip
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    with _creds(spec, creds, "authfile") as login:
+        argv = ["skopeo", "inspect", *_tls(spec, "tls-verify"), *login,
+                "--format", "{{.Digest}}", f"docker://{spec.oci}"]  # fmt: skip
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     if out.returncode != 0:
         message = (out.stderr.strip().splitlines() or ["skopeo inspect failed"])[-1]
         not_found = any(s in message for s in ("manifest unknown", "not found", "404"))
@@ -56,10 +80,11 @@ def oci_pull(
     image's runtime config (`env`, `cwd`) from the bundle umoci makes."""
     layout = workdir / "layout"
     bundle = workdir / "bundle"
-    copy = ["skopeo", "copy", *_tls(spec, "src-tls-verify"), *_creds(creds, "src-creds"),
-            f"docker://{spec.oci}", f"oci:{layout}:image"]  # fmt: skip
-    if run(copy) != 0:
-        raise OciError(f"could not pull {spec.oci}")
+    with _creds(spec, creds, "src-authfile") as login:
+        copy = ["skopeo", "copy", *_tls(spec, "src-tls-verify"), *login,
+                f"docker://{spec.oci}", f"oci:{layout}:image"]  # fmt: skip
+        if run(copy) != 0:
+            raise OciError(f"could not pull {spec.oci}")
     unpack = ["umoci", "unpack", *([] if os.geteuid() == 0 else ["--rootless"]),
               "--image", f"{layout}:image", str(bundle)]  # fmt: skip
     if run(unpack) != 0:

@@ -355,3 +355,23 @@ def test_a_build_step_runs_without_mounts_new_namespaces_or_most_of_roots_powers
     # NET_BIND_SERVICE 10, SYS_CHROOT 18, MKNOD 27, AUDIT_WRITE 29, SETFCAP 31.
     wanted = sum(1 << bit for bit in (0, 1, 3, 4, 5, 6, 7, 8, 10, 18, 27, 29, 31))
     assert found == {"userns": "no", "mount": "no", "caps": f"{wanted:016x}"}
+
+
+def test_a_registry_login_never_shows_in_the_build_log(
+    db, client, admin_user, manager, fresh_image_data, oci_registry
+):
+    """The login (an admin-granted secret) went on skopeo's command line, which the build log
+    shows to every manager. It now goes in a private auth file for the time of the call."""
+    password = "s3cret-pass-Zq81"
+    ref = oci_registry.push_tiny("team/private:1", {"/a.txt": "x"})
+    image = image_ensure(
+        spec={"oci": ref, "credentials_secret": "REGISTRY_LOGIN"},
+        actor=None,
+        creds=f"robot:{password}",
+    )
+    assert image.state == ImageState.READY
+    client.force_login(manager)
+    page = client.get(f"/images/{image.key}/log").content.decode()
+    text = client.get(f"/api/v1/images/{image.key}/log").json()["text"]
+    assert "skopeo copy" in text and "--src-authfile" in text
+    assert password not in page and password not in text
