@@ -79,17 +79,23 @@ def spec_db_check(
                 "name", f"a campaign named {spec['name']!r} exists", parsed.lines.get("name")
             )
         )
-    stored = set(Secret.objects.filter(name__in=spec["secrets"]).values_list("name", flat=True))
+    # Every secret the spec names: those its commands get, and the image registry's login
+    # (which the host sends to the registry the spec names: the same grant rules).
+    named = [(f"secrets[{i}]", name) for i, name in enumerate(spec["secrets"])]
+    image = spec.get("image")
+    if isinstance(image, dict) and image.get("credentials_secret"):
+        named.append(("image.credentials_secret", image["credentials_secret"]))
+    names = {name for _, name in named}
+    stored = set(Secret.objects.filter(name__in=names).values_list("name", flat=True))
     granted, owners = stored, set()
     if owner_id:
         owner_counts = editor is not None and (editor.pk == owner_id or user_role(editor) == ADMIN)
         granted = secret_names_granted(
             campaign_id=exclude_pk, owner_id=owner_id if owner_counts else None
         )
-        if not owner_counts and set(spec["secrets"]) - granted:  # say why, if it is the owner's
+        if not owner_counts and names - granted:  # say why, if it is the owner's
             owners = secret_names_granted(campaign_id=None, owner_id=owner_id)
-    for i, name in enumerate(spec["secrets"]):
-        path = f"secrets[{i}]"
+    for path, name in named:
         if name not in stored:
             errors.append(
                 FieldError(path, f"no stored secret named {name!r}", parsed.lines.get(path))

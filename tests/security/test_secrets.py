@@ -232,6 +232,31 @@ def test_another_manager_cannot_hand_the_owners_secret_to_their_own_code(
     assert campaign_update(campaign=draft, actor=bob, source=taking).spec["secrets"]
 
 
+def test_an_image_registry_login_follows_the_same_grant_rules(stored, manager, admin_user):
+    """`image.credentials_secret` is a secret too: the host sends it to the registry the
+    spec names. It was not checked at save, so another manager could name the owner's (or an
+    ungranted) secret there and point the image at a registry of theirs."""
+    from campaigns.secret_grants import secret_grant
+
+    secret_grant(name="API_TOKEN", manager=manager, actor=admin_user)
+    bob = user_make(role="manager", username="bob")
+    tag, _ = repos_make(1)
+    draft = campaign_create(actor=manager, source=spec_for(tag, name="reg"))
+    image = "\nimage: {oci: 'registry.example.org/x/y:1', credentials_secret: %s}\n"
+    taking = spec_for(tag, name="reg", extra=image % "API_TOKEN")
+    with pytest.raises(CampaignSpecError) as refused:
+        campaign_update(campaign=draft, actor=bob, source=taking)
+    assert refused.value.errors[0].path == "image.credentials_secret"
+    assert "granted to the campaign's owner" in refused.value.errors[0].message
+    ungranted = spec_for(tag, name="reg", extra=image % "NOBODYS")
+    with pytest.raises(CampaignSpecError) as refused:
+        campaign_update(campaign=draft, actor=manager, source=ungranted)
+    assert refused.value.errors[0].path == "image.credentials_secret"
+    draft.refresh_from_db()
+    assert "image" not in draft.spec or not draft.spec["image"]
+    assert campaign_update(campaign=draft, actor=manager, source=taking).spec["image"]
+
+
 def test_a_flagged_diff_is_masked_on_every_page_and_in_the_api(
     stored, client, manager, reviewer, admin_user
 ):
