@@ -77,15 +77,21 @@ def change_push(
     message: str,
     author: str | None = None,
     token: str = "",
+    replaces: str = "",
 ) -> Pushed:
-    """Commit `patch` on top of `base_commit` and push it as `branch` (replacing an older push).
+    """Commit `patch` on top of `base_commit` and push it as `branch`.
 
-    The branch belongs to Convoy: a republish after a rerun replaces it with the new commit.
+    The branch must be Convoy's: absent on the remote, or still at `replaces`, the commit
+    Convoy pushed there last (a republish after a rerun replaces it). Anything else there (the
+    base branch, `main`, a branch someone changed since) is never overwritten: a spec naming
+    `changeset.branch: main` force-pushed over main.
     """
     if not ALLOWED_REMOTE.match(remote_url):
         raise PublishError(f"remote {remote_url!r}: only file, https and ssh remotes are pushed")
     if not BRANCH_RE.match(branch or ""):
         raise PublishError(f"changeset.branch: {branch!r} is not a valid branch name")
+    if branch == base_ref:
+        raise PublishError(f"changeset.branch: {branch!r} is the branch the change is made on")
     if not patch:
         raise PublishError("the approved variant changed nothing; there is nothing to publish")
     name, email = author_parse(author)
@@ -127,11 +133,17 @@ def change_push(
                 *pin,
                 "push",
                 "-q",
-                "--force",
+                f"--force-with-lease=refs/heads/{branch}:{replaces}",
                 *receive,
                 "origin",
                 f"HEAD:refs/heads/{branch}",
             )
         except PublishError as exc:
+            if "stale info" in str(exc):
+                raise PublishError(
+                    f"changeset.branch: {branch!r} exists on the remote and is not the commit "
+                    "Convoy pushed there: it is not overwritten (choose another branch name, "
+                    "or delete that branch)"
+                ) from None
             raise PublishError(str(exc), transient=True) from exc
     return Pushed(branch=branch, commit=commit, remote_url=remote_url)

@@ -51,6 +51,7 @@ def test_publish_pushes_exactly_the_approved_diff_with_the_specs_author(remote, 
         patch=smaller,
         branch="convoy/fix-things",
         message="Fix things",
+        replaces=pushed.commit,  # what Convoy pushed there last
     )
     assert again.commit != pushed.commit
     assert git(bare, "diff", "--binary", base, "convoy/fix-things") == smaller
@@ -67,6 +68,26 @@ def test_publish_refuses_bad_branch_remote_and_a_diff_that_no_longer_applies(rem
     with pytest.raises(PublishError, match="no longer applies"):
         change_push(remote_url=f"file://{bare}", patch=broken, branch="b", **common)
     assert b"refs/heads/b" not in git(bare, "show-ref")
+
+
+def test_publish_never_overwrites_a_branch_that_is_not_convoys(remote):
+    """The push was forced: `changeset.branch: main` (or any existing branch) was replaced by
+    the change, dropping what was committed there since. Now only a branch Convoy pushed, still
+    at that commit, is replaced; the base branch never."""
+    bare, base, patch = remote
+    common = {"base_commit": base, "base_ref": "main", "message": "m", "patch": patch}
+    with pytest.raises(PublishError, match="the branch the change is made on"):
+        change_push(remote_url=f"file://{bare}", branch="main", **common)
+    git(bare, "branch", "release", base)  # someone else's branch
+    with pytest.raises(PublishError, match="not the commit Convoy pushed"):
+        change_push(remote_url=f"file://{bare}", branch="release", **common)
+    assert git(bare, "rev-parse", "release").decode().strip() == base
+    assert git(bare, "rev-parse", "main").decode().strip() == base
+    # A branch Convoy pushed and someone changed since is not overwritten either.
+    first = change_push(remote_url=f"file://{bare}", branch="convoy/x", **common)
+    git(bare, "update-ref", "refs/heads/convoy/x", base)
+    with pytest.raises(PublishError, match="not the commit Convoy pushed"):
+        change_push(remote_url=f"file://{bare}", branch="convoy/x", replaces=first.commit, **common)
 
 
 def test_publish_ignores_host_git_config_and_hooks(remote, tmp_path, monkeypatch):
