@@ -122,3 +122,30 @@ def test_the_sweep_removes_what_a_dead_remover_left(tmp_path):
     assert left.exists()
     assert trash.trash_sweep(root, older_than_s=0) == ["left-by-a-dead-worker"]
     assert _trash_empty(root)
+
+
+def _deep(path: Path, depth: int) -> None:
+    """`depth` nested directories under `path`, made by descriptor (no long path names)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=fd)
+            inner = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+    finally:
+        os.close(fd)
+
+
+def test_a_tree_deeper_than_pythons_stack_is_removed_and_the_sweep_goes_on(tmp_path):
+    """A command can make a tree 1,500 directories deep with a few MB: `shutil.rmtree` raised
+    RecursionError on it, which stopped the remover, the trash sweep and the reaper's pass."""
+    root = tmp_path / "root"
+    (root / trash.TRASH).mkdir(parents=True)
+    deep = root / trash.TRASH / "deep"
+    deep.mkdir()
+    _deep(deep, 3000)
+    other = root / trash.TRASH / "other"
+    other.mkdir()
+    assert sorted(trash.trash_sweep(root, older_than_s=-1)) == ["deep", "other"]
+    assert list((root / trash.TRASH).iterdir()) == []
