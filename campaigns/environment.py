@@ -10,10 +10,13 @@ diff; `image_keys_in_use` is what prune keeps.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import logging
+import re
 import time
+import zlib
 
 from campaigns.models import Campaign, CampaignState, RepoRun, RunState
 from campaigns.secret_grants import secret_value_for_campaign
@@ -174,15 +177,63 @@ def diff_cap_bytes(spec: dict) -> int:
 
 
 def diff_limit_check(spec: dict, patch: bytes, truncated: bool) -> None:
-    """RunFailed (the variant fails with this message) for a diff over `limits.max_diff_mb`."""
+    """RunFailed (the variant fails with this message) for a diff over `limits.max_diff_mb`.
+
+    A binary file counts at its full size, not at its compressed size in the patch: zeros
+    compress about 1,000 to 1, and publishing inflates every one of them on the host."""
     limit = diff_max_bytes(spec)
-    if truncated or len(patch) > limit:
-        size = "more than " if truncated else ""
+    size = len(patch) + binary_patch_bytes(patch)
+    if truncated or size > limit:
+        more = "more than " if truncated else ""
         raise RunFailed(
-            f"the diff is {size}{len(patch) / MB:.1f} MB, over limits.max_diff_mb "
+            f"the diff is {more}{size / MB:.1f} MB, over limits.max_diff_mb "
             f"({limit // MB} MB): exclude generated files with diff.exclude or write them "
             f"under {HOME_DIR}"
         )
+
+
+_BINARY_HUNK = re.compile(rb"^GIT binary patch\n(literal|delta) (\d+)\n((?:[A-Za-z]\S*\n)*)", re.M)
+
+
+def binary_patch_bytes(patch: bytes) -> int:
+    """What the binary files of a git patch come to once applied: for a `literal`, the size
+    its header states (git allocates it, and refuses data that does not inflate to it); for a
+    `delta`, the result size the delta's own header states (read from its first bytes)."""
+    total = 0
+    for kind, size, body in _BINARY_HUNK.findall(patch):
+        if kind == b"literal":
+            total += int(size)
+            continue
+        data = b"".join(_base85_line(line) for line in body.splitlines()[:2])
+        try:
+            head = zlib.decompressobj().decompress(data, 32)
+        except zlib.error:
+            continue  # git refuses it as well
+        _source, at = _varint(head, 0)
+        result, _ = _varint(head, at)
+        total += result
+    return total
+
+
+def _base85_line(line: bytes) -> bytes:
+    """One line of git's base85: a length character (A-Z 1-26, a-z 27-52), then the data."""
+    count = line[0] - 64 if line[0] <= ord("Z") else line[0] - 96 + 26
+    try:
+        return base64.b85decode(line[1:])[:count]
+    except ValueError:
+        return b""
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while at < len(data):
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    return value, at
 
 
 def image_keys_in_use() -> set[str]:

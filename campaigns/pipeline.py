@@ -293,12 +293,19 @@ def _transform_and_diff(
     nonce = pysecrets.token_hex(8)
     done = f"--convoy-step-done-{nonce}--"
     base = ctx.run.base_commit
-    git = "git -c safe.directory='*' -c core.hooksPath=/dev/null"
+    # The step may have written the checkout's own git settings: none may hide a change from
+    # the reviewers (`.git/info/attributes` or a tiny core.bigFileThreshold turned source files
+    # into opaque binary hunks, which publishing applied all the same).
+    git = (
+        "git -c safe.directory='*' -c core.hooksPath=/dev/null "
+        "-c core.attributesFile=/dev/null -c core.bigFileThreshold=1g"
+    )
     # After the step, git's stderr goes to a file so warnings cannot mix into the patch bytes.
     # One `git diff` prints the numstat lines, an empty line, then the patch.
     wrapper = (
         '( __convoy_step=$1; set --; eval "$__convoy_step" ); status=$?; '
         "if [ $status -ne 0 ]; then exit $status; fi; "
+        "rm -f .git/info/attributes; "
         f"printf '\\n%s\\n' '{done}'; exec 2>/tmp/.convoy-git-stderr; "
         f"{{ {git} add -A . >/dev/null && "
         f"{git} diff --cached --numstat --binary -p --no-color --no-ext-diff --no-textconv "

@@ -144,8 +144,11 @@ def test_a_tree_deeper_than_pythons_stack_is_removed_and_the_sweep_goes_on(tmp_p
     (root / trash.TRASH).mkdir(parents=True)
     deep = root / trash.TRASH / "deep"
     deep.mkdir()
-    _deep(deep, 3000)
-    other = root / trash.TRASH / "other"
-    other.mkdir()
-    assert sorted(trash.trash_sweep(root, older_than_s=-1)) == ["deep", "other"]
-    assert list((root / trash.TRASH).iterdir()) == []
+    try:
+        _deep(deep, 3000)
+        other = root / trash.TRASH / "other"
+        other.mkdir()
+        assert sorted(trash.trash_sweep(root, older_than_s=-1)) == ["deep", "other"]
+        assert list((root / trash.TRASH).iterdir()) == []
+    finally:  # pytest's own clean-up of old temporary directories recurses as rmtree did
+        subprocess.run(["rm", "-rf", str(root)], check=True)

@@ -1,0 +1,79 @@
+"""What a variant's diff may not hide or inflate: binary files count at their full size against
+`limits.max_diff_mb`, and a transform cannot turn its source changes into opaque binary hunks."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from campaigns.environment import binary_patch_bytes, diff_limit_check
+from campaigns.models import RepoRun, VariantState
+from campaigns.pipeline import run_execute
+from campaigns.services import campaign_create, campaign_launch
+from campaigns.states import RunFailed
+from tests.factories import repos_make
+
+MB = 1024 * 1024
+
+
+def _git(repo: Path, *args: str) -> bytes:
+    return subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        check=True,
+        capture_output=True,
+    ).stdout
+
+
+def test_a_binary_file_counts_at_its_full_size_not_its_compressed_one(tmp_path):
+    """20 MB of zeros is a 20 KB patch; publishing inflated it all on the host, so a patch
+    within the limit could carry gigabytes."""
+    repo = tmp_path / "r"
+    _git(tmp_path, "init", "-q", str(repo))
+    (repo / "keep.txt").write_text("x\n")
+    (repo / "big.bin").write_bytes(b"\0" * 4 * MB)
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "base")
+    (repo / "zeros.bin").write_bytes(b"\0" * 20 * MB)  # a literal
+    with (repo / "big.bin").open("r+b") as big:  # a delta against the old content
+        big.seek(0, 2)
+        big.write(b"\1" * MB)
+    _git(repo, "add", "-A")
+    patch = _git(repo, "-c", "core.compression=9", "diff", "--cached", "--binary", "HEAD")
+    assert len(patch) < MB  # what the old check looked at
+    assert binary_patch_bytes(patch) >= 25 * MB
+    with pytest.raises(RunFailed, match=r"over limits\.max_diff_mb"):
+        diff_limit_check({"diff": {"max_mb": 5}}, patch, False)
+    diff_limit_check({"diff": {"max_mb": 30}}, patch, False)
+
+
+SPEC = """\
+name: hides-{tag}
+backend: bwrap
+repos: {{tag: {tag}}}
+transform: {{run: "{run}"}}
+"""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_transform_cannot_make_its_source_changes_opaque_binary(manager):
+    """`.git/info/attributes` (never part of the diff) marking `*.py binary`, or a tiny
+    core.bigFileThreshold, turned the change into a binary hunk reviewers could not read,
+    which the secret scan did not see and publishing applied."""
+    tag, _ = repos_make(1)
+    run = (
+        "printf '*.py binary\\\\n' > .git/info/attributes && "
+        "git config core.bigFileThreshold 1 && "
+        "sed -i 's/assertEquals(/assertEqual(/g' test_calc.py"
+    )
+    campaign = campaign_launch(
+        campaign=campaign_create(actor=manager, source=SPEC.format(tag=tag, run=run)),
+        actor=manager,
+    )
+    run_row = RepoRun.objects.get(campaign=campaign)
+    assert run_execute(run_id=run_row.pk) == "succeeded"
+    variant = run_row.variants.get()
+    assert variant.state == VariantState.COMPLETED, variant.error
+    patch = bytes(variant.patch)
+    assert b"GIT binary patch" not in patch
+    assert b"+        self.assertEqual(" in patch
+    assert variant.insertions > 0
