@@ -44,6 +44,9 @@ SAFE_CONFIG: tuple[str, ...] = (
     "protocol.ssh.allow=always",
     "protocol.file.allow=always",
     "protocol.ext.allow=never",
+    # A server's redirect would send git (and a token in http.extraheader) to a host Convoy
+    # never checked: the loopback's, the private network's.
+    "http.followRedirects=false",
     "submodule.recurse=false",
     "fetch.recurseSubmodules=false",
     "diff.external=",

@@ -108,15 +108,65 @@ def repo_url_validate(url: str) -> str:
             raise RepoUrlError("file:// URLs must name a local path (file:///…).")
         path = Path(unquote(parts.path)).resolve()
         roots = [Path(r).resolve() for r in settings.REPO_ROOTS]
-        if not any(path == root or path.is_relative_to(root) for root in roots):
+        root = next((r for r in roots if path == r or path.is_relative_to(r)), None)
+        if root is None:
             raise RepoUrlError(
                 "file:// repositories must live under CONVOY_REPO_ROOTS "
                 f"({', '.join(str(r) for r in roots) or 'none configured'})."
             )
+        _local_repository_check(path, root, roots)
         return f"file://{path}"
     raise RepoUrlError(
         f"'{scheme}' repository URLs are not accepted; use https://, ssh:// or file://."
     )
+
+
+# Files of a git directory that, as links or as these files, make git read another
+# repository (its objects, its refs, its common directory).
+_GITDIR_LINKS = ("HEAD", "config", "refs", "packed-refs", "objects", "info", "logs", "worktrees")
+_GITDIR_POINTERS = ("commondir", "objects/info/http-alternates")
+
+
+def _local_repository_check(path: Path, root: Path, roots: list[Path]) -> None:
+    """A file:// repository must be a repository of its own, reading nothing outside itself.
+
+    A directory inside another repository's working tree is that repository's content: files
+    committed there (`HEAD`, `objects/info/alternates`, `refs` as a link) make a valid git
+    directory that borrows the objects and refs of any repository on this host (another
+    campaign's mirror, Convoy's own), which a checkout then copied into a sandbox and a publish
+    pushed into."""
+    parent = path.parent
+    while parent != root and parent.is_relative_to(root):
+        if os.path.lexists(parent / ".git"):
+            raise RepoUrlError(
+                f"file:// repositories must not lie inside another repository's working tree "
+                f"({parent}): register that repository instead."
+            )
+        parent = parent.parent
+    dotgit = path / ".git"
+    if os.path.islink(dotgit) or dotgit.is_file():
+        raise RepoUrlError(f"{dotgit} must be a directory, not a link or a pointer elsewhere.")
+    gitdir = dotgit if dotgit.is_dir() else path
+    for name in _GITDIR_LINKS:
+        if os.path.islink(gitdir / name):
+            raise RepoUrlError(f"{gitdir / name} is a symbolic link: git would read elsewhere.")
+    for name in _GITDIR_POINTERS:
+        if os.path.lexists(gitdir / name):
+            raise RepoUrlError(f"{gitdir / name}: the repository points at another one.")
+    alternates = gitdir / "objects" / "info" / "alternates"
+    if os.path.islink(alternates):
+        raise RepoUrlError(f"{alternates} is a symbolic link: git would read elsewhere.")
+    with contextlib.suppress(FileNotFoundError):
+        # Objects borrowed from another repository (`git clone --shared`): only from one under
+        # CONVOY_REPO_ROOTS too.
+        for line in alternates.read_text(errors="replace").splitlines():
+            if line.strip() and not line.startswith("#"):
+                borrowed = (alternates.parent.parent / line.strip()).resolve()
+                if not any(borrowed.is_relative_to(r) for r in roots):
+                    raise RepoUrlError(
+                        f"{alternates}: the repository borrows objects from {borrowed}, "
+                        "outside CONVOY_REPO_ROOTS."
+                    )
 
 
 def _host_check(host: str) -> None:
@@ -241,6 +291,7 @@ def mirror_fetch(*, url: str, fresh_after: float | None = None) -> Path:
                 # not six). Git refuses symlinks among them; later fetches use the transport.
                 source, local = str(local_source(url)), ["--local"]
             git(
+                *pin,  # the addresses the URL's host was checked at (no second DNS answer)
                 "clone",
                 "--mirror",
                 "--quiet",
@@ -250,11 +301,15 @@ def mirror_fetch(*, url: str, fresh_after: float | None = None) -> Path:
                 "--",
                 source,
                 str(tmp),
+                env=env,
             )
             if local and (tmp / "objects" / "info" / "alternates").exists():
-                # It borrows objects from elsewhere: take a self-contained copy instead.
+                # It borrows objects (from a repository under the roots: repo_url_validate):
+                # take a self-contained copy instead.
                 shutil.rmtree(tmp)
-                git("clone", "--mirror", "--quiet", "--template=", *upload, "--", url, str(tmp))
+                git(
+                    "clone", "--mirror", "--quiet", "--template=", *upload, "--", url, str(tmp)
+                )  # fmt: skip
             tmp.rename(path)
         stamp.touch()
     return path

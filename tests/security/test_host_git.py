@@ -111,6 +111,7 @@ def test_publishing_to_a_checked_out_branch_of_a_non_bare_remote_is_refused_not_
             patch=patch,
             branch="convoy/live",
             message="m",
+            replaces=base,  # as if Convoy had pushed it: the receiving side must refuse
         )
     assert not canary.exists(), canary.read_text()
 
@@ -166,3 +167,108 @@ def test_host_git_ignores_the_callers_git_environment(armed, tmp_path, monkeypat
         message="m",
     )
     assert not canary.exists(), canary.read_text()
+
+
+def _repo_with_commit(path: Path) -> str:
+    git(path.parent, "init", "-q", "-b", "main", str(path))
+    (path / "a.txt").write_text("a\n")
+    git(path, "add", "-A")
+    git(path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "a")
+    return git(path, "rev-parse", "HEAD").decode().strip()
+
+
+def test_a_repository_that_borrows_from_others_on_this_host_is_refused(settings, tmp_path):
+    """Files committed inside a repository's working tree (`evil/HEAD`, `evil/objects/info/
+    alternates`, `evil/refs` as a link) make `file://…/proj/evil` a git directory that borrows
+    the objects and refs of any repository on the host: a checkout copied them into a sandbox,
+    and a publish pushed into them."""
+    from sandboxes.repos import RepoUrlError, repo_url_validate
+
+    root = tmp_path / "roots"
+    root.mkdir()
+    settings.REPO_ROOTS = [str(root)]
+    outside = tmp_path / "outside"
+    _repo_with_commit(outside)
+    proj = root / "proj"
+    _repo_with_commit(proj)
+    evil = proj / "evil"
+    (evil / "objects" / "info").mkdir(parents=True)
+    (evil / "HEAD").write_text("ref: refs/heads/main\n")
+    (evil / "objects" / "info" / "alternates").write_text(f"{outside}/.git/objects\n")
+    (evil / "refs").symlink_to(outside / ".git" / "refs")
+    with pytest.raises(RepoUrlError, match="inside another repository's working tree"):
+        repo_url_validate(f"file://{evil}")
+    # The same git directory at the top level: refused for what it borrows.
+    top = root / "top"
+    evil.rename(top)
+    with pytest.raises(RepoUrlError, match="symbolic link"):
+        repo_url_validate(f"file://{top}")
+    (top / "refs").unlink()
+    (top / "refs").mkdir()
+    with pytest.raises(RepoUrlError, match="outside CONVOY_REPO_ROOTS"):
+        repo_url_validate(f"file://{top}")
+    # A repository of its own is fine.
+    assert repo_url_validate(f"file://{proj}") == f"file://{proj}"
+
+
+def test_host_git_does_not_follow_a_servers_redirect(tmp_path):
+    """A server behind a checked URL answered with a redirect to the loopback's (or the private
+    network's) git server, and git followed it: the mirror filled from there."""
+    import http.server
+    import threading
+
+    from core.git import GitError, git_run
+
+    seen = []
+
+    class Target(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    target = http.server.HTTPServer(("127.0.0.1", 0), Target)
+
+    class Redirect(Target):
+        def do_GET(self):
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.1:{target.server_port}{self.path}")
+            self.end_headers()
+
+    redirect = http.server.HTTPServer(("127.0.0.1", 0), Redirect)
+    servers = [target, redirect]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{redirect.server_port}/repo.git"
+        with pytest.raises(GitError):  # http allowed here only to serve the test locally
+            git_run("-c", "protocol.http.allow=always", "ls-remote", url)
+        assert seen == []
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+
+
+def test_a_mirrors_first_clone_connects_to_the_checked_addresses(monkeypatch):
+    """Only the mirror's later fetches were pinned to the addresses the URL's host was checked
+    at; its first clone let git look the name up again (a DNS answer changed in between reached
+    the loopback's git server)."""
+    from sandboxes import repos
+    from sandboxes.backends.base import SandboxError
+
+    monkeypatch.setattr(repos, "host_addresses_vet", lambda host, strict: ["203.0.113.7"])
+    calls = []
+
+    def recorded(*args, **kwargs):  # records the command; connects nowhere
+        calls.append(args)
+        raise SandboxError("recorded")
+
+    monkeypatch.setattr(repos, "git", recorded)
+    with pytest.raises(SandboxError):
+        repos.mirror_fetch(url="https://git.example.org/team/app.git")
+    assert calls and "clone" in calls[0]
+    assert "http.curloptResolve=git.example.org:443:203.0.113.7" in calls[0]
