@@ -30,7 +30,7 @@ from campaigns.models import (
     Variant,
     VariantState,
 )
-from campaigns.selectors import repository_ids_by_tag
+from campaigns.selectors import campaign_is_author, repository_ids_by_tag
 from campaigns.services import (
     campaign_fields,
     runs_create,
@@ -174,6 +174,21 @@ def campaign_revise(*, campaign: Campaign, actor, source: str | bytes) -> Campai
     if plan["unchanged"]:
         raise CampaignStateError("the spec is unchanged; there is nothing to apply")
     new = spec_parse(source).data
+    if (
+        campaign.four_eyes
+        and not new["review"]["four_eyes"]
+        and campaign_is_author(campaign=campaign, user=actor)
+    ):
+        # Else the launcher turns the rule off (nothing re-runs) and approves their own diffs.
+        raise CampaignSpecError(
+            [
+                FieldError(
+                    "review.four_eyes",
+                    "only someone who did not write or start this campaign may turn the "
+                    "four-eyes rule off for the changes it made",
+                )
+            ]
+        )
     now = timezone.now()
     with transaction.atomic():
         locked = Campaign.objects.select_for_update().get(pk=campaign.pk)

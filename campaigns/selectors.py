@@ -15,8 +15,18 @@ from django.db import connection
 from django.db.models import Count, Max, QuerySet
 
 from accounts.roles import user_can, user_role
+from audit.models import AuditEvent
 from campaigns.counters import counts_get
-from campaigns.models import Campaign, RepoRun, Repository, RunState, Secret, Variant, VariantState
+from campaigns.models import (
+    Campaign,
+    CampaignRevision,
+    RepoRun,
+    Repository,
+    RunState,
+    Secret,
+    Variant,
+    VariantState,
+)
 from core.errors import NotFound, PermissionDenied
 from core.ids import id_parse
 
@@ -179,3 +189,19 @@ def error_clusters(*, campaign: Campaign) -> list[dict]:
 
 def run_variants(*, run: RepoRun) -> list[Variant]:
     return list(run.variants.order_by("position"))
+
+
+def campaign_is_author(*, campaign: Campaign, user) -> bool:
+    """Whether `user` wrote or started what the campaign's runs changed: its owner, whoever
+    launched it, saved its spec while a draft, or applied one of its revisions (the four-eyes
+    rule keeps each of them from approving those changes)."""
+    if user.pk in (campaign.owner_id, campaign.launched_by_id):
+        return True
+    if CampaignRevision.objects.filter(campaign=campaign, created_by_id=user.pk).exists():
+        return True
+    return AuditEvent.objects.filter(
+        campaign_id=campaign.pk,
+        action="campaign.campaign.updated",
+        outcome="success",
+        actor_id=str(user.pk),
+    ).exists()

@@ -19,6 +19,7 @@ from django.utils import timezone
 from audit.record import audit_record
 from campaigns.models import Campaign, RepoRun, Variant, VariantState
 from campaigns.secret_grants import variant_secret_check
+from campaigns.selectors import campaign_is_author
 from core.errors import Conflict, Invalid, PermissionDenied
 
 # review.tasks imports this module too: both import the other module (not its names) and only
@@ -133,8 +134,11 @@ def _check_reviewable(variant: Variant) -> None:
 
 
 def four_eyes_applies(*, campaign: Campaign, user) -> bool:
-    """True when `user` launched the campaign and it keeps the four-eyes rule."""
-    return campaign.four_eyes and user.pk == (campaign.launched_by_id or campaign.owner_id)
+    """True when the campaign keeps the four-eyes rule and `user` wrote or started its changes:
+    its owner, its launcher, an editor of its draft or the author of one of its revisions (only
+    the launcher was refused: the owner of a campaign someone else launched, or a manager who
+    applied a revision with new commands, approved their own change)."""
+    return campaign.four_eyes and campaign_is_author(campaign=campaign, user=user)
 
 
 def _four_eyes_refuse(*, actor, target, context: dict, payload: dict | None = None) -> None:

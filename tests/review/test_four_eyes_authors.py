@@ -1,0 +1,82 @@
+"""Four eyes: nobody who wrote or started a campaign's changes approves them. Only the
+launcher was refused: the owner of a campaign someone else launched, a manager who applied a
+revision with new commands, and the launcher after a revision turning the rule off approved
+their own change."""
+
+import pytest
+
+from accounts.services import token_create
+from campaigns.models import Campaign, RepoRun, RunState
+from campaigns.revisions import campaign_revise
+from campaigns.services import campaign_create, campaign_launch
+from campaigns.spec import CampaignSpecError
+from review.models import RunReview
+from tests.factories import (
+    campaign_make,
+    patch_for,
+    repos_make,
+    run_make,
+    spec_for,
+    user_make,
+    variant_make,
+)
+
+pytestmark = pytest.mark.shapes("embedded", "production")
+
+
+def _approve(client, user, campaign, run, variant):
+    _, raw = token_create(user=user, name="t")
+    return client.post(
+        f"/api/v1/review/campaigns/{campaign.pk}/runs/{run.pk}/approve",
+        {"variant": variant.name, "diff_hash": variant.diff_sha256},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {raw}",
+    )
+
+
+def test_the_owner_of_a_campaign_someone_else_launched_may_not_approve(client, admin_user, manager):
+    campaign = campaign_make(owner=admin_user, launched_by=manager, variants=("a",))
+    run = run_make(campaign=campaign)
+    a = variant_make(run=run, name="a", patch=patch_for("x.py", "1", "2"))
+    assert _approve(client, admin_user, campaign, run, a).status_code == 403
+    other = user_make(role="admin", username="other-admin")
+    assert _approve(client, other, campaign, run, a).status_code == 200
+    assert RunReview.objects.get(run=run).decided_by == other
+
+
+def _launched(owner):
+    tag, _ = repos_make(1)
+    campaign = campaign_launch(
+        campaign=campaign_create(actor=owner, source=spec_for(tag, name="fe")), actor=owner
+    )
+    run = RepoRun.objects.get(campaign=campaign)
+    RepoRun.objects.filter(pk=run.pk).update(state=RunState.SUCCEEDED)
+    Campaign.objects.filter(pk=campaign.pk).update(state="completed")
+    return tag, Campaign.objects.get(pk=campaign.pk), run
+
+
+def test_whoever_applied_a_revision_may_not_approve_its_changes(client, manager):
+    tag, campaign, run = _launched(manager)
+    zed = user_make(role="admin", username="zed")
+    new = spec_for(tag, name="fe").replace(
+        "python3 $CONVOY_FILES/fix.py --style $STYLE",
+        "python3 $CONVOY_FILES/fix.py --style $STYLE; echo evil >> x.py",
+    )
+    campaign_revise(campaign=campaign, actor=zed, source=new)
+    RepoRun.objects.filter(pk=run.pk).update(state=RunState.SUCCEEDED)
+    run.variants.all().delete()
+    v = variant_make(run=run, name="standard", patch=patch_for("x.py", "1", "evil"))
+    assert _approve(client, zed, Campaign.objects.get(pk=campaign.pk), run, v).status_code == 403
+
+
+def test_the_launcher_may_not_turn_the_rule_off_for_their_own_changes(admin_user):
+    tag, campaign, _run = _launched(admin_user)
+    off = spec_for(tag, name="fe") + "review: {four_eyes: false}\n"
+    with pytest.raises(CampaignSpecError) as refused:
+        campaign_revise(campaign=campaign, actor=admin_user, source=off)
+    assert refused.value.errors[0].path == "review.four_eyes"
+    assert Campaign.objects.get(pk=campaign.pk).four_eyes is True
+    # Someone who wrote nothing of it may.
+    other = user_make(role="admin", username="other-admin")
+    campaign_revise(campaign=campaign, actor=other, source=off)
+    assert Campaign.objects.get(pk=campaign.pk).four_eyes is False
