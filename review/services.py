@@ -419,6 +419,10 @@ def _held_back_refuse(*, variants: list[Variant], require: str) -> None:
 
 def change_publish(*, run: RepoRun, actor) -> Changeset:
     """Queue the approved change for publishing: a branch push and, where possible, a PR."""
+    if run.campaign.launched_at is None:  # a preview's runs: "not a launch, publishes nothing"
+        raise ReviewError(
+            "This campaign has not been launched: a preview publishes nothing. Launch it first."
+        )
     spec_changeset = run.campaign.spec.get("changeset") or {}
     branch = spec_changeset.get("branch") or f"convoy/{run.campaign.name}"
     with transaction.atomic():

@@ -132,3 +132,33 @@ def test_https_pushes_carry_the_token_in_the_environment_not_argv():
     assert env["GIT_CONFIG_VALUE_0"].startswith("Authorization: Basic ")
     assert "s3cret" not in env["GIT_CONFIG_VALUE_0"]  # base64 of x-access-token:<token>
     assert git_auth_env(remote_url="file:///srv/alpha.git", token="s3cret") == {}
+
+
+@pytest.mark.django_db
+def test_a_previews_runs_are_not_published(client, manager, reviewer):
+    """A preview "is not a launch and publishes nothing": its approved runs were published."""
+    from accounts.services import token_create
+    from campaigns.models import Campaign, CampaignState
+    from review.models import Changeset
+    from tests.factories import campaign_make, patch_for, run_make, variant_make
+
+    campaign = campaign_make(owner=manager, variants=("a",))
+    Campaign.objects.filter(pk=campaign.pk).update(
+        state=CampaignState.PREVIEWING, launched_by=None, launched_at=None
+    )
+    run = run_make(campaign=campaign)
+    a = variant_make(run=run, name="a", patch=patch_for("x.py", "1", "2"))
+    _, raw = token_create(user=reviewer, name="t")
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
+    url = f"/api/v1/review/campaigns/{campaign.pk}/runs/{run.pk}"
+    approved = client.post(
+        f"{url}/approve",
+        {"variant": "a", "diff_hash": a.diff_sha256},
+        content_type="application/json",
+        **auth,
+    )
+    assert approved.status_code == 200
+    published = client.post(f"{url}/publish", content_type="application/json", **auth)
+    assert published.status_code in (409, 422), published.content
+    assert "has not been launched" in published.json()["detail"]
+    assert not Changeset.objects.filter(run=run).exists()
