@@ -2,12 +2,14 @@
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from accounts.sockets import UserSocketsMixin, user_sockets_join, user_sockets_leave
+
 
 def user_group(user_id: int) -> str:
     return f"user.{user_id}"
 
 
-class UserEventsConsumer(AsyncWebsocketConsumer):
+class UserEventsConsumer(UserSocketsMixin, AsyncWebsocketConsumer):
     async def connect(self):
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
@@ -15,11 +17,13 @@ class UserEventsConsumer(AsyncWebsocketConsumer):
             return
         self.group = user_group(user.pk)
         await self.channel_layer.group_add(self.group, self.channel_name)
+        await user_sockets_join(self, user)
         await self.accept()
 
     async def disconnect(self, code):
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
+        await user_sockets_leave(self)
 
     async def html_push(self, event):
         await self.send(text_data=event["html"])

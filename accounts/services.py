@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from accounts.models import ApiToken
 from accounts.roles import ADMIN, ROLE_CAPABILITIES, ROLES, user_role
+from accounts.sockets import user_sockets_close
 from audit.record import audit_record
 from core.errors import Invalid
 
@@ -97,6 +98,8 @@ def user_role_set(*, user: User, role: str, actor: User | None = None) -> User:
     user.__dict__.pop("_convoy_role", None)
     for cache in ("_perm_cache", "_group_perm_cache", "_user_perm_cache"):
         user.__dict__.pop(cache, None)
+    if set(old) != {role}:
+        user_sockets_close(user_id=user.pk)  # reopened, they are checked for the new role
     return user
 
 
@@ -119,6 +122,8 @@ def user_active_set(*, user: User, active: bool, actor: User) -> User:
         target=user,
         payload={"username": user.username},
     )
+    if not active:
+        user_sockets_close(user_id=user.pk)
     return user
 
 

@@ -21,6 +21,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.template.loader import render_to_string
 
+from accounts.sockets import UserSocketsMixin, user_sockets_join, user_sockets_leave
 from core.errors import ConvoyError
 from core.ids import id_parse
 from sandboxes.loglines import log_line_html
@@ -46,7 +47,7 @@ def _query_int(query: dict, name: str) -> int | None:
     return id_parse(raw)
 
 
-class SandboxLogConsumer(AsyncWebsocketConsumer):
+class SandboxLogConsumer(UserSocketsMixin, AsyncWebsocketConsumer):
     sandbox_id: int = 0
     group: str = ""
     last_sent: int = 0
@@ -76,6 +77,7 @@ class SandboxLogConsumer(AsyncWebsocketConsumer):
         self.send_lock = asyncio.Lock()
         self.group = log_group(sandbox_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
+        await user_sockets_join(self, user)  # closed if the user is deactivated or re-roled
         await self.accept()
         async with self.send_lock:
             await self.catch_up()
@@ -87,6 +89,7 @@ class SandboxLogConsumer(AsyncWebsocketConsumer):
             task.cancel()
         if self.group:
             await self.channel_layer.group_discard(self.group, self.channel_name)
+        await user_sockets_leave(self)
 
     async def receive(self, text_data=None, bytes_data=None):
         """`{"ack": <seq>}`: the client has shown every line up to seq."""

@@ -16,6 +16,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
+from accounts.sockets import UserSocketsMixin, user_sockets_join, user_sockets_leave
 from core.errors import ConvoyError
 from sandboxes.selectors import sandbox_get_for_user
 
@@ -68,7 +69,7 @@ def sandbox_page_watched(*, sandbox_id: int) -> bool:
     return int(_redis().get(_watch_key(sandbox_id)) or 0) > 0
 
 
-class SandboxPageConsumer(AsyncWebsocketConsumer):
+class SandboxPageConsumer(UserSocketsMixin, AsyncWebsocketConsumer):
     group: str = ""
 
     async def connect(self):
@@ -86,9 +87,11 @@ class SandboxPageConsumer(AsyncWebsocketConsumer):
         await database_sync_to_async(sandbox_page_watch)(sandbox_id=self.sandbox_id, delta=1)
         self.group = sandbox_page_group(sandbox_id)  # from here disconnect undoes the watch
         await self.channel_layer.group_add(self.group, self.channel_name)
+        await user_sockets_join(self, user)  # closed if the user is deactivated or re-roled
         await self.accept()
 
     async def disconnect(self, code):
+        await user_sockets_leave(self)
         if self.group:
             await self.channel_layer.group_discard(self.group, self.channel_name)
             await database_sync_to_async(sandbox_page_watch)(sandbox_id=self.sandbox_id, delta=-1)
