@@ -47,9 +47,11 @@ def image_env(spec: SandboxSpec) -> dict[str, str]:
 
 
 def tools_home_make(workspace: Path, extra: dict) -> None:
-    """Make the tools area in a new sandbox's workspace (a fork finds it in its layers)."""
+    """Make the tools area in a new sandbox's workspace (a fork finds it in its layers: a
+    command may have left a symlink there, which `mkdir(exist_ok=True)` followed to ask
+    whether a host directory exists; it is replaced without being followed)."""
     if extra.get("tools_home"):
-        (workspace / HOME_IN_WORKSPACE).mkdir(mode=0o755, exist_ok=True)
+        os.close(tools_home_fd(str(workspace)))
 
 
 def bwrap_image_args(extra: dict, *, etc: str) -> list[str] | None:

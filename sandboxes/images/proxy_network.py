@@ -92,7 +92,7 @@ def _attached(
     try:
         yield NetworkAttachment(
             bwrap_args=(
-                "--bind",
+                "--ro-bind",  # connecting needs no write; writes would land on the host's disk
                 str(socket_path.parent),
                 SANDBOX_SOCKET_DIR,
                 "--ro-bind",

@@ -149,7 +149,9 @@ def test_a_build_step_has_no_direct_network(db, build_proxy):
     socket.create_connection(("127.0.0.1", redis_port), timeout=5).close()  # open on the host
     direct = (
         f"if curl -sS --noproxy '*' --max-time 5 telnet://127.0.0.1:{redis_port} </dev/null; "
-        "then echo DIRECT-OPEN; exit 1; else echo DIRECT-BLOCKED; fi"
+        "then echo DIRECT-OPEN; exit 1; else echo DIRECT-BLOCKED; fi; "
+        # The proxy's socket directory takes no files (they landed on the host's disk).
+        "if touch /convoy/egress/planted; then echo EGRESS-DIR-WRITABLE; exit 1; fi"
     )
     # The build's NO_PROXY names 127.0.0.1: ask the proxy explicitly.
     proxy = "--noproxy '' --proxy http://127.0.0.1:3128"
@@ -160,4 +162,5 @@ def test_a_build_step_has_no_direct_network(db, build_proxy):
     assert f"egress refused: 127.0.0.1:{redis_port} (loopback)" in exc.value.message
     log = Path(Image.objects.get().build_log_path).read_text().splitlines()
     assert "DIRECT-BLOCKED" in log and "DIRECT-OPEN" not in log
+    assert "EGRESS-DIR-WRITABLE" not in log
     assert any("Failed to connect to 127.0.0.1" in line for line in log)

@@ -237,6 +237,33 @@ def test_the_tools_area_cannot_be_made_a_host_directory(local_backend, canaries)
                 local_backend.terminate(sandbox)
 
 
+def test_a_fork_does_not_tell_whether_a_host_path_exists(local_backend):
+    """A fork made its tools area with `mkdir(exist_ok=True)`, which followed a symlink the
+    snapshot held: a host directory there gave a fork, anything else a failure, a one-bit
+    answer about any host path."""
+    spec = dataclasses.replace(SPEC, tools_home=True)
+    handle = local_backend.create(spec)
+    forks = []
+    try:
+        for target in ("/root", f"/nonexistent-{secrets.token_hex(4)}"):
+            out, result = run(
+                local_backend,
+                handle,
+                [
+                    "sh",
+                    "-c",
+                    f"cd /workspace && rm -rf .convoy-home && ln -s {target} .convoy-home",
+                ],
+            )
+            assert result.exit_code == 0, out
+            forks.append(local_backend.create_from_snapshot(local_backend.snapshot(handle), spec))
+            out, result = run(local_backend, forks[-1], ["sh", "-c", "cd /convoy/home && echo *"])
+            assert (result.exit_code, out) == (0, "*\n"), target  # a fresh, empty tools area
+    finally:
+        for sandbox in (handle, *forks):
+            local_backend.terminate(sandbox)
+
+
 def test_a_fifo_in_the_workspace_does_not_stall_file_reads_and_writes(local_backend):
     """The host reads and writes workspace files for the services (`sandbox_read_file`,
     `sandbox_write_file`); a FIFO a command left at that name must be refused at once, not
