@@ -70,13 +70,20 @@ def git_config_args() -> list[str]:
     return args
 
 
+# What a host-side git, and the ssh, curl and upload-pack it starts, sees of the worker's
+# environment: how to find programs, the locale, the host's proxy and CA bundle. Nothing else
+# (the database's URL, a provider's key, the code host's token), which a program a repository
+# or a remote could name would otherwise read.
+ENV_KEPT = frozenset(
+    ("PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR",
+     "CURL_CA_BUNDLE", "http_proxy", "https_proxy", "no_proxy", "all_proxy", "HTTP_PROXY",
+     "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY")
+)  # fmt: skip
+
+
 def git_env(home: str | Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of a host-side git: nothing inherited that git or ssh would read."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("GIT_", "SSH_", "XDG_")) and k not in ("HOME", "EDITOR", "VISUAL")
-    }
+    """The environment of a host-side git: ENV_KEPT of the worker's, then our own settings."""
+    env = {k: v for k, v in os.environ.items() if k in ENV_KEPT or k.startswith("LC_")}
     env.update(
         HOME=str(home),
         XDG_CONFIG_HOME=str(home),
@@ -89,6 +96,7 @@ def git_env(home: str | Path, extra: dict[str, str] | None = None) -> dict[str, 
         GIT_SSH_COMMAND=SSH_COMMAND,
         GIT_PROTOCOL_FROM_USER="0",
         GIT_NO_REPLACE_OBJECTS="1",
+        GIT_NO_LAZY_FETCH="1",  # a promisor remote's objects are never fetched on the side
     )
     env.update(extra or {})
     return env

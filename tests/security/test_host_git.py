@@ -272,3 +272,15 @@ def test_a_mirrors_first_clone_connects_to_the_checked_addresses(monkeypatch):
         repos.mirror_fetch(url="https://git.example.org/team/app.git")
     assert calls and "clone" in calls[0]
     assert "http.curloptResolve=git.example.org:443:203.0.113.7" in calls[0]
+
+
+def test_host_git_sees_none_of_the_workers_secrets(monkeypatch):
+    """Every host git (and the ssh, curl and upload-pack it starts) got the worker's whole
+    environment: the database's URL, providers' keys, the code host's token."""
+    from core.git import git_run
+
+    monkeypatch.setenv("DATABASE_URL", "postgres://convoy:db-password-77@db/convoy")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-77")
+    seen = git_run("-c", "alias.showenv=!env", "showenv").decode()
+    assert "PATH=" in seen and "GIT_CONFIG_NOSYSTEM=1" in seen
+    assert "db-password-77" not in seen and "aws-secret-77" not in seen
