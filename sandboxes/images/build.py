@@ -22,7 +22,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -119,7 +119,14 @@ def disk_usage(path: Path) -> int:
 
 
 class BuildLog:
-    """Build output: each line to the log file and to `on_output` (the caller's stream)."""
+    """Build output: each line to the log file and to `on_output` (the caller's stream).
+
+    A step's output is the code it runs' to choose: a line is cut at LINE_MAX_CHARS and the log
+    stops growing at LOG_MAX_BYTES (one line says so), so that neither the worker's memory nor
+    the host's disk is the step's to fill (400 MB without a newline took 1.6 GB of memory)."""
+
+    LINE_MAX_CHARS = 16 * 1024
+    LOG_MAX_BYTES = 32 * 1024 * 1024
 
     def __init__(self, path: Path, on_output: Callable[[str], None] | None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,13 +134,43 @@ class BuildLog:
         self._file = path.open("w", encoding="utf-8", errors="replace")
         self._on_output = on_output
         self.tail: list[str] = []
+        self._written = 0
+        self._full = False
 
     def line(self, text: str) -> None:
+        if len(text) > self.LINE_MAX_CHARS + 64:  # (room for `_lines`' note of what it cut)
+            text = text[: self.LINE_MAX_CHARS] + f" [… {len(text) - self.LINE_MAX_CHARS:,} more]"
+        self.tail = [*self.tail[-199:], text]
+        if self._full or self._written + len(text) > self.LOG_MAX_BYTES:
+            if not self._full:
+                self._full = True
+                self._file.write(f"[convoy: the log stops at {self.LOG_MAX_BYTES:,} bytes]\n")
+                self._file.flush()
+            return
+        self._written += len(text) + 1
         self._file.write(text + "\n")
         self._file.flush()
-        self.tail = [*self.tail[-199:], text]
         if self._on_output is not None:
             self._on_output(text)
+
+    def _lines(self, stream) -> Iterator[str]:
+        """The stream's lines, none held longer than LINE_MAX_CHARS (the rest is counted)."""
+        limit = self.LINE_MAX_CHARS
+        while True:
+            raw = stream.readline(limit + 1)
+            if not raw:
+                return
+            if len(raw) > limit and not raw.endswith(b"\n"):
+                dropped = 0
+                while True:  # the rest of this line, read and dropped in pieces
+                    more = stream.readline(65536)
+                    dropped += len(more)
+                    if not more or more.endswith(b"\n"):
+                        break
+                text = raw[:limit].decode("utf-8", "replace")
+                yield f"{text} [… {dropped + len(raw) - limit:,} more bytes]"
+                continue
+            yield raw.decode("utf-8", "replace").rstrip("\n")
 
     def run(
         self, argv: list[str], *, env: dict[str, str] | None = None, pass_fds: tuple = ()
@@ -162,8 +199,8 @@ class BuildLog:
         timer.start()
         try:
             assert proc.stdout is not None
-            for raw in proc.stdout:
-                self.line(raw.decode("utf-8", "replace").rstrip("\n"))
+            for text in self._lines(proc.stdout):
+                self.line(text)
             status = proc.wait()
         finally:
             timer.cancel()

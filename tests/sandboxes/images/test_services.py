@@ -375,3 +375,29 @@ def test_a_registry_login_never_shows_in_the_build_log(
     text = client.get(f"/api/v1/images/{image.key}/log").json()["text"]
     assert "skopeo copy" in text and "--src-authfile" in text
     assert password not in page and password not in text
+
+
+def test_a_steps_output_cannot_fill_the_workers_memory_or_the_disk(tmp_path, monkeypatch):
+    """A step's output went line by line into memory and into the log file, with no limit:
+    400 MB without a newline took 1.6 GB of the worker's memory."""
+    import resource
+
+    from sandboxes.images.build import BuildLog
+
+    monkeypatch.setattr(BuildLog, "LOG_MAX_BYTES", 1024 * 1024)
+    log = BuildLog(tmp_path / "build.log", None)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        one_line = "head -c 200000000 /dev/zero | tr '\\0' a; echo; echo after"
+        assert log.run(["sh", "-c", one_line]) == 0
+        many = "yes 'a line of build output' | head -n 200000; echo last"
+        assert log.run(["sh", "-c", many]) == 0
+    finally:
+        log.close()
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    text = (tmp_path / "build.log").read_text()
+    assert grown_mb < 100
+    assert "[… 199,983,617 more bytes]" in text and "\nafter\n" in text  # (its newline too)
+    assert len(text) < 1.1 * 1024 * 1024
+    assert text.rstrip("\n").endswith("[convoy: the log stops at 1,048,576 bytes]")
+    assert log.tail[-1] == "last"  # failures are still explained by the last lines
