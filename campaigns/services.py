@@ -46,6 +46,7 @@ from campaigns.spec import (
     spec_validate,
 )
 from campaigns.states import CampaignStateError, runs_transition
+from core.errors import Invalid
 from sandboxes.models import Sandbox, SandboxState
 from sandboxes.repos import repo_url_validate
 from sandboxes.services import sandbox_terminate
@@ -232,6 +233,9 @@ def repositories_register(
     """Register repositories by URL (idempotent); new ones get `tags`. The URLs it added are
     one `campaign.repository.registered` event (`actor` None: the demo seed, a benchmark)."""
     urls = [repo_url_validate(e["url"]) for e in entries]
+    for entry in entries:
+        if str(entry.get("ref") or "").startswith("-"):  # git would read it as an option
+            raise Invalid("ref: must not start with '-'", field="ref")
     with transaction.atomic():
         known = set(Repository.objects.filter(url__in=urls).values_list("url", flat=True))
         Repository.objects.bulk_create(

@@ -40,6 +40,8 @@ def check_repos(c: SpecChecker, value: Any) -> Any:
         out = {"tag": c.string(spec["tag"], "repos.tag", max_len=100)}
         if "ref" in spec:
             out["ref"] = c.string(spec["ref"], "repos.ref", max_len=200)
+            if out["ref"].startswith("-"):
+                c.fail("repos.ref", "must not start with '-'")
         return out
     if not isinstance(value, list):
         c.fail("repos", f"must be a list of {{url, ref}} or {{tag: NAME}}, got {kind_name(value)}")

@@ -214,6 +214,28 @@ def test_registering_a_repository_is_audited_once(client, manager, settings):
     assert Repository.objects.filter(url=f"file://{repo}").count() == 1
 
 
+def test_a_ref_that_git_would_read_as_an_option_is_refused(client, manager, settings):
+    """`ref: --upload-pack=…` was accepted at registration and in a spec's tag form; git
+    absorbed it downstream, but it is refused where it comes in."""
+    import uuid
+    from pathlib import Path
+
+    from campaigns.demo import demo_repos_create
+    from campaigns.spec import CampaignSpecError, spec_parse
+
+    (repo,) = demo_repos_create(Path(settings.REPO_ROOTS[0]) / uuid.uuid4().hex[:8], 1)
+    body = {"url": f"file://{repo}", "ref": "--upload-pack=touch /tmp/x", "tags": ["t"]}
+    response = client.post(
+        "/api/v1/repositories", body, content_type="application/json", headers=_bearer(manager)
+    )
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "ref"
+    assert not Repository.objects.filter(url=f"file://{repo}").exists()
+    with pytest.raises(CampaignSpecError) as refused:
+        spec_parse(spec_for("t", name="x").replace("repos: {tag: t}", "repos: {tag: t, ref: -x}"))
+    assert refused.value.errors[0].path == "repos.ref"
+
+
 def test_a_draft_edit_records_what_changed_in_its_spec(manager):
     """A draft keeps no revisions and any manager may edit one: the update's event holds the
     spec's hashes before and after and the line-by-line difference."""
