@@ -87,6 +87,16 @@ def provider_set(
             changes = {
                 k: [getattr(provider, k), v] for k, v in fields.items() if getattr(provider, k) != v
             }
+            before = urlsplit(provider.base_url)
+            moved = (before.scheme, before.hostname, before.port) != (
+                url.scheme,
+                url.hostname,
+                url.port,
+            )
+            if moved and not key:  # the stored key would go to the new host
+                raise Invalid(
+                    "give the key again: the stored one is not sent to a new host", field="key"
+                )
         for k, v in fields.items():
             setattr(provider, k, v)
         for attr, price in zip(("input_usd_per_mtok", "output_usd_per_mtok"), prices, strict=True):

@@ -68,6 +68,27 @@ def test_provider_page_adds_lists_and_removes(client, admin_user):
     assert KEY not in "".join(AuditEvent.objects.values_list("body", flat=True))
 
 
+def test_a_providers_key_is_never_sent_to_a_new_host_without_being_given_again(admin_user):
+    """Changing a provider's base URL kept its stored key, which the gateway then sent to
+    the new host: whoever could edit providers (or held an admin's token) could collect the
+    key without ever seeing it."""
+    from agents.models import ModelProvider
+    from core.errors import Invalid
+
+    _provider(admin_user)
+    moved = {"name": "openai-main", "api_style": "openai", "allowed_models": ["gpt-5-codex"]}
+    with pytest.raises(Invalid) as refused:
+        provider_set(base_url="https://collector.example/v1", key=None, actor=admin_user, **moved)
+    assert refused.value.field == "key"
+    assert ModelProvider.objects.get(name="openai-main").base_url == "https://models.example/v1"
+    with pytest.raises(Invalid) as refused:  # another scheme is another host for this
+        provider_set(base_url="http://models.example/v1", key=None, actor=admin_user, **moved)
+    assert refused.value.field == "key"
+    # The same host, another path: the key stays. A new host with the key given: fine.
+    provider_set(base_url="https://models.example/v2", key=None, actor=admin_user, **moved)
+    provider_set(base_url="https://other.example/v1", key="k3", actor=admin_user, **moved)
+
+
 def test_provider_page_and_api_are_for_admins_only(client, manager, reviewer):
     _login(client, manager)
     assert client.get(reverse("agents-providers")).status_code == 403
