@@ -16,14 +16,17 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from sandboxes.images.spec import ImageSpec
+from sandboxes.repos import RepoUrlError, host_addresses_vet
 
 
 class OciError(Exception):
-    def __init__(self, message: str, *, not_found: bool = False):
+    def __init__(self, message: str, *, not_found: bool = False, refused: bool = False):
         super().__init__(message)
         self.not_found = not_found
+        self.refused = refused  # a registry Convoy does not connect to: the spec's problem
 
 
 def _tls(spec: ImageSpec, flag: str) -> list[str]:
@@ -54,9 +57,27 @@ def _creds(spec: ImageSpec, creds: str | None, flag: str) -> Iterator[list[str]]
         yield [f"--{flag}", str(path)]
 
 
+LOCAL_REGISTRY_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _registry_vet(spec: ImageSpec) -> None:
+    """The registry must be this machine's own (a local registry, plain HTTP) or a host whose
+    addresses Convoy may connect to, as a repository's: a manager's `image.oci` made the host
+    send requests to any address of the private network and showed the answer's text."""
+    registry = _registry(spec.oci)
+    host = urlsplit(f"//{registry}").hostname or registry
+    if host in LOCAL_REGISTRY_HOSTS:
+        return
+    try:
+        host_addresses_vet(host, strict=True)
+    except RepoUrlError as exc:
+        raise OciError(f"the registry {registry}: {exc.message}", refused=True) from None
+
+
 def oci_digest(spec: ImageSpec, *, creds: str | None = None) -> str:
     """The manifest digest the reference points at now (part of the image key: a moved tag is a
     new image)."""
+    _registry_vet(spec)
     with _creds(spec, creds, "authfile") as login:
         argv = ["skopeo", "inspect", *_tls(spec, "tls-verify"), *login,
                 "--format", "{{.Digest}}", f"docker://{spec.oci}"]  # fmt: skip
@@ -78,6 +99,7 @@ def oci_pull(
 ) -> dict:
     """Copy the image into an OCI layout under `workdir` and unpack it as `rootfs`; return the
     image's runtime config (`env`, `cwd`) from the bundle umoci makes."""
+    _registry_vet(spec)
     layout = workdir / "layout"
     bundle = workdir / "bundle"
     with _creds(spec, creds, "src-authfile") as login:

@@ -58,6 +58,8 @@ def image_resolve(*, spec: ImageSpec, creds: str | None = None) -> tuple[str, di
         except OciError as exc:
             if exc.not_found:
                 raise Invalid(f"{spec.oci}: not found in the registry", field="image.oci") from exc
+            if exc.refused:
+                raise Invalid(str(exc), field="image.oci") from exc
             raise Unavailable(f"{spec.oci}: the registry did not answer: {exc}") from exc
     else:
         resolved = {

@@ -401,3 +401,19 @@ def test_a_steps_output_cannot_fill_the_workers_memory_or_the_disk(tmp_path, mon
     assert len(text) < 1.1 * 1024 * 1024
     assert text.rstrip("\n").endswith("[convoy: the log stops at 1,048,576 bytes]")
     assert log.tail[-1] == "last"  # failures are still explained by the last lines
+
+
+def test_a_registry_on_a_non_public_address_is_refused_before_any_request(
+    db, fresh_image_data, oci_registry
+):
+    """A manager's `image.oci` made the worker's skopeo send requests to any address of the
+    private network (a blind GET whose answer's text came back in the error). The registry is
+    now this machine's own or a host Convoy may connect to, as a repository's."""
+    with pytest.raises(Invalid) as refused:
+        image_ensure(spec={"oci": "0.0.0.0:9/team/x:1"}, actor=None)
+    assert refused.value.field == "image.oci"
+    assert "0.0.0.0:9" in refused.value.message
+    assert "non-public" in refused.value.message
+    # This machine's own registry (plain HTTP, tests and development) is still used.
+    ref = oci_registry.push_tiny("team/ok:1", {"/a.txt": "x"})
+    assert image_ensure(spec={"oci": ref}, actor=None).state == ImageState.READY
