@@ -250,10 +250,12 @@ def test_a_writer_whose_connection_broke_stores_the_next_command_all_the_same(tr
     run(sandbox, [("stdout", b"first\n")])
     # The writer that stored it is back in the pool, so the next command's log goes to it.
     wait_for(lambda: logs._writer_pool._idle, timeout=5, what="the log writer to fall idle")
-    with connection.cursor() as cursor:  # every other connection of this database: the writer's
+    with connection.cursor() as cursor:  # the log writers' connections alone (their last
+        # statement stored a batch): other threads of this process keep theirs
         cursor.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND state = 'idle' AND query LIKE '%last_log_seq%'"
         )
         assert cursor.fetchall(), "the log writer's connection was not found"
     capture = run(sandbox, [("stdout", b"second\n")])
