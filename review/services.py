@@ -510,9 +510,10 @@ def changeset_push(*, changeset_id: int) -> Changeset:
         if variant is None or variant.diff_sha256 != changeset.diff_hash:
             raise PublishError("the variant changed after approval; approve it again")
         host = codehosts.codehost_for_remote(changeset.remote_url)
-        replaces = (  # the branch is Convoy's only at the commit it pushed there last
+        # The branch is Convoy's only at the commit it pushed there last: this changeset's own
+        # earlier push (a republish after a rerun reuses its row), or another run's.
+        replaces = (
             Changeset.objects.filter(remote_url=changeset.remote_url, branch=changeset.branch)
-            .exclude(pk=changeset.pk)
             .exclude(commit="")
             .order_by("-pk")
             .values_list("commit", flat=True)

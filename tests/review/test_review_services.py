@@ -1,5 +1,6 @@
 """Decisions: pick, approve with four eyes, reject, stale refusal, bulk approve, publish."""
 
+import hashlib
 import io
 import json
 
@@ -8,6 +9,7 @@ from django.core.management import call_command
 from django.db import transaction
 
 from audit.models import AuditEvent
+from campaigns.models import Variant
 from core.errors import Invalid
 from review.counts import review_counts
 from review.digests import variant_digests_refresh
@@ -178,6 +180,19 @@ def test_publish_pushes_the_approved_diff_and_audits_it(tmp_path, manager, revie
     assert requested["payload"]["diff_hash"] == v.diff_sha256
     assert done["payload"]["commit"] == changeset.commit
     assert Changeset.objects.get(run=run).state == "pushed"
+
+    # A rerun changed the diff: approved and published again, the branch Convoy pushed is
+    # replaced (the push is leased on the commit it pushed there).
+    smaller = patch.replace(b"+x = 2", b"+x = 3")
+    Variant.objects.filter(pk=v.pk).update(
+        patch=smaller, diff_sha256=hashlib.sha256(smaller).hexdigest()
+    )
+    v.refresh_from_db()
+    change_approve(run=run, actor=reviewer, variant=v, diff_hash=v.diff_sha256)
+    again = changeset_push(changeset_id=change_publish(run=run, actor=reviewer).pk)
+    assert again.state == "pushed", again.error
+    assert again.commit != changeset.commit
+    assert git(bare, "show", "convoy/x:m.py") == b"x = 3\n"
 
 
 def test_runs_that_changed_nothing_are_not_waiting_for_review(manager):
