@@ -9,6 +9,7 @@ other host processes could read them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -42,7 +43,8 @@ PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
 PROC_HIDDEN = ("kcore", "keys", "timer_list", "sched_debug", "latency_stats")
 
 
-def proc_args() -> list[str]:
+@functools.cache  # the host's /proc has the same entries for the process's life
+def proc_args() -> tuple[str, ...]:
     """`--proc /proc` with PROC_READ_ONLY bound read-only and PROC_HIDDEN covered."""
     argv = ["--proc", "/proc"]
     for name in PROC_READ_ONLY:
@@ -50,7 +52,7 @@ def proc_args() -> list[str]:
     for name in PROC_HIDDEN:
         if os.path.exists(f"/proc/{name}"):
             argv += ["--ro-bind", "/dev/null", f"/proc/{name}"]
-    return argv
+    return tuple(argv)
 
 
 def bwrap_argv(

@@ -16,7 +16,6 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from sandboxes.images.spec import ImageSpec
 from sandboxes.repos import RepoUrlError, host_addresses_vet
@@ -33,14 +32,6 @@ def _tls(spec: ImageSpec, flag: str) -> list[str]:
     return [f"--{flag}=false"] if spec.oci_is_local else []
 
 
-def _registry(reference: str) -> str:
-    """The registry host of an image reference, as containers' auth files name it."""
-    first, slash, _ = reference.partition("/")
-    if slash and ("." in first or ":" in first or first == "localhost"):
-        return first
-    return "docker.io"
-
-
 @contextlib.contextmanager
 def _creds(spec: ImageSpec, creds: str | None, flag: str) -> Iterator[list[str]]:
     """`--<flag> FILE`: the login in a private auth file for the time of one skopeo call, not
@@ -53,25 +44,20 @@ def _creds(spec: ImageSpec, creds: str | None, flag: str) -> Iterator[list[str]]
         token = base64.b64encode(creds.encode()).decode()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as file:
-            json.dump({"auths": {_registry(spec.oci): {"auth": token}}}, file)
+            json.dump({"auths": {spec.oci_registry: {"auth": token}}}, file)
         yield [f"--{flag}", str(path)]
-
-
-LOCAL_REGISTRY_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def _registry_vet(spec: ImageSpec) -> None:
     """The registry must be this machine's own (a local registry, plain HTTP) or a host whose
     addresses Convoy may connect to, as a repository's: a manager's `image.oci` made the host
     send requests to any address of the private network and showed the answer's text."""
-    registry = _registry(spec.oci)
-    host = urlsplit(f"//{registry}").hostname or registry
-    if host in LOCAL_REGISTRY_HOSTS:
+    if spec.oci_is_local:
         return
     try:
-        host_addresses_vet(host, strict=True)
+        host_addresses_vet(spec.oci_registry.rsplit(":", 1)[0], strict=True)
     except RepoUrlError as exc:
-        raise OciError(f"the registry {registry}: {exc.message}", refused=True) from None
+        raise OciError(f"the registry {spec.oci_registry}: {exc.message}", refused=True) from None
 
 
 def oci_digest(spec: ImageSpec, *, creds: str | None = None) -> str:
