@@ -19,6 +19,26 @@ class Repository(models.Model):
         return self.name
 
 
+class RepositoryTag(models.Model):
+    """A tag repositories are registered under, and who may add repositories to it.
+
+    A campaign's `repos: {tag: NAME}` runs the code of every repository under the tag, with
+    the campaign's secrets: the first person to register under a name owns it, and only the
+    owner or an admin adds to it later. No owner (the demo seed, a removed user): admins only."""
+
+    name = models.CharField(max_length=100, unique=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class CampaignState(models.TextChoices):
     DRAFT = "draft"
     PREVIEWING = "previewing"  # a sample of its repositories runs; not launched yet

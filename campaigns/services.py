@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import logging
+import re
 from collections.abc import Iterable
 
 from django.db import connection, transaction
@@ -29,6 +30,7 @@ from campaigns.models import (
     CampaignState,
     RepoRun,
     Repository,
+    RepositoryTag,
     RunState,
     Secret,
     Validation,
@@ -46,12 +48,14 @@ from campaigns.spec import (
     spec_validate,
 )
 from campaigns.states import CampaignStateError, runs_transition
-from core.errors import Invalid
+from core.errors import Conflict, Invalid, PermissionDenied
 from sandboxes.models import Sandbox, SandboxState
 from sandboxes.repos import repo_url_validate
 from sandboxes.services import sandbox_terminate
 
 logger = logging.getLogger(__name__)
+
+TAG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 def _spec_from(*, source: str | bytes | None, data: dict | None) -> ParsedSpec:
@@ -236,8 +240,10 @@ def repositories_register(
     for entry in entries:
         if str(entry.get("ref") or "").startswith("-"):  # git would read it as an option
             raise Invalid("ref: must not start with '-'", field="ref")
+    tags = _tag_names_validate(tags)
     with transaction.atomic():
         known = set(Repository.objects.filter(url__in=urls).values_list("url", flat=True))
+        created = _tags_claim(tags, actor=actor) if set(urls) - known else []
         Repository.objects.bulk_create(
             [
                 Repository(
@@ -257,9 +263,43 @@ def repositories_register(
             audit_record(
                 action="campaign.repository.registered",
                 actor=actor,
-                payload={"urls": added, "tags": sorted(set(tags))},
+                payload={"urls": added, "tags": sorted(tags), "tags_created": created},
             )
     return [by_url[u] for u in urls]
+
+
+def _tag_names_validate(tags: Iterable[str]) -> list[str]:
+    names = list(dict.fromkeys(tags))
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not TAG_NAME.fullmatch(name):
+            raise Invalid(
+                "must be 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit",
+                field=f"tags[{i}]",
+            )
+    return names
+
+
+def _tags_claim(tags: list[str], *, actor) -> list[str]:
+    """Refuse tags someone else owns (admins may add anywhere); create the new ones, owned by
+    `actor` (None: the seed or a benchmark, admins only afterwards). The names it created."""
+    admin = actor is not None and user_role(actor) == ADMIN
+    existing = RepositoryTag.objects.select_for_update().filter(name__in=tags)
+    for tag in existing:
+        if actor is not None and not admin and tag.owner_id != actor.pk:
+            owner = tag.owner.get_username() if tag.owner_id else "an admin"
+            raise PermissionDenied(
+                f"Tag {tag.name!r} is {owner}'s: only they or an admin add repositories to it "
+                "(a campaign that selects it runs their code with its secrets).",
+                field=f"tags[{tags.index(tag.name)}]",
+            )
+    taken = {t.name for t in existing}
+    created = [t for t in tags if t not in taken]
+    RepositoryTag.objects.bulk_create(
+        [RepositoryTag(name=t, owner=actor) for t in created], ignore_conflicts=True
+    )
+    if len(created) != RepositoryTag.objects.filter(name__in=created, owner=actor).count():
+        raise Conflict("A tag was created by someone else at the same time; try again.")
+    return created
 
 
 def runs_create(campaign: Campaign, *, actor) -> int:

@@ -210,8 +210,55 @@ def test_registering_a_repository_is_audited_once(client, manager, settings):
         assert response.status_code == 201, response.content
     (event,) = AuditEvent.objects.filter(action="campaign.repository.registered")
     assert event.actor_id == str(manager.pk)
-    assert json.loads(event.body)["payload"] == {"urls": [f"file://{repo}"], "tags": ["infra"]}
+    assert json.loads(event.body)["payload"] == {
+        "urls": [f"file://{repo}"],
+        "tags": ["infra"],
+        "tags_created": ["infra"],  # the first registration under it: now the manager's
+    }
     assert Repository.objects.filter(url=f"file://{repo}").count() == 1
+
+
+def test_only_a_tags_owner_or_an_admin_adds_repositories_to_it(
+    client, manager, admin_user, settings
+):
+    """A campaign's `repos: {tag: NAME}` runs every repository under the tag with the
+    campaign's secrets: another manager registering their repository under it would have had
+    their code run there. The first to register under a tag owns it."""
+    import uuid
+    from pathlib import Path
+
+    from campaigns.demo import demo_repos_create
+    from campaigns.models import RepositoryTag
+    from tests.factories import user_make
+
+    mallory = user_make(role="manager", username="mallory")
+    paths = demo_repos_create(Path(settings.REPO_ROOTS[0]) / uuid.uuid4().hex[:8], 4)
+    urls = [f"file://{p}" for p in paths]
+
+    def register(user, url, tags):
+        return client.post(
+            "/api/v1/repositories",
+            {"url": url, "tags": tags},
+            content_type="application/json",
+            headers=_bearer(user),
+        )
+
+    assert register(manager, urls[0], ["payments"]).status_code == 201
+    assert RepositoryTag.objects.get(name="payments").owner == manager
+    refused = register(mallory, urls[1], ["own", "payments"])
+    assert refused.status_code == 403, refused.content
+    assert refused.json()["errors"] == [{"field": "tags[1]", "message": refused.json()["detail"]}]
+    assert "mia" in refused.json()["detail"]
+    # Nothing of the refused registration was kept: no repository, no tag.
+    assert not Repository.objects.filter(url=urls[1]).exists()
+    assert not RepositoryTag.objects.filter(name="own").exists()
+    assert register(manager, urls[2], ["payments"]).status_code == 201
+    assert register(admin_user, urls[3], ["payments"]).status_code == 201
+    members = Repository.objects.filter(url__in=urls).values_list("url", flat=True)
+    assert sorted(members) == sorted([urls[0], urls[2], urls[3]])
+    bad = register(manager, urls[1], ["ok", "no spaces"])
+    assert bad.status_code == 422
+    assert bad.json()["errors"][0]["field"] == "tags[1]"
 
 
 def test_a_ref_that_git_would_read_as_an_option_is_refused(client, manager, settings):
