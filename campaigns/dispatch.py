@@ -132,8 +132,11 @@ def runs_dispatch() -> int:
             free = min(free_global, sandboxes_free // slots[cid])
             if free <= 0:
                 continue
+            pending = _pending_first(cid, free)
+            if not pending:  # its tail: slots free, nothing left to start
+                continue
             ids = runs_transition(
-                runs=RepoRun.objects.filter(pk__in=_pending_first(cid, free)),
+                runs=RepoRun.objects.filter(pk__in=pending),
                 from_states=[RunState.PENDING],
                 to_state=RunState.QUEUED,
                 queued_at=now,

@@ -6,6 +6,7 @@ import hashlib
 import re
 from collections.abc import Iterable
 
+from django.core.exceptions import EmptyResultSet
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.models import QuerySet
 from django.db.models.sql import UpdateQuery
@@ -93,7 +94,10 @@ def _runs_move(runs: QuerySet, from_state: str, to_state: str, now, fields: dict
     query.add_update_values({"state": to_state, **fields})
     compiler = query.get_compiler(runs.db)
     compiler.pre_sql_setup()  # a filter across a join becomes `id IN (subquery)`
-    update_sql, params = compiler.as_sql()
+    try:
+        update_sql, params = compiler.as_sql()
+    except EmptyResultSet:  # `pk__in=[]`: Django compiles no statement for what matches nothing
+        return []
     db = connections[runs.db]
     run_table = db.ops.quote_name(RepoRun._meta.db_table)
     # Only our table names and Django's compiled UPDATE are formatted in; values are parameters.
