@@ -46,7 +46,9 @@ def baseline_run(ctx, snapshot, *, prepare: Callable, run_step: Callable) -> str
             )
             if command.exit_code != 0 or command.timed_out:
                 why = "timed out" if command.timed_out else f"exited with {command.exit_code}"
-                tail = ctx.redact(out[-ERROR_CHARS:].decode("utf-8", errors="replace"))
+                tail = ctx.redact(
+                    out[-ERROR_CHARS:].decode("utf-8", errors="replace").replace("\x00", "\u2400")
+                )
                 result, error = Validation.FAILED, f"validate[{i}] {why}\n{tail}"
                 break
     finally:

@@ -201,7 +201,8 @@ def _exec(
 
 
 def _tail(ctx: _Context, data: bytes) -> str:
-    return ctx.redact(data[-OUTPUT_TAIL_BYTES:].decode("utf-8", errors="replace"))
+    text = data[-OUTPUT_TAIL_BYTES:].decode("utf-8", errors="replace")
+    return ctx.redact(text.replace("\x00", "\u2400"))  # PostgreSQL text cannot hold NUL
 
 
 def _step_failure(label: str, step: dict, command, output: str) -> str:
@@ -453,6 +454,9 @@ def _variant_run(ctx: _Context, variant: Variant, snapshot, sandbox=None) -> Non
         "finished_at": finished,
         "duration_ms": int((finished - started).total_seconds() * 1000),
     }
+    for key in ("error", "output_tail"):  # PostgreSQL text cannot hold NUL
+        if isinstance(result.get(key), str):
+            result[key] = result[key].replace("\x00", "\u2400")
     diff = {}
     if "patch" in result:
         diff = {

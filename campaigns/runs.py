@@ -100,6 +100,7 @@ def run_fail(
 ) -> int | None:
     """Fail the run; the id of the campaign's next run if its slot went to it (see
     slot_handoff: `mine`, the run this worker earmarked, first)."""
+    message = message.replace("\x00", "\u2400")  # PostgreSQL text cannot hold NUL
     signature, summary = error_signature(message)
     with transaction.atomic():
         if run_transition(
