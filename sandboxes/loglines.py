@@ -123,14 +123,19 @@ _ansi = threading.local()
 # Operating-system commands (ESC ] … BEL or ESC \\): ansi2html turns OSC 8 into a link, so a
 # command could print a clickable "sign in again" pointing anywhere, inside Convoy's page.
 # Only colours become markup; these go.
+# One pass can leave an ESC whose complete sequence after it went, which then starts a new
+# sequence with what follows: every ESC that does not start a CSI (colours) goes too.
 _OSC = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\|\Z)")
+_NOT_CSI = re.compile(r"\x1b(?!\[)")
 
 
 def _ansi_to_html(text: str) -> str:
     converter = getattr(_ansi, "converter", None)
     if converter is None:
         converter = _ansi.converter = Ansi2HTMLConverter(inline=True, dark_bg=True)
-    return converter.convert(_OSC.sub("", text), full=False, ensure_trailing_newline=False)
+    return converter.convert(
+        _NOT_CSI.sub("", _OSC.sub("", text)), full=False, ensure_trailing_newline=False
+    )
 
 
 def log_line_html(line: Line | LogLine) -> str:

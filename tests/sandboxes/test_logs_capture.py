@@ -146,6 +146,15 @@ def test_a_terminal_link_in_the_output_is_shown_as_text_not_a_link():
     html = log_line_html(LogLine(seq=1, stream="stdout", text=lure))
     assert "<a" not in html and "evil.example" not in html
     assert "Session expired: sign in" in html and "<span" in html
+    # An ESC left over when the one pass removed the complete sequence after it used to join
+    # what followed into a new link.
+    for lure in (
+        "\x1b\x1b]\x07]8;;https://evil.example/login\x07Sign in again\x1b\x1b]\x07]8;;\x07",
+        "\x1b\x1b]\x1b\\]8;;https://evil.example/login\x1b\\Sign in again",
+        "\x1b\x1b\x1b]\x07]\x07]8;;https://evil.example/login\x07Sign in again",
+    ):
+        html = log_line_html(LogLine(seq=1, stream="stdout", text=lure))
+        assert "<a" not in html and "\x1b" not in html, html
 
 
 def test_noisy_command_costs_a_handful_of_transactions(transactional_db):
