@@ -9,6 +9,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from accounts.services import AccountError
+from accounts.sockets import user_sockets_close
 from audit.record import audit_record
 
 
@@ -26,6 +27,9 @@ def user_password_change(*, user: User, old_password: str, new_password: str, ac
         user.set_password(new_password)
         user.save(update_fields=["password"])
         audit_record(action="people.password.changed", actor=actor, target=user)
+        # Sockets opened before (an intruder's, say) are closed: reopening one needs a session
+        # that survived the change, as this browser's does.
+        user_sockets_close(user_id=user.pk)
     return user
 
 

@@ -3,6 +3,7 @@
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.dispatch import receiver
 
+from accounts.sockets import user_sockets_close
 from audit.record import audit_record
 
 
@@ -25,3 +26,4 @@ def _login_failed(sender, credentials, request=None, **kwargs):
 def _logged_out(sender, request, user, **kwargs):
     if user is not None:
         audit_record(action="people.logout", actor=user, target=user)
+        user_sockets_close(user_id=user.pk)  # the user's other signed-in pages reconnect

@@ -8,11 +8,12 @@ from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.db import connections
 
+from accounts.passwords import user_password_change
 from accounts.services import user_active_set, user_role_set
 from accounts.sockets import CLOSE_REVOKED
 from config.routing import websocket_urlpatterns
 from sandboxes.models import Sandbox
-from tests.factories import user_make
+from tests.factories import PASSWORD, user_make
 
 pytestmark = pytest.mark.shapes("embedded", "production")
 
@@ -31,7 +32,17 @@ async def _open(user, path):
     return comm
 
 
-@pytest.mark.parametrize("change", ["deactivated", "role changed"])
+def _signed_out(user) -> None:
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    client.logout()
+
+
+@pytest.mark.parametrize(
+    "change", ["deactivated", "role changed", "password changed", "signed out"]
+)
 async def test_a_users_open_sockets_close_when_they_lose_access(admin_user, change):
     rob = await database_sync_to_async(user_make)(role="reviewer", username="rob")
     sandbox = await database_sync_to_async(Sandbox.objects.create)(
@@ -41,8 +52,14 @@ async def test_a_users_open_sockets_close_when_they_lose_access(admin_user, chan
     page = await _open(rob, f"/ws/sandboxes/{sandbox.pk}/page/")
     if change == "deactivated":
         await database_sync_to_async(user_active_set)(user=rob, active=False, actor=admin_user)
-    else:
+    elif change == "role changed":
         await database_sync_to_async(user_role_set)(user=rob, role="manager", actor=admin_user)
+    elif change == "password changed":  # after a suspected compromise, say
+        await database_sync_to_async(user_password_change)(
+            user=rob, old_password=PASSWORD, new_password="a new passphrase 7 dogs", actor=rob
+        )
+    else:
+        await database_sync_to_async(_signed_out)(rob)
     for comm in (log, page):
         closed = await comm.receive_output(timeout=5)
         while closed["type"] != "websocket.close":  # a catch-up frame may come first
