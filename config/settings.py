@@ -21,6 +21,7 @@ KNOWN_CONVOY_VARS = {
     "CONVOY_ALLOW_UNSAFE_PROCESS_BACKEND",
     "CONVOY_REDIS_PREFIX",
     "CONVOY_TRUSTED_PROXY_HOPS",
+    "CONVOY_HSTS_SECONDS",
     "CONVOY_WORKER_CONCURRENCY",
     "CONVOY_MAX_PARALLEL_REPOS",
     "CONVOY_RUN_LEASE_S",
@@ -159,7 +160,6 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "config.errors.BodySizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -172,6 +172,9 @@ MIDDLEWARE = [
     "config.errors.ErrorPageMiddleware",
     "audit.middleware.RequestContextMiddleware",
     "csp.middleware.CSPMiddleware",
+    "config.headers.PrivateNoStoreMiddleware",
+    # After the header middlewares (a 413 carries them too); nothing before it reads a body.
+    "config.errors.BodySizeLimitMiddleware",
     # Last, as django-axes asks: it turns a locked-out sign-in into the lockout page.
     "axes.middleware.AxesMiddleware",
 ]
@@ -306,6 +309,8 @@ SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_HTTPONLY = True  # pages hand the token to htmx in hx-headers, not through JS
 SECURE_CONTENT_TYPE_NOSNIFF = True
+# Browsers keep to HTTPS once they have seen Convoy over it (sent on HTTPS responses only).
+SECURE_HSTS_SECONDS = envint("CONVOY_HSTS_SECONDS", 0 if DEBUG or EMBEDDED else 31_536_000)
 SECURE_REFERRER_POLICY = "same-origin"
 SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
@@ -340,6 +345,8 @@ AXES_VERBOSE = False
 
 # Client IPs are believed only from this many trusted reverse-proxy hops (0: REMOTE_ADDR).
 TRUSTED_PROXY_HOPS = envint("CONVOY_TRUSTED_PROXY_HOPS", 0)
+if TRUSTED_PROXY_HOPS:  # the proxy terminates TLS and says so (HSTS, secure redirects)
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 # Sign-in limits count by the address the audit trail records (trusted hops only).
 AXES_CLIENT_IP_CALLABLE = "audit.context.client_ip"
 

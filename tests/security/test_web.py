@@ -35,6 +35,39 @@ def test_every_page_carries_the_policy_and_the_security_headers(client, manager)
         assert response.headers["Referrer-Policy"] == "same-origin"
 
 
+def test_signed_in_pages_and_downloads_are_not_cached(client, manager):
+    """Diffs, the audit trail and downloads could be shown from the browser's cache after
+    sign-out: signed-in responses (pages and the API) say `no-store`."""
+    from tests.factories import campaign_make
+
+    campaign = campaign_make(owner=manager)
+    client.force_login(manager)
+    for path in ("/campaigns/", f"/campaigns/{campaign.pk}/", "/api/v1/campaigns"):
+        response = client.get(path)
+        assert response.status_code == 200, path
+        assert "no-store" in response.headers["Cache-Control"], path
+        assert "private" in response.headers["Cache-Control"], path
+
+
+def test_a_body_over_the_limit_is_answered_with_the_security_headers(client, manager):
+    client.force_login(manager)
+    big = b"x" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1)
+    for path in ("/campaigns/new/", "/api/v1/campaigns"):
+        response = client.post(path, big, content_type="application/json")
+        assert response.status_code == 413
+        assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_https_responses_ask_browsers_to_keep_to_https(client, manager):
+    if settings.EMBEDDED:
+        assert settings.SECURE_HSTS_SECONDS == 0  # 127.0.0.1 over plain HTTP
+        return
+    response = client.get("/login/", secure=True)
+    assert response.headers["Strict-Transport-Security"] == "max-age=31536000"
+
+
 def test_templates_hold_no_inline_script_or_event_handler():
     """The policy refuses inline script: a template that relies on one would break silently."""
     offenders = []
