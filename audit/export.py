@@ -172,15 +172,19 @@ CSV_COLUMNS = (
 )
 
 
+# A spreadsheet runs a cell starting with one of these as a formula (OWASP's list). Every
+# cell is also quoted: in a locale whose separator is `;`, `x;=…` unquoted became two cells.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
+
+
 def _csv_cell(value) -> str:
     text = "" if value is None else str(value)
-    # A spreadsheet would run a cell starting with these as a formula.
-    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+    return "'" + text if text.lstrip(" ")[:1] in _FORMULA_START else text
 
 
 def csv_lines(events: QuerySet) -> Iterator[str]:
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
+    writer = csv.writer(buffer, quoting=csv.QUOTE_ALL)
 
     def flush() -> str:
         value = buffer.getvalue()

@@ -169,6 +169,24 @@ def test_csv_export_follows_the_filter_and_defuses_formulas(admin_client, events
     assert json.loads(exported.body)["payload"] == {"format": "csv", "query": "outcome:denied"}
 
 
+def test_csv_cells_a_spreadsheet_would_run_are_defused(admin_client, db):
+    """A value a sandbox chose (a model name, say) reaches the export: a cell starting with a
+    tab or a space before `=`, or `x;=…` left unquoted (two cells where `;` separates), was
+    run as a formula."""
+    lures = ["\t=1+1", " =1+1", "\r=1+1", "x;=WEBSERVICE(A1)", "=cmd|' /C calc'!A0"]
+    for lure in lures:
+        audit_record(action="agents.model.refused", actor_type="agent", on_behalf_of=lure)
+    response = admin_client.get("/audit/export.csv", {"q": "action:agents.model.refused"})
+    raw = b"".join(response.streaming_content).decode()
+    rows = list(csv.reader(io.StringIO(raw)))
+    column = rows[0].index("on_behalf_of")
+    cells = sorted(r[column] for r in rows[1:])
+    assert cells == sorted(
+        ["'\t=1+1", "' =1+1", "'\r=1+1", "x;=WEBSERVICE(A1)", "'=cmd|' /C calc'!A0"]
+    )
+    assert '"x;=WEBSERVICE(A1)"' in raw  # quoted, one cell whatever the separator
+
+
 @pytest.mark.shapes("embedded")  # SQLite seals inline, so the test's own events are in it
 def test_downloaded_bundle_verifies_offline(admin_client, events, tmp_path, settings):
 
