@@ -145,6 +145,16 @@ def campaign_action(request, pk, action):
     return redirect("campaign-detail", pk=campaign.pk)
 
 
+# The run page and the preview show each variant's diff inline, up to this many characters
+# (the whole of it is on the compare page, one file at a time, and in the patch download):
+# 20 variants of 100 MB each made one GET build gigabytes of HTML.
+PAGE_DIFF_CHARS = 200_000
+
+
+def _page_diff(text: str) -> tuple[str, bool]:
+    return text[:PAGE_DIFF_CHARS], len(text) > PAGE_DIFF_CHARS
+
+
 def _preview_context(campaign) -> dict | None:
     """The sample's runs with diffs and validation, while the campaign is a preview."""
     if campaign.state != "previewing":
@@ -155,7 +165,7 @@ def _preview_context(campaign) -> dict | None:
     by_name = {(v.run_id, v.name): shown[v.pk] for v in variants}
     for run, report in runs:
         for row in report["variants"]:
-            row["diff_shown"] = by_name.get((run.pk, row["name"]), "")
+            row["diff_shown"], row["diff_cut"] = _page_diff(by_name.get((run.pk, row["name"]), ""))
     return {"runs": runs, "summary": report_summary([r for _, r in runs])}
 
 
@@ -190,7 +200,7 @@ def run_detail(request, pk, run_id):
     variants = selectors.run_variants(run=run)
     shown = variant_diffs_for_display(variants=variants)  # masked where flagged
     for variant in variants:
-        variant.diff_shown = shown[variant.pk]
+        variant.diff_shown, variant.diff_cut = _page_diff(shown[variant.pk])
     context = {"campaign": campaign, "run": run, "variants": variants}
     context.update(run_page_context(run=run, variants=variants))
     return render(request, _partial(request, RUN, {"run-live": "run-live"}), context)
