@@ -85,16 +85,31 @@ def package_index_rules(indexes: PackageIndexes) -> list[AllowRule]:
     return rules
 
 
+def url_without_credentials(url: str) -> str:
+    """`url` without its `user:password@`. An index URL of the host's may carry the operator's
+    credentials (`https://__token__:…@index/simple`); what a sandbox or an image build gets is
+    the address only: a campaign whose index needs credentials gets them as a granted secret."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
 def package_client_env(indexes: PackageIndexes) -> dict[str, str]:
-    """Index and CA variables for the sandbox (file:// indexes are dropped: not mounted)."""
+    """Index and CA variables for the sandbox (file:// indexes are dropped: not mounted;
+    credentials in an index URL are dropped: see `url_without_credentials`)."""
     env = dict(indexes.ca_env)
-    web = [u for u in [indexes.pip_index_url, *indexes.pip_extra_index_urls] if _is_web(u)]
-    if indexes.pip_index_url and _is_web(indexes.pip_index_url):
-        env["PIP_INDEX_URL"] = indexes.pip_index_url
-    extra = [u for u in web if u != indexes.pip_index_url]
+    main = url_without_credentials(indexes.pip_index_url or "")
+    web = [url_without_credentials(u) for u in indexes.pip_extra_index_urls if _is_web(u)]
+    if main and _is_web(main):
+        env["PIP_INDEX_URL"] = main
+    extra = [u for u in web if u != main]
     if extra:
         env["PIP_EXTRA_INDEX_URL"] = " ".join(extra)
-    npm = [u for u in indexes.npm_registries if _is_web(u)]
+    npm = [url_without_credentials(u) for u in indexes.npm_registries if _is_web(u)]
     if npm:
         env["npm_config_registry"] = npm[0]
     return env

@@ -18,6 +18,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sandboxes.egress.packages import url_without_credentials
+
 INSIDE = "/tmp/convoy-host"  # noqa: S108 (the build's own tmpfs)
 CA_VARIABLES = (
     "SSL_CERT_FILE",
@@ -30,6 +32,10 @@ CA_VARIABLES = (
 # pip options whose values are local paths or file:// URLs (space-separated lists for some).
 _PIP_PATH_OPTIONS = ("cert", "client-cert", "constraint", "requirement", "find-links",
                      "extra-index-url", "index-url")  # fmt: skip
+# A client certificate's key is the operator's credential: a build step (a package's install
+# script) could copy it into the image. An index that needs one is reached from a campaign
+# with a granted secret instead.
+_PIP_NOT_CARRIED = ("client-cert",)
 # Values that only make sense on the host (its cache, its log, its interpreter's site).
 _PIP_SKIPPED = ("cache-dir", "log", "target", "prefix", "root", "src", "user", "python")
 
@@ -104,6 +110,10 @@ def _pip_config() -> dict[str, str]:
 
 def _carry_pip(config: ClientConfig) -> None:
     for option, value in _pip_config().items():
+        if option in _PIP_NOT_CARRIED:
+            continue
+        # The build's steps run packages' install scripts: no operator credentials in URLs.
+        value = " ".join(url_without_credentials(token) for token in value.split())
         if option in _PIP_PATH_OPTIONS:
             carried = []
             for token in value.split():

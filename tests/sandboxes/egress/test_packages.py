@@ -97,3 +97,37 @@ def test_sandbox_proxy_env_points_every_client_at_the_relay():
         "http://127.0.0.1:3128",
     )
     assert 'Acquire::http::Proxy "http://127.0.0.1:3128";' in apt_proxy_conf(3128)
+
+
+def test_credentials_in_the_hosts_index_urls_stay_on_the_host(host, monkeypatch):
+    """An authenticated index (`https://__token__:…@index/simple`) put the operator's
+    credential into every campaign's sandbox and every image build step, ungranted; only the
+    address goes in, and the key of a pip client certificate is not carried into builds."""
+    from sandboxes.images.hostconfig import package_client_config
+
+    etc, home = host
+    env = {
+        "PATH": "",
+        "PIP_INDEX_URL": "https://__token__:s3cr3t-idx@pypi.corp.test/simple",
+        "PIP_EXTRA_INDEX_URL": "https://u:extra-pw@extra.corp.test/simple",
+    }
+    (home / ".npmrc").write_text("registry=https://npm:npm-pw@npm.corp.test/\n")
+    indexes = package_indexes_read(env=env, home=home, etc=etc)
+    client = package_client_env(indexes)
+    assert client["PIP_INDEX_URL"] == "https://pypi.corp.test/simple"
+    assert client["PIP_EXTRA_INDEX_URL"] == "https://extra.corp.test/simple"
+    assert client["npm_config_registry"] == "https://npm.corp.test/"
+    assert not any("pw" in v or "s3cr3t" in v for v in client.values())
+    # The allow rules still name the hosts.
+    assert {"pypi.corp.test", "extra.corp.test"} <= {
+        r.pattern for r in package_index_rules(indexes)
+    }
+
+    key = home / "client.pem"
+    key.write_text("-----BEGIN PRIVATE KEY-----\n")
+    monkeypatch.setenv("PIP_INDEX_URL", env["PIP_INDEX_URL"])
+    monkeypatch.setenv("PIP_CLIENT_CERT", str(key))
+    build = package_client_config()
+    assert build.env["PIP_INDEX_URL"] == "https://pypi.corp.test/simple"
+    assert "PIP_CLIENT_CERT" not in build.env
+    assert not any(str(key) == host_path for host_path, _ in build.binds)
