@@ -16,6 +16,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import stat
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from sandboxes.backends import seccomp
+from sandboxes.backends import cgroups, seccomp
 from sandboxes.backends.bubblewrap import proc_args
 from sandboxes.egress.packages import apt_uris_read
 from sandboxes.images.hostconfig import package_client_config
@@ -325,6 +326,52 @@ def _dpkg_versions(rootfs: Path) -> dict[str, str]:
     return versions
 
 
+# What one build step may use of the host. A step runs package install scripts as root in its
+# user namespace: its memory and processes are held by a cgroup of its own, the largest file
+# it may write and its CPU time by rlimits, both in place before bwrap starts, so every process
+# of the step is born under them.
+STEP_MEMORY_MB = 4096
+STEP_PIDS_MAX = 4096
+STEP_FILE_MB = 4096
+
+
+def _limited(argv: list[str], cgroup_paths: list[str]) -> list[str]:
+    """`argv` started in the step's cgroups (the shell moves itself in, then execs) under
+    `prlimit`'s file-size, core and CPU-time limits."""
+    enter = "".join(f"echo $$ > {shlex.quote(p + '/cgroup.procs')} && " for p in cgroup_paths)
+    limits = [
+        f"--fsize={STEP_FILE_MB * 1024 * 1024}",
+        "--core=0",
+        f"--cpu={int(COMMAND_TIMEOUT_S) + 5}",
+    ]
+    sh, prlimit = shutil.which("sh") or "/bin/sh", shutil.which("prlimit") or "prlimit"
+    return [sh, "-c", enter + 'exec "$@"', "sh", prlimit, *limits, "--", *argv]
+
+
+def _step_run(log: BuildLog, argv: Callable[[int], list[str]], *, env: dict, name: str) -> int:
+    """One step (`argv(seccomp_fd)`) in a cgroup of its own, removed after it with anything it
+    left running; a line in the log when it reached the memory or process limit."""
+    paths = cgroups.cgroup_create(
+        f"{secrets.token_hex(6)}-{name.replace('[', '-').rstrip(']')}",
+        owner="build",
+        memory_bytes=STEP_MEMORY_MB * 1024 * 1024,
+        pids_max=STEP_PIDS_MAX,
+        cpu=float(os.cpu_count() or 1),
+    )
+    seccomp_fd = seccomp.filter_fd()
+    try:
+        status = log.run(_limited(argv(seccomp_fd), paths), env=env, pass_fds=(seccomp_fd,))
+        hit = cgroups.limit_counters(paths)
+    finally:
+        cgroups.cgroup_kill(paths)
+        cgroups.cgroup_remove(paths)
+    if status != 0 and hit.get("memory"):
+        log.line(f"[convoy: the step reached its memory limit ({STEP_MEMORY_MB} MB)]")
+    if status != 0 and hit.get("pids"):
+        log.line(f"[convoy: the step reached its process limit ({STEP_PIDS_MAX})]")
+    return status
+
+
 def _steps_run(spec, key, rootfs, steps, log: BuildLog, network: BuildNetwork) -> None:
     """Run the pip, npm and run steps inside the image, on the build's network."""
     carried = package_client_config()
@@ -334,11 +381,11 @@ def _steps_run(spec, key, rootfs, steps, log: BuildLog, network: BuildNetwork) -
         env = _build_env(spec, net, carried.env)
         for name, where, argv in steps:
             _step_hook(name)
-            seccomp_fd = seccomp.filter_fd()
-            status = log.run(
-                _bwrap(rootfs, net, carried.binds, argv, seccomp_fd=seccomp_fd),
+            status = _step_run(
+                log,
+                lambda fd, argv=argv: _bwrap(rootfs, net, carried.binds, argv, seccomp_fd=fd),
                 env=env,
-                pass_fds=(seccomp_fd,),
+                name=name,
             )
             notes = net.after_step(status != 0)
             for line in notes:

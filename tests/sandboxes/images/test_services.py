@@ -321,6 +321,34 @@ def test_a_build_step_that_never_ends_is_stopped(
     assert not list(images_root().glob(".building-*"))
 
 
+def test_a_build_step_is_held_to_its_file_size_and_process_limits(
+    fresh_image_data, oci_registry, tmp_path, monkeypatch
+):
+    """A step (a package's install script, as root) ran in the host's root cgroup with no
+    limits: it could fill the data directory's disk or fork without end for up to an hour."""
+    from sandboxes.images import build
+
+    monkeypatch.setattr(build, "STEP_FILE_MB", 1)
+    monkeypatch.setattr(build, "STEP_PIDS_MAX", 8)
+    tree = tmp_path / "tree"
+    _shell_tree(tree, ("/usr/bin/head", "/usr/bin/sleep"))
+    ref = oci_registry.push_tree("team/limits", tree, tag="1")
+    thread, outcome = _build_in_thread(
+        {"oci": ref, "run": ["head -c 5000000 /dev/zero > /big"]}, "b" * 64
+    )
+    thread.join(120)
+    assert isinstance(outcome[0], build.ImageBuildError), outcome
+    assert outcome[0].field == "image.run[0]"
+    assert not list(images_root().glob("*/rootfs/big"))  # the failed build is gone
+
+    forks = "i=0; while [ $i -lt 40 ]; do sleep 60 & i=$((i+1)); done; wait"
+    thread, outcome = _build_in_thread({"oci": ref, "run": [forks]}, "c" * 64)
+    thread.join(120)
+    assert isinstance(outcome[0], build.ImageBuildError), outcome
+    log = (images_root() / f"{'c' * 64}.log").read_text()
+    assert "[convoy: the step reached its process limit (8)]" in log, log[-2000:]
+
+
 def test_a_build_step_runs_without_mounts_new_namespaces_or_most_of_roots_powers(
     fresh_image_data, oci_registry, tmp_path
 ):
