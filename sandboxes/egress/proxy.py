@@ -33,7 +33,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from core.errors import Invalid
-from sandboxes.egress.addresses import address_refusal, in_ranges
+from sandboxes.egress.addresses import HostAddresses, address_refusal, in_ranges
 from sandboxes.egress.events import EgressEvent, EgressStats
 from sandboxes.egress.policy import Limits, NetworkPolicy, normalise_host
 from sandboxes.egress.routes import Route, route_make, route_open
@@ -114,6 +114,7 @@ class EgressProxy:
         socket_mode: int = 0o600,
         resolve_timeout_s: float = 10.0,
         index_ranges: tuple = (),
+        host_addresses: tuple = (),
     ):
         if test_hosts and not settings.EGRESS_TEST_HOSTS_ALLOWED:
             raise ImproperlyConfigured(
@@ -139,6 +140,9 @@ class EgressProxy:
         self.resolve_timeout_s = resolve_timeout_s
         # Operator-trusted ranges for the host's package indexes (see index_ranges_parse).
         self.index_ranges = tuple(index_ranges)
+        # The host's own addresses (its interfaces' and the operator's CONVOY_EGRESS_HOST_
+        # ADDRESSES): public by class, but they reach whatever the host serves on 0.0.0.0.
+        self.host_addresses = HostAddresses(host_addresses)
         self._routes: dict[tuple[str, int], Route] = {}
         self._sandboxes: dict[str, _Sandbox] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -483,7 +487,9 @@ class EgressProxy:
             if why == "loopback" and mapped is not None:
                 continue  # the test mapping's upstream on loopback (tests only)
             if why and trusted and in_ranges(address, self.index_ranges):
-                continue
+                why = None
+            # Never the host itself, whatever the class or the operator's index ranges say.
+            why = why or self.host_addresses.refusal(address)
             if why:
                 event.address = address
                 raise _Refused("address", f"resolves to {address}: {why}")
