@@ -554,3 +554,18 @@ def test_the_loops_own_errors_are_logged_at_most_once_a_minute(proxy, caplog):
         asyncio.run_coroutine_threadsafe(errors(), proxy._loop).result(timeout=10)
     lines = [r for r in caplog.records if "out of system resource" in r.getMessage()]
     assert len(lines) == 1
+
+
+@pytest.mark.parametrize("bare", ["\n", "\r"])
+def test_a_bare_cr_or_lf_in_the_request_head_is_refused(proxy, https_upstream, http_upstream, bare):
+    """Split on CRLF only, `X: 1<LF>Host: other` was one header to the proxy and was forwarded
+    as is: two headers to an upstream that ends lines at LF, the second never judged."""
+    host = f"api.test:{http_upstream.port}"
+    path, events = _open(proxy, https_upstream, allow=[host])
+    status, body, _ = proxy_request(
+        path,
+        f"GET http://{host}/hello HTTP/1.1\r\nHost: {host}\r\nX-A: 1{bare}Host: other.test\r\n\r\n",
+    )
+    assert status == 400
+    assert b"bare CR or LF in the request head" in body
+    assert events.wait().code == "bad_request"
