@@ -41,6 +41,8 @@ KNOWN_CONVOY_VARS = {
     "CONVOY_TEST_CRASH_BEAT",
     "CONVOY_EGRESS_TEST_HOSTS",
     "CONVOY_EGRESS_INDEX_ADDRESSES",
+    "CONVOY_EGRESS_HOST_ADDRESSES",
+    "CONVOY_EGRESS_HOST_PROXY_BY_NAME",
     "CONVOY_SANDBOX_SIM",
 }
 SANDBOX_BACKENDS = ("gvisor", "bwrap", "modal", "e2b", "daytona", "process")
@@ -108,6 +110,9 @@ if envstr("CONVOY_EGRESS_TEST_HOSTS") and not EGRESS_TEST_HOSTS_ALLOWED:
     _fail("CONVOY_EGRESS_TEST_HOSTS", "a test-only name mapping, refused outside the test suite")
 # Ranges the host's own package indexes are served from when not public (checked by the proxy).
 EGRESS_INDEX_ADDRESSES = envstr("CONVOY_EGRESS_INDEX_ADDRESSES")
+# Addresses the host is reached by beyond its interfaces' (a NAT's public address): refused to
+# sandboxes like the interfaces' own, which the proxy reads from the kernel.
+EGRESS_HOST_ADDRESSES = envstr("CONVOY_EGRESS_HOST_ADDRESSES")
 # Through the host's proxy (HTTPS_PROXY), ask it for the name instead of the checked address.
 EGRESS_HOST_PROXY_BY_NAME = envbool("CONVOY_EGRESS_HOST_PROXY_BY_NAME", False)
 

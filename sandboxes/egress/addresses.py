@@ -9,7 +9,14 @@ by the address they embed.
 from __future__ import annotations
 
 import ipaddress
+import logging
+import socket
+import struct
+import threading
+import time
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+
+log = logging.getLogger(__name__)
 
 IPAddress = IPv4Address | IPv6Address
 
@@ -165,3 +172,143 @@ def in_ranges(address: str, ranges) -> bool:
     except ValueError:
         return False
     return any(ip.version == net.version and ip in net for net in ranges)
+
+
+# ---- the host's own addresses --------------------------------------------------------------
+# A name whose DNS answer is one of the host's own public addresses would reach whatever the
+# host serves on 0.0.0.0 / [::] (the web server, PostgreSQL, Redis): the address class says
+# "public", so the host's addresses are refused by identity. The kernel's local routing table
+# (what `ip route show table local` prints) holds exactly the destinations this host accepts
+# as its own: every interface address, secondaries and AnyIP ranges included.
+
+_NETLINK_ROUTE = 0  # socket.NETLINK_ROUTE
+_RTM_GETROUTE, _RTM_NEWROUTE = 26, 24
+_NLMSG_ERROR, _NLMSG_DONE = 2, 3
+_NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
+_RTA_DST, _RTA_TABLE = 1, 15
+_RT_TABLE_LOCAL = 255
+_RTN_LOCAL, _RTN_ANYCAST = 2, 4
+_NLMSG_HDR = struct.Struct("=IHHII")
+_RTMSG = struct.Struct("=BBBBBBBBI")
+_RTATTR = struct.Struct("=HH")
+
+
+def host_networks_read() -> tuple[IPv4Network | IPv6Network, ...]:
+    """The destinations this host takes as its own (local and anycast routes of the local
+    table), read from the kernel over netlink; OSError if it cannot be read."""
+    found: set[IPv4Network | IPv6Network] = set()
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for dst, dst_len in _local_routes(family):
+            found.add(ipaddress.ip_network((dst, dst_len), strict=False))
+    return tuple(sorted(found, key=lambda n: (n.version, n)))
+
+
+def _local_routes(family: int) -> list[tuple[str, int]]:
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_ROUTE) as s:
+        s.settimeout(5)
+        s.bind((0, 0))
+        request = _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
+        header = _NLMSG_HDR.pack(
+            _NLMSG_HDR.size + len(request), _RTM_GETROUTE, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0
+        )
+        s.send(header + request)
+        routes = []
+        while True:
+            data = s.recv(1 << 16)
+            offset = 0
+            while offset + _NLMSG_HDR.size <= len(data):
+                length, kind, _, _, _ = _NLMSG_HDR.unpack_from(data, offset)
+                if length < _NLMSG_HDR.size:
+                    raise OSError("malformed netlink answer")
+                body = data[offset + _NLMSG_HDR.size : offset + length]
+                offset += (length + 3) & ~3
+                if kind == _NLMSG_DONE:
+                    return routes
+                if kind == _NLMSG_ERROR:
+                    errno = -struct.unpack_from("=i", body)[0]
+                    if errno:
+                        raise OSError(errno, "netlink route dump failed")
+                    continue
+                if kind == _RTM_NEWROUTE:
+                    route = _local_route(body, family)
+                    if route is not None:
+                        routes.append(route)
+
+
+def _local_route(body: bytes, family: int) -> tuple[str, int] | None:
+    fam, dst_len, _, _, table, _, _, kind, _ = _RTMSG.unpack_from(body)
+    if fam != family or kind not in (_RTN_LOCAL, _RTN_ANYCAST):
+        return None
+    dst = None
+    offset = _RTMSG.size
+    while offset + _RTATTR.size <= len(body):
+        length, attr = _RTATTR.unpack_from(body, offset)
+        if length < _RTATTR.size:
+            break
+        value = body[offset + _RTATTR.size : offset + length]
+        if attr == _RTA_TABLE:
+            table = struct.unpack_from("=I", value)[0]
+        elif attr == _RTA_DST:
+            dst = socket.inet_ntop(family, value)
+        offset += (length + 3) & ~3
+    if table != _RT_TABLE_LOCAL or dst is None:
+        return None
+    return dst, dst_len
+
+
+def host_addresses_parse(text: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    """`CONVOY_EGRESS_HOST_ADDRESSES` ("203.0.113.7,2001:db8::/64") → networks: addresses the
+    host is reached by that are not on its interfaces (a NAT's or load balancer's public
+    address that forwards to it). ValueError naming a bad entry."""
+    ranges = []
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            ranges.append(ipaddress.ip_network(item, strict=True))
+        except ValueError as e:
+            raise ValueError(f"{item!r} is not an address or range such as 203.0.113.7: {e}") from e
+    return tuple(ranges)
+
+
+class HostAddresses:
+    """The host's own addresses, refused to every sandbox like loopback. Read from the kernel
+    again when older than `max_age_s` (addresses come and go: DHCP, a VPN); if they cannot be
+    read, every address is refused (fail closed) until they can."""
+
+    def __init__(self, extra: tuple = (), *, max_age_s: float = 1.0, reader=host_networks_read):
+        self.extra = tuple(extra)
+        self.max_age_s = max_age_s
+        self._reader = reader
+        self._networks: tuple | None = None
+        self._read_at = -1e9
+        self._lock = threading.Lock()
+
+    def networks(self) -> tuple | None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._read_at >= self.max_age_s:
+                self._read_at = now
+                try:
+                    self._networks = self._reader()
+                except OSError as e:
+                    log.error("cannot read this host's addresses (egress refused): %s", e)
+                    self._networks = None
+            return self._networks
+
+    def refusal(self, address: str) -> str | None:
+        """ "this host's own address" when `address` (or the IPv4 address inside it) is one of
+        the host's or the operator's; None otherwise."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return "not an IP address"
+        networks = self.networks()
+        if networks is None:
+            return "this host's addresses could not be read"
+        candidates = [ip]
+        if isinstance(ip, IPv6Address) and (embedded := _embedded_ipv4(ip)) is not None:
+            candidates.append(embedded)
+        for candidate in candidates:
+            for net in (*networks, *self.extra):
+                if candidate.version == net.version and candidate in net:
+                    return "this host's own address"
+        return None

@@ -20,6 +20,7 @@ import ipaddress
 import logging
 import os
 import re
+import resource
 import shutil
 import socket
 import threading
@@ -33,7 +34,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from core.errors import Invalid
-from sandboxes.egress.addresses import address_refusal, in_ranges
+from sandboxes.egress.addresses import HostAddresses, address_refusal, in_ranges
 from sandboxes.egress.events import EgressEvent, EgressStats
 from sandboxes.egress.policy import Limits, NetworkPolicy, normalise_host
 from sandboxes.egress.routes import Route, route_make, route_open
@@ -56,7 +57,18 @@ CHUNK = 256 * 1024
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 # Hop-by-hop and proxy headers never go upstream on a plain-HTTP request.
 _DROP_HEADERS = {"proxy-connection", "proxy-authorization", "connection", "keep-alive"}
-_REASONS = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway", 504: "Gateway Timeout"}
+_REASONS = {
+    400: "Bad Request",
+    403: "Forbidden",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+# A connection that has not sent its request head by then is closed: it holds a descriptor.
+HEAD_TIMEOUT_S = 5.0
+# The loop's own errors (e.g. "socket.accept() out of system resource", once per listening
+# socket per second while descriptors run out) are logged at most this often per message.
+_LOOP_ERROR_EVERY_S = 60.0
 # Unix socket paths are limited to 108 bytes including the terminating NUL.
 _SUN_PATH_MAX = 107
 
@@ -114,6 +126,9 @@ class EgressProxy:
         socket_mode: int = 0o600,
         resolve_timeout_s: float = 10.0,
         index_ranges: tuple = (),
+        host_addresses: tuple = (),
+        head_timeout_s: float = HEAD_TIMEOUT_S,
+        max_open_connections: int | None = None,
     ):
         if test_hosts and not settings.EGRESS_TEST_HOSTS_ALLOWED:
             raise ImproperlyConfigured(
@@ -139,6 +154,15 @@ class EgressProxy:
         self.resolve_timeout_s = resolve_timeout_s
         # Operator-trusted ranges for the host's package indexes (see index_ranges_parse).
         self.index_ranges = tuple(index_ranges)
+        # The host's own addresses (its interfaces' and the operator's CONVOY_EGRESS_HOST_
+        # ADDRESSES): public by class, but they reach whatever the host serves on 0.0.0.0.
+        self.host_addresses = HostAddresses(host_addresses)
+        self.head_timeout_s = head_timeout_s
+        # All sandboxes together, so that many sandboxes cannot run the process (the Celery
+        # worker or the embedded server) out of descriptors: see open_connections_max().
+        self.max_open_connections = max_open_connections or open_connections_max()
+        self._open_connections = 0  # the proxy's thread only
+        self._loop_errors: dict[str, list] = {}  # message -> [last logged, suppressed since]
         self._routes: dict[tuple[str, int], Route] = {}
         self._sandboxes: dict[str, _Sandbox] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -163,6 +187,7 @@ class EgressProxy:
 
             def run() -> None:
                 asyncio.set_event_loop(loop)
+                loop.set_exception_handler(self._loop_error)
                 loop.call_soon(ready.set)
                 loop.run_forever()
                 loop.close()
@@ -271,9 +296,48 @@ class EgressProxy:
 
     # ---- one client connection ----------------------------------------------------------
 
+    def _loop_error(self, loop, context: dict) -> None:
+        """The loop's exception handler, rate-limited per message: a sandbox must not be able
+        to fill the worker's log (it logged 46 MB in 10 s while descriptors ran out)."""
+        message = str(context.get("message", "unhandled error in the egress proxy's loop"))
+        now = time.monotonic()
+        seen = self._loop_errors.setdefault(message, [-_LOOP_ERROR_EVERY_S, 0])
+        if now - seen[0] < _LOOP_ERROR_EVERY_S:
+            seen[1] += 1
+            return
+        if seen[1]:
+            context = {**context, "message": f"{message} ({seen[1]} more since last logged)"}
+        seen[0], seen[1] = now, 0
+        loop.default_exception_handler(context)
+
+    def _refuse_at_accept(self, sb: _Sandbox, writer) -> bool:
+        """Close a connection at once when its sandbox, or the proxy as a whole, already has
+        its maximum open: held until its head arrives, each would keep a descriptor."""
+        if len(sb.tasks) >= sb.limits.max_connections:
+            status, reason = 403, f"more than {sb.limits.max_connections} concurrent connections"
+        elif self._open_connections >= self.max_open_connections:
+            status, reason = 503, "the egress proxy has too many open connections"
+        else:
+            return False
+        body = (reason + "\n").encode()
+        with contextlib.suppress(ConnectionError, RuntimeError, OSError):
+            writer.write(  # into the transport's buffer: no waiting on the client
+                f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: text/plain\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
+            )
+        writer.close()
+        event = EgressEvent(sandbox_key=sb.key, method="?", started_at=time.time())
+        event.code, event.reason, event.status = "limit", reason, status
+        self._emit(sb, event)
+        return True
+
     async def _serve(self, sb: _Sandbox, reader, writer) -> None:
+        if self._refuse_at_accept(sb, writer):
+            return
         task = asyncio.current_task()
         sb.tasks.add(task)
+        self._open_connections += 1
         event = EgressEvent(sandbox_key=sb.key, started_at=time.time())
         began = time.monotonic()
         try:
@@ -304,6 +368,7 @@ class EgressProxy:
                 event.code, event.reason = "closed", f"client went away ({type(e).__name__})"
         finally:
             sb.tasks.discard(task)
+            self._open_connections -= 1
             writer.close()
             event.duration_s = time.monotonic() - began
             if event.method:
@@ -323,7 +388,7 @@ class EgressProxy:
 
     async def _handle(self, sb: _Sandbox, reader, writer, event: EgressEvent) -> None:
         try:
-            raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+            raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.head_timeout_s)
         except asyncio.LimitOverrunError as e:
             event.method = "?"
             raise _Refused("bad_request", "request head too large", status=400) from e
@@ -333,8 +398,6 @@ class EgressProxy:
             event.method = "?"
             raise _Refused("bad_request", str(e), status=400) from e
         event.method = head.method
-        if len(sb.tasks) > sb.limits.max_connections:
-            raise _Refused("limit", f"more than {sb.limits.max_connections} concurrent connections")
         if head.method == "CONNECT":
             await self._tunnel(sb, head, reader, writer, event)
         elif head.target.startswith("http://"):
@@ -483,7 +546,9 @@ class EgressProxy:
             if why == "loopback" and mapped is not None:
                 continue  # the test mapping's upstream on loopback (tests only)
             if why and trusted and in_ranges(address, self.index_ranges):
-                continue
+                why = None
+            # Never the host itself, whatever the class or the operator's index ranges say.
+            why = why or self.host_addresses.refusal(address)
             if why:
                 event.address = address
                 raise _Refused("address", f"resolves to {address}: {why}")
@@ -625,3 +690,14 @@ class EgressProxy:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def open_connections_max() -> int:
+    """How many connections the proxy keeps open at once, all sandboxes together: each may
+    hold two descriptors (the sandbox's and the upstream's), and the process keeps a quarter
+    of its descriptor limit (at least 256) for everything else it does."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        soft = 1 << 20
+    reserve = max(256, soft // 4)
+    return max(16, (soft - reserve) // 2)

@@ -7,6 +7,9 @@ this process's proxy (opened here, keyed by the sandbox); on other engines the h
 indexes become names of the engine's own allowlist. `egress_release` closes the socket.
 Each connection the proxy reports becomes an audit event, written by one writer thread (the
 proxy's thread never touches the database); refusals also get a line in the sandbox's log.
+Past the first refusals of a window, a sandbox's refusals are counted and written as one event
+per target (`RefusalGate`), and the writer's queue is bounded: what it drops is counted and
+written as an event of its own, so the trail says what it is missing.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import logging
 import queue
 import shutil
 import threading
-from dataclasses import replace
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from django.conf import settings
@@ -27,7 +31,13 @@ from django.db import close_old_connections, transaction
 from audit.models import AuditEvent
 from audit.record import audit_record
 from sandboxes.backends.base import Capability, NetworkPolicy, SandboxBackend, SandboxSpec
-from sandboxes.egress.events import EgressEvent, EgressStats
+from sandboxes.egress.events import (
+    CollapsedRefusals,
+    EgressEvent,
+    EgressStats,
+    RefusalGate,
+    is_refusal,
+)
 from sandboxes.egress.packages import (
     package_client_env,
     package_client_files,
@@ -43,6 +53,10 @@ log = logging.getLogger(__name__)
 
 ACTION_ALLOWED = "sandbox.egress.allowed"
 ACTION_REFUSED = "sandbox.egress.refused"
+# Events the writer could not keep up with: their count, per sandbox.
+ACTION_UNRECORDED = "sandbox.egress.unrecorded"
+# Queued events waiting for the writer (~1 KB each): past this they are counted, not kept.
+QUEUE_MAX = 10_000
 _LIVE = (SandboxState.CREATING, SandboxState.RUNNING)
 
 
@@ -148,15 +162,24 @@ def sandbox_egress_stats(*, sandbox: Sandbox, limit: int = 10_000) -> EgressStat
     """The sandbox's egress totals from its audit events (any process can read them); None when
     the sandbox had no egress proxy (no network, or an engine that reports no connections)."""
     rows = AuditEvent.objects.filter(
-        sandbox_id=sandbox.pk, action__in=(ACTION_ALLOWED, ACTION_REFUSED)
+        sandbox_id=sandbox.pk, action__in=(ACTION_ALLOWED, ACTION_REFUSED, ACTION_UNRECORDED)
     ).values_list("action", "body")[:limit]
     stats = EgressStats()
     for action, body in rows:
-        stats.connections += 1
-        stats.refused += action == ACTION_REFUSED
-        with contextlib.suppress(ValueError, KeyError, TypeError):
+        try:
             payload = json.loads(body)["payload"]
-            stats.hosts.add(payload["host"])
+        except (ValueError, KeyError, TypeError):
+            payload = {}
+        count = payload.get("count", 1)  # collapsed refusals and unrecorded events
+        stats.connections += count
+        if action == ACTION_UNRECORDED:
+            stats.refused += payload.get("refused", 0)
+            stats.hosts.update(payload.get("hosts", []))
+            continue
+        stats.refused += count if action == ACTION_REFUSED else 0
+        with contextlib.suppress(KeyError, TypeError):
+            if payload["host"]:
+                stats.hosts.add(payload["host"])
             stats.bytes_total += payload["bytes_up"] + payload["bytes_down"]
     return stats
 
@@ -164,14 +187,49 @@ def sandbox_egress_stats(*, sandbox: Sandbox, limit: int = 10_000) -> EgressStat
 # --- the audit writer -----------------------------------------------------------------------
 
 
+@dataclass
+class _Gate:
+    gate: RefusalGate
+    ctx: dict
+    on_behalf_of: str
+
+
+@dataclass
+class _Dropped:
+    """Events of one sandbox the writer's full queue could not take."""
+
+    ctx: dict
+    on_behalf_of: str
+    sandbox_key: str
+    count: int = 0
+    refused: int = 0
+    first_at: float = 0.0
+    last_at: float = 0.0
+    hosts: set[str] = field(default_factory=set)
+
+    def add(self, event: EgressEvent) -> None:
+        self.count += 1
+        self.refused += not event.allowed
+        self.first_at = self.first_at or event.started_at
+        self.last_at = max(self.last_at, event.started_at)
+        if event.host and len(self.hosts) < 20:
+            self.hosts.add(event.host)
+
+
 class _EgressWriter:
     """One thread per process that writes the proxy's events to the audit trail (and refusals
-    to the sandbox's log), in the order the proxy reported them."""
+    to the sandbox's log), in the order the proxy reported them. Refusals pass each sandbox's
+    RefusalGate first (in the proxy's thread: a dict lookup under a lock); the queue is
+    bounded, and what it had to drop is written as one ACTION_UNRECORDED event per sandbox."""
 
-    def __init__(self) -> None:
-        self.queue: queue.Queue = queue.Queue()
+    def __init__(self, *, maxsize: int = QUEUE_MAX, start: bool = True) -> None:
+        self.queue: queue.Queue = queue.Queue(maxsize)
+        self._lock = threading.Lock()
+        self._gates: dict[int, _Gate] = {}
+        self._dropped: dict[int, _Dropped] = {}
         self.thread = threading.Thread(target=self._run, name="egress-audit", daemon=True)
-        self.thread.start()
+        if start:
+            self.thread.start()
 
     def callback(self, sandbox: Sandbox):
         ctx = {
@@ -184,27 +242,78 @@ class _EgressWriter:
         on_behalf_of = person.get_username() if person is not None else ""
 
         def on_event(event: EgressEvent) -> None:
-            self.queue.put((ctx, on_behalf_of, event))
+            if is_refusal(event):
+                with self._lock:
+                    entry = self._gates.get(sandbox.pk)
+                    if entry is None:
+                        entry = self._gates[sandbox.pk] = _Gate(RefusalGate(), ctx, on_behalf_of)
+                    if not entry.gate.admit(event, time.monotonic()):
+                        return  # counted: written with its window's summary
+            try:
+                self.queue.put_nowait((ctx, on_behalf_of, event))
+            except queue.Full:
+                with self._lock:
+                    dropped = self._dropped.get(sandbox.pk)
+                    if dropped is None:
+                        dropped = _Dropped(ctx, on_behalf_of, event.sandbox_key)
+                        self._dropped[sandbox.pk] = dropped
+                    dropped.add(event)
 
         return on_event
 
     def flush(self, *, timeout: float) -> None:
-        """Wait until every event queued so far is written."""
+        """Wait until every event queued so far is written, with the refusals counted so far
+        and the count of any dropped."""
         done = threading.Event()
-        self.queue.put(done)
-        done.wait(timeout)
+        deadline = time.monotonic() + timeout
+        with contextlib.suppress(queue.Full):
+            self.queue.put(done, timeout=timeout)
+            done.wait(max(0.0, deadline - time.monotonic()))
 
     def _run(self) -> None:
+        next_tick = time.monotonic() + 1
         while True:
-            item = self.queue.get()
+            try:
+                item = self.queue.get(timeout=1)
+            except queue.Empty:
+                item = None
             if isinstance(item, threading.Event):
+                self._pending_record(force=True)
                 item.set()
                 continue
-            try:
-                close_old_connections()
-                egress_event_record(*item)
-            except Exception:
-                log.exception("could not record an egress event")
+            if item is not None:
+                try:
+                    close_old_connections()
+                    egress_event_record(*item)
+                except Exception:
+                    log.exception("could not record an egress event")
+            if time.monotonic() >= next_tick:
+                self._pending_record(force=False)
+                next_tick = time.monotonic() + 1
+
+    def _pending_record(self, *, force: bool) -> None:
+        """Write the summaries of windows that ended (all counted so far with `force`) and the
+        counts of dropped events."""
+        now = time.monotonic()
+        with self._lock:
+            summaries = [
+                (entry.ctx, entry.on_behalf_of, summary)
+                for entry in self._gates.values()
+                for summary in entry.gate.due(now, force=force)
+            ]
+            dropped, self._dropped = self._dropped, {}
+            for pk in [pk for pk, e in self._gates.items() if e.gate.idle(now, 600)]:
+                del self._gates[pk]
+        if not summaries and not dropped:
+            return
+        try:
+            close_old_connections()
+            for ctx, on_behalf_of, summary in summaries:
+                egress_collapsed_record(ctx, on_behalf_of, summary)
+            for d in dropped.values():
+                egress_unrecorded_record(d)
+        except Exception:
+            log.exception("could not record collapsed or dropped egress events")
 
 
 def egress_event_record(ctx: dict, on_behalf_of, event: EgressEvent) -> None:
@@ -214,20 +323,72 @@ def egress_event_record(ctx: dict, on_behalf_of, event: EgressEvent) -> None:
             action=ACTION_ALLOWED if event.allowed else ACTION_REFUSED,
             actor_type="agent",
             on_behalf_of=on_behalf_of,
-            target={
-                "type": "sandboxes.sandbox",
-                "id": str(ctx["sandbox_id"]),
-                "display": f"sandbox {ctx['sandbox_id']}",
-            },
+            target=_target(ctx),
             outcome="success" if event.allowed and event.status < 400 else "denied",
             context=ctx,
             reason=event.reason[:500],
             payload=event.as_dict(),
         )
-    if not event.allowed or event.status >= 400:
+    if is_refusal(event):
         sandbox = Sandbox.objects.filter(pk=ctx["sandbox_id"]).first()
         if sandbox is not None:
             log_system_line(sandbox=sandbox, text=event.log_line())
+
+
+def _target(ctx: dict) -> dict:
+    return {
+        "type": "sandboxes.sandbox",
+        "id": str(ctx["sandbox_id"]),
+        "display": f"sandbox {ctx['sandbox_id']}",
+    }
+
+
+def egress_collapsed_record(ctx: dict, on_behalf_of, summary: CollapsedRefusals) -> None:
+    """One audit event (and log line) for refusals of one target counted past the gate: the
+    payload is the first one's, with `count`, `first_at`, `last_at` (and `targets`)."""
+    with transaction.atomic():
+        audit_record(
+            action=ACTION_ALLOWED if summary.first.allowed else ACTION_REFUSED,
+            actor_type="agent",
+            on_behalf_of=on_behalf_of,
+            target=_target(ctx),
+            outcome="denied",
+            context=ctx,
+            reason=summary.text()[:500],
+            payload=summary.as_dict(),
+        )
+    sandbox = Sandbox.objects.filter(pk=ctx["sandbox_id"]).first()
+    if sandbox is not None:
+        log_system_line(sandbox=sandbox, text=summary.log_line())
+
+
+def egress_unrecorded_record(dropped: _Dropped) -> None:
+    """The count of a sandbox's events the writer's full queue dropped."""
+    text = (
+        f"{dropped.count} egress events ({dropped.refused} refused) not recorded one by one: "
+        "the audit writer fell behind"
+    )
+    with transaction.atomic():
+        audit_record(
+            action=ACTION_UNRECORDED,
+            actor_type="agent",
+            on_behalf_of=dropped.on_behalf_of,
+            target=_target(dropped.ctx),
+            outcome="error",
+            context=dropped.ctx,
+            reason=text,
+            payload={
+                "sandbox": dropped.sandbox_key,
+                "count": dropped.count,
+                "refused": dropped.refused,
+                "first_at": dropped.first_at,
+                "last_at": dropped.last_at,
+                "hosts": sorted(dropped.hosts),
+            },
+        )
+    sandbox = Sandbox.objects.filter(pk=dropped.ctx["sandbox_id"]).first()
+    if sandbox is not None:
+        log_system_line(sandbox=sandbox, text=f"egress: {text}")
 
 
 _writer_lock = threading.Lock()

@@ -37,6 +37,11 @@ def request_head_parse(raw: bytes) -> RequestHead:
     except UnicodeDecodeError as e:  # pragma: no cover - latin-1 decodes every byte
         raise BadRequest("request head is not text") from e
     lines = text.split("\r\n")
+    # A bare CR or LF ends a line for some servers and not for others: forwarded, it would let
+    # a header the proxy never judged (a second Host, a second request) reach the upstream.
+    for line in lines:
+        if "\r" in line or "\n" in line:
+            raise BadRequest(f"bare CR or LF in the request head: {line[:80]!r}")
     parts = lines[0].split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
         raise BadRequest(f"not an HTTP/1.x request line: {lines[0][:80]!r}")

@@ -17,13 +17,14 @@ from pathlib import Path
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from sandboxes.egress.addresses import index_ranges_parse
+from sandboxes.egress.addresses import host_addresses_parse, index_ranges_parse
 from sandboxes.egress.policy import normalise_host
 from sandboxes.egress.proxy import EgressProxy
 from sandboxes.egress.routes import Route, route_make, test_hosts_parse
 
 TEST_HOSTS_VAR = "CONVOY_EGRESS_TEST_HOSTS"
 INDEX_ADDRESSES_VAR = "CONVOY_EGRESS_INDEX_ADDRESSES"
+HOST_ADDRESSES_VAR = "CONVOY_EGRESS_HOST_ADDRESSES"
 
 _lock = threading.Lock()
 _proxy: EgressProxy | None = None
@@ -49,6 +50,13 @@ def index_ranges_from_settings() -> tuple:
         raise ImproperlyConfigured(f"{INDEX_ADDRESSES_VAR}: {e}") from e
 
 
+def host_addresses_from_settings() -> tuple:
+    try:
+        return host_addresses_parse(settings.EGRESS_HOST_ADDRESSES)
+    except ValueError as e:
+        raise ImproperlyConfigured(f"{HOST_ADDRESSES_VAR}: {e}") from e
+
+
 def egress_root() -> Path:
     return Path(settings.DATA_DIR) / "egress" / str(os.getpid())
 
@@ -63,6 +71,7 @@ def egress_proxy() -> EgressProxy:
                 egress_root(),
                 test_hosts=test_hosts_from_env(),
                 index_ranges=index_ranges_from_settings(),
+                host_addresses=host_addresses_from_settings(),
                 host_proxy_by_name=settings.EGRESS_HOST_PROXY_BY_NAME,
             )
             for route in _routes.values():

@@ -3,8 +3,13 @@ limits, chaining to the host's proxy, per-sandbox sockets and the events it repo
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import resource
 import socket
+import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +18,7 @@ from django.core.exceptions import ImproperlyConfigured
 from core.errors import Invalid
 from sandboxes.egress import worker
 from sandboxes.egress.policy import Limits, network_parse
-from sandboxes.egress.proxy import EgressProxy
+from sandboxes.egress.proxy import EgressProxy, open_connections_max
 from sandboxes.egress.wire import UpstreamConfig, UpstreamProxy
 from tests.sandboxes.egress.conftest import TEST_HOSTS, connect, proxy_request, tls_get
 from tests.support import wait_for
@@ -437,3 +442,130 @@ def test_a_host_name_that_is_not_a_dns_name_is_refused(proxy, https_upstream, fo
     sock.close()
     assert status == 400, body
     assert b"bad host name" in body
+
+
+class _Idle:
+    """Connections to a sandbox's socket that never send a request head."""
+
+    def __init__(self, path: Path, count: int):
+        self.sockets = []
+        for _ in range(count):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(str(path))
+            s.setblocking(False)
+            self.sockets.append(s)
+        self.said: dict[socket.socket, bytes] = {}
+
+    def closed(self) -> list[bytes]:
+        """What the proxy said on each connection it has closed so far (b"" if nothing)."""
+        for s in self.sockets:
+            if s in self.said:
+                continue
+            data = b""
+            try:
+                while chunk := s.recv(65536):
+                    data += chunk
+            except BlockingIOError:
+                continue  # still open
+            self.said[s] = data
+        return list(self.said.values())
+
+    def close(self) -> None:
+        for s in self.sockets:
+            s.close()
+
+
+def _proxy(short_tmp, **kw) -> EgressProxy:
+    root = Path(tempfile.mkdtemp(prefix="p-", dir=short_tmp))
+    return EgressProxy(root, upstream=UpstreamConfig(), test_hosts=TEST_HOSTS, **kw).start()
+
+
+def test_connections_over_a_sandboxs_limit_are_closed_at_once(short_tmp, https_upstream):
+    """Held until their request head arrived, 8,000 idle connections from one sandbox ran the
+    worker out of descriptors: those over `max_connections` are now closed when accepted."""
+    proxy = _proxy(short_tmp, head_timeout_s=60)
+    try:
+        path, events = _open(proxy, https_upstream, max_connections=4)
+        held = _Idle(path, 40)
+        wait_for(lambda: len(held.closed()) >= 36, timeout=10, what="36 connections closed")
+        answers = held.closed()
+        assert len(answers) == 36
+        assert all(b"more than 4 concurrent connections" in a for a in answers)
+        assert proxy.sandbox_stats("sb-1").active == 4
+        assert events.wait(36).code == "limit"
+        held.close()
+        wait_for(lambda: proxy.sandbox_stats("sb-1").active == 0, timeout=10, what="slots freed")
+        assert connect(path, f"api.test:{https_upstream.port}")[0] == 200
+    finally:
+        proxy.stop()
+
+
+def test_all_sandboxes_together_stay_under_the_proxys_limit(short_tmp, https_upstream):
+    proxy = _proxy(short_tmp, head_timeout_s=60, max_open_connections=6)
+    try:
+        a, _ = _open(proxy, https_upstream)
+        b = proxy.sandbox_open(
+            "sb-2", network_parse({"allow": [f"api.test:{https_upstream.port}"]})
+        )
+        held = _Idle(a, 10)
+        wait_for(lambda: len(held.closed()) >= 4, timeout=10, what="4 connections closed")
+        answers = held.closed()
+        assert len(answers) == 4
+        assert all(a.startswith(b"HTTP/1.1 503 ") for a in answers)
+        assert all(
+            a.endswith(b"\r\n\r\nthe egress proxy has too many open connections\n") for a in answers
+        )
+        status, body, _ = connect(b, f"api.test:{https_upstream.port}")
+        assert (status, body) == (503, b"the egress proxy has too many open connections\n")
+        held.close()
+        wait_for(lambda: proxy.sandbox_stats("sb-1").active == 0, timeout=10, what="slots freed")
+        assert connect(b, f"api.test:{https_upstream.port}")[0] == 200
+    finally:
+        proxy.stop()
+
+
+def test_the_proxys_limit_leaves_the_process_descriptors():
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert 16 <= 2 * open_connections_max() <= soft - 256
+
+
+def test_a_connection_that_sends_no_request_head_is_closed_soon(proxy, https_upstream):
+    path, _ = _open(proxy, https_upstream)
+    began = time.monotonic()
+    idle = _Idle(path, 1)
+    wait_for(idle.closed, timeout=15, what="the idle connection closed")
+    assert time.monotonic() - began < 10  # it was 30 s
+    idle.close()
+
+
+def test_the_loops_own_errors_are_logged_at_most_once_a_minute(proxy, caplog):
+    """While descriptors ran out asyncio logged `socket.accept() out of system resource` for
+    every listening socket every second: 46 MB of log in 10 s."""
+
+    async def errors() -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(500):
+            loop.call_exception_handler(
+                {"message": "socket.accept() out of system resource", "exception": OSError(24)}
+            )
+
+    proxy.start()
+    with caplog.at_level(logging.ERROR):
+        asyncio.run_coroutine_threadsafe(errors(), proxy._loop).result(timeout=10)
+    lines = [r for r in caplog.records if "out of system resource" in r.getMessage()]
+    assert len(lines) == 1
+
+
+@pytest.mark.parametrize("bare", ["\n", "\r"])
+def test_a_bare_cr_or_lf_in_the_request_head_is_refused(proxy, https_upstream, http_upstream, bare):
+    """Split on CRLF only, `X: 1<LF>Host: other` was one header to the proxy and was forwarded
+    as is: two headers to an upstream that ends lines at LF, the second never judged."""
+    host = f"api.test:{http_upstream.port}"
+    path, events = _open(proxy, https_upstream, allow=[host])
+    status, body, _ = proxy_request(
+        path,
+        f"GET http://{host}/hello HTTP/1.1\r\nHost: {host}\r\nX-A: 1{bare}Host: other.test\r\n\r\n",
+    )
+    assert status == 400
+    assert b"bare CR or LF in the request head" in body
+    assert events.wait().code == "bad_request"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,14 @@ from django.utils import timezone
 from audit.models import AuditEvent
 from sandboxes.backends.base import Capability, NetworkPolicy, SandboxSpec
 from sandboxes.egress import worker
+from sandboxes.egress.events import EgressEvent
+from sandboxes.egress.policy import network_parse
 from sandboxes.egress.sandbox import (
     ACTION_ALLOWED,
     ACTION_REFUSED,
+    ACTION_UNRECORDED,
+    _EgressWriter,
+    _writer,
     egress_attach,
     sandbox_egress_stats,
     sandbox_key,
@@ -196,3 +202,84 @@ def test_modal_gets_names_without_ports(tmp_path):
         )
         (call,) = backend.fake.create_calls
     assert call["outbound_domain_allowlist"] == ["api.example.com", "git.example.com"]
+
+
+def _flood(path: Path, target: str, count: int) -> None:
+    for _ in range(count):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(10)
+        s.connect(str(path))
+        s.sendall(f"CONNECT {target} HTTP/1.1\r\n\r\n".encode())
+        while s.recv(65536):
+            pass
+        s.close()
+
+
+def test_a_flood_of_refusals_is_collapsed_per_target_and_every_refusal_counted(proxy):
+    """One sandbox made ~7,500 refusals a second, each an audit event and a log line, against a
+    writer doing ~660 a second: its queue grew in the worker's memory. Past the first ones of
+    a window, refusals are counted and written as one event per target."""
+    sandbox = Sandbox.objects.create(backend="bwrap", network="allowlist")
+    writer = _writer()
+    path = proxy.sandbox_open(
+        sandbox_key(sandbox), network_parse("none"), on_event=writer.callback(sandbox)
+    )
+    _flood(path, "127.0.0.1:5432", 300)
+    _flood(path, "other.test:443", 10)
+    writer.flush(timeout=30)
+
+    refused = _events(sandbox, ACTION_REFUSED)
+    assert len(refused) < 60  # was 310
+    counts = [e["payload"].get("count", 1) for e in refused]
+    assert sum(counts) == 310
+    full = [e for e in refused if "count" not in e["payload"]]
+    assert full[0]["payload"]["host"] == "127.0.0.1" and full[0]["reason"] == "loopback"
+    (loopback,) = [e for e in refused if e["payload"].get("count") and e["payload"]["port"] == 5432]
+    payload = loopback["payload"]
+    assert (payload["host"], payload["code"], payload["reason"]) == (
+        "127.0.0.1",
+        "address",
+        "loopback",
+    )
+    assert payload["address"] == "127.0.0.1" and payload["first_at"] <= payload["last_at"]
+    assert loopback["reason"].startswith(f"{payload['count']} more refusals of 127.0.0.1:5432 in ")
+    assert loopback["outcome"] == "denied"
+    lines = list(LogLine.objects.filter(sandbox=sandbox).values_list("text", flat=True))
+    assert len(lines) == len(refused)
+    assert f"egress: {loopback['reason']}" in lines
+    assert sandbox_egress_stats(sandbox=sandbox).summary() == (
+        "egress: 310 connections to 2 hosts, 310 refused"
+    )
+
+
+def test_events_the_writer_cannot_keep_up_with_are_counted_and_recorded():
+    sandbox = Sandbox.objects.create(backend="bwrap", network="allowlist")
+    writer = _EgressWriter(maxsize=10, start=False)  # a writer that has fallen behind
+    on_event = writer.callback(sandbox)
+    for i in range(50):
+        on_event(
+            EgressEvent(
+                sandbox_key=sandbox_key(sandbox),
+                method="CONNECT",
+                host="api.test",
+                port=443,
+                allowed=True,
+                code="ok",
+                status=200,
+                started_at=1000.0 + i,
+            )
+        )
+    assert writer.queue.qsize() == 10
+    writer.thread.start()
+    writer.flush(timeout=30)
+
+    assert len(_events(sandbox, ACTION_ALLOWED)) == 10
+    (unrecorded,) = _events(sandbox, ACTION_UNRECORDED)
+    assert unrecorded["payload"]["count"] == 40 and unrecorded["payload"]["hosts"] == ["api.test"]
+    assert (unrecorded["payload"]["first_at"], unrecorded["payload"]["last_at"]) == (1010.0, 1049.0)
+    assert unrecorded["reason"].startswith("40 egress events (0 refused) not recorded")
+    line = LogLine.objects.filter(sandbox=sandbox).values_list("text", flat=True).get()
+    assert line == f"egress: {unrecorded['reason']}"
+    assert sandbox_egress_stats(sandbox=sandbox).summary() == (
+        "egress: 50 connections to 1 host, 0 refused"
+    )

@@ -48,3 +48,28 @@ def test_index_ranges_with_loopback_or_metadata_stop_the_worker(tmp_path):
     done = _load(tmp_path, CONVOY_EGRESS_INDEX_ADDRESSES="169.254.169.254/32")
     assert done.returncode != 0
     assert "CONVOY_EGRESS_INDEX_ADDRESSES" in done.stderr and "cloud metadata" in done.stderr
+
+
+def test_the_operators_host_addresses_are_read_and_checked(tmp_path):
+    show = "print(egress_proxy().host_addresses.extra, egress_proxy().host_proxy_by_name)"
+    load = LOAD.rpartition(";")[0] + "; " + show
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_VERSION"}
+    env = {k: v for k, v in env.items() if not k.startswith("CONVOY_")}
+    env.update(CONVOY_DATA_DIR=str(tmp_path), SECRET_KEY=settings.SECRET_KEY)
+    env.update(CONVOY_EGRESS_HOST_PROXY_BY_NAME="true")
+
+    def run(value: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-c", load],
+            cwd=Path(settings.BASE_DIR),
+            env={**env, "CONVOY_EGRESS_HOST_ADDRESSES": value},
+            capture_output=True,
+            text=True,
+        )
+
+    done = run("203.0.113.7, 2001:db8::/64")
+    assert done.returncode == 0, done.stderr
+    assert "(IPv4Network('203.0.113.7/32'), IPv6Network('2001:db8::/64')) True" in done.stdout
+    done = run("203.0.113.7/24")
+    assert done.returncode != 0
+    assert "CONVOY_EGRESS_HOST_ADDRESSES: '203.0.113.7/24' is not an address" in done.stderr
