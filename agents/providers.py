@@ -21,6 +21,16 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,99}$")
 # The key goes into a request header: printable ASCII only (no CR/LF, NUL or lone surrogates).
 KEY_RE = re.compile(r"[\x21-\x7e]+\Z")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+# The calls a token may make, per API style: POST to the inference endpoints (paths after the
+# base URL, which holds /v1). Anything else with the provider's key (GET stored completions,
+# files, batches that run other models, DELETE) would reach other campaigns' data or spend
+# outside the budget.
+ENDPOINTS = {
+    ApiStyle.OPENAI: frozenset({"/chat/completions", "/responses"}),
+    ApiStyle.ANTHROPIC: frozenset({"/messages", "/messages/count_tokens"}),
+}
+# Answers without usage that cost nothing (no usage is estimated for them).
+FREE_ENDPOINTS = frozenset({"/messages/count_tokens"})
 CAPABILITY = "secret_manage"  # providers hold keys: the same people who manage secrets
 
 
