@@ -20,9 +20,10 @@ import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
 from django.conf import settings
@@ -33,12 +34,14 @@ from agents.grants import (
     Admission,
     Refusal,
     call_admit,
+    call_authenticate,
     call_record,
+    call_reservation,
     grant_masks,
     token_hash,
 )
 from agents.models import ApiStyle, CallOutcome
-from agents.providers import provider_key
+from agents.providers import FREE_ENDPOINTS, provider_key
 from agents.usage import UsageReader, transcript_pack
 from sandboxes.egress import worker as egress_worker
 from sandboxes.egress.policy import AllowRule
@@ -53,7 +56,8 @@ GATEWAY_URL = f"http://{GATEWAY_HOST}"
 GATEWAY_RULE = AllowRule(GATEWAY_HOST, frozenset({GATEWAY_PORT}))
 SOCKET_NAME = "gateway.sock"
 HEAD_LIMIT = 64 * 1024
-BODY_LIMIT = 32 * 1024 * 1024
+JSON_INLINE = 256 * 1024  # larger request bodies are parsed off the event loop
+DISCARD_S = 10.0  # how long a refused request's unread body is drained before closing
 # Never forwarded: hop-by-hop headers, the sandbox's credentials, and what we set ourselves.
 _DROP_REQUEST = {
     "host",
@@ -75,6 +79,66 @@ _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden"
 
 class _BadRequest(Exception):
     pass
+
+
+def body_limit() -> int:
+    """The largest request body read (CONVOY_GATEWAY_BODY_MB)."""
+    return settings.GATEWAY_BODY_MB * 1024 * 1024
+
+
+@dataclass
+class _Request:
+    method: str
+    path: str
+    headers: list[tuple[str, str]]
+    caller: str | None
+    chunked: bool
+    length: int
+    body_read: bool = False
+
+
+def _endpoint(path: str) -> str:
+    """The request's path as a provider routes it, after the base URL: percent-decoded, empty
+    and dot segments resolved, the /v1 prefix dropped (`/v1/chat//complet%69ons` is
+    `/chat/completions`). The gateway checks this and sends exactly this."""
+    segments: list[str] = []
+    for segment in unquote(path, errors="replace").split("/"):
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if segments:
+                segments.pop()
+            continue
+        segments.append(segment)
+    if segments[:1] == ["v1"]:
+        segments = segments[1:]
+    return "/" + "/".join(segments)
+
+
+def _max_tokens(payload: dict) -> int | None:
+    """The request's cap on output tokens, when it gives one."""
+    for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+        value = payload.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def _usage_estimate(*, request_size: int, response_size: int, payload: dict) -> tuple[int, int]:
+    """(tokens in, tokens out) for an answer without usage: about 4 bytes a token."""
+    tokens_out = max(response_size // 4, 1)
+    cap = _max_tokens(payload)
+    if cap is not None:
+        n = payload.get("n")
+        choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+        tokens_out = min(tokens_out, cap * choices)
+    return max(request_size // 4, 1), tokens_out
+
+
+async def _dumps(payload: dict, *, size: int) -> bytes:
+    if size <= JSON_INLINE:
+        return json.dumps(payload).encode()
+    return (await asyncio.to_thread(json.dumps, payload)).encode()
 
 
 # A request's path, appended to the provider's base URL: it must start with one `/` and hold
@@ -120,6 +184,9 @@ class ModelGateway:
         # A call's record is written after the agent has its answer; the same token's next
         # call waits for it, so budgets still count every call before admitting the next.
         self._recording: dict[str, asyncio.Future] = {}
+        # A budgeted grant's calls take turns (see _call); created on the event loop.
+        self._turns: dict[int, tuple[asyncio.Lock, int]] = {}  # grant id: (lock, calls using it)
+        self._parsing = asyncio.Semaphore(2)
 
     @property
     def socket_path(self) -> Path:
@@ -199,13 +266,16 @@ class ModelGateway:
     # ---- one connection: one request ---------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request: _Request | None = None
         try:
-            method, path, headers, body, caller = await self._request_read(reader)
-            await self._call(method, path, headers, body, writer, caller=caller)
+            request = await self._head_read(reader)
+            await self._call(request, reader, writer)
         except _BadRequest as e:
             await self._answer(writer, 400, _error_body("bad_request", f"Convoy gateway: {e}"))
         except Refusal as r:
             await self._answer(writer, r.status, _error_body(r.kind, r.message))
+            if request is not None and not request.body_read:
+                await self._body_discard(reader, writer, request)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass
         except Exception:
@@ -218,7 +288,7 @@ class ModelGateway:
             with contextlib.suppress(Exception):
                 writer.close()
 
-    async def _request_read(self, reader):
+    async def _head_read(self, reader) -> _Request:
         try:
             raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
         except asyncio.LimitOverrunError as e:
@@ -240,32 +310,73 @@ class ModelGateway:
                     raise _BadRequest("bad header line")
                 headers.append((name.strip(), value.strip()))
         lower = {k.lower(): v for k, v in headers}
-        if "chunked" in lower.get("transfer-encoding", "").lower():
-            body = await self._chunked_read(reader)
-        else:
+        chunked = "chunked" in lower.get("transfer-encoding", "").lower()
+        length = 0
+        if not chunked:
             try:
                 length = int(lower.get("content-length", "0"))
             except ValueError:
                 raise _BadRequest("bad Content-Length") from None
-            if not 0 <= length <= BODY_LIMIT:
-                raise _BadRequest(f"request body over {BODY_LIMIT} bytes")
-            body = await asyncio.wait_for(reader.readexactly(length), 120)
+            if not 0 <= length <= body_limit():
+                raise _BadRequest(f"request body over {body_limit()} bytes")
         # Through the host's proxy chain the target may be in absolute form.
         path = urlsplit(target).path if target.startswith("http") else target.split("?")[0]
-        return method, path, headers, body, caller
+        if not _PATH.match(path):
+            raise _BadRequest("the request's path must be an absolute path such as /v1/messages")
+        return _Request(method, path, headers, caller, chunked, length)
+
+    async def _body_read(self, reader, request: _Request) -> bytes:
+        request.body_read = True
+        if request.chunked:
+            return await self._chunked_read(reader)
+        return await asyncio.wait_for(reader.readexactly(request.length), 120)
 
     async def _chunked_read(self, reader) -> bytes:
         body = bytearray()
+        limit = body_limit()
         while True:
             size_line = await asyncio.wait_for(reader.readuntil(b"\r\n"), 60)
-            size = int(size_line.split(b";")[0].strip() or b"0", 16)
+            try:
+                size = int(size_line.split(b";")[0].strip() or b"0", 16)
+            except ValueError:
+                raise _BadRequest("bad chunk size") from None
             if size == 0:
                 await reader.readuntil(b"\r\n")
                 return bytes(body)
-            if len(body) + size > BODY_LIMIT:
-                raise _BadRequest(f"request body over {BODY_LIMIT} bytes")
+            if size < 0 or len(body) + size > limit:
+                raise _BadRequest(f"request body over {limit} bytes")
             body += await reader.readexactly(size)
             await reader.readexactly(2)
+
+    async def _body_discard(self, reader, writer, request: _Request) -> None:
+        """After a refusal sent before the body was read: read and drop what the client still
+        sends (never kept, never parsed), so closing does not reset the connection before the
+        client read the answer."""
+        with contextlib.suppress(Exception):
+            if writer.can_write_eof():
+                writer.write_eof()
+        left = body_limit() if request.chunked else request.length
+        deadline = asyncio.get_running_loop().time() + DISCARD_S
+        with contextlib.suppress(Exception):
+            while left > 0:
+                wait = deadline - asyncio.get_running_loop().time()
+                piece = await asyncio.wait_for(reader.read(min(left, 64 * 1024)), max(wait, 0))
+                if not piece:
+                    return
+                left -= len(piece)
+
+    async def _json(self, body: bytes) -> dict:
+        try:
+            if len(body) <= JSON_INLINE:
+                payload = json.loads(body) if body else {}
+            else:  # off the event loop, and few at a time (parsing multiplies the memory)
+                async with self._parsing:
+                    payload = await asyncio.to_thread(json.loads, body)
+        except (ValueError, RecursionError):
+            raise _BadRequest("the body is not JSON") from None
+        if not isinstance(payload, dict):
+            raise _BadRequest("the body is not a JSON object")
+        return payload
 
     async def _answer(self, writer, status: int, body: bytes) -> None:
         writer.write(
@@ -276,62 +387,144 @@ class ModelGateway:
         )
         await writer.drain()
 
-    async def _call(
-        self, method: str, path: str, headers, body: bytes, writer, *, caller: str | None
-    ) -> None:
-        began = time.monotonic()
-        started_at = timezone.now()
+    async def _refusal_record(self, r: Refusal, *, model: str, path: str, stream: bool, began):
+        if r.grant is None:
+            return
+        await self._orm(
+            call_record,
+            grant=r.grant,
+            provider_name=r.grant.provider.name,
+            model=model,
+            path=path,
+            stream=stream,
+            status_code=r.status,
+            outcome=CallOutcome.REFUSED,
+            error=r.message,
+            started_at=began[1],
+            latency_ms=int((time.monotonic() - began[0]) * 1000),
+        )
+
+    async def _call(self, request: _Request, reader, writer) -> None:
+        began = (time.monotonic(), timezone.now())
+        method, path, headers, caller = (
+            request.method,
+            request.path,
+            request.headers,
+            request.caller,
+        )
         lower = {k.lower(): v for k, v in headers}
         auth = lower.get("authorization", "")
         token = auth[7:].strip() if auth[:7].lower() == "bearer " else lower.get("x-api-key", "")
+        endpoint = _endpoint(path)
+        # The token, the caller and the endpoint before a byte of the body is read: a sandbox
+        # without a valid token cannot make the gateway read and parse megabytes.
         try:
-            payload = json.loads(body) if body else {}
-        except ValueError:
-            raise _BadRequest("the body is not JSON") from None
-        if not isinstance(payload, dict):
-            raise _BadRequest("the body is not a JSON object")
+            grant = await self._orm(
+                call_authenticate,
+                pool=self._admit,
+                token=token,
+                caller=caller,
+                method=method,
+                endpoint=endpoint,
+            )
+        except Refusal as r:
+            await self._refusal_record(
+                r, model="", path=f"{method} {path}", stream=False, began=began
+            )
+            raise
+        body = await self._body_read(reader, request)
+        payload = await self._json(body)
         model = payload.get("model") if isinstance(payload.get("model"), str) else None
         stream = payload.get("stream") is True
         key_hash = token_hash(token)
-        previous = self._recording.get(key_hash)
-        if previous is not None:
-            await asyncio.wait([previous])
+        # A grant with a budget has one call at a time: a call's cost is known only when it
+        # ends, and calls admitted meanwhile would all pass against the same old total.
+        budgeted = grant.budget_usd is not None or grant.campaign_budget_usd is not None
+        turn = None
+        if budgeted:
+            turn, users = self._turns.get(grant.pk, (asyncio.Lock(), 0))
+            self._turns[grant.pk] = (turn, users + 1)
+        try:
+            async with turn or contextlib.nullcontext():
+                previous = self._recording.get(key_hash)
+                if previous is not None:
+                    await asyncio.wait([previous])
+                await self._forward(
+                    grant=grant,
+                    token=token,
+                    key_hash=key_hash,
+                    method=method,
+                    path=path,
+                    endpoint=endpoint,
+                    headers=headers,
+                    payload=payload,
+                    request_size=len(body),
+                    model=model,
+                    stream=stream,
+                    caller=caller,
+                    writer=writer,
+                    began=began,
+                )
+        finally:
+            if turn is not None:
+                users = self._turns[grant.pk][1] - 1
+                if users:
+                    self._turns[grant.pk] = (turn, users)
+                else:
+                    del self._turns[grant.pk]
+
+    async def _forward(
+        self,
+        *,
+        grant,
+        token,
+        key_hash,
+        method,
+        path,
+        endpoint,
+        headers,
+        payload,
+        request_size,
+        model,
+        stream,
+        caller,
+        writer,
+        began,
+    ) -> None:
+        lower = {k.lower(): v for k, v in headers}
+        reserve = await self._orm(
+            call_reservation,
+            grant=grant,
+            request_bytes=request_size,
+            max_tokens=_max_tokens(payload),
+        )
         try:
             admission: Admission = await self._orm(
                 call_admit,
                 pool=self._admit,
                 token=token,
                 model=model,
+                method=method,
+                endpoint=endpoint,
+                reserve=reserve,
                 fast_commit=True,
                 caller=caller,
             )
         except Refusal as r:
-            if r.grant is not None:
-                await self._orm(
-                    call_record,
-                    grant=r.grant,
-                    provider_name=r.grant.provider.name,
-                    model=model or "",
-                    path=path,
-                    stream=stream,
-                    status_code=r.status,
-                    outcome=CallOutcome.REFUSED,
-                    error=r.message,
-                    started_at=started_at,
-                    latency_ms=int((time.monotonic() - began) * 1000),
-                )
+            await self._refusal_record(r, model=model or "", path=path, stream=stream, began=began)
             raise
         provider = admission.provider
         key = provider_key(provider)
-        if stream and provider.api_style == ApiStyle.OPENAI and path.endswith("/chat/completions"):
+        if stream and provider.api_style == ApiStyle.OPENAI and endpoint == "/chat/completions":
             # Usage arrives in a last chunk only when asked for; SDKs handle that chunk.
             options = payload.get("stream_options")
             options = dict(options) if isinstance(options, dict) else {}
             if not options.get("include_usage"):
                 options["include_usage"] = True
                 payload["stream_options"] = options
-                body = json.dumps(payload).encode()
-        url = _upstream_url(provider.base_url, path)
+        # What the provider gets is what was checked (one `model`, however the JSON spelled it).
+        body = await _dumps(payload, size=request_size)
+        url = _upstream_url(provider.base_url, endpoint)
         out_headers = [(k, v) for k, v in headers if k.lower() not in _DROP_REQUEST]
         out_headers.append(("Accept-Encoding", "identity"))  # usage is read from plain bytes
         if provider.api_style == ApiStyle.ANTHROPIC:
@@ -349,14 +542,15 @@ class ModelGateway:
             model=model or "",
             path=path,
             stream=stream,
-            started_at=started_at,
+            started_at=began[1],
             input_per_mtok=provider.input_usd_per_mtok,
             output_per_mtok=provider.output_usd_per_mtok,
+            reserved=reserve,
         )
         assert self._client is not None
         try:
-            request = self._client.build_request(method, url, headers=out_headers, content=body)
-            response = await self._client.send(request, stream=True)
+            upstream = self._client.build_request("POST", url, headers=out_headers, content=body)
+            response = await self._client.send(upstream, stream=True)
         except httpx.HTTPError as e:
             where = urlsplit(provider.base_url).netloc
             message = (
@@ -368,7 +562,7 @@ class ModelGateway:
                 status_code=502,
                 outcome=CallOutcome.UNREACHABLE,
                 error=message,
-                latency_ms=int((time.monotonic() - began) * 1000),
+                latency_ms=int((time.monotonic() - began[0]) * 1000),
                 transcript=transcript_pack(
                     request=body, response=b"", response_size=0, masks=masks
                 ),
@@ -388,7 +582,7 @@ class ModelGateway:
             writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
             async for chunk in response.aiter_raw():
                 if first_byte_ms is None:
-                    first_byte_ms = int((time.monotonic() - began) * 1000)
+                    first_byte_ms = int((time.monotonic() - began[0]) * 1000)
                 reader.feed(chunk)
                 if not client_gone:
                     try:
@@ -406,14 +600,23 @@ class ModelGateway:
             writer.close()
         reader.finish()
         ok = 200 <= response.status_code < 300
+        tokens_in, tokens_out = reader.tokens_in, reader.tokens_out
+        # An answer that shows no usage is never free: the tokens are estimated from its bytes
+        # (and the request's), at most the request's max tokens out, and marked as estimated.
+        estimated = ok and not reader.found and endpoint not in FREE_ENDPOINTS
+        if estimated:
+            tokens_in, tokens_out = _usage_estimate(
+                request_size=len(body), response_size=reader.size, payload=payload
+            )
         task = asyncio.ensure_future(
             self._orm(
                 record,
                 status_code=response.status_code,
                 outcome=CallOutcome.OK if ok else CallOutcome.UPSTREAM_ERROR,
-                tokens_in=reader.tokens_in,
-                tokens_out=reader.tokens_out,
-                latency_ms=int((time.monotonic() - began) * 1000),
+                tokens_in=tokens_in,
+                tokens_out=tokens_out,
+                usage_estimated=estimated,
+                latency_ms=int((time.monotonic() - began[0]) * 1000),
                 first_byte_ms=first_byte_ms,
                 error=client_gone,
                 transcript=transcript_pack(
@@ -421,6 +624,7 @@ class ModelGateway:
                     response=bytes(reader.kept),
                     response_size=reader.size,
                     masks=masks,
+                    usage_estimated=estimated,
                 ),
             )
         )

@@ -14,12 +14,12 @@ from datetime import timedelta
 from decimal import Decimal
 
 from django.db import connection, transaction
-from django.db.models import F, Q, Sum
+from django.db.models import F, Max, Q
 from django.utils import timezone
 
 from agents.models import CallOutcome, Exhausted, ModelCall, ModelGrant, ModelProvider
 from agents.prices import call_cost
-from agents.providers import provider_get
+from agents.providers import ENDPOINTS, provider_get
 from audit.record import audit_hmac, audit_record
 from core.errors import Invalid
 from sandboxes.egress.sandbox import sandbox_key_for
@@ -213,15 +213,13 @@ def _count_without_flush() -> None:
         _async_commit.raw = connection.connection
 
 
-def call_admit(
-    *, token: str, model: str | None, fast_commit: bool = False, caller: str | None = None
-) -> Admission:
-    """Check the token, the caller, the model and the budgets; count the call. Raises Refusal.
+def call_authenticate(*, token: str, caller: str | None, method: str, endpoint: str) -> ModelGrant:
+    """Check the token, the caller and the endpoint: all the gateway knows before it reads a
+    request's body. Raises Refusal.
 
     `caller`: the calling sandbox's key as the egress proxy named it (None when the call did
     not come through the proxy); a token given to a sandbox works only from that sandbox.
-
-    `fast_commit`: the caller's thread only admits calls (the gateway's admission pool)."""
+    `endpoint`: the request's normalised path after the base URL (`/chat/completions`)."""
     if not token:
         raise Refusal(401, "missing_token", "Convoy gateway: no API key (token) was sent")
     grant = _grant_load(token_hash(token))
@@ -233,8 +231,59 @@ def call_admit(
         raise Refusal(
             403, "wrong_sandbox", "Convoy gateway: this token belongs to another sandbox", grant
         )
+    allowed = ENDPOINTS.get(grant.provider.api_style, frozenset())
+    if method != "POST" or endpoint not in allowed:
+        raise Refusal(
+            403,
+            "endpoint_not_allowed",
+            f"Convoy gateway: {method} /v1{endpoint} is not a model call this token may make "
+            f"(allowed: {', '.join(f'POST /v1{e}' for e in sorted(allowed))})",
+            grant,
+        )
+    return grant
+
+
+def call_reservation(*, grant: ModelGrant, request_bytes: int, max_tokens: int | None) -> Decimal:
+    """What a call may cost, held against the campaign's budget while it runs (calls of other
+    variants in flight would otherwise all be admitted against the same old total): the
+    request's size as input tokens (about 4 bytes each) and its max tokens (else
+    RESERVE_OUTPUT_TOKENS) as output, or the grant's dearest call so far if more."""
+    if grant.campaign_budget_usd is None:
+        return Decimal(0)
     provider = grant.provider
-    if model != grant.model and model not in (provider.allowed_models or []):
+    estimate = call_cost(
+        tokens_in=request_bytes // 4,
+        tokens_out=max_tokens or RESERVE_OUTPUT_TOKENS,
+        input_per_mtok=provider.input_usd_per_mtok,
+        output_per_mtok=provider.output_usd_per_mtok,
+    )
+    dearest = ModelCall.objects.filter(grant_id=grant.pk).aggregate(m=Max("cost_usd"))["m"]
+    return max(estimate, dearest or Decimal(0))
+
+
+RESERVE_OUTPUT_TOKENS = 8192
+
+
+def call_admit(
+    *,
+    token: str,
+    model: str | None,
+    method: str,
+    endpoint: str,
+    reserve: Decimal = Decimal(0),
+    fast_commit: bool = False,
+    caller: str | None = None,
+) -> Admission:
+    """Check the token, the caller, the endpoint, the model and the budgets; count the call and
+    hold `reserve` (call_reservation) on the grant's spend until call_record settles it.
+    Raises Refusal.
+
+    `fast_commit`: the caller's thread only admits calls (the gateway's admission pool)."""
+    grant = call_authenticate(token=token, caller=caller, method=method, endpoint=endpoint)
+    provider = grant.provider
+    # Exactly the variant's model: another of the provider's models may cost far more (and
+    # would be priced as this one).
+    if model != grant.model:
         raise Refusal(
             403,
             "model_not_allowed",
@@ -242,27 +291,39 @@ def call_admit(
             f"(granted: {grant.model!r})",
             grant,
         )
-    if grant.campaign_budget_usd is not None:
-        spent = ModelCall.objects.filter(campaign_id=grant.campaign_id).aggregate(
-            s=Sum("cost_usd")
-        )["s"] or Decimal(0)
-        if spent >= grant.campaign_budget_usd:
-            ModelGrant.objects.filter(pk=grant.pk).update(exhausted=Exhausted.CAMPAIGN)
-            raise Refusal(
-                429,
-                "budget_exhausted",
-                f"Convoy gateway: budget exhausted: the campaign's model budget "
-                f"(${grant.campaign_budget_usd:.2f}) is spent (${spent:.6f})",
-                grant,
-            )
     if fast_commit:
         _count_without_flush()
-    counted = (
-        ModelGrant.objects.filter(pk=grant.pk, revoked_at=None)
-        .filter(Q(max_calls=None) | Q(calls__lt=F("max_calls")))
-        .filter(Q(budget_usd=None) | Q(spent_usd__lt=F("budget_usd")))
-        .update(calls=F("calls") + 1)
-    )
+    campaign_spent = None
+    with transaction.atomic():
+        if grant.campaign_budget_usd is not None:
+            # The campaign's grants, locked in one order: admissions of its variants take
+            # turns, and each sees the others' calls in flight (their reservations).
+            spends = (
+                ModelGrant.objects.select_for_update()
+                .filter(campaign_id=grant.campaign_id)
+                .order_by("pk")
+                .values_list("spent_usd", flat=True)
+            )
+            spent = sum(spends, Decimal(0))
+            if spent >= grant.campaign_budget_usd:
+                campaign_spent = spent
+        if campaign_spent is None:
+            counted = (
+                ModelGrant.objects.filter(pk=grant.pk, revoked_at=None)
+                .filter(Q(max_calls=None) | Q(calls__lt=F("max_calls")))
+                .filter(Q(budget_usd=None) | Q(spent_usd__lt=F("budget_usd")))
+                .update(calls=F("calls") + 1, spent_usd=F("spent_usd") + reserve)
+            )
+    if campaign_spent is not None:
+        ModelGrant.objects.filter(pk=grant.pk).update(exhausted=Exhausted.CAMPAIGN)
+        raise Refusal(
+            429,
+            "budget_exhausted",
+            f"Convoy gateway: budget exhausted: the campaign's model budget "
+            f"(${grant.campaign_budget_usd:.2f}) is spent or held by calls in flight "
+            f"(${campaign_spent:.6f})",
+            grant,
+        )
     if not counted:
         fresh = ModelGrant.objects.get(pk=grant.pk)
         fresh.provider = provider  # kept loaded: the gateway records the refusal with it
@@ -304,8 +365,12 @@ def call_record(
     started_at=None,
     input_per_mtok: Decimal = Decimal(0),
     output_per_mtok: Decimal = Decimal(0),
+    reserved: Decimal = Decimal(0),
+    usage_estimated: bool = False,
 ) -> ModelCall:
-    """One call's row, its cost on the grant, and its audit event, in one transaction."""
+    """One call's row, its cost on the grant (settling what call_admit reserved), and its audit
+    event, in one transaction. `usage_estimated`: the answer showed no usage; the tokens are
+    the gateway's estimate (the audit event and the transcript say so)."""
     cost = call_cost(
         tokens_in=tokens_in,
         tokens_out=tokens_out,
@@ -337,7 +402,7 @@ def call_record(
             started_at=started_at or timezone.now(),
         )
         updates = {
-            "spent_usd": F("spent_usd") + cost,
+            "spent_usd": F("spent_usd") + cost - reserved,
             "tokens_in": F("tokens_in") + tokens_in,
             "tokens_out": F("tokens_out") + tokens_out,
         }
@@ -365,6 +430,7 @@ def call_record(
                 "tokens_in": tokens_in,
                 "tokens_out": tokens_out,
                 "cost_usd": str(cost),
+                "usage_estimated": usage_estimated,
                 "latency_ms": latency_ms,
                 "first_byte_ms": first_byte_ms,
                 # The transcript itself is the variant's (JSON Lines download); this binds it.

@@ -18,7 +18,19 @@ from core.crypto import secrets_fernet
 from core.errors import Conflict, Invalid, NotFound
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,99}$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# The key goes into a request header: printable ASCII only (no CR/LF, NUL or lone surrogates).
+KEY_RE = re.compile(r"[\x21-\x7e]+\Z")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+# The calls a token may make, per API style: POST to the inference endpoints (paths after the
+# base URL, which holds /v1). Anything else with the provider's key (GET stored completions,
+# files, batches that run other models, DELETE) would reach other campaigns' data or spend
+# outside the budget.
+ENDPOINTS = {
+    ApiStyle.OPENAI: frozenset({"/chat/completions", "/responses"}),
+    ApiStyle.ANTHROPIC: frozenset({"/messages", "/messages/count_tokens"}),
+}
+# Answers without usage that cost nothing (no usage is estimated for them).
+FREE_ENDPOINTS = frozenset({"/messages/count_tokens"})
 CAPABILITY = "secret_manage"  # providers hold keys: the same people who manage secrets
 
 
@@ -32,6 +44,46 @@ def _price(value, field: str) -> Decimal | None:
     if not price.is_finite() or price < 0 or price > 100_000:
         raise Invalid("must be between 0 and 100000 USD per million tokens", field=field)
     return price
+
+
+def _base_url_check(base_url: str):
+    """The split base URL; Invalid(field="base_url") for anything but an http(s) URL with a
+    host and, if given, a port from 1 to 65535 (urlsplit and .port raise on some inputs)."""
+    if not isinstance(base_url, str) or _CONTROL.search(base_url):
+        raise Invalid("control characters are not allowed", field="base_url")
+    try:
+        url = urlsplit(base_url)
+        port = url.port
+    except ValueError:
+        url, port = None, 0
+    if url is None or url.scheme not in ("http", "https") or not url.hostname or port == 0:
+        raise Invalid(
+            "an http(s) URL with a host and a port from 1 to 65535, "
+            "such as https://api.openai.com/v1",
+            field="base_url",
+        )
+    return url
+
+
+def _models_check(allowed_models) -> list[str]:
+    models = []
+    for i, m in enumerate(allowed_models or []):
+        if not isinstance(m, str) or _CONTROL.search(m):
+            raise Invalid(
+                "model names are text without control characters", field=f"allowed_models[{i}]"
+            )
+        if len(m.strip()) > 200:
+            raise Invalid("a model name is at most 200 characters", field=f"allowed_models[{i}]")
+        if m.strip():
+            models.append(m.strip())
+    return models
+
+
+def _address(url) -> tuple:
+    try:
+        return (url.scheme, url.hostname, url.port)
+    except ValueError:  # a port stored before ports were checked: never the same host
+        return (url.scheme, url.hostname, None, "bad port")
 
 
 def provider_set(
@@ -52,16 +104,10 @@ def provider_set(
         raise Invalid("use lowercase letters, digits and '-'", field="name")
     if api_style not in ApiStyle.values:
         raise Invalid(f"must be one of {', '.join(ApiStyle.values)}", field="api_style")
-    if _CONTROL.search(base_url or ""):
-        raise Invalid("control characters are not allowed", field="base_url")
-    if any(not isinstance(m, str) or _CONTROL.search(m) for m in allowed_models or []):
-        raise Invalid("model names are text without control characters", field="allowed_models")
-    url = urlsplit(base_url or "")
-    if url.scheme not in ("http", "https") or not url.hostname:
-        raise Invalid("an http(s) URL such as https://api.openai.com/v1", field="base_url")
-    models = [m.strip() for m in (allowed_models or []) if m and m.strip()]
-    if any(len(m) > 200 for m in models):
-        raise Invalid("a model name is at most 200 characters", field="allowed_models")
+    url = _base_url_check(base_url)
+    models = _models_check(allowed_models)
+    if key is not None and key != "" and not KEY_RE.match(key):
+        raise Invalid("an API key is printable ASCII without spaces", field="key")
     prices = [
         _price(input_usd_per_mtok, "input_usd_per_mtok"),
         _price(output_usd_per_mtok, "output_usd_per_mtok"),
@@ -87,12 +133,7 @@ def provider_set(
             changes = {
                 k: [getattr(provider, k), v] for k, v in fields.items() if getattr(provider, k) != v
             }
-            before = urlsplit(provider.base_url)
-            moved = (before.scheme, before.hostname, before.port) != (
-                url.scheme,
-                url.hostname,
-                url.port,
-            )
+            moved = _address(urlsplit(provider.base_url)) != _address(url)
             if moved and not key:  # the stored key would go to the new host
                 raise Invalid(
                     "give the key again: the stored one is not sent to a new host", field="key"

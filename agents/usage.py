@@ -4,6 +4,7 @@ call's transcript (compressed, secret values masked)."""
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from collections.abc import Iterable
 
@@ -11,6 +12,11 @@ from core.secret_forms import SecretScanner
 
 TRANSCRIPT_CAP = 2 * 1024 * 1024  # bytes of response kept per call; the rest is counted only
 MASK = "[masked]"
+# Bytes of a large answer's end kept to find its usage (providers put it last).
+TAIL_KEEP = 256 * 1024
+# A `"usage": {` key in raw JSON. Inside a JSON string the quotes would be escaped (\"usage\"),
+# so what the model wrote cannot pass for it.
+_USAGE_KEY = re.compile(rb'"usage"\s*:\s*(?=\{)')
 
 
 def _usage_of(event: dict) -> dict | None:
@@ -46,7 +52,9 @@ class UsageReader:
         self.tokens_out = 0
         self.size = 0
         self.kept = bytearray()
+        self.found = False  # a usage object was read (else the gateway estimates the tokens)
         self._line = bytearray()
+        self._tail = bytearray()
 
     def feed(self, chunk: bytes) -> None:
         self.size += len(chunk)
@@ -54,6 +62,9 @@ class UsageReader:
         if room > 0:
             self.kept += chunk[:room]
         if not self.stream:
+            if self.size > TRANSCRIPT_CAP:
+                self._tail += chunk
+                del self._tail[:-TAIL_KEEP]
             return
         self._line += chunk
         if b"\n" not in chunk:
@@ -70,6 +81,11 @@ class UsageReader:
                 self._take(bytes(self._line[5:]))
         elif self.size <= TRANSCRIPT_CAP:
             self._take(bytes(self.kept))
+        else:
+            # Too large to keep whole (logprobs, n choices): the usage objects in its first
+            # and last bytes, read where they stand.
+            for part in (self.kept, self._tail):
+                self._scan(bytes(part))
 
     def _take(self, data: bytes) -> None:
         try:
@@ -78,9 +94,25 @@ class UsageReader:
             return
         usage = _usage_of(event) if isinstance(event, dict) else None
         if usage:
-            tokens_in, tokens_out = _tokens(usage)
-            self.tokens_in = max(self.tokens_in, tokens_in)
-            self.tokens_out = max(self.tokens_out, tokens_out)
+            self._count(usage)
+
+    def _scan(self, data: bytes) -> None:
+        decoder = json.JSONDecoder()
+        for match in _USAGE_KEY.finditer(data):
+            text = data[match.end() : match.end() + 64 * 1024].decode("utf-8", errors="replace")
+            try:
+                usage, _end = decoder.raw_decode(text)
+            except ValueError:
+                continue
+            if isinstance(usage, dict):
+                self._count(usage)
+
+    def _count(self, usage: dict) -> None:
+        tokens_in, tokens_out = _tokens(usage)
+        if tokens_in or tokens_out:
+            self.found = True
+        self.tokens_in = max(self.tokens_in, tokens_in)
+        self.tokens_out = max(self.tokens_out, tokens_out)
 
 
 def _decoded(data: bytes):
@@ -92,14 +124,22 @@ def _decoded(data: bytes):
 
 
 def transcript_pack(
-    *, request: bytes, response: bytes, response_size: int, masks: Iterable[str]
+    *,
+    request: bytes,
+    response: bytes,
+    response_size: int,
+    masks: Iterable[str],
+    usage_estimated: bool = False,
 ) -> bytes:
-    """One call's transcript: JSON {request, response, response_bytes}, masked, zlib'd."""
+    """One call's transcript: JSON {request, response, response_bytes}, masked, zlib'd;
+    `usage_estimated` when the answer showed no usage and the gateway estimated it."""
     record = {
         "request": _decoded(request),
         "response": _decoded(response),
         "response_bytes": response_size,
     }
+    if usage_estimated:
+        record["usage_estimated"] = True
     if response_size > len(response):
         record["response_truncated"] = True
     text = json.dumps(record, ensure_ascii=False)

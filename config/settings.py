@@ -44,6 +44,7 @@ KNOWN_CONVOY_VARS = {
     "CONVOY_EGRESS_HOST_ADDRESSES",
     "CONVOY_EGRESS_HOST_PROXY_BY_NAME",
     "CONVOY_SANDBOX_SIM",
+    "CONVOY_GATEWAY_BODY_MB",
 }
 SANDBOX_BACKENDS = ("gvisor", "bwrap", "modal", "e2b", "daytona", "process")
 
@@ -280,6 +281,8 @@ CELERY_BEAT_SCHEDULE["review-changesets-refresh"] = {
 # Task modules that are not an app's tasks.py (autodiscovery finds only those).
 CELERY_IMPORTS = ["review.tasks"]
 CONVOY_WORKER_CONCURRENCY = envint("CONVOY_WORKER_CONCURRENCY", 4, minimum=1)
+# The largest request body the model gateway reads from a sandbox (a model call's prompt).
+GATEWAY_BODY_MB = envint("CONVOY_GATEWAY_BODY_MB", 8, minimum=1)
 # A test-only hook (config.embedded): the embedded beat thread dies right after it starts.
 TEST_CRASH_BEAT = envbool("CONVOY_TEST_CRASH_BEAT", False)
 if TEST_CRASH_BEAT and not TESTING:

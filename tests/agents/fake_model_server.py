@@ -45,8 +45,10 @@ class FakeModelServer:
         script: Callable[[dict], str | dict] = default_script,
         chunk_delay_s: float = 0.0,
         first_token_delay_s: float = 0.0,
+        usage: bool = True,
     ) -> None:
         self.script = script
+        self.usage = usage  # False: answers carry no usage (as some compatible servers do)
         self.chunk_delay_s = chunk_delay_s
         self.first_token_delay_s = first_token_delay_s
         self.requests: list[dict] = []
@@ -117,6 +119,8 @@ class FakeModelServer:
                         ],
                         "usage": {**USAGE, "total_tokens": 150},
                     }
+                if not server.usage:
+                    data.pop("usage")
                 out = json.dumps(data).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -161,13 +165,14 @@ class FakeModelServer:
                                 "choices": [{"index": 0, "delta": {"content": piece}}],
                             }
                         )
-                if anthropic:
+                if anthropic and server.usage:
                     self._event(
                         {"type": "message_delta", "usage": {"output_tokens": 30}}, "message_delta"
                     )
+                if anthropic:
                     self._event({"type": "message_stop"}, "message_stop")
                 else:
-                    if (body.get("stream_options") or {}).get("include_usage"):
+                    if server.usage and (body.get("stream_options") or {}).get("include_usage"):
                         self._event({"id": "chatcmpl-fake", "choices": [], "usage": USAGE})
                     self.wfile.write(b"e\r\ndata: [DONE]\n\n\r\n")
                 self.wfile.write(b"0\r\n\r\n")

@@ -4,6 +4,8 @@ import json
 import socket
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 
 import pytest
 from django.conf import settings
@@ -41,7 +43,7 @@ def _provider(admin, base_url, **kw):
         api_style=kw.pop("api_style", "openai"),
         base_url=base_url,
         key=REAL_KEY,
-        allowed_models=["fake-model"],
+        allowed_models=kw.pop("allowed_models", ["fake-model"]),
         input_usd_per_mtok="1000",
         output_usd_per_mtok="2000",
         actor=admin,
@@ -259,3 +261,176 @@ def test_a_request_path_cannot_send_the_key_to_another_host(admin_user, fake, ga
             other.accept()
     finally:
         other.close()
+
+
+def _raw(gateway, method, path, token, body=b"", *, length=None, timeout=30):
+    """One request as bytes (any method and path, as a sandbox could send it); the answer's
+    status and body."""
+    if isinstance(body, dict):
+        body = json.dumps(body).encode()
+    length = len(body) if length is None else length
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: gateway.convoy.internal\r\n"
+        + (f"Authorization: Bearer {token}\r\n" if token else "")
+        + f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", gateway.tcp_port), timeout=timeout) as conn:
+        conn.sendall(head + body)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+@pytest.mark.parametrize(
+    ("style", "method", "path"),
+    [
+        ("openai", "GET", "/v1/chat/completions"),  # lists stored completions of every campaign
+        ("openai", "GET", "/v1/chat/complet%69ons"),
+        ("openai", "DELETE", "/v1/files/file-of-another-campaign"),
+        ("openai", "POST", "/v1/files"),
+        ("openai", "POST", "/v1/%2e%2e/v1/batches"),
+        ("anthropic", "POST", "/v1/messages/batches"),  # runs other models, costs nothing here
+        ("anthropic", "POST", "/v1/messages/./batches"),
+        ("anthropic", "POST", "/v1/chat/completions"),  # another style's endpoint
+    ],
+)
+def test_only_posts_to_inference_endpoints_reach_the_provider(
+    admin_user, fake, gateway, style, method, path
+):
+    """The gateway forwarded any method and path with the provider's key: other campaigns'
+    stored prompts were readable and batches ran at no cost. Now those are refused (403, a
+    refusal recorded and audited) and the provider sees nothing."""
+    _provider(admin_user, fake.base_url, api_style=style)
+    _grant_row, token = _grant()
+    status, data = _raw(gateway, method, path, token, {"model": "fake-model", "requests": []})
+    assert status == 403, data
+    error = json.loads(data)["error"]
+    assert error["type"] == "endpoint_not_allowed" and "not a model call" in error["message"]
+    assert fake.requests == []
+    wait_for(
+        lambda: ModelCall.objects.filter(outcome=CallOutcome.REFUSED).exists(),
+        timeout=10,
+        what="the refusal's record",
+    )
+    event = AuditEvent.objects.get(action="agents.model.called")
+    assert json.loads(event.body)["payload"]["status"] == 403
+
+
+def test_a_percent_encoded_path_is_the_endpoint_it_names(admin_user, fake, gateway):
+    """`/v1/chat/complet%69ons` is checked, sent and counted as /chat/completions: before, it
+    went through as it was, without the usage chunk asked for, so it cost nothing."""
+    _provider(admin_user, fake.base_url)
+    _grant_row, token = _grant()
+    body = {"model": "fake-model", "messages": [], "stream": True}
+    status, _data = _raw(gateway, "POST", "/v1/chat//complet%69ons", token, body)
+    assert status == 200
+    seen = fake.requests[-1]
+    assert seen["path"] == "/v1/chat/completions"
+    assert seen["body"]["stream_options"] == {"include_usage": True}
+    wait_for(lambda: ModelCall.objects.exists(), timeout=10, what="the call's record")
+    call = ModelCall.objects.get()
+    assert (call.tokens_in, call.tokens_out) == (USAGE["prompt_tokens"], USAGE["completion_tokens"])
+
+
+def test_another_of_the_providers_models_is_refused(admin_user, fake, gateway):
+    """A token works for its variant's model only (it worked for any of the provider's
+    allowed models, priced as the granted one)."""
+    _provider(admin_user, fake.base_url, allowed_models=["fake-model", "dear-model"])
+    _grant_row, token = _grant()
+    status, data = _post(gateway, "/v1/chat/completions", token, {"model": "dear-model"})
+    assert status == 403 and "not granted" in json.loads(data)["error"]["message"]
+    # Nor with the model twice in the JSON: the provider gets the body that was checked.
+    raw = b'{"model": "dear-model", "model": "fake-model", "messages": []}'
+    status, _data = _raw(gateway, "POST", "/v1/chat/completions", token, raw)
+    assert status == 200
+    assert [r["body"]["model"] for r in fake.requests] == ["fake-model"]
+
+
+def test_a_large_answers_usage_is_counted(admin_user, gateway):
+    """An answer over 2 MiB (logprobs, n) was never read for usage and cost nothing."""
+    with FakeModelServer(script=lambda request: "x" * (3 * 1024 * 1024)) as server:
+        _provider(admin_user, server.base_url)
+        _grant_row, token = _grant()
+        status, data = _post(gateway, "/v1/chat/completions", token, {"model": "fake-model"})
+    assert status == 200 and len(data) > 3 * 1024 * 1024
+    call = ModelCall.objects.get()
+    assert (call.tokens_in, call.tokens_out) == (120, 30)
+    assert str(call.cost_usd) == "0.180000"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_answer_without_usage_is_charged_an_estimate(admin_user, gateway, stream):
+    with FakeModelServer(usage=False) as server:
+        _provider(admin_user, server.base_url)
+        grant, token = _grant()
+        body = {"model": "fake-model", "messages": [], "stream": stream}
+        assert _post(gateway, "/v1/chat/completions", token, body)[0] == 200
+    call = ModelCall.objects.get()
+    assert call.tokens_in > 0 and call.tokens_out > 0 and call.cost_usd > 0
+    grant.refresh_from_db()
+    assert grant.spent_usd == call.cost_usd
+    assert variant_transcript(variant_id=9)[0]["usage_estimated"] is True
+    event = json.loads(AuditEvent.objects.get(action="agents.model.called").body)
+    assert event["payload"]["usage_estimated"] is True
+
+
+def test_a_request_without_a_valid_token_is_refused_before_its_body_is_read(
+    admin_user, fake, gateway
+):
+    """The gateway read and parsed up to 32 MiB before looking at the token. Now a request
+    without a valid token is answered at once: here the body is announced and never sent."""
+    _provider(admin_user, fake.base_url)
+    for token in ("", "convoy-gw-forged"):
+        status, data = _raw(
+            gateway, "POST", "/v1/chat/completions", token, length=5_000_000, timeout=5
+        )
+        assert status == 401, data
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(admin_user, fake, gateway):
+    _provider(admin_user, fake.base_url)
+    _grant_row, token = _grant()
+    status, data = _raw(
+        gateway, "POST", "/v1/chat/completions", token, length=20 * 1024 * 1024, timeout=5
+    )
+    assert status == 400 and b"request body over" in data
+
+
+def _parallel(n, fn):
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(lambda i: fn(i), range(n)))
+
+
+def test_parallel_calls_do_not_overrun_the_budget(admin_user, gateway):
+    """budget_usd was checked against the spend of finished calls only: 10 calls at once were
+    all admitted ($1.80 against $0.25). Now a budgeted token's calls take turns, so only the
+    call that crosses the budget completes."""
+    with FakeModelServer(first_token_delay_s=0.3) as server:
+        _provider(admin_user, server.base_url)
+        grant, token = _grant(budget_usd=0.25)
+        body = {"model": "fake-model", "messages": [], "stream": True}
+        statuses = _parallel(
+            10, lambda i: _raw(gateway, "POST", "/v1/chat/completions", token, body)[0]
+        )
+    assert statuses.count(200) == 2 and statuses.count(429) == 8, statuses
+    wait_for(lambda: ModelCall.objects.count() == 10, timeout=20, what="the records")
+    grant.refresh_from_db()
+    assert str(grant.spent_usd) == "0.360000"  # $0.18 a call: the second one crossed
+
+
+def test_parallel_calls_of_a_campaigns_variants_do_not_overrun_its_budget(admin_user, gateway):
+    """The campaign's budget was checked against finished calls only; each call now holds
+    its worst case (max_tokens out) against it until it ends."""
+    with FakeModelServer(first_token_delay_s=0.3) as server:
+        _provider(admin_user, server.base_url)
+        tokens = [_grant(variant_id=v, campaign_budget_usd=0.25)[1] for v in range(20, 26)]
+        body = {"model": "fake-model", "messages": [], "stream": True, "max_tokens": 100}
+        statuses = _parallel(
+            6, lambda i: _raw(gateway, "POST", "/v1/chat/completions", tokens[i], body)[0]
+        )
+    assert statuses.count(200) <= 2 and statuses.count(429) >= 4, statuses
+    wait_for(lambda: ModelCall.objects.count() == 6, timeout=20, what="the records")
+    spent = sum(g.spent_usd for g in ModelGrant.objects.filter(campaign_id=7))
+    assert spent == sum(c.cost_usd for c in ModelCall.objects.all()) <= Decimal("0.36")

@@ -125,6 +125,65 @@ def test_provider_api_stores_lists_and_deletes_without_echoing_the_key(client, a
     assert client.delete("/api/v1/agents/providers/anthropic", **auth).status_code == 404
 
 
+_GOOD = {
+    "name": "anthropic",
+    "api_style": "anthropic",
+    "base_url": "https://models.example/v1",
+    "key": KEY,
+    "allowed_models": ["claude-sonnet-4-5"],
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"base_url": "https://[::1"}, "base_url"),
+        ({"base_url": "https://a.com:99999/v1"}, "base_url"),
+        ({"base_url": "https://a.com:abc/v1"}, "base_url"),
+        ({"base_url": "https://a.com:0/v1"}, "base_url"),
+        ({"base_url": "https://a.com/v1\ud800"}, "base_url"),
+        ({"key": "sk-\u0000x"}, "key"),
+        ({"key": "sk-\ud800"}, "key"),
+        ({"key": "sk-a\r\nX-Other: 1"}, "key"),
+        ({"allowed_models": ["ok", "bad\u0000"]}, "allowed_models[1]"),
+        ({"allowed_models": ["\ud800"]}, "allowed_models[0]"),
+    ],
+)
+def test_a_bad_provider_url_key_or_model_is_a_422_naming_the_field(
+    client, admin_user, change, field
+):
+    """These were 500s (urlsplit's and .port's ValueError, a surrogate the database cannot
+    store) or were stored (a port past 65535, a NUL in a key or a model name)."""
+    auth = _bearer(admin_user)
+    body = json.dumps({**_GOOD, **change})  # escapes \ud800 and NUL as JSON does
+    response = client.post(
+        "/api/v1/agents/providers", body, content_type="application/json", **auth
+    )
+    assert response.status_code == 422, response.content
+    assert response.json()["errors"][0]["field"] == field
+    assert not ModelProvider.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "base_url", ["https://models.example:99999/v1", "https://models.example:abc/v1"]
+)
+def test_updating_a_provider_to_a_bad_port_is_a_422(client, admin_user, base_url):
+    auth = _bearer(admin_user)
+    created = client.post(
+        "/api/v1/agents/providers", json.dumps(_GOOD), content_type="application/json", **auth
+    )
+    assert created.status_code == 201
+    response = client.post(
+        "/api/v1/agents/providers",
+        json.dumps({**_GOOD, "base_url": base_url, "key": None}),
+        content_type="application/json",
+        **auth,
+    )
+    assert response.status_code == 422, response.content
+    assert response.json()["errors"][0]["field"] == "base_url"
+    assert ModelProvider.objects.get(name="anthropic").base_url == _GOOD["base_url"]
+
+
 def test_provider_command_reads_the_key_from_the_environment(admin_user, monkeypatch):
     monkeypatch.setenv("TEST_PROVIDER_KEY", KEY)
     out = io.StringIO()
