@@ -4,24 +4,22 @@ themselves (Capability.IMAGE_SPEC: Modal, Daytona, E2B) get the normalised spec 
 local build.
 
 The pipeline calls `run_environment_prepare` once per run, gives `run_excludes_text` to each
-checkout (written as the checkout's `.git/info/exclude`) and calls `diff_limit_check` on each
-diff; `image_keys_in_use` is what prune keeps.
+checkout (written as the checkout's `.git/info/exclude`) and reads each diff with `diff_read`
+(strictly, with its size limit); `image_keys_in_use` is what prune keeps.
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import logging
-import re
 import time
-import zlib
 
 from campaigns.models import Campaign, CampaignState, RepoRun, RunState
 from campaigns.secret_grants import secret_value_for_campaign
 from campaigns.states import RunFailed
 from core.errors import Conflict, Invalid, PermissionDenied, Unavailable
+from core.patches import PatchError, PatchFile, PatchTooLarge, patch_read
 from sandboxes.backends.base import Capability, SandboxError, SandboxSpec
 from sandboxes.backends.images import HOME_DIR, HOME_IN_WORKSPACE
 from sandboxes.images.build import manifest_read
@@ -176,64 +174,48 @@ def diff_cap_bytes(spec: dict) -> int:
     return diff_max_bytes(spec) + STEP_OUTPUT_ROOM
 
 
-def diff_limit_check(spec: dict, patch: bytes, truncated: bool) -> None:
-    """RunFailed (the variant fails with this message) for a diff over `limits.max_diff_mb`.
+def diff_read(spec: dict, patch: bytes, truncated: bool = False) -> list[PatchFile]:
+    """The files of a variant's patch, read strictly on the host (`core.patches`): RunFailed
+    (the variant fails with this message) for a patch git would read otherwise than shown, or
+    one over `limits.max_diff_mb`.
 
     A binary file counts at its full size, not at its compressed size in the patch: zeros
-    compress about 1,000 to 1, and publishing inflates every one of them on the host."""
+    compress about 1,000 to 1, and publishing inflates every one of them on the host. The sizes
+    come from the decoded data, never from a header the transform could bend."""
     limit = diff_max_bytes(spec)
-    size = len(patch) + binary_patch_bytes(patch)
-    if truncated or size > limit:
-        more = "more than " if truncated else ""
-        raise RunFailed(
-            f"the diff is {more}{size / MB:.1f} MB, over limits.max_diff_mb "
-            f"({limit // MB} MB): exclude generated files with diff.exclude or write them "
-            f"under {HOME_DIR}"
-        )
-
-
-_BINARY_HUNK = re.compile(rb"^GIT binary patch\n(literal|delta) (\d+)\n((?:[A-Za-z]\S*\n)*)", re.M)
-
-
-def binary_patch_bytes(patch: bytes) -> int:
-    """What the binary files of a git patch come to once applied: for a `literal`, the size
-    its header states (git allocates it, and refuses data that does not inflate to it); for a
-    `delta`, the result size the delta's own header states (read from its first bytes)."""
-    total = 0
-    for kind, size, body in _BINARY_HUNK.findall(patch):
-        if kind == b"literal":
-            total += int(size)
-            continue
-        data = b"".join(_base85_line(line) for line in body.splitlines()[:2])
-        try:
-            head = zlib.decompressobj().decompress(data, 32)
-        except zlib.error:
-            continue  # git refuses it as well
-        _source, at = _varint(head, 0)
-        result, _ = _varint(head, at)
-        total += result
-    return total
-
-
-def _base85_line(line: bytes) -> bytes:
-    """One line of git's base85: a length character (A-Z 1-26, a-z 27-52), then the data."""
-    count = line[0] - 64 if line[0] <= ord("Z") else line[0] - 96 + 26
+    if truncated:
+        raise _over_limit(len(patch), limit, more=True)
     try:
-        return base64.b85decode(line[1:])[:count]
-    except ValueError:
-        return b""
+        files = patch_read(patch, inflate_cap=limit)
+    except PatchTooLarge:
+        raise _over_limit(limit + 1, limit, more=True) from None
+    except PatchError as exc:
+        raise RunFailed(f"the diff could not be read: {exc.message}") from None
+    size = len(patch) + sum(f.forward.result_size for f in files if f.forward)
+    if size > limit:
+        raise _over_limit(size, limit)
+    return files
 
 
-def _varint(data: bytes, at: int) -> tuple[int, int]:
-    value = shift = 0
-    while at < len(data):
-        byte = data[at]
-        at += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            break
-    return value, at
+def diff_limit_check(spec: dict, patch: bytes, truncated: bool) -> None:
+    """RunFailed for a diff over `limits.max_diff_mb` (or that cannot be read): `diff_read`."""
+    diff_read(spec, patch, truncated)
+
+
+def _over_limit(size: int, limit: int, *, more: bool = False) -> RunFailed:
+    return RunFailed(
+        f"the diff is {'more than ' if more else ''}{size / MB:.1f} MB, over limits.max_diff_mb "
+        f"({limit // MB} MB): exclude generated files with diff.exclude or write them "
+        f"under {HOME_DIR}"
+    )
+
+
+def binary_patch_bytes(patch: bytes, *, cap: int = 1024 * MB) -> int:
+    """What the binary files of a git patch come to once applied: a `literal`'s decoded size
+    (git refuses data that does not inflate to its header's), a `delta`'s result size (from the
+    delta's own header, which git checks). PatchError for a patch that cannot be read."""
+    files = patch_read(patch, inflate_cap=cap)
+    return sum(f.forward.result_size for f in files if f.forward)
 
 
 def image_keys_in_use() -> set[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import re
 import secrets as pysecrets
 import time
 from collections import deque
@@ -29,7 +28,7 @@ from campaigns.dispatch import (
 )
 from campaigns.environment import (
     diff_cap_bytes,
-    diff_limit_check,
+    diff_read,
     run_environment_prepare,
     run_excludes_text,
 )
@@ -272,9 +271,6 @@ def _prepare(
     return sandbox
 
 
-_NUMSTAT_RE = re.compile(r"^(-|\d+)\t(-|\d+)\t(.*)$")
-
-
 class StepFailed(Exception):
     def __init__(self, command, output: bytes) -> None:
         super().__init__("step failed")
@@ -284,9 +280,10 @@ class StepFailed(Exception):
 def _transform_and_diff(
     ctx: _Context, sandbox, step: dict, env: dict, *, last: bool
 ) -> tuple[bytes, dict]:
-    """Run the last transform step, then stage everything and read numstat and the binary-safe
-    patch, in one sandbox command. The step's own script is the command's last argument, so the
-    sandbox's command record shows it verbatim; it runs in a subshell of the wrapper (as
+    """Run the last transform step, then stage everything and read the binary-safe patch, in one
+    sandbox command; the file list and line counts come from reading that patch on the host.
+    The step's own script is the command's last argument, so the sandbox's command record
+    shows it verbatim; it runs in a subshell of the wrapper (as
     `bash -c` would run it, without starting another bash), with no positional parameters.
 
     Returns (the step's output, diff fields); raises StepFailed if the step failed.
@@ -302,14 +299,15 @@ def _transform_and_diff(
         "-c core.attributesFile=/dev/null -c core.bigFileThreshold=1g"
     )
     # After the step, git's stderr goes to a file so warnings cannot mix into the patch bytes.
-    # One `git diff` prints the numstat lines, an empty line, then the patch.
+    # Everything after the marker is taken as the patch and read strictly on the host: the step
+    # can print the marker itself, so no number or file list the sandbox prints is trusted.
     wrapper = (
         '( __convoy_step=$1; set --; eval "$__convoy_step" ); status=$?; '
         "if [ $status -ne 0 ]; then exit $status; fi; "
         "rm -f .git/info/attributes; "
         f"printf '\\n%s\\n' '{done}'; exec 2>/tmp/.convoy-git-stderr; "
         f"{{ {git} add -A . >/dev/null && "
-        f"{git} diff --cached --numstat --binary -p --no-color --no-ext-diff --no-textconv "
+        f"{git} diff --cached --binary -p --no-color --no-ext-diff --no-textconv "
         f"{base}; }} || {{ status=$?; cat /tmp/.convoy-git-stderr; exit $status; }}"
     )
     command, out = _exec(
@@ -324,7 +322,12 @@ def _transform_and_diff(
         log_stop_at=f"\n{done}\n".encode(),  # the log keeps the step's output, not the diff
     )
     stdout, stderr = out
-    step_out, sep, rest = stdout.partition(f"\n{done}\n".encode())
+    # The step can read the marker (it runs inside the wrapper's `bash -c`) and print it: the
+    # wrapper's own marker is the last one, since nothing of the step runs after it but what
+    # the step left in the background; whatever comes after is read strictly (`diff_read`).
+    step_out, sep, rest = stdout.rpartition(f"\n{done}\n".encode())
+    if not sep:
+        step_out = stdout
     step_out += stderr
     if not sep:
         if command.truncated:
@@ -332,18 +335,18 @@ def _transform_and_diff(
         raise StepFailed(command, step_out)
     if command.exit_code != 0 and not command.truncated:
         raise RunFailed(f"could not read the diff: {_tail(ctx, rest)}")
-    head, _, patch = rest.partition(b"\n\n")  # numstat lines are never empty
-    diffstat, plus, minus = [], 0, 0
-    for line in head.decode("utf-8", errors="replace").splitlines():
-        match = _NUMSTAT_RE.match(line)
-        if match:
-            added = int(match[1]) if match[1] != "-" else 0
-            deleted = int(match[2]) if match[2] != "-" else 0
-            diffstat.append(
-                {"path": match[3], "added": added, "deleted": deleted, "binary": match[1] == "-"}
-            )
-            plus, minus = plus + added, minus + deleted
-    diff_limit_check(ctx.spec, patch, bool(command.truncated))
+    patch = rest
+    files = diff_read(ctx.spec, patch, bool(command.truncated))
+    diffstat = [
+        {
+            "path": f"{f.old_path} => {f.new_path}" if f.old_path != f.new_path else f.path,
+            "added": f.added,
+            "deleted": f.removed,
+            "binary": f.binary,
+        }
+        for f in files
+    ]
+    plus, minus = sum(f.added for f in files), sum(f.removed for f in files)
     return step_out, {
         "patch": patch,
         "patch_truncated": bool(command.truncated),

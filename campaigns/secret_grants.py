@@ -22,6 +22,7 @@ from campaigns.secrets import secret_decrypt
 from campaigns.selectors import secret_manage_check
 from campaigns.states import RunFailed
 from core.errors import Conflict, Invalid, NotFound, PermissionDenied
+from core.patches import patch_binary_texts
 from core.secret_forms import SecretScanner
 
 
@@ -148,6 +149,10 @@ def secret_value_for_campaign(*, campaign_id: int, name: str) -> str:
 # --- secrets in diffs --------------------------------------------------------------------------
 
 
+# Stored patches were read within limits.max_diff_mb (at most 100 MB) when they were captured.
+SCAN_INFLATE_CAP = 128 * 1024 * 1024
+
+
 def variant_secret_scan(
     *, variant_id: int, campaign_id: int, patch: bytes, names: list[str] | None = None
 ) -> SecretLeak | None:
@@ -160,7 +165,11 @@ def variant_secret_scan(
     if not names:
         return None
     scanner = SecretScanner(secret_decrypt(names=names, missing_ok=True))
-    hits = scanner.find(bytes(patch).decode("utf-8", "replace"))
+    # Binary hunks are read decoded too: a repository's `.gitattributes` (or a forged patch)
+    # can send a source file as a base85 hunk that publishing applies all the same.
+    texts = [bytes(patch).decode("utf-8", "replace")]
+    texts += patch_binary_texts(bytes(patch), inflate_cap=SCAN_INFLATE_CAP)
+    hits = scanner.find("\n".join(texts))
     SecretLeak.objects.filter(variant_id=variant_id).delete()  # a rerun's diff replaces it
     if not hits:
         return None
@@ -242,6 +251,15 @@ def variant_patch_for_display(*, variant: Variant) -> bytes:
         return patch
     text = variant_diff_masked(variant=variant, text=patch.decode("utf-8", "replace"))
     return text.encode()
+
+
+def variant_display_mask(*, variant: Variant):
+    """The masking pages apply to text decoded out of the variant's patch (binary hunks carry
+    it base85-encoded, past `variant_patch_for_display`), or None when it was not flagged."""
+    leak = SecretLeak.objects.filter(variant_id=variant.pk).first()
+    if leak is None:
+        return None
+    return SecretScanner(secret_decrypt(names=leak.names, missing_ok=True)).mask
 
 
 def variant_diffs_for_display(*, variants: Iterable[Variant]) -> dict[int, str]:

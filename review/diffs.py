@@ -10,6 +10,7 @@ import difflib
 import hashlib
 import json
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -20,12 +21,22 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexers import TextLexer, get_lexer_for_filename
 from pygments.util import ClassNotFound
 
+from core.patches import (
+    PatchError,
+    patch_read,
+    path_strip_prefix,
+    path_unquote,
+    paths_from_git_line,
+)
+
 HUNK_RE = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@ ?(.*)$")
 # A file with more changed lines than this is shown collapsed and without highlighting.
 COLLAPSE_OVER = 400
 # Highlighting is per line; past this many lines in one diff the rest is plain text.
 HIGHLIGHT_LINE_BUDGET = 4000
 FILES_SHOWN = 200  # files drawn on a page; "show more" asks for more, the download has all
+# Binary data a page decodes at most (stored patches were read within limits.max_diff_mb).
+BINARY_INFLATE_CAP = 128 * 1024 * 1024
 
 
 @dataclass
@@ -95,33 +106,13 @@ def diff_text(diff: str | bytes | None) -> str:
     return diff
 
 
-def _unquote(path: str) -> str:
-    """Undo git's C-style quoting of unusual paths ("a/caf\\303\\251")."""
-    if len(path) >= 2 and path[0] == '"' and path[-1] == '"':
-        raw = path[1:-1].encode("latin-1", errors="replace").decode("unicode_escape")
-        return raw.encode("latin-1", errors="replace").decode("utf-8", errors="replace")
-    return path
-
-
-def _strip_prefix(path: str) -> str:
-    path = _unquote(path.split("\t", 1)[0])
-    if path.startswith(("a/", "b/")):
-        return path[2:]
-    return path
-
-
-def _paths_from_git_line(line: str) -> tuple[str, str]:
-    rest = line[len("diff --git ") :]
-    if rest.startswith('"'):
-        end = rest.index('"', 1) + 1
-        return _strip_prefix(rest[:end]), _strip_prefix(rest[end:].strip())
-    # "a/x b/x": the two halves are equal for everything but renames, which name both paths
-    # again in "rename from/to" lines.
-    half = len(rest) // 2
-    if rest[:half] == "a/" + rest[half + 3 :] and rest[half : half + 3] == " b/":
-        return rest[2:half], rest[half + 3 :]
-    left, _, right = rest.partition(" b/")
-    return _strip_prefix(left), right
+_unquote = path_unquote
+_strip_prefix = path_strip_prefix
+_paths_from_git_line = paths_from_git_line
+# What may follow `GIT binary patch` in a file's section: hunk headers, base85 lines, blanks.
+_BINARY_DATA_RE = re.compile(
+    r"^(?:(?:literal|delta) \d+|[A-Za-z][0-9A-Za-z!#$%&()*+;<=>?@^_`{|}~-]*)?$"
+)
 
 
 def diff_parse(diff: str | bytes | None) -> list[FileDiff]:
@@ -141,6 +132,16 @@ def diff_parse(diff: str | bytes | None) -> list[FileDiff]:
             continue
         if current is None:
             continue
+        if in_binary_patch and not _BINARY_DATA_RE.match(line):
+            # `git apply` reads a `---`/`+++` pair after a binary patch as the next file's patch
+            # (the strict reading at capture refuses it): show it as a file of its own.
+            in_binary_patch = False
+            if line.startswith("--- "):
+                old = _strip_prefix(line[4:])
+                current = FileDiff(old_path=old, new_path=old, header_lines=[line])
+                files.append(current)
+                hunk = None
+                continue
         if hunk is not None and not in_binary_patch:
             if line.startswith("+") and not line.startswith("+++ "):
                 hunk.lines.append(DiffLine("add", line[1:], None, new_no))
@@ -275,6 +276,33 @@ def diff_group_key(diff: str | bytes | None) -> str:
 
 # --- rendering -------------------------------------------------------------------------------
 
+# Characters that change how code reads without showing ("Trojan Source"): bidi controls and
+# every other format character (category Cf: zero-width spaces and joiners, word joiner, BOM,
+# soft hyphen, tags), plus the blank fillers and separators that render as nothing.
+_INVISIBLE_EXTRA = "\u115f\u1160\u3164\uffa0\u2028\u2029"
+
+
+@lru_cache(maxsize=1)
+def _invisible_re() -> re.Pattern:
+    chars = [chr(c) for c in range(0x110000) if unicodedata.category(chr(c)) == "Cf"]
+    chars += list(_INVISIBLE_EXTRA)
+    return re.compile("[" + "".join(re.escape(c) for c in chars) + "]")
+
+
+def has_invisible(text: str) -> bool:
+    return bool(_invisible_re().search(text))
+
+
+def mark_invisible(html: str) -> str:
+    """`html` (already escaped) with each invisible or bidi character replaced by a visible
+    marker naming its code point: the marker is ours, the code point is hex."""
+    return _invisible_re().sub(
+        lambda m: (
+            f'<span class="invisible-char" title="U+{ord(m[0]):04X}">⟨U+{ord(m[0]):04X}⟩</span>'
+        ),
+        html,
+    )
+
 
 @lru_cache(maxsize=256)
 def _lexer_for(path: str):
@@ -306,6 +334,7 @@ class _Highlighter:
             html = escape(text)
         if show_ws:
             html = _mark_trailing_ws(html, text)
+        html = mark_invisible(html)
         # Pygments and escape() both escape &, <, >, quotes: the markup is ours alone.
         return mark_safe(html)  # noqa: S308
 
@@ -348,14 +377,22 @@ class FileView:
     collapsed: bool
     anchor: str
     rows: list = field(default_factory=list)
+    invisible: bool = False  # invisible or bidi characters in its name or changed lines
+    binary_text: bool = False  # a binary hunk whose content is text, shown decoded
+    binary_unshown: bool = False  # a binary hunk whose content is text but cannot be shown
+
+    @property
+    def path_html(self) -> SafeString:
+        return mark_safe(mark_invisible(escape(self.path)))  # noqa: S308
 
 
 def _whitespace_only(a: str, b: str) -> bool:
     return a != b and "".join(a.split()) == "".join(b.split())
 
 
-def _hide_whitespace(lines: list[DiffLine]) -> list[DiffLine]:
-    """Show del/add pairs that differ only in whitespace as one context line (the new one)."""
+def _hide_whitespace(lines: list[DiffLine], hidden: list[int] | None = None) -> list[DiffLine]:
+    """Show del/add pairs that differ only in whitespace as one context line (the new one);
+    `hidden` (a one-item counter) counts the pairs hidden."""
     out: list[DiffLine] = []
     i = 0
     while i < len(lines):
@@ -378,6 +415,8 @@ def _hide_whitespace(lines: list[DiffLine]) -> list[DiffLine]:
                 DiffLine("context", a.text, d.old_no, a.new_no)
                 for d, a in zip(dels, adds, strict=True)
             )
+            if hidden is not None:
+                hidden[0] += len(dels)
         else:
             out.extend(dels)
             out.extend(adds)
@@ -385,11 +424,20 @@ def _hide_whitespace(lines: list[DiffLine]) -> list[DiffLine]:
 
 
 class FileViews(list):
-    """The files drawn, and `total`: how many the diff has (more when `limit` cut it)."""
+    """The files drawn, and `total`: how many the diff has (more when `limit` cut it); what a
+    reviewer must notice before approving: `whitespace_hidden` changed pairs hidden,
+    `unreadable` (why the patch cannot be read as `git apply` reads it, or ""), and the files
+    `flagged` for invisible characters or text sent as binary."""
 
     def __init__(self, *, total: int) -> None:
         super().__init__()
         self.total = total
+        self.whitespace_hidden = 0
+        self.unreadable = ""
+
+    @property
+    def flagged(self) -> list:
+        return [f for f in self if f.invisible or f.binary_text or f.binary_unshown]
 
 
 def diff_view(
@@ -401,6 +449,7 @@ def diff_view(
     expand: str = "",
     differing: set[tuple[str, str]] | None = None,
     limit: int | None = FILES_SHOWN,
+    mask=None,
 ) -> list[FileView]:
     """Rows ready for `review/diff.html#diff-viewer`, every cell already escaped.
 
@@ -410,13 +459,20 @@ def diff_view(
     is in `differing` are marked (what sets a near-identical group apart). Only the first
     `limit` files are drawn (a page of a change with 100,000 files would weigh many MB); the
     page offers the rest and the whole patch as a download.
+
+    A binary file whose new content is text (a repository's `.gitattributes` can mark source
+    files binary) is shown decoded, through `mask` (the campaign's secret masking) when given.
     """
     highlighter = _Highlighter(HIGHLIGHT_LINE_BUDGET)
     parsed = diff_parse(diff)
     views = FileViews(total=len(parsed))
+    decoded = _binary_hunks(diff, parsed, views)
+    hidden = [0]
     for index, f in enumerate(parsed):
         if limit is not None and index >= limit:
             break
+        if f.binary and decoded.get(index) is not None:
+            _binary_as_text(f, decoded[index], mask)
         changed = f.added + f.removed
         collapsed = changed > collapse_over and f.path != expand
         view = FileView(
@@ -427,13 +483,21 @@ def diff_view(
             removed=f.removed,
             collapsed=collapsed,
             anchor=f"file-{index}",
+            invisible=has_invisible(f.display_path)
+            or any(
+                line.kind in ("add", "del") and has_invisible(line.text)
+                for hunk in f.hunks
+                for line in hunk.lines
+            ),
+            binary_text=f.binary and bool(f.hunks),
+            binary_unshown=f.binary and index in decoded and decoded[index] is None,
         )
         views.append(view)
-        if collapsed or f.binary:
+        if collapsed or (f.binary and not f.hunks):
             continue
         highlight = changed <= collapse_over
         for hunk in f.hunks:
-            lines = hunk.lines if whitespace else _hide_whitespace(hunk.lines)
+            lines = hunk.lines if whitespace else _hide_whitespace(hunk.lines, hidden)
             header = mark_safe(escape(hunk.header))  # noqa: S308
             if mode == "split":
                 view.rows.append(SplitRow("hunk", None, header, "hunk", None, header))
@@ -445,7 +509,62 @@ def diff_view(
                     sign = {"add": "+", "del": "-"}.get(line.kind)
                     differs = bool(differing and sign and (f.path, sign + line.text) in differing)
                     view.rows.append(UnifiedRow(line.kind, line.old_no, line.new_no, html, differs))
+    views.whitespace_hidden = hidden[0]
     return views
+
+
+# Decoded binary content drawn on a page: past it the file is flagged but not drawn.
+BINARY_TEXT_SHOWN = 2 * 1024 * 1024
+
+
+def _binary_hunks(diff, parsed: list[FileDiff], views: FileViews) -> dict[int, str | None]:
+    """{file index: decoded text of its binary literal, or None for a binary hunk that may be
+    text but cannot be shown (a delta, or too large)} for binary files whose content is text;
+    sets `views.unreadable` when the patch cannot be read strictly."""
+    if isinstance(diff, bytes | bytearray | memoryview):
+        raw = bytes(diff)
+    else:
+        raw = (diff or "").encode("utf-8", errors="surrogateescape")
+    try:
+        files = patch_read(raw, inflate_cap=BINARY_INFLATE_CAP)
+    except PatchError as exc:
+        views.unreadable = exc.message
+        return {}
+    if len(files) != len(parsed):
+        views.unreadable = "the page and git read a different number of files"
+        return {}
+    out: dict[int, str | None] = {}
+    for index, f in enumerate(files):
+        hunk = f.forward
+        if hunk is None:
+            continue
+        if hunk.kind == "delta":
+            if hunk.inserted_text is not None:
+                out[index] = None
+            continue
+        text = hunk.text
+        if text is not None:
+            out[index] = text if len(hunk.data) <= BINARY_TEXT_SHOWN else None
+    return out
+
+
+def _binary_as_text(f: FileDiff, text: str, mask) -> None:
+    """Give a binary file whose new content is text that content as added lines."""
+    if mask is not None:
+        text = mask(text)
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    hunk = Hunk(
+        header="@@ new content, decoded from a binary patch @@",
+        old_start=0,
+        old_len=0,
+        new_start=1,
+        new_len=len(lines),
+        section="",
+    )
+    hunk.lines = [DiffLine("add", line, None, n) for n, line in enumerate(lines, start=1)]
+    f.hunks = [hunk]
 
 
 def _split_rows(path, lines, highlighter, highlight, whitespace) -> list[SplitRow]:

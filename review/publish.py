@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from core.git import GitError, git_run, local_pack_option
+from core.patches import PatchError, patch_read
 from sandboxes.repos import RepoUrlError, repo_connect_pinning
 
 ALLOWED_REMOTE = re.compile(r"^(file|https|ssh)://|^[\w.-]+@[\w.-]+:")
@@ -65,6 +66,28 @@ def _git(cwd: Path, env: dict, *args: str, stdin: bytes | None = None, timeout: 
     except GitError as exc:
         raise PublishError(str(exc)) from None
     return out.decode("utf-8", "replace").strip()
+
+
+# Stored patches were read within limits.max_diff_mb (at most 100 MB) when they were captured.
+PUBLISH_INFLATE_CAP = 128 * 1024 * 1024
+
+
+def _patch_agrees_with_git(work: Path, env: dict, patch: bytes) -> None:
+    """PublishError unless the patch reads strictly (`core.patches`, as reviewers were shown it)
+    and `git apply` counts the same files and lines in it: publishing applies nothing the
+    review page read differently."""
+    try:
+        files = patch_read(patch, inflate_cap=PUBLISH_INFLATE_CAP)
+    except PatchError as exc:
+        raise PublishError(f"the approved diff cannot be read: {exc.message}") from None
+    numstat = _git(work, env, "apply", "--numstat", stdin=patch)
+    counted = [line.split("\t", 2) for line in numstat.splitlines()]
+    ours = sorted((f.binary, f.added, f.removed) for f in files)
+    gits = sorted(
+        (a == "-", 0 if a == "-" else int(a), 0 if d == "-" else int(d)) for a, d, _ in counted
+    )
+    if ours != gits:
+        raise PublishError("the approved diff reads differently to git than it was shown")
 
 
 def change_push(
@@ -119,6 +142,7 @@ def change_push(
             # Servers that refuse fetching by commit id: fetch the ref, then find the commit.
             _git(work, env, *pin, "fetch", "-q", "--no-tags", *upload, "origin", base_ref)
         _git(work, env, "checkout", "-q", "--detach", base_commit or "FETCH_HEAD")
+        _patch_agrees_with_git(work, env, patch)
         try:
             _git(work, env, "apply", "--index", "--binary", "--whitespace=nowarn", stdin=patch)
         except PublishError as exc:

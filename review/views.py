@@ -18,7 +18,7 @@ from django.views.decorators.http import require_POST
 from django.views.decorators.vary import vary_on_headers
 
 from accounts.roles import user_can
-from campaigns.secret_grants import variant_patch_for_display
+from campaigns.secret_grants import variant_display_mask, variant_patch_for_display
 from campaigns.selectors import campaign_get_for_user, error_clusters
 from campaigns.services import campaign_retry
 from review import counts, selectors, services
@@ -95,6 +95,7 @@ def _compare_context(request, run) -> dict:
             whitespace=whitespace,
             expand=request.GET.get("expand", ""),
             limit=shown,
+            mask=variant_display_mask(variant=chosen) if chosen else None,
         ),
         "more_files_url": _compare_url(campaign, run.pk, **base, files=shown + FILES_SHOWN),
         "patch_url": reverse("review-patch", args=[campaign.pk, run.pk, chosen.pk])
@@ -245,6 +246,7 @@ def bulk_review(request, pk):
         "files": diff_view(
             variant_patch_for_display(variant=shown.sample),
             differing=selectors.bulk_group_differing(shown),
+            mask=variant_display_mask(variant=shown.sample),
         )
         if shown
         else [],

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from campaigns.environment import binary_patch_bytes, diff_limit_check
+from campaigns.environment import binary_patch_bytes, diff_limit_check, diff_read
 from campaigns.models import RepoRun, VariantState
 from campaigns.pipeline import run_execute
 from campaigns.services import campaign_create, campaign_launch
@@ -77,3 +77,43 @@ def test_a_transform_cannot_make_its_source_changes_opaque_binary(manager):
     assert b"GIT binary patch" not in patch
     assert b"+        self.assertEqual(" in patch
     assert variant.insertions > 0
+
+
+def test_the_strict_reading_agrees_with_git_on_everything_git_diff_prints(tmp_path):
+    """Renames, mode changes, deletions, files without a final newline, CRLF, lines that look
+    like headers, empty context lines, binary literals and deltas: read as git counts them."""
+    repo = tmp_path / "r"
+    _git(tmp_path, "init", "-q", str(repo))
+    (repo / "keep.txt").write_text("one\n\ntwo\n--- a\n+++ b\nthree\n")
+    (repo / "gone.txt").write_text("bye\n")
+    (repo / "old name.txt").write_text("same content here\n" * 5)
+    (repo / "run.sh").write_text("echo\n")
+    (repo / "crlf.txt").write_bytes(b"a\r\nb\r\n")
+    (repo / "big.bin").write_bytes(bytes(range(256)) * 64)
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "base")
+    (repo / "keep.txt").write_text("one\n\n2\n--- a\n+++ c\nthree")
+    (repo / "gone.txt").unlink()
+    (repo / "old name.txt").rename(repo / "new name.txt")
+    (repo / "run.sh").chmod(0o755)
+    (repo / "crlf.txt").write_bytes(b"a\r\nc\r\n")
+    (repo / "big.bin").write_bytes(bytes(range(256)) * 64 + b"\1\2")  # a delta
+    (repo / "logo.bin").write_bytes(bytes(range(256)) * 4)  # a literal
+    (repo / "caf\u00e9 \u202e.txt").write_text("x\n")  # a quoted name
+    _git(repo, "add", "-A")
+    patch = _git(repo, "diff", "--cached", "--binary", "-M", "HEAD")
+    files = diff_read({"diff": {"max_mb": 5}}, patch)
+    numstat = subprocess.run(
+        ["git", "apply", "--numstat"], input=patch, capture_output=True, check=True, cwd=tmp_path
+    ).stdout.decode()
+    counted = sorted(
+        (a == "-", 0 if a == "-" else int(a), 0 if d == "-" else int(d))
+        for a, d, _ in (line.split("\t", 2) for line in numstat.splitlines())
+    )
+    assert sorted((f.binary, f.added, f.removed) for f in files) == counted
+    by_path = {f.path: f for f in files}
+    assert by_path["new name.txt"].status == "renamed"
+    assert by_path["caf\u00e9 \u202e.txt"].status == "added"
+    assert by_path["big.bin"].forward.kind == "delta"
+    assert by_path["big.bin"].forward.result_size == 256 * 64 + 2
+    assert by_path["logo.bin"].forward.data == bytes(range(256)) * 4

@@ -162,3 +162,17 @@ def test_a_previews_runs_are_not_published(client, manager, reviewer):
     assert published.status_code in (409, 422), published.content
     assert "has not been launched" in published.json()["detail"]
     assert not Changeset.objects.filter(run=run).exists()
+
+
+def test_publish_refuses_a_patch_git_reads_otherwise_than_the_page(remote):
+    """A `---`/`+++` hunk after a binary patch, in the binary file's section: git apply applied
+    it as another file's change; the review page had hidden it."""
+    bare, base, patch = remote
+    sections = {s.split(b"\n", 1)[0]: s for s in patch.split(b"diff --git ")[1:]}
+    binary = b"diff --git " + sections[b"a/data.bin b/data.bin"]
+    text = sections[b"a/app.py b/app.py"].split(b"\n--- ", 1)[1]
+    mixed = binary + b"--- " + text
+    common = {"base_commit": base, "base_ref": "main", "message": "m"}
+    with pytest.raises(PublishError, match="cannot be read"):
+        change_push(remote_url=f"file://{bare}", patch=mixed, branch="convoy/m", **common)
+    assert b"refs/heads/convoy/m" not in git(bare, "show-ref")
