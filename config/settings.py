@@ -172,6 +172,8 @@ MIDDLEWARE = [
     "config.errors.ErrorPageMiddleware",
     "audit.middleware.RequestContextMiddleware",
     "csp.middleware.CSPMiddleware",
+    # After the user, htmx and the CSP nonce are set: its refusal renders the error page.
+    "config.errors.TextParamsMiddleware",
     # Last, as django-axes asks: it turns a locked-out sign-in into the lockout page.
     "axes.middleware.AxesMiddleware",
 ]

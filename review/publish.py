@@ -19,9 +19,9 @@ from core.git import GitError, git_run, local_pack_option
 from sandboxes.repos import RepoUrlError, repo_connect_pinning
 
 ALLOWED_REMOTE = re.compile(r"^(file|https|ssh)://|^[\w.-]+@[\w.-]+:")
-AUTHOR_RE = re.compile(r"^\s*(?P<name>[^<>]+?)\s*<(?P<email>[^<>\s]+)>\s*$")
+AUTHOR_RE = re.compile(r"^\s*(?P<name>[^<>]+?)\s*<(?P<email>[^<>\s]+)>\s*\Z")
 DEFAULT_AUTHOR = "Convoy <convoy@localhost>"
-BRANCH_RE = re.compile(r"^(?!/)(?!.*\.\.)(?!.*//)(?!.*@\{)[\w./-]+(?<![./])$")
+BRANCH_RE = re.compile(r"^(?!/)(?!.*\.\.)(?!.*//)(?!.*@\{)[\w./-]+(?<![./])\Z")
 
 
 class PublishError(Exception):
