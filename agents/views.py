@@ -5,6 +5,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import StreamingHttpResponse
 from django.shortcuts import redirect, render
+from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_POST
 
 from accounts.roles import capability_require, user_can
@@ -75,5 +76,5 @@ def transcript_jsonl(request, pk):
         variant_transcript_jsonl(variant_id=variant.pk), content_type="application/x-ndjson"
     )
     name = f"transcript-{variant.run.campaign.name}-run{variant.run_id}-{variant.name}.jsonl"
-    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    response["Content-Disposition"] = content_disposition_header(True, name)
     return response

@@ -10,6 +10,7 @@ from django.db.models import Q, QuerySet
 from audit.models import AuditCheckpoint, AuditEvent, AuditLink
 from audit.record import OUTCOMES
 from core.errors import Invalid, NotFound
+from core.text import text_problem
 
 FILTER_KEYS = (
     "action",
@@ -24,10 +25,12 @@ FILTER_KEYS = (
     "created",
 )
 PAGE_SIZE = 50
+BIGINT_MAX = 2**63 - 1
 
 
 class AuditFilterError(Invalid):
-    """A filter the user typed that cannot be applied; `field` is the query parameter."""
+    """A filter the user typed that cannot be applied; `field` is the query parameter (`q`,
+    `cursor`, `limit`)."""
 
     def __init__(self, message: str, field: str = "q") -> None:
         super().__init__(message, field=field, code="invalid_filter")
@@ -41,7 +44,7 @@ def _moment(text: str, *, end: bool) -> datetime:
             moment = datetime.combine(day, time.min, tzinfo=UTC)
             return moment + timedelta(days=1) if end else moment
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: the day after 9999-12-31
         raise AuditFilterError(
             f"created: {text!r} is not a date (YYYY-MM-DD) or time (YYYY-MM-DDTHH:MM:SS)"
         ) from None
@@ -68,11 +71,12 @@ def _created(value: str) -> Q:
     return Q(occurred_at__gte=_moment(value, end=False), occurred_at__lt=_moment(value, end=True))
 
 
-def _number(key: str, value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise AuditFilterError(f"{key}: expected a number, got {value!r}") from None
+def _number(key: str, value: str, *, field: str = "q") -> int:
+    """An id to compare with a bigint column: a number the database takes, or a refusal
+    naming `field` (the query parameter: `q` for a filter term)."""
+    if not (value.isascii() and value.isdigit() and len(value) <= 19) or int(value) > BIGINT_MAX:
+        raise AuditFilterError(f"{key}: expected a number, got {value!r}", field=field)
+    return int(value)
 
 
 def _term(key: str, value: str) -> Q:
@@ -107,6 +111,8 @@ class AuditQuery:
 
 def audit_query_parse(*, text: str) -> AuditQuery:
     """`action:sandbox.exec.* actor:alice campaign:42 created:>=2026-01-01 "free text"`."""
+    if problem := text_problem(text or ""):
+        raise AuditFilterError(problem)
     try:
         tokens = shlex.split(text or "")
     except ValueError as exc:
@@ -139,7 +145,7 @@ def audit_events_page(
     if extra is not None:
         qs = qs.filter(extra)
     if cursor:
-        qs = qs.filter(id__lt=_number("cursor", cursor))
+        qs = qs.filter(id__lt=_number("cursor", cursor, field="cursor"))
     if not 1 <= limit <= 500:
         raise AuditFilterError("limit: must be between 1 and 500", field="limit")
     events = list(qs[: limit + 1])

@@ -27,7 +27,7 @@ from campaigns.secret_api import ROUTERS as secret_grant_routers
 from campaigns.secret_grants import variant_diffs_for_display
 from campaigns.secrets import secret_set
 from core.errors import Invalid
-from core.schemas import errors_for
+from core.schemas import OFFSET_MAX, errors_for
 
 campaigns_router = Router(tags=["campaigns"])
 repositories_router = Router(tags=["repositories"])
@@ -62,7 +62,7 @@ def campaign_list(
     request,
     state: str | None = None,
     limit: int = Query(100, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=OFFSET_MAX),
 ):
     campaigns = selectors.campaign_list(user=request.auth)
     if state:
@@ -115,7 +115,7 @@ def campaign_runs(
     signature: str | None = None,
     repository: str | None = None,
     limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=OFFSET_MAX),
 ):
     """The campaign's runs, filtered by state, error signature or repository (id or name)."""
     campaign = selectors.campaign_get_for_user(user=request.auth, pk=campaign_id)
@@ -148,7 +148,7 @@ def repository_list(
     request,
     tag: str | None = None,
     limit: int = Query(500, ge=1, le=5000),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=OFFSET_MAX),
 ):
     repos = selectors.repositories_for_user(user=request.auth, tag=tag)
     return list(repos[offset : offset + limit])

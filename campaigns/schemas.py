@@ -7,13 +7,15 @@ with computed values (counts, clusters, a run's variants) are built by their `bu
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from django.http import HttpRequest
 from ninja import Schema
+from pydantic import ConfigDict, Field
 
 from campaigns.models import Campaign, RepoRun, Variant
 from core.errors import Invalid
+from core.text import text_problem
 
 
 class CampaignIn(Schema):
@@ -78,19 +80,39 @@ class CampaignDetailOut(CampaignOut):
         )
 
 
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
 class RetryIn(Schema):
+    # A misspelt key ({"signatur": …}) must not read as "no signature": that retries every
+    # failed run.
+    model_config = ConfigDict(extra="forbid")
+
     signature: str | None = None
 
     @classmethod
     def from_request(cls, request: HttpRequest) -> RetryIn:
-        """The JSON body, which is optional: any other body (a form post with nothing in it)
-        stands for none. Read by hand because ninja refuses a non-JSON body outright."""
-        if not (request.body and request.content_type == "application/json"):
+        """The body, which is optional: none (or an empty form) stands for no signature.
+        Anything but `{"signature": …}` (or a form with only `signature`) is refused: read as
+        "no signature", it retried every failed run. Read by hand because ninja refuses an
+        empty body outright."""
+        expected = 'expected a JSON body {"signature": "<error signature>"} (or no body)'
+        if request.content_type in FORM_TYPES:
+            if set(request.POST) - {"signature"}:
+                raise Invalid(expected, field="signature")
+            data = {"signature": request.POST["signature"]} if "signature" in request.POST else {}
+            return cls(**data)
+        if not request.body.strip():
             return cls()
+        if request.content_type != "application/json":
+            raise Invalid(expected, field="signature")
         try:
-            return cls.model_validate_json(request.body)
+            retry = cls.model_validate_json(request.body)
         except ValueError:
-            raise Invalid('expected {"signature": "<error signature>"}', field="body") from None
+            raise Invalid(expected, field="signature") from None
+        if retry.signature is not None and (problem := text_problem(retry.signature)):
+            raise Invalid(problem, field="signature")
+        return retry
 
     @classmethod
     def openapi_body(cls) -> dict:
@@ -201,9 +223,10 @@ class RunsPageOut(Schema):
 
 
 class RepositoryIn(Schema):
-    url: str
-    ref: str = "HEAD"
-    tags: list[str] = []
+    # The column sizes (campaigns.models.Repository) and the spec checker's limits.
+    url: str = Field(max_length=1000)
+    ref: str = Field("HEAD", max_length=200)
+    tags: list[Annotated[str, Field(max_length=100)]] = Field([], max_length=50)
 
 
 class RepositoryOut(Schema):

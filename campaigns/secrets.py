@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit.record import audit_record
@@ -15,25 +15,51 @@ from campaigns.models import (
 )
 from campaigns.states import RunFailed
 from core.crypto import secrets_fernet
-from core.errors import Invalid
+from core.errors import Conflict, Invalid
+from core.text import text_problem
 
 _fernet = secrets_fernet  # the key is shared with model providers' keys (core.crypto)
 
 
-SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
+SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}\Z")
+SECRET_MAX_BYTES = 64 * 1024
+# Control characters a secret may hold: tabs and line ends (a key file; a browser's textarea
+# sends CRLF). Any other reaches a sandbox's environment as a surprise, NUL not at all.
+_CONTROLS_KEPT = "\t\n\r"
+
+
+def secret_value_problem(value: str) -> str | None:
+    """Why `value` cannot be stored as a secret, or None."""
+    if not value:
+        return "must not be empty"
+    if problem := text_problem(value):
+        return problem
+    if any((ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0) and ch not in _CONTROLS_KEPT for ch in value):
+        return "must not contain control characters (other than tabs and line breaks)"
+    if len(value.encode()) > SECRET_MAX_BYTES:
+        return f"must be at most {SECRET_MAX_BYTES // 1024} KB"
+    return None
 
 
 def secret_set(*, name: str, value: str, actor) -> Secret:
     """Store or rotate a secret. The value is encrypted and can never be read back by people."""
     if not SECRET_NAME_RE.match(name or ""):
         raise Invalid("use letters, digits and '_' (an environment variable name)", field="name")
-    if not value:
-        raise Invalid("must not be empty", field="value")
+    if problem := secret_value_problem(value):
+        raise Invalid(problem, field="value")
     token = _fernet().encrypt(value.encode())
     with transaction.atomic():
         secret = Secret.objects.select_for_update().filter(name=name).first()
         if secret is None:
-            secret = Secret.objects.create(name=name, ciphertext=token, created_by=actor)
+            try:
+                with transaction.atomic():  # a savepoint: the unique name may be taken meanwhile
+                    secret = Secret.objects.create(name=name, ciphertext=token, created_by=actor)
+            except IntegrityError:
+                raise Conflict(
+                    f"a secret named {name!r} was stored at the same moment; send it again to "
+                    "rotate it",
+                    field="name",
+                ) from None
             action = "secret.secret.created"
         else:
             secret.ciphertext = token

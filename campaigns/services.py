@@ -17,7 +17,7 @@ import logging
 import re
 from collections.abc import Iterable
 
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
@@ -152,9 +152,18 @@ def campaign_create(
     parsed = _spec_from(source=source, data=data)
     spec_db_check(parsed, owner_id=actor.pk, editor=actor)
     with transaction.atomic():
-        campaign = Campaign.objects.create(
-            **campaign_fields(parsed.data), spec_source=parsed.source, owner=actor
-        )
+        try:
+            with transaction.atomic():  # a savepoint: the name was free when checked above
+                campaign = Campaign.objects.create(
+                    **campaign_fields(parsed.data), spec_source=parsed.source, owner=actor
+                )
+        except IntegrityError:
+            if not Campaign.objects.filter(name=parsed.data["name"]).exists():
+                raise
+            name = parsed.data["name"]
+            raise CampaignSpecError(
+                [FieldError("name", f"a campaign named {name!r} exists", parsed.lines.get("name"))]
+            ) from None
         audit_record(
             action="campaign.campaign.created",
             actor=actor,
@@ -244,7 +253,7 @@ def repositories_register(
     with transaction.atomic():
         known = set(Repository.objects.filter(url__in=urls).values_list("url", flat=True))
         created = _tags_claim(tags, actor=actor) if set(urls) - known else []
-        Repository.objects.bulk_create(
+        inserted = _repositories_insert(
             [
                 Repository(
                     url=url,
@@ -253,12 +262,13 @@ def repositories_register(
                     tags=list(tags),
                 )
                 for url, e in zip(urls, entries, strict=True)
-            ],
-            ignore_conflicts=True,
-            batch_size=2000,
+                if url not in known
+            ]
         )
         by_url = {r.url: r for r in Repository.objects.filter(url__in=urls)}
-        added = list(dict.fromkeys(u for u in urls if u not in known))
+        # What this call inserted, not what it did not see: a registration at the same moment
+        # inserted the others, and wrote their event.
+        added = list(dict.fromkeys(u for u in urls if u in inserted))
         if added:
             audit_record(
                 action="campaign.repository.registered",
@@ -266,6 +276,36 @@ def repositories_register(
                 payload={"urls": added, "tags": sorted(tags), "tags_created": created},
             )
     return [by_url[u] for u in urls]
+
+
+def _repositories_insert(repos: list[Repository]) -> set[str]:
+    """Insert the rows whose URL is not stored yet (ON CONFLICT DO NOTHING: a registration at
+    the same moment may store some first); the URLs this insert stored, from RETURNING
+    (PostgreSQL and SQLite both have it; bulk_create's ignore_conflicts does not say)."""
+    if not repos:
+        return set()
+    now = timezone.now()
+    columns = ("url", "name", "default_ref", "tags", "created_at")
+    fields = [Repository._meta.get_field(c) for c in columns]
+    quote = connection.ops.quote_name
+    inserted: set[str] = set()
+    with connection.cursor() as cursor:
+        for start in range(0, len(repos), 1000):
+            batch = repos[start : start + 1000]
+            params = []
+            for repo in batch:
+                repo.created_at = now
+                params += [f.get_db_prep_save(getattr(repo, f.attname), connection) for f in fields]
+            row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+            cursor.execute(
+                f"INSERT INTO {quote(Repository._meta.db_table)} "  # noqa: S608 - names from the model
+                f"({', '.join(quote(f.column) for f in fields)}) "
+                f"VALUES {', '.join([row] * len(batch))} "
+                f"ON CONFLICT ({quote('url')}) DO NOTHING RETURNING {quote('url')}",
+                params,
+            )
+            inserted.update(url for (url,) in cursor.fetchall())
+    return inserted
 
 
 def _tag_names_validate(tags: Iterable[str]) -> list[str]:

@@ -20,6 +20,7 @@ from campaigns.spec_check import (
     CampaignSpecError,
     FieldError,
     SpecChecker,
+    branch_name_problem,
     field_path,
     kind_name,
 )
@@ -35,6 +36,7 @@ from campaigns.spec_fields import (
     check_variants,
 )
 from campaigns.spec_yaml import spec_load
+from core.text import data_text_problems
 
 __all__ = [
     "MAX_SPEC_BYTES",
@@ -47,8 +49,8 @@ __all__ = [
 ]
 
 MAX_SPEC_BYTES = 1024 * 1024  # a spec with its files; larger input is refused before parsing
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,99}$")
-FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,99}\Z")
+FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\Z")
 
 TOP_KEYS = {
     "name",
@@ -90,6 +92,12 @@ def spec_validate(raw: Any, *, lines: dict[str, int] | None = None) -> dict:
             "",
             f"the spec must be a mapping of fields (name, repos, transform…), got {kind_name(raw)}",
         )
+        raise CampaignSpecError(c.errors)
+    # NUL or a lone surrogate in any string: no column stores it, and a path or an argument
+    # with NUL cannot be used; refused before any check passes the string on.
+    for path, message in data_text_problems(raw):
+        c.fail(path or "spec", message)
+    if c.errors:
         raise CampaignSpecError(c.errors)
     for key in raw:
         if key not in TOP_KEYS:
@@ -169,6 +177,9 @@ def spec_validate(raw: Any, *, lines: dict[str, int] | None = None) -> dict:
                 spec["changeset"][key] = c.string(
                     value, field_path("changeset", key), allow_empty=True
                 )
+        branch = spec["changeset"].get("branch")
+        if branch and (problem := branch_name_problem(branch)):
+            c.fail("changeset.branch", problem)
     spec["review"] = check_review(c, raw, validated=bool(spec["validate"]))
     check_environment(c, raw, spec)
     spec["model"] = check_model(c, raw["model"], "model") if raw.get("model") else None

@@ -9,7 +9,9 @@ from typing import Any
 
 from core.errors import Invalid
 
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}\Z")
+BRANCH_MAX = 250  # review.Changeset.branch
+BRANCH_CHARS = re.compile(r"[\w./-]+\Z")  # what review.publish pushes
 STEP_KEYS = {"run", "name", "timeout_s"}
 
 
@@ -127,6 +129,26 @@ class SpecChecker:
                 )
             out.append(clean)
         return out
+
+
+def branch_name_problem(name: str) -> str | None:
+    """Why git (`git check-ref-format --branch`) or Convoy's publish would refuse `name` as a
+    branch, or None."""
+    if len(name) > BRANCH_MAX:
+        return f"must be at most {BRANCH_MAX} characters"
+    if name.startswith("-"):
+        return "must not start with '-'"
+    if name in ("@", "HEAD"):
+        return f"{name!r} is not a branch name"
+    if not BRANCH_CHARS.match(name):
+        return "use letters, digits, '_', '.', '-' and '/' (no spaces or ~^:?*[\\)"
+    if name.startswith("/") or name.endswith("/") or "//" in name:
+        return "must not start or end with '/' or contain '//'"
+    if ".." in name or name.endswith("."):
+        return "must not contain '..' or end with '.'"
+    if any(part.startswith(".") or part.endswith(".lock") for part in name.split("/")):
+        return "no part between '/' may start with '.' or end with '.lock'"
+    return None
 
 
 def kind_name(value: Any) -> str:

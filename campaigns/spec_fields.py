@@ -17,8 +17,8 @@ from sandboxes.egress.policy import network_parse, reserved_refuse
 from sandboxes.images.spec import image_spec_parse
 from sandboxes.repos import RepoUrlError, repo_url_validate
 
-VARIANT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-GPU_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}(:[1-9][0-9]?)?$")  # "T4", "A10G:2", "H100:8"
+VARIANT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")
+GPU_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}(:[1-9][0-9]?)?\Z")  # "T4", "A10G:2", "H100:8"
 LIMIT_KEYS = {"timeout_s", "cpu", "memory_mb", "network", "max_diff_mb", "gpu", "egress_mb"}
 VARIANT_KEYS = {"name", "description", "env", "transform", "model"}
 REPO_KEYS = {"url", "ref"}
@@ -209,7 +209,13 @@ def check_environment(c: SpecChecker, raw: dict, spec: dict) -> None:
             spec["baseline"] = raw["baseline"]
     spec["diff"] = {"exclude": [], "max_mb": DEFAULT_MAX_DIFF_MB}
     diff = c.mapping(raw["diff"], "diff", {"exclude"}) if "diff" in raw else None
-    for i, glob in enumerate((diff or {}).get("exclude") or []):
+    exclude = (diff or {}).get("exclude") or []
+    if not isinstance(exclude, list):
+        # A string was read letter by letter (`*` among them: every diff empty), a mapping
+        # by its keys, a number crashed.
+        c.fail("diff.exclude", f"must be a list of gitignore patterns, got {kind_name(exclude)}")
+        exclude = []
+    for i, glob in enumerate(exclude):
         text = c.string(glob, f"diff.exclude[{i}]", max_len=300)
         if "\n" in text or text.startswith("#"):
             c.fail(f"diff.exclude[{i}]", "must be one gitignore pattern")

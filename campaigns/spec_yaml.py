@@ -30,7 +30,7 @@ class _Composer:
             self.loader.flatten_mapping(node)
             out: dict = {}
             for key_node, value_node in node.value:
-                key = self.loader.construct_object(key_node, deep=True)
+                key = self._scalar(key_node, path)
                 if not isinstance(key, str):
                     raise CampaignSpecError(
                         [
@@ -49,7 +49,16 @@ class _Composer:
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, field_path(path, i)) for i, item in enumerate(node.value)]
-        return self.loader.construct_object(node, deep=True)
+        return self._scalar(node, path)
+
+    def _scalar(self, node: yaml.Node, path: str) -> Any:
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except ValueError as exc:
+            # int() past Python's 4300-digit limit, a date like 2026-13-45: a value, not a crash
+            raise CampaignSpecError(
+                [FieldError(path, f"cannot be read: {exc}", self._line(node))]
+            ) from None
 
     @staticmethod
     def _line(node: yaml.Node) -> int:
@@ -94,7 +103,7 @@ def spec_load(text: str) -> tuple[Any, dict[str, int]]:
         line = mark.line + 1 if mark else None
         problem = exc.problem or exc.context or "cannot be parsed"
         raise CampaignSpecError([FieldError("", f"invalid YAML: {problem}", line)]) from None
-    except (yaml.YAMLError, RecursionError) as exc:
+    except (yaml.YAMLError, RecursionError, ValueError) as exc:
         raise CampaignSpecError([FieldError("", f"invalid YAML: {exc}")]) from None
     finally:
         if loader is not None:

@@ -11,7 +11,7 @@ from accounts.auth import api_auth
 from agents.api import ROUTERS as agents_routers
 from audit.api import ROUTERS as audit_routers
 from campaigns.api import ROUTERS as campaigns_routers
-from config.errors import api_errors_install
+from config.errors import TextCheckingParser, api_errors_install
 from core.schemas import ErrorOut
 from review.api import ROUTERS as review_routers
 from sandboxes.api import ROUTERS as sandboxes_routers
@@ -59,6 +59,7 @@ api = ConvoyAPI(
     urls_namespace="api",
     docs_url="/docs",
     openapi_url="/openapi.json",
+    parser=TextCheckingParser(),
 )
 api_errors_install(api)
 

@@ -16,9 +16,11 @@ from django.template.response import TemplateResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
+from ninja.parser import Parser
 
 from audit.record import AuditWriteError, audit_denied
-from core.errors import ConvoyError, FieldError, NotFound, PermissionDenied, Unavailable
+from core.errors import ConvoyError, FieldError, Invalid, NotFound, PermissionDenied, Unavailable
+from core.text import data_text_problem, text_problem
 
 AUDIT_UNAVAILABLE = "The change was not made: the audit trail could not record it. Try again."
 
@@ -45,6 +47,8 @@ def _denial_audited(request: HttpRequest, error: ConvoyError) -> None:
 
 def _field(loc) -> str:
     loc = tuple(loc)
+    if len(loc) == 2 and loc[0] == "body":
+        return "body"  # ("body", <the route's parameter name>): the body itself is missing
     if len(loc) > 2 and loc[0] == "body":
         loc = loc[2:]  # ("body", <the route's parameter name>, field, ...): name the field
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "payload", "form")]
@@ -91,8 +95,66 @@ def api_errors_install(api: NinjaAPI) -> None:
 
     @api.exception_handler(HttpError)
     def _http(request, exc):
+        if isinstance(exc.__cause__, ConvoyError):  # TextCheckingParser's refusal, unwrapped
+            return respond(request, exc.__cause__)
         body = {"detail": str(exc), "code": f"http_{exc.status_code}", "errors": []}
         return api.create_response(request, body, status=exc.status_code)
+
+
+class TextCheckingParser(Parser):
+    """JSON bodies as ninja parses them, refused (422 naming the field) when a string or key
+    holds text no column can store: NUL (PostgreSQL refuses it) or a lone surrogate."""
+
+    def parse_body(self, request: HttpRequest):
+        data = super().parse_body(request)
+        problem = data_text_problem(data)
+        if problem:
+            # ninja wraps a parser's exception in HttpError(400); config's handler unwraps it.
+            raise Invalid(problem[1], field=problem[0] or "body")
+        return data
+
+
+def request_text_problem(request: HttpRequest) -> tuple[str, str] | None:
+    """(parameter, message) for NUL or a lone surrogate in the path, the query string or a
+    form body; JSON bodies are checked by `TextCheckingParser` (API) or the view."""
+    if problem := text_problem(request.path_info):
+        return "path", problem
+    sources = [request.GET]
+    if request.method == "POST" and request.content_type in (
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+    ):
+        # The body first: parsed from it, the form leaves `request.body` readable for a view
+        # that reads it (a multipart POST read as a stream does not). No route takes uploads;
+        # BodySizeLimitMiddleware bounds it.
+        request.body  # noqa: B018
+        sources.append(request.POST)
+    for params in sources:
+        for key, values in params.lists():
+            if problem := text_problem(key):
+                return "parameters", f"a parameter name {problem}"
+            for value in values:
+                if isinstance(value, str) and (problem := text_problem(value)):
+                    return key, problem
+    return None
+
+
+class TextParamsMiddleware:
+    """400 naming the parameter before a view passes NUL or a lone surrogate to the database
+    (psycopg raises on either: a server error, or a write half done)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        problem = request_text_problem(request)
+        if problem is None:
+            return self.get_response(request)
+        field, message = problem
+        error = ConvoyError(f"{field}: {message}", field=field, code="invalid_text")
+        if request.path.startswith("/api/"):
+            return JsonResponse(error.as_body(), status=error.status)
+        return error_response(request, error)
 
 
 class BodySizeLimitMiddleware:

@@ -181,6 +181,9 @@ MIDDLEWARE = [
     "config.headers.PrivateNoStoreMiddleware",
     # After the header middlewares (a 413 carries them too); nothing before it reads a body.
     "config.errors.BodySizeLimitMiddleware",
+    # After the user, htmx and the CSP nonce are set: its refusal renders the error page. It
+    # reads a form body: after the size check.
+    "config.errors.TextParamsMiddleware",
     # Last, as django-axes asks: it turns a locked-out sign-in into the lockout page.
     "axes.middleware.AxesMiddleware",
 ]

@@ -2,6 +2,10 @@
 
 from ninja import Schema
 
+# The largest `offset` a list route takes: past it the database's bigint overflows (a 500);
+# no list is that long.
+OFFSET_MAX = 10**12
+
 
 class FieldErrorOut(Schema):
     field: str

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ninja import Query, Router, Status
 
-from core.schemas import errors_for
+from core.schemas import OFFSET_MAX, errors_for
 from review import selectors, services
 from review.permissions import review_campaign_get_for_user, review_run_get_for_user
 from review.schemas import (
@@ -121,7 +121,7 @@ def changeset_list(
     campaign_id: str,
     state: str | None = None,
     limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=OFFSET_MAX),
 ):
     campaign = review_campaign_get_for_user(user=request.auth, pk=campaign_id)
     return selectors.changeset_slice(campaign=campaign, state=state, limit=limit, offset=offset)

@@ -5,6 +5,7 @@ Secrets are masked as on the page when the diff was flagged for holding one.
 
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponse
+from django.utils.http import content_disposition_header
 
 from campaigns.secret_grants import variant_patch_for_display
 from review.permissions import review_run_get_for_user
@@ -19,6 +20,6 @@ def variant_patch_download(request, pk, run_id, variant_id: int):
     response = HttpResponse(
         variant_patch_for_display(variant=variant), content_type="text/x-diff; charset=utf-8"
     )
-    name = f"{run.campaign.name}-run{run.pk}-{variant.name}.patch".replace('"', "")
-    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    name = f"{run.campaign.name}-run{run.pk}-{variant.name}.patch"
+    response["Content-Disposition"] = content_disposition_header(True, name)
     return response

@@ -20,9 +20,9 @@ from core.patches import PatchError, patch_read
 from sandboxes.repos import RepoUrlError, repo_connect_pinning
 
 ALLOWED_REMOTE = re.compile(r"^(file|https|ssh)://|^[\w.-]+@[\w.-]+:")
-AUTHOR_RE = re.compile(r"^\s*(?P<name>[^<>]+?)\s*<(?P<email>[^<>\s]+)>\s*$")
+AUTHOR_RE = re.compile(r"^\s*(?P<name>[^<>]+?)\s*<(?P<email>[^<>\s]+)>\s*\Z")
 DEFAULT_AUTHOR = "Convoy <convoy@localhost>"
-BRANCH_RE = re.compile(r"^(?!/)(?!.*\.\.)(?!.*//)(?!.*@\{)[\w./-]+(?<![./])$")
+BRANCH_RE = re.compile(r"^(?!/)(?!.*\.\.)(?!.*//)(?!.*@\{)[\w./-]+(?<![./])\Z")
 
 
 class PublishError(Exception):

@@ -50,11 +50,11 @@ from sandboxes.models import Sandbox
 from sandboxes.services import backend_get, sandbox_exec, sandbox_handle, sandbox_write_file
 from sandboxes.trash import trash_put
 
-SCP_LIKE = re.compile(r"^(?:(?P<user>[A-Za-z0-9._~-]+)@)?(?P<host>[A-Za-z0-9.-]+):(?P<path>.+)$")
-HOST = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
-REF = re.compile(r"^[A-Za-z0-9._/@{}^~-]+$")
-PLAIN_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._/-]*$")
-SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+SCP_LIKE = re.compile(r"^(?:(?P<user>[A-Za-z0-9._~-]+)@)?(?P<host>[A-Za-z0-9.-]+):(?P<path>.+)\Z")
+HOST = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?\Z")
+REF = re.compile(r"^[A-Za-z0-9._/@{}^~-]+\Z")
+PLAIN_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._/-]*\Z")
+SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})\Z")
 
 
 class RepoUrlError(Invalid):
@@ -90,7 +90,11 @@ def repo_url_validate(url: str) -> str:
             "Use a full repository URL: https://…, ssh://…, user@host:path or file://… "
             "(plain local paths are not accepted)."
         )
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not one
+    except ValueError as exc:  # "https://[::1": an unclosed address, a port like :x
+        raise RepoUrlError(f"The repository URL cannot be read: {exc}.") from None
     scheme = parts.scheme.lower()
     if scheme == "https" or scheme == "ssh":
         if parts.password is not None or (scheme == "https" and parts.username is not None):

@@ -16,8 +16,8 @@ from django.conf import settings
 from review.codehosts.base import ChecksState, CodeHost, CodeHostError, HostPacer, PullRequest
 
 _SLUG_RES = (
-    re.compile(r"^https?://github\.com/([\w.-]+)/([\w.-]+?)(?:\.git)?/?$"),
-    re.compile(r"^(?:ssh://)?git@github\.com[:/]([\w.-]+)/([\w.-]+?)(?:\.git)?/?$"),
+    re.compile(r"^https?://github\.com/([\w.-]+)/([\w.-]+?)(?:\.git)?/?\Z"),
+    re.compile(r"^(?:ssh://)?git@github\.com[:/]([\w.-]+)/([\w.-]+?)(?:\.git)?/?\Z"),
 )
 FAILING_CONCLUSIONS = {"failure", "timed_out", "cancelled", "action_required", "startup_failure"}
 # Without any header to go by, a secondary limit is waited out this long (GitHub's advice).

@@ -70,7 +70,7 @@ EXEC_KILL_TREE = (
     'for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do t "$c"; done; '
     'kill -9 "$1" 2>/dev/null; }; t "$p"'
 )
-_GPU = re.compile(r"^(?P<kind>[A-Za-z0-9][A-Za-z0-9_-]*)(?::(?P<count>[1-9][0-9]?))?$")
+_GPU = re.compile(r"^(?P<kind>[A-Za-z0-9][A-Za-z0-9_-]*)(?::(?P<count>[1-9][0-9]?))?\Z")
 
 
 def credential(name: str) -> str:

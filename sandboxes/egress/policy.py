@@ -160,7 +160,10 @@ def allow_entry_parse(entry: object, *, field_name: str) -> tuple[str, frozenset
         )
     if raw.count(":") == 1:
         host, _, port_text = raw.partition(":")
-        if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
+        if (
+            not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5)
+            or not 0 < int(port_text) < 65536
+        ):
             raise Invalid(
                 f"{raw!r}: the port must be a number from 1 to 65535, e.g. git.example.com:22",
                 field=field_name,

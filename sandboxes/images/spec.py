@@ -26,15 +26,15 @@ IMPLIED_APT = {"pip": ("python3-venv",), "npm": ("nodejs", "npm")}
 # Every Debian image has git: the pipeline reads each variant's diff with git in the sandbox.
 ALWAYS_APT = ("git",)
 
-_SUITE = re.compile(r"^[a-z][a-z0-9-]{1,30}$")
+_SUITE = re.compile(r"^[a-z][a-z0-9-]{1,30}\Z")
 # Debian policy 5.6.1 (name), optionally `=version` or `:arch`.
-_APT = re.compile(r"^[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?(=[A-Za-z0-9.+~:-]+)?$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_APT = re.compile(r"^[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?(=[A-Za-z0-9.+~:-]+)?\Z")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 _OCI = re.compile(
     r"^(?P<registry>[A-Za-z0-9.-]+(:[0-9]+)?)/(?P<name>[a-z0-9]+([._/-][a-z0-9]+)*)"
     r"(:(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(@(?P<digest>sha256:[0-9a-f]{64}))?$"
 )
-_SECRET = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
+_SECRET = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}\Z")
 LOCAL_REGISTRIES = ("127.0.0.1", "localhost", "[::1]")
 
 

@@ -189,7 +189,7 @@ def test_retry_takes_the_signature_from_a_json_body_the_query_or_neither(client,
     rest = client.post(url, headers=headers)
     assert rest.status_code == 200 and rest.json()["retried"] == 1
     bad = client.post(url, "not json", content_type="application/json", headers=headers)
-    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "body"
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "signature"
 
 
 def test_registering_a_repository_is_audited_once(client, manager, settings):
