@@ -510,15 +510,25 @@ def changeset_push(*, changeset_id: int) -> Changeset:
         if variant is None or variant.diff_sha256 != changeset.diff_hash:
             raise PublishError("the variant changed after approval; approve it again")
         host = codehosts.codehost_for_remote(changeset.remote_url)
-        # The branch is Convoy's only at the commit it pushed there last: this changeset's own
-        # earlier push (a republish after a rerun reuses its row), or another run's.
-        replaces = (
-            Changeset.objects.filter(remote_url=changeset.remote_url, branch=changeset.branch)
-            .exclude(commit="")
-            .order_by("-pk")
-            .values_list("commit", flat=True)
+        pushed_there = Changeset.objects.filter(
+            remote_url=changeset.remote_url, branch=changeset.branch
+        ).exclude(commit="")
+        # Another campaign's branch (and pull request) is never replaced: its lease would
+        # match, since Convoy pushed that commit, but not for this campaign.
+        holder = (
+            pushed_there.exclude(campaign_id=changeset.campaign_id)
+            .select_related("campaign")
             .first()
         )
+        if holder is not None:
+            raise PublishError(
+                f"branch {changeset.branch} of this repository holds campaign "
+                f"{holder.campaign.name}'s change: give this campaign its own changeset.branch"
+            )
+        # The branch is this campaign's only at the commit it pushed there last: this
+        # changeset's own earlier push (a republish after a rerun reuses its row), or another
+        # run's of the campaign.
+        replaces = pushed_there.order_by("-pk").values_list("commit", flat=True).first()
         pushed = change_push(
             replaces=replaces or "",
             remote_url=changeset.remote_url,

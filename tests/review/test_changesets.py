@@ -113,3 +113,33 @@ def test_fake_github_publish_opens_a_pull_request_for_the_pushed_branch(
         "Made by <Convoy>",
     )
     assert git(bare, "diff", "--binary", base, "convoy/pr") == patch
+
+
+def test_a_campaign_cannot_take_over_another_campaigns_published_branch(
+    tmp_path, manager, reviewer
+):
+    """The lease took the last commit any campaign pushed to the branch: a second campaign
+    naming the same `changeset.branch` replaced the first one's branch (and so its open pull
+    request) with its own change. Another campaign's branch is refused, and left as it was."""
+    from campaigns.models import RepoRun
+
+    bare, base, patch = remote_with_change(
+        tmp_path, before={"m.txt": "a\n"}, after={"m.txt": "b\n"}
+    )
+    first = campaign_make(owner=manager, variants=("only",), changeset={"branch": "convoy/shared"})
+    run = run_make(campaign=first, url=f"file://{bare}", base_commit=base)
+    v = variant_make(run=run, name="only", patch=patch)
+    change_approve(run=run, actor=reviewer, variant=v, diff_hash=v.diff_sha256)
+    published = changeset_push(changeset_id=change_publish(run=run, actor=reviewer).pk)
+    assert published.state == "pushed", published.error
+
+    second = campaign_make(owner=manager, variants=("only",), changeset={"branch": "convoy/shared"})
+    other = RepoRun.objects.create(
+        campaign=second, repository=run.repository, ref="main", state="succeeded", base_commit=base
+    )
+    w = variant_make(run=other, name="only", patch=patch)
+    change_approve(run=other, actor=reviewer, variant=w, diff_hash=w.diff_sha256)
+    refused = changeset_push(changeset_id=change_publish(run=other, actor=reviewer).pk)
+    assert refused.state == "failed"
+    assert first.name in refused.error and "convoy/shared" in refused.error
+    assert git(bare, "rev-parse", "convoy/shared").decode().strip() == published.commit
