@@ -116,15 +116,36 @@ def user_active_set(*, user: User, active: bool, actor: User) -> User:
         raise AccountError("active", f"{user.username} is the last admin; make another admin first")
     User.objects.filter(pk=user.pk).update(is_active=active)
     user.is_active = active
+    payload = {"username": user.username}
+    if (
+        not active
+    ):  # often for a leaked token or a stolen session: reactivation must not revive them
+        payload["tokens_revoked"] = ApiToken.objects.filter(user=user, revoked_at=None).update(
+            revoked_at=timezone.now()
+        )
+        payload["sessions_ended"] = _sessions_end(user_id=user.pk)
     audit_record(
         action="people.user.reactivated" if active else "people.user.deactivated",
         actor=actor,
         target=user,
-        payload={"username": user.username},
+        payload=payload,
     )
     if not active:
         user_sockets_close(user_id=user.pk)
     return user
+
+
+def _sessions_end(*, user_id: int) -> int:
+    """Delete the user's stored sessions (database sessions: each is decoded to find its user;
+    a rare admin action). The number ended."""
+    from django.contrib.sessions.models import Session
+
+    mine = [
+        s.pk
+        for s in Session.objects.filter(expire_date__gt=timezone.now()).iterator()
+        if s.get_decoded().get("_auth_user_id") == str(user_id)
+    ]
+    return Session.objects.filter(pk__in=mine).delete()[0]
 
 
 @transaction.atomic

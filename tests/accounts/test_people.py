@@ -2,6 +2,7 @@
 one else may, and nobody can lock the installation out of its last admin."""
 
 import contextlib
+import json
 
 import pytest
 from django.contrib.auth.models import User
@@ -110,6 +111,24 @@ def test_a_deactivated_person_cannot_sign_in_or_use_a_token_until_reactivated(
     admin_client.post(f"/people/{manager.pk}/", {"active": "1"})
     assert Client().login(username="mia", password=PASSWORD)
     assert AuditEvent.objects.filter(action="people.user.reactivated").count() == 1
+
+
+def test_reactivating_a_person_does_not_bring_back_their_old_tokens_or_sessions(
+    admin_client, manager
+):
+    """Deactivation is often for a leaked token or a stolen session: reactivation made every
+    old token and session valid again. They are ended when the person is deactivated."""
+    _, raw = token_create(user=manager)
+    browser = Client()
+    browser.force_login(manager)
+    assert browser.get("/campaigns/").status_code == 200
+    admin_client.post(f"/people/{manager.pk}/", {"active": "0"})
+    admin_client.post(f"/people/{manager.pk}/", {"active": "1"})
+    api = Client().get("/api/v1/me", HTTP_AUTHORIZATION=f"Bearer {raw}")
+    assert api.status_code == 401
+    assert browser.get("/campaigns/").status_code == 302  # to sign in again
+    (event,) = AuditEvent.objects.filter(action="people.user.deactivated")
+    assert json.loads(event.body)["payload"]["tokens_revoked"] == 1
 
 
 def test_the_last_admin_can_be_neither_demoted_nor_deactivated(admin_client, admin_user):
