@@ -271,6 +271,13 @@ def _prepare(
     return sandbox
 
 
+# The patch's format, whatever the image's or the checkout's git settings say: prefixes
+# (`diff.mnemonicPrefix`, `diff.noprefix`), submodules as commits (`diff.submodule=log` prints
+# a summary git apply cannot read), full context (`diff.context=0` makes hunks git apply
+# refuses), paths from the top, not relative to a directory (`diff.relative`).
+DIFF_FORMAT = "--src-prefix=a/ --dst-prefix=b/ --submodule=short --unified=3 --no-relative"
+
+
 class StepFailed(Exception):
     def __init__(self, command, output: bytes) -> None:
         super().__init__("step failed")
@@ -308,7 +315,7 @@ def _transform_and_diff(
         f"printf '\\n%s\\n' '{done}'; exec 2>/tmp/.convoy-git-stderr; "
         f"{{ {git} add -A . >/dev/null && "
         f"{git} diff --cached --binary -p --no-color --no-ext-diff --no-textconv "
-        f"{base}; }} || {{ status=$?; cat /tmp/.convoy-git-stderr; exit $status; }}"
+        f"{DIFF_FORMAT} {base}; }} || {{ status=$?; cat /tmp/.convoy-git-stderr; exit $status; }}"
     )
     command, out = _exec(
         ctx,

@@ -94,27 +94,59 @@ class PatchFile:
         return self.binary_hunks[0] if self.binary_hunks else None
 
 
+_ESCAPES = {"a": 7, "b": 8, "t": 9, "n": 10, "v": 11, "f": 12, "r": 13, '"': 34, "\\": 92}
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
 def path_unquote(path: str) -> str:
-    """Undo git's C-style quoting of unusual paths ("a/caf\\303\\251")."""
-    if len(path) >= 2 and path[0] == '"' and path[-1] == '"':
-        raw = path[1:-1].encode("latin-1", errors="replace").decode("unicode_escape")
-        return raw.encode("latin-1", errors="replace").decode("utf-8", errors="replace")
-    return path
+    """Undo git's C-style quoting of unusual paths (`"a/caf\\303\\251"`, `"a/quo\\"te"`):
+    the escapes git writes (`\\a \\b \\t \\n \\v \\f \\r \\" \\\\` and three octal digits for
+    a byte), and raw text where `core.quotepath` is off. PatchError for any other escape."""
+    if not (len(path) >= 2 and path[0] == '"' and path[-1] == '"'):
+        return path
+    out = bytearray()
+    body, i = path[1:-1], 0
+    while i < len(body):
+        char = body[i]
+        if char != "\\":
+            out += char.encode("utf-8", errors="surrogateescape")
+            i += 1
+            continue
+        code = body[i + 1 : i + 2]
+        if code in _ESCAPES:
+            out.append(_ESCAPES[code])
+            i += 2
+        elif len(body) >= i + 4 and all(c in "01234567" for c in body[i + 1 : i + 4]):
+            value = int(body[i + 1 : i + 4], 8)
+            if value > 255:
+                raise PatchError(f"bad escape in the quoted name {path}")
+            out.append(value)
+            i += 4
+        else:
+            raise PatchError(f"bad escape in the quoted name {path}")
+    return out.decode("utf-8", errors="replace")
 
 
 def path_strip_prefix(path: str) -> str:
-    path = path_unquote(path.split("\t", 1)[0])
+    quoted = _QUOTED.match(path) if path.startswith('"') else None
+    path = path_unquote(quoted.group() if quoted else path.split("\t", 1)[0])
     if path.startswith(("a/", "b/")):
         return path[2:]
     return path
 
 
 def paths_from_git_line(line: str) -> tuple[str, str]:
-    """The two paths of a `diff --git a/x b/y` line."""
+    """The two paths of a `diff --git a/x b/y` line (either may be quoted)."""
     rest = line[len("diff --git ") :]
     if rest.startswith('"'):
-        end = rest.index('"', 1) + 1 if '"' in rest[1:] else len(rest)
-        return path_strip_prefix(rest[:end]), path_strip_prefix(rest[end:].strip())
+        first = _QUOTED.match(rest)
+        if first is None:
+            raise PatchError(f"an unterminated quoted name in {line!r}")
+        return path_strip_prefix(first.group()), path_strip_prefix(rest[first.end() :].strip())
+    if rest.endswith('"'):
+        tail = re.search(r' ("(?:[^"\\]|\\.)*")$', rest)
+        if tail is not None:
+            return path_strip_prefix(rest[: tail.start()]), path_strip_prefix(tail.group(1))
     # "a/x b/x": the two halves are equal for everything but renames, which name both paths
     # again in "rename from/to" lines.
     half = len(rest) // 2
@@ -215,7 +247,17 @@ class _Lines:
 def patch_read(patch: bytes, *, inflate_cap: int) -> list[PatchFile]:
     """The files of a `git diff --binary -p` patch, read strictly; PatchError when any line
     is not where git would print it. Binary data is decoded, at most `inflate_cap` bytes in
-    all (past it: PatchError)."""
+    all (past it: PatchError). Whatever else goes wrong reading it is a PatchError too: the
+    patch is the sandbox's, and its caller fails one variant, never the run or a page."""
+    try:
+        return _patch_read(patch, inflate_cap=inflate_cap)
+    except PatchError:
+        raise
+    except (ValueError, IndexError, KeyError, zlib.error) as exc:
+        raise PatchError(f"the patch could not be read: {exc}") from None
+
+
+def _patch_read(patch: bytes, *, inflate_cap: int) -> list[PatchFile]:
     lines = _Lines(bytes(patch))
     files: list[PatchFile] = []
     budget = [inflate_cap]

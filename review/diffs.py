@@ -106,9 +106,28 @@ def diff_text(diff: str | bytes | None) -> str:
     return diff
 
 
-_unquote = path_unquote
-_strip_prefix = path_strip_prefix
-_paths_from_git_line = paths_from_git_line
+# The page shows any stored patch, one that does not read strictly included (it gets a
+# notice): a name git would not have written is shown as it stands.
+def _unquote(path: str) -> str:
+    try:
+        return path_unquote(path)
+    except PatchError:
+        return path
+
+
+def _strip_prefix(path: str) -> str:
+    try:
+        return path_strip_prefix(path)
+    except PatchError:
+        return path
+
+
+def _paths_from_git_line(line: str) -> tuple[str, str]:
+    try:
+        return paths_from_git_line(line)
+    except PatchError:
+        rest = line[len("diff --git ") :]
+        return rest, rest
 # What may follow `GIT binary patch` in a file's section: hunk headers, base85 lines, blanks.
 _BINARY_DATA_RE = re.compile(
     r"^(?:(?:literal|delta) \d+|[A-Za-z][0-9A-Za-z!#$%&()*+;<=>?@^_`{|}~-]*)?$"

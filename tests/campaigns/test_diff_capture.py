@@ -100,6 +100,8 @@ def test_the_strict_reading_agrees_with_git_on_everything_git_diff_prints(tmp_pa
     (repo / "big.bin").write_bytes(bytes(range(256)) * 64 + b"\1\2")  # a delta
     (repo / "logo.bin").write_bytes(bytes(range(256)) * 4)  # a literal
     (repo / "caf\u00e9 \u202e.txt").write_text("x\n")  # a quoted name
+    (repo / 'quo"te\\back.txt').write_text("q\n")  # quoted with \" and \\ escapes
+    (repo / "tab\tname.txt").write_text("t\n")
     _git(repo, "add", "-A")
     patch = _git(repo, "diff", "--cached", "--binary", "-M", "HEAD")
     files = diff_read({"diff": {"max_mb": 5}}, patch)
@@ -114,6 +116,35 @@ def test_the_strict_reading_agrees_with_git_on_everything_git_diff_prints(tmp_pa
     by_path = {f.path: f for f in files}
     assert by_path["new name.txt"].status == "renamed"
     assert by_path["caf\u00e9 \u202e.txt"].status == "added"
+    assert by_path['quo"te\\back.txt'].status == "added"
+    assert by_path["tab\tname.txt"].status == "added"
+    # With core.quotePath off, non-ASCII stays raw inside the quotes of a name git must quote.
+    raw = _git(repo, "-c", "core.quotePath=false", "diff", "--cached", "--binary", "HEAD")
+    paths = {f.path for f in diff_read({"diff": {"max_mb": 5}}, raw)}
+    assert "caf\u00e9 \u202e.txt" in paths and "tab\tname.txt" in paths
     assert by_path["big.bin"].forward.kind == "delta"
     assert by_path["big.bin"].forward.result_size == 256 * 64 + 2
     assert by_path["logo.bin"].forward.data == bytes(range(256)) * 4
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_checkouts_git_settings_do_not_change_the_patchs_format(manager):
+    """`diff.mnemonicPrefix` (`c/x i/x`), `diff.context=0` (hunks git apply refuses) or
+    `diff.submodule=log` in the checkout's or the image's settings made a legitimate change
+    unreadable, so its variant failed: the capture pins the format."""
+    tag, _ = repos_make(1)
+    run = (
+        "git config diff.mnemonicPrefix true && git config diff.context 0 && "
+        "git config diff.noprefix true && "
+        "sed -i 's/assertEquals(/assertEqual(/g' test_calc.py"
+    )
+    campaign = campaign_launch(
+        campaign=campaign_create(actor=manager, source=SPEC.format(tag=tag, run=run)),
+        actor=manager,
+    )
+    run_row = RepoRun.objects.get(campaign=campaign)
+    assert run_execute(run_id=run_row.pk) == "succeeded"
+    variant = run_row.variants.get()
+    assert variant.state == VariantState.COMPLETED, variant.error
+    assert bytes(variant.patch).startswith(b"diff --git a/test_calc.py b/test_calc.py")
+    assert b"\n@@ -" in bytes(variant.patch) and b"self.assertEqual(" in bytes(variant.patch)
