@@ -282,7 +282,11 @@ def diff_changes(diff: str | bytes | None) -> list[list]:
 
 
 def diff_normalise(diff: str | bytes | None) -> str:
-    """The canonical text of `diff_changes` (what the group key hashes)."""
+    """The canonical text of `diff_changes` (what the group key hashes). Bytes that are not
+    UTF-8 are kept as they are (surrogate escapes), not all made U+FFFD: `'\xe9'` and `'\xff'`
+    in a Latin-1 file are different changes."""
+    if isinstance(diff, bytes | bytearray | memoryview):
+        diff = bytes(diff).decode("utf-8", errors="surrogateescape")
     return json.dumps(diff_changes(diff), ensure_ascii=False, separators=(",", ":"))
 
 
@@ -290,7 +294,8 @@ def diff_group_key(diff: str | bytes | None) -> str:
     """Runs whose diffs share this key made the same change; empty diffs have key ''."""
     if not diff_text(diff).strip():
         return ""
-    return hashlib.sha256(diff_normalise(diff).encode("utf-8", errors="replace")).hexdigest()
+    normal = diff_normalise(diff).encode("utf-8", errors="surrogateescape")
+    return hashlib.sha256(normal).hexdigest()
 
 
 # --- rendering -------------------------------------------------------------------------------

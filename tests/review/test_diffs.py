@@ -200,6 +200,14 @@ def test_the_group_key_ignores_context_and_line_numbers_but_not_the_change():
     assert diff_changes(one) == [["app/conf.py", "modified", ["-TIMEOUT = 10", "+TIMEOUT = 30"]]]
 
 
+def test_changes_that_differ_only_in_bytes_that_are_not_utf8_are_not_grouped():
+    """A Latin-1 file's `é` (0xE9) and `ÿ` (0xFF) both decoded to U+FFFD, so two different
+    changes shared a group key and were approved together as the same change."""
+    head = b"diff --git a/s.py b/s.py\n--- a/s.py\n+++ b/s.py\n@@ -1 +1 @@\n-s = 'a'\n+s = '"
+    assert diff_group_key(head + b"\xe9'\n") != diff_group_key(head + b"\xff'\n")
+    assert diff_group_key(head + b"\xe9'\n") == diff_group_key(head + b"\xe9'\n")
+
+
 def test_labels_and_near_identical_changes():
     base = [["app/conf.py", "modified", ["-TIMEOUT = 10", "+TIMEOUT = 30", "+RETRIES = 3"]]]
     near = [["app/conf.py", "modified", ["-TIMEOUT = 10", "+TIMEOUT = 30", "+RETRIES = 5"]]]
