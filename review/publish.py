@@ -169,5 +169,10 @@ def change_push(
                     "Convoy pushed there: it is not overwritten (choose another branch name, "
                     "or delete that branch)"
                 ) from None
-            raise PublishError(str(exc), transient=True) from exc
+            # The remote refusing the ref (a protected branch, a ref it cannot lock, no
+            # permission) does not change by trying again; a network failure may.
+            permanent = any(
+                m in str(exc) for m in ("[remote rejected]", "denied", "[rejected]", "protected")
+            )
+            raise PublishError(str(exc), transient=not permanent) from exc
     return Pushed(branch=branch, commit=commit, remote_url=remote_url)

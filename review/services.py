@@ -496,8 +496,10 @@ def changes_publish_approved(*, campaign: Campaign, actor) -> PublishRequests:
     return result
 
 
-def changeset_push(*, changeset_id: int) -> Changeset:
-    """Push the changeset's commit and open its pull request; safe to run again."""
+def changeset_push(*, changeset_id: int, last_attempt: bool = True) -> Changeset:
+    """Push the changeset's commit and open its pull request; safe to run again. A transient
+    failure raises (the task retries) unless this is the `last_attempt`: then it is recorded
+    as the changeset's failure, so the change is not left queued for ever."""
     changeset = Changeset.objects.select_related("run", "run__campaign", "variant").get(
         pk=changeset_id
     )
@@ -554,7 +556,7 @@ def changeset_push(*, changeset_id: int) -> Changeset:
             url = pr.url if pr.url.startswith(("https://", "http://")) else ""
             fields.update(pr_number=pr.number, pr_url=url, state=pr.state)
     except (PublishError, codehosts.CodeHostError) as exc:
-        if getattr(exc, "transient", False) and "commit" not in fields:
+        if getattr(exc, "transient", False) and "commit" not in fields and not last_attempt:
             raise
         outcome, error = "failure", str(exc)
         fields = {**fields, "state": ChangesetState.FAILED, "error": error}

@@ -15,6 +15,7 @@ from review import services
 
 @shared_task(
     name="review.changeset_push",
+    bind=True,
     acks_late=True,
     ignore_result=True,
     autoretry_for=(Exception,),
@@ -22,8 +23,11 @@ from review import services
     max_retries=5,
     dont_autoretry_for=(ConvoyError,),
 )
-def changeset_push_task(changeset_id: int) -> None:
-    services.changeset_push(changeset_id=changeset_id)
+def changeset_push_task(self, changeset_id: int) -> None:
+    # The last try records a push that still fails (with its event): without it the change
+    # stayed queued, and could be neither rejected, undone nor published again.
+    last = self.request.retries >= (self.max_retries or 0)
+    services.changeset_push(changeset_id=changeset_id, last_attempt=last)
 
 
 @shared_task(name="review.changesets_refresh", ignore_result=True)

@@ -143,3 +143,23 @@ def test_a_campaign_cannot_take_over_another_campaigns_published_branch(
     assert refused.state == "failed"
     assert first.name in refused.error and "convoy/shared" in refused.error
     assert git(bare, "rev-parse", "convoy/shared").decode().strip() == published.commit
+
+
+def test_a_push_the_remote_refuses_ends_the_change_failed_not_queued(tmp_path, manager, reviewer):
+    """A push the remote refuses for good (here a ref it cannot create) was retried as a
+    network error would be and then dropped: the change stayed queued for ever, with no
+    error and no event, and could be neither rejected, undone nor published again."""
+    from audit.models import AuditEvent
+
+    bare, base, patch = remote_with_change(
+        tmp_path, before={"m.txt": "a\n"}, after={"m.txt": "b\n"}
+    )
+    (bare / "refs" / "heads" / "convoy").write_text("not a directory\n")  # blocks convoy/…
+    campaign = campaign_make(owner=manager, variants=("only",), changeset={"branch": "convoy/x"})
+    run = run_make(campaign=campaign, url=f"file://{bare}", base_commit=base)
+    v = variant_make(run=run, name="only", patch=patch)
+    change_approve(run=run, actor=reviewer, variant=v, diff_hash=v.diff_sha256)
+    pending = change_publish(run=run, actor=reviewer)
+    failed = changeset_push(changeset_id=pending.pk, last_attempt=False)
+    assert failed.state == "failed" and failed.error
+    assert AuditEvent.objects.filter(action="review.change.published", outcome="failure").exists()
