@@ -105,6 +105,7 @@ def review_bulk_approve(request, campaign_id: str, data: BulkApproveIn):
         run_ids=data.run_ids,
         actor=request.auth,
         comment=data.comment,
+        diff_hashes=data.diff_hashes,
     )
 
 

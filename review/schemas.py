@@ -30,6 +30,11 @@ class BulkApproveIn(Schema):
     run_ids: list[Annotated[int, Field(ge=1, le=2**63 - 1)]] = Field(
         ..., min_length=1, max_length=5000
     )
+    # Each run's diff as the client was shown it (`GroupOut.diff_hashes`): a run whose diff
+    # changed since (a rerun) is skipped, never approved unseen.
+    diff_hashes: dict[
+        Annotated[int, Field(ge=1, le=2**63 - 1)], Annotated[str, Field(max_length=64)]
+    ] = Field(..., max_length=5000)
     comment: str = Field("", max_length=5000)
 
 
@@ -94,6 +99,7 @@ class GroupOut(Schema):
     variant_name: str
     diff_sha256: str
     run_ids: list[int]
+    diff_hashes: dict[int, str]
     repositories: list[str]
     files: list[str]
     summary: str
@@ -106,6 +112,11 @@ class GroupOut(Schema):
     @staticmethod
     def resolve_run_ids(obj) -> list[int]:
         return [r.pk for r in obj.runs]
+
+    @staticmethod
+    def resolve_diff_hashes(obj) -> dict[int, str]:
+        """Each listed run's diff hash: send them back with the bulk approval."""
+        return {run.pk: diff_hash for run, diff_hash in obj.members}
 
     @staticmethod
     def resolve_near_group_keys(obj) -> list[str]:

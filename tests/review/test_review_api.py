@@ -108,6 +108,7 @@ def test_api_bulk_approve_publish_and_changesets(client, manager, reviewer):
             "group_key": groups[0]["group_key"],
             "variant_name": "only",
             "run_ids": groups[0]["run_ids"],
+            "diff_hashes": groups[0]["diff_hashes"],
         },
         content_type="application/json",
         **h,
@@ -161,3 +162,42 @@ def test_api_review_summary_publish_all_and_refusals(client, manager, reviewer, 
     assert [c["repository"] for c in r.json()["items"]] == [run.repository.name]
     # The old paths are gone.
     assert client.get(f"/api/v1/campaigns/{campaign.pk}/changesets", **h).status_code == 404
+
+
+def test_api_bulk_approval_approves_only_the_diffs_the_client_was_shown(client, manager, reviewer):
+    """Bulk approval through the API approved each run's current diff as long as its group
+    key matched (which ignores context and line numbers): a rerun between reading the groups
+    and approving was approved unseen. Each run's hash from the groups must come back."""
+    campaign = campaign_make(owner=manager, variants=("only",))
+    runs = [run_make(campaign=campaign) for _ in range(2)]
+    variants = [
+        variant_make(run=r, name="only", patch=patch_for("y.py", "a", "b", line=i + 1))
+        for i, r in enumerate(runs)
+    ]
+    h = _auth(reviewer)
+    (group,) = client.get(f"/api/v1/review/campaigns/{campaign.pk}/groups", **h).json()
+    assert group["diff_hashes"] == {str(v.run_id): v.diff_sha256 for v in variants}
+    # The same change at another line, with another blob: the same group, another diff.
+    variant_rerun(variants[1], patch_for("y.py", "a", "b", line=300, blob="3333333"))
+    r = client.post(
+        f"/api/v1/review/campaigns/{campaign.pk}/bulk-approve",
+        {
+            "group_key": group["group_key"],
+            "variant_name": "only",
+            "run_ids": group["run_ids"],
+            "diff_hashes": group["diff_hashes"],
+        },
+        content_type="application/json",
+        **h,
+    )
+    assert r.status_code == 200
+    assert r.json()["approved"] == [runs[0].pk]
+    assert [s["run_id"] for s in r.json()["skipped"]] == [runs[1].pk]
+    missing = client.post(
+        f"/api/v1/review/campaigns/{campaign.pk}/bulk-approve",
+        {"group_key": group["group_key"], "variant_name": "only", "run_ids": group["run_ids"]},
+        content_type="application/json",
+        **h,
+    )
+    assert missing.status_code == 422
+    assert missing.json()["errors"][0]["field"] == "diff_hashes"

@@ -223,7 +223,11 @@ def test_api_bulk_approve_refuses_held_back_runs_and_reports_them(client, manage
     base = f"/api/v1/review/campaigns/{campaign.pk}"
     (group,) = client.get(f"{base}/groups?variant=only", **h).json()
     assert sorted(group["run_ids"]) == sorted([runs["passes"].pk, runs["fixes"].pk])
-    body = {"group_key": group["group_key"], "variant_name": "only"}
+    body = {
+        "group_key": group["group_key"],
+        "variant_name": "only",
+        "diff_hashes": group["diff_hashes"],
+    }
     r = client.post(
         f"{base}/bulk-approve",
         {**body, "run_ids": [runs["passes"].pk, runs["regresses"].pk]},
