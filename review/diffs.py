@@ -128,6 +128,8 @@ def _paths_from_git_line(line: str) -> tuple[str, str]:
     except PatchError:
         rest = line[len("diff --git ") :]
         return rest, rest
+
+
 # What may follow `GIT binary patch` in a file's section: hunk headers, base85 lines, blanks.
 _BINARY_DATA_RE = re.compile(
     r"^(?:(?:literal|delta) \d+|[A-Za-z][0-9A-Za-z!#$%&()*+;<=>?@^_`{|}~-]*)?$"
