@@ -19,7 +19,8 @@ class EgressEvent:
     port: int = 0
     allowed: bool = False
     # Machine-readable outcome: "ok", "not_allowed", "ip_literal", "address", "dns", "limit",
-    # "sni", "bad_request", "connect_failed", "upstream", "closed", "idle".
+    # "sni", "bad_request", "connect_failed", "upstream", "closed", "idle", "host_addresses"
+    # (the host's own addresses are unknown: every address is refused).
     code: str = ""
     reason: str = ""
     status: int = 0
