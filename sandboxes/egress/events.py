@@ -129,6 +129,37 @@ class CollapsedRefusals:
         return out
 
 
+@dataclass
+class UnrecordedEvents:
+    """Events a full queue could not keep: counted, so the trail says what it is missing."""
+
+    count: int = 0
+    refused: int = 0
+    first_at: float = 0.0
+    last_at: float = 0.0
+    hosts: set[str] = field(default_factory=set)
+
+    def add(self, event: EgressEvent) -> None:
+        self.count += 1
+        self.refused += not event.allowed
+        self.first_at = self.first_at or event.started_at
+        self.last_at = max(self.last_at, event.started_at)
+        if event.host and len(self.hosts) < 20:
+            self.hosts.add(event.host)
+
+    def text(self, why: str = "the audit writer fell behind") -> str:
+        return f"{self.count} egress events ({self.refused} refused) not recorded one by one: {why}"
+
+    def as_dict(self) -> dict:
+        return {
+            "count": self.count,
+            "refused": self.refused,
+            "first_at": self.first_at,
+            "last_at": self.last_at,
+            "hosts": sorted(self.hosts),
+        }
+
+
 class RefusalGate:
     """Per-sandbox collapsing of refusals, so that a sandbox refused thousands of times a
     second cannot flood the audit trail and its log: in each window of `window_s` the first
