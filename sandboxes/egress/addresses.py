@@ -8,6 +8,7 @@ by the address they embed.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -182,6 +183,7 @@ def in_ranges(address: str, ranges) -> bool:
 # as its own: every interface address, secondaries and AnyIP ranges included.
 
 _NETLINK_ROUTE = 0  # socket.NETLINK_ROUTE
+_SOL_NETLINK, _NETLINK_GET_STRICT_CHK = 270, 12
 _RTM_GETROUTE, _RTM_NEWROUTE = 26, 24
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
@@ -206,8 +208,13 @@ def host_networks_read() -> tuple[IPv4Network | IPv6Network, ...]:
 def _local_routes(family: int) -> list[tuple[str, int]]:
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_ROUTE) as s:
         s.settimeout(5)
+        # With strict checking (Linux 4.20+) the kernel dumps the local table alone: a full
+        # dump of every table is large on hosts with big routing tables (a full BGP table).
+        # Older kernels refuse the option and dump them all; `_local_route` filters either way.
+        with contextlib.suppress(OSError):
+            s.setsockopt(_SOL_NETLINK, _NETLINK_GET_STRICT_CHK, 1)
         s.bind((0, 0))
-        request = _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
+        request = _RTMSG.pack(family, 0, 0, 0, _RT_TABLE_LOCAL, 0, 0, 0, 0)
         header = _NLMSG_HDR.pack(
             _NLMSG_HDR.size + len(request), _RTM_GETROUTE, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0
         )
@@ -270,29 +277,100 @@ def host_addresses_parse(text: str) -> tuple[IPv4Network | IPv6Network, ...]:
 
 
 class HostAddresses:
-    """The host's own addresses, refused to every sandbox like loopback. Read from the kernel
-    again when older than `max_age_s` (addresses come and go: DHCP, a VPN); if they cannot be
-    read, every address is refused (fail closed) until they can."""
+    """The host's own addresses, refused to every sandbox like loopback. A thread of their own
+    reads them from the kernel every `max_age_s` (addresses come and go: DHCP, a VPN), so a
+    slow read never holds up the proxy's loop: admissions use the last set read. Until a read
+    has succeeded, or when the last success is older than `stale_s`, `unavailable()` says why
+    and the proxy refuses every address (fail closed). Any exception of the reader counts as
+    unreadable (off Linux there is no AF_NETLINK at all)."""
 
-    def __init__(self, extra: tuple = (), *, max_age_s: float = 1.0, reader=host_networks_read):
+    def __init__(
+        self,
+        extra: tuple = (),
+        *,
+        max_age_s: float = 1.0,
+        stale_s: float = 30.0,
+        reader=host_networks_read,
+    ):
         self.extra = tuple(extra)
         self.max_age_s = max_age_s
+        self.stale_s = stale_s
         self._reader = reader
         self._networks: tuple | None = None
         self._read_at = -1e9
+        self._error: str | None = None
+        self._tried = threading.Event()  # set once the first read has ended, either way
         self._lock = threading.Lock()
+        self._stop: threading.Event | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, *, wait_s: float = 0.0) -> None:
+        """Start reading in the background (a second call does nothing), and wait up to
+        `wait_s` for the first read to end."""
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._stop = threading.Event()
+                self._thread = threading.Thread(
+                    target=self._refresh_loop,
+                    args=(self._stop,),
+                    name="egress-host-addresses",
+                    daemon=True,
+                )
+                self._thread.start()
+        self._tried.wait(wait_s)
+
+    def stop(self) -> None:
+        """Stop reading; does not wait for a read under way (it may be the slow one)."""
+        with self._lock:
+            stop, self._stop, self._thread = self._stop, None, None
+        if stop is not None:
+            stop.set()
+
+    def _refresh_loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self.refresh()
+            stop.wait(self.max_age_s)
+
+    def refresh(self) -> None:
+        """Read the addresses now, in the caller's thread (the background thread's work)."""
+        try:
+            networks = tuple(self._reader())
+        except Exception as e:  # whatever it is, the addresses are unknown
+            error = f"{type(e).__name__}: {e}"
+            with self._lock:
+                first, self._error = self._error is None, error
+            if first:  # once per outage, not once a second
+                log.error("cannot read this host's addresses: %s", error)
+        else:
+            with self._lock:
+                recovered, self._error = self._error is not None, None
+                self._networks, self._read_at = networks, time.monotonic()
+            if recovered:
+                log.warning("this host's addresses can be read again")
+        finally:
+            self._tried.set()
 
     def networks(self) -> tuple | None:
+        """The last set read, or None when none was read in the last `stale_s`."""
+        if self._thread is None:
+            self.start()
         with self._lock:
-            now = time.monotonic()
-            if now - self._read_at >= self.max_age_s:
-                self._read_at = now
-                try:
-                    self._networks = self._reader()
-                except OSError as e:
-                    log.error("cannot read this host's addresses (egress refused): %s", e)
-                    self._networks = None
+            if self._networks is None or time.monotonic() - self._read_at > self.stale_s:
+                return None
             return self._networks
+
+    def unavailable(self) -> str | None:
+        """Why the host's addresses are not known (every address is then refused), or None."""
+        if self.networks() is not None:
+            return None
+        with self._lock:
+            error, read_at = self._error, self._read_at
+        if read_at < 0:
+            why = error or "not read yet"
+            return f"this host's own addresses could not be read ({why})"
+        age = time.monotonic() - read_at
+        why = error or "the read is slow"
+        return f"this host's own addresses were last read {age:.0f} s ago ({why})"
 
     def refusal(self, address: str) -> str | None:
         """ "this host's own address" when `address` (or the IPv4 address inside it) is one of

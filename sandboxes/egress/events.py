@@ -19,7 +19,8 @@ class EgressEvent:
     port: int = 0
     allowed: bool = False
     # Machine-readable outcome: "ok", "not_allowed", "ip_literal", "address", "dns", "limit",
-    # "sni", "bad_request", "connect_failed", "upstream", "closed", "idle".
+    # "sni", "bad_request", "connect_failed", "upstream", "closed", "idle", "host_addresses"
+    # (the host's own addresses are unknown: every address is refused).
     code: str = ""
     reason: str = ""
     status: int = 0
@@ -126,6 +127,37 @@ class CollapsedRefusals:
         if self.targets > 1:
             out.update(host="", port=0, code="various", reason="various", address=None)
         return out
+
+
+@dataclass
+class UnrecordedEvents:
+    """Events a full queue could not keep: counted, so the trail says what it is missing."""
+
+    count: int = 0
+    refused: int = 0
+    first_at: float = 0.0
+    last_at: float = 0.0
+    hosts: set[str] = field(default_factory=set)
+
+    def add(self, event: EgressEvent) -> None:
+        self.count += 1
+        self.refused += not event.allowed
+        self.first_at = self.first_at or event.started_at
+        self.last_at = max(self.last_at, event.started_at)
+        if event.host and len(self.hosts) < 20:
+            self.hosts.add(event.host)
+
+    def text(self, why: str = "the audit writer fell behind") -> str:
+        return f"{self.count} egress events ({self.refused} refused) not recorded one by one: {why}"
+
+    def as_dict(self) -> dict:
+        return {
+            "count": self.count,
+            "refused": self.refused,
+            "first_at": self.first_at,
+            "last_at": self.last_at,
+            "hosts": sorted(self.hosts),
+        }
 
 
 class RefusalGate:

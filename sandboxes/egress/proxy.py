@@ -69,6 +69,8 @@ HEAD_TIMEOUT_S = 5.0
 # The loop's own errors (e.g. "socket.accept() out of system resource", once per listening
 # socket per second while descriptors run out) are logged at most this often per message.
 _LOOP_ERROR_EVERY_S = 60.0
+# How long starting the proxy waits for the first read of the host's own addresses.
+HOST_ADDRESSES_WAIT_S = 2.0
 # Unix socket paths are limited to 108 bytes including the terminating NUL.
 _SUN_PATH_MAX = 107
 
@@ -196,6 +198,9 @@ class EgressProxy:
             self._thread = threading.Thread(target=run, name="egress-proxy", daemon=True)
             self._thread.start()
             ready.wait()
+            # Read in a thread of their own (never on the loop); the first connections need
+            # them, so give the first read a moment (a slow one: they are refused till then).
+            self.host_addresses.start(wait_s=HOST_ADDRESSES_WAIT_S)
         return self
 
     def stop(self) -> None:
@@ -206,6 +211,7 @@ class EgressProxy:
             for key in list(self._sandboxes):
                 self._call(self._close(key))
             self._loop.call_soon_threadsafe(self._loop.stop)
+            self.host_addresses.stop()
             self._thread.join(timeout=10)
             self._thread = None
             self._loop = None
@@ -548,6 +554,9 @@ class EgressProxy:
             if why and trusted and in_ranges(address, self.index_ranges):
                 why = None
             # Never the host itself, whatever the class or the operator's index ranges say.
+            if not why and (unknown := self.host_addresses.unavailable()):
+                event.address = address
+                raise _Refused("host_addresses", f"{unknown}: egress is refused", status=503)
             why = why or self.host_addresses.refusal(address)
             if why:
                 event.address = address

@@ -7,7 +7,10 @@ Build steps run with no network but
 loopback; the relay inside turns the socket into 127.0.0.1:3128 and the proxy variables point
 pip, npm, curl and git there; apt gets the same proxy through `/etc/apt/apt.conf.d/`. Every
 connection is an audit event attributed to the image (target `sandboxes.image`, payload
-`image_key`); refusals also go to the build log.
+`image_key`); refusals also go to the build log. As for sandboxes, past the first refusals of
+a window they are counted per target and written as one event each (`RefusalGate`), and a
+build keeps at most `TRAIL_MAX` events between steps: the rest are counted and written as one
+`sandbox.egress.unrecorded` event.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from django.db import transaction
 
 from audit.record import audit_record
 from sandboxes.backends.egress import EGRESS_EXEC, egress_wrapped
-from sandboxes.egress.events import EgressEvent
+from sandboxes.egress.events import EgressEvent, RefusalGate, UnrecordedEvents, is_refusal
 from sandboxes.egress.packages import (
     PackageIndexes,
     apt_proxy_conf,
@@ -38,7 +41,12 @@ from sandboxes.egress.relay import (
     SANDBOX_SOCKET_DIR,
     relay_binary,
 )
-from sandboxes.egress.sandbox import ACTION_ALLOWED, ACTION_REFUSED, allowed_domains
+from sandboxes.egress.sandbox import (
+    ACTION_ALLOWED,
+    ACTION_REFUSED,
+    ACTION_UNRECORDED,
+    allowed_domains,
+)
 from sandboxes.egress.worker import egress_proxy
 from sandboxes.images.network import BuildNetwork, NetworkAttachment
 from sandboxes.models import Image
@@ -48,6 +56,8 @@ log = logging.getLogger(__name__)
 APT_PROXY_FILE = "/etc/apt/apt.conf.d/99convoy-proxy"
 # How long a failed step's last connections may take to be reported after the step exits.
 SETTLE_S = 5.0
+# Events of one build kept until its step ends (~1 KB each): past this they are counted.
+TRAIL_MAX = 10_000
 
 
 def network_allow(network: object) -> tuple[str, ...]:
@@ -126,24 +136,36 @@ def _settle(proxy, proxy_key: str, policy: NetworkPolicy, trail: _BuildTrail) ->
 
 class _BuildTrail:
     """The proxy's events of one build: collected in the proxy's thread, written to the audit
-    trail by the build's own thread (the proxy's thread never touches the database)."""
+    trail by the build's own thread (the proxy's thread never touches the database). Refusals
+    pass a RefusalGate; at most `maxsize` events wait, the rest are counted."""
 
-    def __init__(self, key: str, actor, context: dict) -> None:
+    def __init__(self, key: str, actor, context: dict, *, maxsize: int = TRAIL_MAX) -> None:
         self.key = key
         self.actor = actor
         self.context = context
+        self.maxsize = maxsize
         self._lock = threading.Lock()
         self._pending: list[EgressEvent] = []
+        self._gate = RefusalGate()
+        self._unrecorded = UnrecordedEvents()
 
     def add(self, event: EgressEvent) -> None:
         with self._lock:
+            if is_refusal(event) and not self._gate.admit(event, time.monotonic()):
+                return  # counted: written with its window's summary
+            if len(self._pending) >= self.maxsize:
+                self._unrecorded.add(event)
+                return
             self._pending.append(event)
 
     def record(self) -> list[str]:
-        """Write the events reported so far; the build log's lines for the refused ones."""
+        """Write the events reported so far (and the refusals and events counted so far); the
+        build log's lines for the refused ones."""
         with self._lock:
             events, self._pending = self._pending, []
-        if not events:
+            summaries = self._gate.due(time.monotonic(), force=True)
+            unrecorded, self._unrecorded = self._unrecorded, UnrecordedEvents()
+        if not events and not summaries and not unrecorded.count:
             return []
         pk = Image.objects.filter(key=self.key).values_list("pk", flat=True).first()
         target = {
@@ -154,16 +176,44 @@ class _BuildTrail:
         lines = []
         with transaction.atomic():
             for event in events:
-                audit_record(
+                self._write(
+                    target,
                     action=ACTION_ALLOWED if event.allowed else ACTION_REFUSED,
-                    actor_type="agent",
-                    on_behalf_of=self.actor,
-                    target=target,
                     outcome="success" if event.allowed and event.status < 400 else "denied",
-                    context=self.context,
-                    reason=event.reason[:500],
-                    payload={**event.as_dict(), "image_key": self.key},
+                    reason=event.reason,
+                    payload=event.as_dict(),
                 )
-                if not event.allowed or event.status >= 400:
+                if is_refusal(event):
                     lines.append(event.log_line())
+            for summary in summaries:
+                self._write(
+                    target,
+                    action=ACTION_ALLOWED if summary.first.allowed else ACTION_REFUSED,
+                    outcome="denied",
+                    reason=summary.text(),
+                    payload=summary.as_dict(),
+                )
+                lines.append(summary.log_line())
+            if unrecorded.count:
+                text = unrecorded.text(f"more than {self.maxsize} in one build step")
+                self._write(
+                    target,
+                    action=ACTION_UNRECORDED,
+                    outcome="error",
+                    reason=text,
+                    payload=unrecorded.as_dict(),
+                )
+                lines.append(f"egress: {text}")
         return lines
+
+    def _write(self, target: dict, *, action: str, outcome: str, reason: str, payload: dict):
+        audit_record(
+            action=action,
+            actor_type="agent",
+            on_behalf_of=self.actor,
+            target=target,
+            outcome=outcome,
+            context=self.context,
+            reason=reason[:500],
+            payload={**payload, "image_key": self.key},
+        )
