@@ -90,10 +90,8 @@ class SimBackend(SandboxBackend):
     ) -> Iterator[ExecEvent]:
         script = " ".join(argv)
         done = _DONE_RE.search(script)
-        if done:  # the executor's transform + diff wrapper: its marker, then the patch
-            out = b"\n" + done[0].encode() + b"\n" + SIM_PATCH
-        else:
-            out = b"ok\n"
+        # The executor's transform + diff wrapper answers its marker, then the patch.
+        out = b"\n" + done[0].encode() + b"\n" + SIM_PATCH if done else b"ok\n"
         yield ExecOutput("stdout", out)
         yield ExecResult(exit_code=0, duration_ms=0, bytes_out=len(out))
 
