@@ -4,6 +4,9 @@ import hashlib
 import secrets
 
 from django.contrib.auth.models import Group, Permission, User
+from django.contrib.auth.password_validation import validate_password
+from django.contrib.auth.validators import UnicodeUsernameValidator
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
@@ -45,10 +48,21 @@ def user_create(
         raise AccountError("role", f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
     if not username or len(username) > 150:
         raise AccountError("username", "must be 1 to 150 characters")
-    if User.objects.filter(username=username).exists():
-        raise AccountError("username", f"a user named {username!r} already exists")
+    try:  # letters, digits, @ . + - _: no spaces, no invisible or bidirectional characters
+        UnicodeUsernameValidator()(username)
+    except ValidationError:
+        raise AccountError("username", "may hold only letters, digits and @ . + - _") from None
+    # "Ada" beside "ada" would read as one person in the trail and the people list.
+    same = User.objects.filter(username__iexact=username).values_list("username", flat=True)
+    if same:
+        raise AccountError("username", f"a user named {same[0]!r} already exists")
     if len(password) < 8:
         raise AccountError("password", "must be at least 8 characters")
+    if actor is not None:  # an admin's choice: the validators self-service changes pass too
+        try:
+            validate_password(password, user=User(username=username, email=email))
+        except ValidationError as exc:
+            raise AccountError("password", " ".join(exc.messages)) from None
     user = User.objects.create_user(username=username, email=email, password=password)
     audit_record(
         action="people.user.created",

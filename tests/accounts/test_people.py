@@ -68,6 +68,11 @@ def test_an_added_person_can_sign_in_with_their_role(admin_client, admin_user):
         ({"username": "nina", "role": "manager", "password": "short"}, "password", "at least 8"),
         ({"username": "nina", "role": "king", "password": "p" * 12}, "role", "not one of"),
         ({"username": "", "role": "manager", "password": "p" * 12}, "username", "required"),
+        # An admin's choice passes the validators a person's own change passes.
+        ({"username": "nina", "role": "manager", "password": "12345678"}, "password", "common"),
+        ({"username": "Mia", "role": "manager", "password": "p" * 12}, "username", "'mia'"),
+        ({"username": "ni\u202ena", "role": "manager", "password": "p" * 12}, "username", "only"),
+        ({"username": "ni na", "role": "manager", "password": "p" * 12}, "username", "only"),
     ],
 )
 def test_bad_input_is_refused_beside_its_field_and_nothing_is_stored(
