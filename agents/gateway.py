@@ -36,6 +36,7 @@ from agents.grants import (
     call_admit,
     call_authenticate,
     call_record,
+    call_release,
     call_reservation,
     grant_masks,
     token_hash,
@@ -58,6 +59,13 @@ SOCKET_NAME = "gateway.sock"
 HEAD_LIMIT = 64 * 1024
 JSON_INLINE = 256 * 1024  # larger request bodies are parsed off the event loop
 DISCARD_S = 10.0  # how long a refused request's unread body is drained before closing
+# How long a write to the agent may wait for it to read: an agent that stops reading loses its
+# answer (the call is still recorded and charged) instead of holding the call open.
+WRITE_TIMEOUT_S = 60.0
+# A header's name (an HTTP token) and value (printable ASCII, spaces and tabs): anything else
+# could not be forwarded to the provider.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*\Z")
 # Never forwarded: hop-by-hop headers, the sandbox's credentials, and what we set ourselves.
 _DROP_REQUEST = {
     "host",
@@ -184,8 +192,6 @@ class ModelGateway:
         # A call's record is written after the agent has its answer; the same token's next
         # call waits for it, so budgets still count every call before admitting the next.
         self._recording: dict[str, asyncio.Future] = {}
-        # A budgeted grant's calls take turns (see _call); created on the event loop.
-        self._turns: dict[int, tuple[asyncio.Lock, int]] = {}  # grant id: (lock, calls using it)
         self._parsing = asyncio.Semaphore(2)
 
     @property
@@ -273,7 +279,12 @@ class ModelGateway:
         except _BadRequest as e:
             await self._answer(writer, 400, _error_body("bad_request", f"Convoy gateway: {e}"))
         except Refusal as r:
-            await self._answer(writer, r.status, _error_body(r.kind, r.message))
+            await self._answer(
+                writer,
+                r.status,
+                _error_body(r.kind, r.message),
+                retry_after=r.kind == "budget_held",
+            )
             if request is not None and not request.body_read:
                 await self._body_discard(reader, writer, request)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
@@ -308,7 +319,15 @@ class ModelGateway:
                 name, sep, value = line.partition(":")
                 if not sep:
                     raise _BadRequest("bad header line")
-                headers.append((name.strip(), value.strip()))
+                name, value = name.strip(), value.strip()
+                if not _HEADER_NAME.match(name):
+                    raise _BadRequest(f"header name {name!r} is not an HTTP token")
+                if not _HEADER_VALUE.match(value):
+                    raise _BadRequest(
+                        f"header {name} has a value that is not printable ASCII "
+                        "(non-ASCII and control characters cannot be forwarded)"
+                    )
+                headers.append((name, value))
         lower = {k.lower(): v for k, v in headers}
         chunked = "chunked" in lower.get("transfer-encoding", "").lower()
         length = 0
@@ -378,14 +397,15 @@ class ModelGateway:
             raise _BadRequest("the body is not a JSON object")
         return payload
 
-    async def _answer(self, writer, status: int, body: bytes) -> None:
-        writer.write(
+    async def _answer(self, writer, status: int, body: bytes, *, retry_after: bool = False) -> None:
+        head = (
             f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-            "Connection: close\r\n\r\n".encode()
-            + body
+            + ("Retry-After: 1\r\n" if retry_after else "")
+            + "Connection: close\r\n\r\n"
         )
-        await writer.drain()
+        writer.write(head.encode() + body)
+        await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
 
     async def _refusal_record(self, r: Refusal, *, model: str, path: str, stream: bool, began):
         if r.grant is None:
@@ -437,41 +457,29 @@ class ModelGateway:
         model = payload.get("model") if isinstance(payload.get("model"), str) else None
         stream = payload.get("stream") is True
         key_hash = token_hash(token)
-        # A grant with a budget has one call at a time: a call's cost is known only when it
-        # ends, and calls admitted meanwhile would all pass against the same old total.
-        budgeted = grant.budget_usd is not None or grant.campaign_budget_usd is not None
-        turn = None
-        if budgeted:
-            turn, users = self._turns.get(grant.pk, (asyncio.Lock(), 0))
-            self._turns[grant.pk] = (turn, users + 1)
-        try:
-            async with turn or contextlib.nullcontext():
-                previous = self._recording.get(key_hash)
-                if previous is not None:
-                    await asyncio.wait([previous])
-                await self._forward(
-                    grant=grant,
-                    token=token,
-                    key_hash=key_hash,
-                    method=method,
-                    path=path,
-                    endpoint=endpoint,
-                    headers=headers,
-                    payload=payload,
-                    request_size=len(body),
-                    model=model,
-                    stream=stream,
-                    caller=caller,
-                    writer=writer,
-                    began=began,
-                )
-        finally:
-            if turn is not None:
-                users = self._turns[grant.pk][1] - 1
-                if users:
-                    self._turns[grant.pk] = (turn, users)
-                else:
-                    del self._turns[grant.pk]
+        # Calls of a budgeted grant run side by side: each holds a reservation of what it may
+        # cost (call_reservation) against the grant's and the campaign's budget until its
+        # record settles it. The token's previous call's record is waited for (it lands just
+        # after that answer ends), so admission counts every finished call.
+        previous = self._recording.get(key_hash)
+        if previous is not None:
+            await asyncio.wait([previous])
+        await self._forward(
+            grant=grant,
+            token=token,
+            key_hash=key_hash,
+            method=method,
+            path=path,
+            endpoint=endpoint,
+            headers=headers,
+            payload=payload,
+            request_size=len(body),
+            model=model,
+            stream=stream,
+            caller=caller,
+            writer=writer,
+            began=began,
+        )
 
     async def _forward(
         self,
@@ -491,7 +499,6 @@ class ModelGateway:
         writer,
         began,
     ) -> None:
-        lower = {k.lower(): v for k, v in headers}
         reserve = await self._orm(
             call_reservation,
             grant=grant,
@@ -514,6 +521,90 @@ class ModelGateway:
             await self._refusal_record(r, model=model or "", path=path, stream=stream, began=began)
             raise
         provider = admission.provider
+        record = partial(
+            call_record,
+            grant=admission.grant,
+            provider_name=provider.name,
+            model=model or "",
+            path=path,
+            stream=stream,
+            started_at=began[1],
+            input_per_mtok=provider.input_usd_per_mtok,
+            output_per_mtok=provider.output_usd_per_mtok,
+            reserved=reserve,
+        )
+        # From here on the call holds its reservation (and its count): whatever happens, it
+        # ends with a record that settles it (or, failing that, a release).
+        call = {"status_code": 500, "outcome": CallOutcome.UNREACHABLE, "settled": False}
+        try:
+            await self._exchange(
+                admission=admission,
+                record=record,
+                call=call,
+                token=token,
+                key_hash=key_hash,
+                endpoint=endpoint,
+                headers=headers,
+                payload=payload,
+                request_size=request_size,
+                stream=stream,
+                writer=writer,
+                began=began,
+            )
+        except BaseException as e:
+            if not call["settled"]:
+                call["error"] = f"Convoy gateway error: {type(e).__name__}" + (
+                    f" (after the provider answered {call['status_code']})"
+                    if call.get("answered")
+                    else ""
+                )
+            raise
+        finally:
+            if not call["settled"]:
+                await self._settle_anyway(record, admission, reserve, call, began)
+
+    async def _settle_anyway(self, record, admission, reserve, call, began) -> None:
+        """The call failed before its record was written: record it now (without its
+        transcript, with the usage read so far), or at least release its reservation."""
+        error = call.get("error") or "Convoy gateway error: the call's record was not written"
+        try:
+            await self._orm(
+                record,
+                status_code=call["status_code"],
+                outcome=call["outcome"],
+                tokens_in=call.get("tokens_in", 0),
+                tokens_out=call.get("tokens_out", 0),
+                error=error,
+                latency_ms=int((time.monotonic() - began[0]) * 1000),
+            )
+            return
+        except Exception:
+            log.exception("model gateway: a failed call's record was not written")
+        try:
+            await self._orm(call_release, grant=admission.grant, reserved=reserve, error=error)
+        except Exception:
+            log.exception("model gateway: a failed call's reservation was not released")
+
+    async def _exchange(
+        self,
+        *,
+        admission,
+        record,
+        call,
+        token,
+        key_hash,
+        endpoint,
+        headers,
+        payload,
+        request_size,
+        stream,
+        writer,
+        began,
+    ) -> None:
+        """The admitted call: to the provider and back. `call` says how far it got (for
+        _settle_anyway); call["settled"] once its record is written."""
+        lower = {k.lower(): v for k, v in headers}
+        provider = admission.provider
         key = provider_key(provider)
         if stream and provider.api_style == ApiStyle.OPENAI and endpoint == "/chat/completions":
             # Usage arrives in a last chunk only when asked for; SDKs handle that chunk.
@@ -535,21 +626,9 @@ class ModelGateway:
             out_headers.append(("Authorization", f"Bearer {key}"))
         masks = (key, token, *grant_masks(admission.grant.pk))
         reader = UsageReader(stream=stream)
-        record = partial(
-            call_record,
-            grant=admission.grant,
-            provider_name=provider.name,
-            model=model or "",
-            path=path,
-            stream=stream,
-            started_at=began[1],
-            input_per_mtok=provider.input_usd_per_mtok,
-            output_per_mtok=provider.output_usd_per_mtok,
-            reserved=reserve,
-        )
         assert self._client is not None
+        upstream = self._client.build_request("POST", url, headers=out_headers, content=body)
         try:
-            upstream = self._client.build_request("POST", url, headers=out_headers, content=body)
             response = await self._client.send(upstream, stream=True)
         except httpx.HTTPError as e:
             where = urlsplit(provider.base_url).netloc
@@ -567,19 +646,29 @@ class ModelGateway:
                     request=body, response=b"", response_size=0, masks=masks
                 ),
             )
+            call["settled"] = True
             await self._answer(writer, 502, _error_body("provider_unreachable", message))
             return
+        ok = 200 <= response.status_code < 300
+        call.update(
+            status_code=response.status_code,
+            outcome=CallOutcome.OK if ok else CallOutcome.UPSTREAM_ERROR,
+            answered=True,
+        )
         first_byte_ms = None
         client_gone = ""
         try:
-            head = [f"HTTP/1.1 {response.status_code} {response.reason_phrase or 'OK'}"]
+            # The provider's header bytes as they came (h11 checked them): decoded, a value
+            # outside latin-1 could not be written back.
+            reason = (response.reason_phrase or "OK").encode("ascii", "replace")
+            head = [b"HTTP/1.1 %d %s" % (response.status_code, reason)]
             head += [
-                f"{k}: {v}"
-                for k, v in response.headers.multi_items()
-                if k.lower() not in _DROP_RESPONSE
+                k + b": " + v
+                for k, v in response.headers.raw
+                if k.decode("latin-1").lower() not in _DROP_RESPONSE
             ]
-            head.append("Connection: close")
-            writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+            head.append(b"Connection: close")
+            writer.write(b"\r\n".join(head) + b"\r\n\r\n")
             async for chunk in response.aiter_raw():
                 if first_byte_ms is None:
                     first_byte_ms = int((time.monotonic() - began[0]) * 1000)
@@ -587,9 +676,15 @@ class ModelGateway:
                 if not client_gone:
                     try:
                         writer.write(chunk)
-                        await writer.drain()
+                        await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
                     except (ConnectionError, RuntimeError) as e:
                         client_gone = f"the agent closed the connection ({type(e).__name__})"
+                    except TimeoutError:
+                        client_gone = (
+                            f"the agent stopped reading its answer ({WRITE_TIMEOUT_S:g} s "
+                            "without progress); the rest was read for its usage, not sent"
+                        )
+                        writer.transport.abort()
         except httpx.HTTPError as e:
             client_gone = f"the provider's answer broke off: {type(e).__name__}"
         finally:
@@ -599,7 +694,6 @@ class ModelGateway:
                 writer.write_eof()
             writer.close()
         reader.finish()
-        ok = 200 <= response.status_code < 300
         tokens_in, tokens_out = reader.tokens_in, reader.tokens_out
         # An answer that shows no usage is never free: the tokens are estimated from its bytes
         # (and the request's), at most the request's max tokens out, and marked as estimated.
@@ -608,11 +702,12 @@ class ModelGateway:
             tokens_in, tokens_out = _usage_estimate(
                 request_size=len(body), response_size=reader.size, payload=payload
             )
+        call.update(tokens_in=tokens_in, tokens_out=tokens_out, error=client_gone)
         task = asyncio.ensure_future(
             self._orm(
                 record,
                 status_code=response.status_code,
-                outcome=CallOutcome.OK if ok else CallOutcome.UPSTREAM_ERROR,
+                outcome=call["outcome"],
                 tokens_in=tokens_in,
                 tokens_out=tokens_out,
                 usage_estimated=estimated,
@@ -631,6 +726,7 @@ class ModelGateway:
         self._recording[key_hash] = task
         task.add_done_callback(partial(self._recorded, key_hash))
         await asyncio.wait([task])
+        call["settled"] = not task.cancelled() and task.exception() is None
 
     def _recorded(self, key_hash: str, task: asyncio.Future) -> None:
         if self._recording.get(key_hash) is task:

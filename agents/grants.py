@@ -14,7 +14,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 from django.db import connection, transaction
-from django.db.models import F, Max, Q
+from django.db.models import F, Max, Q, Sum
 from django.utils import timezone
 
 from agents.models import CallOutcome, Exhausted, ModelCall, ModelGrant, ModelProvider
@@ -248,7 +248,7 @@ def call_reservation(*, grant: ModelGrant, request_bytes: int, max_tokens: int |
     variants in flight would otherwise all be admitted against the same old total): the
     request's size as input tokens (about 4 bytes each) and its max tokens (else
     RESERVE_OUTPUT_TOKENS) as output, or the grant's dearest call so far if more."""
-    if grant.campaign_budget_usd is None:
+    if grant.campaign_budget_usd is None and grant.budget_usd is None:
         return Decimal(0)
     provider = grant.provider
     estimate = call_cost(
@@ -296,15 +296,13 @@ def call_admit(
     campaign_spent = None
     with transaction.atomic():
         if grant.campaign_budget_usd is not None:
-            # The campaign's grants, locked in one order: admissions of its variants take
-            # turns, and each sees the others' calls in flight (their reservations).
-            spends = (
-                ModelGrant.objects.select_for_update()
-                .filter(campaign_id=grant.campaign_id)
-                .order_by("pk")
-                .values_list("spent_usd", flat=True)
-            )
-            spent = sum(spends, Decimal(0))
+            # Admissions of the campaign's variants take turns on one lock (not on every one
+            # of its grants' rows), and each sees the others' calls in flight (their
+            # reservations are in spent_usd).
+            _campaign_lock(grant.campaign_id)
+            spent = ModelGrant.objects.filter(campaign_id=grant.campaign_id).aggregate(
+                s=Sum("spent_usd")
+            )["s"] or Decimal(0)
             if spent >= grant.campaign_budget_usd:
                 campaign_spent = spent
         if campaign_spent is None:
@@ -315,13 +313,16 @@ def call_admit(
                 .update(calls=F("calls") + 1, spent_usd=F("spent_usd") + reserve)
             )
     if campaign_spent is not None:
+        settled = _settled(campaign_id=grant.campaign_id)
+        budget = f"the campaign's model budget (${grant.campaign_budget_usd:.2f})"
+        if settled < grant.campaign_budget_usd:
+            # Only calls in flight hold it: they may end cheaper than reserved. Not exhausted.
+            raise _held(grant, budget, held=campaign_spent - settled)
         ModelGrant.objects.filter(pk=grant.pk).update(exhausted=Exhausted.CAMPAIGN)
         raise Refusal(
             429,
             "budget_exhausted",
-            f"Convoy gateway: budget exhausted: the campaign's model budget "
-            f"(${grant.campaign_budget_usd:.2f}) is spent or held by calls in flight "
-            f"(${campaign_spent:.6f})",
+            f"Convoy gateway: budget exhausted: {budget} is spent (${settled:.6f})",
             grant,
         )
     if not counted:
@@ -332,6 +333,11 @@ def call_admit(
         why = Exhausted.BUDGET
         if fresh.max_calls is not None and fresh.calls >= fresh.max_calls:
             why = Exhausted.CALLS
+        else:
+            settled = _settled(grant_id=grant.pk)
+            if fresh.budget_usd is not None and settled < fresh.budget_usd:
+                budget = f"this variant's budget_usd ({fresh.budget_usd:.6f})"
+                raise _held(fresh, budget, held=fresh.spent_usd - settled)
         ModelGrant.objects.filter(pk=grant.pk).update(exhausted=why)
         raise Refusal(
             429,
@@ -340,6 +346,67 @@ def call_admit(
             fresh,
         )
     return Admission(grant=grant, provider=provider)
+
+
+# pg_advisory_xact_lock(int, int): this namespace ("gate") and a campaign's id. The two-key
+# locks never collide with the one-key locks used elsewhere (audit sealing, dispatch).
+_CAMPAIGN_LOCK = 0x67617465
+
+
+def _campaign_lock(campaign_id: int) -> None:
+    """Hold the campaign's admission lock until the transaction ends. SQLite needs none: its
+    transactions (IMMEDIATE) already take turns."""
+    if connection.vendor != "postgresql":
+        return
+    key = (campaign_id + 2**31) % 2**32 - 2**31  # an int4; a collision only shares a lock
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_CAMPAIGN_LOCK, key])
+
+
+def _settled(*, campaign_id: int | None = None, grant_id: int | None = None) -> Decimal:
+    """What the campaign's (or the grant's) recorded calls cost: its spend without the
+    reservations of calls in flight."""
+    calls = ModelCall.objects.all()
+    calls = calls.filter(grant_id=grant_id) if grant_id is not None else calls
+    calls = calls.filter(campaign_id=campaign_id) if campaign_id is not None else calls
+    return calls.aggregate(s=Sum("cost_usd"))["s"] or Decimal(0)
+
+
+def _held(grant: ModelGrant, budget: str, *, held: Decimal) -> Refusal:
+    """The refusal when only calls in flight hold the budget: the agent may retry (no mark
+    on the grant; its budget is not spent)."""
+    return Refusal(
+        429,
+        "budget_held",
+        f"Convoy gateway: {budget} is held by calls in flight (${held:.6f} reserved); "
+        "retry when they end",
+        grant,
+    )
+
+
+def call_release(*, grant: ModelGrant, reserved: Decimal, error: str) -> None:
+    """Give back what call_admit reserved for a call whose record could not be written (the
+    gateway's last resort: call_record settles the reservation otherwise)."""
+    with transaction.atomic():
+        ModelGrant.objects.filter(pk=grant.pk).update(spent_usd=F("spent_usd") - reserved)
+        audit_record(
+            action="agents.model.reservation_released",
+            actor_type="system",
+            outcome="error",
+            target={
+                "type": "variant",
+                "id": str(grant.variant_id),
+                "display": f"variant {grant.variant_id}",
+            },
+            context={
+                "campaign_id": grant.campaign_id,
+                "run_id": grant.run_id,
+                "variant_id": grant.variant_id,
+                "sandbox_id": grant.sandbox_id,
+            },
+            reason=error[:500],
+            payload={"grant_id": grant.pk, "reserved_usd": str(reserved)},
+        )
 
 
 def _transcript_sha256(blob: bytes) -> str:

@@ -46,10 +46,14 @@ class FakeModelServer:
         chunk_delay_s: float = 0.0,
         first_token_delay_s: float = 0.0,
         usage: bool = True,
+        headers: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self.script = script
         self.usage = usage  # False: answers carry no usage (as some compatible servers do)
         self.chunk_delay_s = chunk_delay_s
+        # Extra headers on every answer; a str value is sent as its latin-1 bytes, so
+        # "\xe2\x86\x92" is the UTF-8 of an arrow.
+        self.headers = headers
         self.first_token_delay_s = first_token_delay_s
         self.requests: list[dict] = []
         self.first_token_sent: list[float] = []  # time.monotonic() when each first chunk left
@@ -125,6 +129,8 @@ class FakeModelServer:
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(out)))
+                for name, value in server.headers:
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(out)
 
