@@ -163,23 +163,35 @@ def _sessions_end(*, user_id: int) -> int:
 
 
 @transaction.atomic
-def token_create(*, user: User, name: str = "", actor: User | None = None) -> tuple[ApiToken, str]:
-    """Create a token; the raw value is returned once and never stored."""
+def token_create(
+    *, user: User, name: str = "", actor: User | None = None, by_operator: bool = False
+) -> tuple[ApiToken, str]:
+    """Create a token; the raw value is returned once and never stored. `actor` None: the
+    user themself, unless `by_operator` (`manage.py` on the host: the trail says so)."""
     raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token = ApiToken.objects.create(
         user=user, name=name[:100], prefix=raw[: len(TOKEN_PREFIX) + 6], digest=token_digest(raw)
     )
     audit_record(
         action="people.token.created",
-        actor=actor or user,
+        **_token_actor(actor or user, by_operator),
         target=token,
         payload={"user": user.username, "name": token.name, "prefix": token.prefix},
     )
     return token, raw
 
 
+def _token_actor(actor: User, by_operator: bool) -> dict:
+    """Who a token event names: the person, or the host's operator (a management command)."""
+    if by_operator:
+        return {"actor": None, "actor_type": "system"}
+    return {"actor": actor}
+
+
 @transaction.atomic
-def token_revoke(*, token: ApiToken, actor: User | None = None) -> ApiToken:
+def token_revoke(
+    *, token: ApiToken, actor: User | None = None, by_operator: bool = False
+) -> ApiToken:
     updated = ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(
         revoked_at=timezone.now()
     )
@@ -187,7 +199,7 @@ def token_revoke(*, token: ApiToken, actor: User | None = None) -> ApiToken:
     if updated:
         audit_record(
             action="people.token.revoked",
-            actor=actor or token.user,
+            **_token_actor(actor or token.user, by_operator),
             target=token,
             payload={"user": token.user.username, "prefix": token.prefix},
         )

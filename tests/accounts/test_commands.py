@@ -45,6 +45,11 @@ def test_create_token_prints_a_working_token_and_revoke_token_kills_it(manager):
     )
     call_command("revoke_token", "--user", "mia", stdout=io.StringIO())
     assert client.get("/api/v1/me", headers={"Authorization": f"Bearer {raw}"}).status_code == 401
+    # The host's operator did both, not mia: the trail said mia had made and revoked it.
+    from audit.models import AuditEvent
+
+    events = AuditEvent.objects.filter(action__in=["people.token.created", "people.token.revoked"])
+    assert sorted(events.values_list("actor_type", "actor_id")) == [("system", "")] * 2
 
 
 def test_create_token_for_unknown_user_names_the_problem(db):

@@ -15,6 +15,6 @@ class Command(BaseCommand):
         user = User.objects.filter(username=username, is_active=True).first()
         if user is None:
             raise CommandError(f"username: no active user named {username!r}")
-        token, raw = token_create(user=user, name=name)
+        token, raw = token_create(user=user, name=name, by_operator=True)
         self.stderr.write(f"token {token.prefix}… for {username}; it will not be shown again")
         self.stdout.write(raw)

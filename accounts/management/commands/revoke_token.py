@@ -23,5 +23,5 @@ class Command(BaseCommand):
         if not tokens:
             raise CommandError("no matching active token")
         for token in tokens:
-            token_revoke(token=token)
+            token_revoke(token=token, by_operator=True)
             self.stdout.write(f"revoked {token.prefix}… of {token.user.username}")
