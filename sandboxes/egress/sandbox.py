@@ -36,6 +36,7 @@ from sandboxes.egress.events import (
     EgressEvent,
     EgressStats,
     RefusalGate,
+    UnrecordedEvents,
     is_refusal,
 )
 from sandboxes.egress.packages import (
@@ -195,25 +196,12 @@ class _Gate:
 
 
 @dataclass
-class _Dropped:
+class _Dropped(UnrecordedEvents):
     """Events of one sandbox the writer's full queue could not take."""
 
-    ctx: dict
-    on_behalf_of: str
-    sandbox_key: str
-    count: int = 0
-    refused: int = 0
-    first_at: float = 0.0
-    last_at: float = 0.0
-    hosts: set[str] = field(default_factory=set)
-
-    def add(self, event: EgressEvent) -> None:
-        self.count += 1
-        self.refused += not event.allowed
-        self.first_at = self.first_at or event.started_at
-        self.last_at = max(self.last_at, event.started_at)
-        if event.host and len(self.hosts) < 20:
-            self.hosts.add(event.host)
+    ctx: dict = field(default_factory=dict)
+    on_behalf_of: str = ""
+    sandbox_key: str = ""
 
 
 class _EgressWriter:
@@ -255,7 +243,9 @@ class _EgressWriter:
                 with self._lock:
                     dropped = self._dropped.get(sandbox.pk)
                     if dropped is None:
-                        dropped = _Dropped(ctx, on_behalf_of, event.sandbox_key)
+                        dropped = _Dropped(
+                            ctx=ctx, on_behalf_of=on_behalf_of, sandbox_key=event.sandbox_key
+                        )
                         self._dropped[sandbox.pk] = dropped
                     dropped.add(event)
 
@@ -364,10 +354,7 @@ def egress_collapsed_record(ctx: dict, on_behalf_of, summary: CollapsedRefusals)
 
 def egress_unrecorded_record(dropped: _Dropped) -> None:
     """The count of a sandbox's events the writer's full queue dropped."""
-    text = (
-        f"{dropped.count} egress events ({dropped.refused} refused) not recorded one by one: "
-        "the audit writer fell behind"
-    )
+    text = dropped.text()
     with transaction.atomic():
         audit_record(
             action=ACTION_UNRECORDED,
@@ -377,14 +364,7 @@ def egress_unrecorded_record(dropped: _Dropped) -> None:
             outcome="error",
             context=dropped.ctx,
             reason=text,
-            payload={
-                "sandbox": dropped.sandbox_key,
-                "count": dropped.count,
-                "refused": dropped.refused,
-                "first_at": dropped.first_at,
-                "last_at": dropped.last_at,
-                "hosts": sorted(dropped.hosts),
-            },
+            payload={"sandbox": dropped.sandbox_key, **dropped.as_dict()},
         )
     sandbox = Sandbox.objects.filter(pk=dropped.ctx["sandbox_id"]).first()
     if sandbox is not None:
