@@ -127,11 +127,7 @@ def grants_revoke(*, variant_id: int | None = None, run_id: int | None = None) -
             audit_record(
                 action="agents.grant.revoked",
                 actor_type="system",
-                target={
-                    "type": "variant",
-                    "id": str(grant.variant_id),
-                    "display": f"variant {grant.variant_id}",
-                },
+                target=_variant_target(grant),
                 context={
                     "campaign_id": grant.campaign_id,
                     "run_id": grant.run_id,
@@ -384,6 +380,15 @@ def _held(grant: ModelGrant, budget: str, *, held: Decimal) -> Refusal:
     )
 
 
+def _variant_target(grant: ModelGrant) -> dict:
+    """The audit target of a grant's events: its variant."""
+    return {
+        "type": "variant",
+        "id": str(grant.variant_id),
+        "display": f"variant {grant.variant_id}",
+    }
+
+
 def call_release(*, grant: ModelGrant, reserved: Decimal, error: str) -> None:
     """Give back what call_admit reserved for a call whose record could not be written (the
     gateway's last resort: call_record settles the reservation otherwise)."""
@@ -393,11 +398,7 @@ def call_release(*, grant: ModelGrant, reserved: Decimal, error: str) -> None:
             action="agents.model.reservation_released",
             actor_type="system",
             outcome="error",
-            target={
-                "type": "variant",
-                "id": str(grant.variant_id),
-                "display": f"variant {grant.variant_id}",
-            },
+            target=_variant_target(grant),
             context={
                 "campaign_id": grant.campaign_id,
                 "run_id": grant.run_id,
