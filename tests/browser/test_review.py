@@ -165,7 +165,10 @@ def test_review_end_to_end(asgi_server, browser_page, manager, reviewer):
     # Publishing pushes a branch to each local remote with exactly the approved diff.
     page.goto(f"{base}/campaigns/{campaign.pk}/review/?which=approved")
     page.click("[data-testid=publish-approved]")
-    assert "force-push" in page.inner_text("[data-testid=confirm-dialog]")
+    # The confirmation says what is replaced: only this campaign's own earlier push.
+    assert "replacing only what this campaign pushed" in page.inner_text(
+        "[data-testid=confirm-dialog]"
+    )
     page.click("[data-testid=confirm-ok]")
     wait_for(
         lambda: Changeset.objects.filter(campaign=campaign, state="pushed").count() == 4,
