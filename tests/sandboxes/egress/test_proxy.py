@@ -455,19 +455,21 @@ class _Idle:
             s.setblocking(False)
             self.sockets.append(s)
         self.said: dict[socket.socket, bytes] = {}
+        self.partial: dict[socket.socket, bytes] = {}
 
     def closed(self) -> list[bytes]:
-        """What the proxy said on each connection it has closed so far (b"" if nothing)."""
+        """What the proxy said on each connection it has closed so far (b"" if nothing). What
+        a connection said before it closed is kept across calls: an answer can arrive in
+        pieces on a loaded machine, and a piece read on one call was lost before."""
         for s in self.sockets:
             if s in self.said:
                 continue
-            data = b""
             try:
                 while chunk := s.recv(65536):
-                    data += chunk
+                    self.partial[s] = self.partial.get(s, b"") + chunk
             except BlockingIOError:
                 continue  # still open
-            self.said[s] = data
+            self.said[s] = self.partial.pop(s, b"")
         return list(self.said.values())
 
     def close(self) -> None:
