@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from campaigns.models import RepoRun, Validation
+from core.text import nul_shown
 from sandboxes.services import sandbox_fork, sandbox_terminate
 
 ERROR_CHARS = 4000
@@ -46,9 +47,7 @@ def baseline_run(ctx, snapshot, *, prepare: Callable, run_step: Callable) -> str
             )
             if command.exit_code != 0 or command.timed_out:
                 why = "timed out" if command.timed_out else f"exited with {command.exit_code}"
-                tail = ctx.redact(
-                    out[-ERROR_CHARS:].decode("utf-8", errors="replace").replace("\x00", "\u2400")
-                )
+                tail = ctx.redact(nul_shown(out[-ERROR_CHARS:].decode("utf-8", errors="replace")))
                 result, error = Validation.FAILED, f"validate[{i}] {why}\n{tail}"
                 break
     finally:

@@ -55,6 +55,7 @@ from campaigns.teardown import sandbox_terminate_logged as _terminate
 from campaigns.teardown import sandbox_terminate_soon, teardowns_pending, teardowns_wait
 from core.rows import row_insert
 from core.secret_forms import SecretScanner
+from core.text import nul_shown
 from sandboxes.backends.base import Capability, SandboxError, SandboxSpec
 from sandboxes.egress.sandbox import spec_network_fields
 from sandboxes.models import SandboxSnapshot
@@ -201,7 +202,7 @@ def _exec(
 
 def _tail(ctx: _Context, data: bytes) -> str:
     text = data[-OUTPUT_TAIL_BYTES:].decode("utf-8", errors="replace")
-    return ctx.redact(text.replace("\x00", "\u2400"))  # PostgreSQL text cannot hold NUL
+    return ctx.redact(nul_shown(text))
 
 
 def _step_failure(label: str, step: dict, command, output: str) -> str:
@@ -466,7 +467,7 @@ def _variant_run(ctx: _Context, variant: Variant, snapshot, sandbox=None) -> Non
     }
     for key in ("error", "output_tail"):  # PostgreSQL text cannot hold NUL
         if isinstance(result.get(key), str):
-            result[key] = result[key].replace("\x00", "\u2400")
+            result[key] = nul_shown(result[key])
     diff = {}
     if "patch" in result:
         diff = {

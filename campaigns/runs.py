@@ -29,6 +29,7 @@ from campaigns.states import (
     runs_transition,
 )
 from campaigns.teardown import after_teardowns
+from core.text import nul_shown
 from sandboxes.models import SandboxSnapshot
 from sandboxes.services import snapshot_delete
 
@@ -100,7 +101,7 @@ def run_fail(
 ) -> int | None:
     """Fail the run; the id of the campaign's next run if its slot went to it (see
     slot_handoff: `mine`, the run this worker earmarked, first)."""
-    message = message.replace("\x00", "\u2400")  # PostgreSQL text cannot hold NUL
+    message = nul_shown(message)
     signature, summary = error_signature(message)
     with transaction.atomic():
         if run_transition(

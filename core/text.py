@@ -10,6 +10,12 @@ NUL_MESSAGE = "must not contain NUL characters"
 SURROGATE_MESSAGE = "must be valid Unicode text (it contains a lone surrogate)"
 
 
+def nul_shown(value: str) -> str:
+    """`value` with each NUL as its symbol (U+2400), so that output a command printed can be
+    stored (PostgreSQL text cannot hold NUL) and still shows where the NUL was."""
+    return value.replace("\x00", "\u2400") if "\x00" in value else value
+
+
 def text_problem(value: str) -> str | None:
     """Why `value` cannot be stored as text, or None."""
     if "\x00" in value:

@@ -14,6 +14,7 @@ from datetime import datetime
 from ansi2html import Ansi2HTMLConverter
 
 from core.secret_forms import SecretScanner
+from core.text import nul_shown
 from sandboxes.models import LogLine
 
 logger = logging.getLogger(__name__)
@@ -61,8 +62,7 @@ class _StreamSplitter:
         text = self._decoder.decode(data)
         if not text:
             return []
-        if "\x00" in text:  # PostgreSQL text cannot hold NUL; show it as its symbol
-            text = text.replace("\x00", "\u2400")
+        text = nul_shown(text)  # PostgreSQL text cannot hold NUL
         if not self.pending:
             self.pending_since = now
         buffer = self.pending + text
