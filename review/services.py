@@ -183,7 +183,7 @@ def variant_pick(*, run: RepoRun, variant: Variant, actor, diff_hash: str) -> Ru
         variant = Variant.objects.select_for_update().get(pk=variant.pk)
         review = _review_locked(run)
         current = review.variant
-        if review.state == ReviewState.APPROVED and review_is_approved(review, current):
+        if review_is_approved(review, current) and not _approver_refused(run=run, review=review):
             raise ReviewError(
                 "This change is already approved; reject it first to choose another variant."
             )
@@ -237,13 +237,19 @@ def change_approve(
     with transaction.atomic():
         if variant is not None:
             review = RunReview.objects.filter(run_id=run.pk).first()
-            if review is None or review.variant_id != variant.pk or review.state != "picked":
+            void = (
+                review is not None
+                and review.state == ReviewState.APPROVED
+                and _approver_refused(run=run, review=review)
+            )
+            same = review is not None and review.variant_id == variant.pk
+            if not (same and (review.state == "picked" or void)):
                 variant_pick(run=run, variant=variant, actor=actor, diff_hash=diff_hash)
         review = _review_locked(run)
         if review.variant_id is None:
             raise ReviewError("Pick a variant before approving.", field="variant")
         chosen = Variant.objects.select_for_update().get(pk=review.variant_id)
-        if review_is_approved(review, chosen):
+        if review_is_approved(review, chosen) and not _approver_refused(run=run, review=review):
             raise ReviewError("This change is already approved.")
         _check_reviewable(chosen)
         _check_hash(chosen, diff_hash)
@@ -417,6 +423,24 @@ def _held_back_refuse(*, variants: list[Variant], require: str) -> None:
         )
 
 
+def _approver_refused(*, run: RepoRun, review: RunReview) -> bool:
+    """Whether the four-eyes rule now refuses the approval's approver: they may have become an
+    author since approving (approved a preview's diff, then launched it; approved, then
+    applied a revision). Such an approval does not count: publishing refuses it, and someone
+    else may approve the change again."""
+    approver = review.decided_by
+    return approver is not None and four_eyes_applies(campaign=run.campaign, user=approver)
+
+
+def _approver_check(*, run: RepoRun, review: RunReview) -> None:
+    if _approver_refused(run=run, review=review):
+        approver = review.decided_by
+        raise ReviewError(
+            f"{approver.get_username()} approved this change, and has since launched or revised "
+            "this campaign: under the four-eyes rule someone else must approve it again."
+        )
+
+
 def change_publish(*, run: RepoRun, actor) -> Changeset:
     """Queue the approved change for publishing: a branch push and, where possible, a PR."""
     if run.campaign.launched_at is None:  # a preview's runs: "not a launch, publishes nothing"
@@ -433,6 +457,7 @@ def change_publish(*, run: RepoRun, actor) -> Changeset:
                 "Only approved changes are published; this one is not approved "
                 "(or its diff changed after approval and needs approval again)."
             )
+        _approver_check(run=run, review=review)
         if chosen.patch_truncated:
             raise ReviewError("The diff was cut at the size cap and cannot be published whole.")
         variant_secret_check(variant_id=chosen.pk)
@@ -511,6 +536,12 @@ def changeset_push(*, changeset_id: int, last_attempt: bool = True) -> Changeset
     try:
         if variant is None or variant.diff_sha256 != changeset.diff_hash:
             raise PublishError("the variant changed after approval; approve it again")
+        review = RunReview.objects.select_related("decided_by").filter(run_id=run.pk).first()
+        if review is not None:
+            try:
+                _approver_check(run=run, review=review)
+            except ReviewError as exc:
+                raise PublishError(exc.message) from None
         host = codehosts.codehost_for_remote(changeset.remote_url)
         pushed_there = Changeset.objects.filter(
             remote_url=changeset.remote_url, branch=changeset.branch
