@@ -122,5 +122,5 @@ def test_unknown_secret_and_existing_name_need_the_database(manager):
         campaign_create(actor=manager, source=spec_for(tag, name="first") + "secrets: [API_KEY]\n")
     messages = {e.path: e.message for e in info.value.errors}
     assert "exists" in messages["name"]
-    assert "no stored secret named 'API_KEY'" in messages["secrets[0]"]
+    assert "'API_KEY' is not granted to this campaign" in messages["secrets[0]"]
     assert Campaign.objects.count() == 1

@@ -209,11 +209,11 @@ def test_another_manager_cannot_hand_the_owners_secret_to_their_own_code(
     taking = spec_for(tag, name="mine", extra="\nsecrets: [API_TOKEN]\n").replace(
         "python3 $CONVOY_FILES/fix.py --style $STYLE", 'echo "$API_TOKEN" > leak.txt'
     )
-    with pytest.raises(CampaignSpecError, match="granted to the campaign's owner"):
+    with pytest.raises(CampaignSpecError, match="granted to this campaign or its owner"):
         campaign_update(campaign=draft, actor=bob, source=taking)
     client.force_login(bob)
     page = client.post(f"/campaigns/{draft.pk}/edit/", {"spec": taking})
-    assert page.status_code in (200, 422) and "granted to the campaign&#x27;s owner" in (
+    assert page.status_code in (200, 422) and "granted to this campaign or its owner" in (
         page.content.decode()
     )
     draft.refresh_from_db()
@@ -221,15 +221,36 @@ def test_another_manager_cannot_hand_the_owners_secret_to_their_own_code(
     # A launched campaign's revision is checked the same way.
     Campaign.objects.filter(pk=draft.pk).update(state="completed")
     draft.refresh_from_db()
-    with pytest.raises(CampaignSpecError, match="granted to the campaign's owner"):
+    with pytest.raises(CampaignSpecError, match="granted to this campaign or its owner"):
         campaign_revise(campaign=draft, actor=bob, source=taking)
-    # The owner and an admin may name it; a grant to the campaign lets anyone who edits it.
+    # The owner and an admin may name it.
     Campaign.objects.filter(pk=draft.pk).update(state="draft")
     draft.refresh_from_db()
     assert campaign_update(campaign=draft, actor=manager, source=taking).spec["secrets"]
     assert campaign_update(campaign=draft, actor=admin_user, source=taking).spec["secrets"]
+    # A grant to the campaign itself does not let another manager save code that gets it
+    # either (bob rewrote the transform of a campaign holding a grant and sent it out).
     secret_grant(name="API_TOKEN", campaign=draft, actor=admin_user)
-    assert campaign_update(campaign=draft, actor=bob, source=taking).spec["secrets"]
+    bobs = taking.replace("leak.txt", "leak2.txt")
+    with pytest.raises(CampaignSpecError, match="granted to this campaign or its owner"):
+        campaign_update(campaign=draft, actor=bob, source=bobs)
+    draft.refresh_from_db()
+    assert "leak2.txt" not in draft.spec_source
+
+
+def test_a_manager_cannot_tell_stored_secret_names_from_unknown_ones(stored, client, manager):
+    """The spec check as typed answered "no stored secret named X" only for names that were
+    not stored: a manager could list the installation's secret names by trying them."""
+    tag, _ = repos_make(1)
+    client.force_login(manager)
+    answers = {}
+    for name in ("API_TOKEN", "NOPE_KEY"):
+        spec = spec_for(tag, name="enum", extra=f"\nsecrets: [{name}]\n")
+        page = client.post("/campaigns/validate/", {"spec": spec})
+        assert page.status_code == 200
+        answers[name] = page.content.decode().replace(name, "NAME")
+    assert answers["API_TOKEN"] == answers["NOPE_KEY"]
+    assert "not granted to this campaign" in answers["API_TOKEN"]
 
 
 def test_an_image_registry_login_follows_the_same_grant_rules(stored, manager, admin_user):
@@ -247,7 +268,7 @@ def test_an_image_registry_login_follows_the_same_grant_rules(stored, manager, a
     with pytest.raises(CampaignSpecError) as refused:
         campaign_update(campaign=draft, actor=bob, source=taking)
     assert refused.value.errors[0].path == "image.credentials_secret"
-    assert "granted to the campaign's owner" in refused.value.errors[0].message
+    assert "granted to this campaign or its owner" in refused.value.errors[0].message
     ungranted = spec_for(tag, name="reg", extra=image % "NOBODYS")
     with pytest.raises(CampaignSpecError) as refused:
         campaign_update(campaign=draft, actor=manager, source=ungranted)
