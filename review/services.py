@@ -344,6 +344,9 @@ def changes_bulk_approve(
         raise Invalid("group_key: required", field="group_key")
     if not run_ids:
         raise Invalid("run_ids: choose at least one repository", field="run_ids")
+    # A run listed twice is one run: its second copy was reported skipped ("already approved")
+    # beside its approval.
+    run_ids = list(dict.fromkeys(run_ids))
     if four_eyes_applies(campaign=campaign, user=actor):
         _four_eyes_refuse(
             actor=actor,

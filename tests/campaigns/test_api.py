@@ -52,6 +52,34 @@ def test_create_from_json_spec_with_field_errors_is_422(client, manager):
     assert not Campaign.objects.exists()
 
 
+def test_a_key_named_twice_in_a_spec_is_422_naming_it(client, manager):
+    """A spec sent as a JSON object (or as JSON text) kept the last of two values silently."""
+    tag, _ = repos_make(1)
+    headers = _bearer(manager)
+    body = (
+        '{"spec": {"name": "twice", "repos": {"tag": "TAG"}, "transform": [{"run": "true"}],'
+        ' "name": "again"}}'
+    ).replace("TAG", tag)
+    response = client.post(
+        "/api/v1/campaigns", body, content_type="application/json", headers=headers
+    )
+    assert response.status_code == 422, response.content
+    assert response.json()["errors"] == [
+        {"field": "spec.name", "message": "spec.name: duplicate key"}
+    ]
+    text = '{"name": "twice", "repos": {"tag": "TAG"}, "transform": [{"run": "a", "run": "b"}]}'
+    response = client.post(
+        "/api/v1/campaigns",
+        {"yaml": text.replace("TAG", tag)},
+        content_type="application/json",
+        headers=headers,
+    )
+    assert response.status_code == 422, response.content
+    assert response.json()["errors"][0]["field"] == "transform[0].run"
+    assert "duplicate key" in response.json()["errors"][0]["message"]
+    assert not Campaign.objects.exists()
+
+
 def test_launch_creates_runs_and_counts_them_then_filters(
     client, manager, django_capture_on_commit_callbacks
 ):

@@ -3,7 +3,9 @@ masked; a diff holding a secret is flagged, shown masked, and held back from app
 publishing until an admin overrides the finding."""
 
 import base64
+import html
 import json
+import re
 from urllib.parse import quote, quote_plus
 
 import pytest
@@ -306,6 +308,53 @@ def test_a_flagged_diff_is_masked_on_every_page_and_in_the_api(
     patches = variant_patches(run_ids=[run.pk])
     assert VALUE not in patches[(run.pk, "a")] and "[secret API_TOKEN" in patches[(run.pk, "a")]
     assert VALUE in variant.diff  # stored as it is: what an overridden publish pushes
+
+
+def test_rotating_a_secret_keeps_the_diffs_that_held_its_old_value_masked(
+    stored, client, manager, reviewer, admin_user
+):
+    """Masking used the secrets' current values: after a rotation, every diff flagged with the
+    old value showed it whole (the value most likely to be live elsewhere, or not yet revoked)."""
+    from campaigns.reports import variant_patches
+
+    campaign = campaign_make(owner=admin_user)
+    spec = dict(campaign.spec, secrets=["API_TOKEN"])
+    Campaign.objects.filter(pk=campaign.pk).update(spec=spec, state="previewing")
+    run = run_make(campaign=campaign)
+    encoded = base64.b64encode(VALUE.encode()).decode()
+    patch = patch_for("ci.yml", "x", f"token: {VALUE} {encoded}")
+    variant = variant_make(run=run, name="a", patch=patch)
+    assert SecretLeak.objects.filter(variant=variant).exists()
+
+    secret_set(name="API_TOKEN", value="the-new-value-after-rotation", actor=admin_user)
+
+    shown = {
+        "display": variant_patch_for_display(variant=variant).decode(),
+        "patches": variant_patches(run_ids=[run.pk])[(run.pk, "a")],
+    }
+    _, raw = token_create(user=reviewer, name="t-rob")
+    api = client.get(
+        f"/api/v1/campaigns/{campaign.pk}/runs/{run.pk}", HTTP_AUTHORIZATION=f"Bearer {raw}"
+    )
+    shown["api"] = api.json()["variants_detail"][0]["diff"]
+    client.force_login(reviewer)
+    for url in (
+        f"/campaigns/{campaign.pk}/runs/{run.pk}/",
+        f"/campaigns/{campaign.pk}/runs/{run.pk}/compare/",
+        f"/campaigns/{campaign.pk}/runs/{run.pk}/variants/{variant.pk}/patch/",
+    ):
+        response = client.get(url)
+        assert response.status_code == 200, url
+        body = b"".join(getattr(response, "streaming_content", [response.content])).decode()
+        shown[url] = html.unescape(re.sub(r"<[^>]*>", "", body))  # as read: highlighting split it
+    for where, text in shown.items():
+        assert VALUE not in text and encoded not in text, where
+        assert "[secret API_TOKEN]" in text and "[secret API_TOKEN, base64]" in text, where
+    # The old value is kept encrypted with the finding, never in the clear.
+    leak = SecretLeak.objects.get(variant=variant)
+    assert VALUE.encode() not in bytes(leak.values_ciphertext)
+    with pytest.raises(Conflict, match="API_TOKEN"):
+        change_approve(run=run, actor=reviewer, variant=variant, diff_hash=variant.diff_sha256)
 
 
 @pytest.mark.django_db(transaction=True)
