@@ -19,7 +19,15 @@ from ninja.errors import ValidationError as NinjaValidationError
 from ninja.parser import Parser
 
 from audit.record import AuditWriteError, audit_denied
-from core.errors import ConvoyError, FieldError, Invalid, NotFound, PermissionDenied, Unavailable
+from core.errors import (
+    ConvoyError,
+    FieldError,
+    Invalid,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
 from core.json_strict import DuplicateKeyError, json_loads_strict
 from core.text import data_text_problem, text_problem
 
@@ -83,9 +91,7 @@ def api_errors_install(api: NinjaAPI) -> None:
 
     @api.exception_handler(AuthenticationError)
     def _unauthenticated(request, exc):
-        error = ConvoyError("Authentication required: send a valid API token.")
-        error.code = "unauthenticated"
-        return api.create_response(request, error.as_body(), status=401)
+        return respond(request, Unauthenticated("Authentication required: send a valid API token."))
 
     @api.exception_handler(NinjaValidationError)
     def _invalid(request, exc):

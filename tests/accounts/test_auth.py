@@ -147,7 +147,7 @@ def test_a_token_cannot_mint_tokens_and_its_actions_name_it(client, manager):
     admin can trace what a leaked one did."""
     import json
 
-    token, raw = token_create(user=manager, name="ci")
+    token, raw = token_create(user=manager, name="ci", scope="write")
     auth = {"Authorization": f"Bearer {raw}"}
     minted = client.post(
         "/api/v1/tokens", {"name": "child"}, content_type="application/json", headers=auth

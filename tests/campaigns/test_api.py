@@ -11,7 +11,7 @@ pytestmark = pytest.mark.shapes("embedded", "production")
 
 
 def _bearer(user) -> dict:
-    _token, raw = token_create(user=user, name="test")
+    _token, raw = token_create(user=user, name="test", scope="write")
     return {"Authorization": f"Bearer {raw}"}
 
 

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.shapes("embedded", "production")
 
 
 def _approve(client, user, campaign, run, variant):
-    _, raw = token_create(user=user, name="t")
+    _, raw = token_create(user=user, name="t", scope="write")
     return client.post(
         f"/api/v1/review/campaigns/{campaign.pk}/runs/{run.pk}/approve",
         {"variant": variant.name, "diff_hash": variant.diff_sha256},

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.shapes("embedded", "production")
 
 
 def _auth(user):
-    _, raw = token_create(user=user, name="t")
+    _, raw = token_create(user=user, name="t", scope="write")
     return {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
 
 

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.shapes("embedded", "production")
 
 
 def _auth(user) -> dict:
-    _token, raw = token_create(user=user, name="t")
+    _token, raw = token_create(user=user, name="t", scope="write")
     return {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
 
 

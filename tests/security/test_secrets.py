@@ -50,7 +50,7 @@ def stored(admin_user):
 
 
 def _auth(user):
-    _token, raw = token_create(user=user, name="t")
+    _token, raw = token_create(user=user, name="t", scope="write")
     return {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
 
 
@@ -294,7 +294,7 @@ def test_a_flagged_diff_is_masked_on_every_page_and_in_the_api(
     variant = variant_make(run=run, name="a", patch=patch_for("ci.yml", "x", f"token: {VALUE}"))
     assert SecretLeak.objects.filter(variant=variant).exists()
     for user in (manager, reviewer):
-        _, raw = token_create(user=user, name=f"t-{user.username}")
+        _, raw = token_create(user=user, name=f"t-{user.username}", scope="write")
         api = client.get(
             f"/api/v1/campaigns/{campaign.pk}/runs/{run.pk}", HTTP_AUTHORIZATION=f"Bearer {raw}"
         )
