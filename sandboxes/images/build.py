@@ -243,7 +243,11 @@ class BuildLog:
 
         def disk_watch() -> None:
             while not ended.wait(WATCH_EVERY_S):
-                if disk.passed():
+                try:
+                    passed = disk.passed()
+                except OSError:  # a walk that failed: the next one looks again
+                    continue
+                if passed:
                     full.set()
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.killpg(proc.pid, signal.SIGKILL)
