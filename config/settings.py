@@ -46,6 +46,7 @@ KNOWN_CONVOY_VARS = {
     "CONVOY_SANDBOX_SIM",
     "CONVOY_GATEWAY_BODY_MB",
     "CONVOY_API_TOKEN_MAX_DAYS",
+    "CONVOY_IMAGE_BUILD_DISK_MB",
 }
 SANDBOX_BACKENDS = ("gvisor", "bwrap", "modal", "e2b", "daytona", "process")
 
@@ -287,6 +288,8 @@ CELERY_IMPORTS = ["review.tasks"]
 CONVOY_WORKER_CONCURRENCY = envint("CONVOY_WORKER_CONCURRENCY", 4, minimum=1)
 # The largest request body the model gateway reads from a sandbox (a model call's prompt).
 GATEWAY_BODY_MB = envint("CONVOY_GATEWAY_BODY_MB", 8, minimum=1)
+# The most disk one image build may use (its root filesystem and what its base step keeps).
+IMAGE_BUILD_DISK_MB = envint("CONVOY_IMAGE_BUILD_DISK_MB", 20480, minimum=1)
 # A test-only hook (config.embedded): the embedded beat thread dies right after it starts.
 TEST_CRASH_BEAT = envbool("CONVOY_TEST_CRASH_BEAT", False)
 if TEST_CRASH_BEAT and not TESTING:

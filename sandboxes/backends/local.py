@@ -251,7 +251,7 @@ def disk_usage(path: Path, *, stop_after: int) -> int:
     become a link to a host directory, and the host (root, perhaps) must not list or size what
     the link names. So a directory is listed through a descriptor, and only when it is the
     very inode (device and number) its parent listed; one that changed is left out of this
-    walk (the next walk sees it)."""
+    walk (the next walk sees it), as is one removed while it is listed (the listing fails)."""
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         top = os.lstat(path)
@@ -280,6 +280,8 @@ def disk_usage(path: Path, *, stop_after: int) -> int:
                         stack.append((f"{where}/{entry.name}", st.st_dev, st.st_ino))
                     if total > stop_after:
                         return total
+        except OSError:
+            continue  # removed while listed (EINVAL, ENOENT from getdents): as if it changed
         finally:
             os.close(fd)
     return total
