@@ -548,11 +548,12 @@ def sandbox_repo_checkout(
         return sha
     if hasattr(engine, "workspace_path"):  # a local engine: clone straight into the directory
         dest = engine.workspace_path(sandbox_handle(sandbox))
-        sha = _checkout_into(dest, url=url, ref=ref, fresh_after=fresh_after, exclude=exclude)
         owner = engine.workspace_owner()
-        if owner is not None:  # before the sandbox's first command
-            tree_chown(dest, owner)
-        return sha
+        if owner is not None:  # host git refuses a directory of another user's: staged here
+            sha, staged = _staged(url, ref, fresh_after, exclude, owner)
+            _staged_move(staged, dest, owner)
+            return sha
+        return _checkout_into(dest, url=url, ref=ref, fresh_after=fresh_after, exclude=exclude)
     mirror = mirror_fetch(url=url, fresh_after=fresh_after)
     sha = commit_resolve(mirror=mirror, ref=ref)
     # A remote engine: ship a bundle of the commit and unpack it inside the sandbox.

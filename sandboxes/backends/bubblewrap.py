@@ -119,6 +119,8 @@ def bwrap_argv(
     return argv
 
 
+# What bwrap binds over an image's directories (bwrap looks each one up as the host user).
+IMAGE_MOUNT_POINTS = ("convoy/home", "convoy/files", "convoy/egress", "convoy/bin", "workspace")
 # prlimit's option for each limit `rlimits_for` sets.
 PRLIMIT_OPTIONS = {
     resource.RLIMIT_FSIZE: "--fsize",
@@ -213,23 +215,26 @@ class BubblewrapBackend(LocalBackend):
 
     def _binds_reachable(self, meta: Meta) -> None:
         """What bwrap binds from the data directory (the egress proxy's socket directory and
-        relay, an image) reachable by the sandboxes' host user, and the proxy's socket
-        connectable by it (group, mode 0660: its directory is mounted read-only)."""
+        relay, an image) reachable by the sandboxes' host user (the proxy makes its socket
+        connectable by it)."""
         if self.ws.owner is None:
             return
-        gid = self.ws.owner[1]
         extra = meta.extra
         for path in (extra.get("egress_dir"), extra.get("egress_relay"), extra.get("image_root")):
-            if path and Path(path).is_relative_to(self._private_top):
-                search_grant(
-                    path if os.path.isdir(path) else os.path.dirname(path),
-                    upto=self._private_top,
-                    gid=gid,
-                )
-        if extra.get("egress_dir"):
-            socket = os.path.join(extra["egress_dir"], "proxy.sock")
-            os.chown(socket, -1, gid, follow_symlinks=False)
-            os.chmod(socket, 0o660)
+            if not path:
+                continue
+            for top in (Path(settings.DATA_DIR), self._private_top):
+                if Path(path).is_relative_to(top):
+                    directory = path if os.path.isdir(path) else os.path.dirname(path)
+                    search_grant(directory, upto=top, gid=self.ws.owner[1])
+                    break
+        if extra.get("image_root"):  # its mount points (built as root: /convoy may be 0700)
+            root = os.path.realpath(extra["image_root"])
+            for inside in IMAGE_MOUNT_POINTS:
+                where = os.path.join(root, inside)
+                # Never through a link the image holds (it may name any host directory).
+                if os.path.isdir(where) and os.path.realpath(where) == where:
+                    search_grant(where, upto=root, gid=self.ws.owner[1])
 
     def _stop(self, meta: Meta) -> None:
         if meta.external_id in self._made_here:

@@ -110,6 +110,7 @@ def upstream_start(cert: Path | None = None, key: Path | None = None) -> Upstrea
 def short_tmp() -> Iterator[Path]:
     """A short directory (UNIX socket paths are limited to 107 bytes)."""
     path = Path(tempfile.mkdtemp(prefix="eg-", dir="/tmp"))
+    path.chmod(0o711)  # bwrap, started as the sandboxes' host user, binds the sockets below
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
