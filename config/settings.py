@@ -18,6 +18,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 KNOWN_CONVOY_VARS = {
     "CONVOY_DATA_DIR",
     "CONVOY_SANDBOX_BACKEND",
+    "CONVOY_SANDBOX_HOST_UID",
     "CONVOY_ALLOW_UNSAFE_PROCESS_BACKEND",
     "CONVOY_REDIS_PREFIX",
     "CONVOY_TRUSTED_PROXY_HOPS",
@@ -380,6 +381,10 @@ SANDBOX_SIM = envbool("CONVOY_SANDBOX_SIM", False)
 if SANDBOX_SIM:
     SANDBOX_BACKENDS = (*SANDBOX_BACKENDS, "sim")
 SANDBOX_BACKEND = envchoice("CONVOY_SANDBOX_BACKEND", "bwrap", SANDBOX_BACKENDS)
+# The host user (and group) a bubblewrap sandbox runs as when the worker is root: no host
+# account's (sandbox files are its, and nothing else is), no supplementary groups. A worker
+# that is not root starts its sandboxes as itself, unprivileged already.
+SANDBOX_HOST_UID = envint("CONVOY_SANDBOX_HOST_UID", 2_000_000, minimum=1)
 ALLOW_UNSAFE_PROCESS_BACKEND = envbool("CONVOY_ALLOW_UNSAFE_PROCESS_BACKEND", False)
 if SANDBOX_BACKEND == "process" and not ALLOW_UNSAFE_PROCESS_BACKEND:
     _fail(

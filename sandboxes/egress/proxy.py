@@ -34,6 +34,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from core.errors import Invalid
+from sandboxes.backends.host_user import sandbox_host_owner
 from sandboxes.egress.addresses import HostAddresses, address_refusal, in_ranges
 from sandboxes.egress.events import EgressEvent, EgressStats
 from sandboxes.egress.policy import Limits, NetworkPolicy, normalise_host
@@ -142,6 +143,7 @@ class EgressProxy:
         sni_ports: frozenset[int] = frozenset({443}),
         http_ports: frozenset[int] = frozenset({80}),
         socket_mode: int = 0o600,
+        socket_group: int | None = None,
         resolve_timeout_s: float = 10.0,
         index_ranges: tuple = (),
         host_addresses: tuple = (),
@@ -173,6 +175,11 @@ class EgressProxy:
         # requests for any name served at that address).
         self.http_ports = http_ports
         self.socket_mode = socket_mode
+        # Where bwrap sandboxes run as their own host user (`host_user`: a root worker), its
+        # group may pass through the proxy's directories and connect to the sockets.
+        if socket_group is None and (owner := sandbox_host_owner()) is not None:
+            socket_group = owner[1]
+        self.socket_group = socket_group
         self.resolve_timeout_s = resolve_timeout_s
         # Operator-trusted ranges for the host's package indexes (see index_ranges_parse).
         self.index_ranges = tuple(index_ranges)
@@ -203,7 +210,7 @@ class EgressProxy:
             if self.running:
                 return self
             self.root.mkdir(parents=True, exist_ok=True)
-            os.chmod(self.root, 0o700)
+            self._private(self.root)
             loop = asyncio.new_event_loop()
             ready = threading.Event()
 
@@ -300,12 +307,25 @@ class EgressProxy:
             )
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(mode=0o700, parents=True)
+        self._private(directory)
         sb.server = await asyncio.start_unix_server(
             lambda r, w: self._serve(sb, r, w), path=str(sb.socket_path), limit=HEAD_LIMIT
         )
-        os.chmod(sb.socket_path, self.socket_mode)
+        if self.socket_group is None:
+            os.chmod(sb.socket_path, self.socket_mode)
+        else:
+            os.chown(sb.socket_path, -1, self.socket_group)
+            os.chmod(sb.socket_path, self.socket_mode | 0o060)
         self._sandboxes[key] = sb
         return sb.socket_path
+
+    def _private(self, directory: Path) -> None:
+        """The worker's alone (0700), but for the sandboxes' host group's search permission."""
+        if self.socket_group is None:
+            os.chmod(directory, 0o700)
+        else:
+            os.chown(directory, -1, self.socket_group)
+            os.chmod(directory, 0o710)  # noqa: S103 (the group may only pass through)
 
     async def _close(self, key: str) -> None:
         sb = self._sandboxes.pop(key, None)

@@ -158,6 +158,7 @@ def keepalive_origin() -> Iterator[Upstream]:
 def short_tmp() -> Iterator[Path]:
     """A short directory (UNIX socket paths are limited to 107 bytes)."""
     path = Path(tempfile.mkdtemp(prefix="eg-", dir="/tmp"))
+    path.chmod(0o711)  # bwrap, started as the sandboxes' host user, binds the sockets below
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
