@@ -67,7 +67,7 @@ def _ceiling(value, field: str) -> Decimal | None:
         raise Invalid("must be an amount in USD above 0 and at most 1000000", field=field)
     if amount != amount.quantize(Decimal("0.01")):
         raise Invalid("must be in whole cents, e.g. 12.50", field=field)
-    return amount
+    return amount.quantize(Decimal("0.01"))
 
 
 def provider_budgets(
