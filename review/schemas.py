@@ -17,6 +17,12 @@ class ApproveIn(Schema):
     diff_hash: str = Field(..., min_length=64, max_length=64)
     variant: int | str | None = Field(None, description="Pick this variant and approve it")
     comment: str = Field("", max_length=5000)
+    publish_hash: str = Field(
+        "",
+        max_length=64,
+        description="`publish_hash` of the run's review as you read it: refused (409) if the "
+        "text to publish changed since",
+    )
 
 
 class RejectIn(Schema):
@@ -56,6 +62,13 @@ class PublishApprovedOut(Schema):
     refused: list[RunSkippedOut]
 
 
+class PublishTextOut(Schema):
+    title: str
+    body: str
+    commit_message: str
+    author: str
+
+
 class ReviewOut(Schema):
     run_id: int
     state: str
@@ -66,6 +79,13 @@ class ReviewOut(Schema):
     comment: str
     decided_by: str | None
     decided_at: datetime | None
+    publish_text: PublishTextOut = Field(
+        ..., description="What publishing would say now; an approval binds it"
+    )
+    publish_hash: str
+    publish_text_changes: list[str] = Field(
+        ..., description="changeset.* fields changed since the approval: approve again"
+    )
 
 
 class ChangesetOut(Schema):
@@ -79,6 +99,9 @@ class ChangesetOut(Schema):
     pr_number: int | None
     pr_url: str
     diff_hash: str
+    publish_text: PublishTextOut | None = Field(
+        ..., description="The text pushed with it, bound when publishing was requested"
+    )
     error: str
     published_at: datetime | None
     refreshed_at: datetime | None
