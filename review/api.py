@@ -107,6 +107,7 @@ def review_bulk_approve(request, campaign_id: str, data: BulkApproveIn):
         actor=request.auth,
         comment=data.comment,
         diff_hashes=data.diff_hashes,
+        publish_hash=data.publish_hash,
     )
 
 

@@ -42,6 +42,9 @@ class BulkApproveIn(Schema):
         Annotated[int, Field(ge=1, le=2**63 - 1)], Annotated[str, Field(max_length=64)]
     ] = Field(..., max_length=5000)
     comment: str = Field("", max_length=5000)
+    publish_hash: str = Field(
+        "", max_length=64, description="The runs' `publish_hash` as read (see ApproveIn)"
+    )
 
 
 class RunSkippedOut(Schema):

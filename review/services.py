@@ -244,13 +244,7 @@ def change_approve(
     changed since is approved again here."""
     four_eyes_check(run=run, actor=actor)
     campaign = Campaign.objects.get(pk=run.campaign_id)  # the spec as it is now
-    text = publish_text_for(campaign)
-    if publish_hash and publish_hash != text.sha256:
-        raise StaleDecision(
-            "The text to publish (title, body, commit message or author) changed since you "
-            "loaded the page (a campaign revision). Reload and review it.",
-            field="publish_hash",
-        )
+    text = _publish_text_check(campaign=campaign, publish_hash=publish_hash)
     with transaction.atomic():
         if variant is not None:
             review = RunReview.objects.filter(run_id=run.pk).first()
@@ -303,6 +297,19 @@ def change_approve(
             reason=comment,
         )
     return review
+
+
+def _publish_text_check(*, campaign: Campaign, publish_hash: str):
+    """The campaign's text to publish now; StaleDecision when it is not the one (`publish_hash`)
+    the reviewer was shown."""
+    text = publish_text_for(campaign)
+    if publish_hash and publish_hash != text.sha256:
+        raise StaleDecision(
+            "The text to publish (title, body, commit message or author) changed since you "
+            "loaded the page (a campaign revision). Reload and review it.",
+            field="publish_hash",
+        )
+    return text
 
 
 def _reapproval(review: RunReview) -> bool:
@@ -363,6 +370,7 @@ def changes_bulk_approve(
     actor,
     comment: str = "",
     diff_hashes: dict[int, str] | None = None,
+    publish_hash: str = "",
 ) -> BulkApproval:
     """Approve `variant_name` in each listed run whose diff is still in the group shown.
 
@@ -377,6 +385,7 @@ def changes_bulk_approve(
         raise Invalid("group_key: required", field="group_key")
     if not run_ids:
         raise Invalid("run_ids: choose at least one repository", field="run_ids")
+    _publish_text_check(campaign=Campaign.objects.get(pk=campaign.pk), publish_hash=publish_hash)
     if four_eyes_applies(campaign=campaign, user=actor):
         _four_eyes_refuse(
             actor=actor,
@@ -413,6 +422,7 @@ def changes_bulk_approve(
                 variant=v,
                 comment=comment,
                 group_key=group_key,
+                publish_hash=publish_hash,
             )
         except (Conflict, Invalid) as exc:
             # One run's refusal (approved meanwhile, diff changed) does not stop the others.

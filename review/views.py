@@ -262,6 +262,7 @@ def bulk_review(request, pk):
         if shown
         else [],
         "can_review": user_can(request.user, "change_review"),
+        "publish_text": publish_text_for(campaign),
     }
     return render(request, BULK, context)
 
@@ -280,6 +281,7 @@ def bulk_approve(request, pk):
         run_ids=run_ids,
         actor=request.user,
         comment=request.POST.get("comment", ""),
+        publish_hash=request.POST.get("publish_hash", ""),
     )
     msg = f"Approved {len(result.approved)} change(s)."
     if result.skipped:

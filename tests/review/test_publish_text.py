@@ -210,3 +210,28 @@ def test_a_spec_names_as_author_only_its_editor_or_the_installations_bot(
             campaign=draft, actor=manager, source=_with_author(spec, "Nina <n@example.com>")
         )
     assert [e.path for e in changed.value.errors] == ["changeset.author"]
+
+
+def test_bulk_approval_shows_the_text_and_refuses_once_a_revision_changed_it(
+    client, manager, reviewer
+):
+    from review.models import Decision
+
+    spec, campaign = _launched(manager, "bulk-text")
+    runs = [run_make(campaign=campaign) for _ in range(2)]
+    for run in runs:
+        variant_make(run=run, name="standard", patch=patch_for("x.py", "1", "2"))
+    assert client.login(username=reviewer.username, password=PASSWORD)
+    url = reverse("review-bulk", args=[campaign.pk])
+    html = client.get(url, {"variant": "standard"}).content.decode()
+    form = html[html.index('action="' + reverse("review-bulk-approve", args=[campaign.pk])) :]
+    assert re.search(r'data-testid="publish-title">\s*Use assertEqual\s*<', form)
+    fields = dict(re.findall(r'type="hidden" name="(\w+)" value="([^"]*)"', form))
+    post = {**fields, "run_ids": [r.pk for r in runs]}
+
+    campaign_revise(
+        campaign=campaign, actor=manager, source=spec.replace(f"title: {TITLE}", "title: Other")
+    )
+    refused = client.post(reverse("review-bulk-approve", args=[campaign.pk]), post)
+    assert refused.status_code == 409 and b"text to publish" in refused.content
+    assert not Decision.objects.filter(kind="approve").exists()
