@@ -18,7 +18,11 @@ def _token_out(token: ApiToken) -> dict:
         "id": token.pk,
         "name": token.name,
         "prefix": token.prefix,
+        "scope": token.scope,
         "created_at": token.created_at.isoformat(),
+        "expires_at": token.expires_at.isoformat(),
+        "expires_soon": token.expires_soon,
+        "expired": token.expired,
         "revoked": token.revoked_at is not None,
     }
 
@@ -44,12 +48,15 @@ def tokens_list(request):
 
 @router.post("/tokens", response={201: TokenCreatedOut, **errors_for(403, 422)})
 def tokens_create(request, data: TokenIn):
-    """A new token for the caller; its value is in this answer and nowhere else, ever. Only
+    """A new token for the caller, `read` scope and 90 days unless asked (at most
+    CONVOY_API_TOKEN_MAX_DAYS); its value is in this answer and nowhere else, ever. Only
     from a signed-in session: a token minting tokens would outlive its own revocation (a
     leaked token's children kept working)."""
     if hasattr(request.auth, "_convoy_api_token"):
         raise PermissionDenied("create API tokens from a signed-in session, not with a token")
-    token, raw = token_create(user=request.auth, name=data.name, actor=request.auth)
+    token, raw = token_create(
+        user=request.auth, name=data.name, scope=data.scope, days=data.days, actor=request.auth
+    )
     return Status(201, {**_token_out(token), "token": raw})
 
 

@@ -1,11 +1,19 @@
-"""Forms for people: a new user, a role or activity change. Saving calls the service; a refusal
-about one of the form's fields is shown beside it (the one place such refusals are caught)."""
+"""Forms for people: a new user, a role or activity change, one's own API token. Saving calls
+the service; a refusal about one of the form's fields is shown beside it (the one place such
+refusals are caught)."""
 
 from django import forms
 from django.contrib.auth.models import User
 
+from accounts.models import ApiToken
 from accounts.roles import ROLES
-from accounts.services import user_active_set, user_create, user_role_set
+from accounts.services import (
+    token_create,
+    token_days_allowed,
+    user_active_set,
+    user_create,
+    user_role_set,
+)
 from core.errors import Invalid
 
 ROLE_CHOICES = [(r, r) for r in ROLES]
@@ -55,3 +63,29 @@ class PersonChangeForm(_ServiceForm):
             active = self.cleaned_data["active"] == "1"
             return self._call(user_active_set, user=person, active=active, actor=actor)
         return self._call(user_role_set, user=person, role=self.cleaned_data["role"], actor=actor)
+
+
+class TokenForm(_ServiceForm):
+    """A new API token for oneself; the lifetime's bounds are the service's (named beside
+    `days`), so CONVOY_API_TOKEN_MAX_DAYS is enforced in one place."""
+
+    name = forms.CharField(max_length=100, required=False, help_text="To tell tokens apart.")
+    days = forms.IntegerField(
+        label="Lifetime (days)", help_text="After this the token is refused; make a new one."
+    )
+    scope = forms.ChoiceField(
+        choices=ApiToken.Scope.choices,
+        initial=ApiToken.Scope.READ,
+        widget=forms.RadioSelect,
+        help_text="Read is enough for scripts that only look.",
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        default, most = token_days_allowed()
+        self.fields["days"].initial = default
+        self.fields["days"].help_text += f" At most {most}."
+        self.fields["days"].widget.attrs.update(min=1, max=most)
+
+    def save(self, *, user: User) -> tuple[ApiToken, str] | None:
+        return self._call(token_create, user=user, actor=user, **self.cleaned_data)

@@ -1,7 +1,12 @@
 """People: role permissions and per-user API tokens (stored only as a hash)."""
 
+from datetime import timedelta
+
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
+
+EXPIRY_WARNING = timedelta(days=7)
 
 
 class Capability(models.Model):
@@ -24,6 +29,10 @@ class Capability(models.Model):
 
 
 class ApiToken(models.Model):
+    class Scope(models.TextChoices):
+        READ = "read", "read: GET and HEAD only"
+        WRITE = "write", "write: everything its owner may do"
+
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
     )
@@ -33,10 +42,21 @@ class ApiToken(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    scope = models.CharField(max_length=5, choices=Scope.choices, default=Scope.READ)
+    expires_at = models.DateTimeField(help_text="Refused from then on (401 saying it expired)")
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.user})"
 
     @property
     def active(self) -> bool:
-        return self.revoked_at is None
+        return self.revoked_at is None and not self.expired
+
+    @property
+    def expired(self) -> bool:
+        return self.expires_at <= timezone.now()
+
+    @property
+    def expires_soon(self) -> bool:
+        """Expires within a week (the token lists mark it), and has not yet."""
+        return not self.expired and self.expires_at - timezone.now() <= EXPIRY_WARNING

@@ -6,13 +6,15 @@ from django.utils import timezone
 from accounts.models import ApiToken
 from accounts.roles import ADMIN, MANAGER, REVIEWER, capability_require
 from accounts.services import TOKEN_PREFIX, token_digest
-from core.errors import NotFound
+from core.errors import NotFound, Unauthenticated
 
 ADMINS_ONLY = "Only admins manage people."
 
 
 def user_for_token(*, raw: str) -> User | None:
-    """The active user owning this token, or None for an unknown or revoked token."""
+    """The active user owning this token, or None for an unknown or revoked token; an expired
+    one is refused with 401 saying so (its owner learns to make a new one, not to look for a
+    typo). The user carries the token as `_convoy_api_token` (its scope, the audit's actor)."""
     if not raw.startswith(TOKEN_PREFIX):
         return None
     token = (
@@ -23,6 +25,12 @@ def user_for_token(*, raw: str) -> User | None:
     if token is None:
         return None
     now = timezone.now()
+    if token.expires_at <= now:
+        raise Unauthenticated(
+            f"This API token ({token.prefix}…) expired on {token.expires_at:%Y-%m-%d %H:%M} UTC;"
+            " make a new one.",
+            code="token_expired",
+        )
     # Touch at most once a minute: a busy client must not turn every read into a write.
     if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)

@@ -2,7 +2,9 @@
 
 import hashlib
 import secrets
+from datetime import timedelta
 
+from django.conf import settings
 from django.contrib.auth.models import Group, Permission, User
 from django.contrib.auth.password_validation import validate_password
 from django.contrib.auth.validators import UnicodeUsernameValidator
@@ -162,21 +164,57 @@ def _sessions_end(*, user_id: int) -> int:
     return Session.objects.filter(pk__in=mine).delete()[0]
 
 
+TOKEN_DAYS_DEFAULT = 90
+
+
+def token_days_allowed() -> tuple[int, int]:
+    """A new token's lifetime in days: the default, and the most `CONVOY_API_TOKEN_MAX_DAYS`
+    allows."""
+    most = settings.API_TOKEN_MAX_DAYS
+    return min(TOKEN_DAYS_DEFAULT, most), most
+
+
 @transaction.atomic
 def token_create(
-    *, user: User, name: str = "", actor: User | None = None, by_operator: bool = False
+    *,
+    user: User,
+    name: str = "",
+    scope: str = ApiToken.Scope.READ,
+    days: int | None = None,
+    actor: User | None = None,
+    by_operator: bool = False,
 ) -> tuple[ApiToken, str]:
-    """Create a token; the raw value is returned once and never stored. `actor` None: the
-    user themself, unless `by_operator` (`manage.py` on the host: the trail says so)."""
+    """Create a token living `days` (None: the default) with `scope` ("read": GET and HEAD
+    only); the raw value is returned once and never stored. `actor` None: the user themself,
+    unless `by_operator` (`manage.py` on the host: the trail says so)."""
+    if scope not in ApiToken.Scope.values:
+        raise AccountError("scope", f"unknown scope {scope!r}; expected read or write")
+    default, most = token_days_allowed()
+    days = default if days is None else days
+    if not 1 <= days <= most:
+        raise AccountError(
+            "days", f"a token lives 1 to {most} days (CONVOY_API_TOKEN_MAX_DAYS); {days} asked"
+        )
     raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token = ApiToken.objects.create(
-        user=user, name=name[:100], prefix=raw[: len(TOKEN_PREFIX) + 6], digest=token_digest(raw)
+        user=user,
+        name=name[:100],
+        prefix=raw[: len(TOKEN_PREFIX) + 6],
+        digest=token_digest(raw),
+        scope=scope,
+        expires_at=timezone.now() + timedelta(days=days),
     )
     audit_record(
         action="people.token.created",
         **_token_actor(actor or user, by_operator),
         target=token,
-        payload={"user": user.username, "name": token.name, "prefix": token.prefix},
+        payload={
+            "user": user.username,
+            "name": token.name,
+            "prefix": token.prefix,
+            "scope": token.scope,
+            "expires_at": token.expires_at.isoformat(),
+        },
     )
     return token, raw
 

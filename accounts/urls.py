@@ -1,4 +1,5 @@
-"""Page URLs for people: dashboard, sign in and out, the people admin page."""
+"""Page URLs for people: dashboard, sign in and out, one's password and API tokens, the
+people admin page."""
 
 from django.contrib.auth import views as auth_views
 from django.urls import path
@@ -14,6 +15,8 @@ urlpatterns = [
     ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("account/password/", views.password_change, name="password-change"),
+    path("account/tokens/", views.tokens, name="tokens"),
+    path("account/tokens/<int:pk>/revoke/", views.token_revoke_page, name="token-revoke"),
     path("people/", views.people, name="people"),
     path("people/<int:pk>/", views.person_change, name="person-change"),
 ]

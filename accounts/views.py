@@ -1,5 +1,5 @@
-"""Pages for people: the dashboard landing page, the people admin page, one's own password,
-login refusals and CSRF failures."""
+"""Pages for people: the dashboard landing page, the people admin page, one's own password and
+API tokens, login refusals and CSRF failures."""
 
 from django import forms
 from django.contrib import messages
@@ -10,12 +10,15 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from accounts import selectors
-from accounts.forms import ROLE_CHOICES, PersonChangeForm, PersonForm
+from accounts.auth import password_guess_failed, password_guesses_paused
+from accounts.forms import ROLE_CHOICES, PersonChangeForm, PersonForm, TokenForm
 from accounts.passwords import user_password_change
-from accounts.services import AccountError
+from accounts.services import AccountError, token_revoke
 from campaigns.views import home
 
 PEOPLE = "accounts/people.html"
+TOKENS = "accounts/tokens.html"
+LOCKED = "registration/locked.html"
 
 
 # The landing page shows what needs the person (their campaigns, review queues, failures).
@@ -82,6 +85,8 @@ class PasswordChangeForm(forms.Form):
 @login_required
 def password_change(request):
     form = PasswordChangeForm(request.POST or None)
+    if request.method == "POST" and password_guesses_paused(request, user=request.user):
+        return render(request, LOCKED, status=429)
     if request.method == "POST" and form.is_valid():
         try:
             user_password_change(
@@ -91,6 +96,8 @@ def password_change(request):
                 actor=request.user,
             )
         except AccountError as exc:
+            if exc.field == "old_password":
+                password_guess_failed(request, user=request.user)  # the fifth: lockout page
             form.add_error(exc.field if exc.field in form.fields else None, exc.message)
         else:
             update_session_auth_hash(request, request.user)
@@ -98,3 +105,26 @@ def password_change(request):
             return redirect("dashboard")
     status = 422 if form.errors else 200
     return render(request, "registration/password_change.html", {"form": form}, status=status)
+
+
+@login_required
+def tokens(request):
+    """One's own API tokens: the list (expiry marked a week ahead) and a new one, whose value
+    this answer shows once."""
+    form = TokenForm(request.POST or None)
+    created = form.save(user=request.user) if request.method == "POST" and form.is_valid() else None
+    if created is not None:
+        form = TokenForm()
+    context = {"tokens": selectors.tokens_for_user(user=request.user), "form": form}
+    if created is not None:
+        context["created"], context["raw"] = created
+    return render(request, TOKENS, context, status=422 if form.errors else 200)
+
+
+@login_required
+@require_POST
+def token_revoke_page(request, pk: int):
+    token = selectors.token_get_for_user(user=request.user, pk=pk)
+    token_revoke(token=token, actor=request.user)
+    messages.success(request, f"Token {token.prefix}… is revoked.")
+    return redirect("tokens")

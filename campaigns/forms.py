@@ -51,7 +51,14 @@ class CampaignSpecForm(forms.Form):
             if campaign is not None and campaign.state not in ("draft", "previewing"):
                 revision_plan(campaign=campaign, source=text, actor=self.actor)
             else:
-                campaign_spec_check(source=text, exclude_pk=campaign.pk if campaign else None)
+                # As the save will check it: the grants, for the owner it will have.
+                owner = campaign.owner_id if campaign else getattr(self.actor, "pk", None)
+                campaign_spec_check(
+                    source=text,
+                    exclude_pk=campaign.pk if campaign else None,
+                    owner_id=owner,
+                    editor=self.actor,
+                )
         except CampaignSpecError as exc:
             raise forms.ValidationError([str(error) for error in exc.errors]) from None
         return text

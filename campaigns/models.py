@@ -360,6 +360,10 @@ class SecretLeak(models.Model):
     variant = models.OneToOneField(Variant, on_delete=models.CASCADE, related_name="secret_leak")
     names = models.JSONField(default=list, help_text="Names of the secrets found")
     forms = models.JSONField(default=list, help_text="How they were written (plain, base64, …)")
+    # The values found, {name: value} as JSON, encrypted as `Secret.ciphertext` is: the diff is
+    # masked with these, so rotating (or deleting) a secret does not unmask it. Empty for leaks
+    # found before it was kept (masked with the current values).
+    values_ciphertext = models.BinaryField(default=b"", blank=True)
     found_at = models.DateTimeField(auto_now_add=True)
     overridden_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

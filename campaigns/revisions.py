@@ -168,27 +168,59 @@ def _current_number(campaign: Campaign) -> int:
     return last or 1
 
 
+def _launched_with_four_eyes(campaign: Campaign) -> bool:
+    """Whether the spec the campaign was launched with kept the four-eyes rule (revision 1,
+    or the spec itself while it has no revisions)."""
+    first = campaign.revisions.filter(number=1).values_list("spec", flat=True).first()
+    spec = first if first is not None else campaign.spec
+    return bool(((spec or {}).get("review") or {}).get("four_eyes", True))
+
+
+def _four_eyes_waiver_check(*, campaign: Campaign, actor, new: dict, plan: dict) -> None:
+    """A waiver of the four-eyes rule covers the changes that exist when it is given, by
+    someone who made none of them. So a revision that turns the rule off comes from someone
+    who did not write or start the campaign and changes nothing its sandboxes run (else one
+    revision brings new commands and the waiver for them, and its author approves their
+    output); and on a campaign launched with the rule, a revision that changes what runs
+    turns it back on (else, once someone waived it, an author adds commands and approves
+    them)."""
+    if new["review"]["four_eyes"]:
+        return
+    reruns = bool(
+        plan["rerun_all"]
+        or plan["changed_variants"]
+        or plan["added_variants"]
+        or plan["new_repositories"]
+    )
+    if campaign.four_eyes and campaign_is_author(campaign=campaign, user=actor):
+        # Else the launcher turns the rule off (nothing re-runs) and approves their own diffs.
+        message = (
+            "only someone who did not write or start this campaign may turn the "
+            "four-eyes rule off for the changes it made"
+        )
+    elif campaign.four_eyes and reruns:
+        message = (
+            "turning the four-eyes rule off must be a revision of its own: this one also "
+            "changes what the sandboxes run"
+        )
+    elif reruns and _launched_with_four_eyes(campaign):
+        message = (
+            "this revision changes what the sandboxes run: the campaign was launched with the "
+            "four-eyes rule, which the waiver covered only for the changes made before it; "
+            "set review.four_eyes: true"
+        )
+    else:
+        return
+    raise CampaignSpecError([FieldError("review.four_eyes", message)])
+
+
 def campaign_revise(*, campaign: Campaign, actor, source: str | bytes) -> CampaignRevision:
     """Apply an edited spec to a running or finished campaign as its next revision."""
     plan = revision_plan(campaign=campaign, source=source, actor=actor)
     if plan["unchanged"]:
         raise CampaignStateError("the spec is unchanged; there is nothing to apply")
     new = spec_parse(source).data
-    if (
-        campaign.four_eyes
-        and not new["review"]["four_eyes"]
-        and campaign_is_author(campaign=campaign, user=actor)
-    ):
-        # Else the launcher turns the rule off (nothing re-runs) and approves their own diffs.
-        raise CampaignSpecError(
-            [
-                FieldError(
-                    "review.four_eyes",
-                    "only someone who did not write or start this campaign may turn the "
-                    "four-eyes rule off for the changes it made",
-                )
-            ]
-        )
+    _four_eyes_waiver_check(campaign=campaign, actor=actor, new=new, plan=plan)
     now = timezone.now()
     with transaction.atomic():
         locked = Campaign.objects.select_for_update().get(pk=campaign.pk)

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from audit.record import audit_record
 from campaigns.models import Campaign, Secret, SecretGrant, SecretLeak, Variant
-from campaigns.secrets import secret_decrypt
+from campaigns.secrets import secret_decrypt, secret_values_open, secret_values_seal
 from campaigns.selectors import secret_manage_check
 from campaigns.states import RunFailed
 from core.errors import Conflict, Invalid, NotFound, PermissionDenied
@@ -164,7 +164,8 @@ def variant_secret_scan(
         names = (spec or {}).get("secrets") or []
     if not names:
         return None
-    scanner = SecretScanner(secret_decrypt(names=names, missing_ok=True))
+    values = secret_decrypt(names=names, missing_ok=True)
+    scanner = SecretScanner(values)
     # Binary hunks are read decoded too: a repository's `.gitattributes` (or a forged patch)
     # can send a source file as a base85 hunk that publishing applies all the same.
     texts = [bytes(patch).decode("utf-8", "replace")]
@@ -177,6 +178,8 @@ def variant_secret_scan(
         variant_id=variant_id,
         names=sorted(hits),
         forms=sorted({kind for kinds in hits.values() for kind in kinds}),
+        # Masked with the values found, not the secrets' current ones: a rotation unmasked it.
+        values_ciphertext=secret_values_seal({n: values[n] for n in sorted(hits) if n in values}),
     )
     audit_record(
         action="secret.leak.found",
@@ -225,13 +228,22 @@ def variant_secret_override(*, variant: Variant, actor, reason: str) -> SecretLe
     return leak
 
 
+def _leak_mask(leak: SecretLeak) -> SecretScanner:
+    """The masking of a flagged diff: the values its scan found (kept with the finding, so a
+    rotated or deleted secret stays masked), or for a finding older than that, the current
+    values of the secrets it names."""
+    if leak.values_ciphertext:
+        return SecretScanner(secret_values_open(leak.values_ciphertext))
+    return SecretScanner(secret_decrypt(names=leak.names, missing_ok=True))
+
+
 def variant_diff_masked(*, variant: Variant, text: str) -> str:
     """`text` (the variant's diff, or part of it) with the campaign's secrets masked, for
     display; unchanged when the diff was not flagged."""
     leak = SecretLeak.objects.filter(variant_id=variant.pk).first()
     if leak is None:
         return text
-    return SecretScanner(secret_decrypt(names=leak.names, missing_ok=True)).mask(text)
+    return _leak_mask(leak).mask(text)
 
 
 def variant_secret_on_diff_stored(
@@ -259,7 +271,7 @@ def variant_display_mask(*, variant: Variant):
     leak = SecretLeak.objects.filter(variant_id=variant.pk).first()
     if leak is None:
         return None
-    return SecretScanner(secret_decrypt(names=leak.names, missing_ok=True)).mask
+    return _leak_mask(leak).mask
 
 
 def variant_diffs_for_display(*, variants: Iterable[Variant]) -> dict[int, str]:
@@ -267,17 +279,16 @@ def variant_diffs_for_display(*, variants: Iterable[Variant]) -> dict[int, str]:
     it: with the campaign's secrets masked where the diff was flagged (one query for all).
     `Variant.diff` is the stored text, unmasked: for the pipeline and publishing only."""
     variants = list(variants)
-    leaks = dict(
-        SecretLeak.objects.filter(variant_id__in=[v.pk for v in variants]).values_list(
-            "variant_id", "names"
-        )
-    )
+    leaks = {
+        leak.variant_id: leak
+        for leak in SecretLeak.objects.filter(variant_id__in=[v.pk for v in variants])
+    }
     shown = {}
     for variant in variants:
         text = bytes(variant.patch).decode("utf-8", "replace")
-        names = leaks.get(variant.pk)
-        if names is not None:
-            text = SecretScanner(secret_decrypt(names=names, missing_ok=True)).mask(text)
+        leak = leaks.get(variant.pk)
+        if leak is not None:
+            text = _leak_mask(leak).mask(text)
         shown[variant.pk] = text
     return shown
 

@@ -3,8 +3,9 @@ campaigns' sandboxes receive them."""
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -82,3 +83,14 @@ def secret_decrypt(*, names: Iterable[str], missing_ok: bool = False) -> dict[st
     if missing and not missing_ok:
         raise RunFailed(f"secret(s) not stored: {', '.join(missing)}")
     return {n: fernet.decrypt(bytes(found[n].ciphertext)).decode() for n in names if n in found}
+
+
+def secret_values_seal(values: Mapping[str, str]) -> bytes:
+    """{name: value} encrypted as a stored secret is, for a record that must keep the values it
+    was made with (a flagged diff's, masked with them after the secret is rotated)."""
+    return _fernet().encrypt(json.dumps(dict(values)).encode()) if values else b""
+
+
+def secret_values_open(token: bytes) -> dict[str, str]:
+    """What `secret_values_seal` sealed. Never for display."""
+    return json.loads(_fernet().decrypt(bytes(token))) if token else {}

@@ -75,9 +75,10 @@ def spec_db_check(
 ) -> None:
     """Checks that need the database. With `owner_id`, each secret must also be granted to the
     campaign (`exclude_pk`) or to its owner (without it, the form's early check, only that it
-    is stored). A grant to the owner counts only when `editor` (who saves the spec) is the owner
-    or an admin: any manager may edit a campaign, but not hand its owner's secrets to code they
-    wrote (a grant to the campaign itself counts for every editor)."""
+    is stored). A grant counts only when `editor` (who saves the spec) is the owner or an
+    admin: any manager may edit a campaign, but not hand the secrets granted to it, or to its
+    owner, to code they wrote. A manager is told the same for a name that is not stored as for
+    one not granted, so the names of stored secrets stay an admin's to know."""
     errors = []
     spec = parsed.data
     if Campaign.objects.filter(name=spec["name"]).exclude(pk=exclude_pk).exists():
@@ -93,29 +94,26 @@ def spec_db_check(
     if isinstance(image, dict) and image.get("credentials_secret"):
         named.append(("image.credentials_secret", image["credentials_secret"]))
     names = {name for _, name in named}
+    admin = editor is not None and user_role(editor) == ADMIN
     stored = set(Secret.objects.filter(name__in=names).values_list("name", flat=True))
-    granted, owners = stored, set()
+    granted, held = stored, set()
     if owner_id:
-        owner_counts = editor is not None and (editor.pk == owner_id or user_role(editor) == ADMIN)
-        granted = secret_names_granted(
-            campaign_id=exclude_pk, owner_id=owner_id if owner_counts else None
-        )
-        if not owner_counts and names - granted:  # say why, if it is the owner's
-            owners = secret_names_granted(campaign_id=None, owner_id=owner_id)
+        trusted = admin or (editor is not None and editor.pk == owner_id)
+        held = secret_names_granted(campaign_id=exclude_pk, owner_id=owner_id)
+        granted = held if trusted else set()
     for path, name in named:
-        if name not in stored:
-            errors.append(
-                FieldError(path, f"no stored secret named {name!r}", parsed.lines.get(path))
-            )
-        elif name not in granted and name in owners:
+        if name in granted:
+            continue
+        if name in held:
             message = (
-                f"the secret {name!r} is granted to the campaign's owner, not to this campaign: "
-                "only they or an admin may save a spec that names it"
+                f"the secret {name!r} is granted to this campaign or its owner: only the "
+                "campaign's owner or an admin may save a spec that names it"
             )
-            errors.append(FieldError(path, message, parsed.lines.get(path)))
-        elif name not in granted:
+        elif name not in stored and (admin or not owner_id):
+            message = f"no stored secret named {name!r}"
+        else:
             message = f"the secret {name!r} is not granted to this campaign (ask an admin)"
-            errors.append(FieldError(path, message, parsed.lines.get(path)))
+        errors.append(FieldError(path, message, parsed.lines.get(path)))
     problem = _author_problem(spec, campaign_pk=exclude_pk, editor=editor)
     if problem:
         line = parsed.lines.get("changeset.author")
@@ -162,11 +160,13 @@ def _author_problem(spec: dict, *, campaign_pk: int | None, editor) -> str | Non
     )
 
 
-def campaign_spec_check(*, source: str | bytes, exclude_pk: int | None = None) -> ParsedSpec:
+def campaign_spec_check(
+    *, source: str | bytes, exclude_pk: int | None = None, owner_id: int | None = None, editor=None
+) -> ParsedSpec:
     """The spec parsed and checked as create/update would check it, without saving anything
     (forms use it to show every problem beside the field)."""
     parsed = spec_parse(source)
-    spec_db_check(parsed, exclude_pk=exclude_pk)
+    spec_db_check(parsed, exclude_pk=exclude_pk, owner_id=owner_id, editor=editor)
     return parsed
 
 

@@ -3,12 +3,12 @@ bounded in nodes and nesting before any parser recurses."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import yaml
 
 from campaigns.spec_check import CampaignSpecError, FieldError, field_path
+from core.json_strict import DuplicateKeyError, json_loads_strict
 
 MAX_YAML_NODES = 50_000  # guards against alias bombs that expand a small text into millions
 
@@ -87,7 +87,10 @@ def spec_load(text: str) -> tuple[Any, dict[str, int]]:
     stripped = text.lstrip()
     if stripped.startswith("{") and stripped.rstrip().endswith("}"):
         try:
-            return json.loads(text), {}
+            return json_loads_strict(text), {}
+        except DuplicateKeyError as exc:
+            # json.loads kept the last value silently; the YAML reading refuses it too.
+            raise CampaignSpecError([FieldError(exc.path, "duplicate key")]) from None
         except ValueError:
             pass  # YAML flow mappings look alike; let the YAML parser judge
     loader = None

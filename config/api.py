@@ -7,7 +7,7 @@ Each app's `api.py` exports `ROUTERS`, a list of `(prefix, Router)`; errors are 
 from ninja import NinjaAPI
 
 from accounts.api import ROUTERS as accounts_routers
-from accounts.auth import api_auth
+from accounts.auth import api_auth, api_docs_for_users
 from agents.api import ROUTERS as agents_routers
 from audit.api import ROUTERS as audit_routers
 from campaigns.api import ROUTERS as campaigns_routers
@@ -59,6 +59,7 @@ api = ConvoyAPI(
     urls_namespace="api",
     docs_url="/docs",
     openapi_url="/openapi.json",
+    docs_decorator=api_docs_for_users,
     parser=TextCheckingParser(),
 )
 api_errors_install(api)

@@ -19,7 +19,16 @@ from ninja.errors import ValidationError as NinjaValidationError
 from ninja.parser import Parser
 
 from audit.record import AuditWriteError, audit_denied
-from core.errors import ConvoyError, FieldError, Invalid, NotFound, PermissionDenied, Unavailable
+from core.errors import (
+    ConvoyError,
+    FieldError,
+    Invalid,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
+from core.json_strict import DuplicateKeyError, json_loads_strict
 from core.text import data_text_problem, text_problem
 
 AUDIT_UNAVAILABLE = "The change was not made: the audit trail could not record it. Try again."
@@ -82,9 +91,7 @@ def api_errors_install(api: NinjaAPI) -> None:
 
     @api.exception_handler(AuthenticationError)
     def _unauthenticated(request, exc):
-        error = ConvoyError("Authentication required: send a valid API token.")
-        error.code = "unauthenticated"
-        return api.create_response(request, error.as_body(), status=401)
+        return respond(request, Unauthenticated("Authentication required: send a valid API token."))
 
     @api.exception_handler(NinjaValidationError)
     def _invalid(request, exc):
@@ -102,11 +109,16 @@ def api_errors_install(api: NinjaAPI) -> None:
 
 
 class TextCheckingParser(Parser):
-    """JSON bodies as ninja parses them, refused (422 naming the field) when a string or key
-    holds text no column can store: NUL (PostgreSQL refuses it) or a lone surrogate."""
+    """JSON bodies as ninja parses them, refused (422 naming the field) when an object names a
+    key twice (json.loads kept the last value silently: a spec's `image` given twice) or a
+    string or key holds text no column can store: NUL (PostgreSQL refuses it) or a lone
+    surrogate."""
 
     def parse_body(self, request: HttpRequest):
-        data = super().parse_body(request)
+        try:
+            data = json_loads_strict(request.body)
+        except DuplicateKeyError as exc:
+            raise Invalid(f"{exc.path}: duplicate key", field=exc.path) from None
         problem = data_text_problem(data)
         if problem:
             # ninja wraps a parser's exception in HttpError(400); config's handler unwraps it.

@@ -47,6 +47,7 @@ KNOWN_CONVOY_VARS = {
     "CONVOY_EGRESS_HOST_PROXY_BY_NAME",
     "CONVOY_SANDBOX_SIM",
     "CONVOY_GATEWAY_BODY_MB",
+    "CONVOY_API_TOKEN_MAX_DAYS",
 }
 SANDBOX_BACKENDS = ("gvisor", "bwrap", "modal", "e2b", "daytona", "process")
 
@@ -355,6 +356,14 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked.html"
 AXES_VERBOSE = False
+# Wrong current passwords on the password change form count here too: never store them.
+AXES_SENSITIVE_PARAMETERS = [
+    *("username", "ip_address"),  # axes' own default
+    *("old_password", "new_password1", "new_password2"),
+]
+
+# API tokens live at most this many days (a new one 90 by default, or this if lower).
+API_TOKEN_MAX_DAYS = envint("CONVOY_API_TOKEN_MAX_DAYS", 366, minimum=1)
 
 # Client IPs are believed only from this many trusted reverse-proxy hops (0: REMOTE_ADDR).
 TRUSTED_PROXY_HOPS = envint("CONVOY_TRUSTED_PROXY_HOPS", 0)

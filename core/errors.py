@@ -51,6 +51,13 @@ class Invalid(ConvoyError):
     code = "invalid"
 
 
+class Unauthenticated(ConvoyError):
+    """No valid credentials; the message says what was wrong with them (an expired token)."""
+
+    status = 401
+    code = "unauthenticated"
+
+
 class NotFound(ConvoyError):
     """No such object, or the caller may not know it exists."""
 

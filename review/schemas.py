@@ -6,16 +6,31 @@ from datetime import datetime
 from typing import Annotated
 
 from ninja import Field, Schema
+from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
+
+
+def _variant_ref_check(value):
+    """Refuse what is neither an id nor a name before the union tries each member: a float
+    was refused as `variant.int` and `variant.str`, naming fields nobody sent."""
+    if value is None or (isinstance(value, int | str) and not isinstance(value, bool)):
+        return value
+    raise PydanticCustomError(
+        "variant_ref", "must be a variant's id (a whole number) or its name (text)"
+    )
+
+
+VariantRef = Annotated[int | str, BeforeValidator(_variant_ref_check)]
 
 
 class PickIn(Schema):
-    variant: int | str = Field(..., description="Variant id or name")
+    variant: VariantRef = Field(..., description="Variant id or name")
     diff_hash: str = Field(..., min_length=64, max_length=64, description="sha256 you reviewed")
 
 
 class ApproveIn(Schema):
     diff_hash: str = Field(..., min_length=64, max_length=64)
-    variant: int | str | None = Field(None, description="Pick this variant and approve it")
+    variant: VariantRef | None = Field(None, description="Pick this variant and approve it")
     comment: str = Field("", max_length=5000)
     publish_hash: str = Field(
         "",

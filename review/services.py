@@ -188,7 +188,7 @@ def variant_pick(*, run: RepoRun, variant: Variant, actor, diff_hash: str) -> Ru
         variant = Variant.objects.select_for_update().get(pk=variant.pk)
         review = _review_locked(run)
         current = review.variant
-        if review.state == ReviewState.APPROVED and review_is_approved(review, current):
+        if review_is_approved(review, current) and not _approver_refused(run=run, review=review):
             raise ReviewError(
                 "This change is already approved; reject it first to choose another variant."
             )
@@ -248,19 +248,22 @@ def change_approve(
     with transaction.atomic():
         if variant is not None:
             review = RunReview.objects.filter(run_id=run.pk).first()
-            keep = (
+            void = (
                 review is not None
-                and review.variant_id == variant.pk
-                and (review.state == ReviewState.PICKED or _reapproval(review))
+                and review.state == ReviewState.APPROVED
+                and _approver_refused(run=run, review=review)
             )
-            if not keep:
+            same = review is not None and review.variant_id == variant.pk
+            if not (same and (review.state == "picked" or void or _reapproval(review))):
                 variant_pick(run=run, variant=variant, actor=actor, diff_hash=diff_hash)
         review = _review_locked(run)
         if review.variant_id is None:
             raise ReviewError("Pick a variant before approving.", field="variant")
         chosen = Variant.objects.select_for_update().get(pk=review.variant_id)
-        if review_is_approved(review, chosen) and not approval_text_changes(
-            review=review, campaign=campaign
+        if (
+            review_is_approved(review, chosen)
+            and not _approver_refused(run=run, review=review)
+            and not approval_text_changes(review=review, campaign=campaign)
         ):
             raise ReviewError("This change is already approved.")
         _check_reviewable(chosen)
@@ -385,6 +388,9 @@ def changes_bulk_approve(
         raise Invalid("group_key: required", field="group_key")
     if not run_ids:
         raise Invalid("run_ids: choose at least one repository", field="run_ids")
+    # A run listed twice is one run: its second copy was reported skipped ("already approved")
+    # beside its approval.
+    run_ids = list(dict.fromkeys(run_ids))
     _publish_text_check(campaign=Campaign.objects.get(pk=campaign.pk), publish_hash=publish_hash)
     if four_eyes_applies(campaign=campaign, user=actor):
         _four_eyes_refuse(
@@ -484,6 +490,24 @@ def _bound_text(*, review: RunReview, campaign: Campaign) -> tuple[dict, str]:
     return bound, "approval"
 
 
+def _approver_refused(*, run: RepoRun, review: RunReview) -> bool:
+    """Whether the four-eyes rule now refuses the approval's approver: they may have become an
+    author since approving (approved a preview's diff, then launched it; approved, then
+    applied a revision). Such an approval does not count: publishing refuses it, and someone
+    else may approve the change again."""
+    approver = review.decided_by
+    return approver is not None and four_eyes_applies(campaign=run.campaign, user=approver)
+
+
+def _approver_check(*, run: RepoRun, review: RunReview) -> None:
+    if _approver_refused(run=run, review=review):
+        approver = review.decided_by
+        raise ReviewError(
+            f"{approver.get_username()} approved this change, and has since launched or revised "
+            "this campaign: under the four-eyes rule someone else must approve it again."
+        )
+
+
 def change_publish(*, run: RepoRun, actor) -> Changeset:
     """Queue the approved change for publishing: a branch push and, where possible, a PR, with
     the text its approval bound (the spec's text must still be that text)."""
@@ -502,6 +526,7 @@ def change_publish(*, run: RepoRun, actor) -> Changeset:
                 "Only approved changes are published; this one is not approved "
                 "(or its diff changed after approval and needs approval again)."
             )
+        _approver_check(run=run, review=review)
         if chosen.patch_truncated:
             raise ReviewError("The diff was cut at the size cap and cannot be published whole.")
         variant_secret_check(variant_id=chosen.pk)
@@ -588,6 +613,12 @@ def changeset_push(*, changeset_id: int, last_attempt: bool = True) -> Changeset
             raise PublishError("the variant changed after approval; approve it again")
         if not text:
             raise PublishError("no text to publish was bound to this change; publish it again")
+        review = RunReview.objects.select_related("decided_by").filter(run_id=run.pk).first()
+        if review is not None:
+            try:
+                _approver_check(run=run, review=review)
+            except ReviewError as exc:
+                raise PublishError(exc.message) from None
         host = codehosts.codehost_for_remote(changeset.remote_url)
         pushed_there = Changeset.objects.filter(
             remote_url=changeset.remote_url, branch=changeset.branch

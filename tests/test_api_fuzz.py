@@ -56,7 +56,9 @@ def bearers(db):
     """A manager's and an admin's token: each case is sent with both."""
     headers = []
     for role in ("manager", "admin"):
-        _, raw = token_create(user=user_make(role=role, username=f"fuzz-{role}"), name="fuzz")
+        _, raw = token_create(
+            user=user_make(role=role, username=f"fuzz-{role}"), name="fuzz", scope="write"
+        )
         headers.append({"Authorization": f"Bearer {raw}"})
     return headers
 

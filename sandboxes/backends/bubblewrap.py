@@ -1,9 +1,13 @@
 """bubblewrap: each exec is a fresh `bwrap` with no network, no host view and a cgroup's limits.
 
 The sandbox itself is its workspace directory and its cgroup; nothing runs between commands.
-The command's environment is exactly the one handed to `bwrap` (never the app's), passed
-through the process environment rather than `--setenv` so secrets stay out of argv, where
-other host processes could read them.
+The command's environment is exactly the one the caller gives (never the app's). bwrap itself,
+a host process running as the worker's user, is started by its absolute path with a fixed
+host environment (`HOST_ENV`): the command's variables (`PATH`, `LD_PRELOAD`, anything a spec
+or an image names) would otherwise choose the program the worker runs and what the host's
+loader puts into it. They reach the command as bwrap's `--clearenv` and `--setenv` options
+read from a memory file (`--args`), so secrets stay out of argv, where other host processes
+could read them.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from sandboxes.backends import cgroups, seccomp
 from sandboxes.backends.base import FILES_DIR, Capability, SandboxError
@@ -32,6 +36,26 @@ from sandboxes.workspaces import SYSTEM_SYMLINKS, Meta
 log = logging.getLogger(__name__)
 
 SANDBOX_UID = 1000  # inside the user namespace; maps to the worker's own uid outside
+# What bwrap (a host process) runs with, whatever the command's environment says.
+HOST_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
+
+
+def env_args_fd(env: Mapping[str, str]) -> int:
+    """A memory file holding `--clearenv` and a `--setenv NAME VALUE` per variable,
+    NUL-separated, for bwrap's `--args FD`; the caller closes it."""
+    parts = ["--clearenv"]
+    for name, value in env.items():
+        parts += ["--setenv", name, value]
+    data = b"".join(part.encode("utf-8", "surrogateescape") + b"\0" for part in parts)
+    fd = os.memfd_create("convoy-env", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, data)  # memfd writes are whole (no pipe buffer to fill)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
 
 # Parts of /proc that act on the whole host, made read-only (and the few that only tell about
 # it hidden). The kernel lets a process whose user id is root outside write /proc/sys by its
@@ -150,8 +174,10 @@ class BubblewrapBackend(LocalBackend):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if not shutil.which("bwrap"):
+        found = shutil.which("bwrap")  # the worker's own PATH, never a command's
+        if not found:
             raise SandboxError("bwrap is not installed (Debian package bubblewrap)")
+        self.bwrap = os.path.realpath(found)
         seccomp.filter_program()  # compiled once per process; says now if libseccomp is missing
         self._made_here: set[str] = set()  # sandboxes this (live) process created
 
@@ -218,13 +244,19 @@ class BubblewrapBackend(LocalBackend):
         if meta.extra.get("egress_dir"):  # this command's own relay, started before it
             argv = egress_wrapped(EGRESS_EXEC, argv)
         popen = {
+            "executable": self.bwrap,
             "stdin": subprocess.DEVNULL,
             "stdout": subprocess.PIPE,
             "stderr": subprocess.PIPE,
-            "env": env,
+            "env": HOST_ENV,
             "start_new_session": True,
         }
-        proc = self._popen_handshake(meta, full, argv, popen, keep=home_fd)
+        env_fd = env_args_fd(env)
+        try:
+            full = [full[0], "--args", str(env_fd), *full[1:]]
+            proc = self._popen_handshake(meta, full, argv, popen, keep=(home_fd, env_fd))
+        finally:
+            os.close(env_fd)
 
         def kill() -> None:
             # bwrap's pid namespace dies with its init, which dies with bwrap (--die-with-parent):
@@ -236,7 +268,7 @@ class BubblewrapBackend(LocalBackend):
 
     @staticmethod
     def _popen_handshake(
-        meta: Meta, full: list[str], argv, popen: dict, keep: int | None = None
+        meta: Meta, full: list[str], argv, popen: dict, keep: tuple = ()
     ) -> subprocess.Popen:
         """bwrap reports its sandbox's first process on --info-fd, then, once its namespaces
         and mounts are ready, waits on --block-fd before running the command: that process
@@ -249,7 +281,7 @@ class BubblewrapBackend(LocalBackend):
         by pid once bwrap reports it (after a quiet spell that move waits for an RCU grace
         period unless the host mounts cgroup2 with `favordynmods`: `make host-tune`).
 
-        `keep`: one more descriptor for bwrap (it closes it once used), the caller's to close."""
+        `keep`: more descriptors for bwrap (None for none), the caller's to close."""
         info_r, info_w = os.pipe()
         block_r, block_w = os.pipe()
         filter_r = seccomp.filter_fd()
@@ -264,7 +296,7 @@ class BubblewrapBackend(LocalBackend):
             try:
                 return subprocess.Popen(
                     [*full[:-1], *fds, "--", *argv],
-                    pass_fds=(info_w, block_r, filter_r, *(() if keep is None else (keep,))),
+                    pass_fds=(info_w, block_r, filter_r, *(fd for fd in keep if fd is not None)),
                     **popen,
                 )
             finally:

@@ -31,7 +31,7 @@ from pathlib import Path
 from django.conf import settings
 
 from sandboxes.backends import cgroups, seccomp
-from sandboxes.backends.bubblewrap import proc_args
+from sandboxes.backends.bubblewrap import HOST_ENV, env_args_fd, proc_args
 from sandboxes.egress.packages import apt_uris_read
 from sandboxes.images.hostconfig import package_client_config
 from sandboxes.images.network import BuildNetwork, NetworkAttachment
@@ -260,11 +260,15 @@ def _bwrap(
     argv: list[str],
     *,
     seccomp_fd: int,
+    env_fd: int,
 ):
     """Run argv as root inside the image being built: its rootfs, writable, as `/`; in a user
     namespace of its own that may not make more, with STEP_CAPABILITIES only and the
-    sandboxes' seccomp filter (`seccomp_fd`): a step runs code from package indexes, as root."""
-    out = ["bwrap", "--bind", str(rootfs), "/", *proc_args(), "--dev", "/dev",
+    sandboxes' seccomp filter (`seccomp_fd`): a step runs code from package indexes, as root.
+    The step's environment is in `env_fd` (`bubblewrap.env_args_fd`): the host's bwrap, `sh`
+    and `prlimit` run with HOST_ENV, never with what a spec or an image names."""
+    bwrap = shutil.which("bwrap") or "bwrap"  # the worker's own PATH
+    out = [bwrap, "--args", str(env_fd), "--bind", str(rootfs), "/", *proc_args(), "--dev", "/dev",
            "--tmpfs", "/tmp",  # noqa: S108
            "--unshare-all", "--unshare-user", "--disable-userns",
            "--die-with-parent", "--new-session", "--cap-drop", "ALL"]  # fmt: skip
@@ -348,9 +352,9 @@ def _limited(argv: list[str], cgroup_paths: list[str]) -> list[str]:
     return [sh, "-c", enter + 'exec "$@"', "sh", prlimit, *limits, "--", *argv]
 
 
-def _step_run(log: BuildLog, argv: Callable[[int], list[str]], *, env: dict, name: str) -> int:
-    """One step (`argv(seccomp_fd)`) in a cgroup of its own, removed after it with anything it
-    left running; a line in the log when it reached the memory or process limit."""
+def _step_run(log: BuildLog, argv: Callable[[int, int], list[str]], *, env: dict, name: str) -> int:
+    """One step (`argv(seccomp_fd, env_fd)`) in a cgroup of its own, removed after it with
+    anything it left running; a line in the log when it reached the memory or process limit."""
     paths = cgroups.cgroup_create(
         f"{secrets.token_hex(6)}-{name.replace('[', '-').rstrip(']')}",
         owner="build",
@@ -358,9 +362,11 @@ def _step_run(log: BuildLog, argv: Callable[[int], list[str]], *, env: dict, nam
         pids_max=STEP_PIDS_MAX,
         cpu=float(os.cpu_count() or 1),
     )
-    seccomp_fd = seccomp.filter_fd()
+    seccomp_fd, env_fd = seccomp.filter_fd(), env_args_fd(env)
     try:
-        status = log.run(_limited(argv(seccomp_fd), paths), env=env, pass_fds=(seccomp_fd,))
+        status = log.run(
+            _limited(argv(seccomp_fd, env_fd), paths), env=HOST_ENV, pass_fds=(seccomp_fd, env_fd)
+        )
         hit = cgroups.limit_counters(paths)
     finally:
         cgroups.cgroup_kill(paths)
@@ -383,7 +389,9 @@ def _steps_run(spec, key, rootfs, steps, log: BuildLog, network: BuildNetwork) -
             _step_hook(name)
             status = _step_run(
                 log,
-                lambda fd, argv=argv: _bwrap(rootfs, net, carried.binds, argv, seccomp_fd=fd),
+                lambda fd, env_fd, argv=argv: _bwrap(
+                    rootfs, net, carried.binds, argv, seccomp_fd=fd, env_fd=env_fd
+                ),
                 env=env,
                 name=name,
             )

@@ -63,6 +63,29 @@ def test_api_without_token_is_401(client, db):
     assert "Authentication required" in response.json()["detail"]
 
 
+def test_the_api_docs_are_for_signed_in_people_and_token_holders(client, reviewer):
+    """The docs page and the OpenAPI document were public: anyone could read every route."""
+    page = client.get("/api/v1/docs")
+    assert page.status_code == 302
+    assert page["Location"] == "/login/?next=/api/v1/docs"
+    document = client.get("/api/v1/openapi.json")
+    assert document.status_code == 401
+    assert document.json()["code"] == "unauthenticated"
+    assert "/api/v1/me" not in document.content.decode()
+    revoked, raw_revoked = token_create(user=reviewer, name="old")
+    token_revoke(token=revoked)
+    bad = {"Authorization": f"Bearer {raw_revoked}"}
+    assert client.get("/api/v1/openapi.json", headers=bad).status_code == 401
+
+    _, raw = token_create(user=reviewer, name="ci")
+    document = client.get("/api/v1/openapi.json", headers={"Authorization": f"Bearer {raw}"})
+    assert document.status_code == 200
+    assert "/api/v1/me" in document.json()["paths"]
+    client.force_login(reviewer)
+    assert client.get("/api/v1/docs").status_code == 200
+    assert "/api/v1/me" in client.get("/api/v1/openapi.json").json()["paths"]
+
+
 def test_api_with_token_returns_caller_and_role(client, reviewer):
     token, raw = token_create(user=reviewer, name="ci")
     response = client.get("/api/v1/me", headers={"Authorization": f"Bearer {raw}"})
@@ -124,7 +147,7 @@ def test_a_token_cannot_mint_tokens_and_its_actions_name_it(client, manager):
     admin can trace what a leaked one did."""
     import json
 
-    token, raw = token_create(user=manager, name="ci")
+    token, raw = token_create(user=manager, name="ci", scope="write")
     auth = {"Authorization": f"Bearer {raw}"}
     minted = client.post(
         "/api/v1/tokens", {"name": "child"}, content_type="application/json", headers=auth

@@ -27,7 +27,7 @@ def _login(client, user):
 
 
 def _bearer(user):
-    _, raw = token_create(user=user, name="t")
+    _, raw = token_create(user=user, name="t", scope="write")
     return {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
 
 

@@ -216,7 +216,7 @@ def test_nav_links_to_the_trail_for_admins_only(client, admin_user, manager):
 
 # --- API ---------------------------------------------------------------------------------------
 def _bearer(user) -> dict:
-    return {"Authorization": f"Bearer {token_create(user=user)[1]}"}
+    return {"Authorization": f"Bearer {token_create(user=user, scope='write')[1]}"}
 
 
 def test_api_refuses_a_reviewer_and_records_it(client, reviewer):

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.shapes("embedded", "production")
 
 
 def _bearer(user) -> dict:
-    _token, raw = token_create(user=user, name="test")
+    _token, raw = token_create(user=user, name="test", scope="write")
     return {"Authorization": f"Bearer {raw}"}
 
 
@@ -49,6 +49,34 @@ def test_create_from_json_spec_with_field_errors_is_422(client, manager):
     assert errors["repos"] == "must list at least one repository"
     assert errors["transform.run"] == "must be a string, got an integer"
     assert errors["colour"].startswith("unknown key")
+    assert not Campaign.objects.exists()
+
+
+def test_a_key_named_twice_in_a_spec_is_422_naming_it(client, manager):
+    """A spec sent as a JSON object (or as JSON text) kept the last of two values silently."""
+    tag, _ = repos_make(1)
+    headers = _bearer(manager)
+    body = (
+        '{"spec": {"name": "twice", "repos": {"tag": "TAG"}, "transform": [{"run": "true"}],'
+        ' "name": "again"}}'
+    ).replace("TAG", tag)
+    response = client.post(
+        "/api/v1/campaigns", body, content_type="application/json", headers=headers
+    )
+    assert response.status_code == 422, response.content
+    assert response.json()["errors"] == [
+        {"field": "spec.name", "message": "spec.name: duplicate key"}
+    ]
+    text = '{"name": "twice", "repos": {"tag": "TAG"}, "transform": [{"run": "a", "run": "b"}]}'
+    response = client.post(
+        "/api/v1/campaigns",
+        {"yaml": text.replace("TAG", tag)},
+        content_type="application/json",
+        headers=headers,
+    )
+    assert response.status_code == 422, response.content
+    assert response.json()["errors"][0]["field"] == "transform[0].run"
+    assert "duplicate key" in response.json()["errors"][0]["message"]
     assert not Campaign.objects.exists()
 
 

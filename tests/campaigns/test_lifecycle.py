@@ -29,7 +29,7 @@ transform: {{run: "sed -i 's/assertEquals(/assertEqual(/' test_calc.py"}}
 
 
 def _auth(user) -> dict:
-    return {"Authorization": f"Bearer {token_create(user=user, name='t')[1]}"}
+    return {"Authorization": f"Bearer {token_create(user=user, name='t', scope='write')[1]}"}
 
 
 def _git(path, *args):

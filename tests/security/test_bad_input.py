@@ -6,13 +6,13 @@ import json
 import pytest
 
 from accounts.services import token_create
-from tests.factories import campaign_make
+from tests.factories import campaign_make, patch_for, run_make, variant_make
 
 pytestmark = pytest.mark.shapes("embedded", "production")
 
 
 def _auth(user) -> dict:
-    _token, raw = token_create(user=user, name="t")
+    _token, raw = token_create(user=user, name="t", scope="write")
     return {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
 
 
@@ -69,3 +69,30 @@ def test_a_two_megabyte_token_name_is_422(client, manager):
     )
     assert response.status_code == 422, response.status_code
     assert response.json()["errors"][0]["field"] == "name"
+
+
+@pytest.mark.parametrize("variant", [1.5, 2.0, True, [1], {"id": 1}])
+def test_a_variant_that_is_neither_id_nor_name_is_422_naming_variant(
+    client, reviewer, manager, variant
+):
+    """A float was refused as `variant.int` and `variant.str`: fields nobody sent."""
+    campaign = campaign_make(owner=manager, variants=("a",))
+    run = run_make(campaign=campaign)
+    a = variant_make(run=run, name="a", patch=patch_for("x.py", "1", "2"))
+    url = f"/api/v1/review/campaigns/{campaign.pk}/runs/{run.pk}"
+    headers = _auth(reviewer)
+    for action in ("pick", "approve"):
+        response = client.post(
+            f"{url}/{action}",
+            json.dumps({"variant": variant, "diff_hash": a.diff_sha256}),
+            content_type="application/json",
+            **headers,
+        )
+        assert response.status_code == 422, response.content
+        assert response.json()["errors"] == [
+            {
+                "field": "variant",
+                "message": "must be a variant's id (a whole number) or its name (text)",
+            }
+        ]
+    assert client.get(url, **headers).json()["state"] == "unreviewed"

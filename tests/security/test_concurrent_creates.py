@@ -44,7 +44,7 @@ def _together(monkeypatch, module, name: str) -> None:
 def _twice(path: str, body: dict, user) -> list:
     """POST `body` to `path` from two threads at once; each answer's (status, body), or the
     exception a request raised."""
-    _token, raw = token_create(user=user, name="race")
+    _token, raw = token_create(user=user, name="race", scope="write")
     results: list = [None, None]
 
     def post(i: int) -> None:

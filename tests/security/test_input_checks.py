@@ -18,7 +18,7 @@ SPEC = {"name": "x", "repos": {"tag": "t"}, "transform": "true"}
 
 
 def _auth(user) -> dict:
-    _token, raw = token_create(user=user, name="t")
+    _token, raw = token_create(user=user, name="t", scope="write")
     return {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
 
 

@@ -3,7 +3,9 @@ masked; a diff holding a secret is flagged, shown masked, and held back from app
 publishing until an admin overrides the finding."""
 
 import base64
+import html
 import json
+import re
 from urllib.parse import quote, quote_plus
 
 import pytest
@@ -48,7 +50,7 @@ def stored(admin_user):
 
 
 def _auth(user):
-    _token, raw = token_create(user=user, name="t")
+    _token, raw = token_create(user=user, name="t", scope="write")
     return {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
 
 
@@ -209,11 +211,11 @@ def test_another_manager_cannot_hand_the_owners_secret_to_their_own_code(
     taking = spec_for(tag, name="mine", extra="\nsecrets: [API_TOKEN]\n").replace(
         "python3 $CONVOY_FILES/fix.py --style $STYLE", 'echo "$API_TOKEN" > leak.txt'
     )
-    with pytest.raises(CampaignSpecError, match="granted to the campaign's owner"):
+    with pytest.raises(CampaignSpecError, match="granted to this campaign or its owner"):
         campaign_update(campaign=draft, actor=bob, source=taking)
     client.force_login(bob)
     page = client.post(f"/campaigns/{draft.pk}/edit/", {"spec": taking})
-    assert page.status_code in (200, 422) and "granted to the campaign&#x27;s owner" in (
+    assert page.status_code in (200, 422) and "granted to this campaign or its owner" in (
         page.content.decode()
     )
     draft.refresh_from_db()
@@ -221,15 +223,36 @@ def test_another_manager_cannot_hand_the_owners_secret_to_their_own_code(
     # A launched campaign's revision is checked the same way.
     Campaign.objects.filter(pk=draft.pk).update(state="completed")
     draft.refresh_from_db()
-    with pytest.raises(CampaignSpecError, match="granted to the campaign's owner"):
+    with pytest.raises(CampaignSpecError, match="granted to this campaign or its owner"):
         campaign_revise(campaign=draft, actor=bob, source=taking)
-    # The owner and an admin may name it; a grant to the campaign lets anyone who edits it.
+    # The owner and an admin may name it.
     Campaign.objects.filter(pk=draft.pk).update(state="draft")
     draft.refresh_from_db()
     assert campaign_update(campaign=draft, actor=manager, source=taking).spec["secrets"]
     assert campaign_update(campaign=draft, actor=admin_user, source=taking).spec["secrets"]
+    # A grant to the campaign itself does not let another manager save code that gets it
+    # either (bob rewrote the transform of a campaign holding a grant and sent it out).
     secret_grant(name="API_TOKEN", campaign=draft, actor=admin_user)
-    assert campaign_update(campaign=draft, actor=bob, source=taking).spec["secrets"]
+    bobs = taking.replace("leak.txt", "leak2.txt")
+    with pytest.raises(CampaignSpecError, match="granted to this campaign or its owner"):
+        campaign_update(campaign=draft, actor=bob, source=bobs)
+    draft.refresh_from_db()
+    assert "leak2.txt" not in draft.spec_source
+
+
+def test_a_manager_cannot_tell_stored_secret_names_from_unknown_ones(stored, client, manager):
+    """The spec check as typed answered "no stored secret named X" only for names that were
+    not stored: a manager could list the installation's secret names by trying them."""
+    tag, _ = repos_make(1)
+    client.force_login(manager)
+    answers = {}
+    for name in ("API_TOKEN", "NOPE_KEY"):
+        spec = spec_for(tag, name="enum", extra=f"\nsecrets: [{name}]\n")
+        page = client.post("/campaigns/validate/", {"spec": spec})
+        assert page.status_code == 200
+        answers[name] = page.content.decode().replace(name, "NAME")
+    assert answers["API_TOKEN"] == answers["NOPE_KEY"]
+    assert "not granted to this campaign" in answers["API_TOKEN"]
 
 
 def test_an_image_registry_login_follows_the_same_grant_rules(stored, manager, admin_user):
@@ -247,7 +270,7 @@ def test_an_image_registry_login_follows_the_same_grant_rules(stored, manager, a
     with pytest.raises(CampaignSpecError) as refused:
         campaign_update(campaign=draft, actor=bob, source=taking)
     assert refused.value.errors[0].path == "image.credentials_secret"
-    assert "granted to the campaign's owner" in refused.value.errors[0].message
+    assert "granted to this campaign or its owner" in refused.value.errors[0].message
     ungranted = spec_for(tag, name="reg", extra=image % "NOBODYS")
     with pytest.raises(CampaignSpecError) as refused:
         campaign_update(campaign=draft, actor=manager, source=ungranted)
@@ -271,7 +294,7 @@ def test_a_flagged_diff_is_masked_on_every_page_and_in_the_api(
     variant = variant_make(run=run, name="a", patch=patch_for("ci.yml", "x", f"token: {VALUE}"))
     assert SecretLeak.objects.filter(variant=variant).exists()
     for user in (manager, reviewer):
-        _, raw = token_create(user=user, name=f"t-{user.username}")
+        _, raw = token_create(user=user, name=f"t-{user.username}", scope="write")
         api = client.get(
             f"/api/v1/campaigns/{campaign.pk}/runs/{run.pk}", HTTP_AUTHORIZATION=f"Bearer {raw}"
         )
@@ -285,6 +308,53 @@ def test_a_flagged_diff_is_masked_on_every_page_and_in_the_api(
     patches = variant_patches(run_ids=[run.pk])
     assert VALUE not in patches[(run.pk, "a")] and "[secret API_TOKEN" in patches[(run.pk, "a")]
     assert VALUE in variant.diff  # stored as it is: what an overridden publish pushes
+
+
+def test_rotating_a_secret_keeps_the_diffs_that_held_its_old_value_masked(
+    stored, client, manager, reviewer, admin_user
+):
+    """Masking used the secrets' current values: after a rotation, every diff flagged with the
+    old value showed it whole (the value most likely to be live elsewhere, or not yet revoked)."""
+    from campaigns.reports import variant_patches
+
+    campaign = campaign_make(owner=admin_user)
+    spec = dict(campaign.spec, secrets=["API_TOKEN"])
+    Campaign.objects.filter(pk=campaign.pk).update(spec=spec, state="previewing")
+    run = run_make(campaign=campaign)
+    encoded = base64.b64encode(VALUE.encode()).decode()
+    patch = patch_for("ci.yml", "x", f"token: {VALUE} {encoded}")
+    variant = variant_make(run=run, name="a", patch=patch)
+    assert SecretLeak.objects.filter(variant=variant).exists()
+
+    secret_set(name="API_TOKEN", value="the-new-value-after-rotation", actor=admin_user)
+
+    shown = {
+        "display": variant_patch_for_display(variant=variant).decode(),
+        "patches": variant_patches(run_ids=[run.pk])[(run.pk, "a")],
+    }
+    _, raw = token_create(user=reviewer, name="t-rob")
+    api = client.get(
+        f"/api/v1/campaigns/{campaign.pk}/runs/{run.pk}", HTTP_AUTHORIZATION=f"Bearer {raw}"
+    )
+    shown["api"] = api.json()["variants_detail"][0]["diff"]
+    client.force_login(reviewer)
+    for url in (
+        f"/campaigns/{campaign.pk}/runs/{run.pk}/",
+        f"/campaigns/{campaign.pk}/runs/{run.pk}/compare/",
+        f"/campaigns/{campaign.pk}/runs/{run.pk}/variants/{variant.pk}/patch/",
+    ):
+        response = client.get(url)
+        assert response.status_code == 200, url
+        body = b"".join(getattr(response, "streaming_content", [response.content])).decode()
+        shown[url] = html.unescape(re.sub(r"<[^>]*>", "", body))  # as read: highlighting split it
+    for where, text in shown.items():
+        assert VALUE not in text and encoded not in text, where
+        assert "[secret API_TOKEN]" in text and "[secret API_TOKEN, base64]" in text, where
+    # The old value is kept encrypted with the finding, never in the clear.
+    leak = SecretLeak.objects.get(variant=variant)
+    assert VALUE.encode() not in bytes(leak.values_ciphertext)
+    with pytest.raises(Conflict, match="API_TOKEN"):
+        change_approve(run=run, actor=reviewer, variant=variant, diff_hash=variant.diff_sha256)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -23,7 +23,7 @@ def world(db, manager, reviewer, admin_user):
     run = run_make(campaign=campaign)
     tokens = {}
     for role, user in (("manager", manager), ("reviewer", reviewer), ("admin", admin_user)):
-        _token, raw = token_create(user=user, name="t")
+        _token, raw = token_create(user=user, name="t", scope="write")
         tokens[role] = {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
     return {"campaign": campaign, "run": run, "tokens": tokens}
 

@@ -151,3 +151,26 @@ def test_data_directory_keys_and_database_are_private(db, admin_user):
         connection.close()
         connection.ensure_connection()
         assert _mode(connection.settings_dict["NAME"]) == 0o600
+
+
+def test_wrong_current_passwords_on_the_change_form_are_paused_like_sign_in(client, db):
+    """A stolen session could guess its owner's password on the change form without limit."""
+    from axes.models import AccessAttempt
+
+    victim = user_make(role="manager", username="val")
+    client.force_login(victim)
+    wrong = {"old_password": "guess-one", "new_password1": "plum-Orbit-47-canal"}
+    wrong["new_password2"] = wrong["new_password1"]
+    codes = [client.post("/account/password/", wrong).status_code for _ in range(5)]
+    assert codes == [422, 422, 422, 422, 429]
+    right = {**wrong, "old_password": PASSWORD}
+    paused = client.post("/account/password/", right)
+    assert paused.status_code == 429
+    assert "Too many wrong passwords" in paused.content.decode()
+    victim.refresh_from_db()
+    assert victim.check_password(PASSWORD)  # the right one, while paused, changed nothing
+    # One count with sign-in: the same user from the same address cannot sign in either.
+    other = client.__class__()
+    assert other.post("/login/", {"username": "val", "password": PASSWORD}).status_code == 429
+    stored = "".join(a.post_data for a in AccessAttempt.objects.all())
+    assert "guess-one" not in stored and "plum-Orbit" not in stored

@@ -445,3 +445,25 @@ def test_a_registry_on_a_non_public_address_is_refused_before_any_request(
     # This machine's own registry (plain HTTP, tests and development) is still used.
     ref = oci_registry.push_tiny("team/ok:1", {"/a.txt": "x"})
     assert image_ensure(spec={"oci": ref}, actor=None).state == ImageState.READY
+
+
+def test_image_env_never_reaches_the_host_side_launcher(fresh_image_data, oci_registry, tmp_path):
+    """A build step's environment (the spec's `image.env`) was the environment of the host's
+    `sh`, `prlimit` and `bwrap`, run as root: its PATH chose the `bwrap` the worker ran."""
+    canary = tmp_path / "canary"
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    for name in ("bwrap", "prlimit", "sh"):
+        fake = evil / name
+        fake.write_text(f"#!/bin/sh\necho ran {name} >> {canary}\nexit 1\n")
+        fake.chmod(0o755)
+    tree = tmp_path / "tree"
+    _shell_tree(tree, ())
+    ref = oci_registry.push_tree("team/envpath", tree, tag="1")
+    spec = {"oci": ref, "env": {"PATH": f"{evil}:/usr/bin:/bin"}, "run": ['echo "P=$PATH"']}
+    thread, outcome = _build_in_thread(spec, "e" * 64)
+    thread.join(120)
+    assert not canary.exists(), canary.read_text()
+    assert not isinstance(outcome[0], Exception), outcome
+    log = (images_root() / f"{'e' * 64}.log").read_text()
+    assert f"P={evil}:/usr/bin:/bin" in log  # the step still gets what the spec says
