@@ -17,6 +17,7 @@ import logging
 import re
 from collections.abc import Iterable
 
+from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
@@ -48,6 +49,7 @@ from campaigns.spec import (
     spec_parse,
     spec_validate,
 )
+from campaigns.spec_check import author_split
 from campaigns.states import CampaignStateError, runs_transition
 from core.errors import Conflict, Invalid, PermissionDenied
 from sandboxes.models import Sandbox, SandboxState
@@ -113,6 +115,10 @@ def spec_db_check(
         else:
             message = f"the secret {name!r} is not granted to this campaign (ask an admin)"
         errors.append(FieldError(path, message, parsed.lines.get(path)))
+    problem = _author_problem(spec, campaign_pk=exclude_pk, editor=editor)
+    if problem:
+        line = parsed.lines.get("changeset.author")
+        errors.append(FieldError("changeset.author", problem, line))
     if isinstance(spec["repos"], dict) and not repository_ids_by_tag(spec["repos"]["tag"]):
         errors.append(
             FieldError(
@@ -123,6 +129,36 @@ def spec_db_check(
         )
     if errors:
         raise CampaignSpecError(errors)
+
+
+def _author_problem(spec: dict, *, campaign_pk: int | None, editor) -> str | None:
+    """Why `editor` may not save this spec's `changeset.author`, or None.
+
+    The code host attributes the published commit to whoever the author names, so a manager
+    names themselves (their account's email) or the installation's bot identity; an admin may
+    name anyone. An author kept as the campaign stored it stays: it was checked when its editor
+    set it (an admin's choice survives a manager's later edit).
+    """
+    author = (spec.get("changeset") or {}).get("author")
+    if not author or editor is None or user_role(editor) == ADMIN:
+        return None
+    named = author_split(author)
+    if named is None:  # spec_validate refused it already
+        return None
+    bot = author_split(settings.PUBLISH_AUTHOR)
+    allowed = {email.lower() for email in (editor.email, bot[1] if bot else "") if email}
+    if named[1].lower() in allowed:
+        return None
+    if campaign_pk is not None:
+        stored = Campaign.objects.filter(pk=campaign_pk).values_list("spec", flat=True).first()
+        if stored and (stored.get("changeset") or {}).get("author") == author:
+            return None
+    own = f"<{editor.email}>" if editor.email else "(your account has no email)"
+    return (
+        f"the author's email must be your own {own} or the installation's bot identity "
+        f"({settings.PUBLISH_AUTHOR}): the code host credits the commit to whoever it names; "
+        "an admin may name someone else"
+    )
 
 
 def campaign_spec_check(

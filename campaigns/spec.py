@@ -20,6 +20,7 @@ from campaigns.spec_check import (
     CampaignSpecError,
     FieldError,
     SpecChecker,
+    author_split,
     branch_name_problem,
     field_path,
     kind_name,
@@ -180,6 +181,9 @@ def spec_validate(raw: Any, *, lines: dict[str, int] | None = None) -> dict:
         branch = spec["changeset"].get("branch")
         if branch and (problem := branch_name_problem(branch)):
             c.fail("changeset.branch", problem)
+        author = spec["changeset"].get("author")
+        if author and author_split(author) is None:
+            c.fail("changeset.author", 'expected "Name <email>", as git names an author')
     spec["review"] = check_review(c, raw, validated=bool(spec["validate"]))
     check_environment(c, raw, spec)
     spec["model"] = check_model(c, raw["model"], "model") if raw.get("model") else None

@@ -13,6 +13,8 @@ ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}\Z")
 BRANCH_MAX = 250  # review.Changeset.branch
 BRANCH_CHARS = re.compile(r"[\w./-]+\Z")  # what review.publish pushes
 STEP_KEYS = {"run", "name", "timeout_s"}
+# `changeset.author` as git takes it: a name and one email, nothing else (review.publish).
+AUTHOR_RE = re.compile(r"^\s*(?P<name>[^<>\n]+?)\s*<(?P<email>[^<>\s]+)>\s*\Z")
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,12 @@ def branch_name_problem(name: str) -> str | None:
     if any(part.startswith(".") or part.endswith(".lock") for part in name.split("/")):
         return "no part between '/' may start with '.' or end with '.lock'"
     return None
+
+
+def author_split(text: str) -> tuple[str, str] | None:
+    """A `"Name <email>"` author's (name, email), or None when it is not one."""
+    m = AUTHOR_RE.match(text or "")
+    return (m.group("name"), m.group("email")) if m else None
 
 
 def kind_name(value: Any) -> str:

@@ -5,6 +5,7 @@ Celery worker, in-memory channel layer); with both it runs the production shape.
 """
 
 import os
+import re
 import secrets
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -36,6 +37,7 @@ KNOWN_CONVOY_VARS = {
     "CONVOY_MODAL_CREATES_PER_SECOND",
     "CONVOY_GITHUB_API_URL",
     "CONVOY_GITHUB_TOKEN",
+    "CONVOY_PUBLISH_AUTHOR",
     "CONVOY_LOG_LEVEL",
     "CONVOY_TEST_KEEP_DB",
     "CONVOY_DEBUG",
@@ -413,6 +415,11 @@ AUDIT_CHECKPOINT_SECONDS = 10  # a shorter tail than EVERY links is signed after
 SECRETS_KEY = envstr("CONVOY_SECRETS_KEY")
 GITHUB_API_URL = envstr("CONVOY_GITHUB_API_URL", "https://api.github.com")
 GITHUB_TOKEN = envstr("CONVOY_GITHUB_TOKEN")
+# The installation's bot identity: the author of published commits whose spec names none, and
+# the one author besides their own email any manager may name (campaigns.services.spec_db_check).
+PUBLISH_AUTHOR = envstr("CONVOY_PUBLISH_AUTHOR", "Convoy <convoy@localhost>")
+if not re.fullmatch(r"\s*[^<>\n]+?\s*<[^<>\s]+>\s*", PUBLISH_AUTHOR):
+    _fail("CONVOY_PUBLISH_AUTHOR", f'expected "Name <email>", got {PUBLISH_AUTHOR!r}')
 
 # --- Static files, i18n ---------------------------------------------------------------------
 STATIC_URL = "/static/"

@@ -62,6 +62,7 @@ def run_approve(request, campaign_id: str, run_id: int, data: ApproveIn):
         variant=selectors.run_variant_get(run=run, ref=data.variant),
         diff_hash=data.diff_hash,
         comment=data.comment,
+        publish_hash=data.publish_hash,
     )
     return selectors.run_review_summary(run=run)
 
@@ -106,6 +107,7 @@ def review_bulk_approve(request, campaign_id: str, data: BulkApproveIn):
         actor=request.auth,
         comment=data.comment,
         diff_hashes=data.diff_hashes,
+        publish_hash=data.publish_hash,
     )
 
 

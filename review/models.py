@@ -72,6 +72,12 @@ class Decision(models.Model):
     withdrawn_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
+    # An approval's text to publish as its reviewer was shown it (review.publish_text: title,
+    # body, commit_message, author) and its hash: publishing refuses once the spec says
+    # otherwise. NULL only on approvals from before migration 0007, which bind the text when
+    # publishing is requested (as every approval did then).
+    publish_text = models.JSONField(null=True, blank=True, default=dict)
+    publish_hash = models.CharField(max_length=64, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -140,6 +146,11 @@ class Changeset(models.Model):
     pr_number = models.PositiveIntegerField(null=True, blank=True)
     pr_url = models.CharField(max_length=500, blank=True)
     error = models.TextField(blank=True)
+    # The text the push and the pull request use (review.publish_text), copied from the
+    # approval when publishing was requested; never read from the spec at push time. NULL on
+    # rows from before migration 0007 that were no longer waiting to be pushed.
+    publish_text = models.JSONField(null=True, blank=True)
+    publish_hash = models.CharField(max_length=64, null=True, blank=True)
     published_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )

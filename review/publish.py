@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from django.conf import settings
+
+from campaigns.spec_check import author_split
 from core.git import GitError, git_run, local_pack_option
 from core.patches import PatchError, patch_read
 from sandboxes.repos import RepoUrlError, repo_connect_pinning
 
 ALLOWED_REMOTE = re.compile(r"^(file|https|ssh)://|^[\w.-]+@[\w.-]+:")
-AUTHOR_RE = re.compile(r"^\s*(?P<name>[^<>]+?)\s*<(?P<email>[^<>\s]+)>\s*\Z")
-DEFAULT_AUTHOR = "Convoy <convoy@localhost>"
 BRANCH_RE = re.compile(r"^(?!/)(?!.*\.\.)(?!.*//)(?!.*@\{)[\w./-]+(?<![./])\Z")
 
 
@@ -41,10 +42,11 @@ class Pushed:
 
 
 def author_parse(text: str | None) -> tuple[str, str]:
-    m = AUTHOR_RE.match(text or DEFAULT_AUTHOR)
-    if not m:
+    """(name, email) of a `"Name <email>"` author; the installation's bot identity if none."""
+    named = author_split(text or settings.PUBLISH_AUTHOR)
+    if named is None:
         raise PublishError(f'changeset.author: expected "Name <email>", got {text!r}')
-    return m.group("name"), m.group("email")
+    return named
 
 
 def git_auth_env(*, remote_url: str, token: str) -> dict[str, str]:

@@ -32,6 +32,12 @@ class ApproveIn(Schema):
     diff_hash: str = Field(..., min_length=64, max_length=64)
     variant: VariantRef | None = Field(None, description="Pick this variant and approve it")
     comment: str = Field("", max_length=5000)
+    publish_hash: str = Field(
+        "",
+        max_length=64,
+        description="`publish_hash` of the run's review as you read it: refused (409) if the "
+        "text to publish changed since",
+    )
 
 
 class RejectIn(Schema):
@@ -51,6 +57,9 @@ class BulkApproveIn(Schema):
         Annotated[int, Field(ge=1, le=2**63 - 1)], Annotated[str, Field(max_length=64)]
     ] = Field(..., max_length=5000)
     comment: str = Field("", max_length=5000)
+    publish_hash: str = Field(
+        "", max_length=64, description="The runs' `publish_hash` as read (see ApproveIn)"
+    )
 
 
 class RunSkippedOut(Schema):
@@ -71,6 +80,13 @@ class PublishApprovedOut(Schema):
     refused: list[RunSkippedOut]
 
 
+class PublishTextOut(Schema):
+    title: str
+    body: str
+    commit_message: str
+    author: str
+
+
 class ReviewOut(Schema):
     run_id: int
     state: str
@@ -81,6 +97,13 @@ class ReviewOut(Schema):
     comment: str
     decided_by: str | None
     decided_at: datetime | None
+    publish_text: PublishTextOut = Field(
+        ..., description="What publishing would say now; an approval binds it"
+    )
+    publish_hash: str
+    publish_text_changes: list[str] = Field(
+        ..., description="changeset.* fields changed since the approval: approve again"
+    )
 
 
 class ChangesetOut(Schema):
@@ -94,6 +117,9 @@ class ChangesetOut(Schema):
     pr_number: int | None
     pr_url: str
     diff_hash: str
+    publish_text: PublishTextOut | None = Field(
+        ..., description="The text pushed with it, bound when publishing was requested"
+    )
     error: str
     published_at: datetime | None
     refreshed_at: datetime | None

@@ -45,10 +45,12 @@ from review.models import (
     Changeset,
     ChangesetState,
     Decision,
+    DecisionKind,
     ReviewState,
     RunReview,
     VariantDigest,
 )
+from review.publish_text import publish_text_changes, publish_text_for
 from review.require import bulk_candidates, campaign_require, require_q
 
 PAGE_SIZE = 50
@@ -85,6 +87,33 @@ def review_is_approved(review: RunReview | None, variant: Variant | None) -> boo
         and review.approved_hash
         and review.approved_hash == variant.diff_sha256
     )
+
+
+def approval_standing(review: RunReview | None) -> Decision | None:
+    """The approval the run's review stands on: its latest one not withdrawn, on the approved
+    diff (an undo puts the review back on the one before)."""
+    if review is None or review.state != ReviewState.APPROVED or not review.approved_hash:
+        return None
+    return (
+        Decision.objects.filter(
+            run_id=review.run_id,
+            kind=DecisionKind.APPROVE,
+            withdrawn_at__isnull=True,
+            diff_hash=review.approved_hash,
+        )
+        .order_by("-pk")
+        .first()
+    )
+
+
+def approval_text_changes(*, review: RunReview | None, campaign: Campaign) -> list[str]:
+    """The `changeset.*` fields whose text to publish changed since the standing approval (a
+    revision): publishing them needs approval again. An approval from before the text was bound
+    (NULL) binds it when publishing is requested."""
+    approval = approval_standing(review)
+    if approval is None or approval.publish_text is None:
+        return []
+    return publish_text_changes(approval.publish_text, publish_text_for(campaign))
 
 
 def _list_variants() -> Prefetch:
@@ -407,15 +436,26 @@ class ReviewSummary:
     comment: str = ""
     decided_by: str | None = None
     decided_at: datetime | None = None
+    publish_text: dict = field(default_factory=dict)
+    publish_hash: str = ""
+    publish_text_changes: list[str] = field(default_factory=list)
 
 
 def run_review_summary(*, run: RepoRun) -> ReviewSummary:
     rv = RunReview.objects.select_related("variant", "decided_by").filter(run_id=run.pk).first()
+    campaign = Campaign.objects.get(pk=run.campaign_id)
+    text = publish_text_for(campaign)
+    publishing = {
+        "publish_text": text.as_dict(),
+        "publish_hash": text.sha256,
+        "publish_text_changes": approval_text_changes(review=rv, campaign=campaign),
+    }
     if rv is None:
         return ReviewSummary(
-            run_id=run.pk, state=ReviewState.UNREVIEWED, approved=False, variant=None
+            run_id=run.pk, state=ReviewState.UNREVIEWED, approved=False, variant=None, **publishing
         )
     return ReviewSummary(
+        **publishing,
         run_id=run.pk,
         state=rv.state,
         approved=review_is_approved(rv, rv.variant),

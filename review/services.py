@@ -36,8 +36,9 @@ from review.models import (
     VariantDigest,
 )
 from review.publish import PublishError, change_push
+from review.publish_text import publish_text_changes, publish_text_for, publish_text_hash
 from review.require import bulk_held_back, campaign_require, held_reason, require_allows
-from review.selectors import review_is_approved
+from review.selectors import approval_standing, approval_text_changes, review_is_approved
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +163,9 @@ def four_eyes_check(*, run: RepoRun, actor) -> None:
         _four_eyes_refuse(actor=actor, target=run, context=_context(run))
 
 
-def _decision(*, run, variant, kind, actor, diff_hash="", comment="", group_key="") -> Decision:
+def _decision(
+    *, run, variant, kind, actor, diff_hash="", comment="", group_key="", publish_text=None
+) -> Decision:
     return Decision.objects.create(
         run_id=run.pk,
         variant=variant,
@@ -172,6 +175,8 @@ def _decision(*, run, variant, kind, actor, diff_hash="", comment="", group_key=
         comment=comment,
         group_key=group_key,
         actor=actor,
+        publish_text=publish_text.as_dict() if publish_text else {},
+        publish_hash=publish_text.sha256 if publish_text else "",
     )
 
 
@@ -231,9 +236,15 @@ def change_approve(
     variant: Variant | None = None,
     comment: str = "",
     group_key: str = "",
+    publish_hash: str = "",
 ) -> RunReview:
-    """Approve the picked variant (or pick `variant` and approve it) as it was reviewed."""
+    """Approve the picked variant (or pick `variant` and approve it) as it was reviewed, with
+    the text it will be published with (review.publish_text). `publish_hash`, when given, is
+    that text's hash as the reviewer was shown it. An approved change whose text a revision
+    changed since is approved again here."""
     four_eyes_check(run=run, actor=actor)
+    campaign = Campaign.objects.get(pk=run.campaign_id)  # the spec as it is now
+    text = _publish_text_check(campaign=campaign, publish_hash=publish_hash)
     with transaction.atomic():
         if variant is not None:
             review = RunReview.objects.filter(run_id=run.pk).first()
@@ -243,13 +254,17 @@ def change_approve(
                 and _approver_refused(run=run, review=review)
             )
             same = review is not None and review.variant_id == variant.pk
-            if not (same and (review.state == "picked" or void)):
+            if not (same and (review.state == "picked" or void or _reapproval(review))):
                 variant_pick(run=run, variant=variant, actor=actor, diff_hash=diff_hash)
         review = _review_locked(run)
         if review.variant_id is None:
             raise ReviewError("Pick a variant before approving.", field="variant")
         chosen = Variant.objects.select_for_update().get(pk=review.variant_id)
-        if review_is_approved(review, chosen) and not _approver_refused(run=run, review=review):
+        if (
+            review_is_approved(review, chosen)
+            and not _approver_refused(run=run, review=review)
+            and not approval_text_changes(review=review, campaign=campaign)
+        ):
             raise ReviewError("This change is already approved.")
         _check_reviewable(chosen)
         _check_hash(chosen, diff_hash)
@@ -269,16 +284,44 @@ def change_approve(
             diff_hash=diff_hash,
             comment=comment,
             group_key=group_key,
+            publish_text=text,
         )
         audit_record(
             action="review.change.approved",
             actor=actor,
             target=run,
             context=_context(run, chosen),
-            payload={"variant": chosen.name, "diff_hash": diff_hash, "group_key": group_key},
+            payload={
+                "variant": chosen.name,
+                "diff_hash": diff_hash,
+                "group_key": group_key,
+                "publish_hash": text.sha256,
+            },
             reason=comment,
         )
     return review
+
+
+def _publish_text_check(*, campaign: Campaign, publish_hash: str):
+    """The campaign's text to publish now; StaleDecision when it is not the one (`publish_hash`)
+    the reviewer was shown."""
+    text = publish_text_for(campaign)
+    if publish_hash and publish_hash != text.sha256:
+        raise StaleDecision(
+            "The text to publish (title, body, commit message or author) changed since you "
+            "loaded the page (a campaign revision). Reload and review it.",
+            field="publish_hash",
+        )
+    return text
+
+
+def _reapproval(review: RunReview) -> bool:
+    """True when the run is approved on its variant's current diff but the text to publish
+    changed since: approving again keeps the pick."""
+    variant = Variant.objects.filter(pk=review.variant_id).first()
+    return review_is_approved(review, variant) and bool(
+        approval_text_changes(review=review, campaign=Campaign.objects.get(pk=review.campaign_id))
+    )
 
 
 def change_reject(*, run: RepoRun, actor, comment: str, diff_hash: str = "") -> RunReview:
@@ -330,6 +373,7 @@ def changes_bulk_approve(
     actor,
     comment: str = "",
     diff_hashes: dict[int, str] | None = None,
+    publish_hash: str = "",
 ) -> BulkApproval:
     """Approve `variant_name` in each listed run whose diff is still in the group shown.
 
@@ -347,6 +391,7 @@ def changes_bulk_approve(
     # A run listed twice is one run: its second copy was reported skipped ("already approved")
     # beside its approval.
     run_ids = list(dict.fromkeys(run_ids))
+    _publish_text_check(campaign=Campaign.objects.get(pk=campaign.pk), publish_hash=publish_hash)
     if four_eyes_applies(campaign=campaign, user=actor):
         _four_eyes_refuse(
             actor=actor,
@@ -383,6 +428,7 @@ def changes_bulk_approve(
                 variant=v,
                 comment=comment,
                 group_key=group_key,
+                publish_hash=publish_hash,
             )
         except (Conflict, Invalid) as exc:
             # One run's refusal (approved meanwhile, diff changed) does not stop the others.
@@ -426,6 +472,24 @@ def _held_back_refuse(*, variants: list[Variant], require: str) -> None:
         )
 
 
+def _bound_text(*, review: RunReview, campaign: Campaign) -> tuple[dict, str]:
+    """The text to publish the approval binds, and how ("approval", or "publish_request" for an
+    approval from before texts were bound); refused naming the fields a revision changed."""
+    approval = approval_standing(review)
+    bound = approval.publish_text if approval is not None else None
+    now = publish_text_for(campaign)
+    if bound is None:
+        return now.as_dict(), "publish_request"
+    changed = publish_text_changes(bound, now)
+    if changed:
+        raise ReviewError(
+            f"{', '.join(changed)} changed since this change was approved (a campaign "
+            "revision): approve it again, with the new text, to publish it.",
+            field=changed[0],
+        )
+    return bound, "approval"
+
+
 def _approver_refused(*, run: RepoRun, review: RunReview) -> bool:
     """Whether the four-eyes rule now refuses the approval's approver: they may have become an
     author since approving (approved a preview's diff, then launched it; approved, then
@@ -445,13 +509,15 @@ def _approver_check(*, run: RepoRun, review: RunReview) -> None:
 
 
 def change_publish(*, run: RepoRun, actor) -> Changeset:
-    """Queue the approved change for publishing: a branch push and, where possible, a PR."""
-    if run.campaign.launched_at is None:  # a preview's runs: "not a launch, publishes nothing"
+    """Queue the approved change for publishing: a branch push and, where possible, a PR, with
+    the text its approval bound (the spec's text must still be that text)."""
+    campaign = Campaign.objects.get(pk=run.campaign_id)
+    if campaign.launched_at is None:  # a preview's runs: "not a launch, publishes nothing"
         raise ReviewError(
             "This campaign has not been launched: a preview publishes nothing. Launch it first."
         )
-    spec_changeset = run.campaign.spec.get("changeset") or {}
-    branch = spec_changeset.get("branch") or f"convoy/{run.campaign.name}"
+    spec_changeset = campaign.spec.get("changeset") or {}
+    branch = spec_changeset.get("branch") or f"convoy/{campaign.name}"
     with transaction.atomic():
         review = _review_locked(run)
         chosen = Variant.objects.filter(pk=review.variant_id).first()
@@ -471,6 +537,8 @@ def change_publish(*, run: RepoRun, actor) -> Changeset:
             and existing.state not in (ChangesetState.FAILED,)
         ):
             return existing
+        text, bound_by = _bound_text(review=review, campaign=campaign)
+        text_hash = publish_text_hash(text)
         changeset, _ = Changeset.objects.update_or_create(
             run_id=run.pk,
             defaults={
@@ -481,6 +549,8 @@ def change_publish(*, run: RepoRun, actor) -> Changeset:
                 "remote_url": run.repository.url,
                 "state": ChangesetState.QUEUED,
                 "error": "",
+                "publish_text": text,
+                "publish_hash": text_hash,
                 "published_by": actor,
             },
         )
@@ -495,6 +565,8 @@ def change_publish(*, run: RepoRun, actor) -> Changeset:
                 "branch": branch,
                 "remote": run.repository.url,
                 "status": "queued",
+                "publish_hash": text_hash,
+                "publish_bound_by": bound_by,
             },
         )
         transaction.on_commit(lambda: tasks.changeset_push_task.delay(changeset.pk))
@@ -534,11 +606,13 @@ def changeset_push(*, changeset_id: int, last_attempt: bool = True) -> Changeset
     if changeset.state != ChangesetState.QUEUED:
         return changeset
     run, variant = changeset.run, changeset.variant
-    spec = (run.campaign.spec.get("changeset") or {}) if run.campaign.spec else {}
+    text = changeset.publish_text  # bound when publishing was requested, never the live spec
     outcome, error, fields = "success", "", {}
     try:
         if variant is None or variant.diff_sha256 != changeset.diff_hash:
             raise PublishError("the variant changed after approval; approve it again")
+        if not text:
+            raise PublishError("no text to publish was bound to this change; publish it again")
         review = RunReview.objects.select_related("decided_by").filter(run_id=run.pk).first()
         if review is not None:
             try:
@@ -572,8 +646,8 @@ def changeset_push(*, changeset_id: int, last_attempt: bool = True) -> Changeset
             base_ref=run.ref,
             patch=bytes(variant.patch),
             branch=changeset.branch,
-            message=spec.get("commit_message") or spec.get("title") or run.campaign.name,
-            author=spec.get("author") or None,
+            message=text["commit_message"],
+            author=text["author"],
             token=host[0].token if host is not None else "",
         )
         fields = {"commit": pushed.commit, "state": ChangesetState.PUSHED}
@@ -583,8 +657,8 @@ def changeset_push(*, changeset_id: int, last_attempt: bool = True) -> Changeset
                 repo=slug,
                 head=changeset.branch,
                 base=run.ref,
-                title=spec.get("title") or run.campaign.name,
-                body=spec.get("body") or run.campaign.description,
+                title=text["title"],
+                body=text["body"],
             )
             # The URL is shown as a link: only web addresses are kept.
             url = pr.url if pr.url.startswith(("https://", "http://")) else ""
@@ -612,6 +686,7 @@ def changeset_push(*, changeset_id: int, last_attempt: bool = True) -> Changeset
                     "commit": fields.get("commit", ""),
                     "pull_request": fields.get("pr_url", ""),
                     "diff_hash": changeset.diff_hash,
+                    "publish_hash": changeset.publish_hash or "",
                     "status": fields.get("state", ""),
                 },
                 reason=error,

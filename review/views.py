@@ -30,6 +30,7 @@ from review.permissions import (
     review_campaign_get_for_user,
     review_run_get_for_user,
 )
+from review.publish_text import publish_text_for
 from review.require import approve_warning, bulk_held_back, bulk_held_back_runs
 from review.undo import decision_undoable, decision_withdraw
 
@@ -80,12 +81,17 @@ def _compare_context(request, run) -> dict:
     a, b = by_id.get(_int(request.GET.get("a"))), by_id.get(_int(request.GET.get("b")))
     base = {"variant": chosen.pk if chosen else None, "mode": mode, "ws": int(whitespace)}
     shown = min(max(_int(request.GET.get("files")) or FILES_SHOWN, FILES_SHOWN), 100_000)
+    approved = selectors.review_is_approved(data.review, data.review and data.review.variant)
     return {
         "campaign": campaign,
         "run": run,
         "data": data,
         "chosen": chosen,
-        "approved": selectors.review_is_approved(data.review, data.review and data.review.variant),
+        "approved": approved,
+        "publish_text": publish_text_for(campaign),
+        "text_changes": selectors.approval_text_changes(review=data.review, campaign=campaign)
+        if approved
+        else [],
         "approve_warning": approve_warning(campaign=campaign, variant=chosen),
         "mode": mode,
         "whitespace": whitespace,
@@ -174,7 +180,12 @@ def run_decide(request, pk, run_id, action):
             user=request.user, variant=variant, diff_hash=diff_hash, token=post.get("shown", "")
         )
         services.change_approve(
-            run=run, actor=request.user, variant=variant, diff_hash=diff_hash, comment=comment
+            run=run,
+            actor=request.user,
+            variant=variant,
+            diff_hash=diff_hash,
+            comment=comment,
+            publish_hash=post.get("publish_hash", ""),
         )
         return _advance(request, run, f"Approved the change for {name}.")
     elif action == "reject":
@@ -251,6 +262,7 @@ def bulk_review(request, pk):
         if shown
         else [],
         "can_review": user_can(request.user, "change_review"),
+        "publish_text": publish_text_for(campaign),
     }
     return render(request, BULK, context)
 
@@ -269,6 +281,7 @@ def bulk_approve(request, pk):
         run_ids=run_ids,
         actor=request.user,
         comment=request.POST.get("comment", ""),
+        publish_hash=request.POST.get("publish_hash", ""),
     )
     msg = f"Approved {len(result.approved)} change(s)."
     if result.skipped:
@@ -286,6 +299,9 @@ def publish_approved(request, pk):
     campaign = review_campaign_get_for_user(user=request.user, pk=pk, action="decide")
     result = services.changes_publish_approved(campaign=campaign, actor=request.user)
     messages.success(request, f"Publishing {len(result.queued)} approved change(s).")
+    if result.refused:
+        shown = "; ".join(f"run {r.run_id}: {r.reason}" for r in result.refused[:5])
+        messages.error(request, f"Not published: {len(result.refused)}. {shown}")
     return redirect(reverse("review-changesets", args=[campaign.pk]))
 
 

@@ -134,3 +134,44 @@ def test_the_navigation_collapses_behind_a_menu_on_a_phone(asgi_server, browser_
     assert page.is_visible("nav.nav >> text=Campaigns")
     assert page.get_attribute("[data-nav-toggle]", "aria-expanded") == "true"
     shot(page, "nav-open-390")
+
+
+def test_the_text_to_publish_beside_approve_fits_a_phone(
+    asgi_server, browser_page, manager, reviewer
+):
+    """Long unbroken titles, messages and authors wrap inside the card at 390 px; the body
+    opens from its summary; axe-core finds nothing."""
+    long = "Use" + "AssertEqual" * 30
+    campaign = campaign_make(
+        owner=manager,
+        variants=("only",),
+        changeset={
+            "branch": "convoy/long",
+            "title": long,
+            "commit_message": f"{long}\n\nBody line " + "x" * 300,
+            "body": "Why: " + "y" * 400,
+            "author": f"{'N' * 80} <{'e' * 60}@example.com>",
+        },
+    )
+    run = run_make(campaign=campaign)
+    variant_make(run=run, name="only", patch=patch_for("a.py", "old()", "new()"))
+    page, base = browser_page, asgi_server
+    login(page, base, reviewer)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(f"{base}/campaigns/{campaign.pk}/runs/{run.pk}/compare/")
+    page.wait_for_selector("[data-testid=publish-text]")
+    assert page.is_visible("[data-testid=publish-title]")
+    assert not page.is_visible("[data-testid=publish-body] pre")  # collapsed
+    page.click("[data-testid=publish-body] summary")
+    assert page.is_visible("[data-testid=publish-body] pre")
+    shot(page, "publish-text-390")
+    assert page_overflows(page) == []
+    # Wrapped, not cut off or scrolled inside the card: every line of it can be read.
+    hidden = page.evaluate(
+        """() => [...document.querySelectorAll('[data-testid=publish-text] *')]
+            .filter(el => el.scrollWidth > el.clientWidth + 1
+                       || el.getBoundingClientRect().right > innerWidth)
+            .map(el => el.tagName + ' ' + (el.dataset.testid || ''))"""
+    )
+    assert hidden == []
+    assert axe_violations(page) == []

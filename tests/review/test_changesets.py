@@ -1,8 +1,5 @@
 """Changesets: publishing on a real Celery worker; PR state refreshed from a fake GitHub."""
 
-import threading
-from http.server import ThreadingHTTPServer
-
 import pytest
 
 from review import codehosts
@@ -10,7 +7,6 @@ from review.codehosts.github import GitHub
 from review.models import Changeset
 from review.services import change_approve, change_publish, changeset_push, changesets_refresh
 from tests.factories import campaign_make, git, remote_with_change, run_make, variant_make
-from tests.review.test_codehost_github import FakeGitHub, _handler
 from tests.support import wait_for
 
 pytestmark = pytest.mark.shapes("embedded", "production")
@@ -35,19 +31,6 @@ def test_publish_runs_on_a_real_worker_and_pushes_the_branch(
     assert done.state == "pushed", done.error
     branch = campaign.spec["changeset"]["branch"]
     assert git(bare, "diff", "--binary", base, branch) == patch
-
-
-@pytest.fixture
-def fake_github():
-    fake = FakeGitHub()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
-    yield fake
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
 
 
 def test_fake_github_refresh_updates_pull_request_state_and_checks(fake_github, settings, manager):

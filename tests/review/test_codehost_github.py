@@ -7,7 +7,7 @@ pull requests, check runs, combined status, and scripted rate-limit answers.
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -99,21 +99,6 @@ def _handler(fake: FakeGitHub):
             self._handle("PATCH")
 
     return Handler
-
-
-@pytest.fixture
-def fake_github():
-    fake = FakeGitHub()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 class Sleeps:

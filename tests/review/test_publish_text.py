@@ -1,0 +1,237 @@
+"""The text a change is published with (title, body, commit message, author) is what its
+reviewer approved: shown beside Approve, bound to the approval, stored on the changeset.
+
+Publishing read it from the campaign's spec when the push ran, so a revision after the
+approval changed the pull request's title and the commit's text without anyone approving them.
+"""
+
+import json
+import re
+
+import pytest
+from django.urls import reverse
+
+from accounts.services import token_create
+from audit.models import AuditEvent
+from campaigns.models import Campaign, RepoRun, RunState
+from campaigns.revisions import campaign_revise
+from campaigns.services import campaign_create, campaign_launch, campaign_update
+from campaigns.spec import CampaignSpecError
+from review import codehosts
+from review.codehosts.github import GitHub
+from review.models import Changeset
+from review.services import changeset_push
+from tests.factories import (
+    PASSWORD,
+    git,
+    patch_for,
+    remote_with_change,
+    repos_make,
+    run_make,
+    spec_for,
+    variant_make,
+)
+
+pytestmark = pytest.mark.shapes("embedded", "production")
+
+TITLE = "Use assertEqual"  # the demo spec's changeset.title
+
+
+def _launched(owner, name: str):
+    """A campaign launched from the demo spec (its `changeset` names a branch and a title)."""
+    tag, _ = repos_make(1)
+    spec = spec_for(tag, name=name)
+    campaign = campaign_launch(campaign=campaign_create(actor=owner, source=spec), actor=owner)
+    RepoRun.objects.filter(campaign=campaign).update(state=RunState.CANCELLED)
+    return spec, Campaign.objects.get(pk=campaign.pk)
+
+
+def _event(action) -> dict:
+    return json.loads(AuditEvent.objects.filter(action=action).latest("id").body)
+
+
+def _page_form(client, campaign, run) -> dict:
+    """The approve form's hidden fields, as the comparison page draws them."""
+    html = client.get(reverse("review-compare", args=[campaign.pk, run.pk])).content.decode()
+    fields = dict(re.findall(r'type="hidden" name="(\w+)" value="([^"]*)"', html))
+    assert "shown" in fields, "the page shows no approve form"
+    return fields
+
+
+def test_a_revision_changing_the_title_after_approval_is_refused_until_approved_again(
+    client, tmp_path, monkeypatch, fake_github, manager, reviewer
+):
+    adapter = GitHub(api_url=fake_github.url, token="tok-publish", rate=1000)
+    monkeypatch.setattr(codehosts, "codehost_for_remote", lambda url: (adapter, "acme/alpha"))
+    spec, campaign = _launched(manager, "bind-title")
+    bare, base, patch = remote_with_change(tmp_path, before={"m.txt": "a\n"}, after={"m.txt": "b"})
+    run = run_make(campaign=campaign, url=f"file://{bare}", base_commit=base)
+    v = variant_make(run=run, name="standard", patch=patch)
+    _, raw = token_create(user=reviewer, name="t", scope="write")
+    api = f"/api/v1/review/campaigns/{campaign.pk}/runs/{run.pk}"
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {raw}", "content_type": "application/json"}
+
+    # What the API client approves: the review says the text publishing would use.
+    review = client.get(api, **auth).json()
+    assert review["publish_text"]["title"] == TITLE
+    old_hash = review["publish_hash"]
+    approve = {"variant": "standard", "diff_hash": v.diff_sha256, "publish_hash": old_hash}
+    assert client.post(f"{api}/approve", approve, **auth).status_code == 200
+    assert _event("review.change.approved")["payload"]["publish_hash"] == old_hash
+
+    # A revision (which re-runs nothing: the diff and its approval stay) changes the title.
+    revised = spec.replace(f"title: {TITLE}", "title: Use assertEqual everywhere, now")
+    campaign_revise(campaign=campaign, actor=manager, source=revised)
+
+    refused = client.post(f"{api}/publish", **auth)
+    assert refused.status_code == 409, refused.content
+    assert "changeset.title" in refused.json()["detail"]
+    assert [e["field"] for e in refused.json()["errors"]] == ["changeset.title"]
+    assert "approve it again" in refused.json()["detail"]
+    assert not Changeset.objects.filter(run=run).exists()
+    review = client.get(api, **auth).json()
+    assert review["publish_text_changes"] == ["changeset.title"]
+    # An approval with the text as read before the revision is refused too.
+    stale = client.post(f"{api}/approve", approve, **auth)
+    assert stale.status_code == 409
+    assert [e["field"] for e in stale.json()["errors"]] == ["publish_hash"]
+
+    # The page says so beside Approve, shows the new title and offers Approve, not Publish.
+    assert client.login(username=reviewer.username, password=PASSWORD)
+    page = client.get(reverse("review-compare", args=[campaign.pk, run.pk])).content.decode()
+    assert 'data-testid="publish-text-changed"' in page and "changeset.title" in page
+    assert "Use assertEqual everywhere, now" in page
+    assert 'data-testid="approve"' in page and 'data-testid="publish"' not in page
+    decide = reverse("review-decide", args=[campaign.pk, run.pk, "publish"])
+    page_refused = client.post(decide)
+    assert page_refused.status_code == 409 and b"changeset.title" in page_refused.content
+    assert not Changeset.objects.filter(run=run).exists()
+
+    # Approved again from the page that shows the new text: published with it.
+    form = _page_form(client, campaign, run)
+    approve_url = reverse("review-decide", args=[campaign.pk, run.pk, "approve"])
+    assert client.post(approve_url, form).status_code == 302
+    assert client.post(decide).status_code == 302
+    changeset = Changeset.objects.get(run=run)
+    assert changeset.publish_text["title"] == "Use assertEqual everywhere, now"
+    queued = _event("review.change.published")["payload"]
+    assert queued["publish_hash"] == changeset.publish_hash == form["publish_hash"]
+    assert queued["publish_bound_by"] == "approval"
+
+    # A later revision does not reach a change already queued: the push uses the stored text.
+    campaign_revise(
+        campaign=Campaign.objects.get(pk=campaign.pk),
+        actor=manager,
+        source=revised.replace("Use assertEqual everywhere, now", "Something else"),
+    )
+    pushed = changeset_push(changeset_id=changeset.pk)
+    assert pushed.state == "open", pushed.error
+    (pr,) = fake_github.pulls["acme/alpha"]
+    assert pr["title"] == "Use assertEqual everywhere, now"
+    log = git(bare, "log", "-1", "--format=%an <%ae>|%s", "convoy/assert-equal").decode()
+    assert log.strip() == (
+        "Convoy <convoy@localhost>|Replace deprecated assertEquals with assertEqual"
+    )
+
+
+def test_the_text_to_publish_is_shown_beside_approve(client, manager, reviewer):
+    manager.email = "m@example.com"
+    manager.save()
+    tag, _ = repos_make(1)
+    spec = spec_for(tag, name="shown-text").replace(
+        "  commit_message: Replace deprecated assertEquals with assertEqual",
+        "  commit_message: Replace assertEquals\n"
+        "  body: 'Made by <script>alert(1)</script> Convoy'\n"
+        "  author: Mary Manager <m@example.com>",
+    )
+    campaign = campaign_launch(campaign=campaign_create(actor=manager, source=spec), actor=manager)
+    RepoRun.objects.filter(campaign=campaign).update(state=RunState.CANCELLED)
+    run = run_make(campaign=campaign)
+    variant_make(run=run, name="standard", patch=patch_for("x.py", "1", "2"))
+    assert client.login(username=reviewer.username, password=PASSWORD)
+    html = client.get(reverse("review-compare", args=[campaign.pk, run.pk])).content.decode()
+    decision = html[html.index('data-testid="decision"') :]
+    shown = decision[: decision.index('data-testid="approve"')]
+    assert re.search(r'data-testid="publish-title">\s*Use assertEqual\s*<', shown)
+    assert re.search(r'data-testid="publish-message">Replace assertEquals<', shown)
+    assert "Mary Manager &lt;m@example.com&gt;" in shown
+    assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)" in shown
+    assert re.search(r'<details data-testid="publish-body"><summary>', shown)  # collapsed
+    assert 'aria-labelledby="publish-text-heading"' in shown
+
+
+def _with_author(spec: str, author: str) -> str:
+    return spec.replace("  title: Use assertEqual", f"  title: Use assertEqual\n  author: {author}")
+
+
+def test_a_spec_names_as_author_only_its_editor_or_the_installations_bot(
+    client, manager, admin_user
+):
+    """The code host credits the commit to whoever `changeset.author` names: any manager could
+    name anyone. Now a manager names themselves or the bot identity; an admin names anyone,
+    and what an admin set survives a manager's later edit."""
+    manager.email = "m@example.com"
+    manager.save()
+    tag, _ = repos_make(1)
+    spec = spec_for(tag, name="authors")
+
+    ceo = _with_author(spec, "The CEO <ceo@example.com>")
+    with pytest.raises(CampaignSpecError) as refused:
+        campaign_create(actor=manager, source=ceo)
+    assert [e.path for e in refused.value.errors] == ["changeset.author"]
+    assert "<m@example.com>" in refused.value.errors[0].message
+    _, raw = token_create(user=manager, name="t", scope="write")
+    response = client.post(
+        "/api/v1/campaigns",
+        {"yaml": ceo},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {raw}",
+    )
+    assert response.status_code == 422
+    assert [e["field"] for e in response.json()["errors"]] == ["changeset.author"]
+    with pytest.raises(CampaignSpecError) as malformed:
+        campaign_create(actor=manager, source=_with_author(spec, "just a name"))
+    assert [e.path for e in malformed.value.errors] == ["changeset.author"]
+    assert not Campaign.objects.exists()
+
+    mine = campaign_create(actor=manager, source=_with_author(spec, "Mary <M@example.com>"))
+    bot = _with_author(spec.replace("name: authors", "name: authors-bot"), "Bot <convoy@localhost>")
+    assert campaign_create(actor=manager, source=bot).spec["changeset"]["author"]
+    mine.delete()
+
+    # An admin names someone else; a manager's edit that keeps that author is accepted, one
+    # that names another person is not.
+    draft = campaign_create(actor=admin_user, source=ceo)
+    kept = ceo.replace("Replace the deprecated", "Replace, at last, the deprecated")
+    campaign_update(campaign=draft, actor=manager, source=kept)
+    assert Campaign.objects.get(pk=draft.pk).spec["changeset"]["author"].startswith("The CEO")
+    with pytest.raises(CampaignSpecError) as changed:
+        campaign_update(
+            campaign=draft, actor=manager, source=_with_author(spec, "Nina <n@example.com>")
+        )
+    assert [e.path for e in changed.value.errors] == ["changeset.author"]
+
+
+def test_bulk_approval_shows_the_text_and_refuses_once_a_revision_changed_it(
+    client, manager, reviewer
+):
+    from review.models import Decision
+
+    spec, campaign = _launched(manager, "bulk-text")
+    runs = [run_make(campaign=campaign) for _ in range(2)]
+    for run in runs:
+        variant_make(run=run, name="standard", patch=patch_for("x.py", "1", "2"))
+    assert client.login(username=reviewer.username, password=PASSWORD)
+    url = reverse("review-bulk", args=[campaign.pk])
+    html = client.get(url, {"variant": "standard"}).content.decode()
+    form = html[html.index('action="' + reverse("review-bulk-approve", args=[campaign.pk])) :]
+    assert re.search(r'data-testid="publish-title">\s*Use assertEqual\s*<', form)
+    fields = dict(re.findall(r'type="hidden" name="(\w+)" value="([^"]*)"', form))
+    post = {**fields, "run_ids": [r.pk for r in runs]}
+
+    campaign_revise(
+        campaign=campaign, actor=manager, source=spec.replace(f"title: {TITLE}", "title: Other")
+    )
+    refused = client.post(reverse("review-bulk-approve", args=[campaign.pk]), post)
+    assert refused.status_code == 409 and b"text to publish" in refused.content
+    assert not Decision.objects.filter(kind="approve").exists()
