@@ -15,9 +15,11 @@ class UserEventsConsumer(UserSocketsMixin, AsyncWebsocketConsumer):
         if user is None or not user.is_authenticated:
             await self.close(code=4401)
             return
+        if await user_sockets_join(self, user) is None:  # deactivated since the session was read
+            await self.close(code=4401)
+            return
         self.group = user_group(user.pk)
         await self.channel_layer.group_add(self.group, self.channel_name)
-        await user_sockets_join(self, user)
         await self.accept()
 
     async def disconnect(self, code):

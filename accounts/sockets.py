@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 
 from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+from django.contrib.auth.models import User
 from django.db import transaction
 
 logger = logging.getLogger(__name__)
@@ -23,9 +25,22 @@ def user_sockets_group(user_id: int) -> str:
     return f"user.{user_id}.sockets"
 
 
-async def user_sockets_join(consumer, user) -> None:
+def _user_current(user_id: int) -> User | None:
+    return User.objects.filter(pk=user_id, is_active=True).first()
+
+
+async def user_sockets_join(consumer, user) -> User | None:
+    """Join the user's sockets group, then read the user afresh; a consumer checks access with
+    the user this returns, and only then accepts. None: they may no longer connect.
+
+    In this order a deactivation or role change at any moment of the handshake closes the
+    socket: one made before the join shows in the fresh read (the scope's user was read before,
+    its permissions cached), one made after it reaches the group. Joining after the access
+    check, as the consumers did, missed a change made in between.
+    """
     consumer.user_sockets = user_sockets_group(user.pk)
     await consumer.channel_layer.group_add(consumer.user_sockets, consumer.channel_name)
+    return await database_sync_to_async(_user_current)(user.pk)
 
 
 async def user_sockets_leave(consumer) -> None:

@@ -26,7 +26,8 @@ def events_list(request, q: str = "", cursor: str = "", limit: int = 50):
     return {"items": [event_as_dict(e) for e in page.events], "next_cursor": page.next_cursor}
 
 
-@router.get("/verify", response={200: VerifyOut, **errors_for(403)})
+# POST: the check is costly and recorded, so a cross-site link must not be able to start it.
+@router.post("/verify", response={200: VerifyOut, **errors_for(403)})
 def verify(request):
     """Check the chain and the signed checkpoints now; the check itself is recorded."""
     require_capability(request, "audit_view")

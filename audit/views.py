@@ -7,7 +7,7 @@ from django.db.models import Q
 from django.http import StreamingHttpResponse
 from django.shortcuts import render
 from django.utils import timezone
-from django.views.decorators.http import require_http_methods
+from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts.roles import capability_require
 from audit.export import audit_export_record, bundle_lines, csv_lines
@@ -119,7 +119,10 @@ def _download(lines, *, filename: str, content_type: str) -> StreamingHttpRespon
     return response
 
 
+# Exports are POSTs (CSRF-checked): each streams the trail and is recorded, so a cross-site
+# link (SameSite=Lax sends the session cookie with a top-level GET) must not start one.
 @login_required
+@require_POST
 def export_bundle(request):
     _audit_access_require(request.user)
     audit_export_record(actor=request.user, fmt="ndjson")
@@ -130,10 +133,11 @@ def export_bundle(request):
 
 
 @login_required
+@require_POST
 def export_csv(request):
     _audit_access_require(request.user)
-    form = AuditFilterForm(request.GET)
-    text = request.GET.get("q", "")
+    form = AuditFilterForm(request.POST)
+    text = request.POST.get("q", "")
     if not form.is_valid():
         context = {"title": "Audit trail", "q": text, "error": form.errors["q"][0], "page": None}
         return render(request, "audit/events.html", context, status=400)

@@ -60,6 +60,11 @@ class SandboxLogConsumer(UserSocketsMixin, AsyncWebsocketConsumer):
         if user is None or not user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
+        # Joined before the check: a deactivation or role change from here on closes it.
+        user = await user_sockets_join(self, user)
+        if user is None:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
         sandbox_id = self.scope["url_route"]["kwargs"]["sandbox_id"]
         try:
             await database_sync_to_async(sandbox_get_for_user)(user=user, pk=sandbox_id)
@@ -77,7 +82,6 @@ class SandboxLogConsumer(UserSocketsMixin, AsyncWebsocketConsumer):
         self.send_lock = asyncio.Lock()
         self.group = log_group(sandbox_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
-        await user_sockets_join(self, user)  # closed if the user is deactivated or re-roled
         await self.accept()
         async with self.send_lock:
             await self.catch_up()

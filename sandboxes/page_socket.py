@@ -77,6 +77,11 @@ class SandboxPageConsumer(UserSocketsMixin, AsyncWebsocketConsumer):
         if user is None or not user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
+        # Joined before the check: a deactivation or role change from here on closes it.
+        user = await user_sockets_join(self, user)
+        if user is None:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
         sandbox_id = self.scope["url_route"]["kwargs"]["sandbox_id"]
         try:
             await database_sync_to_async(sandbox_get_for_user)(user=user, pk=sandbox_id)
@@ -87,7 +92,6 @@ class SandboxPageConsumer(UserSocketsMixin, AsyncWebsocketConsumer):
         await database_sync_to_async(sandbox_page_watch)(sandbox_id=self.sandbox_id, delta=1)
         self.group = sandbox_page_group(sandbox_id)  # from here disconnect undoes the watch
         await self.channel_layer.group_add(self.group, self.channel_name)
-        await user_sockets_join(self, user)  # closed if the user is deactivated or re-roled
         await self.accept()
 
     async def disconnect(self, code):

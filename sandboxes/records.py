@@ -8,11 +8,11 @@ the models' own fields, and post_save is sent as the ORM would (the sandbox page
 
 from __future__ import annotations
 
-from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.db.models.signals import post_save
 from django.utils import timezone
 
-from audit.record import audit_record_change
+from audit.record import audit_record, audit_record_change
 from core.rows import assignments_prepared, columns_prepared, row_stored
 from sandboxes.backends.base import SandboxError, SandboxHandle
 from sandboxes.models import Sandbox, SandboxCommand, SandboxState
@@ -88,6 +88,22 @@ def sandbox_started_record(
         },
     }
     _sandbox_move(sandbox, expected=[SandboxState.CREATING], always=True, event=event, **fields)
+
+
+def sandbox_termination_requested_record(sandbox: Sandbox, *, reason: str, actor) -> None:
+    """A person's request to end a live sandbox, committed before the engine is asked (its own
+    transaction where the caller has none): AuditWriteError, and nothing is stopped, if the
+    trail cannot take it."""
+    with transaction.atomic():
+        audit_record(
+            action="sandbox.termination.requested",
+            actor=actor,
+            on_behalf_of=sandbox.on_behalf_of,
+            target=sandbox,
+            context=sandbox_context(sandbox),
+            reason=reason[:500],
+            payload={"backend": sandbox.backend, "external_id": sandbox.external_id},
+        )
 
 
 def sandbox_terminated_record(sandbox: Sandbox, *, reason: str, actor) -> bool:

@@ -47,6 +47,7 @@ from sandboxes.records import (
     sandbox_context,
     sandbox_started_record,
     sandbox_terminated_record,
+    sandbox_termination_requested_record,
 )
 
 _backends: dict[str, SandboxBackend] = {}
@@ -474,6 +475,11 @@ def sandbox_terminate(*, sandbox: Sandbox, reason: str, actor=None, fresh: bool 
         sandbox.refresh_from_db(fields=["state", "external_id"])
     if sandbox.state not in LIVE_STATES:
         return sandbox
+    if actor is not None:
+        # A person's termination is on record before the engine stops anything: the event
+        # written with the state change comes after the stop and can fail, which left the
+        # sandbox gone with nothing saying who ended it.
+        sandbox_termination_requested_record(sandbox, reason=reason, actor=actor)
     if sandbox.external_id:
         try:
             backend_get(sandbox.backend).terminate(sandbox_handle(sandbox))

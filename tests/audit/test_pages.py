@@ -9,6 +9,7 @@ import re
 
 import pytest
 from django.core.management import call_command
+from django.test import Client
 
 from accounts.services import token_create
 from audit.models import AuditEvent
@@ -56,10 +57,13 @@ def _actions(response) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("path", ["/audit/", "/audit/verify/", "/audit/export.ndjson"])
-def test_reviewer_is_refused_and_the_refusal_is_recorded(client, reviewer, path):
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("get", "/audit/"), ("get", "/audit/verify/"), ("post", "/audit/export.ndjson")],
+)
+def test_reviewer_is_refused_and_the_refusal_is_recorded(client, reviewer, method, path):
     client.force_login(reviewer)
-    assert client.get(path).status_code == 403
+    assert getattr(client, method)(path).status_code == 403
     denial = AuditEvent.objects.get(action="people.permission.denied")
     body = json.loads(denial.body)
     assert (denial.outcome, denial.actor_display) == ("denied", "rob")
@@ -146,7 +150,7 @@ def test_the_key_the_verify_page_shows_checks_an_export_elsewhere(admin_client, 
     page = admin_client.get("/audit/verify/").content.decode()
     pem = html.unescape(re.search(r"<pre>(-----BEGIN PUBLIC KEY-----.*?)</pre>", page, re.S)[1])
     (tmp_path / "key.pem").write_text(pem)
-    response = admin_client.get("/audit/export.ndjson")
+    response = admin_client.post("/audit/export.ndjson")
     (tmp_path / "b.ndjson").write_bytes(b"".join(response.streaming_content))
     out = io.StringIO()
     call_command(
@@ -161,7 +165,7 @@ def test_the_key_the_verify_page_shows_checks_an_export_elsewhere(admin_client, 
 
 
 def test_csv_export_follows_the_filter_and_defuses_formulas(admin_client, events):
-    response = admin_client.get("/audit/export.csv", {"q": "outcome:denied"})
+    response = admin_client.post("/audit/export.csv", {"q": "outcome:denied"})
     rows = list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode())))
     assert rows[0][:3] == ["event_id", "occurred_at", "action"]
     assert [r[2] for r in rows[1:]] == ["people.permission.denied"]
@@ -176,7 +180,7 @@ def test_csv_cells_a_spreadsheet_would_run_are_defused(admin_client, db):
     lures = ["\t=1+1", " =1+1", "\r=1+1", "x;=WEBSERVICE(A1)", "=cmd|' /C calc'!A0"]
     for lure in lures:
         audit_record(action="agents.model.refused", actor_type="agent", on_behalf_of=lure)
-    response = admin_client.get("/audit/export.csv", {"q": "action:agents.model.refused"})
+    response = admin_client.post("/audit/export.csv", {"q": "action:agents.model.refused"})
     raw = b"".join(response.streaming_content).decode()
     rows = list(csv.reader(io.StringIO(raw)))
     column = rows[0].index("on_behalf_of")
@@ -192,7 +196,7 @@ def test_downloaded_bundle_verifies_offline(admin_client, events, tmp_path, sett
 
     settings.AUDIT_CHECKPOINT_EVERY = 2
     audit_seal()  # what the periodic task does: events are linked already, this signs
-    response = admin_client.get("/audit/export.ndjson")
+    response = admin_client.post("/audit/export.ndjson")
     text = b"".join(response.streaming_content).decode()
     lines = [json.loads(x) for x in text.splitlines()]
     assert lines[0]["type"] == "header" and len(lines[0]["public_key"]) == 64
@@ -205,6 +209,41 @@ def test_downloaded_bundle_verifies_offline(admin_client, events, tmp_path, sett
     out = io.StringIO()
     call_command("audit_verify", "--bundle", str(bundle), stdout=out)
     assert out.getvalue().startswith("OK: ")
+
+
+EXPORTS_AND_VERIFY = ["/audit/export.ndjson", "/audit/export.csv", "/api/v1/audit/verify"]
+
+
+def test_a_link_cannot_start_an_export_or_a_verification(admin_user, events):
+    """Each streams or checks the whole trail and is recorded; a top-level GET from another site
+    carries the session cookie (SameSite=Lax), and answered with the work done."""
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(admin_user)
+    for path in EXPORTS_AND_VERIFY:
+        response = client.get(path, {"q": "outcome:denied"})
+        assert response.status_code == 405, path
+        assert "POST" in response["Allow"]
+    for path in EXPORTS_AND_VERIFY:  # a form another site posts has no CSRF token
+        assert client.post(path, {"q": ""}).status_code == 403, path
+    assert not AuditEvent.objects.filter(action__startswith="audit.").exists()
+
+
+def test_the_pages_export_and_the_api_verifies_with_a_posted_csrf_token(admin_user, events):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(admin_user)
+    page = client.get("/audit/", {"q": "outcome:denied"}).content.decode()
+    assert '<form method="post" action="/audit/export.ndjson"' in page
+    assert '<form method="post" action="/audit/export.csv"' in page
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)[1]
+    bundle = client.post("/audit/export.ndjson", {"csrfmiddlewaretoken": token})
+    assert bundle.status_code == 200
+    assert b'"type":"header"' in b"".join(bundle.streaming_content)
+    rows = client.post("/audit/export.csv", {"csrfmiddlewaretoken": token, "q": "outcome:denied"})
+    assert b"people.permission.denied" in b"".join(rows.streaming_content)
+    report = client.post("/api/v1/audit/verify", headers={"X-CSRFToken": token})
+    assert report.status_code == 200 and report.json()["ok"] is True
+    assert AuditEvent.objects.filter(action="audit.events.exported").count() == 2
+    assert AuditEvent.objects.filter(action="audit.chain.verified").count() == 1
 
 
 def test_nav_links_to_the_trail_for_admins_only(client, admin_user, manager):
@@ -255,7 +294,7 @@ def test_api_names_a_bad_filter_with_its_field(client, admin_user, db):
 
 def test_api_verify_and_export(client, admin_user, events):
     headers = _bearer(admin_user)
-    report = client.get("/api/v1/audit/verify", headers=headers).json()
+    report = client.post("/api/v1/audit/verify", headers=headers).json()
     assert report["ok"] is True and report["findings"] == []
     response = client.post(
         "/api/v1/audit/exports",

@@ -176,7 +176,7 @@ def test_people_actions_each_leave_exactly_one_complete_event(admin_user, review
     admin = Client()
     admin.force_login(admin_user)
     admin.get("/audit/?q=actor:carol")
-    b"".join(admin.get("/audit/export.csv").streaming_content)
+    b"".join(admin.post("/audit/export.csv").streaming_content)
     admin.post("/audit/verify/")
     assert_trail(
         [

@@ -1,12 +1,13 @@
 """Sandbox pages: who sees which sandbox, the unsafe marking, and terminating from the page."""
 
 import pytest
+from django.db import connection
 from django.test import override_settings
 
 from audit.models import AuditEvent
 from sandboxes.backends.base import SandboxSpec
 from sandboxes.models import SandboxState
-from sandboxes.services import sandbox_create, sandbox_exec
+from sandboxes.services import sandbox_create, sandbox_exec, sandbox_read_file
 
 pytestmark = pytest.mark.shapes("embedded", "production")
 SPEC = SandboxSpec(timeout_s=300)
@@ -63,3 +64,51 @@ def test_terminating_from_the_page_is_recorded_with_who_did_it(
     assert sandbox.state == SandboxState.TERMINATED and sandbox.terminated_by == admin_user
     event = AuditEvent.objects.get(action="sandbox.sandbox.terminated", sandbox_id=sandbox.pk)
     assert (event.actor_display, event.actor_type) == ("ada", "human")
+
+
+def _sandbox_events_refused() -> None:
+    """The event table refuses sandbox events until `_sandbox_events_accepted`: a real
+    failure, nothing mocked."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "CREATE FUNCTION pg_temp.refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'audit store unavailable'; END $$"
+            )
+            cursor.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON audit_auditevent FOR EACH ROW "
+                "WHEN (NEW.action LIKE 'sandbox.%') EXECUTE FUNCTION pg_temp.refuse()"
+            )
+        else:
+            cursor.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON audit_auditevent "
+                "WHEN NEW.action LIKE 'sandbox.%' "
+                "BEGIN SELECT RAISE(ABORT, 'audit store unavailable'); END"
+            )
+
+
+def _sandbox_events_accepted() -> None:
+    on = " ON audit_auditevent" if connection.vendor == "postgresql" else ""
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TRIGGER IF EXISTS refuse{on}")
+
+
+def test_a_termination_the_trail_cannot_record_is_refused_and_the_sandbox_runs_on(
+    transactional_db, client, admin_user, sandbox
+):
+    """The engine stopped the sandbox before its event was written: a failed write left a
+    person's termination done and unrecorded. (Committed data: as a server runs, the request
+    is not inside a test's transaction.)"""
+    client.force_login(admin_user)
+    _sandbox_events_refused()
+    try:
+        response = client.post(f"/sandboxes/{sandbox.pk}/terminate")
+    finally:
+        _sandbox_events_accepted()
+    assert response.status_code == 503
+    assert "nothing was changed" in response.content.decode()
+    sandbox.refresh_from_db()
+    assert sandbox.state == SandboxState.RUNNING
+    sandbox_exec(sandbox=sandbox, argv=["sh", "-c", "echo still here > alive.txt"])
+    assert sandbox_read_file(sandbox=sandbox, path="alive.txt") == b"still here\n"
+    assert not AuditEvent.objects.filter(action__startswith="sandbox.termin").exists()

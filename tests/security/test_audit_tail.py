@@ -61,6 +61,14 @@ def test_deleting_only_the_newest_events_is_reported_not_a_traceback(sealed):
     assert ("deleted event", 9) in kinds and ("deleted event", 10) in kinds
 
 
+_KEPT = (
+    "id, event_id, occurred_at, action, outcome, actor_type, actor_id, actor_display, "
+    "on_behalf_of, target_type, target_id, campaign_id, run_id, variant_id, sandbox_id, txid"
+)
+EVENT_COLUMNS = f"{_KEPT}, body"
+EVENT_EDITED = f"{_KEPT}, '{{}}'"
+
+
 @pytest.mark.shapes("embedded")
 def test_sqlite_triggers_refuse_raw_update_and_delete_from_another_client(sealed):
     path = settings.DATABASES["default"]["TEST"]["NAME"]
@@ -76,6 +84,13 @@ def test_sqlite_triggers_refuse_raw_update_and_delete_from_another_client(sealed
             "DELETE FROM audit_auditevent WHERE id = (SELECT max(id) FROM audit_auditevent)",
             "DELETE FROM audit_auditlink WHERE seq = (SELECT max(seq) FROM audit_auditlink)",
             "DELETE FROM audit_auditcheckpoint",
+            # REPLACE deletes the row it collides with without firing the DELETE trigger.
+            f"REPLACE INTO audit_auditevent ({EVENT_COLUMNS}) SELECT {EVENT_EDITED}"  # noqa: S608
+            " FROM audit_auditevent WHERE id = (SELECT min(id) FROM audit_auditevent)",
+            f"INSERT OR REPLACE INTO audit_auditevent ({EVENT_COLUMNS}) SELECT {EVENT_EDITED}"  # noqa: S608
+            " FROM audit_auditevent WHERE id = (SELECT min(id) FROM audit_auditevent)",
+            "INSERT OR REPLACE INTO audit_auditlink SELECT * FROM audit_auditlink"
+            " WHERE seq = (SELECT max(seq) FROM audit_auditlink)",
         ):
             with pytest.raises(sqlite3.DatabaseError):
                 raw.execute(sql)

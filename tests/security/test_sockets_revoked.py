@@ -66,3 +66,59 @@ async def test_a_users_open_sockets_close_when_they_lose_access(admin_user, chan
             closed = await comm.receive_output(timeout=5)
         assert closed["code"] == CLOSE_REVOKED
         await comm.wait()
+
+
+async def _closed_with(comm) -> int:
+    message = await comm.receive_output(timeout=5)
+    while message["type"] != "websocket.close":  # a catch-up frame may come first
+        message = await comm.receive_output(timeout=5)
+    return message["code"]
+
+
+@pytest.mark.parametrize("socket", ["logs", "page"])
+async def test_a_deactivation_during_the_access_check_closes_the_socket(
+    admin_user, monkeypatch, socket
+):
+    """The consumers checked access, then joined the group that closes a user's sockets: a
+    deactivation in between went to a group the socket was not in yet, and it stayed open."""
+    from sandboxes import consumers, page_socket
+
+    rob = await database_sync_to_async(user_make)(role="reviewer", username="rob")
+    sandbox = await database_sync_to_async(Sandbox.objects.create)(
+        backend="bwrap", campaign_id=1, state="running"
+    )
+    module = consumers if socket == "logs" else page_socket
+    check = module.sandbox_get_for_user
+
+    def deactivated_while_checking(*, user, pk):
+        user_active_set(user=rob, active=False, actor=admin_user)
+        return check(user=user, pk=pk)
+
+    monkeypatch.setattr(module, "sandbox_get_for_user", deactivated_while_checking)
+    comm = WebsocketCommunicator(
+        URLRouter(websocket_urlpatterns), f"/ws/sandboxes/{sandbox.pk}/{socket}/?after=0"
+    )
+    comm.scope["user"] = await database_sync_to_async(type(rob).objects.get)(pk=rob.pk)
+    connected, _ = await comm.connect()
+    assert connected  # the check passed: rob was active when it read him
+    assert await _closed_with(comm) == CLOSE_REVOKED
+    await comm.wait()
+
+
+@pytest.mark.parametrize(
+    "path", ["/ws/me/", "/ws/sandboxes/{pk}/logs/", "/ws/sandboxes/{pk}/page/"]
+)
+async def test_a_user_deactivated_after_their_session_was_read_is_not_connected(admin_user, path):
+    """The handshake read the user from the session before the socket joined the group that a
+    deactivation closes: deactivated in between, they were connected with what was read."""
+    rob = await database_sync_to_async(user_make)(role="reviewer", username="rob")
+    sandbox = await database_sync_to_async(Sandbox.objects.create)(
+        backend="bwrap", campaign_id=1, state="running"
+    )
+    as_read = await database_sync_to_async(type(rob).objects.get)(pk=rob.pk)
+    await database_sync_to_async(user_active_set)(user=rob, active=False, actor=admin_user)
+    comm = WebsocketCommunicator(URLRouter(websocket_urlpatterns), path.format(pk=sandbox.pk))
+    comm.scope["user"] = as_read
+    connected, code = await comm.connect()
+    assert not connected and code == 4401
+    await comm.wait()
