@@ -106,7 +106,10 @@ _default_data = BASE_DIR / "var" / (f"test-{os.getpid()}" if TESTING else "")
 DATA_DIR = Path(envstr("CONVOY_DATA_DIR", str(_default_data))).resolve()
 DATA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
 if DATA_DIR.stat().st_uid == os.getuid():
-    DATA_DIR.chmod(0o700)  # keys, the SQLite file, mirrors and workspaces: Convoy's alone
+    # Keys, the SQLite file, mirrors and workspaces: Convoy's alone, but for the search (not
+    # read) permission a root worker gives the sandboxes' host group (sandboxes/backends/
+    # host_user.py), which a process starting later must not take back from a running worker.
+    DATA_DIR.chmod(0o700 | (DATA_DIR.stat().st_mode & 0o010))
 # Egress (docs/egress.md): the test-only name mapping (api.test=127.0.0.1) is refused outside the
 # test suite and the workers it starts (they drop PYTEST_VERSION but run on its var/test-<pid>).
 EGRESS_TEST_HOSTS_ALLOWED = TESTING or (

@@ -219,8 +219,12 @@ class BubblewrapBackend(LocalBackend):
         # user was root outside. bwrap looks its bind sources up as that user, so it may pass
         # through (not list) the data directory and the sandboxes' root.
         self.ws.owner = sandbox_host_owner()
-        # From the installation's data directory down (a test's backend has its own inside).
+        # From the installation's data directory down (a test's backend has its own inside);
+        # a test run's (var/test-<pid>) from Convoy's own var/ down, which a development
+        # installation keeps private too.
         top = Path(settings.DATA_DIR)
+        own = Path(settings.BASE_DIR) / "var"
+        top = own if top.parent == own else top
         self._private_top = top if self.data_dir.is_relative_to(top) else self.data_dir
         if self.ws.owner is not None:
             self.ws.root_make()

@@ -379,7 +379,10 @@ def test_a_run_that_writes_a_secret_into_its_diff_has_it_flagged(stored, manager
     assert run_execute(run_id=run.pk) == "succeeded"
 
     variant = run.variants.get()
-    assert variant.state == "completed" and variant.files_changed == 1, variant.error
+    assert variant.state == "completed" and variant.files_changed == 1, (
+        variant.error,
+        variant.output_tail,
+    )
     leak = SecretLeak.objects.get(variant=variant)
     assert leak.names == ["API_TOKEN"] and leak.forms == ["plain"]
     assert AuditEvent.objects.filter(action="secret.leak.found").count() == 1
