@@ -4,6 +4,7 @@ claim, prune, the command and the API."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import subprocess
 import threading
@@ -20,7 +21,7 @@ from sandboxes.images.build import image_dir, images_root
 from sandboxes.images.mounts import bwrap_root_args, image_env, image_mounts, oci_bundle_root
 from sandboxes.images.selectors import image_require_view
 from sandboxes.images.services import HOST, image_ensure, image_prune, image_remove, image_resolve
-from sandboxes.images.spec import image_spec_parse
+from sandboxes.images.spec import ImageSpec, image_spec_parse
 from sandboxes.models import Image, ImageState
 
 
@@ -495,6 +496,48 @@ def test_a_registry_on_a_non_public_address_is_refused_before_any_request(
     assert "non-public" in refused.value.message
     # This machine's own registry (plain HTTP, tests and development) is still used.
     ref = oci_registry.push_tiny("team/ok:1", {"/a.txt": "x"})
+    assert image_ensure(spec={"oci": ref}, actor=None).state == ImageState.READY
+
+
+class _Recording(http.server.BaseHTTPRequestHandler):
+    seen: list[str] = []
+
+    def do_GET(self):
+        self.seen.append(self.path)
+        self.send_error(404)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_loopback_service_that_is_not_a_listed_registry_is_never_asked(
+    db, fresh_image_data, oci_registry
+):
+    """`image.oci: 127.0.0.1:<any port>/x` made skopeo send requests, TLS checks off, to any
+    service of this machine (the web server, Redis). Only the registries CONVOY_LOCAL_REGISTRIES
+    lists are asked: a spec naming another port is refused, and so is an image spec stored
+    before (resolved again when a run starts), before any request."""
+    _Recording.seen = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recording)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    port = server.server_address[1]
+    try:
+        with pytest.raises(Invalid) as refused:
+            image_ensure(spec={"oci": f"127.0.0.1:{port}/team/x:1"}, actor=None)
+        assert refused.value.field == "image.oci"
+        assert f"127.0.0.1:{port}" in refused.value.message
+        assert "CONVOY_LOCAL_REGISTRIES" in refused.value.message
+        stored = ImageSpec(kind="oci", oci=f"localhost:{port}/team/x:1")
+        with pytest.raises(Invalid) as refused:
+            image_resolve(spec=stored)
+        assert refused.value.field == "image.oci"
+        assert _Recording.seen == []
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    ref = oci_registry.push_tiny("team/listed:1", {"/a.txt": "x"})  # the listed one is used
     assert image_ensure(spec={"oci": ref}, actor=None).state == ImageState.READY
 
 
