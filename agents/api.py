@@ -2,7 +2,7 @@
 
 from ninja import Router, Status
 
-from agents.providers import provider_remove, provider_set, providers_for_user
+from agents.providers import KEEP, provider_remove, provider_set, providers_for_user
 from agents.schemas import ProviderIn, ProviderOut
 from core.errors import NotFound
 from core.schemas import errors_for
@@ -18,7 +18,9 @@ def provider_list(request):
 
 @providers_router.post("", response={201: ProviderOut, **errors_for(403, 422)})
 def provider_store(request, data: ProviderIn):
-    """Add a provider or change one by name (`key` omitted keeps the stored key)."""
+    """Add a provider or change one by name (`key` omitted keeps the stored key; so do the
+    ceilings, where `max_run_budget_usd: null` removes that one)."""
+    given = data.model_fields_set
     return Status(
         201,
         provider_set(
@@ -29,6 +31,8 @@ def provider_store(request, data: ProviderIn):
             allowed_models=data.allowed_models,
             input_usd_per_mtok=data.input_usd_per_mtok,
             output_usd_per_mtok=data.output_usd_per_mtok,
+            max_campaign_budget_usd=data.max_campaign_budget_usd,
+            max_run_budget_usd=data.max_run_budget_usd if "max_run_budget_usd" in given else KEEP,
             actor=request.auth,
         ),
     )

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from agents.models import CallOutcome, Exhausted, ModelCall, ModelGrant, ModelProvider
 from agents.prices import call_cost
-from agents.providers import ENDPOINTS, provider_get
+from agents.providers import ENDPOINTS, provider_budgets, provider_get
 from audit.record import audit_hmac, audit_record
 from core.errors import Invalid
 from sandboxes.egress.sandbox import sandbox_key_for
@@ -57,8 +57,13 @@ def grant_mint(
     masks: tuple[str, ...] = (),
 ) -> tuple[ModelGrant, str]:
     """A new grant and its token (returned once; only its hash is stored). Earlier grants of
-    the variant are revoked: a retried variant gets a fresh token."""
+    the variant are revoked: a retried variant gets a fresh token. Its budgets are the spec's
+    under the provider's ceilings, and the ceilings where the spec named none: every grant
+    has a campaign budget."""
     provider = provider_get(name=provider_name)
+    budget, campaign_budget = provider_budgets(
+        provider, budget_usd=budget_usd, campaign_budget_usd=campaign_budget_usd
+    )
     if provider.allowed_models and model not in provider.allowed_models:
         raise Invalid(
             f"model {model!r} is not allowed for provider {provider_name!r} "
@@ -76,9 +81,9 @@ def grant_mint(
             sandbox_id=sandbox_id,
             provider=provider,
             model=model,
-            budget_usd=_dec(budget_usd),
+            budget_usd=budget,
             max_calls=max_calls,
-            campaign_budget_usd=_dec(campaign_budget_usd),
+            campaign_budget_usd=campaign_budget,
             expires_at=timezone.now() + timedelta(seconds=ttl_s),
         )
         audit_record(
@@ -95,18 +100,15 @@ def grant_mint(
                 "grant_id": grant.pk,
                 "provider": provider.name,
                 "model": model,
-                "budget_usd": budget_usd,
+                "budget_usd": None if budget is None else str(budget),
                 "max_calls": max_calls,
+                "campaign_budget_usd": str(campaign_budget),
                 "token": audit_hmac(token),
             },
         )
     with _masks_lock:
         _masks[grant.pk] = tuple(m for m in masks if m)
     return grant, token
-
-
-def _dec(value) -> Decimal | None:
-    return None if value is None else Decimal(str(value))
 
 
 def grants_revoke(*, variant_id: int | None = None, run_id: int | None = None) -> list[int]:

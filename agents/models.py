@@ -7,8 +7,14 @@ imports it (the pipeline hands it ids).
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django.conf import settings
 from django.db import models
+
+# What a new provider lets one campaign spend until an admin says otherwise (also given to the
+# providers that existed before ceilings did).
+DEFAULT_MAX_CAMPAIGN_BUDGET_USD = Decimal("50.00")
 
 
 class ApiStyle(models.TextChoices):
@@ -25,6 +31,12 @@ class ModelProvider(models.Model):
     allowed_models = models.JSONField(default=list, blank=True)  # [] allows any model
     input_usd_per_mtok = models.DecimalField(max_digits=12, decimal_places=4, default=0)
     output_usd_per_mtok = models.DecimalField(max_digits=12, decimal_places=4, default=0)
+    # Admin-set ceilings: a spec's `campaign_budget_usd` (absent: this) and `budget_usd`
+    # (absent: this, when set) may not exceed them.
+    max_campaign_budget_usd = models.DecimalField(
+        max_digits=12, decimal_places=2, default=DEFAULT_MAX_CAMPAIGN_BUDGET_USD
+    )
+    max_run_budget_usd = models.DecimalField(max_digits=12, decimal_places=2, null=True, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

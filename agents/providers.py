@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from django.db import transaction
 
 from accounts.roles import capability_require
-from agents.models import ApiStyle, ModelProvider
+from agents.models import DEFAULT_MAX_CAMPAIGN_BUDGET_USD, ApiStyle, ModelProvider
 from agents.prices import price_lookup
 from audit.record import audit_record
 from core.crypto import secrets_fernet
@@ -44,6 +44,45 @@ def _price(value, field: str) -> Decimal | None:
     if not price.is_finite() or price < 0 or price > 100_000:
         raise Invalid("must be between 0 and 100000 USD per million tokens", field=field)
     return price
+
+
+MAX_CEILING_USD = Decimal(1_000_000)  # the largest budget a spec may name
+
+
+class _Keep:
+    """`max_run_budget_usd` not given: the stored ceiling stays (None removes it)."""
+
+
+KEEP = _Keep()
+
+
+def _ceiling(value, field: str) -> Decimal | None:
+    if value is None or value == "":
+        return None
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        raise Invalid("must be an amount in USD, e.g. 50", field=field) from None
+    if not amount.is_finite() or amount <= 0 or amount > MAX_CEILING_USD:
+        raise Invalid("must be an amount in USD above 0 and at most 1000000", field=field)
+    if amount != amount.quantize(Decimal("0.01")):
+        raise Invalid("must be in whole cents, e.g. 12.50", field=field)
+    return amount.quantize(Decimal("0.01"))
+
+
+def provider_budgets(
+    provider: ModelProvider, *, budget_usd=None, campaign_budget_usd=None
+) -> tuple[Decimal | None, Decimal]:
+    """(budget_usd, campaign_budget_usd) a grant of this provider gets: the spec's values, the
+    provider's ceilings where the spec named none, and never more than the ceilings (one
+    lowered after the spec was checked applies to the sandboxes started since)."""
+    campaign = provider.max_campaign_budget_usd
+    if campaign_budget_usd is not None:
+        campaign = min(Decimal(str(campaign_budget_usd)), campaign)
+    run = provider.max_run_budget_usd
+    if budget_usd is not None:
+        run = Decimal(str(budget_usd)) if run is None else min(Decimal(str(budget_usd)), run)
+    return run, campaign
 
 
 def _base_url_check(base_url: str):
@@ -95,10 +134,15 @@ def provider_set(
     allowed_models: list[str] | None = None,
     input_usd_per_mtok=None,
     output_usd_per_mtok=None,
+    max_campaign_budget_usd=None,
+    max_run_budget_usd=KEEP,
     actor,
 ) -> ModelProvider:
     """Add a provider or change one. Prices left empty are taken from the price table for the
-    first allowed model when it knows it (else 0). `key=None` keeps the stored key."""
+    first allowed model when it knows it (else 0). `key=None` keeps the stored key.
+    `max_campaign_budget_usd=None` keeps the stored ceiling (a new provider gets
+    DEFAULT_MAX_CAMPAIGN_BUDGET_USD); `max_run_budget_usd=None` removes that ceiling, KEEP
+    (not given) keeps it."""
     capability_require(user=actor, capability=CAPABILITY)
     if not NAME_RE.match(name or "") or name.startswith("removed-"):
         raise Invalid("use lowercase letters, digits and '-'", field="name")
@@ -112,6 +156,9 @@ def provider_set(
         _price(input_usd_per_mtok, "input_usd_per_mtok"),
         _price(output_usd_per_mtok, "output_usd_per_mtok"),
     ]
+    campaign_ceiling = _ceiling(max_campaign_budget_usd, "max_campaign_budget_usd")
+    keep_run = isinstance(max_run_budget_usd, _Keep)
+    run_ceiling = None if keep_run else _ceiling(max_run_budget_usd, "max_run_budget_usd")
     if None in prices and models:
         known = price_lookup(api_style=api_style, model=models[0])
         if known:
@@ -145,6 +192,17 @@ def provider_set(
                 if provider.pk and getattr(provider, attr) != price:
                     changes[attr] = [str(getattr(provider, attr)), str(price)]
                 setattr(provider, attr, price)
+        ceilings = {}
+        if campaign_ceiling is not None or provider.pk is None:
+            default = DEFAULT_MAX_CAMPAIGN_BUDGET_USD
+            ceilings["max_campaign_budget_usd"] = campaign_ceiling or default
+        if not keep_run:
+            ceilings["max_run_budget_usd"] = run_ceiling
+        for attr, ceiling in ceilings.items():
+            old = getattr(provider, attr)
+            if provider.pk and old != ceiling:
+                changes[attr] = [_usd(old), _usd(ceiling)]
+            setattr(provider, attr, ceiling)
         if key:
             provider.key_ciphertext = secrets_fernet().encrypt(key.encode())
             if action == "agents.provider.updated":
@@ -162,10 +220,16 @@ def provider_set(
                 "allowed_models": models,
                 "input_usd_per_mtok": str(provider.input_usd_per_mtok),
                 "output_usd_per_mtok": str(provider.output_usd_per_mtok),
+                "max_campaign_budget_usd": _usd(provider.max_campaign_budget_usd),
+                "max_run_budget_usd": _usd(provider.max_run_budget_usd),
             },
         )
     _keys_forget()
     return provider
+
+
+def _usd(value) -> str | None:
+    return None if value is None else str(Decimal(value).quantize(Decimal("0.01")))
 
 
 def provider_remove(*, name: str, actor) -> None:

@@ -14,6 +14,12 @@ class ProviderIn(Schema):
     allowed_models: list[str] = Field(default_factory=list, max_length=200)
     input_usd_per_mtok: Decimal | None = Field(None, ge=0, le=100_000)
     output_usd_per_mtok: Decimal | None = Field(None, ge=0, le=100_000)
+    max_campaign_budget_usd: Decimal | None = Field(
+        None, description="what one campaign may spend; omitted keeps it (new: 50.00)"
+    )
+    max_run_budget_usd: Decimal | None = Field(
+        None, description="what one variant may spend per repository; null removes, omitted keeps"
+    )
 
 
 class ProviderOut(Schema):
@@ -23,5 +29,7 @@ class ProviderOut(Schema):
     allowed_models: list[str]
     input_usd_per_mtok: Decimal
     output_usd_per_mtok: Decimal
+    max_campaign_budget_usd: Decimal
+    max_run_budget_usd: Decimal | None
     created_at: datetime
     updated_at: datetime

@@ -10,6 +10,7 @@ from statistics import median
 from django.db.models import Count, Sum
 
 from agents.models import ModelCall, ModelGrant
+from agents.spec import model_budgets
 from agents.usage import transcript_unpack
 
 _ZERO = {"calls": 0, "tokens_in": 0, "tokens_out": 0, "cost_usd": Decimal(0)}
@@ -67,10 +68,11 @@ def campaign_model_budget(*, campaign_id: int, spec: dict, remaining_runs: int =
     spend = campaign_model_spend(campaign_id=campaign_id)
     costs = campaign_run_costs(campaign_id=campaign_id)
     per_run = Decimal(median(costs)) if costs else None
-    budget = (spec.get("model") or {}).get("campaign_budget_usd")
+    budgets = model_budgets(spec)
     return {
         **spend,
-        "budget_usd": Decimal(str(budget)) if budget else None,
+        "budget_usd": budgets["campaign_budget_usd"] if budgets else None,
+        "budget_from_ceiling": bool(budgets and budgets["from_ceiling"]),
         "median_run_usd": per_run,
         "forecast_usd": spend["cost_usd"] + per_run * remaining_runs
         if per_run is not None
@@ -84,6 +86,8 @@ def campaign_model_line(budget: dict) -> str:
     line = f"models: ${budget['cost_usd']:.4f}"
     if budget["budget_usd"]:
         line += f" of ${budget['budget_usd']:.2f} budget"
+        if budget["budget_from_ceiling"]:
+            line += " (the provider's ceiling)"
     line += f", {budget['calls']} call(s), {budget['tokens_in']} in / {budget['tokens_out']} out"
     if budget["forecast_usd"] is not None and budget["remaining_runs"]:
         line += f", forecast ${budget['forecast_usd']:.2f} for all runs"

@@ -10,7 +10,7 @@ from django.views.decorators.http import require_POST
 
 from accounts.roles import capability_require, user_can
 from agents.forms import ProviderForm
-from agents.providers import provider_remove, provider_set, providers_for_user
+from agents.providers import provider_get, provider_remove, provider_set, providers_for_user
 from agents.selectors import variant_transcript, variant_transcript_jsonl
 from campaigns.models import Variant
 from campaigns.selectors import run_get_for_user
@@ -21,6 +21,9 @@ from core.errors import NotFound
 def providers(request):
     items = providers_for_user(user=request.user)
     form = ProviderForm(request.POST or None)
+    editing = request.GET.get("edit")
+    if request.method != "POST" and editing:
+        form = ProviderForm.for_provider(provider_get(name=editing[:100]))
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         provider = provider_set(
@@ -31,6 +34,8 @@ def providers(request):
             allowed_models=form.cleaned_models(),
             input_usd_per_mtok=data["input_usd_per_mtok"],
             output_usd_per_mtok=data["output_usd_per_mtok"],
+            max_campaign_budget_usd=data["max_campaign_budget_usd"],
+            max_run_budget_usd=data["max_run_budget_usd"],
             actor=request.user,
         )
         messages.success(request, f"Model provider {provider.name} saved.")

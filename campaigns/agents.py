@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from decimal import Decimal
 from pathlib import Path
 from string import Template
 
@@ -14,22 +13,13 @@ from agents.gateway import GATEWAY_RULE, GATEWAY_URL, model_gateway
 from agents.grants import grant_mint, grants_revoke
 from agents.models import Exhausted
 from agents.selectors import campaign_model_spend, variant_grant_latest
-from agents.spec import model_for_variant
+from agents.spec import model_budgets, model_for_variant
 from campaigns.models import RepoRun, Validation, Variant, VariantState
 from campaigns.states import RunFailed
 from core.errors import ConvoyError
 from sandboxes.backends.base import Capability, NetworkPolicy, SandboxError, SandboxSpec
 from sandboxes.egress.sandbox import allowed_domains
 from sandboxes.repos import RepoUrlError, git, mirror_fetch
-
-
-def _campaign_budget(spec: dict) -> float | None:
-    budgets = [
-        m["campaign_budget_usd"]
-        for m in (model_for_variant(spec, v) for v in spec["variants"])
-        if m and m.get("campaign_budget_usd")
-    ]
-    return min(budgets) if budgets else None
 
 
 def run_models_prepare(*, ctx) -> SandboxSpec:
@@ -39,12 +29,14 @@ def run_models_prepare(*, ctx) -> SandboxSpec:
     run, spec, sandbox_spec, backend = ctx.run, ctx.spec, ctx.sandbox_spec, ctx.backend
     if not any(model_for_variant(spec, v) for v in spec["variants"]):
         return sandbox_spec
-    budget = _campaign_budget(spec)
-    if budget is not None:
+    # The spec's campaign budget, or its provider's ceiling (also one lowered since launch).
+    budgets = model_budgets(spec)
+    if budgets is not None:
+        budget = budgets["campaign_budget_usd"]
         spent = campaign_model_spend(campaign_id=run.campaign_id)["cost_usd"]
-        if spent >= Decimal(str(budget)):
+        if spent >= budget:
             raise RunFailed(
-                f"budget exhausted: the campaign's model budget (${budget:g}) is spent "
+                f"budget exhausted: the campaign's model budget (${budget:f}) is spent "
                 f"(${spent:.4f}); no new runs start"
             )
     if Capability.EGRESS_PROXY not in backend.capabilities:

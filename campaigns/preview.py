@@ -15,7 +15,7 @@ from audit.record import audit_record
 from campaigns.dispatch import runs_dispatch
 from campaigns.models import Campaign, CampaignState, RepoRun, Repository
 from campaigns.selectors import repository_ids_by_tag
-from campaigns.services import repositories_register
+from campaigns.services import repositories_register, spec_ceilings_check
 from campaigns.states import CampaignStateError
 from core.errors import Invalid
 
@@ -41,6 +41,7 @@ def campaign_preview(*, campaign: Campaign, actor, sample: int = PREVIEW_SAMPLE)
         raise Invalid(
             f"the sample must be between 1 and {PREVIEW_SAMPLE_MAX} repositories", field="sample"
         )
+    spec_ceilings_check(campaign.spec)
     with transaction.atomic():
         moved = Campaign.objects.filter(pk=campaign.pk, state=CampaignState.DRAFT).update(
             state=CampaignState.PREVIEWING, updated_at=timezone.now()

@@ -22,6 +22,7 @@ from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from accounts.roles import ADMIN, user_role
+from agents.spec import model_ceiling_errors
 from audit.record import audit_record
 from campaigns.dispatch import runs_dispatch
 from campaigns.models import (
@@ -389,9 +390,18 @@ def runs_create(campaign: Campaign, *, actor) -> int:
     return total
 
 
+def spec_ceilings_check(spec: dict) -> None:
+    """Refuse (422 naming the field) a saved spec whose model budgets are now above their
+    provider's ceilings: an admin lowered one after the spec was checked."""
+    errors = model_ceiling_errors(spec)
+    if errors:
+        raise CampaignSpecError([FieldError(where, message) for where, message in errors])
+
+
 def campaign_launch(*, campaign: Campaign, actor) -> Campaign:
     """Create one run per repository (bulk) and start filling dispatch slots. After a preview
     only the rest are added: the sample's runs and results are kept."""
+    spec_ceilings_check(campaign.spec)
     now = timezone.now()
     with transaction.atomic():
         moved = Campaign.objects.filter(

@@ -19,6 +19,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 KNOWN_CONVOY_VARS = {
     "CONVOY_DATA_DIR",
     "CONVOY_SANDBOX_BACKEND",
+    "CONVOY_SANDBOX_HOST_UID",
     "CONVOY_ALLOW_UNSAFE_PROCESS_BACKEND",
     "CONVOY_REDIS_PREFIX",
     "CONVOY_TRUSTED_PROXY_HOPS",
@@ -48,6 +49,7 @@ KNOWN_CONVOY_VARS = {
     "CONVOY_SANDBOX_SIM",
     "CONVOY_GATEWAY_BODY_MB",
     "CONVOY_API_TOKEN_MAX_DAYS",
+    "CONVOY_IMAGE_BUILD_DISK_MB",
 }
 SANDBOX_BACKENDS = ("gvisor", "bwrap", "modal", "e2b", "daytona", "process")
 
@@ -289,6 +291,8 @@ CELERY_IMPORTS = ["review.tasks"]
 CONVOY_WORKER_CONCURRENCY = envint("CONVOY_WORKER_CONCURRENCY", 4, minimum=1)
 # The largest request body the model gateway reads from a sandbox (a model call's prompt).
 GATEWAY_BODY_MB = envint("CONVOY_GATEWAY_BODY_MB", 8, minimum=1)
+# The most disk one image build may use (its root filesystem and what its base step keeps).
+IMAGE_BUILD_DISK_MB = envint("CONVOY_IMAGE_BUILD_DISK_MB", 20480, minimum=1)
 # A test-only hook (config.embedded): the embedded beat thread dies right after it starts.
 TEST_CRASH_BEAT = envbool("CONVOY_TEST_CRASH_BEAT", False)
 if TEST_CRASH_BEAT and not TESTING:
@@ -379,6 +383,10 @@ SANDBOX_SIM = envbool("CONVOY_SANDBOX_SIM", False)
 if SANDBOX_SIM:
     SANDBOX_BACKENDS = (*SANDBOX_BACKENDS, "sim")
 SANDBOX_BACKEND = envchoice("CONVOY_SANDBOX_BACKEND", "bwrap", SANDBOX_BACKENDS)
+# The host user (and group) a bubblewrap sandbox runs as when the worker is root: no host
+# account's (sandbox files are its, and nothing else is), no supplementary groups. A worker
+# that is not root starts its sandboxes as itself, unprivileged already.
+SANDBOX_HOST_UID = envint("CONVOY_SANDBOX_HOST_UID", 2_000_000, minimum=1)
 ALLOW_UNSAFE_PROCESS_BACKEND = envbool("CONVOY_ALLOW_UNSAFE_PROCESS_BACKEND", False)
 if SANDBOX_BACKEND == "process" and not ALLOW_UNSAFE_PROCESS_BACKEND:
     _fail(

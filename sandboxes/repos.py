@@ -43,6 +43,7 @@ from core.git import (
     local_pack_option,
 )
 from sandboxes.backends.base import Capability, SandboxError
+from sandboxes.backends.host_user import Owner, tree_chown
 from sandboxes.egress.addresses import address_refusal
 from sandboxes.fsplace import subdirs_spread_made
 from sandboxes.local_clone import clone_local, exclude_write, git_config_text, local_source
@@ -458,13 +459,19 @@ def _checkout_into(
     return sha
 
 
-def _staged(url: str, ref: str, fresh_after: float | None, exclude: str) -> tuple[str, Path]:
+def _staged(
+    url: str, ref: str, fresh_after: float | None, exclude: str, owner: Owner | None = None
+) -> tuple[str, Path]:
+    """`owner`: the sandbox's host user (`host_user`), given the checkout here, in the
+    background, before any sandbox sees it (a 50,000-file tree is a walk of its own)."""
     root = _staging_root()
     subdirs_spread_made(root)
     dest = root / secrets.token_hex(8)
     dest.mkdir(mode=0o700)
     try:
         sha = _checkout_into(dest, url=url, ref=ref, fresh_after=fresh_after, exclude=exclude)
+        if owner is not None:
+            tree_chown(dest, owner)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
@@ -484,7 +491,7 @@ def checkout_ahead(
         return None
     if Capability.SIMULATED in engine.capabilities or not hasattr(engine, "workspace_path"):
         return None
-    return _pool().submit(_staged, url, ref, fresh_after, exclude)
+    return _pool().submit(_staged, url, ref, fresh_after, exclude, engine.workspace_owner())
 
 
 def checkout_discard(ahead: Future | None) -> None:
@@ -498,7 +505,7 @@ def checkout_discard(ahead: Future | None) -> None:
         ahead.add_done_callback(remove)
 
 
-def _staged_move(staged: Path, dest: Path) -> None:
+def _staged_move(staged: Path, dest: Path, owner: Owner | None) -> None:
     try:
         for entry in os.listdir(staged):
             try:
@@ -507,6 +514,8 @@ def _staged_move(staged: Path, dest: Path) -> None:
                 if exc.errno != errno.EXDEV:
                     raise
                 shutil.move(staged / entry, dest / entry)  # the workspace is another mount
+                if owner is not None:  # a copy: the worker's again, before any command runs
+                    tree_chown(dest / entry, owner)
         staged.rmdir()
     except OSError as exc:
         raise SandboxError(f"could not move the checkout into the workspace: {exc}") from None
@@ -533,10 +542,17 @@ def sandbox_repo_checkout(
         return engine.simulated_commit(url, ref)
     if ahead is not None and hasattr(engine, "workspace_path"):
         sha, staged = ahead.result()
-        _staged_move(staged, engine.workspace_path(sandbox_handle(sandbox)))
+        _staged_move(
+            staged, engine.workspace_path(sandbox_handle(sandbox)), engine.workspace_owner()
+        )
         return sha
     if hasattr(engine, "workspace_path"):  # a local engine: clone straight into the directory
         dest = engine.workspace_path(sandbox_handle(sandbox))
+        owner = engine.workspace_owner()
+        if owner is not None:  # host git refuses a directory of another user's: staged here
+            sha, staged = _staged(url, ref, fresh_after, exclude, owner)
+            _staged_move(staged, dest, owner)
+            return sha
         return _checkout_into(dest, url=url, ref=ref, fresh_after=fresh_after, exclude=exclude)
     mirror = mirror_fetch(url=url, fresh_after=fresh_after)
     sha = commit_resolve(mirror=mirror, ref=ref)

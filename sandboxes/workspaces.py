@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from sandboxes.backends.base import SandboxError
+from sandboxes.backends.host_user import Owner
 from sandboxes.fsplace import subdirs_spread_made
 from sandboxes.trash import trash_put, trash_sweep, tree_remove
 
@@ -62,8 +63,12 @@ def _meta_copy(meta: Meta) -> Meta:
 
 
 class Workspaces:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, owner: Owner | None = None) -> None:
         self.root = root
+        # The host user a sandbox's commands run as, where that is not the worker's own
+        # (`host_user`): it owns each workspace (and overlay upper layer), and may pass
+        # through, not list, each sandbox's directory. None: the worker's, as made.
+        self.owner = owner
         self.layers_dir = root / "layers"
         # "etc2": the first version ("etc") copied root-only files too (/etc/ssl/private).
         self.etc_dir = root / "etc2"
@@ -104,6 +109,10 @@ class Workspaces:
             base.mkdir(mode=0o700)
             (base / "workspace").mkdir()
         workspace = base / "workspace"
+        if self.owner is not None:
+            os.chown(base, -1, self.owner[1])
+            os.chmod(base, 0o710)  # noqa: S103 (its group: search only)
+            os.chown(workspace, *self.owner)
         if meta.layers:
             # Labelled before the mount: a worker killed right after it leaves a sandbox the
             # orphan sweeps can find by its labels (and unmount), not a bare directory.
@@ -116,10 +125,14 @@ class Workspaces:
         (base / "upper").mkdir(exist_ok=True)
         (base / "work").mkdir(exist_ok=True)
         if self.overlay_available():
+            if self.owner is not None:  # the overlay's root is its upper layer's
+                os.chown(base / "upper", *self.owner)
             self._mount(meta, base)
             meta.copied = False
         else:
             _copy_tree(self.layers_dir / meta.layers[0], base / "workspace")
+            if self.owner is not None:
+                os.chown(base / "workspace", *self.owner)
             meta.copied = True
 
     def _mount(self, meta: Meta, base: Path) -> None:
@@ -408,7 +421,7 @@ def workspace_relpath(path: str, workdir: str = str(WORKSPACE)) -> list[str]:
     return parts
 
 
-def _open_parent(root: Path, parts: list[str], *, create: bool) -> int:
+def _open_parent(root: Path, parts: list[str], *, create: bool, owner: Owner | None = None) -> int:
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
         for part in parts[:-1]:
@@ -419,6 +432,8 @@ def _open_parent(root: Path, parts: list[str], *, create: bool) -> int:
                     raise
                 os.mkdir(part, 0o755, dir_fd=fd)
                 nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                if owner is not None:
+                    os.fchown(nxt, *owner)
             os.close(fd)
             fd = nxt
         return fd
@@ -427,10 +442,14 @@ def _open_parent(root: Path, parts: list[str], *, create: bool) -> int:
         raise
 
 
-def workspace_write(root: Path, path: str, data: bytes, mode: int = 0o644) -> None:
+def workspace_write(
+    root: Path, path: str, data: bytes, mode: int = 0o644, *, owner: Owner | None = None
+) -> None:
+    """`owner`: whom a file or directory made here belongs to (the sandbox's host user, so
+    its commands may change what the host wrote); None: the worker."""
     parts = workspace_relpath(path)
     try:
-        parent = _open_parent(root, parts, create=True)
+        parent = _open_parent(root, parts, create=True, owner=owner)
         try:
             # Not blocking: opening a FIFO a command left there would wait for a reader forever.
             flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -442,6 +461,8 @@ def workspace_write(root: Path, path: str, data: bytes, mode: int = 0o644) -> No
                 raise SandboxError(f"{path} is not a regular file")
             f.truncate(0)
             f.write(data)
+            if owner is not None:
+                os.fchown(f.fileno(), *owner)
             os.fchmod(f.fileno(), mode)
     except OSError as exc:
         raise SandboxError(f"cannot write {path}: {_why(exc)}") from None

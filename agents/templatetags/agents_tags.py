@@ -9,6 +9,7 @@ from django import template
 
 from agents import selectors
 from agents.selectors import variants_model_usage
+from agents.spec import model_budgets
 
 register = template.Library()
 
@@ -26,3 +27,9 @@ def campaign_model_budget(campaign_id: int, spec: dict, total: int = 0, final: i
     return selectors.campaign_model_budget(
         campaign_id=campaign_id, spec=spec, remaining_runs=remaining
     )
+
+
+@register.simple_tag
+def campaign_model_ceiling(spec: dict) -> dict | None:
+    """{campaign_budget_usd, from_ceiling} of a campaign that uses models (agents.spec)."""
+    return model_budgets(spec)

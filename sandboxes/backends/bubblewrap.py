@@ -17,25 +17,31 @@ import functools
 import json
 import logging
 import os
+import resource
 import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from django.conf import settings
 
 from sandboxes.backends import cgroups, seccomp
 from sandboxes.backends.base import FILES_DIR, Capability, SandboxError
 from sandboxes.backends.egress import EGRESS_EXEC, egress_binds, egress_wrapped
+from sandboxes.backends.host_user import sandbox_host_owner, search_grant
 from sandboxes.backends.images import HOME_DIR, bwrap_image_args, tools_home_fd
 from sandboxes.backends.local import (
     LocalBackend,
     processes_kill,
     rlimits_apply,
+    rlimits_for,
 )
 from sandboxes.workspaces import SYSTEM_SYMLINKS, Meta
 
 log = logging.getLogger(__name__)
 
-SANDBOX_UID = 1000  # inside the user namespace; maps to the worker's own uid outside
+SANDBOX_UID = 1000  # inside the user namespace; maps to the uid bwrap runs as (`host_user`)
 # What bwrap (a host process) runs with, whatever the command's environment says.
 HOST_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
 
@@ -137,6 +143,35 @@ def bwrap_argv(
     return argv
 
 
+# What bwrap binds over an image's directories (bwrap looks each one up as the host user).
+IMAGE_MOUNT_POINTS = ("convoy/home", "convoy/files", "convoy/egress", "convoy/bin", "workspace")
+# prlimit's option for each limit `rlimits_for` sets.
+PRLIMIT_OPTIONS = {
+    resource.RLIMIT_FSIZE: "--fsize",
+    resource.RLIMIT_CORE: "--core",
+    resource.RLIMIT_NOFILE: "--nofile",
+    resource.RLIMIT_CPU: "--cpu",
+    resource.RLIMIT_AS: "--as",
+}
+
+
+def prlimit_argv(limits: dict, *, address_space: bool) -> list[str]:
+    """`prlimit` setting a sandbox's rlimits on bwrap before it starts, for a bwrap started as
+    the sandboxes' host user (`host_user`): the worker may not set them on that user's
+    processes afterwards (that takes CAP_SYS_RESOURCE, which container runtimes drop).
+
+    RLIMIT_NPROC is left out: it counts every process of a real user id, and set on bwrap it
+    would count every sandbox's processes against each one's limit. The sandbox's cgroup holds
+    its processes (`pids_max`); where the worker could set it on the sandbox's first process
+    (root's own sandboxes), the kernel counted it per user namespace, and root's were exempt."""
+    found = [
+        f"{PRLIMIT_OPTIONS[which]}={value}"
+        for which, value in rlimits_for(limits, address_space=address_space)
+        if which in PRLIMIT_OPTIONS
+    ]
+    return [shutil.which("prlimit") or "prlimit", *found, "--"]
+
+
 def _child_pid(fd: int) -> int:
     """The sandbox's first process, from bwrap's --info-fd JSON (0 if bwrap failed first)."""
     data = b""
@@ -180,6 +215,16 @@ class BubblewrapBackend(LocalBackend):
         self.bwrap = os.path.realpath(found)
         seccomp.filter_program()  # compiled once per process; says now if libseccomp is missing
         self._made_here: set[str] = set()  # sandboxes this (live) process created
+        # A root worker starts bwrap as an unprivileged host user (`host_user`): the sandbox's
+        # user was root outside. bwrap looks its bind sources up as that user, so it may pass
+        # through (not list) the data directory and the sandboxes' root.
+        self.ws.owner = sandbox_host_owner()
+        # From the installation's data directory down (a test's backend has its own inside).
+        top = Path(settings.DATA_DIR)
+        self._private_top = top if self.data_dir.is_relative_to(top) else self.data_dir
+        if self.ws.owner is not None:
+            self.ws.root_make()
+            search_grant(self.ws.root, upto=self._private_top, gid=self.ws.owner[1])
 
     def _start(self, meta: Meta) -> None:
         """The sandbox's cgroups: a spare this process kept from a terminated sandbox (renamed,
@@ -187,11 +232,35 @@ class BubblewrapBackend(LocalBackend):
         if len(self._made_here) > 1024:  # sandboxes terminated by another process
             self._made_here = {n for n in self._made_here if self.ws.dir(n).exists()}
         self._made_here.add(meta.external_id)
+        self._binds_reachable(meta)
         limits = _cgroup_limits(meta.limits)
         claimed = cgroups.cgroup_claim(meta.external_id, owner=self.install, **limits)
         if claimed is None:
             claimed = cgroups.cgroup_create(meta.external_id, owner=self.install, **limits)
         meta.cgroups = claimed
+
+    def _binds_reachable(self, meta: Meta) -> None:
+        """What bwrap binds from the data directory (the egress proxy's socket directory and
+        relay, an image) reachable by the sandboxes' host user (the proxy makes its socket
+        connectable by it)."""
+        if self.ws.owner is None:
+            return
+        extra = meta.extra
+        for path in (extra.get("egress_dir"), extra.get("egress_relay"), extra.get("image_root")):
+            if not path:
+                continue
+            for top in (Path(settings.DATA_DIR), self._private_top):
+                if Path(path).is_relative_to(top):
+                    directory = path if os.path.isdir(path) else os.path.dirname(path)
+                    search_grant(directory, upto=top, gid=self.ws.owner[1])
+                    break
+        if extra.get("image_root"):  # its mount points (built as root: /convoy may be 0700)
+            root = os.path.realpath(extra["image_root"])
+            for inside in IMAGE_MOUNT_POINTS:
+                where = os.path.join(root, inside)
+                # Never through a link the image holds (it may name any host directory).
+                if os.path.isdir(where) and os.path.realpath(where) == where:
+                    search_grant(where, upto=root, gid=self.ws.owner[1])
 
     def _stop(self, meta: Meta) -> None:
         if meta.external_id in self._made_here:
@@ -220,7 +289,9 @@ class BubblewrapBackend(LocalBackend):
     ) -> tuple[subprocess.Popen, Callable[[], None]]:
         # Every command is its own bwrap (its namespaces end with it): `last` changes nothing.
         workspace = str(self.ws.workspace(meta.external_id))
-        home_fd = tools_home_fd(workspace) if meta.extra.get("tools_home") else None
+        home_fd = (
+            tools_home_fd(workspace, owner=self.ws.owner) if meta.extra.get("tools_home") else None
+        )
         try:
             full = bwrap_argv(
                 etc=str(self.ws.etc()),
@@ -254,7 +325,16 @@ class BubblewrapBackend(LocalBackend):
         env_fd = env_args_fd(env)
         try:
             full = [full[0], "--args", str(env_fd), *full[1:]]
-            proc = self._popen_handshake(meta, full, argv, popen, keep=(home_fd, env_fd))
+            child_limits = self.ws.owner is None
+            if not child_limits:  # set by the child before exec: no preexec_fn
+                popen.update(user=self.ws.owner[0], group=self.ws.owner[1], extra_groups=[])
+                # prlimit execs `bwrap` found on HOST_ENV's PATH (kept as argv[0]: the engine's
+                # process scans look for it), never on the command's.
+                full = [*prlimit_argv(meta.limits, address_space=not meta.cgroups), *full]
+                popen["executable"] = full[0]
+            proc = self._popen_handshake(
+                meta, full, argv, popen, keep=(home_fd, env_fd), child_limits=child_limits
+            )
         finally:
             os.close(env_fd)
 
@@ -268,7 +348,13 @@ class BubblewrapBackend(LocalBackend):
 
     @staticmethod
     def _popen_handshake(
-        meta: Meta, full: list[str], argv, popen: dict, keep: tuple = ()
+        meta: Meta,
+        full: list[str],
+        argv,
+        popen: dict,
+        keep: tuple = (),
+        *,
+        child_limits: bool = True,
     ) -> subprocess.Popen:
         """bwrap reports its sandbox's first process on --info-fd, then, once its namespaces
         and mounts are ready, waits on --block-fd before running the command: that process
@@ -281,7 +367,8 @@ class BubblewrapBackend(LocalBackend):
         by pid once bwrap reports it (after a quiet spell that move waits for an RCU grace
         period unless the host mounts cgroup2 with `favordynmods`: `make host-tune`).
 
-        `keep`: more descriptors for bwrap (None for none), the caller's to close."""
+        `keep`: more descriptors for bwrap (None for none), the caller's to close.
+        `child_limits`: False where `full` sets the rlimits itself (`prlimit_argv`)."""
         info_r, info_w = os.pipe()
         block_r, block_w = os.pipe()
         filter_r = seccomp.filter_fd()
@@ -317,7 +404,8 @@ class BubblewrapBackend(LocalBackend):
             if child:  # every process the command starts descends from this one
                 if launched is None:
                     cgroups.cgroup_enter(meta.cgroups, child)
-                rlimits_apply(meta.limits, address_space=not meta.cgroups, pid=child)
+                if child_limits:
+                    rlimits_apply(meta.limits, address_space=not meta.cgroups, pid=child)
             with contextlib.suppress(BrokenPipeError):
                 os.write(block_w, b"go")
             if launched is not None:

@@ -27,6 +27,7 @@ import stat
 from pathlib import Path
 
 from sandboxes.backends.base import FILES_DIR, NetworkPolicy, SandboxError, SandboxSpec
+from sandboxes.backends.host_user import Owner
 from sandboxes.egress.relay import SANDBOX_RELAY_PATH, SANDBOX_SOCKET_DIR
 
 HOME_DIR = "/convoy/home"
@@ -106,12 +107,12 @@ def image_env(spec: SandboxSpec) -> dict[str, str]:
     return env
 
 
-def tools_home_make(workspace: Path, extra: dict) -> None:
+def tools_home_make(workspace: Path, extra: dict, *, owner: Owner | None = None) -> None:
     """Make the tools area in a new sandbox's workspace (a fork finds it in its layers: a
     command may have left a symlink there, which `mkdir(exist_ok=True)` followed to ask
     whether a host directory exists; it is replaced without being followed)."""
     if extra.get("tools_home"):
-        os.close(tools_home_fd(str(workspace)))
+        os.close(tools_home_fd(str(workspace), owner=owner))
 
 
 def bwrap_image_args(extra: dict, *, etc: str) -> list[str] | None:
@@ -124,10 +125,11 @@ def bwrap_image_args(extra: dict, *, etc: str) -> list[str] | None:
     return ["--ro-bind", root, "/"]
 
 
-def tools_home_fd(workspace: str) -> int:
+def tools_home_fd(workspace: str, *, owner: Owner | None = None) -> int:
     """An `O_PATH` descriptor of the workspace's tools area, opened without following a
     symlink; the caller closes it. Whatever a command left there that is not a directory (a
-    symlink, a file) is removed and a fresh, empty directory made."""
+    symlink, a file) is removed and a fresh, empty directory made (`owner`'s, when given: the
+    sandbox's host user, `host_user`)."""
     flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     parent = os.open(workspace, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)  # Convoy's own path
     try:
@@ -137,6 +139,8 @@ def tools_home_fd(workspace: str) -> int:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(HOME_IN_WORKSPACE, dir_fd=parent)  # never follows a symlink
             os.mkdir(HOME_IN_WORKSPACE, 0o755, dir_fd=parent)
+            if owner is not None:
+                os.chown(HOME_IN_WORKSPACE, *owner, dir_fd=parent, follow_symlinks=False)
             return os.open(HOME_IN_WORKSPACE, flags, dir_fd=parent)
     except OSError as exc:
         raise SandboxError(f"the tools area {HOME_DIR} could not be opened: {exc}") from None

@@ -39,6 +39,7 @@ from sandboxes.backends.base import (
     SnapshotHandle,
 )
 from sandboxes.backends.egress import egress_env, egress_extra
+from sandboxes.backends.host_user import Owner
 from sandboxes.backends.images import image_env, image_extra, tools_home_make
 from sandboxes.workspaces import Meta, Workspaces, workspace_read, workspace_write
 
@@ -251,7 +252,7 @@ def disk_usage(path: Path, *, stop_after: int) -> int:
     become a link to a host directory, and the host (root, perhaps) must not list or size what
     the link names. So a directory is listed through a descriptor, and only when it is the
     very inode (device and number) its parent listed; one that changed is left out of this
-    walk (the next walk sees it)."""
+    walk (the next walk sees it), as is one removed while it is listed (the listing fails)."""
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         top = os.lstat(path)
@@ -280,6 +281,8 @@ def disk_usage(path: Path, *, stop_after: int) -> int:
                         stack.append((f"{where}/{entry.name}", st.st_dev, st.st_ino))
                     if total > stop_after:
                         return total
+        except OSError:
+            continue  # removed while listed (EINVAL, ENOENT from getdents): as if it changed
         finally:
             os.close(fd)
     return total
@@ -420,7 +423,7 @@ class LocalBackend(SandboxBackend):
         self.ws.etc()
         self.ws.create(meta)
         try:
-            tools_home_make(self.ws.workspace(meta.external_id), meta.extra)
+            tools_home_make(self.ws.workspace(meta.external_id), meta.extra, owner=self.ws.owner)
             if spec.files:
                 files_write(self.files_path(meta.external_id), spec.files)
             self._start(meta)
@@ -474,10 +477,17 @@ class LocalBackend(SandboxBackend):
         """Where the sandbox's /workspace lives on the host (local backends only)."""
         return self.ws.workspace(handle.external_id)
 
+    def workspace_owner(self) -> Owner | None:
+        """Whom the host gives what it puts in a workspace (a checkout): the host user the
+        sandboxes run as, where that is not the worker's own (`host_user`); else None."""
+        return self.ws.owner
+
     # --- files ----------------------------------------------------------------------------
     def write_file(self, handle: SandboxHandle, path: str, data: bytes, mode: int = 0o644) -> None:
         self.ws.meta_read(handle.external_id)
-        workspace_write(self.ws.workspace(handle.external_id), path, data, mode)
+        workspace_write(
+            self.ws.workspace(handle.external_id), path, data, mode, owner=self.ws.owner
+        )
 
     def read_file(self, handle: SandboxHandle, path: str) -> bytes:
         self.ws.meta_read(handle.external_id)

@@ -20,7 +20,8 @@ class EgressEvent:
     allowed: bool = False
     # Machine-readable outcome: "ok", "not_allowed", "ip_literal", "address", "dns", "limit",
     # "sni", "bad_request", "connect_failed", "upstream", "closed", "idle", "host_addresses"
-    # (the host's own addresses are unknown: every address is refused).
+    # (the host's own addresses are unknown: every address is refused), "one_request" (a
+    # second request on a plain-HTTP connection, never forwarded).
     code: str = ""
     reason: str = ""
     status: int = 0

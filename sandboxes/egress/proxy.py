@@ -34,17 +34,23 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from core.errors import Invalid
+from sandboxes.backends.host_user import sandbox_host_owner
 from sandboxes.egress.addresses import HostAddresses, address_refusal, in_ranges
 from sandboxes.egress.events import EgressEvent, EgressStats
 from sandboxes.egress.policy import Limits, NetworkPolicy, normalise_host
 from sandboxes.egress.routes import Route, route_make, route_open
 from sandboxes.egress.wire import (
+    CHUNKED,
+    UNTIL_CLOSE,
     BadRequest,
     RequestHead,
     UpstreamConfig,
     UpstreamProxy,
     hostport_split,
+    request_body_framing,
     request_head_parse,
+    response_body_framing,
+    response_head_parse,
     tls_client_hello_sni,
 )
 
@@ -55,8 +61,9 @@ SOCKET_NAME = "proxy.sock"
 HEAD_LIMIT = 64 * 1024
 CHUNK = 256 * 1024
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
-# Hop-by-hop and proxy headers never go upstream on a plain-HTTP request.
+# Hop-by-hop and proxy headers never go upstream on a plain-HTTP request (nor back).
 _DROP_HEADERS = {"proxy-connection", "proxy-authorization", "connection", "keep-alive"}
+_HEX = frozenset(b"0123456789abcdefABCDEF")
 _REASONS = {
     400: "Bad Request",
     403: "Forbidden",
@@ -73,6 +80,15 @@ _LOOP_ERROR_EVERY_S = 60.0
 HOST_ADDRESSES_WAIT_S = 2.0
 # Unix socket paths are limited to 108 bytes including the terminating NUL.
 _SUN_PATH_MAX = 107
+
+
+class _Cut(Exception):
+    """A transfer stopped by the sandbox's byte limit (the event already says so)."""
+
+
+class _Ended(Exception):
+    """An exchange over before its answer was complete: a limit, a side closed or broken
+    (the event already says what it can)."""
 
 
 class _Refused(Exception):
@@ -125,7 +141,9 @@ class EgressProxy:
         test_hosts: Mapping[str, str] | None = None,
         check_sni: bool = True,
         sni_ports: frozenset[int] = frozenset({443}),
+        http_ports: frozenset[int] = frozenset({80}),
         socket_mode: int = 0o600,
+        socket_group: int | None = None,
         resolve_timeout_s: float = 10.0,
         index_ranges: tuple = (),
         host_addresses: tuple = (),
@@ -152,7 +170,16 @@ class EgressProxy:
         # Only ports where the client speaks first with TLS: server-speaks-first protocols
         # (SSH, SMTP) would stall waiting for a ClientHello that never comes.
         self.sni_ports = sni_ports
+        # Ports where a CONNECT tunnel must carry plain HTTP: its one request is judged by its
+        # Host as an absolute-URL request is (a tunnel to an allowed name's port 80 carried
+        # requests for any name served at that address).
+        self.http_ports = http_ports
         self.socket_mode = socket_mode
+        # Where bwrap sandboxes run as their own host user (`host_user`: a root worker), its
+        # group may pass through the proxy's directories and connect to the sockets.
+        if socket_group is None and (owner := sandbox_host_owner()) is not None:
+            socket_group = owner[1]
+        self.socket_group = socket_group
         self.resolve_timeout_s = resolve_timeout_s
         # Operator-trusted ranges for the host's package indexes (see index_ranges_parse).
         self.index_ranges = tuple(index_ranges)
@@ -183,7 +210,7 @@ class EgressProxy:
             if self.running:
                 return self
             self.root.mkdir(parents=True, exist_ok=True)
-            os.chmod(self.root, 0o700)
+            self._private(self.root)
             loop = asyncio.new_event_loop()
             ready = threading.Event()
 
@@ -280,12 +307,25 @@ class EgressProxy:
             )
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(mode=0o700, parents=True)
+        self._private(directory)
         sb.server = await asyncio.start_unix_server(
             lambda r, w: self._serve(sb, r, w), path=str(sb.socket_path), limit=HEAD_LIMIT
         )
-        os.chmod(sb.socket_path, self.socket_mode)
+        if self.socket_group is None:
+            os.chmod(sb.socket_path, self.socket_mode)
+        else:
+            os.chown(sb.socket_path, -1, self.socket_group)
+            os.chmod(sb.socket_path, self.socket_mode | 0o060)
         self._sandboxes[key] = sb
         return sb.socket_path
+
+    def _private(self, directory: Path) -> None:
+        """The worker's alone (0700), but for the sandboxes' host group's search permission."""
+        if self.socket_group is None:
+            os.chmod(directory, 0o700)
+        else:
+            os.chown(directory, -1, self.socket_group)
+            os.chmod(directory, 0o710)  # noqa: S103 (the group may only pass through)
 
     async def _close(self, key: str) -> None:
         sb = self._sandboxes.pop(key, None)
@@ -425,6 +465,9 @@ class EgressProxy:
         try:
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
             await writer.drain()
+            if port in self.http_ports:
+                await self._tunnel_http(sb, host, port, reader, writer, up_reader, up_writer, event)
+                return
             sni = self.check_sni and port in self.sni_ports
             first = await self._first_bytes(reader, host) if sni else b""
             if first:
@@ -461,18 +504,8 @@ class EgressProxy:
         except BadRequest as e:
             raise _Refused("bad_request", str(e), status=400) from e
         event.host, event.port = host, port
-        given = head.header("host")
-        if given is not None:
-            try:
-                same = hostport_split(given, default_port=80) == (host, port)
-            except BadRequest:
-                same = False
-            if not same:
-                raise _Refused(
-                    "bad_request",
-                    f"Host header {given} does not match the URL's host {host}:{port}",
-                    status=400,
-                )
+        given = self._host_header_check(head, host, port)
+        framing = self._framing(head)
         up_reader, up_writer = await self._connect(sb, host, port, event, tunnel=False)
         upstream = (
             None if event.via.startswith("route") else self.upstream.for_target(host, tunnel=False)
@@ -487,21 +520,88 @@ class EgressProxy:
                 target = f"http://{name}:{port}{target}"
             elif upstream:  # the host's proxy resolves the name (see `host_proxy_by_name`)
                 target = head.target
-            lines = [f"{head.method} {target} {head.version}"]
-            lines += [f"{k}: {v}" for k, v in head.headers if k.lower() not in _DROP_HEADERS]
-            if upstream and given is None:  # the name now travels in Host alone
-                lines.append(f"Host: {url.netloc.rpartition('@')[2]}")
+            extra = [] if given is not None else [f"Host: {url.netloc.rpartition('@')[2]}"]
             if upstream and upstream.authorization:
-                lines.append(f"Proxy-Authorization: {upstream.authorization}")
-            # One request per connection: a second request on a kept-alive connection would
-            # not be judged by its own Host.
-            lines.append("Connection: close")
-            out = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-            up_writer.write(out)
-            self._count(sb, event, up=len(out))
-            await self._pipe(sb, reader, writer, up_reader, up_writer, event)
+                extra.append(f"Proxy-Authorization: {upstream.authorization}")
+            out = self._request_out(head, target, extra)
+            ends = (reader, writer, up_reader, up_writer)
+            await self._exchange(sb, head.method, out, framing, *ends, event)
         finally:
             up_writer.close()
+
+    async def _tunnel_http(self, sb, host, port, reader, writer, up_reader, up_writer, event):
+        """A CONNECT tunnel to an HTTP port carries one request, judged as an absolute-URL
+        request is: its Host must be the CONNECT host (the tunnel reaches that name's address,
+        where other names may be served too)."""
+        try:
+            raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.head_timeout_s)
+        except asyncio.LimitOverrunError as e:
+            raise _Refused("bad_request", "request head too large", status=400) from e
+        try:
+            head = request_head_parse(raw)
+        except BadRequest as e:
+            raise _Refused("bad_request", str(e), status=400) from e
+        target = head.target
+        if target.startswith("http://"):
+            url = urlsplit(target)
+            try:
+                named = hostport_split(url.netloc.rpartition("@")[2], default_port=80)
+            except BadRequest as e:
+                raise _Refused("bad_request", str(e), status=400) from e
+            if named != (host, port):
+                raise _Refused(
+                    "bad_request",
+                    f"request for {url.netloc} in a tunnel to {host}:{port}",
+                    status=400,
+                )
+            target = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        elif not target.startswith("/"):
+            raise _Refused(
+                "bad_request", f"port {port} carries HTTP here: not a request", status=400
+            )
+        if self._host_header_check(head, host, port) is None:
+            raise _Refused(
+                "bad_request", f"the request in a tunnel to port {port} has no Host", status=400
+            )
+        framing = self._framing(head)
+        out = self._request_out(head, target, [])
+        ends = (reader, writer, up_reader, up_writer)
+        await self._exchange(sb, head.method, out, framing, *ends, event)
+
+    @staticmethod
+    def _host_header_check(head: RequestHead, host: str, port: int) -> str | None:
+        given = head.header("host")
+        if len([k for k, _ in head.headers if k.lower() == "host"]) > 1:
+            raise _Refused("bad_request", "several Host headers", status=400)
+        if given is not None:
+            try:
+                same = hostport_split(given, default_port=80) == (host, port)
+            except BadRequest:
+                same = False
+            if not same:
+                raise _Refused(
+                    "bad_request",
+                    f"Host header {given} does not match the URL's host {host}:{port}",
+                    status=400,
+                )
+        return given
+
+    @staticmethod
+    def _framing(head: RequestHead) -> int:
+        try:
+            return request_body_framing(head)
+        except BadRequest as e:
+            raise _Refused("bad_request", str(e), status=400) from e
+
+    @staticmethod
+    def _request_out(head: RequestHead, target: str, extra: list[str]) -> bytes:
+        lines = [f"{head.method} {target} {head.version}"]
+        lines += [f"{k}: {v}" for k, v in head.headers if k.lower() not in _DROP_HEADERS]
+        lines += extra
+        # One request per connection: the proxy forwards this request's body and nothing
+        # after it, so a second request is never sent where this one's name was judged.
+        lines.append("Connection: close")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
     # ---- admission and connecting --------------------------------------------------------
 
@@ -649,6 +749,175 @@ class EgressProxy:
         sb.bytes_used += up + down
         event.bytes_up += up
         event.bytes_down += down
+
+    def _send(self, sb: _Sandbox, event, dst, data: bytes, *, up: bool) -> None:
+        """Count `data` against the sandbox's limit and write it; _Cut past the limit."""
+        if sb.bytes_used + len(data) > sb.limits.egress_bytes:
+            sb.exhausted = True
+            event.code = "limit"
+            event.reason = f"egress limit of {sb.limits.egress_mb} MB reached"
+            raise _Cut
+        self._count(sb, event, up=len(data) if up else 0, down=0 if up else len(data))
+        dst.write(data)
+
+    async def _body_copy(self, sb, event, src, dst, framing: int, *, up: bool, last) -> None:
+        """Copy one message body from `src` to `dst` as `framing` delimits it, and nothing
+        after it. Chunked bodies are written again in canonical form (sizes in hex, no
+        extensions, no trailers), so the upstream reads the chunks the proxy read."""
+
+        async def move(n: int | None) -> None:
+            while n is None or n > 0:
+                data = await src.read(CHUNK if n is None else min(n, CHUNK))
+                if not data:
+                    if n is None:
+                        return
+                    raise asyncio.IncompleteReadError(b"", n)
+                last[0] = time.monotonic()
+                self._send(sb, event, dst, data, up=up)
+                await dst.drain()
+                if n is not None:
+                    n -= len(data)
+
+        if framing == UNTIL_CLOSE:
+            await move(None)
+        elif framing != CHUNKED:
+            await move(framing)
+        else:
+            while True:
+                line = await src.readuntil(b"\r\n")
+                size_text = line[:-2].split(b";", 1)[0]
+                if not size_text or len(size_text) > 15 or not set(size_text) <= _HEX:
+                    raise BadRequest(f"bad chunk size line {line[:40]!r}")
+                size = int(size_text, 16)
+                self._send(sb, event, dst, b"%x\r\n" % size, up=up)
+                if size == 0:
+                    while await src.readuntil(b"\r\n") != b"\r\n":
+                        pass  # trailers are not forwarded
+                    self._send(sb, event, dst, b"\r\n", up=up)
+                    await dst.drain()
+                    return
+                await move(size)
+                if await src.readexactly(2) != b"\r\n":
+                    raise BadRequest("a chunk does not end with CRLF")
+                self._send(sb, event, dst, b"\r\n", up=up)
+
+    async def _exchange(
+        self, sb, method: str, out: bytes, framing: int, reader, writer, up_reader, up_writer, event
+    ) -> None:
+        """One plain-HTTP request and its answer, then the connection ends: the request's
+        head (`out`, already judged) and its body go upstream, the answer comes back with
+        `Connection: close`, and whatever the client sends after the body is never forwarded
+        (a second request is reported, refused, as an event of its own)."""
+        event.allowed = True
+        event.code, event.reason, event.status = "ok", "", 200
+        last = [time.monotonic()]
+        answered = [False]
+
+        async def request_side() -> None:
+            self._send(sb, event, up_writer, out, up=True)
+            await up_writer.drain()
+            await self._body_copy(sb, event, reader, up_writer, framing, up=True, last=last)
+            await self._next_request_report(sb, reader)
+
+        async def answer_side() -> None:
+            while True:
+                try:
+                    raw = await up_reader.readuntil(b"\r\n\r\n")
+                    answer = response_head_parse(raw)
+                except asyncio.LimitOverrunError as e:
+                    raise BadRequest("the answer's head is too large") from e
+                except BadRequest as e:
+                    raise _Refused("upstream", str(e), status=502, allowed=True) from e
+                last[0] = time.monotonic()
+                if 100 <= answer.status < 200 and answer.status != 101:
+                    self._send(sb, event, writer, raw, up=False)  # 100 Continue and the like
+                    await writer.drain()
+                    continue
+                lines = [answer.status_line]
+                lines += [f"{k}: {v}" for k, v in answer.headers if k.lower() not in _DROP_HEADERS]
+                lines.append("Connection: close")
+                head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+                answered[0] = True
+                self._send(sb, event, writer, head, up=False)
+                await writer.drain()
+                body = response_body_framing(answer, method=method)
+                await self._body_copy(sb, event, up_reader, writer, body, up=False, last=last)
+                return
+
+        async def idle() -> None:
+            while True:
+                left = sb.limits.idle_timeout_s - (time.monotonic() - last[0])
+                if left <= 0:
+                    event.code, event.reason = "idle", "idle timeout"
+                    return
+                await asyncio.sleep(min(left, 5))
+
+        request_task = asyncio.ensure_future(request_side())
+        answer_task = asyncio.ensure_future(answer_side())
+        watchdog = asyncio.ensure_future(idle())
+        tasks = [request_task, answer_task, watchdog]
+        try:
+            pending = set(tasks)
+            while answer_task in pending and watchdog in pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if request_task in done:
+                    self._exchange_end(request_task, answered=answered[0], upstream=False)
+                if answer_task in done:
+                    self._exchange_end(answer_task, answered=answered[0], upstream=True)
+        except _Ended:
+            pass
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    @staticmethod
+    def _exchange_end(task: asyncio.Task, *, answered: bool, upstream: bool) -> None:
+        """Turn how one side of an exchange ended into the connection's outcome: a malformed
+        request body is a 400 (a malformed answer a 502) when nothing was answered yet; a
+        cut, or a side closed or broken, ends the exchange."""
+        error = task.exception()
+        if error is None:
+            return
+        if isinstance(error, BadRequest | asyncio.LimitOverrunError):
+            why = str(error) if isinstance(error, BadRequest) else "a chunk size line too long"
+            if upstream:
+                raise _Refused("upstream", why, status=502, allowed=True, answer=not answered)
+            raise _Refused("bad_request", why, status=400, answer=not answered)
+        if isinstance(error, _Refused):
+            error.answer = error.answer and not answered
+            raise error
+        if isinstance(error, _Cut | ConnectionError | OSError | asyncio.IncompleteReadError):
+            raise _Ended
+        raise error
+
+    async def _next_request_report(self, sb: _Sandbox, reader) -> None:
+        """What the client sends after its request's body is not forwarded: it is reported as
+        a refused attempt of its own, judged by its name (one event per connection)."""
+        try:
+            raw = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as e:
+            raw = e.partial
+        except asyncio.LimitOverrunError:
+            raw = b"?"
+        if not raw:
+            return
+        second = EgressEvent(sandbox_key=sb.key, started_at=time.time(), method="?", status=400)
+        second.code = "one_request"
+        second.reason = "a second request on one connection is not forwarded: send it on a new one"
+        with contextlib.suppress(BadRequest):
+            head = request_head_parse(raw)
+            second.method = head.method
+            given = head.header("host")
+            if head.target.startswith("http://"):
+                given = urlsplit(head.target).netloc.rpartition("@")[2]
+            elif head.method == "CONNECT":
+                given = head.target
+            second.host, second.port = hostport_split(given or "", default_port=80)
+            if not sb.policy.allows(second.host, second.port):
+                second.code, second.status = "not_allowed", 403
+                second.reason = "not in network.allow"
+        self._emit(sb, second)
 
     async def _pipe(self, sb, reader, writer, up_reader, up_writer, event) -> None:
         event.allowed = True

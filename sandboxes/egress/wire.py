@@ -56,6 +56,83 @@ def request_head_parse(raw: bytes) -> RequestHead:
     return RequestHead(parts[0].upper(), parts[1], parts[2], headers)
 
 
+# A body's framing: its length in bytes (0: none), CHUNKED, or UNTIL_CLOSE (a response only).
+CHUNKED = -1
+UNTIL_CLOSE = -2
+
+
+def request_body_framing(head: RequestHead) -> int:
+    """Where the request's body ends, as the proxy will forward it: its Content-Length, or
+    CHUNKED. A length two readers could take differently is refused: with both headers, or
+    several Content-Length, or a coding other than chunked, the upstream might end the body
+    elsewhere than the proxy and read the rest as a second request the proxy never judged."""
+    lengths = [v for k, v in head.headers if k.lower() == "content-length"]
+    codings = [v for k, v in head.headers if k.lower() == "transfer-encoding"]
+    if lengths and codings:
+        raise BadRequest(
+            "both Content-Length and Transfer-Encoding: the body's length is ambiguous"
+        )
+    if len(lengths) > 1:
+        raise BadRequest("several Content-Length headers: the body's length is ambiguous")
+    if codings:
+        if len(codings) > 1 or codings[0].lower() != "chunked":
+            raise BadRequest(
+                f"Transfer-Encoding {', '.join(codings)[:80]!r}: only chunked is forwarded"
+            )
+        return CHUNKED
+    if lengths:
+        value = lengths[0]
+        if not (value.isascii() and value.isdigit()) or len(value) > 18:
+            raise BadRequest(f"bad Content-Length {value[:40]!r}")
+        return int(value)
+    return 0
+
+
+@dataclass
+class ResponseHead:
+    status: int
+    status_line: str
+    headers: list[tuple[str, str]]
+
+    def values(self, name: str) -> list[str]:
+        name = name.lower()
+        return [v for k, v in self.headers if k.lower() == name]
+
+
+def response_head_parse(raw: bytes) -> ResponseHead:
+    """An upstream's answer head; BadRequest unless it starts with `HTTP/1.x NNN`. Lines
+    without a colon are dropped (the answer goes to the sandbox that asked, and nowhere
+    else)."""
+    lines = raw.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise BadRequest(f"not an HTTP/1.x answer: {lines[0][:80]!r}")
+    headers = []
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep and name and name == name.strip():
+            headers.append((name, value.strip()))
+    return ResponseHead(int(parts[1]), lines[0], headers)
+
+
+def response_body_framing(answer: ResponseHead, *, method: str) -> int:
+    """Where the answer's body ends (RFC 9112 6.3): none for HEAD, 1xx, 204 and 304; chunked
+    when that is the last coding; one agreed Content-Length; else when the upstream closes."""
+    if method == "HEAD" or answer.status < 200 or answer.status in (204, 304):
+        return 0
+    codings = answer.values("transfer-encoding")
+    if codings:
+        last = codings[-1].split(",")[-1].strip().lower()
+        return CHUNKED if last == "chunked" else UNTIL_CLOSE
+    lengths = {v for text in answer.values("content-length") for v in text.split(",")}
+    lengths = {v.strip() for v in lengths}
+    if len(lengths) == 1:
+        (value,) = lengths
+        if value.isascii() and value.isdigit() and len(value) <= 18:
+            return int(value)
+    return UNTIL_CLOSE
+
+
 # A host name as DNS has it: ASCII labels of letters, digits, `_` and `-`. Anything else (a NUL,
 # which ends the name the resolver sees; spaces, `%`, Latin-1 bytes) would let the name the
 # policy matched differ from the name looked up and connected to.

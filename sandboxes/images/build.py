@@ -33,6 +33,8 @@ from django.conf import settings
 from sandboxes.backends import cgroups, seccomp
 from sandboxes.backends.bubblewrap import HOST_ENV, env_args_fd, proc_args
 from sandboxes.backends.images import MOUNTPOINT_DIRS, MOUNTPOINT_FILES, mountpoint_fault
+from sandboxes.backends.local import WALK_SHARE_MAX, WATCH_EVERY_S, free_bytes
+from sandboxes.backends.local import disk_usage as tree_usage
 from sandboxes.egress.packages import CA_VARIABLES, apt_uris_read
 from sandboxes.images.hostconfig import package_client_config
 from sandboxes.images.network import BuildNetwork, NetworkAttachment
@@ -116,6 +118,43 @@ def disk_usage(path: Path) -> int:
         return 0
 
 
+class DiskCapPassed(ImageBuildError):
+    """The build's directory passed CONVOY_IMAGE_BUILD_DISK_MB; the command was stopped."""
+
+
+class DiskCap:
+    """The whole build's disk (the build directory: the rootfs and what the base step keeps
+    beside it), checked while each command runs, as a sandbox's workspace is: each file is
+    capped by RLIMIT_FSIZE, and many files by this.
+
+    A walk runs every WATCH_EVERY_S unless the last one ended less than 1 / WALK_SHARE_MAX
+    times its cost ago, and sooner when the file system lost more free space since than the
+    build had left below its cap. The walk never follows a link a step made."""
+
+    def __init__(self, path: Path, limit_mb: int) -> None:
+        self.path, self.limit_mb = path, limit_mb
+        self.limit = limit_mb * 1024 * 1024
+        self._cost_s, self._ended_at, self._size, self._free = 0.0, float("-inf"), 0, float("inf")
+
+    @property
+    def message(self) -> str:
+        return f"the build passed its disk limit of {self.limit_mb} MB (CONVOY_IMAGE_BUILD_DISK_MB)"
+
+    def passed(self, *, force: bool = False) -> bool:
+        started = time.monotonic()
+        free = free_bytes(self.path)
+        if (
+            not force
+            and started - self._ended_at < self._cost_s / WALK_SHARE_MAX
+            and free >= self._free - (self.limit - self._size)
+        ):
+            return False
+        self._size = tree_usage(self.path, stop_after=self.limit)
+        self._ended_at = time.monotonic()
+        self._cost_s, self._free = self._ended_at - started, free
+        return self._size > self.limit
+
+
 class BuildLog:
     """Build output: each line to the log file and to `on_output` (the caller's stream).
 
@@ -134,6 +173,8 @@ class BuildLog:
         self.tail: list[str] = []
         self._written = 0
         self._full = False
+        # Set by rootfs_build for the build's duration: every command is held to it.
+        self.disk: DiskCap | None = None
 
     def line(self, text: str) -> None:
         if len(text) > self.LINE_MAX_CHARS + 64:  # (room for `_lines`' note of what it cut)
@@ -195,6 +236,23 @@ class BuildLog:
         timer = threading.Timer(COMMAND_TIMEOUT_S, stop)
         timer.daemon = True
         timer.start()
+        disk, ended, full = self.disk, threading.Event(), threading.Event()
+
+        def disk_watch() -> None:
+            while not ended.wait(WATCH_EVERY_S):
+                try:
+                    passed = disk.passed()
+                except OSError:  # a walk that failed: the next one looks again
+                    continue
+                if passed:
+                    full.set()
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    return
+
+        watcher = threading.Thread(target=disk_watch, daemon=True) if disk else None
+        if watcher is not None:
+            watcher.start()
         try:
             assert proc.stdout is not None
             for text in self._lines(proc.stdout):
@@ -202,11 +260,18 @@ class BuildLog:
             status = proc.wait()
         finally:
             timer.cancel()
+            ended.set()
+            if watcher is not None:
+                watcher.join()
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
         if stopped.is_set():
             self.line(f"[convoy: stopped after {COMMAND_TIMEOUT_S:.0f} s]")
+        # A command can write faster than the watch looks: one more look once it is over.
+        if disk is not None and (full.is_set() or disk.passed(force=True)):
+            self.line(f"[convoy: {disk.message}; stopped]")
+            raise DiskCapPassed(disk.message)
         return status
 
     def close(self) -> None:
@@ -387,14 +452,17 @@ def _steps_run(spec, key, rootfs, steps, log: BuildLog, network: BuildNetwork) -
             _step_hook(name)
             _mountpoints_check(rootfs, after=previous)
             previous = where
-            status = _step_run(
-                log,
-                lambda fd, env_fd, argv=argv: _bwrap(
-                    rootfs, net, carried.binds, argv, seccomp_fd=fd, env_fd=env_fd
-                ),
-                env=env,
-                name=name,
-            )
+            try:
+                status = _step_run(
+                    log,
+                    lambda fd, env_fd, argv=argv: _bwrap(
+                        rootfs, net, carried.binds, argv, seccomp_fd=fd, env_fd=env_fd
+                    ),
+                    env=env,
+                    name=name,
+                )
+            except DiskCapPassed as exc:
+                raise DiskCapPassed(exc.message, field=where) from None
             notes = net.after_step(status != 0)
             for line in notes:
                 log.line(line)
@@ -431,6 +499,7 @@ def rootfs_build(
     work = root / f".building-{key}-{secrets.token_hex(4)}"
     work.mkdir()
     rootfs = work / "rootfs"
+    log.disk = DiskCap(work, settings.IMAGE_BUILD_DISK_MB)
     try:
         _step_hook("base")
         oci_config = _base(spec, rootfs, work, log, creds)
@@ -475,6 +544,8 @@ def rootfs_build(
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+    finally:
+        log.disk = None
 
 
 def _in_image(rootfs: Path, inside: str) -> Path | None:

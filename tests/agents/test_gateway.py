@@ -17,7 +17,9 @@ from agents.grants import grant_mint, grants_revoke
 from agents.models import CallOutcome, ModelCall, ModelGrant
 from agents.providers import provider_set
 from agents.selectors import variant_transcript
+from agents.spec import model_for_variant
 from audit.models import AuditEvent
+from campaigns.spec import spec_parse
 from tests.agents.fake_model_server import USAGE, FakeModelServer
 from tests.support import free_port, wait_for
 
@@ -170,6 +172,39 @@ def test_budget_usd_refuses_once_spent(admin_user, fake, gateway):
     assert _post(gateway, "/v1/chat/completions", token, body)[0] == 429
     grant.refresh_from_db()
     assert grant.exhausted == "budget"
+
+
+def test_a_spec_without_a_campaign_budget_is_held_to_the_providers_ceiling(
+    admin_user, fake, gateway
+):
+    """A spec without `campaign_budget_usd` gave its grants no campaign budget: a manager could
+    spend without limit on any provider. Now the grant gets the provider's ceiling and the
+    gateway refuses the calls past it."""
+    _provider(admin_user, fake.base_url, max_campaign_budget_usd="0.25")
+    spec = spec_parse(
+        'name: capped\nrepos: {tag: anything}\ntransform: {run: "true"}\n'
+        "model: {provider: fake-openai, name: fake-model}\n"
+    ).data
+    model = model_for_variant(spec, spec["variants"][0])
+    assert "campaign_budget_usd" not in model
+    grant, token = _grant(  # as campaigns.agents.variant_model_env mints it
+        provider_name=model["provider"],
+        model=model["name"],
+        budget_usd=model.get("budget_usd"),
+        campaign_budget_usd=model.get("campaign_budget_usd"),
+    )
+    assert grant.campaign_budget_usd == Decimal("0.25")
+    body = {"model": "fake-model", "messages": []}
+    assert _post(gateway, "/v1/chat/completions", token, body)[0] == 200  # $0.18
+    assert _post(gateway, "/v1/chat/completions", token, body)[0] == 200  # $0.36: crossed
+    status, data = _post(gateway, "/v1/chat/completions", token, body)
+    assert status == 429
+    error = json.loads(data)["error"]
+    assert error["type"] == "budget_exhausted"
+    assert "the campaign's model budget ($0.25) is spent" in error["message"]
+    assert len(fake.requests) == 2  # the refused call never reached the provider
+    grant.refresh_from_db()
+    assert grant.exhausted == "campaign"
 
 
 def test_refusals_bad_token_revoked_token_other_model(admin_user, fake, gateway):

@@ -11,7 +11,7 @@ from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.roles import user_can
-from agents.providers import CAPABILITY, provider_remove, provider_set, providers_for_user
+from agents.providers import CAPABILITY, KEEP, provider_remove, provider_set, providers_for_user
 from core.errors import ConvoyError
 
 
@@ -30,6 +30,14 @@ class Command(BaseCommand):
         add.add_argument("--models", default="", help="allowed models, comma-separated")
         add.add_argument("--input-price", help="USD per million input tokens")
         add.add_argument("--output-price", help="USD per million output tokens")
+        add.add_argument(
+            "--max-campaign-budget",
+            help="USD one campaign may spend on it (default: kept; 50.00 for a new provider)",
+        )
+        add.add_argument(
+            "--max-run-budget",
+            help="USD one variant may spend on one repository ('none' removes; default: kept)",
+        )
         sub.add_parser("ls", help="list providers (never their keys)")
         rm = sub.add_parser("rm", help="remove a provider")
         rm.add_argument("name")
@@ -73,11 +81,14 @@ class Command(BaseCommand):
             allowed_models=[m for m in options["models"].split(",") if m.strip()],
             input_usd_per_mtok=options["input_price"],
             output_usd_per_mtok=options["output_price"],
+            max_campaign_budget_usd=options["max_campaign_budget"],
+            max_run_budget_usd=_run_ceiling(options["max_run_budget"]),
             actor=actor,
         )
         self.stdout.write(
             f"{provider.name}: {provider.api_style} {provider.base_url} "
-            f"(${provider.input_usd_per_mtok}/${provider.output_usd_per_mtok} per M tokens)"
+            f"(${provider.input_usd_per_mtok}/${provider.output_usd_per_mtok} per M tokens; "
+            f"{_ceilings(provider)})"
         )
 
     def _list(self, actor) -> None:
@@ -85,5 +96,19 @@ class Command(BaseCommand):
             models = ",".join(p.allowed_models) or "any model"
             self.stdout.write(
                 f"{p.name}\t{p.api_style}\t{p.base_url}\t{models}\t"
-                f"in ${p.input_usd_per_mtok}/M\tout ${p.output_usd_per_mtok}/M"
+                f"in ${p.input_usd_per_mtok}/M\tout ${p.output_usd_per_mtok}/M\t{_ceilings(p)}"
             )
+
+
+def _run_ceiling(value: str | None):
+    if value is None:
+        return KEEP
+    return None if value.strip().lower() == "none" else value
+
+
+def _ceilings(provider) -> str:
+    run = provider.max_run_budget_usd
+    return (
+        f"ceilings ${provider.max_campaign_budget_usd}/campaign, "
+        f"{f'${run}' if run is not None else 'none'}/variant"
+    )

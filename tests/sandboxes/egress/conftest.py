@@ -106,10 +106,59 @@ def upstream_start(cert: Path | None = None, key: Path | None = None) -> Upstrea
     return Upstream(server.server_address[1], cert, server)
 
 
+class _KeepAliveHandler(http.server.BaseHTTPRequestHandler):
+    """An origin that serves every request a connection carries, whatever `Connection` says
+    (as some servers and proxies do), and records each request's Host, path and body."""
+
+    protocol_version = "HTTP/1.1"
+    seen: list  # set per server
+
+    def _serve(self):
+        body = b""
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            try:
+                while size := int(self.rfile.readline().split(b";")[0], 16):
+                    body += self.rfile.read(size)
+                    self.rfile.readline()
+            except ValueError:  # a malformed body: nothing served
+                self.close_connection = True
+                return
+            while self.rfile.readline() not in (b"\r\n", b""):
+                pass
+        elif self.headers.get("Content-Length"):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.seen.append((self.headers.get("Host"), self.path, body))
+        answer = f"served host={self.headers.get('Host')} path={self.path}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(answer)))
+        self.send_header("Connection", "keep-alive")
+        self.end_headers()
+        self.wfile.write(answer)
+        self.close_connection = False
+
+    do_GET = do_POST = _serve
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def keepalive_origin() -> Iterator[Upstream]:
+    """A plain-HTTP origin on 127.0.0.1 that keeps every connection open; `.server.seen`."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _KeepAliveHandler)
+    server.daemon_threads = True
+    server.seen = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield Upstream(server.server_address[1], None, server)
+    server.shutdown()
+    server.server_close()
+
+
 @pytest.fixture(scope="session")
 def short_tmp() -> Iterator[Path]:
     """A short directory (UNIX socket paths are limited to 107 bytes)."""
     path = Path(tempfile.mkdtemp(prefix="eg-", dir="/tmp"))
+    path.chmod(0o711)  # bwrap, started as the sandboxes' host user, binds the sockets below
     yield path
     shutil.rmtree(path, ignore_errors=True)
 

@@ -4,6 +4,7 @@ limits, chaining to the host's proxy, per-sandbox sockets and the events it repo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import resource
 import socket
@@ -43,7 +44,8 @@ def _open(proxy, https_upstream, allow=None, **limits):
 
 def test_allowed_name_tunnels_tls_untouched(proxy, https_upstream):
     path, events = _open(proxy, https_upstream)
-    assert path.stat().st_mode & 0o777 == 0o600
+    # The worker's, and the sandboxes' host group's where bwrap runs as that user (root worker).
+    assert path.stat().st_mode & 0o777 == (0o600 if proxy.socket_group is None else 0o660)
     status, _, sock = connect(path, f"api.test:{https_upstream.port}")
     assert status == 200
     body = tls_get(sock, https_upstream.cert, "api.test")
@@ -176,7 +178,7 @@ def test_each_sandbox_has_its_own_socket_policy_and_events(proxy, https_upstream
     )
     b = proxy.sandbox_open("sb-b", network_parse("none"), None, b_events.append)
     assert a != b and a.parent != b.parent
-    assert a.parent.stat().st_mode & 0o777 == 0o700
+    assert a.parent.stat().st_mode & 0o777 == (0o700 if proxy.socket_group is None else 0o710)
     assert connect(a, f"api.test:{https_upstream.port}")[0] == 200
     assert connect(b, f"api.test:{https_upstream.port}")[0] == 403
     assert a_events.wait().allowed and not b_events.wait().allowed
@@ -571,3 +573,131 @@ def test_a_bare_cr_or_lf_in_the_request_head_is_refused(proxy, https_upstream, h
     assert status == 400
     assert b"bare CR or LF in the request head" in body
     assert events.wait().code == "bad_request"
+
+
+def _exchange(path: Path, data: bytes) -> bytes:
+    """Send `data` on one connection to the proxy's socket; everything it answers until it
+    closes the connection (or 5 s pass: what came by then)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(str(path))
+    with s:
+        s.sendall(data)
+        answer = b""
+        with contextlib.suppress(ConnectionResetError, TimeoutError):
+            while chunk := s.recv(65536):
+                answer += chunk
+    return answer
+
+
+def test_a_second_request_on_one_connection_is_never_forwarded(
+    proxy, https_upstream, keepalive_origin
+):
+    """The proxy judged a connection's first request only and then passed on whatever
+    followed: to an origin (or a host proxy, or a CDN's shared address) that serves every
+    request on a connection, a second request named any host it liked."""
+    allowed = f"api.test:{keepalive_origin.port}"
+    path, events = _open(proxy, https_upstream, allow=[allowed])
+    first = f"GET http://{allowed}/first HTTP/1.1\r\nHost: {allowed}\r\n\r\n"
+    second = "GET http://other.test/second HTTP/1.1\r\nHost: other.test\r\n\r\n"
+    answer = _exchange(path, (first + second).encode())
+
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert b"\r\nConnection: close\r\n" in answer  # the client is told not to send another
+    assert b"keep-alive" not in answer
+    assert answer.count(b"HTTP/1.1 ") == 1
+    assert keepalive_origin.server.seen == [(allowed, "/first", b"")]
+    events.wait(2)
+    refused = next(e for e in events if not e.allowed)
+    assert (refused.host, refused.port, refused.code) == ("other.test", 80, "not_allowed")
+    assert refused.log_line() == "egress refused: other.test:80 (not in network.allow)"
+    assert next(e for e in events if e.allowed).host == "api.test"
+
+
+def test_a_tunnel_to_an_http_port_carries_one_request_for_its_own_name(short_tmp, keepalive_origin):
+    """A CONNECT tunnel to an allowed name's port 80 carried any request to that address."""
+    p = EgressProxy(
+        short_tmp / "http-ports",
+        upstream=UpstreamConfig(),
+        test_hosts=TEST_HOSTS,
+        http_ports=frozenset({80, keepalive_origin.port}),
+    ).start()
+    try:
+        allowed = f"api.test:{keepalive_origin.port}"
+        events = Events()
+        path = p.sandbox_open("t", network_parse({"allow": [allowed]}), None, events.append)
+        tunnel = f"CONNECT {allowed} HTTP/1.1\r\nHost: {allowed}\r\n\r\n"
+        first = f"GET /first HTTP/1.1\r\nHost: {allowed}\r\n\r\n"
+        second = "GET /second HTTP/1.1\r\nHost: other.test\r\n\r\n"
+        answer = _exchange(path, (tunnel + first + second).encode())
+        assert answer.count(b"HTTP/1.1 200 ") == 2  # the tunnel's, then the first request's
+        assert b"served host=" + allowed.encode() + b" path=/first" in answer
+        assert keepalive_origin.server.seen == [(allowed, "/first", b"")]
+        events.wait(2)
+        assert [(e.host, e.code) for e in events if not e.allowed] == [
+            ("other.test", "not_allowed")
+        ]
+
+        answer = _exchange(path, (tunnel + second).encode())
+        assert b"HTTP/1.1 400 " in answer
+        assert b"Host header other.test does not match" in answer
+        assert len(keepalive_origin.server.seen) == 1
+    finally:
+        p.stop()
+
+
+@pytest.mark.parametrize(
+    "headers, reason",
+    [
+        (
+            "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n",
+            b"both Content-Length and Transfer-Encoding",
+        ),
+        ("Content-Length: 4\r\nContent-Length: 40\r\n", b"several Content-Length headers"),
+        ("Content-Length: 4\r\nContent-Length: 4\r\n", b"several Content-Length headers"),
+        ("Transfer-Encoding: gzip, chunked\r\n", b"only chunked is forwarded"),
+        ("Content-Length: +4\r\n", b"bad Content-Length"),
+    ],
+)
+def test_a_request_whose_body_length_is_ambiguous_is_refused(
+    proxy, https_upstream, keepalive_origin, headers, reason
+):
+    """Two readers could end such a body in different places: what one reads as body, the
+    other reads as a second request, one the proxy never judged."""
+    allowed = f"api.test:{keepalive_origin.port}"
+    path, events = _open(proxy, https_upstream, allow=[allowed])
+    smuggled = "GET http://other.test/ HTTP/1.1\r\nHost: other.test\r\n\r\n"
+    post = f"POST http://{allowed}/p HTTP/1.1\r\nHost: {allowed}\r\n{headers}\r\n"
+    answer = _exchange(path, f"{post}0\r\n\r\n{smuggled}".encode())
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert reason in answer
+    assert events.wait().code == "bad_request"
+    assert keepalive_origin.server.seen == []
+
+
+def test_a_request_body_is_forwarded_and_what_follows_it_is_not(
+    proxy, https_upstream, keepalive_origin
+):
+    allowed = f"api.test:{keepalive_origin.port}"
+    path, events = _open(proxy, https_upstream, allow=[allowed])
+    smuggled = f"GET http://{allowed}/again HTTP/1.1\r\nHost: {allowed}\r\n\r\n"
+    sized = f"POST http://{allowed}/sized HTTP/1.1\r\nHost: {allowed}\r\nContent-Length: 5\r\n\r\n"
+    answer = _exchange(path, (sized + "hello" + smuggled).encode())
+    assert b"path=/sized" in answer
+    chunked = (
+        f"POST http://{allowed}/chunked HTTP/1.1\r\nHost: {allowed}\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\n"
+    )
+    answer = _exchange(path, (chunked + smuggled).encode())
+    assert b"path=/chunked" in answer
+    assert keepalive_origin.server.seen == [
+        (allowed, "/sized", b"hello"),
+        (allowed, "/chunked", b"hello world"),
+    ]
+    events.wait(4)
+    assert sorted(e.code for e in events) == ["ok", "ok", "one_request", "one_request"]
+
+    bad = f"POST http://{allowed}/bad HTTP/1.1\r\nHost: {allowed}\r\nTransfer-Encoding: chunked"
+    answer = _exchange(path, f"{bad}\r\n\r\n5\nhello\r\n".encode())
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert b"bad chunk size line" in answer

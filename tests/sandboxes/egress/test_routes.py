@@ -229,20 +229,28 @@ def recording_service():
 def test_an_identifying_route_names_the_calling_sandbox_before_its_bytes(proxy, recording_service):
     port = recording_service.server_address[1]
     proxy.route_add("id.convoy.internal", 80, port, identify=True)
+    proxy.route_add("id.convoy.internal", 8080, port, identify=True)
     proxy.route_add("plain.convoy.internal", 80, port)
     rules = (
-        AllowRule("id.convoy.internal", frozenset({80})),
+        AllowRule("id.convoy.internal", frozenset({80, 8080})),
         AllowRule("plain.convoy.internal", frozenset({80})),
     )
     path, _ = _events_open(proxy, "sandbox-41", NetworkPolicy(rules=rules))
     assert _get(path, "id.convoy.internal")[0] == 200
     first, second = recording_service.seen[-1]
     assert first == b"CONVOY-SANDBOX sandbox-41\r\n" and second.startswith(b"GET /v1/models ")
-    # Through a tunnel the sandbox writes what it likes, but only after the proxy's line.
+    # A tunnel to port 80 carries one HTTP request: a forged line is not one.
     status, _body, sock = connect(path, "id.convoy.internal:80")
     assert status == 200
     sock.sendall(b"CONVOY-SANDBOX sandbox-42\r\nGET / HTTP/1.1\r\n\r\n")
-    wait_for(lambda: len(recording_service.seen) == 2, timeout=10, what="the tunnelled call")
+    assert sock.recv(65536).startswith(b"HTTP/1.1 400 ")
+    sock.close()
+    # Through a tunnel to another port the sandbox writes what it likes, but only after the
+    # proxy's line.
+    status, _body, sock = connect(path, "id.convoy.internal:8080")
+    assert status == 200
+    sock.sendall(b"CONVOY-SANDBOX sandbox-42\r\nGET / HTTP/1.1\r\n\r\n")
+    wait_for(lambda: len(recording_service.seen) == 3, timeout=10, what="the tunnelled call")
     sock.close()
     assert recording_service.seen[-1] == (
         b"CONVOY-SANDBOX sandbox-41\r\n",

@@ -140,6 +140,51 @@ def test_create_opens_the_socket_connections_are_audited_terminate_closes_it(
     assert not socket_path.exists()
 
 
+PIPELINED = """\
+import socket, sys
+# Two requests on one connection: the first to the allowed name, the second to another.
+allowed, other = sys.argv[1:]
+s = socket.create_connection(("127.0.0.1", 3128), timeout=5)
+s.sendall(
+    f"GET http://{allowed}/first HTTP/1.1\\r\\nHost: {allowed}\\r\\n\\r\\n"
+    f"GET http://{other}/second HTTP/1.1\\r\\nHost: {other}\\r\\n\\r\\n".encode()
+)
+data = b""
+try:
+    while chunk := s.recv(65536):
+        data += chunk
+except TimeoutError:  # a connection left open: what came by then
+    pass
+print(data.decode(errors="replace").replace("\\r\\n", " "))
+"""
+
+
+def test_a_second_request_on_one_connection_is_refused_and_audited(
+    test_proxy, keepalive_origin, engines_clean
+):
+    port = keepalive_origin.port
+    sandbox = sandbox_create(spec=_spec(port), backend="bwrap")
+    argv = ["python3", "-c", PIPELINED, f"api.test:{port}", "other.test"]
+    command = sandbox_exec(sandbox=sandbox, argv=argv)
+    assert command.exit_code == 0
+    out = "".join(LogLine.objects.filter(command=command).values_list("text", flat=True))
+    assert f"served host=api.test:{port} path=/first" in out
+    assert "served host=other.test" not in out
+    assert [seen[0] for seen in keepalive_origin.server.seen] == [f"api.test:{port}"]
+    wait_for(lambda: _events(sandbox, ACTION_REFUSED), timeout=10, what="the refusal's event")
+    (refused,) = _events(sandbox, ACTION_REFUSED)
+    assert (refused["payload"]["host"], refused["reason"]) == ("other.test", "not in network.allow")
+    wait_for(
+        lambda: (
+            "egress refused: other.test:80 (not in network.allow)"
+            in LogLine.objects.filter(sandbox=sandbox).values_list("text", flat=True)
+        ),
+        timeout=10,
+        what="the refusal's log line",
+    )
+    sandbox_terminate(sandbox=sandbox, reason="done")
+
+
 def test_forks_get_sockets_of_their_own(test_proxy, http_upstream, engines_clean):
     spec = _spec(http_upstream.port)
     source = sandbox_create(spec=spec, backend="bwrap")

@@ -11,6 +11,7 @@ from sandboxes.backends.bubblewrap import BubblewrapBackend
 from sandboxes.backends.gvisor import GVisorBackend
 from sandboxes.images.mounts import image_env, image_rootfs
 from sandboxes.images.services import image_ensure
+from tests.sandboxes.conftest import _data_dir, local_cleanup
 from tests.sandboxes.images.test_build_debian_mirror import PYTHON_IMAGE
 from tests.sandboxes.images.test_services import _shell_tree
 
@@ -38,8 +39,8 @@ def image_spec(db, image_data) -> SandboxSpec:
 
 
 @pytest.mark.parametrize("engine", [BubblewrapBackend, GVisorBackend], ids=["bwrap", "gvisor"])
-def test_a_sandbox_on_an_image(engine, image_spec, tmp_path):
-    backend = engine(tmp_path / "engine")
+def test_a_sandbox_on_an_image(engine, image_spec):
+    backend = engine(_data_dir())  # not pytest's tmp_path: 0700, bwrap's host user cannot bind
     handle = backend.create(image_spec)
     fork = None
     try:
@@ -49,7 +50,9 @@ def test_a_sandbox_on_an_image(engine, image_spec, tmp_path):
         # The image is read-only, for root too (gVisor runs commands as root).
         for target in ("/x", "/usr/x", "/opt/convoy-venv/bin/x", "/etc/passwd"):
             code, out = _run(backend, handle, f"echo x >> {target}")
-            assert code != 0 and "Read-only file system" in out, (target, out)
+            # (bwrap's user, not root outside, is refused by the file's mode before that)
+            refused = "Read-only file system" in out or "Permission denied" in out
+            assert code != 0 and refused, (target, out)
         code, out = _run(
             backend, handle, "echo kept > $HOME/tool && cat /workspace/.convoy-home/tool"
         )
@@ -62,10 +65,11 @@ def test_a_sandbox_on_an_image(engine, image_spec, tmp_path):
         for h in (handle, fork):
             if h is not None:
                 backend.terminate(h)
+        local_cleanup(backend)
 
 
-def test_without_an_image_the_host_usr_and_no_tools_area(tmp_path):
-    backend = BubblewrapBackend(tmp_path / "engine")
+def test_without_an_image_the_host_usr_and_no_tools_area():
+    backend = BubblewrapBackend(_data_dir())
     handle = backend.create(SandboxSpec(timeout_s=60))
     try:
         code, out = _run(
@@ -76,17 +80,21 @@ def test_without_an_image_the_host_usr_and_no_tools_area(tmp_path):
         assert (code, out) == (0, "1\n1\n")
     finally:
         backend.terminate(handle)
+        local_cleanup(backend)
 
 
 @pytest.mark.parametrize("engine", [BubblewrapBackend, GVisorBackend], ids=["bwrap", "gvisor"])
-def test_an_image_with_a_linked_mount_point_is_refused_at_create(engine, tmp_path):
+def test_an_image_with_a_linked_mount_point_is_refused_at_create(engine):
     """bwrap mounts after moving the host's root to /oldroot: on an image holding
     `/convoy -> /oldroot/<host dir>` (made before the build refused such links, or copied in
-    by hand), a sandbox's bwrap made /convoy/home and /convoy/files in that host directory, as
-    root. Such an image is refused as the sandbox is made, naming the link."""
-    victim = tmp_path / "victim"
+    by hand), a sandbox's bwrap made /convoy/home and /convoy/files in that host directory
+    (as the sandboxes' host user, root before it). Such an image is refused as the sandbox is
+    made, naming the link."""
+    backend = engine(_data_dir())  # not pytest's tmp_path: 0700, bwrap's host user cannot bind
+    victim = backend.data_dir / "victim"
     victim.mkdir()
-    tree = tmp_path / "tree"
+    victim.chmod(0o777)  # a directory bwrap's user may write in (/tmp, say)
+    tree = backend.data_dir / "image"
     _shell_tree(tree, ())
     for name in ("workspace", "tmp", "proc", "dev"):  # as every built image has them
         (tree / name).mkdir()
@@ -95,7 +103,6 @@ def test_an_image_with_a_linked_mount_point_is_refused_at_create(engine, tmp_pat
         timeout_s=60, image_root=str(tree), image_key="0" * 64, tools_home=True,
         files={"note.txt": b"x"},
     )  # fmt: skip
-    backend = engine(tmp_path / "engine")
     handle, refused = None, None
     try:
         handle = backend.create(spec)
@@ -103,7 +110,7 @@ def test_an_image_with_a_linked_mount_point_is_refused_at_create(engine, tmp_pat
     except SandboxError as exc:
         refused = exc
     finally:
-        if handle is not None:
-            backend.terminate(handle)
-    assert list(victim.iterdir()) == []
+        made = sorted(p.name for p in victim.iterdir())
+        local_cleanup(backend)
+    assert made == []
     assert handle is None and "/convoy is a symbolic link" in str(refused)

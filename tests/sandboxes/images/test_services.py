@@ -362,6 +362,44 @@ def test_a_build_step_is_held_to_its_file_size_and_process_limits(
     assert "[convoy: the step reached its process limit (8)]" in log, log[-2000:]
 
 
+def test_a_build_is_held_to_its_total_disk_cap_while_it_runs(
+    fresh_image_data, oci_registry, tmp_path, settings
+):
+    """Each file of a step was capped at 4 GB, but not their number: a step could fill the
+    data directory's disk with many files. The build's directory is now held to
+    CONVOY_IMAGE_BUILD_DISK_MB while each command runs, and the step is stopped."""
+    import time
+
+    from sandboxes.images import build
+
+    settings.IMAGE_BUILD_DISK_MB = 20
+    tree = tmp_path / "tree"
+    _shell_tree(tree, ("/usr/bin/head", "/usr/bin/sleep"))
+    ref = oci_registry.push_tree("team/disk", tree, tag="1")
+    # Files of 4 MB each (under the file cap), 32 MB together, then a long wait.
+    fill = "for i in 1 2 3 4 5 6 7 8; do head -c 4000000 /dev/zero > /f$i; done; sleep 30"
+    started = time.monotonic()
+    thread, outcome = _build_in_thread({"oci": ref, "run": [fill]}, "d" * 64)
+    thread.join(60)
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 25  # stopped while it ran, not after its sleep
+    assert isinstance(outcome[0], build.ImageBuildError), outcome
+    assert outcome[0].field == "image.run[0]"
+    assert outcome[0].message == (
+        "the build passed its disk limit of 20 MB (CONVOY_IMAGE_BUILD_DISK_MB)"
+    )
+    log = (images_root() / f"{'d' * 64}.log").read_text()
+    assert "[convoy: the build passed its disk limit of 20 MB" in log
+    assert not list(images_root().glob(".building-*"))  # the failed build is gone
+
+    # Under the cap the same image builds.
+    thread, outcome = _build_in_thread(
+        {"oci": ref, "run": ["head -c 4000000 /dev/zero > /f"]}, "a" * 64
+    )
+    thread.join(60)
+    assert not isinstance(outcome[0], Exception), outcome
+
+
 def test_a_build_step_runs_without_mounts_new_namespaces_or_most_of_roots_powers(
     fresh_image_data, oci_registry, tmp_path
 ):
