@@ -15,8 +15,9 @@ what is not a directory is replaced by a fresh, empty one.
 
 bwrap mounts over an image's paths after it has moved the host's root to /oldroot: a link in
 the image (`/convoy -> /oldroot/root`) leads there, and bwrap makes the mount points it misses
-on the host, as root. So no part of a mount point's path may be a link (`mountpoint_fault`),
-checked as an image is built (`sandboxes.images.build`) and as a sandbox is made on it.
+on the host (as root for a build step, as the sandboxes' host user for a sandbox). So no part
+of a mount point's path may be a link (`mountpoint_fault`), checked as an image is built
+(`sandboxes.images.build`) and as a sandbox is made on it.
 """
 
 from __future__ import annotations

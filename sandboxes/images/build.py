@@ -641,9 +641,9 @@ def _mountpoints_check(rootfs: Path, *, complete: bool = False, after: str = "")
     """Refuse the image when a part of a mount point's path is a link, or not a directory (or,
     `complete`, missing): bwrap mounts after moving the host's root to /oldroot, so a build
     step's or a sandbox's bwrap followed `/convoy -> /oldroot/X` to the host's X and made the
-    mount points it missed there, as root. Checked after the base, before every step (one
-    could have made such a link: `after` names it) and once the mount points are made, with
-    the host's CA files, which sandboxes with egress get at the same path."""
+    mount points it missed there (as root, for a step). Checked after the base, before every
+    step (one could have made such a link: `after` names it) and once the mount points are
+    made, with the host's CA files, which sandboxes with egress get at the same path."""
     wanted = [(path, "dir") for path in MOUNTPOINT_DIRS]
     wanted += [(path, "file") for path in MOUNTPOINT_FILES]
     if complete:
