@@ -29,6 +29,7 @@ KNOWN_CONVOY_VARS = {
     "CONVOY_RUN_LEASE_S",
     "CONVOY_REPO_ROOTS",
     "CONVOY_CODEHOST_ALLOW",
+    "CONVOY_LOCAL_REGISTRIES",
     "CONVOY_AUDIT_SIGNING_KEY",
     "CONVOY_AUDIT_CHECKPOINT_EVERY",
     "CONVOY_SECRETS_KEY",
@@ -402,6 +403,18 @@ REPO_ROOTS = [
 # Code hosts at non-public addresses (an internal Git server) that repository URLs may name:
 # host names and/or networks, comma-separated ("git.corp.internal,10.20.0.0/16").
 CODEHOST_ALLOW = [e.strip() for e in envstr("CONVOY_CODEHOST_ALLOW").split(",") if e.strip()]
+# OCI registries on this machine (`127.0.0.1:5000`, `localhost:5000`) that
+# `image.oci` may name; comma-separated. skopeo talks to them without TLS checks, so any other
+# port of the loopback (the web server, Redis) is refused.
+LOCAL_REGISTRIES = [
+    e.strip().lower() for e in envstr("CONVOY_LOCAL_REGISTRIES").split(",") if e.strip()
+]
+for _entry in LOCAL_REGISTRIES:
+    if not re.fullmatch(r"(127\.0\.0\.1|localhost):[0-9]{1,5}", _entry):
+        _fail(
+            "CONVOY_LOCAL_REGISTRIES",
+            f"{_entry!r}: expected 127.0.0.1:<port> or localhost:<port>",
+        )
 RUNSC_PLATFORM = envchoice("CONVOY_RUNSC_PLATFORM", "ptrace", ("ptrace", "systrap", "kvm"))
 MAX_PARALLEL_REPOS = envint("CONVOY_MAX_PARALLEL_REPOS", 8, minimum=1)
 # A run whose worker has not renewed its lease for this long is requeued (worker died).

@@ -12,19 +12,73 @@ included, and a bind follows symlinks on the host. So the tools area is opened w
 following any (`tools_home_fd`; bubblewrap binds that descriptor) or checked just before a
 gVisor container is made from it (`tools_home_checked`: no process of the sandbox runs then);
 what is not a directory is replaced by a fresh, empty one.
+
+bwrap mounts over an image's paths after it has moved the host's root to /oldroot: a link in
+the image (`/convoy -> /oldroot/root`) leads there, and bwrap makes the mount points it misses
+on the host (as root for a build step, as the sandboxes' host user for a sandbox). So no part
+of a mount point's path may be a link (`mountpoint_fault`), checked as an image is built
+(`sandboxes.images.build`) and as a sandbox is made on it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from pathlib import Path
 
-from sandboxes.backends.base import SandboxError, SandboxSpec
+from sandboxes.backends.base import FILES_DIR, NetworkPolicy, SandboxError, SandboxSpec
 from sandboxes.backends.host_user import Owner
+from sandboxes.egress.relay import SANDBOX_RELAY_PATH, SANDBOX_SOCKET_DIR
 
 HOME_DIR = "/convoy/home"
 HOME_IN_WORKSPACE = ".convoy-home"  # /workspace/.convoy-home, excluded from the diff
+# Mount points every image has, so a backend can bind over them with the rootfs read-only.
+MOUNTPOINT_DIRS = ("/workspace", FILES_DIR, HOME_DIR, SANDBOX_SOCKET_DIR, "/convoy/bin",
+                   "/proc", "/dev", "/etc", "/tmp")  # noqa: S108  # fmt: skip
+MOUNTPOINT_FILES = ("/etc/resolv.conf", SANDBOX_RELAY_PATH)
+
+
+def mountpoint_fault(
+    root: str | Path, inside: str, *, kind: str = "dir", complete: bool = False
+) -> str | None:
+    """What makes `inside` unsafe to mount over in the image at `root` (a sentence naming the
+    first part of the path at fault), or None: a part that is a symbolic link, or not a
+    directory; the last part not a regular file when `kind` is "file", not a directory when it
+    is "dir" (for "any", only not a link); a missing part when `complete` (bwrap would make
+    it). Read without following any link."""
+    parts = inside.strip("/").split("/")
+    for depth in range(1, len(parts) + 1):
+        shown = "/" + "/".join(parts[:depth])
+        try:
+            mode = os.lstat(os.path.join(root, *parts[:depth])).st_mode
+        except FileNotFoundError:
+            return f"{shown} is missing" if complete else None
+        except OSError as exc:
+            return f"{shown} cannot be read ({exc.strerror})"
+        if stat.S_ISLNK(mode):
+            return f"{shown} is a symbolic link"
+        last = depth == len(parts)
+        if last and kind == "file" and not stat.S_ISREG(mode):
+            return f"{shown} is not a regular file"
+        if (not last or kind == "dir") and not stat.S_ISDIR(mode):
+            return f"{shown} is not a directory"
+    return None
+
+
+def _sandbox_mountpoints(spec: SandboxSpec) -> list[tuple[str, str]]:
+    """(path, kind) of what bwrap or runsc mount over in the image for this sandbox."""
+    wanted = [("/workspace", "dir"), ("/tmp", "dir"), ("/proc", "dir"), ("/dev", "dir")]  # noqa: S108
+    if spec.tools_home:
+        wanted.append((HOME_DIR, "dir"))
+    if spec.files:
+        wanted.append((FILES_DIR, "dir"))
+    if spec.egress_socket:
+        wanted += [(SANDBOX_SOCKET_DIR, "dir"), (SANDBOX_RELAY_PATH, "file")]
+        wanted += [(str(path), "any") for path in spec.egress_files]
+    if spec.network == NetworkPolicy.OPEN:
+        wanted.append(("/etc/resolv.conf", "file"))
+    return wanted
 
 
 def image_extra(spec: SandboxSpec) -> dict:
@@ -33,6 +87,13 @@ def image_extra(spec: SandboxSpec) -> dict:
     if spec.image_root:
         if not (Path(spec.image_root) / "usr").is_dir():
             raise SandboxError(f"image {spec.image_key[:12]}: {spec.image_root} is not a rootfs")
+        for inside, kind in _sandbox_mountpoints(spec):
+            fault = mountpoint_fault(spec.image_root, inside, kind=kind)
+            if fault:
+                raise SandboxError(
+                    f"image {spec.image_key[:12]}: {fault}; the sandbox mounts {inside} there"
+                    " (a mount point's path must be the image's own directories)"
+                )
         extra.update(image_root=spec.image_root, image_key=spec.image_key)
     if spec.tools_home:
         extra["tools_home"] = True

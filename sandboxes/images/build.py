@@ -32,9 +32,10 @@ from django.conf import settings
 
 from sandboxes.backends import cgroups, seccomp
 from sandboxes.backends.bubblewrap import HOST_ENV, env_args_fd, proc_args
+from sandboxes.backends.images import MOUNTPOINT_DIRS, MOUNTPOINT_FILES, mountpoint_fault
 from sandboxes.backends.local import WALK_SHARE_MAX, WATCH_EVERY_S, free_bytes
 from sandboxes.backends.local import disk_usage as tree_usage
-from sandboxes.egress.packages import apt_uris_read
+from sandboxes.egress.packages import CA_VARIABLES, apt_uris_read
 from sandboxes.images.hostconfig import package_client_config
 from sandboxes.images.network import BuildNetwork, NetworkAttachment
 from sandboxes.images.oci import OciError, oci_pull
@@ -46,10 +47,6 @@ SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 IMAGE_PATH = f"{VENV}/bin:{NPM_PREFIX}/bin:{SYSTEM_PATH}"
 # The build's $HOME, on its own tmpfs /tmp: pip and npm caches never reach the image.
 BUILD_HOME = "/tmp/convoy-build-home"  # noqa: S108
-# Mount points every image has, so a backend can bind over them with the rootfs read-only.
-MOUNTPOINT_DIRS = ("/workspace", "/convoy/files", "/convoy/home", "/convoy/egress", "/convoy/bin",
-                   "/proc", "/dev", "/etc", "/tmp")  # noqa: S108  # fmt: skip
-MOUNTPOINT_FILES = ("/etc/resolv.conf", "/convoy/bin/relay")
 # What the installation's minimal /etc gives a host-/usr sandbox, written into the image at the
 # end of its build (not bound at each start: every mount costs start time, gVisor's most).
 # The image's own files the builder reads (dpkg's status file of a large image is a few MB).
@@ -450,8 +447,11 @@ def _steps_run(spec, key, rootfs, steps, log: BuildLog, network: BuildNetwork) -
     with network(key, index_urls=index_urls) as net:
         _root_files(rootfs, net)
         env = _build_env(spec, net, carried.env)
+        previous = ""
         for name, where, argv in steps:
             _step_hook(name)
+            _mountpoints_check(rootfs, after=previous)
+            previous = where
             try:
                 status = _step_run(
                     log,
@@ -503,6 +503,7 @@ def rootfs_build(
     try:
         _step_hook("base")
         oci_config = _base(spec, rootfs, work, log, creds)
+        _mountpoints_check(rootfs)
         steps: list[tuple[str, str, list[str]]] = []
         if spec.pip:
             venv = f"test -x {VENV}/bin/python || python3 -m venv {VENV}"
@@ -517,6 +518,7 @@ def rootfs_build(
             _steps_run(spec, key, rootfs, steps, log, network)
         _step_hook("finish")
         _mountpoints(rootfs)
+        _mountpoints_check(rootfs, complete=True, after=steps[-1][1] if steps else "")
         size = disk_usage(rootfs)
         manifest = {
             "key": key,
@@ -633,6 +635,28 @@ def _mountpoints(rootfs: Path) -> None:
         found = _image_file_read(rootfs, f"/etc/{name}")
         if found is not None and not found.strip():
             _image_file_write(rootfs, f"/etc/{name}", text)
+
+
+def _mountpoints_check(rootfs: Path, *, complete: bool = False, after: str = "") -> None:
+    """Refuse the image when a part of a mount point's path is a link, or not a directory (or,
+    `complete`, missing): bwrap mounts after moving the host's root to /oldroot, so a build
+    step's or a sandbox's bwrap followed `/convoy -> /oldroot/X` to the host's X and made the
+    mount points it missed there (as root, for a step). Checked after the base, before every
+    step (one could have made such a link: `after` names it) and once the mount points are
+    made, with the host's CA files, which sandboxes with egress get at the same path."""
+    wanted = [(path, "dir") for path in MOUNTPOINT_DIRS]
+    wanted += [(path, "file") for path in MOUNTPOINT_FILES]
+    if complete:
+        cas = sorted({os.environ[name] for name in CA_VARIABLES if os.environ.get(name)})
+        wanted += [(path, "any") for path in cas if path.startswith("/")]
+    for inside, kind in wanted:
+        fault = mountpoint_fault(rootfs, inside, kind=kind, complete=complete and kind != "any")
+        if fault:
+            made = f" after {after}" if after else ""
+            raise ImageBuildError(
+                f"{fault}{made}: sandboxes mount {inside} there, and a mount point's path must"
+                " be the image's own directories"
+            )
 
 
 def _image_env(spec: ImageSpec, oci_env: list[str]) -> dict[str, str]:

@@ -153,8 +153,8 @@ def _carry_npm(config: ClientConfig) -> None:
         value = out.stdout.strip()
         if out.returncode != 0 or not value or value in ("undefined", "null"):
             continue
-        if option == "cafile":
-            value = config.bind(value) or ""
+        # A registry URL as pip's: the build's steps run packages' install scripts.
+        value = (config.bind(value) or "") if option == "cafile" else url_without_credentials(value)
         if value:
             config.env[variable] = value
 

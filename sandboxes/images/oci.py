@@ -1,8 +1,9 @@
 """Pulling an OCI image from a registry into a root filesystem (skopeo, then umoci).
 
 TLS verification is turned off only for registries on this machine (127.0.0.1, localhost),
-which serve plain HTTP; credentials are a `user:password` string the caller resolved from a
-stored secret (this module never sees secret names).
+which serve plain HTTP; of those, only the ones `CONVOY_LOCAL_REGISTRIES` lists are used.
+Credentials are a `user:password` string the caller resolved from a stored secret (this
+module never sees secret names).
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def _registry_vet(spec: ImageSpec) -> None:
     """The registry must be this machine's own (a local registry, plain HTTP) or a host whose
     addresses Convoy may connect to, as a repository's: a manager's `image.oci` made the host
     send requests to any address of the private network and showed the answer's text."""
+    refusal = spec.oci_local_refusal()
+    if refusal:  # a spec saved before the registry left CONVOY_LOCAL_REGISTRIES
+        raise OciError(refusal, refused=True)
     if spec.oci_is_local:
         return
     try:

@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from django.conf import settings
+
 from core.errors import Invalid
 
 # Bumped when the builder changes what a spec produces, so old images stop matching.
@@ -88,7 +90,20 @@ class ImageSpec:
 
     @property
     def oci_is_local(self) -> bool:
-        return self.oci_registry.rsplit(":", 1)[0] in LOCAL_REGISTRIES
+        """A registry on this machine (plain HTTP: skopeo's TLS checks are off for it)."""
+        return self.oci_registry.rsplit(":", 1)[0].lower() in LOCAL_REGISTRIES
+
+    def oci_local_refusal(self) -> str | None:
+        """Why a registry on this machine may not be used (None when it may, or is not local):
+        only the `host:port`s `CONVOY_LOCAL_REGISTRIES` lists are registries; any other port
+        of the loopback is another service (the web server, Redis), which skopeo would talk
+        to without TLS checks."""
+        if not self.oci_is_local or self.oci_registry.lower() in settings.LOCAL_REGISTRIES:
+            return None
+        return (
+            f"the registry {self.oci_registry} is on this machine and is not one of its"
+            " registries (an operator lists those in CONVOY_LOCAL_REGISTRIES)"
+        )
 
 
 def host_suite(os_release: Path = Path("/etc/os-release")) -> str:
@@ -167,6 +182,9 @@ def image_spec_parse(value, *, where: str = "image") -> ImageSpec:
                 field=f"{where}.oci",
             )
         fields["oci"] = oci.strip()
+        refusal = ImageSpec(kind="oci", oci=fields["oci"]).oci_local_refusal()
+        if refusal:
+            raise Invalid(refusal, field=f"{where}.oci")
         secret = value.get("credentials_secret")
         if secret is not None:
             if not isinstance(secret, str) or not _SECRET.match(secret):

@@ -114,8 +114,9 @@ def test_modal_campaign_without_image_keeps_the_default_image(
 
 
 def test_modal_campaign_on_a_private_oci_image_pulls_with_a_modal_secret(
-    tmp_path, monkeypatch, manager, admin_user, worker_in_process
+    tmp_path, monkeypatch, manager, admin_user, worker_in_process, settings
 ):
+    settings.LOCAL_REGISTRIES = ["127.0.0.1:5000"]  # as an operator lists it (a fake: no request)
     secret_set(name="REGISTRY_LOGIN", value="robot:s3cret-pass", actor=admin_user)
     secret_grant(name="REGISTRY_LOGIN", manager=manager, actor=admin_user)
     image = (
@@ -169,7 +170,8 @@ def test_daytona_campaign_runs_on_its_image_built_by_daytona(
         assert not fake_running(engine)
 
 
-def test_daytona_refuses_registry_credentials_naming_the_field(tmp_path):
+def test_daytona_refuses_registry_credentials_naming_the_field(tmp_path, settings):
+    settings.LOCAL_REGISTRIES = ["127.0.0.1:5000"]
     value = {"oci": "127.0.0.1:5000/team/python:3.12", "credentials_secret": "REGISTRY_LOGIN"}
     spec = SandboxSpec(
         image_spec=value,

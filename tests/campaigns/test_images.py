@@ -137,9 +137,9 @@ def test_python_campaign_on_an_image_gvisor(package_index_env, celery_worker, ma
 @pytest.mark.slow
 def test_campaign_on_an_oci_image_from_a_local_registry(
     package_index_env,
+    oci_registry,  # noqa: F811 (before the worker: it lists the registry in its environment)
     celery_worker,
     manager,
-    oci_registry,  # noqa: F811
 ):
     """The test pushes an image (a Debian root filesystem with python3 and git, made by
     mmdebstrap) to its registry; the campaign pulls it with skopeo and umoci and runs on it."""

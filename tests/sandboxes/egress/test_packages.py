@@ -1,6 +1,7 @@
 """The host's package-client configuration: which index hosts `package_indexes: true` allows,
 and the environment handed into a sandbox. Read from files and env given to the reader."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,15 @@ def test_credentials_in_the_hosts_index_urls_stay_on_the_host(host, monkeypatch)
     assert build.env["PIP_INDEX_URL"] == "https://pypi.corp.test/simple"
     assert "PIP_CLIENT_CERT" not in build.env
     assert not any(str(key) == host_path for host_path, _ in build.binds)
+
+    # The host's npm names an authenticated registry: builds get its address only.
+    bin_dir = home / "bin"
+    bin_dir.mkdir()
+    npm = bin_dir / "npm"
+    registry = "https://u:npm-t0ken@npm.corp.test/"
+    npm.write_text(f'#!/bin/sh\n[ "$3" = registry ] && echo {registry} || echo undefined\n')
+    npm.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    build = package_client_config()
+    assert build.env["NPM_CONFIG_REGISTRY"] == "https://npm.corp.test/"
+    assert not any("npm-t0ken" in value for value in build.env.values())

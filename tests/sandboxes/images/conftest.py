@@ -119,11 +119,15 @@ class Registry:
 
 
 @pytest.fixture
-def oci_registry(tmp_path) -> Iterator[Registry]:
-    """Debian's docker-registry serving plain HTTP on a free loopback port, stopped after."""
+def oci_registry(tmp_path, settings, monkeypatch) -> Iterator[Registry]:
+    """Debian's docker-registry serving plain HTTP on a free loopback port, stopped after; listed
+    in CONVOY_LOCAL_REGISTRIES (this process's settings, and the environment of workers started
+    after), as an operator lists the registry of their machine."""
     if not shutil.which("docker-registry"):
         pytest.fail("docker-registry is not installed: run make system-deps-test")
     registry = Registry(tmp_path / "registry")
+    settings.LOCAL_REGISTRIES = [*settings.LOCAL_REGISTRIES, registry.address]
+    monkeypatch.setenv("CONVOY_LOCAL_REGISTRIES", ",".join(settings.LOCAL_REGISTRIES))
     registry.root.mkdir()
     config = registry.root / "config.yml"
     config.write_text(

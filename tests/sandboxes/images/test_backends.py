@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from sandboxes.backends.base import ExecOutput, ExecResult, SandboxSpec
+from sandboxes.backends.base import ExecOutput, ExecResult, SandboxError, SandboxSpec
 from sandboxes.backends.bubblewrap import BubblewrapBackend
 from sandboxes.backends.gvisor import GVisorBackend
 from sandboxes.images.mounts import image_env, image_rootfs
 from sandboxes.images.services import image_ensure
 from tests.sandboxes.conftest import _data_dir, local_cleanup
 from tests.sandboxes.images.test_build_debian_mirror import PYTHON_IMAGE
+from tests.sandboxes.images.test_services import _shell_tree
 
 
 def _run(backend, handle, script: str) -> tuple[int, str]:
@@ -80,3 +81,36 @@ def test_without_an_image_the_host_usr_and_no_tools_area():
     finally:
         backend.terminate(handle)
         local_cleanup(backend)
+
+
+@pytest.mark.parametrize("engine", [BubblewrapBackend, GVisorBackend], ids=["bwrap", "gvisor"])
+def test_an_image_with_a_linked_mount_point_is_refused_at_create(engine):
+    """bwrap mounts after moving the host's root to /oldroot: on an image holding
+    `/convoy -> /oldroot/<host dir>` (made before the build refused such links, or copied in
+    by hand), a sandbox's bwrap made /convoy/home and /convoy/files in that host directory
+    (as the sandboxes' host user, root before it). Such an image is refused as the sandbox is
+    made, naming the link."""
+    backend = engine(_data_dir())  # not pytest's tmp_path: 0700, bwrap's host user cannot bind
+    victim = backend.data_dir / "victim"
+    victim.mkdir()
+    victim.chmod(0o777)  # a directory bwrap's user may write in (/tmp, say)
+    tree = backend.data_dir / "image"
+    _shell_tree(tree, ())
+    for name in ("workspace", "tmp", "proc", "dev"):  # as every built image has them
+        (tree / name).mkdir()
+    (tree / "convoy").symlink_to(f"/oldroot{victim}")
+    spec = SandboxSpec(
+        timeout_s=60, image_root=str(tree), image_key="0" * 64, tools_home=True,
+        files={"note.txt": b"x"},
+    )  # fmt: skip
+    handle, refused = None, None
+    try:
+        handle = backend.create(spec)
+        _run(backend, handle, "true")
+    except SandboxError as exc:
+        refused = exc
+    finally:
+        made = sorted(p.name for p in victim.iterdir())
+        local_cleanup(backend)
+    assert made == []
+    assert handle is None and "/convoy is a symbolic link" in str(refused)

@@ -4,6 +4,7 @@ claim, prune, the command and the API."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import subprocess
 import threading
@@ -20,7 +21,7 @@ from sandboxes.images.build import image_dir, images_root
 from sandboxes.images.mounts import bwrap_root_args, image_env, image_mounts, oci_bundle_root
 from sandboxes.images.selectors import image_require_view
 from sandboxes.images.services import HOST, image_ensure, image_prune, image_remove, image_resolve
-from sandboxes.images.spec import image_spec_parse
+from sandboxes.images.spec import ImageSpec, image_spec_parse
 from sandboxes.models import Image, ImageState
 
 
@@ -189,9 +190,10 @@ def test_api_lists_images(client, manager, fresh_image_data, oci_registry):
 def test_the_builder_never_writes_through_an_images_links(
     db, fresh_image_data, oci_registry, tmp_path
 ):
-    """An image whose /etc and /convoy are links to host paths: the builder writes its passwd,
-    group, hosts and mount points into the image only, never through the links (it runs as
-    root on the host; a `run` step could make the same links)."""
+    """An image whose /etc and /convoy are links to host paths, or whose passwd, group, hosts
+    and gitconfig are: the builder (root on the host; a `run` step could make the same links)
+    writes into the image only, never through the links. Links on a mount point's path are
+    refused (`test_an_image_whose_mount_point_is_a_link_is_refused`); the others stay."""
     outside = tmp_path / "host-etc"
     outside.mkdir()
     tree = tmp_path / "tree"
@@ -200,11 +202,22 @@ def test_the_builder_never_writes_through_an_images_links(
     (tree / "convoy").symlink_to(outside)
     (tree / "marker").write_text("x")
     ref = oci_registry.push_tree("team/links", tree, tag="1")
-    image = image_ensure(spec={"oci": ref}, actor=None)
+    with pytest.raises(Invalid) as refused:
+        image_ensure(spec={"oci": ref}, actor=None)
+    assert "/convoy is a symbolic link" in refused.value.message
+    assert list(outside.iterdir()) == []
+
+    (tree / "etc").unlink()
+    (tree / "convoy").unlink()
+    (tree / "etc").mkdir()
+    for name in ("passwd", "group", "hosts", "gitconfig"):
+        (tree / "etc" / name).symlink_to(outside / name)
+    image = image_ensure(spec={"oci": oci_registry.push_tree("team/links", tree, tag="2")},
+                         actor=None)  # fmt: skip
     assert image.state == ImageState.READY
     assert list(outside.iterdir()) == []
     rootfs = image_dir(image.key) / "rootfs"
-    assert (rootfs / "etc").is_symlink() and (rootfs / "workspace").is_dir()
+    assert (rootfs / "etc/passwd").is_symlink() and (rootfs / "workspace").is_dir()
 
 
 def test_the_builder_never_reads_through_an_images_links(
@@ -469,6 +482,45 @@ def test_a_steps_output_cannot_fill_the_workers_memory_or_the_disk(tmp_path, mon
     assert log.tail[-1] == "last"  # failures are still explained by the last lines
 
 
+def test_a_build_step_cannot_make_bwrap_create_host_paths(
+    db, fresh_image_data, index_ranges, oci_registry, tmp_path
+):
+    """bwrap mounts after moving the host's root to /oldroot: a step that made `/convoy` a link
+    to `/oldroot/<host dir>` had the next step's bwrap make its mount points there (the proxy's
+    socket directory and the relay, as root). The build now stops before that step, naming
+    /convoy, and the host directory stays empty."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    tree = tmp_path / "tree"
+    _shell_tree(tree, ("/usr/bin/mv", "/usr/bin/ln", "/usr/bin/mkfifo", "/usr/bin/rm"))
+    ref = oci_registry.push_tree("team/relink", tree, tag="1")
+    relink = f"mv /convoy /convoy.old && ln -s /oldroot{victim} /convoy"
+    with pytest.raises(Invalid) as refused:
+        image_ensure(spec={"oci": ref, "run": [relink, "true"]}, actor=None)
+    assert list(victim.iterdir()) == []
+    assert refused.value.field == "image"
+    assert "/convoy is a symbolic link after image.run[0]" in refused.value.message
+    assert not list(images_root().glob(".building-*"))
+
+
+def test_an_image_whose_mount_point_is_a_link_is_refused(
+    db, fresh_image_data, oci_registry, tmp_path
+):
+    """An image holding `/convoy -> /oldroot/<host dir>`: every sandbox's bwrap would make
+    its mount points in that host directory. The build refuses it, naming the link."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "convoy").symlink_to(f"/oldroot{victim}")
+    ref = oci_registry.push_tree("team/linked", tree, tag="1")
+    with pytest.raises(Invalid) as refused:
+        image_ensure(spec={"oci": ref}, actor=None)
+    assert refused.value.field == "image"
+    assert "/convoy is a symbolic link" in refused.value.message
+    assert list(victim.iterdir()) == []
+
+
 def test_a_registry_on_a_non_public_address_is_refused_before_any_request(
     db, fresh_image_data, oci_registry
 ):
@@ -482,6 +534,48 @@ def test_a_registry_on_a_non_public_address_is_refused_before_any_request(
     assert "non-public" in refused.value.message
     # This machine's own registry (plain HTTP, tests and development) is still used.
     ref = oci_registry.push_tiny("team/ok:1", {"/a.txt": "x"})
+    assert image_ensure(spec={"oci": ref}, actor=None).state == ImageState.READY
+
+
+class _Recording(http.server.BaseHTTPRequestHandler):
+    seen: list[str] = []
+
+    def do_GET(self):
+        self.seen.append(self.path)
+        self.send_error(404)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_loopback_service_that_is_not_a_listed_registry_is_never_asked(
+    db, fresh_image_data, oci_registry
+):
+    """`image.oci: 127.0.0.1:<any port>/x` made skopeo send requests, TLS checks off, to any
+    service of this machine (the web server, Redis). Only the registries CONVOY_LOCAL_REGISTRIES
+    lists are asked: a spec naming another port is refused, and so is an image spec stored
+    before (resolved again when a run starts), before any request."""
+    _Recording.seen = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recording)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    port = server.server_address[1]
+    try:
+        with pytest.raises(Invalid) as refused:
+            image_ensure(spec={"oci": f"127.0.0.1:{port}/team/x:1"}, actor=None)
+        assert refused.value.field == "image.oci"
+        assert f"127.0.0.1:{port}" in refused.value.message
+        assert "CONVOY_LOCAL_REGISTRIES" in refused.value.message
+        stored = ImageSpec(kind="oci", oci=f"localhost:{port}/team/x:1")
+        with pytest.raises(Invalid) as refused:
+            image_resolve(spec=stored)
+        assert refused.value.field == "image.oci"
+        assert _Recording.seen == []
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    ref = oci_registry.push_tiny("team/listed:1", {"/a.txt": "x"})  # the listed one is used
     assert image_ensure(spec={"oci": ref}, actor=None).state == ImageState.READY
 
 

@@ -56,14 +56,16 @@ def test_key_changes_with_the_resolved_base():
         ([1], "image"),
     ],
 )
-def test_refusals_name_the_field(value, field):
+def test_refusals_name_the_field(value, field, settings):
+    settings.LOCAL_REGISTRIES = ["127.0.0.1:5000"]
     with pytest.raises(Invalid) as exc:
         image_spec_parse(value)
     assert exc.value.field == field
     assert exc.value.errors[0].field == field
 
 
-def test_oci_spec_with_layers_on_top():
+def test_oci_spec_with_layers_on_top(settings):
+    settings.LOCAL_REGISTRIES = ["127.0.0.1:5000"]
     spec = image_spec_parse(
         {"oci": "127.0.0.1:5000/team/python:3.12", "credentials_secret": "REGISTRY", "pip": ["x"]}
     )
@@ -77,9 +79,24 @@ def test_oci_spec_with_layers_on_top():
     assert not image_spec_parse({"oci": "registry.example/team/python:3.12"}).oci_is_local
 
 
-def test_string_shorthands():
+def test_string_shorthands(settings):
+    settings.LOCAL_REGISTRIES = ["127.0.0.1:5000"]
     assert image_spec_parse("debian:bookworm").base == "bookworm"
     assert image_spec_parse("127.0.0.1:5000/team/tiny:1").kind == "oci"
+
+
+@pytest.mark.parametrize(
+    "oci", ["127.0.0.1:6379/x", "localhost:8000/team/x:1", "LOCALHOST:6379/x", "127.0.0.1/x"]
+)
+def test_a_registry_on_this_machine_must_be_listed(settings, oci):
+    """skopeo talks to a registry on this machine without TLS checks: `127.0.0.1:<any port>`
+    sent requests to the web server or Redis. Only the registries an operator lists pass."""
+    settings.LOCAL_REGISTRIES = ["127.0.0.1:5000", "localhost:5000"]
+    with pytest.raises(Invalid) as refused:
+        image_spec_parse({"oci": oci})
+    assert refused.value.field == "image.oci"
+    assert "CONVOY_LOCAL_REGISTRIES" in refused.value.message
+    assert image_spec_parse({"oci": "localhost:5000/team/x:1"}).oci_is_local
 
 
 def test_field_for_package_finds_the_entry_written():
