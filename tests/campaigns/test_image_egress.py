@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import shutil
 import socket
 import threading
 from pathlib import Path
@@ -31,15 +32,14 @@ from sandboxes.images.proxy_network import APT_PROXY_FILE
 from sandboxes.images.services import image_ensure
 from sandboxes.models import Image, ImageState
 from tests.factories import campaign_make, run_make
-from tests.sandboxes.images.conftest import host_index_addresses
+from tests.sandboxes.images.conftest import host_index_addresses, short_data_dir
 
 
 @pytest.fixture
-def build_proxy(settings, monkeypatch, tmp_path):
+def build_proxy(settings, monkeypatch):
     """A data directory of this test, and this process's proxy made afresh with the host's
     index ranges and the test-only names (stopped again after)."""
-    settings.DATA_DIR = tmp_path / "data"
-    settings.DATA_DIR.mkdir()
+    settings.DATA_DIR = short_data_dir()
     settings.EGRESS_INDEX_ADDRESSES, reached = host_index_addresses()
     if not reached:
         pytest.skip("this host reaches none of its own package indexes (offline?)")
@@ -47,6 +47,7 @@ def build_proxy(settings, monkeypatch, tmp_path):
     egress_proxy_stop()
     yield
     egress_proxy_stop()
+    shutil.rmtree(settings.DATA_DIR, ignore_errors=True)
 
 
 class _Hello(http.server.BaseHTTPRequestHandler):

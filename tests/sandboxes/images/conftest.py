@@ -51,12 +51,19 @@ def image_data(settings, images_data_dir, index_ranges) -> Path:
     return images_data_dir
 
 
+def short_data_dir() -> Path:
+    """A data directory with a short path: the build's egress socket lies inside it, and UNIX
+    socket paths are limited to 107 bytes (pytest's tmp_path grows with the test's name and
+    the run's number, and crossed it). The caller removes it."""
+    return Path(tempfile.mkdtemp(prefix="cd-", dir="/tmp"))
+
+
 @pytest.fixture
-def fresh_image_data(settings, tmp_path) -> Path:
+def fresh_image_data(settings) -> Iterator[Path]:
     """A data directory of this test alone: every image in it is built by the test."""
-    settings.DATA_DIR = tmp_path / "data"
-    settings.DATA_DIR.mkdir()
-    return settings.DATA_DIR
+    settings.DATA_DIR = short_data_dir()
+    yield settings.DATA_DIR
+    shutil.rmtree(settings.DATA_DIR, ignore_errors=True)
 
 
 @pytest.fixture
