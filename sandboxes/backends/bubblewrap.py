@@ -169,7 +169,12 @@ def prlimit_argv(limits: dict, *, address_space: bool) -> list[str]:
         for which, value in rlimits_for(limits, address_space=address_space)
         if which in PRLIMIT_OPTIONS
     ]
-    return [shutil.which("prlimit") or "prlimit", *found, "--"]
+    return [_prlimit(), *found, "--"]
+
+
+@functools.cache  # found once, on the worker's own PATH (every command starts it)
+def _prlimit() -> str:
+    return shutil.which("prlimit") or "prlimit"
 
 
 def _child_pid(fd: int) -> int:
