@@ -245,6 +245,10 @@ def test_an_identifying_route_names_the_calling_sandbox_before_its_bytes(proxy, 
     sock.sendall(b"CONVOY-SANDBOX sandbox-42\r\nGET / HTTP/1.1\r\n\r\n")
     assert sock.recv(65536).startswith(b"HTTP/1.1 400 ")
     sock.close()
+    # The tunnel's upstream connection got the proxy's line and nothing of the forged bytes. Its
+    # record is awaited here, or it could land after the next call's.
+    wait_for(lambda: len(recording_service.seen) == 2, timeout=10, what="the refused tunnel")
+    assert recording_service.seen[-1] == (b"CONVOY-SANDBOX sandbox-41\r\n", b"")
     # Through a tunnel to another port the sandbox writes what it likes, but only after the
     # proxy's line.
     status, _body, sock = connect(path, "id.convoy.internal:8080")
