@@ -57,7 +57,13 @@ def api_docs_for_users(view):
 
     @wraps(view)
     def for_users(request: HttpRequest, *args, **kwargs):
-        if request.user.is_authenticated or TokenAuth()(request) is not None:
+        if request.user.is_authenticated:
+            return view(request, *args, **kwargs)
+        try:
+            token_user = TokenAuth()(request)
+        except ConvoyError as exc:  # an expired token: the API's own 401, not a server error
+            return JsonResponse(exc.as_body(), status=401)
+        if token_user is not None:
             return view(request, *args, **kwargs)
         if request.path.endswith(".json"):
             error = ConvoyError(

@@ -33,10 +33,11 @@ class ApproveIn(Schema):
     variant: VariantRef | None = Field(None, description="Pick this variant and approve it")
     comment: str = Field("", max_length=5000)
     publish_hash: str = Field(
-        "",
+        ...,
+        min_length=64,
         max_length=64,
-        description="`publish_hash` of the run's review as you read it: refused (409) if the "
-        "text to publish changed since",
+        description="`publish_hash` of the run's review as you read it (the title, body, commit "
+        "message and author to publish): refused (409) if that text changed since",
     )
 
 
@@ -58,7 +59,10 @@ class BulkApproveIn(Schema):
     ] = Field(..., max_length=5000)
     comment: str = Field("", max_length=5000)
     publish_hash: str = Field(
-        "", max_length=64, description="The runs' `publish_hash` as read (see ApproveIn)"
+        ...,
+        min_length=64,
+        max_length=64,
+        description="The runs' `publish_hash` as read (see ApproveIn)",
     )
 
 
@@ -141,6 +145,9 @@ class GroupOut(Schema):
     diff_sha256: str
     run_ids: list[int]
     diff_hashes: dict[int, str]
+    publish_hash: str = Field(
+        ..., description="The text to publish shown with the group: send it with the approval"
+    )
     repositories: list[str]
     files: list[str]
     summary: str

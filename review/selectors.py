@@ -269,6 +269,9 @@ class BulkGroup:
     number: int = 0
     # Each listed run with the diff hash it is shown with: an approval is bound to that hash.
     members: list[tuple[RepoRun, str]] = field(default_factory=list)
+    # The campaign's text to publish (title, body, commit message, author) as shown with the
+    # group: a bulk approval names it back.
+    publish_hash: str = ""
 
     @property
     def label(self) -> str:
@@ -295,6 +298,7 @@ def bulk_groups(
         .annotate(n=Count("variant"))
         .order_by("-n", "group_key")[:limit]
     )
+    publish_hash = publish_text_for(campaign).sha256 if top else ""
     groups = []
     for number, row in enumerate(top, start=1):
         members = list(
@@ -317,6 +321,7 @@ def bulk_groups(
                 changes=first.changes,
                 number=number,
                 members=[(m.variant.run, m.diff_sha256) for m in members],
+                publish_hash=publish_hash,
             )
         )
     for g in groups:

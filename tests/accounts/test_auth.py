@@ -1,7 +1,10 @@
 """Signing in, CSRF, API tokens and roles, as a user and an API client see them."""
 
+from datetime import timedelta
+
 import pytest
 from django.test import Client
+from django.utils import timezone
 
 from accounts.models import ApiToken
 from accounts.services import token_create, token_revoke
@@ -84,6 +87,17 @@ def test_the_api_docs_are_for_signed_in_people_and_token_holders(client, reviewe
     client.force_login(reviewer)
     assert client.get("/api/v1/docs").status_code == 200
     assert "/api/v1/me" in client.get("/api/v1/openapi.json").json()["paths"]
+
+
+def test_an_expired_token_on_the_api_docs_is_a_401_saying_so(client, reviewer):
+    """The docs' guard let the expired-token refusal escape: a server error, not the API's 401."""
+    token, raw = token_create(user=reviewer, name="old")
+    ApiToken.objects.filter(pk=token.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    for path in ("/api/v1/openapi.json", "/api/v1/docs"):
+        response = client.get(path, headers={"Authorization": f"Bearer {raw}"})
+        assert response.status_code == 401, path
+        assert response.json()["code"] == "token_expired"
+        assert token.prefix in response.json()["detail"]
 
 
 def test_api_with_token_returns_caller_and_role(client, reviewer):

@@ -11,6 +11,7 @@ from campaigns.revisions import campaign_revise
 from campaigns.services import campaign_create, campaign_launch
 from campaigns.spec import CampaignSpecError
 from review.models import RunReview
+from review.publish_text import publish_text_for
 from tests.factories import (
     campaign_make,
     patch_for,
@@ -28,7 +29,11 @@ def _approve(client, user, campaign, run, variant):
     _, raw = token_create(user=user, name="t", scope="write")
     return client.post(
         f"/api/v1/review/campaigns/{campaign.pk}/runs/{run.pk}/approve",
-        {"variant": variant.name, "diff_hash": variant.diff_sha256},
+        {
+            "variant": variant.name,
+            "diff_hash": variant.diff_sha256,
+            "publish_hash": publish_text_for(campaign).sha256,
+        },
         content_type="application/json",
         HTTP_AUTHORIZATION=f"Bearer {raw}",
     )

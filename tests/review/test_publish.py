@@ -151,9 +151,10 @@ def test_a_previews_runs_are_not_published(client, manager, reviewer):
     _, raw = token_create(user=reviewer, name="t", scope="write")
     auth = {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
     url = f"/api/v1/review/campaigns/{campaign.pk}/runs/{run.pk}"
+    review = client.get(url, **auth).json()
     approved = client.post(
         f"{url}/approve",
-        {"variant": "a", "diff_hash": a.diff_sha256},
+        {"variant": "a", "diff_hash": a.diff_sha256, "publish_hash": review["publish_hash"]},
         content_type="application/json",
         **auth,
     )

@@ -4,6 +4,7 @@ import pytest
 
 from accounts.services import token_create
 from review.models import Changeset, RunReview
+from review.publish_text import publish_text_for
 from tests.factories import campaign_make, patch_for, run_make, variant_make, variant_rerun
 
 pytestmark = pytest.mark.shapes("embedded", "production")
@@ -21,6 +22,11 @@ def setup(manager):
     a = variant_make(run=run, name="a", position=0, patch=patch_for("x.py", "1", "2"))
     b = variant_make(run=run, name="b", position=1, patch=patch_for("x.py", "1", "3"))
     return campaign, run, a, b
+
+
+def _text(campaign):
+    """The campaign's publish text hash, as a client reads it from the run's review."""
+    return publish_text_for(campaign).sha256
 
 
 def _url(campaign, run, action=""):
@@ -42,14 +48,29 @@ def test_api_pick_approve_reject_with_hashes(client, reviewer, setup):
     variant_rerun(a, patch_for("x.py", "1", "9"))
     r = client.post(
         _url(campaign, run, "approve"),
-        {"variant": "a", "diff_hash": stale},
+        {"variant": "a", "diff_hash": stale, "publish_hash": _text(campaign)},
         content_type="application/json",
         **h,
     )
     assert r.status_code == 409 and "changed since you loaded" in r.json()["detail"]
+    # An approval must name the text to publish it was shown, as it names the diff.
     r = client.post(
         _url(campaign, run, "approve"),
-        {"diff_hash": b.diff_sha256, "comment": "lgtm"},
+        {"diff_hash": b.diff_sha256},
+        content_type="application/json",
+        **h,
+    )
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "publish_hash"
+    bulk = client.post(
+        f"/api/v1/review/campaigns/{campaign.pk}/bulk-approve",
+        {"group_key": "0" * 64, "variant_name": "b", "run_ids": [run.pk], "diff_hashes": {}},
+        content_type="application/json",
+        **h,
+    )
+    assert bulk.status_code == 422 and bulk.json()["errors"][0]["field"] == "publish_hash"
+    r = client.post(
+        _url(campaign, run, "approve"),
+        {"diff_hash": b.diff_sha256, "comment": "lgtm", "publish_hash": _text(campaign)},
         content_type="application/json",
         **h,
     )
@@ -75,7 +96,7 @@ def test_api_four_eyes_and_roles(client, manager, outsider, setup):
     campaign, run, a, _b = setup
     r = client.post(
         _url(campaign, run, "approve"),
-        {"variant": "a", "diff_hash": a.diff_sha256},
+        {"variant": "a", "diff_hash": a.diff_sha256, "publish_hash": _text(campaign)},
         content_type="application/json",
         **_auth(manager),
     )
@@ -109,6 +130,7 @@ def test_api_bulk_approve_publish_and_changesets(client, manager, reviewer):
             "variant_name": "only",
             "run_ids": groups[0]["run_ids"],
             "diff_hashes": groups[0]["diff_hashes"],
+            "publish_hash": groups[0]["publish_hash"],
         },
         content_type="application/json",
         **h,
@@ -132,7 +154,7 @@ def test_api_review_summary_publish_all_and_refusals(client, manager, reviewer, 
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "variant"
     r = client.post(
         _url(campaign, run, "approve"),
-        {"variant": "zzz", "diff_hash": a.diff_sha256},
+        {"variant": "zzz", "diff_hash": a.diff_sha256, "publish_hash": _text(campaign)},
         content_type="application/json",
         **h,
     )
@@ -141,14 +163,14 @@ def test_api_review_summary_publish_all_and_refusals(client, manager, reviewer, 
     ]
     r = client.post(
         _url(campaign, run, "approve"),
-        {"variant": "a", "diff_hash": a.diff_sha256},
+        {"variant": "a", "diff_hash": a.diff_sha256, "publish_hash": _text(campaign)},
         content_type="application/json",
         **h,
     )
     assert r.status_code == 200 and r.json()["decided_by"] == reviewer.username
     r = client.post(
         _url(campaign, run, "approve"),
-        {"diff_hash": a.diff_sha256},
+        {"diff_hash": a.diff_sha256, "publish_hash": _text(campaign)},
         content_type="application/json",
         **h,
     )
@@ -186,6 +208,7 @@ def test_api_bulk_approval_approves_only_the_diffs_the_client_was_shown(client, 
             "variant_name": "only",
             "run_ids": group["run_ids"],
             "diff_hashes": group["diff_hashes"],
+            "publish_hash": group["publish_hash"],
         },
         content_type="application/json",
         **h,
@@ -221,6 +244,7 @@ def test_a_run_listed_twice_in_a_bulk_approval_is_approved_and_reported_once(
             "variant_name": "only",
             "run_ids": [first, second, first, first],
             "diff_hashes": group["diff_hashes"],
+            "publish_hash": group["publish_hash"],
         },
         content_type="application/json",
         **h,

@@ -227,6 +227,7 @@ def test_api_bulk_approve_refuses_held_back_runs_and_reports_them(client, manage
         "group_key": group["group_key"],
         "variant_name": "only",
         "diff_hashes": group["diff_hashes"],
+        "publish_hash": group["publish_hash"],
     }
     r = client.post(
         f"{base}/bulk-approve",

@@ -81,10 +81,10 @@ def test_a_variant_that_is_neither_id_nor_name_is_422_naming_variant(
     a = variant_make(run=run, name="a", patch=patch_for("x.py", "1", "2"))
     url = f"/api/v1/review/campaigns/{campaign.pk}/runs/{run.pk}"
     headers = _auth(reviewer)
-    for action in ("pick", "approve"):
+    for action, extra in (("pick", {}), ("approve", {"publish_hash": "0" * 64})):
         response = client.post(
             f"{url}/{action}",
-            json.dumps({"variant": variant, "diff_hash": a.diff_sha256}),
+            json.dumps({"variant": variant, "diff_hash": a.diff_sha256, **extra}),
             content_type="application/json",
             **headers,
         )
