@@ -18,6 +18,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 # Every CONVOY_* variable Convoy reads; any other one is a typo that would silently do nothing.
 KNOWN_CONVOY_VARS = {
     "CONVOY_DATA_DIR",
+    "CONVOY_DATABASE_OWNER_URL",
     "CONVOY_SANDBOX_BACKEND",
     "CONVOY_SANDBOX_HOST_UID",
     "CONVOY_ALLOW_UNSAFE_PROCESS_BACKEND",
@@ -255,6 +256,25 @@ else:
         # statements.
         _db["OPTIONS"] = {"server_side_binding": True, "prepare_threshold": 5}
 DATABASES = {"default": _db}
+# Two roles (PostgreSQL): DATABASE_URL's role owns nothing and gets only the privileges
+# `manage.py db_grant` gives it; this URL names the same database as the role that owns the tables,
+# used by `migrate` and `db_grant` alone (docs/security.md: the app cannot drop audit triggers).
+DATABASE_OWNER_URL = envstr("CONVOY_DATABASE_OWNER_URL")
+if DATABASE_OWNER_URL:
+    try:
+        _owner = dj_database_url.parse(DATABASE_OWNER_URL)
+    except Exception as exc:  # as for DATABASE_URL
+        _fail("CONVOY_DATABASE_OWNER_URL", f"malformed URL ({exc})")
+    if _owner["ENGINE"] != "django.db.backends.postgresql" or _db["ENGINE"] != "core.postgres":
+        _fail("CONVOY_DATABASE_OWNER_URL", "only with postgres:// URLs here and in DATABASE_URL")
+    _place = ("NAME", "HOST", "PORT")
+    if [_owner[k] for k in _place] != [_db[k] for k in _place]:
+        _fail("CONVOY_DATABASE_OWNER_URL", "must name DATABASE_URL's database, host and port")
+    if _owner["USER"] == _db["USER"]:
+        _fail("CONVOY_DATABASE_OWNER_URL", "must name another role than DATABASE_URL's")
+    _owner.update(ENGINE=_db["ENGINE"], OPTIONS=_db.get("OPTIONS", {}), TEST={"MIRROR": "default"})
+    DATABASES["owner"] = _owner
+    DATABASE_ROUTERS = ["config.routers.OwnerRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis, Celery, channels ----------------------------------------------------------------

@@ -10,6 +10,9 @@ from config import urls as config_urls
 from tests.support import PYTHON, ROOT
 
 pytestmark = pytest.mark.shapes("embedded")
+# Settings only parse these; `check` opens no connection.
+PG = "postgres://convoy_owner@127.0.0.1:5432"
+PG_APP = "postgres://convoy_app@127.0.0.1:5432"
 
 
 def _check(**env_changes):
@@ -45,6 +48,15 @@ def _check(**env_changes):
         ({"CONVOY_WORKER_CONCURRENCY": "four"}, "CONVOY_WORKER_CONCURRENCY"),
         ({"CONVOY_SANBOX_BACKEND": "bwrap"}, "CONVOY_SANBOX_BACKEND"),
         ({"REDIS_URL": "redis://127.0.0.1:6379/0", "DEBUG": "0", "SECRET_KEY": ""}, "SECRET_KEY"),
+        ({"CONVOY_DATABASE_OWNER_URL": f"{PG}/convoy"}, "CONVOY_DATABASE_OWNER_URL"),
+        (
+            {"DATABASE_URL": f"{PG_APP}/convoy", "CONVOY_DATABASE_OWNER_URL": f"{PG}/other"},
+            "CONVOY_DATABASE_OWNER_URL",
+        ),
+        (
+            {"DATABASE_URL": f"{PG}/convoy", "CONVOY_DATABASE_OWNER_URL": f"{PG}/convoy"},
+            "CONVOY_DATABASE_OWNER_URL",
+        ),
     ],
 )
 def test_bad_configuration_fails_with_one_line(env, variable, tmp_path):
@@ -57,6 +69,15 @@ def test_bad_configuration_fails_with_one_line(env, variable, tmp_path):
 
 def test_good_configuration_passes(tmp_path):
     result = _check(CONVOY_DATA_DIR=str(tmp_path), CONVOY_SANDBOX_BACKEND="gvisor")
+    assert result.returncode == 0, result.stderr
+
+
+def test_two_database_roles_pass_when_they_name_one_database(tmp_path):
+    result = _check(
+        CONVOY_DATA_DIR=str(tmp_path),
+        DATABASE_URL=f"{PG_APP}/convoy",
+        CONVOY_DATABASE_OWNER_URL=f"{PG}/convoy",
+    )
     assert result.returncode == 0, result.stderr
 
 
