@@ -1,11 +1,13 @@
 """Configuration mistakes stop Convoy at start with one line naming the variable."""
 
+import re
 import subprocess
 
 import pytest
 from django.test import Client
 from django.urls import path
 
+from config import settings as convoy_settings
 from config import urls as config_urls
 from tests.support import PYTHON, ROOT
 
@@ -65,6 +67,30 @@ def test_bad_configuration_fails_with_one_line(env, variable, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"convoy: configuration error: {variable}:")
+
+
+def test_every_variable_convoy_reads_is_a_known_setting():
+    """`CONVOY_DB_PREPARED` was read and documented but missing from the known settings, so
+    setting it stopped Convoy as an "unknown setting"."""
+    reads = re.compile(
+        r"(?:env(?:str|bool|int|choice)\(|os\.environ\.get\(|os\.getenv\()\"(CONVOY_\w+)\""
+    )
+    read = set()
+    for package in (
+        "accounts",
+        "agents",
+        "audit",
+        "campaigns",
+        "config",
+        "core",
+        "review",
+        "sandboxes",
+    ):
+        for source in (ROOT / package).rglob("*.py"):
+            read |= set(reads.findall(source.read_text()))
+    assert "CONVOY_DB_PREPARED" in read
+    assert read <= convoy_settings.KNOWN_CONVOY_VARS, read - convoy_settings.KNOWN_CONVOY_VARS
+    assert read >= convoy_settings.KNOWN_CONVOY_VARS, convoy_settings.KNOWN_CONVOY_VARS - read
 
 
 def test_good_configuration_passes(tmp_path):
