@@ -206,7 +206,7 @@ def test_a_client_hello_that_never_ends_is_refused(short_tmp, https_upstream):
 
 def test_the_client_hello_counts_against_the_byte_cap(proxy, https_upstream, http_upstream):
     """A sandbox that has used nearly all of its bytes cannot send a ClientHello past them
-    (the hello was forwarded uncounted: up to 16 KB past the cap, 64 KB with this reader)."""
+    (it was forwarded before the cap was checked: up to 16 KB past it)."""
     allow = [f"api.test:{https_upstream.port}", f"api.test:{http_upstream.port}"]
     path, events = _open(proxy, https_upstream, allow=allow, egress_mb=1)
     url = f"http://api.test:{http_upstream.port}/bytes/{1024 * 1024 - 4000}"
