@@ -2,10 +2,11 @@
 
 Each sandbox gets its own socket (in its own directory, mounted into that sandbox only), so
 the socket a connection arrives on says whose policy applies: no token to steal or forge.
-The proxy speaks HTTP CONNECT (TLS passes through untouched; the ClientHello's server name
-must match the CONNECT host) and plain-HTTP absolute-URI requests. It resolves names itself,
-refuses when any address is not public, connects only to the addresses it vetted, counts
-bytes against the sandbox's limit, and reports every attempt as an `EgressEvent`.
+The proxy speaks HTTP CONNECT (TLS passes through untouched; on TLS ports the whole
+ClientHello is read first, and must name the CONNECT host and no other) and plain-HTTP
+absolute-URI requests. It resolves names itself, refuses when any address is not public,
+connects only to the addresses it vetted, counts bytes against the sandbox's limit, and
+reports every attempt as an `EgressEvent`.
 
 It runs in a background thread with its own event loop, so Celery workers and the embedded
 server use it the same way: `start()`, `sandbox_open(...)`, `sandbox_close(...)`, `stop()`.
@@ -42,16 +43,18 @@ from sandboxes.egress.routes import Route, route_make, route_open
 from sandboxes.egress.wire import (
     CHUNKED,
     UNTIL_CLOSE,
+    BadHello,
     BadRequest,
+    ClientHelloReader,
     RequestHead,
     UpstreamConfig,
     UpstreamProxy,
+    client_hello_refusal,
     hostport_split,
     request_body_framing,
     request_head_parse,
     response_body_framing,
     response_head_parse,
-    tls_client_hello_sni,
 )
 
 log = logging.getLogger(__name__)
@@ -168,7 +171,8 @@ class EgressProxy:
         self.test_hosts = {normalise_host(k): v for k, v in (test_hosts or {}).items()}
         self.check_sni = check_sni
         # Only ports where the client speaks first with TLS: server-speaks-first protocols
-        # (SSH, SMTP) would stall waiting for a ClientHello that never comes.
+        # (SSH, SMTP) would stall waiting for a ClientHello that never comes. On these ports
+        # anything but a ClientHello naming the CONNECT host is refused.
         self.sni_ports = sni_ports
         # Ports where a CONNECT tunnel must carry plain HTTP: its one request is judged by its
         # Host as an absolute-URL request is (a tunnel to an allowed name's port 80 carried
@@ -468,34 +472,41 @@ class EgressProxy:
             if port in self.http_ports:
                 await self._tunnel_http(sb, host, port, reader, writer, up_reader, up_writer, event)
                 return
-            sni = self.check_sni and port in self.sni_ports
-            first = await self._first_bytes(reader, host) if sni else b""
-            if first:
-                up_writer.write(first)
-                self._count(sb, event, up=len(first))
+            if self.check_sni and port in self.sni_ports:
+                hello = await self._client_hello(reader, host)
+                if sb.bytes_used + len(hello) > sb.limits.egress_bytes:
+                    sb.exhausted = True
+                    reason = f"egress limit of {sb.limits.egress_mb} MB reached"
+                    raise _Refused("limit", reason, allowed=True, answer=False)
+                self._count(sb, event, up=len(hello))
+                up_writer.write(hello)
             await self._pipe(sb, reader, writer, up_reader, up_writer, event)
         finally:
             up_writer.close()
 
-    async def _first_bytes(self, reader, host: str) -> bytes:
-        """The client's first bytes after the 200; if TLS, its server name must be `host`."""
-        data = b""
-        while True:
-            is_tls, sni, needed = tls_client_hello_sni(data)
-            if not is_tls or (data and len(data) >= needed):
-                break
-            try:
-                chunk = await asyncio.wait_for(reader.read(needed - len(data)), 30)
-            except TimeoutError:
-                return data
-            if not chunk:
-                return data
-            data += chunk
-        if is_tls and sni and sni != host:
-            raise _Refused(
-                "sni", f"TLS server name {sni} does not match CONNECT host {host}", answer=False
-            )
-        return data
+    async def _client_hello(self, reader, host: str) -> bytes:
+        """The client's ClientHello, read whole (it may come in several records) within the
+        head timeout, as the bytes to forward; _Refused unless it names `host`, and only
+        `host`. Nothing goes upstream before: a name the proxy cannot read (split records,
+        bytes that are not TLS, an encrypted hello, none at all) is a name it cannot judge."""
+        hello_reader = ClientHelloReader()
+        hello = None
+        try:
+            async with asyncio.timeout(self.head_timeout_s):
+                while hello is None:
+                    chunk = await reader.read(hello_reader.wanted())
+                    if not chunk:  # nothing went upstream: closed, not refused
+                        why = "the client closed before its TLS ClientHello ended"
+                        raise _Refused("closed", why, allowed=True, answer=False)
+                    hello = hello_reader.feed(chunk)
+        except TimeoutError:
+            reason = f"no whole TLS ClientHello within {self.head_timeout_s:g} s"
+            raise _Refused("sni", reason, answer=False) from None
+        except BadHello as e:
+            raise _Refused("sni", str(e), answer=False) from None
+        if why := client_hello_refusal(hello, host):
+            raise _Refused("sni", why, answer=False)
+        return bytes(hello_reader.data)
 
     async def _forward(self, sb, head: RequestHead, raw: bytes, reader, writer, event) -> None:
         url = urlsplit(head.target)

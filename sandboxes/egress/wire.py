@@ -1,4 +1,5 @@
-"""Byte-level helpers of the egress proxy: request heads, host:port, TLS SNI, the host's proxy.
+"""Byte-level helpers of the egress proxy: request heads, host:port, TLS ClientHellos, the
+host's proxy.
 
 Kept apart from the server so each can be tested on plain bytes.
 """
@@ -182,45 +183,177 @@ def hostport_split(text: str, *, default_port: int | None = None) -> tuple[str, 
     return _host_checked(host, text, bracketed=bracketed), int(port_text)
 
 
-def tls_client_hello_sni(data: bytes) -> tuple[bool, str | None, int]:
-    """(is_tls, server_name, bytes_needed) for the start of a client's stream.
+# The ClientHello of a tunnel to a TLS port, read whole before any byte goes upstream: its
+# records' headers included, at most this many bytes (real ones take under 2 KB, a few with
+# post-quantum key shares about 4 KB; the padding extension can take one to 16 KB).
+HELLO_LIMIT = 64 * 1024
+_RECORD_MAX = 1 << 14  # a TLS plaintext record's fragment, at most (RFC 8446 5.1)
+_SERVER_NAME = 0x0000
+# Encrypted Client Hello, and its draft ESNI: the name the server acts on is hidden inside.
+_HIDDEN_NAME_EXTENSIONS = {0xFE0D: "encrypted_client_hello", 0xFFCE: "encrypted_server_name"}
 
-    `bytes_needed` > len(data) means the first record is incomplete: read more and ask again.
-    A ClientHello split over several records is judged by its first one (no name found).
+
+class BadHello(ValueError):
+    """The client's first bytes on a TLS port are not a ClientHello the proxy can judge."""
+
+
+@dataclass(frozen=True)
+class ClientHello:
+    # The server_name extension's host_name entries, as sent (ASCII); None: no extension.
+    server_names: tuple[str, ...] | None
+    extensions: tuple[int, ...]
+
+
+class ClientHelloReader:
+    """Reassembles the ClientHello that starts a client's TLS stream from its handshake
+    records (a client may split it over several, each holding a part), then parses it.
+
+    Feed it what `wanted()` asks for until `feed` returns the hello; every byte fed is kept
+    in `data`, to be forwarded as it came. Anything that is not a well-formed ClientHello
+    within HELLO_LIMIT bytes is a BadHello: what the proxy cannot read, it cannot judge.
     """
-    if len(data) < 5:
-        return (len(data) == 0 or data[0] == 0x16), None, 5
-    if data[0] != 0x16 or data[1] != 0x03:
-        return False, None, 0
-    record_end = 5 + int.from_bytes(data[3:5], "big")
-    if len(data) < record_end:
-        return True, None, record_end
-    body = data[5:record_end]
-    try:
-        return True, _sni_from_handshake(body), record_end
-    except (IndexError, ValueError):
-        return True, None, record_end
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self._record = 0  # where the next record starts in data
+        self._handshake = bytearray()
+
+    def wanted(self) -> int:
+        """How many more bytes to read before anything more can be said (at least 1)."""
+        if len(self.data) < self._record + 5:
+            return self._record + 5 - len(self.data)
+        length = int.from_bytes(self.data[self._record + 3 : self._record + 5], "big")
+        return max(1, self._record + 5 + length - len(self.data))
+
+    def feed(self, chunk: bytes) -> ClientHello | None:
+        self.data += chunk
+        while True:
+            header = self.data[self._record : self._record + 5]
+            self._header_check(header)
+            if len(header) < 5:
+                return None
+            end = self._record + 5 + int.from_bytes(header[3:5], "big")
+            if len(self.data) < end:
+                return None
+            self._handshake += self.data[self._record + 5 : end]
+            self._record = end
+            if len(self._handshake) < 4:
+                continue
+            if self._handshake[0] != 0x01:
+                raise BadHello("the first TLS handshake message is not a ClientHello")
+            size = 4 + int.from_bytes(self._handshake[1:4], "big")
+            if size > HELLO_LIMIT:
+                raise BadHello(f"the TLS ClientHello is larger than {HELLO_LIMIT} bytes")
+            if len(self._handshake) < size:
+                continue
+            if len(self._handshake) > size:
+                raise BadHello("the TLS ClientHello's records hold more than the ClientHello")
+            return client_hello_parse(bytes(self._handshake[4:]))
+
+    def _header_check(self, header: bytes) -> None:
+        first = self._record == 0
+        if header[:1] not in (b"", b"\x16"):
+            if first:
+                raise BadHello("not TLS: the client's first bytes are not a TLS handshake")
+            raise BadHello(f"a TLS record of type {header[0]} inside the ClientHello")
+        if len(header) >= 2 and header[1] != 0x03:
+            raise BadHello("not TLS: the client's first record has no TLS version")
+        if len(header) < 5:
+            return
+        length = int.from_bytes(header[3:5], "big")
+        if not 0 < length <= _RECORD_MAX:
+            raise BadHello(f"a TLS handshake record of {length} bytes")
+        if self._record + 5 + length > HELLO_LIMIT:
+            raise BadHello(f"the TLS ClientHello is larger than {HELLO_LIMIT} bytes")
 
 
-def _sni_from_handshake(body: bytes) -> str | None:
-    if body[0] != 0x01:  # not a ClientHello
-        return None
-    pos = 4 + 2 + 32  # handshake header, client version, random
-    pos += 1 + body[pos]  # session id
-    pos += 2 + int.from_bytes(body[pos : pos + 2], "big")  # cipher suites
-    pos += 1 + body[pos]  # compression methods
-    if pos + 2 > len(body):
-        return None
-    end = pos + 2 + int.from_bytes(body[pos : pos + 2], "big")
-    pos += 2
-    while pos + 4 <= min(end, len(body)):
-        ext_type = int.from_bytes(body[pos : pos + 2], "big")
-        ext_len = int.from_bytes(body[pos + 2 : pos + 4], "big")
-        ext = body[pos + 4 : pos + 4 + ext_len]
-        if ext_type == 0 and len(ext) >= 5 and ext[2] == 0:
-            name_len = int.from_bytes(ext[3:5], "big")
-            return ext[5 : 5 + name_len].decode("ascii").lower().rstrip(".")
-        pos += 4 + ext_len
+class _Fields:
+    """Reads a TLS message's length-prefixed fields; BadHello when one runs past its end."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.at = data, 0
+
+    def take(self, n: int) -> bytes:
+        if self.at + n > len(self.data):
+            raise BadHello("a TLS ClientHello field runs past its end")
+        self.at += n
+        return self.data[self.at - n : self.at]
+
+    def number(self, width: int) -> int:
+        return int.from_bytes(self.take(width), "big")
+
+    def vector(self, width: int, *, least: int = 0) -> bytes:
+        value = self.take(self.number(width))
+        if len(value) < least:
+            raise BadHello("a TLS ClientHello field is too short")
+        return value
+
+    def done(self) -> bool:
+        return self.at == len(self.data)
+
+
+def client_hello_parse(body: bytes) -> ClientHello:
+    """A ClientHello message's body (RFC 8446 4.1.2; RFC 5246 7.4.1.2), every length checked
+    against what holds it; BadHello when anything is off."""
+    fields = _Fields(body)
+    if fields.number(2) >> 8 != 3:
+        raise BadHello("the TLS ClientHello has no TLS version")
+    fields.take(32)  # random
+    if len(fields.vector(1)) > 32:
+        raise BadHello("the TLS ClientHello's session id is longer than 32 bytes")
+    if len(fields.vector(2, least=2)) % 2:
+        raise BadHello("the TLS ClientHello's cipher suites have an odd length")
+    fields.vector(1, least=1)  # compression methods
+    if fields.done():
+        return ClientHello(None, ())  # no extensions at all (old clients)
+    extensions = _Fields(fields.vector(2))
+    if not fields.done():
+        raise BadHello("bytes after the TLS ClientHello's extensions")
+    types, names = [], None
+    while not extensions.done():
+        kind = extensions.number(2)
+        value = extensions.vector(2)
+        if kind in types:
+            raise BadHello(f"the TLS ClientHello has extension {kind} twice")
+        types.append(kind)
+        if kind == _SERVER_NAME:
+            names = _server_names_parse(value)
+    return ClientHello(names, tuple(types))
+
+
+def _server_names_parse(value: bytes) -> tuple[str, ...]:
+    """The server_name extension's entries (RFC 6066 3): each a host_name; any other type of
+    entry is a BadHello (its format is not known, so what follows it cannot be read)."""
+    outer = _Fields(value)
+    entries = _Fields(outer.vector(2, least=1))
+    if not outer.done():
+        raise BadHello("bytes after the TLS ClientHello's server name list")
+    names = []
+    while not entries.done():
+        if entries.number(1) != 0:
+            raise BadHello("the TLS ClientHello names a server by something else than host_name")
+        raw = entries.vector(2, least=1)
+        names.append(raw.decode("latin-1"))
+    return tuple(names)
+
+
+def client_hello_refusal(hello: ClientHello, host: str) -> str | None:
+    """Why `hello` may not go to `host` (the CONNECT host, lower-case, no trailing dot), or
+    None: it names exactly one server, by a DNS name equal to `host` (letters' case aside),
+    and hides no other name (Encrypted Client Hello)."""
+    hidden = [_HIDDEN_NAME_EXTENSIONS[k] for k in hello.extensions if k in _HIDDEN_NAME_EXTENSIONS]
+    if hidden:
+        return f"the TLS ClientHello hides its server name ({hidden[0]})"
+    if not hello.server_names:
+        return f"the TLS ClientHello names no server (it must name {host})"
+    if len(hello.server_names) > 1:
+        shown = ", ".join(repr(n) for n in hello.server_names[:4])
+        return f"the TLS ClientHello names several servers: {shown}"
+    (name,) = hello.server_names
+    if not (name.isascii() and all(_NAME_LABEL.match(label) for label in name.lower().split("."))):
+        return f"TLS server name {name[:80]!r} is not a DNS name"
+    if name.lower() != host:
+        return f"TLS server name {name} does not match CONNECT host {host}"
     return None
 
 

@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import resource
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -22,6 +25,14 @@ from sandboxes.egress.policy import Limits, network_parse
 from sandboxes.egress.proxy import EgressProxy, open_connections_max
 from sandboxes.egress.wire import UpstreamConfig, UpstreamProxy
 from tests.sandboxes.egress.conftest import TEST_HOSTS, connect, proxy_request, tls_get
+from tests.sandboxes.egress.hellos import (
+    extension,
+    hello_make,
+    hello_real,
+    records_make,
+    server_names,
+    tls_get_split,
+)
 from tests.support import wait_for
 
 pytestmark = pytest.mark.shapes("embedded", "production")
@@ -118,6 +129,155 @@ def test_sni_must_match_the_connect_host(proxy, https_upstream):
     event = events.wait()
     assert event.code == "sni"
     assert "TLS server name other.test does not match CONNECT host api.test" in event.reason
+
+
+def _hello_refused(events, reason: str):
+    event = events.wait()
+    assert (event.allowed, event.code) == (False, "sni")
+    assert reason in event.reason
+    assert event.bytes_up == 0  # not a byte of it went upstream
+    assert event.log_line() == f"egress refused: {event.target} ({event.reason})"
+    return event
+
+
+def test_a_client_hello_split_over_records_is_judged_by_its_server_name(proxy, https_upstream):
+    """The name may sit in any record of a split ClientHello (it sat in the second one, and
+    the proxy, reading the first only, let a hello naming another site of the CDN through)."""
+    path, events = _open(proxy, https_upstream)
+    target = f"api.test:{https_upstream.port}"
+    status, _, sock = connect(path, target)
+    assert status == 200
+    with pytest.raises(OSError):
+        tls_get_split(sock, https_upstream.cert, "other.test", sizes=(40,))
+    _hello_refused(events, "TLS server name other.test does not match CONNECT host api.test")
+
+    # Split the same way and naming the CONNECT host, it goes through: servers take it.
+    status, _, sock = connect(path, target)
+    assert b"hello from upstream" in tls_get_split(sock, https_upstream.cert, "api.test")
+    assert events.wait(2).code == "ok"
+
+
+def test_a_tls_port_without_a_server_name_is_refused(proxy, https_upstream):
+    path, events = _open(proxy, https_upstream)
+    status, _, sock = connect(path, f"api.test:{https_upstream.port}")
+    assert status == 200
+    sock.sendall(hello_real(None))
+    assert sock.recv(100) == b""
+    _hello_refused(events, "the TLS ClientHello names no server (it must name api.test)")
+
+
+def test_plain_bytes_on_a_tls_port_are_refused(proxy, https_upstream):
+    path, events = _open(proxy, https_upstream)
+    status, _, sock = connect(path, f"api.test:{https_upstream.port}")
+    assert status == 200
+    sock.sendall(b"GET /hello HTTP/1.1\r\nHost: other.test\r\n\r\n")
+    assert sock.recv(100) == b""
+    _hello_refused(events, "not TLS: the client's first bytes are not a TLS handshake")
+
+
+def test_an_encrypted_client_hello_is_refused(proxy, https_upstream):
+    """ECH names the CDN's public name outside and the real site inside, encrypted."""
+    path, events = _open(proxy, https_upstream)
+    status, _, sock = connect(path, f"api.test:{https_upstream.port}")
+    assert status == 200
+    sock.sendall(records_make(hello_make(server_names(b"api.test"), extension(0xFE0D, bytes(64)))))
+    assert sock.recv(100) == b""
+    _hello_refused(events, "the TLS ClientHello hides its server name (encrypted_client_hello)")
+
+
+def test_a_client_hello_that_never_ends_is_refused(short_tmp, https_upstream):
+    p = EgressProxy(
+        short_tmp / "slow-hello",
+        upstream=UpstreamConfig(),
+        test_hosts=TEST_HOSTS,
+        sni_ports=frozenset({https_upstream.port}),
+        head_timeout_s=0.5,
+    ).start()
+    try:
+        path, events = _open(p, https_upstream)
+        status, _, sock = connect(path, f"api.test:{https_upstream.port}")
+        assert status == 200
+        sock.sendall(hello_real("api.test")[:100])
+        assert sock.recv(100) == b""
+        _hello_refused(events, "no whole TLS ClientHello within 0.5 s")
+    finally:
+        p.stop()
+
+
+def test_the_client_hello_counts_against_the_byte_cap(proxy, https_upstream, http_upstream):
+    """A sandbox that has used nearly all of its bytes cannot send a ClientHello past them
+    (it was forwarded before the cap was checked: up to 16 KB past it)."""
+    allow = [f"api.test:{https_upstream.port}", f"api.test:{http_upstream.port}"]
+    path, events = _open(proxy, https_upstream, allow=allow, egress_mb=1)
+    url = f"http://api.test:{http_upstream.port}/bytes/{1024 * 1024 - 4000}"
+    assert proxy_request(path, f"GET {url} HTTP/1.1\r\n\r\n")[0] == 200
+    events.wait()
+    left = Limits(egress_mb=1).egress_bytes - proxy.sandbox_stats("sb-1").bytes_total
+    assert 0 < left < 4000
+    status, _, sock = connect(path, f"api.test:{https_upstream.port}")
+    assert status == 200
+    sock.sendall(records_make(hello_make(server_names(b"api.test"), padding=8000)))
+    event = events.wait(2)
+    assert (event.code, event.reason) == ("limit", "egress limit of 1 MB reached")
+    assert proxy.sandbox_stats("sb-1").bytes_total <= Limits(egress_mb=1).egress_bytes
+
+
+@contextlib.contextmanager
+def _tcp_port_for(socket_path: Path):
+    """A port on 127.0.0.1 passing each connection to the proxy's socket, as the relay does
+    inside a sandbox, for tools that take only a TCP proxy."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def pump(src, dst):
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+
+    def accept():
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = server.accept()
+                proxied = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                proxied.connect(str(socket_path))
+                threading.Thread(target=pump, args=(client, proxied), daemon=True).start()
+                threading.Thread(target=pump, args=(proxied, client), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.close()
+
+
+def test_curl_git_and_pip_speak_tls_through_the_proxy(proxy, https_upstream, tmp_path):
+    """Real clients' ClientHellos pass the whole-hello check (the server answers each: its
+    answer is no git repository and no package index, which is not what is tested)."""
+    path, events = _open(proxy, https_upstream)
+    base = f"https://api.test:{https_upstream.port}"
+    cert = str(https_upstream.cert)
+    with _tcp_port_for(path) as port:
+        proxy_url = f"http://127.0.0.1:{port}"
+        env = {
+            "PATH": os.environ["PATH"],
+            "HOME": str(tmp_path),
+            "https_proxy": proxy_url,
+            "HTTPS_PROXY": proxy_url,
+            "GIT_SSL_CAINFO": cert,
+            "GIT_TERMINAL_PROMPT": "0",
+        }
+        curl = subprocess.run(
+            ["curl", "-sS", "--cacert", cert, f"{base}/hello"], env=env, capture_output=True
+        )
+        assert b"hello from upstream" in curl.stdout, curl.stderr
+        subprocess.run(["git", "ls-remote", f"{base}/repo.git"], env=env, capture_output=True)
+        pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]
+        pip += ["--index-url", f"{base}/simple/", "--cert", cert, "-d", str(tmp_path), "six"]
+        subprocess.run(pip, env=env, capture_output=True, timeout=120)
+    for n in (1, 2, 3):
+        event = events.wait(n)
+        assert (event.code, event.host) == ("ok", "api.test"), event.reason
+        assert event.bytes_down > 500  # the server's certificate and answer came back
 
 
 def test_plain_http_absolute_uri_is_forwarded_with_host_checked(
