@@ -14,7 +14,7 @@ from ninja.security import HttpBearer, SessionAuth
 from accounts.models import ApiToken
 from accounts.roles import capability_require
 from accounts.selectors import user_for_token
-from core.errors import ConvoyError, PermissionDenied
+from core.errors import ConvoyError, PermissionDenied, Unauthenticated
 
 READ_METHODS = ("GET", "HEAD")
 
@@ -57,13 +57,15 @@ def api_docs_for_users(view):
 
     @wraps(view)
     def for_users(request: HttpRequest, *args, **kwargs):
-        if request.user.is_authenticated or TokenAuth()(request) is not None:
-            return view(request, *args, **kwargs)
+        error = ConvoyError(
+            "Authentication required: sign in or send a valid API token.", code="unauthenticated"
+        )
+        try:
+            if request.user.is_authenticated or TokenAuth()(request) is not None:
+                return view(request, *args, **kwargs)
+        except Unauthenticated as exc:  # a revoked or expired token: say which
+            error = exc
         if request.path.endswith(".json"):
-            error = ConvoyError(
-                "Authentication required: sign in or send a valid API token.",
-                code="unauthenticated",
-            )
             return JsonResponse(error.as_body(), status=401)
         return redirect_to_login(request.get_full_path())
 
