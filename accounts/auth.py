@@ -14,7 +14,7 @@ from ninja.security import HttpBearer, SessionAuth
 from accounts.models import ApiToken
 from accounts.roles import capability_require
 from accounts.selectors import user_for_token
-from core.errors import ConvoyError, PermissionDenied
+from core.errors import ConvoyError, PermissionDenied, Unauthenticated
 
 READ_METHODS = ("GET", "HEAD")
 
@@ -61,15 +61,14 @@ def api_docs_for_users(view):
             return view(request, *args, **kwargs)
         try:
             token_user = TokenAuth()(request)
-        except ConvoyError as exc:  # an expired token: the API's own 401, not a server error
+        except Unauthenticated as exc:  # a revoked or expired token: the API's 401, saying which
             return JsonResponse(exc.as_body(), status=401)
         if token_user is not None:
             return view(request, *args, **kwargs)
+        error = ConvoyError(
+            "Authentication required: sign in or send a valid API token.", code="unauthenticated"
+        )
         if request.path.endswith(".json"):
-            error = ConvoyError(
-                "Authentication required: sign in or send a valid API token.",
-                code="unauthenticated",
-            )
             return JsonResponse(error.as_body(), status=401)
         return redirect_to_login(request.get_full_path())
 

@@ -1,4 +1,5 @@
-"""Forms for people: a new user, a role or activity change, one's own API token. Saving calls
+"""Forms for people: a new user, a role or activity change, a password an admin sets, one's own
+API token. Saving calls
 the service; a refusal about one of the form's fields is shown beside it (the one place such
 refusals are caught)."""
 
@@ -6,6 +7,7 @@ from django import forms
 from django.contrib.auth.models import User
 
 from accounts.models import ApiToken
+from accounts.passwords import user_password_set
 from accounts.roles import ROLES
 from accounts.services import (
     token_create,
@@ -63,6 +65,20 @@ class PersonChangeForm(_ServiceForm):
             active = self.cleaned_data["active"] == "1"
             return self._call(user_active_set, user=person, active=active, actor=actor)
         return self._call(user_role_set, user=person, role=self.cleaned_data["role"], actor=actor)
+
+
+class PersonPasswordForm(_ServiceForm):
+    """An admin sets someone's password; the service revokes their API tokens with it."""
+
+    password = forms.CharField(
+        label="New password",
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        help_text="Hand it to the person over a safe channel; their API tokens are revoked.",
+    )
+
+    def save(self, *, person: User, actor: User) -> int | None:
+        new_password = self.cleaned_data["password"]
+        return self._call(user_password_set, user=person, new_password=new_password, actor=actor)
 
 
 class TokenForm(_ServiceForm):

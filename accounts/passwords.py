@@ -1,5 +1,6 @@
-"""Self-service password change (Django's validators decide what is acceptable), audited; and
-the SQLite file kept private to Convoy's user."""
+"""Password changes, one's own and an admin's reset (Django's validators decide what is
+acceptable), each audited and revoking the person's API tokens; and the SQLite file kept
+private to Convoy's user."""
 
 import os
 
@@ -8,13 +9,16 @@ from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from accounts.services import AccountError
+from accounts.roles import capability_require
+from accounts.selectors import ADMINS_ONLY
+from accounts.services import AccountError, tokens_revoke_all
 from accounts.sockets import user_sockets_close
 from audit.record import audit_record
 
 
-def user_password_change(*, user: User, old_password: str, new_password: str, actor: User) -> User:
-    """Change `user`'s own password: the old one must match, the new one pass every validator."""
+def user_password_change(*, user: User, old_password: str, new_password: str, actor: User) -> int:
+    """Change `user`'s own password: the old one must match, the new one pass every validator.
+    Their API tokens are revoked with it; the number revoked."""
     if actor.pk != user.pk:
         raise AccountError("user", "people change only their own password here")
     if not user.check_password(old_password):
@@ -23,14 +27,49 @@ def user_password_change(*, user: User, old_password: str, new_password: str, ac
         validate_password(new_password, user=user)
     except ValidationError as exc:
         raise AccountError("new_password1", " ".join(exc.messages)) from None
+    return _password_store(
+        user=user, new_password=new_password, actor=actor, action="people.password.changed"
+    )
+
+
+def user_password_set(*, user: User, new_password: str, actor: User) -> int:
+    """An admin sets someone else's password (they forgot theirs, or it leaked); it passes the
+    same validators. Their API tokens are revoked with it; the number revoked. Their sessions
+    end too: each carries a hash of the old password."""
+    capability_require(user=actor, capability="user_manage", message=ADMINS_ONLY)
+    if actor.pk == user.pk:
+        raise AccountError("password", "change your own password on the Password page")
+    if user.is_superuser:
+        raise AccountError(
+            "password", f"{user.username} is a superuser; their password is set on the host"
+        )
+    try:
+        validate_password(new_password, user=user)
+    except ValidationError as exc:
+        raise AccountError("password", " ".join(exc.messages)) from None
+    return _password_store(
+        user=user, new_password=new_password, actor=actor, action="people.password.reset"
+    )
+
+
+def _password_store(*, user: User, new_password: str, actor: User, action: str) -> int:
+    """The new password, its event and the revocation of the user's API tokens, together: a
+    token is often what leaked with the old password, and a program holding one kept working
+    after the change."""
     with transaction.atomic():
         user.set_password(new_password)
         user.save(update_fields=["password"])
-        audit_record(action="people.password.changed", actor=actor, target=user)
+        revoked = tokens_revoke_all(user=user)
+        audit_record(
+            action=action,
+            actor=actor,
+            target=user,
+            payload={"username": user.username, "tokens_revoked": revoked},
+        )
         # Sockets opened before (an intruder's, say) are closed: reopening one needs a session
         # that survived the change, as this browser's does.
         user_sockets_close(user_id=user.pk)
-    return user
+    return revoked
 
 
 def sqlite_file_private(sender, connection, **kwargs) -> None:

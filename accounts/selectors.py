@@ -12,18 +12,26 @@ ADMINS_ONLY = "Only admins manage people."
 
 
 def user_for_token(*, raw: str) -> User | None:
-    """The active user owning this token, or None for an unknown or revoked token; an expired
-    one is refused with 401 saying so (its owner learns to make a new one, not to look for a
-    typo). The user carries the token as `_convoy_api_token` (its scope, the audit's actor)."""
+    """The active user owning this token, or None for an unknown token or an inactive owner's;
+    a revoked or expired one is refused with 401 saying so (its owner learns to make a new one,
+    not to look for a typo: a password change revokes every token). The user carries the token
+    as `_convoy_api_token` (its scope, the audit's actor)."""
     if not raw.startswith(TOKEN_PREFIX):
         return None
     token = (
         ApiToken.objects.select_related("user")
-        .filter(digest=token_digest(raw), revoked_at__isnull=True, user__is_active=True)
+        .filter(digest=token_digest(raw), user__is_active=True)
         .first()
     )
     if token is None:
         return None
+    if token.revoked_at is not None:
+        raise Unauthenticated(
+            f"This API token ({token.prefix}…) was revoked on"
+            f" {token.revoked_at:%Y-%m-%d %H:%M} UTC (a password change revokes every token);"
+            " create a new one on the API tokens page.",
+            code="token_revoked",
+        )
     now = timezone.now()
     if token.expires_at <= now:
         raise Unauthenticated(

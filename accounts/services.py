@@ -136,9 +136,7 @@ def user_active_set(*, user: User, active: bool, actor: User) -> User:
     if (
         not active
     ):  # often for a leaked token or a stolen session: reactivation must not revive them
-        payload["tokens_revoked"] = ApiToken.objects.filter(user=user, revoked_at=None).update(
-            revoked_at=timezone.now()
-        )
+        payload["tokens_revoked"] = tokens_revoke_all(user=user)
         payload["sessions_ended"] = _sessions_end(user_id=user.pk)
     audit_record(
         action="people.user.reactivated" if active else "people.user.deactivated",
@@ -149,6 +147,12 @@ def user_active_set(*, user: User, active: bool, actor: User) -> User:
     if not active:
         user_sockets_close(user_id=user.pk)
     return user
+
+
+def tokens_revoke_all(*, user: User) -> int:
+    """Revoke every active API token of `user`; the number revoked. The caller records it in
+    its own event, in its own transaction (a deactivation, a password change or reset)."""
+    return ApiToken.objects.filter(user=user, revoked_at=None).update(revoked_at=timezone.now())
 
 
 def _sessions_end(*, user_id: int) -> int:

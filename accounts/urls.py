@@ -19,4 +19,5 @@ urlpatterns = [
     path("account/tokens/<int:pk>/revoke/", views.token_revoke_page, name="token-revoke"),
     path("people/", views.people, name="people"),
     path("people/<int:pk>/", views.person_change, name="person-change"),
+    path("people/<int:pk>/password/", views.person_password, name="person-password"),
 ]

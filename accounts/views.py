@@ -11,7 +11,13 @@ from django.views.decorators.http import require_POST
 
 from accounts import selectors
 from accounts.auth import password_guess_failed, password_guesses_paused
-from accounts.forms import ROLE_CHOICES, PersonChangeForm, PersonForm, TokenForm
+from accounts.forms import (
+    ROLE_CHOICES,
+    PersonChangeForm,
+    PersonForm,
+    PersonPasswordForm,
+    TokenForm,
+)
 from accounts.passwords import user_password_change
 from accounts.services import AccountError, token_revoke
 from campaigns.views import home
@@ -60,6 +66,36 @@ def person_change(request, pk: int):
     return redirect("people")
 
 
+def _tokens_revoked_note(count: int, *, whose: str, then: str) -> str:
+    if not count:
+        return ""
+    tokens = "API token was" if count == 1 else "API tokens were"
+    return f" {whose} {count} {tokens} revoked; {then}."
+
+
+@login_required
+@require_POST
+def person_password(request, pk: int):
+    """An admin sets someone's password; their API tokens are revoked with it."""
+    person = selectors.person_get_for_user(user=request.user, pk=pk)
+    form = PersonPasswordForm(request.POST)
+    revoked = form.save(person=person, actor=request.user) if form.is_valid() else None
+    if revoked is None:  # named beside the field's label, on the page it was sent from
+        error = f"{person.username}'s password was not set. New password: {form.first_error()}"
+        messages.error(request, error)
+        context = {
+            "people": selectors.people_for_user(user=request.user),
+            "form": PersonForm(),
+            "roles": ROLE_CHOICES,
+        }
+        return render(request, PEOPLE, context, status=422)
+    note = _tokens_revoked_note(
+        revoked, whose="Their", then="they create new ones on the API tokens page"
+    )
+    messages.success(request, f"{person.username}'s password was set." + note)
+    return redirect("people")
+
+
 class PasswordChangeForm(forms.Form):
     old_password = forms.CharField(
         label="Current password",
@@ -89,7 +125,7 @@ def password_change(request):
         return render(request, LOCKED, status=429)
     if request.method == "POST" and form.is_valid():
         try:
-            user_password_change(
+            revoked = user_password_change(
                 user=request.user,
                 old_password=form.cleaned_data["old_password"],
                 new_password=form.cleaned_data["new_password1"],
@@ -101,7 +137,10 @@ def password_change(request):
             form.add_error(exc.field if exc.field in form.fields else None, exc.message)
         else:
             update_session_auth_hash(request, request.user)
-            messages.success(request, "Your password was changed.")
+            note = _tokens_revoked_note(
+                revoked, whose="Your", then="create new ones on the API tokens page"
+            )
+            messages.success(request, "Your password was changed." + note)
             return redirect("dashboard")
     status = 422 if form.errors else 200
     return render(request, "registration/password_change.html", {"form": form}, status=status)

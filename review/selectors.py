@@ -24,6 +24,7 @@ from django.db.models import (
     Prefetch,
     Q,
     QuerySet,
+    Subquery,
     Value,
 )
 from django.db.models.functions import Floor
@@ -69,9 +70,11 @@ VARIANT_LIST_FIELDS = (
     "duration_ms",
     "patch_truncated",
 )
+TEXT_CHANGED = "approved, text changed: needs approval"
 QUEUE_FILTERS = {
     "todo": "needs a decision",
     "approved": "approved",
+    "text_changed": TEXT_CHANGED,
     "rejected": "rejected",
     "published": "published",
     "all": "all finished runs",
@@ -114,6 +117,69 @@ def approval_text_changes(*, review: RunReview | None, campaign: Campaign) -> li
     if approval is None or approval.publish_text is None:
         return []
     return publish_text_changes(approval.publish_text, publish_text_for(campaign))
+
+
+def _standing_publish_hash() -> Subquery:
+    """The publish hash of the approval each run's review stands on (as `approval_standing`
+    finds it), for a queryset of runs; "" for an approval from before texts were bound."""
+    return Subquery(
+        Decision.objects.filter(
+            run_id=OuterRef("pk"),
+            kind=DecisionKind.APPROVE,
+            withdrawn_at__isnull=True,
+            diff_hash=OuterRef("review__approved_hash"),
+        )
+        .order_by("-pk")
+        .values("publish_hash")[:1]
+    )
+
+
+def _text_changed_runs(*, campaign: Campaign) -> QuerySet[RepoRun]:
+    """Runs approved on their current diff whose approval bound a text to publish that a
+    revision has changed since (their pull request, if still open, says the old text):
+    publishing them needs approval again. Merged and closed pull requests are past updating."""
+    return (
+        RepoRun.objects.filter(
+            campaign=campaign,
+            state=RunState.SUCCEEDED,
+            review__state=ReviewState.APPROVED,
+            review__approved_hash=F("review__variant__diff_sha256"),
+        )
+        .exclude(changeset__state__in=[ChangesetState.MERGED, ChangesetState.CLOSED])
+        .alias(standing_publish_hash=_standing_publish_hash())
+        .exclude(standing_publish_hash__in=["", publish_text_for(campaign).sha256])
+        .filter(standing_publish_hash__isnull=False)
+    )
+
+
+def text_changed_count(*, campaign: Campaign) -> int:
+    """How many changes are "approved, text changed: needs approval". Not a kept count (the
+    text is the campaign's, not the run's): an approval that binds another text than today's
+    is looked for first, so a campaign whose text never changed pays one small query."""
+    current = publish_text_for(campaign).sha256
+    stale = (
+        Decision.objects.filter(
+            run__campaign_id=campaign.pk, kind=DecisionKind.APPROVE, withdrawn_at__isnull=True
+        )
+        .exclude(publish_hash__in=["", current])
+        .exists()
+    )
+    return _text_changed_runs(campaign=campaign).count() if stale else 0
+
+
+def changeset_text_update_due(*, review: RunReview | None, changeset: Changeset | None) -> bool:
+    """The change was published, then approved again with a new text (a revision changed it):
+    publishing now updates its branch and open pull request. Merged or closed, it is past
+    updating."""
+    if changeset is None or changeset.state in (ChangesetState.MERGED, ChangesetState.CLOSED):
+        return False
+    approval = approval_standing(review)
+    return bool(
+        approval is not None
+        and approval.publish_hash
+        and changeset.diff_hash == review.approved_hash
+        and changeset.publish_hash != approval.publish_hash
+    )
 
 
 def _list_variants() -> Prefetch:
@@ -211,9 +277,14 @@ def queue_bucket_q(which: str) -> Q:
 
 def _queue_runs(*, campaign: Campaign, which: str) -> QuerySet[RepoRun]:
     # Variants are deferred with only(); review__variant needs its hash only.
+    if which == "text_changed":
+        runs = _text_changed_runs(campaign=campaign)
+    else:
+        runs = RepoRun.objects.filter(campaign=campaign, state=RunState.SUCCEEDED).filter(
+            queue_bucket_q(which)
+        )
     return (
-        RepoRun.objects.filter(campaign=campaign, state=RunState.SUCCEEDED)
-        .filter(queue_bucket_q(which))
+        runs.annotate(standing_publish_hash=_standing_publish_hash())
         .select_related("repository", "review", "review__variant", "changeset")
         .prefetch_related(_list_variants())
         .order_by("id")
@@ -534,10 +605,14 @@ class QueueRow:
     variants: list[Variant]
     review: RunReview | None
     suggested: Variant | None
-    status: str  # unreviewed, picked, approved, rejected, needs re-approval, published
+    status: str  # unreviewed, picked, approved, rejected, needs re-approval, published,
+    # TEXT_CHANGED
 
 
-def queue_rows(runs) -> list[QueueRow]:
+def queue_rows(runs, *, campaign: Campaign | None = None) -> list[QueueRow]:
+    """Rows of queue runs (`_queue_runs`); with their `campaign`, an approval whose text to
+    publish a revision changed is marked so."""
+    current = publish_text_for(campaign).sha256 if campaign is not None else None
     rows = []
     for run in runs:
         rv = getattr(run, "review", None) if _has(run, "review") else None
@@ -551,6 +626,17 @@ def queue_rows(runs) -> list[QueueRow]:
             status = "needs re-approval"
         if _has(run, "changeset"):
             status = "published"
+        standing = getattr(run, "standing_publish_hash", None)
+        if (
+            current is not None
+            and review_is_approved(rv, rv.variant if rv else None)
+            and standing not in (None, "", current)
+            and not (
+                _has(run, "changeset")
+                and run.changeset.state in (ChangesetState.MERGED, ChangesetState.CLOSED)
+            )
+        ):
+            status = TEXT_CHANGED
         rows.append(QueueRow(run, variants, rv, suggested_variant(variants, rv), status))
     return rows
 

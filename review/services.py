@@ -531,14 +531,18 @@ def change_publish(*, run: RepoRun, actor) -> Changeset:
             raise ReviewError("The diff was cut at the size cap and cannot be published whole.")
         variant_secret_check(variant_id=chosen.pk)
         existing = Changeset.objects.select_for_update().filter(run_id=run.pk).first()
+        text, bound_by = _bound_text(review=review, campaign=campaign)
+        text_hash = publish_text_hash(text)
         if (
             existing
             and existing.diff_hash == chosen.diff_sha256
             and existing.state not in (ChangesetState.FAILED,)
         ):
-            return existing
-        text, bound_by = _bound_text(review=review, campaign=campaign)
-        text_hash = publish_text_hash(text)
+            if not _text_update_due(existing, text_hash=text_hash, bound_by=bound_by):
+                return existing
+            return _changeset_text_update(
+                existing, run=run, variant=chosen, text=text, text_hash=text_hash, actor=actor
+            )
         changeset, _ = Changeset.objects.update_or_create(
             run_id=run.pk,
             defaults={
@@ -570,6 +574,53 @@ def change_publish(*, run: RepoRun, actor) -> Changeset:
             },
         )
         transaction.on_commit(lambda: tasks.changeset_push_task.delay(changeset.pk))
+    return changeset
+
+
+def _text_update_due(changeset: Changeset, *, text_hash: str, bound_by: str) -> bool:
+    """A published change approved again with a new text (a revision changed it): its branch
+    and pull request still say the old one. Merged or closed, it is past updating."""
+    return (
+        bound_by == "approval"
+        and changeset.publish_hash != text_hash
+        and changeset.state not in (ChangesetState.MERGED, ChangesetState.CLOSED)
+    )
+
+
+def _changeset_text_update(
+    changeset: Changeset, *, run: RepoRun, variant: Variant, text: dict, text_hash: str, actor
+) -> Changeset:
+    """Queue the changeset again with the text its new approval bound: the push makes its
+    commit with the new message and author (replacing only this campaign's own commit) and
+    updates the open pull request's title and body through the code host. In the caller's
+    transaction, with its event."""
+    previous = changeset.publish_hash or ""
+    Changeset.objects.filter(pk=changeset.pk).update(
+        state=ChangesetState.QUEUED,
+        error="",
+        publish_text=text,
+        publish_hash=text_hash,
+        published_by=actor,
+    )
+    changeset.refresh_from_db()
+    audit_record(
+        action="review.change.published",
+        actor=actor,
+        target=run,
+        context=_context(run, variant),
+        payload={
+            "variant": variant.name,
+            "diff_hash": changeset.diff_hash,
+            "branch": changeset.branch,
+            "remote": changeset.remote_url,
+            "status": "queued",
+            "publish_hash": text_hash,
+            "publish_bound_by": "approval",
+            "replaces_publish_hash": previous,
+            "pull_request": changeset.pr_url,
+        },
+    )
+    transaction.on_commit(lambda: tasks.changeset_push_task.delay(changeset.pk))
     return changeset
 
 

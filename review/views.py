@@ -92,6 +92,8 @@ def _compare_context(request, run) -> dict:
         "text_changes": selectors.approval_text_changes(review=data.review, campaign=campaign)
         if approved
         else [],
+        "text_update_due": approved
+        and selectors.changeset_text_update_due(review=data.review, changeset=data.changeset),
         "approve_warning": approve_warning(campaign=campaign, variant=chosen),
         "mode": mode,
         "whitespace": whitespace,
@@ -217,6 +219,7 @@ def review_queue(request, pk):
     if which not in selectors.QUEUE_FILTERS:
         which = "todo"
     bucket_counts = counts.review_counts(campaign=campaign)
+    bucket_counts["text_changed"] = selectors.text_changed_count(campaign=campaign)
     page = selectors.review_queue(
         campaign=campaign,
         which=which,
@@ -226,7 +229,7 @@ def review_queue(request, pk):
     context = {
         "campaign": campaign,
         "page": page,
-        "rows": selectors.queue_rows(page.object_list),
+        "rows": selectors.queue_rows(page.object_list, campaign=campaign),
         "which": which,
         "undo": _undo(request, campaign),
         "filters": [(k, v, bucket_counts[k]) for k, v in selectors.QUEUE_FILTERS.items()],
@@ -318,7 +321,10 @@ def _dashboard_context(request, campaign) -> dict:
             "active": 100 * (runs["queued"] + runs["running"]) / total,
             "done_failed": 100 * (runs["succeeded"] + runs["failed"] + runs["cancelled"]) / total,
         },
-        "review_counts": counts.review_counts(campaign=campaign),
+        "review_counts": {
+            **counts.review_counts(campaign=campaign),
+            "text_changed": selectors.text_changed_count(campaign=campaign),
+        },
         "next_up": selectors.queue_rows(selectors.review_next(campaign=campaign))
         if can_review
         else [],

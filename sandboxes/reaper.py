@@ -7,6 +7,7 @@ campaign and run kinds in its AppConfig.ready), so sandboxes never names their m
 
 from __future__ import annotations
 
+import functools
 import logging
 from datetime import timedelta
 
@@ -14,6 +15,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from audit.record import AuditWriteError
 from sandboxes.backends import LOCAL_BACKENDS
 from sandboxes.backends.base import SandboxError
 from sandboxes.backends.cloud import created_at
@@ -68,7 +70,7 @@ def sandboxes_reap(*, now=None) -> list[Sandbox]:
             continue
         try:
             reaped.append(sandbox_terminate(sandbox=sandbox, reason=f"reaped: {reason}"))
-        except SandboxError:
+        except (SandboxError, AuditWriteError):  # unrecorded, it runs on until the next pass
             log.exception("could not reap sandbox %s", sandbox.pk)
     _snapshots_reap()
     _orphans_reap(now)
@@ -105,23 +107,27 @@ def _orphans_reap(now) -> None:
             engine = backend_get(name)
         except SandboxError:
             continue  # not installed or not allowed here
-        reason = "no live record names it"
+        # Each is recorded before the engine removes it (committed: the reaper runs outside a
+        # transaction); a trail that cannot take it stops this engine's sweep.
+        record = functools.partial(orphan_audit, backend=name, reason="no live record names it")
         try:
             if hasattr(engine, "sweep"):
-                removed = engine.sweep(live_external_ids(backend=name), grace_s=ORPHAN_GRACE_S)
+                live = live_external_ids(backend=name)
+                engine.sweep(live, grace_s=ORPHAN_GRACE_S, before=_by_id(record))
             else:
-                removed = _labelled_orphans_terminate(name, engine, now)
-        except SandboxError:
+                _labelled_orphans_terminate(name, engine, now, before=_by_id(record))
+        except (SandboxError, AuditWriteError):
             log.exception("could not sweep the %s backend", name)
-            continue
-        for external_id in removed:
-            orphan_audit(backend=name, external_id=external_id, reason=reason)
+
+
+def _by_id(record):
+    return lambda external_id: record(external_id=external_id)
 
 
 owner_kind_register(kind="sandbox", model=Sandbox, done=("terminated", "failed"))
 
 
-def _labelled_orphans_terminate(name: str, engine, now) -> list[str]:
+def _labelled_orphans_terminate(name: str, engine, now, *, before) -> list[str]:
     """This installation's sandboxes on an engine without a sweep of its own (the clouds),
     found by label, that no live record names and that are not being recorded.
 
@@ -146,6 +152,7 @@ def _labelled_orphans_terminate(name: str, engine, now) -> list[str]:
         created = created_at(labels)
         if created is not None and created > cutoff:
             continue
+        before(handle.external_id)
         engine.terminate(handle)
         removed.append(handle.external_id)
     return removed

@@ -106,6 +106,21 @@ def sandbox_termination_requested_record(sandbox: Sandbox, *, reason: str, actor
         )
 
 
+def sandbox_termination_failed_record(sandbox: Sandbox, *, error: Exception) -> None:
+    """The engine refused a termination already recorded (the system's are recorded first):
+    the sandbox may still run until the reaper's orphan sweep removes it."""
+    audit_record(
+        action="sandbox.termination.failed",
+        actor_type="system",
+        on_behalf_of=sandbox.on_behalf_of,
+        target=sandbox,
+        outcome="error",
+        context=sandbox_context(sandbox),
+        reason=str(error)[:500],
+        payload={"backend": sandbox.backend, "external_id": sandbox.external_id},
+    )
+
+
 def sandbox_terminated_record(sandbox: Sandbox, *, reason: str, actor) -> bool:
     """Mark a live sandbox terminated with its event; False (and no event) if it was not live."""
     event = {

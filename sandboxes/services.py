@@ -47,6 +47,7 @@ from sandboxes.records import (
     sandbox_context,
     sandbox_started_record,
     sandbox_terminated_record,
+    sandbox_termination_failed_record,
     sandbox_termination_requested_record,
 )
 
@@ -475,11 +476,12 @@ def sandbox_terminate(*, sandbox: Sandbox, reason: str, actor=None, fresh: bool 
         sandbox.refresh_from_db(fields=["state", "external_id"])
     if sandbox.state not in LIVE_STATES:
         return sandbox
-    if actor is not None:
-        # A person's termination is on record before the engine stops anything: the event
-        # written with the state change comes after the stop and can fail, which left the
-        # sandbox gone with nothing saying who ended it.
-        sandbox_termination_requested_record(sandbox, reason=reason, actor=actor)
+    if actor is None:
+        return _sandbox_terminate_recorded_first(sandbox, reason=reason)
+    # A person's termination is on record before the engine stops anything: the event
+    # written with the state change comes after the stop and can fail, which left the
+    # sandbox gone with nothing saying who ended it.
+    sandbox_termination_requested_record(sandbox, reason=reason, actor=actor)
     if sandbox.external_id:
         try:
             backend_get(sandbox.backend).terminate(sandbox_handle(sandbox))
@@ -491,6 +493,28 @@ def sandbox_terminate(*, sandbox: Sandbox, reason: str, actor=None, fresh: bool 
             raise SandboxUnavailable(f"Could not terminate sandbox {sandbox.pk}: {exc}") from exc
     egress_release(sandbox)
     sandbox_terminated_record(sandbox, reason=reason, actor=actor)
+    return sandbox
+
+
+def _sandbox_terminate_recorded_first(sandbox: Sandbox, *, reason: str) -> Sandbox:
+    """The system's termination (the reaper, a run's teardown or cleanup, a command's end): the
+    state change and its `sandbox.sandbox.terminated` event, one statement as ever, committed
+    before the engine is asked. A worker that dies between the two leaves a record ended and an
+    engine sandbox no live record names, which the reaper's orphan sweep removes and records;
+    the other order left an engine action with no record. If the trail cannot take the event,
+    the engine is not asked and the sandbox runs on (the reaper tries again). Lost to another
+    termination, there is nothing left to do: that one asks the engine."""
+    if not sandbox_terminated_record(sandbox, reason=reason, actor=None):
+        return sandbox
+    try:
+        if sandbox.external_id:
+            backend_get(sandbox.backend).terminate(sandbox_handle(sandbox))
+    except SandboxError as exc:
+        # Recorded as ended, still on the engine: said in the trail; the sweep retries it.
+        sandbox_termination_failed_record(sandbox, error=exc)
+        raise SandboxUnavailable(f"Could not terminate sandbox {sandbox.pk}: {exc}") from exc
+    finally:
+        egress_release(sandbox)  # its network is cut either way
     return sandbox
 
 
@@ -523,10 +547,10 @@ def sandboxes_orphans_terminate(*, backend: str, labels: dict[str, str], reason:
     removed = []
     for handle in engine.list({**labels, "convoy_install": install_tag()}):
         if handle.external_id not in live:
+            # On record before the engine is asked, as the reaper's terminations are.
+            orphan_audit(backend=backend, external_id=handle.external_id, reason=reason)
             engine.terminate(handle)
             removed.append(handle.external_id)
-    for external_id in removed:
-        orphan_audit(backend=backend, external_id=external_id, reason=reason)
     return removed
 
 

@@ -1,11 +1,12 @@
 """Helpers for tests that start real processes: env for subprocesses, polling, free ports."""
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from django.conf import settings
@@ -88,3 +89,33 @@ def process_stop(proc: subprocess.Popen, *, timeout: float = 15) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=timeout)
+
+
+@contextlib.contextmanager
+def events_refused(prefix: str) -> Iterator[None]:
+    """The event table refuses events whose action starts with `prefix` while inside: a real
+    failure of the trail, nothing mocked (a trigger on this connection's database)."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "CREATE FUNCTION pg_temp.refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'audit store unavailable'; END $$"
+            )
+            cursor.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON audit_auditevent FOR EACH ROW "
+                f"WHEN (NEW.action LIKE '{prefix}%') EXECUTE FUNCTION pg_temp.refuse()"
+            )
+        else:
+            cursor.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON audit_auditevent "
+                f"WHEN NEW.action LIKE '{prefix}%' "  # a test's constant, not input
+                "BEGIN SELECT RAISE(ABORT, 'audit store unavailable'); END"
+            )
+    try:
+        yield
+    finally:
+        on = " ON audit_auditevent" if connection.vendor == "postgresql" else ""
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP TRIGGER IF EXISTS refuse{on}")
+            if connection.vendor == "postgresql":
+                cursor.execute("DROP FUNCTION IF EXISTS pg_temp.refuse()")

@@ -568,8 +568,10 @@ class GVisorBackend(LocalBackend):
             all_of=[f"--root={self.state_root}"], any_of=containers, started_before=started_before
         )
 
-    def sweep(self, live: set[str], *, grace_s: float = 120) -> list[str]:
-        removed = super().sweep(live, grace_s=grace_s)
+    def sweep(
+        self, live: set[str], *, grace_s: float = 120, before: Callable[[str], None] | None = None
+    ) -> list[str]:
+        removed = super().sweep(live, grace_s=grace_s, before=before)
         self.wait_deletes()
         # Containers (and their `runsc-sandbox boot` processes) that no live workspace owns.
         # Listed before the workspaces: a sandbox's workspace is made before its container,
@@ -583,6 +585,8 @@ class GVisorBackend(LocalBackend):
             with contextlib.suppress(SandboxError, ValueError, TypeError):
                 owned.add(self._container(self.ws.meta_read(ext)))
         for container in set(listed) - owned:
+            if before is not None:
+                before(container)
             subprocess.run(
                 [*self._runsc(), "delete", "-force", container], capture_output=True, timeout=30
             )

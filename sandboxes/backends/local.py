@@ -671,10 +671,14 @@ class LocalBackend(SandboxBackend):
         self.ws.snapshot_remove(snapshot.external_id)
 
     # --- reaping --------------------------------------------------------------------------
-    def sweep(self, live: set[str], *, grace_s: float = 120) -> list[str]:
+    def sweep(
+        self, live: set[str], *, grace_s: float = 120, before: Callable[[str], None] | None = None
+    ) -> list[str]:
         """Remove this installation's sandboxes that no live record names; return their ids.
 
         Sandboxes younger than `grace_s` are left alone: their record may not name them yet.
+        `before(id)` is called before each is terminated (the reaper records it there: if that
+        raises, the sweep stops and nothing more is removed).
         """
         removed = []
         for ext in self.ws.ids():
@@ -684,6 +688,8 @@ class LocalBackend(SandboxBackend):
                 continue
             if meta.backend != self.name or ext in live or time.time() - meta.created_at < grace_s:
                 continue
+            if before is not None:
+                before(ext)
             self.terminate(SandboxHandle(self.name, ext, dict(meta.labels)))
             removed.append(ext)
         cgroups.spares_reap(self.install)  # kept for a process that is gone

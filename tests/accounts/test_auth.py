@@ -78,7 +78,8 @@ def test_the_api_docs_are_for_signed_in_people_and_token_holders(client, reviewe
     revoked, raw_revoked = token_create(user=reviewer, name="old")
     token_revoke(token=revoked)
     bad = {"Authorization": f"Bearer {raw_revoked}"}
-    assert client.get("/api/v1/openapi.json", headers=bad).status_code == 401
+    refused = client.get("/api/v1/openapi.json", headers=bad)
+    assert (refused.status_code, refused.json()["code"]) == (401, "token_revoked")
 
     _, raw = token_create(user=reviewer, name="ci")
     document = client.get("/api/v1/openapi.json", headers={"Authorization": f"Bearer {raw}"})
@@ -120,6 +121,8 @@ def test_revoked_token_is_401(client, reviewer):
     token_revoke(token=token)
     response = client.get("/api/v1/me", headers={"Authorization": f"Bearer {raw}"})
     assert response.status_code == 401
+    assert response.json()["code"] == "token_revoked"
+    assert f"This API token ({token.prefix}…) was revoked" in response.json()["detail"]
 
 
 def test_malformed_and_unknown_tokens_are_401(client, reviewer):

@@ -235,3 +235,79 @@ def test_bulk_approval_shows_the_text_and_refuses_once_a_revision_changed_it(
     refused = client.post(reverse("review-bulk-approve", args=[campaign.pk]), post)
     assert refused.status_code == 409 and b"text to publish" in refused.content
     assert not Decision.objects.filter(kind="approve").exists()
+
+
+def test_a_published_change_whose_text_a_revision_changed_is_queued_apart_and_its_pr_updated(
+    client, tmp_path, monkeypatch, fake_github, manager, reviewer
+):
+    """A published change could be approved again with a revision's new text, but its pull
+    request kept the old title and body, and the queue still counted it as approved. Now the
+    queue shows it as "approved, text changed: needs approval", and publishing its new
+    approval updates the same pull request through the code host."""
+    adapter = GitHub(api_url=fake_github.url, token="tok-publish", rate=1000)
+    monkeypatch.setattr(codehosts, "codehost_for_remote", lambda url: (adapter, "acme/alpha"))
+    spec, campaign = _launched(manager, "update-pr")
+    bare, base, patch = remote_with_change(tmp_path, before={"m.txt": "a\n"}, after={"m.txt": "b"})
+    run = run_make(campaign=campaign, url=f"file://{bare}", base_commit=base)
+    run_make(campaign=campaign)  # another run, never decided: not counted as text changed
+    variant_make(run=run, name="standard", patch=patch)
+    assert client.login(username=reviewer.username, password=PASSWORD)
+    approve_url = reverse("review-decide", args=[campaign.pk, run.pk, "approve"])
+    decide = reverse("review-decide", args=[campaign.pk, run.pk, "publish"])
+    queue = reverse("review-queue", args=[campaign.pk])
+
+    assert client.post(approve_url, _page_form(client, campaign, run)).status_code == 302
+    assert client.post(decide).status_code == 302
+    changeset = changeset_push(changeset_id=Changeset.objects.get(run=run).pk)
+    assert changeset.state == "open", changeset.error
+    first_commit = changeset.commit
+    (pr,) = fake_github.pulls["acme/alpha"]
+    assert (pr["title"], pr["body"]) == (TITLE, campaign.description)
+    assert 'data-testid="filter-text_changed">approved, text changed: needs approval (0)' in (
+        client.get(queue).content.decode()
+    )
+
+    # A revision changes the title, the body and the commit message.
+    revised = spec.replace(f"title: {TITLE}", "title: Use assertEqual, revised").replace(
+        "  commit_message: Replace deprecated assertEquals with assertEqual",
+        "  commit_message: Replace assertEquals, revised\n  body: Why it changed",
+    )
+    campaign_revise(campaign=campaign, actor=manager, source=revised)
+
+    page = client.get(f"{queue}?which=text_changed").content.decode()
+    assert 'data-testid="filter-text_changed">approved, text changed: needs approval (1)' in page
+    assert page.count('data-testid="queue-row"') == 1 and "approved, text changed" in page
+    published = client.get(f"{queue}?which=published").content.decode()
+    assert re.search(r'data-testid="row-status">approved, text changed: needs approval<', published)
+    board = client.get(reverse("review-dashboard", args=[campaign.pk])).content.decode()
+    assert re.search(r'data-testid="review-text-changed">1<', board)
+    # Not published with a text nobody approved; the pull request is untouched.
+    refused = client.post(decide)
+    assert refused.status_code == 409 and b"changeset.title" in refused.content
+    assert Changeset.objects.get(run=run).publish_hash == changeset.publish_hash
+
+    # Approved again from the page that shows the new text; the page offers the update.
+    assert client.post(approve_url, _page_form(client, campaign, run)).status_code == 302
+    assert "(0)" in client.get(f"{queue}?which=text_changed").content.decode()
+    compare = client.get(reverse("review-compare", args=[campaign.pk, run.pk])).content.decode()
+    assert 'data-testid="publish-text-update"' in compare
+    assert client.post(decide).status_code == 302
+    queued = Changeset.objects.get(run=run)
+    assert queued.state == "queued" and queued.publish_text["title"] == "Use assertEqual, revised"
+    event = _event("review.change.published")["payload"]
+    assert event["replaces_publish_hash"] == changeset.publish_hash
+    assert event["publish_hash"] == queued.publish_hash
+
+    updated = changeset_push(changeset_id=queued.pk)
+    assert updated.state == "open", updated.error
+    (pr,) = fake_github.pulls["acme/alpha"]  # the same pull request, updated
+    assert (pr["title"], pr["body"]) == ("Use assertEqual, revised", "Why it changed")
+    assert (updated.pr_number, updated.pr_url) == (changeset.pr_number, changeset.pr_url)
+    assert updated.commit != first_commit
+    log = git(bare, "log", "-1", "--format=%s", "convoy/assert-equal").decode()
+    assert log.strip() == "Replace assertEquals, revised"
+    # Published with the approved text, nothing more to update.
+    compare = client.get(reverse("review-compare", args=[campaign.pk, run.pk])).content.decode()
+    assert 'data-testid="publish-text-update"' not in compare
+    assert client.post(decide).status_code == 302
+    assert Changeset.objects.get(run=run).state == "open"

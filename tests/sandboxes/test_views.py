@@ -1,13 +1,13 @@
 """Sandbox pages: who sees which sandbox, the unsafe marking, and terminating from the page."""
 
 import pytest
-from django.db import connection
 from django.test import override_settings
 
 from audit.models import AuditEvent
 from sandboxes.backends.base import SandboxSpec
 from sandboxes.models import SandboxState
 from sandboxes.services import sandbox_create, sandbox_exec, sandbox_read_file
+from tests.support import events_refused
 
 pytestmark = pytest.mark.shapes("embedded", "production")
 SPEC = SandboxSpec(timeout_s=300)
@@ -66,33 +66,6 @@ def test_terminating_from_the_page_is_recorded_with_who_did_it(
     assert (event.actor_display, event.actor_type) == ("ada", "human")
 
 
-def _sandbox_events_refused() -> None:
-    """The event table refuses sandbox events until `_sandbox_events_accepted`: a real
-    failure, nothing mocked."""
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(
-                "CREATE FUNCTION pg_temp.refuse() RETURNS trigger LANGUAGE plpgsql AS "
-                "$$ BEGIN RAISE EXCEPTION 'audit store unavailable'; END $$"
-            )
-            cursor.execute(
-                "CREATE TRIGGER refuse BEFORE INSERT ON audit_auditevent FOR EACH ROW "
-                "WHEN (NEW.action LIKE 'sandbox.%') EXECUTE FUNCTION pg_temp.refuse()"
-            )
-        else:
-            cursor.execute(
-                "CREATE TRIGGER refuse BEFORE INSERT ON audit_auditevent "
-                "WHEN NEW.action LIKE 'sandbox.%' "
-                "BEGIN SELECT RAISE(ABORT, 'audit store unavailable'); END"
-            )
-
-
-def _sandbox_events_accepted() -> None:
-    on = " ON audit_auditevent" if connection.vendor == "postgresql" else ""
-    with connection.cursor() as cursor:
-        cursor.execute(f"DROP TRIGGER IF EXISTS refuse{on}")
-
-
 def test_a_termination_the_trail_cannot_record_is_refused_and_the_sandbox_runs_on(
     transactional_db, client, admin_user, sandbox
 ):
@@ -100,11 +73,8 @@ def test_a_termination_the_trail_cannot_record_is_refused_and_the_sandbox_runs_o
     person's termination done and unrecorded. (Committed data: as a server runs, the request
     is not inside a test's transaction.)"""
     client.force_login(admin_user)
-    _sandbox_events_refused()
-    try:
+    with events_refused("sandbox."):
         response = client.post(f"/sandboxes/{sandbox.pk}/terminate")
-    finally:
-        _sandbox_events_accepted()
     assert response.status_code == 503
     assert "nothing was changed" in response.content.decode()
     sandbox.refresh_from_db()
