@@ -10,11 +10,14 @@ import re
 from agents.grants import Refusal
 from agents.models import ApiStyle, ModelGrant
 
-# Tools the caller runs itself. OpenAI: function and custom tools. Anthropic: tools without a
-# type (or `custom`) and the client tools Anthropic defines but the caller executes (bash,
-# text editor, computer use, memory); everything else (web_search_*, web_fetch_*,
-# code_execution_*, mcp_toolset, tool_search_*, advisor_*) runs on Anthropic's side.
-_OPENAI_TOOLS = frozenset({"function", "custom"})
+# Tools the caller runs itself. OpenAI: function and custom tools, and the ones OpenAI defines
+# but the caller executes (apply_patch, local_shell, shell with a local environment; a shell
+# without one may run in OpenAI's container). Anthropic: tools without a type (or `custom`)
+# and the client tools Anthropic defines but the caller executes (bash, text editor, computer
+# use, memory). Everything else (mcp, web_search*, file_search, code_interpreter,
+# image_generation, computer_use*; web_fetch_*, code_execution_*, mcp_toolset, ...) runs on
+# the provider's side.
+_OPENAI_TOOLS = frozenset({"function", "custom", "apply_patch", "local_shell"})
 _ANTHROPIC_CLIENT_TOOL = re.compile(r"(bash|text_editor|computer|memory)_\d{8}\Z")
 # Body keys refused whatever their value: the provider connects to servers (`mcp_servers`),
 # runs or reuses a container (`container`), runs the call later and keeps it (`background`),
@@ -56,6 +59,9 @@ def _tool_allowed(api_style: str, tool) -> bool:
         return kind in (None, "custom") or (
             isinstance(kind, str) and bool(_ANTHROPIC_CLIENT_TOOL.match(kind))
         )
+    if kind == "shell":
+        environment = tool.get("environment")
+        return isinstance(environment, dict) and environment.get("type") == "local"
     return kind in _OPENAI_TOOLS
 
 
@@ -77,9 +83,13 @@ def _fetched_url(node) -> str | None:
     return None
 
 
+class _TooDeep(Exception):
+    pass
+
+
 def _content_walk(node, depth: int = 0):
-    if depth > 64:  # JSON this deep is no message; the provider will refuse it
-        return
+    if depth > 64:  # no message is this deep; unwalked, it could hide a URL
+        raise _TooDeep
     if isinstance(node, dict):
         yield node
         for key, value in node.items():
@@ -133,19 +143,24 @@ def call_body_check(*, grant: ModelGrant, payload: dict) -> None:
                     + (
                         "(no type, custom, bash_*, text_editor_*, computer_*, memory_*)"
                         if api_style == ApiStyle.ANTHROPIC
-                        else "(function, custom)"
+                        else "(function, custom, apply_patch, local_shell, shell with a local "
+                        "environment)"
                     ),
                 )
     for key in ("messages", "input", "system", "instructions"):
-        for node in _content_walk(payload.get(key), 1):
-            url = _fetched_url(node)
-            if url is not None:
-                raise _refuse(
-                    grant,
-                    "url_not_allowed",
-                    f"`{key}` asks the provider to fetch {url[:200]!r}; send images and "
-                    "files inline (base64 or a data: URL)",
-                )
+        try:
+            url = next(filter(None, map(_fetched_url, _content_walk(payload.get(key), 1))), None)
+        except _TooDeep:
+            raise Refusal(
+                400, "invalid_request", f"Convoy gateway: `{key}` is nested too deep", grant
+            ) from None
+        if url is not None:
+            raise _refuse(
+                grant,
+                "url_not_allowed",
+                f"`{key}` asks the provider to fetch {url[:200]!r}; send images and "
+                "files inline (base64 or a data: URL)",
+            )
 
 
 def forward_headers(headers: list[tuple[str, str]], *, api_style: str) -> list[tuple[str, str]]:

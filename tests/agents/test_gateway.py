@@ -639,7 +639,13 @@ _REFUSED_BODIES = [
     ("openai", "/v1/responses", {"tools": [{"type": "code_interpreter"}]}, "tool"),
     ("openai", "/v1/responses", {"tools": [{"type": "file_search"}]}, "tool"),
     ("openai", "/v1/responses", {"tools": [{"type": "image_generation"}]}, "tool"),
-    ("openai", "/v1/responses", {"tools": [{"type": "local_shell"}]}, "tool"),
+    ("openai", "/v1/responses", {"tools": [{"type": "shell"}]}, "tool"),
+    (
+        "openai",
+        "/v1/responses",
+        {"tools": [{"type": "shell", "environment": {"type": "container_auto"}}]},
+        "tool",
+    ),
     ("openai", "/v1/chat/completions", {"tools": [{"type": "computer_use_preview"}]}, "tool"),
     ("openai", "/v1/responses", {"background": True}, "parameter"),
     ("openai", "/v1/responses", {"conversation": "conv_123"}, "parameter"),
@@ -742,7 +748,18 @@ def test_tools_and_fetches_the_provider_would_run_are_refused(
     ("style", "path", "extra"),
     [
         ("openai", "/v1/chat/completions", {"tools": [{"type": "function", "function": {}}]}),
-        ("openai", "/v1/responses", {"tools": [{"type": "custom", "name": "apply_patch"}]}),
+        (
+            "openai",
+            "/v1/responses",
+            {
+                "tools": [
+                    {"type": "custom", "name": "apply_patch"},
+                    {"type": "apply_patch"},
+                    {"type": "local_shell"},
+                    {"type": "shell", "environment": {"type": "local"}},
+                ]
+            },
+        ),
         (
             "openai",
             "/v1/chat/completions",
@@ -815,6 +832,24 @@ def test_only_allowed_headers_and_betas_reach_the_provider(admin_user, fake, gat
     for name in ("openai-organization", "openai-project", "x-anything", "authorization"):
         assert name not in seen
     assert seen["x-api-key"] == REAL_KEY
+
+
+def test_messages_too_deep_to_check_are_refused(admin_user, fake, gateway):
+    """The check for URLs walks the messages; one nested past its depth is refused, not let
+    through unchecked."""
+    _provider(admin_user, fake.base_url, api_style="anthropic")
+    _grant_row, token = _grant()
+    deep = {"type": "image", "source": {"type": "url", "url": "https://attacker.example/"}}
+    for _ in range(70):
+        deep = {"type": "tool_result", "content": [deep]}
+    body = {
+        "model": "fake-model",
+        "max_tokens": 10,
+        "messages": [{"role": "user", "content": [deep]}],
+    }
+    status, data = _raw(gateway, "POST", "/v1/messages", token, body)
+    assert status == 400 and "nested too deep" in json.loads(data)["error"]["message"], data
+    assert fake.requests == []
 
 
 @pytest.mark.parametrize("n", [9, 128, 0, "2", True])
