@@ -30,6 +30,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
 from django.utils import timezone
 
+from agents.bodies import call_body_check, call_choices, forward_headers
 from agents.grants import (
     Admission,
     Refusal,
@@ -66,21 +67,6 @@ WRITE_TIMEOUT_S = 60.0
 # could not be forwarded to the provider.
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*\Z")
-# Never forwarded: hop-by-hop headers, the sandbox's credentials, and what we set ourselves.
-_DROP_REQUEST = {
-    "host",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "transfer-encoding",
-    "content-length",
-    "authorization",
-    "x-api-key",
-    "accept-encoding",
-    "te",
-    "upgrade",
-}
 _DROP_RESPONSE = {"connection", "keep-alive", "transfer-encoding", "content-length"}
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden"}
 
@@ -137,9 +123,7 @@ def _usage_estimate(*, request_size: int, response_size: int, payload: dict) -> 
     tokens_out = max(response_size // 4, 1)
     cap = _max_tokens(payload)
     if cap is not None:
-        n = payload.get("n")
-        choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
-        tokens_out = min(tokens_out, cap * choices)
+        tokens_out = min(tokens_out, cap * call_choices(payload))
     return max(request_size // 4, 1), tokens_out
 
 
@@ -456,6 +440,15 @@ class ModelGateway:
         payload = await self._json(body)
         model = payload.get("model") if isinstance(payload.get("model"), str) else None
         stream = payload.get("stream") is True
+        # Tools the provider runs, URLs it fetches, state it keeps: refused before admission.
+        try:
+            if len(body) <= JSON_INLINE:
+                call_body_check(grant=grant, payload=payload)
+            else:
+                await asyncio.to_thread(call_body_check, grant=grant, payload=payload)
+        except Refusal as r:
+            await self._refusal_record(r, model=model or "", path=path, stream=stream, began=began)
+            raise
         key_hash = token_hash(token)
         # Calls of a budgeted grant run side by side: each holds a reservation of what it may
         # cost (call_reservation) against the grant's and the campaign's budget until its
@@ -504,6 +497,7 @@ class ModelGateway:
             grant=grant,
             request_bytes=request_size,
             max_tokens=_max_tokens(payload),
+            choices=call_choices(payload),
         )
         try:
             admission: Admission = await self._orm(
@@ -616,7 +610,7 @@ class ModelGateway:
         # What the provider gets is what was checked (one `model`, however the JSON spelled it).
         body = await _dumps(payload, size=request_size)
         url = _upstream_url(provider.base_url, endpoint)
-        out_headers = [(k, v) for k, v in headers if k.lower() not in _DROP_REQUEST]
+        out_headers = forward_headers(headers, api_style=provider.api_style)
         out_headers.append(("Accept-Encoding", "identity"))  # usage is read from plain bytes
         if provider.api_style == ApiStyle.ANTHROPIC:
             out_headers.append(("x-api-key", key))
@@ -625,6 +619,9 @@ class ModelGateway:
         else:
             out_headers.append(("Authorization", f"Bearer {key}"))
         masks = (key, token, *grant_masks(admission.grant.pk))
+        # A free endpoint's request (count_tokens: up to the body limit, at no cost) is not
+        # kept: only calls that are charged have their request in the transcript.
+        kept_request = b"" if endpoint in FREE_ENDPOINTS else body
         reader = UsageReader(stream=stream)
         assert self._client is not None
         upstream = self._client.build_request("POST", url, headers=out_headers, content=body)
@@ -643,7 +640,7 @@ class ModelGateway:
                 error=message,
                 latency_ms=int((time.monotonic() - began[0]) * 1000),
                 transcript=transcript_pack(
-                    request=body, response=b"", response_size=0, masks=masks
+                    request=kept_request, response=b"", response_size=0, masks=masks
                 ),
             )
             call["settled"] = True
@@ -715,7 +712,7 @@ class ModelGateway:
                 first_byte_ms=first_byte_ms,
                 error=client_gone,
                 transcript=transcript_pack(
-                    request=body,
+                    request=kept_request,
                     response=bytes(reader.kept),
                     response_size=reader.size,
                     masks=masks,

@@ -241,17 +241,20 @@ def call_authenticate(*, token: str, caller: str | None, method: str, endpoint: 
     return grant
 
 
-def call_reservation(*, grant: ModelGrant, request_bytes: int, max_tokens: int | None) -> Decimal:
+def call_reservation(
+    *, grant: ModelGrant, request_bytes: int, max_tokens: int | None, choices: int = 1
+) -> Decimal:
     """What a call may cost, held against the campaign's budget while it runs (calls of other
     variants in flight would otherwise all be admitted against the same old total): the
     request's size as input tokens (about 4 bytes each) and its max tokens (else
-    RESERVE_OUTPUT_TOKENS) as output, or the grant's dearest call so far if more."""
+    RESERVE_OUTPUT_TOKENS) for each of its `choices` (`n`) as output, or the grant's dearest
+    call so far if more."""
     if grant.campaign_budget_usd is None and grant.budget_usd is None:
         return Decimal(0)
     provider = grant.provider
     estimate = call_cost(
         tokens_in=request_bytes // 4,
-        tokens_out=max_tokens or RESERVE_OUTPUT_TOKENS,
+        tokens_out=(max_tokens or RESERVE_OUTPUT_TOKENS) * max(choices, 1),
         input_per_mtok=provider.input_usd_per_mtok,
         output_per_mtok=provider.output_usd_per_mtok,
     )

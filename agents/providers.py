@@ -101,6 +101,13 @@ def _base_url_check(base_url: str):
             "such as https://api.openai.com/v1",
             field="base_url",
         )
+    if url.username is not None or url.password is not None:
+        # The gateway refuses to send the key to a URL with a user name (a request path could
+        # otherwise move it to another host): such a provider would fail every call.
+        raise Invalid(
+            "a user name or password in the URL is not allowed (the key is sent in a header)",
+            field="base_url",
+        )
     return url
 
 

@@ -629,3 +629,271 @@ def test_admission_does_not_wait_for_the_campaigns_other_grants(admin_user, fake
     finally:
         release.set()
         holder.join()
+
+
+_MCP = {"type": "mcp", "server_label": "x", "server_url": "https://attacker.example/mcp"}
+_REFUSED_BODIES = [
+    # OpenAI: tools the provider runs (remote MCP reaches any URL), state and fetches.
+    ("openai", "/v1/responses", {"tools": [{**_MCP, "require_approval": "never"}]}, "tool"),
+    ("openai", "/v1/responses", {"tools": [{"type": "web_search_preview"}]}, "tool"),
+    ("openai", "/v1/responses", {"tools": [{"type": "code_interpreter"}]}, "tool"),
+    ("openai", "/v1/responses", {"tools": [{"type": "file_search"}]}, "tool"),
+    ("openai", "/v1/responses", {"tools": [{"type": "image_generation"}]}, "tool"),
+    ("openai", "/v1/responses", {"tools": [{"type": "shell"}]}, "tool"),
+    (
+        "openai",
+        "/v1/responses",
+        {"tools": [{"type": "shell", "environment": {"type": "container_auto"}}]},
+        "tool",
+    ),
+    ("openai", "/v1/chat/completions", {"tools": [{"type": "computer_use_preview"}]}, "tool"),
+    ("openai", "/v1/responses", {"background": True}, "parameter"),
+    ("openai", "/v1/responses", {"conversation": "conv_123"}, "parameter"),
+    ("openai", "/v1/responses", {"prompt": {"id": "pmpt_123"}}, "parameter"),
+    ("openai", "/v1/chat/completions", {"web_search_options": {}}, "parameter"),
+    (
+        "openai",
+        "/v1/chat/completions",
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": "https://attacker.example/x"}}
+                    ],
+                }
+            ]
+        },
+        "url",
+    ),
+    (
+        "openai",
+        "/v1/responses",
+        {
+            "input": [
+                {
+                    "role": "user",
+                    "content": [{"type": "input_file", "file_url": "https://attacker.example/f"}],
+                }
+            ]
+        },
+        "url",
+    ),
+    # Anthropic: the MCP connector, server tools, containers and URL sources.
+    (
+        "anthropic",
+        "/v1/messages",
+        {"mcp_servers": [{"type": "url", "url": "https://attacker.example/mcp", "name": "x"}]},
+        "parameter",
+    ),
+    ("anthropic", "/v1/messages", {"tools": [{"type": "web_fetch_20250910"}]}, "tool"),
+    ("anthropic", "/v1/messages", {"tools": [{"type": "web_search_20250305"}]}, "tool"),
+    ("anthropic", "/v1/messages", {"tools": [{"type": "code_execution_20250825"}]}, "tool"),
+    ("anthropic", "/v1/messages", {"tools": [{"type": "mcp_toolset"}]}, "tool"),
+    ("anthropic", "/v1/messages", {"container": "container_123"}, "parameter"),
+    (
+        "anthropic",
+        "/v1/messages",
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": "t1",
+                            "content": [
+                                {
+                                    "type": "image",
+                                    "source": {"type": "url", "url": "https://attacker.example/"},
+                                }
+                            ],
+                        }
+                    ],
+                }
+            ]
+        },
+        "url",
+    ),
+    ("anthropic", "/v1/messages/count_tokens", {"mcp_servers": []}, "parameter"),
+]
+
+
+@pytest.mark.parametrize(("style", "path", "extra", "refused"), _REFUSED_BODIES)
+def test_tools_and_fetches_the_provider_would_run_are_refused(
+    admin_user, fake, gateway, style, path, extra, refused
+):
+    """The gateway checked only `model` and `stream`: a sandbox could have the provider run a
+    remote MCP server, fetch a page or run code, reaching any URL outside its egress policy
+    (and billed outside tokens). Now only tools the agent runs itself pass; the rest is a 403
+    recorded and audited, and the provider sees nothing."""
+    _provider(admin_user, fake.base_url, api_style=style)
+    grant, token = _grant()
+    body = {"model": "fake-model", "max_tokens": 10, "messages": [], **extra}
+    beta = b"anthropic-beta: mcp-client-2025-04-04,web-fetch-2025-09-10\r\n"
+    status, data = _raw(gateway, "POST", path, token, body, extra=beta)
+    assert status == 403, data
+    assert json.loads(data)["error"]["type"] == f"{refused}_not_allowed"
+    assert fake.requests == []
+    wait_for(lambda: ModelCall.objects.exists(), timeout=10, what="the refusal's record")
+    call = ModelCall.objects.get()
+    assert (call.outcome, call.status_code) == (CallOutcome.REFUSED, 403)
+    event = json.loads(AuditEvent.objects.get(action="agents.model.called").body)
+    assert event["payload"]["status"] == 403 and event["outcome"] == "denied"
+    grant.refresh_from_db()
+    assert (grant.calls, grant.spent_usd) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("style", "path", "extra"),
+    [
+        ("openai", "/v1/chat/completions", {"tools": [{"type": "function", "function": {}}]}),
+        (
+            "openai",
+            "/v1/responses",
+            {
+                "tools": [
+                    {"type": "custom", "name": "apply_patch"},
+                    {"type": "apply_patch"},
+                    {"type": "local_shell"},
+                    {"type": "shell", "environment": {"type": "local"}},
+                ]
+            },
+        ),
+        (
+            "openai",
+            "/v1/chat/completions",
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image_url", "image_url": {"url": "data:image/png;base64,"}}
+                        ],
+                    }
+                ]
+            },
+        ),
+        (
+            "anthropic",
+            "/v1/messages",
+            {
+                "tools": [
+                    {"name": "run", "input_schema": {"type": "object"}},
+                    {"type": "custom", "name": "x", "input_schema": {"type": "object"}},
+                    {"type": "bash_20250124", "name": "bash"},
+                    {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"},
+                ],
+                # A tool call's input is the agent's own data, even when it names a URL.
+                "messages": [
+                    {
+                        "role": "assistant",
+                        "content": [
+                            {
+                                "type": "tool_use",
+                                "id": "t1",
+                                "name": "fetch",
+                                "input": {"source": {"type": "url", "url": "https://x.example"}},
+                            }
+                        ],
+                    }
+                ],
+            },
+        ),
+    ],
+)
+def test_tools_the_agent_runs_itself_pass(admin_user, fake, gateway, style, path, extra):
+    _provider(admin_user, fake.base_url, api_style=style)
+    _grant_row, token = _grant()
+    body = {"model": "fake-model", "max_tokens": 10, "messages": [], **extra}
+    status, data = _raw(gateway, "POST", path, token, body)
+    assert status == 200, data
+    assert fake.requests[-1]["body"] == body
+
+
+def test_only_allowed_headers_and_betas_reach_the_provider(admin_user, fake, gateway):
+    """Every header but a few was forwarded: `OpenAI-Organization` billed another account and
+    `anthropic-beta` switched on the MCP connector and web fetch. Now only an allowlist of
+    headers passes, and only anthropic-beta features that run on the model."""
+    _provider(admin_user, fake.base_url, api_style="anthropic")
+    _grant_row, token = _grant()
+    extra = (
+        b"OpenAI-Organization: org-other\r\nOpenAI-Project: proj-other\r\nX-Anything: 1\r\n"
+        b"User-Agent: agent/1.0\r\nanthropic-version: 2023-06-01\r\n"
+        b"anthropic-beta: mcp-client-2025-04-04, interleaved-thinking-2025-05-14,"
+        b"web-fetch-2025-09-10,files-api-2025-04-14,claude-code-20250219\r\n"
+    )
+    body = {"model": "fake-model", "max_tokens": 10, "messages": []}
+    status, data = _raw(gateway, "POST", "/v1/messages", token, body, extra=extra)
+    assert status == 200, data
+    seen = {k.lower(): v for k, v in fake.requests[-1]["headers"].items()}
+    assert seen["anthropic-beta"] == "interleaved-thinking-2025-05-14,claude-code-20250219"
+    assert seen["user-agent"] == "agent/1.0" and seen["anthropic-version"] == "2023-06-01"
+    for name in ("openai-organization", "openai-project", "x-anything", "authorization"):
+        assert name not in seen
+    assert seen["x-api-key"] == REAL_KEY
+
+
+def test_messages_too_deep_to_check_are_refused(admin_user, fake, gateway):
+    """The check for URLs walks the messages; one nested past its depth is refused, not let
+    through unchecked."""
+    _provider(admin_user, fake.base_url, api_style="anthropic")
+    _grant_row, token = _grant()
+    deep = {"type": "image", "source": {"type": "url", "url": "https://attacker.example/"}}
+    for _ in range(70):
+        deep = {"type": "tool_result", "content": [deep]}
+    body = {
+        "model": "fake-model",
+        "max_tokens": 10,
+        "messages": [{"role": "user", "content": [deep]}],
+    }
+    status, data = _raw(gateway, "POST", "/v1/messages", token, body)
+    assert status == 400 and "nested too deep" in json.loads(data)["error"]["message"], data
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize("n", [9, 128, 0, "2", True])
+def test_more_completions_than_the_cap_are_refused_naming_n(admin_user, fake, gateway, n):
+    _provider(admin_user, fake.base_url)
+    _grant_row, token = _grant()
+    body = {"model": "fake-model", "messages": [], "n": n}
+    status, data = _raw(gateway, "POST", "/v1/chat/completions", token, body)
+    assert status == 400, data
+    assert "`n`" in json.loads(data)["error"]["message"]
+    assert fake.requests == []
+    wait_for(lambda: ModelCall.objects.exists(), timeout=10, what="the refusal's record")
+    assert ModelCall.objects.get().outcome == CallOutcome.REFUSED
+
+
+def test_parallel_calls_with_many_choices_do_not_overrun_the_budget(admin_user, gateway):
+    """A call's reservation counted `max_tokens` once whatever its `n`: ten calls at once with
+    n=8 were admitted five at a time against $1.00 (each may cost $1.60). Now each holds
+    max_tokens x n: one is admitted, the others are told the budget is held."""
+    with FakeModelServer(first_token_delay_s=1.0) as server:
+        _provider(admin_user, server.base_url)
+        grant, token = _grant(budget_usd=1.0)
+        body = {"model": "fake-model", "messages": [], "stream": True, "max_tokens": 100, "n": 8}
+        answers = _parallel(
+            10, lambda i: _raw(gateway, "POST", "/v1/chat/completions", token, body)
+        )
+    statuses = [status for status, _data in answers]
+    # A second one only if the first had ended (and cost $0.18) before it was admitted.
+    assert 1 <= statuses.count(200) <= 2 and statuses.count(429) >= 8, statuses
+    wait_for(lambda: ModelCall.objects.count() == 10, timeout=20, what="the records")
+    grant.refresh_from_db()
+    assert grant.spent_usd == Decimal("0.18") * statuses.count(200)
+
+
+def test_a_free_endpoints_request_is_not_kept(admin_user, fake, gateway):
+    """count_tokens costs nothing, yet its request (up to the body limit) was stored in every
+    call's transcript: a sandbox could fill the database for free. Its request is not kept."""
+    _provider(admin_user, fake.base_url, api_style="anthropic")
+    _grant_row, token = _grant()
+    text = "count me " * 1000
+    body = {"model": "fake-model", "messages": [{"role": "user", "content": text}]}
+    status, _data = _raw(gateway, "POST", "/v1/messages/count_tokens", token, body)
+    assert status == 200
+    wait_for(lambda: ModelCall.objects.exists(), timeout=10, what="the call's record")
+    (record,) = variant_transcript(variant_id=9)
+    assert "count_tokens" in record["path"]
+    assert "count me" not in json.dumps(record) and record["request"] in ("", None)

@@ -142,6 +142,8 @@ _GOOD = {
         ({"base_url": "https://a.com:abc/v1"}, "base_url"),
         ({"base_url": "https://a.com:0/v1"}, "base_url"),
         ({"base_url": "https://a.com/v1\ud800"}, "base_url"),
+        ({"base_url": "https://user:secret@models.example/v1"}, "base_url"),
+        ({"base_url": "https://user@models.example/v1"}, "base_url"),
         ({"key": "sk-\u0000x"}, "key"),
         ({"key": "sk-\ud800"}, "key"),
         ({"key": "sk-a\r\nX-Other: 1"}, "key"),
