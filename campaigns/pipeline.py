@@ -312,7 +312,9 @@ def _transform_and_diff(
     wrapper = (
         '( __convoy_step=$1; set --; eval "$__convoy_step" ); status=$?; '
         "if [ $status -ne 0 ]; then exit $status; fi; "
-        "rm -f .git/info/attributes; "
+        # A test first: `rm` is a process a run, and the file is almost never there.
+        "if [ -e .git/info/attributes ] || [ -L .git/info/attributes ]; then "
+        "rm -f .git/info/attributes; fi; "
         f"printf '\\n%s\\n' '{done}'; exec 2>/tmp/.convoy-git-stderr; "
         f"{{ {git} add -A . >/dev/null && "
         f"{git} diff --cached --binary -p --no-color --no-ext-diff --no-textconv "

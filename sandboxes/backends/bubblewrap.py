@@ -42,8 +42,11 @@ from sandboxes.workspaces import SYSTEM_SYMLINKS, Meta
 log = logging.getLogger(__name__)
 
 SANDBOX_UID = 1000  # inside the user namespace; maps to the uid bwrap runs as (`host_user`)
-# What bwrap (a host process) runs with, whatever the command's environment says.
-HOST_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
+# What bwrap (a host process) runs with, whatever the command's environment says. The C
+# locale is built into the C library: with C.UTF-8, setpriv, prlimit and bwrap each read about
+# a dozen locale files at every command (0.24 ms of CPU a command). The command's own locale
+# comes from its environment (`--args`), not from this.
+HOST_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 
 
 def env_args_fd(env: Mapping[str, str]) -> int:
