@@ -187,6 +187,9 @@ def hostport_split(text: str, *, default_port: int | None = None) -> tuple[str, 
 # records' headers included, at most this many bytes (real ones take under 2 KB, a few with
 # post-quantum key shares about 4 KB; the padding extension can take one to 16 KB).
 HELLO_LIMIT = 64 * 1024
+# Real clients send fewer than 30 extensions; a hello of thousands is a sandbox making the
+# proxy's one event loop, shared by every sandbox, work for it.
+HELLO_EXTENSIONS_MAX = 128
 _RECORD_MAX = 1 << 14  # a TLS plaintext record's fragment, at most (RFC 8446 5.1)
 _SERVER_NAME = 0x0000
 # Encrypted Client Hello, and its draft ESNI: the name the server acts on is hidden inside.
@@ -309,12 +312,15 @@ def client_hello_parse(body: bytes) -> ClientHello:
     extensions = _Fields(fields.vector(2))
     if not fields.done():
         raise BadHello("bytes after the TLS ClientHello's extensions")
-    types, names = [], None
+    types, seen, names = [], set(), None
     while not extensions.done():
         kind = extensions.number(2)
         value = extensions.vector(2)
-        if kind in types:
+        if kind in seen:
             raise BadHello(f"the TLS ClientHello has extension {kind} twice")
+        if len(types) == HELLO_EXTENSIONS_MAX:
+            raise BadHello(f"the TLS ClientHello has more than {HELLO_EXTENSIONS_MAX} extensions")
+        seen.add(kind)
         types.append(kind)
         if kind == _SERVER_NAME:
             names = _server_names_parse(value)
