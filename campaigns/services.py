@@ -522,12 +522,17 @@ def campaign_cancel(*, campaign: Campaign, actor) -> Campaign:
 
 def campaign_retry(*, campaign: Campaign, actor, signature: str | None = None) -> list[int]:
     """Put failed runs (all, or one error-signature cluster) back in line; return their ids."""
-    if campaign.state not in (CampaignState.RUNNING, CampaignState.COMPLETED):
-        raise CampaignStateError(f"campaign is {campaign.state}; cannot retry its runs")
     runs = RepoRun.objects.filter(campaign=campaign, state=RunState.FAILED)
     if signature:
         runs = runs.filter(error_signature=signature)
     with transaction.atomic():
+        # The state as it is now, held until the runs move: a cancel committed since the caller
+        # loaded the campaign left failed runs pending for good in a cancelled campaign.
+        state = (
+            Campaign.objects.select_for_update().values_list("state", flat=True).get(pk=campaign.pk)
+        )
+        if state not in (CampaignState.RUNNING, CampaignState.COMPLETED):
+            raise CampaignStateError(f"campaign is {state}; cannot retry its runs")
         ids = runs_transition(
             runs=runs,
             from_states=[RunState.FAILED],
