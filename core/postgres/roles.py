@@ -53,6 +53,19 @@ def _refuse_unsafe(cursor, *, app_role: str, append_only: tuple[str, ...]) -> No
     if owned:
         names = ", ".join(f"{table} (owner {owner})" for table, owner in owned)
         raise RoleError(f"{app_role!r} owns, or is a member of the owner of, {names}")
+    # A role it can SET ROLE to counts as its own: a superuser role's member drops the triggers
+    # as that role, and CREATEROLE (before PostgreSQL 16) grants itself the owner's membership.
+    cursor.execute(
+        "SELECT rolname, rolsuper FROM pg_roles WHERE (rolsuper OR rolcreaterole) "
+        "AND pg_has_role(%s, oid, 'MEMBER') ORDER BY rolname LIMIT 1",
+        [app_role],
+    )
+    powerful = cursor.fetchone()
+    if powerful is not None:
+        name, superuser = powerful
+        what = "a superuser" if superuser else "allowed to create roles (CREATEROLE)"
+        via = "" if name == app_role else f" through its membership of {name!r}"
+        raise RoleError(f"{app_role!r} is {what}{via}: it could drop the audit triggers")
     for table in append_only:
         cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [table])
         if not cursor.fetchone()[0]:

@@ -189,6 +189,27 @@ def test_db_grant_refuses_a_role_that_could_alter_the_tables(app_role):
     finally:
         with connection.cursor() as cursor:
             cursor.execute(f"REVOKE {owner} FROM {name}")
+    # A role it may become counts as its own: a superuser role, or one that can create roles
+    # (and so grant itself the owner's), through membership or on the role itself.
+    powerful = f"{name}_powerful"
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE ROLE {powerful} NOLOGIN SUPERUSER")
+        cursor.execute(f"GRANT {powerful} TO {name}")
+    try:
+        with pytest.raises(
+            CommandError, match=rf"superuser through its membership of '{powerful}'"
+        ):
+            call_command("db_grant", app_role=name, database="default")
+        with connection.cursor() as cursor:
+            cursor.execute(f"REVOKE {powerful} FROM {name}")
+            cursor.execute(f"ALTER ROLE {name} CREATEROLE")
+        with pytest.raises(CommandError, match=r"allowed to create roles \(CREATEROLE\)"):
+            call_command("db_grant", app_role=name, database="default")
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER ROLE {name} NOCREATEROLE")
+            cursor.execute(f"DROP ROLE {powerful}")
+    call_command("db_grant", app_role=name, database="default")
 
 
 def test_migrate_with_both_urls_runs_as_the_owner_then_grants_the_app_role(app_role):
