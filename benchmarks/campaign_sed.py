@@ -112,6 +112,7 @@ def _floor(
     *,
     limits: bool = False,
     env: dict[str, str] | None = None,
+    removal: bool = False,
 ) -> tuple[float, float, dict]:
     """Seconds for: clone each repository on the host, then run the sed in the bare engine; the
     CPU seconds its processes used; the whole machine's CPU meanwhile (`machine_cpu_s`).
@@ -121,7 +122,11 @@ def _floor(
     as a plain `systemd-run --scope` would), its rlimits set through bwrap's info and block
     fds. gVisor's floor always has them: it runs Convoy's bundle, cgroup resources included.
 
-    `env`: the commands' environment; by default the one Convoy's commands get (`BASE_ENV`)."""
+    `env`: the commands' environment; by default the one Convoy's commands get (`BASE_ENV`).
+
+    `removal`: each repository's clone is removed once its diff is read, inside the timed
+    window, as Convoy removes each sandbox's workspace inside its own (the other floors remove
+    theirs after their clock stops)."""
     from concurrent.futures import ThreadPoolExecutor
     from types import SimpleNamespace
 
@@ -157,6 +162,13 @@ def _floor(
 
     def one(index: int) -> None:
         dest = work / f"r{index}"
+        step_in(index, dest)
+        if removal:
+            if index == 0:
+                assert "assertEqual(" in (dest / "test_calc.py").read_text()
+            shutil.rmtree(dest)
+
+    def step_in(index: int, dest: Path) -> None:
         subprocess.run(["git", "clone", "--quiet", str(repos[index]), str(dest)], check=True)
         if config is None:
             argv = bwrap_argv(
@@ -210,7 +222,8 @@ def _floor(
     machine = machine_cpu_since(machine)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime
-    assert "assertEqual(" in (work / "r0" / "test_calc.py").read_text()
+    if not removal:
+        assert "assertEqual(" in (work / "r0" / "test_calc.py").read_text()
     shutil.rmtree(work, ignore_errors=True)
     return elapsed, cpu, machine
 
@@ -450,6 +463,11 @@ def main() -> None:
                     result["floor-bwrap-limits"], _, _ = _floor(
                         backend, repos, floor_dir, args.jobs, limits=True
                     )
+                # The same steps plus each clone's removal inside the timed window (Convoy
+                # removes each workspace inside its own).
+                result[f"floor-{backend}-removal"], _, _ = _floor(
+                    backend, repos, floor_dir, args.jobs, removal=True
+                )
                 # The floor as it was before session 17: its commands had a shorter PATH and
                 # no locale, so they did less work in the engine than Convoy's.
                 result[f"floor-{backend}-minimal"], _, _ = _floor(
@@ -504,6 +522,12 @@ def main() -> None:
                 f"filter, a cgroup with the spec's limits and rlimits): {limited:.2f} s; "
                 f"Convoy / that floor {elapsed / limited:.2f}x (rounds {per_round})"
             )
+        removed, per_round = _floor_against(rounds, backend, f"floor-{backend}-removal")
+        print(
+            f"    engine floor on {backend} removing each clone inside the timed window (as "
+            f"Convoy removes each workspace inside its own): {removed:.2f} s; Convoy / that floor "
+            f"{elapsed / removed:.2f}x (rounds {per_round})"
+        )
         minimal, per_round = _floor_against(rounds, backend, f"floor-{backend}-minimal")
         print(
             f"    engine floor on {backend} with a minimal environment (PATH=/usr/bin:/bin, "
