@@ -2,10 +2,11 @@
 
 `LogCapture` is fed the backend's `(stream, bytes)` events by `sandbox_exec`. It turns them into
 lines (UTF-8 decoded with replacement, `\\r` progress collapsed, long lines split, secrets
-masked, a per-command size cap), gives each line the sandbox's next sequence number, writes the
-lines with one bulk insert per batch and publishes each batch, rendered as HTML, to the sandbox's
-channel-layer group. Storage is the source of truth: the websocket consumer resyncs from it
-whenever the channel layer cannot be trusted (a gap, a late joiner, a slow reader).
+masked, per-command caps on bytes and on lines), gives each line the sandbox's next sequence
+number, writes the lines with one bulk insert per batch and publishes each batch, rendered as
+HTML, to the sandbox's channel-layer group. Storage is the source of truth: the websocket
+consumer resyncs from it whenever the channel layer cannot be trusted (a gap, a late joiner, a
+slow reader).
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ logger = logging.getLogger(__name__)
 
 
 COMMAND_CAP_BYTES = 8 * 1024 * 1024  # per command; past it a marker line says what was dropped
+# Also per command, because each line is a stored row (~120 bytes with its index entries) and a
+# pushed element (~65 bytes of HTML) whatever its length: 8 MiB of bare newlines would otherwise
+# be 8.4 million rows. 200,000 lines is far more than a test suite's verbose log, and leaves
+# the byte cap in charge for lines averaging over 42 bytes.
+COMMAND_CAP_LINES = 200_000
 BATCH_MAX_LINES = 2000
 BATCH_MAX_CHARS = 512 * 1024
 BATCH_MAX_DELAY_S = 0.015  # latency budget of a quiet command's line before it is written
@@ -152,13 +158,17 @@ class LogCapture:
         argv: Sequence[str] | None = None,
         secrets: Iterable[str] | Mapping[str, str] = (),
         cap_bytes: int = COMMAND_CAP_BYTES,
+        cap_lines: int = COMMAND_CAP_LINES,
         threaded: bool | None = None,
         header: str | None = None,
     ) -> None:
         self.sandbox_id = sandbox_id
         self.command_id = command_id
         self.cap_bytes = cap_bytes
+        self.cap_lines = cap_lines
         self.bytes_in = 0
+        self.lines_in = 0  # output lines kept (stdout and stderr; not our own system lines)
+        self._truncated = False  # a cap was reached: the rest is counted, not stored
         self.bytes_dropped = 0
         self.lines_written = 0
         self.batches_written = 0
@@ -195,8 +205,8 @@ class LogCapture:
             self._feed(stream, data)
 
     def _feed(self, stream: str, data: bytes) -> None:
-        if self.bytes_in >= self.cap_bytes:
-            self.bytes_dropped += len(data)
+        if self._truncated or self.bytes_in >= self.cap_bytes:
+            self.bytes_dropped += len(data)  # drained, so the command never blocks on a pipe
             return
         room = self.cap_bytes - self.bytes_in
         self.bytes_in += min(len(data), room)
@@ -207,18 +217,39 @@ class LogCapture:
         lines = self._splitters[stream].feed(data, now)
         if self.bytes_in >= self.cap_bytes:
             # The marker goes right after the last stored bytes, in order with them.
-            self._add(stream, lines, now)
+            self._add_output(stream, lines, now)
             for name, splitter in self._splitters.items():
-                self._add(name, splitter.take_pending(final=True), now)
-            self.system(
-                f"[output truncated: this command printed more than {self.cap_bytes:,} bytes; "
-                "the rest is not stored]"
-            )
+                self._add_output(name, splitter.take_pending(final=True), now)
+            if not self._truncated:  # (the line cap may have come first)
+                self._truncate(f"{self.cap_bytes:,} bytes")
             return
-        self._add(stream, lines, now)
+        self._add_output(stream, lines, now)
         for name, splitter in self._splitters.items():
             if splitter.due(now):
-                self._add(name, splitter.take_pending(), now)
+                self._add_output(name, splitter.take_pending(), now)
+
+    def _add_output(self, stream: str, texts: list[str], now: float) -> None:
+        """Output lines, held to the line cap: the first line past it ends what is stored."""
+        if self._truncated:
+            self.bytes_dropped += _size(texts)
+            return
+        room = self.cap_lines - self.lines_in
+        if len(texts) <= room:
+            self.lines_in += len(texts)
+            self._add(stream, texts, now)
+            return
+        self.lines_in = self.cap_lines
+        self._add(stream, texts[:room], now)
+        self.bytes_dropped += _size(texts[room:])
+        for splitter in self._splitters.values():
+            self.bytes_dropped += _size(splitter.take_pending(final=True))
+        self._truncate(f"{self.cap_lines:,} lines")
+
+    def _truncate(self, limit: str) -> None:
+        self._truncated = True
+        self.system(
+            f"[output truncated: this command printed more than {limit}; the rest is not stored]"
+        )
 
     def system(self, text: str) -> None:
         """A line of our own (command header, truncation marker), masked like the output."""
@@ -251,7 +282,7 @@ class LogCapture:
         now = time.monotonic()
         with self._lock:
             for name, splitter in self._splitters.items():
-                self._add(name, splitter.take_pending(final=True), now)
+                self._add_output(name, splitter.take_pending(final=True), now)
             if self.bytes_dropped:
                 self.system(f"[{self.bytes_dropped:,} bytes of output were not stored]")
             self._closed = True
@@ -344,11 +375,10 @@ class LogCapture:
             if splitter.due(now):
                 texts = splitter.take_pending()
                 if texts:
-                    stamp = timezone.now()
-                    if not self._pending:
+                    was_empty = not self._pending
+                    self._add_output(name, texts, now)  # counted against the line cap too
+                    if was_empty:
                         self._oldest = now - BATCH_MAX_DELAY_S
-                    self._pending.extend((name, t, stamp) for t in texts)
-                    self._pending_chars += sum(map(len, texts))
 
     def _write(self, batch: list[tuple[str, str, datetime]], stored=None) -> None:
         if not batch:
@@ -409,6 +439,11 @@ class LogCapture:
         if self._loop is not None:
             self._loop.close()
             self._loop = None
+
+
+def _size(texts: list[str]) -> int:
+    """Bytes of lines not stored, each with its newline (as masked: no secret's length shows)."""
+    return sum(len(text.encode()) + 1 for text in texts)
 
 
 def _publish_later(layer, group: str, message: dict) -> None:
@@ -536,6 +571,7 @@ def log_capture_open(
     header: str | None = None,
     secrets: Iterable[str] | Mapping[str, str] = (),
     cap_bytes: int = COMMAND_CAP_BYTES,
+    cap_lines: int = COMMAND_CAP_LINES,
 ) -> LogCapture:
     """Start capturing one command's output; call `feed()` per event and `close()` at the end."""
     return LogCapture(
@@ -545,6 +581,7 @@ def log_capture_open(
         header=header,
         secrets=secrets,
         cap_bytes=cap_bytes,
+        cap_lines=cap_lines,
     )
 
 

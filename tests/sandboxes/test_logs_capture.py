@@ -1,7 +1,8 @@
 """Log capture: the bytes a command writes become the numbered, masked lines a reader sees.
 
 These feed the capture synthetic `(stream, bytes)` events, as a backend's exec yields them, to
-pin down chunk boundaries exactly; tests/sandboxes/test_logs_socket.py drives real sandboxes.
+pin down chunk boundaries exactly; tests/sandboxes/test_logs_socket.py drives real sandboxes
+(as does the line cap's test here: a flood of empty lines from a real command).
 """
 
 import threading
@@ -9,7 +10,7 @@ import threading
 import pytest
 
 from sandboxes.loglines import LINE_MAX_CHARS, MASK, log_line_html
-from sandboxes.logs import LogCapture
+from sandboxes.logs import COMMAND_CAP_LINES, LogCapture
 from sandboxes.models import LogLine, Sandbox
 from tests.support import wait_for
 
@@ -244,6 +245,74 @@ def test_the_truncation_marker_follows_the_last_stored_line(sandbox):
     run(sandbox, [("stdout", b"first\nsecond\nthird and more")], cap_bytes=20)
     assert stored(sandbox)[:3] == [("stdout", "first"), ("stdout", "second"), ("stdout", "third a")]
     assert "output truncated" in stored(sandbox)[3][1]
+
+
+def test_lines_over_the_line_cap_are_cut_with_the_same_marker(sandbox):
+    # Each line is a row and a pushed element whatever its length, so bytes alone are no cap.
+    capture = run(
+        sandbox,
+        [("stdout", b"a\nb\n"), ("stderr", b"c\nd\ne\nunfinished"), ("stdout", b"\n" * 50)],
+        cap_lines=4,
+    )
+    lines = stored(sandbox)
+    assert lines[:4] == [("stdout", "a"), ("stdout", "b"), ("stderr", "c"), ("stderr", "d")]
+    assert lines[4] == (
+        "system",
+        "[output truncated: this command printed more than 4 lines; the rest is not stored]",
+    )
+    # What came after is counted, not stored: "e\n", "unfinished" (with the newline it lacked)
+    # and the 50 newlines.
+    assert capture.bytes_dropped == 2 + 11 + 50
+    assert lines[5:] == [("system", "[63 bytes of output were not stored]")]
+
+
+def test_a_partial_line_shown_while_waiting_counts_toward_the_line_cap(transactional_db):
+    # Outside a transaction, so the writer thread runs and shows the partial line itself.
+    sandbox = Sandbox.objects.create(backend="bwrap")
+    capture = LogCapture(sandbox_id=sandbox.pk, cap_lines=2)
+    capture.feed("stdout", b"one\nprompt> ")
+    # The writer thread shows the prompt after PARTIAL_FLUSH_S: that is the second line.
+    wait_for(lambda: capture.lines_written == 2, timeout=5, what="the prompt to be shown")
+    capture.feed("stdout", b"answer\n")
+    capture.close()
+    texts = [t for _, t in stored(sandbox)]
+    assert texts[:2] == ["one", "prompt> "]
+    assert "more than 2 lines" in texts[2]
+    assert len(texts) == 4 and "bytes of output were not stored" in texts[3]
+
+
+@pytest.mark.shapes("embedded", "production")
+def test_a_command_printing_a_million_empty_lines_stores_at_most_the_line_cap(transactional_db):
+    # Real bubblewrap sandbox, as a run's steps use. A million newlines are 1 MB, well under the
+    # byte cap: without a line cap they were a million rows and a million pushed elements.
+    from sandboxes.backends.base import SandboxSpec
+    from sandboxes.services import sandbox_create, sandbox_exec, sandbox_terminate
+
+    box = sandbox_create(spec=SandboxSpec(timeout_s=300), backend="bwrap")
+    try:
+        command = sandbox_exec(
+            sandbox=box, argv=["sh", "-c", "yes '' | head -n 1000000; echo done >&2"], timeout_s=120
+        )
+        assert command.exit_code == 0  # drained to the end: the command did not block
+        lines = list(
+            LogLine.objects.filter(command_id=command.pk)
+            .order_by("seq")
+            .values_list("stream", "text")
+        )
+        output = [t for s, t in lines if s != "system"]
+        assert len(output) == COMMAND_CAP_LINES
+        assert set(output) == {""}
+        system = [t for s, t in lines if s == "system"]
+        assert system[0].startswith("$ sh -c")
+        assert system[1] == (
+            f"[output truncated: this command printed more than {COMMAND_CAP_LINES:,} lines; "
+            "the rest is not stored]"
+        )
+        dropped = 1_000_000 - COMMAND_CAP_LINES + len("done\n")
+        assert system[2:] == [f"[{dropped:,} bytes of output were not stored]"]
+        assert len(lines) == COMMAND_CAP_LINES + 3
+    finally:
+        sandbox_terminate(sandbox=box, reason="test finished")
 
 
 @pytest.mark.shapes("production")
