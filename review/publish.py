@@ -29,9 +29,11 @@ BRANCH_RE = re.compile(r"^(?!/)(?!.*\.\.)(?!.*//)(?!.*@\{)[\w./-]+(?<![./])\Z")
 class PublishError(Exception):
     """The change could not be published; the message says why in a reviewer's words."""
 
-    def __init__(self, message: str, *, transient: bool = False):
+    def __init__(self, message: str, *, transient: bool = False, stale_lease: bool = False):
         super().__init__(message)
         self.transient = transient
+        # The branch is not at the commit the push leased against (`replaces`).
+        self.stale_lease = stale_lease
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,8 @@ def change_push(
                 raise PublishError(
                     f"changeset.branch: {branch!r} exists on the remote and is not the commit "
                     "Convoy pushed there: it is not overwritten (choose another branch name, "
-                    "or delete that branch)"
+                    "or delete that branch)",
+                    stale_lease=True,
                 ) from None
             # The remote refusing the ref (a protected branch, a ref it cannot lock, no
             # permission) does not change by trying again; a network failure may.

@@ -17,7 +17,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from audit.record import audit_record
-from campaigns.models import Campaign, RepoRun, Variant, VariantState
+from campaigns.models import Campaign, CampaignState, RepoRun, Variant, VariantState
 from campaigns.secret_grants import variant_secret_check
 from campaigns.selectors import campaign_is_author
 from core.errors import Conflict, Invalid, PermissionDenied
@@ -516,6 +516,7 @@ def change_publish(*, run: RepoRun, actor) -> Changeset:
         raise ReviewError(
             "This campaign has not been launched: a preview publishes nothing. Launch it first."
         )
+    _cancelled_check(campaign)
     spec_changeset = campaign.spec.get("changeset") or {}
     branch = spec_changeset.get("branch") or f"convoy/{campaign.name}"
     with transaction.atomic():
@@ -577,6 +578,14 @@ def change_publish(*, run: RepoRun, actor) -> Changeset:
     return changeset
 
 
+def _cancelled_check(campaign: Campaign) -> None:
+    """A cancelled campaign publishes nothing more: cancelling stops its work, pushes too."""
+    if campaign.state == CampaignState.CANCELLED:
+        raise ReviewError(
+            f"Campaign {campaign.name} is cancelled: it publishes nothing more.", field="campaign"
+        )
+
+
 def _text_update_due(changeset: Changeset, *, text_hash: str, bound_by: str) -> bool:
     """A published change approved again with a new text (a revision changed it): its branch
     and pull request still say the old one. Merged or closed, it is past updating."""
@@ -626,6 +635,7 @@ def _changeset_text_update(
 
 def changes_publish_approved(*, campaign: Campaign, actor) -> PublishRequests:
     """Publish every approved, not yet published change of the campaign."""
+    _cancelled_check(campaign)
     runs = (
         RepoRun.objects.filter(
             campaign=campaign,
@@ -664,6 +674,10 @@ def changeset_push(*, changeset_id: int, last_attempt: bool = True) -> Changeset
             raise PublishError("the variant changed after approval; approve it again")
         if not text:
             raise PublishError("no text to publish was bound to this change; publish it again")
+        try:
+            _cancelled_check(run.campaign)
+        except ReviewError as exc:
+            raise PublishError(exc.message) from None
         review = RunReview.objects.select_related("decided_by").filter(run_id=run.pk).first()
         if review is not None:
             try:
@@ -689,18 +703,26 @@ def changeset_push(*, changeset_id: int, last_attempt: bool = True) -> Changeset
         # The branch is this campaign's only at the commit it pushed there last: this
         # changeset's own earlier push (a republish after a rerun reuses its row), or another
         # run's of the campaign.
-        replaces = pushed_there.order_by("-pk").values_list("commit", flat=True).first()
-        pushed = change_push(
-            replaces=replaces or "",
-            remote_url=changeset.remote_url,
-            base_commit=run.base_commit,
-            base_ref=run.ref,
-            patch=bytes(variant.patch),
-            branch=changeset.branch,
-            message=text["commit_message"],
-            author=text["author"],
-            token=host[0].token if host is not None else "",
-        )
+        last_pushed = pushed_there.order_by("-pk").values_list("commit", flat=True)
+        replaces = last_pushed.first() or ""
+        try:
+            pushed = change_push(
+                replaces=replaces,
+                remote_url=changeset.remote_url,
+                base_commit=run.base_commit,
+                base_ref=run.ref,
+                patch=bytes(variant.patch),
+                branch=changeset.branch,
+                message=text["commit_message"],
+                author=text["author"],
+                token=host[0].token if host is not None else "",
+            )
+        except PublishError as exc:
+            # An older push of this changeset, in flight when this one was queued, moved the
+            # branch and recorded its commit meanwhile: try again, leasing against that one.
+            if exc.stale_lease and (last_pushed.first() or "") != replaces:
+                raise PublishError(str(exc), transient=True) from None
+            raise
         fields = {"commit": pushed.commit, "state": ChangesetState.PUSHED}
         if host is not None:
             adapter, slug = host
@@ -720,9 +742,17 @@ def changeset_push(*, changeset_id: int, last_attempt: bool = True) -> Changeset
         outcome, error = "failure", str(exc)
         fields = {**fields, "state": ChangesetState.FAILED, "error": error}
     with transaction.atomic():
-        updated = Changeset.objects.filter(pk=changeset.pk, state=ChangesetState.QUEUED).update(
-            published_at=timezone.now(), refreshed_at=timezone.now(), **fields
-        )
+        # Only the row still holding what this push pushed: a republish (a new text, or a
+        # rerun's new diff) queued during the push is left for its own push.
+        updated = Changeset.objects.filter(
+            pk=changeset.pk,
+            state=ChangesetState.QUEUED,
+            variant_id=changeset.variant_id,
+            diff_hash=changeset.diff_hash,
+            publish_hash=changeset.publish_hash,
+        ).update(published_at=timezone.now(), refreshed_at=timezone.now(), **fields)
+        if not updated and fields.get("commit"):
+            _changeset_push_superseded(changeset, commit=fields["commit"], variant=variant)
         if updated:
             audit_record(
                 action="review.change.published",
@@ -744,6 +774,42 @@ def changeset_push(*, changeset_id: int, last_attempt: bool = True) -> Changeset
             )
     changeset.refresh_from_db()
     return changeset
+
+
+def _changeset_push_superseded(changeset: Changeset, *, commit: str, variant) -> None:
+    """This push's content was replaced (republished) while it ran, but its commit is on the
+    branch now. Record that commit, so the newer push's lease matches it, and leave the row
+    queued for that push; queue it again when that push already failed on the old lease. In
+    the caller's transaction, with its event."""
+    current = Changeset.objects.select_for_update().get(pk=changeset.pk)
+    if current.commit != changeset.commit:
+        return  # a newer push of this row landed and recorded itself: the branch is past ours
+    requeue = current.state == ChangesetState.FAILED
+    Changeset.objects.filter(pk=current.pk).update(
+        commit=commit, **({"state": ChangesetState.QUEUED, "error": ""} if requeue else {})
+    )
+    audit_record(
+        action="review.change.published",
+        actor=None,
+        actor_type="system",
+        on_behalf_of=changeset.published_by,
+        target=changeset.run,
+        outcome="failure",
+        context=_context(changeset.run, variant),
+        payload={
+            "branch": changeset.branch,
+            "commit": commit,
+            "diff_hash": changeset.diff_hash,
+            "publish_hash": changeset.publish_hash or "",
+            "status": "superseded",
+            "superseded_by_diff_hash": current.diff_hash,
+            "superseded_by_publish_hash": current.publish_hash or "",
+            "requeued": requeue,
+        },
+        reason="republished while this push ran; the newer push replaces this commit",
+    )
+    if requeue:
+        transaction.on_commit(lambda: tasks.changeset_push_task.delay(current.pk))
 
 
 def changesets_refresh(*, limit: int = 200) -> int:

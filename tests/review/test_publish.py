@@ -1,5 +1,6 @@
 """Publishing an approved diff as a commit on a branch of a local (file://) remote."""
 
+import json
 import subprocess
 
 import pytest
@@ -177,3 +178,87 @@ def test_publish_refuses_a_patch_git_reads_otherwise_than_the_page(remote):
     with pytest.raises(PublishError, match="cannot be read"):
         change_push(remote_url=f"file://{bare}", patch=mixed, branch="convoy/m", **common)
     assert b"refs/heads/convoy/m" not in git(bare, "show-ref")
+
+
+@pytest.mark.django_db
+def test_a_rerun_diff_republished_while_the_old_push_runs_is_pushed_after_it(
+    remote, monkeypatch, manager, reviewer
+):
+    """A rerun's newly approved diff, published while the old diff's push ran: the old push
+    marked the row done, so the new diff's push did nothing and the branch kept the old diff
+    while Convoy recorded the new diff's hash. Now the new diff is pushed after it."""
+    from audit.models import AuditEvent
+    from review import services
+    from review.models import Changeset
+    from tests.factories import campaign_make, run_make, variant_make, variant_rerun
+
+    bare, base, patch = remote
+    smaller = patch.split(b"diff --git a/data.bin")[0]
+    campaign = campaign_make(owner=manager, variants=("a",))
+    run = run_make(campaign=campaign, url=f"file://{bare}", base_commit=base)
+    variant = variant_make(run=run, name="a", patch=patch)
+    services.change_approve(run=run, variant=variant, actor=reviewer, diff_hash=variant.diff_sha256)
+    changeset = services.change_publish(run=run, actor=reviewer)
+    branch = changeset.branch
+
+    push = services.change_push
+    republished = []
+
+    def push_while_republished(**kw):
+        if not republished:  # while the first push runs: rerun, approved again, published
+            republished.append(True)
+            variant_rerun(variant, smaller)
+            variant.refresh_from_db()
+            services.change_approve(
+                run=run, variant=variant, actor=reviewer, diff_hash=variant.diff_sha256
+            )
+            services.change_publish(run=run, actor=reviewer)
+        return push(**kw)
+
+    monkeypatch.setattr(services, "change_push", push_while_republished)
+    first = services.changeset_push(changeset_id=changeset.pk)
+    assert first.state == "queued" and first.diff_hash == variant.diff_sha256
+    assert git(bare, "diff", "--binary", base, branch) == patch  # the old push landed
+    event = json.loads(
+        AuditEvent.objects.filter(action="review.change.published").latest("id").body
+    )
+    assert event["payload"]["status"] == "superseded"
+    assert event["payload"]["superseded_by_diff_hash"] == variant.diff_sha256
+
+    second = services.changeset_push(changeset_id=changeset.pk)
+    assert second.state == "pushed", second.error
+    assert git(bare, "diff", "--binary", base, branch) == smaller
+    assert git(bare, "rev-parse", branch).decode().strip() == second.commit
+    assert Changeset.objects.get(pk=changeset.pk).diff_hash == variant.diff_sha256
+
+
+@pytest.mark.django_db
+def test_a_cancelled_campaign_publishes_nothing_more(client, remote, manager, reviewer):
+    """Cancelling stopped runs but not publishing: queued pushes still ran and approved
+    changes could still be published. Now queued pushes stop and publishing is refused."""
+    from accounts.services import token_create
+    from campaigns.services import campaign_cancel
+    from review import services
+    from tests.factories import campaign_make, run_make, variant_make
+
+    bare, base, patch = remote
+    campaign = campaign_make(owner=manager, variants=("a",))
+    run = run_make(campaign=campaign, url=f"file://{bare}", base_commit=base)
+    variant = variant_make(run=run, name="a", patch=patch)
+    services.change_approve(run=run, variant=variant, actor=reviewer, diff_hash=variant.diff_sha256)
+    changeset = services.change_publish(run=run, actor=reviewer)
+    campaign_cancel(campaign=campaign, actor=manager)
+
+    stopped = services.changeset_push(changeset_id=changeset.pk)
+    assert stopped.state == "failed" and "is cancelled" in stopped.error
+    assert b"refs/heads/" + changeset.branch.encode() not in git(bare, "show-ref")
+
+    _, raw = token_create(user=reviewer, name="t", scope="write")
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {raw}", "content_type": "application/json"}
+    url = f"/api/v1/review/campaigns/{campaign.pk}"
+    for path in (f"{url}/runs/{run.pk}/publish", f"{url}/publish"):
+        refused = client.post(path, **auth)
+        assert refused.status_code == 409, refused.content
+        assert f"Campaign {campaign.name} is cancelled" in refused.json()["detail"]
+        assert [e["field"] for e in refused.json()["errors"]] == ["campaign"]
+    assert services.changeset_push(changeset_id=changeset.pk).state == "failed"

@@ -311,3 +311,60 @@ def test_a_published_change_whose_text_a_revision_changed_is_queued_apart_and_it
     assert 'data-testid="publish-text-update"' not in compare
     assert client.post(decide).status_code == 302
     assert Changeset.objects.get(run=run).state == "open"
+
+
+def test_a_text_republished_while_the_first_push_runs_is_pushed_after_it(
+    client, tmp_path, monkeypatch, fake_github, manager, reviewer
+):
+    """The first push's end marked the row open with its old text while the row said the new
+    text was published; the new text's push then did nothing, and the PR kept the old title.
+    Now the first push records its commit, leaves the row queued, and the second one pushes
+    the new text and updates the pull request."""
+    from review import services
+
+    adapter = GitHub(api_url=fake_github.url, token="tok-publish", rate=1000)
+    monkeypatch.setattr(codehosts, "codehost_for_remote", lambda url: (adapter, "acme/alpha"))
+    spec, campaign = _launched(manager, "race-pr")
+    bare, base, patch = remote_with_change(tmp_path, before={"m.txt": "a\n"}, after={"m.txt": "b"})
+    run = run_make(campaign=campaign, url=f"file://{bare}", base_commit=base)
+    variant_make(run=run, name="standard", patch=patch)
+    assert client.login(username=reviewer.username, password=PASSWORD)
+    approve_url = reverse("review-decide", args=[campaign.pk, run.pk, "approve"])
+    decide = reverse("review-decide", args=[campaign.pk, run.pk, "publish"])
+    assert client.post(approve_url, _page_form(client, campaign, run)).status_code == 302
+    assert client.post(decide).status_code == 302
+    changeset = Changeset.objects.get(run=run)
+    first_text_hash = changeset.publish_hash
+
+    push = services.change_push
+    republished = []
+
+    def push_while_republished(**kw):
+        if not republished:  # while the first push runs: revised, approved again, published
+            republished.append(True)
+            revised = spec.replace(f"title: {TITLE}", "title: Revised title").replace(
+                "  commit_message: Replace deprecated assertEquals with assertEqual",
+                "  commit_message: Revised message",
+            )
+            campaign_revise(campaign=campaign, actor=manager, source=revised)
+            assert client.post(approve_url, _page_form(client, campaign, run)).status_code == 302
+            assert client.post(decide).status_code == 302
+        return push(**kw)
+
+    monkeypatch.setattr(services, "change_push", push_while_republished)
+    first = changeset_push(changeset_id=changeset.pk)
+    assert first.state == "queued" and first.publish_text["title"] == "Revised title"
+    assert first.commit == git(bare, "rev-parse", "convoy/assert-equal").decode().strip()
+    superseded = _event("review.change.published")
+    assert superseded["payload"]["status"] == "superseded"
+    assert superseded["payload"]["publish_hash"] == first_text_hash
+    assert superseded["payload"]["superseded_by_publish_hash"] == first.publish_hash
+
+    second = changeset_push(changeset_id=changeset.pk)
+    assert second.state == "open", second.error
+    assert second.commit != first.commit
+    (pr,) = fake_github.pulls["acme/alpha"]
+    assert pr["title"] == second.publish_text["title"] == "Revised title"
+    log = git(bare, "log", "-1", "--format=%s", "convoy/assert-equal").decode()
+    assert log.strip() == "Revised message"
+    assert _event("review.change.published")["payload"]["publish_hash"] == second.publish_hash
