@@ -262,3 +262,91 @@ def test_a_cancelled_campaign_publishes_nothing_more(client, remote, manager, re
         assert f"Campaign {campaign.name} is cancelled" in refused.json()["detail"]
         assert [e["field"] for e in refused.json()["errors"]] == ["campaign"]
     assert services.changeset_push(changeset_id=changeset.pk).state == "failed"
+
+
+def _published_rerun(remote, manager, reviewer):
+    """A published change and a smaller diff a rerun will give it."""
+    from review import services
+    from tests.factories import campaign_make, run_make, variant_make
+
+    bare, base, patch = remote
+    campaign = campaign_make(owner=manager, variants=("a",))
+    run = run_make(campaign=campaign, url=f"file://{bare}", base_commit=base)
+    variant = variant_make(run=run, name="a", patch=patch)
+    services.change_approve(run=run, variant=variant, actor=reviewer, diff_hash=variant.diff_sha256)
+    return run, variant, services.change_publish(run=run, actor=reviewer)
+
+
+def _republish(run, variant, patch, reviewer):
+    from review import services
+    from tests.factories import variant_rerun
+
+    variant_rerun(variant, patch)
+    variant.refresh_from_db()
+    services.change_approve(run=run, variant=variant, actor=reviewer, diff_hash=variant.diff_sha256)
+    services.change_publish(run=run, actor=reviewer)
+
+
+@pytest.mark.django_db
+def test_a_republish_whose_push_failed_on_the_old_pushs_commit_is_queued_again(
+    remote, monkeypatch, manager, reviewer
+):
+    """The newer push ran while the old one was between its push and its record: its lease
+    (the commit before) failed. The old push, finding the row replaced, queues it again."""
+    from review import services
+
+    bare, base, patch = remote
+    smaller = patch.split(b"diff --git a/data.bin")[0]
+    run, variant, changeset = _published_rerun(remote, manager, reviewer)
+    push = services.change_push
+    calls = []
+
+    def newer_push_runs_after_the_old_push_landed(**kw):
+        calls.append(True)
+        pushed = push(**kw)
+        if len(calls) == 1:
+            _republish(run, variant, smaller, reviewer)
+            newer = services.changeset_push(changeset_id=changeset.pk)
+            assert newer.state == "failed" and "not the commit Convoy pushed" in newer.error
+        return pushed
+
+    monkeypatch.setattr(services, "change_push", newer_push_runs_after_the_old_push_landed)
+    first = services.changeset_push(changeset_id=changeset.pk)
+    assert (first.state, first.error) == ("queued", "")
+    assert git(bare, "rev-parse", changeset.branch).decode().strip() == first.commit
+    again = services.changeset_push(changeset_id=changeset.pk)
+    assert again.state == "pushed", again.error
+    assert git(bare, "diff", "--binary", base, changeset.branch) == smaller
+
+
+@pytest.mark.django_db
+def test_a_push_whose_lease_an_older_push_moved_meanwhile_retries(
+    remote, monkeypatch, manager, reviewer
+):
+    """The newer push read the lease, then the old push landed and recorded its commit: the
+    newer push's refusal is transient (the task retries with the new lease), not a failure."""
+    from review import services
+    from review.models import Changeset
+
+    bare, base, patch = remote
+    smaller = patch.split(b"diff --git a/data.bin")[0]
+    run, variant, changeset = _published_rerun(remote, manager, reviewer)
+    _republish(run, variant, smaller, reviewer)
+    push = services.change_push
+    calls = []
+
+    def old_push_lands_first(**kw):
+        calls.append(True)
+        if len(calls) == 1:  # the old push (its diff) lands and is recorded meanwhile
+            old = push(**{**kw, "patch": patch})
+            Changeset.objects.filter(pk=changeset.pk).update(commit=old.commit)
+        return push(**kw)
+
+    monkeypatch.setattr(services, "change_push", old_push_lands_first)
+    with pytest.raises(PublishError) as retried:
+        services.changeset_push(changeset_id=changeset.pk, last_attempt=False)
+    assert retried.value.transient
+    assert Changeset.objects.get(pk=changeset.pk).state == "queued"
+    again = services.changeset_push(changeset_id=changeset.pk)
+    assert again.state == "pushed", again.error
+    assert git(bare, "diff", "--binary", base, changeset.branch) == smaller
