@@ -247,6 +247,12 @@ def test_a_cancelled_campaign_publishes_nothing_more(client, remote, manager, re
     variant = variant_make(run=run, name="a", patch=patch)
     services.change_approve(run=run, variant=variant, actor=reviewer, diff_hash=variant.diff_sha256)
     changeset = services.change_publish(run=run, actor=reviewer)
+    # Another approved change, not yet published.
+    other = run_make(campaign=campaign)
+    waiting = variant_make(run=other, name="a", patch=patch)
+    services.change_approve(
+        run=other, variant=waiting, actor=reviewer, diff_hash=waiting.diff_sha256
+    )
     campaign_cancel(campaign=campaign, actor=manager)
 
     stopped = services.changeset_push(changeset_id=changeset.pk)
@@ -262,6 +268,12 @@ def test_a_cancelled_campaign_publishes_nothing_more(client, remote, manager, re
         assert f"Campaign {campaign.name} is cancelled" in refused.json()["detail"]
         assert [e["field"] for e in refused.json()["errors"]] == ["campaign"]
     assert services.changeset_push(changeset_id=changeset.pk).state == "failed"
+    # The pages offer no Publish button that would only be refused.
+    client.force_login(reviewer)
+    page = client.get(f"/campaigns/{campaign.pk}/runs/{run.pk}/compare/").content.decode()
+    assert 'data-testid="publish-cancelled"' in page and 'data-testid="publish"' not in page
+    queue = client.get(f"/campaigns/{campaign.pk}/review/?which=approved").content.decode()
+    assert 'data-testid="publish-approved"' not in queue
 
 
 def _published_rerun(remote, manager, reviewer):
