@@ -5,7 +5,7 @@ import json
 from datetime import timedelta
 
 import pytest
-from django.db import connection, transaction
+from django.db import transaction
 from django.test import override_settings
 from django.utils import timezone
 
@@ -30,7 +30,7 @@ from sandboxes.services import (
     snapshot_delete,
 )
 from sandboxes.tasks import sandboxes_reap_task
-from tests.support import wait_for
+from tests.support import events_refused, wait_for
 
 SPEC = SandboxSpec(timeout_s=300, memory_mb=256)
 both_shapes = pytest.mark.shapes("embedded", "production")
@@ -84,33 +84,15 @@ def test_exec_records_the_command_and_its_audit_trail(db, manager, engines_clean
     assert "s3cret-value" not in json.dumps([command.argv, command.env_names])
 
 
-def _events_refused(action: str) -> None:
-    """The event table refuses `action`'s events for this test only (DDL is transactional, so
-    the test's rollback removes it): a real database failure, nothing mocked."""
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(
-                "CREATE FUNCTION pg_temp.refuse() RETURNS trigger LANGUAGE plpgsql AS "
-                "$$ BEGIN RAISE EXCEPTION 'audit store unavailable'; END $$"
-            )
-            cursor.execute(
-                "CREATE TRIGGER refuse BEFORE INSERT ON audit_auditevent FOR EACH ROW "
-                f"WHEN (NEW.action = '{action}') EXECUTE FUNCTION pg_temp.refuse()"
-            )
-        else:
-            cursor.execute(
-                "CREATE TRIGGER refuse BEFORE INSERT ON audit_auditevent "
-                f"WHEN NEW.action = '{action}' "
-                "BEGIN SELECT RAISE(ABORT, 'audit store unavailable'); END"
-            )
-
-
 @both_shapes
 def test_a_command_whose_start_cannot_be_audited_never_runs(db, engines_clean):
     sandbox = sandbox_create(spec=SPEC, backend="bwrap")
-    _events_refused("sandbox.exec.started")
     # The savepoint stands for the worker's autocommit: the test's transaction goes on after.
-    with pytest.raises(AuditWriteError, match="audit store unavailable"), transaction.atomic():
+    with (
+        events_refused("sandbox.exec.started"),
+        pytest.raises(AuditWriteError, match="audit store unavailable"),
+        transaction.atomic(),
+    ):
         sandbox_exec(sandbox=sandbox, argv=["sh", "-c", "echo ran > ran.txt"])
     with pytest.raises(SandboxError):
         sandbox_read_file(sandbox=sandbox, path="ran.txt")
