@@ -23,12 +23,12 @@ def user_password_change(*, user: User, old_password: str, new_password: str, ac
         raise AccountError("user", "people change only their own password here")
     if not user.check_password(old_password):
         raise AccountError("old_password", "the current password is not right")
-    try:
-        validate_password(new_password, user=user)
-    except ValidationError as exc:
-        raise AccountError("new_password1", " ".join(exc.messages)) from None
     return _password_store(
-        user=user, new_password=new_password, actor=actor, action="people.password.changed"
+        user=user,
+        new_password=new_password,
+        field="new_password1",
+        actor=actor,
+        action="people.password.changed",
     )
 
 
@@ -43,19 +43,23 @@ def user_password_set(*, user: User, new_password: str, actor: User) -> int:
         raise AccountError(
             "password", f"{user.username} is a superuser; their password is set on the host"
         )
-    try:
-        validate_password(new_password, user=user)
-    except ValidationError as exc:
-        raise AccountError("password", " ".join(exc.messages)) from None
     return _password_store(
-        user=user, new_password=new_password, actor=actor, action="people.password.reset"
+        user=user,
+        new_password=new_password,
+        field="password",
+        actor=actor,
+        action="people.password.reset",
     )
 
 
-def _password_store(*, user: User, new_password: str, actor: User, action: str) -> int:
-    """The new password, its event and the revocation of the user's API tokens, together: a
-    token is often what leaked with the old password, and a program holding one kept working
-    after the change."""
+def _password_store(*, user: User, new_password: str, field: str, actor: User, action: str) -> int:
+    """The new password (refused, naming the form's `field`, unless every validator passes),
+    its event and the revocation of the user's API tokens, together: a token is often what
+    leaked with the old password, and a program holding one kept working after the change."""
+    try:
+        validate_password(new_password, user=user)
+    except ValidationError as exc:
+        raise AccountError(field, " ".join(exc.messages)) from None
     with transaction.atomic():
         user.set_password(new_password)
         user.save(update_fields=["password"])
