@@ -14,7 +14,7 @@ from django.db.models import Count
 from campaigns.counters import campaign_counts_get, counts_correct, run_counts_fresh
 from campaigns.models import RUN_FINAL_STATES, Campaign, RepoRun, RunState
 from review.models import QueueFlags
-from review.selectors import queue_bucket_q
+from review.selectors import queue_bucket_q, text_changed_count
 
 # Bit of each bucket in QueueFlags.flags (review migration 0004 uses the same).
 BUCKET_BITS = {"todo": 1, "approved": 2, "rejected": 4, "published": 8}
@@ -24,6 +24,15 @@ def review_counts(*, campaign: Campaign) -> dict[str, int]:
     """How many finished runs are in each queue filter ("all": every succeeded run)."""
     counts = campaign_counts_get(campaign_id=campaign.pk)
     return {**{b: counts[b] for b in BUCKET_BITS}, "all": counts[RunState.SUCCEEDED]}
+
+
+def review_counts_shown(*, campaign: Campaign) -> dict[str, int]:
+    """The counts the queue and dashboard show: the kept ones, and "approved, text changed"
+    (not kept: the text is the campaign's, not the run's)."""
+    return {
+        **review_counts(campaign=campaign),
+        "text_changed": text_changed_count(campaign=campaign),
+    }
 
 
 def review_counts_fresh(*, campaign: Campaign) -> dict[str, int]:

@@ -218,8 +218,7 @@ def review_queue(request, pk):
     which = request.GET.get("which", "todo")
     if which not in selectors.QUEUE_FILTERS:
         which = "todo"
-    bucket_counts = counts.review_counts(campaign=campaign)
-    bucket_counts["text_changed"] = selectors.text_changed_count(campaign=campaign)
+    bucket_counts = counts.review_counts_shown(campaign=campaign)
     page = selectors.review_queue(
         campaign=campaign,
         which=which,
@@ -321,10 +320,7 @@ def _dashboard_context(request, campaign) -> dict:
             "active": 100 * (runs["queued"] + runs["running"]) / total,
             "done_failed": 100 * (runs["succeeded"] + runs["failed"] + runs["cancelled"]) / total,
         },
-        "review_counts": {
-            **counts.review_counts(campaign=campaign),
-            "text_changed": selectors.text_changed_count(campaign=campaign),
-        },
+        "review_counts": counts.review_counts_shown(campaign=campaign),
         "next_up": selectors.queue_rows(selectors.review_next(campaign=campaign))
         if can_review
         else [],
