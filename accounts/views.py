@@ -35,18 +35,21 @@ def csrf_failure(request, reason: str = ""):
     return render(request, "accounts/csrf_failure.html", {"reason": reason}, status=403)
 
 
+def _people_page(request, *, form: PersonForm, status: int):
+    everyone = selectors.people_for_user(user=request.user)
+    context = {"people": everyone, "form": form, "roles": ROLE_CHOICES}
+    return render(request, PEOPLE, context, status=status)
+
+
 @login_required
 def people(request):
-    everyone = selectors.people_for_user(user=request.user)
     form = PersonForm(request.POST or None)
     if request.method == "POST":
         person = form.save(actor=request.user) if form.is_valid() else None
         if person is not None:
             messages.success(request, f"{person.username} can now sign in.")
             return redirect("people")
-    status = 400 if form.errors else 200
-    context = {"people": everyone, "form": form, "roles": ROLE_CHOICES}
-    return render(request, PEOPLE, context, status=status)
+    return _people_page(request, form=form, status=400 if form.errors else 200)
 
 
 @login_required
@@ -83,12 +86,7 @@ def person_password(request, pk: int):
     if revoked is None:  # named beside the field's label, on the page it was sent from
         error = f"{person.username}'s password was not set. New password: {form.first_error()}"
         messages.error(request, error)
-        context = {
-            "people": selectors.people_for_user(user=request.user),
-            "form": PersonForm(),
-            "roles": ROLE_CHOICES,
-        }
-        return render(request, PEOPLE, context, status=422)
+        return _people_page(request, form=PersonForm(), status=422)
     note = _tokens_revoked_note(
         revoked, whose="Their", then="they create new ones on the API tokens page"
     )
