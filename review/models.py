@@ -99,10 +99,16 @@ class VariantDigest(models.Model):
     )
     campaign = models.ForeignKey("campaigns.Campaign", on_delete=models.CASCADE, related_name="+")
     diff_sha256 = models.CharField(max_length=64)
-    group_key = models.CharField(max_length=64, db_index=True)
+    group_key = models.CharField(max_length=64)
     files = models.JSONField(default=list)
     summary = models.CharField(max_length=300, blank=True)
     changes = models.JSONField(default=list)
+
+    class Meta:
+        indexes = [
+            # A group's members in order (review.require.group_members): read a page at a time.
+            models.Index(fields=["campaign", "group_key", "variant"], name="digest_group_members"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.variant_id}: {self.group_key[:12]}"

@@ -244,17 +244,18 @@ def bulk_review(request, pk):
     groups = selectors.bulk_groups(campaign=campaign, variant_name=name)
     shown = request.GET.get("group", "")
     shown = next((g for g in groups if g.group_key == shown), groups[0] if groups else None)
+    held = bulk_held_back(campaign=campaign, variant_name=name)
     context = {
         "campaign": campaign,
         "names": selectors.variant_names(campaign=campaign),
         "variant_name": name,
         "groups": groups,
         "shown": shown,
-        "held": bulk_held_back(campaign=campaign, variant_name=name),
+        "held": held,
         "held_runs": bulk_held_back_runs(
             campaign=campaign, variant_name=name, group_key=shown.group_key
         )
-        if shown
+        if shown and held.count
         else [],
         "files": diff_view(
             variant_patch_for_display(variant=shown.sample),
