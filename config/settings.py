@@ -424,7 +424,7 @@ REPO_ROOTS = [
 # host names and/or networks, comma-separated ("git.corp.internal,10.20.0.0/16").
 CODEHOST_ALLOW = [e.strip() for e in envstr("CONVOY_CODEHOST_ALLOW").split(",") if e.strip()]
 # OCI registries on this machine (`127.0.0.1:5000`, `localhost:5000`) that
-# `image.oci` may name; comma-separated. skopeo talks to them without TLS checks, so any other
+# `image.oci` may name; comma-separated. Convoy talks to them without TLS, so any other
 # port of the loopback (the web server, Redis) is refused.
 LOCAL_REGISTRIES = [
     e.strip().lower() for e in envstr("CONVOY_LOCAL_REGISTRIES").split(",") if e.strip()

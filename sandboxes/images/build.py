@@ -36,9 +36,9 @@ from sandboxes.backends.images import MOUNTPOINT_DIRS, MOUNTPOINT_FILES, mountpo
 from sandboxes.backends.local import WALK_SHARE_MAX, WATCH_EVERY_S, free_bytes
 from sandboxes.backends.local import disk_usage as tree_usage
 from sandboxes.egress.packages import CA_VARIABLES, apt_uris_read
-from sandboxes.images.hostconfig import package_client_config
+from sandboxes.images.hostconfig import host_architecture, package_client_config
 from sandboxes.images.network import BuildNetwork, NetworkAttachment
-from sandboxes.images.oci import OciError, oci_pull
+from sandboxes.images.oci import OciError, oci_pull, oci_tool_env
 from sandboxes.images.spec import ImageSpec, field_for_package
 
 VENV = "/opt/convoy-venv"
@@ -51,7 +51,7 @@ BUILD_HOME = "/tmp/convoy-build-home"  # noqa: S108
 # end of its build (not bound at each start: every mount costs start time, gVisor's most).
 # The image's own files the builder reads (dpkg's status file of a large image is a few MB).
 FILE_READ_MAX = 64 * 1024 * 1024
-# A build command (skopeo, umoci, mmdebstrap, a pip, npm or run step) still running after this
+# A build command (umoci, mmdebstrap, a pip, npm or run step) still running after this
 # is stopped and fails the build: a step waiting forever would hold the image's build claim.
 COMMAND_TIMEOUT_S = 3600.0
 
@@ -356,10 +356,22 @@ def _missing(log: BuildLog, patterns, spec: ImageSpec, step: str) -> ImageBuildE
     return None
 
 
+def base_env(home: Path) -> dict[str, str]:
+    """mmdebstrap's environment: HOST_ENV, the host's proxy and CA variables (apt fetches
+    with them) and a HOME of its own. mmdebstrap hands its environment to the packages'
+    maintainer scripts, run as root: the worker's (its tokens, the database's URL) reached
+    them."""
+    env = {k: v for k, v in oci_tool_env(home).items() if k not in ("PATH", "LANG", "LANGUAGE")}
+    env = {k: v for k, v in env.items() if not k.startswith("LC_")}
+    env.update(HOST_ENV)
+    return env
+
+
 def _base(spec: ImageSpec, rootfs: Path, workdir: Path, log: BuildLog, creds) -> dict:
     if spec.kind == "oci":
         try:
-            return oci_pull(spec, workdir=workdir, rootfs=rootfs, run=log.run, creds=creds)
+            return oci_pull(spec, workdir=workdir, rootfs=rootfs, run=log.run, line=log.line,
+                            arch=host_architecture(), creds=creds)  # fmt: skip
         except OciError as exc:
             raise ImageBuildError(f"{exc} (see the build log)", field="image.oci") from exc
     argv = ["mmdebstrap", "--variant=apt", "--format=directory"]
@@ -368,7 +380,13 @@ def _base(spec: ImageSpec, rootfs: Path, workdir: Path, log: BuildLog, creds) ->
         argv.append("--include=" + ",".join(packages))
     # No mirror argument: mmdebstrap uses the host's apt sources.
     argv += [spec.base, str(rootfs)]
-    if log.run(argv) != 0:
+    home = workdir / "base-home"
+    home.mkdir(mode=0o700)
+    try:
+        status = log.run(argv, env=base_env(home))
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    if status != 0:
         missing = _missing(log, _APT_MISSING, spec, "apt")
         if missing:
             raise missing

@@ -60,7 +60,8 @@ def image_resolve(*, spec: ImageSpec, creds: str | None = None) -> tuple[str, di
                 raise Invalid(f"{spec.oci}: not found in the registry", field="image.oci") from exc
             if exc.refused:
                 raise Invalid(str(exc), field="image.oci") from exc
-            raise Unavailable(f"{spec.oci}: the registry did not answer: {exc}") from exc
+            # A fixed text (oci.py's): what the registry sent never reaches the manager.
+            raise Unavailable(f"image.oci {spec.oci}: {exc}", field="image.oci") from exc
     else:
         resolved = {
             "suite": spec.base,

@@ -90,13 +90,13 @@ class ImageSpec:
 
     @property
     def oci_is_local(self) -> bool:
-        """A registry on this machine (plain HTTP: skopeo's TLS checks are off for it)."""
+        """A registry on this machine (plain HTTP: no TLS)."""
         return self.oci_registry.rsplit(":", 1)[0].lower() in LOCAL_REGISTRIES
 
     def oci_local_refusal(self) -> str | None:
         """Why a registry on this machine may not be used (None when it may, or is not local):
         only the `host:port`s `CONVOY_LOCAL_REGISTRIES` lists are registries; any other port
-        of the loopback is another service (the web server, Redis), which skopeo would talk
+        of the loopback is another service (the web server, Redis), which Convoy would talk
         to without TLS checks."""
         if not self.oci_is_local or self.oci_registry.lower() in settings.LOCAL_REGISTRIES:
             return None
