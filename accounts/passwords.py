@@ -1,6 +1,6 @@
-"""Password changes, one's own and an admin's reset (Django's validators decide what is
-acceptable), each audited and revoking the person's API tokens; and the SQLite file kept
-private to Convoy's user."""
+"""Password changes, one's own, an admin's reset and the host operator's `manage.py
+changepassword` (Django's validators decide what is acceptable), each audited and revoking the
+person's API tokens; and the SQLite file kept private to Convoy's user."""
 
 import os
 
@@ -52,10 +52,34 @@ def user_password_set(*, user: User, new_password: str, actor: User) -> int:
     )
 
 
-def _password_store(*, user: User, new_password: str, field: str, actor: User, action: str) -> int:
+def user_password_set_by_operator(*, user: User, new_password: str, command: str) -> int:
+    """The host's operator sets `user`'s password with a management `command` (`changepassword`:
+    a superuser's password is set only there). The same validators, token revocation and
+    `people.password.reset` event as an admin's reset, recorded as the system's doing and
+    naming the command. The number of tokens revoked."""
+    return _password_store(
+        user=user,
+        new_password=new_password,
+        field="password",
+        actor=None,
+        action="people.password.reset",
+        command=command,
+    )
+
+
+def _password_store(
+    *,
+    user: User,
+    new_password: str,
+    field: str,
+    actor: User | None,
+    action: str,
+    command: str = "",
+) -> int:
     """The new password (refused, naming the form's `field`, unless every validator passes),
     its event and the revocation of the user's API tokens, together: a token is often what
-    leaked with the old password, and a program holding one kept working after the change."""
+    leaked with the old password, and a program holding one kept working after the change.
+    `actor` None: the host's operator, through the management `command`."""
     try:
         validate_password(new_password, user=user)
     except ValidationError as exc:
@@ -64,11 +88,15 @@ def _password_store(*, user: User, new_password: str, field: str, actor: User, a
         user.set_password(new_password)
         user.save(update_fields=["password"])
         revoked = tokens_revoke_all(user=user)
+        payload = {"username": user.username, "tokens_revoked": revoked}
+        if actor is None:
+            payload["command"] = command
         audit_record(
             action=action,
             actor=actor,
+            actor_type="system" if actor is None else None,
             target=user,
-            payload={"username": user.username, "tokens_revoked": revoked},
+            payload=payload,
         )
         # Sockets opened before (an intruder's, say) are closed: reopening one needs a session
         # that survived the change, as this browser's does.

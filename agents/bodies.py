@@ -1,7 +1,8 @@
 """What a model call's body and headers may ask of the provider: the gateway forwards only what
 runs on the model itself. Tools the provider runs (remote MCP, web fetch and search, code
 execution), content it fetches by URL and state it keeps server side would let a sandbox reach
-any address through the provider, outside its egress policy and its budget."""
+any address through the provider, outside its egress policy and its budget; kept state would
+also be outside the audit trail, readable by any other holder of the key."""
 
 from __future__ import annotations
 
@@ -21,11 +22,26 @@ _OPENAI_TOOLS = frozenset({"function", "custom", "apply_patch", "local_shell"})
 _ANTHROPIC_CLIENT_TOOL = re.compile(r"(bash|text_editor|computer|memory)_\d{8}\Z")
 # Body keys refused whatever their value: the provider connects to servers (`mcp_servers`),
 # runs or reuses a container (`container`), runs the call later and keeps it (`background`),
-# reads state kept on its side (`conversation`, stored `prompt`s) or searches the web
-# (`web_search_options`).
+# reads state kept on its side (`conversation`, stored `prompt`s, a stored response to
+# continue: `previous_response_id`) or searches the web (`web_search_options`).
 REFUSED_KEYS = frozenset(
-    {"mcp_servers", "container", "background", "conversation", "prompt", "web_search_options"}
+    {
+        "mcp_servers",
+        "container",
+        "background",
+        "conversation",
+        "prompt",
+        "previous_response_id",
+        "web_search_options",
+    }
 )
+# Why, for the keys the general reason does not fit. Convoy sends `store: false`
+# (call_body_pin), so no stored response is one this sandbox made: an id it knows came from
+# another caller of the project's key, another campaign's perhaps.
+_REFUSED_WHY = {
+    "previous_response_id": "it continues a response the provider stored, and Convoy's calls "
+    "are not stored (`store` is always false): send the conversation's items in `input`",
+}
 # The most completions one call may ask for (`n`): each is billed, and each is reserved.
 MAX_CHOICES = 8
 # Request headers passed to the provider; any other is dropped (organisation and project
@@ -100,6 +116,29 @@ def _content_walk(node, depth: int = 0):
             yield from _content_walk(value, depth + 1)
 
 
+def _stored_item_reference(items) -> int | None:
+    """The index of the first `input` item that only names a stored item by id (OpenAI's
+    `item_reference`, whose `type` may be left out), if any."""
+    if not isinstance(items, list):
+        return None
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and (
+            item.get("type") == "item_reference" or ("type" not in item and item.keys() == {"id"})
+        ):
+            return i
+    return None
+
+
+def call_body_pin(*, api_style: str, endpoint: str, payload: dict) -> None:
+    """What the gateway sets whatever the caller asked: OpenAI's `store` false. A stored
+    response is kept by the provider under the project's key, outside the audit trail, and any
+    other holder of the key can read or continue it. `/responses` stores unless told not to;
+    `/chat/completions` only when asked, so there `store` is set only if the caller sent it
+    (servers that copy OpenAI's API do not all accept the field)."""
+    if api_style == ApiStyle.OPENAI and (endpoint == "/responses" or "store" in payload):
+        payload["store"] = False
+
+
 def call_choices(payload: dict) -> int:
     """How many completions the call asks for (`n`, 1 when not given)."""
     n = payload.get("n")
@@ -112,11 +151,17 @@ def call_body_check(*, grant: ModelGrant, payload: dict) -> None:
     api_style = grant.provider.api_style
     refused = sorted(REFUSED_KEYS & payload.keys())
     if refused:
+        why = _REFUSED_WHY.get(
+            refused[0], "it makes the provider connect, run or keep things outside the sandbox"
+        )
+        raise _refuse(grant, "parameter_not_allowed", f"`{refused[0]}` is not allowed: {why}")
+    reference = _stored_item_reference(payload.get("input"))
+    if reference is not None:
         raise _refuse(
             grant,
             "parameter_not_allowed",
-            f"`{refused[0]}` is not allowed: it makes the provider connect, run or keep things "
-            "outside the sandbox",
+            f"`input[{reference}]` is not allowed: an item reference reads an item the provider "
+            "stored, and Convoy's calls are not stored: send the item itself",
         )
     n = payload.get("n")
     if n is not None and (

@@ -30,7 +30,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
 from django.utils import timezone
 
-from agents.bodies import call_body_check, call_choices, forward_headers
+from agents.bodies import call_body_check, call_body_pin, call_choices, forward_headers
 from agents.grants import (
     Admission,
     Refusal,
@@ -607,6 +607,7 @@ class ModelGateway:
             if not options.get("include_usage"):
                 options["include_usage"] = True
                 payload["stream_options"] = options
+        call_body_pin(api_style=provider.api_style, endpoint=endpoint, payload=payload)
         # What the provider gets is what was checked (one `model`, however the JSON spelled it).
         body = await _dumps(payload, size=request_size)
         url = _upstream_url(provider.base_url, endpoint)

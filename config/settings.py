@@ -155,6 +155,9 @@ CSRF_TRUSTED_ORIGINS = [
 
 INSTALLED_APPS = [
     "daphne",
+    # Before django.contrib.auth: its `changepassword` command replaces Django's (which revoked
+    # no API token and wrote no event).
+    "accounts",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -167,7 +170,6 @@ INSTALLED_APPS = [
     "template_partials",
     "csp",
     "axes",
-    "accounts",
     "audit",
     "sandboxes",
     "agents",

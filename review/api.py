@@ -1,5 +1,5 @@
 """API routes for review under /api/v1/review/: a run's review, pick, approve, reject, publish,
-bulk groups and bulk approval, changesets.
+the review queue, bulk groups and bulk approval, changesets.
 
 Routes fetch through `review.permissions`, call a service and return a schema; refusals are
 `core.errors` classes mapped once in config/errors.py.
@@ -21,6 +21,8 @@ from review.schemas import (
     GroupOut,
     PickIn,
     PublishApprovedOut,
+    QueueFilter,
+    QueuePageOut,
     RejectIn,
     ReviewOut,
 )
@@ -84,6 +86,21 @@ def run_publish(request, campaign_id: str, run_id: int):
         user=request.auth, campaign_pk=campaign_id, pk=run_id, action="decide"
     )
     return Status(202, services.change_publish(run=run, actor=request.auth))
+
+
+@router.get(f"{CAMPAIGN}/queue", response={200: QueuePageOut, **errors_for(404, 422)})
+def review_queue(
+    request,
+    campaign_id: str,
+    which: QueueFilter = "todo",
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0, le=OFFSET_MAX),
+):
+    """The review queue under one of the queue page's filters (`which`): `todo` (needs a
+    decision), `approved`, `text_changed` (approved, text changed: needs approval), `rejected`,
+    `published` or `all`, oldest first."""
+    campaign = review_campaign_get_for_user(user=request.auth, pk=campaign_id)
+    return selectors.queue_slice(campaign=campaign, which=which, limit=limit, offset=offset)
 
 
 @router.get(f"{CAMPAIGN}/groups", response={200: list[GroupOut], **errors_for(404, 422)})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from ninja import Field, Schema
 from pydantic import BeforeValidator
@@ -131,6 +131,50 @@ class ChangesetOut(Schema):
     @staticmethod
     def resolve_repository(obj) -> str:
         return obj.run.repository.name
+
+
+# review.selectors.QUEUE_FILTERS' keys: the queue page's filters.
+QueueFilter = Literal["todo", "approved", "text_changed", "rejected", "published", "all"]
+
+
+class QueueVariantOut(Schema):
+    name: str
+    state: str
+    validation: str
+    diff_sha256: str
+    files_changed: int
+    insertions: int
+    deletions: int
+
+
+class QueueRowOut(Schema):
+    run_id: int
+    repository: str
+    status: str = Field(
+        ...,
+        description="unreviewed, picked, approved, rejected, needs re-approval, published, or "
+        "'approved, text changed: needs approval' (a revision changed the text to publish "
+        "since the approval: approve it again)",
+    )
+    suggested: str | None = Field(None, description="The variant the page suggests")
+    variants: list[QueueVariantOut]
+
+    @staticmethod
+    def resolve_run_id(obj) -> int:
+        return obj.run.pk
+
+    @staticmethod
+    def resolve_repository(obj) -> str:
+        return obj.run.repository.name
+
+    @staticmethod
+    def resolve_suggested(obj) -> str | None:
+        return obj.suggested.name if obj.suggested is not None else None
+
+
+class QueuePageOut(Schema):
+    count: int
+    items: list[QueueRowOut]
 
 
 class ChangesetPageOut(Schema):

@@ -167,6 +167,43 @@ def text_changed_count(*, campaign: Campaign) -> int:
     return _text_changed_runs(campaign=campaign).count() if stale else 0
 
 
+def publish_all_runs(*, campaign: Campaign) -> QuerySet[RepoRun]:
+    """The runs "Publish all" queues: approved on their current diff and never published, or
+    failed, or published with another diff (a rerun approved again) or another text (approved
+    again after a revision: `changeset_text_update_due`) than their approval's, while their
+    pull request is neither merged nor closed. `change_publish` decides each one as a single
+    publish does."""
+    unfinished = ~Q(changeset__state__in=[ChangesetState.MERGED, ChangesetState.CLOSED])
+    return (
+        RepoRun.objects.filter(
+            campaign=campaign,
+            review__state=ReviewState.APPROVED,
+            review__approved_hash=F("review__variant__diff_sha256"),
+        )
+        .alias(standing_publish_hash=_standing_publish_hash())
+        .filter(
+            Q(changeset__isnull=True)
+            | Q(changeset__state=ChangesetState.FAILED)
+            | (unfinished & ~Q(changeset__diff_hash=F("review__approved_hash")))
+            | (
+                unfinished
+                & Q(standing_publish_hash__isnull=False)
+                & ~Q(standing_publish_hash="")
+                & ~Q(standing_publish_hash=F("changeset__publish_hash"))
+            )
+        )
+    )
+
+
+def publish_all_counts(*, campaign: Campaign) -> dict[str, int]:
+    """How many changes "Publish all" would queue: `total`, of which `updates` are published
+    already (their branch and pull request get the newly approved diff or text)."""
+    published = [state for state in ChangesetState.values if state != ChangesetState.FAILED]
+    return publish_all_runs(campaign=campaign).aggregate(
+        total=Count("pk"), updates=Count("pk", filter=Q(changeset__state__in=published))
+    )
+
+
 def changeset_text_update_due(*, review: RunReview | None, changeset: Changeset | None) -> bool:
     """The change was published, then approved again with a new text (a revision changed it):
     publishing now updates its branch and open pull request. Merged or closed, it is past
@@ -294,6 +331,25 @@ def _queue_runs(*, campaign: Campaign, which: str) -> QuerySet[RepoRun]:
             "review__variant__error",
             "review__variant__diffstat",
         )
+    )
+
+
+@dataclass
+class QueueSlice:
+    count: int
+    items: list[QueueRow]
+
+
+def queue_slice(
+    *, campaign: Campaign, which: str = "todo", limit: int = 100, offset: int = 0
+) -> QueueSlice:
+    """`limit` rows of a queue filter (QUEUE_FILTERS, as the queue page lists them) from
+    `offset`, and how many the filter holds: the API's queue."""
+    if which not in QUEUE_FILTERS:
+        raise Invalid(f"expected one of {', '.join(QUEUE_FILTERS)}", field="which")
+    runs = _queue_runs(campaign=campaign, which=which)
+    return QueueSlice(
+        count=runs.count(), items=queue_rows(runs[offset : offset + limit], campaign=campaign)
     )
 
 

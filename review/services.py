@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, field
 
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F
 from django.utils import timezone
 
 from audit.record import audit_record
@@ -38,7 +38,12 @@ from review.models import (
 from review.publish import PublishError, change_push
 from review.publish_text import publish_text_changes, publish_text_for, publish_text_hash
 from review.require import bulk_held_back, campaign_require, held_reason, require_allows
-from review.selectors import approval_standing, approval_text_changes, review_is_approved
+from review.selectors import (
+    approval_standing,
+    approval_text_changes,
+    publish_all_runs,
+    review_is_approved,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -634,16 +639,12 @@ def _changeset_text_update(
 
 
 def changes_publish_approved(*, campaign: Campaign, actor) -> PublishRequests:
-    """Publish every approved, not yet published change of the campaign."""
+    """Publish every approved change of the campaign not yet published as approved: new ones,
+    failed ones, and published ones approved again with a rerun's diff or a revision's text
+    (their branch and open pull request are updated, one event each as a single publish)."""
     _cancelled_check(campaign)
     runs = (
-        RepoRun.objects.filter(
-            campaign=campaign,
-            review__state=ReviewState.APPROVED,
-            review__approved_hash=F("review__variant__diff_sha256"),
-        )
-        .filter(Q(changeset__isnull=True) | Q(changeset__state=ChangesetState.FAILED))
-        .select_related("campaign", "repository")
+        publish_all_runs(campaign=campaign).select_related("campaign", "repository").order_by("pk")
     )
     result = PublishRequests()
     for run in runs:

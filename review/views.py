@@ -225,6 +225,7 @@ def review_queue(request, pk):
         page=request.GET.get("page", 1),
         count=bucket_counts[which],
     )
+    can_review = user_can(request.user, "change_review")
     context = {
         "campaign": campaign,
         "page": page,
@@ -232,7 +233,12 @@ def review_queue(request, pk):
         "which": which,
         "undo": _undo(request, campaign),
         "filters": [(k, v, bucket_counts[k]) for k, v in selectors.QUEUE_FILTERS.items()],
-        "can_review": user_can(request.user, "change_review"),
+        "can_review": can_review,
+        "publish_all": (
+            selectors.publish_all_counts(campaign=campaign)
+            if which == "approved" and can_review
+            else None
+        ),
     }
     return render(request, _partial(request, QUEUE, {"queue": "queue"}), context)
 

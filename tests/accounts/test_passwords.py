@@ -1,10 +1,13 @@
-"""A password change, one's own or an admin's reset, revokes the person's API tokens in the
-same transaction as the change and its event; a token used after that is refused saying it was
-revoked."""
+"""A password change, one's own, an admin's reset or `manage.py changepassword`, revokes the
+person's API tokens in the same transaction as the change and its event; a token used after
+that is refused saying it was revoked."""
 
+import io
 import json
 
 import pytest
+from django.contrib.auth.models import User
+from django.core.management import CommandError, call_command
 from django.test import Client
 
 from accounts.models import ApiToken
@@ -100,3 +103,63 @@ def test_a_reset_is_for_admins_and_for_passwords_the_validators_pass(
     assert not AuditEvent.objects.filter(action="people.password.reset").exists()
     assert Client().get("/api/v1/me", headers=_auth(raw)).status_code == 200
     assert Client().login(username="rob", password=PASSWORD)
+
+
+def _events(action: str) -> list[dict]:
+    return [json.loads(e.body) for e in AuditEvent.objects.filter(action=action).order_by("pk")]
+
+
+def test_manage_py_changepassword_revokes_the_tokens_and_is_audited(monkeypatch, manager):
+    """Django's own `changepassword` saved the new hash and nothing else: a token that leaked
+    with the old password kept working, and the trail did not know. Now it goes through the
+    same service as the pages."""
+    _, raw = token_create(user=manager, name="ci")
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": NEW)
+    out = io.StringIO()
+    call_command("changepassword", "mia", stdout=out)
+    refused = Client().get("/api/v1/me", headers=_auth(raw))
+    assert (refused.status_code, refused.json().get("code")) == (401, "token_revoked")
+    assert "Password changed successfully for user 'mia'; 1 API token revoked" in out.getvalue()
+    (event,) = _events("people.password.reset")
+    assert event["actor"]["type"] == "system"
+    assert event["payload"] == {
+        "username": "mia",
+        "tokens_revoked": 1,
+        "command": "changepassword",
+    }
+    assert Client().login(username="mia", password=NEW)
+
+
+def test_changepassword_sets_a_superusers_password_and_refuses_a_weak_one(tmp_path, db):
+    root = User.objects.create_superuser("root", "root@example.test", PASSWORD)
+    _, raw = token_create(user=root, name="ops")
+    pw = tmp_path / "pw"
+    pw.write_text("12345678\n")
+    with pytest.raises(CommandError, match=r"password: .*too common"):
+        call_command("changepassword", "root", "--password-file", str(pw))
+    assert Client().get("/api/v1/me", headers=_auth(raw)).status_code == 200
+    assert not AuditEvent.objects.filter(action="people.password.reset").exists()
+
+    pw.write_text(NEW + "\n")
+    call_command("changepassword", "root", "--password-file", str(pw), stdout=io.StringIO())
+    assert Client().get("/api/v1/me", headers=_auth(raw)).status_code == 401
+    assert _events("people.password.reset")[0]["payload"]["tokens_revoked"] == 1
+    assert Client().login(username="root", password=NEW)
+    with pytest.raises(CommandError, match="user 'nobody' does not exist"):
+        call_command("changepassword", "nobody", "--password-file", str(pw))
+
+
+def test_the_demo_seed_resetting_a_password_revokes_the_tokens(manager, settings):
+    """`demo_seed` sets a demo user's password back to the one in its file: a change too."""
+    from accounts.management.commands.demo_seed import demo_users_seed
+
+    demo_users_seed()
+    seeded = User.objects.get(username="manager")
+    seeded.set_password(NEW)
+    seeded.save()
+    _, raw = token_create(user=seeded, name="ci")
+    passwords = demo_users_seed()
+    assert Client().get("/api/v1/me", headers=_auth(raw)).status_code == 401
+    (event,) = _events("people.password.reset")
+    assert event["payload"]["command"] == "demo_seed"
+    assert Client().login(username="manager", password=passwords["manager"])

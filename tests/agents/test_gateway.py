@@ -650,6 +650,15 @@ _REFUSED_BODIES = [
     ("openai", "/v1/responses", {"background": True}, "parameter"),
     ("openai", "/v1/responses", {"conversation": "conv_123"}, "parameter"),
     ("openai", "/v1/responses", {"prompt": {"id": "pmpt_123"}}, "parameter"),
+    # A stored response or item, perhaps another campaign's: Convoy's own are never stored.
+    ("openai", "/v1/responses", {"previous_response_id": "resp_123"}, "parameter"),
+    (
+        "openai",
+        "/v1/responses",
+        {"input": [{"type": "item_reference", "id": "msg_1"}]},
+        "parameter",
+    ),
+    ("openai", "/v1/responses", {"input": ["hi", {"id": "msg_1"}]}, "parameter"),
     ("openai", "/v1/chat/completions", {"web_search_options": {}}, "parameter"),
     (
         "openai",
@@ -808,7 +817,8 @@ def test_tools_the_agent_runs_itself_pass(admin_user, fake, gateway, style, path
     body = {"model": "fake-model", "max_tokens": 10, "messages": [], **extra}
     status, data = _raw(gateway, "POST", path, token, body)
     assert status == 200, data
-    assert fake.requests[-1]["body"] == body
+    pinned = {"store": False} if path == "/v1/responses" else {}  # call_body_pin
+    assert fake.requests[-1]["body"] == {**body, **pinned}
 
 
 def test_only_allowed_headers_and_betas_reach_the_provider(admin_user, fake, gateway):
@@ -897,3 +907,29 @@ def test_a_free_endpoints_request_is_not_kept(admin_user, fake, gateway):
     (record,) = variant_transcript(variant_id=9)
     assert "count_tokens" in record["path"]
     assert "count me" not in json.dumps(record) and record["request"] in ("", None)
+
+
+@pytest.mark.parametrize(
+    ("path", "asked", "sent"),
+    [
+        ("/v1/responses", {}, False),  # /responses stores unless told not to
+        ("/v1/responses", {"store": True}, False),
+        ("/v1/chat/completions", {"store": True}, False),
+        ("/v1/chat/completions", {}, None),  # not stored by default: the field is not added
+    ],
+)
+def test_the_provider_is_always_told_not_to_store_the_call(
+    admin_user, fake, gateway, path, asked, sent
+):
+    """`store` was forwarded, and `/responses` stores by default: the provider kept every
+    conversation under the project's key, outside the audit trail and readable by anyone else
+    holding the key. The provider now always gets `store: false`, and the transcript says so."""
+    _provider(admin_user, fake.base_url)
+    _grant_row, token = _grant()
+    body = {"model": "fake-model", "input": "hi", "messages": [], **asked}
+    status, _data = _post(gateway, path, token, body)
+    assert status == 200
+    seen = fake.requests[-1]["body"]
+    assert seen.get("store") is sent and ("store" in seen) == (sent is not None)
+    (record,) = variant_transcript(variant_id=9)
+    assert record["request"].get("store") is sent

@@ -362,3 +362,33 @@ def test_a_push_whose_lease_an_older_push_moved_meanwhile_retries(
     again = services.changeset_push(changeset_id=changeset.pk)
     assert again.state == "pushed", again.error
     assert git(bare, "diff", "--binary", base, changeset.branch) == smaller
+
+
+def test_publish_all_republishes_a_rerun_diff_approved_again(remote, manager, reviewer):
+    """A published change whose rerun's new diff was approved again was left out of "Publish
+    all" (only never published and failed ones were taken): its branch kept the old diff. Now
+    publish-all pushes the approved diff, as publishing it alone does."""
+    from review import services
+    from review.models import Changeset
+    from tests.factories import campaign_make, run_make, variant_make, variant_rerun
+
+    bare, base, patch = remote
+    smaller = patch.split(b"diff --git a/data.bin")[0]
+    campaign = campaign_make(owner=manager, variants=("a",))
+    run = run_make(campaign=campaign, url=f"file://{bare}", base_commit=base)
+    variant = variant_make(run=run, name="a", patch=patch)
+    services.change_approve(run=run, variant=variant, actor=reviewer, diff_hash=variant.diff_sha256)
+    assert services.changes_publish_approved(campaign=campaign, actor=reviewer).queued == [run.pk]
+    changeset = services.changeset_push(changeset_id=Changeset.objects.get(run=run).pk)
+    assert changeset.state == "pushed", changeset.error
+
+    variant_rerun(variant, smaller)
+    variant.refresh_from_db()
+    # Not approved yet: publish-all does not touch the branch.
+    assert services.changes_publish_approved(campaign=campaign, actor=reviewer).queued == []
+    services.change_approve(run=run, variant=variant, actor=reviewer, diff_hash=variant.diff_sha256)
+    assert services.changes_publish_approved(campaign=campaign, actor=reviewer).queued == [run.pk]
+    pushed = services.changeset_push(changeset_id=changeset.pk)
+    assert pushed.state == "pushed", pushed.error
+    assert git(bare, "diff", "--binary", base, changeset.branch) == smaller
+    assert services.changes_publish_approved(campaign=campaign, actor=reviewer).queued == []

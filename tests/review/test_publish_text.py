@@ -368,3 +368,81 @@ def test_a_text_republished_while_the_first_push_runs_is_pushed_after_it(
     log = git(bare, "log", "-1", "--format=%s", "convoy/assert-equal").decode()
     assert log.strip() == "Revised message"
     assert _event("review.change.published")["payload"]["publish_hash"] == second.publish_hash
+
+
+def test_the_api_queue_lists_text_changed_and_publish_all_updates_the_pull_request(
+    client, tmp_path, monkeypatch, fake_github, manager, reviewer
+):
+    """The pages listed "approved, text changed: needs approval" apart; the API had no such
+    filter. And "Publish all" took only changes never published (or failed): one approved
+    again with a revision's text kept its old pull request title until someone published it
+    alone. Now the API's queue has the filter, and publish-all updates such pull requests."""
+    adapter = GitHub(api_url=fake_github.url, token="tok-publish", rate=1000)
+    monkeypatch.setattr(codehosts, "codehost_for_remote", lambda url: (adapter, "acme/alpha"))
+    spec, campaign = _launched(manager, "publish-all-text")
+    bare, base, patch = remote_with_change(tmp_path, before={"m.txt": "a\n"}, after={"m.txt": "b"})
+    run = run_make(campaign=campaign, url=f"file://{bare}", base_commit=base)
+    variant_make(run=run, name="standard", patch=patch)
+    _, raw = token_create(user=reviewer, name="t", scope="write")
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {raw}", "content_type": "application/json"}
+    api = f"/api/v1/review/campaigns/{campaign.pk}"
+    assert client.login(username=reviewer.username, password=PASSWORD)
+    approve_url = reverse("review-decide", args=[campaign.pk, run.pk, "approve"])
+    queue = reverse("review-queue", args=[campaign.pk])
+
+    def listed(which: str) -> tuple[int, list[tuple[int, str]]]:
+        page = client.get(f"{api}/queue?which={which}", **auth)
+        assert page.status_code == 200, page.content
+        return page.json()["count"], [(r["run_id"], r["status"]) for r in page.json()["items"]]
+
+    assert client.post(approve_url, _page_form(client, campaign, run)).status_code == 302
+    assert listed("approved") == (1, [(run.pk, "approved")])
+    assert client.post(f"{api}/publish", **auth).json() == {"queued": [run.pk], "refused": []}
+    changeset = changeset_push(changeset_id=Changeset.objects.get(run=run).pk)
+    assert changeset.state == "open", changeset.error
+    assert listed("text_changed") == (0, [])
+
+    revised = spec.replace(f"title: {TITLE}", "title: Use assertEqual, revised")
+    campaign_revise(campaign=campaign, actor=manager, source=revised)
+    text_changed = (1, [(run.pk, "approved, text changed: needs approval")])
+    assert listed("text_changed") == text_changed
+    assert listed("published") == text_changed
+    # Not approved again: publish-all leaves it (and its pull request) alone.
+    assert client.post(f"{api}/publish", **auth).json() == {"queued": [], "refused": []}
+    unknown = client.get(f"{api}/queue?which=stale", **auth)
+    assert unknown.status_code == 422 and "which" in unknown.content.decode()
+    schema = client.get("/api/v1/openapi.json", **auth).json()
+    (param,) = [
+        p
+        for p in schema["paths"]["/api/v1/review/campaigns/{campaign_id}/queue"]["get"][
+            "parameters"
+        ]
+        if p["name"] == "which"
+    ]
+    assert "text_changed" in json.dumps(param)
+
+    # Approved again: the page's Publish all counts it and says it updates a pull request.
+    assert client.post(approve_url, _page_form(client, campaign, run)).status_code == 302
+    assert listed("text_changed") == (0, [])
+    page = client.get(f"{queue}?which=approved").content.decode()
+    assert "Publish all 1 approved change(s)" in page
+    assert re.search(r'data-testid="publish-approved-updates">including 1 already published', page)
+    assert client.post(f"{api}/publish", **auth).json() == {"queued": [run.pk], "refused": []}
+    queued = Changeset.objects.get(run=run)
+    assert queued.state == "queued" and queued.publish_text["title"] == "Use assertEqual, revised"
+    event = _event("review.change.published")["payload"]
+    assert event["replaces_publish_hash"] == changeset.publish_hash
+    assert event["publish_hash"] == queued.publish_hash
+    assert AuditEvent.objects.filter(action="review.change.published").count() == 3
+
+    updated = changeset_push(changeset_id=queued.pk)
+    assert updated.state == "open", updated.error
+    (pr,) = fake_github.pulls["acme/alpha"]
+    assert pr["title"] == "Use assertEqual, revised"
+    assert updated.pr_number == changeset.pr_number
+    # Published as approved: nothing more to queue, and no button for nothing.
+    assert client.post(f"{api}/publish", **auth).json() == {"queued": [], "refused": []}
+    assert (
+        'data-testid="publish-approved"'
+        not in client.get(f"{queue}?which=approved").content.decode()
+    )

@@ -7,6 +7,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand
 
+from accounts.passwords import user_password_set_by_operator
 from accounts.roles import ADMIN, MANAGER, REVIEWER
 from accounts.services import user_create, user_role_set
 from campaigns.demo import demo_campaign_seed
@@ -25,9 +26,8 @@ def demo_users_seed() -> dict[str, str]:
         if user is None:
             user_create(username=username, role=role, password=password)
         else:
-            if not user.check_password(password):
-                user.set_password(password)
-                user.save(update_fields=["password"])
+            if not user.check_password(password):  # revokes their tokens, audited
+                user_password_set_by_operator(user=user, new_password=password, command="demo_seed")
             user_role_set(user=user, role=role)
     path.write_text(json.dumps(passwords, indent=2))
     path.chmod(0o600)
