@@ -82,14 +82,14 @@ def main() -> None:
 
         long_cmd = ["sleep", str(args.seconds)]
         rows = []
-        kept, walk = local.WALK_SHARE_MAX, local.disk_usage
+        kept, walk = local.WALK_SHARE_MAX, local.workspace_usage
         walks = [0]
 
         def counted(*a, **kw):
             walks[0] += 1
             return walk(*a, **kw)
 
-        local.disk_usage = counted
+        local.workspace_usage = counted
         for name, run in (("floor", bare), ("every tick", convoy), ("convoy", convoy)):
             local.WALK_SHARE_MAX = float("inf") if name == "every tick" else kept
             engine._walks.clear()
@@ -98,7 +98,7 @@ def main() -> None:
             long_walks, walks[0] = walks[0], 0
             short_cpu, _ = _pumped_cpu(lambda run=run: [run(["true"]) for _ in range(args.short)])
             rows.append((name, long_cpu, long_wall, short_cpu / args.short, long_walks, walks[0]))
-        local.WALK_SHARE_MAX, local.disk_usage = kept, walk
+        local.WALK_SHARE_MAX, local.workspace_usage = kept, walk
     finally:
         engine.terminate(handle)
         shutil.rmtree(DATA, ignore_errors=True)

@@ -1,9 +1,14 @@
 """Text a database column can hold: no NUL characters (PostgreSQL refuses them in text) and
-no lone surrogates (which cannot be encoded as UTF-8). Checked at the edges, naming the field."""
+no lone surrogates (which cannot be encoded as UTF-8). Checked at the edges, naming the field.
+And text shown as it is not seen: invisible and bidi characters marked where diffs and logs
+are displayed."""
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Iterator
+from functools import lru_cache
 from typing import Any
 
 NUL_MESSAGE = "must not contain NUL characters"
@@ -14,6 +19,35 @@ def nul_shown(value: str) -> str:
     """`value` with each NUL as its symbol (U+2400), so that output a command printed can be
     stored (PostgreSQL text cannot hold NUL) and still shows where the NUL was."""
     return value.replace("\x00", "\u2400") if "\x00" in value else value
+
+
+# Characters that change how code reads without showing ("Trojan Source"): bidi controls and
+# every other format character (category Cf: zero-width spaces and joiners, word joiner, BOM,
+# soft hyphen, tags), plus the blank fillers and separators that render as nothing.
+_INVISIBLE_EXTRA = "\u115f\u1160\u3164\uffa0\u2028\u2029"
+
+
+@lru_cache(maxsize=1)
+def _invisible_re() -> re.Pattern:
+    chars = [chr(c) for c in range(0x110000) if unicodedata.category(chr(c)) == "Cf"]
+    chars += list(_INVISIBLE_EXTRA)
+    return re.compile("[" + "".join(re.escape(c) for c in chars) + "]")
+
+
+def has_invisible(text: str) -> bool:
+    return bool(_invisible_re().search(text))
+
+
+def mark_invisible(html: str) -> str:
+    """`html` (already escaped: a diff, a log line) with each invisible or bidi character
+    replaced by a visible marker naming its code point: the marker is ours, the code point is
+    hex."""
+    return _invisible_re().sub(
+        lambda m: (
+            f'<span class="invisible-char" title="U+{ord(m[0]):04X}">⟨U+{ord(m[0]):04X}⟩</span>'
+        ),
+        html,
+    )
 
 
 def text_problem(value: str) -> str | None:

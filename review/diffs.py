@@ -10,7 +10,6 @@ import difflib
 import hashlib
 import json
 import re
-import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -28,6 +27,7 @@ from core.patches import (
     path_unquote,
     paths_from_git_line,
 )
+from core.text import has_invisible, mark_invisible
 
 HUNK_RE = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@ ?(.*)$")
 # A file with more changed lines than this is shown collapsed and without highlighting.
@@ -301,33 +301,6 @@ def diff_group_key(diff: str | bytes | None) -> str:
 
 
 # --- rendering -------------------------------------------------------------------------------
-
-# Characters that change how code reads without showing ("Trojan Source"): bidi controls and
-# every other format character (category Cf: zero-width spaces and joiners, word joiner, BOM,
-# soft hyphen, tags), plus the blank fillers and separators that render as nothing.
-_INVISIBLE_EXTRA = "\u115f\u1160\u3164\uffa0\u2028\u2029"
-
-
-@lru_cache(maxsize=1)
-def _invisible_re() -> re.Pattern:
-    chars = [chr(c) for c in range(0x110000) if unicodedata.category(chr(c)) == "Cf"]
-    chars += list(_INVISIBLE_EXTRA)
-    return re.compile("[" + "".join(re.escape(c) for c in chars) + "]")
-
-
-def has_invisible(text: str) -> bool:
-    return bool(_invisible_re().search(text))
-
-
-def mark_invisible(html: str) -> str:
-    """`html` (already escaped) with each invisible or bidi character replaced by a visible
-    marker naming its code point: the marker is ours, the code point is hex."""
-    return _invisible_re().sub(
-        lambda m: (
-            f'<span class="invisible-char" title="U+{ord(m[0]):04X}">⟨U+{ord(m[0]):04X}⟩</span>'
-        ),
-        html,
-    )
 
 
 @lru_cache(maxsize=256)

@@ -14,7 +14,7 @@ from datetime import datetime
 from ansi2html import Ansi2HTMLConverter
 
 from core.secret_forms import SecretScanner
-from core.text import nul_shown
+from core.text import has_invisible, mark_invisible, nul_shown
 from sandboxes.models import LogLine
 
 logger = logging.getLogger(__name__)
@@ -120,13 +120,50 @@ class Line:
 _ansi = threading.local()
 
 
-# Operating-system commands (ESC ] … BEL or ESC \\): ansi2html turns OSC 8 into a link, so a
-# command could print a clickable "sign in again" pointing anywhere, inside Convoy's page.
-# Only colours become markup; these go.
-# One pass can leave an ESC whose complete sequence after it went, which then starts a new
-# sequence with what follows: every ESC that does not start a CSI (colours) goes too.
-_OSC = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\|\Z)")
-_NOT_CSI = re.compile(r"\x1b(?!\[)")
+# What of the terminal's escape sequences a line keeps: colours and weight, as markup, and
+# nothing else. One pass, left to right, every ESC consumed:
+# - an operating-system command (ESC ] … BEL or ESC \\, or cut short by the next ESC or the
+#   line's end) goes whole: ansi2html turns OSC 8 into a link, so a command could print a
+#   clickable "sign in again" pointing anywhere, inside Convoy's page;
+# - a control sequence (ESC [ params final) stays only as an SGR (final `m`) rebuilt from the
+#   parameters in _SGR_KEPT (conceal, 8, became visibility:hidden; blink, inverse… go too);
+#   one another ESC or the line's end cuts short goes with its parameters (removing an OSC in
+#   an earlier pass left `ESC [3` before the text, which then became its final byte and went);
+# - any other ESC goes.
+_ESCAPE = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b\[([0-?]*)([ -/]*)([@-~]?)|\x1b")
+_SGR_PARAMS = re.compile(r"[0-9;]*")
+# reset; bold, dim, italic, underline and their ends; the 8 and 16 colours and the defaults
+_SGR_KEPT = frozenset({0, 1, 2, 3, 4, 22, 23, 24, 39, 49}).union(
+    range(30, 38), range(40, 48), range(90, 98), range(100, 108)
+)
+
+
+def _sgr_kept(params: str) -> str:
+    """The parameters of an SGR that _SGR_KEPT allows, with 38/48's 256-colour and RGB forms."""
+    parts = [int(p) if p and len(p) <= 3 else (0 if not p else -1) for p in params.split(";")]
+    kept: list[int] = []
+    i = 0
+    while i < len(parts):
+        n = parts[i]
+        if n in (38, 48):
+            width = {5: 1, 2: 3}.get(parts[i + 1] if i + 1 < len(parts) else -1, 0)
+            values = parts[i + 2 : i + 2 + width]
+            if not width or len(values) < width or not all(0 <= v < 256 for v in values):
+                break  # a colour it cannot read: the rest would be read out of step
+            kept += parts[i : i + 2 + width]
+            i += 2 + width
+            continue
+        if n in _SGR_KEPT:
+            kept.append(n)
+        i += 1
+    return ";".join(map(str, kept))
+
+
+def _escape_kept(m: re.Match) -> str:
+    if m[0].startswith("\x1b[") and m[3] == "m" and not m[2] and _SGR_PARAMS.fullmatch(m[1]):
+        kept = _sgr_kept(m[1])
+        return f"\x1b[{kept}m" if kept else ""
+    return ""
 
 
 def _ansi_to_html(text: str) -> str:
@@ -134,12 +171,13 @@ def _ansi_to_html(text: str) -> str:
     if converter is None:
         converter = _ansi.converter = Ansi2HTMLConverter(inline=True, dark_bg=True)
     return converter.convert(
-        _NOT_CSI.sub("", _OSC.sub("", text)), full=False, ensure_trailing_newline=False
+        _ESCAPE.sub(_escape_kept, text), full=False, ensure_trailing_newline=False
     )
 
 
 def log_line_html(line: Line | LogLine) -> str:
-    """One line as an HTML element; ANSI colours become escaped markup, everything else escaped.
+    """One line as an HTML element; ANSI colours become escaped markup, everything else escaped,
+    invisible and bidi characters marked as the diff view marks them.
 
     Written as a format string rather than a template tag loop: it runs for every line at tens
     of thousands of lines a second. The panel's partials wrap these strings.
@@ -149,6 +187,8 @@ def log_line_html(line: Line | LogLine) -> str:
 
 def _line_html(seq: int, stream: str, text: str, command_id: int | None) -> str:
     body = _ansi_to_html(text) if "\x1b" in text else html.escape(text, quote=False)
+    if has_invisible(text):
+        body = mark_invisible(body)
     if stream not in STREAMS:
         stream = "stdout"
     return (
@@ -167,9 +207,10 @@ def _batch_html(first: int, batch: Sequence[tuple[str, str, datetime]], command_
             for i, (stream, text, _) in enumerate(batch)
         ]
     cmd = command_id or ""
+    escaped = html.escape(joined, quote=False)
+    if has_invisible(joined):
+        escaped = mark_invisible(escaped)  # its markers hold no newline
     return [
         f'<div class="log-line log-{stream}" data-seq="{first + i}" data-cmd="{cmd}">{body}</div>'
-        for i, ((stream, _, _), body) in enumerate(
-            zip(batch, html.escape(joined, quote=False).split("\n"), strict=True)
-        )
+        for i, ((stream, _, _), body) in enumerate(zip(batch, escaped.split("\n"), strict=True))
     ]

@@ -73,7 +73,7 @@ def env_args_fd(env: Mapping[str, str]) -> int:
 # the host at the next crash. bubblewrap's own cover skips /proc/sys (it asks whether the
 # directory is writable, and it is not: its files are). As container engines do.
 PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
-PROC_HIDDEN = ("kcore", "keys", "timer_list", "sched_debug", "latency_stats")
+PROC_HIDDEN = ("kcore", "keys", "timer_list", "sched_debug", "latency_stats", "cmdline")
 
 
 @functools.cache  # the host's /proc has the same entries for the process's life

@@ -53,6 +53,14 @@ WATCH_EVERY_S = 0.25  # how often a running command's workspace size is checked,
 WALK_SHARE_MAX = 0.05
 WALKS_KEPT = 256  # sandboxes whose last walk a backend remembers (the oldest is forgotten)
 SIGXFSZ_EXIT = 128 + signal.SIGXFSZ  # a write past RLIMIT_FSIZE (the disk limit) killed it
+# A command that ends with its workspace past the disk limit fails with this code, as a write
+# past RLIMIT_FSIZE does: a filler faster than the watch (3 GB in 108 ms) exited 0.
+DISK_LIMIT_EXIT = SIGXFSZ_EXIT
+# Files and directories a workspace may hold: empty files allocate no blocks, so the byte count
+# alone let 200,000 of them through at disk_mb=16. Each entry counts as one 4 KB block of the
+# disk limit (what a small file takes on ext4), with a floor for small limits.
+ENTRY_BYTES = 4096
+ENTRIES_MIN = 65_536
 # What shells, git, make, Go and Python's subprocess print when fork fails with EAGAIN: the only
 # sign of the process limit where the engine keeps no counter (gVisor's RLIMIT_NPROC).
 FORK_FAILED = re.compile(
@@ -245,8 +253,21 @@ def processes_kill(
     return killed
 
 
+def entries_max_for(disk_mb: int) -> int:
+    """How many files and directories a workspace of `disk_mb` may hold."""
+    return max(disk_mb * 1024 * 1024 // ENTRY_BYTES, ENTRIES_MIN)
+
+
 def disk_usage(path: Path, *, stop_after: int) -> int:
-    """Bytes allocated under `path` (not following links), counting stops past `stop_after`.
+    """Bytes allocated under `path` (see `workspace_usage`)."""
+    return workspace_usage(path, stop_after=stop_after)[0]
+
+
+def workspace_usage(
+    path: Path, *, stop_after: int, entries_max: int | None = None
+) -> tuple[int, int]:
+    """Bytes allocated under `path` and entries (files, directories, links…) found there, not
+    following links; counting stops past `stop_after` bytes or `entries_max` entries.
 
     The command is running meanwhile: between its parent's listing and its own, a directory can
     become a link to a host directory, and the host (root, perhaps) must not list or size what
@@ -257,8 +278,9 @@ def disk_usage(path: Path, *, stop_after: int) -> int:
     try:
         top = os.lstat(path)
     except OSError:
-        return 0
-    total = 0
+        return 0, 0
+    total = found = 0
+    entries_max = float("inf") if entries_max is None else entries_max
     stack = [(str(path), top.st_dev, top.st_ino)]
     while stack:
         where, dev, ino = stack.pop()
@@ -277,35 +299,44 @@ def disk_usage(path: Path, *, stop_after: int) -> int:
                     except OSError:
                         continue
                     total += st.st_blocks * 512
+                    found += 1
                     if stat.S_ISDIR(st.st_mode):
                         stack.append((f"{where}/{entry.name}", st.st_dev, st.st_ino))
-                    if total > stop_after:
-                        return total
+                    if total > stop_after or found > entries_max:
+                        return total, found
         except OSError:
             continue  # removed while listed (EINVAL, ENOENT from getdents): as if it changed
         finally:
             os.close(fd)
-    return total
+    return total, found
 
 
 @dataclasses.dataclass
 class WalkCost:
     """A sandbox's last workspace walk: how long it took, when it ended (monotonic), the size
-    it found and the file system's free bytes just before it."""
+    and entries it found and the file system's free bytes and inodes just before it."""
 
     cost_s: float = 0.0
     ended_at: float = float("-inf")
     size: int = 0
+    entries: int = 0
     free: float = float("inf")
+    free_files: float = float("inf")
 
 
 def free_bytes(path: Path) -> float:
     """Bytes an unprivileged writer may still use on `path`'s file system (inf if unknown)."""
+    return free_space(path)[0]
+
+
+def free_space(path: Path) -> tuple[float, float]:
+    """Bytes and inodes an unprivileged writer may still use on `path`'s file system (inf if
+    unknown, or where it does not count inodes)."""
     try:
         st = os.statvfs(path)
     except OSError:
-        return float("inf")
-    return st.f_bavail * st.f_frsize
+        return float("inf"), float("inf")
+    return st.f_bavail * st.f_frsize, (st.f_favail if st.f_files else float("inf"))
 
 
 def rlimits_for(limits: Mapping, *, address_space: bool) -> list[tuple[int, int]]:
@@ -554,7 +585,9 @@ class LocalBackend(SandboxBackend):
     ) -> Generator[ExecEvent, None, None]:
         """The events, with the result of a failed command saying which limit it hit: without
         it a fork bomb ends as a bare exit 2 and the log cannot say why. A failed command's
-        workspace is measured once more, even where its last walk was too recent to repeat."""
+        workspace is measured once more, even where its last walk was too recent to repeat.
+        A command whose workspace the watch found past the disk limit fails, even if it exited
+        0 (`pump` looks once more as it ends): a filler faster than the watch cannot succeed."""
         tail = b""
         fork_failed = False
         try:
@@ -563,14 +596,17 @@ class LocalBackend(SandboxBackend):
                     window = tail + event.data  # a message split across two reads
                     fork_failed = bool(FORK_FAILED.search(window))
                     tail = window[-256:]
-                elif isinstance(event, ExecResult) and event.exit_code != 0:
-                    if not disk_hit:
-                        watch(force=True)
-                    hit = self._limit_hit(
-                        meta, before, event, disk=bool(disk_hit), fork_failed=fork_failed
-                    )
-                    if hit:
-                        event = dataclasses.replace(event, limit_hit=hit)
+                elif isinstance(event, ExecResult):
+                    if disk_hit and event.exit_code == 0:
+                        event = dataclasses.replace(event, exit_code=DISK_LIMIT_EXIT)
+                    if event.exit_code != 0:
+                        if not disk_hit:
+                            watch(force=True)
+                        hit = self._limit_hit(
+                            meta, before, event, disk=bool(disk_hit), fork_failed=fork_failed
+                        )
+                        if hit:
+                            event = dataclasses.replace(event, limit_hit=hit)
                 yield event
         finally:
             events.close()
@@ -626,10 +662,15 @@ class LocalBackend(SandboxBackend):
         cost ago; `force` walks regardless. A small workspace is walked at every call, as
         before; a large one at most WALK_SHARE_MAX of the time, or sooner when the file system
         has lost more free space since the last walk than the workspace had left below its
-        limit (one `statvfs`): whatever wrote it, this workspace may have passed its limit."""
+        limit (one `statvfs`): whatever wrote it, this workspace may have passed its limit.
+        Likewise for entries (`entries_max_for`) and the file system's free inodes. A workspace
+        the last walk found past a limit is walked again at every call, until it is back under.
+        """
         base = self.ws.dir(meta.external_id)
         own = base / ("upper" if meta.layers and not meta.copied else "workspace")
-        limit = int(meta.limits.get("disk_mb", 2048)) * 1024 * 1024
+        disk_mb = int(meta.limits.get("disk_mb", 2048))
+        limit = disk_mb * 1024 * 1024
+        entries_max = entries_max_for(disk_mb)
         with self._walks_lock:
             last = self._walks.get(meta.external_id)
             if last is None:
@@ -639,18 +680,27 @@ class LocalBackend(SandboxBackend):
 
         def watch(*, force: bool = False) -> str:
             started = time.monotonic()
-            free = free_bytes(own)
+            free, free_files = free_space(own)
             if (
                 not force
                 and started - last.ended_at < last.cost_s / WALK_SHARE_MAX
+                and last.size <= limit
+                and last.entries <= entries_max
                 and free >= last.free - (limit - last.size)
+                and free_files >= last.free_files - (entries_max - last.entries)
             ):
                 return ""
-            size = disk_usage(own, stop_after=limit)
+            size, entries = workspace_usage(own, stop_after=limit, entries_max=entries_max)
             last.ended_at = time.monotonic()
-            last.cost_s, last.size, last.free = last.ended_at - started, size, free
+            last.cost_s, last.size, last.entries = last.ended_at - started, size, entries
+            last.free, last.free_files = free, free_files
             if size > limit:
-                return f"the workspace passed its {limit // (1024 * 1024)} MB disk limit"
+                return f"the workspace passed its {disk_mb} MB disk limit"
+            if entries > entries_max:
+                return (
+                    f"the workspace passed its limit of {entries_max:,} files and directories"
+                    f" (disk_mb={disk_mb})"
+                )
             return ""
 
         return watch

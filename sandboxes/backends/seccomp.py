@@ -6,6 +6,18 @@ ptrace, mount, keyrings, bpf, perf, userfaultfd, module loading, new namespacesâ
 EPERM. `clone3` fails with ENOSYS instead: its flags sit in memory a filter cannot read, and
 libc then falls back to `clone`, whose namespace flags the filter does check.
 
+Some calls are refused only for some arguments, as container runtimes do:
+- `io_uring_*` always (EPERM): a ring runs syscalls (fallocate, socketsâ€¦) the filter never
+  sees, so every argument rule here would be void for a command that built one.
+- `socket`/`socketpair` for families other than unix, IPv4, IPv6 and netlink (EAFNOSUPPORT):
+  vsock, for one, is not isolated by a network namespace and reached the VM's host.
+- `fallocate` in every mode but 0 (allocate and extend: the file size limit applies) and a
+  hole punch (frees blocks), EOPNOTSUPP: KEEP_SIZE and ZERO_RANGE allocate blocks without
+  growing the file, so RLIMIT_FSIZE never saw a 1 GB allocation in a 16 MB sandbox; INSERT_RANGE
+  grows it without that check. Mode 0 stays: what it allocates the disk watch counts as it
+  counts written data (refused, glibc's posix_fallocate would only write the same blocks), and
+  programs that call it without a fallback (util-linux `fallocate`, some installers) keep working.
+
 The program is compiled once per process with libseccomp (Debian's libseccomp2, through
 ctypes: the filter is a few hundred bytes of classic BPF, so no binding is needed) and handed
 to each `bwrap --seccomp FD` through a pipe: a few microseconds per command.
@@ -17,11 +29,13 @@ import ctypes
 import ctypes.util
 import errno
 import functools
+import itertools
 import os
 
 from sandboxes.backends.base import SandboxError
 
-# Each fails with EPERM. Names the running kernel's architecture lacks are skipped.
+# Each fails with EPERM, whatever its arguments. Names the running kernel's architecture lacks
+# are skipped.
 BLOCKED = (
     # debugging other processes and reading their memory
     "ptrace",
@@ -72,7 +86,17 @@ BLOCKED = (
     "vhangup",
     "name_to_handle_at",
     "open_by_handle_at",
+    # rings that run syscalls out of the filter's sight
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
 )
+# socket(2) families a sandbox may use; the rest fail with EAFNOSUPPORT.
+AF_UNIX, AF_INET, AF_INET6, AF_NETLINK = 1, 2, 10, 16
+SOCKET_FAMILIES = (AF_UNIX, AF_INET, AF_INET6, AF_NETLINK)
+# fallocate(2) modes a sandbox may use (0, and FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE);
+# the rest fail with EOPNOTSUPP.
+FALLOCATE_MODES = (0, 0x01 | 0x02)
 NAMESPACE_FLAGS = {
     "CLONE_NEWNS": 0x00020000,
     "CLONE_NEWCGROUP": 0x02000000,
@@ -84,6 +108,9 @@ NAMESPACE_FLAGS = {
 }
 
 _SCMP_ACT_ALLOW = 0x7FFF0000
+_SCMP_CMP_LT = 2
+_SCMP_CMP_EQ = 4
+_SCMP_CMP_GT = 6
 _SCMP_CMP_MASKED_EQ = 7
 _NR_SCMP_ERROR = -1  # libseccomp's __NR_SCMP_ERROR: the name is unknown on this architecture
 
@@ -133,6 +160,23 @@ def _rule(lib: ctypes.CDLL, ctx: int, action: int, name: str, *cmps: _ArgCmp) ->
         raise SandboxError(f"seccomp: cannot add the rule for {name}: {os.strerror(-rc)}")
 
 
+def _refuse_all_but(
+    lib: ctypes.CDLL, ctx: int, code: int, name: str, arg: int, allowed: tuple[int, ...]
+) -> None:
+    """`name` fails with `code` unless argument `arg` is one of `allowed`. A rule compares one
+    argument once, and rules are OR-ed: one rule per gap between allowed values. The argument
+    is compared as 64 bits: a value whose upper half is set (the kernel reads the lower) is
+    above every allowed value, so refused."""
+    action = _act_errno(code)
+    values = sorted(allowed)
+    if values[0] > 0:
+        _rule(lib, ctx, action, name, _ArgCmp(arg, _SCMP_CMP_LT, values[0], 0))
+    for low, high in itertools.pairwise(values):
+        for value in range(low + 1, high):
+            _rule(lib, ctx, action, name, _ArgCmp(arg, _SCMP_CMP_EQ, value, 0))
+    _rule(lib, ctx, action, name, _ArgCmp(arg, _SCMP_CMP_GT, values[-1], 0))
+
+
 @functools.cache
 def filter_program() -> bytes:
     """The compiled BPF program (struct sock_filter[]), as `bwrap --seccomp` reads it."""
@@ -149,6 +193,9 @@ def filter_program() -> bytes:
             # Rules for one syscall are OR-ed: any namespace flag in clone's flags is refused.
             # (s390 passes the flags second; libseccomp does not hide that, and we don't run there.)
             _rule(lib, ctx, eperm, "clone", _ArgCmp(0, _SCMP_CMP_MASKED_EQ, flag, flag))
+        for name in ("socket", "socketpair"):
+            _refuse_all_but(lib, ctx, errno.EAFNOSUPPORT, name, 0, SOCKET_FAMILIES)
+        _refuse_all_but(lib, ctx, errno.EOPNOTSUPP, "fallocate", 1, FALLOCATE_MODES)
         read_fd, write_fd = os.pipe()
         try:
             rc = lib.seccomp_export_bpf(ctx, write_fd)

@@ -152,6 +152,15 @@ def test_the_hosts_kernel_settings_cannot_be_changed(local_backend):
     assert "jiffies" not in out
 
 
+def test_the_hosts_kernel_boot_options_are_not_shown(local_backend):
+    """/proc/cmdline told a bwrap sandbox the host kernel's boot options (gVisor shows its own)."""
+    host = Path("/proc/cmdline").read_text().strip()
+    assert host, "the host shows no boot options to hide"
+    handle = local_backend.create(SPEC)
+    out, _ = run(local_backend, handle, ["sh", "-c", "cat /proc/cmdline; true"])
+    assert host not in out  # bwrap: unreadable, as the other hidden files are
+
+
 def test_a_server_on_the_hosts_loopback_cannot_be_reached(local_backend):
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))

@@ -155,3 +155,61 @@ grep -c Seccomp:.2 /proc/self/status
     out, result = run(bwrap, handle, ["sh", "-c", script], timeout_s=60)
     assert result.exit_code == 0, out
     assert out.split("\n")[:6] == ["1", "HELLO SANDBOX", "thread", "child", "6", "1"]
+
+
+# Raw calls whose arguments the filter judges: each prints "rc errno" per line.
+ARG_PROGRAM = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def call(nr, *args):
+    ctypes.set_errno(0)
+    rc = libc.syscall(ctypes.c_long(nr), *[ctypes.c_ulong(a) for a in args])
+    print(rc if rc < 0 else 0, ctypes.get_errno())
+nrs = dict(arg.split("=") for arg in sys.argv[1:])
+nr = lambda name: int(nrs[name])
+params = ctypes.create_string_buffer(120)  # struct io_uring_params, zeroed
+call(nr("io_uring_setup"), 1, ctypes.addressof(params))
+call(nr("io_uring_enter"), 2**32 - 1, 0, 0, 0, 0, 0)
+call(nr("io_uring_register"), 2**32 - 1, 0, 0, 0)
+for family in (40, 38, 0, 3, 2**32 + 2, 1, 2, 10, 16):  # vsock, alg, …; unix, inet, inet6, netlink
+    call(nr("socket"), family, 2 if family in (2, 10) else (3 if family == 16 else 1), 0)
+pair = (ctypes.c_int * 2)()
+call(nr("socketpair"), 40, 1, 0, ctypes.addressof(pair))
+call(nr("socketpair"), 1, 1, 0, ctypes.addressof(pair))
+fd = os.open("/workspace/alloc", os.O_RDWR | os.O_CREAT)
+# keep-size, zero-range, zero-range|keep-size, insert-range, unshare, 1 << 32; then 0, punch
+for mode in (0x01, 0x10, 0x11, 0x20, 0x41, 2**32, 0, 0x03):
+    call(nr("fallocate"), fd, mode, 0, 1 << 20)
+print(os.stat("/workspace/alloc").st_blocks * 512)
+"""
+
+
+def test_io_uring_other_socket_families_and_fallocate_modes_are_refused(bwrap):
+    """Without the argument rules each refused call here succeeds (or fails otherwise): the
+    host's kernel has io_uring enabled and vsock and AF_ALG available."""
+    handle = bwrap.create(SPEC)
+    names = ("io_uring_setup", "io_uring_enter", "io_uring_register", "socket", "socketpair")
+    nrs = [f"{name}={syscall_number(name)}" for name in (*names, "fallocate")]
+    out, result = run(bwrap, handle, ["python3", "-c", ARG_PROGRAM, *nrs])
+    assert result.exit_code == 0, out
+    lines = out.split("\n")
+    calls = [tuple(map(int, line.split())) for line in lines[:22]]
+    eperm, enoaf, enotsup = (-1, errno.EPERM), (-1, errno.EAFNOSUPPORT), (-1, errno.EOPNOTSUPP)
+    assert calls[:3] == [eperm] * 3, "io_uring"
+    assert calls[3:8] == [enoaf] * 5, "socket: vsock, alg, 0, 3, inet with the upper half set"
+    assert [rc for rc, _ in calls[8:12]] == [0] * 4, "socket: unix, inet, inet6, netlink"
+    assert calls[12:14] == [enoaf, (0, 0)], "socketpair: vsock refused, unix made"
+    assert calls[14:20] == [enotsup] * 6, "fallocate's allocating modes that keep the size"
+    assert calls[20:22] == [(0, 0), (0, 0)], "fallocate mode 0 and a hole punch"
+    assert int(lines[22]) == 0  # allocated, then the hole punched: nothing kept
+
+
+def test_fallocate_keeping_the_size_cannot_pass_the_disk_limit(bwrap):
+    """`fallocate -n` allocated 1 GB at disk_mb=16: no size change, so RLIMIT_FSIZE never
+    applied, and it ended before the watch looked."""
+    handle = bwrap.create(SandboxSpec(timeout_s=120, disk_mb=16))
+    out, result = run(bwrap, handle, ["sh", "-c", ": > big; fallocate -n -l 64M big"])
+    assert result.exit_code != 0, out
+    assert "unsupported" in out  # util-linux's words for EOPNOTSUPP
+    assert os.stat(bwrap.workspace_path(handle) / "big").st_blocks == 0

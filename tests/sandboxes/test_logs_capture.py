@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from sandboxes.loglines import LINE_MAX_CHARS, MASK, log_line_html
+from sandboxes.loglines import LINE_MAX_CHARS, MASK, _batch_html, log_line_html
 from sandboxes.logs import COMMAND_CAP_LINES, LogCapture
 from sandboxes.models import LogLine, Sandbox
 from tests.support import wait_for
@@ -156,6 +156,31 @@ def test_a_terminal_link_in_the_output_is_shown_as_text_not_a_link():
     ):
         html = log_line_html(LogLine(seq=1, stream="stdout", text=lure))
         assert "<a" not in html and "\x1b" not in html, html
+
+
+def test_a_line_keeps_colours_only_marks_bidi_and_loses_no_text_to_a_cut_sequence():
+    """Conceal (SGR 8) became `visibility:hidden` text; a right-to-left override was shown raw,
+    reversing what followed; removing the OSC of `ESC [3 ESC ]8;;x BEL y` left `ESC [3y`, a
+    complete sequence that took the `y` with it."""
+
+    def shown(text: str) -> str:
+        return log_line_html(LogLine(seq=1, stream="stdout", text=text))
+
+    html = shown("\x1b[8mhidden\x1b[0m \x1b[5;7;1;31mred\x1b[0m \x1b[38;5;8mgrey")
+    assert "visibility" not in html and "blink" not in html and "hidden" in html
+    assert "font-weight: bold; color: #aa0000" in html and "#7f7f7f" in html
+    assert shown("\x1b[3\x1b]8;;x\x07y").endswith(">y</div>")
+    assert shown("a\x1b[31").endswith(">a</div>")  # a sequence the line's end cut short
+    for html in (shown("if admin \u202e}{ //"), shown("\x1b[31mif admin \u202e}")):
+        assert (
+            "\u202e" not in html and '<span class="invisible-char"' in html and "⟨U+202E⟩" in html
+        )
+
+
+def test_a_batch_of_plain_lines_marks_bidi_characters_too():
+    lines = [("stdout", "plain", None), ("stderr", "user\u2066admin", None)]
+    first, second = _batch_html(1, lines, None)
+    assert "\u2066" not in second and "⟨U+2066⟩" in second and first.endswith(">plain</div>")
 
 
 def test_noisy_command_costs_a_handful_of_transactions(transactional_db):

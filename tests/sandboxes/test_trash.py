@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -152,3 +153,48 @@ def test_a_tree_deeper_than_pythons_stack_is_removed_and_the_sweep_goes_on(tmp_p
         assert list((root / trash.TRASH).iterdir()) == []
     finally:  # pytest's own clean-up of old temporary directories recurses as rmtree did
         subprocess.run(["rm", "-rf", str(root)], check=True)
+
+
+SANDBOX_OWNER = 54_321  # an unprivileged uid no one else uses here
+
+
+def test_a_directory_a_command_locked_is_removed_by_a_worker_that_is_not_root(tmp_path):
+    """`chmod 000` on a directory of its workspace stopped the removal of the whole tree for a
+    worker that is not root (the sandbox's files are the worker's own: it can unlock them).
+    As root here, the removal runs in a child that has become the tree's unprivileged owner."""
+    if os.geteuid() == 0:
+        place = Path(tempfile.mkdtemp(prefix="convoy-locked-"))  # /tmp: passable by that uid
+        owner = SANDBOX_OWNER
+    else:
+        place, owner = tmp_path, os.geteuid()
+    try:
+        tree = place / "sandbox"
+        _filled(tree, "locked")
+        (tree / "locked" / "deeper").mkdir()
+        (tree / "readonly").mkdir()
+        (tree / "readonly" / "f").write_text("x")
+        for where, dirs, files in os.walk(place):  # the place too: the owner removes from it
+            for name in [where, *(os.path.join(where, n) for n in dirs + files)]:
+                os.chown(name, owner, owner)
+        os.chmod(tree / "locked", 0)
+        os.chmod(tree / "readonly", 0o500)
+
+        if owner == os.geteuid():
+            trash.tree_remove(tree)
+        else:
+            pid = os.fork()
+            if pid == 0:  # the child: become the owner, remove, report by exit status
+                try:
+                    os.setgroups([])
+                    os.setgid(owner)
+                    os.setuid(owner)
+                    trash.tree_remove(tree)
+                    os._exit(0)
+                except BaseException:
+                    os._exit(1)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+        assert not tree.exists()
+    finally:
+        if place != tmp_path:
+            subprocess.run(["rm", "-rf", str(place)], check=True)
