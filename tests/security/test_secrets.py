@@ -309,6 +309,27 @@ def test_a_flagged_diff_is_masked_on_every_page_and_in_the_api(
     assert VALUE not in patches[(run.pk, "a")] and "[secret API_TOKEN" in patches[(run.pk, "a")]
     assert VALUE in variant.diff  # stored as it is: what an overridden publish pushes
 
+    # Bulk review: a group's files, summary and change lines came from the stored digest, whole
+    # (on the page and in the groups API); a secret in a file name showed in the files column.
+    named = variant_make(
+        run=run_make(campaign=campaign), name="a", patch=patch_for(f"deploy-{VALUE}.yml", "x", "y")
+    )
+    assert SecretLeak.objects.filter(variant=named).exists()
+    for user in (manager, reviewer):
+        client.force_login(user)
+        api = client.get(f"/api/v1/review/campaigns/{campaign.pk}/groups?variant=a", **_auth(user))
+        assert api.status_code == 200
+        groups = api.json()
+        assert len(groups) == 2
+        assert VALUE not in api.content.decode() and "[secret API_TOKEN]" in api.content.decode()
+        for group in groups:
+            page = client.get(
+                f"/campaigns/{campaign.pk}/review/bulk/?variant=a&group={group['group_key']}"
+            )
+            assert page.status_code == 200
+            text = html.unescape(page.content.decode())
+            assert VALUE not in text and "[secret API_TOKEN]" in text, group["files"]
+
 
 def test_rotating_a_secret_keeps_the_diffs_that_held_its_old_value_masked(
     stored, client, manager, reviewer, admin_user
