@@ -409,6 +409,58 @@ def test_a_run_that_writes_a_secret_into_its_diff_has_it_flagged(stored, manager
     assert AuditEvent.objects.filter(action="secret.leak.found").count() == 1
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_secret_printed_into_an_unreadable_diff_is_masked_in_the_variants_error(
+    stored, client, manager, admin_user
+):
+    """A transform's background job printed the secret while the diff was read: the patch
+    could not be read, and its error quoted the line (the secret) whole on the run page."""
+    from campaigns.models import RepoRun
+    from campaigns.pipeline import run_execute
+    from campaigns.services import campaign_launch
+
+    secret_grant(name="API_TOKEN", manager=manager, actor=admin_user)
+    tag, _ = repos_make(1)
+    transform = (
+        'echo x >> ci.yml; (for i in $(seq 300); do echo \\"$API_TOKEN\\"; sleep 0.01; done) &'
+    )
+    source = (
+        f"name: prints\nbackend: bwrap\nrepos: {{tag: {tag}}}\nsecrets: [API_TOKEN]\n"
+        f'transform: {{run: "{transform}"}}\n'
+    )
+    campaign = campaign_launch(
+        campaign=campaign_create(actor=manager, source=source), actor=manager
+    )
+    run = RepoRun.objects.get(campaign=campaign)
+    run_execute(run_id=run.pk)
+
+    variant = run.variants.get()
+    assert variant.state == "failed" and "the diff could not be read" in variant.error, (
+        variant.error
+    )
+    assert VALUE not in variant.error
+    client.force_login(manager)
+    page = html.unescape(client.get(f"/campaigns/{campaign.pk}/runs/{run.pk}/").content.decode())
+    assert "the diff could not be read" in page and VALUE not in page
+
+
+def test_patch_errors_say_where_without_quoting_the_patch():
+    """PatchError messages are stored and shown as a variant's error: they quoted the line."""
+    from core.patches import PatchError, patch_read
+
+    good = patch_for("ci.yml", "x", "y")
+    for patch in (
+        f"{VALUE}\n".encode(),
+        good + f"{VALUE}\n".encode(),
+        b"diff --git a/ci.yml b/ci.yml\nindex 1..2 100644\n" + f"{VALUE}\n".encode(),
+        f'diff --git "a/\\q{VALUE}" "b/x"\n'.encode(),
+        f'diff --git "a/{VALUE}\n'.encode(),
+    ):
+        with pytest.raises(PatchError) as caught:
+            patch_read(patch, inflate_cap=1 << 20)
+        assert VALUE not in caught.value.message and "pW9x" not in caught.value.message, patch
+
+
 def test_argv_is_stored_and_audited_with_secrets_masked(db):
     from sandboxes.backends.base import SandboxSpec
     from sandboxes.services import sandbox_create, sandbox_exec, sandbox_terminate
