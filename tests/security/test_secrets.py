@@ -444,6 +444,46 @@ def test_a_secret_printed_into_an_unreadable_diff_is_masked_in_the_variants_erro
     assert "the diff could not be read" in page and VALUE not in page
 
 
+@pytest.mark.django_db(transaction=True)
+def test_errors_quoting_a_secret_are_stored_masked_for_variants_and_runs(
+    stored, manager, admin_user, monkeypatch
+):
+    """Whatever the exception's text quotes (a sandbox error, a failed checkout, a diff), the
+    variant's and the run's error are masked with the run's secrets as they are stored."""
+    from campaigns import pipeline
+    from campaigns.models import RepoRun
+    from campaigns.services import campaign_launch
+    from sandboxes.backends.base import SandboxError
+
+    secret_grant(name="API_TOKEN", manager=manager, actor=admin_user)
+    tag, _ = repos_make(2)
+    source = (
+        f"name: quoted\nbackend: bwrap\nrepos: {{tag: {tag}}}\nsecrets: [API_TOKEN]\n"
+        'transform: {run: "echo x >> ci.yml"}\n'
+    )
+    campaign = campaign_launch(
+        campaign=campaign_create(actor=manager, source=source), actor=manager
+    )
+    first, second = RepoRun.objects.filter(campaign=campaign).order_by("id")
+
+    def transform_fails(*args, **kwargs):
+        raise SandboxError(f"the sandbox said {VALUE}")
+
+    monkeypatch.setattr(pipeline, "_transform_and_diff", transform_fails)
+    pipeline.run_execute(run_id=first.pk)
+    variant = first.variants.get()
+    assert variant.state == "failed" and "the sandbox said [secret API_TOKEN]" in variant.error
+
+    def checkout_fails(*args, **kwargs):
+        raise pipeline.RepoUrlError(f"the remote said {VALUE}")
+
+    monkeypatch.setattr(pipeline, "sandbox_repo_checkout", checkout_fails)
+    pipeline.run_execute(run_id=second.pk)
+    second.refresh_from_db()
+    assert second.state == "failed" and "the remote said [secret API_TOKEN]" in second.error
+    assert VALUE not in second.error_summary
+
+
 def test_patch_errors_say_where_without_quoting_the_patch():
     """PatchError messages are stored and shown as a variant's error: they quoted the line."""
     from core.patches import PatchError, patch_read
