@@ -209,10 +209,11 @@ class _Listener:
 
             def do_GET(self):
                 seen.append(self.headers.get("Authorization", ""))
+                raw = json.dumps({"number": 1, "state": "open"}).encode()
                 self.send_response(200)
-                self.send_header("Content-Length", "2")
+                self.send_header("Content-Length", str(len(raw)))
                 self.end_headers()
-                self.wfile.write(b"{}")
+                self.wfile.write(raw)
 
         self.server = ThreadingHTTPServer(("127.0.0.2", 0), Handler)
         self.url = f"http://127.0.0.2:{self.server.server_address[1]}"
@@ -235,10 +236,14 @@ def test_a_redirect_to_another_host_is_refused_and_never_sees_the_token(fake_git
             fake_github.limits.append(
                 (status, {"Location": f"{other.url}/repos/acme/alpha/pulls/1"}, {})
             )
-            with pytest.raises(CodeHostError, match="another host") as caught:
+            try:
                 gh.pull_request_get(repo="acme/alpha", number=1)
-            assert caught.value.status == status
-        assert other.seen == []
+                refused = None
+            except CodeHostError as exc:
+                refused = exc
+            assert other.seen == []
+            assert refused is not None and "another host" in str(refused)
+            assert refused.status == status
         # The API's own host (a renamed repository's 301) is still followed, with the token.
         gh.pull_request_upsert(repo="acme/alpha", head="h", base="main", title="t", body="")
         fake_github.limits.append(
