@@ -107,9 +107,7 @@ class _Context:
         self.secrets = secret_values_for_run(
             campaign=self.campaign, names=self.spec["secrets"], run_id=run.pk
         )
-        self.sandbox_spec = agent_models.run_models_prepare(ctx=self)  # the model gateway
         self.models = any(model_for_variant(self.spec, v) for v in self.spec["variants"])
-        self.sandbox_spec = run_environment_prepare(ctx=self)  # image, tools area, self.home
         self.launcher = self.campaign.launched_by or self.campaign.owner
         # The claim (or the hand-off) that gave us the run read its state a moment ago: the
         # first check asks the database a CHECK_EVERY_S later, as every other one does.
@@ -121,6 +119,13 @@ class _Context:
         self.diff_rows: list = []
         self.run_fields: dict = {}
         self.lone = False  # one variant, no snapshot and no baseline: one sandbox in all
+
+    def prepare(self) -> None:
+        """The model gateway and the environment (an image build may fail): after the secrets
+        are known, so the run's error is masked with them."""
+        self.sandbox_spec = agent_models.run_models_prepare(ctx=self)  # the model gateway
+        self.sandbox_spec = run_environment_prepare(ctx=self)  # image, tools area, self.home
+        self._checked_at = time.monotonic()
 
     def check(self) -> None:
         """Stop if the run was cancelled or taken away. The database is asked at most every
@@ -147,6 +152,12 @@ class _Context:
 
     def redact(self, text: str) -> str:
         return SecretScanner(self.secrets).mask(text) if self.secrets else text
+
+
+def _redacted(ctx: _Context | None, text: str) -> str:
+    """A run's error as stored: masked with its secrets once they were loaded (an error's text
+    can quote what a sandbox printed or wrote, the checkout's or the image build's output)."""
+    return ctx.redact(text) if ctx is not None else text
 
 
 def _exec(
@@ -469,7 +480,8 @@ def _variant_run(ctx: _Context, variant: Variant, snapshot, sandbox=None) -> Non
     }
     for key in ("error", "output_tail"):  # PostgreSQL text cannot hold NUL
         if isinstance(result.get(key), str):
-            result[key] = nul_shown(result[key])
+            # Masked here, once for every way a variant fails: errors quote exceptions' text.
+            result[key] = ctx.redact(nul_shown(result[key]))
     diff = {}
     if "patch" in result:
         diff = {
@@ -648,8 +660,10 @@ def _run_carry(
             exclude=run_excludes_text(run.campaign.spec),
         )
     mine = min(staged, default=None)  # the run this worker earmarked, if any
+    ctx = None  # its secrets mask the run's error
     try:
         ctx = _Context(run, heartbeat, ahead)
+        ctx.prepare()
         accounted = _run_pipeline(ctx)
         end = run_succeed(
             run_id=run.pk,
@@ -670,7 +684,7 @@ def _run_carry(
         outcome = f"stopped: {exc}"
     except RunFailed as exc:
         outcome = "failed"
-        next_id = run_fail(run, str(exc), launcher, worker, mine=mine)
+        next_id = run_fail(run, _redacted(ctx, str(exc)), launcher, worker, mine=mine)
     except SandboxError as exc:
         if exc.transient and run.transient_retries < MAX_TRANSIENT_RETRIES:
             outcome = "requeued"
@@ -689,11 +703,12 @@ def _run_carry(
                 runs_enqueue([run.pk], countdown=delay)
         else:
             outcome = "failed"
-            next_id = run_fail(run, f"sandbox error: {exc}", launcher, worker, mine=mine)
+            message = _redacted(ctx, f"sandbox error: {exc}")
+            next_id = run_fail(run, message, launcher, worker, mine=mine)
     except Exception as exc:
         logger.exception("run %s failed unexpectedly", run.pk)
         outcome = "failed"
-        message = f"internal error: {type(exc).__name__}: {exc}"
+        message = _redacted(ctx, f"internal error: {type(exc).__name__}: {exc}")
         next_id = run_fail(run, message, launcher, worker, mine=mine)
     finally:
         checkout_discard(ahead)  # unused when the run stopped before its first checkout

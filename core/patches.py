@@ -34,7 +34,9 @@ _BINARY_DIFFER_RE = re.compile(rb"^Binary files .* differ$")
 
 
 class PatchError(ValueError):
-    """The patch is not one `git diff --binary` would print: the message says where."""
+    """The patch is not one `git diff --binary` would print: the message says where (a line
+    number and what was expected there), never quoting the patch, which may hold a secret
+    (messages are stored as a variant's error and shown)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -119,11 +121,11 @@ def path_unquote(path: str) -> str:
         elif len(body) >= i + 4 and all(c in "01234567" for c in body[i + 1 : i + 4]):
             value = int(body[i + 1 : i + 4], 8)
             if value > 255:
-                raise PatchError(f"bad escape in the quoted name {path}")
+                raise PatchError("a bad escape in a quoted file name")
             out.append(value)
             i += 4
         else:
-            raise PatchError(f"bad escape in the quoted name {path}")
+            raise PatchError("a bad escape in a quoted file name")
     return out.decode("utf-8", errors="replace")
 
 
@@ -141,7 +143,7 @@ def paths_from_git_line(line: str) -> tuple[str, str]:
     if rest.startswith('"'):
         first = _QUOTED.match(rest)
         if first is None:
-            raise PatchError(f"an unterminated quoted name in {line!r}")
+            raise PatchError("an unterminated quoted file name after `diff --git`")
         return path_strip_prefix(first.group()), path_strip_prefix(rest[first.end() :].strip())
     if rest.endswith('"'):
         tail = re.search(r' ("(?:[^"\\]|\\.)*")$', rest)
@@ -254,7 +256,9 @@ def patch_read(patch: bytes, *, inflate_cap: int) -> list[PatchFile]:
     except PatchError:
         raise
     except (ValueError, IndexError, KeyError, zlib.error) as exc:
-        raise PatchError(f"the patch could not be read: {exc}") from None
+        # Not the exception's text: it can quote the patch (`int()` does), and the message is
+        # shown to people the patch's secrets are masked from.
+        raise PatchError(f"the patch could not be read ({type(exc).__name__})") from None
 
 
 def _patch_read(patch: bytes, *, inflate_cap: int) -> list[PatchFile]:
@@ -264,7 +268,7 @@ def _patch_read(patch: bytes, *, inflate_cap: int) -> list[PatchFile]:
     while lines.peek() is not None:
         line = lines.take()
         if not line.startswith(b"diff --git "):
-            raise PatchError(f"line {lines.at}: expected `diff --git`, found {_text(line)[:80]!r}")
+            raise PatchError(f"line {lines.at}: expected `diff --git`")
         old, new = paths_from_git_line(_text(line))
         current = PatchFile(old_path=old, new_path=new)
         files.append(current)
@@ -282,10 +286,10 @@ def _patch_read(patch: bytes, *, inflate_cap: int) -> list[PatchFile]:
         elif nxt.startswith(b"--- "):
             _read_text(lines, current)
         else:
-            raise PatchError(f"line {lines.at + 1}: unexpected {_text(nxt)[:80]!r}")
+            raise PatchError(f"line {lines.at + 1}: expected `---`, a binary patch or `diff --git`")
         nxt = lines.peek()
         if nxt is not None and not nxt.startswith(b"diff --git "):
-            raise PatchError(f"line {lines.at + 1}: unexpected {_text(nxt)[:80]!r}")
+            raise PatchError(f"line {lines.at + 1}: expected the next file's `diff --git`")
     return files
 
 

@@ -17,10 +17,16 @@ from review.models import VariantDigest
 
 def digest_fields(patch: bytes) -> dict:
     """Group key, files, one-line summary and (when small enough) the change lines of a diff."""
+    return {"group_key": diff_group_key(patch), **digest_shown(patch)}
+
+
+def digest_shown(patch: bytes) -> dict:
+    """What the bulk page and the groups API show of a diff: its files, one-line summary and
+    (when small enough) change lines. `review.selectors.bulk_groups` computes them again from
+    the masked patch for a flagged diff (masking the cut summary could miss a secret cut in two)."""
     changes = diff_changes(patch)
     lines = sum(len(c[2]) for c in changes)
     return {
-        "group_key": diff_group_key(patch),
         "files": change_files(changes)[:50],
         "summary": change_summary(changes)[:300],
         "changes": changes if lines <= CHANGE_LINES_KEPT else [],

@@ -1,6 +1,7 @@
-"""The text a change is published with: the pull request's title and body, the commit message
-and its author, as the campaign's spec makes it now. An approval keeps the copy its reviewer
-was shown and a changeset the copy it pushes, so a revision cannot change them unseen."""
+"""The text a change is published with: the pull request's title and body, the commit message,
+its author and the branch it is pushed to, as the campaign's spec makes it now. An approval
+keeps the copy its reviewer was shown and a changeset the copy it pushes, so a revision cannot
+change them unseen."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from django.conf import settings
 
 from campaigns.models import Campaign
 
-FIELDS = ("title", "body", "commit_message", "author")
+FIELDS = ("title", "body", "commit_message", "author", "branch")
+# What approvals bound before the branch was bound too: their stored hashes are of these.
+FIELDS_BEFORE_BRANCH = FIELDS[:4]
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,7 @@ class PublishText:
     body: str
     commit_message: str
     author: str
+    branch: str
 
     def as_dict(self) -> dict[str, str]:
         return asdict(self)
@@ -32,13 +36,16 @@ class PublishText:
 
 def publish_text_hash(text: dict) -> str:
     """The SHA-256 an approval, a changeset and their audit events name the text by."""
-    canonical = json.dumps({k: text.get(k, "") for k in FIELDS}, sort_keys=True)
+    # A text stored before the branch was bound hashes as it did then (its hash is stored with
+    # it); it no longer matches a text of today, so its approval is needed again.
+    keys = FIELDS if "branch" in text else FIELDS_BEFORE_BRANCH
+    canonical = json.dumps({k: text.get(k, "") for k in keys}, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def publish_text_for(campaign: Campaign) -> PublishText:
     """What publishing this campaign's changes would say now (the defaults as they always were:
-    the campaign's name and description, the installation's bot identity)."""
+    the campaign's name and description, the installation's bot identity, `convoy/<name>`)."""
     spec = (campaign.spec or {}).get("changeset") or {}
     title = spec.get("title") or campaign.name
     return PublishText(
@@ -46,6 +53,7 @@ def publish_text_for(campaign: Campaign) -> PublishText:
         body=spec.get("body") or campaign.description,
         commit_message=spec.get("commit_message") or title,
         author=spec.get("author") or settings.PUBLISH_AUTHOR,
+        branch=spec.get("branch") or f"convoy/{campaign.name}",
     )
 
 

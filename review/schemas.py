@@ -89,6 +89,7 @@ class PublishTextOut(Schema):
     body: str
     commit_message: str
     author: str
+    branch: str = Field("", description="The branch pushed (empty for texts bound before it was)")
 
 
 class ReviewOut(Schema):

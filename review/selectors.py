@@ -35,12 +35,15 @@ from campaigns.models import (
     RepoRun,
     RunState,
     RunTransition,
+    SecretLeak,
     Validation,
     Variant,
     VariantState,
 )
+from campaigns.secret_grants import variant_patch_for_display
 from core.errors import Invalid, NotFound
 from core.ids import id_parse
+from review.digests import digest_shown
 from review.groups import change_difference, near_identical
 from review.models import (
     Changeset,
@@ -456,7 +459,24 @@ def bulk_groups(
     for g in groups:
         near = ((o, near_identical(g.changes, o.changes)) for o in groups if o is not g)
         g.near = sorted(((o, n) for o, n in near if n is not None), key=lambda p: p[1])
+    _groups_masked(groups)
     return groups
+
+
+def _groups_masked(groups: list[BulkGroup]) -> None:
+    """Show a group whose sample diff was flagged as the other pages show it: its files, summary
+    and change lines come from the masked patch (they were the stored digest's, secret whole).
+    Near-identical links are made before, from the stored lines, so masking does not join or
+    split groups; the lines marked as differing are then read from the masked lines as drawn."""
+    flagged = set(
+        SecretLeak.objects.filter(variant_id__in=[g.sample.pk for g in groups]).values_list(
+            "variant_id", flat=True
+        )
+    )
+    for g in groups:
+        if g.sample.pk in flagged:
+            shown = digest_shown(variant_patch_for_display(variant=g.sample))
+            g.files, g.summary, g.changes = shown["files"], shown["summary"], shown["changes"]
 
 
 def bulk_group_differing(group: BulkGroup) -> set[tuple[str, str]]:

@@ -522,8 +522,6 @@ def change_publish(*, run: RepoRun, actor) -> Changeset:
             "This campaign has not been launched: a preview publishes nothing. Launch it first."
         )
     _cancelled_check(campaign)
-    spec_changeset = campaign.spec.get("changeset") or {}
-    branch = spec_changeset.get("branch") or f"convoy/{campaign.name}"
     with transaction.atomic():
         review = _review_locked(run)
         chosen = Variant.objects.filter(pk=review.variant_id).first()
@@ -539,6 +537,7 @@ def change_publish(*, run: RepoRun, actor) -> Changeset:
         existing = Changeset.objects.select_for_update().filter(run_id=run.pk).first()
         text, bound_by = _bound_text(review=review, campaign=campaign)
         text_hash = publish_text_hash(text)
+        branch = text["branch"]  # as approved, never the live spec's
         if (
             existing
             and existing.diff_hash == chosen.diff_sha256
@@ -546,6 +545,7 @@ def change_publish(*, run: RepoRun, actor) -> Changeset:
         ):
             if not _text_update_due(existing, text_hash=text_hash, bound_by=bound_by):
                 return existing
+            _branch_kept_check(existing, branch=branch)
             return _changeset_text_update(
                 existing, run=run, variant=chosen, text=text, text_hash=text_hash, actor=actor
             )
@@ -588,6 +588,18 @@ def _cancelled_check(campaign: Campaign) -> None:
     if campaign.state == CampaignState.CANCELLED:
         raise ReviewError(
             f"Campaign {campaign.name} is cancelled: it publishes nothing more.", field="campaign"
+        )
+
+
+def _branch_kept_check(changeset: Changeset, *, branch: str) -> None:
+    """A published change stays on its branch (its pull request's head): a new text approved
+    with another `changeset.branch` is refused rather than pushed to a branch not approved."""
+    if changeset.branch != branch:
+        raise ReviewError(
+            f"This change is published on branch {changeset.branch}, and was approved again "
+            f"with changeset.branch {branch}: a published change keeps its branch. Set "
+            "changeset.branch back to publish its new text.",
+            field="changeset.branch",
         )
 
 

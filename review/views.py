@@ -120,7 +120,7 @@ def _compare_context(request, run) -> dict:
         "a": a,
         "b": b,
         "neighbours": selectors.run_neighbours(run=run),
-        "branch": (campaign.spec.get("changeset") or {}).get("branch") or f"convoy/{campaign.name}",
+        "branch": publish_text_for(campaign).branch,
         "shown_token": diff_shown_token(user=request.user, variant=chosen) if chosen else "",
         "undo": _undo(request, campaign),
         "can_review": user_can(request.user, "change_review"),

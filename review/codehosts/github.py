@@ -32,6 +32,32 @@ def github_repo_slug(url: str) -> str | None:
     return None
 
 
+def _origin(url: str) -> tuple[str, str]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
+
+
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to the API's own scheme, host and port. urllib carries the
+    headers a request was given with `add_header` (the token's `Authorization`) to wherever a
+    redirect points: an API answering 302 to another host handed that host the token."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if _origin(newurl) != _origin(req.full_url):
+            fp.close()
+            raise CodeHostError(
+                f"GitHub {req.get_method()} {urllib.parse.urlsplit(req.full_url).path}: "
+                f"{code} redirect to another host ({urllib.parse.urlsplit(newurl).netloc}) "
+                "refused: the token is sent only to the API's own host",
+                status=code,
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+# Built once: the handlers are stateless (a redirect's count is kept on the request).
+_OPENER = urllib.request.build_opener(_SameOriginRedirects)
+
+
 def github_from_settings() -> GitHub:
     return GitHub(api_url=settings.GITHUB_API_URL, token=settings.GITHUB_TOKEN)
 
@@ -98,7 +124,7 @@ class GitHub(CodeHost):
             if data is not None:
                 req.add_header("Content-Type", "application/json")
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
+                with _OPENER.open(req, timeout=self.timeout) as resp:
                     raw = resp.read()
                     return resp.status, json.loads(raw) if raw else {}
             except urllib.error.HTTPError as exc:

@@ -7,7 +7,7 @@ pull requests, check runs, combined status, and scripted rate-limit answers.
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -195,6 +195,68 @@ def test_fake_github_gives_up_after_repeated_limits_with_a_transient_error(fake_
     with pytest.raises(CodeHostError) as exc:
         gh.pull_request_get(repo="acme/x", number=1)
     assert exc.value.transient and "rate limited" in str(exc.value)
+
+
+class _Listener:
+    """Another host (127.0.0.2): records the Authorization header of whatever reaches it."""
+
+    def __init__(self):
+        seen = self.seen = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                seen.append(self.headers.get("Authorization", ""))
+                raw = json.dumps({"number": 1, "state": "open"}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+        self.server = ThreadingHTTPServer(("127.0.0.2", 0), Handler)
+        self.url = f"http://127.0.0.2:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,))
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+def test_a_redirect_to_another_host_is_refused_and_never_sees_the_token(fake_github):
+    """urllib keeps headers added with `add_header` across redirects: an API answering 302 to
+    another host handed it `Authorization: Bearer <token>`."""
+    gh = _adapter(fake_github, "tok-redirect", Sleeps())
+    other = _Listener()
+    try:
+        for status in (301, 302, 307, 308):
+            fake_github.limits.append(
+                (status, {"Location": f"{other.url}/repos/acme/alpha/pulls/1"}, {})
+            )
+            try:
+                gh.pull_request_get(repo="acme/alpha", number=1)
+                refused = None
+            except CodeHostError as exc:
+                refused = exc
+            assert other.seen == []
+            assert refused is not None and "another host" in str(refused)
+            assert refused.status == status
+        # The API's own host (a renamed repository's 301) is still followed, with the token.
+        gh.pull_request_upsert(repo="acme/alpha", head="h", base="main", title="t", body="")
+        fake_github.limits.append(
+            (301, {"Location": f"{fake_github.url}/repos/acme/alpha/pulls/1"}, {})
+        )
+        assert gh.pull_request_get(repo="acme/old-name", number=1).number == 1
+        assert fake_github.requests[-1][1:] == (
+            "/repos/acme/alpha/pulls/1",
+            None,
+            "Bearer tok-redirect",
+        )
+    finally:
+        other.close()
 
 
 def test_repository_slug_from_remote_urls():

@@ -134,6 +134,61 @@ def test_a_revision_changing_the_title_after_approval_is_refused_until_approved_
     )
 
 
+def test_a_revision_changing_only_the_branch_after_approval_is_refused_until_approved_again(
+    client, tmp_path, monkeypatch, fake_github, manager, reviewer
+):
+    """The branch was read from the live spec when publishing: a manager's revision of only
+    `changeset.branch` after the approval pushed the approved change to a branch the reviewer
+    never saw. It is bound with the text now, shown beside Approve."""
+    adapter = GitHub(api_url=fake_github.url, token="tok-publish", rate=1000)
+    monkeypatch.setattr(codehosts, "codehost_for_remote", lambda url: (adapter, "acme/alpha"))
+    spec, campaign = _launched(manager, "bind-branch")
+    bare, base, patch = remote_with_change(tmp_path, before={"m.txt": "a\n"}, after={"m.txt": "b"})
+    run = run_make(campaign=campaign, url=f"file://{bare}", base_commit=base)
+    v = variant_make(run=run, name="standard", patch=patch)
+    _, raw = token_create(user=reviewer, name="t", scope="write")
+    api = f"/api/v1/review/campaigns/{campaign.pk}/runs/{run.pk}"
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {raw}", "content_type": "application/json"}
+    review = client.get(api, **auth).json()
+    assert review["publish_text"]["branch"] == "convoy/assert-equal"
+    approve = {"variant": "standard", "diff_hash": v.diff_sha256}
+    approve["publish_hash"] = review["publish_hash"]
+    assert client.post(f"{api}/approve", approve, **auth).status_code == 200
+
+    revised = spec.replace("branch: convoy/assert-equal", "branch: deploy/production")
+    assert revised != spec
+    campaign_revise(campaign=campaign, actor=manager, source=revised)
+
+    refused = client.post(f"{api}/publish", **auth)
+    assert refused.status_code == 409, refused.content
+    assert [e["field"] for e in refused.json()["errors"]] == ["changeset.branch"]
+    assert not Changeset.objects.filter(run=run).exists()
+    assert client.get(api, **auth).json()["publish_text_changes"] == ["changeset.branch"]
+
+    # The page shows the new branch beside Approve; approved again, it is pushed there.
+    assert client.login(username=reviewer.username, password=PASSWORD)
+    page = client.get(reverse("review-compare", args=[campaign.pk, run.pk])).content.decode()
+    assert re.search(r'data-testid="publish-branch"><code>deploy/production<', page)
+    assert 'data-testid="publish-text-changed"' in page and "changeset.branch" in page
+    approve_url = reverse("review-decide", args=[campaign.pk, run.pk, "approve"])
+    assert client.post(approve_url, _page_form(client, campaign, run)).status_code == 302
+    decide = reverse("review-decide", args=[campaign.pk, run.pk, "publish"])
+    assert client.post(decide).status_code == 302
+    changeset = changeset_push(changeset_id=Changeset.objects.get(run=run).pk)
+    assert changeset.state == "open", changeset.error
+    assert changeset.branch == changeset.publish_text["branch"] == "deploy/production"
+    branches = git(bare, "for-each-ref", "--format=%(refname:short)", "refs/heads").decode()
+    assert "deploy/production" in branches.split() and "convoy/assert-equal" not in branches
+
+    # A published change keeps its branch (its pull request's): approved again with another
+    # one, publishing is refused rather than pushing where the approval did not say.
+    campaign_revise(campaign=Campaign.objects.get(pk=campaign.pk), actor=manager, source=spec)
+    assert client.post(approve_url, _page_form(client, campaign, run)).status_code == 302
+    kept = client.post(decide)
+    assert kept.status_code == 409 and b"keeps its branch" in kept.content
+    assert Changeset.objects.get(run=run).branch == "deploy/production"
+
+
 def test_the_text_to_publish_is_shown_beside_approve(client, manager, reviewer):
     manager.email = "m@example.com"
     manager.save()

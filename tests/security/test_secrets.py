@@ -309,6 +309,27 @@ def test_a_flagged_diff_is_masked_on_every_page_and_in_the_api(
     assert VALUE not in patches[(run.pk, "a")] and "[secret API_TOKEN" in patches[(run.pk, "a")]
     assert VALUE in variant.diff  # stored as it is: what an overridden publish pushes
 
+    # Bulk review: a group's files, summary and change lines came from the stored digest, whole
+    # (on the page and in the groups API); a secret in a file name showed in the files column.
+    named = variant_make(
+        run=run_make(campaign=campaign), name="a", patch=patch_for(f"deploy-{VALUE}.yml", "x", "y")
+    )
+    assert SecretLeak.objects.filter(variant=named).exists()
+    for user in (manager, reviewer):
+        client.force_login(user)
+        api = client.get(f"/api/v1/review/campaigns/{campaign.pk}/groups?variant=a", **_auth(user))
+        assert api.status_code == 200
+        groups = api.json()
+        assert len(groups) == 2
+        assert VALUE not in api.content.decode() and "[secret API_TOKEN]" in api.content.decode()
+        for group in groups:
+            page = client.get(
+                f"/campaigns/{campaign.pk}/review/bulk/?variant=a&group={group['group_key']}"
+            )
+            assert page.status_code == 200
+            text = html.unescape(page.content.decode())
+            assert VALUE not in text and "[secret API_TOKEN]" in text, group["files"]
+
 
 def test_rotating_a_secret_keeps_the_diffs_that_held_its_old_value_masked(
     stored, client, manager, reviewer, admin_user
@@ -386,6 +407,98 @@ def test_a_run_that_writes_a_secret_into_its_diff_has_it_flagged(stored, manager
     leak = SecretLeak.objects.get(variant=variant)
     assert leak.names == ["API_TOKEN"] and leak.forms == ["plain"]
     assert AuditEvent.objects.filter(action="secret.leak.found").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_secret_printed_into_an_unreadable_diff_is_masked_in_the_variants_error(
+    stored, client, manager, admin_user
+):
+    """A transform's background job printed the secret while the diff was read: the patch
+    could not be read, and its error quoted the line (the secret) whole on the run page."""
+    from campaigns.models import RepoRun
+    from campaigns.pipeline import run_execute
+    from campaigns.services import campaign_launch
+
+    secret_grant(name="API_TOKEN", manager=manager, actor=admin_user)
+    tag, _ = repos_make(1)
+    transform = (
+        'echo x >> ci.yml; (for i in $(seq 300); do echo \\"$API_TOKEN\\"; sleep 0.01; done) &'
+    )
+    source = (
+        f"name: prints\nbackend: bwrap\nrepos: {{tag: {tag}}}\nsecrets: [API_TOKEN]\n"
+        f'transform: {{run: "{transform}"}}\n'
+    )
+    campaign = campaign_launch(
+        campaign=campaign_create(actor=manager, source=source), actor=manager
+    )
+    run = RepoRun.objects.get(campaign=campaign)
+    run_execute(run_id=run.pk)
+
+    variant = run.variants.get()
+    assert variant.state == "failed" and "the diff could not be read" in variant.error, (
+        variant.error
+    )
+    assert VALUE not in variant.error
+    client.force_login(manager)
+    page = html.unescape(client.get(f"/campaigns/{campaign.pk}/runs/{run.pk}/").content.decode())
+    assert "the diff could not be read" in page and VALUE not in page
+
+
+@pytest.mark.django_db(transaction=True)
+def test_errors_quoting_a_secret_are_stored_masked_for_variants_and_runs(
+    stored, manager, admin_user, monkeypatch
+):
+    """Whatever the exception's text quotes (a sandbox error, a failed checkout, a diff), the
+    variant's and the run's error are masked with the run's secrets as they are stored."""
+    from campaigns import pipeline
+    from campaigns.models import RepoRun
+    from campaigns.services import campaign_launch
+    from sandboxes.backends.base import SandboxError
+
+    secret_grant(name="API_TOKEN", manager=manager, actor=admin_user)
+    tag, _ = repos_make(2)
+    source = (
+        f"name: quoted\nbackend: bwrap\nrepos: {{tag: {tag}}}\nsecrets: [API_TOKEN]\n"
+        'transform: {run: "echo x >> ci.yml"}\n'
+    )
+    campaign = campaign_launch(
+        campaign=campaign_create(actor=manager, source=source), actor=manager
+    )
+    first, second = RepoRun.objects.filter(campaign=campaign).order_by("id")
+
+    def transform_fails(*args, **kwargs):
+        raise SandboxError(f"the sandbox said {VALUE}")
+
+    monkeypatch.setattr(pipeline, "_transform_and_diff", transform_fails)
+    pipeline.run_execute(run_id=first.pk)
+    variant = first.variants.get()
+    assert variant.state == "failed" and "the sandbox said [secret API_TOKEN]" in variant.error
+
+    def checkout_fails(*args, **kwargs):
+        raise pipeline.RepoUrlError(f"the remote said {VALUE}")
+
+    monkeypatch.setattr(pipeline, "sandbox_repo_checkout", checkout_fails)
+    pipeline.run_execute(run_id=second.pk)
+    second.refresh_from_db()
+    assert second.state == "failed" and "the remote said [secret API_TOKEN]" in second.error
+    assert VALUE not in second.error_summary
+
+
+def test_patch_errors_say_where_without_quoting_the_patch():
+    """PatchError messages are stored and shown as a variant's error: they quoted the line."""
+    from core.patches import PatchError, patch_read
+
+    good = patch_for("ci.yml", "x", "y")
+    for patch in (
+        f"{VALUE}\n".encode(),
+        good + f"{VALUE}\n".encode(),
+        b"diff --git a/ci.yml b/ci.yml\nindex 1..2 100644\n" + f"{VALUE}\n".encode(),
+        f'diff --git "a/\\q{VALUE}" "b/x"\n'.encode(),
+        f'diff --git "a/{VALUE}\n'.encode(),
+    ):
+        with pytest.raises(PatchError) as caught:
+            patch_read(patch, inflate_cap=1 << 20)
+        assert VALUE not in caught.value.message and "pW9x" not in caught.value.message, patch
 
 
 def test_argv_is_stored_and_audited_with_secrets_masked(db):
