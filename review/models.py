@@ -106,7 +106,7 @@ class VariantDigest(models.Model):
 
     class Meta:
         indexes = [
-            # A group's members in order (review.require.group_members): read a page at a time.
+            # A group's members in order (review.require.group_member_ids): a slice at a time.
             models.Index(fields=["campaign", "group_key", "variant"], name="digest_group_members"),
         ]
 

@@ -123,15 +123,17 @@ def _verb(reason: str, n: int) -> str:
     return reason
 
 
-def group_members(
+def group_member_ids(
     candidates: QuerySet[VariantDigest], *, campaign: Campaign, group_key: str, limit: int
-) -> list[VariantDigest]:
-    """The first `limit` of `candidates` in group `group_key`, in variant order.
+) -> list[int]:
+    """The variant ids of the first `limit` of `candidates` in group `group_key`, in order.
 
     Read a slice of the group at a time along its index (`digest_group_members`): listing 200
     members of a 90,000-run group reads a slice or two, where one query ordering every
-    candidate read all 90,000 first (the planner cannot tell how few it needs)."""
-    found: list[VariantDigest] = []
+    candidate read all 90,000 first (the planner cannot tell how few it needs). The callers
+    load the rows to show by these ids: joined to their runs and repositories here, a slice
+    could be planned as a scan of every run."""
+    found: list[int] = []
     after, page = 0, MEMBERS_PAGE
     group = VariantDigest.objects.filter(campaign=campaign, group_key=group_key)
     while len(found) < limit:
@@ -145,11 +147,23 @@ def group_members(
             break
         part = candidates.filter(group_key=group_key, variant_id__gt=after)
         part = part if last is None else part.filter(variant_id__lte=last)
-        found += part.order_by("variant_id")[: limit - len(found)]
+        found += part.order_by("variant_id").values_list("variant_id", flat=True)[
+            : limit - len(found)
+        ]
         if last is None:
             break
         after, page = last, min(page * 4, 64 * MEMBERS_PAGE)
     return found
+
+
+def digests_shown(ids: list[int]) -> list[VariantDigest]:
+    """The digests `ids` in order, with the run and repository a list shows (no patch)."""
+    return list(
+        VariantDigest.objects.filter(variant_id__in=ids)
+        .select_related("variant__run__repository")
+        .defer("changes", "variant__patch", "variant__output_tail", "variant__diffstat")
+        .order_by("variant_id")
+    )
 
 
 def bulk_held_back(
@@ -186,14 +200,15 @@ def bulk_held_back_runs(
     require = require or campaign_require(campaign)
     if require == "any":
         return []
-    held = group_members(
-        bulk_candidates(campaign=campaign, variant_name=variant_name)
-        .exclude(require_q(require, prefix="variant__"))
-        .select_related("variant__run__repository")
-        .defer("changes", "variant__patch", "variant__output_tail", "variant__diffstat"),
-        campaign=campaign,
-        group_key=group_key,
-        limit=HELD_BACK_LIMIT,
+    held = digests_shown(
+        group_member_ids(
+            bulk_candidates(campaign=campaign, variant_name=variant_name).exclude(
+                require_q(require, prefix="variant__")
+            ),
+            campaign=campaign,
+            group_key=group_key,
+            limit=HELD_BACK_LIMIT,
+        )
     )
     return [
         (

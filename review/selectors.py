@@ -55,7 +55,13 @@ from review.models import (
     VariantDigest,
 )
 from review.publish_text import publish_text_changes, publish_text_for
-from review.require import bulk_candidates, campaign_require, group_members, require_q
+from review.require import (
+    bulk_candidates,
+    campaign_require,
+    digests_shown,
+    group_member_ids,
+    require_q,
+)
 
 PAGE_SIZE = 50
 # Columns of a variant a list needs; `patch` stays in the database until a diff is shown.
@@ -431,13 +437,10 @@ def bulk_groups(
     publish_hash = publish_text_for(campaign).sha256 if top else ""
     groups = []
     for number, row in enumerate(top, start=1):
-        members = group_members(
-            eligible.select_related("variant__run__repository").defer(
-                "changes", "variant__patch", "variant__output_tail"
-            ),
-            campaign=campaign,
-            group_key=row["group_key"],
-            limit=repos_shown,
+        members = digests_shown(
+            group_member_ids(
+                eligible, campaign=campaign, group_key=row["group_key"], limit=repos_shown
+            )
         )
         first = VariantDigest.objects.select_related("variant").get(pk=members[0].pk)
         groups.append(
