@@ -43,6 +43,25 @@ def make_repo(path: Path, files: int, mb: int) -> None:
         subprocess.run(["git", *args], cwd=path, check=True, env=env)
 
 
+def checkout_into(engine, handle, mirror: Path, sha: str) -> None:
+    """As campaigns check out (`repos.sandbox_repo_checkout`): cloned as the worker beside the
+    workspaces, given to the sandbox's host user, then moved in. Host git refuses a directory
+    another user owns ("dubious ownership"), and a root worker's workspaces are its sandboxes'
+    host users' (`sandboxes/backends/host_user.py`)."""
+    from sandboxes.backends.host_user import tree_chown
+    from sandboxes.repos import clone_at
+
+    staged = Path(tempfile.mkdtemp(prefix=".bench-", dir=engine.ws.root))
+    clone_at(mirror=mirror, sha=sha, dest=staged)
+    owner = engine.workspace_owner(handle)
+    if owner is not None:
+        tree_chown(staged, owner)
+    workspace = engine.workspace_path(handle)
+    for entry in os.listdir(staged):
+        os.rename(staged / entry, workspace / entry)
+    staged.rmdir()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--files", type=int, default=5000)
@@ -81,7 +100,7 @@ def main() -> None:
         spec = SandboxSpec(timeout_s=3600)
         engine.ws.overlay_available()  # probed once per installation, not per snapshot
         source = engine.create(spec)
-        clone_at(mirror=mirror, sha=sha, dest=engine.workspace_path(source))
+        checkout_into(engine, source, mirror, sha)
         t = time.perf_counter()
         snapshot = engine.snapshot(source)
         snap_s = time.perf_counter() - t
@@ -90,6 +109,8 @@ def main() -> None:
         probe = "pkg03/mod3/file00003.txt"
         expected = (origin / probe).read_bytes()
         assert all(engine.read_file(f, probe) == expected for f in forks)
+        # A run's forks run as its source sandbox's host user (none where the worker is not root).
+        assert {engine.workspace_owner(f) for f in forks} == {engine.workspace_owner(source)}
         overlay = "overlay" if engine.ws.overlay_available() else "copy (overlay refused)"
         print(f"4 fresh clones from the mirror (baseline): {baseline:8.3f}s")
         print(f"snapshot + fork 4 on {args.backend} ({overlay}):   {ours:8.3f}s")

@@ -22,6 +22,7 @@ KNOWN_CONVOY_VARS = {
     "CONVOY_DB_PREPARED",
     "CONVOY_SANDBOX_BACKEND",
     "CONVOY_SANDBOX_HOST_UID",
+    "CONVOY_SANDBOX_HOST_UIDS",
     "CONVOY_ALLOW_UNSAFE_PROCESS_BACKEND",
     "CONVOY_REDIS_PREFIX",
     "CONVOY_TRUSTED_PROXY_HOPS",
@@ -409,10 +410,33 @@ SANDBOX_SIM = envbool("CONVOY_SANDBOX_SIM", False)
 if SANDBOX_SIM:
     SANDBOX_BACKENDS = (*SANDBOX_BACKENDS, "sim")
 SANDBOX_BACKEND = envchoice("CONVOY_SANDBOX_BACKEND", "bwrap", SANDBOX_BACKENDS)
-# The host user (and group) a bubblewrap sandbox runs as when the worker is root: no host
-# account's (sandbox files are its, and nothing else is), no supplementary groups. A worker
-# that is not root starts its sandboxes as itself, unprivileged already.
-SANDBOX_HOST_UID = envint("CONVOY_SANDBOX_HOST_UID", 2_000_000, minimum=1)
+
+
+def envidrange(name: str, default: str) -> tuple[int, int]:
+    """`first-last` or `first+count` host ids, as (first, last)."""
+    raw = os.environ.get(name) or default
+    found = re.fullmatch(r"\s*(\d+)\s*(?:([-+])\s*(\d+)\s*)?", raw)
+    if not found:
+        _fail(name, f"expected first-last or first+count, got {raw!r}")
+    first = last = int(found[1])
+    if found[2]:
+        last = int(found[3]) if found[2] == "-" else first + int(found[3]) - 1
+    if not 1 <= first <= last <= 2**32 - 2:
+        _fail(name, f"expected ids from 1 to {2**32 - 2}, the first no greater than the last")
+    return first, last
+
+
+# The host ids bubblewrap sandboxes run as when the worker is root (sandboxes/backends/
+# host_user.py), none a host account's: the first is the group every sandbox has for passing
+# through (not listing) the data directory to what bwrap binds; each of the others is one
+# run's user and group (its source sandbox claims it, its forks share it). One id (the
+# single-user form, CONVOY_SANDBOX_HOST_UID): every sandbox runs as it. A worker that is not
+# root starts its sandboxes as itself, unprivileged already.
+if envstr("CONVOY_SANDBOX_HOST_UID") and envstr("CONVOY_SANDBOX_HOST_UIDS"):
+    _fail("CONVOY_SANDBOX_HOST_UID", "set CONVOY_SANDBOX_HOST_UIDS or this one, not both")
+SANDBOX_HOST_UIDS = envidrange(
+    "CONVOY_SANDBOX_HOST_UIDS", envstr("CONVOY_SANDBOX_HOST_UID") or "2000000-2065535"
+)
 ALLOW_UNSAFE_PROCESS_BACKEND = envbool("CONVOY_ALLOW_UNSAFE_PROCESS_BACKEND", False)
 if SANDBOX_BACKEND == "process" and not ALLOW_UNSAFE_PROCESS_BACKEND:
     _fail(

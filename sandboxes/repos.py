@@ -27,6 +27,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -459,23 +460,40 @@ def _checkout_into(
     return sha
 
 
+def _nothing() -> None:
+    pass
+
+
 def _staged(
-    url: str, ref: str, fresh_after: float | None, exclude: str, owner: Owner | None = None
-) -> tuple[str, Path]:
+    url: str,
+    ref: str,
+    fresh_after: float | None,
+    exclude: str,
+    owner: Owner | None = None,
+    engine=None,
+) -> tuple[str, Path, Owner | None, Callable[[], None]]:
     """`owner`: the sandbox's host user (`host_user`), given the checkout here, in the
-    background, before any sandbox sees it (a 50,000-file tree is a walk of its own)."""
+    background, before any sandbox sees it (a 50,000-file tree is a walk of its own).
+    `engine`: made ahead of its sandbox, so claim the run's host user here (`owner_claim`,
+    held by the staged directory) for the sandbox to take (`owner_adopt`). Returns the
+    commit, the staged directory, its owner and what releases the staged directory's hold."""
     root = _staging_root()
     subdirs_spread_made(root)
     dest = root / secrets.token_hex(8)
     dest.mkdir(mode=0o700)
+    release: Callable[[], None] = _nothing
     try:
+        if engine is not None:
+            owner = engine.owner_claim(dest)
+            release = functools.partial(engine.owner_release, owner, dest)
         sha = _checkout_into(dest, url=url, ref=ref, fresh_after=fresh_after, exclude=exclude)
         if owner is not None:
             tree_chown(dest, owner)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
+        release()
         raise
-    return sha, dest
+    return sha, dest, owner, release
 
 
 def checkout_ahead(
@@ -491,7 +509,7 @@ def checkout_ahead(
         return None
     if Capability.SIMULATED in engine.capabilities or not hasattr(engine, "workspace_path"):
         return None
-    return _pool().submit(_staged, url, ref, fresh_after, exclude, engine.workspace_owner())
+    return _pool().submit(_staged, url, ref, fresh_after, exclude, None, engine)
 
 
 def checkout_discard(ahead: Future | None) -> None:
@@ -500,6 +518,7 @@ def checkout_discard(ahead: Future | None) -> None:
     def remove(done: Future) -> None:
         if not done.cancelled() and done.exception() is None:
             shutil.rmtree(done.result()[1], ignore_errors=True)
+            done.result()[3]()  # its host user's claim
 
     if ahead is not None:
         ahead.add_done_callback(remove)
@@ -541,16 +560,21 @@ def sandbox_repo_checkout(
     if Capability.SIMULATED in engine.capabilities:  # the scale benchmark: no git at all
         return engine.simulated_commit(url, ref)
     if ahead is not None and hasattr(engine, "workspace_path"):
-        sha, staged = ahead.result()
-        _staged_move(
-            staged, engine.workspace_path(sandbox_handle(sandbox)), engine.workspace_owner()
-        )
+        sha, staged, owner, release = ahead.result()
+        handle = sandbox_handle(sandbox)
+        try:
+            if owner is not None:  # the run's host user, claimed for the checkout
+                engine.owner_adopt(handle, owner)
+        finally:
+            release()  # the sandbox holds it now (or, failing, its teardown frees it)
+        _staged_move(staged, engine.workspace_path(handle), owner)
         return sha
     if hasattr(engine, "workspace_path"):  # a local engine: clone straight into the directory
-        dest = engine.workspace_path(sandbox_handle(sandbox))
-        owner = engine.workspace_owner()
+        handle = sandbox_handle(sandbox)
+        dest = engine.workspace_path(handle)
+        owner = engine.workspace_owner(handle)
         if owner is not None:  # host git refuses a directory of another user's: staged here
-            sha, staged = _staged(url, ref, fresh_after, exclude, owner)
+            sha, staged, _, _ = _staged(url, ref, fresh_after, exclude, owner)
             _staged_move(staged, dest, owner)
             return sha
         return _checkout_into(dest, url=url, ref=ref, fresh_after=fresh_after, exclude=exclude)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from sandboxes.backends.base import SandboxError
-from sandboxes.backends.host_user import Owner
+from sandboxes.backends.host_user import Owner, private_to
 from sandboxes.fsplace import subdirs_spread_made
 from sandboxes.trash import trash_put, trash_sweep, tree_remove
 
@@ -55,6 +55,14 @@ class Meta:
     extra: dict = field(default_factory=dict)  # backend-specific
 
 
+def meta_owner(meta: Meta) -> Owner | None:
+    """The host user the sandbox's commands run as, where that is not the worker's own
+    (`host_user`): it owns the workspace (and overlay upper layer), and its group alone may
+    pass through, not list, the sandbox's directory. None: the worker's, as made."""
+    uid = meta.extra.get("host_uid")
+    return None if uid is None else (uid, uid)
+
+
 def _meta_copy(meta: Meta) -> Meta:
     """A copy the caller may change (its dicts and lists too) without changing the cache."""
     return Meta(
@@ -63,12 +71,8 @@ def _meta_copy(meta: Meta) -> Meta:
 
 
 class Workspaces:
-    def __init__(self, root: Path, *, owner: Owner | None = None) -> None:
+    def __init__(self, root: Path) -> None:
         self.root = root
-        # The host user a sandbox's commands run as, where that is not the worker's own
-        # (`host_user`): it owns each workspace (and overlay upper layer), and may pass
-        # through, not list, each sandbox's directory. None: the worker's, as made.
-        self.owner = owner
         self.layers_dir = root / "layers"
         # "etc2": the first version ("etc") copied root-only files too (/etc/ssl/private).
         self.etc_dir = root / "etc2"
@@ -109,10 +113,8 @@ class Workspaces:
             base.mkdir(mode=0o700)
             (base / "workspace").mkdir()
         workspace = base / "workspace"
-        if self.owner is not None:
-            os.chown(base, -1, self.owner[1])
-            os.chmod(base, 0o710)  # noqa: S103 (its group: search only)
-            os.chown(workspace, *self.owner)
+        if (owner := meta_owner(meta)) is not None:
+            self.owner_give(base, owner)
         if meta.layers:
             # Labelled before the mount: a worker killed right after it leaves a sandbox the
             # orphan sweeps can find by its labels (and unmount), not a bare directory.
@@ -120,19 +122,28 @@ class Workspaces:
             self._layer_on(meta, base)
         return workspace
 
+    def owner_give(self, base: Path, owner: Owner) -> None:
+        """The sandbox's directory passable by `owner`'s group alone; what its commands write
+        (the workspace, or the overlay's upper layer that is its root) `owner`'s."""
+        private_to(base, owner[1])
+        os.chown(base / "workspace", *owner)
+        with contextlib.suppress(FileNotFoundError):
+            os.chown(base / "upper", *owner)
+
     def _layer_on(self, meta: Meta, base: Path) -> None:
         """Give `base/workspace` the frozen layers: an overlay, or a copy where refused."""
         (base / "upper").mkdir(exist_ok=True)
         (base / "work").mkdir(exist_ok=True)
+        owner = meta_owner(meta)
         if self.overlay_available():
-            if self.owner is not None:  # the overlay's root is its upper layer's
-                os.chown(base / "upper", *self.owner)
+            if owner is not None:  # the overlay's root is its upper layer's
+                os.chown(base / "upper", *owner)
             self._mount(meta, base)
             meta.copied = False
         else:
             _copy_tree(self.layers_dir / meta.layers[0], base / "workspace")
-            if self.owner is not None:
-                os.chown(base / "workspace", *self.owner)
+            if owner is not None:
+                os.chown(base / "workspace", *owner)
             meta.copied = True
 
     def _mount(self, meta: Meta, base: Path) -> None:
@@ -266,7 +277,9 @@ class Workspaces:
         """Freeze the sandbox's current files as a new layer; the sandbox goes on above it."""
         base = self.dir(meta.external_id)
         layer = f"snap-{secrets.token_hex(6)}"
-        self.layers_dir.mkdir(parents=True, exist_ok=True)
+        # The worker's alone: overlays are mounted by the worker, and no sandbox looks a layer
+        # up itself (a run's snapshot is its own user's files).
+        self.layers_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         target = self.layers_dir / layer
         if not self.overlay_available():
             _copy_tree(base / "workspace", target)
@@ -286,6 +299,13 @@ class Workspaces:
         (target.parent / f"{layer}.layers").write_text(json.dumps(meta.layers))
         self.meta_write(meta)
         return layer
+
+    def layer_uid(self, layer: str) -> int | None:
+        """Whose files the layer holds at its top (its sandbox's host user); None if gone."""
+        try:
+            return os.stat(self.layers_dir / layer).st_uid
+        except FileNotFoundError:
+            return None
 
     def snapshot_layers(self, layer: str) -> list[str]:
         try:

@@ -17,14 +17,18 @@ PG = "postgres://convoy_owner@127.0.0.1:5432"
 PG_APP = "postgres://convoy_app@127.0.0.1:5432"
 
 
-def _check(**env_changes):
+def _env() -> dict[str, str]:
     import os
 
-    env = {
+    return {
         k: v
         for k, v in os.environ.items()
         if k not in ("PYTEST_VERSION", "DATABASE_URL", "REDIS_URL")
     }
+
+
+def _check(**env_changes):
+    env = _env()
     env.update(env_changes)
     return subprocess.run(
         [PYTHON, "manage.py", "check"],
@@ -49,6 +53,12 @@ def _check(**env_changes):
         ({"CONVOY_TEST_CRASH_BEAT": "1"}, "CONVOY_TEST_CRASH_BEAT"),
         ({"CONVOY_WORKER_CONCURRENCY": "four"}, "CONVOY_WORKER_CONCURRENCY"),
         ({"CONVOY_SANBOX_BACKEND": "bwrap"}, "CONVOY_SANBOX_BACKEND"),
+        ({"CONVOY_SANDBOX_HOST_UIDS": "2000000..2000100"}, "CONVOY_SANDBOX_HOST_UIDS"),
+        ({"CONVOY_SANDBOX_HOST_UIDS": "2000100-2000000"}, "CONVOY_SANDBOX_HOST_UIDS"),
+        (
+            {"CONVOY_SANDBOX_HOST_UIDS": "2000000+100", "CONVOY_SANDBOX_HOST_UID": "2000000"},
+            "CONVOY_SANDBOX_HOST_UID",
+        ),
         ({"REDIS_URL": "redis://127.0.0.1:6379/0", "DEBUG": "0", "SECRET_KEY": ""}, "SECRET_KEY"),
         ({"CONVOY_DATABASE_OWNER_URL": f"{PG}/convoy"}, "CONVOY_DATABASE_OWNER_URL"),
         (
@@ -67,6 +77,34 @@ def test_bad_configuration_fails_with_one_line(env, variable, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"convoy: configuration error: {variable}:")
+
+
+@pytest.mark.parametrize(
+    ("env", "ids"),
+    [
+        ({}, (2_000_000, 2_065_535)),
+        ({"CONVOY_SANDBOX_HOST_UIDS": "3000000+1000"}, (3_000_000, 3_000_999)),
+        ({"CONVOY_SANDBOX_HOST_UIDS": "3000000-3000009"}, (3_000_000, 3_000_009)),
+        ({"CONVOY_SANDBOX_HOST_UID": "2000000"}, (2_000_000, 2_000_000)),  # the one-user form
+    ],
+)
+def test_the_sandboxes_host_ids_are_a_range(env, ids, tmp_path):
+    base = {k: "" for k in ("CONVOY_SANDBOX_HOST_UIDS", "CONVOY_SANDBOX_HOST_UID")}
+    result = subprocess.run(
+        [PYTHON, "-c", "from django.conf import settings; print(settings.SANDBOX_HOST_UIDS)"],
+        cwd=ROOT,
+        env={
+            **_env(),
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            **base,
+            **env,
+            "CONVOY_DATA_DIR": str(tmp_path),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stdout.strip() == str(ids), result.stderr
 
 
 def test_every_variable_convoy_reads_is_a_known_setting():

@@ -29,7 +29,12 @@ from django.conf import settings
 from sandboxes.backends import cgroups, seccomp
 from sandboxes.backends.base import FILES_DIR, Capability, SandboxError
 from sandboxes.backends.egress import EGRESS_EXEC, egress_binds, egress_wrapped
-from sandboxes.backends.host_user import sandbox_host_owner, search_grant
+from sandboxes.backends.host_user import (
+    UidClaims,
+    private_to,
+    sandbox_host_ids,
+    search_grant,
+)
 from sandboxes.backends.images import HOME_DIR, bwrap_image_args, tools_home_fd
 from sandboxes.backends.local import (
     LocalBackend,
@@ -37,7 +42,7 @@ from sandboxes.backends.local import (
     rlimits_apply,
     rlimits_for,
 )
-from sandboxes.workspaces import SYSTEM_SYMLINKS, Meta
+from sandboxes.workspaces import SYSTEM_SYMLINKS, Meta, meta_owner
 
 log = logging.getLogger(__name__)
 
@@ -224,10 +229,11 @@ class BubblewrapBackend(LocalBackend):
         self.setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"  # util-linux, as prlimit
         seccomp.filter_program()  # compiled once per process; says now if libseccomp is missing
         self._made_here: set[str] = set()  # sandboxes this (live) process created
-        # A root worker starts bwrap as an unprivileged host user (`host_user`): the sandbox's
-        # user was root outside. bwrap looks its bind sources up as that user, so it may pass
-        # through (not list) the data directory and the sandboxes' root.
-        self.ws.owner = sandbox_host_owner()
+        # A root worker starts bwrap as an unprivileged host user, one per run (`host_user`):
+        # the sandbox's user was root outside. bwrap looks its bind sources up as that user,
+        # so the passage group every sandbox has may pass through (not list) the data
+        # directory and the sandboxes' root.
+        self.host_ids = sandbox_host_ids()
         # From the installation's data directory down (a test's backend has its own inside);
         # a test run's (var/test-<pid>) from Convoy's own var/ down, which a development
         # installation keeps private too.
@@ -235,9 +241,12 @@ class BubblewrapBackend(LocalBackend):
         own = Path(settings.BASE_DIR) / "var"
         top = own if top.parent == own else top
         self._private_top = top if self.data_dir.is_relative_to(top) else self.data_dir
-        if self.ws.owner is not None:
+        if self.host_ids is not None:
             self.ws.root_make()
-            search_grant(self.ws.root, upto=self._private_top, gid=self.ws.owner[1])
+            search_grant(self.ws.root, upto=self._private_top, gid=self.host_ids.group)
+            self.claims = UidClaims(self.ws.root / ".uids", self.host_ids)
+            if self.ws.layers_dir.is_dir():  # made 0755 before per-run users
+                self.ws.layers_dir.chmod(0o700)
 
     def _start(self, meta: Meta) -> None:
         """The sandbox's cgroups: a spare this process kept from a terminated sandbox (renamed,
@@ -254,26 +263,42 @@ class BubblewrapBackend(LocalBackend):
 
     def _binds_reachable(self, meta: Meta) -> None:
         """What bwrap binds from the data directory (the egress proxy's socket directory and
-        relay, an image) reachable by the sandboxes' host user (the proxy makes its socket
-        connectable by it)."""
-        if self.ws.owner is None:
+        relay, an image) reachable by the sandbox's host user: shared read-only things through
+        the passage group; the proxy's socket directory and socket (the proxy makes them the
+        worker's alone) by the sandbox's own group only."""
+        owner = meta_owner(meta)
+        if self.host_ids is None or owner is None:
             return
+        group = self.host_ids.group
         extra = meta.extra
-        for path in (extra.get("egress_dir"), extra.get("egress_relay"), extra.get("image_root")):
+        egress_dir = extra.get("egress_dir")
+        for path in (
+            os.path.dirname(egress_dir) if egress_dir else None,
+            extra.get("egress_relay"),
+            extra.get("image_root"),
+        ):
             if not path:
                 continue
             for top in (Path(settings.DATA_DIR), self._private_top):
                 if Path(path).is_relative_to(top):
                     directory = path if os.path.isdir(path) else os.path.dirname(path)
-                    search_grant(directory, upto=top, gid=self.ws.owner[1])
+                    search_grant(directory, upto=top, gid=group)
                     break
+        if egress_dir:  # the proxy's own (`egress_extra` checked it holds its socket)
+            socket = os.path.join(egress_dir, "proxy.sock")
+            os.chown(socket, -1, owner[1], follow_symlinks=False)
+            os.chmod(socket, 0o660)
+            private_to(egress_dir, owner[1])
         if extra.get("image_root"):  # its mount points (built as root: /convoy may be 0700)
             root = os.path.realpath(extra["image_root"])
             for inside in IMAGE_MOUNT_POINTS:
                 where = os.path.join(root, inside)
                 # Never through a link the image holds (it may name any host directory).
                 if os.path.isdir(where) and os.path.realpath(where) == where:
-                    search_grant(where, upto=root, gid=self.ws.owner[1])
+                    search_grant(where, upto=root, gid=group)
+
+    def _owner_changed(self, meta: Meta) -> None:
+        self._binds_reachable(meta)
 
     def _stop(self, meta: Meta) -> None:
         if meta.external_id in self._made_here:
@@ -303,7 +328,9 @@ class BubblewrapBackend(LocalBackend):
         # Every command is its own bwrap (its namespaces end with it): `last` changes nothing.
         workspace = str(self.ws.workspace(meta.external_id))
         home_fd = (
-            tools_home_fd(workspace, owner=self.ws.owner) if meta.extra.get("tools_home") else None
+            tools_home_fd(workspace, owner=meta_owner(meta))
+            if meta.extra.get("tools_home")
+            else None
         )
         try:
             full = bwrap_argv(
@@ -338,7 +365,8 @@ class BubblewrapBackend(LocalBackend):
         env_fd = env_args_fd(env)
         try:
             full = [full[0], "--args", str(env_fd), *full[1:]]
-            child_limits = self.ws.owner is None
+            owner = meta_owner(meta)
+            child_limits = owner is None
             if not child_limits:
                 # setpriv takes the host user, then prlimit sets the limits, then bwrap runs:
                 # Popen's own `user=`/`group=` would do the switch but keep CPython from using
@@ -346,8 +374,11 @@ class BubblewrapBackend(LocalBackend):
                 # these two small programs. prlimit execs `bwrap` found on HOST_ENV's PATH
                 # (kept as argv[0]: the engine's process scans look for it), never on the
                 # command's.
-                uid, gid = self.ws.owner
-                setpriv = [self.setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
+                uid, gid = owner
+                # The passage group (`host_user`) as its only supplementary group.
+                group = self.host_ids.group
+                groups = "--clear-groups" if gid == group else f"--groups={group}"
+                setpriv = [self.setpriv, f"--reuid={uid}", f"--regid={gid}", groups]
                 limits = prlimit_argv(meta.limits, address_space=not meta.cgroups)
                 full = [*setpriv, "--", *limits, *full]
                 popen["executable"] = full[0]

@@ -39,9 +39,14 @@ from sandboxes.backends.base import (
     SnapshotHandle,
 )
 from sandboxes.backends.egress import egress_env, egress_extra
-from sandboxes.backends.host_user import Owner
-from sandboxes.backends.images import image_env, image_extra, tools_home_make
-from sandboxes.workspaces import Meta, Workspaces, workspace_read, workspace_write
+from sandboxes.backends.host_user import Owner, UidClaims
+from sandboxes.backends.images import (
+    HOME_IN_WORKSPACE,
+    image_env,
+    image_extra,
+    tools_home_make,
+)
+from sandboxes.workspaces import Meta, Workspaces, meta_owner, workspace_read, workspace_write
 
 TIMEOUT_EXIT = 124  # what `timeout(1)` returns; every backend reports a timeout with it
 KILL_GRACE_S = 5.0  # after a kill, how long to wait for the pipes to close
@@ -396,6 +401,8 @@ class LocalBackend(SandboxBackend):
         self.install = install_id(self.data_dir)
         self._walks: dict[str, WalkCost] = {}  # per sandbox: its disk watch's last walk
         self._walks_lock = threading.Lock()  # variants' threads start commands side by side
+        # Which host user each run's sandboxes run as, where not the worker's (`host_user`).
+        self.claims: UidClaims | None = None
 
     # --- engine hooks -----------------------------------------------------------------------
     def _start(self, meta: Meta) -> None:
@@ -412,6 +419,58 @@ class LocalBackend(SandboxBackend):
     def _cgroups_release(self, meta: Meta) -> None:
         """The sandbox is stopped: free its cgroups."""
         cgroups.cgroup_remove(meta.cgroups)
+
+    def _owner_changed(self, meta: Meta) -> None:
+        """The sandbox runs as another host user now (`owner_adopt`): what the engine gave
+        the old one beside the workspace (bwrap: the egress proxy's socket)."""
+
+    # --- host users: one per run (`host_user`) ----------------------------------------------
+    def _owner_take(self, meta: Meta) -> None:
+        """The host user a new sandbox runs as, in `meta.extra`: a fork's is its snapshot's
+        (the layer's files are that user's: one stat, no walk), anything else claims its own."""
+        if self.claims is None:
+            return
+        holder = self.ws.dir(meta.external_id)
+        uid = self.ws.layer_uid(meta.layers[0]) if meta.layers else None
+        ids = self.claims.ids
+        if uid is not None and ids.first <= uid <= ids.last:
+            self.claims.hold(uid, holder)
+        else:  # a source sandbox (or a snapshot from before per-run users)
+            uid = self.claims.claim(holder)[0]
+        meta.extra["host_uid"] = uid
+
+    def _owner_release(self, meta: Meta) -> None:
+        if self.claims is not None and (owner := meta_owner(meta)) is not None:
+            self.claims.release(owner[0], self.ws.dir(meta.external_id))
+
+    def owner_claim(self, holder: Path) -> Owner | None:
+        """A host user for a checkout made before its sandboxes exist (`repos.checkout_ahead`),
+        held by `holder` (the staged checkout) until `owner_adopt` or `owner_release`; None
+        where sandboxes run as the worker."""
+        return None if self.claims is None else self.claims.claim(holder)
+
+    def owner_release(self, owner: Owner | None, holder: Path) -> None:
+        if self.claims is not None and owner is not None:
+            self.claims.release(owner[0], holder)
+
+    def owner_adopt(self, handle: SandboxHandle, owner: Owner) -> None:
+        """Run a new sandbox as `owner` (claimed by `owner_claim` for the checkout made ahead
+        for it, before any of its commands ran) instead of the user it claimed; that claim
+        is released. Its directory, workspace and tools area are given to `owner`."""
+        meta = self.ws.meta_read(handle.external_id)
+        old = meta_owner(meta)
+        if self.claims is None or old is None or old == owner:
+            return
+        base = self.ws.dir(handle.external_id)
+        self.claims.hold(owner[0], base)
+        meta.extra["host_uid"] = owner[0]
+        self.ws.owner_give(base, owner)
+        if meta.extra.get("tools_home"):  # made at its create, for the old user
+            with contextlib.suppress(FileNotFoundError):
+                os.chown(base / "workspace" / HOME_IN_WORKSPACE, *owner, follow_symlinks=False)
+        self._owner_changed(meta)
+        self.ws.meta_write(meta)
+        self.claims.release(old[0], base)
 
     # --- lifecycle ------------------------------------------------------------------------
     def _check(self, spec: SandboxSpec) -> None:
@@ -452,9 +511,11 @@ class LocalBackend(SandboxBackend):
             extra={**(extra or {}), **({"files": True} if spec.files else {}), **egress},
         )
         self.ws.etc()
-        self.ws.create(meta)
+        self._owner_take(meta)
         try:
-            tools_home_make(self.ws.workspace(meta.external_id), meta.extra, owner=self.ws.owner)
+            self.ws.create(meta)
+            owner = meta_owner(meta)
+            tools_home_make(self.ws.workspace(meta.external_id), meta.extra, owner=owner)
             if spec.files:
                 files_write(self.files_path(meta.external_id), spec.files)
             self._start(meta)
@@ -463,7 +524,10 @@ class LocalBackend(SandboxBackend):
             with contextlib.suppress(Exception):
                 self._stop(meta)
                 self._cgroups_release(meta)
-            self.ws.remove(meta.external_id)
+            try:
+                self.ws.remove(meta.external_id)
+            finally:
+                self._owner_release(meta)
             raise
         return SandboxHandle(self.name, meta.external_id, dict(meta.labels))
 
@@ -498,6 +562,7 @@ class LocalBackend(SandboxBackend):
         self._stop(meta)
         self._cgroups_release(meta)
         self.ws.remove(handle.external_id)
+        self._owner_release(meta)
 
     def files_path(self, external_id: str) -> Path:
         """The host directory behind the sandbox's read-only /convoy/files (beside, not in,
@@ -508,16 +573,16 @@ class LocalBackend(SandboxBackend):
         """Where the sandbox's /workspace lives on the host (local backends only)."""
         return self.ws.workspace(handle.external_id)
 
-    def workspace_owner(self) -> Owner | None:
-        """Whom the host gives what it puts in a workspace (a checkout): the host user the
-        sandboxes run as, where that is not the worker's own (`host_user`); else None."""
-        return self.ws.owner
+    def workspace_owner(self, handle: SandboxHandle) -> Owner | None:
+        """Whom the host gives what it puts in the sandbox's workspace (a checkout): the host
+        user it runs as, where that is not the worker's own (`host_user`); else None."""
+        return meta_owner(self.ws.meta_read(handle.external_id))
 
     # --- files ----------------------------------------------------------------------------
     def write_file(self, handle: SandboxHandle, path: str, data: bytes, mode: int = 0o644) -> None:
-        self.ws.meta_read(handle.external_id)
+        meta = self.ws.meta_read(handle.external_id)
         workspace_write(
-            self.ws.workspace(handle.external_id), path, data, mode, owner=self.ws.owner
+            self.ws.workspace(handle.external_id), path, data, mode, owner=meta_owner(meta)
         )
 
     def read_file(self, handle: SandboxHandle, path: str) -> bytes:
@@ -709,6 +774,8 @@ class LocalBackend(SandboxBackend):
     def snapshot(self, handle: SandboxHandle) -> SnapshotHandle:
         meta = self.ws.meta_read(handle.external_id)
         layer = self.ws.snapshot(meta)
+        if self.claims is not None and (owner := meta_owner(meta)) is not None:
+            self.claims.hold(owner[0], self.ws.layers_dir / layer)  # for the run's forks
         return SnapshotHandle(self.name, layer)
 
     def create_from_snapshot(self, snapshot: SnapshotHandle, spec: SandboxSpec) -> SandboxHandle:
@@ -718,7 +785,10 @@ class LocalBackend(SandboxBackend):
         """Remove the layer once nothing mounts it; layers below it stay for their owners."""
         if snapshot.external_id in self.ws.layers_in_use(besides=snapshot.external_id):
             raise SandboxError(f"snapshot {snapshot.external_id} is still used by a sandbox")
+        uid = self.ws.layer_uid(snapshot.external_id)
         self.ws.snapshot_remove(snapshot.external_id)
+        if self.claims is not None and uid is not None:
+            self.claims.release(uid, self.ws.layers_dir / snapshot.external_id)
 
     # --- reaping --------------------------------------------------------------------------
     def sweep(
@@ -762,4 +832,6 @@ class LocalBackend(SandboxBackend):
         for spare in self.ws.spares_stale(older_than_s=grace_s):  # left by a dead worker
             self.ws.spare_remove(spare)
         self.ws.trash_sweep(older_than_s=grace_s)  # left by a dead worker's remover
+        if self.claims is not None:  # host users whose sandboxes, snapshots, checkouts are gone
+            self.claims.sweep(older_than_s=grace_s)
         return removed

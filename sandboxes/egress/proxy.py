@@ -35,7 +35,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from core.errors import Invalid
-from sandboxes.backends.host_user import sandbox_host_owner
+from sandboxes.backends.host_user import sandbox_host_group
 from sandboxes.egress.addresses import HostAddresses, address_refusal, in_ranges
 from sandboxes.egress.events import EgressEvent, EgressStats
 from sandboxes.egress.policy import Limits, NetworkPolicy, normalise_host
@@ -179,10 +179,11 @@ class EgressProxy:
         # requests for any name served at that address).
         self.http_ports = http_ports
         self.socket_mode = socket_mode
-        # Where bwrap sandboxes run as their own host user (`host_user`: a root worker), its
-        # group may pass through the proxy's directories and connect to the sockets.
-        if socket_group is None and (owner := sandbox_host_owner()) is not None:
-            socket_group = owner[1]
+        # Where bwrap sandboxes run as their own host users (`host_user`: a root worker), their
+        # passage group may pass through the proxy's root; each sandbox's directory is the
+        # worker's alone (0700) until bwrap gives it to that sandbox's own group.
+        if socket_group is None:
+            socket_group = sandbox_host_group()
         self.socket_group = socket_group
         self.resolve_timeout_s = resolve_timeout_s
         # Operator-trusted ranges for the host's package indexes (see index_ranges_parse).
@@ -311,7 +312,6 @@ class EgressProxy:
             )
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(mode=0o700, parents=True)
-        self._private(directory)
         sb.server = await asyncio.start_unix_server(
             lambda r, w: self._serve(sb, r, w), path=str(sb.socket_path), limit=HEAD_LIMIT
         )

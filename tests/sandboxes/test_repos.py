@@ -20,7 +20,13 @@ from sandboxes.repos import (
     repo_url_validate,
     sandbox_repo_checkout,
 )
-from sandboxes.services import sandbox_create, sandbox_exec, sandbox_read_file
+from sandboxes.services import (
+    backend_get,
+    sandbox_create,
+    sandbox_exec,
+    sandbox_handle,
+    sandbox_read_file,
+)
 from tests.support import wait_for
 
 both_shapes = pytest.mark.shapes("embedded", "production")
@@ -200,10 +206,20 @@ def test_a_checkout_made_ahead_is_moved_into_the_sandbox_and_an_unused_one_is_re
     sandbox_exec(sandbox=sandbox, argv=["git", "status", "--porcelain"], on_output=seen.append)
     assert seen == []  # a clean checkout of the commit, nothing left behind
     assert list(staging.iterdir()) == []
+    engine = backend_get("bwrap")
+    if engine.claims is not None and not engine.claims.ids.shared:
+        # The host user claimed for the checkout is the sandbox's now, and held by it alone.
+        owner = engine.workspace_owner(sandbox_handle(sandbox))
+        version = engine.workspace_path(sandbox_handle(sandbox)) / "VERSION"
+        assert (version.stat().st_uid, version.stat().st_gid) == owner
+        sandbox_dir = str(engine.ws.dir(sandbox.external_id))
+        assert engine.claims.held() == {owner[0]: [sandbox_dir]}
 
     unused = checkout_ahead(backend="bwrap", url=url, ref="main", fresh_after=None)
     checkout_discard(unused)  # removed once made (the thread making it removes it)
     wait_for(lambda: not list(staging.iterdir()), timeout=60, what="the unused checkout gone")
+    if engine.claims is not None and not engine.claims.ids.shared:  # and its user's claim
+        wait_for(lambda: len(engine.claims.held()) == 1, timeout=60, what="its claim released")
 
 
 @both_shapes

@@ -146,7 +146,7 @@ def test_data_directory_keys_and_database_are_private(db, admin_user):
     secret_set(name="PRIVATE_CHECK", value="v", actor=admin_user)  # creates the key if needed
     # Where a root worker's bwrap sandboxes run as their own host user, that user's group may
     # pass through (not list) the data directory to reach what bwrap binds.
-    if settings.DATA_DIR.stat().st_gid == settings.SANDBOX_HOST_UID and os.geteuid() == 0:
+    if settings.DATA_DIR.stat().st_gid == settings.SANDBOX_HOST_UIDS[0] and os.geteuid() == 0:
         assert _mode(settings.DATA_DIR) == 0o710
     else:
         assert _mode(settings.DATA_DIR) == 0o700

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from sandboxes.backends.host_user import sandbox_host_owner, search_grant
+from sandboxes.backends.host_user import sandbox_host_group, search_grant
 from sandboxes.egress.worker import egress_proxy_stop
 from sandboxes.images import build
 from tests.package_indexes import host_index_addresses
@@ -28,8 +28,8 @@ def images_data_dir() -> Path:
     # Inside the test run's data directory (not pytest's 0700 temporary one): bwrap, started
     # as the sandboxes' host user, binds the images from there.
     path = Path(tempfile.mkdtemp(prefix="images-", dir=settings.DATA_DIR))
-    if (owner := sandbox_host_owner()) is not None:  # as a backend on the run's data dir would
-        search_grant(path, upto=settings.DATA_DIR, gid=owner[1])
+    if (group := sandbox_host_group()) is not None:  # as a backend on the run's data dir would
+        search_grant(path, upto=settings.DATA_DIR, gid=group)
     return path
 
 
