@@ -359,8 +359,10 @@ def _dir_open(where: str, inode: tuple[int, int], flags: int) -> int | None:
             dir_unlock(parent_fd, name, mode=stat.S_IMODE(mode) | 0o700, inode=inode)
         try:
             return os.open(name, flags, dir_fd=parent_fd)
-        except FileNotFoundError:
-            return None
+        except PermissionError:
+            raise
+        except OSError:
+            return None  # gone, or a link now (O_NOFOLLOW): as if it changed
     finally:
         os.close(parent_fd)
 
