@@ -16,6 +16,13 @@ from accounts.sockets import user_sockets_close
 from audit.record import audit_record
 
 
+def password_file_read(path) -> str:
+    """The password in a `--password-file`: its first line, without the line's end (a space
+    is part of the password; what follows the first line is not)."""
+    with open(path, encoding="utf-8") as f:
+        return f.readline().rstrip("\r\n")
+
+
 def user_password_change(*, user: User, old_password: str, new_password: str, actor: User) -> int:
     """Change `user`'s own password: the old one must match, the new one pass every validator.
     Their API tokens are revoked with it; the number revoked."""

@@ -99,6 +99,20 @@ def _fetched_url(node) -> str | None:
     return None
 
 
+def _stored_content(node) -> str | None:
+    """What a content block or item reads from the provider's storage, if it does: a file or
+    image by `file_id` (OpenAI's input_file and input_image, Chat Completions' `file`,
+    Anthropic's `file` source), or a reasoning item without its `encrypted_content` (then its
+    `id` names one the provider kept)."""
+    if not isinstance(node, dict):
+        return None
+    if "file_id" in node:
+        return "a file the provider stored (`file_id`)"
+    if node.get("type") == "reasoning" and "encrypted_content" not in node:
+        return "a reasoning item the provider stored (an `id` without `encrypted_content`)"
+    return None
+
+
 class _TooDeep(Exception):
     pass
 
@@ -146,8 +160,8 @@ def call_choices(payload: dict) -> int:
 
 
 def call_body_check(*, grant: ModelGrant, payload: dict) -> None:
-    """Refuse (Refusal, 403 or 400) a body that asks the provider to run tools, fetch URLs or
-    keep state for the caller, or for more than MAX_CHOICES completions."""
+    """Refuse (Refusal, 403 or 400) a body that asks the provider to run tools, fetch URLs,
+    keep state for the caller or read state it kept, or for more than MAX_CHOICES completions."""
     api_style = grant.provider.api_style
     refused = sorted(REFUSED_KEYS & payload.keys())
     if refused:
@@ -194,11 +208,20 @@ def call_body_check(*, grant: ModelGrant, payload: dict) -> None:
                 )
     for key in ("messages", "input", "system", "instructions"):
         try:
-            url = next(filter(None, map(_fetched_url, _content_walk(payload.get(key), 1))), None)
+            nodes = list(_content_walk(payload.get(key), 1))
         except _TooDeep:
             raise Refusal(
                 400, "invalid_request", f"Convoy gateway: `{key}` is nested too deep", grant
             ) from None
+        stored = next(filter(None, map(_stored_content, nodes)), None)
+        if stored is not None:
+            raise _refuse(
+                grant,
+                "parameter_not_allowed",
+                f"`{key}` names {stored}, and Convoy's calls are not stored: send the content "
+                "itself (a file or image inline, a reasoning item with its encrypted_content)",
+            )
+        url = next(filter(None, map(_fetched_url, nodes)), None)
         if url is not None:
             raise _refuse(
                 grant,

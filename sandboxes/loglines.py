@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import functools
 import html
 import logging
 import re
@@ -126,16 +127,23 @@ _ansi = threading.local()
 #   line's end) goes whole: ansi2html turns OSC 8 into a link, so a command could print a
 #   clickable "sign in again" pointing anywhere, inside Convoy's page;
 # - a control sequence (ESC [ params final) stays only as an SGR (final `m`) rebuilt from the
-#   parameters in _SGR_KEPT (conceal, 8, became visibility:hidden; blink, inverse… go too);
+#   parameters in _SGR_KEPT (conceal, 8, became visibility:hidden; blink, inverse… go too;
+#   so do background colours: `30;40`, or a background one step from its foreground, hid text
+#   as conceal did, and a foreground is kept only if it stands out from the panel's background:
+#   see _fg_shown);
 #   one another ESC or the line's end cuts short goes with its parameters (removing an OSC in
 #   an earlier pass left `ESC [3` before the text, which then became its final byte and went);
 # - any other ESC goes.
 _ESCAPE = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b\[([0-?]*)([ -/]*)([@-~]?)|\x1b")
 _SGR_PARAMS = re.compile(r"[0-9;]*")
-# reset; bold, dim, italic, underline and their ends; the 8 and 16 colours and the defaults
-_SGR_KEPT = frozenset({0, 1, 2, 3, 4, 22, 23, 24, 39, 49}).union(
-    range(30, 38), range(40, 48), range(90, 98), range(100, 108)
-)
+# reset; bold, dim, italic, underline and their ends; the 8 and 16 foreground colours and the
+# default one
+_SGR_KEPT = frozenset({0, 1, 2, 3, 4, 22, 23, 24, 39}).union(range(30, 38), range(90, 98))
+# The log panel's background (static/css/logs.css `.log-view`) and the least contrast (WCAG's
+# ratio) a foreground colour keeps against it: the 16 colours but black pass (blue, the
+# darkest, is 1.4), a colour a step from the background does not (black is 1.1).
+PANEL_BACKGROUND = (0x0F, 0x14, 0x20)
+FG_CONTRAST_MIN = 1.3
 
 
 def _sgr_kept(params: str) -> str:
@@ -150,7 +158,8 @@ def _sgr_kept(params: str) -> str:
             values = parts[i + 2 : i + 2 + width]
             if not width or len(values) < width or not all(0 <= v < 256 for v in values):
                 break  # a colour it cannot read: the rest would be read out of step
-            kept += parts[i : i + 2 + width]
+            if n == 38:  # a background (48) is read past, not kept
+                kept += parts[i : i + 2 + width]
             i += 2 + width
             continue
         if n in _SGR_KEPT:
@@ -166,13 +175,37 @@ def _escape_kept(m: re.Match) -> str:
     return ""
 
 
+def _luminance(rgb: tuple[int, ...]) -> float:
+    linear = [c / 255 / 12.92 if c <= 10 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in rgb]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+_PANEL_LUMINANCE = _luminance(PANEL_BACKGROUND)
+# A colour ansi2html wrote into a style attribute of its own (a sandbox's text cannot make a
+# tag: its `<` is escaped).
+_STYLE_COLOUR = re.compile(r'(<span style="(?:[^"<>]*?; )?)color: #([0-9a-fA-F]{6})')
+
+
+@functools.cache
+def _fg_shown(hex_colour: str) -> bool:
+    """Whether a foreground colour stands out enough from the panel's background to be read."""
+    lum = _luminance(tuple(bytes.fromhex(hex_colour)))
+    light, dark = max(lum, _PANEL_LUMINANCE), min(lum, _PANEL_LUMINANCE)
+    return (light + 0.05) / (dark + 0.05) >= FG_CONTRAST_MIN
+
+
+def _fg_checked(m: re.Match) -> str:
+    return m[0] if _fg_shown(m[2]) else m[1]
+
+
 def _ansi_to_html(text: str) -> str:
     converter = getattr(_ansi, "converter", None)
     if converter is None:
         converter = _ansi.converter = Ansi2HTMLConverter(inline=True, dark_bg=True)
-    return converter.convert(
+    body = converter.convert(
         _ESCAPE.sub(_escape_kept, text), full=False, ensure_trailing_newline=False
     )
+    return _STYLE_COLOUR.sub(_fg_checked, body)
 
 
 def log_line_html(line: Line | LogLine) -> str:

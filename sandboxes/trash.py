@@ -42,17 +42,66 @@ TRASH = ".trash"
 BACKLOG_MAX = 64
 
 
+def dir_unlock(
+    parent_fd: int, name: str, *, mode: int, inode: tuple[int, int] | None = None
+) -> bool:
+    """Give the directory `name` under `parent_fd` the permission bits `mode`, if it is a
+    directory this process owns (and, given `inode`, that very device and inode number).
+
+    A command can swap a link in for the directory at any moment: it is opened relative to its
+    parent's descriptor, with O_NOFOLLOW and O_DIRECTORY, and the mode goes to what was opened.
+    O_PATH, because its owner cannot open a directory it made unreadable (`chmod 000`) for
+    reading; and since fchmod refuses an O_PATH descriptor, the mode goes through the
+    descriptor's /proc/self/fd entry, which names the opened inode, never a path again (as
+    glibc's fchmodat does for AT_SYMLINK_NOFOLLOW)."""
+    if "/" in name or name in ("", ".", ".."):
+        return False
+    flags = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
+    try:
+        fd = os.open(name, flags, dir_fd=parent_fd)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            return False
+        if inode is not None and (st.st_dev, st.st_ino) != inode:
+            return False
+        os.chmod(f"/proc/self/fd/{fd}", mode)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _dir_unlock_path(path: str) -> bool:
+    """`dir_unlock(…, mode=0o700)` for `path`, through its parent's descriptor."""
+    parent, name = os.path.split(os.path.normpath(path))
+    flags = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
+    try:
+        parent_fd = os.open(parent or ".", flags)
+    except OSError:
+        return False
+    try:
+        return dir_unlock(parent_fd, name, mode=0o700)
+    finally:
+        os.close(parent_fd)
+
+
 def _unlocked_retry(func, path: str, exc_info) -> None:
     """rmtree's error handler: a directory a command made unreadable or read-only (`chmod 000`)
     stopped a worker that is not root from listing or emptying it. Its owner (the worker, who
-    made the sandbox) gets rwx on it and on its parent, and the removal is tried once more."""
+    made the sandbox) gives it and its parent mode 0700, never following a link (a command may
+    have put one in the directory's place: its target's mode stays as it was), and nothing of
+    the sandbox's own bits (setuid, sticky, others' write) stays; then the removal is tried
+    once more."""
     changed = False
     for target in (os.path.dirname(path), path):
         with contextlib.suppress(OSError):
             mode = os.lstat(target).st_mode
             if stat.S_ISDIR(mode) and mode & 0o700 != 0o700:
-                os.chmod(target, mode | 0o700)
-                changed = True
+                changed = _dir_unlock_path(target) or changed
     if not changed:
         return  # another failure: left for rm -rf
     with contextlib.suppress(OSError):

@@ -46,6 +46,7 @@ from sandboxes.backends.images import (
     image_extra,
     tools_home_make,
 )
+from sandboxes.trash import dir_unlock
 from sandboxes.workspaces import Meta, Workspaces, meta_owner, workspace_read, workspace_write
 
 TIMEOUT_EXIT = 124  # what `timeout(1)` returns; every backend reports a timeout with it
@@ -278,7 +279,13 @@ def workspace_usage(
     become a link to a host directory, and the host (root, perhaps) must not list or size what
     the link names. So a directory is listed through a descriptor, and only when it is the
     very inode (device and number) its parent listed; one that changed is left out of this
-    walk (the next walk sees it), as is one removed while it is listed (the listing fails)."""
+    walk (the next walk sees it), as is one removed while it is listed (the listing fails).
+
+    A worker that is not root runs the command as itself, so a directory the command locked
+    (`chmod 000`, or no search bit) is locked to the walk too: the walker, its owner, gives
+    it rwx for its owner (`trash.dir_unlock`: through its parent's descriptor, never following
+    a link) and lists it again. One that still cannot be listed or sized counts the workspace
+    as past `stop_after`: what cannot be seen is not let past the limit."""
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         top = os.lstat(path)
@@ -290,8 +297,10 @@ def workspace_usage(
     while stack:
         where, dev, ino = stack.pop()
         try:
-            fd = os.open(where, flags)
-        except OSError:
+            fd = _dir_open(where, (dev, ino), flags)
+        except PermissionError:
+            return max(total, stop_after + 1), found
+        if fd is None:
             continue
         try:
             opened = os.fstat(fd)
@@ -300,7 +309,9 @@ def workspace_usage(
             with os.scandir(fd) as entries:
                 for entry in entries:
                     try:
-                        st = entry.stat(follow_symlinks=False)
+                        st = _entry_stat(entry, fd, opened)
+                    except PermissionError:
+                        return max(total, stop_after + 1), found
                     except OSError:
                         continue
                     total += st.st_blocks * 512
@@ -309,11 +320,56 @@ def workspace_usage(
                         stack.append((f"{where}/{entry.name}", st.st_dev, st.st_ino))
                     if total > stop_after or found > entries_max:
                         return total, found
+        except PermissionError:
+            return max(total, stop_after + 1), found
         except OSError:
             continue  # removed while listed (EINVAL, ENOENT from getdents): as if it changed
         finally:
             os.close(fd)
     return total, found
+
+
+def _entry_stat(entry: os.DirEntry, fd: int, opened: os.stat_result) -> os.stat_result:
+    """`entry`'s own stat; in a directory its owner (this process) can list but not search
+    (`chmod 400`), after giving the owner rwx on it."""
+    try:
+        return entry.stat(follow_symlinks=False)
+    except PermissionError:
+        if opened.st_uid != os.geteuid():
+            raise
+    os.fchmod(fd, stat.S_IMODE(opened.st_mode) | 0o700)
+    return os.stat(entry.name, dir_fd=fd, follow_symlinks=False)
+
+
+def _dir_open(where: str, inode: tuple[int, int], flags: int) -> int | None:
+    """A descriptor for listing the directory `where` (None if it went); one its owner, this
+    process, locked is given rwx for its owner and opened again. PermissionError if it is
+    still locked."""
+    try:
+        return os.open(where, flags)
+    except PermissionError:
+        pass
+    except OSError:
+        return None
+    parent, name = os.path.split(where)
+    try:
+        parent_fd = os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError:
+        raise PermissionError(f"{where}: cannot be listed") from None
+    try:
+        with contextlib.suppress(OSError):
+            mode = os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode
+            dir_unlock(parent_fd, name, mode=stat.S_IMODE(mode) | 0o700, inode=inode)
+        try:
+            return os.open(name, flags, dir_fd=parent_fd)
+        except PermissionError:
+            raise
+        except OSError:
+            return None  # gone, or a link now (O_NOFOLLOW): as if it changed
+    finally:
+        os.close(parent_fd)
 
 
 @dataclasses.dataclass

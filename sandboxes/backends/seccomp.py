@@ -11,6 +11,9 @@ Some calls are refused only for some arguments, as container runtimes do:
   sees, so every argument rule here would be void for a command that built one.
 - `socket`/`socketpair` for families other than unix, IPv4, IPv6 and netlink (EAFNOSUPPORT):
   vsock, for one, is not isolated by a network namespace and reached the VM's host.
+- `socket(AF_NETLINK, …)` for protocols other than NETLINK_ROUTE (addresses and routes: glibc's
+  getaddrinfo, `ip`) and NETLINK_SOCK_DIAG (`ss`), EPROTONOSUPPORT: audit, netfilter, generic
+  netlink and the rest are kernel interfaces no build needs.
 - `fallocate` in every mode but 0 (allocate and extend: the file size limit applies) and a
   hole punch (frees blocks), EOPNOTSUPP: KEEP_SIZE and ZERO_RANGE allocate blocks without
   growing the file, so RLIMIT_FSIZE never saw a 1 GB allocation in a 16 MB sandbox; INSERT_RANGE
@@ -94,6 +97,9 @@ BLOCKED = (
 # socket(2) families a sandbox may use; the rest fail with EAFNOSUPPORT.
 AF_UNIX, AF_INET, AF_INET6, AF_NETLINK = 1, 2, 10, 16
 SOCKET_FAMILIES = (AF_UNIX, AF_INET, AF_INET6, AF_NETLINK)
+# netlink protocols a sandbox may open (NETLINK_ROUTE, NETLINK_SOCK_DIAG); the rest fail with
+# EPROTONOSUPPORT.
+NETLINK_PROTOCOLS = (0, 4)
 # fallocate(2) modes a sandbox may use (0, and FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE);
 # the rest fail with EOPNOTSUPP.
 FALLOCATE_MODES = (0, 0x01 | 0x02)
@@ -161,20 +167,27 @@ def _rule(lib: ctypes.CDLL, ctx: int, action: int, name: str, *cmps: _ArgCmp) ->
 
 
 def _refuse_all_but(
-    lib: ctypes.CDLL, ctx: int, code: int, name: str, arg: int, allowed: tuple[int, ...]
+    lib: ctypes.CDLL,
+    ctx: int,
+    code: int,
+    name: str,
+    arg: int,
+    allowed: tuple[int, ...],
+    *when: _ArgCmp,
 ) -> None:
-    """`name` fails with `code` unless argument `arg` is one of `allowed`. A rule compares one
-    argument once, and rules are OR-ed: one rule per gap between allowed values. The argument
-    is compared as 64 bits: a value whose upper half is set (the kernel reads the lower) is
-    above every allowed value, so refused."""
+    """`name` fails with `code` unless argument `arg` is one of `allowed` (only when the
+    comparisons `when`, on other arguments, all hold). A rule compares one argument once and
+    AND-s its comparisons, and rules are OR-ed: one rule per gap between allowed values. The
+    argument is compared as 64 bits: a value whose upper half is set (the kernel reads the
+    lower) is above every allowed value, so refused."""
     action = _act_errno(code)
     values = sorted(allowed)
     if values[0] > 0:
-        _rule(lib, ctx, action, name, _ArgCmp(arg, _SCMP_CMP_LT, values[0], 0))
+        _rule(lib, ctx, action, name, *when, _ArgCmp(arg, _SCMP_CMP_LT, values[0], 0))
     for low, high in itertools.pairwise(values):
         for value in range(low + 1, high):
-            _rule(lib, ctx, action, name, _ArgCmp(arg, _SCMP_CMP_EQ, value, 0))
-    _rule(lib, ctx, action, name, _ArgCmp(arg, _SCMP_CMP_GT, values[-1], 0))
+            _rule(lib, ctx, action, name, *when, _ArgCmp(arg, _SCMP_CMP_EQ, value, 0))
+    _rule(lib, ctx, action, name, *when, _ArgCmp(arg, _SCMP_CMP_GT, values[-1], 0))
 
 
 @functools.cache
@@ -195,6 +208,8 @@ def filter_program() -> bytes:
             _rule(lib, ctx, eperm, "clone", _ArgCmp(0, _SCMP_CMP_MASKED_EQ, flag, flag))
         for name in ("socket", "socketpair"):
             _refuse_all_but(lib, ctx, errno.EAFNOSUPPORT, name, 0, SOCKET_FAMILIES)
+        netlink = _ArgCmp(0, _SCMP_CMP_EQ, AF_NETLINK, 0)
+        _refuse_all_but(lib, ctx, errno.EPROTONOSUPPORT, "socket", 2, NETLINK_PROTOCOLS, netlink)
         _refuse_all_but(lib, ctx, errno.EOPNOTSUPP, "fallocate", 1, FALLOCATE_MODES)
         read_fd, write_fd = os.pipe()
         try:

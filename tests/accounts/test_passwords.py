@@ -163,3 +163,15 @@ def test_the_demo_seed_resetting_a_password_revokes_the_tokens(manager, settings
     (event,) = _events("people.password.reset")
     assert event["payload"]["command"] == "demo_seed"
     assert Client().login(username="manager", password=passwords["manager"])
+
+
+@pytest.mark.parametrize("command", ["changepassword", "createuser"])
+def test_a_password_file_gives_its_first_line(command, tmp_path, db):
+    """The help said "the file's first line" and the command read the whole file: a note on a
+    second line became part of the password."""
+    User.objects.create_user("ned", password=PASSWORD)
+    pw = tmp_path / "pw"
+    pw.write_text(NEW + "\r\nchanged by ops, ticket 12\n")
+    args = ["ned"] if command == "changepassword" else ["nora", "--role", "reviewer"]
+    call_command(command, *args, "--password-file", str(pw), stdout=io.StringIO())
+    assert Client().login(username=args[0], password=NEW)

@@ -660,6 +660,51 @@ _REFUSED_BODIES = [
     ),
     ("openai", "/v1/responses", {"input": ["hi", {"id": "msg_1"}]}, "parameter"),
     ("openai", "/v1/chat/completions", {"web_search_options": {}}, "parameter"),
+    # Files, images and reasoning the provider stored, named by id: another caller's, perhaps.
+    (
+        "openai",
+        "/v1/responses",
+        {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file-1"}]}]},
+        "parameter",
+    ),
+    (
+        "openai",
+        "/v1/responses",
+        {"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "file-1"}]}]},
+        "parameter",
+    ),
+    (
+        "openai",
+        "/v1/chat/completions",
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "file", "file": {"file_id": "file-1"}}]}
+            ]
+        },
+        "parameter",
+    ),
+    ("openai", "/v1/responses", {"input": [{"type": "reasoning", "id": "rs_1"}]}, "parameter"),
+    (
+        "openai",
+        "/v1/responses",
+        {"input": [{"type": "reasoning", "id": "rs_1", "summary": []}]},
+        "parameter",
+    ),
+    (
+        "anthropic",
+        "/v1/messages",
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "document", "source": {"type": "file", "file_id": "file_1"}}
+                    ],
+                }
+            ]
+        },
+        "parameter",
+    ),
     (
         "openai",
         "/v1/chat/completions",
@@ -807,6 +852,22 @@ def test_tools_and_fetches_the_provider_would_run_are_refused(
                         ],
                     }
                 ],
+            },
+        ),
+        # Content sent whole: a file inline, a reasoning item with its encrypted content.
+        (
+            "openai",
+            "/v1/responses",
+            {
+                "input": [
+                    {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "e"},
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "input_file", "filename": "a.txt", "file_data": "data:,x"}
+                        ],
+                    },
+                ]
             },
         ),
     ],

@@ -182,12 +182,21 @@ fd = os.open("/workspace/alloc", os.O_RDWR | os.O_CREAT)
 for mode in (0x01, 0x10, 0x11, 0x20, 0x41, 2**32, 0, 0x03):
     call(nr("fallocate"), fd, mode, 0, 1 << 20)
 print(os.stat("/workspace/alloc").st_blocks * 512)
+# netlink: audit, netfilter, generic, audit with the upper half set; then route and sock_diag
+for protocol in (9, 12, 16, 2**32 + 9, 0, 4):
+    call(nr("socket"), 16, 3, protocol)
+import socket
+print(len(socket.getaddrinfo("localhost", 80, flags=socket.AI_ADDRCONFIG)) > 0)
+import shutil, subprocess
+ip = shutil.which("ip")
+print(subprocess.run([ip, "-o", "addr"], capture_output=True).returncode if ip else "no ip")
 """
 
 
 def test_io_uring_other_socket_families_and_fallocate_modes_are_refused(bwrap):
     """Without the argument rules each refused call here succeeds (or fails otherwise): the
-    host's kernel has io_uring enabled and vsock and AF_ALG available."""
+    host's kernel has io_uring enabled and vsock and AF_ALG available, and gives a network
+    namespace's netlink audit, netfilter and generic sockets."""
     handle = bwrap.create(SPEC)
     names = ("io_uring_setup", "io_uring_enter", "io_uring_register", "socket", "socketpair")
     nrs = [f"{name}={syscall_number(name)}" for name in (*names, "fallocate")]
@@ -203,6 +212,12 @@ def test_io_uring_other_socket_families_and_fallocate_modes_are_refused(bwrap):
     assert calls[14:20] == [enotsup] * 6, "fallocate's allocating modes that keep the size"
     assert calls[20:22] == [(0, 0), (0, 0)], "fallocate mode 0 and a hole punch"
     assert int(lines[22]) == 0  # allocated, then the hole punched: nothing kept
+    netlink = [tuple(map(int, line.split())) for line in lines[23:29]]
+    noproto = (-1, errno.EPROTONOSUPPORT)
+    assert netlink[:4] == [noproto] * 4, "netlink: audit, netfilter, generic (and audit again)"
+    assert [rc for rc, _ in netlink[4:]] == [0, 0], "netlink: route and sock_diag"
+    assert lines[29] == "True", "getaddrinfo (it asks netlink for the addresses) still works"
+    assert lines[30] in ("0", "no ip"), "ip (netlink route) still works where it is installed"
 
 
 def test_fallocate_keeping_the_size_cannot_pass_the_disk_limit(bwrap):

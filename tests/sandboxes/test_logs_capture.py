@@ -177,6 +177,30 @@ def test_a_line_keeps_colours_only_marks_bidi_and_loses_no_text_to_a_cut_sequenc
         )
 
 
+def test_no_colour_hides_text():
+    """A foreground equal to its background (`30;40`, `38;5;0;48;5;0`) hid text as conceal did,
+    and so did one a step from it (`48;2;0;0;1`) or from the panel's own background. Lines
+    keep foreground colours only, and only those that stand out from the panel."""
+
+    def shown(text: str) -> str:
+        return log_line_html(LogLine(seq=1, stream="stdout", text=text))
+
+    for hiding in (
+        "\x1b[30;40mhidden",
+        "\x1b[38;5;0;48;5;0mhidden",
+        "\x1b[38;2;0;0;0;48;2;0;0;1mhidden",
+        "\x1b[38;2;15;20;33mhidden",  # the panel's background, all but
+    ):
+        html = shown(hiding)
+        assert "background" not in html and "hidden" in html, hiding
+        assert "color:" not in html, hiding  # in the panel's own text colour
+    html = shown("\x1b[37;47mwhite on white")
+    assert "background" not in html and "color: #" in html  # white on the dark panel
+    html = shown("\x1b[31;44mred\x1b[0m \x1b[34mblue \x1b[1;90mgrey")
+    assert "background" not in html
+    assert "color: #aa0000" in html and "color: #0000aa" in html and "color: #7f7f7f" in html
+
+
 def test_a_batch_of_plain_lines_marks_bidi_characters_too():
     lines = [("stdout", "plain", None), ("stderr", "user\u2066admin", None)]
     first, second = _batch_html(1, lines, None)

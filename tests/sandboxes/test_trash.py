@@ -198,3 +198,54 @@ def test_a_directory_a_command_locked_is_removed_by_a_worker_that_is_not_root(tm
     finally:
         if place != tmp_path:
             subprocess.run(["rm", "-rf", str(place)], check=True)
+
+
+def test_unlocking_never_follows_a_link_put_in_a_locked_directorys_place(tmp_path, monkeypatch):
+    """The handler looked at a locked directory (lstat), then changed its mode by path
+    (os.chmod follows links): a command that swapped a link in between gave the link's target
+    its mode with the owner's rwx added (a root-owned file became 0o5777). The race is made
+    certain here: the first look at the path finds a locked directory, then a link is there."""
+    decoy = tmp_path / "decoy"
+    decoy.mkdir()
+    decoy.chmod(0o5077)
+    target = tmp_path / "target"
+    target.write_text("not the sandbox's")
+    target.chmod(0o644)
+    link = tmp_path / "tree" / "locked"
+    link.parent.mkdir()
+    link.symlink_to(target)
+    real_lstat = os.lstat
+    looked = []
+
+    def lstat_raced(path, *args, **kwargs):
+        if os.fspath(path) == str(link) and not looked:
+            looked.append(path)
+            return real_lstat(decoy)  # a locked directory, seen just before the swap
+        return real_lstat(path, *args, **kwargs)
+
+    monkeypatch.setattr(trash.os, "lstat", lstat_raced)
+    trash._unlocked_retry(os.rmdir, str(link), None)
+    monkeypatch.undo()
+    assert looked
+    assert (target.stat().st_mode & 0o7777) == 0o644
+    decoy.chmod(0o700)
+
+
+def test_a_locked_directory_gets_a_fixed_mode_not_the_sandboxs_bits(tmp_path, monkeypatch):
+    """Unlocked, a directory has mode 0700 when its removal is tried again: not the sandbox's
+    setuid, setgid, sticky or others' bits with rwx added."""
+    locked = tmp_path / "tree" / "locked"
+    (locked / "sub").mkdir(parents=True)
+    locked.chmod(0o7077)
+    real_rmtree = trash.shutil.rmtree
+    modes = []
+
+    def rmtree_seen(path, *args, **kwargs):
+        modes.append(os.lstat(path).st_mode & 0o7777)
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(trash.shutil, "rmtree", rmtree_seen)
+    trash._unlocked_retry(os.rmdir, str(locked), None)
+    monkeypatch.undo()
+    assert modes and modes[0] == 0o700
+    assert not locked.exists()

@@ -12,7 +12,7 @@ from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError
 
-from accounts.passwords import user_password_set_by_operator
+from accounts.passwords import password_file_read, user_password_set_by_operator
 from accounts.services import AccountError
 
 MAX_TRIES = 3
@@ -26,7 +26,9 @@ class Command(changepassword.Command):
 
     def add_arguments(self, parser):
         super().add_arguments(parser)
-        parser.add_argument("--password-file", type=Path, help="read the password from this file")
+        parser.add_argument(
+            "--password-file", type=Path, help="read the password from this file's first line"
+        )
 
     def handle(self, *args, **options):
         username = options["username"] or changepassword.getpass.getuser()
@@ -44,11 +46,11 @@ class Command(changepassword.Command):
         return f"Password changed successfully for user '{user}'{tokens}"
 
     def _password(self, user: User, password_file: Path | None) -> str:
-        """The new password: the file's first line, or asked twice on the terminal (three
-        tries, each checked by the validators as Django's command does)."""
+        """The new password: the file's first line (`password_file_read`), or asked twice on
+        the terminal (three tries, each checked by the validators as Django's command does)."""
         if password_file is not None:
             try:
-                return password_file.read_text().strip()
+                return password_file_read(password_file)
             except OSError as exc:
                 raise CommandError(
                     f"--password-file: cannot read {password_file}: {exc.strerror}"

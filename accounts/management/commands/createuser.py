@@ -4,6 +4,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
+from accounts.passwords import password_file_read
 from accounts.roles import ROLES
 from accounts.services import AccountError, user_create
 
@@ -14,13 +15,15 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("username")
         parser.add_argument("--role", required=True, choices=ROLES)
-        parser.add_argument("--password-file", type=Path, help="read the password from this file")
+        parser.add_argument(
+            "--password-file", type=Path, help="read the password from this file's first line"
+        )
         parser.add_argument("--email", default="")
 
     def handle(self, *args, username, role, password_file, email, **options):
         if password_file is not None:
             try:
-                password = password_file.read_text().strip()
+                password = password_file_read(password_file)
             except OSError as exc:
                 raise CommandError(
                     f"--password-file: cannot read {password_file}: {exc.strerror}"
