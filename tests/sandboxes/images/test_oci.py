@@ -421,7 +421,7 @@ def test_a_malformed_or_foreign_manifest_fails_with_a_fixed_text(manifests, tmp_
     manifests.serve(_CONFIG, "application/octet-stream", what="blobs")
     raw = json.dumps(body).encode()
     digest = manifests.serve(raw, kind)
-    spec = ImageSpec(kind="oci", oci=f"{manifests.address}/team/x:1")
+    spec = ImageSpec(kind="oci", oci=f"{manifests.address}/team/x@{digest}")
     with pytest.raises(OciError) as refused:
         _pull(tmp_path, spec, digest, [])
     assert "SECRET" not in str(refused.value) and "zzzz" not in str(refused.value)
