@@ -11,6 +11,7 @@ import hashlib
 import http.server
 import ipaddress
 import json
+import socket
 import ssl
 import subprocess
 import threading
@@ -554,4 +555,54 @@ def test_a_registry_dribbling_its_headers_is_held_to_the_pulls_deadline(settings
                 oci_digest(ImageSpec(kind="oci", oci=f"{address}/team/x:1"))
         finally:
             _Dribbling.stop.set()
+        assert time.monotonic() - started < 4.0
+
+
+def test_a_registry_dribbling_its_tls_handshake_is_held_to_the_pulls_deadline(
+    tmp_path, settings, monkeypatch
+):
+    """The TLS handshake had TIMEOUT_S (60 s) of its own: a registry sending its handshake a
+    byte at a time outlasted PULL_TIMEOUT_S. It now gets what is left until the deadline
+    (Python holds a handshake to its socket's timeout as a whole)."""
+    cert, key = _tls_files(tmp_path, ["127.0.0.2"])
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    settings.CODEHOST_ALLOW = ["127.0.0.0/8"]
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    for name in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(oci, "PULL_TIMEOUT_S", 1.0)
+    stop = threading.Event()
+    relay = socket.create_server(("127.0.0.2", 0))
+
+    def forward(source: socket.socket, sink: socket.socket, size: int) -> None:
+        """Copy `source` to `sink`, `size` bytes at a time, one each 50 ms when `size` is 1."""
+        with contextlib.suppress(OSError):
+            while not stop.is_set() and (data := source.recv(size)):
+                sink.sendall(data)
+                if size == 1 and stop.wait(0.05):
+                    break
+
+    def serve(upstream: str) -> None:
+        with contextlib.suppress(OSError):
+            client, _ = relay.accept()
+            host, port = upstream.rsplit(":", 1)
+            server = socket.create_connection((host, int(port)))
+            threading.Thread(target=forward, args=(client, server, 65536), daemon=True).start()
+            forward(server, client, 1)
+            client.close()
+            server.close()
+
+    with _served(_Elsewhere, "127.0.0.2", tls) as upstream:
+        thread = threading.Thread(target=serve, args=(upstream,), daemon=True)
+        thread.start()
+        spec = ImageSpec(kind="oci", oci=f"127.0.0.2:{relay.getsockname()[1]}/team/x:1")
+        started = time.monotonic()
+        try:
+            with pytest.raises(OciError):
+                oci_digest(spec)
+        finally:
+            stop.set()
+            relay.close()
+            thread.join(timeout=10)
         assert time.monotonic() - started < 4.0
