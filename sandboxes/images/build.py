@@ -367,11 +367,14 @@ def base_env(home: Path) -> dict[str, str]:
     return env
 
 
-def _base(spec: ImageSpec, rootfs: Path, workdir: Path, log: BuildLog, creds) -> dict:
+def _base(
+    spec: ImageSpec, rootfs: Path, workdir: Path, log: BuildLog, creds, resolved_base: dict
+) -> dict:
     if spec.kind == "oci":
-        try:
+        try:  # the digest in the key, not the tag again: it may have moved since
             return oci_pull(spec, workdir=workdir, rootfs=rootfs, run=log.run, line=log.line,
-                            arch=host_architecture(), creds=creds)  # fmt: skip
+                            arch=host_architecture(), digest=resolved_base.get("digest", ""),
+                            creds=creds)  # fmt: skip
         except OciError as exc:
             raise ImageBuildError(f"{exc} (see the build log)", field="image.oci") from exc
     argv = ["mmdebstrap", "--variant=apt", "--format=directory"]
@@ -520,7 +523,7 @@ def rootfs_build(
     log.disk = DiskCap(work, settings.IMAGE_BUILD_DISK_MB)
     try:
         _step_hook("base")
-        oci_config = _base(spec, rootfs, work, log, creds)
+        oci_config = _base(spec, rootfs, work, log, creds, resolved_base)
         _mountpoints_check(rootfs)
         steps: list[tuple[str, str, list[str]]] = []
         if spec.pip:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
+import io
 import json
 import os
 import re
@@ -107,6 +108,53 @@ def _reference(spec: ImageSpec) -> tuple[str, str]:
     return name, tag or "latest"
 
 
+class _DeadlineReader(io.RawIOBase):
+    """A connection's receiving side: each receive waits at most until the pull's deadline."""
+
+    def __init__(self, owner: _DeadlineSocket) -> None:
+        self.owner = owner
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        self.owner.sock.settimeout(self.owner.registry.wait_left())
+        return self.owner.sock.recv_into(buffer)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.owner.readers -= 1
+            self.owner.release()
+        super().close()
+
+
+class _DeadlineSocket:
+    """A socket as http.client uses it, held to the pull's deadline at every receive and send:
+    a registry dribbling a header byte at a time (or a token's body) outlasted PULL_TIMEOUT_S,
+    as each receive had TIMEOUT_S of its own. As a socket's, it closes with the last of the
+    connection and its response (http.client closes the first while the second reads)."""
+
+    def __init__(self, sock: socket.socket, registry: _Registry) -> None:
+        self.sock, self.registry = sock, registry
+        self.readers, self.closed = 0, False
+
+    def sendall(self, data: bytes) -> None:
+        self.sock.settimeout(self.registry.wait_left())
+        self.sock.sendall(data)
+
+    def makefile(self, mode: str = "rb", *args, **kwargs) -> io.BufferedReader:
+        self.readers += 1
+        return io.BufferedReader(_DeadlineReader(self))
+
+    def close(self) -> None:
+        self.closed = True
+        self.release()
+
+    def release(self) -> None:
+        if self.closed and self.readers == 0:
+            self.sock.close()
+
+
 class _Registry:
     """One image's registry, spoken to over HTTP with addresses vetted at each connection."""
 
@@ -120,6 +168,14 @@ class _Registry:
         self.upstream = UpstreamConfig.from_env()
         self.deadline = time.monotonic() + PULL_TIMEOUT_S
         self._endpoint(self.origin)  # refused before any request
+
+    def wait_left(self) -> float:
+        """How long the next receive may wait: TIMEOUT_S, or less as the pull's deadline nears;
+        OciError once it has passed."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise OciError(f"{self.spec.oci}: the pull passed {PULL_TIMEOUT_S:.0f} s")
+        return min(TIMEOUT_S, left)
 
     # ---- where a connection may go --------------------------------------------------------
 
@@ -169,7 +225,7 @@ class _Registry:
         for address in addresses:
             try:
                 if proxy is None:
-                    sock = socket.create_connection((address, port), timeout=TIMEOUT_S)
+                    sock = socket.create_connection((address, port), timeout=self.wait_left())
                 else:
                     sock = self._tunnel(proxy, address, port)
                 break
@@ -178,12 +234,16 @@ class _Registry:
         if sock is None:
             raise OciError(f"the registry {self.spec.oci_registry} did not answer")
         if scheme == "https":
-            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+            sock.settimeout(self.wait_left())
+            try:
+                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+            except OSError:
+                sock.close()
+                raise OciError(f"the registry {self.spec.oci_registry} did not answer") from None
         return sock
 
-    @staticmethod
-    def _tunnel(proxy, address: str, port: int) -> socket.socket:
-        sock = socket.create_connection((proxy.host, proxy.port), timeout=TIMEOUT_S)
+    def _tunnel(self, proxy, address: str, port: int) -> socket.socket:
+        sock = socket.create_connection((proxy.host, proxy.port), timeout=self.wait_left())
         target = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
         head = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
         if proxy.authorization:
@@ -191,6 +251,11 @@ class _Registry:
         sock.sendall((head + "\r\n").encode())
         answer = b""
         while b"\r\n\r\n" not in answer and len(answer) < 65536:
+            try:
+                sock.settimeout(self.wait_left())
+            except OciError:
+                sock.close()
+                raise
             more = sock.recv(4096)
             if not more:
                 break
@@ -212,14 +277,15 @@ class _Registry:
         return OciError(f"the registry {where} {what} (HTTP {status})")
 
     def _send(self, url: str, headers: dict[str, str], *, realm: bool = False):
-        """GET `url`, following redirects, each vetted; the connection and its final response.
-        Credentials go only to the registry's own origin, and to the token realm (`realm`)
-        it named, as a registry's clients send them; never to a redirect's other host."""
+        """GET `url`, following redirects, each vetted; the connection, its final response and
+        that response's URL. Credentials go only to the registry's own origin, and to the token
+        realm (`realm`) it named, as a registry's clients send them; never to a redirect's other
+        host."""
         for _ in range(REDIRECTS_MAX + 1):
             scheme, host, port, addresses = self._endpoint(url)
             sock = self._connect(scheme, host, port, addresses)
             conn = http.client.HTTPConnection(host, port, timeout=TIMEOUT_S)
-            conn.sock = sock
+            conn.sock = _DeadlineSocket(sock, self)  # type: ignore[assignment]
             parts = urlsplit(url)
             sent = dict(headers)
             if not realm and not url.startswith(self.origin + "/"):
@@ -238,9 +304,10 @@ class _Registry:
                 raise OciError(f"the registry {self.spec.oci_registry} did not answer") from None
             if response.status in (301, 302, 303, 307, 308) and response.getheader("Location"):
                 url = urljoin(url, response.getheader("Location"))
+                response.close()
                 conn.close()
                 continue
-            return conn, response
+            return conn, response, url
         raise OciError(f"the registry {self.spec.oci_registry} redirected too many times")
 
     def _login(self, challenge: str) -> None:
@@ -258,12 +325,15 @@ class _Registry:
         query["scope"] = fields.get("scope") or f"repository:{self.name}:pull"
         url = realm + ("&" if "?" in realm else "?") + urlencode(query)
         headers = {"Authorization": self.basic} if self.basic else {}
-        conn, response = self._send(url, headers, realm=True)
+        conn, response, _ = self._send(url, headers, realm=True)
         try:
             if response.status != 200:
                 raise self._fail(response.status)
             body = response.read(TOKEN_MAX)
+        except (OSError, http.client.HTTPException):
+            raise OciError(f"the registry {self.spec.oci_registry} did not answer") from None
         finally:
+            response.close()
             conn.close()
         try:
             token = json.loads(body)
@@ -280,31 +350,44 @@ class _Registry:
             headers = {"Accept": accept}
             if self.authorization:
                 headers["Authorization"] = self.authorization
-            conn, response = self._send(f"{self.origin}{path}", headers)
+            conn, response, final = self._send(f"{self.origin}{path}", headers)
             try:
                 challenge = response.getheader("WWW-Authenticate") or ""
                 if response.status == 401 and attempt == 0 and challenge:
+                    response.close()
                     conn.close()
+                    # A challenge from where a redirect led is not the registry's: its realm
+                    # would receive the registry's login.
+                    if not final.startswith(self.origin + "/"):
+                        raise self._fail(401)
                     self._login(challenge)
                     continue
                 if response.status != 200:
                     raise self._fail(response.status)
                 total = 0
-                while chunk := response.read1(CHUNK):  # one receive: the deadline holds
+                while chunk := self._receive(response):
                     total += len(chunk)
                     if total > limit:
                         raise OciError(
                             f"{self.spec.oci}: the registry sent more than {limit:,} bytes"
                         )
-                    if time.monotonic() > self.deadline:
-                        raise OciError(f"{self.spec.oci}: the pull passed {PULL_TIMEOUT_S:.0f} s")
                     sink(chunk)
                 return (response.getheader("Content-Type") or "").split(";")[0].strip()
             finally:
+                response.close()
                 conn.close()
         raise self._fail(401)
 
+    def _receive(self, response: http.client.HTTPResponse) -> bytes:
+        """One receive of the body (the deadline holds for each)."""
+        try:
+            return response.read1(CHUNK)
+        except (OSError, http.client.HTTPException):
+            raise OciError(f"the registry {self.spec.oci_registry} did not answer") from None
+
     def manifest(self, reference: str) -> tuple[bytes, str]:
+        """The manifest `reference` names and its media type; checked against the digest when
+        `reference` is one."""
         parts: list[bytes] = []
         media = self.get(f"/v2/{self.name}/manifests/{reference}", _ACCEPT, parts.append,
                          MANIFEST_MAX)  # fmt: skip
@@ -312,14 +395,19 @@ class _Registry:
         if reference.startswith("sha256:") and _sha256(raw) != reference:
             raise OciError(f"{self.spec.oci}: the registry sent a manifest of another digest")
         try:
-            media = json.loads(raw).get("mediaType") or media
-        except (ValueError, AttributeError):
-            raise OciError(f"{self.spec.oci}: the registry sent no manifest") from None
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise OciError(f"{self.spec.oci}: the registry sent no manifest")
+        media = body.get("mediaType") or media
+        if not isinstance(media, str):
+            raise OciError(f"{self.spec.oci}: the registry sent a malformed manifest")
         return raw, media
 
     def blob(self, digest: str, path: Path, limit: int) -> int:
         if not _DIGEST.match(digest):
-            raise OciError(f"{self.spec.oci}: a blob digest Convoy does not read ({digest[:80]})")
+            raise OciError(f"{self.spec.oci}: a blob digest Convoy does not read")
         hasher = hashlib.sha256()
         with path.open("wb") as file:
 
@@ -346,11 +434,21 @@ def oci_digest(spec: ImageSpec, *, creds: str | None = None) -> str:
 
 
 def _platform_pick(spec: ImageSpec, index: dict, arch: str) -> str:
+    """The digest of the index's image for linux/`arch`: a sha256 digest, as an index may only
+    name one (a tag there was fetched unverified, and any text went into the request's path)."""
     wanted = _ARCH.get(arch, arch)
-    for entry in index.get("manifests") or []:
-        platform = entry.get("platform") or {}
+    entries = index.get("manifests", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise OciError(f"{spec.oci}: the registry sent a malformed index")
+    for entry in entries:
+        platform = entry.get("platform")
+        if not isinstance(platform, dict):
+            continue
         if platform.get("os") == "linux" and platform.get("architecture") == wanted:
-            return str(entry.get("digest", ""))
+            digest = entry.get("digest")
+            if not isinstance(digest, str) or not _DIGEST.match(digest):
+                raise OciError(f"{spec.oci}: the index names linux/{wanted} by no sha256 digest")
+            return digest
     raise OciError(f"{spec.oci}: no image for linux/{wanted} in the registry", not_found=True)
 
 
@@ -362,30 +460,43 @@ def oci_pull(
     run: Callable[..., int],
     line: Callable[[str], None],
     arch: str,
+    digest: str,
     creds: str | None = None,
 ) -> dict:
-    """Copy the image into an OCI layout under `workdir` and unpack it as `rootfs`; return the
-    image's runtime config (`env`, `cwd`) from the bundle umoci makes."""
+    """Copy the image whose manifest (or index) has `digest` (what `oci_digest` resolved, in
+    the image's key) into an OCI layout under `workdir` and unpack it as `rootfs`; return the
+    image's runtime config (`env`, `cwd`) from the bundle umoci makes. Fetched by digest, not
+    by tag: a tag moved since would put other content under the key."""
+    if not _DIGEST.match(digest):
+        raise OciError(f"{spec.oci}: no manifest digest to pull")
     registry = _Registry(spec, creds)
     layout = workdir / "layout"
     bundle = workdir / "bundle"
     blobs = layout / "blobs" / "sha256"
     blobs.mkdir(parents=True)
     line(f"$ pull {spec.oci} (Convoy's registry client)")
-    raw, media = registry.manifest(registry.reference)
+    raw, media = registry.manifest(digest)
     if media in (OCI_INDEX, DOCKER_LIST):
         digest = _platform_pick(spec, json.loads(raw), arch)
         line(f"linux/{_ARCH.get(arch, arch)}: {digest}")
         raw, media = registry.manifest(digest)
-    if media not in (OCI_MANIFEST, DOCKER_MANIFEST):
-        raise OciError(f"{spec.oci}: a manifest of type {media[:100]!r}: Convoy does not read it")
-    manifest = json.loads(raw)
+    if media not in (OCI_MANIFEST, DOCKER_MANIFEST):  # its text is the registry's: not shown
+        raise OciError(f"{spec.oci}: a manifest of a type Convoy does not read")
+    manifest = json.loads(raw)  # a JSON object: manifest() checked
+    config, layers = manifest.get("config"), manifest.get("layers", [])
+    if not isinstance(config, dict) or not isinstance(layers, list):
+        raise OciError(f"{spec.oci}: the registry sent a malformed manifest")
     left = settings.IMAGE_BUILD_DISK_MB * 1024 * 1024
-    for blob in [manifest.get("config") or {}, *(manifest.get("layers") or [])]:
-        kind = _DOCKER_TO_OCI.get(blob.get("mediaType", ""), blob.get("mediaType", ""))
-        if blob is not manifest.get("config") and kind not in _LAYERS:
-            raise OciError(f"{spec.oci}: a layer of type {kind[:100]!r}: Convoy does not read it")
-        digest = str(blob.get("digest", ""))
+    for blob in [config, *layers]:
+        kind = blob.get("mediaType", "") if isinstance(blob, dict) else None
+        if not isinstance(kind, str):
+            raise OciError(f"{spec.oci}: the registry sent a malformed manifest")
+        kind = _DOCKER_TO_OCI.get(kind, kind)
+        if blob is not config and kind not in _LAYERS:
+            raise OciError(f"{spec.oci}: a layer of a type Convoy does not read")
+        digest = blob.get("digest")
+        if not isinstance(digest, str):
+            raise OciError(f"{spec.oci}: a blob digest Convoy does not read")
         size = registry.blob(digest, blobs / digest.removeprefix("sha256:"), left)
         left -= size
         line(f"blob {digest} ({size:,} bytes)")

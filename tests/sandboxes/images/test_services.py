@@ -17,8 +17,10 @@ from django.urls import NoReverseMatch, reverse
 
 from audit.models import AuditEvent
 from core.errors import Invalid
+from sandboxes.images import services
 from sandboxes.images.build import image_dir, images_root
 from sandboxes.images.mounts import bwrap_root_args, image_env, image_mounts, oci_bundle_root
+from sandboxes.images.oci import oci_digest
 from sandboxes.images.selectors import image_require_view
 from sandboxes.images.services import HOST, image_ensure, image_prune, image_remove, image_resolve
 from sandboxes.images.spec import ImageSpec, image_spec_parse
@@ -70,6 +72,23 @@ def test_same_spec_is_not_rebuilt_and_a_moved_tag_is_a_new_image(
     moved = image_ensure(spec={"oci": ref}, actor=None)
     assert moved.key != first.key
     assert (image_dir(moved.key) / "rootfs/a.txt").read_text() == "two"
+
+
+def test_a_tag_moved_between_resolve_and_pull_does_not_change_the_images_content(
+    db, fresh_image_data, oci_registry, monkeypatch
+):
+    """The key held the digest the tag named at resolve, but the pull fetched the tag again: a
+    tag moved in between put the new content under the old key. The pull fetches the digest."""
+    ref = oci_registry.push_tiny("team/moving:1", {"/a.txt": "resolved"})
+
+    def resolve_then_move(spec, *, creds=None):
+        digest = oci_digest(spec, creds=creds)
+        oci_registry.push_tiny("team/moving:1", {"/a.txt": "moved"})
+        return digest
+
+    monkeypatch.setattr(services, "oci_digest", resolve_then_move)
+    image = image_ensure(spec={"oci": ref}, actor=None)
+    assert (image_dir(image.key) / "rootfs/a.txt").read_text() == "resolved"
 
 
 def test_missing_oci_image_names_the_field(db, fresh_image_data, oci_registry):
@@ -267,7 +286,7 @@ def _build_in_thread(spec: dict, key: str) -> tuple[threading.Thread, list]:
                 rootfs_build(
                     spec=image_spec_parse(spec),
                     key=key,
-                    resolved_base={},
+                    resolved_base=image_resolve(spec=image_spec_parse(spec))[1],
                     log=log,
                     network=host_network,
                 )
