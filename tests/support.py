@@ -1,6 +1,8 @@
 """Helpers for tests that start real processes: env for subprocesses, polling, free ports."""
 
 import contextlib
+import datetime
+import ipaddress
 import os
 import socket
 import subprocess
@@ -9,6 +11,10 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from django.conf import settings
 from django.db import connection
 
@@ -119,3 +125,40 @@ def events_refused(prefix: str) -> Iterator[None]:
             cursor.execute(f"DROP TRIGGER IF EXISTS refuse{on}")
             if connection.vendor == "postgresql":
                 cursor.execute("DROP FUNCTION IF EXISTS pg_temp.refuse()")
+
+
+def cert_make(directory: Path, names: list[str]) -> tuple[Path, Path]:
+    """A self-signed certificate (its own CA) for `names` (host names or IP addresses) in
+    `directory`, and its key: (cert.pem, key.pem)."""
+
+    def entry(name: str) -> x509.GeneralName:
+        try:
+            return x509.IPAddress(ipaddress.ip_address(name))
+        except ValueError:
+            return x509.DNSName(name)
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([entry(n) for n in names]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path

@@ -8,7 +8,6 @@ test mapping and only on the upstream's own port.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import http.server
 import shutil
 import socket
@@ -20,13 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from sandboxes.egress.proxy import EgressProxy
 from sandboxes.egress.wire import UpstreamConfig
+from tests.support import cert_make
 
 TEST_HOSTS = {
     "api.test": "127.0.0.1",
@@ -34,34 +30,6 @@ TEST_HOSTS = {
     "metadata.test": "169.254.169.254",
     "mapped.test": "::ffff:10.1.2.3",
 }
-
-
-def cert_make(directory: Path, names: list[str]) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime
 import hashlib
 import http.server
-import ipaddress
 import json
 import socket
 import ssl
@@ -20,10 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from core.errors import ConvoyError
 from sandboxes.images import build, oci
@@ -31,6 +25,7 @@ from sandboxes.images.oci import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, OciError, 
 from sandboxes.images.services import image_resolve
 from sandboxes.images.spec import ImageSpec
 from tests.security.test_ssrf import listener  # noqa: F401 (a fixture)
+from tests.support import cert_make
 
 pytestmark = pytest.mark.shapes("embedded", "production")
 
@@ -428,32 +423,6 @@ def test_a_malformed_or_foreign_manifest_fails_with_a_fixed_text(manifests, tmp_
     assert "SECRET" not in str(refused.value) and "zzzz" not in str(refused.value)
 
 
-def _tls_files(directory: Path, addresses: list[str]) -> tuple[Path, Path]:
-    """A self-signed certificate (its own CA) for `addresses`, and its key."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "registry test")])
-    now = datetime.datetime.now(datetime.UTC)
-    names = [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName(names), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))  # fmt: skip
-    return cert_path, key_path
-
-
 class _Redirecting(http.server.BaseHTTPRequestHandler):
     """The registry: every request is sent on to `target` (another allowed host)."""
 
@@ -499,7 +468,7 @@ def test_a_challenge_from_where_a_redirect_led_gets_no_login(tmp_path, settings,
     """The registry redirected to another (allowed) host, which answered 401 naming its own
     realm: Convoy answered that challenge, sending the registry's login to that realm. Only
     a challenge on the registry's own origin is answered; the other host sees no login."""
-    cert, key = _tls_files(tmp_path, ["127.0.0.2", "127.0.0.3"])
+    cert, key = cert_make(tmp_path, ["127.0.0.2", "127.0.0.3"])
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(cert, key)
     settings.CODEHOST_ALLOW = ["127.0.0.0/8"]
@@ -564,7 +533,7 @@ def test_a_registry_dribbling_its_tls_handshake_is_held_to_the_pulls_deadline(
     """The TLS handshake had TIMEOUT_S (60 s) of its own: a registry sending its handshake a
     byte at a time outlasted PULL_TIMEOUT_S. It now gets what is left until the deadline
     (Python holds a handshake to its socket's timeout as a whole)."""
-    cert, key = _tls_files(tmp_path, ["127.0.0.2"])
+    cert, key = cert_make(tmp_path, ["127.0.0.2"])
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(cert, key)
     settings.CODEHOST_ALLOW = ["127.0.0.0/8"]
