@@ -54,6 +54,18 @@ FILE_READ_MAX = 64 * 1024 * 1024
 # A build command (umoci, mmdebstrap, a pip, npm or run step) still running after this
 # is stopped and fails the build: a step waiting forever would hold the image's build claim.
 COMMAND_TIMEOUT_S = 3600.0
+# mmdebstrap (root mode) bind-mounts the host's /dev/shm, and rbinds /proc and /sys, into the
+# root filesystem while packages install, and takes them down at its end. Killed before (the
+# build's timeout or disk limit kills its process group) it left them mounted on the host,
+# where the build's removal of its directory deleted the host's /dev/shm files, PostgreSQL's
+# shared memory among them; and the packages' scripts, run as root, saw that /dev/shm. It runs
+# in a mount namespace of its own with a /dev/shm of its own: its mounts go with its last
+# process, and no package sees the host's shared memory.
+MMDEBSTRAP_NAMESPACE = [
+    "unshare", "--mount", "--propagation", "private", "--",
+    "sh", "-c", 'mount -t tmpfs -o mode=1777,nosuid,nodev convoy-shm /dev/shm && exec "$@"',
+    "mmdebstrap-namespace",
+]  # fmt: skip
 
 SANDBOX_USER = "sandbox:x:1000:1000:sandbox:/convoy/home:/bin/sh"
 SANDBOX_GROUP = "sandbox:x:1000:"
@@ -107,7 +119,37 @@ def manifest_read(key: str) -> dict | None:
 def leftovers_remove(key: str) -> None:
     """Remove build directories of `key` a dead builder left. Only the claimer calls this."""
     for path in images_root().glob(f".building-{key}-*"):
-        shutil.rmtree(path, ignore_errors=True)
+        build_tree_remove(path)
+
+
+def _mounts_under(path: Path) -> list[str]:
+    """Mount points of this process's namespace at or below `path`, deepest first."""
+    top = os.path.realpath(path)
+    found = []
+    with open("/proc/self/mountinfo", "rb") as mountinfo:
+        for line in mountinfo:
+            # Field 5 is the mount point, its space, tab, newline and backslash as octal escapes.
+            point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), line.split()[4])
+            where = os.fsdecode(point)
+            if where == top or where.startswith(top + "/"):
+                found.append(where)
+    return sorted(found, key=len, reverse=True)
+
+
+def build_tree_remove(path: Path) -> None:
+    """Remove a build's directory, never through a mount inside it. mmdebstrap (root mode)
+    bind-mounts the host's /dev/shm and rbinds /proc and /sys into the root filesystem while
+    packages install; a mount left there (an mmdebstrap of before `MMDEBSTRAP_NAMESPACE`,
+    killed before its cleanup) made this removal delete the host's /dev/shm files, PostgreSQL's
+    shared memory among them. Such mounts are detached first; if one stays, the directory
+    stays too."""
+    if not os.path.lexists(path):
+        return
+    for point in _mounts_under(path):
+        subprocess.run(["umount", "--lazy", point], capture_output=True, env=HOST_ENV)
+    if _mounts_under(path):
+        return  # left for an operator: deleting through a mount would reach the host
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def disk_usage(path: Path) -> int:
@@ -377,7 +419,7 @@ def _base(
                             creds=creds)  # fmt: skip
         except OciError as exc:
             raise ImageBuildError(f"{exc} (see the build log)", field="image.oci") from exc
-    argv = ["mmdebstrap", "--variant=apt", "--format=directory"]
+    argv = [*MMDEBSTRAP_NAMESPACE, "mmdebstrap", "--variant=apt", "--format=directory"]
     packages = spec.apt_packages()
     if packages:
         argv.append("--include=" + ",".join(packages))
@@ -557,13 +599,13 @@ def rootfs_build(
         os.replace(tmp, work / "manifest.json")
         final = image_dir(key)
         if manifest_read(key) is not None:
-            shutil.rmtree(work, ignore_errors=True)  # a builder that took over finished first
+            build_tree_remove(work)  # a builder that took over finished first
         else:
-            shutil.rmtree(final, ignore_errors=True)  # an incomplete directory, if any
+            build_tree_remove(final)  # an incomplete directory, if any
             work.rename(final)
         return BuildResult(manifest, size, time.monotonic() - started)
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        build_tree_remove(work)
         raise
     finally:
         log.disk = None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +25,7 @@ from core.errors import Conflict, Invalid, NotFound, Unavailable
 from sandboxes.images.build import (
     BuildLog,
     ImageBuildError,
+    build_tree_remove,
     image_dir,
     image_log_path,
     leftovers_remove,
@@ -247,7 +247,7 @@ def image_remove(*, key: str, actor, force: bool = False) -> None:
             target={"type": "sandboxes.image", "id": image.pk, "display": str(image)},
             payload={"key": key, "size_bytes": image.size_bytes},
         )
-    shutil.rmtree(image_dir(key), ignore_errors=True)
+    build_tree_remove(image_dir(key))
     image_log_path(key).unlink(missing_ok=True)
     leftovers_remove(key)
 

@@ -218,7 +218,7 @@ def test_mmdebstrap_gets_a_minimal_environment(tmp_path, monkeypatch):
         build._base(ImageSpec(kind="debian", base="bookworm"), tmp_path / "work/rootfs",
                     tmp_path / "work", log, None, {})  # fmt: skip
     ((argv, env),) = log.runs
-    assert argv[0] == "mmdebstrap" and env is not None
+    assert argv[len(build.MMDEBSTRAP_NAMESPACE)] == "mmdebstrap" and env is not None
     assert "ghp-canary" not in json.dumps(env) and "db-pass" not in json.dumps(env)
     assert env["PATH"] == build.HOST_ENV["PATH"]
     assert env["https_proxy"] == "http://proxy.invalid:3128"
