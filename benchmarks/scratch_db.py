@@ -19,10 +19,19 @@ def scratch_database(name: str) -> str:
 
 
 def scratch_drop(name: str) -> None:
+    """Drop database `name`, and the temporary data directory `scratch_django` made, if any."""
+    import shutil
+    import tempfile
+
     import psycopg
 
     with psycopg.connect(SERVER, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    data = os.environ.get("CONVOY_DATA_DIR", "")
+    if os.path.basename(data).startswith("convoy-bench-") and data.startswith(
+        tempfile.gettempdir()
+    ):
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def scratch_django(name: str, **env: str) -> str:
