@@ -204,6 +204,17 @@ class _Recorded:
         self.tail.append(text)
 
 
+def mmdebstrap_recorded(tmp_path: Path) -> tuple[list[str], dict | None]:
+    """The command and environment a Debian base step runs mmdebstrap with (not run)."""
+    log = _Recorded()
+    (tmp_path / "work").mkdir()
+    with pytest.raises(build.ImageBuildError):
+        build._base(ImageSpec(kind="debian", base="bookworm"), tmp_path / "work/rootfs",
+                    tmp_path / "work", log, None, {})  # fmt: skip
+    ((argv, env),) = log.runs
+    return argv, env
+
+
 def test_mmdebstrap_gets_a_minimal_environment(tmp_path, monkeypatch):
     """mmdebstrap had the worker's whole environment and passes it on to the packages'
     maintainer scripts, run as root: a script could read CONVOY_GITHUB_TOKEN. It now gets
@@ -212,12 +223,7 @@ def test_mmdebstrap_gets_a_minimal_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("DATABASE_URL", "postgres://convoy:db-pass@db/convoy")
     monkeypatch.setenv("https_proxy", "http://proxy.invalid:3128")
     monkeypatch.setenv("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")
-    log = _Recorded()
-    (tmp_path / "work").mkdir()
-    with pytest.raises(build.ImageBuildError):
-        build._base(ImageSpec(kind="debian", base="bookworm"), tmp_path / "work/rootfs",
-                    tmp_path / "work", log, None, {})  # fmt: skip
-    ((argv, env),) = log.runs
+    argv, env = mmdebstrap_recorded(tmp_path)
     assert argv[len(build.MMDEBSTRAP_NAMESPACE)] == "mmdebstrap" and env is not None
     assert "ghp-canary" not in json.dumps(env) and "db-pass" not in json.dumps(env)
     assert env["PATH"] == build.HOST_ENV["PATH"]
